@@ -1,0 +1,1 @@
+//! herd for Rust servers.

@@ -1,0 +1,459 @@
+//! What an app is: the typed, validated description of one supervised program
+//! (command, listeners, instance count, and the restart, readiness and stop
+//! policies), plus the small parsers that turn user text into those types.
+//!
+//! Everything here is plain data: parsing never touches the OS, so a bad value
+//! is rejected before any socket is bound or any worker is started.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+/// A value a user wrote that herd cannot accept. The message names the value
+/// and says what would have been accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// How connections are spread over the workers of an app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Every worker inherits the same listening socket and accepts from one queue.
+    #[default]
+    Shared,
+    /// One `SO_REUSEPORT` socket per worker slot; the kernel hashes connections over them.
+    ReusePort,
+    /// herd accepts each connection and hands it to the least-loaded ready worker.
+    RoundRobin,
+}
+
+impl FromStr for Balance {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "shared" | "none" => Ok(Balance::Shared),
+            "reuseport" | "reuse-port" => Ok(Balance::ReusePort),
+            "round-robin" | "rr" => Ok(Balance::RoundRobin),
+            _ => Err(bad(format!(
+                "unknown balance mode '{s}': use shared, reuseport or round-robin"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Balance::Shared => "shared",
+            Balance::ReusePort => "reuseport",
+            Balance::RoundRobin => "round-robin",
+        })
+    }
+}
+
+/// When a worker that exited is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartMode {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl FromStr for RestartMode {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "always" => Ok(RestartMode::Always),
+            "on-failure" => Ok(RestartMode::OnFailure),
+            "never" | "no" => Ok(RestartMode::Never),
+            _ => Err(bad(format!(
+                "unknown restart mode '{s}': use always, on-failure or never"
+            ))),
+        }
+    }
+}
+
+/// How many workers to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Instances {
+    /// As many as the CPUs this process may use (affinity and cgroup quota).
+    #[default]
+    Max,
+    Count(usize),
+}
+
+impl FromStr for Instances {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        if s == "max" || s == "-1" || s == "0" {
+            return Ok(Instances::Max);
+        }
+        match s.parse::<usize>() {
+            Ok(n) if (1..=4096).contains(&n) => Ok(Instances::Count(n)),
+            _ => Err(bad(format!(
+                "invalid instance count '{s}': use a number from 1 to 4096, or 'max' for one per usable CPU"
+            ))),
+        }
+    }
+}
+
+impl Instances {
+    /// The concrete count on this machine.
+    pub fn resolve(self) -> usize {
+        match self {
+            Instances::Max => crate::cpus::usable_cpus(),
+            Instances::Count(n) => n,
+        }
+    }
+}
+
+/// Where a listener is bound.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl FromStr for ListenAddr {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(bad("invalid listen address 'unix:': give a socket path, as in unix:/run/app.sock"));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        // A bare port means every IPv4 interface, as `server.listen(8000)` does.
+        if let Ok(port) = s.parse::<u16>() {
+            return Ok(ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], port))));
+        }
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(ListenAddr::Tcp(addr));
+        }
+        let hint = "use HOST:PORT (127.0.0.1:8000, [::1]:8000, localhost:8000), a bare PORT, or unix:PATH";
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| bad(format!("invalid listen address '{s}': {hint}")))?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(bad(format!("invalid listen address '{s}': {hint}")));
+        }
+        // Resolve names such as `localhost` once, now; prefer IPv4 like Node does.
+        let addrs: Vec<SocketAddr> = s
+            .to_socket_addrs()
+            .map_err(|e| bad(format!("cannot resolve listen address '{s}': {e}")))?
+            .collect();
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .map(|a| ListenAddr::Tcp(*a))
+            .ok_or_else(|| bad(format!("listen address '{s}' resolves to nothing: {hint}")))
+    }
+}
+
+/// One `--listen [NAME=]ADDR`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListenSpec {
+    /// The name given to the worker in `LISTEN_FDNAMES`.
+    pub name: String,
+    pub addr: ListenAddr,
+}
+
+impl FromStr for ListenSpec {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let (name, addr) = match s.split_once('=') {
+            Some((name, addr)) => {
+                let valid = !name.is_empty()
+                    && name.len() <= 255
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                if !valid {
+                    return Err(bad(format!(
+                        "invalid listener name '{name}' in '{s}': use letters, digits, '-', '_' or '.'"
+                    )));
+                }
+                (Some(name.to_string()), addr)
+            }
+            None => (None, s),
+        };
+        let addr: ListenAddr = addr.parse()?;
+        // systemd's default name for an unnamed socket.
+        let name = name.unwrap_or_else(|| "unknown".to_string());
+        Ok(ListenSpec { name, addr })
+    }
+}
+
+/// Parse a duration: `12s`, `500ms`, `2m`, `1.5s`, or a bare number of milliseconds.
+pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
+    let err = || {
+        bad(format!(
+            "invalid duration '{s}': use a number of milliseconds, or a number with ms, s, m or h (500ms, 12s)"
+        ))
+    };
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return Err(err());
+    }
+    let value: f64 = num.parse().map_err(|_| err())?;
+    let ms_per_unit = match unit.trim() {
+        "" | "ms" => 1.0,
+        "s" | "sec" => 1_000.0,
+        "m" | "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        _ => return Err(err()),
+    };
+    let ms = value * ms_per_unit;
+    if !ms.is_finite() || ms > 1e12 {
+        return Err(err());
+    }
+    Ok(Duration::from_micros((ms * 1000.0).round() as u64))
+}
+
+/// Parse a signal name: `SIGINT`, `INT`, `int`, or a number.
+pub fn parse_signal(s: &str) -> Result<Signal, ConfigError> {
+    let err = || {
+        bad(format!(
+            "unknown signal '{s}': use a name such as SIGINT, SIGTERM, SIGQUIT, SIGUSR2, or a number"
+        ))
+    };
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| err());
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    let sig = Signal::from_str(&name).map_err(|_| err())?;
+    if sig == Signal::SIGKILL || sig == Signal::SIGSTOP {
+        return Err(bad(format!(
+            "{s} cannot be the graceful stop signal: it cannot be caught, so the worker could not drain; herd sends SIGKILL itself after --kill-timeout"
+        )));
+    }
+    Ok(sig)
+}
+
+/// When a worker that exited is started again, and how fast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicy {
+    pub mode: RestartMode,
+    /// The delay before the first restart of a worker that crashed young;
+    /// it doubles with each further unstable exit.
+    pub restart_delay: Duration,
+    /// The cap on that doubling.
+    pub max_restart_delay: Duration,
+    /// A worker that ran at least this long was stable: its slot's backoff resets.
+    pub min_uptime: Duration,
+    /// More unstable restarts than this in a row put the slot into `errored`.
+    pub max_restarts: u32,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            mode: RestartMode::Always,
+            restart_delay: Duration::from_millis(100),
+            max_restart_delay: Duration::from_secs(5),
+            min_uptime: Duration::from_secs(1),
+            max_restarts: 16,
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The wait before restarting after the `unstable`-th unstable exit in a
+    /// row (0 = the worker had been stable, so it is replaced at once).
+    pub fn backoff(&self, unstable: u32) -> Duration {
+        if unstable == 0 {
+            return Duration::ZERO;
+        }
+        let factor = 1u32.checked_shl(unstable - 1).unwrap_or(u32::MAX);
+        self.restart_delay
+            .checked_mul(factor)
+            .unwrap_or(self.max_restart_delay)
+            .min(self.max_restart_delay)
+    }
+}
+
+/// How a worker is stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopPolicy {
+    /// Sent to the worker's process group to ask it to finish.
+    pub kill_signal: Signal,
+    /// How long a worker may drain before its whole process group is SIGKILLed.
+    pub kill_timeout: Duration,
+    /// Send the IPC message `"shutdown"` instead of `kill_signal` (pm2's `shutdown_with_message`).
+    pub shutdown_with_message: bool,
+}
+
+impl Default for StopPolicy {
+    fn default() -> Self {
+        StopPolicy {
+            kill_signal: Signal::SIGINT,
+            kill_timeout: Duration::from_millis(1600),
+            shutdown_with_message: false,
+        }
+    }
+}
+
+/// When a new worker counts as ready to take over from an old one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyPolicy {
+    /// Wait for an explicit signal: `READY=1` on `NOTIFY_SOCKET`, or Node's `process.send('ready')`.
+    pub wait_ready: bool,
+    /// Without `wait_ready`, a worker that lived this long is ready.
+    pub ready_delay: Duration,
+    /// A replacement not ready by then aborts a reload.
+    pub listen_timeout: Duration,
+}
+
+impl Default for ReadyPolicy {
+    fn default() -> Self {
+        ReadyPolicy {
+            wait_ready: false,
+            ready_delay: Duration::from_secs(1),
+            listen_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Which protocol a worker speaks on its IPC channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkerKind {
+    /// Any program: LISTEN_FDS, NOTIFY_SOCKET, and herd's JSON-lines channel.
+    #[default]
+    Generic,
+    /// A Node.js program: herd is its cluster primary (NODE_CHANNEL_FD, NODE_UNIQUE_ID).
+    Node,
+}
+
+/// Everything herd needs to run one app.
+#[derive(Debug, Clone)]
+pub struct AppSpec {
+    pub name: String,
+    /// The program to execute, already resolved to a path.
+    pub program: PathBuf,
+    /// Arguments after the program (not including argv[0]).
+    pub args: Vec<String>,
+    /// Extra environment for every worker, on top of herd's own.
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub instances: usize,
+    pub listeners: Vec<ListenSpec>,
+    pub balance: Balance,
+    pub kind: WorkerKind,
+    pub restart: RestartPolicy,
+    pub stop: StopPolicy,
+    pub ready: ReadyPolicy,
+}
+
+impl AppSpec {
+    pub fn new(name: impl Into<String>, program: impl Into<PathBuf>) -> Self {
+        AppSpec {
+            name: name.into(),
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            instances: 1,
+            listeners: Vec::new(),
+            balance: Balance::Shared,
+            kind: WorkerKind::Generic,
+            restart: RestartPolicy::default(),
+            stop: StopPolicy::default(),
+            ready: ReadyPolicy::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("12s").unwrap(), Duration::from_secs(12));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1600").unwrap(), Duration::from_millis(1600));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        for bad in ["", "s", "12x", "-1", "1e3", "ms12", "1.2.3s"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.0.contains("invalid duration"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("SIGINT").unwrap(), Signal::SIGINT);
+        assert_eq!(parse_signal("term").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("15").unwrap(), Signal::SIGTERM);
+        assert!(parse_signal("SIGFOO").unwrap_err().0.contains("unknown signal 'SIGFOO'"));
+        assert!(parse_signal("KILL").unwrap_err().0.contains("cannot be caught"));
+    }
+
+    #[test]
+    fn listen_specs() {
+        let l: ListenSpec = "web=127.0.0.1:8000".parse().unwrap();
+        assert_eq!(l.name, "web");
+        assert_eq!(l.addr, ListenAddr::Tcp("127.0.0.1:8000".parse().unwrap()));
+        let l: ListenSpec = "[::1]:80".parse().unwrap();
+        assert_eq!(l.name, "unknown");
+        assert_eq!(l.addr, ListenAddr::Tcp("[::1]:80".parse().unwrap()));
+        let l: ListenSpec = "unix:/tmp/x.sock".parse().unwrap();
+        assert_eq!(l.addr, ListenAddr::Unix("/tmp/x.sock".into()));
+        let l: ListenSpec = "localhost:8080".parse().unwrap();
+        assert_eq!(l.addr, ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap()));
+        let l: ListenSpec = "8080".parse().unwrap();
+        assert_eq!(l.addr, ListenAddr::Tcp("0.0.0.0:8080".parse().unwrap()));
+        for bad in ["127.0.0.1", "127.0.0.1:99999", "unix:", ":80", "a b=1.2.3.4:5"] {
+            assert!(bad.parse::<ListenSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn instances() {
+        assert_eq!("max".parse::<Instances>().unwrap(), Instances::Max);
+        assert_eq!("4".parse::<Instances>().unwrap(), Instances::Count(4));
+        assert!("-3".parse::<Instances>().is_err());
+        assert!("lots".parse::<Instances>().is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let p = RestartPolicy::default();
+        assert_eq!(p.backoff(0), Duration::ZERO);
+        assert_eq!(p.backoff(1), Duration::from_millis(100));
+        assert_eq!(p.backoff(2), Duration::from_millis(200));
+        assert_eq!(p.backoff(4), Duration::from_millis(800));
+        assert_eq!(p.backoff(10), Duration::from_secs(5));
+        assert_eq!(p.backoff(100), Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,3 @@
+//! herd's supervisor engine.
+pub mod config;
+pub mod cpus;

@@ -1,3 +1,4 @@
 //! herd's supervisor engine.
 pub mod config;
 pub mod cpus;
+pub mod os;

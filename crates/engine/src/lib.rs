@@ -1,4 +1,5 @@
 //! herd's supervisor engine.
 pub mod config;
 pub mod cpus;
+pub mod machine;
 pub mod os;

@@ -1,0 +1,743 @@
+//! The worker lifecycle as a pure state machine: which worker runs in which
+//! slot, when a dead one is restarted (backoff, crash-loop limit), how a
+//! rolling reload advances, and how a stop ends. No I/O and no clock: every
+//! input carries the current `Instant`, every effect is returned as an
+//! [`Action`] for the driver (`supervisor`) to carry out, and timers are just
+//! actions that the driver later feeds back as inputs. A stale timer (one for
+//! a worker that is gone, or a slot whose restart was superseded) is ignored,
+//! so the driver never needs to cancel one.
+//!
+//! Vocabulary: a *slot* is a stable place 0..N-1 (`HERD_WORKER_ID`); a
+//! *worker* is one process started for a slot, named by a [`WorkerId`] that is
+//! never reused. A slot holds at most one `active` worker and, during a
+//! reload, one `incoming` replacement; workers being stopped leave their slot.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::config::{RestartMode, RestartPolicy};
+use crate::os::process::ExitStatus;
+
+/// A worker slot, 0..N-1; stable across restarts.
+pub type Slot = usize;
+
+/// One worker process the machine asked for; never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(pub u64);
+
+/// How a worker proves it can take traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// It is ready once it has stayed up this long.
+    After(Duration),
+    /// It says so (`READY=1`, Node's `listening` or `'ready'`); the driver feeds [`Input::Ready`].
+    Signalled,
+}
+
+/// The policies the machine applies.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub restart: RestartPolicy,
+    pub readiness: Readiness,
+    /// A reload replacement not ready by then aborts the reload.
+    pub listen_timeout: Duration,
+    /// How long a stopping worker may drain before it is killed.
+    pub kill_timeout: Duration,
+}
+
+/// What the driver tells the machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// The worker asked for by [`Action::Spawn`] is running with this pid.
+    Spawned { worker: WorkerId, pid: u32 },
+    /// It could not be started at all (the exec failed).
+    SpawnFailed { worker: WorkerId, error: String },
+    /// The worker is ready for traffic.
+    Ready { worker: WorkerId },
+    /// The worker's process ended (and its process group was cleaned up).
+    Exited {
+        worker: WorkerId,
+        status: ExitStatus,
+    },
+    /// A timer set by [`Action::SetTimer`] fired.
+    Timer(Timer),
+    /// A request from the user.
+    Command(Command),
+}
+
+/// Requests from outside: signals, the CLI, the library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Start every slot (once, at the beginning).
+    Start,
+    /// Replace every worker, one slot at a time, without losing capacity.
+    Reload,
+    /// Stop gracefully; a second `Stop` kills what is left at once.
+    Stop,
+    /// Add one slot (SIGTTIN).
+    ScaleUp,
+    /// Remove the highest slot (SIGTTOU).
+    ScaleDown,
+    /// Grow or shrink to this many slots.
+    Scale(usize),
+}
+
+/// Deadlines the machine asks the driver to watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// The backoff of a slot ended; `attempt` tells stale timers apart.
+    Restart { slot: Slot, attempt: u64 },
+    /// The worker has been up for the ready delay.
+    ReadyDelay(WorkerId),
+    /// The reload replacement had its time to get ready.
+    ListenTimeout(WorkerId),
+    /// The stopping worker had its time to drain.
+    KillTimeout(WorkerId),
+}
+
+/// What the machine asks the driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start a new worker process for `slot`; answer with `Spawned` or `SpawnFailed`.
+    Spawn { slot: Slot, worker: WorkerId },
+    /// Ask the worker to finish: stop accepting, drain, exit.
+    Stop { worker: WorkerId },
+    /// SIGKILL the worker's whole process group.
+    Kill { worker: WorkerId },
+    /// Feed `Input::Timer(timer)` back after `after`.
+    SetTimer { timer: Timer, after: Duration },
+    /// Something the user should hear about.
+    Report(Report),
+    /// Every worker is gone and none will be started: the supervisor is done.
+    Exit(Outcome),
+}
+
+/// Why the machine finished.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Stopped on request.
+    Stopped,
+    /// Every worker exited and the restart mode restarts none: success if all exited 0.
+    Completed { success: bool },
+    /// Every slot is errored; the last exit of the last slot to fail.
+    Errored { slot: Slot, last: ExitStatus },
+}
+
+/// Why a reload was abandoned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AbortReason {
+    /// The replacement exited before it was ready.
+    Exited(ExitStatus),
+    /// The replacement could not be started.
+    SpawnFailed(String),
+    /// The replacement was not ready within the listen timeout.
+    NotReady(Duration),
+    /// A stop was requested.
+    Stopping,
+}
+
+/// What happens to a slot after its worker exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// A replacement starts after this delay (zero: at once).
+    RestartIn(Duration),
+    /// The worker was being stopped; nothing follows.
+    Stopped,
+    /// The restart mode says not to restart it.
+    NoRestart,
+    /// Too many unstable restarts in a row: the slot is errored.
+    Errored { restarts: u32 },
+    /// A reload replacement for the slot is already on its way.
+    Replaced,
+}
+
+/// Events for the user.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    Online { slot: Slot, pid: u32 },
+    Ready { slot: Slot, pid: u32 },
+    Exited { slot: Slot, pid: u32, status: ExitStatus, uptime: Duration, next: Next },
+    SpawnFailed { slot: Slot, error: String, next: Next },
+    ReloadStarted,
+    ReloadQueued,
+    ReloadFinished,
+    ReloadAborted { slot: Slot, reason: AbortReason },
+    Stopping { workers: usize },
+    Scaled { instances: usize },
+    /// A command that cannot apply now, and why.
+    Refused { command: Command, reason: &'static str },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Asked for; no pid yet.
+    Starting,
+    Running { ready: bool },
+    /// Asked to stop; the kill timer runs.
+    Stopping,
+}
+
+#[derive(Debug)]
+struct Worker {
+    slot: Slot,
+    pid: Option<u32>,
+    started: Instant,
+    phase: Phase,
+    /// Stop as soon as it is running (a stop came while it was starting).
+    stop_when_started: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// Has (or is starting) a worker.
+    Live,
+    /// Waiting out a restart delay.
+    Backoff { attempt: u64 },
+    /// Gave up after too many unstable restarts.
+    Errored,
+    /// The worker ended and the restart mode does not restart it.
+    Done,
+}
+
+#[derive(Debug)]
+struct SlotInfo {
+    state: SlotState,
+    active: Option<WorkerId>,
+    incoming: Option<WorkerId>,
+    /// Unstable exits in a row.
+    unstable: u32,
+    last_exit: Option<ExitStatus>,
+}
+
+impl SlotInfo {
+    fn new() -> Self {
+        SlotInfo {
+            state: SlotState::Live,
+            active: None,
+            incoming: None,
+            unstable: 0,
+            last_exit: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Idle,
+    Running,
+    Stopping,
+    Finished,
+}
+
+/// The state of one app's workers. Feed it [`Input`]s; carry out the [`Action`]s.
+#[derive(Debug)]
+pub struct Machine {
+    policy: Policy,
+    slots: Vec<SlotInfo>,
+    workers: BTreeMap<WorkerId, Worker>,
+    next_worker: u64,
+    next_attempt: u64,
+    mode: Mode,
+    /// The slot a reload is working on, if one runs.
+    reload: Option<Slot>,
+    reload_queued: bool,
+    /// A queued reload waits for the end of the current input to begin.
+    pending_reload_restart: bool,
+    /// The slot that errored last, for the exit outcome.
+    last_errored: Option<Slot>,
+}
+
+impl Machine {
+    pub fn new(policy: Policy, instances: usize) -> Machine {
+        Machine {
+            policy,
+            slots: (0..instances.max(1)).map(|_| SlotInfo::new()).collect(),
+            workers: BTreeMap::new(),
+            next_worker: 0,
+            next_attempt: 0,
+            mode: Mode::Idle,
+            reload: None,
+            reload_queued: false,
+            pending_reload_restart: false,
+            last_errored: None,
+        }
+    }
+
+    /// The number of slots.
+    pub fn instances(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True once `Action::Exit` has been emitted.
+    pub fn finished(&self) -> bool {
+        self.mode == Mode::Finished
+    }
+
+    /// True while a graceful stop runs.
+    pub fn stopping(&self) -> bool {
+        self.mode == Mode::Stopping
+    }
+
+    /// True while a rolling reload runs.
+    pub fn reloading(&self) -> bool {
+        self.reload.is_some()
+    }
+
+    /// The slot of a worker that is still known (running, starting or stopping).
+    pub fn slot_of(&self, worker: WorkerId) -> Option<Slot> {
+        self.workers.get(&worker).map(|w| w.slot)
+    }
+
+    /// Is this worker ready and not on its way out? (Round-robin hands
+    /// connections only to these.)
+    pub fn accepting(&self, worker: WorkerId) -> bool {
+        matches!(
+            self.workers.get(&worker).map(|w| w.phase),
+            Some(Phase::Running { ready: true })
+        )
+    }
+
+    /// Is this worker being stopped?
+    pub fn is_stopping(&self, worker: WorkerId) -> bool {
+        matches!(self.workers.get(&worker).map(|w| w.phase), Some(Phase::Stopping))
+    }
+
+    /// Every known worker with its slot and pid, in start order.
+    pub fn workers(&self) -> impl Iterator<Item = (WorkerId, Slot, Option<u32>)> + '_ {
+        self.workers.iter().map(|(id, w)| (*id, w.slot, w.pid))
+    }
+
+    /// Slots that gave up after too many unstable restarts.
+    pub fn errored_slots(&self) -> Vec<Slot> {
+        (0..self.slots.len())
+            .filter(|&s| self.slots[s].state == SlotState::Errored)
+            .collect()
+    }
+
+    /// Apply one input at time `now`; returns what the driver must do, in order.
+    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.mode == Mode::Finished {
+            return out;
+        }
+        match input {
+            Input::Command(command) => self.command(now, command, &mut out),
+            Input::Spawned { worker, pid } => self.spawned(now, worker, pid, &mut out),
+            Input::SpawnFailed { worker, error } => self.spawn_failed(now, worker, error, &mut out),
+            Input::Ready { worker } => self.ready(now, worker, &mut out),
+            Input::Exited { worker, status } => self.exited(now, worker, status, &mut out),
+            Input::Timer(timer) => self.timer(now, timer, &mut out),
+        }
+        self.resume_queued_reload(now, &mut out);
+        self.check_finished(&mut out);
+        out
+    }
+
+    fn command(&mut self, now: Instant, command: Command, out: &mut Vec<Action>) {
+        match (self.mode, command) {
+            (Mode::Idle, Command::Start) => {
+                self.mode = Mode::Running;
+                for slot in 0..self.slots.len() {
+                    let worker = self.spawn(now, slot, out);
+                    self.slots[slot].active = Some(worker);
+                }
+            }
+            (_, Command::Start) => out.push(refused(command, "already started")),
+            (Mode::Stopping, Command::Stop) => {
+                // The second stop: no more waiting.
+                let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+                for worker in ids {
+                    out.push(Action::Kill { worker });
+                }
+            }
+            (Mode::Idle | Mode::Running, Command::Stop) => self.stop_all(out),
+            (Mode::Idle | Mode::Stopping, _) => {
+                let reason = if self.mode == Mode::Idle { "not started yet" } else { "stopping" };
+                out.push(refused(command, reason));
+            }
+            (Mode::Running, Command::Reload) => {
+                if self.reload.is_some() {
+                    self.reload_queued = true;
+                    out.push(Action::Report(Report::ReloadQueued));
+                } else {
+                    out.push(Action::Report(Report::ReloadStarted));
+                    self.reload_from(now, 0, out);
+                }
+            }
+            (Mode::Running, Command::ScaleUp) => self.scale_to(now, self.slots.len() + 1, out),
+            (Mode::Running, Command::ScaleDown) => {
+                if self.slots.len() <= 1 {
+                    out.push(refused(command, "one worker is the minimum; use stop to stop it"));
+                } else {
+                    self.scale_to(now, self.slots.len() - 1, out);
+                }
+            }
+            (Mode::Running, Command::Scale(n)) => {
+                if n == 0 {
+                    out.push(refused(command, "one worker is the minimum; use stop to stop them all"));
+                } else {
+                    self.scale_to(now, n, out);
+                }
+            }
+            (Mode::Finished, _) => {}
+        }
+    }
+
+    fn spawn(&mut self, now: Instant, slot: Slot, out: &mut Vec<Action>) -> WorkerId {
+        let worker = WorkerId(self.next_worker);
+        self.next_worker += 1;
+        self.workers.insert(
+            worker,
+            Worker {
+                slot,
+                pid: None,
+                started: now,
+                phase: Phase::Starting,
+                stop_when_started: false,
+            },
+        );
+        self.slots[slot].state = SlotState::Live;
+        out.push(Action::Spawn { slot, worker });
+        worker
+    }
+
+    fn begin_stop(&mut self, worker: WorkerId, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&worker) else { return };
+        match w.phase {
+            Phase::Stopping => {}
+            Phase::Starting => w.stop_when_started = true,
+            Phase::Running { .. } => {
+                w.phase = Phase::Stopping;
+                out.push(Action::Stop { worker });
+                out.push(Action::SetTimer {
+                    timer: Timer::KillTimeout(worker),
+                    after: self.policy.kill_timeout,
+                });
+            }
+        }
+        // It no longer holds its slot.
+        let slot = w.slot;
+        if let Some(info) = self.slots.get_mut(slot) {
+            if info.active == Some(worker) {
+                info.active = None;
+            }
+            if info.incoming == Some(worker) {
+                info.incoming = None;
+            }
+        }
+    }
+
+    fn stop_all(&mut self, out: &mut Vec<Action>) {
+        if let Some(slot) = self.reload.take() {
+            out.push(Action::Report(Report::ReloadAborted { slot, reason: AbortReason::Stopping }));
+        }
+        self.reload_queued = false;
+        self.mode = Mode::Stopping;
+        out.push(Action::Report(Report::Stopping { workers: self.workers.len() }));
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for worker in ids {
+            self.begin_stop(worker, out);
+        }
+        for info in &mut self.slots {
+            if matches!(info.state, SlotState::Backoff { .. }) {
+                info.state = SlotState::Done;
+            }
+        }
+    }
+
+    fn spawned(&mut self, now: Instant, worker: WorkerId, pid: u32, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&worker) else { return };
+        if w.phase != Phase::Starting {
+            return;
+        }
+        w.pid = Some(pid);
+        w.started = now;
+        w.phase = Phase::Running { ready: false };
+        let slot = w.slot;
+        let stop_now = w.stop_when_started;
+        out.push(Action::Report(Report::Online { slot, pid }));
+        if stop_now {
+            self.begin_stop(worker, out);
+            return;
+        }
+        match self.policy.readiness {
+            Readiness::After(delay) => out.push(Action::SetTimer {
+                timer: Timer::ReadyDelay(worker),
+                after: delay,
+            }),
+            Readiness::Signalled => {
+                if self.slots[slot].incoming == Some(worker) {
+                    out.push(Action::SetTimer {
+                        timer: Timer::ListenTimeout(worker),
+                        after: self.policy.listen_timeout,
+                    });
+                }
+            }
+        }
+    }
+
+    fn ready(&mut self, now: Instant, worker: WorkerId, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&worker) else { return };
+        if w.phase != (Phase::Running { ready: false }) {
+            return;
+        }
+        w.phase = Phase::Running { ready: true };
+        let slot = w.slot;
+        let pid = w.pid.unwrap_or_default();
+        out.push(Action::Report(Report::Ready { slot, pid }));
+        // A reload replacement takes over its slot; the old worker drains.
+        let info = &mut self.slots[slot];
+        if info.incoming == Some(worker) {
+            info.incoming = None;
+            let old = info.active.replace(worker);
+            info.unstable = 0;
+            if let Some(old) = old {
+                self.begin_stop(old, out);
+            }
+            if self.reload == Some(slot) {
+                self.reload_from(now, slot + 1, out);
+            }
+        }
+    }
+
+    /// Continue a reload at the first slot at or after `from`.
+    fn reload_from(&mut self, now: Instant, from: Slot, out: &mut Vec<Action>) {
+        if from >= self.slots.len() {
+            self.reload = None;
+            out.push(Action::Report(Report::ReloadFinished));
+            if std::mem::take(&mut self.reload_queued) {
+                out.push(Action::Report(Report::ReloadStarted));
+                self.reload_from(now, 0, out);
+            }
+            return;
+        }
+        self.reload = Some(from);
+        // A slot waiting out a backoff or errored gets a fresh start too.
+        let info = &mut self.slots[from];
+        if matches!(info.state, SlotState::Backoff { .. } | SlotState::Errored | SlotState::Done) {
+            info.unstable = 0;
+        }
+        let worker = self.spawn(now, from, out);
+        self.slots[from].incoming = Some(worker);
+    }
+
+    fn abort_reload(&mut self, slot: Slot, reason: AbortReason, out: &mut Vec<Action>) {
+        if self.reload == Some(slot) {
+            self.reload = None;
+            out.push(Action::Report(Report::ReloadAborted { slot, reason }));
+            // A reload asked for meanwhile still runs: it is the user's newer wish.
+            if std::mem::take(&mut self.reload_queued) {
+                self.pending_reload_restart = true;
+            }
+        }
+    }
+
+    fn spawn_failed(&mut self, now: Instant, worker: WorkerId, error: String, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.remove(&worker) else { return };
+        let slot = w.slot;
+        let Some(info) = self.slots.get_mut(slot) else { return };
+        if info.incoming == Some(worker) {
+            info.incoming = None;
+            let has_active = info.active.is_some();
+            self.abort_reload(slot, AbortReason::SpawnFailed(error.clone()), out);
+            if has_active {
+                out.push(Action::Report(Report::SpawnFailed { slot, error, next: Next::Stopped }));
+                return;
+            }
+        } else if info.active == Some(worker) {
+            info.active = None;
+        } else {
+            return;
+        }
+        let next = self.after_exit(now, slot, ExitStatus::Code(127), Duration::ZERO, out);
+        out.push(Action::Report(Report::SpawnFailed { slot, error, next }));
+    }
+
+    fn exited(&mut self, now: Instant, worker: WorkerId, status: ExitStatus, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.remove(&worker) else { return };
+        let slot = w.slot;
+        let pid = w.pid.unwrap_or_default();
+        let uptime = now.saturating_duration_since(w.started);
+        let report = |next| Action::Report(Report::Exited { slot, pid, status, uptime, next });
+        if w.phase == Phase::Stopping || w.stop_when_started || slot >= self.slots.len() {
+            out.push(report(Next::Stopped));
+            return;
+        }
+        let info = &mut self.slots[slot];
+        if info.incoming == Some(worker) {
+            // The replacement died before it was ready: the old worker stays.
+            info.incoming = None;
+            let has_active = info.active.is_some();
+            self.abort_reload(slot, AbortReason::Exited(status), out);
+            if has_active {
+                out.push(report(Next::Stopped));
+                return;
+            }
+        } else if info.active == Some(worker) {
+            info.active = None;
+            if info.incoming.is_some() {
+                // A reload replacement is already starting for this slot.
+                out.push(report(Next::Replaced));
+                return;
+            }
+        } else {
+            out.push(report(Next::Stopped));
+            return;
+        }
+        let next = self.after_exit(now, slot, status, uptime, out);
+        out.push(report(next));
+    }
+
+    /// Apply the restart policy to a slot whose worker ended.
+    fn after_exit(
+        &mut self,
+        now: Instant,
+        slot: Slot,
+        status: ExitStatus,
+        uptime: Duration,
+        out: &mut Vec<Action>,
+    ) -> Next {
+        let policy = self.policy.restart.clone();
+        let stopping = self.mode != Mode::Running;
+        let info = &mut self.slots[slot];
+        info.last_exit = Some(status);
+        if uptime >= policy.min_uptime {
+            info.unstable = 0;
+        } else {
+            info.unstable += 1;
+        }
+        let wanted = match policy.mode {
+            RestartMode::Always => true,
+            RestartMode::OnFailure => status != ExitStatus::Code(0),
+            RestartMode::Never => false,
+        };
+        if stopping || !wanted {
+            info.state = SlotState::Done;
+            return if stopping { Next::Stopped } else { Next::NoRestart };
+        }
+        if info.unstable > policy.max_restarts {
+            info.state = SlotState::Errored;
+            self.last_errored = Some(slot);
+            return Next::Errored { restarts: info.unstable - 1 };
+        }
+        let delay = policy.backoff(info.unstable);
+        if delay.is_zero() {
+            let worker = self.spawn(now, slot, out);
+            self.slots[slot].active = Some(worker);
+        } else {
+            self.next_attempt += 1;
+            let attempt = self.next_attempt;
+            info.state = SlotState::Backoff { attempt };
+            out.push(Action::SetTimer { timer: Timer::Restart { slot, attempt }, after: delay });
+        }
+        Next::RestartIn(delay)
+    }
+
+    fn resume_queued_reload(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if std::mem::take(&mut self.pending_reload_restart)
+            && self.mode == Mode::Running
+            && self.reload.is_none()
+        {
+            out.push(Action::Report(Report::ReloadStarted));
+            self.reload_from(now, 0, out);
+        }
+    }
+
+    fn timer(&mut self, now: Instant, timer: Timer, out: &mut Vec<Action>) {
+        match timer {
+            Timer::Restart { slot, attempt } => {
+                let Some(info) = self.slots.get(slot) else { return };
+                if self.mode == Mode::Running && info.state == (SlotState::Backoff { attempt }) {
+                    let worker = self.spawn(now, slot, out);
+                    self.slots[slot].active = Some(worker);
+                }
+            }
+            Timer::ReadyDelay(worker) => self.ready(now, worker, out),
+            Timer::ListenTimeout(worker) => {
+                let Some(w) = self.workers.get(&worker) else { return };
+                let slot = w.slot;
+                if w.phase == (Phase::Running { ready: false })
+                    && self.slots.get(slot).and_then(|s| s.incoming) == Some(worker)
+                {
+                    let timeout = self.policy.listen_timeout;
+                    let has_active = self.slots[slot].active.is_some();
+                    self.begin_stop(worker, out);
+                    self.abort_reload(slot, AbortReason::NotReady(timeout), out);
+                    if !has_active {
+                        // Nobody serves this slot: let the restart policy deal with it.
+                        self.after_exit(now, slot, ExitStatus::Code(1), Duration::ZERO, out);
+                    }
+                }
+            }
+            Timer::KillTimeout(worker) => {
+                if self.workers.get(&worker).map(|w| w.phase) == Some(Phase::Stopping) {
+                    out.push(Action::Kill { worker });
+                }
+            }
+        }
+    }
+
+    fn scale_to(&mut self, now: Instant, n: usize, out: &mut Vec<Action>) {
+        while self.slots.len() < n {
+            let slot = self.slots.len();
+            self.slots.push(SlotInfo::new());
+            let worker = self.spawn(now, slot, out);
+            self.slots[slot].active = Some(worker);
+        }
+        while self.slots.len() > n {
+            let slot = self.slots.len() - 1;
+            let info = self.slots.pop().expect("more than n slots");
+            for worker in [info.active, info.incoming].into_iter().flatten() {
+                self.begin_stop(worker, out);
+            }
+            if self.reload == Some(slot) {
+                self.reload = None;
+                out.push(Action::Report(Report::ReloadFinished));
+                if std::mem::take(&mut self.reload_queued) {
+                    self.pending_reload_restart = true;
+                }
+            }
+        }
+        out.push(Action::Report(Report::Scaled { instances: self.slots.len() }));
+    }
+
+    /// Emit `Exit` once nothing runs and nothing will be started.
+    fn check_finished(&mut self, out: &mut Vec<Action>) {
+        if !matches!(self.mode, Mode::Running | Mode::Stopping) || !self.workers.is_empty() {
+            return;
+        }
+        if self.mode == Mode::Stopping {
+            self.mode = Mode::Finished;
+            out.push(Action::Exit(Outcome::Stopped));
+            return;
+        }
+        let waiting = self
+            .slots
+            .iter()
+            .any(|s| matches!(s.state, SlotState::Live | SlotState::Backoff { .. }));
+        if waiting {
+            return;
+        }
+        self.mode = Mode::Finished;
+        let errored = self.errored_slots();
+        let outcome = if errored.len() == self.slots.len() {
+            let slot = self.last_errored.filter(|&s| s < self.slots.len()).unwrap_or(errored[0]);
+            Outcome::Errored { slot, last: self.slots[slot].last_exit.unwrap_or(ExitStatus::Code(1)) }
+        } else {
+            let success = errored.is_empty()
+                && self
+                    .slots
+                    .iter()
+                    .all(|s| matches!(s.last_exit, None | Some(ExitStatus::Code(0))));
+            Outcome::Completed { success }
+        };
+        out.push(Action::Exit(outcome));
+    }
+}
+
+fn refused(command: Command, reason: &'static str) -> Action {
+    Action::Report(Report::Refused { command, reason })
+}
+
+#[cfg(test)]
+mod tests;

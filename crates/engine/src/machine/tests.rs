@@ -1,0 +1,476 @@
+//! The machine driven by a simulated driver: fake time, fake pids, timers in
+//! a list. Scenario tests first, then a property test over random inputs.
+
+use super::*;
+use proptest::prelude::*;
+
+/// A stand-in for the supervisor: it "spawns" by handing out pids and keeps
+/// the timers the machine sets, firing them when the clock passes them.
+struct Sim {
+    machine: Machine,
+    now: Instant,
+    next_pid: u32,
+    /// Live processes: worker → (slot, pid).
+    live: BTreeMap<WorkerId, (Slot, u32)>,
+    timers: Vec<(Instant, Timer)>,
+    /// Workers asked to stop, and workers killed.
+    stopped: Vec<WorkerId>,
+    killed: Vec<WorkerId>,
+    reports: Vec<Report>,
+    exit: Option<Outcome>,
+    /// Spawns that should fail from now on.
+    fail_spawns: bool,
+}
+
+fn policy() -> Policy {
+    Policy {
+        restart: RestartPolicy::default(),
+        readiness: Readiness::After(Duration::from_millis(1000)),
+        listen_timeout: Duration::from_millis(3000),
+        kill_timeout: Duration::from_millis(1600),
+    }
+}
+
+impl Sim {
+    fn new(policy: Policy, n: usize) -> Sim {
+        let mut sim = Sim {
+            machine: Machine::new(policy, n),
+            now: Instant::now(),
+            next_pid: 100,
+            live: BTreeMap::new(),
+            timers: Vec::new(),
+            stopped: Vec::new(),
+            killed: Vec::new(),
+            reports: Vec::new(),
+            exit: None,
+            fail_spawns: false,
+        };
+        sim.input(Input::Command(Command::Start));
+        sim
+    }
+
+    fn input(&mut self, input: Input) {
+        let actions = self.machine.handle(self.now, input);
+        self.apply(actions);
+    }
+
+    fn apply(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Spawn { slot, worker } => {
+                    if self.fail_spawns {
+                        let error = "no such file".to_string();
+                        self.input(Input::SpawnFailed { worker, error });
+                    } else {
+                        self.next_pid += 1;
+                        let pid = self.next_pid;
+                        self.live.insert(worker, (slot, pid));
+                        self.input(Input::Spawned { worker, pid });
+                    }
+                }
+                Action::Stop { worker } => self.stopped.push(worker),
+                Action::Kill { worker } => {
+                    self.killed.push(worker);
+                    if self.live.contains_key(&worker) {
+                        self.exit(worker, ExitStatus::Signal(nix::sys::signal::Signal::SIGKILL));
+                    }
+                }
+                Action::SetTimer { timer, after } => self.timers.push((self.now + after, timer)),
+                Action::Report(r) => self.reports.push(r),
+                Action::Exit(outcome) => {
+                    assert!(self.exit.is_none(), "Exit emitted twice");
+                    self.exit = Some(outcome);
+                }
+            }
+        }
+    }
+
+    /// Let time pass, firing due timers in order.
+    fn advance(&mut self, by: Duration) {
+        let end = self.now + by;
+        loop {
+            self.timers.sort_by_key(|(at, _)| *at);
+            match self.timers.first() {
+                Some((at, _)) if *at <= end => {
+                    let (at, timer) = self.timers.remove(0);
+                    self.now = self.now.max(at);
+                    self.input(Input::Timer(timer));
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+    }
+
+    fn exit(&mut self, worker: WorkerId, status: ExitStatus) {
+        self.live.remove(&worker).expect("exit of a live worker");
+        self.input(Input::Exited { worker, status });
+    }
+
+    fn worker_in(&self, slot: Slot) -> WorkerId {
+        self.machine.slots[slot].active.expect("slot has an active worker")
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.live.values().map(|(_, pid)| *pid).collect()
+    }
+
+    fn count(&self, f: impl Fn(&Report) -> bool) -> usize {
+        self.reports.iter().filter(|r| f(r)).count()
+    }
+
+    /// Stopped workers exit gracefully.
+    fn finish_stopped(&mut self) {
+        for w in self.stopped.clone() {
+            if self.live.contains_key(&w) {
+                self.exit(w, ExitStatus::Code(0));
+            }
+        }
+    }
+}
+
+#[test]
+fn start_spawns_every_slot_and_reports_ready_after_the_delay() {
+    let mut sim = Sim::new(policy(), 3);
+    assert_eq!(sim.live.len(), 3);
+    assert_eq!(sim.count(|r| matches!(r, Report::Online { .. })), 3);
+    assert_eq!(sim.count(|r| matches!(r, Report::Ready { .. })), 0);
+    sim.advance(Duration::from_millis(1000));
+    assert_eq!(sim.count(|r| matches!(r, Report::Ready { .. })), 3);
+    assert!(sim.machine.accepting(sim.worker_in(0)));
+}
+
+#[test]
+fn a_stable_worker_that_dies_is_replaced_at_once() {
+    let mut sim = Sim::new(policy(), 2);
+    sim.advance(Duration::from_secs(5));
+    let w = sim.worker_in(1);
+    sim.exit(w, ExitStatus::Signal(nix::sys::signal::Signal::SIGKILL));
+    assert_eq!(sim.live.len(), 2, "replaced without waiting");
+    assert_ne!(sim.worker_in(1), w);
+    assert!(sim.reports.iter().any(|r| matches!(
+        r,
+        Report::Exited { slot: 1, next: Next::RestartIn(d), .. } if d.is_zero()
+    )));
+}
+
+#[test]
+fn crash_loop_backs_off_then_errors_and_the_others_keep_running() {
+    let mut p = policy();
+    p.restart.max_restarts = 3;
+    let mut sim = Sim::new(p, 2);
+    let mut delays = Vec::new();
+    for _ in 0..4 {
+        let w = sim.worker_in(1);
+        sim.exit(w, ExitStatus::Code(1));
+        if let Some(Report::Exited { next, .. }) = sim.reports.last() {
+            delays.push(*next);
+        }
+        sim.advance(Duration::from_millis(450));
+    }
+    assert_eq!(
+        delays,
+        vec![
+            Next::RestartIn(Duration::from_millis(100)),
+            Next::RestartIn(Duration::from_millis(200)),
+            Next::RestartIn(Duration::from_millis(400)),
+            Next::Errored { restarts: 3 },
+        ]
+    );
+    assert_eq!(sim.machine.errored_slots(), vec![1]);
+    assert_eq!(sim.live.len(), 1, "slot 0 still runs");
+    assert!(sim.exit.is_none());
+    // When the last slot errors too, the machine finishes with the cause.
+    // (Its first exit comes after a stable run, so it takes one more.)
+    for _ in 0..5 {
+        let w = sim.worker_in(0);
+        sim.exit(w, ExitStatus::Code(3));
+        sim.advance(Duration::from_millis(450));
+    }
+    assert_eq!(sim.exit, Some(Outcome::Errored { slot: 0, last: ExitStatus::Code(3) }));
+}
+
+#[test]
+fn a_stable_run_resets_the_backoff() {
+    let mut sim = Sim::new(policy(), 1);
+    let w = sim.worker_in(0);
+    sim.exit(w, ExitStatus::Code(1));
+    sim.advance(Duration::from_millis(100));
+    sim.advance(Duration::from_secs(2));
+    let w = sim.worker_in(0);
+    sim.exit(w, ExitStatus::Code(1));
+    assert!(matches!(
+        sim.reports.last(),
+        Some(Report::Exited { next: Next::RestartIn(d), .. }) if d.is_zero()
+    ));
+}
+
+#[test]
+fn restart_modes() {
+    let mut p = policy();
+    p.restart.mode = RestartMode::OnFailure;
+    let mut sim = Sim::new(p.clone(), 2);
+    sim.advance(Duration::from_secs(2));
+    let (a, b) = (sim.worker_in(0), sim.worker_in(1));
+    sim.exit(a, ExitStatus::Code(0));
+    assert_eq!(sim.live.len(), 1, "a clean exit is not restarted");
+    sim.exit(b, ExitStatus::Code(2));
+    assert_eq!(sim.live.len(), 1, "a failure is");
+    p.restart.mode = RestartMode::Never;
+    let mut sim = Sim::new(p, 2);
+    let (a, b) = (sim.worker_in(0), sim.worker_in(1));
+    sim.exit(a, ExitStatus::Code(0));
+    assert!(sim.exit.is_none());
+    sim.exit(b, ExitStatus::Code(4));
+    assert_eq!(sim.exit, Some(Outcome::Completed { success: false }));
+}
+
+#[test]
+fn graceful_stop_waits_then_kills_and_a_second_stop_kills_at_once() {
+    let mut sim = Sim::new(policy(), 2);
+    sim.input(Input::Command(Command::Stop));
+    assert_eq!(sim.stopped.len(), 2);
+    // One drains in time, the other ignores the signal.
+    let first = sim.stopped[0];
+    sim.exit(first, ExitStatus::Code(0));
+    assert!(sim.exit.is_none());
+    sim.advance(Duration::from_millis(1599));
+    assert!(sim.killed.is_empty());
+    sim.advance(Duration::from_millis(1));
+    assert_eq!(sim.killed.len(), 1);
+    assert_eq!(sim.exit, Some(Outcome::Stopped));
+
+    let mut sim = Sim::new(policy(), 2);
+    sim.input(Input::Command(Command::Stop));
+    sim.input(Input::Command(Command::Stop));
+    assert_eq!(sim.killed.len(), 2);
+    assert_eq!(sim.exit, Some(Outcome::Stopped));
+}
+
+#[test]
+fn no_restart_during_stop() {
+    let mut sim = Sim::new(policy(), 2);
+    let w = sim.worker_in(0);
+    sim.exit(w, ExitStatus::Code(1)); // backoff pending
+    sim.input(Input::Command(Command::Stop));
+    sim.finish_stopped();
+    sim.advance(Duration::from_secs(60));
+    assert!(sim.live.is_empty());
+    assert_eq!(sim.exit, Some(Outcome::Stopped));
+}
+
+#[test]
+fn rolling_reload_replaces_one_slot_at_a_time_after_readiness() {
+    let mut sim = Sim::new(policy(), 2);
+    sim.advance(Duration::from_secs(2));
+    let old: Vec<WorkerId> = vec![sim.worker_in(0), sim.worker_in(1)];
+    sim.input(Input::Command(Command::Reload));
+    assert_eq!(sim.live.len(), 3, "one replacement at a time");
+    assert!(sim.stopped.is_empty(), "the old worker serves until the new one is ready");
+    sim.advance(Duration::from_millis(1000));
+    assert_eq!(sim.stopped, vec![old[0]]);
+    assert_eq!(sim.live.len(), 4, "slot 1's replacement started");
+    sim.advance(Duration::from_millis(1000));
+    assert_eq!(sim.stopped, old);
+    assert_eq!(sim.count(|r| *r == Report::ReloadFinished), 1);
+    sim.finish_stopped();
+    assert_eq!(sim.live.len(), 2);
+    assert!(!old.contains(&sim.worker_in(0)) && !old.contains(&sim.worker_in(1)));
+}
+
+#[test]
+fn reload_aborts_when_the_replacement_crashes_and_the_old_worker_stays() {
+    let mut sim = Sim::new(policy(), 2);
+    sim.advance(Duration::from_secs(2));
+    let old = sim.worker_in(0);
+    sim.input(Input::Command(Command::Reload));
+    let incoming = sim.machine.slots[0].incoming.unwrap();
+    sim.exit(incoming, ExitStatus::Code(1));
+    assert!(sim.reports.iter().any(|r| matches!(
+        r,
+        Report::ReloadAborted { slot: 0, reason: AbortReason::Exited(ExitStatus::Code(1)) }
+    )));
+    assert_eq!(sim.worker_in(0), old);
+    assert!(sim.stopped.is_empty());
+    assert!(!sim.machine.reloading());
+    assert_eq!(sim.live.len(), 2, "no restart of a failed replacement");
+}
+
+#[test]
+fn reload_aborts_when_the_replacement_is_never_ready() {
+    let mut p = policy();
+    p.readiness = Readiness::Signalled;
+    let mut sim = Sim::new(p, 1);
+    let old = sim.worker_in(0);
+    sim.input(Input::Ready { worker: old });
+    sim.input(Input::Command(Command::Reload));
+    let incoming = sim.machine.slots[0].incoming.unwrap();
+    sim.advance(Duration::from_millis(3000));
+    assert!(sim.reports.iter().any(|r| matches!(
+        r,
+        Report::ReloadAborted { slot: 0, reason: AbortReason::NotReady(_) }
+    )));
+    assert_eq!(sim.stopped, vec![incoming]);
+    assert_eq!(sim.worker_in(0), old);
+    assert!(sim.machine.accepting(old));
+}
+
+#[test]
+fn a_reload_during_a_reload_is_queued_not_lost() {
+    let mut sim = Sim::new(policy(), 1);
+    sim.advance(Duration::from_secs(2));
+    sim.input(Input::Command(Command::Reload));
+    sim.input(Input::Command(Command::Reload));
+    sim.input(Input::Command(Command::Reload));
+    assert_eq!(sim.count(|r| *r == Report::ReloadQueued), 2);
+    sim.advance(Duration::from_secs(1));
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(sim.count(|r| *r == Report::ReloadStarted), 2, "queued reloads coalesce into one");
+    assert_eq!(sim.count(|r| *r == Report::ReloadFinished), 2);
+    assert_eq!(sim.stopped.len(), 2);
+}
+
+#[test]
+fn an_active_worker_dying_mid_reload_is_covered_by_its_replacement() {
+    let mut sim = Sim::new(policy(), 1);
+    sim.advance(Duration::from_secs(2));
+    let old = sim.worker_in(0);
+    sim.input(Input::Command(Command::Reload));
+    sim.exit(old, ExitStatus::Code(1));
+    assert_eq!(sim.live.len(), 1, "no extra restart: the replacement is coming");
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(sim.count(|r| *r == Report::ReloadFinished), 1);
+    assert!(sim.machine.accepting(sim.worker_in(0)));
+}
+
+#[test]
+fn scaling_up_and_down() {
+    let mut sim = Sim::new(policy(), 2);
+    sim.input(Input::Command(Command::ScaleUp));
+    assert_eq!(sim.machine.instances(), 3);
+    assert_eq!(sim.live.len(), 3);
+    let top = sim.worker_in(2);
+    sim.input(Input::Command(Command::ScaleDown));
+    assert_eq!(sim.stopped, vec![top]);
+    sim.input(Input::Command(Command::Scale(1)));
+    sim.input(Input::Command(Command::ScaleDown));
+    assert!(sim.reports.iter().any(|r| matches!(r, Report::Refused { .. })));
+    sim.finish_stopped();
+    assert_eq!(sim.live.len(), 1);
+    // A stopped worker of a removed slot is not restarted.
+    sim.advance(Duration::from_secs(30));
+    assert_eq!(sim.live.len(), 1);
+}
+
+#[test]
+fn spawn_failures_count_as_unstable_exits() {
+    let mut p = policy();
+    p.restart.max_restarts = 2;
+    let mut sim = Sim::new(p, 1);
+    let w = sim.worker_in(0);
+    sim.fail_spawns = true;
+    sim.exit(w, ExitStatus::Code(1));
+    sim.advance(Duration::from_secs(60));
+    assert!(matches!(sim.exit, Some(Outcome::Errored { .. })));
+}
+
+#[test]
+fn a_stop_while_a_worker_starts_stops_it_once_it_runs() {
+    let mut m = Machine::new(policy(), 1);
+    let now = Instant::now();
+    let actions = m.handle(now, Input::Command(Command::Start));
+    let Action::Spawn { worker, .. } = actions[0] else { panic!() };
+    m.handle(now, Input::Command(Command::Stop));
+    let actions = m.handle(now, Input::Spawned { worker, pid: 7 });
+    assert!(actions.contains(&Action::Stop { worker }));
+    let actions = m.handle(now, Input::Exited { worker, status: ExitStatus::Code(0) });
+    assert!(actions.contains(&Action::Exit(Outcome::Stopped)));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    ExitWorker(usize, i32),
+    Ready(usize),
+    Advance(u64),
+    Reload,
+    ScaleUp,
+    ScaleDown,
+    FailSpawns(bool),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..8usize, 0..3i32).prop_map(|(w, c)| Op::ExitWorker(w, c)),
+        (0..8usize).prop_map(Op::Ready),
+        (0..3000u64).prop_map(Op::Advance),
+        Just(Op::Reload),
+        Just(Op::ScaleUp),
+        Just(Op::ScaleDown),
+        any::<bool>().prop_map(Op::FailSpawns),
+    ]
+}
+
+proptest! {
+    /// Whatever happens, the machine keeps its invariants, and a stop always
+    /// ends with every worker gone and one `Exit`.
+    #[test]
+    fn invariants_hold_and_stop_always_finishes(
+        n in 1..4usize,
+        signalled in any::<bool>(),
+        ops in proptest::collection::vec(op(), 0..60),
+    ) {
+        let mut p = policy();
+        p.restart.max_restarts = 3;
+        if signalled {
+            p.readiness = Readiness::Signalled;
+        }
+        let mut sim = Sim::new(p, n);
+        for op in ops {
+            match op {
+                Op::ExitWorker(i, code) => {
+                    if let Some(&w) = sim.live.keys().nth(i % sim.live.len().max(1)) {
+                        sim.exit(w, ExitStatus::Code(code));
+                    }
+                }
+                Op::Ready(i) => {
+                    if let Some(&w) = sim.live.keys().nth(i % sim.live.len().max(1)) {
+                        sim.input(Input::Ready { worker: w });
+                    }
+                }
+                Op::Advance(ms) => sim.advance(Duration::from_millis(ms)),
+                Op::Reload => sim.input(Input::Command(Command::Reload)),
+                Op::ScaleUp => sim.input(Input::Command(Command::ScaleUp)),
+                Op::ScaleDown => sim.input(Input::Command(Command::ScaleDown)),
+                Op::FailSpawns(f) => sim.fail_spawns = f,
+            }
+            // Invariants.
+            let m = &sim.machine;
+            for (i, slot) in m.slots.iter().enumerate() {
+                for w in [slot.active, slot.incoming].into_iter().flatten() {
+                    prop_assert_eq!(m.workers[&w].slot, i);
+                    prop_assert!(m.workers[&w].phase != Phase::Stopping);
+                    prop_assert!(sim.live.contains_key(&w));
+                }
+                prop_assert!(slot.active.is_none() || slot.active != slot.incoming);
+                if slot.incoming.is_some() {
+                    prop_assert_eq!(m.reload, Some(i));
+                }
+            }
+            // The machine knows exactly the live processes.
+            let known: Vec<WorkerId> = m.workers.keys().copied().collect();
+            let live: Vec<WorkerId> = sim.live.keys().copied().collect();
+            prop_assert_eq!(known, live);
+            if sim.exit.is_some() {
+                prop_assert!(sim.live.is_empty());
+            }
+        }
+        if sim.exit.is_none() {
+            sim.input(Input::Command(Command::Stop));
+            sim.advance(Duration::from_secs(10));
+            prop_assert!(sim.live.is_empty(), "stop leaves nothing running");
+            prop_assert!(sim.exit.is_some(), "stop ends the machine");
+            let pids = sim.pids();
+            prop_assert!(pids.is_empty());
+        }
+    }
+}

@@ -1,1 +1,52 @@
-fn main() {}
+//! The `herd` command: a thin layer over `herd-engine`. Each subcommand lives
+//! in its own module; this file only parses the command line and turns errors
+//! into exit statuses (2 for bad input, as clap does; 1 for failures at run time).
+
+mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "herd",
+    version,
+    about = "Run N workers of any server on one port; restart them, reload them without losing a request.",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Supervise one app in the foreground (like `node cluster.js` or pm2-runtime).
+    Run(run::RunArgs),
+}
+
+/// An error the user caused: printed, then herd exits with status 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run(args) => run::main(args),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            eprintln!("herd: error: {err:#}");
+            let usage = err.downcast_ref::<UsageError>().is_some();
+            std::process::exit(if usage { 2 } else { 1 });
+        }
+    }
+}

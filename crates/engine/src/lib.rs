@@ -1,5 +1,7 @@
 //! herd's supervisor engine.
 pub mod config;
 pub mod cpus;
+pub mod describe;
 pub mod machine;
 pub mod os;
+pub mod supervisor;

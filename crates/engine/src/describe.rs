@@ -1,0 +1,144 @@
+//! How the engine's events read to a person: one sentence each, in the words
+//! `herd run` prints and the daemon logs. Kept apart from the machine so the
+//! wording can change without touching behaviour.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::machine::{AbortReason, Command, Next, Outcome, Report};
+use crate::os::process::ExitStatus;
+
+/// `250 ms`, `1.6 s`, `2 min 5 s`.
+pub fn duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        let s = d.as_secs_f64();
+        if ms % 1000 == 0 { format!("{} s", ms / 1000) } else { format!("{s:.1} s") }
+    } else {
+        let s = d.as_secs();
+        format!("{} min {} s", s / 60, s % 60)
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exited with code {c}"),
+            ExitStatus::Signal(s) => write!(f, "was killed by {}", s.as_str()),
+        }
+    }
+}
+
+impl fmt::Display for Next {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Next::RestartIn(d) if d.is_zero() => f.write_str("restarting it at once"),
+            Next::RestartIn(d) => write!(f, "restarting it in {}", duration(*d)),
+            Next::Stopped => f.write_str("stopped"),
+            Next::NoRestart => f.write_str("not restarting it (restart policy)"),
+            Next::Errored { restarts } => write!(
+                f,
+                "it crashed young {restarts} times in a row, so its slot is errored and stays empty; the other workers keep serving"
+            ),
+            Next::Replaced => f.write_str("its reload replacement takes over"),
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Report::Online { slot, pid } => write!(f, "worker {slot} online (pid {pid})"),
+            Report::Ready { slot, pid } => write!(f, "worker {slot} ready (pid {pid})"),
+            Report::Exited { slot, pid, status, next: Next::Stopped, .. } => {
+                write!(f, "worker {slot} (pid {pid}) stopped: it {status}")
+            }
+            Report::Exited { slot, pid, status, uptime, next } => write!(
+                f,
+                "worker {slot} (pid {pid}) {status} after {}; {next}",
+                duration(*uptime)
+            ),
+            Report::SpawnFailed { slot, error, next } => {
+                write!(f, "worker {slot} could not start: {error}; {next}")
+            }
+            Report::ReloadStarted => f.write_str("reload started: replacing workers one at a time"),
+            Report::ReloadQueued => f.write_str("reload queued: it runs once the current reload ends"),
+            Report::ReloadFinished => f.write_str("reload finished"),
+            Report::ReloadAborted { slot, reason } => {
+                write!(f, "reload aborted at worker {slot}: ")?;
+                match reason {
+                    AbortReason::Exited(status) => write!(
+                        f,
+                        "its replacement {status} before it was ready; the old worker keeps serving"
+                    ),
+                    AbortReason::SpawnFailed(e) => write!(
+                        f,
+                        "its replacement could not start ({e}); the old worker keeps serving"
+                    ),
+                    AbortReason::NotReady(t) => write!(
+                        f,
+                        "its replacement was not ready within {} (--listen-timeout); stopped it, the old worker keeps serving",
+                        duration(*t)
+                    ),
+                    AbortReason::Stopping => f.write_str("herd is stopping"),
+                }
+            }
+            Report::Stopping { workers } => write!(f, "stopping {workers} worker(s)"),
+            Report::Scaled { instances } => write!(f, "now running {instances} worker(s)"),
+            Report::Refused { command, reason } => {
+                let what = match command {
+                    Command::Start => "start",
+                    Command::Reload => "reload",
+                    Command::Stop => "stop",
+                    Command::ScaleUp => "add a worker",
+                    Command::ScaleDown => "remove a worker",
+                    Command::Scale(_) => "scale",
+                };
+                write!(f, "cannot {what}: {reason}")
+            }
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Stopped => f.write_str("stopped"),
+            Outcome::Completed { success: true } => f.write_str("every worker exited successfully"),
+            Outcome::Completed { success: false } => {
+                f.write_str("every worker has exited, and some failed")
+            }
+            Outcome::Errored { slot, last } => write!(
+                f,
+                "every worker slot is errored (crashing on start); the last, worker {slot}, {last}"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(duration(Duration::from_millis(250)), "250 ms");
+        assert_eq!(duration(Duration::from_millis(1600)), "1.6 s");
+        assert_eq!(duration(Duration::from_secs(3)), "3 s");
+        assert_eq!(duration(Duration::from_secs(125)), "2 min 5 s");
+    }
+
+    #[test]
+    fn an_exit_names_the_cause_and_what_follows() {
+        let r = Report::Exited {
+            slot: 1,
+            pid: 42,
+            status: ExitStatus::Code(1),
+            uptime: Duration::from_millis(30),
+            next: Next::RestartIn(Duration::from_millis(200)),
+        };
+        assert_eq!(r.to_string(), "worker 1 (pid 42) exited with code 1 after 30 ms; restarting it in 200 ms");
+    }
+}

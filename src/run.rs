@@ -1,0 +1,258 @@
+//! `herd run`: supervise one app in the foreground. Parses and validates the
+//! options (every mistake is reported before anything starts), starts the
+//! engine, maps signals to commands (INT/TERM stop, HUP reload, TTIN/TTOU
+//! scale), and prints the workers' output and the lifecycle events.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use herd_engine::config::{
+    self, AppSpec, Balance, Instances, ListenSpec, ReadyPolicy, RestartMode, RestartPolicy,
+    StopPolicy,
+};
+use herd_engine::machine::{Command, Outcome, Report};
+use herd_engine::os::spawn::resolve_program;
+use herd_engine::supervisor::{self, Event, Stream};
+use nix::sys::signal::Signal;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::UsageError;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    config::parse_duration(s).map_err(|e| e.0)
+}
+
+fn kill_signal(s: &str) -> Result<Signal, String> {
+    config::parse_signal(s).map_err(|e| e.0)
+}
+
+fn parsed<T: std::str::FromStr<Err = config::ConfigError>>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|e: config::ConfigError| e.0)
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Signals: SIGINT/SIGTERM stop gracefully (twice: at once), SIGHUP reloads worker by worker, SIGTTIN/SIGTTOU add/remove a worker.\n\nExample: herd run -i 2 --listen 127.0.0.1:8000 -- ./server"
+)]
+pub struct RunArgs {
+    /// Number of workers: a number, or `max` for one per usable CPU (affinity and cgroup quota).
+    #[arg(short = 'i', long, default_value = "max", value_parser = parsed::<Instances>, value_name = "N|max")]
+    instances: Instances,
+
+    /// A socket to bind once and pass to every worker (LISTEN_FDS): HOST:PORT, [::1]:PORT or unix:PATH; repeatable.
+    #[arg(long = "listen", value_name = "[NAME=]ADDR", value_parser = parsed::<ListenSpec>)]
+    listen: Vec<ListenSpec>,
+
+    /// How connections are spread: `shared` (one socket, one queue) or `reuseport` (one socket per worker).
+    #[arg(long, default_value = "shared", value_parser = parsed::<Balance>, value_name = "MODE")]
+    balance: Balance,
+
+    /// Name of the app, shown in logs.
+    #[arg(long)]
+    name: Option<String>,
+
+    /// When to restart a worker that exited: always, on-failure or never.
+    #[arg(long, default_value = "always", value_parser = parsed::<RestartMode>, value_name = "WHEN")]
+    restart: RestartMode,
+
+    /// First delay before restarting a worker that crashed young; doubles with each crash.
+    #[arg(long, default_value = "100ms", value_parser = duration, value_name = "DURATION")]
+    restart_delay: Duration,
+
+    /// The most the restart delay grows to.
+    #[arg(long, default_value = "5s", value_parser = duration, value_name = "DURATION")]
+    max_restart_delay: Duration,
+
+    /// A worker that ran this long was stable: its backoff and crash count reset.
+    #[arg(long, default_value = "1s", value_parser = duration, value_name = "DURATION")]
+    min_uptime: Duration,
+
+    /// Crashes in a row (each before --min-uptime) after which a slot is errored and left empty.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    max_restarts: u32,
+
+    /// Signal that asks a worker to finish (sent to its whole process group).
+    #[arg(long, default_value = "SIGINT", value_parser = kill_signal, value_name = "SIGNAL")]
+    kill_signal: Signal,
+
+    /// How long a stopping worker may drain before its process group is SIGKILLed (12s, 500ms, or ms).
+    #[arg(long, default_value = "1600ms", value_parser = duration, value_name = "DURATION")]
+    kill_timeout: Duration,
+
+    /// A worker is ready when it sends READY=1 to $NOTIFY_SOCKET (sd_notify), not after --ready-delay.
+    #[arg(long)]
+    wait_ready: bool,
+
+    /// Without --wait-ready, a worker that stayed up this long is ready.
+    #[arg(long, default_value = "1s", value_parser = duration, value_name = "DURATION")]
+    ready_delay: Duration,
+
+    /// During a reload, a replacement not ready within this long aborts the reload.
+    #[arg(long, default_value = "3s", value_parser = duration, value_name = "DURATION")]
+    listen_timeout: Duration,
+
+    /// The program to run, then its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+impl RunArgs {
+    /// Check everything and build the app; nothing has started yet.
+    fn into_spec(self) -> Result<AppSpec, UsageError> {
+        let program = &self.command[0];
+        let path = resolve_program(program).map_err(|e| UsageError(format!("cannot run '{program}': {e}")))?;
+        let name = self.name.clone().unwrap_or_else(|| {
+            PathBuf::from(program)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| program.clone())
+        });
+        let mut spec = AppSpec::new(name, path);
+        spec.args = self.command[1..].to_vec();
+        spec.instances = self.instances.resolve();
+        spec.listeners = self.listen;
+        spec.balance = self.balance;
+        if self.max_restart_delay < self.restart_delay {
+            return Err(UsageError(format!(
+                "--max-restart-delay ({}) is shorter than --restart-delay ({}): make it at least as long",
+                herd_engine::describe::duration(self.max_restart_delay),
+                herd_engine::describe::duration(self.restart_delay)
+            )));
+        }
+        spec.restart = RestartPolicy {
+            mode: self.restart,
+            restart_delay: self.restart_delay,
+            max_restart_delay: self.max_restart_delay,
+            min_uptime: self.min_uptime,
+            max_restarts: self.max_restarts,
+        };
+        spec.stop = StopPolicy {
+            kill_signal: self.kill_signal,
+            kill_timeout: self.kill_timeout,
+            shutdown_with_message: false,
+        };
+        spec.ready = ReadyPolicy {
+            wait_ready: self.wait_ready,
+            ready_delay: self.ready_delay,
+            listen_timeout: self.listen_timeout,
+        };
+        if spec.balance == Balance::RoundRobin {
+            return Err(UsageError(
+                "--balance round-robin is not available for this worker yet: use shared or reuseport".into(),
+            ));
+        }
+        Ok(spec)
+    }
+}
+
+pub fn main(args: RunArgs) -> anyhow::Result<i32> {
+    let spec = args.into_spec()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(supervise(spec))
+}
+
+async fn supervise(spec: AppSpec) -> anyhow::Result<i32> {
+    let stop = spec.stop.clone();
+    let balance = spec.balance;
+    let (app, mut events) = supervisor::start(spec).map_err(|e| UsageError(e.to_string()))?;
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
+    let mut sigttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
+
+    // Output is written by its own thread, so a slow terminal never stalls
+    // the supervisor (and so never the workers' pipes).
+    let (out_tx, out_rx) = std::sync::mpsc::channel::<(Stream, Vec<u8>)>();
+    let writer = std::thread::spawn(move || {
+        let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+        for (stream, bytes) in out_rx {
+            let _ = match stream {
+                Stream::Stdout => stdout.lock().write_all(&bytes),
+                Stream::Stderr => stderr.lock().write_all(&bytes),
+            };
+        }
+    });
+    let say = |text: String| {
+        let _ = out_tx.send((Stream::Stderr, format!("herd: {text}\n").into_bytes()));
+    };
+
+    let mut stopping = false;
+    let mut last_stderr: Vec<Option<String>> = Vec::new();
+    let code = loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { break 1 };
+                match event {
+                    Event::Listening { name, addr } => {
+                        let named = if name == "unknown" { String::new() } else { format!(" ({name})") };
+                        say(format!("listening on {addr}{named}, balance {balance}"));
+                    }
+                    Event::Output { slot, stream, lines, .. } => {
+                        if stream == Stream::Stderr {
+                            if last_stderr.len() <= slot {
+                                last_stderr.resize(slot + 1, None);
+                            }
+                            let last = lines.trim_ascii_end().rsplit(|&b| b == b'\n').next().unwrap_or_default();
+                            last_stderr[slot] = Some(String::from_utf8_lossy(last).into_owned());
+                        }
+                        let _ = out_tx.send((stream, prefix_lines(slot, &lines)));
+                    }
+                    Event::Message { slot, message, .. } => say(format!("worker {slot} sent {message}")),
+                    Event::Warning(text) => say(format!("warning: {text}")),
+                    Event::Lifecycle(report) => {
+                        let mut text = report.to_string();
+                        if let Report::Stopping { .. } = report {
+                            text.push_str(&format!(
+                                ": sent {} to each, SIGKILL after {} (signal again to kill now)",
+                                stop.kill_signal.as_str(),
+                                herd_engine::describe::duration(stop.kill_timeout)
+                            ));
+                        }
+                        say(text);
+                    }
+                    Event::Exit(outcome) => {
+                        let mut text = format!("exiting: {outcome}");
+                        if let Outcome::Errored { slot, .. } = outcome {
+                            if let Some(Some(line)) = last_stderr.get(slot) {
+                                text.push_str(&format!("; its last stderr line: {line}"));
+                            }
+                        }
+                        say(text);
+                        break match outcome {
+                            Outcome::Stopped | Outcome::Completed { success: true } => 0,
+                            _ => 1,
+                        };
+                    }
+                }
+            }
+            _ = sigint.recv() => { app.command(Command::Stop); stopping = true; }
+            _ = sigterm.recv() => { app.command(Command::Stop); stopping = true; }
+            _ = sighup.recv() => if !stopping { app.command(Command::Reload) },
+            _ = sigttin.recv() => app.command(Command::ScaleUp),
+            _ = sigttou.recv() => app.command(Command::ScaleDown),
+        }
+    };
+    drop(out_tx);
+    let _ = writer.join();
+    Ok(code)
+}
+
+/// `[3] ` before each line of a chunk of whole lines.
+fn prefix_lines(slot: usize, lines: &[u8]) -> Vec<u8> {
+    let prefix = format!("[{slot}] ");
+    let mut out = Vec::with_capacity(lines.len() + 16);
+    for line in lines.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(line);
+    }
+    out
+}

@@ -1,31 +1,44 @@
 //! Starting a worker: fork/exec with its inherited fds placed at 3, 4, …,
 //! in a new process group, with `LISTEN_PID` set to the child's own pid.
+//!
+//! `std::process::Command` cannot do this: `LISTEN_PID` must hold the child's
+//! pid, which only the child knows before exec. So everything the child needs
+//! (C strings, the argv and envp arrays, a fixed-size `LISTEN_PID=` buffer, the
+//! pipes) is prepared before `fork`; between `fork` and `execve` the child only
+//! makes async-signal-safe calls — no allocation, no locks — because herd is
+//! multi-threaded and another thread may hold the allocator's lock at the
+//! moment of the fork.
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::Pid;
 
 /// What to start.
-#[derive(Debug)]
-pub struct SpawnSpec<'a> {
-    /// Already resolved path of the program.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    /// Already resolved path of the program (see [`resolve_program`]).
     pub program: PathBuf,
     /// argv, including argv[0].
     pub argv: Vec<OsString>,
     /// The complete environment (nothing is inherited implicitly).
     pub env: Vec<(OsString, OsString)>,
+    /// Working directory of the child; `None` keeps herd's.
     pub cwd: Option<PathBuf>,
     /// fds to place in the child at 3, 4, 5, … in this order, without
-    /// close-on-exec. Every other fd of the parent is closed in the child
-    /// (they are all close-on-exec in herd).
+    /// close-on-exec. Every other fd of the parent is closed in the child:
+    /// they are all close-on-exec in herd, and the child additionally marks
+    /// every fd above the placed ones close-on-exec before `execve`. The fds
+    /// must stay open until `spawn` returns.
     pub fds: Vec<RawFd>,
-    /// Add `LISTEN_PID=<child pid>` to the child's environment.
+    /// Add `LISTEN_PID=<child pid>` to the child's environment (replacing any
+    /// `LISTEN_PID` in `env`).
     pub set_listen_pid: bool,
-    /// Hint for lifetimes of borrowed fds.
-    pub _marker: std::marker::PhantomData<&'a ()>,
 }
 
 /// A started worker: its pid (also its process group id) and the read ends
@@ -37,16 +50,789 @@ pub struct Spawned {
     pub stderr: OwnedFd,
 }
 
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+/// Room for the digits of any `pid_t` plus the terminating NUL.
+const LISTEN_PID_ROOM: usize = 12;
+
+/// Which step of the child's setup failed; sent to the parent with errno.
+#[derive(Clone, Copy)]
+#[repr(i32)]
+enum Stage {
+    Setpgid = 1,
+    Signals = 2,
+    Fds = 3,
+    Chdir = 4,
+    Exec = 5,
+}
+
+impl Stage {
+    fn from_i32(v: i32) -> Option<Stage> {
+        Some(match v {
+            1 => Stage::Setpgid,
+            2 => Stage::Signals,
+            3 => Stage::Fds,
+            4 => Stage::Chdir,
+            5 => Stage::Exec,
+            _ => return None,
+        })
+    }
+}
+
+fn cstring(bytes: &[u8], what: &str) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{what} contains a NUL byte: {:?}",
+                String::from_utf8_lossy(bytes)
+            ),
+        )
+    })
+}
+
+fn with_context(err: io::Error, context: impl std::fmt::Display) -> io::Error {
+    io::Error::new(err.kind(), format!("{context}: {err}"))
+}
+
+/// Everything the child touches between fork and exec, prepared in advance.
+/// Raw pointers into buffers owned by the caller of [`spawn`], which outlive
+/// the fork (the child has its own copy of that memory).
+struct ChildPlan<'a> {
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    cwd: Option<*const libc::c_char>,
+    /// Where to write the pid's digits and NUL (`LISTEN_PID_ROOM` bytes).
+    listen_pid_digits: Option<*mut u8>,
+    stdin: RawFd,
+    stdout: RawFd,
+    stderr: RawFd,
+    report: RawFd,
+    fds: &'a [RawFd],
+    /// Scratch space, `fds.len()` long, for the temporary copies of `fds`.
+    moved: &'a mut [RawFd],
+}
+
 /// Start the program. Returns once the exec has succeeded; an exec failure
 /// (not found, not executable) is reported as an error and leaves no process.
-pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<Spawned> {
-    let _ = spec;
-    todo!()
+///
+/// This blocks the calling thread until the child has called `execve` (a few
+/// hundred microseconds), which is fine on a runtime thread.
+pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
+    let program_display = spec.program.display().to_string();
+
+    // --- Everything the child needs, allocated now. ---
+    let program = cstring(spec.program.as_os_str().as_bytes(), "program path")?;
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| cstring(a.as_bytes(), "argument"))
+        .collect::<io::Result<_>>()?;
+    if argv.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("cannot start {program_display}: argv is empty"),
+        ));
+    }
+    let mut env: Vec<CString> = Vec::with_capacity(spec.env.len() + 1);
+    for (k, v) in &spec.env {
+        if spec.set_listen_pid && k.as_bytes() == b"LISTEN_PID" {
+            continue;
+        }
+        let mut entry = Vec::with_capacity(k.len() + 1 + v.len());
+        entry.extend_from_slice(k.as_bytes());
+        entry.push(b'=');
+        entry.extend_from_slice(v.as_bytes());
+        env.push(cstring(&entry, "environment variable")?);
+    }
+    // `LISTEN_PID=` followed by NULs the child overwrites with its pid.
+    let mut listen_pid = [0u8; LISTEN_PID_PREFIX.len() + LISTEN_PID_ROOM];
+    listen_pid[..LISTEN_PID_PREFIX.len()].copy_from_slice(LISTEN_PID_PREFIX);
+    let cwd = match &spec.cwd {
+        Some(dir) => Some(cstring(dir.as_os_str().as_bytes(), "working directory")?),
+        None => None,
+    };
+
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    // One pointer for both the envp entry and the child's in-place write.
+    let listen_pid_ptr: *mut u8 = listen_pid.as_mut_ptr();
+    let mut envp_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    if spec.set_listen_pid {
+        envp_ptrs.push(listen_pid_ptr.cast_const().cast());
+    }
+    envp_ptrs.push(std::ptr::null());
+    let mut moved = vec![-1 as RawFd; spec.fds.len()];
+
+    // --- Pipes and /dev/null, all close-on-exec in the parent. ---
+    let (report_r, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let devnull: OwnedFd = std::fs::File::open("/dev/null")
+        .map_err(|e| with_context(e, "cannot open /dev/null"))?
+        .into();
+
+    let listen_pid_digits = if spec.set_listen_pid {
+        // SAFETY: in bounds; the child writes at most LISTEN_PID_ROOM bytes.
+        Some(unsafe { listen_pid_ptr.add(LISTEN_PID_PREFIX.len()) })
+    } else {
+        None
+    };
+    let mut plan = ChildPlan {
+        program: program.as_ptr(),
+        argv: argv_ptrs.as_ptr(),
+        envp: envp_ptrs.as_ptr(),
+        cwd: cwd.as_ref().map(|c| c.as_ptr()),
+        listen_pid_digits,
+        stdin: devnull.as_raw_fd(),
+        stdout: out_w.as_raw_fd(),
+        stderr: err_w.as_raw_fd(),
+        report: report_w.as_raw_fd(),
+        fds: &spec.fds,
+        moved: &mut moved,
+    };
+
+    // Block every signal across the fork, so that no handler of the parent
+    // (tokio's) runs in the child before the child has reset the
+    // dispositions to default.
+    // SAFETY: plain libc calls on valid, initialised sigset_t values.
+    let old_mask = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        let rc = libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        old
+    };
+
+    // SAFETY: the child only runs `child_after_fork`, which makes
+    // async-signal-safe calls and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: we are the freshly forked child.
+        unsafe { child_after_fork(&mut plan) }
+    }
+    let fork_err = io::Error::last_os_error();
+    // SAFETY: restoring the mask saved above.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut());
+    }
+    if pid < 0 {
+        return Err(with_context(
+            fork_err,
+            format!("cannot start {program_display}: fork failed"),
+        ));
+    }
+    let pid = Pid::from_raw(pid);
+
+    // The child's copies are what matter now.
+    drop(report_w);
+    drop(out_w);
+    drop(err_w);
+    drop(devnull);
+
+    // EOF on the report pipe means the exec succeeded (it closed the
+    // close-on-exec write end); otherwise the child sends stage + errno.
+    let mut report = [0u8; 8];
+    let mut got = 0;
+    while got < report.len() {
+        match nix::unistd::read(&report_r, &mut report[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                // Cannot tell; assume the worst and make sure no process is left.
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                reap_blocking(pid);
+                return Err(with_context(
+                    io::Error::from(e),
+                    format!("cannot start {program_display}: reading the exec status failed"),
+                ));
+            }
+        }
+    }
+    if got != 0 {
+        reap_blocking(pid);
+        if got != report.len() {
+            return Err(io::Error::other(format!(
+                "cannot start {program_display}: the child failed before exec"
+            )));
+        }
+        let stage = i32::from_ne_bytes(report[..4].try_into().unwrap());
+        let errno = i32::from_ne_bytes(report[4..].try_into().unwrap());
+        return Err(child_error(spec, &program_display, stage, errno));
+    }
+
+    for fd in [&out_r, &err_r] {
+        let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+        fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    }
+    Ok(Spawned {
+        pid,
+        stdout: out_r,
+        stderr: err_r,
+    })
+}
+
+fn child_error(spec: &SpawnSpec, program: &str, stage: i32, errno: i32) -> io::Error {
+    let err = io::Error::from_raw_os_error(errno);
+    match Stage::from_i32(stage) {
+        Some(Stage::Exec) => {
+            // ENOENT for a file that exists: a script whose `#!` interpreter is missing.
+            if errno == libc::ENOENT && spec.program.exists() {
+                with_context(
+                    err,
+                    format!("cannot execute {program} (its #! interpreter was not found)"),
+                )
+            } else {
+                with_context(err, format!("cannot execute {program}"))
+            }
+        }
+        Some(Stage::Chdir) => {
+            let dir = spec.cwd.as_deref().unwrap_or(Path::new("?")).display();
+            with_context(
+                err,
+                format!("cannot start {program}: cannot change directory to {dir}"),
+            )
+        }
+        Some(Stage::Setpgid) => with_context(
+            err,
+            format!("cannot start {program}: cannot create its process group"),
+        ),
+        Some(Stage::Signals) => with_context(
+            err,
+            format!("cannot start {program}: cannot reset its signal mask"),
+        ),
+        Some(Stage::Fds) => with_context(
+            err,
+            format!("cannot start {program}: cannot set up its file descriptors"),
+        ),
+        None => with_context(err, format!("cannot start {program}")),
+    }
+}
+
+/// Wait for a child that is known to be exiting (or killed).
+fn reap_blocking(pid: Pid) {
+    loop {
+        match nix::sys::wait::waitpid(pid, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => return,
+        }
+    }
+}
+
+/// Report `stage` and errno to the parent and exit. Async-signal-safe.
+unsafe fn child_fail(report: RawFd, stage: Stage) -> ! {
+    let errno = *libc::__errno_location();
+    let mut msg = [0u8; 8];
+    msg[..4].copy_from_slice(&(stage as i32).to_ne_bytes());
+    msg[4..].copy_from_slice(&errno.to_ne_bytes());
+    // A pipe write of 8 bytes is atomic; retry only on EINTR.
+    while libc::write(report, msg.as_ptr().cast(), msg.len()) < 0
+        && *libc::__errno_location() == libc::EINTR
+    {}
+    libc::_exit(127)
+}
+
+/// `fcntl(F_DUPFD_CLOEXEC)` retried on EINTR.
+unsafe fn dup_above(fd: RawFd, min: RawFd) -> RawFd {
+    loop {
+        let r = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min);
+        if r >= 0 || *libc::__errno_location() != libc::EINTR {
+            return r;
+        }
+    }
+}
+
+/// `dup2` retried on EINTR (it clears close-on-exec on the new fd).
+unsafe fn dup_to(fd: RawFd, target: RawFd) -> bool {
+    loop {
+        if libc::dup2(fd, target) >= 0 {
+            return true;
+        }
+        if *libc::__errno_location() != libc::EINTR {
+            return false;
+        }
+    }
+}
+
+/// The child between fork and exec. Only async-signal-safe calls: no
+/// allocation, no locks, no panics.
+unsafe fn child_after_fork(plan: &mut ChildPlan<'_>) -> ! {
+    let mut report = plan.report;
+
+    // Own process group, pgid = pid, so the whole group can be signalled.
+    if libc::setpgid(0, 0) != 0 {
+        child_fail(report, Stage::Setpgid);
+    }
+
+    // Default disposition for every signal (Rust ignores SIGPIPE; exec keeps
+    // ignored signals ignored), then unblock them all. The raw syscall,
+    // because glibc's sigaction() refuses its internal signals 32 and 33,
+    // which may have been inherited as ignored. An all-zero kernel sigaction
+    // is SIG_DFL, no flags, empty mask, whatever the architecture's layout.
+    // SIGKILL and SIGSTOP reject this; that is fine.
+    let dfl = [0u64; 4];
+    for sig in 1..=64 {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig as libc::c_long,
+            dfl.as_ptr(),
+            std::ptr::null_mut::<u64>(),
+            8 as libc::size_t,
+        );
+    }
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    if libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+        child_fail(report, Stage::Signals);
+    }
+
+    // Move every fd we need above the target range 0..3+n first, so that
+    // placing one never clobbers another we still need; then place them.
+    let low = 3 + plan.fds.len() as RawFd;
+    let r = dup_above(report, low);
+    if r < 0 {
+        child_fail(report, Stage::Fds);
+    }
+    report = r;
+    let stdin = dup_above(plan.stdin, low);
+    let stdout = dup_above(plan.stdout, low);
+    let stderr = dup_above(plan.stderr, low);
+    if stdin < 0 || stdout < 0 || stderr < 0 {
+        child_fail(report, Stage::Fds);
+    }
+    for (i, &fd) in plan.fds.iter().enumerate() {
+        let m = dup_above(fd, low);
+        if m < 0 {
+            child_fail(report, Stage::Fds);
+        }
+        plan.moved[i] = m;
+    }
+    if !dup_to(stdin, 0) || !dup_to(stdout, 1) || !dup_to(stderr, 2) {
+        child_fail(report, Stage::Fds);
+    }
+    for (i, &m) in plan.moved.iter().enumerate() {
+        if !dup_to(m, 3 + i as RawFd) {
+            child_fail(report, Stage::Fds);
+        }
+    }
+    // Belt and braces: anything above the placed fds that someone opened
+    // without O_CLOEXEC must not leak into the worker. Needs Linux 5.11;
+    // older kernels reject it and we rely on herd's fds being close-on-exec.
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    libc::syscall(
+        libc::SYS_close_range,
+        low as libc::c_uint,
+        libc::c_uint::MAX,
+        CLOSE_RANGE_CLOEXEC,
+    );
+
+    if let Some(dir) = plan.cwd {
+        if libc::chdir(dir) != 0 {
+            child_fail(report, Stage::Chdir);
+        }
+    }
+
+    if let Some(digits) = plan.listen_pid_digits {
+        write_decimal(digits, libc::getpid());
+    }
+
+    libc::execve(plan.program, plan.argv, plan.envp);
+    child_fail(report, Stage::Exec)
+}
+
+/// Write `n` (non-negative) in decimal followed by a NUL at `out`, which has
+/// room for `LISTEN_PID_ROOM` bytes. No allocation.
+unsafe fn write_decimal(out: *mut u8, n: libc::pid_t) {
+    let mut tmp = [0u8; LISTEN_PID_ROOM];
+    let mut len = 0;
+    let mut v = n.max(0) as u32;
+    loop {
+        tmp[len] = b'0' + (v % 10) as u8;
+        len += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        *out.add(i) = tmp[len - 1 - i];
+    }
+    *out.add(len) = 0;
 }
 
 /// Find `program` on PATH (or check it, if it contains a '/') and verify it is
 /// an executable regular file. The error says which of the two it is not.
+///
+/// The result is absolute (a relative path with a '/' is taken relative to
+/// herd's working directory, not the worker's), so it stays valid after the
+/// child changes directory. Symlinks are not resolved.
 pub fn resolve_program(program: &str) -> io::Result<PathBuf> {
-    let _ = program;
-    todo!()
+    if program.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "command not found: (empty)",
+        ));
+    }
+    if program.contains('/') {
+        let path = std::path::absolute(program)?;
+        return match check_executable(&path) {
+            Ok(()) => Ok(path),
+            Err(Check::Missing) => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("command not found: {program} (no such file)"),
+            )),
+            Err(Check::NotExecutable(why)) => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{program} is not executable{why}"),
+            )),
+        };
+    }
+
+    let path_var = std::env::var_os("PATH");
+    let path_var = path_var
+        .as_deref()
+        .unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
+    let mut not_executable: Option<(PathBuf, &'static str)> = None;
+    for dir in std::env::split_paths(path_var) {
+        // An empty PATH entry means the current directory.
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let candidate = dir.join(program);
+        match check_executable(&candidate) {
+            Ok(()) => return std::path::absolute(&candidate),
+            Err(Check::Missing) => {}
+            Err(Check::NotExecutable(why)) => {
+                not_executable.get_or_insert((candidate, why));
+            }
+        }
+    }
+    match not_executable {
+        Some((path, why)) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{program} is not executable ({}{why})", path.display()),
+        )),
+        None => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("command not found: {program}"),
+        )),
+    }
+}
+
+enum Check {
+    Missing,
+    /// With a short explanation, starting with a space or empty.
+    NotExecutable(&'static str),
+}
+
+fn check_executable(path: &Path) -> Result<(), Check> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(Check::NotExecutable(" (permission denied)"))
+        }
+        Err(_) => return Err(Check::Missing),
+    };
+    if meta.is_dir() {
+        return Err(Check::NotExecutable(": it is a directory"));
+    }
+    if !meta.is_file() {
+        return Err(Check::NotExecutable(": not a regular file"));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(Check::NotExecutable(""));
+    }
+    // The mode has an x bit; ask the kernel whether *we* may execute it.
+    match nix::unistd::access(path, nix::unistd::AccessFlags::X_OK) {
+        Ok(()) => Ok(()),
+        Err(_) => Err(Check::NotExecutable(" (permission denied)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+
+    fn sh_spec(script: &str) -> SpawnSpec {
+        SpawnSpec {
+            program: PathBuf::from("/bin/sh"),
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: None,
+            fds: vec![],
+            set_listen_pid: false,
+        }
+    }
+
+    /// Read a nonblocking pipe to EOF.
+    fn read_all(fd: OwnedFd) -> String {
+        let flags = OFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFL).unwrap());
+        fcntl(&fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK)).unwrap();
+        let mut s = String::new();
+        std::fs::File::from(fd).read_to_string(&mut s).unwrap();
+        s
+    }
+
+    fn wait_code(pid: Pid) -> i32 {
+        match nix::sys::wait::waitpid(pid, None).unwrap() {
+            nix::sys::wait::WaitStatus::Exited(_, c) => c,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn listen_pid_is_the_childs_pid_and_env_is_exact() {
+        let mut spec = sh_spec("echo \"$LISTEN_PID $$ $FOO\"; env | sort");
+        spec.env.push(("FOO".into(), "bar".into()));
+        spec.env.push(("LISTEN_PID".into(), "stale".into()));
+        spec.set_listen_pid = true;
+        let s = spawn(&spec).unwrap();
+        let out = read_all(s.stdout);
+        let first = out.lines().next().unwrap().to_string();
+        let pid = s.pid.as_raw();
+        assert_eq!(first, format!("{pid} {pid} bar"));
+        let vars: Vec<&str> = out.lines().skip(1).collect();
+        assert!(vars.contains(&"FOO=bar"), "{vars:?}");
+        assert!(vars.contains(&&*format!("LISTEN_PID={pid}")), "{vars:?}");
+        assert!(!vars.contains(&"LISTEN_PID=stale"));
+        assert!(!vars.iter().any(|v| v.starts_with("HOME=")), "{vars:?}");
+        assert_eq!(wait_code(s.pid), 0);
+    }
+
+    #[test]
+    fn own_process_group_stderr_and_stdin() {
+        let spec = sh_spec("ps -o pgid= -p $$ 2>/dev/null || cut -d' ' -f5 /proc/$$/stat; echo err >&2; cat; echo done");
+        let s = spawn(&spec).unwrap();
+        let out = read_all(s.stdout);
+        let err = read_all(s.stderr);
+        let mut lines = out.lines();
+        assert_eq!(
+            lines.next().unwrap().trim(),
+            s.pid.as_raw().to_string(),
+            "pgid"
+        );
+        assert_eq!(lines.next(), Some("done"), "stdin is /dev/null: cat ends");
+        assert_eq!(err, "err\n");
+        assert_eq!(wait_code(s.pid), 0);
+    }
+
+    #[test]
+    fn output_pipes_are_nonblocking_cloexec() {
+        let s = spawn(&sh_spec("exit 3")).unwrap();
+        for fd in [&s.stdout, &s.stderr] {
+            let fl = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL).unwrap());
+            assert!(fl.contains(OFlag::O_NONBLOCK));
+            let fdfl = fcntl(fd, FcntlArg::F_GETFD).unwrap();
+            assert!(fdfl & libc::FD_CLOEXEC != 0);
+        }
+        assert_eq!(wait_code(s.pid), 3);
+    }
+
+    #[test]
+    fn sigpipe_is_default_and_mask_is_empty_in_child() {
+        // Rust's test harness ignores SIGPIPE; the child must see SIG_DFL.
+        let spec = sh_spec("grep -E '^(SigIgn|SigBlk)' /proc/self/status");
+        let s = spawn(&spec).unwrap();
+        let out = read_all(s.stdout);
+        for line in out.lines() {
+            let v = line.split_whitespace().nth(1).unwrap();
+            assert!(v.chars().all(|c| c == '0'), "{line}");
+        }
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert_eq!(wait_code(s.pid), 0);
+    }
+
+    /// Make a pipe whose write end ends up at `at` in the parent (so fds can
+    /// be arranged to overlap the target range).
+    fn pipe_at(at: RawFd) -> (OwnedFd, OwnedFd) {
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let moved = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_DUPFD_CLOEXEC, at) };
+        assert!(moved >= 0);
+        (r, unsafe { OwnedFd::from_raw_fd(moved) })
+    }
+
+    #[test]
+    fn fds_are_placed_in_order_even_when_overlapping() {
+        // Three pipes; pass their write ends in an order where sources sit
+        // in each other's target slots (whatever numbers they got).
+        let (r1, w1) = pipe_at(3);
+        let (r2, w2) = pipe_at(4);
+        let (r3, w3) = pipe_at(60);
+        let mut spec = sh_spec("echo one >&3; echo two >&4; echo three >&5; ls /proc/self/fd");
+        spec.fds = vec![w3.as_raw_fd(), w1.as_raw_fd(), w2.as_raw_fd()];
+        let s = spawn(&spec).unwrap();
+        drop((w1, w2, w3));
+        let out = read_all(s.stdout);
+        assert_eq!(wait_code(s.pid), 0);
+        let read = |r: OwnedFd| {
+            let mut s = String::new();
+            std::fs::File::from(r).read_to_string(&mut s).unwrap();
+            s
+        };
+        assert_eq!(read(r3), "one\n");
+        assert_eq!(read(r1), "two\n");
+        assert_eq!(read(r2), "three\n");
+        // `ls` itself has one extra fd open (its directory), nothing else leaks.
+        let mut fds: Vec<i32> = out.lines().map(|l| l.parse().unwrap()).collect();
+        fds.sort();
+        assert_eq!(&fds[..6], &[0, 1, 2, 3, 4, 5], "{fds:?}");
+        assert!(fds.len() <= 7, "leaked fds: {fds:?}");
+    }
+
+    #[test]
+    fn non_cloexec_fd_does_not_leak() {
+        let (r, w) = nix::unistd::pipe().unwrap(); // no O_CLOEXEC
+        let spec = sh_spec("ls /proc/self/fd | wc -l");
+        let s = spawn(&spec).unwrap();
+        let out = read_all(s.stdout);
+        assert_eq!(wait_code(s.pid), 0);
+        // 0, 1, 2 and the directory ls reads; neither pipe end.
+        let n: usize = out.trim().parse().unwrap();
+        assert!(n <= 4, "{n} fds open in the child");
+        drop((r, w));
+    }
+
+    #[test]
+    fn cwd_is_applied() {
+        let mut spec = sh_spec("pwd");
+        spec.cwd = Some(PathBuf::from("/tmp"));
+        let s = spawn(&spec).unwrap();
+        assert_eq!(read_all(s.stdout), "/tmp\n");
+        assert_eq!(wait_code(s.pid), 0);
+    }
+
+    #[test]
+    fn bad_cwd_is_an_error_and_leaves_no_process() {
+        let mut spec = sh_spec("true");
+        spec.cwd = Some(PathBuf::from("/nonexistent/herd-test"));
+        let err = spawn(&spec).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(err.to_string().contains("/nonexistent/herd-test"), "{err}");
+    }
+
+    #[test]
+    fn exec_failure_is_reported() {
+        let mut spec = sh_spec("");
+        spec.program = PathBuf::from("/nonexistent/herd-prog");
+        let err = spawn(&spec).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(err.to_string().contains("/nonexistent/herd-prog"), "{err}");
+
+        spec.program = PathBuf::from("/tmp");
+        let err = spawn(&spec).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+    }
+
+    #[test]
+    fn missing_interpreter_is_explained() {
+        let dir = std::env::temp_dir().join(format!("herd-spawn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("script");
+        std::fs::write(&script, "#!/nonexistent/interp\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut spec = sh_spec("");
+        spec.program = script;
+        let err = spawn(&spec).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(err.to_string().contains("interpreter"), "{err}");
+    }
+
+    #[test]
+    fn nul_in_argument_is_invalid_input() {
+        let mut spec = sh_spec("true");
+        spec.argv.push(OsString::from("a\0b"));
+        assert_eq!(
+            spawn(&spec).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
+
+    #[test]
+    fn spawn_works_from_a_multithreaded_runtime() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..16 {
+                tasks.push(tokio::task::spawn_blocking(move || {
+                    let mut spec = sh_spec("echo $LISTEN_PID");
+                    spec.set_listen_pid = true;
+                    let s = spawn(&spec).unwrap();
+                    let out = read_all(s.stdout);
+                    assert_eq!(out.trim(), s.pid.as_raw().to_string(), "task {i}");
+                    assert_eq!(wait_code(s.pid), 0);
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn resolve_program_searches_path_and_checks() {
+        let sh = resolve_program("sh").unwrap();
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{sh:?}");
+        assert_eq!(
+            resolve_program("/bin/sh").unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+
+        let err = resolve_program("herd-no-such-command-xyz").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            err.to_string(),
+            "command not found: herd-no-such-command-xyz"
+        );
+
+        let err = resolve_program("/nonexistent/x").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+
+        let err = resolve_program("/tmp").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("directory"), "{err}");
+
+        let dir = std::env::temp_dir().join(format!("herd-resolve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("plain");
+        std::fs::write(&file, "x").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = resolve_program(file.to_str().unwrap()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("is not executable"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn resolve_relative_path_becomes_absolute() {
+        // A relative path with a '/' is relative to herd's cwd: climb from
+        // there to the root and back down to /bin/sh.
+        let depth = std::env::current_dir().unwrap().components().count() - 1;
+        let rel = format!("{}bin/sh", "../".repeat(depth));
+        let got = resolve_program(&rel).unwrap();
+        assert!(got.is_absolute(), "{got:?}");
+        assert!(got.ends_with("bin/sh"), "{got:?}");
+    }
+
+    #[test]
+    fn write_decimal_formats() {
+        for n in [0, 1, 9, 10, 12345, 4194304, i32::MAX] {
+            let mut buf = [0xffu8; LISTEN_PID_ROOM];
+            unsafe { write_decimal(buf.as_mut_ptr(), n) };
+            let end = buf.iter().position(|&b| b == 0).unwrap();
+            assert_eq!(std::str::from_utf8(&buf[..end]).unwrap(), n.to_string());
+        }
+    }
 }

@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::Args;
 use herd_engine::config::{
     self, AppSpec, Balance, Instances, ListenSpec, ReadyPolicy, RestartMode, RestartPolicy,
-    StopPolicy,
+    StopPolicy, WorkerKind,
 };
 use herd_engine::machine::{Command, Outcome, Report};
 use herd_engine::os::spawn::resolve_program;
@@ -46,9 +46,19 @@ pub struct RunArgs {
     #[arg(long = "listen", value_name = "[NAME=]ADDR", value_parser = parsed::<ListenSpec>)]
     listen: Vec<ListenSpec>,
 
-    /// How connections are spread: `shared` (one socket, one queue) or `reuseport` (one socket per worker).
-    #[arg(long, default_value = "shared", value_parser = parsed::<Balance>, value_name = "MODE")]
-    balance: Balance,
+    /// How connections are spread: `shared` (one socket, one queue), `reuseport` (one socket per
+    /// worker) or `round-robin` (herd accepts and hands each connection to the least busy worker;
+    /// Node apps and herd-cluster workers). Default: shared, or NODE_CLUSTER_SCHED_POLICY=rr|none.
+    #[arg(long, value_parser = parsed::<Balance>, value_name = "MODE")]
+    balance: Option<Balance>,
+
+    /// Run the script with this program (`node` for .js/.mjs/.cjs files); `none` runs COMMAND as is.
+    #[arg(long, value_name = "PROGRAM")]
+    interpreter: Option<String>,
+
+    /// Stop a worker with the IPC message "shutdown" instead of --kill-signal (pm2's shutdown_with_message).
+    #[arg(long)]
+    shutdown_with_message: bool,
 
     /// Name of the app, shown in logs.
     #[arg(long)]
@@ -95,7 +105,12 @@ pub struct RunArgs {
     listen_timeout: Duration,
 
     /// The program to run, then its arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
     command: Vec<String>,
 }
 
@@ -103,18 +118,48 @@ impl RunArgs {
     /// Check everything and build the app; nothing has started yet.
     fn into_spec(self) -> Result<AppSpec, UsageError> {
         let program = &self.command[0];
-        let path = resolve_program(program).map_err(|e| UsageError(format!("cannot run '{program}': {e}")))?;
+        let (interpreter, kind) = interpreter_for(program, self.interpreter.as_deref());
+        let mut args = self.command[1..].to_vec();
+        let path = match &interpreter {
+            Some(interp) => {
+                if !std::path::Path::new(program).is_file() {
+                    return Err(UsageError(format!(
+                        "cannot run '{program}': no such file; give the path of the script"
+                    )));
+                }
+                args.insert(0, program.clone());
+                resolve_program(interp).map_err(|e| {
+                    UsageError(format!(
+                        "cannot run '{program}' with {interp}: {e}; install it or choose another with --interpreter"
+                    ))
+                })?
+            }
+            None => resolve_program(program)
+                .map_err(|e| UsageError(format!("cannot run '{program}': {e}")))?,
+        };
         let name = self.name.clone().unwrap_or_else(|| {
             PathBuf::from(program)
-                .file_name()
+                .file_stem()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| program.clone())
         });
         let mut spec = AppSpec::new(name, path);
-        spec.args = self.command[1..].to_vec();
+        spec.args = args;
+        spec.kind = kind;
         spec.instances = self.instances.resolve();
         spec.listeners = self.listen;
-        spec.balance = self.balance;
+        spec.balance = balance_for(
+            self.balance,
+            std::env::var("NODE_CLUSTER_SCHED_POLICY").ok(),
+        )?;
+        if spec.balance == Balance::RoundRobin
+            && kind == WorkerKind::Generic
+            && spec.listeners.is_empty()
+        {
+            return Err(UsageError(
+                "--balance round-robin needs a --listen socket for herd to accept on (Node apps ask for theirs)".into(),
+            ));
+        }
         if self.max_restart_delay < self.restart_delay {
             return Err(UsageError(format!(
                 "--max-restart-delay ({}) is shorter than --restart-delay ({}): make it at least as long",
@@ -132,19 +177,59 @@ impl RunArgs {
         spec.stop = StopPolicy {
             kill_signal: self.kill_signal,
             kill_timeout: self.kill_timeout,
-            shutdown_with_message: false,
+            shutdown_with_message: self.shutdown_with_message,
         };
         spec.ready = ReadyPolicy {
             wait_ready: self.wait_ready,
             ready_delay: self.ready_delay,
             listen_timeout: self.listen_timeout,
         };
-        if spec.balance == Balance::RoundRobin {
-            return Err(UsageError(
-                "--balance round-robin is not available for this worker yet: use shared or reuseport".into(),
-            ));
-        }
         Ok(spec)
+    }
+}
+
+/// Which interpreter runs `program`, and whether it is a Node worker:
+/// `node app.js` and `app.js` (`.js`, `.mjs`, `.cjs`) are Node; `--interpreter`
+/// overrides (`none`: run the command as it is).
+fn interpreter_for(program: &str, interpreter: Option<&str>) -> (Option<String>, WorkerKind) {
+    let is_node = |p: &str| {
+        let base = p.rsplit('/').next().unwrap_or(p);
+        base == "node" || base == "nodejs"
+    };
+    match interpreter {
+        Some("none") => (
+            None,
+            if is_node(program) {
+                WorkerKind::Node
+            } else {
+                WorkerKind::Generic
+            },
+        ),
+        Some(i) => (
+            Some(i.to_string()),
+            if is_node(i) {
+                WorkerKind::Node
+            } else {
+                WorkerKind::Generic
+            },
+        ),
+        None if is_node(program) => (None, WorkerKind::Node),
+        None if [".js", ".mjs", ".cjs"].iter().any(|e| program.ends_with(e)) => {
+            (Some("node".to_string()), WorkerKind::Node)
+        }
+        None => (None, WorkerKind::Generic),
+    }
+}
+
+/// `--balance`, else Node's own `NODE_CLUSTER_SCHED_POLICY`, else shared.
+fn balance_for(flag: Option<Balance>, env: Option<String>) -> Result<Balance, UsageError> {
+    match (flag, env.as_deref()) {
+        (Some(b), _) => Ok(b),
+        (None, Some("rr")) => Ok(Balance::RoundRobin),
+        (None, Some("none") | None) => Ok(Balance::Shared),
+        (None, Some(other)) => Err(UsageError(format!(
+            "NODE_CLUSTER_SCHED_POLICY is '{other}': use rr or none, or unset it"
+        ))),
     }
 }
 

@@ -102,7 +102,10 @@ impl Fixture {
                         return l;
                     }
                 }
-                Err(_) => panic!("no stdout line with {needle:?} in {timeout:?}; saw {:?}", self.seen),
+                Err(_) => panic!(
+                    "no stdout line with {needle:?} in {timeout:?}; saw {:?}",
+                    self.seen
+                ),
             }
         }
     }
@@ -125,7 +128,10 @@ impl Fixture {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "fixture did not exit within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "fixture did not exit within {timeout:?}"
+            );
             thread::sleep(Duration::from_millis(10));
         }
     }
@@ -154,15 +160,56 @@ const T: Duration = Duration::from_secs(5);
 #[test]
 fn pattern_matcher() {
     let l = "herd: worker 1 online (pid 4242)";
-    assert_eq!(match_pat(pat::ONLINE, l), Some(vec!["1".into(), "4242".into()]));
-    assert_eq!(match_pat(pat::ONLINE, "herd: worker x online (pid 1)"), None);
     assert_eq!(
-        match_pat(pat::RESTARTING_IN, "herd: worker 0 exited with code 1; restarting in 200 ms"),
+        match_pat(pat::ONLINE, l),
+        Some(vec!["1".into(), "4242".into()])
+    );
+    assert_eq!(
+        match_pat(pat::ONLINE, "herd: worker x online (pid 1)"),
+        None
+    );
+    assert_eq!(
+        match_pat(
+            pat::RESTARTING_IN,
+            "herd: worker 0 exited with code 1; restarting in 200 ms"
+        ),
         Some(vec!["200".into()])
     );
     assert_eq!(match_pat("a{}b", "xa1ca22b"), Some(vec!["22".into()]));
-    assert_eq!(match_pat(pat::RELOAD_FINISHED, "herd: reload finished in 2s"), Some(vec![]));
-    assert_eq!(match_pat(pat::W_CHILD, "[0] child 99"), Some(vec!["99".into()]));
+    assert_eq!(
+        match_pat(
+            pat::EXITED_CODE,
+            "herd: worker 1 (pid 42) exited with code 3 after 30 ms; x"
+        ),
+        Some(vec!["1".into(), "3".into()])
+    );
+    assert_eq!(
+        match_pat(pat::EXITED_CODE, "herd: worker 1 exited with code 3"),
+        Some(vec!["1".into(), "3".into()])
+    );
+    assert_eq!(
+        match_pat(
+            pat::KILLED_BY,
+            "herd: worker 0 (pid 7) was killed by SIGKILL after 1 s"
+        ),
+        Some(vec!["0".into()])
+    );
+    assert_eq!(
+        match_pat(
+            pat::RESTARTING_IN,
+            "exited with code 1 after 3 ms; restarting it in 20 ms"
+        ),
+        Some(vec!["20".into()])
+    );
+    assert_eq!(match_pat("x{*}y{}", "x y z y12"), Some(vec!["12".into()]));
+    assert_eq!(
+        match_pat(pat::RELOAD_FINISHED, "herd: reload finished in 2s"),
+        Some(vec![])
+    );
+    assert_eq!(
+        match_pat(pat::W_CHILD, "[0] child 99"),
+        Some(vec!["99".into()])
+    );
 }
 
 #[test]
@@ -170,7 +217,11 @@ fn fixture_serves_root_env_and_404() {
     let (l, addr) = tcp_listener();
     let mut f = Fixture::start(
         &[l.as_raw_fd()],
-        &[("HERD_WORKER_ID", "7"), ("HERD_INSTANCES", "9"), ("LISTEN_FDNAMES", "web")],
+        &[
+            ("HERD_WORKER_ID", "7"),
+            ("HERD_INSTANCES", "9"),
+            ("LISTEN_FDNAMES", "web"),
+        ],
         &[],
     );
     let line = f.wait_stdout("serving", T);
@@ -225,7 +276,10 @@ fn fixture_drains_in_flight_request_on_sigterm() {
     assert_eq!(st, 200);
     let status = f.wait_exit(T);
     assert_eq!(status.code(), Some(0));
-    assert!(t0.elapsed() >= Duration::from_millis(500), "exited before the request finished");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "exited before the request finished"
+    );
 }
 
 #[test]
@@ -246,12 +300,18 @@ fn fixture_ignore_sigint_and_spawn_child() {
     let line = f.wait_stdout("child ", T);
     let child: i32 = line.trim_start_matches("child ").parse().unwrap();
     assert!(process_alive(child));
-    assert!(group_members(f.pid()).contains(&child), "grandchild is in the worker's group");
+    assert!(
+        group_members(f.pid()).contains(&child),
+        "grandchild is in the worker's group"
+    );
     f.signal(Signal::SIGTERM);
     f.signal(Signal::SIGINT);
     // A negative check needs some time to pass: the fixture polls its stop flag every 20 ms.
     thread::sleep(Duration::from_millis(300));
-    assert!(f.child.try_wait().unwrap().is_none(), "fixture obeyed an ignored signal");
+    assert!(
+        f.child.try_wait().unwrap().is_none(),
+        "fixture obeyed an ignored signal"
+    );
     assert_eq!(http_get(&addr, "/", T).unwrap().0, 200);
     kill(Pid::from_raw(-f.pid()), Signal::SIGKILL).unwrap();
     f.wait_exit(T);
@@ -265,7 +325,8 @@ fn fixture_crashes_on_purpose() {
     assert_eq!(f.wait_exit(T).code(), Some(1));
     let err = f.stderr_all(T);
     assert!(
-        err.last().is_some_and(|l| l.contains("crashing on purpose")),
+        err.last()
+            .is_some_and(|l| l.contains("crashing on purpose")),
         "{err:?}"
     );
 
@@ -328,7 +389,8 @@ fn fixture_ready_file_gates_notification() {
     let flag = dir.join("ready");
     let (l, _addr) = tcp_listener();
     let (ns, env) = notify_socket("b");
-    ns.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    ns.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let flag_s = flag.to_str().unwrap();
     let mut f = Fixture::start(
         &[l.as_raw_fd()],
@@ -337,7 +399,10 @@ fn fixture_ready_file_gates_notification() {
     );
     f.wait_stdout("not ready", T);
     let mut buf = [0u8; 64];
-    assert!(ns.recv(&mut buf).is_err(), "no READY=1 without the flag file");
+    assert!(
+        ns.recv(&mut buf).is_err(),
+        "no READY=1 without the flag file"
+    );
 
     std::fs::write(&flag, "").unwrap();
     ns.set_read_timeout(Some(T)).unwrap();

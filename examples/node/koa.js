@@ -9,7 +9,7 @@
 'use strict';
 
 const Koa = require('koa');
-const { Router } = require('@koa/router');
+const Router = require('@koa/router');
 
 const port = Number(process.env.PORT || 8000);
 const app = new Koa();

@@ -10,6 +10,8 @@
 //! - `GET /slow?ms=N`   → sleeps N ms, then `<pid>\n`
 //! - `GET /exit?code=N` → answers `<pid>\n`, then exits with N
 //! - `GET /env`         → JSON of the environment herd gives a worker
+//! - `GET /spam?n=N&len=L` → prints N numbered lines (`spam <i> <L x's> end`) on stdout
+//! - `GET /exit?code=N&tail=T` → as /exit, after printing `last words T` with no newline
 //!
 //! Every answer carries `X-Worker-Id` and `X-Pid` headers.
 //!
@@ -91,18 +93,27 @@ fn parse_opts() -> Opts {
             "--spawn-child" => o.spawn_child = true,
             "--crash-after" => o.crash_after = Some(num(&a, args.next())),
             "--crash-slot" => {
-                o.crash_slot = Some(args.next().unwrap_or_else(|| die("--crash-slot needs a slot")))
+                o.crash_slot = Some(
+                    args.next()
+                        .unwrap_or_else(|| die("--crash-slot needs a slot")),
+                )
             }
             "--notify-ready" => o.notify_ready = true,
             "--ready-after" => o.ready_after = num(&a, args.next()),
             "--ready-file" => {
-                o.ready_file = Some(args.next().unwrap_or_else(|| die("--ready-file needs a path")))
+                o.ready_file = Some(
+                    args.next()
+                        .unwrap_or_else(|| die("--ready-file needs a path")),
+                )
             }
             "--no-listen" => o.no_listen = true,
             "--no-listen-pid-check" => o.no_listen_pid_check = true,
             "--log-requests" => o.log_requests = true,
             "--require-file" => {
-                o.require_file = Some(args.next().unwrap_or_else(|| die("--require-file needs a path")))
+                o.require_file = Some(
+                    args.next()
+                        .unwrap_or_else(|| die("--require-file needs a path")),
+                )
             }
             "--touch" => o.touch = Some(args.next().unwrap_or_else(|| die("--touch needs a path"))),
             "--stop-delay" => o.stop_delay = num(&a, args.next()),
@@ -153,7 +164,8 @@ fn take_listeners(opts: &Opts) -> Vec<Listener> {
         let fd = 3 + i as RawFd;
         let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let rc = unsafe { libc::getsockname(fd, &mut ss as *mut _ as *mut libc::sockaddr, &mut len) };
+        let rc =
+            unsafe { libc::getsockname(fd, &mut ss as *mut _ as *mut libc::sockaddr, &mut len) };
         if rc != 0 {
             die(&format!(
                 "fd {fd} (of LISTEN_FDS={n}) is not a socket: {}",
@@ -182,8 +194,12 @@ enum Conn {
 impl Conn {
     fn set_timeouts(&self, t: Duration) {
         let _ = match self {
-            Conn::Tcp(s) => s.set_read_timeout(Some(t)).and(s.set_write_timeout(Some(t))),
-            Conn::Unix(s) => s.set_read_timeout(Some(t)).and(s.set_write_timeout(Some(t))),
+            Conn::Tcp(s) => s
+                .set_read_timeout(Some(t))
+                .and(s.set_write_timeout(Some(t))),
+            Conn::Unix(s) => s
+                .set_read_timeout(Some(t))
+                .and(s.set_write_timeout(Some(t))),
         };
     }
     fn shutdown_write(&self) {
@@ -274,15 +290,43 @@ fn handle(mut conn: Conn, ctx: &Ctx) {
     let (status, body) = match (method, route) {
         ("GET", "/") => (200, pid_body),
         ("GET", "/slow") => {
-            let ms = query_param(&path, "ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
+            let ms = query_param(&path, "ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000);
             thread::sleep(Duration::from_millis(ms));
             (200, pid_body)
         }
         ("GET", "/exit") => {
-            exit_code = Some(query_param(&path, "code").and_then(|v| v.parse().ok()).unwrap_or(0));
+            exit_code = Some(
+                query_param(&path, "code")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            );
+            if let Some(tail) = query_param(&path, "tail") {
+                // A last line with no newline, as a crashing program may leave.
+                print!("last words {tail}");
+                let _ = io::stdout().flush();
+            }
             (200, pid_body)
         }
         ("GET", "/env") => (200, env_json()),
+        ("GET", "/spam") => {
+            // N numbered lines of about LEN bytes each, in one burst.
+            let n: usize = query_param(&path, "n")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000);
+            let len: usize = query_param(&path, "len")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(80);
+            let pad = "x".repeat(len);
+            let out = io::stdout();
+            let mut w = io::BufWriter::with_capacity(1 << 16, out.lock());
+            for i in 0..n {
+                let _ = writeln!(w, "spam {i} {pad} end");
+            }
+            let _ = w.flush();
+            (200, pid_body)
+        }
         ("GET", _) => (404, "not found\n".to_string()),
         _ => (405, "method not allowed\n".to_string()),
     };
@@ -300,7 +344,9 @@ fn handle(mut conn: Conn, ctx: &Ctx) {
     let _ = conn.write_all(resp.as_bytes());
     conn.shutdown_write();
     if let Some(code) = exit_code {
-        println!("exiting with code {code} on request");
+        if query_param(&path, "tail").is_none() {
+            println!("exiting with code {code} on request");
+        }
         process::exit(code);
     }
     // Let the client close first (no TIME_WAIT pile-up on the server side):
@@ -320,8 +366,14 @@ fn accept_loop(l: Listener, ctx: Arc<Ctx>) {
         if rc <= 0 || STOP.load(Ordering::SeqCst) {
             continue;
         }
-        let cfd =
-            unsafe { libc::accept4(l.fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+        let cfd = unsafe {
+            libc::accept4(
+                l.fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
         if cfd < 0 {
             let e = io::Error::last_os_error();
             match e.raw_os_error() {

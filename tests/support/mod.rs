@@ -23,20 +23,20 @@ pub use nix::sys::signal::Signal;
 
 /// The lines herd prints, in one place: adjust here when the wording moves.
 ///
-/// A pattern is literal text in which `{}` captures a run of digits (`\d+`).
-/// It matches anywhere in a line. Lifecycle patterns are only tried on lines
+/// A pattern is literal text in which `{}` captures a run of digits (`\d+`)
+/// and `{*}` skips any text (like `.*?`). It matches anywhere in a line. Lifecycle patterns are only tried on lines
 /// that herd itself printed (those containing `herd: `), never on worker output.
 pub mod pat {
     /// `herd: worker 0 online (pid 1234)` → [slot, pid]
     pub const ONLINE: &str = "worker {} online (pid {})";
     /// `herd: worker 0 ready (pid 1234)` → [slot, pid]
     pub const READY: &str = "worker {} ready (pid {})";
-    /// `herd: worker 0 exited with code 1; ...` → [slot, code]
-    pub const EXITED_CODE: &str = "worker {} exited with code {}";
-    /// `herd: worker 0 killed by SIGKILL; ...` → [slot]
-    pub const KILLED_BY: &str = "worker {} killed by";
-    /// `...; restarting in 200 ms` → [ms]
-    pub const RESTARTING_IN: &str = "restarting in {} ms";
+    /// `herd: worker 0 (pid 12) exited with code 1 after 5 ms; ...` → [slot, code]
+    pub const EXITED_CODE: &str = "worker {} {*}exited with code {}";
+    /// `herd: worker 0 (pid 12) was killed by SIGKILL after 2 s; ...` → [slot]
+    pub const KILLED_BY: &str = "worker {} {*}killed by";
+    /// `...; restarting it in 200 ms` → [ms] (delays under a second only)
+    pub const RESTARTING_IN: &str = "restarting {*}in {} ms";
     pub const ERRORED: &str = "errored";
     pub const RELOAD_STARTED: &str = "reload started";
     pub const RELOAD_FINISHED: &str = "reload finished";
@@ -53,35 +53,74 @@ pub mod pat {
 
 /// Match `pattern` (see [`pat`]) against `line`; the captures on success.
 pub fn match_pat(pattern: &str, line: &str) -> Option<Vec<String>> {
-    let lits: Vec<&str> = pattern.split("{}").collect();
-    let first = lits[0];
-    let mut start = 0;
-    while start <= line.len() {
-        let pos = if first.is_empty() {
-            start
-        } else {
-            start + line.get(start..)?.find(first)?
-        };
-        if let Some(caps) = match_rest(&lits[1..], &line[pos + first.len()..]) {
-            return Some(caps);
-        }
-        // Advance by one character.
-        start = pos + line[pos..].chars().next().map_or(1, |c| c.len_utf8());
-    }
-    None
+    let toks = tokenize(pattern);
+    // Unanchored: try every start.
+    line.char_indices()
+        .map(|(i, _)| i)
+        .chain([line.len()])
+        .find_map(|i| {
+            let mut caps = Vec::new();
+            match_at(&toks, &line[i..], &mut caps).then_some(caps)
+        })
 }
 
-fn match_rest(lits: &[&str], mut rest: &str) -> Option<Vec<String>> {
-    let mut caps = Vec::new();
-    for lit in lits {
-        let n = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
-        if n == 0 {
-            return None;
+#[derive(Debug)]
+enum Tok<'a> {
+    Lit(&'a str),
+    Digits,
+    Any,
+}
+
+fn tokenize(pattern: &str) -> Vec<Tok<'_>> {
+    let mut toks = Vec::new();
+    let mut rest = pattern;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("{}") {
+            toks.push(Tok::Digits);
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("{*}") {
+            toks.push(Tok::Any);
+            rest = r;
+        } else {
+            let end = rest
+                .find("{}")
+                .into_iter()
+                .chain(rest.find("{*}"))
+                .min()
+                .unwrap_or(rest.len());
+            toks.push(Tok::Lit(&rest[..end]));
+            rest = &rest[end..];
         }
-        caps.push(rest[..n].to_string());
-        rest = rest[n..].strip_prefix(lit)?;
     }
-    Some(caps)
+    toks
+}
+
+fn match_at(toks: &[Tok<'_>], s: &str, caps: &mut Vec<String>) -> bool {
+    let Some((first, rest)) = toks.split_first() else {
+        return true;
+    };
+    match first {
+        Tok::Lit(l) => s.strip_prefix(l).is_some_and(|r| match_at(rest, r, caps)),
+        Tok::Digits => {
+            let n = s.bytes().take_while(|b| b.is_ascii_digit()).count();
+            if n == 0 {
+                return false;
+            }
+            caps.push(s[..n].to_string());
+            if match_at(rest, &s[n..], caps) {
+                return true;
+            }
+            caps.pop();
+            false
+        }
+        Tok::Any => s.char_indices().map(|(i, _)| i).chain([s.len()]).any(|i| {
+            let before = caps.len();
+            match_at(rest, &s[i..], caps) || {
+                caps.truncate(before);
+                false
+            }
+        }),
+    }
 }
 
 pub fn herd_bin() -> &'static str {
@@ -149,7 +188,11 @@ fn reader(mut r: impl Read + Send + 'static, out: Shared, which: Stream) -> Join
                     let line = String::from_utf8_lossy(&buf)
                         .trim_end_matches(['\n', '\r'])
                         .to_string();
-                    let tag = if which == Stream::Stdout { "out" } else { "err" };
+                    let tag = if which == Stream::Stdout {
+                        "out"
+                    } else {
+                        "err"
+                    };
                     eprintln!("  herd.{tag}| {line}");
                     let (m, cv) = &*out;
                     let mut o = m.lock().unwrap();
@@ -398,10 +441,33 @@ impl Herd {
         }
     }
 
+    /// Wait until each of these workers printed its `serving` line (it has
+    /// installed its signal handlers and taken its listeners): herd's
+    /// `online` only means the exec succeeded.
+    pub fn wait_serving(&self, online: &BTreeMap<usize, i32>, timeout: Duration) {
+        for (slot, pid) in online {
+            let line = format!("[{slot}] worker {slot} pid {pid} serving");
+            if self
+                .wait_any_line(Stream::Stdout, 0, &line, timeout)
+                .is_none()
+            {
+                panic!(
+                    "no {line:?} within {timeout:?}; herd's stdout:\n{}\nstderr:\n{}",
+                    self.stdout_lines().join("\n"),
+                    self.stderr_text()
+                );
+            }
+        }
+    }
+
     /// Worker pids seen in `online` lines that are still alive.
     pub fn live_worker_pids(&self) -> BTreeSet<i32> {
         let o = self.out.0.lock().unwrap();
-        o.pgids.iter().copied().filter(|&p| process_alive(p)).collect()
+        o.pgids
+            .iter()
+            .copied()
+            .filter(|&p| process_alive(p))
+            .collect()
     }
 
     /// Every worker pid and grandchild pid seen so far.
@@ -808,8 +874,9 @@ impl Load {
                                 }
                             }
                             Ok(r) => {
-                                *rep.failures.entry(format!("status {}", r.status)).or_default() +=
-                                    1;
+                                *rep.failures
+                                    .entry(format!("status {}", r.status))
+                                    .or_default() += 1;
                             }
                             Err(e) => {
                                 *rep.failures.entry(format!("{:?}", e.kind())).or_default() += 1;

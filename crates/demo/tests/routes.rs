@@ -124,7 +124,8 @@ struct Server {
     demo: Arc<Demo>,
     stops: mpsc::Receiver<()>,
     shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// Returns what `serve` returned, and when.
+    thread: Option<std::thread::JoinHandle<(std::io::Result<()>, Instant)>>,
 }
 
 impl Server {
@@ -144,13 +145,14 @@ impl Server {
         let rt = builder.enable_all().build().unwrap();
         let served = demo.clone();
         let thread = std::thread::spawn(move || {
-            rt.block_on(async move {
+            let result = rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener)?;
                 herd_demo::serve(listener, served, async {
                     let _ = shutdown_rx.await;
                 })
                 .await
-            })
+            });
+            (result, Instant::now())
         });
         Server {
             addr,
@@ -165,13 +167,18 @@ impl Server {
         let _ = self.shutdown.take().unwrap().send(());
     }
 
-    /// Shut down and wait (off the async runtime) for `serve` to return.
-    async fn stop(mut self) -> std::io::Result<()> {
-        self.begin_shutdown();
+    /// Wait (off the async runtime) for `serve` to return; returns its result and when.
+    async fn join(&mut self) -> (std::io::Result<()>, Instant) {
         let thread = self.thread.take().unwrap();
         tokio::task::spawn_blocking(move || thread.join().unwrap())
             .await
             .unwrap()
+    }
+
+    /// Shut down and wait for `serve` to return.
+    async fn stop(mut self) -> std::io::Result<()> {
+        self.begin_shutdown();
+        self.join().await.0
     }
 }
 
@@ -399,12 +406,14 @@ async fn graceful_shutdown_finishes_the_request_in_flight() {
     assert_eq!(r.status, 200);
     assert!(r.text().contains("spun its CPU for 3"), "{:?}", r.text());
 
-    let thread = server.thread.take().unwrap();
-    let result = tokio::task::spawn_blocking(move || thread.join().unwrap())
-        .await
-        .unwrap();
+    let (result, returned_at) = server.join().await;
     result.unwrap();
-    assert!(start.elapsed() >= Duration::from_millis(300));
+    // serve waited for the request in flight before returning.
+    let returned_after = returned_at - start;
+    assert!(
+        returned_after >= Duration::from_millis(300),
+        "serve returned after {returned_after:?}"
+    );
     // serve has returned and closed the listener: nothing accepts any more.
     assert!(TcpStream::connect(addr).await.is_err());
 }

@@ -139,7 +139,9 @@ impl FromStr for ListenAddr {
     fn from_str(s: &str) -> Result<Self, ConfigError> {
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err(bad("invalid listen address 'unix:': give a socket path, as in unix:/run/app.sock"));
+                return Err(bad(
+                    "invalid listen address 'unix:': give a socket path, as in unix:/run/app.sock",
+                ));
             }
             return Ok(ListenAddr::Unix(PathBuf::from(path)));
         }
@@ -150,7 +152,8 @@ impl FromStr for ListenAddr {
         if let Ok(addr) = s.parse::<SocketAddr>() {
             return Ok(ListenAddr::Tcp(addr));
         }
-        let hint = "use HOST:PORT (127.0.0.1:8000, [::1]:8000, localhost:8000), a bare PORT, or unix:PATH";
+        let hint =
+            "use HOST:PORT (127.0.0.1:8000, [::1]:8000, localhost:8000), a bare PORT, or unix:PATH";
         let (host, port) = s
             .rsplit_once(':')
             .ok_or_else(|| bad(format!("invalid listen address '{s}': {hint}")))?;
@@ -415,8 +418,14 @@ mod tests {
         assert_eq!(parse_signal("SIGINT").unwrap(), Signal::SIGINT);
         assert_eq!(parse_signal("term").unwrap(), Signal::SIGTERM);
         assert_eq!(parse_signal("15").unwrap(), Signal::SIGTERM);
-        assert!(parse_signal("SIGFOO").unwrap_err().0.contains("unknown signal 'SIGFOO'"));
-        assert!(parse_signal("KILL").unwrap_err().0.contains("cannot be caught"));
+        assert!(parse_signal("SIGFOO")
+            .unwrap_err()
+            .0
+            .contains("unknown signal 'SIGFOO'"));
+        assert!(parse_signal("KILL")
+            .unwrap_err()
+            .0
+            .contains("cannot be caught"));
     }
 
     #[test]
@@ -433,7 +442,13 @@ mod tests {
         assert_eq!(l.addr, ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap()));
         let l: ListenSpec = "8080".parse().unwrap();
         assert_eq!(l.addr, ListenAddr::Tcp("0.0.0.0:8080".parse().unwrap()));
-        for bad in ["127.0.0.1", "127.0.0.1:99999", "unix:", ":80", "a b=1.2.3.4:5"] {
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:99999",
+            "unix:",
+            ":80",
+            "a b=1.2.3.4:5",
+        ] {
             assert!(bad.parse::<ListenSpec>().is_err(), "{bad}");
         }
     }

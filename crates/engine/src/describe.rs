@@ -15,7 +15,11 @@ pub fn duration(d: Duration) -> String {
         format!("{ms} ms")
     } else if ms < 60_000 {
         let s = d.as_secs_f64();
-        if ms % 1000 == 0 { format!("{} s", ms / 1000) } else { format!("{s:.1} s") }
+        if ms % 1000 == 0 {
+            format!("{} s", ms / 1000)
+        } else {
+            format!("{s:.1} s")
+        }
     } else {
         let s = d.as_secs();
         format!("{} min {} s", s / 60, s % 60)
@@ -52,10 +56,22 @@ impl fmt::Display for Report {
         match self {
             Report::Online { slot, pid } => write!(f, "worker {slot} online (pid {pid})"),
             Report::Ready { slot, pid } => write!(f, "worker {slot} ready (pid {pid})"),
-            Report::Exited { slot, pid, status, next: Next::Stopped, .. } => {
+            Report::Exited {
+                slot,
+                pid,
+                status,
+                next: Next::Stopped,
+                ..
+            } => {
                 write!(f, "worker {slot} (pid {pid}) stopped: it {status}")
             }
-            Report::Exited { slot, pid, status, uptime, next } => write!(
+            Report::Exited {
+                slot,
+                pid,
+                status,
+                uptime,
+                next,
+            } => write!(
                 f,
                 "worker {slot} (pid {pid}) {status} after {}; {next}",
                 duration(*uptime)
@@ -64,7 +80,9 @@ impl fmt::Display for Report {
                 write!(f, "worker {slot} could not start: {error}; {next}")
             }
             Report::ReloadStarted => f.write_str("reload started: replacing workers one at a time"),
-            Report::ReloadQueued => f.write_str("reload queued: it runs once the current reload ends"),
+            Report::ReloadQueued => {
+                f.write_str("reload queued: it runs once the current reload ends")
+            }
             Report::ReloadFinished => f.write_str("reload finished"),
             Report::ReloadAborted { slot, reason } => {
                 write!(f, "reload aborted at worker {slot}: ")?;
@@ -139,6 +157,9 @@ mod tests {
             uptime: Duration::from_millis(30),
             next: Next::RestartIn(Duration::from_millis(200)),
         };
-        assert_eq!(r.to_string(), "worker 1 (pid 42) exited with code 1 after 30 ms; restarting it in 200 ms");
+        assert_eq!(
+            r.to_string(),
+            "worker 1 (pid 42) exited with code 1 after 30 ms; restarting it in 200 ms"
+        );
     }
 }

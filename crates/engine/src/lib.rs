@@ -4,4 +4,5 @@ pub mod cpus;
 pub mod describe;
 pub mod machine;
 pub mod os;
+pub mod rotation;
 pub mod supervisor;

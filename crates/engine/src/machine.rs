@@ -154,25 +154,53 @@ pub enum Next {
 /// Events for the user.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Report {
-    Online { slot: Slot, pid: u32 },
-    Ready { slot: Slot, pid: u32 },
-    Exited { slot: Slot, pid: u32, status: ExitStatus, uptime: Duration, next: Next },
-    SpawnFailed { slot: Slot, error: String, next: Next },
+    Online {
+        slot: Slot,
+        pid: u32,
+    },
+    Ready {
+        slot: Slot,
+        pid: u32,
+    },
+    Exited {
+        slot: Slot,
+        pid: u32,
+        status: ExitStatus,
+        uptime: Duration,
+        next: Next,
+    },
+    SpawnFailed {
+        slot: Slot,
+        error: String,
+        next: Next,
+    },
     ReloadStarted,
     ReloadQueued,
     ReloadFinished,
-    ReloadAborted { slot: Slot, reason: AbortReason },
-    Stopping { workers: usize },
-    Scaled { instances: usize },
+    ReloadAborted {
+        slot: Slot,
+        reason: AbortReason,
+    },
+    Stopping {
+        workers: usize,
+    },
+    Scaled {
+        instances: usize,
+    },
     /// A command that cannot apply now, and why.
-    Refused { command: Command, reason: &'static str },
+    Refused {
+        command: Command,
+        reason: &'static str,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Asked for; no pid yet.
     Starting,
-    Running { ready: bool },
+    Running {
+        ready: bool,
+    },
     /// Asked to stop; the kill timer runs.
     Stopping,
 }
@@ -299,7 +327,10 @@ impl Machine {
 
     /// Is this worker being stopped?
     pub fn is_stopping(&self, worker: WorkerId) -> bool {
-        matches!(self.workers.get(&worker).map(|w| w.phase), Some(Phase::Stopping))
+        matches!(
+            self.workers.get(&worker).map(|w| w.phase),
+            Some(Phase::Stopping)
+        )
     }
 
     /// Every known worker with its slot and pid, in start order.
@@ -352,7 +383,11 @@ impl Machine {
             }
             (Mode::Idle | Mode::Running, Command::Stop) => self.stop_all(out),
             (Mode::Idle | Mode::Stopping, _) => {
-                let reason = if self.mode == Mode::Idle { "not started yet" } else { "stopping" };
+                let reason = if self.mode == Mode::Idle {
+                    "not started yet"
+                } else {
+                    "stopping"
+                };
                 out.push(refused(command, reason));
             }
             (Mode::Running, Command::Reload) => {
@@ -367,14 +402,20 @@ impl Machine {
             (Mode::Running, Command::ScaleUp) => self.scale_to(now, self.slots.len() + 1, out),
             (Mode::Running, Command::ScaleDown) => {
                 if self.slots.len() <= 1 {
-                    out.push(refused(command, "one worker is the minimum; use stop to stop it"));
+                    out.push(refused(
+                        command,
+                        "one worker is the minimum; use stop to stop it",
+                    ));
                 } else {
                     self.scale_to(now, self.slots.len() - 1, out);
                 }
             }
             (Mode::Running, Command::Scale(n)) => {
                 if n == 0 {
-                    out.push(refused(command, "one worker is the minimum; use stop to stop them all"));
+                    out.push(refused(
+                        command,
+                        "one worker is the minimum; use stop to stop them all",
+                    ));
                 } else {
                     self.scale_to(now, n, out);
                 }
@@ -402,7 +443,9 @@ impl Machine {
     }
 
     fn begin_stop(&mut self, worker: WorkerId, out: &mut Vec<Action>) {
-        let Some(w) = self.workers.get_mut(&worker) else { return };
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
         match w.phase {
             Phase::Stopping => {}
             Phase::Starting => w.stop_when_started = true,
@@ -429,11 +472,16 @@ impl Machine {
 
     fn stop_all(&mut self, out: &mut Vec<Action>) {
         if let Some(slot) = self.reload.take() {
-            out.push(Action::Report(Report::ReloadAborted { slot, reason: AbortReason::Stopping }));
+            out.push(Action::Report(Report::ReloadAborted {
+                slot,
+                reason: AbortReason::Stopping,
+            }));
         }
         self.reload_queued = false;
         self.mode = Mode::Stopping;
-        out.push(Action::Report(Report::Stopping { workers: self.workers.len() }));
+        out.push(Action::Report(Report::Stopping {
+            workers: self.workers.len(),
+        }));
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         for worker in ids {
             self.begin_stop(worker, out);
@@ -446,7 +494,9 @@ impl Machine {
     }
 
     fn spawned(&mut self, now: Instant, worker: WorkerId, pid: u32, out: &mut Vec<Action>) {
-        let Some(w) = self.workers.get_mut(&worker) else { return };
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
         if w.phase != Phase::Starting {
             return;
         }
@@ -477,7 +527,9 @@ impl Machine {
     }
 
     fn ready(&mut self, now: Instant, worker: WorkerId, out: &mut Vec<Action>) {
-        let Some(w) = self.workers.get_mut(&worker) else { return };
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
         if w.phase != (Phase::Running { ready: false }) {
             return;
         }
@@ -514,7 +566,10 @@ impl Machine {
         self.reload = Some(from);
         // A slot waiting out a backoff or errored gets a fresh start too.
         let info = &mut self.slots[from];
-        if matches!(info.state, SlotState::Backoff { .. } | SlotState::Errored | SlotState::Done) {
+        if matches!(
+            info.state,
+            SlotState::Backoff { .. } | SlotState::Errored | SlotState::Done
+        ) {
             info.unstable = 0;
         }
         let worker = self.spawn(now, from, out);
@@ -532,16 +587,30 @@ impl Machine {
         }
     }
 
-    fn spawn_failed(&mut self, now: Instant, worker: WorkerId, error: String, out: &mut Vec<Action>) {
-        let Some(w) = self.workers.remove(&worker) else { return };
+    fn spawn_failed(
+        &mut self,
+        now: Instant,
+        worker: WorkerId,
+        error: String,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(w) = self.workers.remove(&worker) else {
+            return;
+        };
         let slot = w.slot;
-        let Some(info) = self.slots.get_mut(slot) else { return };
+        let Some(info) = self.slots.get_mut(slot) else {
+            return;
+        };
         if info.incoming == Some(worker) {
             info.incoming = None;
             let has_active = info.active.is_some();
             self.abort_reload(slot, AbortReason::SpawnFailed(error.clone()), out);
             if has_active {
-                out.push(Action::Report(Report::SpawnFailed { slot, error, next: Next::Stopped }));
+                out.push(Action::Report(Report::SpawnFailed {
+                    slot,
+                    error,
+                    next: Next::Stopped,
+                }));
                 return;
             }
         } else if info.active == Some(worker) {
@@ -553,12 +622,28 @@ impl Machine {
         out.push(Action::Report(Report::SpawnFailed { slot, error, next }));
     }
 
-    fn exited(&mut self, now: Instant, worker: WorkerId, status: ExitStatus, out: &mut Vec<Action>) {
-        let Some(w) = self.workers.remove(&worker) else { return };
+    fn exited(
+        &mut self,
+        now: Instant,
+        worker: WorkerId,
+        status: ExitStatus,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(w) = self.workers.remove(&worker) else {
+            return;
+        };
         let slot = w.slot;
         let pid = w.pid.unwrap_or_default();
         let uptime = now.saturating_duration_since(w.started);
-        let report = |next| Action::Report(Report::Exited { slot, pid, status, uptime, next });
+        let report = |next| {
+            Action::Report(Report::Exited {
+                slot,
+                pid,
+                status,
+                uptime,
+                next,
+            })
+        };
         if w.phase == Phase::Stopping || w.stop_when_started || slot >= self.slots.len() {
             out.push(report(Next::Stopped));
             return;
@@ -613,12 +698,18 @@ impl Machine {
         };
         if stopping || !wanted {
             info.state = SlotState::Done;
-            return if stopping { Next::Stopped } else { Next::NoRestart };
+            return if stopping {
+                Next::Stopped
+            } else {
+                Next::NoRestart
+            };
         }
         if info.unstable > policy.max_restarts {
             info.state = SlotState::Errored;
             self.last_errored = Some(slot);
-            return Next::Errored { restarts: info.unstable - 1 };
+            return Next::Errored {
+                restarts: info.unstable - 1,
+            };
         }
         let delay = policy.backoff(info.unstable);
         if delay.is_zero() {
@@ -628,7 +719,10 @@ impl Machine {
             self.next_attempt += 1;
             let attempt = self.next_attempt;
             info.state = SlotState::Backoff { attempt };
-            out.push(Action::SetTimer { timer: Timer::Restart { slot, attempt }, after: delay });
+            out.push(Action::SetTimer {
+                timer: Timer::Restart { slot, attempt },
+                after: delay,
+            });
         }
         Next::RestartIn(delay)
     }
@@ -646,7 +740,9 @@ impl Machine {
     fn timer(&mut self, now: Instant, timer: Timer, out: &mut Vec<Action>) {
         match timer {
             Timer::Restart { slot, attempt } => {
-                let Some(info) = self.slots.get(slot) else { return };
+                let Some(info) = self.slots.get(slot) else {
+                    return;
+                };
                 if self.mode == Mode::Running && info.state == (SlotState::Backoff { attempt }) {
                     let worker = self.spawn(now, slot, out);
                     self.slots[slot].active = Some(worker);
@@ -654,7 +750,9 @@ impl Machine {
             }
             Timer::ReadyDelay(worker) => self.ready(now, worker, out),
             Timer::ListenTimeout(worker) => {
-                let Some(w) = self.workers.get(&worker) else { return };
+                let Some(w) = self.workers.get(&worker) else {
+                    return;
+                };
                 let slot = w.slot;
                 if w.phase == (Phase::Running { ready: false })
                     && self.slots.get(slot).and_then(|s| s.incoming) == Some(worker)
@@ -698,7 +796,9 @@ impl Machine {
                 }
             }
         }
-        out.push(Action::Report(Report::Scaled { instances: self.slots.len() }));
+        out.push(Action::Report(Report::Scaled {
+            instances: self.slots.len(),
+        }));
     }
 
     /// Emit `Exit` once nothing runs and nothing will be started.
@@ -721,8 +821,14 @@ impl Machine {
         self.mode = Mode::Finished;
         let errored = self.errored_slots();
         let outcome = if errored.len() == self.slots.len() {
-            let slot = self.last_errored.filter(|&s| s < self.slots.len()).unwrap_or(errored[0]);
-            Outcome::Errored { slot, last: self.slots[slot].last_exit.unwrap_or(ExitStatus::Code(1)) }
+            let slot = self
+                .last_errored
+                .filter(|&s| s < self.slots.len())
+                .unwrap_or(errored[0]);
+            Outcome::Errored {
+                slot,
+                last: self.slots[slot].last_exit.unwrap_or(ExitStatus::Code(1)),
+            }
         } else {
             let success = errored.is_empty()
                 && self

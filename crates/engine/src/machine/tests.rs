@@ -72,7 +72,10 @@ impl Sim {
                 Action::Kill { worker } => {
                     self.killed.push(worker);
                     if self.live.contains_key(&worker) {
-                        self.exit(worker, ExitStatus::Signal(nix::sys::signal::Signal::SIGKILL));
+                        self.exit(
+                            worker,
+                            ExitStatus::Signal(nix::sys::signal::Signal::SIGKILL),
+                        );
                     }
                 }
                 Action::SetTimer { timer, after } => self.timers.push((self.now + after, timer)),
@@ -108,7 +111,9 @@ impl Sim {
     }
 
     fn worker_in(&self, slot: Slot) -> WorkerId {
-        self.machine.slots[slot].active.expect("slot has an active worker")
+        self.machine.slots[slot]
+            .active
+            .expect("slot has an active worker")
     }
 
     fn pids(&self) -> Vec<u32> {
@@ -187,7 +192,13 @@ fn crash_loop_backs_off_then_errors_and_the_others_keep_running() {
         sim.exit(w, ExitStatus::Code(3));
         sim.advance(Duration::from_millis(450));
     }
-    assert_eq!(sim.exit, Some(Outcome::Errored { slot: 0, last: ExitStatus::Code(3) }));
+    assert_eq!(
+        sim.exit,
+        Some(Outcome::Errored {
+            slot: 0,
+            last: ExitStatus::Code(3)
+        })
+    );
 }
 
 #[test]
@@ -266,7 +277,10 @@ fn rolling_reload_replaces_one_slot_at_a_time_after_readiness() {
     let old: Vec<WorkerId> = vec![sim.worker_in(0), sim.worker_in(1)];
     sim.input(Input::Command(Command::Reload));
     assert_eq!(sim.live.len(), 3, "one replacement at a time");
-    assert!(sim.stopped.is_empty(), "the old worker serves until the new one is ready");
+    assert!(
+        sim.stopped.is_empty(),
+        "the old worker serves until the new one is ready"
+    );
     sim.advance(Duration::from_millis(1000));
     assert_eq!(sim.stopped, vec![old[0]]);
     assert_eq!(sim.live.len(), 4, "slot 1's replacement started");
@@ -288,7 +302,10 @@ fn reload_aborts_when_the_replacement_crashes_and_the_old_worker_stays() {
     sim.exit(incoming, ExitStatus::Code(1));
     assert!(sim.reports.iter().any(|r| matches!(
         r,
-        Report::ReloadAborted { slot: 0, reason: AbortReason::Exited(ExitStatus::Code(1)) }
+        Report::ReloadAborted {
+            slot: 0,
+            reason: AbortReason::Exited(ExitStatus::Code(1))
+        }
     )));
     assert_eq!(sim.worker_in(0), old);
     assert!(sim.stopped.is_empty());
@@ -308,7 +325,10 @@ fn reload_aborts_when_the_replacement_is_never_ready() {
     sim.advance(Duration::from_millis(3000));
     assert!(sim.reports.iter().any(|r| matches!(
         r,
-        Report::ReloadAborted { slot: 0, reason: AbortReason::NotReady(_) }
+        Report::ReloadAborted {
+            slot: 0,
+            reason: AbortReason::NotReady(_)
+        }
     )));
     assert_eq!(sim.stopped, vec![incoming]);
     assert_eq!(sim.worker_in(0), old);
@@ -325,7 +345,11 @@ fn a_reload_during_a_reload_is_queued_not_lost() {
     assert_eq!(sim.count(|r| *r == Report::ReloadQueued), 2);
     sim.advance(Duration::from_secs(1));
     sim.advance(Duration::from_secs(1));
-    assert_eq!(sim.count(|r| *r == Report::ReloadStarted), 2, "queued reloads coalesce into one");
+    assert_eq!(
+        sim.count(|r| *r == Report::ReloadStarted),
+        2,
+        "queued reloads coalesce into one"
+    );
     assert_eq!(sim.count(|r| *r == Report::ReloadFinished), 2);
     assert_eq!(sim.stopped.len(), 2);
 }
@@ -337,7 +361,11 @@ fn an_active_worker_dying_mid_reload_is_covered_by_its_replacement() {
     let old = sim.worker_in(0);
     sim.input(Input::Command(Command::Reload));
     sim.exit(old, ExitStatus::Code(1));
-    assert_eq!(sim.live.len(), 1, "no extra restart: the replacement is coming");
+    assert_eq!(
+        sim.live.len(),
+        1,
+        "no extra restart: the replacement is coming"
+    );
     sim.advance(Duration::from_secs(1));
     assert_eq!(sim.count(|r| *r == Report::ReloadFinished), 1);
     assert!(sim.machine.accepting(sim.worker_in(0)));
@@ -354,7 +382,10 @@ fn scaling_up_and_down() {
     assert_eq!(sim.stopped, vec![top]);
     sim.input(Input::Command(Command::Scale(1)));
     sim.input(Input::Command(Command::ScaleDown));
-    assert!(sim.reports.iter().any(|r| matches!(r, Report::Refused { .. })));
+    assert!(sim
+        .reports
+        .iter()
+        .any(|r| matches!(r, Report::Refused { .. })));
     sim.finish_stopped();
     assert_eq!(sim.live.len(), 1);
     // A stopped worker of a removed slot is not restarted.
@@ -379,11 +410,19 @@ fn a_stop_while_a_worker_starts_stops_it_once_it_runs() {
     let mut m = Machine::new(policy(), 1);
     let now = Instant::now();
     let actions = m.handle(now, Input::Command(Command::Start));
-    let Action::Spawn { worker, .. } = actions[0] else { panic!() };
+    let Action::Spawn { worker, .. } = actions[0] else {
+        panic!()
+    };
     m.handle(now, Input::Command(Command::Stop));
     let actions = m.handle(now, Input::Spawned { worker, pid: 7 });
     assert!(actions.contains(&Action::Stop { worker }));
-    let actions = m.handle(now, Input::Exited { worker, status: ExitStatus::Code(0) });
+    let actions = m.handle(
+        now,
+        Input::Exited {
+            worker,
+            status: ExitStatus::Code(0),
+        },
+    );
     assert!(actions.contains(&Action::Exit(Outcome::Stopped)));
 }
 

@@ -14,7 +14,8 @@ use crate::config::ListenAddr;
 
 /// Bind and listen on `addr`; the socket is nonblocking and close-on-exec.
 ///
-/// TCP: SO_REUSEADDR; with `reuseport`, SO_REUSEPORT too; IPv6 addresses are
+/// TCP: SO_REUSEADDR; with `reuseport`, SO_REUSEPORT too; `[::]` is
+/// dual-stack (IPv4 too, as Node and systemd bind it), any other IPv6 address
 /// IPv6-only; backlog is the kernel maximum (SOMAXCONN).
 /// Unix: a stale socket file (one nobody accepts on) is removed first; a path
 /// that exists and is not a socket, or a live socket, is an error (AddrInUse).
@@ -33,7 +34,7 @@ pub fn bind_listener(addr: &ListenAddr, reuseport: bool) -> io::Result<OwnedFd> 
                 socket.set_reuse_port(true)?;
             }
             if sa.is_ipv6() {
-                socket.set_only_v6(true)?;
+                socket.set_only_v6(!sa.ip().is_unspecified())?;
             }
             socket.bind(&SockAddr::from(*sa))?;
             socket

@@ -404,12 +404,12 @@ unsafe fn child_after_fork(plan: &mut ChildPlan<'_>) -> ! {
     if stdin < 0 || stdout < 0 || stderr < 0 {
         child_fail(report, Stage::Fds);
     }
-    for (i, &fd) in plan.fds.iter().enumerate() {
-        let m = dup_above(fd, low);
-        if m < 0 {
+    // (zip, not indexing: no bounds-check panic path in the child)
+    for (slot, &fd) in plan.moved.iter_mut().zip(plan.fds) {
+        *slot = dup_above(fd, low);
+        if *slot < 0 {
             child_fail(report, Stage::Fds);
         }
-        plan.moved[i] = m;
     }
     if !dup_to(stdin, 0) || !dup_to(stdout, 1) || !dup_to(stderr, 2) {
         child_fail(report, Stage::Fds);
@@ -701,6 +701,15 @@ mod tests {
     }
 
     #[test]
+    fn bad_fd_is_an_error() {
+        let mut spec = sh_spec("true");
+        spec.fds = vec![9999];
+        let err = spawn(&spec).unwrap_err();
+        assert!(err.to_string().contains("file descriptors"), "{err}");
+        assert_eq!(err.raw_os_error(), None, "wrapped with context");
+    }
+
+    #[test]
     fn cwd_is_applied() {
         let mut spec = sh_spec("pwd");
         spec.cwd = Some(PathBuf::from("/tmp"));
@@ -710,7 +719,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_cwd_is_an_error_and_leaves_no_process() {
+    fn bad_cwd_is_an_error() {
         let mut spec = sh_spec("true");
         spec.cwd = Some(PathBuf::from("/nonexistent/herd-test"));
         let err = spawn(&spec).unwrap_err();

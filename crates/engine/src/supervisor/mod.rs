@@ -21,12 +21,16 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::config::{AppSpec, Balance, ListenAddr, WorkerKind};
-use crate::machine::{Action, Command, Input, Machine, Outcome, Policy, Readiness, Report, Slot, Timer, WorkerId};
+use crate::machine::{
+    Action, Command, Input, Machine, Outcome, Policy, Readiness, Report, Slot, Timer, WorkerId,
+};
 use crate::os::channel::{self, Channel};
 use crate::os::notify::NotifySocket;
 use crate::os::process::{self, ExitStatus};
 use crate::os::socket;
 use crate::os::spawn::{self, SpawnSpec};
+
+mod node;
 
 /// Which output stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,9 +47,18 @@ pub enum Event {
     /// A lifecycle event from the machine.
     Lifecycle(Report),
     /// Complete lines a worker wrote (each ends with '\n').
-    Output { slot: Slot, pid: u32, stream: Stream, lines: Vec<u8> },
+    Output {
+        slot: Slot,
+        pid: u32,
+        stream: Stream,
+        lines: Vec<u8>,
+    },
     /// A message a worker sent on its IPC channel (`process.send(x)`).
-    Message { slot: Slot, pid: u32, message: serde_json::Value },
+    Message {
+        slot: Slot,
+        pid: u32,
+        message: serde_json::Value,
+    },
     /// Something went wrong that herd handled, worth telling the user.
     Warning(String),
     /// The app is finished; no event follows.
@@ -63,14 +76,21 @@ pub enum Target {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {reason}")]
-    Bind { addr: ListenAddr, reason: String, source: io::Error },
+    Bind {
+        addr: ListenAddr,
+        reason: String,
+        source: io::Error,
+    },
     #[error("cannot create the notify socket: {0}")]
     Notify(io::Error),
 }
 
 enum Request {
     Command(Command),
-    Send { to: Target, message: serde_json::Value },
+    Send {
+        to: Target,
+        message: serde_json::Value,
+    },
 }
 
 /// The handle to a running app: commands in, messages to workers.
@@ -110,9 +130,16 @@ pub fn start(spec: AppSpec) -> Result<(AppHandle, mpsc::UnboundedReceiver<Event>
         let reuseport = spec.balance == Balance::ReusePort;
         let fd = bind(&l.addr, reuseport)?;
         let addr = socket::local_addr(&fd).unwrap_or_else(|_| l.addr.clone());
-        let _ = events.send(Event::Listening { name: l.name.clone(), addr: addr.clone() });
+        let _ = events.send(Event::Listening {
+            name: l.name.clone(),
+            addr: addr.clone(),
+        });
         // A reuseport listener binds one socket per slot; slot 0 has this one.
-        listeners.push(Listener { name: l.name.clone(), addr, fds: vec![Some(fd)] });
+        listeners.push(Listener {
+            name: l.name.clone(),
+            addr,
+            fds: vec![Some(fd)],
+        });
     }
     let notify = NotifySocket::bind().map_err(StartError::Notify)?;
     let (tx, rx) = mpsc::unbounded_channel();
@@ -135,6 +162,7 @@ pub fn start(spec: AppSpec) -> Result<(AppHandle, mpsc::UnboundedReceiver<Event>
         listeners,
         notify: Arc::new(notify),
         procs: HashMap::new(),
+        servers: HashMap::new(),
         events,
         internal,
     };
@@ -199,6 +227,8 @@ struct Proc {
     outbox: mpsc::UnboundedSender<Outgoing>,
     /// The stdout and stderr pumps; an exit is reported once they drained.
     pumps: [tokio::task::JoinHandle<()>; 2],
+    /// Its side of the cluster protocol (Node workers, round-robin workers).
+    peer: node::Peer,
 }
 
 struct Outgoing {
@@ -210,13 +240,38 @@ struct Outgoing {
 enum Internal {
     Timer(Timer),
     /// A worker's process ended and its output was drained.
-    Exited { worker: WorkerId, status: ExitStatus },
+    Exited {
+        worker: WorkerId,
+        status: ExitStatus,
+    },
     /// A JSON value arrived on a worker's channel.
-    Message { worker: WorkerId, value: serde_json::Value },
+    Message {
+        worker: WorkerId,
+        value: serde_json::Value,
+    },
     /// A worker's channel sent something that is not JSON.
-    BadMessage { worker: WorkerId, error: String },
+    BadMessage {
+        worker: WorkerId,
+        error: String,
+    },
     /// The notify socket got a datagram.
-    Notify { pid: Pid, text: String },
+    Notify {
+        pid: Pid,
+        text: String,
+    },
+    /// The worker's channel reached EOF.
+    ChannelClosed {
+        worker: WorkerId,
+    },
+    /// herd accepted a connection on a round-robin socket.
+    Accepted {
+        key: String,
+        conn: OwnedFd,
+    },
+    /// Time to send a draining Node worker its kill signal.
+    StopSignal {
+        worker: WorkerId,
+    },
 }
 
 struct App {
@@ -226,6 +281,8 @@ struct App {
     listeners: Vec<Listener>,
     notify: Arc<NotifySocket>,
     procs: HashMap<WorkerId, Proc>,
+    /// Sockets handed out by the cluster protocol, by key.
+    servers: HashMap<String, node::Server>,
     events: mpsc::UnboundedSender<Event>,
     internal: mpsc::UnboundedSender<Internal>,
 }
@@ -236,10 +293,13 @@ impl App {
         mut requests: mpsc::UnboundedReceiver<Request>,
         mut internal: mpsc::UnboundedReceiver<Internal>,
     ) {
-        let mut sigchld = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+        let mut sigchld = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+        {
             Ok(s) => s,
             Err(e) => {
-                self.event(Event::Warning(format!("cannot watch for worker exits: {e}")));
+                self.event(Event::Warning(format!(
+                    "cannot watch for worker exits: {e}"
+                )));
                 return;
             }
         };
@@ -255,6 +315,9 @@ impl App {
         // SIGCHLD can coalesce, and a child may exit between a check and the
         // subscription: a slow poll backs the signal up.
         let mut poll = tokio::time::interval(Duration::from_millis(500));
+        if self.generic_round_robin() {
+            self.open_listener_servers();
+        }
         while !self.machine.finished() {
             tokio::select! {
                 Some(request) = requests.recv() => match request {
@@ -289,8 +352,14 @@ impl App {
         match action {
             Action::Spawn { slot, worker } => {
                 let input = match self.spawn(slot, worker) {
-                    Ok(pid) => Input::Spawned { worker, pid: pid.as_raw() as u32 },
-                    Err(e) => Input::SpawnFailed { worker, error: e.to_string() },
+                    Ok(pid) => Input::Spawned {
+                        worker,
+                        pid: pid.as_raw() as u32,
+                    },
+                    Err(e) => Input::SpawnFailed {
+                        worker,
+                        error: e.to_string(),
+                    },
                 };
                 self.input(input);
             }
@@ -318,7 +387,12 @@ impl App {
     /// Side effects of lifecycle events on resources the driver owns.
     fn on_report(&mut self, report: &Report) {
         match report {
-            Report::Exited { slot, next: crate::machine::Next::Errored { .. }, .. } => self.close_slot_sockets(*slot),
+            Report::Exited {
+                slot,
+                next: crate::machine::Next::Errored { .. },
+                ..
+            } => self.close_slot_sockets(*slot),
+            Report::Ready { .. } => self.flush_all_backlogs(),
             Report::Scaled { instances } => {
                 for slot in *instances..self.max_slot_sockets() {
                     self.close_slot_sockets(slot);
@@ -329,7 +403,11 @@ impl App {
     }
 
     fn max_slot_sockets(&self) -> usize {
-        self.listeners.iter().map(|l| l.fds.len()).max().unwrap_or(0)
+        self.listeners
+            .iter()
+            .map(|l| l.fds.len())
+            .max()
+            .unwrap_or(0)
     }
 
     /// A reuseport socket whose slot has no worker would take its share of
@@ -357,7 +435,10 @@ impl App {
             }
             if l.fds[index].is_none() {
                 let fd = socket::bind_listener(&l.addr, true).map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot bind a reuseport socket on {}: {e}", l.addr))
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot bind a reuseport socket on {}: {e}", l.addr),
+                    )
                 })?;
                 l.fds[index] = Some(fd);
             }
@@ -366,8 +447,18 @@ impl App {
         Ok(fds)
     }
 
+    /// Round-robin for a worker that is not Node: herd accepts on the
+    /// `--listen` sockets and hands connections over the channel.
+    fn generic_round_robin(&self) -> bool {
+        self.spec.balance == Balance::RoundRobin && self.spec.kind == WorkerKind::Generic
+    }
+
     fn spawn(&mut self, slot: Slot, worker: WorkerId) -> io::Result<Pid> {
-        let mut fds = self.slot_fds(slot)?;
+        let mut fds = if self.generic_round_robin() {
+            Vec::new()
+        } else {
+            self.slot_fds(slot)?
+        };
         let listen_fds = fds.len();
         let (ours, theirs) = channel::pair()?;
         let channel_fd = 3 + fds.len();
@@ -389,9 +480,15 @@ impl App {
             let names: Vec<&str> = self.listeners.iter().map(|l| l.name.as_str()).collect();
             set("LISTEN_FDNAMES", names.join(":"));
         }
+        if self.generic_round_robin() {
+            let names: Vec<&str> = self.listeners.iter().map(|l| l.name.as_str()).collect();
+            set("HERD_ROUND_ROBIN", names.join(":"));
+        }
         if self.spec.kind == WorkerKind::Node {
             set("NODE_CHANNEL_FD", channel_fd.to_string());
             set("NODE_CHANNEL_SERIALIZATION_MODE", "json".to_string());
+            // Node's cluster.worker.id: unique, from 1, like Node's primary.
+            set("NODE_UNIQUE_ID", (worker.0 + 1).to_string());
         }
 
         let mut argv: Vec<OsString> = vec![self.spec.program.clone().into_os_string()];
@@ -409,24 +506,63 @@ impl App {
         let raw_pid = pid.as_raw() as u32;
 
         // Output pumps; the exit is reported only after both drained.
-        let stdout = tokio::spawn(pump(spawned.stdout, slot, raw_pid, Stream::Stdout, self.events.clone()));
-        let stderr = tokio::spawn(pump(spawned.stderr, slot, raw_pid, Stream::Stderr, self.events.clone()));
+        let stdout = tokio::spawn(pump(
+            spawned.stdout,
+            slot,
+            raw_pid,
+            Stream::Stdout,
+            self.events.clone(),
+        ));
+        let stderr = tokio::spawn(pump(
+            spawned.stderr,
+            slot,
+            raw_pid,
+            Stream::Stderr,
+            self.events.clone(),
+        ));
 
         let channel = Arc::new(Channel::new(ours)?);
         let (outbox, outbox_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_channel(channel.clone(), outbox_rx));
         tokio::spawn(read_channel(channel, worker, self.internal.clone()));
 
-        self.procs.insert(worker, Proc { slot, pid, outbox, pumps: [stdout, stderr] });
+        self.procs.insert(
+            worker,
+            Proc {
+                slot,
+                pid,
+                outbox,
+                pumps: [stdout, stderr],
+                peer: node::Peer::new(),
+            },
+        );
+        if self.generic_round_robin() {
+            self.join_listener_servers(worker);
+        }
         Ok(pid)
     }
 
     fn stop(&mut self, worker: WorkerId) {
-        let Some(p) = self.procs.get(&worker) else { return };
+        if !self.node_stop(worker) {
+            self.signal_stop(worker);
+        }
+    }
+
+    /// Ask the worker to finish: the kill signal to its group, or the message.
+    fn signal_stop(&mut self, worker: WorkerId) {
+        let Some(p) = self.procs.get(&worker) else {
+            return;
+        };
         if self.spec.stop.shutdown_with_message {
-            let _ = p.outbox.send(Outgoing { line: b"\"shutdown\"\n".to_vec(), fd: None });
+            let _ = p.outbox.send(Outgoing {
+                line: b"\"shutdown\"\n".to_vec(),
+                fd: None,
+            });
         } else if let Err(e) = process::signal_group(p.pid, self.spec.stop.kill_signal) {
-            self.event(Event::Warning(format!("cannot signal worker {} (pid {}): {e}", p.slot, p.pid)));
+            self.event(Event::Warning(format!(
+                "cannot signal worker {} (pid {}): {e}",
+                p.slot, p.pid
+            )));
         }
     }
 
@@ -435,7 +571,10 @@ impl App {
         line.push(b'\n');
         for p in self.procs.values() {
             if to == Target::All || to == Target::Slot(p.slot) {
-                let _ = p.outbox.send(Outgoing { line: line.clone(), fd: None });
+                let _ = p.outbox.send(Outgoing {
+                    line: line.clone(),
+                    fd: None,
+                });
             }
         }
     }
@@ -449,7 +588,9 @@ impl App {
                 Ok(None) => {}
                 Ok(Some(status)) => self.exited(worker, status),
                 Err(e) => {
-                    self.event(Event::Warning(format!("lost track of worker pid {pid}: {e}")));
+                    self.event(Event::Warning(format!(
+                        "lost track of worker pid {pid}: {e}"
+                    )));
                     self.exited(worker, ExitStatus::Code(-1));
                 }
             }
@@ -457,7 +598,11 @@ impl App {
     }
 
     fn exited(&mut self, worker: WorkerId, status: ExitStatus) {
-        let Some(proc) = self.procs.remove(&worker) else { return };
+        // Connections it never took go to the others.
+        self.channel_closed(worker);
+        let Some(proc) = self.procs.remove(&worker) else {
+            return;
+        };
         let tx = self.internal.clone();
         tokio::spawn(async move {
             // A grandchild that left the process group may hold the pipes open.
@@ -483,8 +628,13 @@ impl App {
                     )));
                 }
             }
+            Internal::ChannelClosed { worker } => self.channel_closed(worker),
+            Internal::Accepted { key, conn } => self.dispatch(&key, conn),
+            Internal::StopSignal { worker } => self.stop_signal(worker),
             Internal::Notify { pid, text } => {
-                let Some(worker) = self.worker_of_pid(pid) else { return };
+                let Some(worker) = self.worker_of_pid(pid) else {
+                    return;
+                };
                 if text.lines().any(|l| l.trim() == "READY=1") {
                     self.input(Input::Ready { worker });
                 }
@@ -502,21 +652,38 @@ impl App {
     }
 
     fn message(&mut self, worker: WorkerId, value: serde_json::Value) {
-        let Some(p) = self.procs.get(&worker) else { return };
+        if node::is_internal(&value) {
+            return self.node_message(worker, value);
+        }
+        let Some(p) = self.procs.get(&worker) else {
+            return;
+        };
         let (slot, pid) = (p.slot, p.pid.as_raw() as u32);
         if self.spec.ready.wait_ready && value == serde_json::Value::String("ready".into()) {
             self.input(Input::Ready { worker });
         }
-        self.event(Event::Message { slot, pid, message: value });
+        self.event(Event::Message {
+            slot,
+            pid,
+            message: value,
+        });
     }
 }
 
 /// Forward a worker's output as whole lines. A line is never split (up to
 /// 1 MiB; a longer one is cut there) and a worker is never blocked: the pipe
 /// is read as fast as it fills.
-async fn pump(fd: OwnedFd, slot: Slot, pid: u32, stream: Stream, events: mpsc::UnboundedSender<Event>) {
+async fn pump(
+    fd: OwnedFd,
+    slot: Slot,
+    pid: u32,
+    stream: Stream,
+    events: mpsc::UnboundedSender<Event>,
+) {
     const MAX_LINE: usize = 1 << 20;
-    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else { return };
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -535,13 +702,26 @@ async fn pump(fd: OwnedFd, slot: Slot, pid: u32, stream: Stream, events: mpsc::U
         };
         let rest = buf.split_off(cut);
         let lines = std::mem::replace(&mut buf, rest);
-        if events.send(Event::Output { slot, pid, stream, lines }).is_err() {
+        if events
+            .send(Event::Output {
+                slot,
+                pid,
+                stream,
+                lines,
+            })
+            .is_err()
+        {
             return;
         }
     }
     if !buf.is_empty() {
         buf.push(b'\n');
-        let _ = events.send(Event::Output { slot, pid, stream, lines: buf });
+        let _ = events.send(Event::Output {
+            slot,
+            pid,
+            stream,
+            lines: buf,
+        });
     }
 }
 
@@ -555,7 +735,11 @@ async fn write_channel(channel: Arc<Channel>, mut outbox: mpsc::UnboundedReceive
 }
 
 /// Read a worker's channel: newline-delimited JSON, fds alongside.
-async fn read_channel(channel: Arc<Channel>, worker: WorkerId, tx: mpsc::UnboundedSender<Internal>) {
+async fn read_channel(
+    channel: Arc<Channel>,
+    worker: WorkerId,
+    tx: mpsc::UnboundedSender<Internal>,
+) {
     /// A single message larger than this is dropped, not buffered forever.
     const MAX_MESSAGE: usize = 64 << 20;
     let mut buf = Vec::with_capacity(4096);
@@ -564,9 +748,15 @@ async fn read_channel(channel: Arc<Channel>, worker: WorkerId, tx: mpsc::Unbound
     let mut skipping = false;
     loop {
         match channel.recv(&mut buf, &mut fds).await {
-            Ok(0) if fds.is_empty() => break,
+            Ok(0) if fds.is_empty() => {
+                let _ = tx.send(Internal::ChannelClosed { worker });
+                break;
+            }
             Ok(_) => {}
-            Err(_) => break,
+            Err(_) => {
+                let _ = tx.send(Internal::ChannelClosed { worker });
+                break;
+            }
         }
         // No fd is expected from a worker yet; closing them keeps us from leaking.
         fds.clear();
@@ -575,7 +765,10 @@ async fn read_channel(channel: Arc<Channel>, worker: WorkerId, tx: mpsc::Unbound
             if !skipping {
                 let msg = match serde_json::from_slice::<serde_json::Value>(&buf[..end]) {
                     Ok(value) => Internal::Message { worker, value },
-                    Err(e) => Internal::BadMessage { worker, error: e.to_string() },
+                    Err(e) => Internal::BadMessage {
+                        worker,
+                        error: e.to_string(),
+                    },
                 };
                 if tx.send(msg).is_err() {
                     return;

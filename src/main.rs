@@ -2,6 +2,7 @@
 //! in its own module; this file only parses the command line and turns errors
 //! into exit statuses (2 for bad input, as clap does; 1 for failures at run time).
 
+mod demo;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,9 @@ struct Cli {
 enum Cmd {
     /// Supervise one app in the foreground (like `node cluster.js` or pm2-runtime).
     Run(run::RunArgs),
+    /// A cluster of herd's built-in demo web server on localhost: see workers share a port,
+    /// get replaced when they die, and run CPU-bound requests in parallel.
+    Demo(demo::DemoArgs),
 }
 
 /// An error the user caused: printed, then herd exits with status 2.
@@ -40,6 +44,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run(args) => run::main(args),
+        Cmd::Demo(args) => demo::main(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -3,7 +3,6 @@
 //! engine, maps signals to commands (INT/TERM stop, HUP reload, TTIN/TTOU
 //! scale), and prints the workers' output and the lifecycle events.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,11 +12,8 @@ use herd_engine::config::{
     self, AppSpec, Balance, Instances, ListenSpec, ReadyPolicy, RestartMode, RestartPolicy,
     StopPolicy, WorkerKind,
 };
-use herd_engine::machine::{Command, Outcome, Report};
 use herd_engine::os::spawn::resolve_program;
-use herd_engine::supervisor::{self, Event, Stream};
 use nix::sys::signal::Signal;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::UsageError;
 
@@ -240,104 +236,10 @@ pub fn main(args: RunArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(supervise(spec))
-}
-
-async fn supervise(spec: AppSpec) -> anyhow::Result<i32> {
-    let stop = spec.stop.clone();
-    let balance = spec.balance;
-    let (app, mut events) = supervisor::start(spec).map_err(|e| UsageError(e.to_string()))?;
-
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut sigttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
-    let mut sigttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
-
-    // Output is written by its own thread, so a slow terminal never stalls
-    // the supervisor (and so never the workers' pipes).
-    let (out_tx, out_rx) = std::sync::mpsc::channel::<(Stream, Vec<u8>)>();
-    let writer = std::thread::spawn(move || {
-        let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
-        for (stream, bytes) in out_rx {
-            let _ = match stream {
-                Stream::Stdout => stdout.lock().write_all(&bytes),
-                Stream::Stderr => stderr.lock().write_all(&bytes),
-            };
-        }
-    });
-    let say = |text: String| {
-        let _ = out_tx.send((Stream::Stderr, format!("herd: {text}\n").into_bytes()));
-    };
-
-    let mut stopping = false;
-    let mut last_stderr: Vec<Option<String>> = Vec::new();
-    let code = loop {
-        tokio::select! {
-            event = events.recv() => {
-                let Some(event) = event else { break 1 };
-                match event {
-                    Event::Listening { name, addr } => {
-                        let named = if name == "unknown" { String::new() } else { format!(" ({name})") };
-                        say(format!("listening on {addr}{named}, balance {balance}"));
-                    }
-                    Event::Output { slot, stream, lines, .. } => {
-                        if stream == Stream::Stderr {
-                            if last_stderr.len() <= slot {
-                                last_stderr.resize(slot + 1, None);
-                            }
-                            let last = lines.trim_ascii_end().rsplit(|&b| b == b'\n').next().unwrap_or_default();
-                            last_stderr[slot] = Some(String::from_utf8_lossy(last).into_owned());
-                        }
-                        let _ = out_tx.send((stream, prefix_lines(slot, &lines)));
-                    }
-                    Event::Message { slot, message, .. } => say(format!("worker {slot} sent {message}")),
-                    Event::Warning(text) => say(format!("warning: {text}")),
-                    Event::Lifecycle(report) => {
-                        let mut text = report.to_string();
-                        if let Report::Stopping { .. } = report {
-                            text.push_str(&format!(
-                                ": sent {} to each, SIGKILL after {} (signal again to kill now)",
-                                stop.kill_signal.as_str(),
-                                herd_engine::describe::duration(stop.kill_timeout)
-                            ));
-                        }
-                        say(text);
-                    }
-                    Event::Exit(outcome) => {
-                        let mut text = format!("exiting: {outcome}");
-                        if let Outcome::Errored { slot, .. } = outcome {
-                            if let Some(Some(line)) = last_stderr.get(slot) {
-                                text.push_str(&format!("; its last stderr line: {line}"));
-                            }
-                        }
-                        say(text);
-                        break match outcome {
-                            Outcome::Stopped | Outcome::Completed { success: true } => 0,
-                            _ => 1,
-                        };
-                    }
-                }
-            }
-            _ = sigint.recv() => { app.command(Command::Stop); stopping = true; }
-            _ = sigterm.recv() => { app.command(Command::Stop); stopping = true; }
-            _ = sighup.recv() => if !stopping { app.command(Command::Reload) },
-            _ = sigttin.recv() => app.command(Command::ScaleUp),
-            _ = sigttou.recv() => app.command(Command::ScaleDown),
-        }
-    };
-    drop(out_tx);
-    let _ = writer.join();
-    Ok(code)
-}
-
-/// `[3] ` before each line of a chunk of whole lines.
-fn prefix_lines(slot: usize, lines: &[u8]) -> Vec<u8> {
-    let prefix = format!("[{slot}] ");
-    let mut out = Vec::with_capacity(lines.len() + 16);
-    for line in lines.split_inclusive(|&b| b == b'\n') {
-        out.extend_from_slice(prefix.as_bytes());
-        out.extend_from_slice(line);
-    }
-    out
+    runtime
+        .block_on(herd_cluster::supervise(spec))
+        .map_err(|e| match e {
+            herd_cluster::primary_error::Error::Start(e) => UsageError(e.to_string()).into(),
+            e => anyhow::Error::new(e),
+        })
 }

@@ -618,8 +618,12 @@ impl Machine {
         } else {
             return;
         }
+        let mark = out.len();
         let next = self.after_exit(now, slot, ExitStatus::Code(127), Duration::ZERO, out);
-        out.push(Action::Report(Report::SpawnFailed { slot, error, next }));
+        out.insert(
+            mark,
+            Action::Report(Report::SpawnFailed { slot, error, next }),
+        );
     }
 
     fn exited(
@@ -669,8 +673,10 @@ impl Machine {
             out.push(report(Next::Stopped));
             return;
         }
+        // The exit is reported before the replacement's spawn.
+        let mark = out.len();
         let next = self.after_exit(now, slot, status, uptime, out);
-        out.push(report(next));
+        out.insert(mark, report(next));
     }
 
     /// Apply the restart policy to a slot whose worker ended.

@@ -1,0 +1,298 @@
+//! The embedded primary: herd's engine inside a Rust program, which starts
+//! its workers by executing its own binary again.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use herd_engine::config::{
+    AppSpec, Balance, ListenSpec, ReadyPolicy, RestartPolicy, StopPolicy, WorkerKind,
+};
+use herd_engine::machine::{Command, Outcome, Report};
+use herd_engine::supervisor::{self, AppHandle, Event, StartError, Stream, Target};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+/// Why a primary could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting is wrong; the message says which and how to fix it.
+    #[error("{0}")]
+    Config(String),
+    /// A listener could not be bound (nothing was started).
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A cluster of this program's own workers: the Node `cluster` primary.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), herd_cluster::primary_error::Error> {
+/// if herd_cluster::is_primary() {
+///     let code = herd_cluster::Primary::new()
+///         .workers(4)
+///         .listen("web", "127.0.0.1:3000")
+///         .run()
+///         .await?;
+///     std::process::exit(code);
+/// }
+/// // … worker code: herd_cluster::Worker::get().listener("web", "127.0.0.1:3000") …
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Primary {
+    spec: Result<AppSpec, String>,
+}
+
+/// A running primary: commands and messages to its workers.
+#[derive(Debug, Clone)]
+pub struct PrimaryHandle {
+    app: AppHandle,
+}
+
+impl PrimaryHandle {
+    /// Replace every worker, one at a time, each only once its successor is ready.
+    pub fn reload(&self) {
+        self.app.command(Command::Reload);
+    }
+
+    /// Stop gracefully (a second call kills what is left).
+    pub fn stop(&self) {
+        self.app.command(Command::Stop);
+    }
+
+    /// Grow or shrink to `n` workers.
+    pub fn scale(&self, n: usize) {
+        self.app.command(Command::Scale(n));
+    }
+
+    /// Send a JSON message to one worker or all of them.
+    pub fn send(&self, to: Target, message: serde_json::Value) {
+        self.app.send(to, message);
+    }
+}
+
+impl Default for Primary {
+    fn default() -> Self {
+        Primary::new()
+    }
+}
+
+impl Primary {
+    /// A primary for this program: its workers run `current_exe()` with the
+    /// same arguments, one per usable CPU, restarted always, shared balance.
+    pub fn new() -> Primary {
+        let spec = std::env::current_exe()
+            .map_err(|e| format!("cannot find this program's own executable to start workers: {e}"))
+            .map(|exe| {
+                let name = exe
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "app".into());
+                let mut spec = AppSpec::new(name, exe);
+                spec.args = std::env::args().skip(1).collect();
+                spec.instances = herd_engine::cpus::usable_cpus();
+                spec
+            });
+        Primary { spec }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut AppSpec) -> Result<(), String>) -> Self {
+        if let Ok(spec) = &mut self.spec {
+            if let Err(e) = f(spec) {
+                self.spec = Err(e);
+            }
+        }
+        self
+    }
+
+    /// How many workers (at least 1).
+    pub fn workers(self, n: usize) -> Self {
+        self.edit(|s| {
+            s.instances = n.max(1);
+            Ok(())
+        })
+    }
+
+    /// Bind `addr` (`HOST:PORT` or `unix:PATH`) once, under `name`, for every worker.
+    pub fn listen(self, name: &str, addr: &str) -> Self {
+        self.edit(|s| {
+            let spec: ListenSpec = format!("{name}={addr}")
+                .parse()
+                .map_err(|e: herd_engine::config::ConfigError| e.0)?;
+            s.listeners.push(spec);
+            Ok(())
+        })
+    }
+
+    /// How connections are spread over the workers.
+    pub fn balance(self, balance: Balance) -> Self {
+        self.edit(|s| {
+            s.balance = balance;
+            Ok(())
+        })
+    }
+
+    /// When and how fast dead workers are restarted.
+    pub fn restart(self, policy: RestartPolicy) -> Self {
+        self.edit(|s| {
+            s.restart = policy;
+            Ok(())
+        })
+    }
+
+    /// How workers are stopped (signal, drain time).
+    pub fn stop_policy(self, policy: StopPolicy) -> Self {
+        self.edit(|s| {
+            s.stop = policy;
+            Ok(())
+        })
+    }
+
+    /// When a new worker counts as ready (explicit `Worker::ready()` or a delay).
+    pub fn ready_policy(self, policy: ReadyPolicy) -> Self {
+        self.edit(|s| {
+            s.ready = policy;
+            Ok(())
+        })
+    }
+
+    /// Workers wait for `Worker::ready()` instead of a delay.
+    pub fn wait_ready(self, listen_timeout: Duration) -> Self {
+        self.edit(|s| {
+            s.ready.wait_ready = true;
+            s.ready.listen_timeout = listen_timeout;
+            Ok(())
+        })
+    }
+
+    /// An environment variable for every worker.
+    pub fn env(self, key: &str, value: &str) -> Self {
+        self.edit(|s| {
+            s.env.push((key.into(), value.into()));
+            Ok(())
+        })
+    }
+
+    /// Bind the listeners and start the workers; events arrive on the receiver.
+    /// Must be called inside a tokio runtime.
+    pub fn start(self) -> Result<(PrimaryHandle, mpsc::UnboundedReceiver<Event>), Error> {
+        let spec = self.spec.map_err(Error::Config)?;
+        let (app, events) = supervisor::start(spec)?;
+        Ok((PrimaryHandle { app }, events))
+    }
+
+    /// Run in the foreground like `herd run`: signals, printed output and
+    /// events; returns the exit status to end the process with.
+    pub async fn run(self) -> Result<i32, Error> {
+        let mut spec = self.spec.map_err(Error::Config)?;
+        spec.kind = WorkerKind::Generic;
+        supervise(spec).await
+    }
+}
+
+/// Run an app in the foreground until it finishes: start it, map this
+/// process's signals to commands (INT/TERM stop, a second one kills; HUP
+/// reloads; TTIN/TTOU add/remove a worker), and print the workers' output
+/// (`[slot] line`) and lifecycle events (`herd: …` on stderr). Returns the
+/// exit status: 0 after a requested stop or when every worker exited 0.
+/// This is `herd run`'s loop, and [`Primary::run`]'s.
+pub async fn supervise(spec: AppSpec) -> Result<i32, Error> {
+    let stop = spec.stop.clone();
+    let balance = spec.balance;
+    let (app, mut events) = supervisor::start(spec).map_err(Error::Start)?;
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
+    let mut sigttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
+
+    // Output is written by its own thread, so a slow terminal never stalls
+    // the supervisor (and so never the workers' pipes).
+    let (out_tx, out_rx) = std::sync::mpsc::channel::<(Stream, Vec<u8>)>();
+    let writer = std::thread::spawn(move || {
+        let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+        for (stream, bytes) in out_rx {
+            let _ = match stream {
+                Stream::Stdout => stdout.lock().write_all(&bytes),
+                Stream::Stderr => stderr.lock().write_all(&bytes),
+            };
+        }
+    });
+    let say = |text: String| {
+        let _ = out_tx.send((Stream::Stderr, format!("herd: {text}\n").into_bytes()));
+    };
+
+    let mut stopping = false;
+    let mut last_stderr: Vec<Option<String>> = Vec::new();
+    let code = loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { break 1 };
+                match event {
+                    Event::Listening { name, addr } => {
+                        let named = if name == "unknown" { String::new() } else { format!(" ({name})") };
+                        say(format!("listening on {addr}{named}, balance {balance}"));
+                    }
+                    Event::Output { slot, stream, lines, .. } => {
+                        if stream == Stream::Stderr {
+                            if last_stderr.len() <= slot {
+                                last_stderr.resize(slot + 1, None);
+                            }
+                            let last = lines.trim_ascii_end().rsplit(|&b| b == b'\n').next().unwrap_or_default();
+                            last_stderr[slot] = Some(String::from_utf8_lossy(last).into_owned());
+                        }
+                        let _ = out_tx.send((stream, prefix_lines(slot, &lines)));
+                    }
+                    Event::Message { slot, message, .. } => say(format!("worker {slot} sent {message}")),
+                    Event::Warning(text) => say(format!("warning: {text}")),
+                    Event::Lifecycle(report) => {
+                        let mut text = report.to_string();
+                        if let Report::Stopping { .. } = report {
+                            text.push_str(&format!(
+                                ": sent {} to each, SIGKILL after {} (signal again to kill now)",
+                                stop.kill_signal.as_str(),
+                                herd_engine::describe::duration(stop.kill_timeout)
+                            ));
+                        }
+                        say(text);
+                    }
+                    Event::Exit(outcome) => {
+                        let mut text = format!("exiting: {outcome}");
+                        if let Outcome::Errored { slot, .. } = outcome {
+                            if let Some(Some(line)) = last_stderr.get(slot) {
+                                text.push_str(&format!("; its last stderr line: {line}"));
+                            }
+                        }
+                        say(text);
+                        break match outcome {
+                            Outcome::Stopped | Outcome::Completed { success: true } => 0,
+                            _ => 1,
+                        };
+                    }
+                }
+            }
+            _ = sigint.recv() => { app.command(Command::Stop); stopping = true; }
+            _ = sigterm.recv() => { app.command(Command::Stop); stopping = true; }
+            _ = sighup.recv() => if !stopping { app.command(Command::Reload) },
+            _ = sigttin.recv() => app.command(Command::ScaleUp),
+            _ = sigttou.recv() => app.command(Command::ScaleDown),
+        }
+    };
+    drop(out_tx);
+    let _ = writer.join();
+    Ok(code)
+}
+
+/// `[3] ` before each line of a chunk of whole lines.
+fn prefix_lines(slot: usize, lines: &[u8]) -> Vec<u8> {
+    let prefix = format!("[{slot}] ");
+    let mut out = Vec::with_capacity(lines.len() + 16);
+    for line in lines.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(line);
+    }
+    out
+}

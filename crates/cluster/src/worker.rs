@@ -1,0 +1,315 @@
+//! The worker side: what herd passes a worker (listeners, the IPC channel,
+//! the notify socket, its id) behind one process-wide handle.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use herd_engine::os::channel::Channel;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+use crate::listener::{Listener, Source};
+
+/// This process's view of the cluster: one per process ([`Worker::get`]).
+pub struct Worker {
+    id: Option<usize>,
+    instances: Option<usize>,
+    /// Inherited listening fds by name, each taken once.
+    inherited: Mutex<Vec<(String, Option<OwnedFd>)>>,
+    /// Round-robin listeners: herd hands their connections over the channel.
+    round_robin: Mutex<HashMap<String, mpsc::UnboundedReceiver<tokio::net::TcpStream>>>,
+    outbox: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    messages: tokio::sync::Mutex<mpsc::UnboundedReceiver<Value>>,
+    shutdown: watch::Sender<bool>,
+    signals: OnceLock<()>,
+}
+
+static WORKER: OnceLock<Worker> = OnceLock::new();
+
+impl Worker {
+    /// The handle for this process. The first call (which must be inside a
+    /// tokio runtime) takes the fds herd passed and starts reading the channel.
+    pub fn get() -> &'static Worker {
+        WORKER.get_or_init(Worker::from_env)
+    }
+
+    fn from_env() -> Worker {
+        let env_num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+        let (shutdown, _) = watch::channel(false);
+        let (messages_tx, messages_rx) = mpsc::unbounded_channel();
+        let mut senders = HashMap::new();
+        let mut receivers = HashMap::new();
+        if let Ok(names) = std::env::var("HERD_ROUND_ROBIN") {
+            for name in names.split(':').filter(|n| !n.is_empty()) {
+                let (tx, rx) = mpsc::unbounded_channel();
+                senders.insert(name.to_string(), tx);
+                receivers.insert(name.to_string(), rx);
+            }
+        }
+        let outbox = take_channel().map(|channel| {
+            let channel = Arc::new(channel);
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(write_loop(channel.clone(), rx));
+            tokio::spawn(read_loop(
+                channel,
+                tx.clone(),
+                messages_tx,
+                senders,
+                shutdown.clone(),
+            ));
+            tx
+        });
+        Worker {
+            id: env_num("HERD_WORKER_ID"),
+            instances: env_num("HERD_INSTANCES"),
+            inherited: Mutex::new(take_listen_fds()),
+            round_robin: Mutex::new(receivers),
+            outbox,
+            messages: tokio::sync::Mutex::new(messages_rx),
+            shutdown,
+            signals: OnceLock::new(),
+        }
+    }
+
+    /// This worker's slot, 0..N-1 (`HERD_WORKER_ID`); `None` when not run by herd.
+    pub fn id(&self) -> Option<usize> {
+        self.id
+    }
+
+    /// How many workers the cluster has (`HERD_INSTANCES`).
+    pub fn instances(&self) -> Option<usize> {
+        self.instances
+    }
+
+    /// The listener called `name`: the socket herd passed under that name
+    /// (or the only one, if herd passed a single unnamed socket), the
+    /// connections herd hands over in round-robin mode, or — not under herd —
+    /// a socket this process binds on `fallback` (`HOST:PORT`) itself.
+    /// Each listener can be taken once.
+    pub fn listener(&self, name: &str, fallback: &str) -> io::Result<Listener> {
+        if let Some(rx) = self.round_robin.lock().expect("lock").remove(name) {
+            let addr = fallback
+                .parse()
+                .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+            return Ok(Listener::round_robin(rx, addr));
+        }
+        let mut inherited = self.inherited.lock().expect("lock");
+        let only_unnamed = inherited.len() == 1 && inherited[0].0 == "unknown";
+        if let Some((_, fd)) = inherited
+            .iter_mut()
+            .find(|(n, _)| n == name || only_unnamed)
+        {
+            let fd = fd.take().ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("the listener '{name}' was already taken"),
+                )
+            })?;
+            return Listener::inherited(fd);
+        }
+        if !inherited.is_empty() {
+            let names: Vec<&str> = inherited.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("herd passed no listener named '{name}' (it passed: {}); name it with --listen {name}=ADDR", names.join(", ")),
+            ));
+        }
+        let std = std::net::TcpListener::bind(fallback)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {fallback}: {e}")))?;
+        std.set_nonblocking(true)?;
+        Listener::from_std(std, Source::Bound)
+    }
+
+    /// Tell the primary this worker is ready for traffic (`READY=1` on
+    /// `NOTIFY_SOCKET`). A no-op when not under herd or systemd.
+    pub fn ready(&self) -> io::Result<()> {
+        notify("READY=1")
+    }
+
+    /// Resolves when this worker should stop: SIGINT, SIGTERM, or the message
+    /// `"shutdown"`. The first call takes over SIGINT and SIGTERM for this
+    /// process (they no longer end it by themselves).
+    pub async fn shutdown(&self) {
+        self.signals.get_or_init(|| {
+            let tx = self.shutdown.clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (Ok(mut int), Ok(mut term)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                let _ = tx.send(true);
+            });
+        });
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+
+    /// Send a JSON message to the primary (`process.send`). Returns false when
+    /// there is no primary to send to.
+    pub fn send(&self, message: &Value) -> bool {
+        let Some(outbox) = &self.outbox else {
+            return false;
+        };
+        let mut line = serde_json::to_vec(message).expect("a JSON value serializes");
+        line.push(b'\n');
+        outbox.send(line).is_ok()
+    }
+
+    /// The next message from the primary (`process.on('message')`); `None`
+    /// once the channel is closed (or there is none).
+    pub async fn recv(&self) -> Option<Value> {
+        self.messages.lock().await.recv().await
+    }
+}
+
+/// Send a sd_notify datagram to `NOTIFY_SOCKET`, if set.
+fn notify(state: &str) -> io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(());
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
+        None => SocketAddr::from_pathname(&path)?,
+    };
+    let sock = UnixDatagram::unbound()?;
+    sock.send_to_addr(state.as_bytes(), &addr)?;
+    Ok(())
+}
+
+/// The listening fds of `LISTEN_FDS`, if they are meant for this process.
+fn take_listen_fds() -> Vec<(String, Option<OwnedFd>)> {
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<RawFd>().ok())
+        .unwrap_or(0);
+    if !for_us || count <= 0 {
+        return Vec::new();
+    }
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|n| n.split(':').map(String::from).collect())
+        .unwrap_or_default();
+    (0..count)
+        .map(|i| {
+            let fd = 3 + i;
+            set_cloexec(fd);
+            // SAFETY: LISTEN_FDS/LISTEN_PID say fds 3..3+n were passed to this
+            // process to own; they are taken once (inside a OnceLock).
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            let name = names
+                .get(i as usize)
+                .cloned()
+                .unwrap_or_else(|| "unknown".into());
+            (name, Some(owned))
+        })
+        .collect()
+}
+
+fn take_channel() -> Option<Channel> {
+    let fd: RawFd = std::env::var("HERD_CHANNEL_FD").ok()?.parse().ok()?;
+    // SAFETY: herd placed the channel at this fd for this process to own;
+    // it is taken once (inside a OnceLock).
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    set_cloexec(fd);
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    Channel::new(owned).ok()
+}
+
+fn set_cloexec(fd: RawFd) {
+    // SAFETY: plain fcntl on an fd number; failure is harmless.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        }
+    }
+}
+
+async fn write_loop(channel: Arc<Channel>, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+    while let Some(line) = rx.recv().await {
+        if channel.send(&line, None).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Route what the primary sends: handed-over connections to their listener,
+/// `"shutdown"` to the shutdown future, the rest to `recv`.
+async fn read_loop(
+    channel: Arc<Channel>,
+    outbox: mpsc::UnboundedSender<Vec<u8>>,
+    messages: mpsc::UnboundedSender<Value>,
+    listeners: HashMap<String, mpsc::UnboundedSender<tokio::net::TcpStream>>,
+    shutdown: watch::Sender<bool>,
+) {
+    let reply = |v: Value| {
+        let mut line = serde_json::to_vec(&v).expect("a JSON value serializes");
+        line.push(b'\n');
+        let _ = outbox.send(line);
+    };
+    let mut buf = Vec::new();
+    let mut fds: std::collections::VecDeque<OwnedFd> = Default::default();
+    let mut received = Vec::new();
+    loop {
+        match channel.recv(&mut buf, &mut received).await {
+            Ok(0) if received.is_empty() => break,
+            Ok(_) => fds.extend(received.drain(..)),
+            Err(_) => break,
+        }
+        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            let Ok(value) = serde_json::from_slice::<Value>(&line) else {
+                continue;
+            };
+            if value.get("cmd").and_then(Value::as_str) == Some("NODE_HANDLE") {
+                // One fd per handle message, in order, as Node matches them.
+                let fd = fds.pop_front();
+                let Some(fd) = fd else {
+                    reply(json!({"cmd": "NODE_HANDLE_NACK"}));
+                    continue;
+                };
+                reply(json!({"cmd": "NODE_HANDLE_ACK"}));
+                let msg = &value["msg"];
+                if msg["act"] == "newconn" {
+                    let key = msg["key"].as_str().unwrap_or_default();
+                    let stream = std::net::TcpStream::from(fd);
+                    let accepted = stream.set_nonblocking(true).is_ok()
+                        && tokio::net::TcpStream::from_std(stream)
+                            .ok()
+                            .and_then(|s| listeners.get(key).map(|tx| tx.send(s).is_ok()))
+                            .unwrap_or(false);
+                    reply(json!({"cmd": "NODE_CLUSTER", "ack": msg["seq"], "accepted": accepted}));
+                }
+                continue;
+            }
+            if value
+                .get("cmd")
+                .and_then(Value::as_str)
+                .is_some_and(|c| c.starts_with("NODE_"))
+            {
+                continue;
+            }
+            if value == "shutdown" {
+                let _ = shutdown.send(true);
+            }
+            let _ = messages.send(value);
+        }
+    }
+}

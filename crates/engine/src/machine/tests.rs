@@ -210,7 +210,11 @@ fn a_stable_run_resets_the_backoff() {
     sim.advance(Duration::from_secs(2));
     let w = sim.worker_in(0);
     sim.exit(w, ExitStatus::Code(1));
-    let last_exit = sim.reports.iter().rev().find(|r| matches!(r, Report::Exited { .. }));
+    let last_exit = sim
+        .reports
+        .iter()
+        .rev()
+        .find(|r| matches!(r, Report::Exited { .. }));
     assert!(matches!(
         last_exit,
         Some(Report::Exited { next: Next::RestartIn(d), .. }) if d.is_zero()

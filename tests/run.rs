@@ -384,7 +384,8 @@ fn reload_aborts_when_replacement_exits() {
         &["--require-file", flag.to_str().unwrap()],
     ));
     let old = h.wait_online(0, 2, START);
-    wait_http_ok(&addr, T);
+    // Both have checked for the file (online only means exec succeeded).
+    h.wait_serving(&old, T);
     std::fs::remove_file(&flag).unwrap();
     let load = Load::start(&addr, "/", 2, Duration::from_millis(5));
     let mark = h.mark(Stream::Stderr);
@@ -1275,4 +1276,58 @@ fn worker_inherits_only_its_own_fds() {
             "worker {pid} holds fds herd should not have passed: {extra:?} (allowed {allowed:?})"
         );
     }
+}
+
+#[test]
+fn stop_during_restart_backoff_exits_promptly_without_starting_the_worker() {
+    let addr = free_addr();
+    let mut h = Herd::start(&run_args(
+        &[
+            "-i",
+            "1",
+            "--listen",
+            &addr,
+            "--restart-delay",
+            "5s",
+            "--max-restart-delay",
+            "5s",
+        ],
+        &["--crash-after", "0"],
+    ));
+    h.wait_stderr(pat::RESTARTING_IN.replace("{} ms", "5 s").as_str(), T);
+    let mark = h.mark(Stream::Stderr);
+    let t0 = Instant::now();
+    h.signal(Signal::SIGTERM);
+    let st = h.wait_exit(T);
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "a stop must not wait out the restart delay; took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(st.code(), Some(0), "{st}");
+    assert!(
+        h.find_all(Stream::Stderr, mark, pat::ONLINE).is_empty(),
+        "no worker started after the stop"
+    );
+}
+
+#[test]
+fn sigterm_right_at_start_leaves_nothing_behind() {
+    let addr = free_addr();
+    let mut h = Herd::start(&run_args(
+        &["-i", "2", "--listen", &addr],
+        &["--spawn-child"],
+    ));
+    h.wait_stderr("listening on", T);
+    h.signal(Signal::SIGTERM);
+    let st = h.wait_exit(T);
+    assert_eq!(st.code(), Some(0), "{st}");
+    let (pgids, children) = h.known_pids();
+    assert_groups_gone(&h, &pgids, Duration::from_secs(1));
+    assert!(children.iter().all(|&c| !process_alive(c)));
+    // The port is free again.
+    assert!(
+        std::net::TcpListener::bind(&addr).is_ok(),
+        "{addr} released"
+    );
 }

@@ -201,6 +201,7 @@ impl Primary {
 pub async fn supervise(spec: AppSpec) -> Result<i32, Error> {
     let stop = spec.stop.clone();
     let balance = spec.balance;
+    let mut service = ServiceState::new(spec.instances);
     let (app, mut events) = supervisor::start(spec).map_err(Error::Start)?;
 
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -249,6 +250,7 @@ pub async fn supervise(spec: AppSpec) -> Result<i32, Error> {
                     Event::Message { slot, message, .. } => say(format!("worker {slot} sent {message}")),
                     Event::Warning(text) => say(format!("warning: {text}")),
                     Event::Lifecycle(report) => {
+                        service.observe(&report);
                         let mut text = report.to_string();
                         if let Report::Stopping { .. } = report {
                             text.push_str(&format!(
@@ -284,6 +286,61 @@ pub async fn supervise(spec: AppSpec) -> Result<i32, Error> {
     drop(out_tx);
     let _ = writer.join();
     Ok(code)
+}
+
+/// What herd tells its own service manager (systemd `Type=notify` or
+/// `notify-reload`, through `NOTIFY_SOCKET`): ready once every worker is,
+/// reloading while a reload runs, stopping once a stop began.
+struct ServiceState {
+    instances: usize,
+    ready_slots: std::collections::BTreeSet<usize>,
+    ready_sent: bool,
+}
+
+impl ServiceState {
+    fn new(instances: usize) -> ServiceState {
+        ServiceState {
+            instances,
+            ready_slots: Default::default(),
+            ready_sent: false,
+        }
+    }
+
+    fn observe(&mut self, report: &Report) {
+        let state = match report {
+            Report::Ready { slot, .. } if !self.ready_sent => {
+                self.ready_slots.insert(*slot);
+                if self.ready_slots.len() < self.instances {
+                    return;
+                }
+                self.ready_sent = true;
+                format!(
+                    "READY=1\nSTATUS={} workers ready\nMAINPID={}",
+                    self.instances,
+                    std::process::id()
+                )
+            }
+            Report::Scaled { instances } => {
+                self.instances = *instances;
+                format!("STATUS={instances} workers")
+            }
+            Report::ReloadStarted => format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()),
+            Report::ReloadFinished | Report::ReloadAborted { .. } => "READY=1".to_string(),
+            Report::Stopping { .. } => "STOPPING=1".to_string(),
+            _ => return,
+        };
+        let _ = crate::worker::notify(&state);
+    }
+}
+
+fn monotonic_usec() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1000
 }
 
 /// `[3] ` before each line of a chunk of whole lines.

@@ -172,7 +172,7 @@ impl Worker {
 }
 
 /// Send a sd_notify datagram to `NOTIFY_SOCKET`, if set.
-fn notify(state: &str) -> io::Result<()> {
+pub(crate) fn notify(state: &str) -> io::Result<()> {
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::net::{SocketAddr, UnixDatagram};
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {

@@ -20,7 +20,7 @@
 //! kill signal.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -292,20 +292,15 @@ impl App {
         let port = msg.get("port").and_then(Value::as_i64).unwrap_or(-1);
         let address_type = msg.get("addressType").and_then(Value::as_i64).unwrap_or(4);
         let fd = msg.get("fd").and_then(Value::as_i64);
-        let invalid =
-            |what: &str| std::io::Error::from_raw_os_error(libc::EINVAL).to_string() + what;
         // `listen({fd: N})`: the worker means the N-th inherited listener.
         let wanted: Option<ListenAddr> = if let Some(fd) = fd.filter(|&fd| fd >= 0) {
             let index = usize::try_from(fd - 3)
                 .ok()
                 .filter(|&i| i < self.listeners.len());
-            match index {
-                Some(i) => return Ok(self.borrowed_server(i, data)),
-                None => {
-                    let _ = invalid("");
-                    return Err(std::io::Error::from_raw_os_error(libc::EBADF));
-                }
-            }
+            return match index {
+                Some(i) => Ok(self.borrowed_server(i, data)),
+                None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+            };
         } else if address_type == -1 || (port < 0 && address.is_some()) {
             address.map(|p| ListenAddr::Unix(p.into()))
         } else {
@@ -727,7 +722,6 @@ fn describe_query(msg: &Value) -> String {
 /// connection; the connection (nonblocking) goes to the app task.
 async fn accept_loop(fd: OwnedFd, key: String, tx: tokio::sync::mpsc::UnboundedSender<Internal>) {
     let unix = matches!(socket::local_addr(&fd), Ok(ListenAddr::Unix(_)));
-    let raw = fd.as_raw_fd();
     if unix {
         let std_listener = std::os::unix::net::UnixListener::from(fd);
         let Ok(listener) = tokio::net::UnixListener::from_std(std_listener) else {
@@ -747,7 +741,7 @@ async fn accept_loop(fd: OwnedFd, key: String, tx: tokio::sync::mpsc::UnboundedS
                         return;
                     }
                 }
-                Err(e) => accept_error(e, raw).await,
+                Err(_) => accept_backoff().await,
             }
         }
     } else {
@@ -769,13 +763,13 @@ async fn accept_loop(fd: OwnedFd, key: String, tx: tokio::sync::mpsc::UnboundedS
                         return;
                     }
                 }
-                Err(e) => accept_error(e, raw).await,
+                Err(_) => accept_backoff().await,
             }
         }
     }
 }
 
 /// Out of fds or memory: back off a little instead of spinning.
-async fn accept_error(_e: std::io::Error, _fd: i32) {
+async fn accept_backoff() {
     tokio::time::sleep(Duration::from_millis(20)).await;
 }

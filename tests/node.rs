@@ -1,0 +1,1256 @@
+//! Integration tests of herd as the cluster primary of unmodified Node.js
+//! apps: a real herd, real `node` workers (the apps in `examples/node` and the
+//! small misbehaving fixtures in `tests/node-apps`), real sockets on
+//! 127.0.0.1, real signals.
+//!
+//! Every wait polls against a deadline; every process is cleaned up even when
+//! a test fails (`support::Herd`'s Drop for herd and its workers, [`Groups`]
+//! for workers started through the engine API). Without `node` on PATH every
+//! test is skipped with a note; the tests that need the examples' npm
+//! dependencies are skipped when `examples/node/node_modules` is missing
+//! (`npm ci --prefix examples/node`). `scripts/node-versions.sh` runs this
+//! file under Node 18, 22 and 24.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command as Process;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Generous bounds: a debug herd and Node start-up on a shared 2-CPU machine.
+const START: Duration = Duration::from_secs(20);
+const T: Duration = Duration::from_secs(10);
+const REQ: Duration = Duration::from_secs(3);
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// `node --version`, once; `None` when there is no usable `node` on PATH.
+fn node_version() -> Option<&'static str> {
+    static V: OnceLock<Option<String>> = OnceLock::new();
+    V.get_or_init(|| {
+        let out = Process::new("node").arg("--version").output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    })
+    .as_deref()
+}
+
+/// Skip the test (with a note) when `node` is not on PATH.
+macro_rules! need_node {
+    () => {
+        match node_version() {
+            Some(v) => eprintln!("  node {v}"),
+            None => {
+                eprintln!("SKIPPED: `node` is not on PATH; install Node.js to run the Node tests");
+                return;
+            }
+        }
+    };
+}
+
+/// Skip the test when the examples' npm dependencies are not installed.
+macro_rules! need_deps {
+    () => {
+        need_node!();
+        if !Path::new(&example("node_modules")).is_dir() {
+            eprintln!(
+                "SKIPPED: examples/node/node_modules is missing; run `npm ci --prefix examples/node`"
+            );
+            return;
+        }
+    };
+}
+
+fn example(name: &str) -> String {
+    format!("{}/examples/node/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/node-apps/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Start herd with extra environment variables. herd passes its own
+/// environment on to the workers, and the harness has no per-process
+/// environment, so they are set in ours just around the spawn (which copies
+/// the environment), under a lock that every such start takes. An empty
+/// value removes the variable.
+fn herd_with_env(env: &[(&str, &str)], args: &[String]) -> Herd {
+    static ENV_LOCK: Mutex<()> = Mutex::new(());
+    let _g = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let saved: Vec<(&str, Option<std::ffi::OsString>)> =
+        env.iter().map(|(k, _)| (*k, std::env::var_os(k))).collect();
+    for (k, v) in env {
+        eprintln!("  env {k}={v}");
+        if v.is_empty() {
+            std::env::remove_var(k);
+        } else {
+            std::env::set_var(k, v);
+        }
+    }
+    let h = Herd::start(args);
+    for (k, old) in saved {
+        match old {
+            Some(v) => std::env::set_var(k, v),
+            None => std::env::remove_var(k),
+        }
+    }
+    h
+}
+
+/// `PORT=<port> herd run OPTS -- <script> SCRIPT_ARGS`, with
+/// NODE_CLUSTER_SCHED_POLICY removed so that only `opts` pick the balance.
+fn run_node(port: u16, opts: &[&str], script: &str, script_args: &[&str]) -> Herd {
+    let mut args = vec!["run".to_string()];
+    args.extend(opts.iter().map(|s| s.to_string()));
+    args.push("--".into());
+    args.push(script.into());
+    args.extend(script_args.iter().map(|s| s.to_string()));
+    let port = port.to_string();
+    herd_with_env(&[("PORT", &port), ("NODE_CLUSTER_SCHED_POLICY", "")], &args)
+}
+
+fn addr_of(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// Wait until every slot in `0..n` has a `ready` line at or after stderr line
+/// `from`: slot → pid.
+fn wait_ready(h: &Herd, from: usize, n: usize, timeout: Duration) -> BTreeMap<usize, i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut m = BTreeMap::new();
+        for c in h.find_all(Stream::Stderr, from, pat::READY) {
+            m.insert(c[0].parse::<usize>().unwrap(), c[1].parse::<i32>().unwrap());
+        }
+        if (0..n).all(|s| m.contains_key(&s)) {
+            return m;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "slots 0..{n} not all ready within {timeout:?} (have {m:?}); herd's stderr:\n{}",
+                h.stderr_text()
+            );
+        }
+        h.wait_line_after(
+            Stream::Stderr,
+            h.mark(Stream::Stderr),
+            pat::READY,
+            Duration::from_millis(100),
+        );
+    }
+}
+
+/// The pid that answered: the `X-Worker-Pid` header, else `process <pid>` in
+/// the body, else a JSON body's `pid`.
+fn answer_pid(r: &Response) -> Option<i32> {
+    if let Some(p) = r.header("X-Worker-Pid").and_then(|v| v.parse().ok()) {
+        return Some(p);
+    }
+    body_pid(&r.body)
+}
+
+fn body_pid(body: &str) -> Option<i32> {
+    let mut words = body.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "process" {
+            return words.next()?.parse().ok();
+        }
+    }
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()?
+        .get("pid")?
+        .as_i64()
+        .map(|p| p as i32)
+}
+
+/// One GET on a fresh connection that must answer 200: the answering pid.
+fn get_pid(addr: &str, path: &str) -> i32 {
+    let r = http_request(addr, path, REQ)
+        .unwrap_or_else(|e| panic!("GET {path} on {addr} failed: {e}"));
+    assert_eq!(r.status, 200, "GET {path}: {r:?}");
+    answer_pid(&r).unwrap_or_else(|| panic!("no pid in the answer to GET {path}: {r:?}"))
+}
+
+/// GET / until it answers 200 or the timeout passes: the answering pid.
+fn wait_answer(addr: &str, timeout: Duration) -> i32 {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match http_request(addr, "/", Duration::from_secs(2)) {
+            Ok(r) if r.status == 200 => {
+                if let Some(p) = answer_pid(&r) {
+                    return p;
+                }
+                last = format!("no pid in {r:?}");
+            }
+            Ok(r) => last = format!("status {}", r.status),
+            Err(e) => last = format!("{:?}: {e}", e.kind()),
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{addr} did not answer 200 within {timeout:?}; last: {last}");
+}
+
+/// Fresh-connection GET / until the answering pids cover `want` (or the
+/// attempts run out): every pid seen.
+fn pids_seen(addr: &str, want: &BTreeSet<i32>, attempts: usize) -> BTreeSet<i32> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..attempts {
+        if let Ok(r) = http_request(addr, "/", REQ) {
+            if let Some(p) = answer_pid(&r) {
+                seen.insert(p);
+            }
+        }
+        if want.is_subset(&seen) {
+            break;
+        }
+    }
+    seen
+}
+
+fn set_of(m: &BTreeMap<usize, i32>) -> BTreeSet<i32> {
+    m.values().copied().collect()
+}
+
+/// Stop herd with SIGTERM and require a clean exit (code 0) within `within`.
+fn stop_cleanly(h: &mut Herd, within: Duration) -> Duration {
+    let t0 = Instant::now();
+    h.signal(Signal::SIGTERM);
+    let st = h.wait_exit(within);
+    let took = t0.elapsed();
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "herd should exit 0 after SIGTERM, got {st}; its stderr:\n{}",
+        h.stderr_text()
+    );
+    took
+}
+
+/// The slot a pid was announced `online` in.
+fn slot_of(h: &Herd, pid: i32) -> usize {
+    h.online_pids()
+        .into_iter()
+        .find(|(_, p)| *p == pid)
+        .map(|(s, _)| s)
+        .unwrap_or_else(|| panic!("pid {pid} was never online; stderr:\n{}", h.stderr_text()))
+}
+
+/// Does any herd line (stderr, `herd: ` lines) contain `text`?
+fn herd_said(h: &Herd, text: &str) -> bool {
+    h.herd_lines().iter().any(|l| l.contains(text))
+}
+
+/// Wait for `text` in any line (worker output included) of a stream.
+fn wait_text(h: &Herd, which: Stream, text: &str, timeout: Duration) -> usize {
+    match h.wait_any_line(which, 0, text, timeout) {
+        Some((i, _)) => i,
+        None => panic!(
+            "no {which:?} line containing {text:?} within {timeout:?}; stdout:\n{}\nstderr:\n{}",
+            h.stdout_lines().join("\n"),
+            h.stderr_text()
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. Workers share the app's own port.
+
+#[test]
+fn hello_two_workers_answer_on_the_apps_own_port() {
+    need_node!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let h = run_node(port, &["-i", "2"], &example("hello.js"), &[]);
+    let ready = wait_ready(&h, 0, 2, START);
+    let want = set_of(&ready);
+    assert_eq!(want.len(), 2, "two distinct worker pids: {ready:?}");
+    assert!(
+        herd_said(&h, &format!(":{port} (node), balance shared")),
+        "herd should say it listens on the app's port {port} (shared by default); stderr:\n{}",
+        h.stderr_text()
+    );
+    let seen = pids_seen(&addr, &want, 400);
+    assert_eq!(seen, want, "both workers answer on port {port}");
+    // hello.js's own answer: "process <pid> count <n>".
+    let r = http_request(&addr, "/", REQ).unwrap();
+    assert!(r.body.starts_with("process "), "hello.js body: {r:?}");
+}
+
+#[test]
+fn node_cluster_sched_policy_picks_the_default_balance() {
+    need_node!();
+    for (policy, balance) in [("rr", "round-robin"), ("none", "shared")] {
+        let port = free_port();
+        let p = port.to_string();
+        let args: Vec<String> = ["run", "-i", "2", "--", &example("hello.js")]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let h = herd_with_env(
+            &[("PORT", &p), ("NODE_CLUSTER_SCHED_POLICY", policy)],
+            &args,
+        );
+        let want = set_of(&wait_ready(&h, 0, 2, START));
+        assert!(
+            herd_said(&h, &format!("balance {balance}")),
+            "NODE_CLUSTER_SCHED_POLICY={policy} should give balance {balance}; stderr:\n{}",
+            h.stderr_text()
+        );
+        assert_eq!(pids_seen(&addr_of(port), &want, 400), want);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 2. They are cluster workers, with distinct ids.
+
+#[test]
+fn workers_are_cluster_workers_with_distinct_ids() {
+    need_node!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let h = run_node(port, &["-i", "2"], &fixture("worker-info.js"), &[]);
+    let ready = wait_ready(&h, 0, 2, START);
+    let want = set_of(&ready);
+    let mut info: BTreeMap<i32, serde_json::Value> = BTreeMap::new();
+    for _ in 0..400 {
+        let r = http_request(&addr, "/", REQ).expect("GET /");
+        let v: serde_json::Value = serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("worker-info answers JSON ({e}): {r:?}"));
+        info.insert(v["pid"].as_i64().unwrap() as i32, v);
+        if info.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        info.keys().copied().collect::<BTreeSet<_>>(),
+        want,
+        "both workers answer: {info:?}"
+    );
+    let mut ids = BTreeSet::new();
+    for (pid, v) in &info {
+        assert_eq!(v["isWorker"], true, "cluster.isWorker in pid {pid}: {v}");
+        let id = v["id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("cluster.worker.id is a number in pid {pid}: {v}"));
+        assert!(id >= 1, "cluster.worker.id counts from 1, as in Node: {v}");
+        ids.insert(id);
+    }
+    assert_eq!(ids.len(), 2, "distinct cluster.worker.id values: {info:?}");
+}
+
+// ---------------------------------------------------------------------------
+// 3. A worker that exits is replaced.
+
+#[test]
+fn worker_that_exits_is_replaced_in_its_slot() {
+    need_node!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let h = run_node(port, &["-i", "2"], &example("hello.js"), &[]);
+    let ready = wait_ready(&h, 0, 2, START);
+    let mark = h.mark(Stream::Stderr);
+    let r = http_request(&addr, "/stop", REQ).expect("GET /stop answers before exiting");
+    assert_eq!(r.status, 200, "{r:?}");
+    let victim = answer_pid(&r).expect("pid of the stopping worker");
+    let slot = slot_of(&h, victim);
+    let code = h.wait_stderr_after(
+        mark,
+        &format!("worker {slot} {{*}}exited with code {{}}"),
+        T,
+    );
+    assert_eq!(code[0], "1", "hello.js /stop exits with code 1");
+    let new_pid = h.wait_online_slot(mark, slot, T);
+    assert_ne!(new_pid, victim, "a new process in slot {slot}");
+    h.wait_stderr_after(mark, &format!("worker {slot} ready (pid {new_pid})"), T);
+    let now: BTreeSet<i32> = ready
+        .iter()
+        .map(|(s, p)| if *s == slot { new_pid } else { *p })
+        .collect();
+    let seen = pids_seen(&addr, &now, 400);
+    assert_eq!(
+        seen, now,
+        "the replacement and the other worker both answer; the old pid is gone"
+    );
+    assert!(
+        !process_alive(victim),
+        "the stopped worker {victim} is gone"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 4. Messages.
+
+#[test]
+fn worker_message_reaches_herd() {
+    need_node!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let h = run_node(port, &["-i", "2"], &example("hello.js"), &[]);
+    wait_ready(&h, 0, 2, START);
+    let r = http_request(&addr, "/send?x=a%20b", REQ).expect("GET /send");
+    assert_eq!(r.status, 200, "{r:?}");
+    let pid = answer_pid(&r).unwrap();
+    let slot = slot_of(&h, pid);
+    let line = format!(r#"worker {slot} sent {{"type":"hello","x":"a b"}}"#);
+    h.wait_stderr(&line, T);
+}
+
+/// Kills the process groups of workers started through the engine API, in
+/// case the test fails before they stop.
+#[derive(Default, Clone)]
+struct Groups(Arc<Mutex<BTreeSet<i32>>>);
+
+impl Groups {
+    fn add(&self, pid: i32) {
+        self.0.lock().unwrap().insert(pid);
+    }
+}
+
+impl Drop for Groups {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.0) > 1 {
+            return;
+        }
+        for &pg in self.0.lock().unwrap().iter() {
+            if pg > 1 && !group_empty(pg) {
+                eprintln!("  cleanup: killing leftover process group {pg}");
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pg), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Events of an app started through the engine API, with the history kept.
+struct Events {
+    rx: tokio::sync::mpsc::UnboundedReceiver<herd_engine::supervisor::Event>,
+    seen: Vec<String>,
+    groups: Groups,
+}
+
+impl Events {
+    /// The next event that `f` maps to `Some`, within `timeout`.
+    async fn until<R>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&herd_engine::supervisor::Event) -> Option<R>,
+    ) -> R {
+        use herd_engine::machine::Report;
+        use herd_engine::supervisor::Event;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ev = match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(ev)) => ev,
+                Ok(None) => panic!(
+                    "events ended while waiting for {what}; seen:\n{}",
+                    self.seen.join("\n")
+                ),
+                Err(_) => panic!(
+                    "no {what} within {timeout:?}; events seen:\n{}",
+                    self.seen.join("\n")
+                ),
+            };
+            let text = match &ev {
+                Event::Output { slot, lines, .. } => {
+                    format!("[{slot}] {}", String::from_utf8_lossy(lines).trim_end())
+                }
+                other => format!("{other:?}"),
+            };
+            eprintln!("  event| {text}");
+            self.seen.push(text);
+            if let Event::Lifecycle(Report::Online { pid, .. }) = &ev {
+                self.groups.add(*pid as i32);
+            }
+            if let Some(r) = f(&ev) {
+                return r;
+            }
+        }
+    }
+}
+
+/// herd → worker and worker → herd through the engine API (`AppHandle::send`,
+/// `Event::Message`), and the worker's `disconnect` event on a graceful stop.
+#[test]
+fn engine_api_messages_both_ways_and_disconnect_event() {
+    use herd_engine::config::{AppSpec, WorkerKind};
+    use herd_engine::machine::{Command, Outcome, Report};
+    use herd_engine::supervisor::{self, Event, Target};
+    use serde_json::json;
+
+    need_node!();
+    let node = herd_engine::os::spawn::resolve_program("node").expect("node on PATH");
+    let port = free_port();
+    let mut spec = AppSpec::new("worker-info", node);
+    spec.args = vec![fixture("worker-info.js")];
+    spec.env = vec![("PORT".into(), port.to_string())];
+    spec.kind = WorkerKind::Node;
+    spec.instances = 2;
+
+    let groups = Groups::default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (app, rx) = supervisor::start(spec).expect("start the app");
+        let mut ev = Events {
+            rx,
+            seen: Vec::new(),
+            groups: groups.clone(),
+        };
+        let mut ready = BTreeMap::new();
+        while ready.len() < 2 {
+            let (slot, pid) = ev
+                .until("both workers ready", START, |e| match e {
+                    Event::Lifecycle(Report::Ready { slot, pid }) => Some((*slot, *pid)),
+                    _ => None,
+                })
+                .await;
+            ready.insert(slot, pid);
+        }
+
+        // To every worker: each echoes it back ({echo: message}).
+        app.send(Target::All, json!({"hello": "all", "n": [1, 2]}));
+        let mut echoed = BTreeMap::new();
+        while echoed.len() < 2 {
+            let (slot, pid) = ev
+                .until("both echoes of the broadcast", T, |e| match e {
+                    Event::Message { slot, pid, message }
+                        if *message == json!({"echo": {"hello": "all", "n": [1, 2]}}) =>
+                    {
+                        Some((*slot, *pid))
+                    }
+                    _ => None,
+                })
+                .await;
+            echoed.insert(slot, pid);
+        }
+        assert_eq!(
+            echoed, ready,
+            "each worker echoed once, under its own slot and pid"
+        );
+
+        // To one worker: only it answers. Slot 0 gets its own message
+        // afterwards; its channel is ordered, so had it received "only-1" it
+        // would have echoed that first.
+        app.send(Target::Slot(1), json!("only-1"));
+        app.send(Target::Slot(0), json!("only-0"));
+        let mut got = BTreeSet::new();
+        while got.len() < 2 {
+            let (slot, msg) = ev
+                .until("the echoes of the targeted messages", T, |e| match e {
+                    Event::Message { slot, message, .. } => Some((*slot, message["echo"].clone())),
+                    _ => None,
+                })
+                .await;
+            assert!(
+                (slot == 1 && msg == json!("only-1")) || (slot == 0 && msg == json!("only-0")),
+                "worker {slot} echoed {msg}: a message reached a worker it was not sent to"
+            );
+            got.insert(slot);
+        }
+
+        // Graceful stop: herd disconnects each worker (cluster 'disconnect'
+        // event in the worker), then the app finishes.
+        app.command(Command::Stop);
+        let mut disconnected = BTreeSet::new();
+        let outcome = loop {
+            let r = ev
+                .until("disconnect events and the end", T, |e| match e {
+                    Event::Output { lines, .. } => {
+                        let text = String::from_utf8_lossy(lines);
+                        text.lines()
+                            .filter_map(|l| l.strip_prefix("disconnect event pid "))
+                            .map(|p| p.trim().parse::<u32>().ok())
+                            .next()
+                            .map(|p| Err(p.unwrap_or(0)))
+                    }
+                    Event::Exit(o) => Some(Ok(format!("{o:?}"))),
+                    _ => None,
+                })
+                .await;
+            match r {
+                Err(pid) => {
+                    disconnected.insert(pid);
+                }
+                Ok(o) => break o,
+            }
+        };
+        assert_eq!(outcome, format!("{:?}", Outcome::Stopped));
+        let want: BTreeSet<u32> = ready.values().copied().collect();
+        assert_eq!(
+            disconnected, want,
+            "every worker saw cluster.worker's 'disconnect' event before stopping"
+        );
+    });
+    drop(rt);
+    for pid in groups.0.lock().unwrap().iter() {
+        assert!(
+            wait_until(T, || group_empty(*pid)),
+            "worker group {pid} still has live processes after the stop"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 5. The worker closes its channel.
+
+/// `process.disconnect()` in a cluster worker: Node itself ends the worker
+/// (code 0; "unexpected disconnect" in lib/internal/cluster/child.js), under
+/// its own primary as under herd. herd replaces it; the app keeps serving.
+#[test]
+fn process_disconnect_ends_the_worker_as_in_node_and_herd_replaces_it() {
+    need_node!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let mut h = run_node(port, &["-i", "2"], &fixture("disconnect.js"), &[]);
+    let ready = wait_ready(&h, 0, 2, START);
+    let mark = h.mark(Stream::Stderr);
+    let victim = get_pid(&addr, "/disconnect");
+    let slot = slot_of(&h, victim);
+    let code = h.wait_stderr_after(
+        mark,
+        &format!("worker {slot} {{*}}exited with code {{}}"),
+        T,
+    );
+    assert_eq!(
+        code[0], "0",
+        "Node exits a worker whose channel closed unexpectedly with 0"
+    );
+    let new_pid = h.wait_online_slot(mark, slot, T);
+    h.wait_stderr_after(mark, &format!("worker {slot} ready (pid {new_pid})"), T);
+    let now: BTreeSet<i32> = ready
+        .iter()
+        .map(|(s, p)| if *s == slot { new_pid } else { *p })
+        .collect();
+    assert_eq!(pids_seen(&addr, &now, 400), now);
+    stop_cleanly(&mut h, T);
+}
+
+/// A worker that disconnects on purpose (and so stays up) keeps serving on
+/// the socket it holds (shared), herd keeps it, and herd's graceful stop
+/// still stops it (by signal: there is no channel left for `disconnect`).
+#[test]
+fn worker_that_disconnects_on_purpose_keeps_serving_shared() {
+    need_node!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let mut h = run_node(
+        port,
+        &["-i", "2", "--balance", "shared"],
+        &fixture("disconnect.js"),
+        &[],
+    );
+    let ready = wait_ready(&h, 0, 2, START);
+    let all = set_of(&ready);
+    let victim = get_pid(&addr, "/disconnect?keep=1");
+    wait_text(
+        &h,
+        Stream::Stdout,
+        &format!("process {victim} channel closed"),
+        T,
+    );
+    // It still answers, on its own, for many connections: herd did not stop it.
+    let seen = pids_seen(&addr, &all, 400);
+    assert_eq!(
+        seen, all,
+        "the disconnected worker keeps serving with the other"
+    );
+    assert!(process_alive(victim));
+    assert!(
+        h.find_all(Stream::Stderr, 0, pat::EXITED_CODE).is_empty()
+            && h.find_all(Stream::Stderr, 0, pat::KILLED_BY).is_empty(),
+        "no worker exited; stderr:\n{}",
+        h.stderr_text()
+    );
+    let took = stop_cleanly(&mut h, T);
+    assert!(
+        took < Duration::from_secs(5),
+        "graceful stop took {took:?} (kill timeout 1.6 s)"
+    );
+    assert!(
+        wait_until(T, || all.iter().all(|&p| group_empty(p))),
+        "every worker is gone after the stop"
+    );
+}
+
+/// In round-robin a worker without a channel can take no connection: herd
+/// takes it out of the rotation (no connection fails), keeps the process,
+/// and stops it on a graceful stop.
+#[test]
+fn worker_that_disconnects_on_purpose_leaves_the_round_robin() {
+    need_node!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let mut h = run_node(
+        port,
+        &["-i", "2", "--balance", "round-robin"],
+        &fixture("disconnect.js"),
+        &[],
+    );
+    let ready = wait_ready(&h, 0, 2, START);
+    let all = set_of(&ready);
+    assert_eq!(pids_seen(&addr, &all, 400), all);
+    let victim = get_pid(&addr, "/disconnect?keep=1");
+    wait_text(
+        &h,
+        Stream::Stdout,
+        &format!("process {victim} channel closed"),
+        T,
+    );
+    let mut by = BTreeMap::<i32, usize>::new();
+    for _ in 0..50 {
+        *by.entry(get_pid(&addr, "/")).or_default() += 1;
+    }
+    assert!(
+        !by.contains_key(&victim) && by.values().sum::<usize>() == 50,
+        "all 50 answered by the other worker: {by:?}"
+    );
+    assert!(process_alive(victim), "herd keeps the disconnected worker");
+    stop_cleanly(&mut h, T);
+    assert!(wait_until(T, || all.iter().all(|&p| group_empty(p))));
+}
+
+// ---------------------------------------------------------------------------
+// 6. Listen errors reach the app.
+
+#[test]
+fn eaddrinuse_reaches_the_app() {
+    need_node!();
+    // herd binds [::] (dual-stack) for an app that gives no host: holding
+    // 0.0.0.0:PORT makes that fail.
+    let taken = TcpListener::bind("0.0.0.0:0").expect("bind 0.0.0.0:0");
+    let port = taken.local_addr().unwrap().port();
+    let h = run_node(port, &["-i", "1"], &fixture("listen-error.js"), &[]);
+    let i = wait_text(&h, Stream::Stderr, "listen error EADDRINUSE", START);
+    assert!(
+        h.stderr_lines()[i].starts_with("[0] "),
+        "the app's own stderr line, prefixed: {:?}",
+        h.stderr_lines()[i]
+    );
+    let code = h.wait_stderr("worker 0 {*}exited with code {}", T);
+    assert_eq!(code[0], "1");
+    assert!(
+        herd_said(&h, "errno -98"),
+        "herd warns that it told the worker EADDRINUSE; stderr:\n{}",
+        h.stderr_text()
+    );
+    drop(taken);
+}
+
+// ---------------------------------------------------------------------------
+// 7. TLS.
+
+fn curl_available() -> bool {
+    Process::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// One https GET with curl, checking the certificate against the test CA.
+fn curl_https(port: u16) -> Result<String, String> {
+    let out = Process::new("curl")
+        .args(["-sS", "--noproxy", "*", "--max-time", "5", "--cacert"])
+        .arg(example("tls/cert.pem"))
+        .arg(format!("https://127.0.0.1:{port}/"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "curl {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn https_app_serves(balance: &str) {
+    need_node!();
+    if !curl_available() {
+        eprintln!("SKIPPED: curl is not on PATH");
+        return;
+    }
+    let port = free_port();
+    let h = run_node(
+        port,
+        &["-i", "2", "--balance", balance],
+        &example("https.js"),
+        &[],
+    );
+    let want = set_of(&wait_ready(&h, 0, 2, START));
+    let mut seen = BTreeSet::new();
+    let mut errors = Vec::new();
+    for _ in 0..40 {
+        match curl_https(port) {
+            Ok(body) => {
+                seen.insert(body_pid(&body).unwrap_or_else(|| panic!("https body: {body:?}")));
+            }
+            Err(e) => errors.push(e),
+        }
+        if seen == want {
+            break;
+        }
+    }
+    assert!(errors.is_empty(), "https requests failed: {errors:?}");
+    assert_eq!(seen, want, "both https workers answer");
+}
+
+#[test]
+fn https_app_serves_shared() {
+    https_app_serves("shared");
+}
+
+#[test]
+fn https_app_serves_round_robin() {
+    https_app_serves("round-robin");
+}
+
+// ---------------------------------------------------------------------------
+// 8. Round-robin.
+
+#[test]
+fn round_robin_spreads_1000_fresh_connections_evenly() {
+    need_node!();
+    let _s = serial();
+    let port = free_port();
+    let addr = addr_of(port);
+    let h = run_node(
+        port,
+        &["-i", "2", "--balance", "round-robin"],
+        &example("hello.js"),
+        &[],
+    );
+    let want = set_of(&wait_ready(&h, 0, 2, START));
+    wait_answer(&addr, T);
+    let counts = Arc::new(Mutex::new(BTreeMap::<i32, usize>::new()));
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (counts, errors, addr) = (counts.clone(), errors.clone(), addr.clone());
+            thread::spawn(move || {
+                for _ in 0..250 {
+                    match http_request(&addr, "/", Duration::from_secs(5)) {
+                        Ok(r) if r.status == 200 => {
+                            let pid = answer_pid(&r).unwrap_or(-1);
+                            *counts.lock().unwrap().entry(pid).or_default() += 1;
+                        }
+                        Ok(r) => errors.lock().unwrap().push(format!("status {}", r.status)),
+                        Err(e) => errors.lock().unwrap().push(e.to_string()),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let counts = counts.lock().unwrap().clone();
+    let errors = errors.lock().unwrap().clone();
+    eprintln!("  spread: {counts:?}, errors {errors:?}");
+    assert!(errors.is_empty(), "failed requests: {errors:?}");
+    assert_eq!(
+        counts.keys().copied().collect::<BTreeSet<_>>(),
+        want,
+        "answered by the two workers"
+    );
+    for (pid, n) in &counts {
+        assert!(
+            (450..=550).contains(n),
+            "worker {pid} got {n} of 1000 connections, outside 500 ± 10%: {counts:?}"
+        );
+    }
+}
+
+/// One koa worker spins on the CPU for 4 s (`/check`). Connections that
+/// arrive meanwhile go to the other worker and are answered fast. The one
+/// exception allowed: the connection handed to the busy worker on its turn
+/// right after it started spinning (it looked idle: it had acknowledged
+/// every connection). herd only learns it is stuck because that connection
+/// stays unacknowledged; from then on it skips it. Node's own round-robin
+/// behaves the same for that first connection, and keeps queueing more.
+#[test]
+fn round_robin_skips_a_worker_blocked_on_cpu() {
+    need_deps!();
+    let _s = serial();
+    let port = free_port();
+    let addr = addr_of(port);
+    let h = run_node(
+        port,
+        &["-i", "2", "--balance", "round-robin"],
+        &example("koa.js"),
+        &[],
+    );
+    let want = set_of(&wait_ready(&h, 0, 2, START));
+    assert_eq!(pids_seen(&addr, &want, 400), want);
+
+    let busy_ms = 4000u64;
+    let check = {
+        let addr = addr.clone();
+        thread::spawn(move || {
+            let t0 = Instant::now();
+            let r = http_request(
+                &addr,
+                &format!("/check?ms={busy_ms}"),
+                Duration::from_secs(15),
+            );
+            (r, t0.elapsed())
+        })
+    };
+    // Give the worker time to read the request and start spinning (this only
+    // decides which requests count as "meanwhile", not what herd does).
+    thread::sleep(Duration::from_millis(500));
+    let t_start = Instant::now();
+    let probes: Vec<_> = (0..20)
+        .map(|i| {
+            let addr = addr.clone();
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(60 * i));
+                let t0 = Instant::now();
+                let r = http_request(&addr, "/", Duration::from_secs(15));
+                (r.map(|r| answer_pid(&r)), t0.elapsed())
+            })
+        })
+        .collect();
+    let results: Vec<(io::Result<Option<i32>>, Duration)> =
+        probes.into_iter().map(|t| t.join().unwrap()).collect();
+    let spread = t_start.elapsed();
+    let (check_r, check_took) = check.join().unwrap();
+    let check_r = check_r.expect("/check answers");
+    let busy = answer_pid(&check_r).expect("pid of the busy worker");
+    let other = *want.iter().find(|&&p| p != busy).unwrap();
+    eprintln!("  busy worker {busy} ({check_took:?}), other {other}, probes over {spread:?}:");
+    let mut slow = Vec::new();
+    for (i, (r, took)) in results.iter().enumerate() {
+        eprintln!("    probe {i}: {r:?} in {took:?}");
+        let pid = match r {
+            Ok(Some(p)) => *p,
+            other => panic!("probe {i} failed: {other:?}"),
+        };
+        if *took >= Duration::from_millis(500) {
+            slow.push((i, pid, *took));
+        } else {
+            assert_eq!(
+                pid, other,
+                "probe {i} answered fast but by the busy worker?"
+            );
+        }
+    }
+    assert!(
+        slow.len() <= 1,
+        "at most the one connection handed to the busy worker before herd could know may wait; slow: {slow:?}"
+    );
+    for (i, pid, _) in &slow {
+        assert_eq!(
+            *pid, busy,
+            "probe {i} was slow but not held by the busy worker"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 9. Rolling reloads under fresh-connection load.
+
+fn two_reloads_under_load_lose_nothing(balance: &str) {
+    need_deps!();
+    let _s = serial();
+    let port = free_port();
+    let addr = addr_of(port);
+    let mut h = run_node(
+        port,
+        &[
+            "-i",
+            "2",
+            "--balance",
+            balance,
+            "--kill-timeout",
+            "12s",
+            "--listen-timeout",
+            "10s",
+        ],
+        &example("graceful.js"),
+        &[],
+    );
+    let first = set_of(&wait_ready(&h, 0, 2, START));
+    wait_answer(&addr, T);
+    let load = Load::start(&addr, "/", 6, Duration::ZERO);
+    let t0 = Instant::now();
+    for round in 1..=2 {
+        let mark = h.mark(Stream::Stderr);
+        h.signal(Signal::SIGHUP);
+        h.wait_stderr_after(mark, pat::RELOAD_FINISHED, Duration::from_secs(40));
+        eprintln!("  reload {round} finished after {:?}", t0.elapsed());
+    }
+    let rep = load.stop();
+    assert_eq!(
+        rep.failed(),
+        0,
+        "no connection may fail during two rolling reloads ({balance}): {:?} {:?}",
+        rep.failures,
+        rep.samples
+    );
+    assert!(rep.ok >= 200, "the load ran: {} requests", rep.ok);
+    assert!(
+        !herd_said(&h, "reload aborted"),
+        "stderr:\n{}",
+        h.stderr_text()
+    );
+    let now: BTreeSet<i32> = h.online_pids().values().copied().collect();
+    assert!(
+        now.is_disjoint(&first),
+        "every worker was replaced: before {first:?}, now {now:?}"
+    );
+    for p in &first {
+        assert!(
+            wait_until(T, || !process_alive(*p)),
+            "old worker {p} is gone"
+        );
+    }
+    let seen = pids_seen(&addr, &now, 400);
+    assert_eq!(seen, now, "the new workers answer");
+    stop_cleanly(&mut h, Duration::from_secs(20));
+}
+
+#[test]
+fn two_rolling_reloads_under_load_fail_no_connection_shared() {
+    two_reloads_under_load_lose_nothing("shared");
+}
+
+#[test]
+fn two_rolling_reloads_under_load_fail_no_connection_round_robin() {
+    two_reloads_under_load_lose_nothing("round-robin");
+}
+
+// ---------------------------------------------------------------------------
+// 10. --wait-ready.
+
+#[test]
+fn wait_ready_takes_the_ready_message_and_reloads() {
+    need_deps!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let mut h = run_node(
+        port,
+        &["-i", "2", "--wait-ready", "--kill-timeout", "12s"],
+        &example("graceful.js"),
+        &[],
+    );
+    let first = set_of(&wait_ready(&h, 0, 2, START));
+    // graceful.js sends "ready" to its parent: herd shows it too.
+    for pid in &first {
+        let slot = slot_of(&h, *pid);
+        h.wait_stderr(&format!(r#"worker {slot} sent "ready""#), T);
+    }
+    let mark = h.mark(Stream::Stderr);
+    h.signal(Signal::SIGHUP);
+    h.wait_stderr_after(mark, pat::RELOAD_FINISHED, Duration::from_secs(30));
+    let now = set_of(&wait_ready(&h, mark, 2, T));
+    assert!(now.is_disjoint(&first), "{first:?} → {now:?}");
+    assert_eq!(pids_seen(&addr, &now, 400), now);
+    stop_cleanly(&mut h, Duration::from_secs(20));
+}
+
+#[test]
+fn wait_ready_reload_aborts_when_the_replacement_never_sends_ready() {
+    need_node!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let mut h = run_node(
+        port,
+        &["-i", "2", "--wait-ready", "--listen-timeout", "1s"],
+        &fixture("never-ready.js"),
+        &[],
+    );
+    let old = set_of(&h.wait_online(0, 2, START));
+    // They serve (shared socket) though never ready.
+    assert_eq!(pids_seen(&addr, &old, 400), old);
+    let mark = h.mark(Stream::Stderr);
+    h.signal(Signal::SIGHUP);
+    h.wait_stderr_after(mark, pat::RELOAD_ABORTED, Duration::from_secs(15));
+    assert!(
+        herd_said(&h, "not ready within 1 s"),
+        "aborted for --listen-timeout; stderr:\n{}",
+        h.stderr_text()
+    );
+    // The replacement is stopped; the old workers keep serving.
+    let replacement: Vec<i32> = h
+        .find_all(Stream::Stderr, mark, pat::ONLINE)
+        .iter()
+        .map(|c| c[1].parse().unwrap())
+        .collect();
+    assert_eq!(
+        replacement.len(),
+        1,
+        "one replacement was tried: {replacement:?}"
+    );
+    assert!(
+        wait_until(T, || !process_alive(replacement[0])),
+        "the replacement {} is stopped",
+        replacement[0]
+    );
+    assert!(old.iter().all(|&p| process_alive(p)));
+    assert_eq!(
+        pids_seen(&addr, &old, 400),
+        old,
+        "the old workers keep serving"
+    );
+    assert!(
+        h.find_all(Stream::Stderr, 0, pat::READY).is_empty(),
+        "no worker was ever ready: with --wait-ready only the \"ready\" message counts"
+    );
+    stop_cleanly(&mut h, T);
+}
+
+// ---------------------------------------------------------------------------
+// 11. --shutdown-with-message.
+
+#[test]
+fn shutdown_with_message_stops_workers_by_message() {
+    need_node!();
+    let port = free_port();
+    let mut h = run_node(
+        port,
+        &[
+            "-i",
+            "2",
+            "--shutdown-with-message",
+            "--kill-timeout",
+            "10s",
+        ],
+        &fixture("shutdown-message.js"),
+        &[],
+    );
+    let ready = wait_ready(&h, 0, 2, START);
+    wait_answer(&addr_of(port), T);
+    let took = stop_cleanly(&mut h, Duration::from_secs(15));
+    for pid in ready.values() {
+        wait_text(&h, Stream::Stdout, &format!("got shutdown pid {pid}"), T);
+    }
+    assert!(
+        took < Duration::from_secs(4),
+        "the workers stopped on the message, well before the 10 s kill timeout; took {took:?}"
+    );
+    assert!(
+        h.find_all(Stream::Stderr, 0, pat::KILLED_BY).is_empty(),
+        "no worker was killed; stderr:\n{}",
+        h.stderr_text()
+    );
+    for c in h.find_all(Stream::Stderr, 0, pat::EXITED_CODE) {
+        assert_eq!(c[1], "0", "worker {} exited with {}", c[0], c[1]);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 12. Channel abuse does not hurt herd or the other workers.
+
+/// Start `misbehave.js` (2 workers, round-robin so herd is on every
+/// request's path), make one worker misbehave via `path` under a steady
+/// load, run `check`, then require: no request failed, the other worker
+/// answered, herd still answers and exits 0 on SIGTERM.
+fn misbehaviour(path: &str, check: impl FnOnce(&Herd, usize, i32)) {
+    need_node!();
+    let _s = serial();
+    let port = free_port();
+    let addr = addr_of(port);
+    let mut h = run_node(
+        port,
+        &["-i", "2", "--balance", "round-robin"],
+        &fixture("misbehave.js"),
+        &[],
+    );
+    let ready = wait_ready(&h, 0, 2, START);
+    let all = set_of(&ready);
+    assert_eq!(pids_seen(&addr, &all, 400), all);
+    let load = Load::start(&addr, "/", 2, Duration::from_millis(2));
+    let culprit = get_pid(&addr, path);
+    let slot = slot_of(&h, culprit);
+    check(&h, slot, culprit);
+    let rep = load.stop();
+    assert_eq!(rep.failed(), 0, "{:?} {:?}", rep.failures, rep.samples);
+    let other = *all.iter().find(|&&p| p != culprit).unwrap();
+    assert!(rep.ok > 0, "the load ran");
+    // herd on the request path still answers promptly, from both workers.
+    let t0 = Instant::now();
+    let seen = pids_seen(&addr, &all, 400);
+    assert_eq!(
+        seen, all,
+        "both workers still answer (the other is {other})"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        h.find_all(Stream::Stderr, 0, pat::EXITED_CODE).is_empty()
+            && h.find_all(Stream::Stderr, 0, pat::KILLED_BY).is_empty(),
+        "no worker exited; stderr tail:\n{}",
+        tail(&h)
+    );
+    stop_cleanly(&mut h, T);
+}
+
+fn tail(h: &Herd) -> String {
+    let lines = h.stderr_lines();
+    let from = lines.len().saturating_sub(30);
+    lines[from..]
+        .iter()
+        .map(|l| if l.len() > 300 { &l[..300] } else { l })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn malformed_channel_line_is_ignored() {
+    misbehaviour("/malformed", |h, slot, pid| {
+        wait_text(
+            h,
+            Stream::Stdout,
+            &format!("process {pid} wrote a malformed line"),
+            T,
+        );
+        h.wait_stderr(&format!("worker {slot} sent a message that is not JSON"), T);
+    });
+}
+
+#[test]
+fn ten_mb_message_is_delivered_whole() {
+    misbehaviour("/big?mb=10", |h, slot, _pid| {
+        let prefix = format!(r#"worker {slot} sent {{"big":"xxxxxxxx"#);
+        let (i, _) = h
+            .wait_line_after(Stream::Stderr, 0, &prefix, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("no {prefix:?} line; stderr tail:\n{}", tail(h)));
+        let line = &h.stderr_lines()[i];
+        let xs = line.bytes().filter(|&b| b == b'x').count();
+        assert_eq!(xs, 10 << 20, "the whole 10 MB message arrived");
+        assert!(line.ends_with(r#""}"#), "and ends where it should");
+    });
+}
+
+#[test]
+fn message_flood_does_not_stall_herd() {
+    misbehaviour("/flood?n=100000", |h, slot, _pid| {
+        let line = format!(r#"worker {slot} sent {{"flood":"last"}}"#);
+        h.wait_line_after(Stream::Stderr, 0, &line, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("no {line:?}; stderr tail:\n{}", tail(h)));
+        let n = h
+            .herd_lines()
+            .iter()
+            .filter(|l| l.contains(&format!(r#"worker {slot} sent {{"flood":"#)))
+            .count();
+        assert_eq!(n, 100_000, "every message was relayed, once");
+    });
+}

@@ -48,8 +48,8 @@ fn assert_groups_gone(h: &Herd, pids: &BTreeSet<i32>, within: Duration) {
 #[test]
 fn two_workers_answer_on_one_port() {
     let _s = serial();
-    let addr = free_addr();
-    let h = Herd::start(&run_args(&["-i", "2", "--listen", &addr], &[]));
+    let h = Herd::start(&run_args(&["-i", "2", "--listen", ANY], &[]));
+    let addr = h.listen_addr();
     let online = h.wait_online(0, 2, START);
     let want = set(online.values().copied());
     assert_eq!(want.len(), 2, "two distinct pids: {online:?}");
@@ -62,8 +62,8 @@ fn two_workers_answer_on_one_port() {
 
 #[test]
 fn worker_output_is_prefixed_with_its_slot() {
-    let addr = free_addr();
-    let h = Herd::start(&run_args(&["-i", "2", "--listen", &addr], &[]));
+    let h = Herd::start(&run_args(&["-i", "2", "--listen", ANY], &[]));
+    let addr = h.listen_addr();
     let online = h.wait_online(0, 2, START);
     for (slot, pid) in &online {
         let line = format!("[{slot}] worker {slot} pid {pid} serving");
@@ -85,9 +85,8 @@ fn worker_output_is_prefixed_with_its_slot() {
 
 #[test]
 fn worker_stderr_is_prefixed_on_herd_stderr() {
-    let addr = free_addr();
     let h = Herd::start(&run_args(
-        &["-i", "1", "--listen", &addr, "--restart-delay", "2s"],
+        &["-i", "1", "--listen", ANY, "--restart-delay", "2s"],
         &["--crash-after", "300"],
     ));
     h.wait_online(0, 1, START);
@@ -103,8 +102,8 @@ fn worker_stderr_is_prefixed_on_herd_stderr() {
 #[test]
 fn kill9_worker_is_replaced_without_refused_connections() {
     let _s = serial();
-    let addr = free_addr();
-    let h = Herd::start(&run_args(&["-i", "2", "--listen", &addr], &[]));
+    let h = Herd::start(&run_args(&["-i", "2", "--listen", ANY], &[]));
+    let addr = h.listen_addr();
     let online = h.wait_online(0, 2, START);
     wait_http_ok(&addr, T);
     let load = Load::start(&addr, "/", 4, Duration::from_millis(2));
@@ -132,13 +131,13 @@ fn kill9_worker_is_replaced_without_refused_connections() {
 #[test]
 fn sigterm_lets_in_flight_request_finish_and_exits_0() {
     let _s = serial();
-    let addr = free_addr();
     let mut h = Herd::start(&run_args(
         // 4 s rather than the default 1.6 s: the point is draining, not a race
         // between a 1.5 s request and the kill timer on a loaded machine.
-        &["-i", "2", "--listen", &addr, "--kill-timeout", "4s"],
+        &["-i", "2", "--listen", ANY, "--kill-timeout", "4s"],
         &["--log-requests"],
     ));
+    let addr = h.listen_addr();
     h.wait_online(0, 2, START);
     let a = addr.clone();
     let req = thread::spawn(move || http_get(&a, "/slow?ms=1500", Duration::from_secs(10)));
@@ -160,9 +159,8 @@ fn sigterm_lets_in_flight_request_finish_and_exits_0() {
 #[test]
 fn stop_kills_worker_ignoring_sigint_and_its_grandchild_after_kill_timeout() {
     let _s = serial();
-    let addr = free_addr();
     let mut h = Herd::start(&run_args(
-        &["-i", "1", "--listen", &addr, "--kill-timeout", "500ms"],
+        &["-i", "1", "--listen", ANY, "--kill-timeout", "500ms"],
         &["--ignore-sigint", "--spawn-child"],
     ));
     let online = h.wait_online(0, 1, START);
@@ -198,9 +196,8 @@ fn stop_kills_worker_ignoring_sigint_and_its_grandchild_after_kill_timeout() {
 #[test]
 fn second_sigint_skips_the_kill_timeout() {
     let _s = serial();
-    let addr = free_addr();
     let mut h = Herd::start(&run_args(
-        &["-i", "1", "--listen", &addr, "--kill-timeout", "30s"],
+        &["-i", "1", "--listen", ANY, "--kill-timeout", "30s"],
         &["--ignore-sigint", "--spawn-child"],
     ));
     let worker = h.wait_online(0, 1, START)[&0];
@@ -227,8 +224,7 @@ fn second_sigint_skips_the_kill_timeout() {
 fn graceful_stop_sends_kill_signal_to_workers() {
     let _s = serial();
     for (opt, signo) in [(None, 2), (Some("SIGTERM"), 15)] {
-        let addr = free_addr();
-        let mut opts = vec!["-i", "1", "--listen", &addr];
+        let mut opts = vec!["-i", "1", "--listen", ANY];
         if let Some(sig) = opt {
             opts.extend(["--kill-signal", sig]);
         }
@@ -250,11 +246,11 @@ fn graceful_stop_sends_kill_signal_to_workers() {
 #[test]
 fn sighup_reload_replaces_every_worker_without_failed_connections() {
     let _s = serial();
-    let addr = free_addr();
     let mut h = Herd::start(&run_args(
-        &["-i", "2", "--listen", &addr, "--ready-delay", "300ms"],
+        &["-i", "2", "--listen", ANY, "--ready-delay", "300ms"],
         &[],
     ));
+    let addr = h.listen_addr();
     let old = h.wait_online(0, 2, START);
     wait_http_ok(&addr, T);
     let load = Load::start(&addr, "/", 4, Duration::from_millis(2));
@@ -282,19 +278,19 @@ fn sighup_reload_replaces_every_worker_without_failed_connections() {
 #[test]
 fn sighup_reload_with_wait_ready_waits_for_ready_1() {
     let _s = serial();
-    let addr = free_addr();
     let h = Herd::start(&run_args(
         &[
             "-i",
             "2",
             "--listen",
-            &addr,
+            ANY,
             "--wait-ready",
             "--listen-timeout",
             "5s",
         ],
         &["--notify-ready", "--ready-after", "200"],
     ));
+    let addr = h.listen_addr();
     h.wait_online(0, 2, START);
     h.wait_stderr(pat::READY, T);
     wait_http_ok(&addr, T);
@@ -320,19 +316,19 @@ fn reload_aborts_when_replacement_never_gets_ready() {
     let flag = dir.join("ready");
     std::fs::write(&flag, "").unwrap();
     let flag_s = flag.to_str().unwrap();
-    let addr = free_addr();
     let mut h = Herd::start(&run_args(
         &[
             "-i",
             "1",
             "--listen",
-            &addr,
+            ANY,
             "--wait-ready",
             "--listen-timeout",
             "1s",
         ],
         &["--notify-ready", "--ready-file", flag_s],
     ));
+    let addr = h.listen_addr();
     let old = h.wait_online(0, 1, START)[&0];
     h.wait_stderr(pat::READY, T);
     std::fs::remove_file(&flag).unwrap();
@@ -371,13 +367,12 @@ fn reload_aborts_when_replacement_exits() {
     let dir = TempDir::new("require");
     let flag = dir.join("present");
     std::fs::write(&flag, "").unwrap();
-    let addr = free_addr();
     let mut h = Herd::start(&run_args(
         &[
             "-i",
             "2",
             "--listen",
-            &addr,
+            ANY,
             "--ready-delay",
             "300ms",
             "--listen-timeout",
@@ -385,6 +380,7 @@ fn reload_aborts_when_replacement_exits() {
         ],
         &["--require-file", flag.to_str().unwrap()],
     ));
+    let addr = h.listen_addr();
     let old = h.wait_online(0, 2, START);
     // Both have checked for the file (online only means exec succeeded).
     h.wait_serving(&old, T);
@@ -410,13 +406,12 @@ fn reload_aborts_when_replacement_exits() {
 // 7.
 #[test]
 fn crash_loop_errors_and_herd_exits_nonzero() {
-    let addr = free_addr();
     let mut h = Herd::start(&run_args(
         &[
             "-i",
             "1",
             "--listen",
-            &addr,
+            ANY,
             "--restart-delay",
             "10ms",
             "--max-restart-delay",
@@ -446,13 +441,12 @@ fn crash_loop_errors_and_herd_exits_nonzero() {
 
 #[test]
 fn crash_loop_exit_message_names_the_workers_last_stderr_line() {
-    let addr = free_addr();
     let mut h = Herd::start(&run_args(
         &[
             "-i",
             "1",
             "--listen",
-            &addr,
+            ANY,
             "--restart-delay",
             "10ms",
             "--max-restarts",
@@ -471,13 +465,12 @@ fn crash_loop_exit_message_names_the_workers_last_stderr_line() {
 
 #[test]
 fn crash_loop_backoff_doubles_and_is_capped() {
-    let addr = free_addr();
     let mut h = Herd::start(&run_args(
         &[
             "-i",
             "1",
             "--listen",
-            &addr,
+            ANY,
             "--restart-delay",
             "10ms",
             "--max-restart-delay",
@@ -509,13 +502,12 @@ fn crash_loop_backoff_doubles_and_is_capped() {
 #[test]
 fn crash_loop_in_one_slot_leaves_the_other_serving() {
     let _s = serial();
-    let addr = free_addr();
     let mut h = Herd::start(&run_args(
         &[
             "-i",
             "2",
             "--listen",
-            &addr,
+            ANY,
             "--restart-delay",
             "10ms",
             "--max-restart-delay",
@@ -525,6 +517,7 @@ fn crash_loop_in_one_slot_leaves_the_other_serving() {
         ],
         &["--crash-after", "0", "--crash-slot", "1"],
     ));
+    let addr = h.listen_addr();
     let slot0 = h.wait_online_slot(0, 0, START);
     h.wait_stderr(pat::ERRORED, Duration::from_secs(10));
     h.assert_running();
@@ -544,11 +537,11 @@ fn crash_loop_in_one_slot_leaves_the_other_serving() {
 
 #[test]
 fn stable_worker_that_exits_is_restarted_in_its_slot() {
-    let addr = free_addr();
     let h = Herd::start(&run_args(
-        &["-i", "2", "--listen", &addr, "--min-uptime", "200ms"],
+        &["-i", "2", "--listen", ANY, "--min-uptime", "200ms"],
         &[],
     ));
+    let addr = h.listen_addr();
     let online = h.wait_online(0, 2, START);
     // Let both outlive --min-uptime (the condition is time itself).
     thread::sleep(Duration::from_millis(300));
@@ -567,11 +560,11 @@ fn stable_worker_that_exits_is_restarted_in_its_slot() {
 #[test]
 fn reuseport_workers_answer_and_replacement_serves_after_kill9() {
     let _s = serial();
-    let addr = free_addr();
     let h = Herd::start(&run_args(
-        &["-i", "2", "--listen", &addr, "--balance", "reuseport"],
+        &["-i", "2", "--listen", ANY, "--balance", "reuseport"],
         &[],
     ));
+    let addr = h.listen_addr();
     let online = h.wait_online(0, 2, START);
     let want = set(online.values().copied());
     assert_eq!(
@@ -619,13 +612,9 @@ fn ipv6_loopback_listener_serves() {
         eprintln!("note: skipping: no IPv6 loopback here");
         return;
     }
-    let port = std::net::TcpListener::bind("[::1]:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("[::1]:{port}");
-    let h = Herd::start(&run_args(&["-i", "1", "--listen", &addr], &[]));
+    let h = Herd::start(&run_args(&["-i", "1", "--listen", "[::1]:0"], &[]));
+    let addr = h.listen_addr();
+    assert!(addr.starts_with("[::1]:"), "{addr}");
     let pid = h.wait_online(0, 1, START)[&0];
     assert_eq!(wait_http_ok(&addr, T), pid);
 }
@@ -633,9 +622,8 @@ fn ipv6_loopback_listener_serves() {
 // 10.
 #[test]
 fn worker_environment() {
-    let addr = free_addr();
-    let listen = format!("web={addr}");
-    let h = Herd::start(&run_args(&["-i", "2", "--listen", &listen], &[]));
+    let h = Herd::start(&run_args(&["-i", "2", "--listen", "web=127.0.0.1:0"], &[]));
+    let addr = h.listen_addr();
     let online = h.wait_online(0, 2, START);
     let mut slots = BTreeSet::new();
     for _ in 0..400 {
@@ -671,17 +659,23 @@ fn worker_environment() {
 
 #[test]
 fn two_listeners_named_and_unnamed() {
-    let a = free_addr();
-    let b = free_addr();
-    let listen_a = format!("web={a}");
     let h = Herd::start(&run_args(
-        &["-i", "1", "--listen", &listen_a, "--listen", &b],
+        &[
+            "-i",
+            "1",
+            "--listen",
+            "web=127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+        ],
         &[],
     ));
+    let addrs = h.listen_addrs(2, T);
+    let (a, b) = (&addrs[0], &addrs[1]);
     let pid = h.wait_online(0, 1, START)[&0];
-    assert_eq!(wait_http_ok(&a, T), pid);
-    assert_eq!(wait_http_ok(&b, T), pid);
-    let (_, body) = http_get(&b, "/env", REQ).unwrap();
+    assert_eq!(wait_http_ok(a, T), pid);
+    assert_eq!(wait_http_ok(b, T), pid);
+    let (_, body) = http_get(b, "/env", REQ).unwrap();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["LISTEN_FDS"], "2", "{v}");
     assert_eq!(v["LISTEN_FDNAMES"], "web:unknown", "{v}");
@@ -691,8 +685,7 @@ fn two_listeners_named_and_unnamed() {
 fn instances_max_starts_one_worker_per_usable_cpu() {
     let _s = serial();
     let n = thread::available_parallelism().map_or(1, |n| n.get());
-    let addr = free_addr();
-    let h = Herd::start(&run_args(&["-i", "max", "--listen", &addr], &[]));
+    let h = Herd::start(&run_args(&["-i", "max", "--listen", ANY], &[]));
     let online = h.wait_online(0, n, START);
     assert_eq!(online.len(), n, "{online:?}");
 }
@@ -744,12 +737,12 @@ fn assert_rejected(opts: &[&str], command: Option<&str>, names: &[&str]) {
 
 #[test]
 fn bad_instances_is_rejected() {
-    assert_rejected(&["-i", "lots", "--listen", &free_addr()], None, &["lots"]);
+    assert_rejected(&["-i", "lots", "--listen", ANY], None, &["lots"]);
 }
 
 #[test]
 fn unknown_option_is_rejected() {
-    assert_rejected(&["--bogus", "--listen", &free_addr()], None, &["--bogus"]);
+    assert_rejected(&["--bogus", "--listen", ANY], None, &["--bogus"]);
 }
 
 #[test]
@@ -769,26 +762,18 @@ fn address_in_use_is_rejected_naming_it() {
         &[&addr],
     );
     // The second of two listeners is busy: the first must not let a worker start.
-    assert_rejected(
-        &["--listen", &free_addr(), "--listen", &addr],
-        None,
-        &[&addr],
-    );
+    assert_rejected(&["--listen", ANY, "--listen", &addr], None, &[&addr]);
 }
 
 #[test]
 fn bad_duration_is_rejected() {
-    assert_rejected(
-        &["--kill-timeout", "12x", "--listen", &free_addr()],
-        None,
-        &["12x"],
-    );
+    assert_rejected(&["--kill-timeout", "12x", "--listen", ANY], None, &["12x"]);
 }
 
 #[test]
 fn bad_signal_is_rejected() {
     assert_rejected(
-        &["--kill-signal", "SIGFOO", "--listen", &free_addr()],
+        &["--kill-signal", "SIGFOO", "--listen", ANY],
         None,
         &["SIGFOO"],
     );
@@ -796,13 +781,9 @@ fn bad_signal_is_rejected() {
 
 #[test]
 fn bad_balance_and_restart_modes_are_rejected() {
+    assert_rejected(&["--balance", "random", "--listen", ANY], None, &["random"]);
     assert_rejected(
-        &["--balance", "random", "--listen", &free_addr()],
-        None,
-        &["random"],
-    );
-    assert_rejected(
-        &["--restart", "sometimes", "--listen", &free_addr()],
+        &["--restart", "sometimes", "--listen", ANY],
         None,
         &["sometimes"],
     );
@@ -810,7 +791,7 @@ fn bad_balance_and_restart_modes_are_rejected() {
 
 #[test]
 fn command_not_found_is_rejected() {
-    let addr = free_addr();
+    let addr = ANY.to_string();
     assert_rejected(
         &["--listen", &addr],
         Some("/nonexistent/prog"),
@@ -830,10 +811,10 @@ fn non_executable_command_is_rejected() {
     std::fs::write(&file, "#!/bin/sh\necho hi\n").unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let path = file.to_str().unwrap();
-    assert_rejected(&["--listen", &free_addr()], Some(path), &[path]);
+    assert_rejected(&["--listen", ANY], Some(path), &[path]);
     // A directory is not a program either.
     let d = dir.path().to_str().unwrap();
-    assert_rejected(&["--listen", &free_addr()], Some(d), &[d]);
+    assert_rejected(&["--listen", ANY], Some(d), &[d]);
 }
 
 #[test]
@@ -857,8 +838,8 @@ fn privileged_port_is_rejected_when_not_root() {
 #[test]
 fn sigttin_adds_a_worker_and_sigttou_removes_one() {
     let _s = serial();
-    let addr = free_addr();
-    let h = Herd::start(&run_args(&["-i", "2", "--listen", &addr], &[]));
+    let h = Herd::start(&run_args(&["-i", "2", "--listen", ANY], &[]));
+    let addr = h.listen_addr();
     let online = h.wait_online(0, 2, START);
     let mark = h.mark(Stream::Stderr);
     h.signal(Signal::SIGTTIN);
@@ -895,11 +876,7 @@ fn sigttin_adds_a_worker_and_sigttou_removes_one() {
 
 #[test]
 fn grandchild_dies_with_its_crashed_worker() {
-    let addr = free_addr();
-    let h = Herd::start(&run_args(
-        &["-i", "1", "--listen", &addr],
-        &["--spawn-child"],
-    ));
+    let h = Herd::start(&run_args(&["-i", "1", "--listen", ANY], &["--spawn-child"]));
     let old = h.wait_online(0, 1, START)[&0];
     let child: i32 = h.wait_stdout_after(0, pat::W_CHILD, T)[0].parse().unwrap();
     let mark = h.mark(Stream::Stderr);
@@ -915,8 +892,8 @@ fn grandchild_dies_with_its_crashed_worker() {
 #[test]
 fn worker_output_burst_is_relayed_whole_and_in_order() {
     let _s = serial();
-    let addr = free_addr();
-    let h = Herd::start(&run_args(&["-i", "1", "--listen", &addr], &[]));
+    let h = Herd::start(&run_args(&["-i", "1", "--listen", ANY], &[]));
+    let addr = h.listen_addr();
     h.wait_online(0, 1, START);
     const N: usize = 20_000;
     let (st, _) = http_get(
@@ -951,11 +928,11 @@ fn worker_output_burst_is_relayed_whole_and_in_order() {
 
 #[test]
 fn partial_last_line_of_an_exiting_worker_is_not_lost() {
-    let addr = free_addr();
     let h = Herd::start(&run_args(
-        &["-i", "1", "--listen", &addr, "--restart-delay", "1s"],
+        &["-i", "1", "--listen", ANY, "--restart-delay", "1s"],
         &[],
     ));
+    let addr = h.listen_addr();
     h.wait_online(0, 1, START);
     let (st, _) = http_get(&addr, "/exit?code=1&tail=goodbye", REQ).unwrap();
     assert_eq!(st, 200);
@@ -970,11 +947,11 @@ fn partial_last_line_of_an_exiting_worker_is_not_lost() {
 #[test]
 fn restart_never_exits_with_the_workers_outcome() {
     for (code, success) in [(0, true), (3, false)] {
-        let addr = free_addr();
         let mut h = Herd::start(&run_args(
-            &["-i", "1", "--listen", &addr, "--restart", "never"],
+            &["-i", "1", "--listen", ANY, "--restart", "never"],
             &[],
         ));
+        let addr = h.listen_addr();
         h.wait_online(0, 1, START);
         let (st, _) = http_get(&addr, &format!("/exit?code={code}"), REQ).unwrap();
         assert_eq!(st, 200);
@@ -985,13 +962,12 @@ fn restart_never_exits_with_the_workers_outcome() {
 
 #[test]
 fn restart_on_failure_restarts_only_failures() {
-    let addr = free_addr();
     let h = Herd::start(&run_args(
         &[
             "-i",
             "2",
             "--listen",
-            &addr,
+            ANY,
             "--restart",
             "on-failure",
             "--min-uptime",
@@ -999,6 +975,7 @@ fn restart_on_failure_restarts_only_failures() {
         ],
         &[],
     ));
+    let addr = h.listen_addr();
     let online = h.wait_online(0, 2, START);
     let mark = h.mark(Stream::Stderr);
     let first = http_request(&addr, "/exit?code=0", REQ)
@@ -1079,13 +1056,12 @@ fn unix_listener_refuses_a_live_socket_or_a_regular_file() {
 #[test]
 fn sighup_reload_with_reuseport_loses_no_connection() {
     let _s = serial();
-    let addr = free_addr();
     let h = Herd::start(&run_args(
         &[
             "-i",
             "2",
             "--listen",
-            &addr,
+            ANY,
             "--balance",
             "reuseport",
             "--ready-delay",
@@ -1093,6 +1069,7 @@ fn sighup_reload_with_reuseport_loses_no_connection() {
         ],
         &[],
     ));
+    let addr = h.listen_addr();
     let old = h.wait_online(0, 2, START);
     let old_pids = set(old.values().copied());
     assert_eq!(pids_answering(&addr, &old_pids, 400), old_pids);
@@ -1116,11 +1093,11 @@ fn sighup_reload_with_reuseport_loses_no_connection() {
 #[test]
 fn two_quick_sighups_both_reload() {
     let _s = serial();
-    let addr = free_addr();
     let h = Herd::start(&run_args(
-        &["-i", "2", "--listen", &addr, "--ready-delay", "200ms"],
+        &["-i", "2", "--listen", ANY, "--ready-delay", "200ms"],
         &[],
     ));
+    let addr = h.listen_addr();
     let old = h.wait_online(0, 2, START);
     wait_http_ok(&addr, T);
     let load = Load::start(&addr, "/", 3, Duration::from_millis(2));
@@ -1158,9 +1135,8 @@ fn two_quick_sighups_both_reload() {
 #[test]
 fn sigterm_during_a_reload_stops_everything() {
     let _s = serial();
-    let addr = free_addr();
     let mut h = Herd::start(&run_args(
-        &["-i", "2", "--listen", &addr, "--ready-delay", "2s"],
+        &["-i", "2", "--listen", ANY, "--ready-delay", "2s"],
         &[],
     ));
     let online = h.wait_online(0, 2, START);
@@ -1205,13 +1181,12 @@ fn zombie_children(ppid: i32) -> Vec<i32> {
 #[test]
 fn many_restarts_leak_no_fd_and_no_zombie() {
     let _s = serial();
-    let addr = free_addr();
     let h = Herd::start(&run_args(
         &[
             "-i",
             "2",
             "--listen",
-            &addr,
+            ANY,
             "--restart-delay",
             "10ms",
             "--min-uptime",
@@ -1219,6 +1194,7 @@ fn many_restarts_leak_no_fd_and_no_zombie() {
         ],
         &[],
     ));
+    let addr = h.listen_addr();
     let mut online = h.wait_online(0, 2, START);
     h.wait_serving(&online, T);
     wait_http_ok(&addr, T);
@@ -1249,8 +1225,8 @@ fn many_restarts_leak_no_fd_and_no_zombie() {
 
 #[test]
 fn worker_inherits_only_its_own_fds() {
-    let addr = free_addr();
-    let h = Herd::start(&run_args(&["-i", "2", "--listen", &addr], &[]));
+    let h = Herd::start(&run_args(&["-i", "2", "--listen", ANY], &[]));
+    let addr = h.listen_addr();
     let online = h.wait_online(0, 2, START);
     h.wait_serving(&online, T);
     // Ask one worker for its channel fd; inspect the other (idle) worker's fds.
@@ -1282,13 +1258,12 @@ fn worker_inherits_only_its_own_fds() {
 
 #[test]
 fn stop_during_restart_backoff_exits_promptly_without_starting_the_worker() {
-    let addr = free_addr();
     let mut h = Herd::start(&run_args(
         &[
             "-i",
             "1",
             "--listen",
-            &addr,
+            ANY,
             "--restart-delay",
             "5s",
             "--max-restart-delay",
@@ -1315,11 +1290,8 @@ fn stop_during_restart_backoff_exits_promptly_without_starting_the_worker() {
 
 #[test]
 fn sigterm_right_at_start_leaves_nothing_behind() {
-    let addr = free_addr();
-    let mut h = Herd::start(&run_args(
-        &["-i", "2", "--listen", &addr],
-        &["--spawn-child"],
-    ));
+    let mut h = Herd::start(&run_args(&["-i", "2", "--listen", ANY], &["--spawn-child"]));
+    let addr = h.listen_addr();
     h.wait_stderr("listening on", T);
     h.signal(Signal::SIGTERM);
     let st = h.wait_exit(T);
@@ -1332,4 +1304,85 @@ fn sigterm_right_at_start_leaves_nothing_behind() {
         std::net::TcpListener::bind(&addr).is_ok(),
         "{addr} released"
     );
+}
+
+#[test]
+fn reload_lets_an_in_flight_request_finish_on_the_old_worker() {
+    let _s = serial();
+    let h = Herd::start(&run_args(
+        &[
+            "-i",
+            "1",
+            "--listen",
+            ANY,
+            "--ready-delay",
+            "200ms",
+            "--kill-timeout",
+            "5s",
+        ],
+        &["--log-requests"],
+    ));
+    let addr = h.listen_addr();
+    let old = h.wait_online(0, 1, START)[&0];
+    let a = addr.clone();
+    let req = thread::spawn(move || http_request(&a, "/slow?ms=1500", Duration::from_secs(10)));
+    h.wait_stdout_after(0, "request /slow", T);
+    let mark = h.mark(Stream::Stderr);
+    h.signal(Signal::SIGHUP);
+    let r = req
+        .join()
+        .unwrap()
+        .expect("in-flight request survives the reload");
+    assert_eq!((r.status, r.pid()), (200, Some(old)));
+    h.wait_stderr_after(mark, pat::RELOAD_FINISHED, T);
+    assert_groups_gone(&h, &set([old]), T);
+}
+
+#[test]
+fn reload_kills_an_old_worker_that_ignores_the_stop_signal() {
+    let _s = serial();
+    let h = Herd::start(&run_args(
+        &[
+            "-i",
+            "1",
+            "--listen",
+            ANY,
+            "--ready-delay",
+            "200ms",
+            "--kill-timeout",
+            "500",
+        ],
+        &["--ignore-sigint", "--spawn-child"],
+    ));
+    let addr = h.listen_addr();
+    let old = h.wait_online(0, 1, START)[&0];
+    let child: i32 = h.wait_stdout_after(0, pat::W_CHILD, T)[0].parse().unwrap();
+    let mark = h.mark(Stream::Stderr);
+    h.signal(Signal::SIGHUP);
+    let new = h.wait_online_slot(mark, 0, T);
+    h.wait_stderr_after(mark, pat::RELOAD_FINISHED, T);
+    assert!(
+        wait_until(Duration::from_secs(3), || !process_alive(old) && !process_alive(child)),
+        "old worker {old} (alive {}) and its grandchild {child} (alive {}) SIGKILLed after --kill-timeout 500",
+        process_alive(old),
+        process_alive(child)
+    );
+    assert_eq!(wait_http_ok(&addr, T), new);
+}
+
+/// Regression: when herd itself was SIGKILLed (OOM killer, `kill -9`), its
+/// workers were orphaned and kept the port, so a restarted herd failed with
+/// "address in use". Workers now die with herd (PR_SET_PDEATHSIG).
+#[test]
+fn workers_do_not_outlive_a_sigkilled_herd() {
+    let mut h = Herd::start(&run_args(&["-i", "2", "--listen", ANY], &[]));
+    let online = h.wait_online(0, 2, START);
+    h.wait_serving(&online, T);
+    h.signal(Signal::SIGKILL);
+    h.wait_exit(T);
+    let pids = set(online.values().copied());
+    let gone = wait_until(Duration::from_secs(3), || {
+        pids.iter().all(|&p| group_empty(p))
+    });
+    assert!(gone, "orphaned workers still running: {pids:?}");
 }

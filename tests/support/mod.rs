@@ -42,6 +42,8 @@ pub mod pat {
     pub const RELOAD_FINISHED: &str = "reload finished";
     pub const RELOAD_ABORTED: &str = "reload aborted";
     pub const STOPPING: &str = "stopping";
+    /// `herd: listening on 127.0.0.1:8000 (web), balance shared`: the address follows.
+    pub const LISTENING: &str = "listening on ";
     /// The prefix of every lifecycle line.
     pub const HERD_PREFIX: &str = "herd: ";
 
@@ -388,6 +390,36 @@ impl Herd {
         }
     }
 
+    /// The addresses herd reports binding (`listening on ADDR ...`), in
+    /// order; waits for `n` of them. Lets tests listen on port 0: a port
+    /// picked beforehand can be taken by another test's client meanwhile.
+    pub fn listen_addrs(&self, n: usize, timeout: Duration) -> Vec<String> {
+        let mut v = Vec::new();
+        let mut next = 0;
+        while v.len() < n {
+            match self.wait_line_after(Stream::Stderr, next, pat::LISTENING, timeout) {
+                Some((i, _)) => {
+                    let line = &self.stderr_lines()[i];
+                    let rest = &line[line.find(pat::LISTENING).unwrap() + pat::LISTENING.len()..];
+                    let end = rest.find([' ', ',']).unwrap_or(rest.len());
+                    v.push(rest[..end].to_string());
+                    next = i + 1;
+                }
+                None => panic!(
+                    "herd reported {} of {n} listeners within {timeout:?}; its stderr:\n{}",
+                    v.len(),
+                    self.stderr_text()
+                ),
+            }
+        }
+        v
+    }
+
+    /// The first listener's address (see [`Herd::listen_addrs`]).
+    pub fn listen_addr(&self) -> String {
+        self.listen_addrs(1, Duration::from_secs(10)).remove(0)
+    }
+
     /// The latest pid announced `online` for each slot.
     pub fn online_pids(&self) -> BTreeMap<usize, i32> {
         let mut m = BTreeMap::new();
@@ -617,7 +649,10 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// Listen on any free port: read the real one with [`Herd::listen_addr`].
+pub const ANY: &str = "127.0.0.1:0";
+
+/// A port that was free a moment ago on 127.0.0.1 (racy: prefer [`ANY`]).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

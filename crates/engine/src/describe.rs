@@ -42,9 +42,9 @@ impl fmt::Display for Next {
             Next::RestartIn(d) => write!(f, "restarting it in {}", duration(*d)),
             Next::Stopped => f.write_str("stopped"),
             Next::NoRestart => f.write_str("not restarting it (restart policy)"),
-            Next::Errored { restarts } => write!(
+            Next::Errored { crashes } => write!(
                 f,
-                "it crashed young {restarts} times in a row, so its slot is errored and stays empty; the other workers keep serving"
+                "it crashed {crashes} times in a row, each within --min-uptime of starting, so its slot is errored and stays empty (a reload starts it afresh); the other workers keep serving"
             ),
             Next::Replaced => f.write_str("its reload replacement takes over"),
         }
@@ -84,23 +84,28 @@ impl fmt::Display for Report {
                 f.write_str("reload queued: it runs once the current reload ends")
             }
             Report::ReloadFinished => f.write_str("reload finished"),
-            Report::ReloadAborted { slot, reason } => {
+            Report::ReloadAborted {
+                slot,
+                reason,
+                old_serving,
+            } => {
                 write!(f, "reload aborted at worker {slot}: ")?;
                 match reason {
-                    AbortReason::Exited(status) => write!(
-                        f,
-                        "its replacement {status} before it was ready; the old worker keeps serving"
-                    ),
-                    AbortReason::SpawnFailed(e) => write!(
-                        f,
-                        "its replacement could not start ({e}); the old worker keeps serving"
-                    ),
+                    AbortReason::Exited(status) => {
+                        write!(f, "its replacement {status} before it was ready")?
+                    }
+                    AbortReason::SpawnFailed(e) => write!(f, "its replacement could not start ({e})")?,
                     AbortReason::NotReady(t) => write!(
                         f,
-                        "its replacement was not ready within {} (--listen-timeout); stopped it, the old worker keeps serving",
+                        "its replacement was not ready within {} (--listen-timeout), so herd stopped it",
                         duration(*t)
-                    ),
-                    AbortReason::Stopping => f.write_str("herd is stopping"),
+                    )?,
+                    AbortReason::Stopping => return f.write_str("herd is stopping"),
+                }
+                if *old_serving {
+                    f.write_str("; the old worker keeps serving")
+                } else {
+                    f.write_str("; the slot's old worker had died, so the slot restarts by its restart policy")
                 }
             }
             Report::Stopping { workers } => write!(f, "stopping {workers} worker(s)"),

@@ -146,7 +146,7 @@ pub enum Next {
     /// The restart mode says not to restart it.
     NoRestart,
     /// Too many unstable restarts in a row: the slot is errored.
-    Errored { restarts: u32 },
+    Errored { crashes: u32 },
     /// A reload replacement for the slot is already on its way.
     Replaced,
 }
@@ -180,6 +180,9 @@ pub enum Report {
     ReloadAborted {
         slot: Slot,
         reason: AbortReason,
+        /// The slot's old worker still serves (false: the worker died during
+        /// the reload, and the slot restarts by its restart policy).
+        old_serving: bool,
     },
     Stopping {
         workers: usize,
@@ -475,6 +478,7 @@ impl Machine {
             out.push(Action::Report(Report::ReloadAborted {
                 slot,
                 reason: AbortReason::Stopping,
+                old_serving: false,
             }));
         }
         self.reload_queued = false;
@@ -564,13 +568,15 @@ impl Machine {
             return;
         }
         self.reload = Some(from);
-        // A slot waiting out a backoff or errored gets a fresh start too.
         let info = &mut self.slots[from];
-        if matches!(
-            info.state,
-            SlotState::Backoff { .. } | SlotState::Errored | SlotState::Done
-        ) {
+        if info.active.is_none() {
+            // Nothing serves here (errored, in backoff, or done): there is
+            // nothing to hand over, so the slot simply starts afresh — a
+            // reload after a fix revives it — and the reload moves on.
             info.unstable = 0;
+            let worker = self.spawn(now, from, out);
+            self.slots[from].active = Some(worker);
+            return self.reload_from(now, from + 1, out);
         }
         let worker = self.spawn(now, from, out);
         self.slots[from].incoming = Some(worker);
@@ -579,7 +585,12 @@ impl Machine {
     fn abort_reload(&mut self, slot: Slot, reason: AbortReason, out: &mut Vec<Action>) {
         if self.reload == Some(slot) {
             self.reload = None;
-            out.push(Action::Report(Report::ReloadAborted { slot, reason }));
+            let old_serving = self.slots.get(slot).is_some_and(|s| s.active.is_some());
+            out.push(Action::Report(Report::ReloadAborted {
+                slot,
+                reason,
+                old_serving,
+            }));
             // A reload asked for meanwhile still runs: it is the user's newer wish.
             if std::mem::take(&mut self.reload_queued) {
                 self.pending_reload_restart = true;
@@ -714,7 +725,7 @@ impl Machine {
             info.state = SlotState::Errored;
             self.last_errored = Some(slot);
             return Next::Errored {
-                restarts: info.unstable - 1,
+                crashes: info.unstable,
             };
         }
         let delay = policy.backoff(info.unstable);

@@ -179,7 +179,7 @@ fn crash_loop_backs_off_then_errors_and_the_others_keep_running() {
             Next::RestartIn(Duration::from_millis(100)),
             Next::RestartIn(Duration::from_millis(200)),
             Next::RestartIn(Duration::from_millis(400)),
-            Next::Errored { restarts: 3 },
+            Next::Errored { crashes: 4 },
         ]
     );
     assert_eq!(sim.machine.errored_slots(), vec![1]);
@@ -311,13 +311,55 @@ fn reload_aborts_when_the_replacement_crashes_and_the_old_worker_stays() {
         r,
         Report::ReloadAborted {
             slot: 0,
-            reason: AbortReason::Exited(ExitStatus::Code(1))
+            reason: AbortReason::Exited(ExitStatus::Code(1)),
+            old_serving: true,
         }
     )));
     assert_eq!(sim.worker_in(0), old);
     assert!(sim.stopped.is_empty());
     assert!(!sim.machine.reloading());
     assert_eq!(sim.live.len(), 2, "no restart of a failed replacement");
+}
+
+/// Regression: a reload over an errored slot said "the old worker keeps
+/// serving" when there was none, and then restarted the replacement as if
+/// it were the slot's worker.
+#[test]
+fn reload_starts_an_errored_slot_afresh_and_moves_on() {
+    let mut p = policy();
+    p.restart.max_restarts = 1;
+    let mut sim = Sim::new(p, 2);
+    for _ in 0..2 {
+        let w = sim.worker_in(1);
+        sim.exit(w, ExitStatus::Code(1));
+        sim.advance(Duration::from_millis(150));
+    }
+    assert_eq!(sim.machine.errored_slots(), vec![1]);
+    sim.advance(Duration::from_secs(2));
+    let old0 = sim.worker_in(0);
+    sim.input(Input::Command(Command::Reload));
+    sim.advance(Duration::from_secs(1)); // slot 0's replacement is ready
+    assert_eq!(sim.stopped, vec![old0]);
+    // Slot 1 had nothing to replace: it started at once, and the reload ended.
+    assert!(sim.machine.errored_slots().is_empty());
+    assert_eq!(sim.count(|r| *r == Report::ReloadFinished), 1);
+    assert!(!sim
+        .reports
+        .iter()
+        .any(|r| matches!(r, Report::ReloadAborted { .. })));
+    // If it still crashes, it counts from zero again.
+    let w = sim.worker_in(1);
+    sim.exit(w, ExitStatus::Code(1));
+    assert!(matches!(
+        sim.reports
+            .iter()
+            .rev()
+            .find(|r| matches!(r, Report::Exited { .. })),
+        Some(Report::Exited {
+            next: Next::RestartIn(_),
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -334,7 +376,8 @@ fn reload_aborts_when_the_replacement_is_never_ready() {
         r,
         Report::ReloadAborted {
             slot: 0,
-            reason: AbortReason::NotReady(_)
+            reason: AbortReason::NotReady(_),
+            old_serving: true,
         }
     )));
     assert_eq!(sim.stopped, vec![incoming]);

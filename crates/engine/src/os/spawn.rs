@@ -111,6 +111,9 @@ struct ChildPlan<'a> {
     fds: &'a [RawFd],
     /// Scratch space, `fds.len()` long, for the temporary copies of `fds`.
     moved: &'a mut [RawFd],
+    /// The parent's pid, to notice that it died before the child asked to
+    /// die with it.
+    parent: libc::pid_t,
 }
 
 /// Start the program. Returns once the exec has succeeded; an exec failure
@@ -190,6 +193,8 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
         report: report_w.as_raw_fd(),
         fds: &spec.fds,
         moved: &mut moved,
+        // SAFETY: getpid cannot fail.
+        parent: unsafe { libc::getpid() },
     };
 
     // Block every signal across the fork, so that no handler of the parent
@@ -366,6 +371,15 @@ unsafe fn child_after_fork(plan: &mut ChildPlan<'_>) -> ! {
     // Own process group, pgid = pid, so the whole group can be signalled.
     if libc::setpgid(0, 0) != 0 {
         child_fail(report, Stage::Setpgid);
+    }
+
+    // If herd itself is SIGKILLed, the kernel kills its workers too, so none
+    // is left holding the port. (It fires when the forking *thread* exits:
+    // herd spawns from its runtime's long-lived worker threads. Grandchildren
+    // are not covered; a cgroup, as under systemd, covers them.)
+    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    if libc::getppid() != plan.parent {
+        libc::_exit(1);
     }
 
     // Default disposition for every signal (Rust ignores SIGPIPE; exec keeps

@@ -81,6 +81,10 @@ pub enum StartError {
         reason: String,
         source: io::Error,
     },
+    #[error(
+        "{0} is given twice: give each --listen address once (one socket serves every worker)"
+    )]
+    Duplicate(ListenAddr),
     #[error("cannot create the notify socket: {0}")]
     Notify(io::Error),
 }
@@ -126,7 +130,11 @@ impl AppHandle {
 pub fn start(spec: AppSpec) -> Result<(AppHandle, mpsc::UnboundedReceiver<Event>), StartError> {
     let (events, events_rx) = mpsc::unbounded_channel();
     let mut listeners = Vec::new();
-    for l in &spec.listeners {
+    for (i, l) in spec.listeners.iter().enumerate() {
+        let ephemeral = matches!(l.addr, ListenAddr::Tcp(a) if a.port() == 0);
+        if !ephemeral && spec.listeners[..i].iter().any(|other| other.addr == l.addr) {
+            return Err(StartError::Duplicate(l.addr.clone()));
+        }
         let reuseport = spec.balance == Balance::ReusePort;
         let fd = bind(&l.addr, reuseport)?;
         let addr = socket::local_addr(&fd).unwrap_or_else(|_| l.addr.clone());
@@ -175,9 +183,11 @@ pub fn start(spec: AppSpec) -> Result<(AppHandle, mpsc::UnboundedReceiver<Event>
 fn bind(addr: &ListenAddr, reuseport: bool) -> Result<OwnedFd, StartError> {
     socket::bind_listener(addr, reuseport).map_err(|source| {
         let reason = match source.kind() {
-            io::ErrorKind::AddrInUse => {
-                "the address is already in use; stop the program using it or choose another port".to_string()
-            }
+            io::ErrorKind::AddrInUse => match addr {
+                ListenAddr::Tcp(_) => "the address is already in use; stop the program using it or choose another port".to_string(),
+                // The OS layer says which: a live socket, or a file that is no socket.
+                ListenAddr::Unix(_) => format!("{source}; choose another path, or stop or remove what is there"),
+            },
             io::ErrorKind::PermissionDenied => match addr {
                 ListenAddr::Tcp(_) => "permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE, so choose a port from 1024 up".to_string(),
                 ListenAddr::Unix(_) => "permission denied; choose a directory herd may write to".to_string(),

@@ -88,7 +88,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "1600ms", value_parser = duration, value_name = "DURATION")]
     kill_timeout: Duration,
 
-    /// A worker is ready when it sends READY=1 to $NOTIFY_SOCKET (sd_notify), not after --ready-delay.
+    /// A worker is ready when it says so: READY=1 on $NOTIFY_SOCKET (sd_notify), or for a Node app
+    /// `process.send('ready')`; not after --ready-delay (nor, for Node, when it listens).
     #[arg(long)]
     wait_ready: bool,
 

@@ -78,14 +78,19 @@ fn fixture(name: &str) -> String {
     format!("{}/tests/node-apps/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Held while this process's environment is changed or copied for a child.
+fn env_lock() -> std::sync::MutexGuard<'static, ()> {
+    static ENV_LOCK: Mutex<()> = Mutex::new(());
+    ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Start herd with extra environment variables. herd passes its own
 /// environment on to the workers, and the harness has no per-process
 /// environment, so they are set in ours just around the spawn (which copies
 /// the environment), under a lock that every such start takes. An empty
 /// value removes the variable.
 fn herd_with_env(env: &[(&str, &str)], args: &[String]) -> Herd {
-    static ENV_LOCK: Mutex<()> = Mutex::new(());
-    let _g = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = env_lock();
     let saved: Vec<(&str, Option<std::ffi::OsString>)> =
         env.iter().map(|(k, _)| (*k, std::env::var_os(k))).collect();
     for (k, v) in env {
@@ -503,7 +508,11 @@ fn engine_api_messages_both_ways_and_disconnect_event() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (app, rx) = supervisor::start(spec).expect("start the app");
+        // The engine copies our environment for the workers here.
+        let (app, rx) = {
+            let _g = env_lock();
+            supervisor::start(spec).expect("start the app")
+        };
         let mut ev = Events {
             rx,
             seen: Vec::new(),
@@ -880,8 +889,9 @@ fn round_robin_spreads_1000_fresh_connections_evenly() {
 /// exception allowed: the connection handed to the busy worker on its turn
 /// right after it started spinning (it looked idle: it had acknowledged
 /// every connection). herd only learns it is stuck because that connection
-/// stays unacknowledged; from then on it skips it. Node's own round-robin
-/// behaves the same for that first connection, and keeps queueing more.
+/// stays unacknowledged; from then on it skips it. (Node's own
+/// RoundRobinHandle also gives that one connection to the busy worker: a
+/// worker that acknowledged its last connection counts as free.)
 #[test]
 fn round_robin_skips_a_worker_blocked_on_cpu() {
     need_deps!();
@@ -988,13 +998,45 @@ fn two_reloads_under_load_lose_nothing(balance: &str) {
     wait_answer(&addr, T);
     let load = Load::start(&addr, "/", 6, Duration::ZERO);
     let t0 = Instant::now();
+    let mut slow = Vec::new();
     for round in 1..=2 {
+        // Requests in flight on the workers about to be replaced: each
+        // drains for about a second while new connections keep coming.
+        for _ in 0..4 {
+            let addr = addr.clone();
+            slow.push(thread::spawn(move || {
+                http_request(&addr, "/slow?ms=1000", Duration::from_secs(10))
+            }));
+        }
         let mark = h.mark(Stream::Stderr);
         h.signal(Signal::SIGHUP);
         h.wait_stderr_after(mark, pat::RELOAD_FINISHED, Duration::from_secs(40));
         eprintln!("  reload {round} finished after {:?}", t0.elapsed());
     }
+    // Keep the load on until every replaced worker has finished draining.
+    let now: BTreeSet<i32> = h.online_pids().values().copied().collect();
+    let (all, _) = h.known_pids();
+    let replaced: BTreeSet<i32> = all.difference(&now).copied().collect();
+    assert_eq!(
+        replaced.len(),
+        4,
+        "two reloads of two workers: {replaced:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || replaced
+            .iter()
+            .all(|&p| !process_alive(p))),
+        "the replaced workers {replaced:?} exited; stderr:\n{}",
+        h.stderr_text()
+    );
     let rep = load.stop();
+    eprintln!("  load ran {:?}", t0.elapsed());
+    for (i, t) in slow.into_iter().enumerate() {
+        match t.join().unwrap() {
+            Ok(r) if r.status == 200 && r.body.contains("waited 1000 ms") => {}
+            other => panic!("in-flight request {i} during the reload: {other:?}"),
+        }
+    }
     assert_eq!(
         rep.failed(),
         0,
@@ -1008,17 +1050,16 @@ fn two_reloads_under_load_lose_nothing(balance: &str) {
         "stderr:\n{}",
         h.stderr_text()
     );
-    let now: BTreeSet<i32> = h.online_pids().values().copied().collect();
     assert!(
         now.is_disjoint(&first),
         "every worker was replaced: before {first:?}, now {now:?}"
     );
-    for p in &first {
-        assert!(
-            wait_until(T, || !process_alive(*p)),
-            "old worker {p} is gone"
-        );
-    }
+    // (How they exited is the business of
+    // `stopping_a_graceful_app_with_a_request_in_flight_exits_0_*`.)
+    assert!(
+        h.find_all(Stream::Stderr, 0, pat::KILLED_BY).is_empty(),
+        "no worker needed SIGKILL"
+    );
     let seen = pids_seen(&addr, &now, 400);
     assert_eq!(seen, now, "the new workers answer");
     stop_cleanly(&mut h, Duration::from_secs(20));
@@ -1032,6 +1073,96 @@ fn two_rolling_reloads_under_load_fail_no_connection_shared() {
 #[test]
 fn two_rolling_reloads_under_load_fail_no_connection_round_robin() {
     two_reloads_under_load_lose_nothing("round-robin");
+}
+
+/// A request in flight on a keep-alive connection: the first request
+/// proves the connection was accepted by a worker; the second (`path`) is
+/// written, then this returns at once. Join for the second answer.
+fn in_flight(addr: &str, path: &str) -> thread::JoinHandle<io::Result<String>> {
+    use std::io::{Read, Write};
+    let sa: std::net::SocketAddr = addr.parse().unwrap();
+    let mut s = std::net::TcpStream::connect_timeout(&sa, REQ).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    write!(s, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    // Read the first answer whole (it has a Content-Length).
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).expect("first answer");
+        assert!(n > 0, "closed before the first answer");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .expect("content-length");
+            if body.len() >= len {
+                break;
+            }
+        }
+    }
+    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    thread::spawn(move || {
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    })
+}
+
+/// graceful.js (http-terminator) is stopped while a request is in flight:
+/// the request completes and herd exits 0. In round-robin the worker leaves
+/// the rotation (no cluster `disconnect`), so it also exits 0 as under pm2.
+/// In shared mode herd's `disconnect` closes the app's server first (that is
+/// what keeps new connections from reaching a draining worker), so
+/// http-terminator's own later `server.close(cb)` rejects with
+/// ERR_SERVER_NOT_RUNNING and the app exits 1: the app's choice, accepted.
+fn graceful_stop_with_request_in_flight(balance: &str) {
+    need_deps!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let mut h = run_node(
+        port,
+        &["-i", "1", "--balance", balance, "--kill-timeout", "12s"],
+        &example("graceful.js"),
+        &[],
+    );
+    let pid = wait_ready(&h, 0, 1, START)[&0];
+    let slow = in_flight(&addr, "/slow?ms=1500");
+    stop_cleanly(&mut h, Duration::from_secs(20));
+    let answer = slow.join().unwrap().expect("the in-flight answer");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("waited 1500 ms"),
+        "the request in flight completes: {answer:?}"
+    );
+    wait_text(&h, Stream::Stdout, &format!("process {pid} got SIGINT"), T);
+    let code = h.wait_stderr(
+        &format!("worker 0 (pid {pid}) stopped: it exited with code {{}}"),
+        T,
+    );
+    if balance == "shared" {
+        return;
+    }
+    assert!(
+        code[0] == "0" && !h.stderr_text().contains("ERR_SERVER_NOT_RUNNING"),
+        "graceful.js should exit 0 after draining (it does under pm2's SIGINT); it exited with {}; stderr:\n{}",
+        code[0],
+        h.stderr_text()
+    );
+}
+
+#[test]
+fn stopping_a_graceful_app_with_a_request_in_flight_exits_0_shared() {
+    graceful_stop_with_request_in_flight("shared");
+}
+
+#[test]
+fn stopping_a_graceful_app_with_a_request_in_flight_exits_0_round_robin() {
+    graceful_stop_with_request_in_flight("round-robin");
 }
 
 // ---------------------------------------------------------------------------
@@ -1075,6 +1206,14 @@ fn wait_ready_reload_aborts_when_the_replacement_never_sends_ready() {
         &[],
     );
     let old = set_of(&h.wait_online(0, 2, START));
+    for pid in &old {
+        wait_text(
+            &h,
+            Stream::Stdout,
+            &format!("process {pid} listening"),
+            START,
+        );
+    }
     // They serve (shared socket) though never ready.
     assert_eq!(pids_seen(&addr, &old, 400), old);
     let mark = h.mark(Stream::Stderr);
@@ -1112,6 +1251,48 @@ fn wait_ready_reload_aborts_when_the_replacement_never_sends_ready() {
         "no worker was ever ready: with --wait-ready only the \"ready\" message counts"
     );
     stop_cleanly(&mut h, T);
+}
+
+/// Round-robin and `--wait-ready` with an app that never sends "ready": the
+/// same app answers in `shared` mode (above) and under Node's own primary
+/// (or pm2), which hand connections to any listening worker. herd accepts
+/// the connection and must not hold it forever.
+#[test]
+fn wait_ready_round_robin_still_answers_an_app_that_never_sends_ready() {
+    need_node!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let h = run_node(
+        port,
+        &[
+            "-i",
+            "2",
+            "--balance",
+            "round-robin",
+            "--wait-ready",
+            "--listen-timeout",
+            "1s",
+        ],
+        &fixture("never-ready.js"),
+        &[],
+    );
+    let pids = set_of(&h.wait_online(0, 2, START));
+    for pid in &pids {
+        wait_text(
+            &h,
+            Stream::Stdout,
+            &format!("process {pid} listening"),
+            START,
+        );
+    }
+    let t0 = Instant::now();
+    let r = http_request(&addr, "/", Duration::from_secs(8));
+    assert!(
+        matches!(&r, Ok(r) if r.status == 200),
+        "a connection herd accepted was not answered within {:?}: {r:?}; herd's stderr:\n{}",
+        t0.elapsed(),
+        h.stderr_text()
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -33,17 +33,23 @@
 //!   channel, the same newline-delimited JSON Node's `process.send` uses.
 //!
 //! One background task reads the channel and routes what arrives: handed-over
-//! connections to their listener, `"shutdown"` to the shutdown future, every
-//! other message to [`Worker::recv`].
+//! connections to their listener, and messages to [`Worker::recv`]; the
+//! message `"shutdown"` (which `recv` sees too, as under pm2) and the channel
+//! closing also resolve the shutdown future.
 
 mod listener;
 mod primary;
 mod worker;
 
-pub use herd_engine::config::{Balance, RestartMode};
-pub use herd_engine::machine::{Command, Outcome, Report};
-pub use herd_engine::supervisor::{Event, Target};
-pub use listener::{Connection, Listener};
+pub use herd_engine::config::{
+    Balance, ListenAddr, ReadyPolicy, RestartMode, RestartPolicy, StopPolicy,
+};
+pub use herd_engine::machine::{AbortReason, Command, Next, Outcome, Report};
+pub use herd_engine::os::process::ExitStatus;
+pub use herd_engine::supervisor::{Event, Stream, Target};
+pub use listener::{Connection, Listener, Source};
+pub use nix::sys::signal::Signal;
+pub use primary::Error;
 pub use primary::{supervise, Primary, PrimaryHandle};
 
 /// Errors of the embedded primary.

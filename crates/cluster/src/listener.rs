@@ -20,6 +20,9 @@ pub enum Source {
     Bound,
 }
 
+/// A connection herd handed over, with the `seq` of its `newconn`.
+pub(crate) type HandedOver = (TcpStream, serde_json::Value);
+
 /// A connection as [`Listener::accept`] returns it.
 pub type Connection = (TcpStream, SocketAddr);
 
@@ -34,9 +37,40 @@ pub struct Listener {
 enum Kind {
     Socket(TcpListener),
     Handed {
-        rx: mpsc::UnboundedReceiver<TcpStream>,
+        rx: mpsc::UnboundedReceiver<HandedOver>,
         addr: SocketAddr,
+        /// To the primary: `accepted` answers.
+        outbox: Option<mpsc::UnboundedSender<Vec<u8>>>,
     },
+}
+
+fn answer(
+    outbox: &Option<mpsc::UnboundedSender<Vec<u8>>>,
+    seq: &serde_json::Value,
+    accepted: bool,
+) {
+    if let Some(outbox) = outbox {
+        let mut line = serde_json::to_vec(
+            &serde_json::json!({"cmd": "NODE_CLUSTER", "ack": seq, "accepted": accepted}),
+        )
+        .expect("a JSON value serializes");
+        line.push(b'\n');
+        let _ = outbox.send(line);
+    }
+}
+
+impl Drop for Listener {
+    /// Connections handed over but not taken yet go back to the primary,
+    /// which gives them to another worker.
+    fn drop(&mut self) {
+        if let Kind::Handed { rx, outbox, .. } = &mut self.kind {
+            rx.close();
+            while let Ok((stream, seq)) = rx.try_recv() {
+                drop(stream);
+                answer(outbox, &seq, false);
+            }
+        }
+    }
 }
 
 impl Listener {
@@ -54,11 +88,12 @@ impl Listener {
     }
 
     pub(crate) fn round_robin(
-        rx: mpsc::UnboundedReceiver<TcpStream>,
+        rx: mpsc::UnboundedReceiver<HandedOver>,
         addr: SocketAddr,
+        outbox: Option<mpsc::UnboundedSender<Vec<u8>>>,
     ) -> Listener {
         Listener {
-            kind: Kind::Handed { rx, addr },
+            kind: Kind::Handed { rx, addr, outbox },
             source: Source::RoundRobin,
         }
     }
@@ -73,13 +108,14 @@ impl Listener {
     pub async fn accept(&mut self) -> io::Result<Connection> {
         match &mut self.kind {
             Kind::Socket(l) => l.accept().await,
-            Kind::Handed { rx, .. } => {
-                let stream = rx.recv().await.ok_or_else(|| {
+            Kind::Handed { rx, outbox, .. } => {
+                let (stream, seq) = rx.recv().await.ok_or_else(|| {
                     io::Error::new(
                         io::ErrorKind::ConnectionAborted,
                         "the primary closed the channel",
                     )
                 })?;
+                answer(outbox, &seq, true);
                 let peer = stream
                     .peer_addr()
                     .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());

@@ -253,9 +253,13 @@ pub async fn supervise(spec: AppSpec) -> Result<i32, Error> {
                         service.observe(&report);
                         let mut text = report.to_string();
                         if let Report::Stopping { .. } = report {
+                            let how = if stop.shutdown_with_message {
+                                "the message \"shutdown\"".to_string()
+                            } else {
+                                stop.kill_signal.as_str().to_string()
+                            };
                             text.push_str(&format!(
-                                ": sent {} to each, SIGKILL after {} (signal again to kill now)",
-                                stop.kill_signal.as_str(),
+                                ": sent {how} to each, SIGKILL after {} (signal again to kill now)",
                                 herd_engine::describe::duration(stop.kill_timeout)
                             ));
                         }

@@ -19,7 +19,7 @@ pub struct Worker {
     /// Inherited listening fds by name, each taken once.
     inherited: Mutex<Vec<(String, Option<OwnedFd>)>>,
     /// Round-robin listeners: herd hands their connections over the channel.
-    round_robin: Mutex<HashMap<String, mpsc::UnboundedReceiver<tokio::net::TcpStream>>>,
+    round_robin: Mutex<HashMap<String, mpsc::UnboundedReceiver<crate::listener::HandedOver>>>,
     outbox: Option<mpsc::UnboundedSender<Vec<u8>>>,
     messages: tokio::sync::Mutex<mpsc::UnboundedReceiver<Value>>,
     shutdown: watch::Sender<bool>,
@@ -93,7 +93,7 @@ impl Worker {
             let addr = fallback
                 .parse()
                 .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-            return Ok(Listener::round_robin(rx, addr));
+            return Ok(Listener::round_robin(rx, addr, self.outbox.clone()));
         }
         let mut inherited = self.inherited.lock().expect("lock");
         let only_unnamed = inherited.len() == 1 && inherited[0].0 == "unknown";
@@ -128,29 +128,35 @@ impl Worker {
         notify("READY=1")
     }
 
-    /// Resolves when this worker should stop: SIGINT, SIGTERM, or the message
-    /// `"shutdown"`. The first call takes over SIGINT and SIGTERM for this
-    /// process (they no longer end it by themselves).
-    pub async fn shutdown(&self) {
+    /// Resolves when this worker should stop: SIGINT, SIGTERM, the message
+    /// `"shutdown"`, or the primary going away (its channel closed). The
+    /// first call takes over SIGINT and SIGTERM for this process at once
+    /// (they no longer end it by themselves), even before the future is
+    /// polled.
+    pub fn shutdown(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         self.signals.get_or_init(|| {
+            use tokio::signal::unix::{signal, SignalKind};
+            // Registered here, synchronously: a signal from now on is seen.
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
             let tx = self.shutdown.clone();
             tokio::spawn(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let (Ok(mut int), Ok(mut term)) = (
-                    signal(SignalKind::interrupt()),
-                    signal(SignalKind::terminate()),
-                ) else {
-                    return;
-                };
                 tokio::select! {
                     _ = int.recv() => {}
                     _ = term.recv() => {}
                 }
-                let _ = tx.send(true);
+                // send_replace: stored even when no shutdown() is awaited right now.
+                tx.send_replace(true);
             });
         });
         let mut rx = self.shutdown.subscribe();
-        let _ = rx.wait_for(|stop| *stop).await;
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
     }
 
     /// Send a JSON message to the primary (`process.send`). Returns false when
@@ -256,7 +262,7 @@ async fn read_loop(
     channel: Arc<Channel>,
     outbox: mpsc::UnboundedSender<Vec<u8>>,
     messages: mpsc::UnboundedSender<Value>,
-    listeners: HashMap<String, mpsc::UnboundedSender<tokio::net::TcpStream>>,
+    listeners: HashMap<String, mpsc::UnboundedSender<crate::listener::HandedOver>>,
     shutdown: watch::Sender<bool>,
 ) {
     let reply = |v: Value| {
@@ -290,12 +296,20 @@ async fn read_loop(
                 if msg["act"] == "newconn" {
                     let key = msg["key"].as_str().unwrap_or_default();
                     let stream = std::net::TcpStream::from(fd);
-                    let accepted = stream.set_nonblocking(true).is_ok()
+                    // `accepted: true` goes out when the app takes it (Listener::accept);
+                    // a listener dropped with it still queued answers `false`.
+                    let queued = stream.set_nonblocking(true).is_ok()
                         && tokio::net::TcpStream::from_std(stream)
                             .ok()
-                            .and_then(|s| listeners.get(key).map(|tx| tx.send(s).is_ok()))
+                            .and_then(|s| {
+                                listeners
+                                    .get(key)
+                                    .map(|tx| tx.send((s, msg["seq"].clone())).is_ok())
+                            })
                             .unwrap_or(false);
-                    reply(json!({"cmd": "NODE_CLUSTER", "ack": msg["seq"], "accepted": accepted}));
+                    if !queued {
+                        reply(json!({"cmd": "NODE_CLUSTER", "ack": msg["seq"], "accepted": false}));
+                    }
                 }
                 continue;
             }
@@ -307,9 +321,14 @@ async fn read_loop(
                 continue;
             }
             if value == "shutdown" {
-                let _ = shutdown.send(true);
+                // Not `send`: that drops the value when no `shutdown()` is
+                // awaited at this moment, and a later one would never resolve.
+                shutdown.send_replace(true);
             }
             let _ = messages.send(value);
         }
     }
+    // The primary is gone (or let go of us): finish, as a Node cluster
+    // worker does when its channel closes.
+    shutdown.send_replace(true);
 }

@@ -90,6 +90,8 @@ pub(super) struct Peer {
     /// A graceful stop began with `disconnect`; the signal follows.
     disconnecting: bool,
     signalled: bool,
+    /// The message "shutdown" went out already (before a `disconnect`).
+    shutdown_sent: bool,
     pub(super) channel_open: bool,
 }
 
@@ -425,11 +427,19 @@ impl App {
         };
         let machine = &self.machine;
         let procs = &self.procs;
-        let picked = rr.rotation.pick(|w| {
+        let load = |w: WorkerId, ready_only: bool| {
             let p = procs.get(&w)?;
-            let eligible = machine.accepting(w) && !p.peer.disconnecting && p.peer.channel_open;
+            let up = !p.peer.disconnecting && p.peer.channel_open && !machine.is_stopping(w);
+            let eligible = up && (!ready_only || machine.accepting(w));
             eligible.then_some(p.peer.unacked.len())
-        });
+        };
+        // Ready workers first; when none is, a worker that listens but has
+        // not said it is ready (as a shared socket would let it accept)
+        // rather than holding the connection for ever.
+        let picked = rr
+            .rotation
+            .pick(|w| load(w, true))
+            .or_else(|| rr.rotation.pick(|w| load(w, false)));
         let Some(worker) = picked else {
             rr.backlog.push_back(conn);
             return;
@@ -507,12 +517,17 @@ impl App {
         let Some((key, conn)) = p.peer.unacked.remove(&seq) else {
             return;
         };
+        let drained = p.peer.disconnecting && p.peer.unacked.is_empty();
         if accepted {
             drop(conn); // the worker has its own copy now
         } else {
             self.dispatch(&key, conn);
         }
         self.flush_backlog(&key);
+        if drained {
+            // A stopping round-robin worker took its last connection.
+            self.signal_after(worker, SETTLE);
+        }
     }
 
     /// Queue a handle message; it goes out when the previous one was acknowledged.
@@ -620,51 +635,60 @@ impl App {
         }
     }
 
-    /// Begin the graceful stop of a worker that speaks the cluster protocol:
-    /// `disconnect` first, the kill signal after it closed its servers.
-    /// Returns false when that does not apply (the caller signals at once).
+    /// Begin the graceful stop of a worker that speaks the cluster protocol,
+    /// so that it takes no new connection before the kill signal:
+    /// - round-robin: it leaves the rotation at once; the signal follows once
+    ///   the connections already handed to it were taken, after the settle
+    ///   time (no `disconnect`: the app's own `server.close()` works as usual);
+    /// - shared (Node): the cluster `disconnect` makes it close its servers;
+    ///   the signal follows once it has, after a short settle time.
+    ///
+    /// Returns false when neither applies (the caller signals at once).
     pub(super) fn node_stop(&mut self, worker: WorkerId) -> bool {
         let round_robin = self.spec.balance == Balance::RoundRobin;
+        let node = self.spec.kind == crate::config::WorkerKind::Node;
         let Some(p) = self.procs.get_mut(&worker) else {
             return false;
         };
-        if !p.peer.channel_open || (p.peer.keys.is_empty() && !round_robin) {
+        if !p.peer.channel_open {
+            return false;
+        }
+        if round_robin {
+            p.peer.disconnecting = true;
+            let waiting = !p.peer.unacked.is_empty();
+            let keys = p.peer.keys.clone();
+            for key in &keys {
+                if let Some(rr) = self
+                    .servers
+                    .get_mut(key)
+                    .and_then(|s| s.round_robin.as_mut())
+                {
+                    rr.rotation.remove(worker);
+                }
+            }
+            // Requests already on their way (a keep-alive client's next
+            // one) get the settle time to arrive before the app drains; a
+            // worker still holding handed connections, the grace at most.
+            self.signal_after(worker, if waiting { DISCONNECT_GRACE } else { SETTLE });
+            return true;
+        }
+        if !node || p.peer.keys.is_empty() {
             return false;
         }
         p.peer.disconnecting = true;
-        let node = self.spec.kind == crate::config::WorkerKind::Node;
-        // Round-robin: it is out of the rotation already (it is stopping).
-        let keys = p.peer.keys.clone();
-        for key in &keys {
-            if let Some(rr) = self
-                .servers
-                .get_mut(key)
-                .and_then(|s| s.round_robin.as_mut())
-            {
-                rr.rotation.remove(worker);
-            }
-        }
-        if !node {
-            return false; // herd-cluster workers drain on the signal itself
-        }
-        let Some(peer) = self.procs.get_mut(&worker).map(|p| &mut p.peer) else {
-            return false;
-        };
-        let seq = peer.next_seq();
-        let shutdown_message = self.spec.stop.shutdown_with_message;
-        if shutdown_message {
+        let seq = p.peer.next_seq();
+        if self.spec.stop.shutdown_with_message {
             // Before disconnect, which closes the channel.
             self.send_line(worker, b"\"shutdown\"\n".to_vec());
+            if let Some(p) = self.procs.get_mut(&worker) {
+                p.peer.shutdown_sent = true;
+            }
         }
         self.send_line(
             worker,
             line(&json!({"cmd": "NODE_CLUSTER", "act": "disconnect", "seq": seq})),
         );
-        if keys.is_empty() {
-            self.signal_after(worker, SETTLE);
-        } else {
-            self.signal_after(worker, DISCONNECT_GRACE);
-        }
+        self.signal_after(worker, DISCONNECT_GRACE);
         true
     }
 
@@ -685,7 +709,7 @@ impl App {
             return;
         }
         p.peer.signalled = true;
-        if !self.spec.stop.shutdown_with_message {
+        if !p.peer.shutdown_sent {
             self.signal_stop(worker);
         }
     }

@@ -1,0 +1,865 @@
+//! A small harness for herd-cluster's integration tests: start a process
+//! (the fixture, or `herd run`) with piped output, wait for lines with
+//! deadlines, signal it, talk HTTP to it, and clean up every process it
+//! started — the primary and each worker's process group — even when a test
+//! panics. Every wait polls against a deadline.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+pub use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+/// The fixture binary (`tests/bin/fixture.rs`).
+pub fn fixture_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_herd-cluster-fixture")
+}
+
+/// Tests here start several processes each and some measure time: on a
+/// small machine they run one at a time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The `herd` binary of the root package, next to this test's own target
+/// directory (`<target>/<profile>/deps/<test>` → `<target>/<profile>/herd`),
+/// as ripgrep's tests find `rg`; `HERD_BIN` overrides. See [`cargo_built`].
+pub fn herd_bin() -> Option<PathBuf> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("HERD_BIN") {
+            return Some(PathBuf::from(p));
+        }
+        cargo_built("herd", &["-p", "herd", "--bin", "herd"])
+    })
+    .clone()
+}
+
+/// `path` (relative to `<target>/<profile>/`), brought up to date first with
+/// `cargo build BUILD_ARGS` into this test's own target directory when the
+/// test runs under cargo (`CARGO` is set): `cargo test -p herd-cluster` does
+/// not build other packages' binaries, nor examples when a `--test` is
+/// named, and cargo releases its lock before it runs tests. Without cargo,
+/// or if the build fails (work in progress elsewhere), what is there is
+/// used. `None`, with `SKIPPED: reason` on stderr, when it cannot be had.
+pub fn cargo_built(path: &str, build_args: &[&str]) -> Option<PathBuf> {
+    let found = (|| -> Result<PathBuf, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .ok_or("no target directory")?
+            .to_path_buf();
+        let bin = profile_dir.join(path);
+        let Ok(cargo) = std::env::var("CARGO") else {
+            return if bin.exists() {
+                Ok(bin)
+            } else {
+                Err(format!("{} is missing", bin.display()))
+            };
+        };
+        let target = profile_dir.parent().ok_or("no target directory")?;
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_string();
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet"])
+            .args(build_args)
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .env("CARGO_TARGET_DIR", target);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        eprintln!("  harness: building {}: {cmd:?}", bin.display());
+        match cmd.status() {
+            Ok(status) if status.success() && bin.exists() => Ok(bin),
+            _ if bin.exists() => {
+                eprintln!(
+                    "  harness: WARNING: the build failed; using the existing (maybe stale) {}",
+                    bin.display()
+                );
+                Ok(bin)
+            }
+            Ok(status) => Err(format!(
+                "`cargo build {}` failed ({status})",
+                build_args.join(" ")
+            )),
+            Err(e) => Err(format!("cannot run cargo: {e}")),
+        }
+    })();
+    match found {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!(
+                "SKIPPED: {path} is not available ({e}); build it with `cargo build {}`",
+                build_args.join(" ")
+            );
+            None
+        }
+    }
+}
+
+/// A pattern is literal text in which `{}` captures a run of digits and `{*}`
+/// skips any text; it matches anywhere in a line.
+pub fn match_pat(pattern: &str, line: &str) -> Option<Vec<String>> {
+    let toks = tokenize(pattern);
+    line.char_indices()
+        .map(|(i, _)| i)
+        .chain([line.len()])
+        .find_map(|i| {
+            let mut caps = Vec::new();
+            match_at(&toks, &line[i..], &mut caps).then_some(caps)
+        })
+}
+
+enum Tok<'a> {
+    Lit(&'a str),
+    Digits,
+    Any,
+}
+
+fn tokenize(pattern: &str) -> Vec<Tok<'_>> {
+    let mut toks = Vec::new();
+    let mut rest = pattern;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("{}") {
+            toks.push(Tok::Digits);
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("{*}") {
+            toks.push(Tok::Any);
+            rest = r;
+        } else {
+            let end = [rest.find("{}"), rest.find("{*}")]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(rest.len());
+            toks.push(Tok::Lit(&rest[..end]));
+            rest = &rest[end..];
+        }
+    }
+    toks
+}
+
+fn match_at(toks: &[Tok<'_>], s: &str, caps: &mut Vec<String>) -> bool {
+    let Some((first, rest)) = toks.split_first() else {
+        return true;
+    };
+    match first {
+        Tok::Lit(l) => s.strip_prefix(l).is_some_and(|r| match_at(rest, r, caps)),
+        Tok::Digits => {
+            let n = s.bytes().take_while(|b| b.is_ascii_digit()).count();
+            if n == 0 {
+                return false;
+            }
+            caps.push(s[..n].to_string());
+            if match_at(rest, &s[n..], caps) {
+                return true;
+            }
+            caps.pop();
+            false
+        }
+        Tok::Any => s.char_indices().map(|(i, _)| i).chain([s.len()]).any(|i| {
+            let before = caps.len();
+            match_at(rest, &s[i..], caps) || {
+                caps.truncate(before);
+                false
+            }
+        }),
+    }
+}
+
+/// `herd: worker 0 online (pid 1234)` → [slot, pid]
+pub const ONLINE: &str = "herd: worker {} online (pid {})";
+/// The fixture's announcement → [pid]
+pub const SERVING: &str = "fixture serving {*}pid={} ";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Default)]
+struct Output {
+    stdout: Vec<String>,
+    stderr: Vec<String>,
+    stdout_eof: bool,
+    stderr_eof: bool,
+    /// Worker pids (each leads its own process group) seen in the output.
+    workers: BTreeSet<i32>,
+}
+
+type Shared = Arc<(Mutex<Output>, Condvar)>;
+
+/// A process under test (a primary: herd or the fixture), in its own process
+/// group, with its output collected line by line.
+pub struct Proc {
+    tag: &'static str,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Shared,
+    readers: Vec<JoinHandle<()>>,
+    status: Option<ExitStatus>,
+}
+
+fn reader(
+    r: impl Read + Send + 'static,
+    out: Shared,
+    which: Stream,
+    tag: &'static str,
+) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut br = BufReader::new(r);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match br.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string();
+                    let t = if which == Stream::Stdout {
+                        "out"
+                    } else {
+                        "err"
+                    };
+                    eprintln!("  {tag}.{t}| {line}");
+                    let (m, cv) = &*out;
+                    let mut o = m.lock().unwrap();
+                    if let Some(c) = match_pat(ONLINE, &line) {
+                        o.workers.insert(c[1].parse().unwrap());
+                    }
+                    if let Some(c) = match_pat(SERVING, &line) {
+                        o.workers.insert(c[0].parse().unwrap());
+                    }
+                    match which {
+                        Stream::Stdout => o.stdout.push(line),
+                        Stream::Stderr => o.stderr.push(line),
+                    }
+                    cv.notify_all();
+                }
+            }
+        }
+        let (m, cv) = &*out;
+        let mut o = m.lock().unwrap();
+        match which {
+            Stream::Stdout => o.stdout_eof = true,
+            Stream::Stderr => o.stderr_eof = true,
+        }
+        cv.notify_all();
+    })
+}
+
+impl Proc {
+    pub fn start<S: AsRef<std::ffi::OsStr>>(
+        tag: &'static str,
+        program: impl AsRef<Path>,
+        args: &[S],
+        env: &[(&str, &str)],
+    ) -> Proc {
+        let program = program.as_ref();
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect();
+        eprintln!("$ {} {}", program.display(), shown.join(" "));
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .envs(env.iter().copied())
+            // Not a worker of whatever runs the tests.
+            .env_remove("HERD_WORKER_ID")
+            .env_remove("HERD_CHANNEL_FD")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a ^C on the test run goes to the tests only.
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        let out: Shared = Arc::default();
+        let readers = vec![
+            reader(
+                child.stdout.take().unwrap(),
+                out.clone(),
+                Stream::Stdout,
+                tag,
+            ),
+            reader(
+                child.stderr.take().unwrap(),
+                out.clone(),
+                Stream::Stderr,
+                tag,
+            ),
+        ];
+        let stdin = child.stdin.take();
+        Proc {
+            tag,
+            child,
+            stdin,
+            out,
+            readers,
+            status: None,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Write one line to its stdin (the fixture's `--events` commands).
+    pub fn command(&mut self, line: &str) {
+        eprintln!("  test: command to {}: {line}", self.tag);
+        let stdin = self.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("write stdin");
+        stdin.flush().expect("flush stdin");
+    }
+
+    pub fn mark(&self, which: Stream) -> usize {
+        let o = self.out.0.lock().unwrap();
+        match which {
+            Stream::Stdout => o.stdout.len(),
+            Stream::Stderr => o.stderr.len(),
+        }
+    }
+
+    pub fn lines(&self, which: Stream) -> Vec<String> {
+        let o = self.out.0.lock().unwrap();
+        match which {
+            Stream::Stdout => o.stdout.clone(),
+            Stream::Stderr => o.stderr.clone(),
+        }
+    }
+
+    pub fn output(&self) -> String {
+        format!(
+            "--- stdout:\n{}\n--- stderr:\n{}",
+            self.lines(Stream::Stdout).join("\n"),
+            self.lines(Stream::Stderr).join("\n")
+        )
+    }
+
+    /// Every match of `pattern` from line `from` on.
+    pub fn find_all(&self, which: Stream, from: usize, pattern: &str) -> Vec<Vec<String>> {
+        self.lines(which)
+            .iter()
+            .skip(from)
+            .filter_map(|l| match_pat(pattern, l))
+            .collect()
+    }
+
+    /// Wait for a line matching `pattern` at or after line `from`: (index,
+    /// captures), or `None` at the deadline or the end of the stream.
+    pub fn wait_line(
+        &self,
+        which: Stream,
+        from: usize,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Option<(usize, Vec<String>)> {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.out;
+        let mut o = m.lock().unwrap();
+        let mut next = from;
+        loop {
+            let (lines, eof) = match which {
+                Stream::Stdout => (&o.stdout, o.stdout_eof),
+                Stream::Stderr => (&o.stderr, o.stderr_eof),
+            };
+            while next < lines.len() {
+                if let Some(c) = match_pat(pattern, &lines[next]) {
+                    return Some((next, c));
+                }
+                next += 1;
+            }
+            let now = Instant::now();
+            if eof || now >= deadline {
+                return None;
+            }
+            o = cv.wait_timeout(o, deadline - now).unwrap().0;
+        }
+    }
+
+    /// [`Proc::wait_line`] that panics with the output at the deadline.
+    pub fn expect_line(
+        &self,
+        which: Stream,
+        from: usize,
+        pattern: &str,
+        timeout: Duration,
+    ) -> (usize, Vec<String>) {
+        self.wait_line(which, from, pattern, timeout).unwrap_or_else(|| {
+            panic!(
+                "{}: no {which:?} line matching {pattern:?} (from line {from}) within {timeout:?}\n{}",
+                self.tag,
+                self.output()
+            )
+        })
+    }
+
+    /// Wait until every slot in `0..n` has an `online` line at or after
+    /// stderr line `from`; slot → pid (the latest of each).
+    pub fn wait_online(&self, from: usize, n: usize, timeout: Duration) -> BTreeMap<usize, i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut m = BTreeMap::new();
+            for c in self.find_all(Stream::Stderr, from, ONLINE) {
+                m.insert(c[0].parse::<usize>().unwrap(), c[1].parse::<i32>().unwrap());
+            }
+            if (0..n).all(|s| m.contains_key(&s)) {
+                return m;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{}: slots 0..{n} not all online within {timeout:?} (have {m:?})\n{}",
+                    self.tag,
+                    self.output()
+                );
+            }
+            let mark = self.mark(Stream::Stderr);
+            self.wait_line(Stream::Stderr, mark, ONLINE, Duration::from_millis(100));
+        }
+    }
+
+    /// Wait for an `online` line for `slot` at or after stderr line `from`: its pid.
+    pub fn wait_online_slot(&self, from: usize, slot: usize, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        let mut next = from;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.wait_line(Stream::Stderr, next, ONLINE, left) {
+                Some((_, c)) if c[0] == slot.to_string() => return c[1].parse().unwrap(),
+                Some((i, _)) => next = i + 1,
+                None => panic!(
+                    "{}: no online line for slot {slot} within {timeout:?}\n{}",
+                    self.tag,
+                    self.output()
+                ),
+            }
+        }
+    }
+
+    /// Wait for the `ready` line of each of these workers: in round-robin
+    /// mode only ready workers get connections.
+    pub fn wait_ready(&self, online: &BTreeMap<usize, i32>, timeout: Duration) {
+        for (slot, pid) in online {
+            self.expect_line(
+                Stream::Stderr,
+                0,
+                &format!("herd: worker {slot} ready (pid {pid})"),
+                timeout,
+            );
+        }
+    }
+
+    /// Wait until each of these pids printed the fixture's `serving` line
+    /// (it took its listener and owns SIGINT/SIGTERM): `online` only means
+    /// the exec succeeded.
+    pub fn wait_serving(&self, pids: impl IntoIterator<Item = i32>, timeout: Duration) {
+        for pid in pids {
+            self.expect_line(
+                Stream::Stdout,
+                0,
+                &format!("fixture serving {{*}}pid={pid} "),
+                timeout,
+            );
+        }
+    }
+
+    /// Worker pids seen so far (online lines, serving lines).
+    pub fn worker_pids(&self) -> BTreeSet<i32> {
+        self.out.0.lock().unwrap().workers.clone()
+    }
+
+    /// Known worker pids that still have a live process in their group.
+    pub fn live_workers(&self) -> BTreeSet<i32> {
+        self.worker_pids()
+            .into_iter()
+            .filter(|&p| p != self.pid() && !group_empty(p))
+            .collect()
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        eprintln!("  test: sending {sig} to {} (pid {})", self.tag, self.pid());
+        nix::sys::signal::kill(Pid::from_raw(self.pid()), sig).expect("signal");
+    }
+
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait");
+        }
+        self.status
+    }
+
+    /// Wait for it to exit (panics at the deadline), then for its output to drain.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_status() {
+                self.drain(Duration::from_secs(2));
+                eprintln!("  test: {} exited: {s}", self.tag);
+                return s;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} did not exit within {timeout:?}\n{}",
+                    self.tag,
+                    self.output()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.out;
+        let mut o = m.lock().unwrap();
+        while !(o.stdout_eof && o.stderr_eof) {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            o = cv.wait_timeout(o, deadline - now).unwrap().0;
+        }
+        true
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Some(s) = self.try_status() {
+            panic!("{} exited unexpectedly ({s})\n{}", self.tag, self.output());
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        use nix::sys::signal::kill;
+        if self.try_status().is_none() {
+            let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while self.try_status().is_none() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+            if self.try_status().is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        // Each worker leads its own process group: SIGTERM what is left, then SIGKILL.
+        let groups: Vec<i32> = self
+            .worker_pids()
+            .into_iter()
+            .filter(|&p| p > 1 && p != self.pid() && !group_empty(p))
+            .collect();
+        for &pg in &groups {
+            eprintln!("  cleanup: SIGTERM to leftover process group {pg}");
+            let _ = kill(Pid::from_raw(-pg), Signal::SIGTERM);
+        }
+        if !groups.is_empty() {
+            wait_until(Duration::from_secs(1), || {
+                groups.iter().all(|&g| group_empty(g))
+            });
+        }
+        for &pg in &groups {
+            if !group_empty(pg) {
+                eprintln!("  cleanup: SIGKILL to leftover process group {pg}");
+                let _ = kill(Pid::from_raw(-pg), Signal::SIGKILL);
+            }
+        }
+        self.drain(Duration::from_secs(1));
+        for r in self.readers.drain(..) {
+            if r.is_finished() {
+                let _ = r.join();
+            }
+        }
+    }
+}
+
+/// (state, process group) of a process from /proc, if it exists.
+fn proc_state(pid: i32) -> Option<(char, i32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &s[s.rfind(')')? + 2..];
+    let mut it = after.split_whitespace();
+    let state = it.next()?.chars().next()?;
+    let _ppid = it.next()?;
+    let pgrp = it.next()?.parse().ok()?;
+    Some((state, pgrp))
+}
+
+/// The process exists and is not a zombie.
+pub fn process_alive(pid: i32) -> bool {
+    matches!(proc_state(pid), Some((s, _)) if s != 'Z' && s != 'X')
+}
+
+/// No live process is in process group `pgid`.
+pub fn group_empty(pgid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    !dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .any(|pid| matches!(proc_state(pid), Some((s, g)) if g == pgid && s != 'Z' && s != 'X'))
+}
+
+/// Poll `cond` until it holds or the timeout passes; true if it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// An address on 127.0.0.1 whose port was free a moment ago.
+pub fn free_addr() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// A parsed HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// How long the exchange took, from connect to the end of the answer.
+    pub elapsed: Duration,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+    }
+    /// The fixture's pid, from its JSON body.
+    pub fn pid(&self) -> i32 {
+        self.json()["pid"].as_i64().expect("pid") as i32
+    }
+}
+
+/// Close with an RST rather than into TIME_WAIT, so that fresh-connection
+/// load does not exhaust loopback ports.
+fn abortive_close(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a correctly sized value.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// One GET on a fresh connection (`Connection: close`), read to the end.
+pub fn http_get(addr: &str, path: &str, timeout: Duration) -> io::Result<Response> {
+    let start = Instant::now();
+    let sa: SocketAddr = addr
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+    let mut s = TcpStream::connect_timeout(&sa, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    let read = s.read_to_end(&mut raw);
+    abortive_close(&s);
+    read?;
+    let mut r = parse_response(&raw)?;
+    r.elapsed = start.elapsed();
+    Ok(r)
+}
+
+fn parse_response(raw: &[u8]) -> io::Result<Response> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("short response ({} bytes)", raw.len()),
+            )
+        })?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let body = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let r = Response {
+        status,
+        headers,
+        body,
+        elapsed: Duration::ZERO,
+    };
+    if let Some(len) = r
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if r.body.len() < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("truncated body ({} of {len} bytes)", r.body.len()),
+            ));
+        }
+    }
+    Ok(r)
+}
+
+/// GET `path` until it answers 200 or the timeout passes.
+pub fn wait_http_ok(addr: &str, path: &str, timeout: Duration) -> Response {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    while Instant::now() < deadline {
+        match http_get(addr, path, Duration::from_secs(2)) {
+            Ok(r) if r.status == 200 => return r,
+            Ok(r) => last = Some(format!("status {}", r.status)),
+            Err(e) => last = Some(format!("{:?}: {e}", e.kind())),
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{addr}{path} did not answer 200 within {timeout:?}; last: {last:?}");
+}
+
+/// Fresh-connection GETs of `/` until the answering pids cover `want` (or
+/// `attempts` run out); every pid seen.
+pub fn pids_answering(addr: &str, want: &BTreeSet<i32>, attempts: usize) -> BTreeSet<i32> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..attempts {
+        if let Ok(r) = http_get(addr, "/", Duration::from_secs(2)) {
+            if r.status == 200 {
+                seen.insert(r.pid());
+            }
+        }
+        if want.is_subset(&seen) {
+            break;
+        }
+    }
+    seen
+}
+
+/// Fresh-connection load on `/` from `threads` threads until stopped.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<JoinHandle<LoadReport>>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub ok: usize,
+    pub failures: Vec<String>,
+    pub pids: BTreeSet<i32>,
+}
+
+impl Load {
+    pub fn start(addr: &str, threads: usize, pause: Duration) -> Load {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                let addr = addr.to_string();
+                thread::spawn(move || {
+                    let mut rep = LoadReport::default();
+                    let end = Instant::now() + Duration::from_secs(60);
+                    while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+                        match http_get(&addr, "/", Duration::from_secs(5)) {
+                            Ok(r) if r.status == 200 => {
+                                rep.ok += 1;
+                                rep.pids.insert(r.pid());
+                            }
+                            Ok(r) => rep.failures.push(format!("status {}", r.status)),
+                            Err(e) => rep.failures.push(format!("{:?}: {e}", e.kind())),
+                        }
+                        thread::sleep(pause);
+                    }
+                    rep
+                })
+            })
+            .collect();
+        Load { stop, handles }
+    }
+
+    pub fn stop(mut self) -> LoadReport {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut total = LoadReport::default();
+        for h in self.handles.drain(..) {
+            let r = h.join().expect("load thread");
+            total.ok += r.ok;
+            total.failures.extend(r.failures);
+            total.pids.extend(r.pids);
+        }
+        eprintln!(
+            "  load: {} ok, {} failed {:?}, pids {:?}",
+            total.ok,
+            total.failures.len(),
+            total.failures.iter().take(5).collect::<Vec<_>>(),
+            total.pids
+        );
+        total
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,97 @@
+//! The library without herd: the fixture run by hand binds its fallback
+//! address itself, answers HTTP, and its `Worker::shutdown()` resolves on
+//! SIGTERM/SIGINT after which in-flight requests still finish.
+
+mod common;
+
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(10);
+
+fn standalone(addr: &str) -> Proc {
+    let p = Proc::start("fixture", fixture_bin(), &["--addr", addr], &[]);
+    p.expect_line(Stream::Stdout, 0, "fixture serving", T);
+    p
+}
+
+#[test]
+fn standalone_binds_its_fallback_address_and_answers_http() {
+    let _s = serial();
+    let addr = free_addr();
+    let mut p = standalone(&addr);
+    let (i, caps) = p.expect_line(Stream::Stdout, 0, "fixture serving id=none pid={} ", T);
+    assert_eq!(caps[0], p.pid().to_string());
+    let line = &p.lines(Stream::Stdout)[i];
+    assert!(
+        line.contains("source=Bound"),
+        "not under herd the listener must bind the fallback itself (Source::Bound): {line}"
+    );
+    assert!(line.contains(&format!("addr={addr}")), "{line}");
+
+    let r = wait_http_ok(&addr, "/", T);
+    let body = r.json();
+    assert_eq!(body["pid"], p.pid());
+    assert!(
+        body["id"].is_null(),
+        "Worker::id() is None standalone: {body}"
+    );
+    assert_eq!(body["source"], "Bound");
+    assert_eq!(http_get(&addr, "/nope", T).unwrap().status, 404);
+
+    // No primary: the message loop ends at once, and sending does nothing.
+    p.expect_line(Stream::Stdout, 0, "channel closed", T);
+    p.assert_running();
+}
+
+#[test]
+fn standalone_fallback_in_use_is_a_clear_error() {
+    let _s = serial();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut p = Proc::start("fixture", fixture_bin(), &["--addr", &addr], &[]);
+    let status = p.wait_exit(T);
+    assert_eq!(status.code(), Some(3), "{}", p.output());
+    let err = p.lines(Stream::Stderr).join("\n");
+    assert!(
+        err.contains(&format!("cannot listen on {addr}")),
+        "the error names the address: {err}"
+    );
+}
+
+/// SIGTERM and SIGINT both resolve `Worker::shutdown()`: the fixture stops
+/// accepting, finishes the slow request it is serving, and exits 0.
+#[test]
+fn standalone_signals_resolve_shutdown_and_in_flight_requests_finish() {
+    let _s = serial();
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        let addr = free_addr();
+        let mut p = standalone(&addr);
+        let slow = {
+            let addr = addr.clone();
+            thread::spawn(move || http_get(&addr, "/slow?ms=700", Duration::from_secs(10)))
+        };
+        p.expect_line(Stream::Stdout, 0, "slow request started", T);
+        p.signal(sig);
+        p.expect_line(Stream::Stdout, 0, "fixture shutting down {*}in_flight=1", T);
+        let r = slow
+            .join()
+            .unwrap()
+            .expect("the in-flight request is answered");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["slept_ms"], 700);
+        let status = p.wait_exit(T);
+        assert_eq!(status.code(), Some(0), "{sig}: {}", p.output());
+        p.expect_line(Stream::Stdout, 0, "fixture exiting", T);
+        // It stopped accepting: nothing listens there any more.
+        assert!(http_get(&addr, "/", Duration::from_secs(1)).is_err());
+    }
+}
+
+#[test]
+fn roles_outside_herd() {
+    assert!(herd_cluster::is_primary());
+    assert!(!herd_cluster::is_worker());
+}

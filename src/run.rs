@@ -76,7 +76,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "1s", value_parser = duration, value_name = "DURATION")]
     min_uptime: Duration,
 
-    /// Crashes in a row (each before --min-uptime) after which a slot is errored and left empty.
+    /// Restarts allowed for a worker that keeps crashing before --min-uptime; its next crash errors the slot (left empty).
     #[arg(long, default_value_t = 16, value_name = "N")]
     max_restarts: u32,
 

@@ -742,53 +742,46 @@ fn describe_query(msg: &Value) -> String {
     }
 }
 
-/// herd's accept loop for one round-robin socket: one `accept` per
-/// connection; the connection (nonblocking) goes to the app task.
+/// herd's accept loop for one round-robin socket (TCP or Unix alike): one
+/// `accept4` per connection, which arrives nonblocking and close-on-exec and
+/// goes to the app task.
 async fn accept_loop(fd: OwnedFd, key: String, tx: tokio::sync::mpsc::UnboundedSender<Internal>) {
-    let unix = matches!(socket::local_addr(&fd), Ok(ListenAddr::Unix(_)));
-    if unix {
-        let std_listener = std::os::unix::net::UnixListener::from(fd);
-        let Ok(listener) = tokio::net::UnixListener::from_std(std_listener) else {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use tokio::io::unix::AsyncFd;
+    // SAFETY: the OwnedFd is moved in, so the fd stays open and the same for
+    // as long as the AsyncFd lives.
+    let registered = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) };
+    let Ok(listener) = registered else {
+        return;
+    };
+    let flags =
+        nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC;
+    loop {
+        let Ok(mut ready) = listener.readable().await else {
             return;
         };
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let Ok(std) = stream.into_std() else { continue };
-                    if tx
-                        .send(Internal::Accepted {
-                            key: key.clone(),
-                            conn: std.into(),
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
+        let accepted = ready.try_io(|fd| {
+            nix::sys::socket::accept4(fd.as_raw_fd(), flags)
+                // SAFETY: accept4 returned a new fd that nothing else owns.
+                .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) })
+                .map_err(std::io::Error::from)
+        });
+        match accepted {
+            Ok(Ok(conn)) => {
+                if tx
+                    .send(Internal::Accepted {
+                        key: key.clone(),
+                        conn,
+                    })
+                    .is_err()
+                {
+                    return;
                 }
-                Err(_) => accept_backoff().await,
             }
-        }
-    } else {
-        let std_listener = std::net::TcpListener::from(fd);
-        let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
-            return;
-        };
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let Ok(std) = stream.into_std() else { continue };
-                    if tx
-                        .send(Internal::Accepted {
-                            key: key.clone(),
-                            conn: std.into(),
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(_) => accept_backoff().await,
-            }
+            // The client gave up before we accepted: nothing to do.
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
+            Ok(Err(_)) => accept_backoff().await,
+            Err(_would_block) => {}
         }
     }
 }

@@ -80,9 +80,9 @@ pub(super) struct Handoff {
 pub(super) struct Peer {
     /// Our next outgoing `seq`.
     seq: u64,
-    /// The handle sent and not yet acknowledged; the others wait behind it.
-    handle_busy: Option<Handoff>,
-    handle_queue: VecDeque<Handoff>,
+    /// Handles sent and not yet acknowledged, in the order sent (the worker
+    /// acknowledges them in that order).
+    handles_in_flight: VecDeque<Handoff>,
     /// Connections handed over whose `accepted` reply has not come: by seq.
     pub(super) unacked: HashMap<u64, (String, OwnedFd)>,
     /// The servers (keys) it listens on.
@@ -530,41 +530,38 @@ impl App {
         }
     }
 
-    /// Queue a handle message; it goes out when the previous one was acknowledged.
+    /// Send a handle message. Handles are not held back until the previous
+    /// one is acknowledged (Node's own sender does that): the kernel never
+    /// merges two `SCM_RIGHTS` sends into one read, so the receiver sees at
+    /// most one handle message per read and pairs it with its fd, and the
+    /// hand-over is pipelined instead of costing a round trip per connection.
     fn send_handle(&mut self, worker: WorkerId, handoff: Handoff) {
         let Some(p) = self.procs.get_mut(&worker) else {
             return;
         };
-        if p.peer.handle_busy.is_some() {
-            p.peer.handle_queue.push_back(handoff);
-            return;
-        }
-        let fd = match handoff.fd.try_clone() {
-            Ok(fd) => fd,
-            Err(_) => return,
+        let Ok(fd) = handoff.fd.try_clone() else {
+            return; // out of fds: the connection stays unacked and is requeued on exit
         };
         let _ = p.outbox.send(Outgoing {
             line: handoff.line.clone(),
             fd: Some(fd),
         });
-        p.peer.handle_busy = Some(handoff);
+        p.peer.handles_in_flight.push_back(handoff);
     }
 
     fn handle_acked(&mut self, worker: WorkerId) {
-        let Some(p) = self.procs.get_mut(&worker) else {
-            return;
-        };
-        p.peer.handle_busy = None;
-        if let Some(next) = p.peer.handle_queue.pop_front() {
-            self.send_handle(worker, next);
+        if let Some(p) = self.procs.get_mut(&worker) {
+            p.peer.handles_in_flight.pop_front();
         }
     }
 
+    /// The worker got a handle message without its fd: send it again, and
+    /// after a few tries give a connection to another worker.
     fn handle_refused(&mut self, worker: WorkerId) {
         let Some(p) = self.procs.get_mut(&worker) else {
             return;
         };
-        let Some(mut handoff) = p.peer.handle_busy.take() else {
+        let Some(mut handoff) = p.peer.handles_in_flight.pop_front() else {
             return;
         };
         handoff.tries += 1;
@@ -572,13 +569,11 @@ impl App {
             self.send_handle(worker, handoff);
             return;
         }
-        // It keeps refusing: a connection goes to another worker.
         if let Some((key, seq)) = handoff.conn {
             if let Some((_, conn)) = p.peer.unacked.remove(&seq) {
                 self.dispatch(&key, conn);
             }
         }
-        self.handle_acked(worker);
     }
 
     /// The worker closed its server `key` (or went away): it leaves the rotation.
@@ -627,8 +622,7 @@ impl App {
         let Some(p) = self.procs.get_mut(&worker) else {
             return;
         };
-        p.peer.handle_busy = None;
-        p.peer.handle_queue.clear();
+        p.peer.handles_in_flight.clear();
         let unacked: Vec<(String, OwnedFd)> = p.peer.unacked.drain().map(|(_, c)| c).collect();
         for (key, conn) in unacked {
             self.dispatch(&key, conn);

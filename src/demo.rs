@@ -38,8 +38,11 @@ pub fn main(args: DemoArgs) -> anyhow::Result<i32> {
     if herd_cluster::is_worker() {
         return worker(&args.listen);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the supervisor's work is small and sequential, and a
+    // single-threaded runtime spares the round-robin path cross-thread
+    // wake-ups. (It is also the thread that starts workers, which their
+    // PR_SET_PDEATHSIG is tied to: it lives as long as herd.)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -232,8 +232,11 @@ fn balance_for(flag: Option<Balance>, env: Option<String>) -> Result<Balance, Us
 
 pub fn main(args: RunArgs) -> anyhow::Result<i32> {
     let spec = args.into_spec()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the supervisor's work is small and sequential, and a
+    // single-threaded runtime spares the round-robin path cross-thread
+    // wake-ups. (It is also the thread that starts workers, which their
+    // PR_SET_PDEATHSIG is tied to: it lives as long as herd.)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -243,7 +243,8 @@ struct Proc {
 
 struct Outgoing {
     line: Vec<u8>,
-    fd: Option<OwnedFd>,
+    /// Shared with whoever may need to send it again (round-robin retries).
+    fd: Option<Arc<OwnedFd>>,
 }
 
 /// Messages from the app's helper tasks to the app task.
@@ -639,7 +640,7 @@ impl App {
                 }
             }
             Internal::ChannelClosed { worker } => self.channel_closed(worker),
-            Internal::Accepted { key, conn } => self.dispatch(&key, conn),
+            Internal::Accepted { key, conn } => self.dispatch(&key, Arc::new(conn)),
             Internal::StopSignal { worker } => self.stop_signal(worker),
             Internal::Notify { pid, text } => {
                 let Some(worker) = self.worker_of_pid(pid) else {
@@ -738,7 +739,7 @@ async fn pump(
 /// Write queued messages to a worker, one whole line at a time.
 async fn write_channel(channel: Arc<Channel>, mut outbox: mpsc::UnboundedReceiver<Outgoing>) {
     while let Some(out) = outbox.recv().await {
-        if channel.send(&out.line, out.fd.as_ref()).await.is_err() {
+        if channel.send(&out.line, out.fd.as_deref()).await.is_err() {
             break;
         }
     }

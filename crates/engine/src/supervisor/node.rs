@@ -21,6 +21,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -56,7 +57,7 @@ pub(super) struct Server {
 pub(super) struct RoundRobin {
     pub(super) rotation: Rotation<WorkerId>,
     /// Connections accepted while no worker could take one.
-    backlog: VecDeque<OwnedFd>,
+    backlog: VecDeque<Arc<OwnedFd>>,
     accept_task: tokio::task::JoinHandle<()>,
 }
 
@@ -69,7 +70,7 @@ impl Drop for RoundRobin {
 /// A handle message on its way to a worker.
 pub(super) struct Handoff {
     line: Vec<u8>,
-    fd: OwnedFd,
+    fd: Arc<OwnedFd>,
     tries: u8,
     /// For a connection: its round-robin key and `newconn` seq.
     conn: Option<(String, u64)>,
@@ -84,7 +85,7 @@ pub(super) struct Peer {
     /// acknowledges them in that order).
     handles_in_flight: VecDeque<Handoff>,
     /// Connections handed over whose `accepted` reply has not come: by seq.
-    pub(super) unacked: HashMap<u64, (String, OwnedFd)>,
+    pub(super) unacked: HashMap<u64, (String, Arc<OwnedFd>)>,
     /// The servers (keys) it listens on.
     keys: Vec<String>,
     /// A graceful stop began with `disconnect`; the signal follows.
@@ -255,7 +256,7 @@ impl App {
             self.flush_backlog(&key);
         } else {
             let fd = match self.server_fd(&key).map(|fd| fd.try_clone()) {
-                Some(Ok(fd)) => fd,
+                Some(Ok(fd)) => Arc::new(fd),
                 _ => return,
             };
             let Some(peer) = self.procs.get_mut(&worker).map(|p| &mut p.peer) else {
@@ -418,7 +419,7 @@ impl App {
 
     /// A connection herd accepted for `key`: hand it to a worker, or hold it
     /// until one can take it.
-    pub(super) fn dispatch(&mut self, key: &str, conn: OwnedFd) {
+    pub(super) fn dispatch(&mut self, key: &str, conn: Arc<OwnedFd>) {
         let Some(server) = self.servers.get_mut(key) else {
             return;
         };
@@ -448,11 +449,7 @@ impl App {
             return;
         };
         let seq = peer.next_seq();
-        let copy = match conn.try_clone() {
-            Ok(c) => c,
-            Err(_) => return, // out of fds: dropping the connection is all we can do
-        };
-        peer.unacked.insert(seq, (key.to_string(), conn));
+        peer.unacked.insert(seq, (key.to_string(), conn.clone()));
         let body = json!({
             "cmd": "NODE_HANDLE", "type": "net.Native",
             "msg": {"cmd": "NODE_CLUSTER", "act": "newconn", "key": key, "seq": seq},
@@ -461,7 +458,7 @@ impl App {
             worker,
             Handoff {
                 line: line(&body),
-                fd: copy,
+                fd: conn,
                 tries: 0,
                 conn: Some((key.to_string(), seq)),
             },
@@ -539,12 +536,9 @@ impl App {
         let Some(p) = self.procs.get_mut(&worker) else {
             return;
         };
-        let Ok(fd) = handoff.fd.try_clone() else {
-            return; // out of fds: the connection stays unacked and is requeued on exit
-        };
         let _ = p.outbox.send(Outgoing {
             line: handoff.line.clone(),
-            fd: Some(fd),
+            fd: Some(handoff.fd.clone()),
         });
         p.peer.handles_in_flight.push_back(handoff);
     }
@@ -623,7 +617,7 @@ impl App {
             return;
         };
         p.peer.handles_in_flight.clear();
-        let unacked: Vec<(String, OwnedFd)> = p.peer.unacked.drain().map(|(_, c)| c).collect();
+        let unacked: Vec<(String, Arc<OwnedFd>)> = p.peer.unacked.drain().map(|(_, c)| c).collect();
         for (key, conn) in unacked {
             self.dispatch(&key, conn);
         }

@@ -22,7 +22,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -39,6 +39,11 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// Send the kill signal at the latest this long after `disconnect`, even if
 /// the worker never confirmed it closed its servers.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
+/// A worker that has not answered for a connection handed to it this long
+/// is busy (a CPU-bound handler, like the tutorials' `/check`): it gets no
+/// more while another worker can take them. Node acknowledges a connection
+/// within microseconds when its event loop is free.
+const STUCK: Duration = Duration::from_millis(50);
 /// A handle the worker refuses (NACK) is sent again this many times.
 const HANDLE_RETRIES: u8 = 3;
 
@@ -86,6 +91,8 @@ pub(super) struct Peer {
     handles_in_flight: VecDeque<Handoff>,
     /// Connections handed over whose `accepted` reply has not come: by seq.
     pub(super) unacked: HashMap<u64, (String, Arc<OwnedFd>)>,
+    /// When each of those was handed over, oldest first.
+    handed_at: VecDeque<(u64, Instant)>,
     /// The servers (keys) it listens on.
     keys: Vec<String>,
     /// A graceful stop began with `disconnect`; the signal follows.
@@ -102,6 +109,27 @@ impl Peer {
             channel_open: true,
             ..Peer::default()
         }
+    }
+
+    /// How long the oldest connection handed over has waited for its answer.
+    fn oldest_unacked(&self, now: Instant) -> Option<Duration> {
+        self.handed_at
+            .iter()
+            .find(|(seq, _)| self.unacked.contains_key(seq))
+            .map(|(_, at)| now.saturating_duration_since(*at))
+    }
+
+    /// Take a connection's answer: forget when it was handed over.
+    fn answered(&mut self, seq: u64) -> Option<(String, Arc<OwnedFd>)> {
+        let conn = self.unacked.remove(&seq)?;
+        while self
+            .handed_at
+            .front()
+            .is_some_and(|(s, _)| !self.unacked.contains_key(s))
+        {
+            self.handed_at.pop_front();
+        }
+        Some(conn)
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -428,19 +456,37 @@ impl App {
         };
         let machine = &self.machine;
         let procs = &self.procs;
-        let load = |w: WorkerId, ready_only: bool| {
+        let now = Instant::now();
+        #[derive(PartialEq, PartialOrd)]
+        enum Want {
+            /// Ready, and taking its connections.
+            Ready,
+            /// Ready, but sitting on a connection for a while (blocked on CPU?).
+            Stuck,
+            /// Listening, not ready yet.
+            Listening,
+        }
+        let load = |w: WorkerId, want: Want| {
             let p = procs.get(&w)?;
             let up = !p.peer.disconnecting && p.peer.channel_open && !machine.is_stopping(w);
-            let eligible = up && (!ready_only || machine.accepting(w));
-            eligible.then_some(p.peer.unacked.len())
+            let stuck = p.peer.oldest_unacked(now).is_some_and(|age| age >= STUCK);
+            let class = match (machine.accepting(w), stuck) {
+                (true, false) => Want::Ready,
+                (true, true) => Want::Stuck,
+                (false, _) => Want::Listening,
+            };
+            (up && class <= want).then_some(p.peer.unacked.len())
         };
-        // Ready workers first; when none is, a worker that listens but has
-        // not said it is ready (as a shared socket would let it accept)
-        // rather than holding the connection for ever.
+        // The least loaded of the workers that take their connections; a
+        // worker that sits on one is skipped while anyone else can take it;
+        // when none is ready, one that listens but has not said it is ready
+        // (as a shared socket would let it accept), rather than holding the
+        // connection for ever.
         let picked = rr
             .rotation
-            .pick(|w| load(w, true))
-            .or_else(|| rr.rotation.pick(|w| load(w, false)));
+            .pick(|w| load(w, Want::Ready))
+            .or_else(|| rr.rotation.pick(|w| load(w, Want::Stuck)))
+            .or_else(|| rr.rotation.pick(|w| load(w, Want::Listening)));
         let Some(worker) = picked else {
             rr.backlog.push_back(conn);
             return;
@@ -450,6 +496,7 @@ impl App {
         };
         let seq = peer.next_seq();
         peer.unacked.insert(seq, (key.to_string(), conn.clone()));
+        peer.handed_at.push_back((seq, now));
         let body = json!({
             "cmd": "NODE_HANDLE", "type": "net.Native",
             "msg": {"cmd": "NODE_CLUSTER", "act": "newconn", "key": key, "seq": seq},
@@ -511,7 +558,7 @@ impl App {
         let Some(p) = self.procs.get_mut(&worker) else {
             return;
         };
-        let Some((key, conn)) = p.peer.unacked.remove(&seq) else {
+        let Some((key, conn)) = p.peer.answered(seq) else {
             return;
         };
         let drained = p.peer.disconnecting && p.peer.unacked.is_empty();
@@ -564,7 +611,7 @@ impl App {
             return;
         }
         if let Some((key, seq)) = handoff.conn {
-            if let Some((_, conn)) = p.peer.unacked.remove(&seq) {
+            if let Some((_, conn)) = p.peer.answered(seq) {
                 self.dispatch(&key, conn);
             }
         }
@@ -617,6 +664,7 @@ impl App {
             return;
         };
         p.peer.handles_in_flight.clear();
+        p.peer.handed_at.clear();
         let unacked: Vec<(String, Arc<OwnedFd>)> = p.peer.unacked.drain().map(|(_, c)| c).collect();
         for (key, conn) in unacked {
             self.dispatch(&key, conn);

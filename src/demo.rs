@@ -97,6 +97,11 @@ fn worker(addr: &str) -> anyhow::Result<i32> {
                             conns.spawn(herd_demo::serve_connection_until(stream, demo, async {
                                 Worker::get().shutdown().await
                             }));
+                            // Serve what was accepted before accepting more: on a
+                            // shared socket, a single-threaded worker that drains
+                            // the whole accept queue first takes a burst its
+                            // siblings should have shared.
+                            tokio::task::yield_now().await;
                         }
                         _ = worker.shutdown() => break,
                     }

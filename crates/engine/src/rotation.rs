@@ -46,15 +46,16 @@ impl<K: Copy + PartialEq> Rotation<K> {
     }
 
     /// The member for the next connection: among those `load` accepts
-    /// (`Some(unacknowledged)`), the least loaded; the first such in turn
-    /// order on a tie. `None` when no member may take one now.
-    pub fn pick(&mut self, load: impl Fn(K) -> Option<usize>) -> Option<K> {
+    /// (`Some(load)`, any ordered measure, e.g. unacknowledged connections),
+    /// the least loaded; the first such in turn order on a tie. `None` when
+    /// no member may take one now.
+    pub fn pick<L: Ord>(&mut self, load: impl Fn(K) -> Option<L>) -> Option<K> {
         let n = self.members.len();
-        let mut best: Option<(usize, usize)> = None; // (load, index)
+        let mut best: Option<(L, usize)> = None; // (load, index)
         for step in 0..n {
             let i = (self.next + step) % n;
             if let Some(l) = load(self.members[i]) {
-                if best.is_none_or(|(b, _)| l < b) {
+                if best.as_ref().is_none_or(|(b, _)| l < *b) {
                     best = Some((l, i));
                 }
             }
@@ -94,7 +95,18 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(r.pick(load), Some(2));
         }
-        assert_eq!(r.pick(|_| None), None);
+        assert_eq!(r.pick(|_| None::<usize>), None);
+    }
+
+    #[test]
+    fn a_compound_load_breaks_ties_by_its_second_part() {
+        let mut r = Rotation::default();
+        r.add(1);
+        r.add(2);
+        // Both have one connection unanswered; 1's has waited longer.
+        let load = |w| Some(if w == 1 { (1, 40) } else { (1, 2) });
+        assert_eq!(r.pick(load), Some(2));
+        assert_eq!(r.pick(load), Some(2));
     }
 
     #[test]

@@ -19,7 +19,10 @@ use nix::sys::socket::{
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
-/// Bytes read per `recvmsg`.
+/// Bytes read per `recvmsg`: small for the usual small messages (the room is
+/// zeroed before each read), growing up to the large size while a long
+/// message is being read.
+const RECV_CHUNK_SMALL: usize = 8 * 1024;
 const RECV_CHUNK: usize = 64 * 1024;
 /// Room for this many fds in one `recvmsg` (herd's protocol sends one at a
 /// time; more than this in one send are closed by the kernel).
@@ -142,7 +145,7 @@ fn recv_chunk(
     fds: &mut Vec<OwnedFd>,
 ) -> io::Result<usize> {
     let start = buf.len();
-    buf.resize(start + RECV_CHUNK, 0);
+    buf.resize(start + start.clamp(RECV_CHUNK_SMALL, RECV_CHUNK), 0);
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
     let result = {
         let mut iov = [IoSliceMut::new(&mut buf[start..])];

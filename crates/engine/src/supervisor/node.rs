@@ -475,7 +475,11 @@ impl App {
                 (true, true) => Want::Stuck,
                 (false, _) => Want::Listening,
             };
-            (up && class <= want).then_some(p.peer.unacked.len())
+            // Fewest unanswered connections first; on a tie, the worker that
+            // answered most recently (its oldest unanswered one is youngest):
+            // a worker that just blocked loses the tie before it looks stuck.
+            let age = p.peer.oldest_unacked(now).unwrap_or_default();
+            (up && class <= want).then_some((p.peer.unacked.len(), age))
         };
         // The least loaded of the workers that take their connections; a
         // worker that sits on one is skipped while anyone else can take it;

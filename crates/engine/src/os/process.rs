@@ -69,13 +69,6 @@ pub fn try_reap(pid: Pid) -> io::Result<Option<ExitStatus>> {
             format!("invalid pid {pid}"),
         ));
     }
-    let not_child = || {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("process {pid} is not a child of herd (already reaped?)"),
-        )
-    };
-
     // Peek: has it exited? Leaves it a zombie, so its pid/pgid stay taken.
     // SAFETY: waitid on a zeroed siginfo_t we own; si_pid() reads the
     // SIGCHLD fields the kernel filled in (it stays 0 if nothing exited).
@@ -93,13 +86,7 @@ pub fn try_reap(pid: Pid) -> io::Result<Option<ExitStatus>> {
             }
             match Errno::last() {
                 Errno::EINTR => continue,
-                Errno::ECHILD => return Err(not_child()),
-                e => {
-                    return Err(io::Error::new(
-                        io::Error::from(e).kind(),
-                        format!("waitid({pid}) failed: {e}"),
-                    ))
-                }
+                e => return Err(wait_error("waitid", pid, e)),
             }
         }
     };
@@ -126,18 +113,26 @@ pub fn try_reap(pid: Pid) -> io::Result<Option<ExitStatus>> {
         }
         match Errno::last() {
             Errno::EINTR => continue,
-            Errno::ECHILD => return Err(not_child()),
-            e => {
-                return Err(io::Error::new(
-                    io::Error::from(e).kind(),
-                    format!("waitpid({pid}) failed: {e}"),
-                ))
-            }
+            e => return Err(wait_error("waitpid", pid, e)),
         }
     }
     ExitStatus::from_wait_status(status)
         .map(Some)
         .ok_or_else(|| io::Error::other(format!("waitpid({pid}): unexpected status {status:#x}")))
+}
+
+/// A failed `waitid`/`waitpid`: ECHILD means it is not our child (anymore).
+fn wait_error(call: &str, pid: Pid, e: Errno) -> io::Error {
+    if e == Errno::ECHILD {
+        return io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("process {pid} is not a child of herd (already reaped?)"),
+        );
+    }
+    io::Error::new(
+        io::Error::from(e).kind(),
+        format!("{call}({pid}) failed: {e}"),
+    )
 }
 
 #[cfg(test)]

@@ -264,15 +264,19 @@ pub fn parse_signal(s: &str) -> Result<Signal, ConfigError> {
 }
 
 /// When a worker that exited is started again, and how fast.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RestartPolicy {
     pub mode: RestartMode,
     /// The delay before the first restart of a worker that crashed young;
     /// it doubles with each further unstable exit.
+    #[serde(with = "duration_text")]
     pub restart_delay: Duration,
     /// The cap on that doubling.
+    #[serde(with = "duration_text")]
     pub max_restart_delay: Duration,
     /// A worker that ran at least this long was stable: its slot's backoff resets.
+    #[serde(with = "duration_text")]
     pub min_uptime: Duration,
     /// More unstable restarts than this in a row put the slot into `errored`.
     pub max_restarts: u32,
@@ -306,11 +310,14 @@ impl RestartPolicy {
 }
 
 /// How a worker is stopped.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct StopPolicy {
     /// Sent to the worker's process group to ask it to finish.
+    #[serde(with = "signal_text")]
     pub kill_signal: Signal,
     /// How long a worker may drain before its whole process group is SIGKILLed.
+    #[serde(with = "duration_text")]
     pub kill_timeout: Duration,
     /// Send the IPC message `"shutdown"` instead of `kill_signal` (pm2's `shutdown_with_message`).
     pub shutdown_with_message: bool,
@@ -327,13 +334,16 @@ impl Default for StopPolicy {
 }
 
 /// When a new worker counts as ready to take over from an old one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ReadyPolicy {
     /// Wait for an explicit signal: `READY=1` on `NOTIFY_SOCKET`, or Node's `process.send('ready')`.
     pub wait_ready: bool,
     /// Without `wait_ready`, a worker that lived this long is ready.
+    #[serde(with = "duration_text")]
     pub ready_delay: Duration,
     /// A replacement not ready by then aborts a reload.
+    #[serde(with = "duration_text")]
     pub listen_timeout: Duration,
 }
 
@@ -348,7 +358,8 @@ impl Default for ReadyPolicy {
 }
 
 /// Which protocol a worker speaks on its IPC channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum WorkerKind {
     /// Any program: LISTEN_FDS, NOTIFY_SOCKET, and herd's JSON-lines channel.
     #[default]
@@ -357,8 +368,9 @@ pub enum WorkerKind {
     Node,
 }
 
-/// Everything herd needs to run one app.
-#[derive(Debug, Clone)]
+/// Everything herd needs to run one app. As JSON (the daemon's saved app
+/// list), durations are text (`"1600ms"`) and signals names (`"SIGINT"`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AppSpec {
     pub name: String,
     /// The program to execute, already resolved to a path.
@@ -367,14 +379,79 @@ pub struct AppSpec {
     pub args: Vec<String>,
     /// Extra environment for every worker, on top of herd's own.
     pub env: Vec<(String, String)>,
+    /// Start workers with herd's own environment under `env` (false: `env` is
+    /// the whole environment, as when the daemon runs an app with the
+    /// environment of the CLI that started it).
+    #[serde(default = "yes")]
+    pub inherit_env: bool,
     pub cwd: Option<PathBuf>,
     pub instances: usize,
+    #[serde(default)]
     pub listeners: Vec<ListenSpec>,
+    #[serde(default)]
     pub balance: Balance,
+    #[serde(default)]
     pub kind: WorkerKind,
+    #[serde(default)]
     pub restart: RestartPolicy,
+    #[serde(default)]
     pub stop: StopPolicy,
+    #[serde(default)]
     pub ready: ReadyPolicy,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Serde for a [`Duration`] as text: written `"1600ms"`, read by [`parse_duration`]
+/// (so `"12s"` and a bare number of milliseconds work too).
+pub mod duration_text {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Ms(u64),
+            Text(String),
+        }
+        match <Repr as serde::Deserialize>::deserialize(d)? {
+            Repr::Ms(ms) => Ok(Duration::from_millis(ms)),
+            Repr::Text(t) => super::parse_duration(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Serde for a [`Duration`] as a whole number of milliseconds (status reports).
+pub mod duration_ms {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis().min(u64::MAX as u128) as u64)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        <u64 as serde::Deserialize>::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// Serde for a graceful-stop [`Signal`] as its name, read by [`parse_signal`].
+pub mod signal_text {
+    use nix::sys::signal::Signal;
+
+    pub fn serialize<S: serde::Serializer>(sig: &Signal, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(sig.as_str())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Signal, D::Error> {
+        let name = <String as serde::Deserialize>::deserialize(d)?;
+        super::parse_signal(&name).map_err(serde::de::Error::custom)
+    }
 }
 
 impl AppSpec {
@@ -384,6 +461,7 @@ impl AppSpec {
             program: program.into(),
             args: Vec::new(),
             env: Vec::new(),
+            inherit_env: true,
             cwd: None,
             instances: 1,
             listeners: Vec::new(),

@@ -84,6 +84,10 @@ impl fmt::Display for Report {
                 f.write_str("reload queued: it runs once the current reload ends")
             }
             Report::ReloadFinished => f.write_str("reload finished"),
+            Report::Replacing { slot } => write!(
+                f,
+                "replacing worker {slot}: starting its successor, then draining it"
+            ),
             Report::ReloadAborted {
                 slot,
                 reason,
@@ -118,6 +122,7 @@ impl fmt::Display for Report {
                     Command::ScaleUp => "add a worker",
                     Command::ScaleDown => "remove a worker",
                     Command::Scale(_) => "scale",
+                    Command::Replace(_) => "replace the worker",
                 };
                 write!(f, "cannot {what}: {reason}")
             }

@@ -80,6 +80,10 @@ pub enum Command {
     ScaleDown,
     /// Grow or shrink to this many slots.
     Scale(usize),
+    /// Replace one slot's worker the zero-downtime way: start the new one,
+    /// wait until it is ready, then drain the old (`--max-memory-restart`,
+    /// `herd restart app:N`). A slot with nothing serving simply starts afresh.
+    Replace(Slot),
 }
 
 /// Deadlines the machine asks the driver to watch.
@@ -176,6 +180,10 @@ pub enum Report {
     },
     ReloadStarted,
     ReloadQueued,
+    /// One slot's worker is being replaced ([`Command::Replace`]).
+    Replacing {
+        slot: Slot,
+    },
     ReloadFinished,
     ReloadAborted {
         slot: Slot,
@@ -238,6 +246,8 @@ struct SlotInfo {
     /// Unstable exits in a row.
     unstable: u32,
     last_exit: Option<ExitStatus>,
+    /// Workers started for this slot so far (restarts are all but the first).
+    spawns: u64,
 }
 
 impl SlotInfo {
@@ -248,8 +258,75 @@ impl SlotInfo {
             incoming: None,
             unstable: 0,
             last_exit: None,
+            spawns: 0,
         }
     }
+}
+
+/// What a slot is doing, as [`Machine::snapshot`] tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlotPhase {
+    /// It has a worker (starting, running or ready).
+    Live,
+    /// Waiting out a restart delay after a crash.
+    Backoff,
+    /// Gave up after too many crashes in a row; a reload starts it afresh.
+    Errored,
+    /// Its worker ended and the restart mode does not restart it.
+    Done,
+}
+
+/// Where one worker process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkerPhase {
+    /// Asked for; no pid yet.
+    Starting,
+    /// Running, not ready for traffic yet.
+    Online,
+    /// Running and ready for traffic.
+    Ready,
+    /// Asked to stop; draining.
+    Stopping,
+}
+
+/// One worker process in a [`Machine::snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerStatus {
+    pub slot: Slot,
+    pub pid: Option<u32>,
+    pub phase: WorkerPhase,
+    /// Time since it started (since its pid was known).
+    #[serde(with = "crate::config::duration_ms")]
+    pub uptime: Duration,
+}
+
+/// One slot in a [`Machine::snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SlotStatus {
+    pub slot: Slot,
+    pub phase: SlotPhase,
+    /// The worker serving this slot.
+    pub worker: Option<WorkerStatus>,
+    /// Its replacement during a reload, until it is ready.
+    pub incoming: Option<WorkerStatus>,
+    /// Workers started for this slot after its first (crashes, reloads, replacements).
+    pub restarts: u64,
+    /// Crashes in a row of workers that died young (the crash-loop count).
+    pub unstable: u32,
+    pub last_exit: Option<ExitStatus>,
+}
+
+/// Every slot and every draining worker of an app, at one instant.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub slots: Vec<SlotStatus>,
+    /// Workers that left their slot and are stopping.
+    pub draining: Vec<WorkerStatus>,
+    pub reloading: bool,
+    pub stopping: bool,
+    pub finished: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,6 +348,8 @@ pub struct Machine {
     mode: Mode,
     /// The slot a reload is working on, if one runs.
     reload: Option<Slot>,
+    /// The reload replaces that one slot only ([`Command::Replace`]).
+    reload_one: bool,
     reload_queued: bool,
     /// A queued reload waits for the end of the current input to begin.
     pending_reload_restart: bool,
@@ -288,10 +367,17 @@ impl Machine {
             next_attempt: 0,
             mode: Mode::Idle,
             reload: None,
+            reload_one: false,
             reload_queued: false,
             pending_reload_restart: false,
             last_errored: None,
         }
+    }
+
+    /// New policies (a reload with a new definition); workers already
+    /// stopping keep the kill timeout they were given.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
     }
 
     /// The number of slots.
@@ -348,6 +434,64 @@ impl Machine {
             .collect()
     }
 
+    /// Every slot and worker as they are at `now` (for `herd list`).
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let status = |id: WorkerId| {
+            self.workers.get(&id).map(|w| WorkerStatus {
+                slot: w.slot,
+                pid: w.pid,
+                phase: match w.phase {
+                    Phase::Starting => WorkerPhase::Starting,
+                    Phase::Running { ready: false } => WorkerPhase::Online,
+                    Phase::Running { ready: true } => WorkerPhase::Ready,
+                    Phase::Stopping => WorkerPhase::Stopping,
+                },
+                uptime: match w.phase {
+                    Phase::Starting => Duration::ZERO,
+                    _ => now.saturating_duration_since(w.started),
+                },
+            })
+        };
+        let slots = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(slot, info)| SlotStatus {
+                slot,
+                phase: match info.state {
+                    SlotState::Live => SlotPhase::Live,
+                    SlotState::Backoff { .. } => SlotPhase::Backoff,
+                    SlotState::Errored => SlotPhase::Errored,
+                    SlotState::Done => SlotPhase::Done,
+                },
+                worker: info.active.and_then(status),
+                incoming: info.incoming.and_then(status),
+                restarts: info.spawns.saturating_sub(1),
+                unstable: info.unstable,
+                last_exit: info.last_exit,
+            })
+            .collect();
+        let held: Vec<WorkerId> = self
+            .slots
+            .iter()
+            .flat_map(|s| [s.active, s.incoming])
+            .flatten()
+            .collect();
+        let draining = self
+            .workers
+            .keys()
+            .filter(|id| !held.contains(id))
+            .filter_map(|id| status(*id))
+            .collect();
+        Snapshot {
+            slots,
+            draining,
+            reloading: self.reload.is_some(),
+            stopping: self.mode == Mode::Stopping,
+            finished: self.mode == Mode::Finished,
+        }
+    }
+
     /// Apply one input at time `now`; returns what the driver must do, in order.
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
         let mut out = Vec::new();
@@ -402,6 +546,7 @@ impl Machine {
                     self.reload_from(now, 0, out);
                 }
             }
+            (Mode::Running, Command::Replace(slot)) => self.replace(now, slot, out),
             (Mode::Running, Command::ScaleUp) => self.scale_to(now, self.slots.len() + 1, out),
             (Mode::Running, Command::ScaleDown) => {
                 if self.slots.len() <= 1 {
@@ -427,6 +572,31 @@ impl Machine {
         }
     }
 
+    /// Replace one slot's worker: a reload of that slot alone (so a reload
+    /// asked for meanwhile is queued behind it, as any reload is).
+    fn replace(&mut self, now: Instant, slot: Slot, out: &mut Vec<Action>) {
+        let command = Command::Replace(slot);
+        if slot >= self.slots.len() {
+            return out.push(refused(command, "no such worker slot"));
+        }
+        if self.reload.is_some() {
+            return out.push(refused(command, "a reload is running; it replaces this worker too"));
+        }
+        out.push(Action::Report(Report::Replacing { slot }));
+        self.reload_one = true;
+        self.reload_from(now, slot, out);
+    }
+
+    /// The reload is done with `slot`: go on with the next, or finish.
+    fn reload_next(&mut self, now: Instant, slot: Slot, out: &mut Vec<Action>) {
+        let next = if self.reload_one {
+            self.slots.len()
+        } else {
+            slot + 1
+        };
+        self.reload_from(now, next, out);
+    }
+
     fn spawn(&mut self, now: Instant, slot: Slot, out: &mut Vec<Action>) -> WorkerId {
         let worker = WorkerId(self.next_worker);
         self.next_worker += 1;
@@ -441,6 +611,7 @@ impl Machine {
             },
         );
         self.slots[slot].state = SlotState::Live;
+        self.slots[slot].spawns += 1;
         out.push(Action::Spawn { slot, worker });
         worker
     }
@@ -474,6 +645,7 @@ impl Machine {
     }
 
     fn stop_all(&mut self, out: &mut Vec<Action>) {
+        self.reload_one = false;
         if let Some(slot) = self.reload.take() {
             out.push(Action::Report(Report::ReloadAborted {
                 slot,
@@ -551,7 +723,7 @@ impl Machine {
                 self.begin_stop(old, out);
             }
             if self.reload == Some(slot) {
-                self.reload_from(now, slot + 1, out);
+                self.reload_next(now, slot, out);
             }
         }
     }
@@ -560,6 +732,7 @@ impl Machine {
     fn reload_from(&mut self, now: Instant, from: Slot, out: &mut Vec<Action>) {
         if from >= self.slots.len() {
             self.reload = None;
+            self.reload_one = false;
             out.push(Action::Report(Report::ReloadFinished));
             if std::mem::take(&mut self.reload_queued) {
                 out.push(Action::Report(Report::ReloadStarted));
@@ -576,7 +749,7 @@ impl Machine {
             info.unstable = 0;
             let worker = self.spawn(now, from, out);
             self.slots[from].active = Some(worker);
-            return self.reload_from(now, from + 1, out);
+            return self.reload_next(now, from, out);
         }
         let worker = self.spawn(now, from, out);
         self.slots[from].incoming = Some(worker);
@@ -585,6 +758,7 @@ impl Machine {
     fn abort_reload(&mut self, slot: Slot, reason: AbortReason, out: &mut Vec<Action>) {
         if self.reload == Some(slot) {
             self.reload = None;
+            self.reload_one = false;
             let old_serving = self.slots.get(slot).is_some_and(|s| s.active.is_some());
             out.push(Action::Report(Report::ReloadAborted {
                 slot,
@@ -807,6 +981,7 @@ impl Machine {
             }
             if self.reload == Some(slot) {
                 self.reload = None;
+                self.reload_one = false;
                 out.push(Action::Report(Report::ReloadFinished));
                 if std::mem::take(&mut self.reload_queued) {
                     self.pending_reload_restart = true;

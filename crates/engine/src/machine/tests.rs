@@ -456,6 +456,53 @@ fn spawn_failures_count_as_unstable_exits() {
 }
 
 #[test]
+fn replace_starts_the_successor_first_and_drains_the_old_once_it_is_ready() {
+    let mut sim = Sim::new(policy(), 2);
+    sim.advance(Duration::from_secs(2));
+    let old = sim.worker_in(1);
+    sim.input(Input::Command(Command::Replace(1)));
+    assert_eq!(sim.live.len(), 3, "successor started beside the old worker");
+    assert!(sim.stopped.is_empty(), "the old worker serves until then");
+    let snap = sim.machine.snapshot(sim.now);
+    assert_eq!(snap.slots[1].incoming.as_ref().unwrap().phase, WorkerPhase::Online);
+    sim.advance(Duration::from_millis(1000));
+    assert_eq!(sim.stopped, vec![old]);
+    assert_ne!(sim.worker_in(1), old);
+    assert_eq!(sim.count(|r| matches!(r, Report::Replacing { slot: 1 })), 1);
+    assert_eq!(sim.count(|r| matches!(r, Report::ReloadFinished)), 1);
+    assert_eq!(sim.count(|r| matches!(r, Report::ReloadStarted)), 0);
+    // A second replace while a reload runs is refused, not queued silently.
+    sim.input(Input::Command(Command::Reload));
+    sim.input(Input::Command(Command::Replace(0)));
+    assert!(matches!(
+        sim.reports.last(),
+        Some(Report::Refused { command: Command::Replace(0), .. })
+    ));
+}
+
+#[test]
+fn snapshot_counts_restarts_and_lists_draining_workers() {
+    let mut sim = Sim::new(policy(), 2);
+    sim.advance(Duration::from_secs(2));
+    let w = sim.worker_in(0);
+    sim.exit(w, ExitStatus::Code(1));
+    let snap = sim.machine.snapshot(sim.now);
+    assert_eq!(snap.slots[0].restarts, 1);
+    assert_eq!(snap.slots[0].last_exit, Some(ExitStatus::Code(1)));
+    assert_eq!(snap.slots[1].restarts, 0);
+    assert_eq!(snap.slots[1].worker.as_ref().unwrap().phase, WorkerPhase::Ready);
+    assert_eq!(snap.slots[1].worker.as_ref().unwrap().uptime, Duration::from_secs(2));
+    // A reload: while the old worker drains it is listed apart from its slot.
+    sim.input(Input::Command(Command::Reload));
+    sim.advance(Duration::from_millis(1000));
+    let snap = sim.machine.snapshot(sim.now);
+    assert!(snap.reloading);
+    assert_eq!(snap.draining.len(), 1);
+    assert_eq!(snap.draining[0].phase, WorkerPhase::Stopping);
+    assert_eq!(snap.slots[0].restarts, 2);
+}
+
+#[test]
 fn a_stop_while_a_worker_starts_stops_it_once_it_runs() {
     let mut m = Machine::new(policy(), 1);
     let now = Instant::now();
@@ -484,6 +531,7 @@ enum Op {
     Reload,
     ScaleUp,
     ScaleDown,
+    Replace(usize),
     FailSpawns(bool),
 }
 
@@ -495,6 +543,7 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::Reload),
         Just(Op::ScaleUp),
         Just(Op::ScaleDown),
+        (0..4usize).prop_map(Op::Replace),
         any::<bool>().prop_map(Op::FailSpawns),
     ]
 }
@@ -530,6 +579,7 @@ proptest! {
                 Op::Reload => sim.input(Input::Command(Command::Reload)),
                 Op::ScaleUp => sim.input(Input::Command(Command::ScaleUp)),
                 Op::ScaleDown => sim.input(Input::Command(Command::ScaleDown)),
+                Op::Replace(slot) => sim.input(Input::Command(Command::Replace(slot))),
                 Op::FailSpawns(f) => sim.fail_spawns = f,
             }
             // Invariants.

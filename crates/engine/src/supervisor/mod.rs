@@ -95,6 +95,31 @@ enum Request {
         to: Target,
         message: serde_json::Value,
     },
+    Status(tokio::sync::oneshot::Sender<AppStatus>),
+    Signal {
+        to: Target,
+        signal: Signal,
+    },
+    Update(Box<AppSpec>),
+}
+
+/// An app's workers as they are now, from [`AppHandle::status`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AppStatus {
+    pub name: String,
+    /// Where each listener is bound (the real port for port 0).
+    pub listeners: Vec<(String, ListenAddr)>,
+    #[serde(flatten)]
+    pub machine: crate::machine::Snapshot,
+}
+
+/// Why [`AppHandle::update`] cannot apply a new spec to a running app.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateError {
+    #[error("the listeners or the balance mode changed; the sockets are kept across a reload, so stop the app and start it again to change them")]
+    Listeners,
+    #[error("the app is not running")]
+    Gone,
 }
 
 /// The handle to a running app: commands in, messages to workers.
@@ -108,6 +133,9 @@ impl std::fmt::Debug for Request {
         match self {
             Request::Command(c) => write!(f, "Command({c:?})"),
             Request::Send { to, .. } => write!(f, "Send({to:?})"),
+            Request::Status(_) => f.write_str("Status"),
+            Request::Signal { to, signal } => write!(f, "Signal({to:?}, {signal})"),
+            Request::Update(spec) => write!(f, "Update({})", spec.name),
         }
     }
 }
@@ -121,6 +149,36 @@ impl AppHandle {
     /// Send a JSON message to one worker or all of them (`process.on('message')`).
     pub fn send(&self, to: Target, message: serde_json::Value) {
         let _ = self.tx.send(Request::Send { to, message });
+    }
+
+    /// Every slot and worker as they are now; `None` once the app finished.
+    pub async fn status(&self) -> Option<AppStatus> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx.send(Request::Status(tx)).ok()?;
+        rx.await.ok()
+    }
+
+    /// Send a signal to the process group of one worker or of all of them.
+    pub fn signal(&self, to: Target, signal: Signal) {
+        let _ = self.tx.send(Request::Signal { to, signal });
+    }
+
+    /// Take a new definition (command, arguments, environment, working
+    /// directory, policies, instance count) and reload onto it worker by
+    /// worker, keeping the listening sockets. The listeners and the balance
+    /// mode cannot change this way.
+    pub fn update(&self, current: &AppSpec, spec: AppSpec) -> Result<(), UpdateError> {
+        if spec.listeners != current.listeners || spec.balance != current.balance {
+            return Err(UpdateError::Listeners);
+        }
+        self.tx
+            .send(Request::Update(Box::new(spec)))
+            .map_err(|_| UpdateError::Gone)
+    }
+
+    /// True once the app's task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.tx.is_closed()
     }
 }
 
@@ -152,19 +210,13 @@ pub fn start(spec: AppSpec) -> Result<(AppHandle, mpsc::UnboundedReceiver<Event>
     let notify = NotifySocket::bind().map_err(StartError::Notify)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let (internal, internal_rx) = mpsc::unbounded_channel();
-    let policy = Policy {
-        restart: spec.restart.clone(),
-        readiness: if spec.ready.wait_ready || spec.kind == WorkerKind::Node {
-            Readiness::Signalled
-        } else {
-            Readiness::After(spec.ready.ready_delay)
-        },
-        listen_timeout: spec.ready.listen_timeout,
-        kill_timeout: spec.stop.kill_timeout,
-    };
-    let machine = Machine::new(policy, spec.instances);
+    let machine = Machine::new(policy_for(&spec), spec.instances);
     let app = App {
-        base_env: base_env(),
+        base_env: if spec.inherit_env {
+            base_env()
+        } else {
+            Vec::new()
+        },
         spec,
         machine,
         listeners,
@@ -178,6 +230,20 @@ pub fn start(spec: AppSpec) -> Result<(AppHandle, mpsc::UnboundedReceiver<Event>
     let handle = AppHandle { tx };
     handle.command(Command::Start);
     Ok((handle, events_rx))
+}
+
+/// The machine's policies for a spec.
+fn policy_for(spec: &AppSpec) -> Policy {
+    Policy {
+        restart: spec.restart.clone(),
+        readiness: if spec.ready.wait_ready || spec.kind == WorkerKind::Node {
+            Readiness::Signalled
+        } else {
+            Readiness::After(spec.ready.ready_delay)
+        },
+        listen_timeout: spec.ready.listen_timeout,
+        kill_timeout: spec.stop.kill_timeout,
+    }
 }
 
 fn bind(addr: &ListenAddr, reuseport: bool) -> Result<OwnedFd, StartError> {
@@ -331,10 +397,7 @@ impl App {
         }
         while !self.machine.finished() {
             tokio::select! {
-                Some(request) = requests.recv() => match request {
-                    Request::Command(c) => self.input(Input::Command(c)),
-                    Request::Send { to, message } => self.send(to, &message),
-                },
+                Some(request) = requests.recv() => self.request(request),
                 Some(msg) = internal.recv() => self.internal(msg),
                 _ = sigchld.recv() => self.reap(),
                 _ = poll.tick() => self.reap(),
@@ -345,6 +408,49 @@ impl App {
             if let ListenAddr::Unix(path) = &l.addr {
                 let _ = std::fs::remove_file(path);
             }
+        }
+    }
+
+    fn request(&mut self, request: Request) {
+        match request {
+            Request::Command(c) => self.input(Input::Command(c)),
+            Request::Send { to, message } => self.send(to, &message),
+            Request::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Request::Signal { to, signal } => {
+                for p in self.procs.values() {
+                    if to == Target::All || to == Target::Slot(p.slot) {
+                        if let Err(e) = process::signal_group(p.pid, signal) {
+                            self.event(Event::Warning(format!(
+                                "cannot send {signal} to worker {} (pid {}): {e}",
+                                p.slot, p.pid
+                            )));
+                        }
+                    }
+                }
+            }
+            Request::Update(spec) => {
+                let instances = spec.instances;
+                self.spec = *spec;
+                self.machine.set_policy(policy_for(&self.spec));
+                if instances != self.machine.instances() {
+                    self.input(Input::Command(Command::Scale(instances)));
+                }
+                self.input(Input::Command(Command::Reload));
+            }
+        }
+    }
+
+    fn status(&self) -> AppStatus {
+        AppStatus {
+            name: self.spec.name.clone(),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.addr.clone()))
+                .collect(),
+            machine: self.machine.snapshot(Instant::now()),
         }
     }
 

@@ -179,19 +179,7 @@ impl Worker {
 
 /// Send a sd_notify datagram to `NOTIFY_SOCKET`, if set.
 pub(crate) fn notify(state: &str) -> io::Result<()> {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return Ok(());
-    };
-    let path = path.to_string_lossy().into_owned();
-    let addr = match path.strip_prefix('@') {
-        Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
-        None => SocketAddr::from_pathname(&path)?,
-    };
-    let sock = UnixDatagram::unbound()?;
-    sock.send_to_addr(state.as_bytes(), &addr)?;
-    Ok(())
+    herd_engine::os::notify::notify(state)
 }
 
 /// The listening fds of `LISTEN_FDS`, if they are meant for this process.

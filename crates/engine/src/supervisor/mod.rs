@@ -65,6 +65,9 @@ pub enum Event {
     Exit(Outcome),
 }
 
+/// The stream of an app's [`Event`]s, from [`start`].
+pub type Events = mpsc::UnboundedReceiver<Event>;
+
 /// Whom a message goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {

@@ -1,0 +1,745 @@
+//! One app in the daemon: an actor task that owns the app's engine instance
+//! (while it runs), its event stream, its log files and its resource
+//! samples, and carries out the app's commands one at a time.
+//!
+//! Commands queue in a bounded channel and are taken one by one: a command
+//! that takes time (a reload waits for `reload finished`, a stop for the
+//! app's exit) is *pending* until its end shows in the event stream, and the
+//! next command waits for it. Events keep being read meanwhile, so a worker's
+//! output is never held up by a command.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use herd_engine::config::{Balance, Instances, WorkerKind};
+use herd_engine::machine::{Command, Outcome, Report, SlotPhase, WorkerPhase};
+use herd_engine::supervisor::{
+    self, AppHandle, AppStatus, Event, Events, Stream, Target, UpdateError,
+};
+use herd_protocol::{AppDef, AppInfo, ScaleTo, WorkerInfo};
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::logs::{LogFile, Stamper};
+use crate::sample::{Sampler, Usage};
+use crate::Home;
+
+/// How often worker CPU and memory are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// Samples in a row above `max_memory_restart` before a worker is replaced.
+const OVER_LIMIT_SAMPLES: u32 = 2;
+
+/// What can be asked of an app.
+#[derive(Debug)]
+pub enum AppCommand {
+    /// Start it if it is stopped.
+    Start,
+    Stop,
+    /// Stop then start; with a worker, replace only that one (zero-downtime).
+    Restart { worker: Option<usize> },
+    /// Rolling reload, onto a new definition if one is given.
+    Reload { def: Option<Box<AppDef>> },
+    /// Stop it; the actor then ends.
+    Delete,
+    Info(oneshot::Sender<AppInfo>),
+    Def(oneshot::Sender<AppDef>),
+    Flush,
+    Scale(ScaleTo),
+    Send {
+        worker: Option<usize>,
+        message: serde_json::Value,
+    },
+    Signal(Signal),
+    ReopenLogs,
+}
+
+/// The result of a command: what happened, in words, or why it failed.
+pub type Reply = Result<String, String>;
+
+/// A command with the place to put its result.
+#[derive(Debug)]
+pub struct Envelope {
+    pub command: AppCommand,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// The sending side of an app's command queue.
+#[derive(Debug, Clone)]
+pub struct AppRef {
+    tx: mpsc::Sender<Envelope>,
+}
+
+impl AppRef {
+    /// Queue a command and wait for its result (an ended actor is an error).
+    pub async fn ask(&self, command: AppCommand) -> Reply {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Envelope { command, reply }).await.is_err() {
+            return Err("the app is gone (deleted meanwhile)".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the app is gone (deleted meanwhile)".into()))
+    }
+
+    pub async fn info(&self) -> Option<AppInfo> {
+        let (tx, rx) = oneshot::channel();
+        self.ask(AppCommand::Info(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn def(&self) -> Option<AppDef> {
+        let (tx, rx) = oneshot::channel();
+        self.ask(AppCommand::Def(tx)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+/// Start the actor for app `id`; it starts no worker until told [`AppCommand::Start`].
+pub fn spawn(id: u32, def: AppDef, home: &Home) -> Result<AppRef, String> {
+    let (tx, rx) = mpsc::channel(64);
+    let logs = Logs::open(&def, home)?;
+    let actor = Actor {
+        id,
+        def,
+        home: home.clone(),
+        engine: None,
+        events: None,
+        logs,
+        sampler: Sampler::new(),
+        over_limit: HashMap::new(),
+        pending: None,
+        listen: Vec::new(),
+        outcome: None,
+        deleted: false,
+    };
+    tokio::spawn(actor.run(rx));
+    Ok(AppRef { tx })
+}
+
+/// The app's two log files.
+struct Logs {
+    out: LogFile,
+    err: LogFile,
+    stamper: Option<Stamper>,
+    failed: bool,
+}
+
+impl Logs {
+    fn open(def: &AppDef, home: &Home) -> Result<Logs, String> {
+        let (out, err) = log_paths(def, home);
+        let open = |path: &PathBuf| {
+            LogFile::open(path, def.logs.max_size, def.logs.keep).map_err(|e| {
+                format!(
+                    "cannot open the log file {}: {e}; choose another with --out-file/--error-file",
+                    path.display()
+                )
+            })
+        };
+        Ok(Logs {
+            out: open(&out)?,
+            err: open(&err)?,
+            stamper: def
+                .logs
+                .time
+                .then(|| Stamper::new(def.logs.date_format.as_deref())),
+            failed: false,
+        })
+    }
+
+    fn write(&mut self, stream: Stream, lines: &[u8], app: &str) {
+        let stamped;
+        let bytes = match &self.stamper {
+            Some(s) => {
+                stamped = s.stamp(lines);
+                &stamped[..]
+            }
+            None => lines,
+        };
+        let file = match stream {
+            Stream::Stdout => &mut self.out,
+            Stream::Stderr => &mut self.err,
+        };
+        match file.write(bytes) {
+            Ok(()) => self.failed = false,
+            Err(e) if !self.failed => {
+                self.failed = true;
+                eprintln!(
+                    "herd: app {app}: cannot write {}: {e}; its output is lost until it can",
+                    file.path().display()
+                );
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Where an app's stdout and stderr go.
+pub fn log_paths(def: &AppDef, home: &Home) -> (PathBuf, PathBuf) {
+    let name = &def.spec.name;
+    let dir = home.log_dir();
+    (
+        def.logs
+            .out_file
+            .clone()
+            .unwrap_or_else(|| dir.join(format!("{name}-out.log"))),
+        def.logs
+            .error_file
+            .clone()
+            .unwrap_or_else(|| dir.join(format!("{name}-err.log"))),
+    )
+}
+
+/// A command waiting for its end to show in the event stream.
+enum Pending {
+    /// A reload or a one-worker replacement: ends with `reload finished` or aborted.
+    Reload(oneshot::Sender<Reply>),
+    /// A stop: ends with the app's exit; then what.
+    Stop {
+        reply: oneshot::Sender<Reply>,
+        then: AfterStop,
+    },
+}
+
+enum AfterStop {
+    Nothing,
+    Start,
+    Delete,
+}
+
+struct Actor {
+    id: u32,
+    def: AppDef,
+    home: Home,
+    engine: Option<AppHandle>,
+    events: Option<Events>,
+    logs: Logs,
+    sampler: Sampler,
+    /// Samples in a row each slot's worker spent above the memory limit.
+    over_limit: HashMap<usize, u32>,
+    pending: Option<Pending>,
+    /// Where the listeners are bound, as reported.
+    listen: Vec<String>,
+    /// How the engine instance ended last (None: running, or never ran).
+    outcome: Option<Outcome>,
+    deleted: bool,
+}
+
+impl Actor {
+    fn name(&self) -> &str {
+        &self.def.spec.name
+    }
+
+    fn say(&self, text: impl std::fmt::Display) {
+        eprintln!("herd: app {}: {text}", self.name());
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<Envelope>) {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.deleted {
+            tokio::select! {
+                envelope = commands.recv(), if self.pending.is_none() => match envelope {
+                    Some(e) => self.begin(e.command, e.reply).await,
+                    // The registry let go of the app: the daemon is ending.
+                    None => {
+                        if let Some(engine) = &self.engine {
+                            engine.command(Command::Stop);
+                        }
+                        self.drain_until_exit().await;
+                        break;
+                    }
+                },
+                event = next_event(&mut self.events) => self.on_event(event),
+                _ = tick.tick() => self.sample().await,
+            }
+        }
+    }
+
+    /// Read events until the engine instance is gone.
+    async fn drain_until_exit(&mut self) {
+        while self.events.is_some() {
+            let event = next_event(&mut self.events).await;
+            self.on_event(event);
+        }
+    }
+
+    fn start_engine(&mut self) -> Reply {
+        if self.engine.is_some() {
+            return Ok(format!("{} is already running", self.name()));
+        }
+        let mut spec = self.def.spec.clone();
+        if self.def.instances_max {
+            spec.instances = Instances::Max.resolve();
+        }
+        match supervisor::start(spec) {
+            Ok((handle, events)) => {
+                self.engine = Some(handle);
+                self.events = Some(events);
+                self.outcome = None;
+                self.listen.clear();
+                self.over_limit.clear();
+                Ok(format!("started {}", self.name()))
+            }
+            Err(e) => Err(format!("cannot start {}: {e}", self.name())),
+        }
+    }
+
+    async fn begin(&mut self, command: AppCommand, reply: oneshot::Sender<Reply>) {
+        match command {
+            AppCommand::Start => answer(reply, self.start_engine()),
+            AppCommand::Stop => match &self.engine {
+                Some(e) => {
+                    e.command(Command::Stop);
+                    self.pending = Some(Pending::Stop {
+                        reply,
+                        then: AfterStop::Nothing,
+                    });
+                }
+                None => answer(reply, Ok(format!("{} is already stopped", self.name()))),
+            },
+            AppCommand::Restart { worker: None } => match &self.engine {
+                Some(e) => {
+                    e.command(Command::Stop);
+                    self.pending = Some(Pending::Stop {
+                        reply,
+                        then: AfterStop::Start,
+                    });
+                }
+                None => answer(reply, self.start_engine()),
+            },
+            AppCommand::Restart {
+                worker: Some(slot),
+            } => match &self.engine {
+                Some(e) if slot < self.def.spec.instances => {
+                    e.command(Command::Replace(slot));
+                    self.pending = Some(Pending::Reload(reply));
+                }
+                Some(_) => answer(reply, Err(format!(
+                    "{} has no worker {slot}: its workers are 0 to {}",
+                    self.name(),
+                    self.def.spec.instances.saturating_sub(1)
+                ))),
+                None => answer(reply, Err(format!(
+                    "{} is stopped: start it with `herd restart {}`",
+                    self.name(),
+                    self.name()
+                ))),
+            },
+            AppCommand::Reload { def } => self.reload(def, reply),
+            AppCommand::Delete => match &self.engine {
+                Some(e) => {
+                    e.command(Command::Stop);
+                    self.pending = Some(Pending::Stop {
+                        reply,
+                        then: AfterStop::Delete,
+                    });
+                }
+                None => {
+                    self.deleted = true;
+                    answer(reply, Ok(format!("deleted {}", self.name())));
+                }
+            },
+            AppCommand::Info(tx) => {
+                let info = self.info().await;
+                let _ = tx.send(info);
+                answer(reply, Ok(String::new()));
+            }
+            AppCommand::Def(tx) => {
+                let _ = tx.send(self.def.clone());
+                answer(reply, Ok(String::new()));
+            }
+            AppCommand::Flush => {
+                let r = self
+                    .logs
+                    .out
+                    .truncate()
+                    .and_then(|_| self.logs.err.truncate());
+                answer(reply, 
+                    r.map(|_| format!("flushed the logs of {}", self.name()))
+                        .map_err(|e| format!("cannot flush the logs of {}: {e}", self.name())),
+                );
+            }
+            AppCommand::Scale(to) => {
+                let now = self.def.spec.instances as i64;
+                let n = match to {
+                    ScaleTo::Exactly(n) => n as i64,
+                    ScaleTo::By(d) => now + d,
+                };
+                if !(1..=4096).contains(&n) {
+                    return answer(reply, Err(format!(
+                        "cannot scale {} to {n} workers: use 1 to 4096 (stop it to run none)",
+                        self.name()
+                    )));
+                }
+                self.def.spec.instances = n as usize;
+                self.def.instances_max = false;
+                if let Some(e) = &self.engine {
+                    e.command(Command::Scale(n as usize));
+                }
+                answer(reply, Ok(format!("{} now has {n} worker(s)", self.name())));
+            }
+            AppCommand::Send { worker, message } => match &self.engine {
+                Some(e) => {
+                    e.send(worker.map_or(Target::All, Target::Slot), message);
+                    answer(reply, Ok(format!("sent to {}", self.name())));
+                }
+                None => answer(reply, Err(format!("{} is stopped", self.name()))),
+            },
+            AppCommand::Signal(sig) => match &self.engine {
+                Some(e) => {
+                    e.signal(Target::All, sig);
+                    answer(reply, Ok(format!("sent {sig} to the workers of {}", self.name())));
+                }
+                None => answer(reply, Err(format!("{} is stopped", self.name()))),
+            },
+            AppCommand::ReopenLogs => {
+                let r = self.logs.out.reopen().and_then(|_| self.logs.err.reopen());
+                answer(reply, r.map(|_| String::new()).map_err(|e| e.to_string()));
+            }
+        }
+    }
+
+    fn reload(&mut self, def: Option<Box<AppDef>>, reply: oneshot::Sender<Reply>) {
+        if let Some(new) = def {
+            let new = *new;
+            if new.logs != self.def.logs {
+                match Logs::open(&new, &self.home) {
+                    Ok(l) => self.logs = l,
+                    Err(e) => return answer(reply, Err(e)),
+                }
+            }
+            let old = std::mem::replace(&mut self.def, new);
+            if let Some(engine) = &self.engine {
+                let mut spec = self.def.spec.clone();
+                if self.def.instances_max {
+                    spec.instances = Instances::Max.resolve();
+                }
+                match engine.update(&old.spec, spec) {
+                    Ok(()) => {
+                        self.pending = Some(Pending::Reload(reply));
+                        return;
+                    }
+                    Err(UpdateError::Listeners) => {
+                        // New sockets: only a stop and a start can give them.
+                        engine.command(Command::Stop);
+                        self.pending = Some(Pending::Stop {
+                            reply,
+                            then: AfterStop::Start,
+                        });
+                        return;
+                    }
+                    Err(UpdateError::Gone) => {}
+                }
+            }
+        }
+        match &self.engine {
+            Some(e) => {
+                e.command(Command::Reload);
+                self.pending = Some(Pending::Reload(reply));
+            }
+            None => answer(reply, self.start_engine()),
+        }
+    }
+
+    fn on_event(&mut self, event: Option<Event>) {
+        let Some(event) = event else {
+            // The engine's task ended without an exit event (it panicked).
+            self.events = None;
+            if self.engine.take().is_some() {
+                self.say("its supervisor task ended unexpectedly; the app is stopped");
+                self.outcome = Some(Outcome::Completed { success: false });
+                self.finish_stop();
+            }
+            return;
+        };
+        match event {
+            Event::Listening { addr, .. } => {
+                let addr = addr.to_string();
+                self.say(format!("listening on {addr}"));
+                if !self.listen.contains(&addr) {
+                    self.listen.push(addr);
+                }
+            }
+            Event::Output { stream, lines, .. } => {
+                let name = self.def.spec.name.clone();
+                self.logs.write(stream, &lines, &name);
+            }
+            Event::Message { slot, message, .. } => {
+                self.say(format!("worker {slot} sent {message}"))
+            }
+            Event::Warning(text) => self.say(format!("warning: {text}")),
+            Event::Lifecycle(report) => {
+                self.say(&report);
+                self.on_report(&report);
+            }
+            Event::Exit(outcome) => {
+                self.say(format!("ended: {outcome}"));
+                self.outcome = Some(outcome);
+                self.engine = None;
+                self.events = None;
+                self.finish_stop();
+            }
+        }
+    }
+
+    fn on_report(&mut self, report: &Report) {
+        let result = match report {
+            Report::ReloadFinished => Ok(format!("reloaded {}", self.name())),
+            Report::ReloadAborted { .. } => Err(format!("{}: {report}", self.name())),
+            Report::Refused { command, .. }
+                if matches!(command, Command::Reload | Command::Replace(_)) =>
+            {
+                Err(format!("{}: {report}", self.name()))
+            }
+            _ => return,
+        };
+        if let Some(Pending::Reload(reply)) = self.pending.take() {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// The engine instance ended: finish a pending stop.
+    fn finish_stop(&mut self) {
+        match self.pending.take() {
+            Some(Pending::Stop { reply, then }) => {
+                let result = match then {
+                    AfterStop::Nothing => Ok(format!("stopped {}", self.name())),
+                    AfterStop::Start => self
+                        .start_engine()
+                        .map(|_| format!("restarted {}", self.name())),
+                    AfterStop::Delete => {
+                        self.deleted = true;
+                        Ok(format!("deleted {}", self.name()))
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Some(Pending::Reload(reply)) => {
+                let _ = reply.send(Err(format!(
+                    "{} ended during the reload: {}",
+                    self.name(),
+                    self.outcome
+                        .as_ref()
+                        .map(|o| o.to_string())
+                        .unwrap_or_else(|| "unknown".into())
+                )));
+            }
+            None => {}
+        }
+    }
+
+    /// The engine's status, reading events meanwhile (the engine may be
+    /// waiting for room in its event stream before it can answer).
+    async fn engine_status(&mut self) -> Option<AppStatus> {
+        let engine = self.engine.clone()?;
+        let query = engine.status();
+        tokio::pin!(query);
+        loop {
+            tokio::select! {
+                status = &mut query => return status,
+                event = next_event(&mut self.events) => {
+                    self.on_event(event);
+                    if self.engine.is_none() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sample the workers' CPU and memory; replace a worker that stayed over
+    /// the memory limit.
+    async fn sample(&mut self) {
+        let Some(status) = self.engine_status().await else {
+            self.sampler.retain(&[]);
+            return;
+        };
+        let now = Instant::now();
+        let mut live = Vec::new();
+        for slot in &status.machine.slots {
+            for w in [&slot.worker, &slot.incoming].into_iter().flatten() {
+                if let Some(pid) = w.pid {
+                    live.push(pid);
+                    self.sampler.sample(pid, now);
+                }
+            }
+        }
+        for w in &status.machine.draining {
+            if let Some(pid) = w.pid {
+                live.push(pid);
+                self.sampler.sample(pid, now);
+            }
+        }
+        self.sampler.retain(&live);
+        let Some(limit) = self.def.max_memory_restart else {
+            return;
+        };
+        for slot in &status.machine.slots {
+            let over = match (&slot.worker, &slot.incoming) {
+                (Some(w), None) if w.phase == WorkerPhase::Ready => w
+                    .pid
+                    .is_some_and(|pid| self.sampler.last(pid).rss_bytes > limit),
+                _ => false,
+            };
+            let count = self.over_limit.entry(slot.slot).or_default();
+            *count = if over { *count + 1 } else { 0 };
+            if *count >= OVER_LIMIT_SAMPLES {
+                *count = 0;
+                let rss = slot
+                    .worker
+                    .as_ref()
+                    .and_then(|w| w.pid)
+                    .map(|pid| self.sampler.last(pid).rss_bytes)
+                    .unwrap_or(0);
+                self.say(format!(
+                    "worker {} uses {} MB, over --max-memory-restart {} MB: replacing it",
+                    slot.slot,
+                    rss >> 20,
+                    limit >> 20
+                ));
+                if let Some(e) = &self.engine {
+                    e.command(Command::Replace(slot.slot));
+                }
+            }
+        }
+    }
+
+    async fn info(&mut self) -> AppInfo {
+        let status = self.engine_status().await;
+        let (out_log, err_log) = log_paths(&self.def, &self.home);
+        let spec = &self.def.spec;
+        let mode = if spec.kind == WorkerKind::Node
+            || !spec.listeners.is_empty()
+            || spec.balance != Balance::Shared
+        {
+            "cluster"
+        } else {
+            "fork"
+        };
+        let mut workers = Vec::new();
+        let mut online = 0;
+        let (status_text, instances) = match &status {
+            None => {
+                let text = match self.outcome {
+                    Some(Outcome::Errored { .. }) => "errored",
+                    _ => "stopped",
+                };
+                for id in 0..spec.instances {
+                    workers.push(WorkerInfo {
+                        id,
+                        pid: None,
+                        status: text.to_string(),
+                        restarts: 0,
+                        uptime_ms: 0,
+                        cpu_percent: 0.0,
+                        memory_bytes: 0,
+                    });
+                }
+                (text, spec.instances)
+            }
+            Some(s) => {
+                let m = &s.machine;
+                for slot in &m.slots {
+                    let (pid, uptime, status) = match &slot.worker {
+                        Some(w) => (w.pid, w.uptime, worker_status(w.phase)),
+                        None => (
+                            None,
+                            Duration::ZERO,
+                            match slot.phase {
+                                SlotPhase::Backoff => "waiting",
+                                SlotPhase::Errored => "errored",
+                                SlotPhase::Done => "stopped",
+                                SlotPhase::Live => "launching",
+                            },
+                        ),
+                    };
+                    if status == "online" {
+                        online += 1;
+                    }
+                    workers.push(self.worker_info(slot.slot, pid, status, slot.restarts, uptime));
+                    if let Some(w) = &slot.incoming {
+                        workers.push(self.worker_info(
+                            slot.slot,
+                            w.pid,
+                            worker_status(w.phase),
+                            slot.restarts,
+                            w.uptime,
+                        ));
+                    }
+                }
+                for w in &m.draining {
+                    workers.push(self.worker_info(w.slot, w.pid, "stopping", 0, w.uptime));
+                }
+                let errored = m.slots.iter().all(|s| s.phase == SlotPhase::Errored);
+                let text = if m.stopping {
+                    "stopping"
+                } else if m.reloading {
+                    "reloading"
+                } else if errored {
+                    "errored"
+                } else if online == m.slots.len() {
+                    "online"
+                } else {
+                    "launching"
+                };
+                (text, m.slots.len())
+            }
+        };
+        let listen = match &status {
+            Some(s) => s.listeners.iter().map(|(_, a)| a.to_string()).collect(),
+            None => spec.listeners.iter().map(|l| l.addr.to_string()).collect(),
+        };
+        AppInfo {
+            name: spec.name.clone(),
+            id: self.id,
+            mode: mode.to_string(),
+            status: status_text.to_string(),
+            instances,
+            online,
+            listen,
+            out_log,
+            err_log,
+            workers,
+        }
+    }
+
+    fn worker_info(
+        &self,
+        id: usize,
+        pid: Option<u32>,
+        status: &str,
+        restarts: u64,
+        uptime: Duration,
+    ) -> WorkerInfo {
+        let usage = pid.map(|p| self.sampler.last(p)).unwrap_or(Usage::default());
+        WorkerInfo {
+            id,
+            pid,
+            status: status.to_string(),
+            restarts,
+            uptime_ms: uptime.as_millis() as u64,
+            cpu_percent: (usage.cpu_percent * 10.0).round() / 10.0,
+            memory_bytes: usage.rss_bytes,
+        }
+    }
+}
+
+fn worker_status(phase: WorkerPhase) -> &'static str {
+    match phase {
+        WorkerPhase::Ready => "online",
+        WorkerPhase::Starting | WorkerPhase::Online => "launching",
+        WorkerPhase::Stopping => "stopping",
+    }
+}
+
+fn answer(reply: oneshot::Sender<Reply>, result: Reply) {
+    let _ = reply.send(result);
+}
+
+/// The next event of a running engine instance; never resolves without one.
+async fn next_event(events: &mut Option<Events>) -> Option<Event> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,75 @@
+//! # herd-daemon: many apps, kept running after you log out
+//!
+//! ## Theory of operation
+//!
+//! The daemon is a thin layer over herd's engine: each app is one
+//! [`herd_engine::supervisor`] instance, exactly what `herd run` drives in
+//! the foreground. The daemon adds what only a long-lived manager needs:
+//!
+//! - **A home** ([`home`]): `$HERD_HOME` (default `~/.herd`, mode 0700) holds
+//!   `herd.sock`, `herd.pid` (locked while a daemon runs, so there is one per
+//!   home), `logs/`, `dump.json` (the saved app list) and `herd.log`.
+//! - **A server** ([`server`]): the control socket speaks `herd-protocol`;
+//!   every connection is checked for the peer's uid, says hello with its
+//!   protocol version, then sends one request. A bad frame closes that one
+//!   connection and nothing else.
+//! - **One actor per app** ([`app`]): a task that owns the app's engine
+//!   handle, its event stream, its log files and its resource samples, and
+//!   runs the app's commands strictly one after the other. A command that
+//!   takes time (a reload, a stop) holds the queue until it is done, so two
+//!   reloads both complete in turn and a stop asked during a reload waits for
+//!   it; the actor keeps writing logs meanwhile.
+//! - **Handlers** ([`handlers`]): one module per verb, turning a request
+//!   into commands for actors and a response.
+//! - **Logs** ([`logs`]): whole lines into per-app files, with optional
+//!   timestamps, size-based rotation and reopening on SIGUSR1.
+//! - **Persistence** ([`dump`]): `save` writes the app definitions with
+//!   write-temp, fsync, rename; `resurrect` starts them again.
+//!
+//! It runs on one thread (a current-thread runtime), which is also the
+//! thread that starts every worker: a worker's `PR_SET_PDEATHSIG` is tied to
+//! it, so workers die with a SIGKILLed daemon instead of living on as orphans.
+
+pub mod app;
+pub mod dump;
+pub mod handlers;
+pub mod home;
+pub mod logs;
+pub mod sample;
+pub mod server;
+
+pub use home::Home;
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Home(#[from] home::HomeError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// How the daemon is started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub home: Home,
+    /// Start the saved app list at once (`herd startup`'s unit).
+    pub resurrect: bool,
+}
+
+/// Run the daemon until `herd kill`, SIGTERM or SIGINT; returns the exit code.
+pub fn run(options: Options) -> Result<i32, Error> {
+    let lock = options.home.lock()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    let code = runtime.block_on(server::serve(options))?;
+    drop(lock);
+    Ok(code)
+}

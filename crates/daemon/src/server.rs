@@ -1,0 +1,174 @@
+//! The control socket: accepts CLI connections, checks who they are, says
+//! hello, and hands each request to [`crate::handlers`]. Also the daemon's
+//! own signals: SIGTERM/SIGINT stop every app and end the daemon, SIGUSR1
+//! reopens the log files (for logrotate).
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_protocol::{Connection, ErrorKind, FrameError, Request, Response, VERSION};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::app::AppCommand;
+use crate::handlers::{self, Ctx};
+use crate::{Error, Options};
+
+/// How long a client may take to send its hello and its request.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a peer with `peer` uid may use a daemon run by `own`: the same
+/// user, or root (who could read the socket anyway).
+pub fn peer_allowed(peer: u32, own: u32) -> bool {
+    peer == own || peer == 0
+}
+
+pub async fn serve(options: Options) -> Result<i32, Error> {
+    let home = options.home.clone();
+    let path = home.socket();
+    // We hold the home's lock: a socket file left here is stale.
+    let _ = std::fs::remove_file(&path);
+    let listen_err = |source| Error::Listen {
+        path: path.clone(),
+        source,
+    };
+    let listener = UnixListener::bind(&path).map_err(listen_err)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(listen_err)?;
+    let ctx = Ctx::new(home.clone());
+    eprintln!(
+        "herd: daemon {} listening on {} (HERD_HOME={})",
+        std::process::id(),
+        path.display(),
+        home.root().display()
+    );
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Runtime)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Runtime)?;
+    let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(Error::Runtime)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(Error::Runtime)?;
+
+    if options.resurrect && home.dump().exists() {
+        match handlers::handle(&ctx, Request::Resurrect).await {
+            Response::Error { message, .. } => eprintln!("herd: resurrect: {message}"),
+            _ => eprintln!("herd: resurrected the saved apps"),
+        }
+    }
+    let _ = herd_engine::os::notify::notify(&format!(
+        "READY=1\nSTATUS=listening on {}\nMAINPID={}",
+        path.display(),
+        std::process::id()
+    ));
+
+    let own_uid = nix::unistd::geteuid().as_raw();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move { client(ctx, stream, own_uid).await });
+                }
+                Err(e) => {
+                    eprintln!("herd: cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = ctx.shutdown.notified() => break,
+            _ = sigterm.recv() => {
+                eprintln!("herd: SIGTERM: stopping every app");
+                let _ = herd_engine::os::notify::notify("STOPPING=1");
+                handlers::stop_all(&ctx).await;
+                break;
+            }
+            _ = sigint.recv() => {
+                eprintln!("herd: SIGINT: stopping every app");
+                let _ = herd_engine::os::notify::notify("STOPPING=1");
+                handlers::stop_all(&ctx).await;
+                break;
+            }
+            _ = sigusr1.recv() => {
+                for e in ctx.registry.lock().unwrap_or_else(|e| e.into_inner()).all() {
+                    tokio::spawn(async move { e.app.ask(AppCommand::ReopenLogs).await });
+                }
+            }
+            // The daemon has no terminal: a hangup is not a reason to die.
+            _ = sighup.recv() => {}
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    eprintln!("herd: daemon {} exits", std::process::id());
+    Ok(0)
+}
+
+/// One CLI connection: check the peer, hello, one request, one response.
+async fn client(ctx: Arc<Ctx>, stream: UnixStream, own_uid: u32) {
+    let peer = stream.peer_cred().map(|c| c.uid()).ok();
+    let mut conn = Connection::new(stream);
+    if !peer.is_some_and(|uid| peer_allowed(uid, own_uid)) {
+        let _ = conn
+            .send(&Response::Error {
+                kind: ErrorKind::Failed,
+                message: format!(
+                    "this herd daemon belongs to uid {own_uid}; use your own (set HERD_HOME)"
+                ),
+            })
+            .await;
+        return;
+    }
+    let result = tokio::time::timeout(CLIENT_TIMEOUT, async {
+        let hello: Request = conn.recv().await?;
+        match hello {
+            Request::Hello { version } if version == VERSION => {}
+            Request::Hello { version } => {
+                conn.send(&Response::Error {
+                    kind: ErrorKind::Version,
+                    message: format!(
+                        "the daemon speaks protocol {VERSION} and this herd speaks {version}: \
+                         run `herd kill` with the herd that started the daemon, then try again"
+                    ),
+                })
+                .await?;
+                return Ok(None);
+            }
+            _ => {
+                conn.send(&handlers::usage("say hello first")).await?;
+                return Ok(None);
+            }
+        }
+        conn.send(&Response::Hello {
+            version: VERSION,
+            pid: std::process::id(),
+        })
+        .await?;
+        let request: Request = conn.recv().await?;
+        Ok::<_, FrameError>(Some(request))
+    })
+    .await;
+    let request = match result {
+        Ok(Ok(Some(r))) => r,
+        Ok(Ok(None)) => return,
+        Ok(Err(FrameError::Closed)) => return,
+        Ok(Err(e)) => {
+            eprintln!("herd: a client sent something unreadable ({e}); closed its connection");
+            return;
+        }
+        Err(_) => return,
+    };
+    let response = handlers::handle(&ctx, request).await;
+    let _ = conn.send(&response).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peer_allowed;
+
+    #[test]
+    fn only_the_same_user_or_root() {
+        assert!(peer_allowed(1000, 1000));
+        assert!(peer_allowed(0, 1000));
+        assert!(!peer_allowed(1001, 1000));
+        assert!(peer_allowed(0, 0));
+        assert!(!peer_allowed(1000, 0));
+    }
+}

@@ -1,0 +1,219 @@
+//! The messages: what the CLI asks ([`Request`]), what the daemon answers
+//! ([`Response`]), and the app and worker records both show ([`AppInfo`]).
+
+use std::path::PathBuf;
+
+use herd_engine::config::AppSpec;
+use serde::{Deserialize, Serialize};
+
+/// Which apps a command is for: a name, a numeric id, or `all`.
+pub type Selector = String;
+
+/// One request from the CLI.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    /// The first frame of every connection.
+    Hello { version: u32 },
+    Ping,
+    /// Start apps. With `update`, an app whose name exists already is
+    /// reloaded onto its new definition (a config file started again);
+    /// without it, an existing name is an error.
+    Start { apps: Vec<AppDef>, update: bool },
+    /// Stop the apps' workers gracefully; the apps stay listed, stopped.
+    Stop { apps: Selector },
+    /// Stop and start again (all workers at once; the sockets close meanwhile).
+    /// With `worker`, replace only that worker, the zero-downtime way.
+    Restart {
+        apps: Selector,
+        worker: Option<usize>,
+    },
+    /// Replace every worker one at a time, each once its successor is ready.
+    /// A stopped app is started.
+    Reload { apps: Selector },
+    /// Stop the apps and forget them.
+    Delete { apps: Selector },
+    List,
+    /// One app with its definition.
+    Show { app: Selector },
+    /// Empty the apps' log files.
+    Flush { apps: Selector },
+    Scale { app: Selector, to: ScaleTo },
+    /// A JSON message to the app's workers (`process.on('message')`).
+    Send {
+        app: Selector,
+        worker: Option<usize>,
+        message: serde_json::Value,
+    },
+    /// A signal to the process groups of the apps' workers.
+    Signal { apps: Selector, signal: String },
+    /// Write the app list to `$HERD_HOME/dump.json`. An empty list does not
+    /// replace a saved one unless `force`.
+    Save { force: bool },
+    /// Start the saved apps that are not running.
+    Resurrect,
+    /// Stop every app gracefully, then the daemon.
+    Kill,
+}
+
+/// How `scale` changes the instance count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleTo {
+    Exactly(usize),
+    By(i64),
+}
+
+/// One answer from the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum Response {
+    Hello {
+        version: u32,
+        pid: u32,
+    },
+    Pong {
+        pid: u32,
+        uptime_ms: u64,
+        apps: usize,
+    },
+    /// The command was carried out; what it did, for the user.
+    Done { message: String },
+    Apps { apps: Vec<AppInfo> },
+    App { app: Box<AppInfo>, def: Box<AppDef> },
+    Error { kind: ErrorKind, message: String },
+}
+
+/// What kind of failure an [`Response::Error`] is: the CLI's exit status
+/// follows from it (2 for a usage mistake, 1 otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request named something that does not exist, or asked the impossible.
+    Usage,
+    /// It was valid but failed.
+    Failed,
+    /// The client speaks another protocol version.
+    Version,
+}
+
+/// An app as the daemon keeps it: the engine's spec plus what only the
+/// daemon does (log files, memory limit). This is what `save` writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppDef {
+    pub spec: AppSpec,
+    #[serde(default)]
+    pub logs: LogSettings,
+    /// Replace a worker whose RSS stays above this many bytes.
+    #[serde(default)]
+    pub max_memory_restart: Option<u64>,
+    /// The instance count as asked (`max` is resolved again on resurrect).
+    #[serde(default)]
+    pub instances_max: bool,
+}
+
+/// Where an app's output goes and how the files are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogSettings {
+    /// stdout file (default `$HERD_HOME/logs/<name>-out.log`).
+    pub out_file: Option<PathBuf>,
+    /// stderr file (default `$HERD_HOME/logs/<name>-err.log`).
+    pub error_file: Option<PathBuf>,
+    /// Prefix each line with the time it was read.
+    pub time: bool,
+    /// The time format (pm2's `log_date_format`, moment.js tokens such as
+    /// `YYYY-MM-DD HH:mm:ss`); default ISO 8601 with milliseconds.
+    pub date_format: Option<String>,
+    /// Rotate a file when it grows past this many bytes (0: never).
+    pub max_size: u64,
+    /// How many rotated files to keep.
+    pub keep: u32,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            out_file: None,
+            error_file: None,
+            time: false,
+            date_format: None,
+            max_size: 10 << 20,
+            keep: 5,
+        }
+    }
+}
+
+/// One app in `herd list --json`: a stable schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppInfo {
+    pub name: String,
+    pub id: u32,
+    /// `cluster` (workers share listening sockets or herd is their Node
+    /// cluster primary) or `fork` (independent processes).
+    pub mode: String,
+    /// `online`, `launching`, `reloading`, `stopping`, `stopped` or `errored`.
+    pub status: String,
+    /// Workers wanted.
+    pub instances: usize,
+    /// Workers ready for traffic.
+    pub online: usize,
+    /// Where the app's sockets are bound.
+    pub listen: Vec<String>,
+    pub out_log: PathBuf,
+    pub err_log: PathBuf,
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// One worker of an app in `herd list --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Its slot, 0..N-1 (`HERD_WORKER_ID`, `NODE_APP_INSTANCE`).
+    pub id: usize,
+    pub pid: Option<u32>,
+    /// `online`, `launching`, `stopping` (draining), `waiting` (restart
+    /// backoff), `errored` or `stopped`.
+    pub status: String,
+    /// Workers started in this slot after the first.
+    pub restarts: u64,
+    pub uptime_ms: u64,
+    pub cpu_percent: f64,
+    pub memory_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_tagged_json() {
+        let r = Request::Scale {
+            app: "web".into(),
+            to: ScaleTo::By(-1),
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            text,
+            r#"{"request":"scale","app":"web","to":{"by":-1}}"#
+        );
+        let back: Request = serde_json::from_str(&text).unwrap();
+        assert!(matches!(back, Request::Scale { to: ScaleTo::By(-1), .. }));
+    }
+
+    #[test]
+    fn an_app_def_round_trips_with_text_durations() {
+        let mut spec = AppSpec::new("web", "/usr/bin/node");
+        spec.stop.kill_timeout = std::time::Duration::from_secs(12);
+        let def = AppDef {
+            spec,
+            logs: LogSettings::default(),
+            max_memory_restart: Some(200 << 20),
+            instances_max: true,
+        };
+        let text = serde_json::to_string(&def).unwrap();
+        assert!(text.contains(r#""kill_timeout":"12000ms""#), "{text}");
+        assert!(text.contains(r#""kill_signal":"SIGINT""#), "{text}");
+        let back: AppDef = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, def);
+    }
+}

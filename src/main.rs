@@ -3,6 +3,7 @@
 //! into exit statuses (2 for bad input, as clap does; 1 for failures at run time).
 
 mod demo;
+mod options;
 mod run;
 
 use clap::{Parser, Subcommand};

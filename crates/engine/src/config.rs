@@ -398,6 +398,9 @@ pub struct AppSpec {
     pub stop: StopPolicy,
     #[serde(default)]
     pub ready: ReadyPolicy,
+    /// Also set each worker's slot in this variable (pm2's `instance_var`).
+    #[serde(default)]
+    pub instance_var: Option<String>,
 }
 
 fn yes() -> bool {
@@ -470,6 +473,7 @@ impl AppSpec {
             restart: RestartPolicy::default(),
             stop: StopPolicy::default(),
             ready: ReadyPolicy::default(),
+            instance_var: None,
         }
     }
 }

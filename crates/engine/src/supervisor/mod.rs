@@ -270,8 +270,9 @@ fn bind(addr: &ListenAddr, reuseport: bool) -> Result<OwnedFd, StartError> {
     })
 }
 
-/// herd's own environment minus what it sets for each worker.
-fn base_env() -> Vec<(OsString, OsString)> {
+/// Is this a variable herd sets for each worker (so it is never passed on
+/// from herd's own environment, or from a CLI's)?
+pub fn is_herd_variable(key: &str) -> bool {
     const OURS: &[&str] = &[
         "LISTEN_FDS",
         "LISTEN_PID",
@@ -282,11 +283,13 @@ fn base_env() -> Vec<(OsString, OsString)> {
         "NODE_UNIQUE_ID",
         "NODE_APP_INSTANCE",
     ];
+    OURS.contains(&key) || key.starts_with("HERD_")
+}
+
+/// herd's own environment minus what it sets for each worker.
+fn base_env() -> Vec<(OsString, OsString)> {
     std::env::vars_os()
-        .filter(|(k, _)| {
-            let k = k.to_string_lossy();
-            !OURS.contains(&k.as_ref()) && !k.starts_with("HERD_")
-        })
+        .filter(|(k, _)| !is_herd_variable(&k.to_string_lossy()))
         .collect()
 }
 
@@ -588,6 +591,9 @@ impl App {
         let mut set = |k: &str, v: String| env.push((k.into(), v.into()));
         for (k, v) in &self.spec.env {
             set(k, v.clone());
+        }
+        if let Some(var) = &self.spec.instance_var {
+            set(var, slot.to_string());
         }
         set("HERD_WORKER_ID", slot.to_string());
         set("NODE_APP_INSTANCE", slot.to_string());

@@ -1,0 +1,415 @@
+//! The options that define an app, shared by `herd run`, `herd start` and
+//! config files: parsed and validated here (every mistake is reported before
+//! anything starts), then turned into the engine's [`AppSpec`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use herd_engine::config::{
+    self, AppSpec, Balance, Instances, ListenSpec, ReadyPolicy, RestartMode, RestartPolicy,
+    StopPolicy, WorkerKind,
+};
+use herd_engine::os::spawn::resolve_program;
+use nix::sys::signal::Signal;
+
+use crate::UsageError;
+
+pub fn duration(s: &str) -> Result<Duration, String> {
+    config::parse_duration(s).map_err(|e| e.0)
+}
+
+pub fn kill_signal(s: &str) -> Result<Signal, String> {
+    config::parse_signal(s).map_err(|e| e.0)
+}
+
+pub fn parsed<T: std::str::FromStr<Err = config::ConfigError>>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|e: config::ConfigError| e.0)
+}
+
+/// `K=V` for `--env`.
+pub fn env_var(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {
+            Ok((k.to_string(), v.to_string()))
+        }
+        _ => Err(format!("invalid --env '{s}': use NAME=VALUE")),
+    }
+}
+
+/// Everything that defines how an app runs.
+#[derive(Args, Debug, Clone)]
+pub struct AppOptions {
+    /// Number of workers: a number, or `max` for one per usable CPU (affinity and cgroup quota).
+    #[arg(short = 'i', long, default_value = "max", value_parser = parsed::<Instances>, value_name = "N|max")]
+    pub instances: Instances,
+
+    /// A socket to bind once and pass to every worker (LISTEN_FDS): HOST:PORT, [::1]:PORT or unix:PATH; repeatable.
+    #[arg(long = "listen", value_name = "[NAME=]ADDR", value_parser = parsed::<ListenSpec>)]
+    pub listen: Vec<ListenSpec>,
+
+    /// How connections are spread: `shared` (one socket, one queue), `reuseport` (one socket per
+    /// worker) or `round-robin` (herd accepts and hands each connection to the least busy worker;
+    /// Node apps and herd-cluster workers). Default: shared, or NODE_CLUSTER_SCHED_POLICY=rr|none.
+    #[arg(long, value_parser = parsed::<Balance>, value_name = "MODE")]
+    pub balance: Option<Balance>,
+
+    /// Run the script with this program (`node` for .js/.mjs/.cjs files); `none` runs COMMAND as is.
+    #[arg(long, value_name = "PROGRAM")]
+    pub interpreter: Option<String>,
+
+    /// Stop a worker with the IPC message "shutdown" instead of --kill-signal (pm2's shutdown_with_message).
+    #[arg(long)]
+    pub shutdown_with_message: bool,
+
+    /// Name of the app (default: the script's name).
+    #[arg(short = 'n', long)]
+    pub name: Option<String>,
+
+    /// When to restart a worker that exited: always, on-failure or never.
+    #[arg(long, default_value = "always", value_parser = parsed::<RestartMode>, value_name = "WHEN")]
+    pub restart: RestartMode,
+
+    /// First delay before restarting a worker that crashed young; doubles with each crash.
+    #[arg(long, default_value = "100ms", value_parser = duration, value_name = "DURATION")]
+    pub restart_delay: Duration,
+
+    /// The most the restart delay grows to.
+    #[arg(long, default_value = "5s", value_parser = duration, value_name = "DURATION")]
+    pub max_restart_delay: Duration,
+
+    /// A worker that ran this long was stable: its backoff and crash count reset.
+    #[arg(long, default_value = "1s", value_parser = duration, value_name = "DURATION")]
+    pub min_uptime: Duration,
+
+    /// Restarts allowed for a worker that keeps crashing before --min-uptime; its next crash errors the slot (left empty).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub max_restarts: u32,
+
+    /// Signal that asks a worker to finish (sent to its whole process group).
+    #[arg(long, default_value = "SIGINT", value_parser = kill_signal, value_name = "SIGNAL")]
+    pub kill_signal: Signal,
+
+    /// How long a stopping worker may drain before its process group is SIGKILLed (12s, 500ms, or ms).
+    #[arg(long, default_value = "1600ms", value_parser = duration, value_name = "DURATION")]
+    pub kill_timeout: Duration,
+
+    /// A worker is ready when it says so: READY=1 on $NOTIFY_SOCKET (sd_notify), or for a Node app
+    /// `process.send('ready')`; not after --ready-delay (nor, for Node, when it listens).
+    #[arg(long)]
+    pub wait_ready: bool,
+
+    /// Without --wait-ready, a worker that stayed up this long is ready.
+    #[arg(long, default_value = "1s", value_parser = duration, value_name = "DURATION")]
+    pub ready_delay: Duration,
+
+    /// During a reload, a replacement not ready within this long aborts the reload.
+    #[arg(long, default_value = "3s", value_parser = duration, value_name = "DURATION")]
+    pub listen_timeout: Duration,
+
+    /// An environment variable for the workers, NAME=VALUE; repeatable.
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = env_var)]
+    pub env: Vec<(String, String)>,
+
+    /// The workers' working directory (default: the current one).
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+
+    /// Arguments for the interpreter, before the script (pm2's node_args): `--interpreter-args=--max-old-space-size=512`; repeatable.
+    #[arg(long = "interpreter-args", visible_alias = "node-args", value_name = "ARG", allow_hyphen_values = true)]
+    pub interpreter_args: Vec<String>,
+
+    /// Also put each worker's id (0..N-1) in this variable (pm2's instance_var).
+    #[arg(long, value_name = "NAME")]
+    pub instance_var: Option<String>,
+}
+
+/// What only the daemon does with an app: its log files and memory limit.
+#[derive(Args, Debug, Clone)]
+pub struct DaemonOptions {
+    /// Put the time before each log line (pm2's --time).
+    #[arg(long)]
+    pub time: bool,
+
+    /// The time format for --time, in pm2's moment.js tokens (YYYY-MM-DD HH:mm:ss.SSS Z).
+    #[arg(long, value_name = "FORMAT")]
+    pub log_date_format: Option<String>,
+
+    /// The stdout log file (default $HERD_HOME/logs/NAME-out.log).
+    #[arg(short = 'o', long, value_name = "PATH")]
+    pub out_file: Option<PathBuf>,
+
+    /// The stderr log file (default $HERD_HOME/logs/NAME-err.log).
+    #[arg(short = 'e', long, value_name = "PATH")]
+    pub error_file: Option<PathBuf>,
+
+    /// Rotate a log file when it grows past this size (10M, 1G; 0: never).
+    #[arg(long, default_value = "10M", value_parser = size, value_name = "SIZE")]
+    pub log_max_size: u64,
+
+    /// Rotated log files to keep.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub log_keep: u32,
+
+    /// Replace (zero-downtime) a worker whose memory stays above this size (200M, 1G).
+    #[arg(long, value_parser = size, value_name = "SIZE")]
+    pub max_memory_restart: Option<u64>,
+}
+
+impl DaemonOptions {
+    pub fn defaults() -> DaemonOptions {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            daemon: DaemonOptions,
+        }
+        <Wrapper as clap::Parser>::try_parse_from(["herd"])
+            .expect("the defaults parse")
+            .daemon
+    }
+}
+
+/// A size in bytes: `200M`, `1G`, `512K`, `1.5G`, or a bare number of bytes.
+pub fn size(s: &str) -> Result<u64, String> {
+    let err = || format!("invalid size '{s}': use a number of bytes, or a number with K, M or G (200M, 1G)");
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| err())?;
+    let factor = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1u64,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => return Err(err()),
+    };
+    let bytes = value * factor as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > 1e18 {
+        return Err(err());
+    }
+    Ok(bytes as u64)
+}
+
+/// One app as the daemon will keep it.
+pub fn app_def(
+    app: &AppOptions,
+    daemon: &DaemonOptions,
+    command: &[String],
+    base: &Path,
+) -> Result<herd_protocol::AppDef, UsageError> {
+    let mut spec = app.into_spec(command, base)?;
+    // The workers get the environment of the CLI that started them (as under
+    // pm2: `PORT=8000 herd start app.js` works), plus --env; it is saved with the app.
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| !herd_engine::supervisor::is_herd_variable(k))
+        .filter(|(k, _)| !spec.env.iter().any(|(ours, _)| ours == k))
+        .collect();
+    env.append(&mut spec.env);
+    spec.env = env;
+    spec.inherit_env = false;
+    if spec.cwd.is_none() {
+        spec.cwd = Some(base.to_path_buf());
+    }
+    let abs = |p: &Option<PathBuf>| p.as_ref().map(|p| base.join(p));
+    Ok(herd_protocol::AppDef {
+        spec,
+        logs: herd_protocol::LogSettings {
+            out_file: abs(&daemon.out_file),
+            error_file: abs(&daemon.error_file),
+            time: daemon.time || daemon.log_date_format.is_some(),
+            date_format: daemon.log_date_format.clone(),
+            max_size: daemon.log_max_size,
+            keep: daemon.log_keep,
+        },
+        max_memory_restart: daemon.max_memory_restart,
+        instances_max: app.instances == Instances::Max,
+    })
+}
+
+impl AppOptions {
+    /// Every option at its default, as if none was given.
+    pub fn defaults() -> AppOptions {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            app: AppOptions,
+        }
+        <Wrapper as clap::Parser>::try_parse_from(["herd"])
+            .expect("the defaults parse")
+            .app
+    }
+
+    /// Check everything and build the app for `command` (program, then its
+    /// arguments); nothing has started yet. Relative paths are taken from
+    /// `base` (the current directory, or a config file's).
+    pub fn into_spec(&self, command: &[String], base: &Path) -> Result<AppSpec, UsageError> {
+        let Some(program) = command.first() else {
+            return Err(UsageError("give the command to run".into()));
+        };
+        let (interpreter, kind) = interpreter_for(program, self.interpreter.as_deref());
+        let mut args = command[1..].to_vec();
+        let cwd = self.cwd.as_ref().map(|c| base.join(c));
+        let cwd_base = cwd.clone().unwrap_or_else(|| base.to_path_buf());
+        let path = match &interpreter {
+            Some(interp) => {
+                let script = cwd_base.join(program);
+                if !script.is_file() {
+                    return Err(UsageError(format!(
+                        "cannot run '{program}': no such file in {}; give the path of the script",
+                        cwd_base.display()
+                    )));
+                }
+                args.insert(0, script.to_string_lossy().into_owned());
+                for (i, a) in self.interpreter_args.iter().enumerate() {
+                    args.insert(i, a.clone());
+                }
+                resolve_program(interp).map_err(|e| {
+                    UsageError(format!(
+                        "cannot run '{program}' with {interp}: {e}; install it or choose another with --interpreter"
+                    ))
+                })?
+            }
+            None => {
+                // `./server` is relative to the working directory; `server` is looked up in PATH.
+                let candidate = if program.contains('/') {
+                    cwd_base.join(program).to_string_lossy().into_owned()
+                } else {
+                    program.clone()
+                };
+                resolve_program(&candidate)
+                    .map_err(|e| UsageError(format!("cannot run '{program}': {e}")))?
+            }
+        };
+        if let Some(dir) = &cwd {
+            if !dir.is_dir() {
+                return Err(UsageError(format!(
+                    "--cwd {}: no such directory",
+                    dir.display()
+                )));
+            }
+        }
+        let name = self.name.clone().unwrap_or_else(|| {
+            PathBuf::from(program)
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| program.clone())
+        });
+        let mut spec = AppSpec::new(name, path);
+        spec.args = args;
+        spec.kind = kind;
+        spec.cwd = cwd;
+        spec.env = self.env.clone();
+        spec.instance_var = self.instance_var.clone();
+        spec.instances = self.instances.resolve();
+        spec.listeners = self.listen.clone();
+        spec.balance = balance_for(
+            self.balance,
+            std::env::var("NODE_CLUSTER_SCHED_POLICY").ok(),
+        )?;
+        if spec.balance == Balance::RoundRobin
+            && kind == WorkerKind::Generic
+            && spec.listeners.is_empty()
+        {
+            return Err(UsageError(
+                "--balance round-robin needs a --listen socket for herd to accept on (Node apps ask for theirs)".into(),
+            ));
+        }
+        if self.max_restart_delay < self.restart_delay {
+            return Err(UsageError(format!(
+                "--max-restart-delay ({}) is shorter than --restart-delay ({}): make it at least as long",
+                herd_engine::describe::duration(self.max_restart_delay),
+                herd_engine::describe::duration(self.restart_delay)
+            )));
+        }
+        spec.restart = RestartPolicy {
+            mode: self.restart,
+            restart_delay: self.restart_delay,
+            max_restart_delay: self.max_restart_delay,
+            min_uptime: self.min_uptime,
+            max_restarts: self.max_restarts,
+        };
+        spec.stop = StopPolicy {
+            kill_signal: self.kill_signal,
+            kill_timeout: self.kill_timeout,
+            shutdown_with_message: self.shutdown_with_message,
+        };
+        spec.ready = ReadyPolicy {
+            wait_ready: self.wait_ready,
+            ready_delay: self.ready_delay,
+            listen_timeout: self.listen_timeout,
+        };
+        Ok(spec)
+    }
+}
+
+/// Which interpreter runs `program`, and whether it is a Node worker:
+/// `node app.js` and `app.js` (`.js`, `.mjs`, `.cjs`) are Node; `--interpreter`
+/// overrides (`none`: run the command as it is).
+pub fn interpreter_for(program: &str, interpreter: Option<&str>) -> (Option<String>, WorkerKind) {
+    let is_node = |p: &str| {
+        let base = p.rsplit('/').next().unwrap_or(p);
+        base == "node" || base == "nodejs"
+    };
+    match interpreter {
+        Some("none") => (
+            None,
+            if is_node(program) {
+                WorkerKind::Node
+            } else {
+                WorkerKind::Generic
+            },
+        ),
+        Some(i) => (
+            Some(i.to_string()),
+            if is_node(i) {
+                WorkerKind::Node
+            } else {
+                WorkerKind::Generic
+            },
+        ),
+        None if is_node(program) => (None, WorkerKind::Node),
+        None if [".js", ".mjs", ".cjs"].iter().any(|e| program.ends_with(e)) => {
+            (Some("node".to_string()), WorkerKind::Node)
+        }
+        None => (None, WorkerKind::Generic),
+    }
+}
+
+/// `--balance`, else Node's own `NODE_CLUSTER_SCHED_POLICY`, else shared.
+fn balance_for(flag: Option<Balance>, env: Option<String>) -> Result<Balance, UsageError> {
+    match (flag, env.as_deref()) {
+        (Some(b), _) => Ok(b),
+        (None, Some("rr")) => Ok(Balance::RoundRobin),
+        (None, Some("none") | None) => Ok(Balance::Shared),
+        (None, Some(other)) => Err(UsageError(format!(
+            "NODE_CLUSTER_SCHED_POLICY is '{other}': use rr or none, or unset it"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size("200M").unwrap(), 200 << 20);
+        assert_eq!(size("1G").unwrap(), 1 << 30);
+        assert_eq!(size("512k").unwrap(), 512 << 10);
+        assert_eq!(size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(size("1000").unwrap(), 1000);
+        for bad in ["", "M", "12X", "-1M"] {
+            assert!(size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_command_line() {
+        let d = AppOptions::defaults();
+        assert_eq!(d.instances, Instances::Max);
+        assert_eq!(d.kill_timeout, Duration::from_millis(1600));
+        assert_eq!(DaemonOptions::defaults().log_max_size, 10 << 20);
+    }
+}

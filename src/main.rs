@@ -2,7 +2,9 @@
 //! in its own module; this file only parses the command line and turns errors
 //! into exit statuses (2 for bad input, as clap does; 1 for failures at run time).
 
+mod appfile;
 mod demo;
+mod manage;
 mod options;
 mod run;
 
@@ -27,6 +29,8 @@ enum Cmd {
     /// A cluster of herd's built-in demo web server on localhost: see workers share a port,
     /// get replaced when they die, and run CPU-bound requests in parallel.
     Demo(demo::DemoArgs),
+    #[command(flatten)]
+    Manage(manage::Verb),
 }
 
 /// An error the user caused: printed, then herd exits with status 2.
@@ -46,6 +50,7 @@ fn main() {
     let result = match cli.command {
         Cmd::Run(args) => run::main(args),
         Cmd::Demo(args) => demo::main(args),
+        Cmd::Manage(verb) => manage::main(verb),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -27,13 +27,28 @@ pub fn parsed<T: std::str::FromStr<Err = config::ConfigError>>(s: &str) -> Resul
     s.parse().map_err(|e: config::ConfigError| e.0)
 }
 
-/// `K=V` for `--env`.
-pub fn env_var(s: &str) -> Result<(String, String), String> {
+/// One `--env`: a variable, or (as in pm2) the name of a config file's profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvArg {
+    /// `--env NAME=VALUE`
+    Var(String, String),
+    /// `--env production`: a config file's `env_production`.
+    Profile(String),
+}
+
+/// `NAME=VALUE`, or a profile name, for `--env`.
+pub fn env_arg(s: &str) -> Result<EnvArg, String> {
+    let bad = || format!("invalid --env '{s}': use NAME=VALUE, or a config file's profile name");
+    if s.contains('\0') {
+        return Err(bad());
+    }
     match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {
-            Ok((k.to_string(), v.to_string()))
+        Some((k, v)) if !k.is_empty() => Ok(EnvArg::Var(k.to_string(), v.to_string())),
+        Some(_) => Err(bad()),
+        None if !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || "-_.".contains(c)) => {
+            Ok(EnvArg::Profile(s.to_string()))
         }
-        _ => Err(format!("invalid --env '{s}': use NAME=VALUE")),
+        None => Err(bad()),
     }
 }
 
@@ -107,9 +122,10 @@ pub struct AppOptions {
     #[arg(long, default_value = "3s", value_parser = duration, value_name = "DURATION")]
     pub listen_timeout: Duration,
 
-    /// An environment variable for the workers, NAME=VALUE; repeatable.
-    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = env_var)]
-    pub env: Vec<(String, String)>,
+    /// An environment variable for the workers, NAME=VALUE; repeatable. With a config file,
+    /// a bare name picks its env_NAME profile (pm2's --env production).
+    #[arg(long = "env", value_name = "NAME=VALUE|PROFILE", value_parser = env_arg)]
+    pub env: Vec<EnvArg>,
 
     /// The workers' working directory (default: the current one).
     #[arg(long, value_name = "DIR")]
@@ -229,6 +245,17 @@ pub fn app_def(
 }
 
 impl AppOptions {
+    /// The profiles named with `--env PROFILE`.
+    pub fn profiles(&self) -> Vec<String> {
+        self.env
+            .iter()
+            .filter_map(|e| match e {
+                EnvArg::Profile(p) => Some(p.clone()),
+                EnvArg::Var(..) => None,
+            })
+            .collect()
+    }
+
     /// Every option at its default, as if none was given.
     pub fn defaults() -> AppOptions {
         #[derive(clap::Parser)]
@@ -300,7 +327,17 @@ impl AppOptions {
         spec.args = args;
         spec.kind = kind;
         spec.cwd = cwd;
-        spec.env = self.env.clone();
+        spec.env = Vec::new();
+        for e in &self.env {
+            match e {
+                EnvArg::Var(k, v) => spec.env.push((k.clone(), v.clone())),
+                EnvArg::Profile(p) => {
+                    return Err(UsageError(format!(
+                        "--env {p}: a bare name picks a config file's env_{p} profile, and this app comes from no config file; use --env NAME=VALUE"
+                    )))
+                }
+            }
+        }
         spec.instance_var = self.instance_var.clone();
         spec.instances = self.instances.resolve();
         spec.listeners = self.listen.clone();

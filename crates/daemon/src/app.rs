@@ -685,8 +685,9 @@ impl Actor {
                 (text, m.slots.len())
             }
         };
+        // Every socket reported bound (Node apps ask for theirs as they start).
         let listen = match &status {
-            Some(s) => s.listeners.iter().map(|(_, a)| a.to_string()).collect(),
+            Some(_) => self.listen.clone(),
             None => spec.listeners.iter().map(|l| l.addr.to_string()).collect(),
         };
         AppInfo {

@@ -43,7 +43,7 @@ pub use home::Home;
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0}")]
+    #[error(transparent)]
     Home(#[from] home::HomeError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),

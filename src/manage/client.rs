@@ -1,0 +1,118 @@
+//! The CLI's side of the control socket: find the daemon of `$HERD_HOME`
+//! (starting it, detached, when it is not running, as pm2 does), say hello,
+//! send one request and read the answer.
+
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use herd_daemon::Home;
+use herd_protocol::{Connection, ErrorKind, Request, Response, VERSION};
+use tokio::net::UnixStream;
+
+use crate::UsageError;
+
+/// How long a freshly started daemon may take to listen.
+const DAEMON_START: Duration = Duration::from_secs(10);
+
+/// Send one request to the daemon, starting it if needed (unless `autostart`
+/// is false: then `Ok(None)` means no daemon runs). A daemon error becomes
+/// an error here: a usage error (exit 2) or a failure (exit 1).
+pub fn request(request: Request, autostart: bool) -> anyhow::Result<Option<Response>> {
+    let home = Home::from_env()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let Some(mut conn) = connect(&home, autostart).await? else {
+            return Ok(None);
+        };
+        let response = exchange(&mut conn, &request).await?;
+        match response {
+            Response::Error {
+                kind: ErrorKind::Usage,
+                message,
+            } => Err(UsageError(message).into()),
+            Response::Error { message, .. } => Err(anyhow!(message)),
+            r => Ok(Some(r)),
+        }
+    })
+}
+
+/// Send a request and expect an answer (the daemon is started if needed).
+pub fn ask(request: Request) -> anyhow::Result<Response> {
+    Ok(self::request(request, true)?.expect("autostart gives a connection"))
+}
+
+async fn exchange(conn: &mut Connection, request: &Request) -> anyhow::Result<Response> {
+    let lost = "the daemon closed the connection; see $HERD_HOME/herd.log";
+    conn.send(&Request::Hello { version: VERSION })
+        .await
+        .context(lost)?;
+    match conn.recv::<Response>().await.context(lost)? {
+        Response::Hello { .. } => {}
+        Response::Error { message, .. } => return Err(anyhow!(message)),
+        other => return Err(anyhow!("the daemon answered hello with {other:?}")),
+    }
+    conn.send(request).await.context(lost)?;
+    Ok(conn.recv::<Response>().await.context(lost)?)
+}
+
+async fn connect(home: &Home, autostart: bool) -> anyhow::Result<Option<Connection>> {
+    let path = home.socket();
+    match UnixStream::connect(&path).await {
+        Ok(s) => return Ok(Some(Connection::new(s))),
+        Err(_) if !autostart => return Ok(None),
+        Err(_) => {}
+    }
+    if home.running_pid().is_none() {
+        spawn_daemon(home)?;
+    }
+    let deadline = Instant::now() + DAEMON_START;
+    loop {
+        match UnixStream::connect(&path).await {
+            Ok(s) => return Ok(Some(Connection::new(s))),
+            Err(e) if Instant::now() > deadline => {
+                return Err(anyhow!(
+                    "cannot reach the herd daemon at {}: {e}; see {} for why it did not start",
+                    path.display(),
+                    home.daemon_log().display()
+                ))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// Start `herd daemon` detached: its own session, no terminal, its output
+/// appended to `$HERD_HOME/herd.log`.
+fn spawn_daemon(home: &Home) -> anyhow::Result<()> {
+    home.create()?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.daemon_log())
+        .with_context(|| format!("cannot open {}", home.daemon_log().display()))?;
+    let exe = std::env::current_exe().context("cannot find the herd binary to start the daemon")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("daemon")
+        .env("HERD_HOME", home.root())
+        .env_remove("NOTIFY_SOCKET")
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it detaches the daemon from our
+    // session and terminal, so closing the terminal does not end it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    // Not waited for: when this CLI exits the daemon is reparented.
+    cmd.spawn().context("cannot start the herd daemon")?;
+    Ok(())
+}

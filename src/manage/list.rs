@@ -1,0 +1,285 @@
+//! `herd list` and `herd show`: the apps as a table that fits 80 columns
+//! (one row per app, then one per worker), or as JSON.
+
+use std::io::IsTerminal;
+
+use clap::Args;
+use herd_protocol::{AppInfo, Request, Response};
+
+use super::client;
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Print JSON: the apps, each with its workers (a stable schema; see the README).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// The app's name or id.
+    app: String,
+    /// Print JSON: the app as `list --json` shows it, and its definition.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn print_list(json: bool) -> anyhow::Result<()> {
+    let Response::Apps { apps } = client::ask(Request::List)? else {
+        anyhow::bail!("the daemon answered list with something else");
+    };
+    if json {
+        println!("{}", serde_json::to_string(&apps)?);
+    } else {
+        print_table(&apps);
+    }
+    Ok(())
+}
+
+/// `1d`, `3h`, `5m`, `12s`: pm2's uptime column.
+pub fn uptime(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86399 => format!("{}h", s / 3600),
+        _ => format!("{}D", s / 86400),
+    }
+}
+
+fn memory(bytes: u64) -> String {
+    if bytes == 0 {
+        return "0b".into();
+    }
+    let mb = bytes as f64 / (1024.0 * 1024.0);
+    if mb >= 1024.0 {
+        format!("{:.1}gb", mb / 1024.0)
+    } else if mb >= 10.0 {
+        format!("{mb:.0}mb")
+    } else {
+        format!("{mb:.1}mb")
+    }
+}
+
+/// Cut `s` to `width` characters, marking the cut.
+fn fit(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(width.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+struct Paint {
+    on: bool,
+}
+
+impl Paint {
+    fn status(&self, status: &str, width: usize) -> String {
+        let text = format!("{status:<width$}");
+        if !self.on {
+            return text;
+        }
+        let colour = match status {
+            "online" => "32",
+            "errored" => "31",
+            "stopped" => "90",
+            _ => "33",
+        };
+        format!("\x1b[{colour}m{text}\x1b[0m")
+    }
+
+    fn bold(&self, text: String) -> String {
+        if self.on {
+            format!("\x1b[1m{text}\x1b[0m")
+        } else {
+            text
+        }
+    }
+}
+
+/// The table: `id name mode online pid uptime ↺ status cpu mem`, 78 columns.
+pub fn print_table(apps: &[AppInfo]) {
+    let paint = Paint {
+        on: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    println!(
+        "{}",
+        paint.bold(format!(
+            "{:<4}{:<18}{:<8}{:<7}{:<8}{:<7}{:<5}{:<10}{:>5} {:>7}",
+            "id", "name", "mode", "online", "pid", "uptime", "↺", "status", "cpu", "mem"
+        ))
+    );
+    if apps.is_empty() {
+        println!("(no apps: start one with `herd start app.js`)");
+        return;
+    }
+    for app in apps {
+        let restarts: u64 = app.workers.iter().map(|w| w.restarts).sum();
+        let online = format!("{}/{}", app.online, app.instances);
+        let single = app.workers.len() == 1;
+        if single {
+            let w = &app.workers[0];
+            println!(
+                "{:<4}{:<18}{:<8}{:<7}{:<8}{:<7}{:<5}{}{:>5} {:>7}",
+                app.id,
+                fit(&app.name, 17),
+                app.mode,
+                online,
+                w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                if w.pid.is_some() { uptime(w.uptime_ms) } else { "-".into() },
+                restarts,
+                paint.status(&app.status, 10),
+                format!("{:.0}%", w.cpu_percent),
+                memory(w.memory_bytes),
+            );
+            continue;
+        }
+        let cpu: f64 = app.workers.iter().map(|w| w.cpu_percent).sum();
+        let mem: u64 = app.workers.iter().map(|w| w.memory_bytes).sum();
+        println!(
+            "{:<4}{:<18}{:<8}{:<7}{:<8}{:<7}{:<5}{}{:>5} {:>7}",
+            app.id,
+            fit(&app.name, 17),
+            app.mode,
+            online,
+            "",
+            "",
+            restarts,
+            paint.status(&app.status, 10),
+            format!("{cpu:.0}%"),
+            memory(mem),
+        );
+        for (i, w) in app.workers.iter().enumerate() {
+            let branch = if i + 1 == app.workers.len() { "└" } else { "├" };
+            println!(
+                "{:<4}{:<18}{:<8}{:<7}{:<8}{:<7}{:<5}{}{:>5} {:>7}",
+                "",
+                format!(" {branch} worker {}", w.id),
+                "",
+                "",
+                w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                if w.pid.is_some() { uptime(w.uptime_ms) } else { "-".into() },
+                w.restarts,
+                paint.status(&w.status, 10),
+                format!("{:.0}%", w.cpu_percent),
+                memory(w.memory_bytes),
+            );
+        }
+    }
+}
+
+pub fn show(args: ShowArgs) -> anyhow::Result<()> {
+    let Response::App { app, def } = client::ask(Request::Show { app: args.app })? else {
+        anyhow::bail!("the daemon answered show with something else");
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({ "app": app, "definition": def }))?
+        );
+        return Ok(());
+    }
+    let spec = &def.spec;
+    let d = herd_engine::describe::duration;
+    let mut command = vec![spec.program.display().to_string()];
+    command.extend(spec.args.iter().cloned());
+    let rows: Vec<(&str, String)> = vec![
+        ("name", app.name.clone()),
+        ("id", app.id.to_string()),
+        ("status", app.status.clone()),
+        ("mode", app.mode.clone()),
+        ("workers", format!("{}/{} online", app.online, app.instances)),
+        ("command", command.join(" ")),
+        (
+            "cwd",
+            spec.cwd
+                .as_ref()
+                .map(|c| c.display().to_string())
+                .unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "listen",
+            if app.listen.is_empty() {
+                "-".into()
+            } else {
+                app.listen.join(", ")
+            },
+        ),
+        ("balance", spec.balance.to_string()),
+        (
+            "restart",
+            format!(
+                "{:?}, delay {} doubling to {}, stable after {}, errored after {} crashes",
+                spec.restart.mode,
+                d(spec.restart.restart_delay),
+                d(spec.restart.max_restart_delay),
+                d(spec.restart.min_uptime),
+                spec.restart.max_restarts
+            )
+            .to_lowercase(),
+        ),
+        (
+            "stop",
+            format!(
+                "{}, SIGKILL after {}",
+                if spec.stop.shutdown_with_message {
+                    "message \"shutdown\"".to_string()
+                } else {
+                    spec.stop.kill_signal.as_str().to_string()
+                },
+                d(spec.stop.kill_timeout)
+            ),
+        ),
+        (
+            "ready",
+            if spec.ready.wait_ready {
+                format!("when it says so, within {}", d(spec.ready.listen_timeout))
+            } else {
+                format!("after {}", d(spec.ready.ready_delay))
+            },
+        ),
+        (
+            "max memory",
+            def.max_memory_restart
+                .map(memory)
+                .unwrap_or_else(|| "-".into()),
+        ),
+        ("out log", app.out_log.display().to_string()),
+        ("err log", app.err_log.display().to_string()),
+        ("env", format!("{} variables", spec.env.len())),
+    ];
+    for (k, v) in rows {
+        println!("{k:>11}  {v}");
+    }
+    for w in &app.workers {
+        println!(
+            "{:>11}  {} pid {} up {} restarts {} cpu {:.0}% mem {}",
+            format!("worker {}", w.id),
+            w.status,
+            w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            uptime(w.uptime_ms),
+            w.restarts,
+            w.cpu_percent,
+            memory(w.memory_bytes)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures() {
+        assert_eq!(uptime(5_000), "5s");
+        assert_eq!(uptime(125_000), "2m");
+        assert_eq!(uptime(7_200_000), "2h");
+        assert_eq!(memory(41 << 20), "41mb");
+        assert_eq!(memory(3 << 19), "1.5mb");
+        assert_eq!(fit("a-very-long-application-name", 10), "a-very-lo…");
+    }
+}

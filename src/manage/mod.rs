@@ -1,0 +1,280 @@
+//! pm2's verbs, over the herd daemon: `start`, `stop`, `restart`, `reload`,
+//! `delete`, `list`, `show`, `logs`, `flush`, `scale`, `send`, `signal`,
+//! `save`, `resurrect`, `startup`, `kill`, `ping`, and `daemon` itself.
+//! Each verb builds one request ([`client`]) and prints the answer; the
+//! tables and the log tail live in their own modules.
+
+mod client;
+mod list;
+mod logs;
+mod start;
+mod startup;
+
+use clap::{Args, Subcommand};
+use herd_protocol::{Request, Response, ScaleTo};
+
+use crate::UsageError;
+
+#[derive(Subcommand, Debug)]
+pub enum Verb {
+    /// Run the herd daemon in the foreground (for systemd and containers; the
+    /// other verbs start it in the background when it is not running).
+    Daemon(DaemonArgs),
+    /// Start an app (a script, a command, or a config file) under the daemon.
+    Start(start::StartArgs),
+    /// Stop an app's workers gracefully; it stays in the list.
+    Stop(Apps),
+    /// Stop and start an app (all workers at once); `app:N` replaces worker N only, without downtime.
+    Restart(Apps),
+    /// Replace an app's workers one at a time, each once its successor is ready (no request lost).
+    Reload(Apps),
+    /// Stop an app and remove it from the list.
+    #[command(visible_alias = "del")]
+    Delete(Apps),
+    /// The apps and their workers.
+    #[command(visible_aliases = ["ls", "ps", "status"])]
+    List(list::ListArgs),
+    /// The apps and their workers, as JSON (the same as `list --json`).
+    Jlist,
+    /// One app in detail.
+    #[command(visible_aliases = ["desc", "describe"])]
+    Show(list::ShowArgs),
+    /// Show an app's log lines and follow them.
+    Logs(logs::LogsArgs),
+    /// Empty the log files of an app (or all).
+    Flush(OptionalApps),
+    /// Set an app's worker count: N, +N or -N.
+    Scale(ScaleArgs),
+    /// Send a JSON message to an app's workers (`process.on('message')`): APP or APP:WORKER.
+    Send(SendArgs),
+    /// Send a signal to the workers of an app (their process groups).
+    Signal(SignalArgs),
+    /// Save the app list, to be started again by `resurrect` or at boot.
+    Save(SaveArgs),
+    /// Start the saved apps that are not running.
+    Resurrect,
+    /// Print a systemd unit that runs the daemon at boot and resurrects the saved apps (--install writes and enables it).
+    Startup(startup::StartupArgs),
+    /// Stop every app gracefully, then the daemon.
+    Kill,
+    /// Check that the daemon answers (starting it if needed).
+    Ping,
+}
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// Start the saved app list at once (what `herd startup`'s unit does at boot).
+    #[arg(long)]
+    resurrect: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct Apps {
+    /// An app's name, its id, or `all`.
+    #[arg(value_name = "APP|ID|all")]
+    apps: String,
+}
+
+#[derive(Args, Debug)]
+pub struct OptionalApps {
+    /// An app's name, its id, or `all` (the default).
+    #[arg(value_name = "APP|ID|all", default_value = "all")]
+    apps: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ScaleArgs {
+    /// The app's name or id.
+    app: String,
+    /// The new worker count (N), or a change (+N, -N).
+    #[arg(allow_hyphen_values = true, value_parser = scale_to)]
+    count: ScaleTo,
+}
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// APP, or APP:WORKER for one worker.
+    target: String,
+    /// The message as JSON: '{"cmd":"refresh"}', or '"text"' for a string.
+    message: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SignalArgs {
+    /// The signal: SIGUSR2, USR2, HUP, 12 …
+    signal: String,
+    /// An app's name, its id, or `all`.
+    #[arg(value_name = "APP|ID|all")]
+    apps: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SaveArgs {
+    /// Save even an empty list over a saved one.
+    #[arg(long)]
+    force: bool,
+}
+
+fn scale_to(s: &str) -> Result<ScaleTo, String> {
+    let err = || format!("invalid count '{s}': use N, +N or -N (3, +1, -2)");
+    if let Some(n) = s.strip_prefix('+') {
+        return n.parse::<i64>().map(ScaleTo::By).map_err(|_| err());
+    }
+    if s.starts_with('-') {
+        return s.parse::<i64>().map(ScaleTo::By).map_err(|_| err());
+    }
+    s.parse::<usize>().map(ScaleTo::Exactly).map_err(|_| err())
+}
+
+/// `app` or `app:worker`.
+fn split_target(target: &str) -> Result<(String, Option<usize>), UsageError> {
+    match target.rsplit_once(':') {
+        Some((app, worker)) => worker
+            .parse::<usize>()
+            .map(|w| (app.to_string(), Some(w)))
+            .map_err(|_| {
+                UsageError(format!(
+                    "invalid worker in '{target}': use APP:N with N a worker id from `herd list`"
+                ))
+            }),
+        None => Ok((target.to_string(), None)),
+    }
+}
+
+/// Print what the daemon did.
+fn print_done(response: Response) {
+    if let Response::Done { message } = response {
+        if !message.is_empty() {
+            println!("{message}");
+        }
+    }
+}
+
+pub fn main(verb: Verb) -> anyhow::Result<i32> {
+    if !matches!(verb, Verb::Daemon(_)) {
+        // A CLI whose reader went away (`herd list | head`) ends quietly, as
+        // Unix tools do. (The daemon keeps SIGPIPE ignored: it writes to pipes.)
+        // SAFETY: setting a signal's disposition to default has no preconditions.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    match verb {
+        Verb::Daemon(args) => {
+            let home = herd_daemon::Home::from_env()?;
+            let code = herd_daemon::run(herd_daemon::Options {
+                home,
+                resurrect: args.resurrect,
+            })?;
+            return Ok(code);
+        }
+        Verb::Start(args) => return start::main(args),
+        Verb::Stop(a) => {
+            print_done(client::ask(Request::Stop { apps: a.apps })?);
+            list::print_list(false)?;
+        }
+        Verb::Restart(a) => {
+            let (apps, worker) = split_target(&a.apps)?;
+            print_done(client::ask(Request::Restart { apps, worker })?);
+            list::print_list(false)?;
+        }
+        Verb::Reload(a) => {
+            print_done(client::ask(Request::Reload { apps: a.apps })?);
+            list::print_list(false)?;
+        }
+        Verb::Delete(a) => {
+            print_done(client::ask(Request::Delete { apps: a.apps })?);
+            list::print_list(false)?;
+        }
+        Verb::List(args) => list::print_list(args.json)?,
+        Verb::Jlist => list::print_list(true)?,
+        Verb::Show(args) => list::show(args)?,
+        Verb::Logs(args) => return logs::main(args),
+        Verb::Flush(a) => print_done(client::ask(Request::Flush { apps: a.apps })?),
+        Verb::Scale(a) => {
+            print_done(client::ask(Request::Scale {
+                app: a.app,
+                to: a.count,
+            })?);
+            list::print_list(false)?;
+        }
+        Verb::Send(a) => {
+            let (app, worker) = split_target(&a.target)?;
+            let message: serde_json::Value = serde_json::from_str(&a.message).map_err(|e| {
+                UsageError(format!(
+                    "the message is not JSON ({e}): quote a string as '\"text\"', or give an object '{{\"cmd\":\"x\"}}'"
+                ))
+            })?;
+            print_done(client::ask(Request::Send {
+                app,
+                worker,
+                message,
+            })?);
+        }
+        Verb::Signal(a) => print_done(client::ask(Request::Signal {
+            apps: a.apps,
+            signal: a.signal,
+        })?),
+        Verb::Save(a) => print_done(client::ask(Request::Save { force: a.force })?),
+        Verb::Resurrect => match client::ask(Request::Resurrect)? {
+            Response::Apps { apps } => list::print_table(&apps),
+            other => print_done(other),
+        },
+        Verb::Startup(args) => return startup::main(args),
+        Verb::Kill => return kill(),
+        Verb::Ping => {
+            if let Response::Pong {
+                pid,
+                uptime_ms,
+                apps,
+            } = client::ask(Request::Ping)?
+            {
+                println!(
+                    "pong: daemon pid {pid}, up {}, {apps} app(s)",
+                    list::uptime(uptime_ms)
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `herd kill`: stop every app, then wait for the daemon to be gone.
+fn kill() -> anyhow::Result<i32> {
+    let home = herd_daemon::Home::from_env()?;
+    let Some(response) = client::request(Request::Kill, false)? else {
+        println!("no herd daemon runs with HERD_HOME={}", home.root().display());
+        return Ok(0);
+    };
+    print_done(response);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while home.running_pid().is_some() {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the daemon did not exit within 10 s; see {}",
+                home.daemon_log().display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_counts() {
+        assert_eq!(scale_to("3").unwrap(), ScaleTo::Exactly(3));
+        assert_eq!(scale_to("+2").unwrap(), ScaleTo::By(2));
+        assert_eq!(scale_to("-1").unwrap(), ScaleTo::By(-1));
+        assert!(scale_to("x").is_err());
+        assert!(scale_to("+").is_err());
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(split_target("web").unwrap(), ("web".into(), None));
+        assert_eq!(split_target("web:2").unwrap(), ("web".into(), Some(2)));
+        assert!(split_target("web:x").is_err());
+    }
+}

@@ -1,0 +1,117 @@
+//! `herd startup`: a systemd unit that runs the daemon at boot
+//! (`Type=notify`: the daemon sends `READY=1` once it listens) and starts
+//! the saved apps (`herd daemon --resurrect`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct StartupArgs {
+    /// Write the unit and enable it (systemctl daemon-reload, enable --now) instead of printing it.
+    #[arg(long)]
+    install: bool,
+    /// Where to write it (default: /etc/systemd/system/herd.service for root,
+    /// ~/.config/systemd/user/herd.service otherwise).
+    #[arg(long, value_name = "PATH")]
+    unit_path: Option<PathBuf>,
+}
+
+/// The unit for this binary and home.
+pub fn unit(exe: &str, home: &str, user: &str, system: bool) -> String {
+    let user_line = if system {
+        format!("User={user}\n")
+    } else {
+        String::new()
+    };
+    let wanted = if system {
+        "multi-user.target"
+    } else {
+        "default.target"
+    };
+    format!(
+        "[Unit]
+Description=herd: keeps the saved apps running
+After=network.target
+
+[Service]
+Type=notify
+{user_line}Environment=HERD_HOME={home}
+ExecStart={exe} daemon --resurrect
+ExecReload={exe} reload all
+ExecStop={exe} kill
+# The daemon stops its apps itself (graceful stop, then SIGKILL of each
+# worker's process group); systemd only steps in if that hangs.
+KillMode=mixed
+TimeoutStopSec=60
+Restart=on-failure
+
+[Install]
+WantedBy={wanted}
+"
+    )
+}
+
+pub fn main(args: StartupArgs) -> anyhow::Result<i32> {
+    let exe = std::env::current_exe().context("cannot find the herd binary")?;
+    let home = herd_daemon::Home::from_env()?;
+    let root = nix::unistd::geteuid().is_root();
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let text = unit(
+        &exe.display().to_string(),
+        &home.root().display().to_string(),
+        &user,
+        root,
+    );
+    if !args.install {
+        print!("{text}");
+        eprintln!(
+            "herd: to install it: herd startup --install (writes the unit, then systemctl {}enable --now herd)",
+            if root { "" } else { "--user " }
+        );
+        return Ok(0);
+    }
+    let path = match args.unit_path {
+        Some(p) => p,
+        None if root => PathBuf::from("/etc/systemd/system/herd.service"),
+        None => {
+            let home_dir = std::env::var_os("HOME").context("HOME is not set")?;
+            PathBuf::from(home_dir).join(".config/systemd/user/herd.service")
+        }
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {}", path.display());
+    let scope: &[&str] = if root { &[] } else { &["--user"] };
+    for args in [vec!["daemon-reload"], vec!["enable", "--now", "herd"]] {
+        let status = std::process::Command::new("systemctl")
+            .args(scope)
+            .args(&args)
+            .status()
+            .context("cannot run systemctl (is this a systemd machine?); the unit is written, enable it by hand")?;
+        if !status.success() {
+            anyhow::bail!(
+                "systemctl {} failed ({status}); the unit is written at {}, enable it by hand",
+                args.join(" "),
+                path.display()
+            );
+        }
+    }
+    println!("enabled herd.service: the saved apps (`herd save`) start at boot");
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unit_is_type_notify_and_resurrects() {
+        let u = super::unit("/usr/bin/herd", "/home/a/.herd", "a", true);
+        assert!(u.contains("Type=notify"));
+        assert!(u.contains("ExecStart=/usr/bin/herd daemon --resurrect"));
+        assert!(u.contains("User=a"));
+        assert!(u.contains("Environment=HERD_HOME=/home/a/.herd"));
+    }
+}

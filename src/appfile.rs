@@ -7,9 +7,17 @@ use crate::UsageError;
 
 pub fn is_config_file(path: &Path) -> bool {
     let name = path.to_string_lossy();
-    [".toml", ".json", ".yaml", ".yml", ".config.js", ".config.cjs", ".config.mjs"]
-        .iter()
-        .any(|e| name.ends_with(e))
+    [
+        ".toml",
+        ".json",
+        ".yaml",
+        ".yml",
+        ".config.js",
+        ".config.cjs",
+        ".config.mjs",
+    ]
+    .iter()
+    .any(|e| name.ends_with(e))
 }
 
 pub struct FileApp {
@@ -19,6 +27,12 @@ pub struct FileApp {
     pub base: PathBuf,
 }
 
-pub fn load(path: &Path, _profile: Option<&str>) -> Result<(Vec<FileApp>, Vec<String>), UsageError> {
-    Err(UsageError(format!("cannot read {}: config files are not supported yet", path.display())))
+pub fn load(
+    path: &Path,
+    _profile: Option<&str>,
+) -> Result<(Vec<FileApp>, Vec<String>), UsageError> {
+    Err(UsageError(format!(
+        "cannot read {}: config files are not supported yet",
+        path.display()
+    )))
 }

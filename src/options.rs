@@ -132,7 +132,12 @@ pub struct AppOptions {
     pub cwd: Option<PathBuf>,
 
     /// Arguments for the interpreter, before the script (pm2's node_args): `--interpreter-args=--max-old-space-size=512`; repeatable.
-    #[arg(long = "interpreter-args", visible_alias = "node-args", value_name = "ARG", allow_hyphen_values = true)]
+    #[arg(
+        long = "interpreter-args",
+        visible_alias = "node-args",
+        value_name = "ARG",
+        allow_hyphen_values = true
+    )]
     pub interpreter_args: Vec<String>,
 
     /// Also put each worker's id (0..N-1) in this variable (pm2's instance_var).
@@ -187,7 +192,9 @@ impl DaemonOptions {
 
 /// A size in bytes: `200M`, `1G`, `512K`, `1.5G`, or a bare number of bytes.
 pub fn size(s: &str) -> Result<u64, String> {
-    let err = || format!("invalid size '{s}': use a number of bytes, or a number with K, M or G (200M, 1G)");
+    let err = || {
+        format!("invalid size '{s}': use a number of bytes, or a number with K, M or G (200M, 1G)")
+    };
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -129,7 +129,11 @@ pub fn print_table(apps: &[AppInfo]) {
                 app.mode,
                 online,
                 w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                if w.pid.is_some() { uptime(w.uptime_ms) } else { "-".into() },
+                if w.pid.is_some() {
+                    uptime(w.uptime_ms)
+                } else {
+                    "-".into()
+                },
                 restarts,
                 paint.status(&app.status, 10),
                 format!("{:.0}%", w.cpu_percent),
@@ -153,7 +157,11 @@ pub fn print_table(apps: &[AppInfo]) {
             memory(mem),
         );
         for (i, w) in app.workers.iter().enumerate() {
-            let branch = if i + 1 == app.workers.len() { "└" } else { "├" };
+            let branch = if i + 1 == app.workers.len() {
+                "└"
+            } else {
+                "├"
+            };
             println!(
                 "{:<4}{:<18}{:<8}{:<7}{:<8}{:<7}{:<5}{}{:>5} {:>7}",
                 "",
@@ -161,7 +169,11 @@ pub fn print_table(apps: &[AppInfo]) {
                 "",
                 "",
                 w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                if w.pid.is_some() { uptime(w.uptime_ms) } else { "-".into() },
+                if w.pid.is_some() {
+                    uptime(w.uptime_ms)
+                } else {
+                    "-".into()
+                },
                 w.restarts,
                 paint.status(&w.status, 10),
                 format!("{:.0}%", w.cpu_percent),
@@ -191,7 +203,10 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
         ("id", app.id.to_string()),
         ("status", app.status.clone()),
         ("mode", app.mode.clone()),
-        ("workers", format!("{}/{} online", app.online, app.instances)),
+        (
+            "workers",
+            format!("{}/{} online", app.online, app.instances),
+        ),
         ("command", command.join(" ")),
         (
             "cwd",

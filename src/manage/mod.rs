@@ -241,7 +241,10 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
 fn kill() -> anyhow::Result<i32> {
     let home = herd_daemon::Home::from_env()?;
     let Some(response) = client::request(Request::Kill, false)? else {
-        println!("no herd daemon runs with HERD_HOME={}", home.root().display());
+        println!(
+            "no herd daemon runs with HERD_HOME={}",
+            home.root().display()
+        );
         return Ok(0);
     };
     print_done(response);

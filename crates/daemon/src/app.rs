@@ -22,7 +22,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::logs::{LogFile, Stamper};
-use crate::sample::{Sampler, Usage};
+use crate::sample::Sampler;
 use crate::Home;
 
 /// How often worker CPU and memory are sampled.
@@ -37,9 +37,13 @@ pub enum AppCommand {
     Start,
     Stop,
     /// Stop then start; with a worker, replace only that one (zero-downtime).
-    Restart { worker: Option<usize> },
+    Restart {
+        worker: Option<usize>,
+    },
     /// Rolling reload, onto a new definition if one is given.
-    Reload { def: Option<Box<AppDef>> },
+    Reload {
+        def: Option<Box<AppDef>>,
+    },
     /// Stop it; the actor then ends.
     Delete,
     Info(oneshot::Sender<AppInfo>),
@@ -307,23 +311,27 @@ impl Actor {
                 }
                 None => answer(reply, self.start_engine()),
             },
-            AppCommand::Restart {
-                worker: Some(slot),
-            } => match &self.engine {
+            AppCommand::Restart { worker: Some(slot) } => match &self.engine {
                 Some(e) if slot < self.def.spec.instances => {
                     e.command(Command::Replace(slot));
                     self.pending = Some(Pending::Reload(reply));
                 }
-                Some(_) => answer(reply, Err(format!(
-                    "{} has no worker {slot}: its workers are 0 to {}",
-                    self.name(),
-                    self.def.spec.instances.saturating_sub(1)
-                ))),
-                None => answer(reply, Err(format!(
-                    "{} is stopped: start it with `herd restart {}`",
-                    self.name(),
-                    self.name()
-                ))),
+                Some(_) => answer(
+                    reply,
+                    Err(format!(
+                        "{} has no worker {slot}: its workers are 0 to {}",
+                        self.name(),
+                        self.def.spec.instances.saturating_sub(1)
+                    )),
+                ),
+                None => answer(
+                    reply,
+                    Err(format!(
+                        "{} is stopped: start it with `herd restart {}`",
+                        self.name(),
+                        self.name()
+                    )),
+                ),
             },
             AppCommand::Reload { def } => self.reload(def, reply),
             AppCommand::Delete => match &self.engine {
@@ -354,7 +362,8 @@ impl Actor {
                     .out
                     .truncate()
                     .and_then(|_| self.logs.err.truncate());
-                answer(reply, 
+                answer(
+                    reply,
                     r.map(|_| format!("flushed the logs of {}", self.name()))
                         .map_err(|e| format!("cannot flush the logs of {}: {e}", self.name())),
                 );
@@ -366,10 +375,13 @@ impl Actor {
                     ScaleTo::By(d) => now + d,
                 };
                 if !(1..=4096).contains(&n) {
-                    return answer(reply, Err(format!(
-                        "cannot scale {} to {n} workers: use 1 to 4096 (stop it to run none)",
-                        self.name()
-                    )));
+                    return answer(
+                        reply,
+                        Err(format!(
+                            "cannot scale {} to {n} workers: use 1 to 4096 (stop it to run none)",
+                            self.name()
+                        )),
+                    );
                 }
                 self.def.spec.instances = n as usize;
                 self.def.instances_max = false;
@@ -388,7 +400,10 @@ impl Actor {
             AppCommand::Signal(sig) => match &self.engine {
                 Some(e) => {
                     e.signal(Target::All, sig);
-                    answer(reply, Ok(format!("sent {sig} to the workers of {}", self.name())));
+                    answer(
+                        reply,
+                        Ok(format!("sent {sig} to the workers of {}", self.name())),
+                    );
                 }
                 None => answer(reply, Err(format!("{} is stopped", self.name()))),
             },
@@ -486,11 +501,10 @@ impl Actor {
         let result = match report {
             Report::ReloadFinished => Ok(format!("reloaded {}", self.name())),
             Report::ReloadAborted { .. } => Err(format!("{}: {report}", self.name())),
-            Report::Refused { command, .. }
-                if matches!(command, Command::Reload | Command::Replace(_)) =>
-            {
-                Err(format!("{}: {report}", self.name()))
-            }
+            Report::Refused {
+                command: Command::Reload | Command::Replace(_),
+                ..
+            } => Err(format!("{}: {report}", self.name())),
             _ => return,
         };
         if let Some(Pending::Reload(reply)) = self.pending.take() {
@@ -539,9 +553,7 @@ impl Actor {
                 status = &mut query => return status,
                 event = next_event(&mut self.events) => {
                     self.on_event(event);
-                    if self.engine.is_none() {
-                        return None;
-                    }
+                    self.engine.as_ref()?;
                 }
             }
         }
@@ -712,7 +724,7 @@ impl Actor {
         restarts: u64,
         uptime: Duration,
     ) -> WorkerInfo {
-        let usage = pid.map(|p| self.sampler.last(p)).unwrap_or(Usage::default());
+        let usage = pid.map(|p| self.sampler.last(p)).unwrap_or_default();
         WorkerInfo {
             id,
             pid,

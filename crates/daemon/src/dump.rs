@@ -24,7 +24,9 @@ pub enum DumpError {
     Missing(PathBuf),
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
-    #[error("{path} is not a saved herd app list ({source}); fix or remove it, then `herd save` again")]
+    #[error(
+        "{path} is not a saved herd app list ({source}); fix or remove it, then `herd save` again"
+    )]
     Parse {
         path: PathBuf,
         source: serde_json::Error,

@@ -124,7 +124,11 @@ impl Home {
         if free {
             return None;
         }
-        fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()
+        fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 }
 

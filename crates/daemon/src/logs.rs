@@ -180,8 +180,14 @@ mod tests {
 
     #[test]
     fn moment_formats_become_strftime() {
-        assert_eq!(strftime_from_moment("YYYY-MM-DD HH:mm:ss"), "%Y-%m-%d %H:%M:%S");
-        assert_eq!(strftime_from_moment("YYYY-MM-DD HH:mm Z"), "%Y-%m-%d %H:%M %:z");
+        assert_eq!(
+            strftime_from_moment("YYYY-MM-DD HH:mm:ss"),
+            "%Y-%m-%d %H:%M:%S"
+        );
+        assert_eq!(
+            strftime_from_moment("YYYY-MM-DD HH:mm Z"),
+            "%Y-%m-%d %H:%M %:z"
+        );
         assert_eq!(strftime_from_moment("[at] HH:mm:ss.SSS"), "at %H:%M:%S.%3f");
         assert_eq!(strftime_from_moment("100%"), "100%%");
     }
@@ -202,8 +208,14 @@ mod tests {
         }
         // Each 7-byte line pushes the previous one out: 4 rotations, 2 kept.
         assert_eq!(fs::read_to_string(&path).unwrap(), "line 4\n");
-        assert_eq!(fs::read_to_string(dir.path().join("app-out.log.1")).unwrap(), "line 3\n");
-        assert_eq!(fs::read_to_string(dir.path().join("app-out.log.2")).unwrap(), "line 2\n");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("app-out.log.1")).unwrap(),
+            "line 3\n"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.path().join("app-out.log.2")).unwrap(),
+            "line 2\n"
+        );
         assert!(!dir.path().join("app-out.log.3").exists());
     }
 

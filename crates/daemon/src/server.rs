@@ -34,8 +34,7 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
         source,
     };
     let listener = UnixListener::bind(&path).map_err(listen_err)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(listen_err)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
     let ctx = Ctx::new(home.clone());
     eprintln!(
         "herd: daemon {} listening on {} (HERD_HOME={})",

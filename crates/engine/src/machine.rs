@@ -580,7 +580,10 @@ impl Machine {
             return out.push(refused(command, "no such worker slot"));
         }
         if self.reload.is_some() {
-            return out.push(refused(command, "a reload is running; it replaces this worker too"));
+            return out.push(refused(
+                command,
+                "a reload is running; it replaces this worker too",
+            ));
         }
         out.push(Action::Report(Report::Replacing { slot }));
         self.reload_one = true;

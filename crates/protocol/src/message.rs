@@ -14,14 +14,21 @@ pub type Selector = String;
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
     /// The first frame of every connection.
-    Hello { version: u32 },
+    Hello {
+        version: u32,
+    },
     Ping,
     /// Start apps. With `update`, an app whose name exists already is
     /// reloaded onto its new definition (a config file started again);
     /// without it, an existing name is an error.
-    Start { apps: Vec<AppDef>, update: bool },
+    Start {
+        apps: Vec<AppDef>,
+        update: bool,
+    },
     /// Stop the apps' workers gracefully; the apps stay listed, stopped.
-    Stop { apps: Selector },
+    Stop {
+        apps: Selector,
+    },
     /// Stop and start again (all workers at once; the sockets close meanwhile).
     /// With `worker`, replace only that worker, the zero-downtime way.
     Restart {
@@ -30,15 +37,26 @@ pub enum Request {
     },
     /// Replace every worker one at a time, each once its successor is ready.
     /// A stopped app is started.
-    Reload { apps: Selector },
+    Reload {
+        apps: Selector,
+    },
     /// Stop the apps and forget them.
-    Delete { apps: Selector },
+    Delete {
+        apps: Selector,
+    },
     List,
     /// One app with its definition.
-    Show { app: Selector },
+    Show {
+        app: Selector,
+    },
     /// Empty the apps' log files.
-    Flush { apps: Selector },
-    Scale { app: Selector, to: ScaleTo },
+    Flush {
+        apps: Selector,
+    },
+    Scale {
+        app: Selector,
+        to: ScaleTo,
+    },
     /// A JSON message to the app's workers (`process.on('message')`).
     Send {
         app: Selector,
@@ -46,10 +64,15 @@ pub enum Request {
         message: serde_json::Value,
     },
     /// A signal to the process groups of the apps' workers.
-    Signal { apps: Selector, signal: String },
+    Signal {
+        apps: Selector,
+        signal: String,
+    },
     /// Write the app list to `$HERD_HOME/dump.json`. An empty list does not
     /// replace a saved one unless `force`.
-    Save { force: bool },
+    Save {
+        force: bool,
+    },
     /// Start the saved apps that are not running.
     Resurrect,
     /// Stop every app gracefully, then the daemon.
@@ -78,10 +101,20 @@ pub enum Response {
         apps: usize,
     },
     /// The command was carried out; what it did, for the user.
-    Done { message: String },
-    Apps { apps: Vec<AppInfo> },
-    App { app: Box<AppInfo>, def: Box<AppDef> },
-    Error { kind: ErrorKind, message: String },
+    Done {
+        message: String,
+    },
+    Apps {
+        apps: Vec<AppInfo>,
+    },
+    App {
+        app: Box<AppInfo>,
+        def: Box<AppDef>,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 /// What kind of failure an [`Response::Error`] is: the CLI's exit status
@@ -192,12 +225,15 @@ mod tests {
             to: ScaleTo::By(-1),
         };
         let text = serde_json::to_string(&r).unwrap();
-        assert_eq!(
-            text,
-            r#"{"request":"scale","app":"web","to":{"by":-1}}"#
-        );
+        assert_eq!(text, r#"{"request":"scale","app":"web","to":{"by":-1}}"#);
         let back: Request = serde_json::from_str(&text).unwrap();
-        assert!(matches!(back, Request::Scale { to: ScaleTo::By(-1), .. }));
+        assert!(matches!(
+            back,
+            Request::Scale {
+                to: ScaleTo::By(-1),
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -123,7 +123,9 @@ pub async fn handle(ctx: &Arc<Ctx>, request: Request) -> Response {
         Request::Restart { apps, worker } => {
             control::each(ctx, &apps, || AppCommand::Restart { worker }).await
         }
-        Request::Reload { apps } => control::each(ctx, &apps, || AppCommand::Reload { def: None }).await,
+        Request::Reload { apps } => {
+            control::each(ctx, &apps, || AppCommand::Reload { def: None }).await
+        }
         Request::Delete { apps } => control::delete(ctx, &apps).await,
         Request::Flush { apps } => control::each(ctx, &apps, || AppCommand::Flush).await,
         Request::Scale { app, to } => control::scale(ctx, &app, to).await,
@@ -173,7 +175,10 @@ async fn ask_all(entries: &[Entry], command: impl Fn() -> AppCommand) -> Vec<Rep
         .collect();
     let mut out = Vec::with_capacity(tasks.len());
     for t in tasks {
-        out.push(t.await.unwrap_or_else(|e| Err(format!("the command failed: {e}"))));
+        out.push(
+            t.await
+                .unwrap_or_else(|e| Err(format!("the command failed: {e}"))),
+        );
     }
     out
 }

@@ -12,7 +12,9 @@ use crate::app::{self, AppCommand};
 /// A name `herd list` can show and a selector can name unambiguously.
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 100 {
-        return Err(format!("invalid app name '{name}': use 1 to 100 characters"));
+        return Err(format!(
+            "invalid app name '{name}': use 1 to 100 characters"
+        ));
     }
     if name == "all" || name.parse::<u32>().is_ok() {
         return Err(format!(

@@ -464,7 +464,10 @@ fn replace_starts_the_successor_first_and_drains_the_old_once_it_is_ready() {
     assert_eq!(sim.live.len(), 3, "successor started beside the old worker");
     assert!(sim.stopped.is_empty(), "the old worker serves until then");
     let snap = sim.machine.snapshot(sim.now);
-    assert_eq!(snap.slots[1].incoming.as_ref().unwrap().phase, WorkerPhase::Online);
+    assert_eq!(
+        snap.slots[1].incoming.as_ref().unwrap().phase,
+        WorkerPhase::Online
+    );
     sim.advance(Duration::from_millis(1000));
     assert_eq!(sim.stopped, vec![old]);
     assert_ne!(sim.worker_in(1), old);
@@ -476,7 +479,10 @@ fn replace_starts_the_successor_first_and_drains_the_old_once_it_is_ready() {
     sim.input(Input::Command(Command::Replace(0)));
     assert!(matches!(
         sim.reports.last(),
-        Some(Report::Refused { command: Command::Replace(0), .. })
+        Some(Report::Refused {
+            command: Command::Replace(0),
+            ..
+        })
     ));
 }
 
@@ -490,8 +496,14 @@ fn snapshot_counts_restarts_and_lists_draining_workers() {
     assert_eq!(snap.slots[0].restarts, 1);
     assert_eq!(snap.slots[0].last_exit, Some(ExitStatus::Code(1)));
     assert_eq!(snap.slots[1].restarts, 0);
-    assert_eq!(snap.slots[1].worker.as_ref().unwrap().phase, WorkerPhase::Ready);
-    assert_eq!(snap.slots[1].worker.as_ref().unwrap().uptime, Duration::from_secs(2));
+    assert_eq!(
+        snap.slots[1].worker.as_ref().unwrap().phase,
+        WorkerPhase::Ready
+    );
+    assert_eq!(
+        snap.slots[1].worker.as_ref().unwrap().uptime,
+        Duration::from_secs(2)
+    );
     // A reload: while the old worker drains it is listed apart from its slot.
     sim.input(Input::Command(Command::Reload));
     sim.advance(Duration::from_millis(1000));

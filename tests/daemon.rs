@@ -1,0 +1,670 @@
+//! The daemon and its pm2-style CLI, end to end: a real daemon per test in a
+//! temporary `HERD_HOME`, real workers (the fixture server, Node apps), real
+//! sockets and signals. Every daemon a test starts is stopped when the test
+//! ends, pass or fail (`herd kill`, then SIGKILL, which takes its workers
+//! with it).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use support::*;
+
+/// A daemon in its own home, driven through the `herd` CLI.
+struct Daemon {
+    home: TempDir,
+}
+
+impl Daemon {
+    fn new() -> Daemon {
+        let d = Daemon {
+            home: TempDir::new("daemon"),
+        };
+        let out = d.herd(&["ping"]);
+        assert!(out.status.success(), "ping: {}", text(&out.stderr));
+        d
+    }
+
+    fn path(&self) -> &Path {
+        self.home.path()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(herd_bin());
+        c.args(args)
+            .env("HERD_HOME", self.path())
+            .env_remove("NODE_CLUSTER_SCHED_POLICY")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn herd(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run herd")
+    }
+
+    /// Run a verb that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.herd(args);
+        assert!(
+            out.status.success(),
+            "herd {args:?} failed ({}): {}{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// Run a verb that must fail with `code`; its stderr.
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.herd(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "herd {args:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stderr)
+    }
+
+    fn list(&self) -> Vec<Value> {
+        let out = self.ok(&["jlist"]);
+        serde_json::from_str::<Value>(&out)
+            .unwrap_or_else(|e| panic!("jlist is not JSON ({e}): {out}"))
+            .as_array()
+            .expect("an array")
+            .clone()
+    }
+
+    fn app(&self, name: &str) -> Value {
+        self.list()
+            .into_iter()
+            .find(|a| a["name"] == name)
+            .unwrap_or_else(|| panic!("no app {name} in the list"))
+    }
+
+    /// Wait until `name` has `n` online workers; their pids by worker id.
+    fn wait_online(&self, name: &str, n: usize) -> Vec<i32> {
+        let mut last = Value::Null;
+        let ok = wait_until(Duration::from_secs(20), || {
+            last = self.app(name);
+            last["status"] == "online" && last["online"] == n
+        });
+        assert!(ok, "{name} never had {n} workers online: {last:#}");
+        worker_pids(&last)
+    }
+
+    fn daemon_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.path().join("herd.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path().join("herd.log")).unwrap_or_default()
+    }
+
+    /// Start the fixture server as app `name`; the address it listens on.
+    fn start_fixture(&self, name: &str, extra: &[&str]) -> String {
+        let mut args = vec!["start", "--name", name, "--listen", ANY];
+        args.extend_from_slice(extra);
+        args.push(worker_bin());
+        self.ok(&args);
+        let app = self.app(name);
+        app["listen"][0]
+            .as_str()
+            .expect("a listen address")
+            .to_string()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let pid = self.daemon_pid();
+        let mut kill_cmd = self.command(&["kill"]);
+        if let Ok(mut child) = kill_cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+            let done = wait_until(Duration::from_secs(15), || {
+                matches!(child.try_wait(), Ok(Some(_)))
+            });
+            if !done {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        // Whatever is left dies with the daemon (its workers have PDEATHSIG).
+        if let Some(pid) = pid {
+            if process_alive(pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn worker_pids(app: &Value) -> Vec<i32> {
+    app["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["status"] == "online")
+        .map(|w| w["pid"].as_i64().unwrap() as i32)
+        .collect()
+}
+
+#[test]
+fn start_list_stop_restart_delete() {
+    let d = Daemon::new();
+    let addr = d.start_fixture("web", &["-i", "2"]);
+    let pids = d.wait_online("web", 2);
+    let app = d.app("web");
+    assert_eq!(app["mode"], "cluster");
+    assert_eq!(app["instances"], 2);
+    for w in app["workers"].as_array().unwrap() {
+        for key in [
+            "id",
+            "pid",
+            "status",
+            "restarts",
+            "uptime_ms",
+            "cpu_percent",
+            "memory_bytes",
+        ] {
+            assert!(w.get(key).is_some(), "worker lacks {key}: {w}");
+        }
+    }
+    let served = wait_http_ok(&addr, Duration::from_secs(5));
+    assert!(pids.contains(&served), "{served} not in {pids:?}");
+
+    // The table fits 80 columns and names the app and each worker.
+    let table = d.ok(&["list"]);
+    assert!(
+        table.contains("web") && table.contains("worker 1"),
+        "{table}"
+    );
+    for line in table.lines() {
+        assert!(line.chars().count() <= 80, "too wide: {line:?}");
+    }
+
+    d.ok(&["stop", "web"]);
+    let app = d.app("web");
+    assert_eq!(app["status"], "stopped", "{app:#}");
+    for pid in &pids {
+        assert!(wait_until(Duration::from_secs(5), || !process_alive(*pid)));
+    }
+    // The stopped app starts again by its name, as under pm2.
+    d.ok(&["start", "web"]);
+    let again = d.wait_online("web", 2);
+    assert!(again.iter().all(|p| !pids.contains(p)));
+
+    d.ok(&["restart", "0"]);
+    let third = d.wait_online("web", 2);
+    assert!(third.iter().all(|p| !again.contains(p)));
+
+    d.ok(&["delete", "web"]);
+    assert!(d.list().is_empty());
+    for pid in &third {
+        assert!(wait_until(Duration::from_secs(5), || !process_alive(*pid)));
+    }
+}
+
+#[test]
+fn two_concurrent_reloads_both_complete_without_a_failed_request() {
+    let _serial = serial();
+    let d = Daemon::new();
+    let addr = d.start_fixture("web", &["-i", "2", "--ready-delay", "300ms"]);
+    let before = d.wait_online("web", 2);
+    wait_http_ok(&addr, Duration::from_secs(5));
+    let load = Load::start(&addr, "/", 2, Duration::from_millis(2));
+    let reloads: Vec<_> = (0..2)
+        .map(|_| {
+            let mut c = d.command(&["reload", "web"]);
+            std::thread::spawn(move || c.output().unwrap())
+        })
+        .collect();
+    for r in reloads {
+        let out = r.join().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("reloaded web"),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+    let report = load.stop();
+    assert_eq!(report.failed(), 0, "{:?}", report.failures);
+    assert!(report.ok > 0);
+    let after = d.wait_online("web", 2);
+    assert!(after.iter().all(|p| !before.contains(p)));
+    // Both reloads replaced every worker: two restarts per slot.
+    let app = d.app("web");
+    let restarts: Vec<u64> = app["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["status"] == "online")
+        .map(|w| w["restarts"].as_u64().unwrap())
+        .collect();
+    assert_eq!(restarts, vec![2, 2], "{app:#}");
+}
+
+#[test]
+fn restart_of_one_worker_replaces_only_that_one() {
+    let d = Daemon::new();
+    d.start_fixture("web", &["-i", "2", "--ready-delay", "200ms"]);
+    let before = d.wait_online("web", 2);
+    d.ok(&["restart", "web:1"]);
+    let after = d.wait_online("web", 2);
+    assert_eq!(after[0], before[0], "worker 0 untouched");
+    assert_ne!(after[1], before[1], "worker 1 replaced");
+    assert!(d.fails(&["restart", "web:7"], 1).contains("no worker 7"));
+}
+
+#[test]
+fn scale_send_and_signal() {
+    let d = Daemon::new();
+    d.start_fixture("web", &["-i", "1", "--ready-delay", "200ms"]);
+    d.wait_online("web", 1);
+    d.ok(&["scale", "web", "3"]);
+    d.wait_online("web", 3);
+    d.ok(&["scale", "web", "-1"]);
+    d.wait_online("web", 2);
+    assert!(d.fails(&["scale", "web", "-5"], 1).contains("1 to 4096"));
+    assert!(d.fails(&["scale", "web", "x"], 2).contains("invalid count"));
+
+    d.ok(&["send", "web", r#"{"hello":1}"#]);
+    assert!(d.fails(&["send", "web", "{nope"], 2).contains("not JSON"));
+
+    // SIGKILL through `signal`: the workers die and are replaced.
+    let before = d.wait_online("web", 2);
+    d.ok(&["signal", "SIGKILL", "web"]);
+    assert!(wait_until(Duration::from_secs(10), || {
+        let now = worker_pids(&d.app("web"));
+        now.len() == 2 && now.iter().all(|p| !before.contains(p))
+    }));
+    assert!(d
+        .fails(&["signal", "SIGNOPE", "web"], 2)
+        .contains("unknown signal"));
+}
+
+#[test]
+fn logs_are_whole_lines_in_per_app_files_with_timestamps() {
+    let d = Daemon::new();
+    let addr = d.start_fixture(
+        "web",
+        &[
+            "-i",
+            "1",
+            "--time",
+            "--log-date-format",
+            "YYYY-MM-DD HH:mm:ss",
+        ],
+    );
+    d.wait_online("web", 1);
+    http_get(&addr, "/spam?n=500&len=3000", Duration::from_secs(10)).unwrap();
+    let out_log = d.path().join("logs/web-out.log");
+    let mut lines = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            lines = std::fs::read_to_string(&out_log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(" spam "))
+                .map(String::from)
+                .collect();
+            lines.len() == 500
+        }),
+        "{} of 500 lines",
+        lines.len()
+    );
+    let stamp = regex_like_stamp();
+    for (i, line) in lines.iter().enumerate() {
+        // `2026-12-02 13:45:01: spam <i> xxx… end`, never split or mixed.
+        assert!(stamp(line), "no timestamp: {line:.80}");
+        let body = &line[21..];
+        assert_eq!(
+            body,
+            format!("spam {i} {} end", "x".repeat(3000)),
+            "line {i}"
+        );
+    }
+    let tail = d.ok(&["logs", "web", "--nostream", "--lines", "2", "--out"]);
+    assert!(tail.contains("web|out | "), "{tail}");
+    assert!(tail.contains("spam 499 "), "{tail}");
+    assert!(!tail.contains("spam 497 "), "{tail}");
+
+    d.ok(&["flush", "web"]);
+    assert_eq!(std::fs::metadata(&out_log).unwrap().len(), 0);
+}
+
+fn regex_like_stamp() -> impl Fn(&str) -> bool {
+    |line: &str| {
+        let b = line.as_bytes();
+        b.len() > 21
+            && b[..4].iter().all(u8::is_ascii_digit)
+            && b[4] == b'-'
+            && b[10] == b' '
+            && b[13] == b':'
+            && &b[19..21] == b": "
+    }
+}
+
+#[test]
+fn logs_rotate_by_size_and_keep_n_files() {
+    let d = Daemon::new();
+    let addr = d.start_fixture(
+        "web",
+        &["-i", "1", "--log-max-size", "20000", "--log-keep", "2"],
+    );
+    d.wait_online("web", 1);
+    for _ in 0..10 {
+        http_get(&addr, "/spam?n=100&len=100", Duration::from_secs(10)).unwrap();
+    }
+    let dir = d.path().join("logs");
+    assert!(wait_until(Duration::from_secs(10), || dir
+        .join("web-out.log.2")
+        .exists()));
+    assert!(!dir.join("web-out.log.3").exists());
+    for f in ["web-out.log", "web-out.log.1", "web-out.log.2"] {
+        let body = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(body.len() <= 20000, "{f}: {} bytes", body.len());
+        for line in body.lines().filter(|l| l.starts_with("spam")) {
+            assert!(line.ends_with(" end"), "{f}: split line {line:.60}");
+        }
+    }
+}
+
+#[test]
+fn save_and_resurrect_round_trip_and_an_empty_save_is_refused() {
+    let d = Daemon::new();
+    d.start_fixture(
+        "web",
+        &["-i", "2", "--env", "GREETING=hi", "--ready-delay", "200ms"],
+    );
+    d.wait_online("web", 2);
+    assert!(d.ok(&["save"]).contains("saved 1 app"));
+    d.ok(&["delete", "web"]);
+    // Saving nothing over a good list is refused unless forced.
+    assert!(d.fails(&["save"], 2).contains("--force"));
+    let dump: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("dump.json")).unwrap())
+            .unwrap();
+    assert_eq!(dump["apps"].as_array().unwrap().len(), 1);
+
+    d.ok(&["resurrect"]);
+    d.wait_online("web", 2);
+    // The environment came back with it.
+    let show: Value = serde_json::from_str(&d.ok(&["show", "web", "--json"])).unwrap();
+    let env = show["definition"]["spec"]["env"].as_array().unwrap();
+    assert!(
+        env.iter().any(|kv| kv[0] == "GREETING" && kv[1] == "hi"),
+        "{env:?}"
+    );
+    assert!(d.ok(&["resurrect"]).contains("already here"));
+}
+
+#[test]
+fn a_sigkilled_daemon_leaves_no_orphans_and_the_next_one_resurrects() {
+    let d = Daemon::new();
+    d.start_fixture("web", &["-i", "2", "--ready-delay", "200ms"]);
+    let pids = d.wait_online("web", 2);
+    d.ok(&["save"]);
+    let daemon = d.daemon_pid().expect("a daemon pid");
+    kill(Pid::from_raw(daemon), Signal::SIGKILL).unwrap();
+    for pid in &pids {
+        assert!(
+            wait_until(Duration::from_secs(5), || !process_alive(*pid)),
+            "worker {pid} outlived its daemon"
+        );
+    }
+    // The next CLI command starts a new daemon; it resurrects on request.
+    d.ok(&["resurrect"]);
+    let again = d.wait_online("web", 2);
+    assert!(again.iter().all(|p| !pids.contains(p)));
+    assert_ne!(d.daemon_pid(), Some(daemon));
+}
+
+#[test]
+fn a_second_daemon_on_the_same_home_refuses() {
+    let d = Daemon::new();
+    let err = d.fails(&["daemon"], 1);
+    assert!(err.contains("already runs"), "{err}");
+    assert!(err.contains(&d.daemon_pid().unwrap().to_string()), "{err}");
+}
+
+/// Raw frames on the control socket.
+fn frame(stream: &mut UnixStream, body: &[u8]) {
+    stream
+        .write_all(&(body.len() as u32).to_be_bytes())
+        .unwrap();
+    stream.write_all(body).unwrap();
+}
+
+fn read_frame(stream: &mut UnixStream) -> Option<Value> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+#[test]
+fn garbage_and_oversized_frames_close_only_that_connection() {
+    let d = Daemon::new();
+    let sock = d.path().join("herd.sock");
+    let timeout = Some(Duration::from_secs(5));
+
+    let mut garbage = UnixStream::connect(&sock).unwrap();
+    garbage.set_read_timeout(timeout).unwrap();
+    frame(&mut garbage, b"\x00\xffnot json at all");
+    assert!(
+        read_frame(&mut garbage).is_none(),
+        "closed without an answer"
+    );
+
+    let mut huge = UnixStream::connect(&sock).unwrap();
+    huge.set_read_timeout(timeout).unwrap();
+    huge.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    assert!(read_frame(&mut huge).is_none());
+
+    // A hello, then a request that is no request.
+    let mut odd = UnixStream::connect(&sock).unwrap();
+    odd.set_read_timeout(timeout).unwrap();
+    frame(&mut odd, br#"{"request":"hello","version":1}"#);
+    assert_eq!(read_frame(&mut odd).unwrap()["response"], "hello");
+    frame(&mut odd, br#"{"request":"format_disk"}"#);
+    assert!(read_frame(&mut odd).is_none());
+
+    // The daemon is unharmed.
+    assert!(d.ok(&["ping"]).contains("pong"));
+    assert!(d.log().contains("unreadable"), "{}", d.log());
+}
+
+#[test]
+fn a_client_of_another_protocol_version_is_told_what_to_do() {
+    let d = Daemon::new();
+    let mut s = UnixStream::connect(d.path().join("herd.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    frame(&mut s, br#"{"request":"hello","version":999}"#);
+    let answer = read_frame(&mut s).expect("an answer");
+    assert_eq!(answer["response"], "error");
+    assert_eq!(answer["kind"], "version");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains("999") && message.contains("herd kill"),
+        "{message}"
+    );
+}
+
+#[test]
+fn bad_inputs_give_clear_errors_and_change_nothing() {
+    let d = Daemon::new();
+    d.start_fixture("web", &["-i", "1"]);
+    let before = d.list();
+
+    assert!(d
+        .fails(&["stop", "nope"], 2)
+        .contains("no app named 'nope'"));
+    assert!(d.fails(&["reload", "42"], 2).contains("no app named '42'"));
+    let dup = d.fails(&["start", "--name", "web", worker_bin()], 2);
+    assert!(dup.contains("exists already"), "{dup}");
+    assert!(d
+        .fails(&["start", "./no-such-script.js"], 2)
+        .contains("no such file"));
+    assert!(d
+        .fails(&["start", "--no-such-option", "x"], 2)
+        .contains("--no-such-option"));
+    assert!(d
+        .fails(&["start", "-i", "lots", worker_bin()], 2)
+        .contains("instance count"));
+    assert!(d
+        .fails(&["start", "--name", "all", worker_bin()], 2)
+        .contains("invalid app name"));
+    // Port in use: the start fails and the app is not kept.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let err = d.fails(
+        &["start", "--name", "busy", "--listen", &port, worker_bin()],
+        1,
+    );
+    assert!(err.contains("already in use"), "{err}");
+
+    let after = d.list();
+    let names = |l: &[Value]| l.iter().map(|a| a["name"].clone()).collect::<Vec<_>>();
+    assert_eq!(names(&before), names(&after));
+}
+
+#[test]
+fn a_worker_flooding_stdout_loses_no_line_and_the_daemon_stays_small() {
+    let _serial = serial();
+    let d = Daemon::new();
+    let addr = d.start_fixture("flood", &["-i", "1"]);
+    d.wait_online("flood", 1);
+    let n = 200_000;
+    http_get(
+        &addr,
+        &format!("/spam?n={n}&len=100"),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    // Rotation (10 MB by default) moves older lines to .1, .2: count them all.
+    let logs = d.path().join("logs");
+    let count = || {
+        (0..=5)
+            .map(|i| match i {
+                0 => logs.join("flood-out.log"),
+                i => logs.join(format!("flood-out.log.{i}")),
+            })
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .map(|t| {
+                t.lines()
+                    .filter(|l| l.starts_with("spam ") && l.ends_with(" end"))
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || count() == n),
+        "{} of {n} lines",
+        count()
+    );
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", d.daemon_pid().unwrap())).unwrap();
+    let hwm_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    eprintln!("  daemon peak RSS after {n} lines: {hwm_kb} kB");
+    assert!(hwm_kb < 64 * 1024, "the daemon grew to {hwm_kb} kB");
+}
+
+#[test]
+fn max_memory_restart_replaces_a_worker_that_stays_over_the_limit() {
+    let d = Daemon::new();
+    if which("python3").is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "python3 is needed for this test under CI"
+        );
+        eprintln!("skipped: python3 is missing");
+        return;
+    }
+    // 80 MB touched, then idle: over a 40 MB limit on every sample.
+    d.ok(&[
+        "start",
+        "--name",
+        "hog",
+        "-i",
+        "1",
+        "--ready-delay",
+        "100ms",
+        "--max-memory-restart",
+        "40M",
+        "python3",
+        "--",
+        "-c",
+        "import time\nb = b'x' * 80_000_000\ntime.sleep(600)",
+    ]);
+    let first = d.wait_online("hog", 1)[0];
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let app = d.app("hog");
+            worker_pids(&app).first().is_some_and(|p| *p != first)
+        }),
+        "never replaced: {:#}",
+        d.app("hog")
+    );
+    assert!(d.log().contains("over --max-memory-restart"), "{}", d.log());
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn a_node_app_started_from_the_cli_gets_the_cli_environment() {
+    if which("node").is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "node is needed for this test under CI"
+        );
+        eprintln!("skipped: node is missing");
+        return;
+    }
+    let d = Daemon::new();
+    let port = free_port().to_string();
+    let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node/hello.js");
+    let out = d
+        .command(&["start", app.to_str().unwrap(), "-i", "2"])
+        .env("PORT", &port)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    d.wait_online("hello", 2);
+    let addr = format!("127.0.0.1:{port}");
+    assert!(wait_until(Duration::from_secs(10), || {
+        matches!(http_get(&addr, "/", Duration::from_secs(2)), Ok((200, _)))
+    }));
+    d.ok(&["reload", "hello"]);
+    d.wait_online("hello", 2);
+    let (status, _) = http_get(&addr, "/", Duration::from_secs(5)).unwrap();
+    assert_eq!(status, 200);
+}

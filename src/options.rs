@@ -209,7 +209,7 @@ pub fn size(s: &str) -> Result<u64, String> {
         _ => return Err(err()),
     };
     let bytes = value * factor as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > 1e18 {
+    if !bytes.is_finite() || !(0.0..=1e18).contains(&bytes) {
         return Err(err());
     }
     Ok(bytes as u64)
@@ -222,7 +222,7 @@ pub fn app_def(
     command: &[String],
     base: &Path,
 ) -> Result<herd_protocol::AppDef, UsageError> {
-    let mut spec = app.into_spec(command, base)?;
+    let mut spec = app.to_spec(command, base)?;
     // The workers get the environment of the CLI that started them (as under
     // pm2: `PORT=8000 herd start app.js` works), plus --env; it is saved with the app.
     let mut env: Vec<(String, String)> = std::env::vars()
@@ -278,7 +278,7 @@ impl AppOptions {
     /// Check everything and build the app for `command` (program, then its
     /// arguments); nothing has started yet. Relative paths are taken from
     /// `base` (the current directory, or a config file's).
-    pub fn into_spec(&self, command: &[String], base: &Path) -> Result<AppSpec, UsageError> {
+    pub fn to_spec(&self, command: &[String], base: &Path) -> Result<AppSpec, UsageError> {
         let Some(program) = command.first() else {
             return Err(UsageError("give the command to run".into()));
         };

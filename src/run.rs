@@ -24,7 +24,7 @@ pub struct RunArgs {
 
 pub fn main(args: RunArgs) -> anyhow::Result<i32> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let spec = args.app.into_spec(&args.command, &cwd)?;
+    let spec = args.app.to_spec(&args.command, &cwd)?;
     // One thread: the supervisor's work is small and sequential, and a
     // single-threaded runtime spares the round-robin path cross-thread
     // wake-ups. (It is also the thread that starts workers, which their

@@ -57,7 +57,7 @@ async fn exchange(conn: &mut Connection, request: &Request) -> anyhow::Result<Re
         other => return Err(anyhow!("the daemon answered hello with {other:?}")),
     }
     conn.send(request).await.context(lost)?;
-    Ok(conn.recv::<Response>().await.context(lost)?)
+    conn.recv::<Response>().await.context(lost)
 }
 
 async fn connect(home: &Home, autostart: bool) -> anyhow::Result<Option<Connection>> {

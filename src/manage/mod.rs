@@ -21,7 +21,7 @@ pub enum Verb {
     /// other verbs start it in the background when it is not running).
     Daemon(DaemonArgs),
     /// Start an app (a script, a command, or a config file) under the daemon.
-    Start(start::StartArgs),
+    Start(Box<start::StartArgs>),
     /// Stop an app's workers gracefully; it stays in the list.
     Stop(Apps),
     /// Stop and start an app (all workers at once); `app:N` replaces worker N only, without downtime.
@@ -166,7 +166,7 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
             })?;
             return Ok(code);
         }
-        Verb::Start(args) => return start::main(args),
+        Verb::Start(args) => return start::main(*args),
         Verb::Stop(a) => {
             print_done(client::ask(Request::Stop { apps: a.apps })?);
             list::print_list(false)?;

@@ -58,9 +58,11 @@ pub async fn signal(ctx: &Arc<Ctx>, selector: &str, signal: &str) -> Response {
         .or_else(|| name.parse().ok())
     {
         Some(s) => s,
-        None => return usage(format!(
+        None => {
+            return usage(format!(
             "unknown signal '{signal}': use a name such as SIGUSR2, SIGHUP, SIGTERM, or a number"
-        )),
+        ))
+        }
     };
     each(ctx, selector, || AppCommand::Signal(sig)).await
 }

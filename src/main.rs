@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Supervise one app in the foreground (like `node cluster.js` or pm2-runtime).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// A cluster of herd's built-in demo web server on localhost: see workers share a port,
     /// get replaced when they die, and run CPU-bound requests in parallel.
     Demo(demo::DemoArgs),
@@ -48,7 +48,7 @@ impl std::error::Error for UsageError {}
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Run(args) => run::main(args),
+        Cmd::Run(args) => run::main(*args),
         Cmd::Demo(args) => demo::main(args),
         Cmd::Manage(verb) => manage::main(verb),
     };

@@ -142,6 +142,25 @@ fn recv_datagram(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<(Pid, 
     }
 }
 
+/// Tell our own service manager something (`READY=1`, `STOPPING=1` …) on
+/// `$NOTIFY_SOCKET` (a path, or `@name` for an abstract socket), as
+/// `sd_notify` does; without the variable this does nothing.
+pub fn notify(state: &str) -> io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(());
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
+        None => SocketAddr::from_pathname(&path)?,
+    };
+    let sock = UnixDatagram::unbound()?;
+    sock.send_to_addr(state.as_bytes(), &addr)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,23 +249,4 @@ mod tests {
         let mut b = [0u8; 1];
         assert_eq!(nix::unistd::read(&r, &mut b).unwrap(), 0);
     }
-}
-
-/// Tell our own service manager something (`READY=1`, `STOPPING=1` …) on
-/// `$NOTIFY_SOCKET` (a path, or `@name` for an abstract socket), as
-/// `sd_notify` does; without the variable this does nothing.
-pub fn notify(state: &str) -> io::Result<()> {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return Ok(());
-    };
-    let path = path.to_string_lossy().into_owned();
-    let addr = match path.strip_prefix('@') {
-        Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
-        None => SocketAddr::from_pathname(&path)?,
-    };
-    let sock = UnixDatagram::unbound()?;
-    sock.send_to_addr(state.as_bytes(), &addr)?;
-    Ok(())
 }

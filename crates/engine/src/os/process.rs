@@ -135,6 +135,37 @@ fn wait_error(call: &str, pid: Pid, e: Errno) -> io::Error {
     )
 }
 
+/// As JSON: `{"code": 1}` or `{"signal": "SIGKILL"}`.
+impl serde::Serialize for ExitStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(1))?;
+        match self {
+            ExitStatus::Code(c) => map.serialize_entry("code", c)?,
+            ExitStatus::Signal(sig) => map.serialize_entry("signal", sig.as_str())?,
+        }
+        map.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ExitStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum Repr {
+            Code(i32),
+            Signal(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Code(c) => Ok(ExitStatus::Code(c)),
+            Repr::Signal(name) => name
+                .parse::<Signal>()
+                .map(ExitStatus::Signal)
+                .map_err(|_| serde::de::Error::custom(format!("unknown signal '{name}'"))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,36 +274,5 @@ mod tests {
             try_reap(Pid::from_raw(1)).unwrap_err().kind(),
             io::ErrorKind::NotFound
         );
-    }
-}
-
-/// As JSON: `{"code": 1}` or `{"signal": "SIGKILL"}`.
-impl serde::Serialize for ExitStatus {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(Some(1))?;
-        match self {
-            ExitStatus::Code(c) => map.serialize_entry("code", c)?,
-            ExitStatus::Signal(sig) => map.serialize_entry("signal", sig.as_str())?,
-        }
-        map.end()
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for ExitStatus {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "lowercase")]
-        enum Repr {
-            Code(i32),
-            Signal(String),
-        }
-        match Repr::deserialize(d)? {
-            Repr::Code(c) => Ok(ExitStatus::Code(c)),
-            Repr::Signal(name) => name
-                .parse::<Signal>()
-                .map(ExitStatus::Signal)
-                .map_err(|_| serde::de::Error::custom(format!("unknown signal '{name}'"))),
-        }
     }
 }

@@ -1435,3 +1435,265 @@ fn message_flood_does_not_stall_herd() {
         assert_eq!(n, 100_000, "every message was relayed, once");
     });
 }
+
+// ---------------------------------------------------------------------------
+// 10. Every socket type a cluster worker can ask for (tests/node-apps/sockets.js).
+
+/// Wait until `n` stdout lines match `pattern`: their captures.
+fn wait_said(h: &Herd, pattern: &str, n: usize, timeout: Duration) -> Vec<Vec<String>> {
+    let mut got = Vec::new();
+    let ok = wait_until(timeout, || {
+        got = h.find_all(Stream::Stdout, 0, pattern);
+        got.len() >= n
+    });
+    assert!(
+        ok,
+        "{n} lines {pattern:?} expected, got {got:?}; stdout:\n{}\nstderr:\n{}",
+        h.stdout_lines().join("\n"),
+        tail(h)
+    );
+    got
+}
+
+/// No worker exited (a crash loop shows as exits).
+fn no_worker_exited(h: &Herd) {
+    assert!(
+        h.find_all(Stream::Stderr, 0, pat::EXITED_CODE).is_empty()
+            && h.find_all(Stream::Stderr, 0, pat::KILLED_BY).is_empty(),
+        "no worker exited; stdout:\n{}\nstderr:\n{}",
+        h.stdout_lines().join("\n"),
+        tail(h)
+    );
+}
+
+/// Send datagrams to `addr` until every pid in `want` answered (or the
+/// deadline): the pids that answered.
+fn udp_pids(addr: &str, want: &BTreeSet<i32>, timeout: Duration) -> BTreeSet<i32> {
+    let local = if addr.starts_with('[') { "[::1]:0" } else { "127.0.0.1:0" };
+    let deadline = Instant::now() + timeout;
+    let mut seen = BTreeSet::new();
+    while Instant::now() < deadline && !want.is_subset(&seen) {
+        // A fresh client port each time: the kernel wakes whichever worker.
+        let sock = std::net::UdpSocket::bind(local).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        sock.send_to(b"ping", addr).unwrap();
+        let mut buf = [0u8; 64];
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if let Some(pid) = body_pid(&String::from_utf8_lossy(&buf[..n])) {
+                seen.insert(pid);
+            }
+        }
+    }
+    seen
+}
+
+fn udp_is_shared(family: &str, balance: &str) {
+    need_node!();
+    if family == "udp6" && !ipv6_available() {
+        eprintln!("SKIPPED: no IPv6 on this machine");
+        return;
+    }
+    let mut h = run_node(0, &["-i", "2", "--balance", balance], &fixture("sockets.js"), &[family]);
+    let said = wait_said(&h, &format!("{family} listening {{}} pid {{}}"), 2, START);
+    let ports: BTreeSet<&String> = said.iter().map(|c| &c[0]).collect();
+    assert_eq!(ports.len(), 1, "port 0: one socket, one port for all workers: {said:?}");
+    let port = said[0][0].clone();
+    let pids: BTreeSet<i32> = said.iter().map(|c| c[1].parse().unwrap()).collect();
+    assert_eq!(pids.len(), 2);
+    let addr = if family == "udp6" { format!("[::1]:{port}") } else { format!("127.0.0.1:{port}") };
+    let seen = udp_pids(&addr, &pids, T);
+    assert!(!seen.is_empty(), "the UDP app answers on {addr}; stderr:\n{}", tail(&h));
+    assert!(seen.is_subset(&pids), "{seen:?} ⊆ {pids:?}");
+    assert!(
+        herd_said(&h, "(udp, shared by the workers)"),
+        "herd says the UDP socket is shared; stderr:\n{}",
+        tail(&h)
+    );
+    no_worker_exited(&h);
+    stop_cleanly(&mut h, T);
+}
+
+#[test]
+fn udp4_socket_is_shared_under_shared_balance() {
+    udp_is_shared("udp4", "shared");
+}
+
+#[test]
+fn udp4_socket_is_shared_under_round_robin() {
+    udp_is_shared("udp4", "round-robin");
+}
+
+#[test]
+fn udp6_socket_is_shared_under_round_robin() {
+    udp_is_shared("udp6", "round-robin");
+}
+
+#[test]
+fn udp6_socket_is_shared_under_shared_balance() {
+    udp_is_shared("udp6", "shared");
+}
+
+fn listen_zero(balance: &str) {
+    need_node!();
+    let mut h = run_node(0, &["-i", "2", "--balance", balance], &fixture("sockets.js"), &["tcp0"]);
+    let said = wait_said(&h, "tcp0 listening {} pid {}", 2, START);
+    assert_eq!(said[0][0], said[1][0], "one port for all workers: {said:?}");
+    let pids: BTreeSet<i32> = said.iter().map(|c| c[1].parse().unwrap()).collect();
+    let addr = format!("127.0.0.1:{}", said[0][0]);
+    assert_eq!(pids_seen(&addr, &pids, 400), pids, "both workers answer on {addr}");
+    no_worker_exited(&h);
+    stop_cleanly(&mut h, T);
+
+    // Two `listen(0)` in one worker are two sockets; each worker's n-th is
+    // the same one.
+    let mut h = run_node(0, &["-i", "2", "--balance", balance], &fixture("sockets.js"), &["twice0"]);
+    let said = wait_said(&h, "twice0 ports {} {} pid {}", 2, START);
+    assert_ne!(said[0][0], said[0][1], "two servers, two ports: {said:?}");
+    assert_eq!(
+        (&said[0][0], &said[0][1]),
+        (&said[1][0], &said[1][1]),
+        "the workers share both: {said:?}"
+    );
+    no_worker_exited(&h);
+    stop_cleanly(&mut h, T);
+}
+
+#[test]
+fn listen_zero_gives_every_worker_the_same_port_shared() {
+    listen_zero("shared");
+}
+
+#[test]
+fn listen_zero_gives_every_worker_the_same_port_round_robin() {
+    listen_zero("round-robin");
+}
+
+fn unix_path(balance: &str) {
+    need_node!();
+    let dir = TempDir::new("node-unix");
+    let sock = dir.join("app.sock");
+    let args: Vec<String> = ["run", "-i", "2", "--balance", balance, "--"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([fixture("sockets.js"), "unix".into()])
+        .collect();
+    let mut h = herd_with_env(
+        &[("SOCK", sock.to_str().unwrap()), ("NODE_CLUSTER_SCHED_POLICY", "")],
+        &args,
+    );
+    let said = wait_said(&h, "unix listening {*} pid {}", 2, START);
+    let pids: BTreeSet<i32> = said.iter().map(|c| c[0].parse().unwrap()).collect();
+    let mut seen = BTreeSet::new();
+    for _ in 0..400 {
+        let r = unix_http_request(&sock, "/", REQ).expect("the app answers on its socket");
+        seen.extend(answer_pid(&r));
+        if seen == pids {
+            break;
+        }
+    }
+    assert_eq!(seen, pids, "both workers answer on {}", sock.display());
+    no_worker_exited(&h);
+    stop_cleanly(&mut h, T);
+    assert!(!sock.exists(), "herd removes the socket file it bound at exit");
+}
+
+#[test]
+fn unix_socket_path_shared() {
+    unix_path("shared");
+}
+
+#[test]
+fn unix_socket_path_round_robin() {
+    unix_path("round-robin");
+}
+
+/// `exclusive: true`: the worker binds the port itself and never asks herd,
+/// exactly as under Node's cluster.
+#[test]
+fn exclusive_worker_binds_alone() {
+    need_node!();
+    let port = free_port();
+    let mut h = run_node(port, &["-i", "1", "--balance", "round-robin"], &fixture("sockets.js"), &["exclusive"]);
+    let said = wait_said(&h, "exclusive listening {} pid {}", 1, START);
+    assert_eq!(said[0][0], port.to_string());
+    let pid: i32 = said[0][1].parse().unwrap();
+    assert_eq!(get_pid(&addr_of(port), "/"), pid, "the worker answers on its own socket");
+    assert!(
+        !herd_said(&h, "listening on "),
+        "herd bound nothing for an exclusive listen; stderr:\n{}",
+        tail(&h)
+    );
+    no_worker_exited(&h);
+    stop_cleanly(&mut h, T);
+}
+
+/// `listen({fd: 3})`: the worker's inherited fd 3 is herd's first `--listen` socket.
+fn listen_fd(balance: &str) {
+    need_node!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let mut h = run_node(
+        port,
+        &["-i", "2", "--balance", balance, "--listen", &addr],
+        &fixture("sockets.js"),
+        &["fd"],
+    );
+    let said = wait_said(&h, "fd listening pid {}", 2, START);
+    let pids: BTreeSet<i32> = said.iter().map(|c| c[0].parse().unwrap()).collect();
+    assert_eq!(pids_seen(&addr, &pids, 400), pids, "both workers answer on {addr}");
+    no_worker_exited(&h);
+    stop_cleanly(&mut h, T);
+}
+
+#[test]
+fn listen_fd_shared() {
+    listen_fd("shared");
+}
+
+#[test]
+fn listen_fd_round_robin() {
+    listen_fd("round-robin");
+}
+
+/// `listen({fd: 9})` with no such listener: the app's listen() fails with
+/// EBADF instead of waiting for ever.
+#[test]
+fn listen_on_a_missing_fd_fails_in_the_app() {
+    need_node!();
+    let mut h = run_node(0, &["-i", "1"], &fixture("sockets.js"), &["badfd"]);
+    wait_text(&h, Stream::Stdout, "badfd error EBADF", START);
+    assert!(herd_said(&h, "errno -9"), "herd says what it told the worker; stderr:\n{}", tail(&h));
+    h.signal(Signal::SIGTERM);
+    h.wait_exit(T);
+}
+
+/// `process.send(msg, handle)` to herd: the message arrives, the handle is
+/// closed with one warning, and herd keeps no fd.
+#[test]
+fn handle_sent_to_herd_is_closed_and_the_message_delivered() {
+    need_node!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let mut h = run_node(port, &["-i", "1"], &fixture("sockets.js"), &["sendhandle"]);
+    wait_said(&h, "sendhandle listening {} pid {}", 1, START);
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", h.pid())).unwrap().count();
+    let r = http_request(&addr, "/send", REQ).unwrap();
+    assert_eq!(r.body.trim(), "sent ok", "the worker's send completed: {r:?}");
+    let before = fds();
+    for _ in 0..20 {
+        let r = http_request(&addr, "/send", REQ).unwrap();
+        assert_eq!(r.body.trim(), "sent ok");
+    }
+    assert!(fds() <= before + 2, "herd keeps no fd per handle: {before} → {}", fds());
+    h.wait_stderr(r#"worker 0 sent {"after":"handle","error":null}"#, T);
+    assert!(herd_said(&h, r#"worker 0 sent {"sent":"handle"}"#), "{}", tail(&h));
+    let warnings = h
+        .herd_lines()
+        .iter()
+        .filter(|l| l.contains("herd keeps no handles"))
+        .count();
+    assert_eq!(warnings, 1, "one warning per worker; stderr:\n{}", tail(&h));
+    no_worker_exited(&h);
+    stop_cleanly(&mut h, T);
+}

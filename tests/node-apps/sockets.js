@@ -1,0 +1,77 @@
+// sockets.js MODE — one kind of socket per mode, as a cluster worker uses it.
+// Every mode logs `<mode> listening <port or path> pid <pid>` once it listens.
+//   udp4, udp6   dgram socket on PORT (0: any); answers each datagram with `process <pid>`
+//   tcp0         HTTP on port 0 (one port for all workers, as under Node's cluster)
+//   twice0       two HTTP servers on port 0 in one worker (two different ports)
+//   unix         HTTP on the Unix socket path SOCK
+//   exclusive    HTTP on PORT with `exclusive: true` (the worker binds it alone)
+//   fd           HTTP on `listen({fd: 3})` (herd's first --listen socket)
+//   badfd        HTTP on `listen({fd: 9})` (no such listener): logs the error
+//   sendhandle   HTTP on PORT; GET /send sends the primary a message with a socket handle
+'use strict';
+
+const dgram = require('node:dgram');
+const http = require('node:http');
+const net = require('node:net');
+
+const mode = process.argv[2];
+const port = Number(process.env.PORT || 0);
+const answer = (req, res) => res.end(`process ${process.pid}\n`);
+
+function said(server, what) {
+  const a = server.address();
+  const where = typeof a === 'string' ? a : a.port;
+  console.log(`${what} listening ${where} pid ${process.pid}`);
+}
+
+function onError(err) {
+  console.log(`${mode} error ${err.code} pid ${process.pid}`);
+  process.exit(1);
+}
+
+if (mode === 'udp4' || mode === 'udp6') {
+  const sock = dgram.createSocket(mode);
+  sock.on('error', onError);
+  sock.on('message', (msg, rinfo) => {
+    sock.send(`process ${process.pid}`, rinfo.port, rinfo.address);
+  });
+  sock.bind(port, () => said(sock, mode));
+} else if (mode === 'tcp0') {
+  const s = http.createServer(answer).on('error', onError);
+  s.listen(0, '127.0.0.1', () => said(s, mode));
+} else if (mode === 'twice0') {
+  const a = http.createServer(answer).on('error', onError);
+  const b = http.createServer(answer).on('error', onError);
+  a.listen(0, '127.0.0.1', () => {
+    b.listen(0, '127.0.0.1', () => {
+      console.log(`twice0 ports ${a.address().port} ${b.address().port} pid ${process.pid}`);
+    });
+  });
+} else if (mode === 'unix') {
+  const s = http.createServer(answer).on('error', onError);
+  s.listen(process.env.SOCK, () => said(s, mode));
+} else if (mode === 'exclusive') {
+  const s = http.createServer(answer).on('error', onError);
+  s.listen({ port, host: '127.0.0.1', exclusive: true }, () => said(s, mode));
+} else if (mode === 'fd' || mode === 'badfd') {
+  const s = http.createServer(answer).on('error', onError);
+  s.listen({ fd: mode === 'fd' ? 3 : 9 }, () => console.log(`${mode} listening pid ${process.pid}`));
+} else if (mode === 'sendhandle') {
+  const s = http.createServer((req, res) => {
+    if (req.url !== '/send') return answer(req, res);
+    // A handle the primary did not ask for: a fresh listening server.
+    const extra = net.createServer();
+    extra.listen(0, '127.0.0.1', () => {
+      process.send({ sent: 'handle' }, extra, (err) => {
+        extra.close();
+        process.send({ after: 'handle', error: err ? err.message : null });
+        res.end(`sent ${err ? err.message : 'ok'}\n`);
+      });
+    });
+  });
+  s.on('error', onError);
+  s.listen(port, '127.0.0.1', () => said(s, mode));
+} else {
+  console.error(`unknown mode ${mode}`);
+  process.exit(2);
+}

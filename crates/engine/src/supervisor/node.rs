@@ -71,17 +71,18 @@ impl Drop for Server {
 /// A handle message on its way to a worker.
 pub(super) struct Handoff {
     line: Vec<u8>,
-    fd: Arc<OwnedFd>,
+    /// `None` once herd gave up on the connection (it is not sent again).
+    pub(super) fd: Option<Arc<OwnedFd>>,
     tries: u8,
     /// For a connection: its round-robin key and `newconn` seq.
-    conn: Option<(String, u64)>,
+    pub(super) conn: Option<(String, u64)>,
 }
 
 impl Handoff {
     pub(super) fn new(line: Vec<u8>, fd: Arc<OwnedFd>, conn: Option<(String, u64)>) -> Handoff {
         Handoff {
             line,
-            fd,
+            fd: Some(fd),
             tries: 0,
             conn,
         }
@@ -486,9 +487,12 @@ impl App {
         let Some(p) = self.procs.get_mut(&worker) else {
             return;
         };
+        if handoff.fd.is_none() {
+            return;
+        }
         let _ = p.outbox.send(Outgoing {
             line: handoff.line.clone(),
-            fd: Some(handoff.fd.clone()),
+            fd: handoff.fd.clone(),
         });
         p.peer.handles_in_flight.push_back(handoff);
     }

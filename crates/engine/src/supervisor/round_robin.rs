@@ -347,6 +347,12 @@ impl App {
         }
         t.hung = true;
         t.handed_at.clear();
+        // Its handle messages not acknowledged yet keep no copy either.
+        for handoff in &mut t.handles_in_flight {
+            if handoff.conn.is_some() {
+                handoff.fd = None;
+            }
+        }
         let conns: Vec<(String, Conn)> = t.unacked.drain().map(|(_, c)| c).collect();
         let n = conns.len();
         for (_, conn) in conns {

@@ -47,7 +47,7 @@ pub use herd_engine::config::{
 pub use herd_engine::machine::{AbortReason, Command, Next, Outcome, Report};
 pub use herd_engine::os::process::ExitStatus;
 pub use herd_engine::supervisor::{Event, Stream, Target};
-pub use listener::{Connection, Listener, Source};
+pub use listener::{Connection, Listener, NetStream, Source};
 pub use nix::sys::signal::Signal;
 pub use primary::Error;
 pub use primary::{supervise, Primary, PrimaryHandle};

@@ -295,18 +295,17 @@ async fn read_loop(
                 let msg = &value["msg"];
                 if msg["act"] == "newconn" {
                     let key = msg["key"].as_str().unwrap_or_default();
-                    let stream = std::net::TcpStream::from(fd);
+                    // TCP or Unix, as the listener herd accepted it on.
                     // `accepted: true` goes out when the app takes it (Listener::accept);
                     // a listener dropped with it still queued answers `false`.
-                    let queued = stream.set_nonblocking(true).is_ok()
-                        && tokio::net::TcpStream::from_std(stream)
-                            .ok()
-                            .and_then(|s| {
-                                listeners
-                                    .get(key)
-                                    .map(|tx| tx.send((s, msg["seq"].clone())).is_ok())
-                            })
-                            .unwrap_or(false);
+                    let queued = crate::listener::NetStream::from_fd(fd)
+                        .ok()
+                        .and_then(|s| {
+                            listeners
+                                .get(key)
+                                .map(|tx| tx.send((s, msg["seq"].clone())).is_ok())
+                        })
+                        .unwrap_or(false);
                     if !queued {
                         reply(json!({"cmd": "NODE_CLUSTER", "ack": msg["seq"], "accepted": false}));
                     }

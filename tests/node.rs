@@ -1879,3 +1879,113 @@ fn round_robin_backlog_is_bounded_while_the_worker_is_stopped() {
     get_pid(&addr, "/");
     stop_cleanly(&mut h, T);
 }
+
+/// A socket herd bound for workers closes once no worker uses it any more
+/// (as under Node's primary); a Unix socket's file goes with it.
+fn closed_when_unused(balance: &str, unix: bool) {
+    need_node!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let dir = TempDir::new("node-closable");
+    let sock = dir.join("app.sock");
+    let args: Vec<String> = ["run", "-i", "1", "--balance", balance, "--"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([fixture("sockets.js"), "closable".into()])
+        .collect();
+    let sock_env = if unix { sock.to_str().unwrap() } else { "" };
+    let port_env = port.to_string();
+    let mut h = herd_with_env(
+        &[
+            ("PORT", &port_env),
+            ("SOCK", sock_env),
+            ("NODE_CLUSTER_SCHED_POLICY", ""),
+        ],
+        &args,
+    );
+    wait_said(&h, "closable listening {*} pid {}", 1, START);
+    let get = |path: &str| {
+        if unix {
+            unix_http_request(&sock, path, REQ)
+        } else {
+            http_request(&addr, path, REQ)
+        }
+    };
+    assert!(get("/").is_ok(), "the app answers");
+    assert!(get("/close").is_ok());
+    wait_said(&h, "closed pid {}", 1, T);
+    let closed = wait_until(T, || {
+        if unix {
+            !sock.exists()
+        } else {
+            std::net::TcpStream::connect(&addr).is_err()
+        }
+    });
+    assert!(
+        closed,
+        "herd closed the socket nobody uses (unix: {unix}); stderr:\n{}",
+        tail(&h)
+    );
+    no_worker_exited(&h);
+    stop_cleanly(&mut h, T);
+}
+
+#[test]
+fn unused_tcp_socket_is_closed_shared() {
+    closed_when_unused("shared", false);
+}
+
+#[test]
+fn unused_tcp_socket_is_closed_round_robin() {
+    closed_when_unused("round-robin", false);
+}
+
+#[test]
+fn unused_unix_socket_is_closed_and_its_file_removed_shared() {
+    closed_when_unused("shared", true);
+}
+
+#[test]
+fn unused_unix_socket_is_closed_and_its_file_removed_round_robin() {
+    closed_when_unused("round-robin", true);
+}
+
+/// A connection every worker refuses (`accepted: false`) is closed, not
+/// bounced between herd and the workers for ever.
+#[test]
+fn connection_refused_by_every_worker_is_closed() {
+    need_node!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let mut h = run_node(
+        port,
+        &["-i", "1", "--balance", "round-robin"],
+        &fixture("sockets.js"),
+        &["refuse"],
+    );
+    wait_said(&h, "refuse asked for {} pid {}", 1, START);
+    let herd = h.pid();
+    assert!(
+        wait_until(T, || std::net::TcpStream::connect(&addr).is_ok()),
+        "herd listens for it"
+    );
+    let fds0 = fd_count(herd);
+    for _ in 0..20 {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(T)).unwrap();
+        let _ = c.write_all(b"GET / HTTP/1.0\r\n\r\n");
+        let mut buf = Vec::new();
+        let t0 = Instant::now();
+        // EOF or a reset, promptly: not a connection left hanging.
+        let r = c.read_to_end(&mut buf);
+        assert!(
+            t0.elapsed() < Duration::from_secs(5) && buf.is_empty(),
+            "closed at once: {r:?} after {:?}",
+            t0.elapsed()
+        );
+    }
+    assert!(fd_count(herd) <= fds0 + 2, "herd keeps none of them");
+    // herd is not busy bouncing: it still answers a signal at once.
+    no_worker_exited(&h);
+    stop_cleanly(&mut h, T);
+}

@@ -8,6 +8,11 @@
 //   fd           HTTP on `listen({fd: 3})` (herd's first --listen socket)
 //   badfd        HTTP on `listen({fd: 9})` (no such listener): logs the error
 //   sendhandle   HTTP on PORT; GET /send sends the primary a message with a socket handle
+//   closable     HTTP on PORT (or on the Unix socket SOCK if set); GET /close answers, then
+//                closes the server (logs `closed pid <pid>`) and keeps running
+//   refuse       asks the primary for 127.0.0.1:PORT itself (a raw queryServer, as a buggy
+//                or racing worker could) without a server behind it: Node's cluster code then
+//                refuses (`accepted: false`) every connection handed to it
 'use strict';
 
 const dgram = require('node:dgram');
@@ -71,6 +76,24 @@ if (mode === 'udp4' || mode === 'udp6') {
   });
   s.on('error', onError);
   s.listen(port, '127.0.0.1', () => said(s, mode));
+} else if (mode === 'closable') {
+  const s = http.createServer((req, res) => {
+    if (req.url !== '/close') return answer(req, res);
+    res.setHeader('Connection', 'close');
+    res.end('closing\n', () => s.close(() => console.log(`closed pid ${process.pid}`)));
+  });
+  s.on('error', onError);
+  if (process.env.SOCK) s.listen(process.env.SOCK, () => said(s, mode));
+  else s.listen(port, '127.0.0.1', () => said(s, mode));
+  setInterval(() => {}, 1 << 30); // keep running once the server is closed
+} else if (mode === 'refuse') {
+  require('node:cluster'); // a cluster worker: its code answers `newconn`
+  process.send({
+    cmd: 'NODE_CLUSTER', act: 'queryServer', index: 0, data: null,
+    address: '127.0.0.1', port, addressType: 4, fd: undefined, backlog: 511, seq: 1000,
+  });
+  console.log(`refuse asked for ${port} pid ${process.pid}`);
+  setInterval(() => {}, 1 << 30);
 } else {
   console.error(`unknown mode ${mode}`);
   process.exit(2);

@@ -439,9 +439,8 @@ fn unix_get(path: &std::path::Path) -> std::io::Result<serde_json::Value> {
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).map_err(|e| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e}: {text:?}"))
-    })
+    serde_json::from_str(body)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e}: {text:?}")))
 }
 
 /// `--listen web=unix:PATH`: the workers serve on herd's Unix socket, both
@@ -449,7 +448,10 @@ fn unix_get(path: &std::path::Path) -> std::io::Result<serde_json::Value> {
 fn unix_listener(balance: &str, source: &str) {
     let _s = serial();
     let (_hold, fallback) = occupied();
-    let dir = std::env::temp_dir().join(format!("herd-cluster-unix-{balance}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "herd-cluster-unix-{balance}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("web.sock");

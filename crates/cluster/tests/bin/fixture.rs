@@ -280,7 +280,10 @@ async fn serve(opts: &Opts) -> i32 {
     0
 }
 
-async fn handle(mut stream: herd_cluster::NetStream, (pid, id, source): (u32, Option<usize>, String)) {
+async fn handle(
+    mut stream: herd_cluster::NetStream,
+    (pid, id, source): (u32, Option<usize>, String),
+) {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
     let mut chunk = [0u8; 2048];

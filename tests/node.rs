@@ -1650,18 +1650,20 @@ fn unix_socket_path_round_robin() {
 }
 
 /// `exclusive: true`: the worker binds the port itself and never asks herd,
-/// exactly as under Node's cluster.
+/// exactly as under Node's cluster (so herd learns it is ready from its
+/// `ready` message).
 #[test]
 fn exclusive_worker_binds_alone() {
     need_node!();
     let port = free_port();
     let mut h = run_node(
         port,
-        &["-i", "1", "--balance", "round-robin"],
+        &["-i", "1", "--balance", "round-robin", "--wait-ready"],
         &fixture("sockets.js"),
         &["exclusive"],
     );
     let said = wait_said(&h, "exclusive listening {} pid {}", 1, START);
+    wait_ready(&h, 0, 1, START);
     assert_eq!(said[0][0], port.to_string());
     let pid: i32 = said[0][1].parse().unwrap();
     assert_eq!(

@@ -4,7 +4,8 @@
 //   tcp0         HTTP on port 0 (one port for all workers, as under Node's cluster)
 //   twice0       two HTTP servers on port 0 in one worker (two different ports)
 //   unix         HTTP on the Unix socket path SOCK
-//   exclusive    HTTP on PORT with `exclusive: true` (the worker binds it alone)
+//   exclusive    HTTP on PORT with `exclusive: true` (the worker binds it alone), then
+//                sends `ready`
 //   fd           HTTP on `listen({fd: 3})` (herd's first --listen socket)
 //   badfd        HTTP on `listen({fd: 9})` (no such listener): logs the error
 //   sendhandle   HTTP on PORT; GET /send sends the primary a message with a socket handle
@@ -57,7 +58,12 @@ if (mode === 'udp4' || mode === 'udp6') {
   s.listen(process.env.SOCK, () => said(s, mode));
 } else if (mode === 'exclusive') {
   const s = http.createServer(answer).on('error', onError);
-  s.listen({ port, host: '127.0.0.1', exclusive: true }, () => said(s, mode));
+  // herd is not asked for this socket, so it is not told the worker listens:
+  // say so with the `ready` message (for --wait-ready).
+  s.listen({ port, host: '127.0.0.1', exclusive: true }, () => {
+    said(s, mode);
+    process.send('ready');
+  });
 } else if (mode === 'fd' || mode === 'badfd') {
   const s = http.createServer(answer).on('error', onError);
   s.listen({ fd: mode === 'fd' ? 3 : 9 }, () => console.log(`${mode} listening pid ${process.pid}`));

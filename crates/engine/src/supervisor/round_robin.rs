@@ -298,6 +298,25 @@ impl App {
         let was_hung = std::mem::replace(&mut p.peer.hung, false);
         let answer = p.peer.answered(seq);
         let matched = answer.is_some();
+        // Answered: its handle message (should the worker never acknowledge
+        // it) keeps no copy of the fd, and a worker that never acknowledges
+        // handles does not make that queue grow without bound.
+        if let Some(h) = p
+            .peer
+            .handles_in_flight
+            .iter_mut()
+            .find(|h| h.conn.as_ref().is_some_and(|(_, s)| *s == seq))
+        {
+            h.fd = None;
+        }
+        while p.peer.handles_in_flight.len() > 2 * MAX_IN_FLIGHT
+            && p.peer
+                .handles_in_flight
+                .front()
+                .is_some_and(|h| h.fd.is_none())
+        {
+            p.peer.handles_in_flight.pop_front();
+        }
         let drained = p.peer.disconnecting && p.peer.unacked.is_empty();
         match answer {
             Some((_, conn)) if accepted => drop(conn), // the worker has its own copy now

@@ -202,10 +202,7 @@ impl Listener {
         if is_unix(&fd) {
             let std = std::os::unix::net::UnixListener::from(fd);
             std.set_nonblocking(true)?;
-            return Ok(Listener {
-                kind: Kind::UnixSocket(UnixListener::from_std(std)?),
-                source: Source::Inherited,
-            });
+            return Listener::from_std_unix(std, Source::Inherited);
         }
         let std = std::net::TcpListener::from(fd);
         std.set_nonblocking(true)?;
@@ -215,6 +212,16 @@ impl Listener {
     pub(crate) fn from_std(std: std::net::TcpListener, source: Source) -> io::Result<Listener> {
         Ok(Listener {
             kind: Kind::Socket(TcpListener::from_std(std)?),
+            source,
+        })
+    }
+
+    pub(crate) fn from_std_unix(
+        std: std::os::unix::net::UnixListener,
+        source: Source,
+    ) -> io::Result<Listener> {
+        Ok(Listener {
+            kind: Kind::UnixSocket(UnixListener::from_std(std)?),
             source,
         })
     }

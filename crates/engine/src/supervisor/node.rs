@@ -517,9 +517,32 @@ impl App {
             self.send_handle(worker, handoff);
             return;
         }
-        if let Some((key, seq)) = handoff.conn {
-            self.conn_undelivered(worker, &key, seq);
+        match handoff.conn {
+            Some((key, seq)) => self.conn_undelivered(worker, &key, seq),
+            None => self.socket_undelivered(worker, &handoff.line),
         }
+    }
+
+    /// A listening socket never reached the worker: answer its query with an
+    /// error, so that its `listen()` fails instead of waiting for ever.
+    fn socket_undelivered(&mut self, worker: WorkerId, line_sent: &[u8]) {
+        let Ok(sent) = serde_json::from_slice::<Value>(line_sent) else {
+            return;
+        };
+        let key = sent["msg"]["key"].as_str().unwrap_or_default().to_string();
+        let query = json!({"seq": sent["msg"]["ack"].clone()});
+        let slot = self.procs.get(&worker).map(|p| p.slot).unwrap_or_default();
+        self.event(super::Event::Warning(format!(
+            "worker {slot} did not receive its listening socket after {HANDLE_RETRIES} tries; \
+             told it so (errno -{})",
+            libc::EIO
+        )));
+        self.reply(
+            worker,
+            &query,
+            json!({"errno": -libc::EIO, "key": key, "data": Value::Null}),
+        );
+        self.leave(worker, &key);
     }
 
     /// The worker closed its server `key` (or went away): it leaves the rotation.

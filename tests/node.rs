@@ -14,7 +14,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command as Process;
@@ -1434,4 +1434,560 @@ fn message_flood_does_not_stall_herd() {
             .count();
         assert_eq!(n, 100_000, "every message was relayed, once");
     });
+}
+
+// ---------------------------------------------------------------------------
+// 10. Every socket type a cluster worker can ask for (tests/node-apps/sockets.js).
+
+/// Wait until `n` stdout lines match `pattern`: their captures.
+fn wait_said(h: &Herd, pattern: &str, n: usize, timeout: Duration) -> Vec<Vec<String>> {
+    let mut got = Vec::new();
+    let ok = wait_until(timeout, || {
+        got = h.find_all(Stream::Stdout, 0, pattern);
+        got.len() >= n
+    });
+    assert!(
+        ok,
+        "{n} lines {pattern:?} expected, got {got:?}; stdout:\n{}\nstderr:\n{}",
+        h.stdout_lines().join("\n"),
+        tail(h)
+    );
+    got
+}
+
+/// No worker exited (a crash loop shows as exits).
+fn no_worker_exited(h: &Herd) {
+    assert!(
+        h.find_all(Stream::Stderr, 0, pat::EXITED_CODE).is_empty()
+            && h.find_all(Stream::Stderr, 0, pat::KILLED_BY).is_empty(),
+        "no worker exited; stdout:\n{}\nstderr:\n{}",
+        h.stdout_lines().join("\n"),
+        tail(h)
+    );
+}
+
+/// Send datagrams to `addr` until every pid in `want` answered (or the
+/// deadline): the pids that answered.
+fn udp_pids(addr: &str, want: &BTreeSet<i32>, timeout: Duration) -> BTreeSet<i32> {
+    let local = if addr.starts_with('[') {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
+    let deadline = Instant::now() + timeout;
+    let mut seen = BTreeSet::new();
+    while Instant::now() < deadline && !want.is_subset(&seen) {
+        // A fresh client port each time: the kernel wakes whichever worker.
+        let sock = std::net::UdpSocket::bind(local).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        sock.send_to(b"ping", addr).unwrap();
+        let mut buf = [0u8; 64];
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if let Some(pid) = body_pid(&String::from_utf8_lossy(&buf[..n])) {
+                seen.insert(pid);
+            }
+        }
+    }
+    seen
+}
+
+fn udp_is_shared(family: &str, balance: &str) {
+    need_node!();
+    if family == "udp6" && !ipv6_available() {
+        eprintln!("SKIPPED: no IPv6 on this machine");
+        return;
+    }
+    let mut h = run_node(
+        0,
+        &["-i", "2", "--balance", balance],
+        &fixture("sockets.js"),
+        &[family],
+    );
+    let said = wait_said(&h, &format!("{family} listening {{}} pid {{}}"), 2, START);
+    let ports: BTreeSet<&String> = said.iter().map(|c| &c[0]).collect();
+    assert_eq!(
+        ports.len(),
+        1,
+        "port 0: one socket, one port for all workers: {said:?}"
+    );
+    let port = said[0][0].clone();
+    let pids: BTreeSet<i32> = said.iter().map(|c| c[1].parse().unwrap()).collect();
+    assert_eq!(pids.len(), 2);
+    let addr = if family == "udp6" {
+        format!("[::1]:{port}")
+    } else {
+        format!("127.0.0.1:{port}")
+    };
+    let seen = udp_pids(&addr, &pids, T);
+    assert!(
+        !seen.is_empty(),
+        "the UDP app answers on {addr}; stderr:\n{}",
+        tail(&h)
+    );
+    assert!(seen.is_subset(&pids), "{seen:?} ⊆ {pids:?}");
+    assert!(
+        herd_said(&h, "(udp, shared by the workers)"),
+        "herd says the UDP socket is shared; stderr:\n{}",
+        tail(&h)
+    );
+    no_worker_exited(&h);
+    stop_cleanly(&mut h, T);
+}
+
+#[test]
+fn udp4_socket_is_shared_under_shared_balance() {
+    udp_is_shared("udp4", "shared");
+}
+
+#[test]
+fn udp4_socket_is_shared_under_round_robin() {
+    udp_is_shared("udp4", "round-robin");
+}
+
+#[test]
+fn udp6_socket_is_shared_under_round_robin() {
+    udp_is_shared("udp6", "round-robin");
+}
+
+#[test]
+fn udp6_socket_is_shared_under_shared_balance() {
+    udp_is_shared("udp6", "shared");
+}
+
+fn listen_zero(balance: &str) {
+    need_node!();
+    let mut h = run_node(
+        0,
+        &["-i", "2", "--balance", balance],
+        &fixture("sockets.js"),
+        &["tcp0"],
+    );
+    let said = wait_said(&h, "tcp0 listening {} pid {}", 2, START);
+    assert_eq!(said[0][0], said[1][0], "one port for all workers: {said:?}");
+    let pids: BTreeSet<i32> = said.iter().map(|c| c[1].parse().unwrap()).collect();
+    let addr = format!("127.0.0.1:{}", said[0][0]);
+    assert_eq!(
+        pids_seen(&addr, &pids, 400),
+        pids,
+        "both workers answer on {addr}"
+    );
+    no_worker_exited(&h);
+    stop_cleanly(&mut h, T);
+
+    // Two `listen(0)` in one worker are two sockets; each worker's n-th is
+    // the same one.
+    let mut h = run_node(
+        0,
+        &["-i", "2", "--balance", balance],
+        &fixture("sockets.js"),
+        &["twice0"],
+    );
+    let said = wait_said(&h, "twice0 ports {} {} pid {}", 2, START);
+    assert_ne!(said[0][0], said[0][1], "two servers, two ports: {said:?}");
+    assert_eq!(
+        (&said[0][0], &said[0][1]),
+        (&said[1][0], &said[1][1]),
+        "the workers share both: {said:?}"
+    );
+    no_worker_exited(&h);
+    stop_cleanly(&mut h, T);
+}
+
+#[test]
+fn listen_zero_gives_every_worker_the_same_port_shared() {
+    listen_zero("shared");
+}
+
+#[test]
+fn listen_zero_gives_every_worker_the_same_port_round_robin() {
+    listen_zero("round-robin");
+}
+
+fn unix_path(balance: &str) {
+    need_node!();
+    let dir = TempDir::new("node-unix");
+    let sock = dir.join("app.sock");
+    let args: Vec<String> = ["run", "-i", "2", "--balance", balance, "--"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([fixture("sockets.js"), "unix".into()])
+        .collect();
+    let mut h = herd_with_env(
+        &[
+            ("SOCK", sock.to_str().unwrap()),
+            ("NODE_CLUSTER_SCHED_POLICY", ""),
+        ],
+        &args,
+    );
+    let said = wait_said(&h, "unix listening {*} pid {}", 2, START);
+    let pids: BTreeSet<i32> = said.iter().map(|c| c[0].parse().unwrap()).collect();
+    let mut seen = BTreeSet::new();
+    for _ in 0..400 {
+        let r = unix_http_request(&sock, "/", REQ).expect("the app answers on its socket");
+        seen.extend(answer_pid(&r));
+        if seen == pids {
+            break;
+        }
+    }
+    assert_eq!(seen, pids, "both workers answer on {}", sock.display());
+    no_worker_exited(&h);
+    stop_cleanly(&mut h, T);
+    assert!(
+        !sock.exists(),
+        "herd removes the socket file it bound at exit"
+    );
+}
+
+#[test]
+fn unix_socket_path_shared() {
+    unix_path("shared");
+}
+
+#[test]
+fn unix_socket_path_round_robin() {
+    unix_path("round-robin");
+}
+
+/// `exclusive: true`: the worker binds the port itself and never asks herd,
+/// exactly as under Node's cluster (so herd learns it is ready from its
+/// `ready` message).
+#[test]
+fn exclusive_worker_binds_alone() {
+    need_node!();
+    let port = free_port();
+    let mut h = run_node(
+        port,
+        &["-i", "1", "--balance", "round-robin", "--wait-ready"],
+        &fixture("sockets.js"),
+        &["exclusive"],
+    );
+    let said = wait_said(&h, "exclusive listening {} pid {}", 1, START);
+    wait_ready(&h, 0, 1, START);
+    assert_eq!(said[0][0], port.to_string());
+    let pid: i32 = said[0][1].parse().unwrap();
+    assert_eq!(
+        get_pid(&addr_of(port), "/"),
+        pid,
+        "the worker answers on its own socket"
+    );
+    assert!(
+        !herd_said(&h, "listening on "),
+        "herd bound nothing for an exclusive listen; stderr:\n{}",
+        tail(&h)
+    );
+    no_worker_exited(&h);
+    stop_cleanly(&mut h, T);
+}
+
+/// `listen({fd: 3})`: the worker's inherited fd 3 is herd's first `--listen` socket.
+fn listen_fd(balance: &str) {
+    need_node!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let mut h = run_node(
+        port,
+        &["-i", "2", "--balance", balance, "--listen", &addr],
+        &fixture("sockets.js"),
+        &["fd"],
+    );
+    let said = wait_said(&h, "fd listening pid {}", 2, START);
+    let pids: BTreeSet<i32> = said.iter().map(|c| c[0].parse().unwrap()).collect();
+    assert_eq!(
+        pids_seen(&addr, &pids, 400),
+        pids,
+        "both workers answer on {addr}"
+    );
+    no_worker_exited(&h);
+    stop_cleanly(&mut h, T);
+}
+
+#[test]
+fn listen_fd_shared() {
+    listen_fd("shared");
+}
+
+#[test]
+fn listen_fd_round_robin() {
+    listen_fd("round-robin");
+}
+
+/// `listen({fd: 9})` with no such listener: the app's listen() fails with
+/// EBADF instead of waiting for ever.
+#[test]
+fn listen_on_a_missing_fd_fails_in_the_app() {
+    need_node!();
+    let mut h = run_node(0, &["-i", "1"], &fixture("sockets.js"), &["badfd"]);
+    wait_text(&h, Stream::Stdout, "badfd error EBADF", START);
+    assert!(
+        herd_said(&h, "errno -9"),
+        "herd says what it told the worker; stderr:\n{}",
+        tail(&h)
+    );
+    h.signal(Signal::SIGTERM);
+    h.wait_exit(T);
+}
+
+/// `process.send(msg, handle)` to herd: the message arrives, the handle is
+/// closed with one warning, and herd keeps no fd.
+#[test]
+fn handle_sent_to_herd_is_closed_and_the_message_delivered() {
+    need_node!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let mut h = run_node(port, &["-i", "1"], &fixture("sockets.js"), &["sendhandle"]);
+    wait_said(&h, "sendhandle listening {} pid {}", 1, START);
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", h.pid()))
+            .unwrap()
+            .count()
+    };
+    let r = http_request(&addr, "/send", REQ).unwrap();
+    assert_eq!(
+        r.body.trim(),
+        "sent ok",
+        "the worker's send completed: {r:?}"
+    );
+    let before = fds();
+    for _ in 0..20 {
+        let r = http_request(&addr, "/send", REQ).unwrap();
+        assert_eq!(r.body.trim(), "sent ok");
+    }
+    assert!(
+        fds() <= before + 2,
+        "herd keeps no fd per handle: {before} → {}",
+        fds()
+    );
+    h.wait_stderr(r#"worker 0 sent {"after":"handle","error":null}"#, T);
+    assert!(
+        herd_said(&h, r#"worker 0 sent {"sent":"handle"}"#),
+        "{}",
+        tail(&h)
+    );
+    let warnings = h
+        .herd_lines()
+        .iter()
+        .filter(|l| l.contains("herd keeps no handles"))
+        .count();
+    assert_eq!(warnings, 1, "one warning per worker; stderr:\n{}", tail(&h));
+    no_worker_exited(&h);
+    stop_cleanly(&mut h, T);
+}
+
+// ---------------------------------------------------------------------------
+// 11. Round-robin bounds: what herd holds while no worker takes connections.
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// 2,000 clients connect while the only worker is stopped (SIGSTOP): herd
+/// holds a bounded number of connections (the rest wait in the kernel's
+/// queue), gives up on the worker's unanswered ones after its answer timeout,
+/// and once the worker runs again every other client is served.
+#[test]
+fn round_robin_backlog_is_bounded_while_the_worker_is_stopped() {
+    use nix::sys::signal::{kill, Signal as Sig};
+    use nix::unistd::Pid;
+    need_node!();
+    let _s = serial();
+    let port = free_port();
+    let addr = addr_of(port);
+    let mut h = run_node(
+        port,
+        &["-i", "1", "--balance", "round-robin"],
+        &example("hello.js"),
+        &[],
+    );
+    let ready = wait_ready(&h, 0, 1, START);
+    let worker = *ready.values().next().unwrap();
+    get_pid(&addr, "/");
+    let herd = h.pid();
+    let (fds0, rss0) = (fd_count(herd), rss_kib(herd));
+    kill(Pid::from_raw(worker), Sig::SIGSTOP).unwrap();
+    const N: usize = 2000;
+    let mut clients = Vec::with_capacity(N);
+    let mut peak_fds = 0;
+    for i in 0..N {
+        let mut c = std::net::TcpStream::connect(&addr).expect("the kernel queue takes the client");
+        c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        clients.push(c);
+        if i % 100 == 0 {
+            peak_fds = peak_fds.max(fd_count(herd));
+        }
+    }
+    let mut peak_rss = 0;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(2) {
+        peak_fds = peak_fds.max(fd_count(herd));
+        peak_rss = peak_rss.max(rss_kib(herd));
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "  MEASURED herd with {N} clients and its only worker stopped: fds {fds0} -> peak {peak_fds}, \
+         RSS {rss0} KiB -> peak {peak_rss} KiB"
+    );
+    assert!(
+        peak_fds <= fds0 + 512 + 16,
+        "herd holds at most 512 connections per socket: {fds0} -> {peak_fds} fds"
+    );
+    // The worker never answers: herd closes what it handed it and says so.
+    h.wait_stderr(
+        "worker 0 has not answered for a connection handed to it",
+        Duration::from_secs(30),
+    );
+    thread::sleep(Duration::from_millis(200));
+    let after = fd_count(herd);
+    eprintln!(
+        "  MEASURED after the answer timeout: fds {after}, RSS {} KiB",
+        rss_kib(herd)
+    );
+    assert!(after <= fds0 + 512 + 16, "still bounded: {after}");
+    kill(Pid::from_raw(worker), Sig::SIGCONT).unwrap();
+    // Every client herd did not give up on is served now.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut served, mut closed) = (0, 0);
+    for mut c in clients {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(10));
+        c.set_read_timeout(Some(left)).unwrap();
+        let mut body = String::new();
+        match c.read_to_string(&mut body) {
+            Ok(_) if body.contains(&format!("process {worker}")) => served += 1,
+            _ => closed += 1,
+        }
+    }
+    eprintln!(
+        "  MEASURED after SIGCONT: {served} served, {closed} closed by herd's answer timeout"
+    );
+    assert!(
+        closed <= 128 + 8,
+        "only connections handed to the stopped worker are closed: {closed}"
+    );
+    assert_eq!(served + closed, N);
+    h.wait_stderr("worker 0 answers again", T);
+    get_pid(&addr, "/");
+    stop_cleanly(&mut h, T);
+}
+
+/// A socket herd bound for workers closes once no worker uses it any more
+/// (as under Node's primary); a Unix socket's file goes with it.
+fn closed_when_unused(balance: &str, unix: bool) {
+    need_node!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let dir = TempDir::new("node-closable");
+    let sock = dir.join("app.sock");
+    let args: Vec<String> = ["run", "-i", "1", "--balance", balance, "--"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([fixture("sockets.js"), "closable".into()])
+        .collect();
+    let sock_env = if unix { sock.to_str().unwrap() } else { "" };
+    let port_env = port.to_string();
+    let mut h = herd_with_env(
+        &[
+            ("PORT", &port_env),
+            ("SOCK", sock_env),
+            ("NODE_CLUSTER_SCHED_POLICY", ""),
+        ],
+        &args,
+    );
+    wait_said(&h, "closable listening {*} pid {}", 1, START);
+    let get = |path: &str| {
+        if unix {
+            unix_http_request(&sock, path, REQ)
+        } else {
+            http_request(&addr, path, REQ)
+        }
+    };
+    assert!(get("/").is_ok(), "the app answers");
+    assert!(get("/close").is_ok());
+    wait_said(&h, "closed pid {}", 1, T);
+    let closed = wait_until(T, || {
+        if unix {
+            !sock.exists()
+        } else {
+            std::net::TcpStream::connect(&addr).is_err()
+        }
+    });
+    assert!(
+        closed,
+        "herd closed the socket nobody uses (unix: {unix}); stderr:\n{}",
+        tail(&h)
+    );
+    no_worker_exited(&h);
+    stop_cleanly(&mut h, T);
+}
+
+#[test]
+fn unused_tcp_socket_is_closed_shared() {
+    closed_when_unused("shared", false);
+}
+
+#[test]
+fn unused_tcp_socket_is_closed_round_robin() {
+    closed_when_unused("round-robin", false);
+}
+
+#[test]
+fn unused_unix_socket_is_closed_and_its_file_removed_shared() {
+    closed_when_unused("shared", true);
+}
+
+#[test]
+fn unused_unix_socket_is_closed_and_its_file_removed_round_robin() {
+    closed_when_unused("round-robin", true);
+}
+
+/// A connection every worker refuses (`accepted: false`) is closed, not
+/// bounced between herd and the workers for ever.
+#[test]
+fn connection_refused_by_every_worker_is_closed() {
+    need_node!();
+    let port = free_port();
+    let addr = addr_of(port);
+    let mut h = run_node(
+        port,
+        &["-i", "1", "--balance", "round-robin"],
+        &fixture("sockets.js"),
+        &["refuse"],
+    );
+    wait_said(&h, "refuse asked for {} pid {}", 1, START);
+    let herd = h.pid();
+    assert!(
+        wait_until(T, || std::net::TcpStream::connect(&addr).is_ok()),
+        "herd listens for it"
+    );
+    let fds0 = fd_count(herd);
+    for _ in 0..20 {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(T)).unwrap();
+        let _ = c.write_all(b"GET / HTTP/1.0\r\n\r\n");
+        let mut buf = Vec::new();
+        let t0 = Instant::now();
+        // EOF or a reset, promptly: not a connection left hanging.
+        let r = c.read_to_end(&mut buf);
+        assert!(
+            t0.elapsed() < Duration::from_secs(5) && buf.is_empty(),
+            "closed at once: {r:?} after {:?}",
+            t0.elapsed()
+        );
+    }
+    assert!(fd_count(herd) <= fds0 + 2, "herd keeps none of them");
+    // herd is not busy bouncing: it still answers a signal at once.
+    no_worker_exited(&h);
+    stop_cleanly(&mut h, T);
 }

@@ -20,7 +20,7 @@
 //! in both roles and branches on [`is_primary`], as a Node cluster script does.
 //!
 //! **Worker side.** [`Worker`] gives a worker what herd passes it:
-//! - listeners ([`Worker::listener`]): the sockets herd bound, inherited as
+//! - listeners ([`Worker::listener`]): the sockets herd bound (TCP or Unix), inherited as
 //!   fds 3, 4, … (systemd's `LISTEN_FDS` protocol), found by name; with
 //!   `round-robin` balance herd keeps the socket and hands each accepted
 //!   connection over the IPC channel (`SCM_RIGHTS`), and the listener turns
@@ -47,7 +47,7 @@ pub use herd_engine::config::{
 pub use herd_engine::machine::{AbortReason, Command, Next, Outcome, Report};
 pub use herd_engine::os::process::ExitStatus;
 pub use herd_engine::supervisor::{Event, Stream, Target};
-pub use listener::{Connection, Listener, Source};
+pub use listener::{Connection, Listener, NetStream, Source};
 pub use nix::sys::signal::Signal;
 pub use primary::Error;
 pub use primary::{supervise, Primary, PrimaryHandle};

@@ -1,12 +1,15 @@
-//! A worker's listener: an inherited socket, a socket bound standalone, or
-//! the stream of connections herd hands over in round-robin mode — one
-//! `accept()` for all three.
+//! A worker's listener: an inherited socket (TCP or Unix), a socket bound
+//! standalone, or the stream of connections herd hands over in round-robin
+//! mode — one `accept()` for all of them, yielding a [`NetStream`].
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 /// Where a listener's connections come from.
@@ -21,10 +24,129 @@ pub enum Source {
 }
 
 /// A connection herd handed over, with the `seq` of its `newconn`.
-pub(crate) type HandedOver = (TcpStream, serde_json::Value);
+pub(crate) type HandedOver = (NetStream, serde_json::Value);
 
-/// A connection as [`Listener::accept`] returns it.
-pub type Connection = (TcpStream, SocketAddr);
+/// A connection as [`Listener::accept`] returns it: the stream and the
+/// peer's address (`0.0.0.0:0` for a Unix socket's peer, which has none).
+pub type Connection = (NetStream, SocketAddr);
+
+/// A connection's stream: TCP, or a Unix socket's (`--listen unix:PATH`).
+/// Both read and write alike ([`AsyncRead`], [`AsyncWrite`]).
+#[derive(Debug)]
+pub enum NetStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// What a Unix peer reports as its address.
+fn no_addr() -> SocketAddr {
+    ([0, 0, 0, 0], 0).into()
+}
+
+impl NetStream {
+    /// Wrap a connected socket's fd (nonblocking), TCP or Unix by its family.
+    pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<NetStream> {
+        if is_unix(&fd) {
+            let std = std::os::unix::net::UnixStream::from(fd);
+            std.set_nonblocking(true)?;
+            Ok(NetStream::Unix(UnixStream::from_std(std)?))
+        } else {
+            let std = std::net::TcpStream::from(fd);
+            std.set_nonblocking(true)?;
+            Ok(NetStream::Tcp(TcpStream::from_std(std)?))
+        }
+    }
+
+    /// TCP_NODELAY on a TCP stream; nothing to do on a Unix one.
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        match self {
+            NetStream::Tcp(s) => s.set_nodelay(nodelay),
+            NetStream::Unix(_) => Ok(()),
+        }
+    }
+
+    /// The peer's address (`0.0.0.0:0` for a Unix socket).
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            NetStream::Tcp(s) => s.peer_addr(),
+            NetStream::Unix(_) => Ok(no_addr()),
+        }
+    }
+
+    /// The TCP stream, if it is one.
+    pub fn into_tcp(self) -> Option<TcpStream> {
+        match self {
+            NetStream::Tcp(s) => Some(s),
+            NetStream::Unix(_) => None,
+        }
+    }
+}
+
+impl AsyncRead for NetStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NetStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            NetStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for NetStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            NetStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            NetStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NetStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            NetStream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NetStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            NetStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            NetStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            NetStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            NetStream::Tcp(s) => s.is_write_vectored(),
+            NetStream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// Is this socket a Unix one (by its address family)?
+fn is_unix(fd: &OwnedFd) -> bool {
+    use nix::sys::socket::{getsockname, AddressFamily, SockaddrLike, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    getsockname::<SockaddrStorage>(fd.as_raw_fd())
+        .is_ok_and(|a| a.family() == Some(AddressFamily::Unix))
+}
 
 /// Accepts connections, wherever they come from.
 #[derive(Debug)]
@@ -36,6 +158,7 @@ pub struct Listener {
 #[derive(Debug)]
 enum Kind {
     Socket(TcpListener),
+    UnixSocket(UnixListener),
     Handed {
         rx: mpsc::UnboundedReceiver<HandedOver>,
         addr: SocketAddr,
@@ -74,7 +197,13 @@ impl Drop for Listener {
 }
 
 impl Listener {
+    /// An inherited listening socket: TCP or Unix, by its address family.
     pub(crate) fn inherited(fd: OwnedFd) -> io::Result<Listener> {
+        if is_unix(&fd) {
+            let std = std::os::unix::net::UnixListener::from(fd);
+            std.set_nonblocking(true)?;
+            return Listener::from_std_unix(std, Source::Inherited);
+        }
         let std = std::net::TcpListener::from(fd);
         std.set_nonblocking(true)?;
         Listener::from_std(std, Source::Inherited)
@@ -83,6 +212,16 @@ impl Listener {
     pub(crate) fn from_std(std: std::net::TcpListener, source: Source) -> io::Result<Listener> {
         Ok(Listener {
             kind: Kind::Socket(TcpListener::from_std(std)?),
+            source,
+        })
+    }
+
+    pub(crate) fn from_std_unix(
+        std: std::os::unix::net::UnixListener,
+        source: Source,
+    ) -> io::Result<Listener> {
+        Ok(Listener {
+            kind: Kind::UnixSocket(UnixListener::from_std(std)?),
             source,
         })
     }
@@ -107,7 +246,14 @@ impl Listener {
     /// closes the channel: then this returns `ConnectionAborted`.
     pub async fn accept(&mut self) -> io::Result<Connection> {
         match &mut self.kind {
-            Kind::Socket(l) => l.accept().await,
+            Kind::Socket(l) => {
+                let (stream, peer) = l.accept().await?;
+                Ok((NetStream::Tcp(stream), peer))
+            }
+            Kind::UnixSocket(l) => {
+                let (stream, _) = l.accept().await?;
+                Ok((NetStream::Unix(stream), no_addr()))
+            }
             Kind::Handed { rx, outbox, .. } => {
                 let (stream, seq) = rx.recv().await.ok_or_else(|| {
                     io::Error::new(
@@ -116,18 +262,28 @@ impl Listener {
                     )
                 })?;
                 answer(outbox, &seq, true);
-                let peer = stream
-                    .peer_addr()
-                    .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+                let peer = stream.peer_addr().unwrap_or_else(|_| no_addr());
                 Ok((stream, peer))
             }
         }
     }
 
-    /// The local address (for round-robin: the fallback address given).
+    /// The local address (for round-robin: the fallback address given). A
+    /// Unix socket has none: an `Unsupported` error names its path.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         match &self.kind {
             Kind::Socket(l) => l.local_addr(),
+            Kind::UnixSocket(l) => {
+                let path = l
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+                    .unwrap_or_else(|| "?".into());
+                Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("the listener is the Unix socket {path}: it has no IP address"),
+                ))
+            }
             Kind::Handed { addr, .. } => Ok(*addr),
         }
     }
@@ -135,7 +291,7 @@ impl Listener {
 
 #[cfg(feature = "axum")]
 impl axum::serve::Listener for Listener {
-    type Io = TcpStream;
+    type Io = NetStream;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -153,6 +309,10 @@ impl axum::serve::Listener for Listener {
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        Listener::local_addr(self)
+        match &self.kind {
+            // axum asks only to report it: a Unix socket has no IP address.
+            Kind::UnixSocket(_) => Ok(no_addr()),
+            _ => Listener::local_addr(self),
+        }
     }
 }

@@ -86,7 +86,8 @@ impl Worker {
     /// The listener called `name`: the socket herd passed under that name
     /// (or the only one, if herd passed a single unnamed socket), the
     /// connections herd hands over in round-robin mode, or — not under herd —
-    /// a socket this process binds on `fallback` (`HOST:PORT`) itself.
+    /// a socket this process binds on `fallback` (`HOST:PORT`, or
+    /// `unix:PATH`) itself.
     /// Each listener can be taken once.
     pub fn listener(&self, name: &str, fallback: &str) -> io::Result<Listener> {
         if let Some(rx) = self.round_robin.lock().expect("lock").remove(name) {
@@ -116,8 +117,14 @@ impl Worker {
                 format!("herd passed no listener named '{name}' (it passed: {}); name it with --listen {name}=ADDR", names.join(", ")),
             ));
         }
-        let std = std::net::TcpListener::bind(fallback)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {fallback}: {e}")))?;
+        let cannot =
+            |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {fallback}: {e}"));
+        if let Some(path) = fallback.strip_prefix("unix:") {
+            let std = std::os::unix::net::UnixListener::bind(path).map_err(cannot)?;
+            std.set_nonblocking(true)?;
+            return Listener::from_std_unix(std, Source::Bound);
+        }
+        let std = std::net::TcpListener::bind(fallback).map_err(cannot)?;
         std.set_nonblocking(true)?;
         Listener::from_std(std, Source::Bound)
     }
@@ -283,18 +290,17 @@ async fn read_loop(
                 let msg = &value["msg"];
                 if msg["act"] == "newconn" {
                     let key = msg["key"].as_str().unwrap_or_default();
-                    let stream = std::net::TcpStream::from(fd);
+                    // TCP or Unix, as the listener herd accepted it on.
                     // `accepted: true` goes out when the app takes it (Listener::accept);
                     // a listener dropped with it still queued answers `false`.
-                    let queued = stream.set_nonblocking(true).is_ok()
-                        && tokio::net::TcpStream::from_std(stream)
-                            .ok()
-                            .and_then(|s| {
-                                listeners
-                                    .get(key)
-                                    .map(|tx| tx.send((s, msg["seq"].clone())).is_ok())
-                            })
-                            .unwrap_or(false);
+                    let queued = crate::listener::NetStream::from_fd(fd)
+                        .ok()
+                        .and_then(|s| {
+                            listeners
+                                .get(key)
+                                .map(|tx| tx.send((s, msg["seq"].clone())).is_ok())
+                        })
+                        .unwrap_or(false);
                     if !queued {
                         reply(json!({"cmd": "NODE_CLUSTER", "ack": msg["seq"], "accepted": false}));
                     }

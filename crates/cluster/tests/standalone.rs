@@ -95,3 +95,28 @@ fn roles_outside_herd() {
     assert!(herd_cluster::is_primary());
     assert!(!herd_cluster::is_worker());
 }
+
+/// A `unix:PATH` fallback: standalone, the listener binds that Unix socket.
+#[test]
+fn standalone_binds_a_unix_fallback() {
+    use std::io::{Read, Write};
+    let _s = serial();
+    let dir = std::env::temp_dir().join(format!("herd-cluster-standalone-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("web.sock");
+    let addr = format!("unix:{}", sock.display());
+    let mut p = standalone(&addr);
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("it listens on the path");
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let body: serde_json::Value =
+        serde_json::from_str(raw.split_once("\r\n\r\n").map_or("", |(_, b)| b)).unwrap();
+    assert_eq!(body["pid"], p.pid());
+    assert_eq!(body["source"], "Bound");
+    p.assert_running();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -428,3 +428,71 @@ fn under_herd_the_stopping_line_names_the_shutdown_message() {
         "herd sent the message \"shutdown\", not SIGINT: {line}"
     );
 }
+
+/// One GET over a Unix socket: the fixture's JSON body.
+fn unix_get(path: &std::path::Path) -> std::io::Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(T))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e}: {text:?}")))
+}
+
+/// `--listen web=unix:PATH`: the workers serve on herd's Unix socket, both
+/// when they inherit it and when herd hands its connections over.
+fn unix_listener(balance: &str, source: &str) {
+    let _s = serial();
+    let (_hold, fallback) = occupied();
+    let dir = std::env::temp_dir().join(format!(
+        "herd-cluster-unix-{balance}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("web.sock");
+    let listen = format!("web=unix:{}", sock.display());
+    let Some(mut herd) = herd_run(
+        &["-i", "2", "--listen", &listen, "--balance", balance],
+        &["--addr", &fallback],
+    ) else {
+        return;
+    };
+    let online = herd.wait_online(0, 2, T);
+    herd.wait_serving(online.values().copied(), T);
+    for slot in online.keys() {
+        herd.expect_line(
+            Stream::Stdout,
+            0,
+            &format!("[{slot}] fixture serving {{*}}source={source}"),
+            T,
+        );
+    }
+    let want: BTreeSet<i32> = online.values().copied().collect();
+    let mut seen = BTreeSet::new();
+    for _ in 0..200 {
+        let body = unix_get(&sock).expect("the worker answers on the Unix socket");
+        assert_eq!(body["source"], source);
+        seen.insert(body["pid"].as_i64().unwrap() as i32);
+        if seen == want {
+            break;
+        }
+    }
+    assert_eq!(seen, want, "both workers answer on {}", sock.display());
+    herd.assert_running();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn under_herd_an_inherited_unix_listener_serves() {
+    unix_listener("shared", "Inherited");
+}
+
+#[test]
+fn under_herd_round_robin_hands_unix_connections_over() {
+    unix_listener("round-robin", "RoundRobin");
+}

@@ -45,6 +45,11 @@ impl<K: Copy + PartialEq> Rotation<K> {
         self.members.is_empty()
     }
 
+    /// The members, in turn order.
+    pub fn members(&self) -> &[K] {
+        &self.members
+    }
+
     /// The member for the next connection: among those `load` accepts
     /// (`Some(load)`, any ordered measure, e.g. unacknowledged connections),
     /// the least loaded; the first such in turn order on a tie. `None` when

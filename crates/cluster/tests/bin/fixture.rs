@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use herd_cluster::{Balance, Event, Primary, Target, Worker};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 #[derive(Debug, Default, Clone)]
@@ -281,7 +280,10 @@ async fn serve(opts: &Opts) -> i32 {
     0
 }
 
-async fn handle(mut stream: TcpStream, (pid, id, source): (u32, Option<usize>, String)) {
+async fn handle(
+    mut stream: herd_cluster::NetStream,
+    (pid, id, source): (u32, Option<usize>, String),
+) {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
     let mut chunk = [0u8; 2048];

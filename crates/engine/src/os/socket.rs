@@ -51,6 +51,29 @@ pub fn bind_listener(addr: &ListenAddr, reuseport: bool) -> io::Result<OwnedFd> 
     Ok(socket.into())
 }
 
+/// Bind a UDP socket on `addr` (nonblocking, close-on-exec), as Node's
+/// primary does for a `dgram` worker: an IPv6 socket is dual-stack unless
+/// `ipv6_only`; `reuse_addr` sets SO_REUSEADDR.
+pub fn bind_udp(
+    addr: std::net::SocketAddr,
+    ipv6_only: bool,
+    reuse_addr: bool,
+) -> io::Result<OwnedFd> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.nonblocking().cloexec(),
+        None,
+    )?;
+    if reuse_addr {
+        socket.set_reuse_address(true)?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(ipv6_only)?;
+    }
+    socket.bind(&SockAddr::from(addr))?;
+    Ok(socket.into())
+}
+
 /// The kernel caps `listen()`'s backlog at net.core.somaxconn; ask for that.
 fn max_backlog() -> i32 {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn")
@@ -183,6 +206,24 @@ mod tests {
         assert!(SockRef::from(&a).reuse_port().unwrap());
         let addr = local_addr(&a).unwrap();
         let _b = bind_listener(&addr, true).unwrap();
+    }
+
+    #[test]
+    fn udp_binds_a_datagram_socket() {
+        let fd = bind_udp("127.0.0.1:0".parse().unwrap(), false, false).unwrap();
+        assert_nonblocking_cloexec(&fd);
+        assert_eq!(SockRef::from(&fd).r#type().unwrap(), Type::DGRAM);
+        let ListenAddr::Tcp(addr) = local_addr(&fd).unwrap() else {
+            panic!("not an inet address")
+        };
+        assert_ne!(addr.port(), 0);
+        let server = std::net::UdpSocket::from(fd);
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.send_to(b"ping", addr).unwrap();
+        server.set_nonblocking(false).unwrap();
+        let mut buf = [0u8; 8];
+        let (n, _) = server.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"ping");
     }
 
     #[test]

@@ -31,6 +31,7 @@ use crate::os::socket;
 use crate::os::spawn::{self, SpawnSpec};
 
 mod node;
+mod round_robin;
 
 /// Which output stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,7 +350,11 @@ enum Internal {
     /// herd accepted a connection on a round-robin socket.
     Accepted {
         key: String,
-        conn: OwnedFd,
+        conn: round_robin::Conn,
+    },
+    /// Time to check whether a worker answered for its oldest connection.
+    AnswerDue {
+        worker: WorkerId,
     },
     /// Time to send a draining Node worker its kill signal.
     StopSignal {
@@ -755,7 +760,8 @@ impl App {
                 }
             }
             Internal::ChannelClosed { worker } => self.channel_closed(worker),
-            Internal::Accepted { key, conn } => self.dispatch(&key, Arc::new(conn)),
+            Internal::Accepted { key, conn } => self.dispatch(&key, conn),
+            Internal::AnswerDue { worker } => self.answer_due(worker),
             Internal::StopSignal { worker } => self.stop_signal(worker),
             Internal::Notify { pid, text } => {
                 let Some(worker) = self.worker_of_pid(pid) else {

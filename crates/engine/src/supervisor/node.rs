@@ -1,17 +1,20 @@
-//! herd as a Node.js cluster primary, and the round-robin hand-over.
+//! herd as a Node.js cluster primary: Node's cluster protocol.
 //!
 //! A Node worker started with `NODE_UNIQUE_ID` and an IPC channel believes it
-//! is a `cluster` worker: when the app calls `server.listen(8000)` it asks its
-//! primary for the socket (`queryServer`). herd binds one socket per distinct
-//! address/port/type/fd (or reuses a matching `--listen` socket) and either
-//! sends the listening handle (`shared`, Node's SCHED_NONE) or accepts
-//! connections itself and hands each one over (`round-robin`, SCHED_RR, with
-//! `newconn`). Everything is JSON lines on the channel; handles travel as
-//! `NODE_HANDLE` messages with `SCM_RIGHTS`, one at a time per worker, each
-//! waiting for the worker's `NODE_HANDLE_ACK`.
+//! is a `cluster` worker: when the app calls `server.listen(8000)` or
+//! `socket.bind(41234)` it asks its primary for the socket (`queryServer`).
+//! herd binds one socket per distinct address/port/type/fd/index, as Node's
+//! primary does (or reuses a matching `--listen` socket), and either sends
+//! the handle (`shared`, Node's SCHED_NONE; UDP sockets always, in every
+//! balance mode, as under Node) or accepts connections itself and hands each
+//! one over (`round-robin`, SCHED_RR: see [`super::round_robin`]). A socket
+//! herd bound for workers is closed once no worker uses it any more (a Unix
+//! socket's file removed). Everything is JSON lines on the channel; handles
+//! travel as `NODE_HANDLE` messages with `SCM_RIGHTS`, each acknowledged by
+//! the worker's `NODE_HANDLE_ACK`.
 //!
-//! Round-robin is also how herd feeds Rust workers built on `herd-cluster`:
-//! they speak the same `newconn` subset, keyed by listener name.
+//! Apps that pass `exclusive: true` (or `reusePort`) bind their own socket
+//! and never ask, as under Node; herd then is not told when they listen.
 //!
 //! Stopping a Node worker without losing a connection: first the cluster
 //! `disconnect` (the worker closes its servers, so the kernel stops queueing
@@ -21,29 +24,25 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::round_robin::{Conn, RoundRobin};
 use super::{App, Internal, Outgoing};
 use crate::config::{Balance, ListenAddr};
 use crate::machine::{Input, WorkerId};
 use crate::os::socket;
-use crate::rotation::Rotation;
 
 /// After a Node worker closed its servers, wait this long before the kill
 /// signal, so connections it accepted a moment ago can deliver their request
 /// before the app's shutdown handler closes idle sockets.
-const SETTLE: Duration = Duration::from_millis(200);
+pub(super) const SETTLE: Duration = Duration::from_millis(200);
 /// Send the kill signal at the latest this long after `disconnect`, even if
 /// the worker never confirmed it closed its servers.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
-/// A worker that has not answered for a connection handed to it this long
-/// is busy (a CPU-bound handler, like the tutorials' `/check`): it gets no
-/// more while another worker can take them. Node acknowledges a connection
-/// within microseconds when its event loop is free.
-const STUCK: Duration = Duration::from_millis(50);
 /// A handle the worker refuses (NACK) is sent again this many times.
 const HANDLE_RETRIES: u8 = 3;
 
@@ -53,32 +52,41 @@ pub(super) struct Server {
     own: Option<OwnedFd>,
     /// Index into the app's `--listen` listeners when borrowed from there.
     listener: Option<usize>,
+    /// The file of a Unix socket herd bound: removed when the socket closes.
+    unix_path: Option<PathBuf>,
     /// The first worker's `data`, echoed to every worker (TLS servers need it).
     data: Value,
     sockname: Value,
-    round_robin: Option<RoundRobin>,
+    pub(super) round_robin: Option<RoundRobin>,
 }
 
-pub(super) struct RoundRobin {
-    pub(super) rotation: Rotation<WorkerId>,
-    /// Connections accepted while no worker could take one.
-    backlog: VecDeque<Arc<OwnedFd>>,
-    accept_task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RoundRobin {
+impl Drop for Server {
     fn drop(&mut self) {
-        self.accept_task.abort();
+        if let (Some(_), Some(path)) = (&self.own, &self.unix_path) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
 /// A handle message on its way to a worker.
 pub(super) struct Handoff {
     line: Vec<u8>,
-    fd: Arc<OwnedFd>,
+    /// `None` once herd gave up on the connection (it is not sent again).
+    pub(super) fd: Option<Arc<OwnedFd>>,
     tries: u8,
     /// For a connection: its round-robin key and `newconn` seq.
-    conn: Option<(String, u64)>,
+    pub(super) conn: Option<(String, u64)>,
+}
+
+impl Handoff {
+    pub(super) fn new(line: Vec<u8>, fd: Arc<OwnedFd>, conn: Option<(String, u64)>) -> Handoff {
+        Handoff {
+            line,
+            fd: Some(fd),
+            tries: 0,
+            conn,
+        }
+    }
 }
 
 /// A Node (or herd-cluster) worker's side of the protocol.
@@ -88,19 +96,26 @@ pub(super) struct Peer {
     seq: u64,
     /// Handles sent and not yet acknowledged, in the order sent (the worker
     /// acknowledges them in that order).
-    handles_in_flight: VecDeque<Handoff>,
+    pub(super) handles_in_flight: VecDeque<Handoff>,
     /// Connections handed over whose `accepted` reply has not come: by seq.
-    pub(super) unacked: HashMap<u64, (String, Arc<OwnedFd>)>,
+    pub(super) unacked: HashMap<u64, (String, Conn)>,
     /// When each of those was handed over, oldest first.
-    handed_at: VecDeque<(u64, Instant)>,
+    pub(super) handed_at: VecDeque<(u64, Instant)>,
+    /// It left a connection unanswered too long: it gets no more until it
+    /// answers again.
+    pub(super) hung: bool,
+    /// A check of its oldest unanswered connection is on its way.
+    pub(super) check_armed: bool,
     /// The servers (keys) it listens on.
-    keys: Vec<String>,
+    pub(super) keys: Vec<String>,
     /// A graceful stop began with `disconnect`; the signal follows.
-    disconnecting: bool,
+    pub(super) disconnecting: bool,
     signalled: bool,
     /// The message "shutdown" went out already (before a `disconnect`).
     shutdown_sent: bool,
     pub(super) channel_open: bool,
+    /// It was told once that herd keeps no handles it sends.
+    warned_handle: bool,
 }
 
 impl Peer {
@@ -111,28 +126,7 @@ impl Peer {
         }
     }
 
-    /// How long the oldest connection handed over has waited for its answer.
-    fn oldest_unacked(&self, now: Instant) -> Option<Duration> {
-        self.handed_at
-            .iter()
-            .find(|(seq, _)| self.unacked.contains_key(seq))
-            .map(|(_, at)| now.saturating_duration_since(*at))
-    }
-
-    /// Take a connection's answer: forget when it was handed over.
-    fn answered(&mut self, seq: u64) -> Option<(String, Arc<OwnedFd>)> {
-        let conn = self.unacked.remove(&seq)?;
-        while self
-            .handed_at
-            .front()
-            .is_some_and(|(s, _)| !self.unacked.contains_key(s))
-        {
-            self.handed_at.pop_front();
-        }
-        Some(conn)
-    }
-
-    fn next_seq(&mut self) -> u64 {
+    pub(super) fn next_seq(&mut self) -> u64 {
         let s = self.seq;
         self.seq += 1;
         s
@@ -147,7 +141,7 @@ pub(super) fn is_internal(value: &Value) -> bool {
         .is_some_and(|c| c.starts_with("NODE_"))
 }
 
-fn line(value: &Value) -> Vec<u8> {
+pub(super) fn line(value: &Value) -> Vec<u8> {
     let mut l = serde_json::to_vec(value).expect("a JSON value serializes");
     l.push(b'\n');
     l
@@ -161,9 +155,21 @@ impl App {
             Some("NODE_HANDLE_NACK") => self.handle_refused(worker),
             Some("NODE_HANDLE") => {
                 // A worker sent us a handle (`process.send(msg, socket)`): we
-                // keep no handles, but must acknowledge it or the worker holds
-                // back every later message.
+                // keep no handles (the channel reader closed its fd), but must
+                // acknowledge it or the worker holds back every later
+                // message. The message itself is delivered.
                 self.send_line(worker, line(&json!({"cmd": "NODE_HANDLE_ACK"})));
+                if let Some(p) = self.procs.get_mut(&worker) {
+                    if !std::mem::replace(&mut p.peer.warned_handle, true) {
+                        let kind = value.get("type").and_then(Value::as_str).unwrap_or("?");
+                        let slot = p.slot;
+                        self.event(super::Event::Warning(format!(
+                            "worker {slot} sent a handle ({kind}) with a message: herd keeps no \
+                             handles, so it closed it and passed on the message alone (said once \
+                             per worker)"
+                        )));
+                    }
+                }
                 if let Some(inner) = value.get("msg").cloned() {
                     self.message(worker, inner);
                 }
@@ -228,47 +234,36 @@ impl App {
     }
 
     fn query_server(&mut self, worker: WorkerId, msg: &Value) {
+        // One socket per address/port/type/fd and per the worker's index of
+        // it (a second `listen(0)` in one worker is a second socket), as
+        // Node's primary keys them.
         let key = format!(
-            "{}:{}:{}:{}",
+            "{}:{}:{}:{}:{}",
             msg.get("address").unwrap_or(&Value::Null),
             msg.get("port").unwrap_or(&Value::Null),
             msg.get("addressType").unwrap_or(&Value::Null),
             msg.get("fd").unwrap_or(&Value::Null),
+            msg.get("index").unwrap_or(&Value::Null),
         );
         let data = msg.get("data").cloned().unwrap_or(Value::Null);
+        let udp = is_udp(msg);
         if !self.servers.contains_key(&key) {
             match self.open_server(msg, data.clone()) {
                 Ok(server) => {
                     self.servers.insert(key.clone(), server);
-                    if self.spec.balance == Balance::RoundRobin {
+                    // UDP has no connections to hand over: always shared.
+                    if self.spec.balance == Balance::RoundRobin && !udp {
                         self.start_accepting(&key);
                     }
                 }
-                Err(e) => {
-                    let errno = -e.raw_os_error().unwrap_or(libc::EINVAL);
-                    let slot = self.procs.get(&worker).map(|p| p.slot).unwrap_or_default();
-                    self.event(super::Event::Warning(format!(
-                        "worker {slot} asked to listen on {}: {e}; told it so (errno {errno})",
-                        describe_query(msg)
-                    )));
-                    self.reply(
-                        worker,
-                        msg,
-                        json!({"errno": errno, "key": key, "data": Value::Null}),
-                    );
-                    return;
-                }
+                Err(e) => return self.refuse_query(worker, msg, &key, &e),
             }
         }
         let server = &self.servers[&key];
         let data = server.data.clone();
-        if let Some(p) = self.procs.get_mut(&worker) {
-            if !p.peer.keys.contains(&key) {
-                p.peer.keys.push(key.clone());
-            }
-        }
         if server.round_robin.is_some() {
             let sockname = server.sockname.clone();
+            self.uses(worker, &key);
             self.reply(
                 worker,
                 msg,
@@ -282,33 +277,86 @@ impl App {
                 rr.rotation.add(worker);
             }
             self.flush_backlog(&key);
-        } else {
-            let fd = match self.server_fd(&key).map(|fd| fd.try_clone()) {
-                Some(Ok(fd)) => Arc::new(fd),
-                _ => return,
-            };
-            let Some(peer) = self.procs.get_mut(&worker).map(|p| &mut p.peer) else {
-                return;
-            };
-            let seq = peer.next_seq();
-            let inner = json!({
-                "cmd": "NODE_CLUSTER", "errno": 0, "key": key,
-                "ack": msg.get("seq").cloned().unwrap_or(Value::Null), "data": data, "seq": seq,
-            });
-            let body = json!({"cmd": "NODE_HANDLE", "type": "net.Native", "msg": inner});
-            self.send_handle(
-                worker,
-                Handoff {
-                    line: line(&body),
-                    fd,
-                    tries: 0,
-                    conn: None,
-                },
-            );
+            return;
+        }
+        let fd = match self.server_fd(&key).map(|fd| fd.try_clone()) {
+            Some(Ok(fd)) => Arc::new(fd),
+            Some(Err(e)) => return self.refuse_query(worker, msg, &key, &e),
+            None => {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "herd has no open socket for it (closed with its slot)",
+                );
+                return self.refuse_query(worker, msg, &key, &e);
+            }
+        };
+        self.uses(worker, &key);
+        let Some(peer) = self.procs.get_mut(&worker).map(|p| &mut p.peer) else {
+            return;
+        };
+        let seq = peer.next_seq();
+        let inner = json!({
+            "cmd": "NODE_CLUSTER", "errno": 0, "key": key,
+            "ack": msg.get("seq").cloned().unwrap_or(Value::Null), "data": data, "seq": seq,
+        });
+        let kind = if udp { "dgram.Native" } else { "net.Native" };
+        let body = json!({"cmd": "NODE_HANDLE", "type": kind, "msg": inner});
+        self.send_handle(worker, Handoff::new(line(&body), fd, None));
+    }
+
+    /// The worker now uses server `key`.
+    fn uses(&mut self, worker: WorkerId, key: &str) {
+        if let Some(p) = self.procs.get_mut(&worker) {
+            if !p.peer.keys.iter().any(|k| k == key) {
+                p.peer.keys.push(key.to_string());
+            }
         }
     }
 
-    fn server_fd(&self, key: &str) -> Option<&OwnedFd> {
+    /// Answer a query with an error, so that the app's `listen()` or
+    /// `bind()` fails with it (as under Node) instead of waiting for ever.
+    fn refuse_query(&mut self, worker: WorkerId, msg: &Value, key: &str, e: &std::io::Error) {
+        let errno = -e.raw_os_error().unwrap_or(match e.kind() {
+            std::io::ErrorKind::NotFound => libc::EBADF,
+            _ => libc::EINVAL,
+        });
+        let slot = self.procs.get(&worker).map(|p| p.slot).unwrap_or_default();
+        self.event(super::Event::Warning(format!(
+            "worker {slot} asked to listen on {}: {e}; told it so (errno {errno})",
+            describe_query(msg)
+        )));
+        // Like Node's primary: a failed socket is forgotten, so a later
+        // query tries again.
+        if !self
+            .procs
+            .values()
+            .any(|p| p.peer.keys.iter().any(|k| k == key))
+        {
+            self.servers.remove(key);
+        }
+        self.reply(
+            worker,
+            msg,
+            json!({"errno": errno, "key": key, "data": Value::Null}),
+        );
+    }
+
+    /// Close the sockets herd bound for workers that no worker uses any
+    /// more (as Node's primary does); `--listen` sockets stay.
+    fn release_unused(&mut self, keys: &[String]) {
+        for key in keys {
+            let owned = self.servers.get(key).is_some_and(|s| s.own.is_some());
+            let used = self
+                .procs
+                .values()
+                .any(|p| p.peer.keys.iter().any(|k| k == key));
+            if owned && !used {
+                self.servers.remove(key);
+            }
+        }
+    }
+
+    pub(super) fn server_fd(&self, key: &str) -> Option<&OwnedFd> {
         let s = self.servers.get(key)?;
         match (&s.own, s.listener) {
             (Some(fd), _) => Some(fd),
@@ -323,31 +371,57 @@ impl App {
         let port = msg.get("port").and_then(Value::as_i64).unwrap_or(-1);
         let address_type = msg.get("addressType").and_then(Value::as_i64).unwrap_or(4);
         let fd = msg.get("fd").and_then(Value::as_i64);
+        let invalid = || std::io::Error::from_raw_os_error(libc::EINVAL);
         // `listen({fd: N})`: the worker means the N-th inherited listener.
-        let wanted: Option<ListenAddr> = if let Some(fd) = fd.filter(|&fd| fd >= 0) {
+        if let Some(fd) = fd.filter(|&fd| fd >= 0) {
             let index = usize::try_from(fd - 3)
                 .ok()
                 .filter(|&i| i < self.listeners.len());
             return match index {
-                Some(i) => Ok(self.borrowed_server(i, data)),
-                None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+                Some(i) if self.listeners[i].fds.first().is_some_and(Option::is_some) => {
+                    Ok(self.borrowed_server(i, data))
+                }
+                _ => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
             };
-        } else if address_type == -1 || (port < 0 && address.is_some()) {
+        }
+        if is_udp(msg) {
+            let v6 = msg.get("addressType").and_then(Value::as_str) == Some("udp6");
+            let ip: std::net::IpAddr = match address {
+                Some(a) => a.parse().map_err(|_| invalid())?,
+                None if v6 => std::net::Ipv6Addr::UNSPECIFIED.into(),
+                None => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            };
+            let port = u16::try_from(port).map_err(|_| invalid())?;
+            // libuv's UV_UDP_IPV6ONLY (1) and UV_UDP_REUSEADDR (4).
+            let flags = msg.get("flags").and_then(Value::as_i64).unwrap_or(0);
+            let fd = socket::bind_udp((ip, port).into(), flags & 1 != 0, flags & 4 != 0)?;
+            let bound = socket::local_addr(&fd).unwrap_or(ListenAddr::Tcp((ip, port).into()));
+            self.event(super::Event::Listening {
+                name: "udp, shared by the workers".into(),
+                addr: bound,
+            });
+            return Ok(Server {
+                own: Some(fd),
+                listener: None,
+                unix_path: None,
+                data,
+                sockname: Value::Null,
+                round_robin: None,
+            });
+        }
+        let wanted: Option<ListenAddr> = if address_type == -1 || (port < 0 && address.is_some()) {
             address.map(|p| ListenAddr::Unix(p.into()))
         } else {
-            let port =
-                u16::try_from(port).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+            let port = u16::try_from(port).map_err(|_| invalid())?;
             let ip: std::net::IpAddr = match address {
-                Some(a) => a
-                    .parse()
-                    .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?,
+                Some(a) => a.parse().map_err(|_| invalid())?,
                 // No address: every interface, dual-stack, as Node does.
                 None => std::net::Ipv6Addr::UNSPECIFIED.into(),
             };
             Some(ListenAddr::Tcp((ip, port).into()))
         };
         let Some(addr) = wanted else {
-            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+            return Err(invalid());
         };
         // A matching `--listen` socket is the one the operator wants used.
         if let Some(i) = self.matching_listener(&addr) {
@@ -368,20 +442,26 @@ impl App {
             name: "node".into(),
             addr: bound.clone(),
         });
+        let unix_path = match &bound {
+            ListenAddr::Unix(path) => Some(path.clone()),
+            ListenAddr::Tcp(_) => None,
+        };
         Ok(Server {
             own: Some(fd),
             listener: None,
+            unix_path,
             data,
             sockname: sockname(&bound),
             round_robin: None,
         })
     }
 
-    fn borrowed_server(&self, i: usize, data: Value) -> Server {
+    pub(super) fn borrowed_server(&self, i: usize, data: Value) -> Server {
         let sockname = sockname(&self.listeners[i].addr);
         Server {
             own: None,
             listener: Some(i),
+            unix_path: None,
             data,
             sockname,
             round_robin: None,
@@ -398,198 +478,21 @@ impl App {
         })
     }
 
-    /// Start herd's accept loop for a round-robin server.
-    fn start_accepting(&mut self, key: &str) {
-        let Some(fd) = self.server_fd(key).and_then(|fd| fd.try_clone().ok()) else {
-            return;
-        };
-        let tx = self.internal.clone();
-        let key_owned = key.to_string();
-        let accept_task = tokio::spawn(accept_loop(fd, key_owned, tx));
-        if let Some(s) = self.servers.get_mut(key) {
-            s.round_robin = Some(RoundRobin {
-                rotation: Rotation::default(),
-                backlog: VecDeque::new(),
-                accept_task,
-            });
-        }
-    }
-
-    /// Round-robin servers for the app's own `--listen` sockets (Rust workers
-    /// built on herd-cluster): keyed by listener name, every worker a member.
-    pub(super) fn open_listener_servers(&mut self) {
-        for i in 0..self.listeners.len() {
-            let key = self.listeners[i].name.clone();
-            if !self.servers.contains_key(&key) {
-                let server = self.borrowed_server(i, Value::Null);
-                self.servers.insert(key.clone(), server);
-                self.start_accepting(&key);
-            }
-        }
-    }
-
-    /// A generic round-robin worker joins every listener's rotation.
-    pub(super) fn join_listener_servers(&mut self, worker: WorkerId) {
-        let keys: Vec<String> = self.listeners.iter().map(|l| l.name.clone()).collect();
-        for key in keys {
-            if let Some(rr) = self
-                .servers
-                .get_mut(&key)
-                .and_then(|s| s.round_robin.as_mut())
-            {
-                rr.rotation.add(worker);
-            }
-            if let Some(p) = self.procs.get_mut(&worker) {
-                p.peer.keys.push(key);
-            }
-        }
-    }
-
-    /// A connection herd accepted for `key`: hand it to a worker, or hold it
-    /// until one can take it.
-    pub(super) fn dispatch(&mut self, key: &str, conn: Arc<OwnedFd>) {
-        let Some(server) = self.servers.get_mut(key) else {
-            return;
-        };
-        let Some(rr) = server.round_robin.as_mut() else {
-            return;
-        };
-        let machine = &self.machine;
-        let procs = &self.procs;
-        let now = Instant::now();
-        #[derive(PartialEq, PartialOrd)]
-        enum Want {
-            /// Ready, and taking its connections.
-            Ready,
-            /// Ready, but sitting on a connection for a while (blocked on CPU?).
-            Stuck,
-            /// Listening, not ready yet.
-            Listening,
-        }
-        let load = |w: WorkerId, want: Want| {
-            let p = procs.get(&w)?;
-            let up = !p.peer.disconnecting && p.peer.channel_open && !machine.is_stopping(w);
-            let stuck = p.peer.oldest_unacked(now).is_some_and(|age| age >= STUCK);
-            let class = match (machine.accepting(w), stuck) {
-                (true, false) => Want::Ready,
-                (true, true) => Want::Stuck,
-                (false, _) => Want::Listening,
-            };
-            // Fewest unanswered connections first; on a tie, the worker that
-            // answered most recently (its oldest unanswered one is youngest):
-            // a worker that just blocked loses the tie before it looks stuck.
-            let age = p.peer.oldest_unacked(now).unwrap_or_default();
-            (up && class <= want).then_some((p.peer.unacked.len(), age))
-        };
-        // The least loaded of the workers that take their connections; a
-        // worker that sits on one is skipped while anyone else can take it;
-        // when none is ready, one that listens but has not said it is ready
-        // (as a shared socket would let it accept), rather than holding the
-        // connection for ever.
-        let picked = rr
-            .rotation
-            .pick(|w| load(w, Want::Ready))
-            .or_else(|| rr.rotation.pick(|w| load(w, Want::Stuck)))
-            .or_else(|| rr.rotation.pick(|w| load(w, Want::Listening)));
-        let Some(worker) = picked else {
-            rr.backlog.push_back(conn);
-            return;
-        };
-        let Some(peer) = self.procs.get_mut(&worker).map(|p| &mut p.peer) else {
-            return;
-        };
-        let seq = peer.next_seq();
-        peer.unacked.insert(seq, (key.to_string(), conn.clone()));
-        peer.handed_at.push_back((seq, now));
-        let body = json!({
-            "cmd": "NODE_HANDLE", "type": "net.Native",
-            "msg": {"cmd": "NODE_CLUSTER", "act": "newconn", "key": key, "seq": seq},
-        });
-        self.send_handle(
-            worker,
-            Handoff {
-                line: line(&body),
-                fd: conn,
-                tries: 0,
-                conn: Some((key.to_string(), seq)),
-            },
-        );
-    }
-
-    /// Hand held connections to workers that can now take them.
-    pub(super) fn flush_backlog(&mut self, key: &str) {
-        loop {
-            let Some(rr) = self
-                .servers
-                .get_mut(key)
-                .and_then(|s| s.round_robin.as_mut())
-            else {
-                return;
-            };
-            let Some(conn) = rr.backlog.pop_front() else {
-                return;
-            };
-            let before = rr.backlog.len();
-            self.dispatch(key, conn);
-            let after = self
-                .servers
-                .get(key)
-                .and_then(|s| s.round_robin.as_ref())
-                .map_or(0, |rr| rr.backlog.len());
-            if after > before {
-                return; // nobody could take it: it went back to the queue
-            }
-        }
-    }
-
-    pub(super) fn flush_all_backlogs(&mut self) {
-        let keys: Vec<String> = self
-            .servers
-            .iter()
-            .filter(|(_, s)| {
-                s.round_robin
-                    .as_ref()
-                    .is_some_and(|rr| !rr.backlog.is_empty())
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in keys {
-            self.flush_backlog(&key);
-        }
-    }
-
-    fn conn_answered(&mut self, worker: WorkerId, seq: u64, accepted: bool) {
-        let Some(p) = self.procs.get_mut(&worker) else {
-            return;
-        };
-        let Some((key, conn)) = p.peer.answered(seq) else {
-            return;
-        };
-        let drained = p.peer.disconnecting && p.peer.unacked.is_empty();
-        if accepted {
-            drop(conn); // the worker has its own copy now
-        } else {
-            self.dispatch(&key, conn);
-        }
-        self.flush_backlog(&key);
-        if drained {
-            // A stopping round-robin worker took its last connection.
-            self.signal_after(worker, SETTLE);
-        }
-    }
-
     /// Send a handle message. Handles are not held back until the previous
     /// one is acknowledged (Node's own sender does that): the kernel never
     /// merges two `SCM_RIGHTS` sends into one read, so the receiver sees at
     /// most one handle message per read and pairs it with its fd, and the
     /// hand-over is pipelined instead of costing a round trip per connection.
-    fn send_handle(&mut self, worker: WorkerId, handoff: Handoff) {
+    pub(super) fn send_handle(&mut self, worker: WorkerId, handoff: Handoff) {
         let Some(p) = self.procs.get_mut(&worker) else {
             return;
         };
+        if handoff.fd.is_none() {
+            return;
+        }
         let _ = p.outbox.send(Outgoing {
             line: handoff.line.clone(),
-            fd: Some(handoff.fd.clone()),
+            fd: handoff.fd.clone(),
         });
         p.peer.handles_in_flight.push_back(handoff);
     }
@@ -614,11 +517,32 @@ impl App {
             self.send_handle(worker, handoff);
             return;
         }
-        if let Some((key, seq)) = handoff.conn {
-            if let Some((_, conn)) = p.peer.answered(seq) {
-                self.dispatch(&key, conn);
-            }
+        match handoff.conn {
+            Some((key, seq)) => self.conn_undelivered(worker, &key, seq),
+            None => self.socket_undelivered(worker, &handoff.line),
         }
+    }
+
+    /// A listening socket never reached the worker: answer its query with an
+    /// error, so that its `listen()` fails instead of waiting for ever.
+    fn socket_undelivered(&mut self, worker: WorkerId, line_sent: &[u8]) {
+        let Ok(sent) = serde_json::from_slice::<Value>(line_sent) else {
+            return;
+        };
+        let key = sent["msg"]["key"].as_str().unwrap_or_default().to_string();
+        let query = json!({"seq": sent["msg"]["ack"].clone()});
+        let slot = self.procs.get(&worker).map(|p| p.slot).unwrap_or_default();
+        self.event(super::Event::Warning(format!(
+            "worker {slot} did not receive its listening socket after {HANDLE_RETRIES} tries; \
+             told it so (errno -{})",
+            libc::EIO
+        )));
+        self.reply(
+            worker,
+            &query,
+            json!({"errno": -libc::EIO, "key": key, "data": Value::Null}),
+        );
+        self.leave(worker, &key);
     }
 
     /// The worker closed its server `key` (or went away): it leaves the rotation.
@@ -637,6 +561,7 @@ impl App {
         if p.peer.disconnecting && p.peer.keys.is_empty() {
             self.signal_after(worker, SETTLE);
         }
+        self.release_unused(&[key.to_string()]);
     }
 
     /// The worker's channel closed: it can take no more connections.
@@ -660,19 +585,7 @@ impl App {
         if disconnecting {
             self.signal_after(worker, SETTLE);
         }
-    }
-
-    /// Connections handed to a worker that never took them go to another.
-    pub(super) fn requeue(&mut self, worker: WorkerId) {
-        let Some(p) = self.procs.get_mut(&worker) else {
-            return;
-        };
-        p.peer.handles_in_flight.clear();
-        p.peer.handed_at.clear();
-        let unacked: Vec<(String, Arc<OwnedFd>)> = p.peer.unacked.drain().map(|(_, c)| c).collect();
-        for (key, conn) in unacked {
-            self.dispatch(&key, conn);
-        }
+        self.release_unused(&keys);
     }
 
     /// Begin the graceful stop of a worker that speaks the cluster protocol,
@@ -732,7 +645,7 @@ impl App {
         true
     }
 
-    fn signal_after(&self, worker: WorkerId, after: Duration) {
+    pub(super) fn signal_after(&self, worker: WorkerId, after: Duration) {
         let tx = self.internal.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
@@ -774,59 +687,18 @@ fn sockname(addr: &ListenAddr) -> Value {
     }
 }
 
+/// Is this query for a UDP socket (`dgram`)?
+fn is_udp(msg: &Value) -> bool {
+    matches!(
+        msg.get("addressType").and_then(Value::as_str),
+        Some("udp4" | "udp6")
+    )
+}
+
 fn describe_query(msg: &Value) -> String {
     let address = msg.get("address").and_then(Value::as_str).unwrap_or("*");
     match msg.get("port").and_then(Value::as_i64) {
         Some(p) if p >= 0 => format!("{address}:{p}"),
         _ => address.to_string(),
     }
-}
-
-/// herd's accept loop for one round-robin socket (TCP or Unix alike): one
-/// `accept4` per connection, which arrives nonblocking and close-on-exec and
-/// goes to the app task.
-async fn accept_loop(fd: OwnedFd, key: String, tx: tokio::sync::mpsc::UnboundedSender<Internal>) {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    use tokio::io::unix::AsyncFd;
-    // SAFETY: the OwnedFd is moved in, so the fd stays open and the same for
-    // as long as the AsyncFd lives.
-    let registered = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) };
-    let Ok(listener) = registered else {
-        return;
-    };
-    let flags =
-        nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC;
-    loop {
-        let Ok(mut ready) = listener.readable().await else {
-            return;
-        };
-        let accepted = ready.try_io(|fd| {
-            nix::sys::socket::accept4(fd.as_raw_fd(), flags)
-                // SAFETY: accept4 returned a new fd that nothing else owns.
-                .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) })
-                .map_err(std::io::Error::from)
-        });
-        match accepted {
-            Ok(Ok(conn)) => {
-                if tx
-                    .send(Internal::Accepted {
-                        key: key.clone(),
-                        conn,
-                    })
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            // The client gave up before we accepted: nothing to do.
-            Ok(Err(e)) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
-            Ok(Err(_)) => accept_backoff().await,
-            Err(_would_block) => {}
-        }
-    }
-}
-
-/// Out of fds or memory: back off a little instead of spinning.
-async fn accept_backoff() {
-    tokio::time::sleep(Duration::from_millis(20)).await;
 }

@@ -1991,3 +1991,34 @@ fn connection_refused_by_every_worker_is_closed() {
     no_worker_exited(&h);
     stop_cleanly(&mut h, T);
 }
+
+/// Regression: herd closed the socket a Node worker had asked for when that
+/// worker died, so with one worker every client that came before the
+/// replacement listened was refused. The socket now outlives the worker.
+#[test]
+fn a_crashed_single_worker_keeps_its_socket_open_for_the_replacement() {
+    need_node!();
+    for balance in ["shared", "round-robin"] {
+        let port = free_port();
+        let addr = addr_of(port);
+        let mut h = run_node(
+            port,
+            &["-i", "1", "--balance", balance],
+            &example("hello.js"),
+            &[],
+        );
+        let first = wait_ready(&h, 0, 1, START)[&0];
+        assert!(http_request(&addr, "/", REQ).is_ok());
+        let mark = h.mark(Stream::Stderr);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), Signal::SIGKILL).unwrap();
+        // Connect at once, before the replacement listens: queued, then served.
+        let r = http_request(&addr, "/", Duration::from_secs(10));
+        assert!(
+            r.as_ref().is_ok_and(|r| r.status == 200),
+            "{balance}: a client during the restart got {r:?}"
+        );
+        let second = wait_ready(&h, mark, 1, START)[&0];
+        assert_ne!(first, second);
+        stop_cleanly(&mut h, T);
+    }
+}

@@ -585,7 +585,10 @@ impl App {
         if disconnecting {
             self.signal_after(worker, SETTLE);
         }
-        self.release_unused(&keys);
+        // Its sockets stay open (unlike under Node's primary): a worker that
+        // died is replaced, and until its successor asks for them again the
+        // kernel queues new clients instead of refusing them. Only a
+        // deliberate `close` (a server.close() in the app) releases one.
     }
 
     /// Begin the graceful stop of a worker that speaks the cluster protocol,

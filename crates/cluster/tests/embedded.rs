@@ -2,20 +2,18 @@
 //! with `--primary N`, `Primary::start()` with `--events N`), re-executing
 //! itself as the workers.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use herd_testkit::cluster::*;
 
 const T: Duration = Duration::from_secs(10);
 
 /// `fixture --primary N --addr ADDR EXTRA`, with both workers serving.
 fn cluster(addr: &str, n: usize, extra: &[&str]) -> (Proc, BTreeMap<usize, i32>) {
     let n_text = n.to_string();
-    let mut args = vec!["--primary", &n_text, "--addr", addr];
+    let mut args = fixture_args(&["--primary", &n_text, "--addr", addr]);
     args.extend_from_slice(extra);
     let p = Proc::start("primary", fixture_bin(), &args, &[]);
     let online = p.wait_online(0, n, T);
@@ -108,8 +106,8 @@ fn reload_under_load(balance: &str, wait_ready: bool) {
     }
     let (mut p, online) = cluster(&addr, 2, &extra);
     let load = Load::start(&addr, 2, Duration::from_millis(10));
-    // Not for correctness: let the load run before the reload too.
-    thread::sleep(Duration::from_millis(300));
+    // The reload happens under load: some requests answered first.
+    load.wait_for("20 answers before the reload", T, |ok, _| ok >= 20);
     let mark = p.mark(Stream::Stderr);
     p.signal(Signal::SIGHUP);
     p.expect_line(Stream::Stderr, mark, "herd: reload started", T);
@@ -121,8 +119,11 @@ fn reload_under_load(balance: &str, wait_ready: bool) {
     );
     let fresh = p.wait_online(mark, 2, T);
     p.wait_serving(fresh.values().copied(), T);
-    // Not for correctness: keep the load on the new workers a little.
-    thread::sleep(Duration::from_millis(300));
+    // The load reaches the new workers too.
+    let new = pid_set(&fresh);
+    load.wait_for("answers from both new workers", T, |_, pids| {
+        new.is_subset(pids)
+    });
     let report = load.stop();
     assert!(
         report.failures.is_empty(),
@@ -133,7 +134,6 @@ fn reload_under_load(balance: &str, wait_ready: bool) {
     );
     assert!(report.ok > 20, "the load ran ({} requests)", report.ok);
     let old = pid_set(&online);
-    let new = pid_set(&fresh);
     assert!(
         old.is_disjoint(&new),
         "every worker was replaced: {old:?} → {new:?}"
@@ -178,7 +178,7 @@ fn embedded_primary_start_messages_both_ways() {
     let mut p = Proc::start(
         "primary",
         fixture_bin(),
-        &["--events", "2", "--addr", &addr],
+        &fixture_args(&["--events", "2", "--addr", &addr]),
         &[],
     );
     let online = p.wait_online(0, 2, T);

@@ -1,204 +1,46 @@
-//! A small harness for herd-cluster's integration tests: start a process
-//! (the fixture, or `herd run`) with piped output, wait for lines with
-//! deadlines, signal it, talk HTTP to it, and clean up every process it
-//! started — the primary and each worker's process group — even when a test
-//! panics. Every wait polls against a deadline.
-
-#![allow(dead_code)]
+//! The harness for herd-cluster's integration tests: start a process (the
+//! fixture in its `cluster` mode, or `herd run`) with piped output, wait for
+//! lines with deadlines, signal it, talk HTTP to it (the cluster fixture
+//! answers JSON), and clean up every process it started — the primary and
+//! each worker's process group — even when a test panics. Every wait polls
+//! against a deadline. The shared pieces (binaries, patterns, process
+//! checks) are the crate root's, re-exported here so that
+//! `use herd_testkit::cluster::*;` is all a test needs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-/// The fixture binary (`tests/bin/fixture.rs`).
+pub use crate::{
+    cargo_built, cpu_time, free_addr, group_empty, herd_bin, in_ci, match_pat, process_alive,
+    serial, skip_or_fail, tcp_port_state, wait_until, CpuWatch, PortState, Signal, Stream,
+};
+
+/// The fixture binary (`tests/bin/fixture/`, a binary of the root package);
+/// give it `cluster` as its first argument (see [`fixture_args`]).
 pub fn fixture_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_herd-cluster-fixture")
+    crate::worker_bin()
 }
 
-/// Tests here start several processes each and some measure time: on a
-/// small machine they run one at a time.
-pub fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The `herd` binary of the root package, next to this test's own target
-/// directory (`<target>/<profile>/deps/<test>` → `<target>/<profile>/herd`),
-/// as ripgrep's tests find `rg`; `HERD_BIN` overrides. See [`cargo_built`].
-pub fn herd_bin() -> Option<PathBuf> {
-    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("HERD_BIN") {
-            return Some(PathBuf::from(p));
-        }
-        cargo_built("herd", &["-p", "herd", "--bin", "herd"])
-    })
-    .clone()
-}
-
-/// `path` (relative to `<target>/<profile>/`), brought up to date first with
-/// `cargo build BUILD_ARGS` into this test's own target directory when the
-/// test runs under cargo (`CARGO` is set): `cargo test -p herd-cluster` does
-/// not build other packages' binaries, nor examples when a `--test` is
-/// named, and cargo releases its lock before it runs tests. Without cargo,
-/// or if the build fails (work in progress elsewhere), what is there is
-/// used. `None`, with `SKIPPED: reason` on stderr, when it cannot be had.
-pub fn cargo_built(path: &str, build_args: &[&str]) -> Option<PathBuf> {
-    let found = (|| -> Result<PathBuf, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .ok_or("no target directory")?
-            .to_path_buf();
-        let bin = profile_dir.join(path);
-        let Ok(cargo) = std::env::var("CARGO") else {
-            return if bin.exists() {
-                Ok(bin)
-            } else {
-                Err(format!("{} is missing", bin.display()))
-            };
-        };
-        let target = profile_dir.parent().ok_or("no target directory")?;
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug")
-            .to_string();
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet"])
-            .args(build_args)
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .env("CARGO_TARGET_DIR", target);
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            other => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        eprintln!("  harness: building {}: {cmd:?}", bin.display());
-        match cmd.status() {
-            Ok(status) if status.success() && bin.exists() => Ok(bin),
-            _ if bin.exists() => {
-                eprintln!(
-                    "  harness: WARNING: the build failed; using the existing (maybe stale) {}",
-                    bin.display()
-                );
-                Ok(bin)
-            }
-            Ok(status) => Err(format!(
-                "`cargo build {}` failed ({status})",
-                build_args.join(" ")
-            )),
-            Err(e) => Err(format!("cannot run cargo: {e}")),
-        }
-    })();
-    match found {
-        Ok(p) => Some(p),
-        Err(e) => {
-            eprintln!(
-                "SKIPPED: {path} is not available ({e}); build it with `cargo build {}`",
-                build_args.join(" ")
-            );
-            None
-        }
-    }
-}
-
-/// A pattern is literal text in which `{}` captures a run of digits and `{*}`
-/// skips any text; it matches anywhere in a line.
-pub fn match_pat(pattern: &str, line: &str) -> Option<Vec<String>> {
-    let toks = tokenize(pattern);
-    line.char_indices()
-        .map(|(i, _)| i)
-        .chain([line.len()])
-        .find_map(|i| {
-            let mut caps = Vec::new();
-            match_at(&toks, &line[i..], &mut caps).then_some(caps)
-        })
-}
-
-enum Tok<'a> {
-    Lit(&'a str),
-    Digits,
-    Any,
-}
-
-fn tokenize(pattern: &str) -> Vec<Tok<'_>> {
-    let mut toks = Vec::new();
-    let mut rest = pattern;
-    while !rest.is_empty() {
-        if let Some(r) = rest.strip_prefix("{}") {
-            toks.push(Tok::Digits);
-            rest = r;
-        } else if let Some(r) = rest.strip_prefix("{*}") {
-            toks.push(Tok::Any);
-            rest = r;
-        } else {
-            let end = [rest.find("{}"), rest.find("{*}")]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(rest.len());
-            toks.push(Tok::Lit(&rest[..end]));
-            rest = &rest[end..];
-        }
-    }
-    toks
-}
-
-fn match_at(toks: &[Tok<'_>], s: &str, caps: &mut Vec<String>) -> bool {
-    let Some((first, rest)) = toks.split_first() else {
-        return true;
-    };
-    match first {
-        Tok::Lit(l) => s.strip_prefix(l).is_some_and(|r| match_at(rest, r, caps)),
-        Tok::Digits => {
-            let n = s.bytes().take_while(|b| b.is_ascii_digit()).count();
-            if n == 0 {
-                return false;
-            }
-            caps.push(s[..n].to_string());
-            if match_at(rest, &s[n..], caps) {
-                return true;
-            }
-            caps.pop();
-            false
-        }
-        Tok::Any => s.char_indices().map(|(i, _)| i).chain([s.len()]).any(|i| {
-            let before = caps.len();
-            match_at(rest, &s[i..], caps) || {
-                caps.truncate(before);
-                false
-            }
-        }),
-    }
+/// `cluster ARGS`: the arguments that run the fixture in its herd-cluster mode.
+pub fn fixture_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["cluster"];
+    v.extend_from_slice(args);
+    v
 }
 
 /// `herd: worker 0 online (pid 1234)` → [slot, pid]
 pub const ONLINE: &str = "herd: worker {} online (pid {})";
 /// The fixture's announcement → [pid]
 pub const SERVING: &str = "fixture serving {*}pid={} ";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
 
 #[derive(Default)]
 struct Output {
@@ -601,55 +443,6 @@ impl Drop for Proc {
     }
 }
 
-/// (state, process group) of a process from /proc, if it exists.
-fn proc_state(pid: i32) -> Option<(char, i32)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &s[s.rfind(')')? + 2..];
-    let mut it = after.split_whitespace();
-    let state = it.next()?.chars().next()?;
-    let _ppid = it.next()?;
-    let pgrp = it.next()?.parse().ok()?;
-    Some((state, pgrp))
-}
-
-/// The process exists and is not a zombie.
-pub fn process_alive(pid: i32) -> bool {
-    matches!(proc_state(pid), Some((s, _)) if s != 'Z' && s != 'X')
-}
-
-/// No live process is in process group `pgid`.
-pub fn group_empty(pgid: i32) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return true;
-    };
-    !dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .any(|pid| matches!(proc_state(pid), Some((s, g)) if g == pgid && s != 'Z' && s != 'X'))
-}
-
-/// Poll `cond` until it holds or the timeout passes; true if it held.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// An address on 127.0.0.1 whose port was free a moment ago.
-pub fn free_addr() -> String {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
 /// A parsed HTTP answer.
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -680,26 +473,6 @@ impl Response {
     }
 }
 
-/// Close with an RST rather than into TIME_WAIT, so that fresh-connection
-/// load does not exhaust loopback ports.
-fn abortive_close(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a correctly sized value.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &l as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-}
-
 /// One GET on a fresh connection (`Connection: close`), read to the end.
 pub fn http_get(addr: &str, path: &str, timeout: Duration) -> io::Result<Response> {
     let start = Instant::now();
@@ -715,7 +488,7 @@ pub fn http_get(addr: &str, path: &str, timeout: Duration) -> io::Result<Respons
     )?;
     let mut raw = Vec::new();
     let read = s.read_to_end(&mut raw);
-    abortive_close(&s);
+    crate::abortive_close(&s);
     read?;
     let mut r = parse_response(&raw)?;
     r.elapsed = start.elapsed();
@@ -800,6 +573,8 @@ pub fn pids_answering(addr: &str, want: &BTreeSet<i32>, attempts: usize) -> BTre
 pub struct Load {
     stop: Arc<std::sync::atomic::AtomicBool>,
     handles: Vec<JoinHandle<LoadReport>>,
+    /// Answers so far and the pids that gave them, while it runs.
+    live: Arc<Mutex<(usize, BTreeSet<i32>)>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -813,9 +588,11 @@ impl Load {
     pub fn start(addr: &str, threads: usize, pause: Duration) -> Load {
         use std::sync::atomic::{AtomicBool, Ordering};
         let stop = Arc::new(AtomicBool::new(false));
+        let live: Arc<Mutex<(usize, BTreeSet<i32>)>> = Arc::default();
         let handles = (0..threads)
             .map(|_| {
                 let stop = stop.clone();
+                let live = live.clone();
                 let addr = addr.to_string();
                 thread::spawn(move || {
                     let mut rep = LoadReport::default();
@@ -825,6 +602,9 @@ impl Load {
                             Ok(r) if r.status == 200 => {
                                 rep.ok += 1;
                                 rep.pids.insert(r.pid());
+                                let mut l = live.lock().unwrap();
+                                l.0 += 1;
+                                l.1.insert(r.pid());
                             }
                             Ok(r) => rep.failures.push(format!("status {}", r.status)),
                             Err(e) => rep.failures.push(format!("{:?}: {e}", e.kind())),
@@ -835,7 +615,41 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, handles }
+        Load {
+            stop,
+            handles,
+            live,
+        }
+    }
+
+    /// Requests answered 200 so far.
+    pub fn ok_so_far(&self) -> usize {
+        self.live.lock().unwrap().0
+    }
+
+    /// The pids that have answered so far.
+    pub fn pids_so_far(&self) -> BTreeSet<i32> {
+        self.live.lock().unwrap().1.clone()
+    }
+
+    /// Wait until `cond(answers so far, pids so far)` holds; panics naming
+    /// `what` at the deadline.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut(usize, &BTreeSet<i32>) -> bool,
+    ) {
+        let ok = wait_until(timeout, || {
+            let l = self.live.lock().unwrap();
+            cond(l.0, &l.1)
+        });
+        let l = self.live.lock().unwrap();
+        assert!(
+            ok,
+            "load: {what}: not within {timeout:?} ({} answers so far, from {:?})",
+            l.0, l.1
+        );
     }
 
     pub fn stop(mut self) -> LoadReport {

@@ -18,7 +18,7 @@ use std::io;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command as Process;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 

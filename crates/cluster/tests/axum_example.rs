@@ -16,16 +16,16 @@ const T: Duration = Duration::from_secs(10);
 /// build examples when a `--test` is named); a failed build fails the test.
 fn example() -> PathBuf {
     cargo_built(
-            "examples/axum",
-            &[
-                "-p",
-                "herd-cluster",
-                "--features",
-                "axum",
-                "--example",
-                "axum",
-            ],
-        )
+        "examples/axum",
+        &[
+            "-p",
+            "herd-cluster",
+            "--features",
+            "axum",
+            "--example",
+            "axum",
+        ],
+    )
 }
 
 /// "hello from worker Some(0), pid 1234" → (id, pid)

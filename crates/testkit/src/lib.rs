@@ -1030,9 +1030,10 @@ impl CpuWatch {
     pub fn wait_busy(&self, min: Duration, timeout: Duration) -> i32 {
         let mut busy = None;
         let found = wait_until(timeout, || {
-            busy = self.base.iter().find_map(|(&p, &t0)| {
-                (cpu_time(p).unwrap_or_default() >= t0 + min).then_some(p)
-            });
+            busy = self
+                .base
+                .iter()
+                .find_map(|(&p, &t0)| (cpu_time(p).unwrap_or_default() >= t0 + min).then_some(p));
             busy.is_some()
         });
         let used: BTreeMap<i32, Duration> = self

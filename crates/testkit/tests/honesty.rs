@@ -44,7 +44,10 @@ fn run_probe(ci: Option<&str>) -> (bool, String) {
 #[test]
 fn under_ci_a_test_that_needs_a_missing_node_fails() {
     let (passed, out) = run_probe(Some("true"));
-    assert!(!passed, "the probe passed under CI=true without node:\n{out}");
+    assert!(
+        !passed,
+        "the probe passed under CI=true without node:\n{out}"
+    );
     assert!(
         out.contains("`node` is not on PATH") && out.contains("CI is set"),
         "the failure names what is missing:\n{out}"

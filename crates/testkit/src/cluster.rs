@@ -8,16 +8,18 @@
 //! `use herd_testkit::cluster::*;` is all a test needs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
+
+use crate::capture::{self, Capture, Lines};
 
 pub use crate::{
     cargo_built, cpu_time, free_addr, group_empty, herd_bin, in_ci, match_pat, process_alive,
@@ -42,76 +44,24 @@ pub const ONLINE: &str = "herd: worker {} online (pid {})";
 /// The fixture's announcement → [pid]
 pub const SERVING: &str = "fixture serving {*}pid={} ";
 
-#[derive(Default)]
-struct Output {
-    stdout: Vec<String>,
-    stderr: Vec<String>,
-    stdout_eof: bool,
-    stderr_eof: bool,
-    /// Worker pids (each leads its own process group) seen in the output.
-    workers: BTreeSet<i32>,
-}
-
-type Shared = Arc<(Mutex<Output>, Condvar)>;
-
 /// A process under test (a primary: herd or the fixture), in its own process
 /// group, with its output collected line by line.
 pub struct Proc {
     tag: &'static str,
     child: Child,
     stdin: Option<ChildStdin>,
-    out: Shared,
-    readers: Vec<JoinHandle<()>>,
+    out: Capture,
     status: Option<ExitStatus>,
 }
 
-fn reader(
-    r: impl Read + Send + 'static,
-    out: Shared,
-    which: Stream,
-    tag: &'static str,
-) -> JoinHandle<()> {
-    thread::spawn(move || {
-        let mut br = BufReader::new(r);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match br.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\n', '\r'])
-                        .to_string();
-                    let t = if which == Stream::Stdout {
-                        "out"
-                    } else {
-                        "err"
-                    };
-                    eprintln!("  {tag}.{t}| {line}");
-                    let (m, cv) = &*out;
-                    let mut o = m.lock().unwrap();
-                    if let Some(c) = match_pat(ONLINE, &line) {
-                        o.workers.insert(c[1].parse().unwrap());
-                    }
-                    if let Some(c) = match_pat(SERVING, &line) {
-                        o.workers.insert(c[0].parse().unwrap());
-                    }
-                    match which {
-                        Stream::Stdout => o.stdout.push(line),
-                        Stream::Stderr => o.stderr.push(line),
-                    }
-                    cv.notify_all();
-                }
-            }
-        }
-        let (m, cv) = &*out;
-        let mut o = m.lock().unwrap();
-        match which {
-            Stream::Stdout => o.stdout_eof = true,
-            Stream::Stderr => o.stderr_eof = true,
-        }
-        cv.notify_all();
-    })
+/// The worker pids a primary's output names (`online`, `serving`).
+fn track_workers(line: &str, o: &mut Lines) {
+    if let Some(c) = match_pat(ONLINE, line) {
+        o.groups.insert(c[1].parse().unwrap());
+    }
+    if let Some(c) = match_pat(SERVING, line) {
+        o.groups.insert(c[0].parse().unwrap());
+    }
 }
 
 impl Proc {
@@ -144,28 +94,13 @@ impl Proc {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
-        let out: Shared = Arc::default();
-        let readers = vec![
-            reader(
-                child.stdout.take().unwrap(),
-                out.clone(),
-                Stream::Stdout,
-                tag,
-            ),
-            reader(
-                child.stderr.take().unwrap(),
-                out.clone(),
-                Stream::Stderr,
-                tag,
-            ),
-        ];
+        let out = Capture::start(&mut child, tag, track_workers);
         let stdin = child.stdin.take();
         Proc {
             tag,
             child,
             stdin,
             out,
-            readers,
             status: None,
         }
     }
@@ -183,19 +118,11 @@ impl Proc {
     }
 
     pub fn mark(&self, which: Stream) -> usize {
-        let o = self.out.0.lock().unwrap();
-        match which {
-            Stream::Stdout => o.stdout.len(),
-            Stream::Stderr => o.stderr.len(),
-        }
+        self.out.mark(which)
     }
 
     pub fn lines(&self, which: Stream) -> Vec<String> {
-        let o = self.out.0.lock().unwrap();
-        match which {
-            Stream::Stdout => o.stdout.clone(),
-            Stream::Stderr => o.stderr.clone(),
-        }
+        self.out.lines(which)
     }
 
     pub fn output(&self) -> String {
@@ -224,27 +151,8 @@ impl Proc {
         pattern: &str,
         timeout: Duration,
     ) -> Option<(usize, Vec<String>)> {
-        let deadline = Instant::now() + timeout;
-        let (m, cv) = &*self.out;
-        let mut o = m.lock().unwrap();
-        let mut next = from;
-        loop {
-            let (lines, eof) = match which {
-                Stream::Stdout => (&o.stdout, o.stdout_eof),
-                Stream::Stderr => (&o.stderr, o.stderr_eof),
-            };
-            while next < lines.len() {
-                if let Some(c) = match_pat(pattern, &lines[next]) {
-                    return Some((next, c));
-                }
-                next += 1;
-            }
-            let now = Instant::now();
-            if eof || now >= deadline {
-                return None;
-            }
-            o = cv.wait_timeout(o, deadline - now).unwrap().0;
-        }
+        self.out
+            .wait_matching(which, from, pattern, timeout, |_| true)
     }
 
     /// [`Proc::wait_line`] that panics with the output at the deadline.
@@ -335,7 +243,7 @@ impl Proc {
 
     /// Worker pids seen so far (online lines, serving lines).
     pub fn worker_pids(&self) -> BTreeSet<i32> {
-        self.out.0.lock().unwrap().workers.clone()
+        self.out.with(|o| o.groups.clone())
     }
 
     /// Known worker pids that still have a live process in their group.
@@ -352,10 +260,7 @@ impl Proc {
     }
 
     pub fn try_status(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().expect("try_wait");
-        }
-        self.status
+        capture::try_status(&mut self.child, &mut self.status)
     }
 
     /// Wait for it to exit (panics at the deadline), then for its output to drain.
@@ -379,17 +284,7 @@ impl Proc {
     }
 
     pub fn drain(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let (m, cv) = &*self.out;
-        let mut o = m.lock().unwrap();
-        while !(o.stdout_eof && o.stderr_eof) {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            o = cv.wait_timeout(o, deadline - now).unwrap().0;
-        }
-        true
+        self.out.drain(timeout)
     }
 
     pub fn assert_running(&mut self) {
@@ -402,17 +297,7 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         use nix::sys::signal::kill;
-        if self.try_status().is_none() {
-            let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while self.try_status().is_none() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(10));
-            }
-            if self.try_status().is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
+        capture::terminate(&mut self.child, &mut self.status);
         // Each worker leads its own process group: SIGTERM what is left, then SIGKILL.
         let groups: Vec<i32> = self
             .worker_pids()
@@ -434,12 +319,7 @@ impl Drop for Proc {
                 let _ = kill(Pid::from_raw(-pg), Signal::SIGKILL);
             }
         }
-        self.drain(Duration::from_secs(1));
-        for r in self.readers.drain(..) {
-            if r.is_finished() {
-                let _ = r.join();
-            }
-        }
+        self.out.finish();
     }
 }
 
@@ -496,45 +376,13 @@ pub fn http_get(addr: &str, path: &str, timeout: Duration) -> io::Result<Respons
 }
 
 fn parse_response(raw: &[u8]) -> io::Result<Response> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("short response ({} bytes)", raw.len()),
-            )
-        })?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let body = raw[split + 4..].to_vec();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad status line"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let r = Response {
+    let (status, headers, body) = crate::parse_http(raw)?;
+    Ok(Response {
         status,
         headers,
         body,
         elapsed: Duration::ZERO,
-    };
-    if let Some(len) = r
-        .header("content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        if r.body.len() < len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("truncated body ({} of {len} bytes)", r.body.len()),
-            ));
-        }
-    }
-    Ok(r)
+    })
 }
 
 /// GET `path` until it answers 200 or the timeout passes.

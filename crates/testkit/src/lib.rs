@@ -17,14 +17,14 @@
 //! (`pub use herd_testkit::*;`), herd-cluster's as `herd_testkit::cluster`.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -135,8 +135,11 @@ fn match_at(toks: &[Tok<'_>], s: &str, caps: &mut Vec<String>) -> bool {
 }
 
 mod bins;
+mod capture;
 pub mod cluster;
 mod skip;
+
+use capture::{Capture, Lines};
 
 pub use bins::{cargo_built, herd_bin, worker_bin};
 pub use skip::{in_ci, node_version, skip_or_fail};
@@ -158,19 +161,6 @@ pub fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-#[derive(Default)]
-struct Output {
-    stdout: Vec<String>,
-    stderr: Vec<String>,
-    stdout_eof: bool,
-    stderr_eof: bool,
-    /// Process groups to kill on cleanup (worker pids) and grandchildren.
-    pgids: BTreeSet<i32>,
-    children: BTreeSet<i32>,
-}
-
-type Shared = Arc<(Mutex<Output>, Condvar)>;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
     Stdout,
@@ -180,61 +170,27 @@ pub enum Stream {
 /// A running `herd` process.
 pub struct Herd {
     child: Child,
-    out: Shared,
-    readers: Vec<JoinHandle<()>>,
+    out: Capture,
     status: Option<ExitStatus>,
     pub started: Instant,
 }
 
-fn reader(mut r: impl Read + Send + 'static, out: Shared, which: Stream) -> JoinHandle<()> {
-    thread::spawn(move || {
-        let mut br = BufReader::new(&mut r);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match br.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\n', '\r'])
-                        .to_string();
-                    let tag = if which == Stream::Stdout {
-                        "out"
-                    } else {
-                        "err"
-                    };
-                    eprintln!("  herd.{tag}| {line}");
-                    let (m, cv) = &*out;
-                    let mut o = m.lock().unwrap();
-                    if line.contains(pat::HERD_PREFIX) {
-                        if let Some(c) = match_pat(pat::ONLINE, &line) {
-                            o.pgids.insert(c[1].parse().unwrap());
-                        }
-                    }
-                    if let Some(c) = match_pat(pat::W_CHILD, &line) {
-                        if line.starts_with('[') {
-                            o.children.insert(c[0].parse().unwrap());
-                        }
-                    }
-                    if let Some(c) = match_pat(pat::W_SERVING, &line) {
-                        o.pgids.insert(c[1].parse().unwrap());
-                    }
-                    match which {
-                        Stream::Stdout => o.stdout.push(line),
-                        Stream::Stderr => o.stderr.push(line),
-                    }
-                    cv.notify_all();
-                }
-            }
+/// The pids herd's output names: workers (`online`, the fixture's
+/// `serving`) and the grandchildren the fixture announces.
+fn track_herd(line: &str, o: &mut Lines) {
+    if line.contains(pat::HERD_PREFIX) {
+        if let Some(c) = match_pat(pat::ONLINE, line) {
+            o.groups.insert(c[1].parse().unwrap());
         }
-        let (m, cv) = &*out;
-        let mut o = m.lock().unwrap();
-        match which {
-            Stream::Stdout => o.stdout_eof = true,
-            Stream::Stderr => o.stderr_eof = true,
+    }
+    if let Some(c) = match_pat(pat::W_CHILD, line) {
+        if line.starts_with('[') {
+            o.children.insert(c[0].parse().unwrap());
         }
-        cv.notify_all();
-    })
+    }
+    if let Some(c) = match_pat(pat::W_SERVING, line) {
+        o.groups.insert(c[1].parse().unwrap());
+    }
 }
 
 impl Herd {
@@ -250,15 +206,10 @@ impl Herd {
             // Its own process group: a ^C on the test run goes to the tests only.
             .process_group(0);
         let mut child = cmd.spawn().expect("spawn herd");
-        let out: Shared = Arc::default();
-        let readers = vec![
-            reader(child.stdout.take().unwrap(), out.clone(), Stream::Stdout),
-            reader(child.stderr.take().unwrap(), out.clone(), Stream::Stderr),
-        ];
+        let out = Capture::start(&mut child, "herd", track_herd);
         Herd {
             child,
             out,
-            readers,
             status: None,
             started: Instant::now(),
         }
@@ -270,19 +221,15 @@ impl Herd {
 
     /// The number of lines seen so far on a stream: a mark for `wait_*_after`.
     pub fn mark(&self, which: Stream) -> usize {
-        let o = self.out.0.lock().unwrap();
-        match which {
-            Stream::Stdout => o.stdout.len(),
-            Stream::Stderr => o.stderr.len(),
-        }
+        self.out.mark(which)
     }
 
     pub fn stderr_lines(&self) -> Vec<String> {
-        self.out.0.lock().unwrap().stderr.clone()
+        self.out.lines(Stream::Stderr)
     }
 
     pub fn stdout_lines(&self) -> Vec<String> {
-        self.out.0.lock().unwrap().stdout.clone()
+        self.out.lines(Stream::Stdout)
     }
 
     pub fn stderr_text(&self) -> String {
@@ -299,17 +246,14 @@ impl Herd {
 
     /// Every match of `pattern` on a stream from line `from` on.
     pub fn find_all(&self, which: Stream, from: usize, pattern: &str) -> Vec<Vec<String>> {
-        let o = self.out.0.lock().unwrap();
-        let lines = match which {
-            Stream::Stdout => &o.stdout,
-            Stream::Stderr => &o.stderr,
-        };
-        lines
-            .iter()
-            .skip(from)
-            .filter(|l| which == Stream::Stdout || l.contains(pat::HERD_PREFIX))
-            .filter_map(|l| match_pat(pattern, l))
-            .collect()
+        self.out.with(|o| {
+            o.of(which)
+                .iter()
+                .skip(from)
+                .filter(|l| which == Stream::Stdout || l.contains(pat::HERD_PREFIX))
+                .filter_map(|l| match_pat(pattern, l))
+                .collect()
+        })
     }
 
     /// Wait for a line matching `pattern` at or after line `from`; returns
@@ -343,32 +287,10 @@ impl Herd {
         timeout: Duration,
         herd_only: bool,
     ) -> Option<(usize, Vec<String>)> {
-        let deadline = Instant::now() + timeout;
-        let (m, cv) = &*self.out;
-        let mut o = m.lock().unwrap();
-        let mut next = from;
-        loop {
-            let (lines, eof) = match which {
-                Stream::Stdout => (&o.stdout, o.stdout_eof),
-                Stream::Stderr => (&o.stderr, o.stderr_eof),
-            };
-            while next < lines.len() {
-                let l = &lines[next];
-                // Lifecycle patterns only on herd's own lines.
-                let eligible = !herd_only || l.contains(pat::HERD_PREFIX);
-                if eligible {
-                    if let Some(c) = match_pat(pattern, l) {
-                        return Some((next, c));
-                    }
-                }
-                next += 1;
-            }
-            let now = Instant::now();
-            if eof || now >= deadline {
-                return None;
-            }
-            o = cv.wait_timeout(o, deadline - now).unwrap().0;
-        }
+        // Lifecycle patterns only on herd's own lines.
+        self.out.wait_matching(which, from, pattern, timeout, |l| {
+            !herd_only || l.contains(pat::HERD_PREFIX)
+        })
     }
 
     /// Wait for a herd lifecycle line on stderr; panics with herd's output
@@ -502,18 +424,18 @@ impl Herd {
 
     /// Worker pids seen in `online` lines that are still alive.
     pub fn live_worker_pids(&self) -> BTreeSet<i32> {
-        let o = self.out.0.lock().unwrap();
-        o.pgids
-            .iter()
-            .copied()
-            .filter(|&p| process_alive(p))
-            .collect()
+        self.out.with(|o| {
+            o.groups
+                .iter()
+                .copied()
+                .filter(|&p| process_alive(p))
+                .collect()
+        })
     }
 
     /// Every worker pid and grandchild pid seen so far.
     pub fn known_pids(&self) -> (BTreeSet<i32>, BTreeSet<i32>) {
-        let o = self.out.0.lock().unwrap();
-        (o.pgids.clone(), o.children.clone())
+        self.out.with(|o| (o.groups.clone(), o.children.clone()))
     }
 
     pub fn signal(&self, sig: Signal) {
@@ -522,10 +444,7 @@ impl Herd {
     }
 
     pub fn try_status(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().expect("try_wait herd");
-        }
-        self.status
+        capture::try_status(&mut self.child, &mut self.status)
     }
 
     /// Wait for herd to exit; panics at the deadline. Also waits (briefly)
@@ -551,17 +470,7 @@ impl Herd {
     /// Wait until both output streams hit EOF (or the timeout: something,
     /// e.g. a leaked grandchild, may hold them open).
     pub fn drain_output(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let (m, cv) = &*self.out;
-        let mut o = m.lock().unwrap();
-        while !(o.stdout_eof && o.stderr_eof) {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            o = cv.wait_timeout(o, deadline - now).unwrap().0;
-        }
-        true
+        self.out.drain(timeout)
     }
 
     /// Panic unless herd is still running.
@@ -579,17 +488,7 @@ impl Drop for Herd {
     fn drop(&mut self) {
         use nix::sys::signal::kill;
         use nix::unistd::Pid;
-        if self.try_status().is_none() {
-            let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while self.try_status().is_none() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(10));
-            }
-            if self.try_status().is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
+        capture::terminate(&mut self.child, &mut self.status);
         let (pgids, children) = self.known_pids();
         for pg in pgids {
             if pg > 1 && !group_empty(pg) {
@@ -604,12 +503,7 @@ impl Drop for Herd {
             }
         }
         // Readers end once every writer is gone.
-        self.drain_output(Duration::from_secs(1));
-        for r in self.readers.drain(..) {
-            if r.is_finished() {
-                let _ = r.join();
-            }
-        }
+        self.out.finish();
     }
 }
 
@@ -735,13 +629,28 @@ fn exchange<S: Read + Write>(s: &mut S, path: &str) -> io::Result<Response> {
 }
 
 fn parse_response(raw: &[u8]) -> io::Result<Response> {
-    let text = String::from_utf8_lossy(raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("short response ({} bytes)", raw.len()),
-        ));
-    };
+    let (status, headers, body) = parse_http(raw)?;
+    Ok(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// A whole HTTP/1.1 answer: (status, headers, body). An error when it is
+/// cut short (no end of head, or less body than `Content-Length`).
+pub(crate) fn parse_http(raw: &[u8]) -> io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("short response ({} bytes)", raw.len()),
+            )
+        })?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let body = raw[split + 4..].to_vec();
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
@@ -752,23 +661,17 @@ fn parse_response(raw: &[u8]) -> io::Result<Response> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    if let Some(len) = headers
+    let len = headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse::<usize>().ok())
-    {
-        if body.len() < len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("truncated body ({} of {len} bytes)", body.len()),
-            ));
-        }
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    if let Some(len) = len.filter(|&len| body.len() < len) {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("truncated body ({} of {len} bytes)", body.len()),
+        ));
     }
-    Ok(Response {
-        status,
-        headers,
-        body: body.to_string(),
-    })
+    Ok((status, headers, body))
 }
 
 /// Close without TIME_WAIT (an RST): keeps fresh-connection load from

@@ -637,9 +637,12 @@ fn parse_response(raw: &[u8]) -> io::Result<Response> {
     })
 }
 
+/// Header (name, value) pairs, in order.
+pub(crate) type Headers = Vec<(String, String)>;
+
 /// A whole HTTP/1.1 answer: (status, headers, body). An error when it is
 /// cut short (no end of head, or less body than `Content-Length`).
-pub(crate) fn parse_http(raw: &[u8]) -> io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+pub(crate) fn parse_http(raw: &[u8]) -> io::Result<(u16, Headers, Vec<u8>)> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

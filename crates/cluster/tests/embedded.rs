@@ -105,7 +105,7 @@ fn reload_under_load(balance: &str, wait_ready: bool) {
         extra.push("--wait-ready");
     }
     let (mut p, online) = cluster(&addr, 2, &extra);
-    let load = Load::start(&addr, 2, Duration::from_millis(10));
+    let load = Load::start(&addr, "/", 2, Duration::from_millis(10));
     // The reload happens under load: some requests answered first.
     load.wait_for("20 answers before the reload", T, |ok, _| ok >= 20);
     let mark = p.mark(Stream::Stderr);
@@ -127,9 +127,10 @@ fn reload_under_load(balance: &str, wait_ready: bool) {
     let report = load.stop();
     assert!(
         report.failures.is_empty(),
-        "{balance}: {} requests failed during the reload: {:?}\n{}",
-        report.failures.len(),
-        report.failures.iter().take(10).collect::<Vec<_>>(),
+        "{balance}: {} requests failed during the reload: {:?} {:?}\n{}",
+        report.failed(),
+        report.failures,
+        report.samples,
         p.output()
     );
     assert!(report.ok > 20, "the load ran ({} requests)", report.ok);

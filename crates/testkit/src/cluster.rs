@@ -13,8 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
@@ -23,7 +22,8 @@ use crate::capture::{self, Capture, Lines};
 
 pub use crate::{
     cargo_built, cpu_time, free_addr, group_empty, herd_bin, in_ci, match_pat, process_alive,
-    serial, skip_or_fail, tcp_port_state, wait_until, CpuWatch, PortState, Signal, Stream,
+    serial, skip_or_fail, tcp_port_state, wait_until, CpuWatch, Load, LoadReport, PortState,
+    Signal, Stream,
 };
 
 /// The fixture binary (`tests/bin/fixture/`, a binary of the root package);
@@ -415,113 +415,4 @@ pub fn pids_answering(addr: &str, want: &BTreeSet<i32>, attempts: usize) -> BTre
         }
     }
     seen
-}
-
-/// Fresh-connection load on `/` from `threads` threads until stopped.
-pub struct Load {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    handles: Vec<JoinHandle<LoadReport>>,
-    /// Answers so far and the pids that gave them, while it runs.
-    live: Arc<Mutex<(usize, BTreeSet<i32>)>>,
-}
-
-#[derive(Debug, Default, Clone)]
-pub struct LoadReport {
-    pub ok: usize,
-    pub failures: Vec<String>,
-    pub pids: BTreeSet<i32>,
-}
-
-impl Load {
-    pub fn start(addr: &str, threads: usize, pause: Duration) -> Load {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let stop = Arc::new(AtomicBool::new(false));
-        let live: Arc<Mutex<(usize, BTreeSet<i32>)>> = Arc::default();
-        let handles = (0..threads)
-            .map(|_| {
-                let stop = stop.clone();
-                let live = live.clone();
-                let addr = addr.to_string();
-                thread::spawn(move || {
-                    let mut rep = LoadReport::default();
-                    let end = Instant::now() + Duration::from_secs(60);
-                    while !stop.load(Ordering::SeqCst) && Instant::now() < end {
-                        match http_get(&addr, "/", Duration::from_secs(5)) {
-                            Ok(r) if r.status == 200 => {
-                                rep.ok += 1;
-                                rep.pids.insert(r.pid());
-                                let mut l = live.lock().unwrap();
-                                l.0 += 1;
-                                l.1.insert(r.pid());
-                            }
-                            Ok(r) => rep.failures.push(format!("status {}", r.status)),
-                            Err(e) => rep.failures.push(format!("{:?}: {e}", e.kind())),
-                        }
-                        thread::sleep(pause);
-                    }
-                    rep
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            handles,
-            live,
-        }
-    }
-
-    /// Requests answered 200 so far.
-    pub fn ok_so_far(&self) -> usize {
-        self.live.lock().unwrap().0
-    }
-
-    /// The pids that have answered so far.
-    pub fn pids_so_far(&self) -> BTreeSet<i32> {
-        self.live.lock().unwrap().1.clone()
-    }
-
-    /// Wait until `cond(answers so far, pids so far)` holds; panics naming
-    /// `what` at the deadline.
-    pub fn wait_for(
-        &self,
-        what: &str,
-        timeout: Duration,
-        mut cond: impl FnMut(usize, &BTreeSet<i32>) -> bool,
-    ) {
-        let ok = wait_until(timeout, || {
-            let l = self.live.lock().unwrap();
-            cond(l.0, &l.1)
-        });
-        let l = self.live.lock().unwrap();
-        assert!(
-            ok,
-            "load: {what}: not within {timeout:?} ({} answers so far, from {:?})",
-            l.0, l.1
-        );
-    }
-
-    pub fn stop(mut self) -> LoadReport {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let mut total = LoadReport::default();
-        for h in self.handles.drain(..) {
-            let r = h.join().expect("load thread");
-            total.ok += r.ok;
-            total.failures.extend(r.failures);
-            total.pids.extend(r.pids);
-        }
-        eprintln!(
-            "  load: {} ok, {} failed {:?}, pids {:?}",
-            total.ok,
-            total.failures.len(),
-            total.failures.iter().take(5).collect::<Vec<_>>(),
-            total.pids
-        );
-        total
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
 }

@@ -612,9 +612,14 @@ impl Response {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
-    /// The fixture's pid, from its body.
+    /// The fixture's pid: its plain body, or (the cluster mode answers
+    /// JSON) its `X-Pid` header.
     pub fn pid(&self) -> Option<i32> {
-        self.body.trim().parse().ok()
+        self.body
+            .trim()
+            .parse()
+            .ok()
+            .or_else(|| self.header("x-pid")?.parse().ok())
     }
 }
 
@@ -788,6 +793,8 @@ impl LoadReport {
 pub struct Load {
     stop: Arc<AtomicBool>,
     handles: Vec<JoinHandle<LoadReport>>,
+    /// Answers so far and the pids that gave them, while it runs.
+    live: Arc<Mutex<(usize, BTreeSet<i32>)>>,
 }
 
 impl Load {
@@ -804,9 +811,11 @@ impl Load {
         max_requests: usize,
     ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let live: Arc<Mutex<(usize, BTreeSet<i32>)>> = Arc::default();
         let handles = (0..threads)
             .map(|_| {
                 let stop = stop.clone();
+                let live = live.clone();
                 let addr = addr.to_string();
                 let path = path.to_string();
                 let per_thread = max_requests.div_ceil(threads);
@@ -819,8 +828,11 @@ impl Load {
                         match http_request(&addr, &path, Duration::from_secs(5)) {
                             Ok(r) if r.status == 200 => {
                                 rep.ok += 1;
+                                let mut l = live.lock().unwrap();
+                                l.0 += 1;
                                 if let Some(p) = r.pid() {
                                     rep.pids.insert(p);
+                                    l.1.insert(p);
                                 }
                             }
                             Ok(r) => {
@@ -843,7 +855,42 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, handles }
+        Load {
+            stop,
+            handles,
+            live,
+        }
+    }
+
+    /// Requests answered 200 so far.
+    pub fn ok_so_far(&self) -> usize {
+        self.live.lock().unwrap().0
+    }
+
+    /// The pids that have answered so far.
+    pub fn pids_so_far(&self) -> BTreeSet<i32> {
+        self.live.lock().unwrap().1.clone()
+    }
+
+    /// Wait until `cond(answers so far, pids so far)` holds; panics naming
+    /// `what` at the deadline. For "under load" that really is: wait for
+    /// answers rather than sleep.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut(usize, &BTreeSet<i32>) -> bool,
+    ) {
+        let ok = wait_until(timeout, || {
+            let l = self.live.lock().unwrap();
+            cond(l.0, &l.1)
+        });
+        let l = self.live.lock().unwrap();
+        assert!(
+            ok,
+            "load: {what}: not within {timeout:?} ({} answers so far, from {:?})",
+            l.0, l.1
+        );
     }
 
     pub fn stop(self) -> LoadReport {

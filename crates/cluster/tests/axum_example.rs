@@ -4,11 +4,13 @@
 
 #![cfg(feature = "axum")]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use herd_testkit::cluster::*;
+use common::*;
 
 const T: Duration = Duration::from_secs(10);
 

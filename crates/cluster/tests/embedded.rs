@@ -2,11 +2,13 @@
 //! with `--primary N`, `Primary::start()` with `--events N`), re-executing
 //! itself as the workers.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use herd_testkit::cluster::*;
+use common::*;
 
 const T: Duration = Duration::from_secs(10);
 

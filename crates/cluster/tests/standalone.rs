@@ -2,10 +2,12 @@
 //! address itself, answers HTTP, and its `Worker::shutdown()` resolves on
 //! SIGTERM/SIGINT after which in-flight requests still finish.
 
+mod common;
+
 use std::thread;
 use std::time::Duration;
 
-use herd_testkit::cluster::*;
+use common::*;
 
 const T: Duration = Duration::from_secs(10);
 

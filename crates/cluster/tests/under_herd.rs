@@ -5,12 +5,14 @@
 //! These need the root package's `herd` binary, built (once per test
 //! process) by [`herd_bin`]: a failed build fails them with its error.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use herd_testkit::cluster::*;
+use common::*;
 
 const T: Duration = Duration::from_secs(10);
 

@@ -223,7 +223,7 @@ fn demo_stop_replaces_the_worker() {
 fn demo_check_blocks_one_worker_while_the_other_answers() {
     let _s = serial();
     let addr = free_addr();
-    let (_h, _) = demo(2, &addr, &[]);
+    let (_h, online) = demo(2, &addr, &[]);
 
     let a = get(&addr, "/check?ms=300", T).unwrap();
     assert_eq!(a.status, 200);
@@ -241,11 +241,13 @@ fn demo_check_blocks_one_worker_while_the_other_answers() {
 
     // Concurrently: the next connection goes to the other worker in turn,
     // and it is not stuck behind the spinning one.
+    let cpu = CpuWatch::new(online.values().copied());
     let check = {
         let addr = addr.clone();
         thread::spawn(move || get(&addr, "/check?ms=1000", Duration::from_secs(20)))
     };
-    thread::sleep(Duration::from_millis(100)); // not for correctness: let /check start
+    // /check is being served: a worker spins.
+    cpu.wait_busy(Duration::from_millis(50), T);
     let quick = get(&addr, "/", T).unwrap();
     let check = check.join().unwrap().unwrap();
     assert_ne!(
@@ -298,11 +300,13 @@ fn demo_sigint_stops_gracefully() {
     let addr = free_addr();
     let (mut h, online) = demo(2, &addr, &[]);
     // An in-flight request is answered, not cut.
+    let cpu = CpuWatch::new(online.values().copied());
     let check = {
         let addr = addr.clone();
         thread::spawn(move || get(&addr, "/check?ms=500", Duration::from_secs(20)))
     };
-    thread::sleep(Duration::from_millis(100)); // not for correctness: let /check start
+    // /check is being served (a worker spins) when the signal comes.
+    cpu.wait_busy(Duration::from_millis(50), T);
     h.signal(Signal::SIGINT);
     let status = h.wait_exit(T);
     assert_eq!(status.code(), Some(0), "{}", h.stderr_text());

@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command as Process;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -32,38 +32,17 @@ const REQ: Duration = Duration::from_secs(3);
 // ---------------------------------------------------------------------------
 // Helpers
 
-/// `node --version`, once; `None` when there is no usable `node` on PATH.
-fn node_version() -> Option<&'static str> {
-    static V: OnceLock<Option<String>> = OnceLock::new();
-    V.get_or_init(|| {
-        let out = Process::new("node").arg("--version").output().ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    })
-    .as_deref()
-}
+// `need_node!()` (support): skip the test with a note when `node` is not on
+// PATH — or fail it under CI.
 
-/// Skip the test (with a note) when `node` is not on PATH.
-macro_rules! need_node {
-    () => {
-        match node_version() {
-            Some(v) => eprintln!("  node {v}"),
-            None => {
-                eprintln!("SKIPPED: `node` is not on PATH; install Node.js to run the Node tests");
-                return;
-            }
-        }
-    };
-}
-
-/// Skip the test when the examples' npm dependencies are not installed.
+/// Skip the test (fail it under CI) when the examples' npm dependencies are
+/// not installed.
 macro_rules! need_deps {
     () => {
         need_node!();
         if !Path::new(&example("node_modules")).is_dir() {
-            eprintln!(
-                "SKIPPED: examples/node/node_modules is missing; run `npm ci --prefix examples/node`"
+            skip_or_fail(
+                "examples/node/node_modules is missing; run `npm ci --prefix examples/node`",
             );
             return;
         }
@@ -790,7 +769,7 @@ fn curl_https(port: u16) -> Result<String, String> {
 fn https_app_serves(balance: &str) {
     need_node!();
     if !curl_available() {
-        eprintln!("SKIPPED: curl is not on PATH");
+        skip_or_fail("curl is not on PATH; install curl to run the HTTPS test");
         return;
     }
     let port = free_port();
@@ -908,6 +887,7 @@ fn round_robin_skips_a_worker_blocked_on_cpu() {
     assert_eq!(pids_seen(&addr, &want, 400), want);
 
     let busy_ms = 4000u64;
+    let cpu = CpuWatch::new(want.iter().copied());
     let check = {
         let addr = addr.clone();
         thread::spawn(move || {
@@ -920,9 +900,9 @@ fn round_robin_skips_a_worker_blocked_on_cpu() {
             (r, t0.elapsed())
         })
     };
-    // Give the worker time to read the request and start spinning (this only
-    // decides which requests count as "meanwhile", not what herd does).
-    thread::sleep(Duration::from_millis(500));
+    // Wait until the worker spins (this only decides which requests count
+    // as "meanwhile", not what herd does).
+    cpu.wait_busy(Duration::from_millis(100), T);
     let t_start = Instant::now();
     let probes: Vec<_> = (0..20)
         .map(|i| {

@@ -14,23 +14,20 @@ use common::*;
 
 const T: Duration = Duration::from_secs(10);
 
-/// `<target>/<profile>/examples/axum`.
-fn example() -> Option<PathBuf> {
-    static BIN: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        cargo_built(
-            "examples/axum",
-            &[
-                "-p",
-                "herd-cluster",
-                "--features",
-                "axum",
-                "--example",
-                "axum",
-            ],
-        )
-    })
-    .clone()
+/// `<target>/<profile>/examples/axum`, built first (`cargo test` does not
+/// build examples when a `--test` is named); a failed build fails the test.
+fn example() -> PathBuf {
+    cargo_built(
+        "examples/axum",
+        &[
+            "-p",
+            "herd-cluster",
+            "--features",
+            "axum",
+            "--example",
+            "axum",
+        ],
+    )
 }
 
 /// "hello from worker Some(0), pid 1234" → (id, pid)
@@ -48,7 +45,7 @@ fn who(body: &str) -> (String, i32) {
 #[test]
 fn axum_example_round_robin_cluster() {
     let _s = serial();
-    let Some(bin) = example() else { return };
+    let bin = example();
     let addr = free_addr();
     let no_args: [&str; 0] = [];
     let mut p = Proc::start("axum", &bin, &no_args, &[("ADDR", &addr)]);
@@ -91,7 +88,7 @@ fn axum_example_round_robin_cluster() {
 #[test]
 fn axum_example_standalone() {
     let _s = serial();
-    let Some(bin) = example() else { return };
+    let bin = example();
     let addr = free_addr();
     let no_args: [&str; 0] = [];
     let mut p = Proc::start(

@@ -15,7 +15,7 @@ const T: Duration = Duration::from_secs(10);
 /// `fixture --primary N --addr ADDR EXTRA`, with both workers serving.
 fn cluster(addr: &str, n: usize, extra: &[&str]) -> (Proc, BTreeMap<usize, i32>) {
     let n_text = n.to_string();
-    let mut args = vec!["--primary", &n_text, "--addr", addr];
+    let mut args = fixture_args(&["--primary", &n_text, "--addr", addr]);
     args.extend_from_slice(extra);
     let p = Proc::start("primary", fixture_bin(), &args, &[]);
     let online = p.wait_online(0, n, T);
@@ -107,9 +107,9 @@ fn reload_under_load(balance: &str, wait_ready: bool) {
         extra.push("--wait-ready");
     }
     let (mut p, online) = cluster(&addr, 2, &extra);
-    let load = Load::start(&addr, 2, Duration::from_millis(10));
-    // Not for correctness: let the load run before the reload too.
-    thread::sleep(Duration::from_millis(300));
+    let load = Load::start(&addr, "/", 2, Duration::from_millis(10));
+    // The reload happens under load: some requests answered first.
+    load.wait_for("20 answers before the reload", T, |ok, _| ok >= 20);
     let mark = p.mark(Stream::Stderr);
     p.signal(Signal::SIGHUP);
     p.expect_line(Stream::Stderr, mark, "herd: reload started", T);
@@ -121,19 +121,22 @@ fn reload_under_load(balance: &str, wait_ready: bool) {
     );
     let fresh = p.wait_online(mark, 2, T);
     p.wait_serving(fresh.values().copied(), T);
-    // Not for correctness: keep the load on the new workers a little.
-    thread::sleep(Duration::from_millis(300));
+    // The load reaches the new workers too.
+    let new = pid_set(&fresh);
+    load.wait_for("answers from both new workers", T, |_, pids| {
+        new.is_subset(pids)
+    });
     let report = load.stop();
     assert!(
         report.failures.is_empty(),
-        "{balance}: {} requests failed during the reload: {:?}\n{}",
-        report.failures.len(),
-        report.failures.iter().take(10).collect::<Vec<_>>(),
+        "{balance}: {} requests failed during the reload: {:?} {:?}\n{}",
+        report.failed(),
+        report.failures,
+        report.samples,
         p.output()
     );
     assert!(report.ok > 20, "the load ran ({} requests)", report.ok);
     let old = pid_set(&online);
-    let new = pid_set(&fresh);
     assert!(
         old.is_disjoint(&new),
         "every worker was replaced: {old:?} → {new:?}"
@@ -178,7 +181,7 @@ fn embedded_primary_start_messages_both_ways() {
     let mut p = Proc::start(
         "primary",
         fixture_bin(),
-        &["--events", "2", "--addr", &addr],
+        &fixture_args(&["--events", "2", "--addr", &addr]),
         &[],
     );
     let online = p.wait_online(0, 2, T);

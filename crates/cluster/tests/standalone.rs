@@ -12,7 +12,12 @@ use common::*;
 const T: Duration = Duration::from_secs(10);
 
 fn standalone(addr: &str) -> Proc {
-    let p = Proc::start("fixture", fixture_bin(), &["--addr", addr], &[]);
+    let p = Proc::start(
+        "fixture",
+        fixture_bin(),
+        &fixture_args(&["--addr", addr]),
+        &[],
+    );
     p.expect_line(Stream::Stdout, 0, "fixture serving", T);
     p
 }
@@ -51,7 +56,12 @@ fn standalone_fallback_in_use_is_a_clear_error() {
     let _s = serial();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let mut p = Proc::start("fixture", fixture_bin(), &["--addr", &addr], &[]);
+    let mut p = Proc::start(
+        "fixture",
+        fixture_bin(),
+        &fixture_args(&["--addr", &addr]),
+        &[],
+    );
     let status = p.wait_exit(T);
     assert_eq!(status.code(), Some(3), "{}", p.output());
     let err = p.lines(Stream::Stderr).join("\n");

@@ -2,8 +2,8 @@
 //! its id, drains on SIGTERM/SIGINT or the `"shutdown"` message, and its
 //! messages reach herd.
 //!
-//! These need the root package's `herd` binary: see [`common::herd_bin`].
-//! A test without it prints `SKIPPED: ...` and passes.
+//! These need the root package's `herd` binary, built (once per test
+//! process) by [`herd_bin`]: a failed build fails them with its error.
 
 mod common;
 
@@ -16,15 +16,14 @@ use common::*;
 
 const T: Duration = Duration::from_secs(10);
 
-/// `herd run OPTS -- fixture FIXTURE_ARGS`, or `None` when herd is missing.
-fn herd_run(opts: &[&str], fixture_args: &[&str]) -> Option<Proc> {
-    let herd = herd_bin()?;
+/// `herd run OPTS -- fixture cluster FIXTURE_ARGS`.
+fn herd_run(opts: &[&str], worker_args: &[&str]) -> Proc {
     let mut args: Vec<&str> = vec!["run"];
     args.extend_from_slice(opts);
     args.push("--");
     args.push(fixture_bin());
-    args.extend_from_slice(fixture_args);
-    Some(Proc::start("herd", herd, &args, &[]))
+    args.extend(fixture_args(worker_args));
+    Proc::start("herd", herd_bin(), &args, &[])
 }
 
 /// An address the test holds bound: a fixture that fell back to binding it
@@ -41,9 +40,7 @@ fn under_herd_the_worker_inherits_the_listener_and_knows_its_id() {
     let (_hold, fallback) = occupied();
     let addr = free_addr();
     let listen = format!("web={addr}");
-    let Some(mut herd) = herd_run(&["-i", "2", "--listen", &listen], &["--addr", &fallback]) else {
-        return;
-    };
+    let mut herd = herd_run(&["-i", "2", "--listen", &listen], &["--addr", &fallback]);
     let online = herd.wait_online(0, 2, T);
     herd.wait_serving(online.values().copied(), T);
     for (slot, pid) in &online {
@@ -83,9 +80,7 @@ fn under_herd_an_unnamed_listener_serves_any_name() {
     let _s = serial();
     let (_hold, fallback) = occupied();
     let addr = free_addr();
-    let Some(herd) = herd_run(&["-i", "1", "--listen", &addr], &["--addr", &fallback]) else {
-        return;
-    };
+    let herd = herd_run(&["-i", "1", "--listen", &addr], &["--addr", &fallback]);
     let online = herd.wait_online(0, 1, T);
     herd.wait_serving(online.values().copied(), T);
     assert_eq!(wait_http_ok(&addr, "/", T).json()["source"], "Inherited");
@@ -97,12 +92,10 @@ fn under_herd_a_wrong_listener_name_is_a_clear_error() {
     let _s = serial();
     let addr = free_addr();
     let listen = format!("api={addr}");
-    let Some(herd) = herd_run(
+    let herd = herd_run(
         &["-i", "1", "--listen", &listen, "--restart", "never"],
         &["--addr", &addr, "--name", "web"],
-    ) else {
-        return;
-    };
+    );
     herd.expect_line(
         Stream::Stderr,
         0,
@@ -117,12 +110,10 @@ fn under_herd_round_robin_hands_connections_to_both_workers() {
     let (_hold, fallback) = occupied();
     let addr = free_addr();
     let listen = format!("web={addr}");
-    let Some(mut herd) = herd_run(
+    let mut herd = herd_run(
         &["-i", "2", "--listen", &listen, "--balance", "round-robin"],
         &["--addr", &fallback],
-    ) else {
-        return;
-    };
+    );
     let online = herd.wait_online(0, 2, T);
     herd.wait_serving(online.values().copied(), T);
     herd.wait_ready(&online, T);
@@ -148,9 +139,7 @@ fn under_herd_a_signalled_worker_drains_and_exits_0() {
     let _s = serial();
     let addr = free_addr();
     let listen = format!("web={addr}");
-    let Some(mut herd) = herd_run(&["-i", "2", "--listen", &listen], &["--addr", &addr]) else {
-        return;
-    };
+    let mut herd = herd_run(&["-i", "2", "--listen", &listen], &["--addr", &addr]);
     let online = herd.wait_online(0, 2, T);
     herd.wait_serving(online.values().copied(), T);
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
@@ -201,9 +190,7 @@ fn under_herd_stop_drains_in_flight_requests() {
     let _s = serial();
     let addr = free_addr();
     let listen = format!("web={addr}");
-    let Some(mut herd) = herd_run(&["-i", "2", "--listen", &listen], &["--addr", &addr]) else {
-        return;
-    };
+    let mut herd = herd_run(&["-i", "2", "--listen", &listen], &["--addr", &addr]);
     let online = herd.wait_online(0, 2, T);
     herd.wait_serving(online.values().copied(), T);
     let slow = {
@@ -241,7 +228,7 @@ fn under_herd_the_shutdown_message_resolves_shutdown() {
     let _s = serial();
     let addr = free_addr();
     let listen = format!("web={addr}");
-    let Some(mut herd) = herd_run(
+    let mut herd = herd_run(
         &[
             "-i",
             "1",
@@ -252,9 +239,7 @@ fn under_herd_the_shutdown_message_resolves_shutdown() {
             "5s",
         ],
         &["--addr", &addr],
-    ) else {
-        return;
-    };
+    );
     let online = herd.wait_online(0, 1, T);
     let pid = online[&0];
     herd.wait_serving([pid], T);
@@ -291,7 +276,7 @@ fn under_herd_a_shutdown_message_during_startup_is_not_lost() {
     let _s = serial();
     let addr = free_addr();
     let listen = format!("web={addr}");
-    let Some(mut herd) = herd_run(
+    let mut herd = herd_run(
         &[
             "-i",
             "1",
@@ -302,9 +287,7 @@ fn under_herd_a_shutdown_message_during_startup_is_not_lost() {
             "3s",
         ],
         &["--addr", &addr, "--startup-ms", "1500"],
-    ) else {
-        return;
-    };
+    );
     let online = herd.wait_online(0, 1, T);
     let pid = online[&0];
     herd.expect_line(Stream::Stdout, 0, "[0] fixture pid={} starting up", T);
@@ -337,9 +320,7 @@ fn under_herd_worker_messages_reach_herd() {
     let _s = serial();
     let addr = free_addr();
     let listen = format!("web={addr}");
-    let Some(herd) = herd_run(&["-i", "2", "--listen", &listen], &["--addr", &addr]) else {
-        return;
-    };
+    let herd = herd_run(&["-i", "2", "--listen", &listen], &["--addr", &addr]);
     let online = herd.wait_online(0, 2, T);
     for (slot, pid) in &online {
         herd.expect_line(
@@ -361,12 +342,10 @@ fn under_herd_round_robin_connections_queued_at_shutdown_are_not_lost() {
     let _s = serial();
     let addr = free_addr();
     let listen = format!("web={addr}");
-    let Some(herd) = herd_run(
+    let herd = herd_run(
         &["-i", "1", "--listen", &listen, "--balance", "round-robin"],
         &["--addr", &addr],
-    ) else {
-        return;
-    };
+    );
     let online = herd.wait_online(0, 1, T);
     herd.wait_serving(online.values().copied(), T);
     herd.wait_ready(&online, T);
@@ -382,7 +361,18 @@ fn under_herd_round_robin_connections_queued_at_shutdown_are_not_lost() {
             thread::spawn(move || http_get(&addr, "/", Duration::from_secs(20)))
         })
         .collect();
-    thread::sleep(Duration::from_millis(200)); // not for correctness: let herd hand them over
+    // Wait until herd has accepted all four connections (the listener's
+    // accept queue is empty): herd hands a connection over as it accepts it.
+    let port: u16 = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    assert!(
+        wait_until(T, || {
+            let st = tcp_port_state(port);
+            st.established >= 4 && st.accept_queue == Some(0)
+        }),
+        "herd did not accept the 4 connections: {:?}\n{}",
+        tcp_port_state(port),
+        herd.output()
+    );
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).unwrap();
     assert_eq!(
         block.join().unwrap().expect("the /block request").status,
@@ -411,12 +401,10 @@ fn under_herd_the_stopping_line_names_the_shutdown_message() {
     let _s = serial();
     let addr = free_addr();
     let listen = format!("web={addr}");
-    let Some(mut herd) = herd_run(
+    let mut herd = herd_run(
         &["-i", "1", "--listen", &listen, "--shutdown-with-message"],
         &["--addr", &addr],
-    ) else {
-        return;
-    };
+    );
     let online = herd.wait_online(0, 1, T);
     herd.wait_serving(online.values().copied(), T);
     herd.signal(Signal::SIGTERM);
@@ -456,12 +444,10 @@ fn unix_listener(balance: &str, source: &str) {
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("web.sock");
     let listen = format!("web=unix:{}", sock.display());
-    let Some(mut herd) = herd_run(
+    let mut herd = herd_run(
         &["-i", "2", "--listen", &listen, "--balance", balance],
         &["--addr", &fallback],
-    ) else {
-        return;
-    };
+    );
     let online = herd.wait_online(0, 2, T);
     herd.wait_serving(online.values().copied(), T);
     for slot in online.keys() {

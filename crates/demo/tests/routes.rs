@@ -118,6 +118,15 @@ async fn get(addr: SocketAddr, path: &str) -> Resp {
     Client::connect(addr).await.get(path).await
 }
 
+/// Poll `cond` until it holds; panics naming `what` after 10 s.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// A demo server on its own thread and `current_thread` runtime, as a worker process runs it.
 struct Server {
     addr: SocketAddr,
@@ -286,7 +295,8 @@ async fn check_blocks_the_whole_worker() {
     let addr = server.addr;
     let start = Instant::now();
     let check = tokio::spawn(async move { get(addr, "/check?ms=300").await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // /check counts its request, then spins.
+    wait_until("/check started", || server.demo.requests() == 1).await;
     let health = get(server.addr, "/health").await;
     let health_at = start.elapsed();
     assert_eq!(health.status, 200);
@@ -397,7 +407,8 @@ async fn graceful_shutdown_finishes_the_request_in_flight() {
 
     let start = Instant::now();
     let in_flight = tokio::spawn(async move { get(addr, "/check?ms=300").await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // /check counts its request, then spins (/health is not counted).
+    wait_until("/check started", || server.demo.requests() == 1).await;
     server.begin_shutdown();
 
     // The idle keep-alive connection is closed at once.

@@ -1,0 +1,136 @@
+//! Finding the binaries the tests run — `herd` and the fixture server
+//! `herd-test-worker`, both of the root package — as they are built from the
+//! sources now.
+//!
+//! Cargo hands a package's integration tests the paths of that package's own
+//! binaries (`CARGO_BIN_EXE_<name>`, at compile time and, since Cargo 1.9x,
+//! at run time too) after building them: the root package's tests use those.
+//! Any other test (herd-cluster's, this crate's) runs `cargo build -p herd`
+//! once per test process into its own target directory and profile; when
+//! that build fails, every test asking for a binary fails with the build's
+//! error. There is no fallback to whatever binary an earlier build left.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+const HERD: &str = "herd";
+const WORKER: &str = "herd-test-worker";
+
+struct Bins {
+    herd: String,
+    worker: String,
+}
+
+/// The `herd` binary. `HERD_BIN` overrides it (e.g. a release build to
+/// test); otherwise see the module docs. Panics with the build's error when
+/// it cannot be built.
+pub fn herd_bin() -> &'static str {
+    static OVERRIDE: OnceLock<Option<String>> = OnceLock::new();
+    OVERRIDE
+        .get_or_init(|| std::env::var("HERD_BIN").ok().filter(|v| !v.is_empty()))
+        .as_deref()
+        .unwrap_or_else(|| bins().herd.as_str())
+}
+
+/// The fixture server `herd-test-worker` (`tests/bin/fixture/`): its plain
+/// mode by default, `herd-test-worker cluster ...` for herd-cluster's.
+pub fn worker_bin() -> &'static str {
+    &bins().worker
+}
+
+fn bins() -> &'static Bins {
+    static BINS: OnceLock<Result<Bins, String>> = OnceLock::new();
+    let found = BINS.get_or_init(|| {
+        let from_cargo = |name: &str| std::env::var(format!("CARGO_BIN_EXE_{name}")).ok();
+        if let (Some(herd), Some(worker)) = (from_cargo(HERD), from_cargo(WORKER)) {
+            return Ok(Bins { herd, worker });
+        }
+        let dir = cargo_build(&["-p", "herd", "--bin", HERD, "--bin", WORKER])?;
+        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        Ok(Bins {
+            herd: path(HERD),
+            worker: path(WORKER),
+        })
+    });
+    match found {
+        Ok(b) => b,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// `path` (relative to `<target>/<profile>/`, e.g. `examples/axum`), built
+/// first with `cargo build BUILD_ARGS` (once per test process for the same
+/// arguments). Panics with the build's error when the build fails.
+pub fn cargo_built(path: &str, build_args: &[&str]) -> PathBuf {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    static BUILT: Mutex<BTreeMap<Vec<String>, Result<PathBuf, String>>> =
+        Mutex::new(BTreeMap::new());
+    let key: Vec<String> = build_args.iter().map(|s| s.to_string()).collect();
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = built
+        .entry(key)
+        .or_insert_with(|| cargo_build(build_args))
+        .clone();
+    drop(built);
+    match dir {
+        Ok(d) => d.join(path),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Run `cargo build BUILD_ARGS` for the workspace into the target directory
+/// and profile of the running test (`<target>/<profile>/deps/<test>`): the
+/// directory the binaries land in (`<target>/<profile>`), or the build's
+/// error. Cargo releases its build lock before it runs tests, so this does
+/// not deadlock under `cargo test`.
+fn cargo_build(build_args: &[&str]) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the test binary: {e}"))?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("{} is not in <target>/<profile>/deps", exe.display()))?
+        .to_path_buf();
+    let target = profile_dir
+        .parent()
+        .ok_or_else(|| format!("{} has no parent", profile_dir.display()))?;
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .args(build_args)
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .env("CARGO_TARGET_DIR", target)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    match profile {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let shown = format!("cargo build {}", build_args.join(" "));
+    eprintln!("  testkit: {shown} (into {})", target.display());
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run `{shown}`: {e}; is cargo on PATH?"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!(
+            "`{shown}` failed ({}): the tests will not run an old binary; fix the build. \
+             Its output:\n{stderr}",
+            out.status
+        ));
+    }
+    Ok(profile_dir)
+}

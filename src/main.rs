@@ -2,6 +2,7 @@
 //! in its own module; this file only parses the command line and turns errors
 //! into exit statuses (2 for bad input, as clap does; 1 for failures at run time).
 
+mod appfile;
 mod demo;
 mod options;
 mod run;

@@ -103,7 +103,7 @@ pub fn load(path: &Path, profile: Option<&str>) -> Result<(Vec<FileApp>, Vec<Str
         }
         _ => {
             let text = std::fs::read_to_string(path)
-                .map_err(|e| UsageError(format!("cannot read {label}: {e}")))?;
+                .map_err(|e| UsageError(format!("cannot read {label}: {e}: check the path")))?;
             parse(&text, format)
         }
     }
@@ -131,11 +131,22 @@ pub fn load(path: &Path, profile: Option<&str>) -> Result<(Vec<FileApp>, Vec<Str
 
     let mut apps = Vec::with_capacity(top.apps.len());
     for (index, raw) in top.apps.into_iter().enumerate() {
-        apps.push(build(raw, index, dialect, profile, &label, &base, &mut warnings)?);
+        apps.push(build(
+            raw,
+            index,
+            dialect,
+            profile,
+            &label,
+            &base,
+            &mut warnings,
+        )?);
     }
     for (i, app) in apps.iter().enumerate() {
-        let name = app.options.name.as_deref().unwrap_or_default();
-        if apps[..i].iter().any(|a| a.options.name.as_deref() == Some(name)) {
+        let name = app.app.options.name.as_deref().unwrap_or_default();
+        if apps[..i]
+            .iter()
+            .any(|a| a.app.options.name.as_deref() == Some(name))
+        {
             return Err(UsageError(format!(
                 "{label}: two apps are named '{name}': give each a different name"
             )));
@@ -177,8 +188,12 @@ fn base_dir(path: &Path) -> Result<PathBuf, UsageError> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    std::path::absolute(dir)
-        .map_err(|e| UsageError(format!("cannot find the directory of {}: {e}", path.display())))
+    std::path::absolute(dir).map_err(|e| {
+        UsageError(format!(
+            "cannot find the directory of {}: {e}",
+            path.display()
+        ))
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -408,9 +423,7 @@ impl<'de> Visitor<'de> for AppVisitor {
                 "exp_backoff_restart_delay" => {
                     app.exp_backoff_restart_delay = Some(map.next_value_seed(DURATION)?)
                 }
-                "max_restart_delay" => {
-                    app.max_restart_delay = Some(map.next_value_seed(DURATION)?)
-                }
+                "max_restart_delay" => app.max_restart_delay = Some(map.next_value_seed(DURATION)?),
                 "min_uptime" => app.min_uptime = Some(map.next_value_seed(DURATION)?),
                 "max_restarts" => app.max_restarts = Some(map.next_value_seed(COUNT)?),
                 "kill_signal" => app.kill_signal = Some(map.next_value_seed(SIGNAL)?),
@@ -431,9 +444,7 @@ impl<'de> Visitor<'de> for AppVisitor {
                 }
                 "log_max_size" => app.log_max_size = Some(map.next_value_seed(SIZE)?),
                 "log_keep" => app.log_keep = Some(map.next_value_seed(COUNT)?),
-                "max_memory_restart" => {
-                    app.max_memory_restart = Some(map.next_value_seed(SIZE)?)
-                }
+                "max_memory_restart" => app.max_memory_restart = Some(map.next_value_seed(SIZE)?),
                 // herd always writes one file per stream for all workers.
                 "merge_logs" | "combine_logs" => {
                     map.next_value_seed(BOOL)?;
@@ -1083,9 +1094,7 @@ fn evaluate_js_with(
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -1094,16 +1103,32 @@ fn evaluate_js_with(
                     JS_TIMEOUT.as_secs()
                 )));
             }
-            Err(e) => return Err(UsageError(format!("cannot read {label}: waiting for node: {e}"))),
+            Err(e) => {
+                return Err(UsageError(format!(
+                    "cannot read {label}: waiting for node: {e}"
+                )))
+            }
         }
     };
     let out = String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned();
     let err = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
     let err = err.trim();
     if !status.success() {
+        // Node's own frames (and our loader's) say nothing about the file.
+        let text: Vec<&str> = err
+            .lines()
+            .filter(|l| {
+                let l = l.trim_start();
+                !(l.starts_with("at ") && (l.contains("node:internal") || l.contains("[eval]")))
+            })
+            .collect();
         return Err(UsageError(format!(
-            "cannot read {label}: node failed to evaluate it ({status}):\n{}",
-            if err.is_empty() { "(no output)" } else { err }
+            "cannot read {label}: node failed to evaluate it ({status}); fix the file:\n{}",
+            if text.is_empty() {
+                "(no output)".to_string()
+            } else {
+                text.join("\n")
+            }
         )));
     }
     if !err.is_empty() {

@@ -35,7 +35,10 @@ fn env_of(app: &FileApp) -> Vec<(&str, &str)> {
 fn error_of(result: Result<(Vec<FileApp>, Vec<String>), UsageError>) -> String {
     match result {
         Ok(_) => panic!("expected an error"),
-        Err(e) => e.0,
+        Err(e) => {
+            eprintln!("error: {}", e.0);
+            e.0
+        }
     }
 }
 
@@ -114,7 +117,10 @@ fn herd_toml_two_apps_and_a_profile() {
     assert_eq!(worker.options.restart, RestartMode::OnFailure);
     assert_eq!(worker.options.kill_signal, Signal::SIGTERM);
     assert_eq!(worker.options.cwd.as_deref(), Some(Path::new("sub")));
-    assert_eq!(worker.daemon.out_file.as_deref(), Some(Path::new("logs/w.log")));
+    assert_eq!(
+        worker.daemon.out_file.as_deref(),
+        Some(Path::new("logs/w.log"))
+    );
     assert_eq!(worker.daemon.log_keep, 3);
     assert!(worker.options.env.is_empty());
 
@@ -122,7 +128,11 @@ fn herd_toml_two_apps_and_a_profile() {
     let (apps, _) = load(&path, None).unwrap();
     assert_eq!(
         env_of(&apps[0]),
-        [("NODE_ENV", "development"), ("PORT", "8000"), ("DEBUG", "true")]
+        [
+            ("NODE_ENV", "development"),
+            ("PORT", "8000"),
+            ("DEBUG", "true")
+        ]
     );
     // A profile no app has is worth a warning.
     let (_, warnings) = load(&path, Some("staging")).unwrap();
@@ -334,6 +344,19 @@ fn pm2_ecosystem_js_reads_like_its_json() {
     let (apps, _) = load(&mjs, None).unwrap();
     assert_eq!(apps[0].command, ["a.js"]);
     assert_eq!(apps[0].options.instances, Instances::Count(2));
+
+    // A .js file in a package of ES modules (`"type": "module"`) is imported.
+    let esm = dir.path().join("esm");
+    std::fs::create_dir(&esm).unwrap();
+    write(&esm, "package.json", r#"{"type": "module"}"#);
+    let js = write(
+        &esm,
+        "ecosystem.config.js",
+        "export default { apps: [{ name: 'esm', script: 'b.js' }] };\n",
+    );
+    let (apps, _) = load(&js, None).unwrap();
+    assert_eq!(apps[0].options.name.as_deref(), Some("esm"));
+    assert_eq!(apps[0].base, esm);
 }
 
 #[test]
@@ -350,6 +373,8 @@ fn a_js_file_that_throws_gives_nodes_error() {
     let err = error_of(load(&js, None));
     assert!(err.contains("ecosystem.config.cjs"), "{err}");
     assert!(err.contains("no database url"), "{err}");
+    assert!(err.contains("ecosystem.config.cjs:1:7"), "{err}");
+    assert!(!err.contains("node:internal"), "{err}");
 
     // A wrong type in a JS file names the key (node's output has no useful lines).
     let js = write(
@@ -388,7 +413,10 @@ fn unknown_keys_warn_naming_file_app_and_key() {
         all.contains("herd.toml: app 'web': unknown key 'kill-timeout' (ignored): did you mean 'kill_timeout'?"),
         "{all}"
     );
-    assert!(all.contains("app 'web': pm2's 'watch' is not supported"), "{all}");
+    assert!(
+        all.contains("app 'web': pm2's 'watch' is not supported"),
+        "{all}"
+    );
     assert!(all.contains("app 'web': unknown key 'frobnicate'"), "{all}");
 
     let json = write(
@@ -427,7 +455,10 @@ fn a_wrong_type_names_file_key_and_line() {
     );
     let err = error_of(load(&toml, None));
     assert!(err.contains(":3:"), "{err}");
-    assert!(err.contains("apps[0].instances: invalid instance count '0.5'"), "{err}");
+    assert!(
+        err.contains("apps[0].instances: invalid instance count '0.5'"),
+        "{err}"
+    );
 
     let json = write(
         dir.path(),
@@ -435,11 +466,11 @@ fn a_wrong_type_names_file_key_and_line() {
         "{\"apps\": [\n  {\"script\": \"a.js\",\n   \"env\": {\"A\": [1]}}\n]}\n",
     );
     let err = error_of(load(&json, None));
+    assert!(err.starts_with(&format!("{}:3:", json.display())), "{err}");
     assert!(
-        err.starts_with(&format!("{}:3:", json.display())),
+        err.contains("apps[0].env.A: invalid type: sequence"),
         "{err}"
     );
-    assert!(err.contains("apps[0].env.A: invalid type: sequence"), "{err}");
 
     let yaml = write(
         dir.path(),
@@ -464,7 +495,11 @@ fn a_wrong_type_names_file_key_and_line() {
 #[test]
 fn missing_script_and_duplicate_names_are_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let toml = write(dir.path(), "herd.toml", "[[apps]]\nname = \"web\"\ninstances = 2\n");
+    let toml = write(
+        dir.path(),
+        "herd.toml",
+        "[[apps]]\nname = \"web\"\ninstances = 2\n",
+    );
     let err = error_of(load(&toml, None));
     assert!(err.contains("app 'web' has no script"), "{err}");
 
@@ -501,7 +536,14 @@ fn config_files_are_told_from_scripts_by_name() {
     ] {
         assert!(is_config_file(Path::new(yes)), "{yes}");
     }
-    for no in ["app.js", "server.mjs", "config.js", "server", "run.sh", "toml"] {
+    for no in [
+        "app.js",
+        "server.mjs",
+        "config.js",
+        "server",
+        "run.sh",
+        "toml",
+    ] {
         assert!(!is_config_file(Path::new(no)), "{no}");
     }
 }

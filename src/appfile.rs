@@ -54,6 +54,8 @@
 //! Relative paths (`script`, `cwd`, `out_file`, `error_file`) are taken from
 //! the file's directory.
 
+#![allow(dead_code)] // Until `herd start` calls `load`: remove then.
+
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -335,21 +337,37 @@ impl<'de> serde::Deserialize<'de> for Top {
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top, A::Error> {
-                let mut top = Top::default();
+                // `{apps: [...]}`, or (as pm2 also reads) one app by itself.
+                let mut apps = None;
+                let mut single = RawApp::default();
+                let mut others = Vec::new();
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
-                        "apps" => top.apps = map.next_value_seed(AppList)?,
+                        "apps" | "pm2" => apps = Some(map.next_value_seed(AppList)?),
                         // pm2's deployment settings: nothing for herd to do.
                         "deploy" => {
                             map.next_value::<IgnoredAny>()?;
                         }
                         _ => {
-                            map.next_value::<IgnoredAny>()?;
-                            top.unknown.push(key);
+                            others.push(key.clone());
+                            app_key(&mut single, key, &mut map)?;
                         }
                     }
                 }
-                Ok(top)
+                Ok(match apps {
+                    Some(apps) => Top {
+                        apps,
+                        unknown: others,
+                    },
+                    None if single.script.is_some() || single.command.is_some() => Top {
+                        apps: vec![single],
+                        unknown: Vec::new(),
+                    },
+                    None => Top {
+                        apps: Vec::new(),
+                        unknown: others,
+                    },
+                })
             }
         }
         d.deserialize_any(TopVisitor)
@@ -361,14 +379,14 @@ struct AppList;
 impl<'de> DeserializeSeed<'de> for AppList {
     type Value = Vec<RawApp>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<RawApp>, D::Error> {
-        d.deserialize_seq(self)
+        d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for AppList {
     type Value = Vec<RawApp>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a list of apps")
+        f.write_str("a list of apps, or one app")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<RawApp>, A::Error> {
         let mut apps = Vec::new();
@@ -376,6 +394,10 @@ impl<'de> Visitor<'de> for AppList {
             apps.push(app);
         }
         Ok(apps)
+    }
+    /// One app alone.
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Vec<RawApp>, A::Error> {
+        Ok(vec![AppVisitor.visit_map(map)?])
     }
 }
 
@@ -396,75 +418,79 @@ impl<'de> Visitor<'de> for AppVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawApp, A::Error> {
         let mut app = RawApp::default();
         while let Some(key) = map.next_key::<String>()? {
-            match key.as_str() {
-                "name" => app.name = Some(map.next_value_seed(TEXT)?),
-                "script" => app.script = Some(map.next_value_seed(TEXT)?),
-                "command" => app.command = Some(map.next_value_seed(List::words(TEXT))?),
-                "args" => app.args = Some(map.next_value_seed(List::words(ARG))?),
-                "instances" => app.instances = Some(map.next_value_seed(INSTANCES)?),
-                "exec_mode" => {
-                    map.next_value_seed(EXEC_MODE)?;
-                }
-                "listen" => app.listen = Some(map.next_value_seed(List::items(LISTEN))?),
-                "balance" => app.balance = Some(map.next_value_seed(BALANCE)?),
-                "interpreter" | "exec_interpreter" => {
-                    app.interpreter = Some(map.next_value_seed(TEXT)?)
-                }
-                "interpreter_args" | "node_args" => {
-                    let mut args = map.next_value_seed(List::words(ARG))?;
-                    app.interpreter_args.append(&mut args);
-                }
-                "shutdown_with_message" => {
-                    app.shutdown_with_message = Some(map.next_value_seed(BOOL)?)
-                }
-                "restart" => app.restart = Some(map.next_value_seed(RESTART)?),
-                "autorestart" => app.autorestart = Some(map.next_value_seed(BOOL)?),
-                "restart_delay" => app.restart_delay = Some(map.next_value_seed(DURATION)?),
-                "exp_backoff_restart_delay" => {
-                    app.exp_backoff_restart_delay = Some(map.next_value_seed(DURATION)?)
-                }
-                "max_restart_delay" => app.max_restart_delay = Some(map.next_value_seed(DURATION)?),
-                "min_uptime" => app.min_uptime = Some(map.next_value_seed(DURATION)?),
-                "max_restarts" => app.max_restarts = Some(map.next_value_seed(COUNT)?),
-                "kill_signal" => app.kill_signal = Some(map.next_value_seed(SIGNAL)?),
-                "kill_timeout" => app.kill_timeout = Some(map.next_value_seed(DURATION)?),
-                "wait_ready" => app.wait_ready = Some(map.next_value_seed(BOOL)?),
-                "ready_delay" => app.ready_delay = Some(map.next_value_seed(DURATION)?),
-                "listen_timeout" => app.listen_timeout = Some(map.next_value_seed(DURATION)?),
-                "env" => app.env = map.next_value_seed(EnvTable)?,
-                "cwd" => app.cwd = Some(map.next_value_seed(PATH)?),
-                "instance_var" => app.instance_var = Some(map.next_value_seed(TEXT)?),
-                "time" => app.time = Some(map.next_value_seed(BOOL)?),
-                "log_date_format" => app.log_date_format = Some(map.next_value_seed(TEXT)?),
-                "out_file" | "out_log" | "output" => {
-                    app.out_file = Some(map.next_value_seed(PATH)?)
-                }
-                "error_file" | "err_file" | "err_log" | "error_log" | "error" => {
-                    app.error_file = Some(map.next_value_seed(PATH)?)
-                }
-                "log_max_size" => app.log_max_size = Some(map.next_value_seed(SIZE)?),
-                "log_keep" => app.log_keep = Some(map.next_value_seed(COUNT)?),
-                "max_memory_restart" => app.max_memory_restart = Some(map.next_value_seed(SIZE)?),
-                // herd always writes one file per stream for all workers.
-                "merge_logs" | "combine_logs" => {
-                    map.next_value_seed(BOOL)?;
-                }
-                k if k.starts_with("env_") && k.len() > 4 => {
-                    let env = map.next_value_seed(EnvTable)?;
-                    app.profiles.push((k[4..].to_string(), env));
-                }
-                k if PM2_UNSUPPORTED.contains(&k) => {
-                    map.next_value::<IgnoredAny>()?;
-                    app.unsupported.push(key);
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                    app.unknown.push(key);
-                }
-            }
+            app_key(&mut app, key, &mut map)?;
         }
         Ok(app)
     }
+}
+
+/// Reads the value of one key of an app.
+fn app_key<'de, A: MapAccess<'de>>(
+    app: &mut RawApp,
+    key: String,
+    map: &mut A,
+) -> Result<(), A::Error> {
+    match key.as_str() {
+        "name" => app.name = Some(map.next_value_seed(TEXT)?),
+        "script" => app.script = Some(map.next_value_seed(TEXT)?),
+        "command" => app.command = Some(map.next_value_seed(List::words(TEXT))?),
+        "args" => app.args = Some(map.next_value_seed(List::words(ARG))?),
+        "instances" => app.instances = Some(map.next_value_seed(INSTANCES)?),
+        "exec_mode" => {
+            map.next_value_seed(EXEC_MODE)?;
+        }
+        "listen" => app.listen = Some(map.next_value_seed(List::items(LISTEN))?),
+        "balance" => app.balance = Some(map.next_value_seed(BALANCE)?),
+        "interpreter" | "exec_interpreter" => app.interpreter = Some(map.next_value_seed(TEXT)?),
+        "interpreter_args" | "node_args" => {
+            let mut args = map.next_value_seed(List::words(ARG))?;
+            app.interpreter_args.append(&mut args);
+        }
+        "shutdown_with_message" => app.shutdown_with_message = Some(map.next_value_seed(BOOL)?),
+        "restart" => app.restart = Some(map.next_value_seed(RESTART)?),
+        "autorestart" => app.autorestart = Some(map.next_value_seed(BOOL)?),
+        "restart_delay" => app.restart_delay = Some(map.next_value_seed(DURATION)?),
+        "exp_backoff_restart_delay" => {
+            app.exp_backoff_restart_delay = Some(map.next_value_seed(DURATION)?)
+        }
+        "max_restart_delay" => app.max_restart_delay = Some(map.next_value_seed(DURATION)?),
+        "min_uptime" => app.min_uptime = Some(map.next_value_seed(DURATION)?),
+        "max_restarts" => app.max_restarts = Some(map.next_value_seed(COUNT)?),
+        "kill_signal" => app.kill_signal = Some(map.next_value_seed(SIGNAL)?),
+        "kill_timeout" => app.kill_timeout = Some(map.next_value_seed(DURATION)?),
+        "wait_ready" => app.wait_ready = Some(map.next_value_seed(BOOL)?),
+        "ready_delay" => app.ready_delay = Some(map.next_value_seed(DURATION)?),
+        "listen_timeout" => app.listen_timeout = Some(map.next_value_seed(DURATION)?),
+        "env" => app.env = map.next_value_seed(EnvTable)?,
+        "cwd" => app.cwd = Some(map.next_value_seed(PATH)?),
+        "instance_var" => app.instance_var = Some(map.next_value_seed(TEXT)?),
+        "time" => app.time = Some(map.next_value_seed(BOOL)?),
+        "log_date_format" => app.log_date_format = Some(map.next_value_seed(TEXT)?),
+        "out_file" | "out_log" | "output" => app.out_file = Some(map.next_value_seed(PATH)?),
+        "error_file" | "err_file" | "err_log" | "error_log" | "error" => {
+            app.error_file = Some(map.next_value_seed(PATH)?)
+        }
+        "log_max_size" => app.log_max_size = Some(map.next_value_seed(SIZE)?),
+        "log_keep" => app.log_keep = Some(map.next_value_seed(COUNT)?),
+        "max_memory_restart" => app.max_memory_restart = Some(map.next_value_seed(SIZE)?),
+        // herd always writes one file per stream for all workers.
+        "merge_logs" | "combine_logs" => {
+            map.next_value_seed(BOOL)?;
+        }
+        k if k.starts_with("env_") && k.len() > 4 => {
+            let env = map.next_value_seed(EnvTable)?;
+            app.profiles.push((k[4..].to_string(), env));
+        }
+        k if PM2_UNSUPPORTED.contains(&k) => {
+            map.next_value::<IgnoredAny>()?;
+            app.unsupported.push(key);
+        }
+        _ => {
+            map.next_value::<IgnoredAny>()?;
+            app.unknown.push(key);
+        }
+    }
+    Ok(())
 }
 
 /// One scalar value read as text (numbers and, if allowed, booleans are

@@ -493,6 +493,31 @@ fn a_wrong_type_names_file_key_and_line() {
 }
 
 #[test]
+fn pm2_top_level_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    // One app by itself, `apps` as one object, and pm2's `deploy` section.
+    let json = write(dir.path(), "one.json", r#"{"script": "a.js", "name": "a"}"#);
+    let (apps, warnings) = load(&json, None).unwrap();
+    assert_eq!(apps[0].options.name.as_deref(), Some("a"));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let yaml = write(
+        dir.path(),
+        "one.yaml",
+        "apps:\n  script: b.js\ndeploy:\n  production:\n    user: node\n",
+    );
+    let (apps, warnings) = load(&yaml, None).unwrap();
+    assert_eq!(apps[0].command, ["b.js"]);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    // Anything else is not a list of apps.
+    let json = write(dir.path(), "bad.json", "[1]");
+    let err = error_of(load(&json, None));
+    assert!(
+        err.contains("[0]: invalid type: integer `1`, expected an app"),
+        "{err}"
+    );
+}
+
+#[test]
 fn missing_script_and_duplicate_names_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let toml = write(
@@ -555,9 +580,19 @@ fn the_examples_load() {
     assert!(warnings.is_empty(), "{warnings:?}");
     assert!(apps.len() >= 2);
     if node_available() {
-        let (apps, warnings) =
+        let (js_apps, warnings) =
             load(&root.join("node/ecosystem.config.js"), Some("production")).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
-        assert!(!apps.is_empty());
+        assert_eq!(js_apps.len(), 2);
+        // What was read passes the same checks as the command line, scripts found.
+        for app in apps.iter().chain(&js_apps) {
+            let spec = app
+                .options
+                .into_spec(&app.command, &app.base)
+                .unwrap_or_else(|e| panic!("{}: {}", app.command[0], e.0));
+            assert!(spec.args[0].ends_with(".js"), "{:?}", spec.args);
+            let def = options::app_def(&app.options, &app.daemon, &app.command, &app.base).unwrap();
+            assert!(def.spec.env.iter().any(|(k, _)| k == "PORT"));
+        }
     }
 }

@@ -104,8 +104,14 @@ pub fn load(path: &Path, profile: Option<&str>) -> Result<(Vec<FileApp>, Vec<Str
             parse(&json, Format::Js)
         }
         _ => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| UsageError(format!("cannot read {label}: {e}: check the path")))?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                    ": check the path"
+                } else {
+                    ""
+                };
+                UsageError(format!("cannot read {label}: {e}{hint}"))
+            })?;
             parse(&text, format)
         }
     }
@@ -775,8 +781,9 @@ impl fmt::Display for ParseError {
             write!(f, ":{line}:{col}")?;
         }
         f.write_str(": ")?;
-        if !self.path.is_empty() && self.path != "." {
-            write!(f, "{}: ", self.path)?;
+        let path = clean_path(&self.path);
+        if !path.is_empty() && path != "." {
+            write!(f, "{path}: ")?;
         }
         f.write_str(&self.message)
     }
@@ -840,17 +847,33 @@ fn json_error(path: &str, e: &serde_json::Error, format: Format) -> ParseError {
     }
 }
 
-/// "… at line 3 column 7" → "…" (the position is given separately).
+/// "… at line 3 column 7, …" → "…, …" (the position is given separately).
 fn without_position(message: &str) -> String {
-    if let Some(i) = message.rfind(" at line ") {
-        let tail = &message[i + " at line ".len()..];
-        if let Some((line, col)) = tail.split_once(" column ") {
-            if line.chars().all(|c| c.is_ascii_digit()) && col.chars().all(|c| c.is_ascii_digit()) {
-                return message[..i].to_string();
+    let mut out = message.to_string();
+    let mut from = 0;
+    while let Some(i) = out[from..].find(" at line ").map(|i| i + from) {
+        let tail = &out[i + " at line ".len()..];
+        let digits = |s: &str| s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let line = digits(tail);
+        let rest = &tail[line..];
+        match rest.strip_prefix(" column ") {
+            Some(col) if line > 0 && digits(col) > 0 => {
+                let end = i + " at line ".len() + line + " column ".len() + digits(col);
+                out.replace_range(i..end, "");
             }
+            _ => from = i + 1,
         }
     }
-    message.to_string()
+    out
+}
+
+/// A path as serde_path_to_error gives it, without its unknown segments
+/// (`apps[0].?` → `apps[0]`).
+fn clean_path(path: &str) -> String {
+    path.split('.')
+        .filter(|segment| *segment != "?")
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 // ---------------------------------------------------------------------------

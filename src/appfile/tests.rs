@@ -486,7 +486,21 @@ fn a_wrong_type_names_file_key_and_line() {
         "{err}"
     );
 
-    // A syntax error has a line too.
+    // A syntax error has a line too, in every format.
+    let yaml = write(
+        dir.path(),
+        "e.yaml",
+        "apps:\n  - script: a.js\n   name: x\n",
+    );
+    let err = error_of(load(&yaml, None));
+    assert!(err.starts_with(&format!("{}:3:", yaml.display())), "{err}");
+    let json = write(
+        dir.path(),
+        "e.json",
+        "{\"apps\": [\n  {\"script\": \"a.js\",}\n]}",
+    );
+    let err = error_of(load(&json, None));
+    assert!(err.starts_with(&format!("{}:2:", json.display())), "{err}");
     let toml = write(dir.path(), "herd.toml", "[[apps]]\nscript = \n");
     let err = error_of(load(&toml, None));
     assert!(err.contains("herd.toml:2:"), "{err}");
@@ -546,6 +560,16 @@ fn missing_script_and_duplicate_names_are_errors() {
 
     let err = error_of(load(&dir.path().join("nope.toml"), None));
     assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn positions_are_taken_out_of_messages() {
+    assert_eq!(
+        without_position("did not find x at line 3 column 4, while parsing y at line 1 column 1"),
+        "did not find x, while parsing y"
+    );
+    assert_eq!(without_position("at line 3 only"), "at line 3 only");
+    assert_eq!(clean_path("apps[0].?"), "apps[0]");
 }
 
 #[test]

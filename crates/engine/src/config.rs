@@ -375,6 +375,18 @@ pub struct AppSpec {
     pub restart: RestartPolicy,
     pub stop: StopPolicy,
     pub ready: ReadyPolicy,
+    /// The largest IPC message a worker may send, in bytes; a longer one is
+    /// refused with a warning (and skipped up to its newline). When AppSpec
+    /// is deserialized, a missing field means [`default_max_message_bytes`].
+    pub max_message_bytes: usize,
+}
+
+/// 1 MiB: the default cap on one IPC message from a worker.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// The default of [`AppSpec::max_message_bytes`] (for `#[serde(default = …)]`).
+pub fn default_max_message_bytes() -> usize {
+    DEFAULT_MAX_MESSAGE_BYTES
 }
 
 impl AppSpec {
@@ -392,6 +404,7 @@ impl AppSpec {
             restart: RestartPolicy::default(),
             stop: StopPolicy::default(),
             ready: ReadyPolicy::default(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }

@@ -437,7 +437,7 @@ impl Drop for Groups {
 
 /// Events of an app started through the engine API, with the history kept.
 struct Events {
-    rx: tokio::sync::mpsc::UnboundedReceiver<herd_engine::supervisor::Event>,
+    rx: herd_engine::supervisor::Events,
     seen: Vec<String>,
     groups: Groups,
 }

@@ -30,6 +30,13 @@
 //! - `--touch PATH`          append `<pid>\n` to PATH at start (proof that a worker started)
 //! - `--stop-delay MS`       on a graceful stop, wait MS more before exiting (a slow drain)
 //! - `--max-lifetime S`      exit 0 after S seconds no matter what (default 600: no leaks)
+//! - `--spam-lines N`        once serving, print N lines `spam <i> <L x's> end` on stdout as
+//!   fast as possible, then `spam done` on stderr (`--spam-len L`, default 100)
+//! - `--long-line BYTES`     once serving, print one line of BYTES `y`s, then `after long line`
+//! - `--ipc-flood N`         once serving, send N messages `{"flood":i,"pad":"<L z's>"}` on the
+//!   herd channel (`--ipc-len L`, default 100), then `{"flood":"done"}`
+//! - `--ipc-huge BYTES`      once serving, send one message of BYTES bytes (a JSON string) on the
+//!   herd channel, then `{"after":"huge"}`
 //!
 //! On SIGINT/SIGTERM (unless ignored): print `worker <id> pid <pid> stopping
 //! on signal <n>`, stop accepting, finish in-flight requests, exit 0.
@@ -70,6 +77,12 @@ struct Opts {
     require_file: Option<String>,
     stop_delay: u64,
     max_lifetime: u64,
+    spam_lines: u64,
+    spam_len: u64,
+    long_line: u64,
+    ipc_flood: u64,
+    ipc_len: u64,
+    ipc_huge: u64,
 }
 
 fn die(msg: &str) -> ! {
@@ -80,6 +93,8 @@ fn die(msg: &str) -> ! {
 fn parse_opts() -> Opts {
     let mut o = Opts {
         max_lifetime: 600,
+        spam_len: 100,
+        ipc_len: 100,
         ..Opts::default()
     };
     let mut args = std::env::args().skip(1);
@@ -118,6 +133,12 @@ fn parse_opts() -> Opts {
             "--touch" => o.touch = Some(args.next().unwrap_or_else(|| die("--touch needs a path"))),
             "--stop-delay" => o.stop_delay = num(&a, args.next()),
             "--max-lifetime" => o.max_lifetime = num(&a, args.next()),
+            "--spam-lines" => o.spam_lines = num(&a, args.next()),
+            "--spam-len" => o.spam_len = num(&a, args.next()),
+            "--long-line" => o.long_line = num(&a, args.next()),
+            "--ipc-flood" => o.ipc_flood = num(&a, args.next()),
+            "--ipc-len" => o.ipc_len = num(&a, args.next()),
+            "--ipc-huge" => o.ipc_huge = num(&a, args.next()),
             other => die(&format!("unknown argument '{other}'")),
         }
     }
@@ -433,6 +454,65 @@ fn sd_notify(target: &str, msg: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Floods for the memory-bound tests, run in a thread once serving.
+fn floods(spam_lines: u64, spam_len: u64, long_line: u64, ipc_flood: u64, ipc_len: u64, ipc_huge: u64) {
+    if spam_lines > 0 {
+        let pad = "x".repeat(spam_len as usize);
+        let out = io::stdout();
+        let mut w = io::BufWriter::with_capacity(1 << 16, out.lock());
+        for i in 0..spam_lines {
+            let _ = writeln!(w, "spam {i} {pad} end");
+        }
+        let _ = w.flush();
+        drop(w);
+        eprintln!("spam done");
+    }
+    if long_line > 0 {
+        let out = io::stdout();
+        let mut w = io::BufWriter::with_capacity(1 << 16, out.lock());
+        let chunk = vec![b'y'; 1 << 16];
+        let mut left = long_line as usize;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            let _ = w.write_all(&chunk[..n]);
+            left -= n;
+        }
+        let _ = w.write_all(b"\nafter long line\n");
+        let _ = w.flush();
+    }
+    if ipc_flood > 0 || ipc_huge > 0 {
+        let Some(fd) = std::env::var("HERD_CHANNEL_FD")
+            .ok()
+            .and_then(|v| v.parse::<RawFd>().ok())
+        else {
+            die("HERD_CHANNEL_FD is not set: cannot send IPC messages");
+        };
+        // Borrowed: the channel stays open after the flood.
+        let mut chan = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+        let mut w = io::BufWriter::with_capacity(1 << 16, &mut *chan);
+        if ipc_flood > 0 {
+            let pad = "z".repeat(ipc_len as usize);
+            for i in 0..ipc_flood {
+                let _ = writeln!(w, "{{\"flood\":{i},\"pad\":\"{pad}\"}}");
+            }
+            let _ = writeln!(w, "{{\"flood\":\"done\"}}");
+        }
+        if ipc_huge > 0 {
+            let body = ipc_huge.saturating_sub(2) as usize;
+            let _ = w.write_all(b"\"");
+            let chunk = vec![b'z'; 1 << 16];
+            let mut left = body;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                let _ = w.write_all(&chunk[..n]);
+                left -= n;
+            }
+            let _ = w.write_all(b"\"\n{\"after\":\"huge\"}\n");
+        }
+        let _ = w.flush();
+    }
+}
+
 fn main() {
     let opts = parse_opts();
     let id = std::env::var("HERD_WORKER_ID").unwrap_or_else(|_| "?".into());
@@ -483,6 +563,18 @@ fn main() {
 
     let listeners = take_listeners(&opts);
     println!("worker {id} pid {pid} serving");
+
+    let flood = (
+        opts.spam_lines,
+        opts.spam_len,
+        opts.long_line,
+        opts.ipc_flood,
+        opts.ipc_len,
+        opts.ipc_huge,
+    );
+    if flood.0 + flood.2 + flood.3 + flood.5 > 0 {
+        thread::spawn(move || floods(flood.0, flood.1, flood.2, flood.3, flood.4, flood.5));
+    }
 
     let _child = if opts.spawn_child {
         let child = process::Command::new("sleep")

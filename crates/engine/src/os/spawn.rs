@@ -1024,6 +1024,112 @@ mod tests {
         });
     }
 
+    fn alive(pid: Pid) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(s) => {
+                let state = s.rsplit(')').next().unwrap().split_whitespace().next();
+                state != Some("Z") && state != Some("X")
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Poll until the process is gone (or a zombie); true if it went.
+    fn dies_within(pid: Pid, d: std::time::Duration) -> bool {
+        let end = std::time::Instant::now() + d;
+        while std::time::Instant::now() < end {
+            if !alive(pid) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        !alive(pid)
+    }
+
+    /// PR_SET_PDEATHSIG fires when the forking *thread* exits. A worker
+    /// forked by the spawner thread outlives the thread that asked for it
+    /// (a runtime thread that ends); one forked directly by that thread dies
+    /// with it — the hazard the spawner thread exists for.
+    #[test]
+    fn a_worker_outlives_the_thread_that_asked_for_it() {
+        let start = |direct: bool| {
+            std::thread::spawn(move || {
+                let spec = sh_spec("exec sleep 30");
+                if direct {
+                    return spawn(&spec).unwrap().pid;
+                }
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let forked = fork_on_spawner(spec, Vec::new()).await.unwrap();
+                    forked.wait_exec().await.unwrap().pid
+                })
+            })
+            .join()
+            .unwrap()
+        };
+        let direct = start(true);
+        assert!(
+            dies_within(direct, std::time::Duration::from_secs(5)),
+            "a child forked by a thread that exited is killed (the hazard)"
+        );
+        let pid = start(false);
+        assert!(
+            !dies_within(pid, std::time::Duration::from_millis(500)),
+            "a worker forked on the spawner thread must outlive the requesting thread"
+        );
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        let _ = wait_code_or_signal(pid);
+        let _ = nix::sys::wait::waitpid(direct, None);
+    }
+
+    fn wait_code_or_signal(pid: Pid) -> nix::sys::wait::WaitStatus {
+        nix::sys::wait::waitpid(pid, None).unwrap()
+    }
+
+    #[test]
+    fn async_spawn_reports_exec_failures_and_leaves_no_process() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut spec = sh_spec("");
+            spec.program = PathBuf::from("/nonexistent/herd-prog");
+            let forked = fork_on_spawner(spec, Vec::new()).await.unwrap();
+            let pid = forked.pid;
+            let err = forked.wait_exec().await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+            // Reaped already: not our child any more.
+            assert_eq!(
+                nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+                Err(nix::errno::Errno::ECHILD)
+            );
+
+            let s = fork_on_spawner(sh_spec("echo hi"), Vec::new())
+                .await
+                .unwrap()
+                .wait_exec()
+                .await
+                .unwrap();
+            assert_eq!(read_all(s.stdout), "hi\n");
+            assert_eq!(wait_code(s.pid), 0);
+        });
+    }
+
+    #[test]
+    fn a_forked_child_dropped_unwaited_is_killed_and_reaped() {
+        let forked = fork(&sh_spec("exec sleep 30")).unwrap();
+        let pid = forked.pid;
+        drop(forked);
+        assert_eq!(
+            nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+            Err(nix::errno::Errno::ECHILD)
+        );
+    }
+
     #[test]
     fn resolve_program_searches_path_and_checks() {
         let sh = resolve_program("sh").unwrap();

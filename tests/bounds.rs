@@ -124,15 +124,15 @@ impl Stalled {
                 return seen;
             }
         }
-        panic!("no stderr line with {text:?} within {timeout:?}; saw:\n{}", seen.join("\n"));
+        panic!(
+            "no stderr line with {text:?} within {timeout:?}; saw:\n{}",
+            seen.join("\n")
+        );
     }
 
     /// SIGTERM herd and wait for it to end (reading what is left).
     fn stop(&mut self) -> std::process::ExitStatus {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid()),
-            Signal::SIGTERM,
-        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), Signal::SIGTERM);
         let deadline = Instant::now() + T;
         while Self::next(&self.stderr, deadline).is_some() {}
         loop {
@@ -230,7 +230,13 @@ fn ipc_flood_into_a_stalled_consumer_keeps_herd_small_and_loses_no_message() {
     const N: usize = 100_000;
     let mut h = Stalled::start(
         &["-i", "1"],
-        &["--no-listen", "--ipc-flood", &N.to_string(), "--ipc-len", "100"],
+        &[
+            "--no-listen",
+            "--ipc-flood",
+            &N.to_string(),
+            "--ipc-len",
+            "100",
+        ],
     );
     let stalled = stall(h.pid(), Duration::from_secs(2));
     h.resume();
@@ -326,7 +332,11 @@ fn a_line_longer_than_1_mib_is_cut_at_1_mib_and_nothing_is_lost() {
     const MIB: usize = 1 << 20;
     let mut h = Herd::start(&run_args(
         &["-i", "1"],
-        &["--no-listen", "--long-line", &(2 * MIB + MIB / 2).to_string()],
+        &[
+            "--no-listen",
+            "--long-line",
+            &(2 * MIB + MIB / 2).to_string(),
+        ],
     ));
     h.wait_online(0, 1, START);
     assert!(
@@ -392,7 +402,11 @@ fn kill_timeout_counts_from_the_signal_for_a_round_robin_worker() {
         "the worker had its 500 ms after SIGINT and exited by itself:\n{said}"
     );
     let exits = h.find_all(Stream::Stderr, mark, pat::EXITED_CODE);
-    assert_eq!(exits, vec![vec!["0".to_string(), "0".to_string()]], "{said}");
+    assert_eq!(
+        exits,
+        vec![vec!["0".to_string(), "0".to_string()]],
+        "{said}"
+    );
 }
 
 /// Workers are started off the supervisor's loop, from herd's spawner
@@ -402,7 +416,14 @@ fn kill_timeout_counts_from_the_signal_for_a_round_robin_worker() {
 #[test]
 fn workers_spawned_during_reloads_serve_and_die_with_a_sigkilled_herd() {
     let mut h = Herd::start(&run_args(
-        &["-i", "2", "--listen", "127.0.0.1:0", "--ready-delay", "100ms"],
+        &[
+            "-i",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+            "--ready-delay",
+            "100ms",
+        ],
         &[],
     ));
     let addr = h.listen_addr();

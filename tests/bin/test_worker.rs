@@ -455,7 +455,14 @@ fn sd_notify(target: &str, msg: &str) -> io::Result<()> {
 }
 
 /// Floods for the memory-bound tests, run in a thread once serving.
-fn floods(spam_lines: u64, spam_len: u64, long_line: u64, ipc_flood: u64, ipc_len: u64, ipc_huge: u64) {
+fn floods(
+    spam_lines: u64,
+    spam_len: u64,
+    long_line: u64,
+    ipc_flood: u64,
+    ipc_len: u64,
+    ipc_huge: u64,
+) {
     if spam_lines > 0 {
         let pad = "x".repeat(spam_len as usize);
         let out = io::stdout();

@@ -320,7 +320,11 @@ fn kill_timeout_counts_from_the_signal_not_from_the_stop() {
     assert_eq!(sim.exit, Some(Outcome::Stopped));
     assert!(sim.reports.iter().any(|r| matches!(
         r,
-        Report::Exited { status: ExitStatus::Code(0), next: Next::Stopped, .. }
+        Report::Exited {
+            status: ExitStatus::Code(0),
+            next: Next::Stopped,
+            ..
+        }
     )));
 }
 

@@ -437,7 +437,7 @@ impl App {
                     Request::Send { to, message } => self.send(to, &message),
                 },
                 Some(msg) = internal.recv() => self.internal(msg),
-                Some(msg) = messages.recv(), if backlog < PENDING_LIMIT => self.from_worker(msg),
+                Some(msg) = messages.recv(), if backlog < PENDING_LIMIT => self.worker_message(msg),
                 room = events.reserve(), if backlog > 0 => match room {
                     Ok(permit) => {
                         if let Some(event) = self.pending.borrow_mut().pop_front() {
@@ -473,7 +473,7 @@ impl App {
         let mut pending = self.pending.borrow_mut();
         if pending.is_empty() {
             match self.events.try_send(event) {
-                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => (),
                 Err(mpsc::error::TrySendError::Full(event)) => pending.push_back(event),
             }
         } else {
@@ -889,7 +889,7 @@ impl App {
     }
 
     /// What a worker's channel reader delivered.
-    fn from_worker(&mut self, msg: FromWorker) {
+    fn worker_message(&mut self, msg: FromWorker) {
         match msg {
             FromWorker::Message { worker, value } => self.message(worker, value),
             FromWorker::BadMessage { worker, error } => {

@@ -74,6 +74,10 @@ pub const MAX_LINE: usize = 1 << 20;
 /// Node worker's cluster `disconnect` and settle time, a round-robin
 /// worker's last hand-overs); `--kill-timeout` counts from the signal.
 pub const SETTLE_TIMEOUT: Duration = node::DISCONNECT_GRACE;
+/// How long, and how many, `READY=1` notifications from not-yet-known pids
+/// are kept.
+const UNCLAIMED_READY_FOR: Duration = Duration::from_secs(10);
+const UNCLAIMED_READY_MAX: usize = 64;
 /// Worker messages (all workers together) waiting for the app task.
 const MESSAGE_QUEUE: usize = 32;
 /// The app task stops taking worker messages while this many of its own
@@ -223,6 +227,7 @@ pub fn start(spec: AppSpec) -> Result<(AppHandle, Events), StartError> {
         procs: HashMap::new(),
         servers: HashMap::new(),
         starting: HashMap::new(),
+        unclaimed_ready: VecDeque::new(),
         events,
         pending: RefCell::new(pending),
         internal,
@@ -389,6 +394,10 @@ struct App {
     servers: HashMap<String, node::Server>,
     /// Workers whose spawn is under way.
     starting: HashMap<WorkerId, Starting>,
+    /// `READY=1` from a pid herd does not know yet (the worker was faster
+    /// than the news of its fork): claimed by `Forked`, forgotten after
+    /// [`UNCLAIMED_READY_FOR`]; at most [`UNCLAIMED_READY_MAX`].
+    unclaimed_ready: VecDeque<(Pid, Instant)>,
     events: mpsc::Sender<Event>,
     /// The app's own events waiting for room in `events` (see the module docs).
     pending: RefCell<VecDeque<Event>>,
@@ -860,8 +869,10 @@ impl App {
             Internal::Timer(timer) => self.input(Input::Timer(timer)),
             Internal::Exited { worker, status } => self.input(Input::Exited { worker, status }),
             Internal::Forked { worker, pid } => {
+                let early = self.claim_ready(pid);
                 if let Some(s) = self.starting.get_mut(&worker) {
                     s.pid = Some(pid);
+                    s.ready_early |= early;
                     if s.kill {
                         kill_starting(pid);
                     }
@@ -883,6 +894,17 @@ impl App {
                 } else if let Some(s) = self.starting_of_pid(pid) {
                     // Faster than herd noticed its exec: remembered for then.
                     s.ready_early = true;
+                } else {
+                    // Faster than herd learned its pid: kept for `Forked`.
+                    let now = Instant::now();
+                    self.unclaimed_ready
+                        .retain(|(_, at)| now.duration_since(*at) < UNCLAIMED_READY_FOR);
+                    if self.unclaimed_ready.len() >= UNCLAIMED_READY_MAX {
+                        self.unclaimed_ready.pop_front();
+                    }
+                    // By its group: a worker leads its own (pgid = pid).
+                    let group = nix::unistd::getpgid(Some(pid)).unwrap_or(pid);
+                    self.unclaimed_ready.push_back((group, now));
                 }
             }
         }
@@ -918,6 +940,21 @@ impl App {
                 }
             }
             FromWorker::Closed { worker } => self.channel_closed(worker),
+        }
+    }
+
+    /// Did the child `pid` (or a process in its group) say `READY=1`
+    /// before herd knew it?
+    fn claim_ready(&mut self, pid: Pid) -> bool {
+        let now = Instant::now();
+        self.unclaimed_ready
+            .retain(|(_, at)| now.duration_since(*at) < UNCLAIMED_READY_FOR);
+        match self.unclaimed_ready.iter().position(|(p, _)| *p == pid) {
+            Some(i) => {
+                self.unclaimed_ready.remove(i);
+                true
+            }
+            None => false,
         }
     }
 

@@ -444,3 +444,105 @@ fn workers_spawned_during_reloads_serve_and_die_with_a_sigkilled_herd() {
     });
     assert!(gone, "workers outlived a SIGKILLed herd: {online:?}");
 }
+
+fn open_fds(pid: i32) -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| {
+                let e = e.ok()?;
+                let target = std::fs::read_link(e.path()).ok()?;
+                Some(format!(
+                    "{} -> {}",
+                    e.file_name().to_str()?,
+                    target.display()
+                ))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    fds
+}
+
+fn zombie_children(ppid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| {
+            let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                return false;
+            };
+            let Some(i) = s.rfind(')') else { return false };
+            let mut it = s[i + 2..].split_whitespace();
+            it.next() == Some("Z") && it.next().and_then(|x| x.parse().ok()) == Some(ppid)
+        })
+        .collect()
+}
+
+/// Spawns that fail after the fork (the program vanished: the exec fails)
+/// leave no fd and no zombie behind, over a whole crash loop.
+#[test]
+fn failed_spawns_leak_no_fd_and_no_zombie() {
+    let _s = serial();
+    let dir = TempDir::new("bounds-spawn");
+    let program = dir.join("worker");
+    std::fs::copy(worker_bin(), &program).unwrap();
+    let program = program.to_str().unwrap().to_string();
+    let args: Vec<String> = [
+        "run",
+        "-i",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--restart-delay",
+        "10ms",
+        "--max-restart-delay",
+        "20ms",
+        "--max-restarts",
+        "30",
+        "--",
+        &program,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut h = Herd::start(&args);
+    let online = h.wait_online(0, 2, START);
+    h.wait_serving(&online, T);
+    let before = open_fds(h.pid());
+    std::fs::remove_file(&program).unwrap();
+    let mark = h.mark(Stream::Stderr);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(online[&0]), Signal::SIGKILL).unwrap();
+    // 31 spawns fail in a row (each a fork whose exec fails), then the slot errors.
+    h.wait_stderr_after(mark, pat::ERRORED, Duration::from_secs(30));
+    let failures = h
+        .herd_lines()
+        .iter()
+        .filter(|l| l.contains("cannot execute"))
+        .count();
+    assert!(
+        failures >= 30,
+        "{failures} failed spawns; stderr:\n{}",
+        h.stderr_text()
+    );
+    h.assert_running();
+    // Worker 0's pipes and channel are gone; nothing new may be open.
+    let new_fds = || -> Vec<String> {
+        open_fds(h.pid())
+            .into_iter()
+            .filter(|fd| !before.contains(fd))
+            .collect()
+    };
+    assert!(
+        wait_until(T, || new_fds().is_empty()),
+        "herd holds fds it did not before {failures} failed spawns: {:?}",
+        new_fds()
+    );
+    assert!(
+        wait_until(T, || zombie_children(h.pid()).is_empty()),
+        "unreaped children: {:?}",
+        zombie_children(h.pid())
+    );
+    h.signal(Signal::SIGTERM);
+    assert!(h.wait_exit(T).success());
+}

@@ -21,6 +21,10 @@ fn duration(s: &str) -> Result<Duration, String> {
     config::parse_duration(s).map_err(|e| e.0)
 }
 
+fn size(s: &str) -> Result<usize, String> {
+    config::parse_size(s).map_err(|e| e.0)
+}
+
 fn kill_signal(s: &str) -> Result<Signal, String> {
     config::parse_signal(s).map_err(|e| e.0)
 }
@@ -84,9 +88,14 @@ pub struct RunArgs {
     #[arg(long, default_value = "SIGINT", value_parser = kill_signal, value_name = "SIGNAL")]
     kill_signal: Signal,
 
-    /// How long a stopping worker may drain before its process group is SIGKILLed (12s, 500ms, or ms).
+    /// How long a stopping worker may drain before its process group is SIGKILLed (12s, 500ms, or ms),
+    /// counted from the stop signal (Node and round-robin workers first stop taking connections, at most 1 s).
     #[arg(long, default_value = "1600ms", value_parser = duration, value_name = "DURATION")]
     kill_timeout: Duration,
+
+    /// The largest IPC message a worker may send (process.send); a longer one is refused with a warning.
+    #[arg(long, default_value = "1MiB", value_parser = size, value_name = "SIZE")]
+    max_message: usize,
 
     /// A worker is ready when it says so: READY=1 on $NOTIFY_SOCKET (sd_notify), or for a Node app
     /// `process.send('ready')`; not after --ready-delay (nor, for Node, when it listens).
@@ -176,6 +185,7 @@ impl RunArgs {
             kill_timeout: self.kill_timeout,
             shutdown_with_message: self.shutdown_with_message,
         };
+        spec.max_message_bytes = self.max_message;
         spec.ready = ReadyPolicy {
             wait_ready: self.wait_ready,
             ready_delay: self.ready_delay,

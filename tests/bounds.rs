@@ -546,3 +546,20 @@ fn failed_spawns_leak_no_fd_and_no_zombie() {
     h.signal(Signal::SIGTERM);
     assert!(h.wait_exit(T).success());
 }
+
+#[test]
+fn the_message_cap_is_configurable_and_checked() {
+    let mut h = Herd::start(&run_args(
+        &["-i", "1", "--max-message", "64KiB"],
+        &["--no-listen", "--ipc-huge", "100000"],
+    ));
+    h.wait_online(0, 1, START);
+    h.wait_stderr("(100000 bytes), over the limit of 64 KiB", T);
+    h.wait_stderr("worker 0 sent {\"after\":\"huge\"}", T);
+    h.signal(Signal::SIGTERM);
+    assert!(h.wait_exit(T).success());
+
+    let (st, _, err) = run_to_exit(&run_args(&["--max-message", "lots"], &["--no-listen"]), T);
+    assert!(!st.success());
+    assert!(err.contains("invalid size 'lots'"), "{err}");
+}

@@ -238,6 +238,28 @@ pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
     Ok(Duration::from_micros((ms * 1000.0).round() as u64))
 }
 
+/// Parse a size in bytes: `1MiB`, `512KiB`, `2M`, `64k`, or a bare number of
+/// bytes. K/M/G are binary (1024-based), as in `ulimit`.
+pub fn parse_size(s: &str) -> Result<usize, ConfigError> {
+    let err = || {
+        bad(format!(
+            "invalid size '{s}': use a number of bytes, or a number with KiB, MiB or GiB (512KiB, 1MiB)"
+        ))
+    };
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().map_err(|_| err())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(err()),
+    };
+    n.checked_mul(1 << shift).filter(|&v| v > 0).ok_or_else(err)
+}
+
 /// Parse a signal name: `SIGINT`, `INT`, `int`, or a number.
 pub fn parse_signal(s: &str) -> Result<Signal, ConfigError> {
     let err = || {
@@ -423,6 +445,26 @@ mod tests {
         for bad in ["", "s", "12x", "-1", "1e3", "ms12", "1.2.3s"] {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.0.contains("invalid duration"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("512KiB").unwrap(), 512 << 10);
+        assert_eq!(parse_size("2m").unwrap(), 2 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        for bad in [
+            "",
+            "0",
+            "MiB",
+            "1.5MiB",
+            "-1",
+            "1XB",
+            "99999999999999999999",
+        ] {
+            let err = parse_size(bad).unwrap_err();
+            assert!(err.0.contains("invalid size"), "{bad}: {err}");
         }
     }
 

@@ -1212,3 +1212,161 @@ async fn read_channel(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn pipe() -> (OwnedFd, std::fs::File) {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let flags = nix::fcntl::OFlag::from_bits_retain(
+            nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_GETFL).unwrap(),
+        );
+        nix::fcntl::fcntl(
+            &r,
+            nix::fcntl::FcntlArg::F_SETFL(flags | nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        (r, std::fs::File::from(w))
+    }
+
+    /// Every line the pump delivered, in order.
+    async fn lines_of(events: &mut Events) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(e) = events.recv().await {
+            let Event::Output { lines, .. } = e else {
+                panic!("not output")
+            };
+            assert!(lines.ends_with(b"\n"), "a batch holds whole lines");
+            out.extend(lines.split_inclusive(|&b| b == b'\n').map(|l| l.to_vec()));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn pump_cuts_long_lines_at_exactly_max_line_and_ends_the_last_one() {
+        let (r, mut w) = pipe();
+        let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
+        let pump = start_pump(r, 0, 1, Stream::Stdout, tx);
+        let writer = std::thread::spawn(move || {
+            let exact = vec![b'a'; MAX_LINE];
+            w.write_all(&exact).unwrap();
+            w.write_all(b"\n").unwrap();
+            w.write_all(&vec![b'b'; MAX_LINE + 5]).unwrap();
+            w.write_all(b"\nshort\ntail").unwrap();
+        });
+        let lines = lines_of(&mut rx).await;
+        writer.join().unwrap();
+        pump.task.await.unwrap();
+        let shape: Vec<(u8, usize)> = lines.iter().map(|l| (l[0], l.len() - 1)).collect();
+        assert_eq!(
+            shape,
+            vec![
+                (b'a', MAX_LINE),
+                (b'b', MAX_LINE),
+                (b'b', 5),
+                (b's', 5),
+                (b't', 4)
+            ],
+            "a line of exactly MAX_LINE is whole; a longer one is cut there; the last gets its newline"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pump_stops_reading_while_the_consumer_is_behind_and_loses_nothing() {
+        let (r, mut w) = pipe();
+        let (tx, mut rx) = mpsc::channel(1);
+        let pump = start_pump(r, 0, 1, Stream::Stdout, tx);
+        const N: usize = 100_000;
+        let writer = std::thread::spawn(move || {
+            for i in 0..N {
+                writeln!(w, "line {i:>8} {}", "x".repeat(80)).unwrap();
+            }
+        });
+        // Nobody reads: the writer is held back by the full pipe (10 MB
+        // cannot fit in a 64 KiB pipe and one queued batch).
+        let stalled = Instant::now();
+        while stalled.elapsed() < Duration::from_millis(300) {
+            assert!(
+                !writer.is_finished(),
+                "the writer must wait for the consumer"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            pump.blocked.load(Ordering::Relaxed),
+            "the pump waits for room"
+        );
+        let lines = lines_of(&mut rx).await;
+        writer.join().unwrap();
+        assert_eq!(lines.len(), N);
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(
+                *l,
+                format!("line {i:>8} {}\n", "x".repeat(80)).into_bytes(),
+                "line {i}"
+            );
+        }
+    }
+
+    /// Everything the reader hands over, rendered for comparison.
+    async fn read_all(
+        worker_side: impl FnOnce(std::os::unix::net::UnixStream) + Send + 'static,
+        max: usize,
+    ) -> Vec<String> {
+        let (ours, theirs) = channel::pair().unwrap();
+        let channel = Arc::new(Channel::new(ours).unwrap());
+        let (tx, mut rx) = mpsc::channel(MESSAGE_QUEUE);
+        let reader = tokio::spawn(read_channel(channel, WorkerId(7), max, tx));
+        let writer = std::thread::spawn(move || worker_side(theirs.into()));
+        let mut out = Vec::new();
+        while let Some(m) = rx.recv().await {
+            out.push(match m {
+                FromWorker::Message { value, .. } => format!("message {value}"),
+                FromWorker::BadMessage { .. } => "bad".to_string(),
+                FromWorker::Oversized { size, complete, .. } => {
+                    format!("oversized {size} {complete}")
+                }
+                FromWorker::Closed { .. } => "closed".to_string(),
+            });
+        }
+        writer.join().unwrap();
+        reader.await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn channel_refuses_oversized_messages_and_resynchronises() {
+        let got = read_all(
+            |mut w| {
+                w.write_all(b"{\"a\":1}\n").unwrap();
+                // Over the cap, sent in pieces; then one exactly at the cap.
+                let big = format!("\"{}\"\n", "z".repeat(3_000_000));
+                for piece in big.as_bytes().chunks(100_000) {
+                    w.write_all(piece).unwrap();
+                }
+                w.write_all(format!("\"{}\"\n{{\"b\":2}}\n", "y".repeat(1000 - 2)).as_bytes())
+                    .unwrap();
+                w.write_all(b"not json\n\"cut\"").unwrap();
+                // Closed in the middle of an oversized message.
+                w.write_all(&vec![b'q'; 5000]).unwrap();
+            },
+            1000,
+        )
+        .await;
+        let y = format!("message \"{}\"", "y".repeat(998));
+        assert_eq!(
+            got,
+            vec![
+                "message {\"a\":1}".to_string(),
+                "oversized 3000002 true".into(),
+                y,
+                "message {\"b\":2}".into(),
+                "bad".into(),
+                "oversized 5005 false".into(),
+                "closed".into(),
+            ]
+        );
+    }
+}

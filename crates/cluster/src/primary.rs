@@ -206,8 +206,11 @@ impl Primary {
 pub async fn supervise(spec: AppSpec) -> Result<i32, Error> {
     let stop = spec.stop.clone();
     let balance = spec.balance;
-    // Workers that are first taken out of service before the stop signal.
-    let settles = spec.kind == WorkerKind::Node || balance == Balance::RoundRobin;
+    // Workers that are first taken out of service before the stop signal
+    // (a Node worker told to stop by message gets it at once, before its
+    // `disconnect`, unless round-robin).
+    let settles = balance == Balance::RoundRobin
+        || (spec.kind == WorkerKind::Node && !spec.stop.shutdown_with_message);
     let mut service = ServiceState::new(spec.instances);
     let (app, mut events) = supervisor::start(spec).map_err(Error::Start)?;
 
@@ -315,7 +318,7 @@ fn stop_plan(stop: &StopPolicy, settles: bool) -> String {
         stop.kill_signal.as_str().to_string()
     };
     let kill = duration(stop.kill_timeout);
-    if settles && !stop.shutdown_with_message {
+    if settles {
         format!(
             ": each stops taking connections first (at most {}), then gets {how}; \
              SIGKILL {kill} after that if it is still running (signal again to kill now)",

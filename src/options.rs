@@ -105,9 +105,14 @@ pub struct AppOptions {
     #[arg(long, default_value = "SIGINT", value_parser = kill_signal, value_name = "SIGNAL")]
     pub kill_signal: Signal,
 
-    /// How long a stopping worker may drain before its process group is SIGKILLed (12s, 500ms, or ms).
+    /// How long a stopping worker may drain before its process group is SIGKILLed (12s, 500ms, or ms),
+    /// counted from the stop signal (Node and round-robin workers first stop taking connections, at most 1 s).
     #[arg(long, default_value = "1600ms", value_parser = duration, value_name = "DURATION")]
     pub kill_timeout: Duration,
+
+    /// The largest IPC message a worker may send (process.send); a longer one is refused with a warning.
+    #[arg(long, default_value = "1M", value_parser = positive_size, value_name = "SIZE")]
+    pub max_message: usize,
 
     /// A worker is ready when it says so: READY=1 on $NOTIFY_SOCKET (sd_notify), or for a Node app
     /// `process.send('ready')`; not after --ready-delay (nor, for Node, when it listens).
@@ -192,27 +197,15 @@ impl DaemonOptions {
 
 /// A size in bytes: `200M`, `1G`, `512K`, `1.5G`, or a bare number of bytes.
 pub fn size(s: &str) -> Result<u64, String> {
-    let err = || {
-        format!("invalid size '{s}': use a number of bytes, or a number with K, M or G (200M, 1G)")
-    };
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| err())?;
-    let factor = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1u64,
-        "K" | "KB" | "KIB" => 1 << 10,
-        "M" | "MB" | "MIB" => 1 << 20,
-        "G" | "GB" | "GIB" => 1 << 30,
-        _ => return Err(err()),
-    };
-    let bytes = value * factor as f64;
-    if !bytes.is_finite() || !(0.0..=1e18).contains(&bytes) {
-        return Err(err());
+    config::parse_size(s).map_err(|e| e.0)
+}
+
+/// A size that must be above zero, as a `usize`.
+pub fn positive_size(s: &str) -> Result<usize, String> {
+    match size(s)? {
+        0 => Err(format!("invalid size '{s}': it must be above zero")),
+        n => usize::try_from(n).map_err(|_| format!("invalid size '{s}': too large")),
     }
-    Ok(bytes as u64)
 }
 
 /// One app as the daemon will keep it.
@@ -379,6 +372,7 @@ impl AppOptions {
             kill_timeout: self.kill_timeout,
             shutdown_with_message: self.shutdown_with_message,
         };
+        spec.max_message_bytes = self.max_message;
         spec.ready = ReadyPolicy {
             wait_ready: self.wait_ready,
             ready_delay: self.ready_delay,
@@ -447,6 +441,7 @@ mod tests {
         for bad in ["", "M", "12X", "-1M"] {
             assert!(size(bad).is_err(), "{bad}");
         }
+        assert!(positive_size("0").is_err());
     }
 
     #[test]

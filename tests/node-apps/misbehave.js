@@ -2,7 +2,7 @@
 //
 // GET /            -> "process <pid>"
 // GET /malformed   -> writes "not json\n" straight to the channel's fd
-// GET /big?mb=N    -> process.send() of one message of about N MB (default 10)
+// GET /big?mb=N    -> process.send() of one message of about N MB (default 10), then {after: 'big'}
 // GET /flood?n=N   -> N process.send() calls in a loop (default 100000), the last {flood: 'last'}
 'use strict';
 
@@ -27,6 +27,7 @@ const server = http.createServer((req, res) => {
   } else if (url.pathname === '/big') {
     const mb = Number(url.searchParams.get('mb') || 10);
     process.send({ big: 'x'.repeat(mb * 1024 * 1024) });
+    process.send({ after: 'big' });
     console.log(`process ${process.pid} sent ${mb} MB`);
     res.end(`process ${process.pid} big\n`);
   } else if (url.pathname === '/flood') {

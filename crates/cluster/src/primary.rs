@@ -8,9 +8,13 @@ use herd_engine::config::{
     AppSpec, Balance, ListenSpec, ReadyPolicy, RestartPolicy, StopPolicy, WorkerKind,
 };
 use herd_engine::machine::{Command, Outcome, Report};
-use herd_engine::supervisor::{self, AppHandle, Event, StartError, Stream, Target};
+use herd_engine::supervisor::{self, AppHandle, Event, Events, StartError, Stream, Target};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
+
+/// Writes waiting for the output thread. Each is one event's text (at most
+/// one output batch), so this bounds what herd holds for a slow stdout.
+const WRITE_QUEUE: usize = 16;
 
 /// Why a primary could not run.
 #[derive(Debug, thiserror::Error)]
@@ -176,8 +180,9 @@ impl Primary {
     }
 
     /// Bind the listeners and start the workers; events arrive on the receiver.
-    /// Must be called inside a tokio runtime.
-    pub fn start(self) -> Result<(PrimaryHandle, mpsc::UnboundedReceiver<Event>), Error> {
+    /// It is bounded: read it steadily, or the workers' output waits (as on a
+    /// slow terminal). Must be called inside a tokio runtime.
+    pub fn start(self) -> Result<(PrimaryHandle, Events), Error> {
         let spec = self.spec.map_err(Error::Config)?;
         let (app, events) = supervisor::start(spec)?;
         Ok((PrimaryHandle { app }, events))
@@ -201,6 +206,11 @@ impl Primary {
 pub async fn supervise(spec: AppSpec) -> Result<i32, Error> {
     let stop = spec.stop.clone();
     let balance = spec.balance;
+    // Workers that are first taken out of service before the stop signal
+    // (a Node worker told to stop by message gets it at once, before its
+    // `disconnect`, unless round-robin).
+    let settles = balance == Balance::RoundRobin
+        || (spec.kind == WorkerKind::Node && !spec.stop.shutdown_with_message);
     let mut service = ServiceState::new(spec.instances);
     let (app, mut events) = supervisor::start(spec).map_err(Error::Start)?;
 
@@ -210,32 +220,41 @@ pub async fn supervise(spec: AppSpec) -> Result<i32, Error> {
     let mut sigttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
     let mut sigttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
 
-    // Output is written by its own thread, so a slow terminal never stalls
-    // the supervisor (and so never the workers' pipes).
-    let (out_tx, out_rx) = std::sync::mpsc::channel::<(Stream, Vec<u8>)>();
+    // Output is written by its own thread, so a blocking write never stalls
+    // this loop (signals are still handled). The queue to it is bounded: an
+    // event is taken only once there is room for its text, so a slow stdout
+    // backs up into the app's bounded event channel and from there into the
+    // workers' pipes — nothing is dropped and herd's memory stays bounded.
+    let (out_tx, mut out_rx) = mpsc::channel::<(Stream, Vec<u8>)>(WRITE_QUEUE);
     let writer = std::thread::spawn(move || {
         let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
-        for (stream, bytes) in out_rx {
+        while let Some((stream, bytes)) = out_rx.blocking_recv() {
             let _ = match stream {
                 Stream::Stdout => stdout.lock().write_all(&bytes),
                 Stream::Stderr => stderr.lock().write_all(&bytes),
             };
         }
     });
-    let say = |text: String| {
-        let _ = out_tx.send((Stream::Stderr, format!("herd: {text}\n").into_bytes()));
-    };
+    let herd_line = |text: String| (Stream::Stderr, format!("herd: {text}\n").into_bytes());
 
     let mut stopping = false;
     let mut last_stderr: Vec<Option<String>> = Vec::new();
+    // Room for the next write, reserved before an event is taken.
+    let mut room: Option<mpsc::OwnedPermit<(Stream, Vec<u8>)>> = None;
     let code = loop {
         tokio::select! {
-            event = events.recv() => {
+            permit = out_tx.clone().reserve_owned(), if room.is_none() => match permit {
+                Ok(p) => room = Some(p),
+                Err(_) => break 1, // the output thread is gone
+            },
+            event = events.recv(), if room.is_some() => {
                 let Some(event) = event else { break 1 };
-                match event {
+                let permit = room.take().expect("reserved");
+                let mut exit = None;
+                let write = match event {
                     Event::Listening { name, addr } => {
                         let named = if name == "unknown" { String::new() } else { format!(" ({name})") };
-                        say(format!("listening on {addr}{named}, balance {balance}"));
+                        herd_line(format!("listening on {addr}{named}, balance {balance}"))
                     }
                     Event::Output { slot, stream, lines, .. } => {
                         if stream == Stream::Stderr {
@@ -245,25 +264,17 @@ pub async fn supervise(spec: AppSpec) -> Result<i32, Error> {
                             let last = lines.trim_ascii_end().rsplit(|&b| b == b'\n').next().unwrap_or_default();
                             last_stderr[slot] = Some(String::from_utf8_lossy(last).into_owned());
                         }
-                        let _ = out_tx.send((stream, prefix_lines(slot, &lines)));
+                        (stream, prefix_lines(slot, &lines))
                     }
-                    Event::Message { slot, message, .. } => say(format!("worker {slot} sent {message}")),
-                    Event::Warning(text) => say(format!("warning: {text}")),
+                    Event::Message { slot, message, .. } => herd_line(format!("worker {slot} sent {message}")),
+                    Event::Warning(text) => herd_line(format!("warning: {text}")),
                     Event::Lifecycle(report) => {
                         service.observe(&report);
                         let mut text = report.to_string();
                         if let Report::Stopping { .. } = report {
-                            let how = if stop.shutdown_with_message {
-                                "the message \"shutdown\"".to_string()
-                            } else {
-                                stop.kill_signal.as_str().to_string()
-                            };
-                            text.push_str(&format!(
-                                ": sent {how} to each, SIGKILL after {} (signal again to kill now)",
-                                herd_engine::describe::duration(stop.kill_timeout)
-                            ));
+                            text.push_str(&stop_plan(&stop, settles));
                         }
-                        say(text);
+                        herd_line(text)
                     }
                     Event::Exit(outcome) => {
                         let mut text = format!("exiting: {outcome}");
@@ -272,12 +283,16 @@ pub async fn supervise(spec: AppSpec) -> Result<i32, Error> {
                                 text.push_str(&format!("; its last stderr line: {line}"));
                             }
                         }
-                        say(text);
-                        break match outcome {
+                        exit = Some(match outcome {
                             Outcome::Stopped | Outcome::Completed { success: true } => 0,
                             _ => 1,
-                        };
+                        });
+                        herd_line(text)
                     }
+                };
+                permit.send(write);
+                if let Some(code) = exit {
+                    break code;
                 }
             }
             _ = sigint.recv() => { app.command(Command::Stop); stopping = true; }
@@ -287,9 +302,31 @@ pub async fn supervise(spec: AppSpec) -> Result<i32, Error> {
             _ = sigttou.recv() => app.command(Command::ScaleDown),
         }
     };
+    drop(room);
     drop(out_tx);
     let _ = writer.join();
     Ok(code)
+}
+
+/// What a graceful stop does, as `herd run` announces it: the kill timeout
+/// counts from the signal, after the bounded settle phase.
+fn stop_plan(stop: &StopPolicy, settles: bool) -> String {
+    use herd_engine::describe::duration;
+    let how = if stop.shutdown_with_message {
+        "the message \"shutdown\"".to_string()
+    } else {
+        stop.kill_signal.as_str().to_string()
+    };
+    let kill = duration(stop.kill_timeout);
+    if settles {
+        format!(
+            ": each stops taking connections first (at most {}), then gets {how}; \
+             SIGKILL {kill} after that if it is still running (signal again to kill now)",
+            duration(supervisor::SETTLE_TIMEOUT)
+        )
+    } else {
+        format!(": sent {how} to each; SIGKILL {kill} after that if it is still running (signal again to kill now)")
+    }
 }
 
 /// What herd tells its own service manager (systemd `Type=notify` or

@@ -94,7 +94,7 @@ fn primary_start_inside_a_test_runtime() {
             .expect("start");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         async fn next_event(
-            events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+            events: &mut herd_engine::supervisor::Events,
             deadline: tokio::time::Instant,
         ) -> Event {
             tokio::time::timeout_at(deadline, events.recv())

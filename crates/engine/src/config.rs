@@ -238,6 +238,34 @@ pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
     Ok(Duration::from_micros((ms * 1000.0).round() as u64))
 }
 
+/// Parse a size in bytes: `1MiB`, `512KiB`, `2M`, `64k`, or a bare number of
+/// bytes. K/M/G are binary (1024-based), as in `ulimit`.
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let err = || {
+        bad(format!(
+            "invalid size '{s}': use a number of bytes, or a number with K, M or G (512K, 200M, 1.5G)"
+        ))
+    };
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| err())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(err()),
+    };
+    let bytes = value * (1u64 << shift) as f64;
+    if !(0.0..=1e18).contains(&bytes) {
+        return Err(err());
+    }
+    Ok(bytes.round() as u64)
+}
+
 /// Parse a signal name: `SIGINT`, `INT`, `int`, or a number.
 pub fn parse_signal(s: &str) -> Result<Signal, ConfigError> {
     let err = || {
@@ -401,6 +429,11 @@ pub struct AppSpec {
     /// Also set each worker's slot in this variable (pm2's `instance_var`).
     #[serde(default)]
     pub instance_var: Option<String>,
+    /// The largest IPC message a worker may send, in bytes; a longer one is
+    /// refused with a warning (and skipped up to its newline). When AppSpec
+    /// is deserialized, a missing field means [`default_max_message_bytes`].
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
 }
 
 fn yes() -> bool {
@@ -457,6 +490,14 @@ pub mod signal_text {
     }
 }
 
+/// 1 MiB: the default cap on one IPC message from a worker.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// The default of [`AppSpec::max_message_bytes`] (for `#[serde(default = …)]`).
+pub fn default_max_message_bytes() -> usize {
+    DEFAULT_MAX_MESSAGE_BYTES
+}
+
 impl AppSpec {
     pub fn new(name: impl Into<String>, program: impl Into<PathBuf>) -> Self {
         AppSpec {
@@ -474,6 +515,7 @@ impl AppSpec {
             stop: StopPolicy::default(),
             ready: ReadyPolicy::default(),
             instance_var: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -492,6 +534,20 @@ mod tests {
         for bad in ["", "s", "12x", "-1", "1e3", "ms12", "1.2.3s"] {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.0.contains("invalid duration"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("512KiB").unwrap(), 512 << 10);
+        assert_eq!(parse_size("2m").unwrap(), 2 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("0").unwrap(), 0);
+        for bad in ["", "MiB", "1.2.3M", "-1", "1XB", "99999999999999999999"] {
+            let err = parse_size(bad).unwrap_err();
+            assert!(err.0.contains("invalid size"), "{bad}: {err}");
         }
     }
 

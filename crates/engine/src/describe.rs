@@ -26,6 +26,22 @@ pub fn duration(d: Duration) -> String {
     }
 }
 
+/// `512 bytes`, `64 KiB`, `1 MiB`, `2.5 MiB`.
+pub fn bytes(n: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * 1024;
+    let (unit, size) = match n {
+        n if n >= MIB => ("MiB", MIB),
+        n if n >= KIB => ("KiB", KIB),
+        n => return format!("{n} bytes"),
+    };
+    if n.is_multiple_of(size) {
+        format!("{} {unit}", n / size)
+    } else {
+        format!("{:.1} {unit}", n as f64 / size as f64)
+    }
+}
+
 impl fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -156,6 +172,14 @@ mod tests {
         assert_eq!(duration(Duration::from_millis(1600)), "1.6 s");
         assert_eq!(duration(Duration::from_secs(3)), "3 s");
         assert_eq!(duration(Duration::from_secs(125)), "2 min 5 s");
+    }
+
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(bytes(512), "512 bytes");
+        assert_eq!(bytes(64 * 1024), "64 KiB");
+        assert_eq!(bytes(1 << 20), "1 MiB");
+        assert_eq!(bytes(5 * (1 << 20) / 2), "2.5 MiB");
     }
 
     #[test]

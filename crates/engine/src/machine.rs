@@ -41,8 +41,14 @@ pub struct Policy {
     pub readiness: Readiness,
     /// A reload replacement not ready by then aborts the reload.
     pub listen_timeout: Duration,
-    /// How long a stopping worker may drain before it is killed.
+    /// How long a stopping worker may drain before it is killed, counted
+    /// from [`Input::StopSignalled`] (the moment the stop signal or message
+    /// was really sent), not from [`Action::Stop`].
     pub kill_timeout: Duration,
+    /// How long the driver's phase before the signal (a Node worker's
+    /// `disconnect` and settle time, a round-robin worker's last hand-overs)
+    /// may last: then [`Action::Signal`] asks for the signal at once.
+    pub settle_timeout: Duration,
 }
 
 /// What the driver tells the machine.
@@ -61,6 +67,10 @@ pub enum Input {
     },
     /// A timer set by [`Action::SetTimer`] fired.
     Timer(Timer),
+    /// The stop signal (or the `"shutdown"` message) asked for by
+    /// [`Action::Stop`] or [`Action::Signal`] was sent to the worker now: its
+    /// kill timeout starts. Repeats are ignored.
+    StopSignalled { worker: WorkerId },
     /// A request from the user.
     Command(Command),
 }
@@ -97,6 +107,8 @@ pub enum Timer {
     ListenTimeout(WorkerId),
     /// The stopping worker had its time to drain.
     KillTimeout(WorkerId),
+    /// The stopping worker's pre-signal phase had its time.
+    SettleTimeout(WorkerId),
 }
 
 /// What the machine asks the driver to do.
@@ -104,8 +116,13 @@ pub enum Timer {
 pub enum Action {
     /// Start a new worker process for `slot`; answer with `Spawned` or `SpawnFailed`.
     Spawn { slot: Slot, worker: WorkerId },
-    /// Ask the worker to finish: stop accepting, drain, exit.
+    /// Ask the worker to finish: stop accepting, drain, exit. The driver may
+    /// first take it out of service (Node's `disconnect`), then sends the
+    /// stop signal or message and answers [`Input::StopSignalled`].
     Stop { worker: WorkerId },
+    /// The pre-signal phase of a stop took too long: send the stop signal
+    /// (or message) now, and answer [`Input::StopSignalled`].
+    Signal { worker: WorkerId },
     /// SIGKILL the worker's whole process group.
     Kill { worker: WorkerId },
     /// Feed `Input::Timer(timer)` back after `after`.
@@ -212,7 +229,8 @@ enum Phase {
     Running {
         ready: bool,
     },
-    /// Asked to stop; the kill timer runs.
+    /// Asked to stop; the settle timer runs until the signal went out,
+    /// then the kill timer.
     Stopping,
 }
 
@@ -224,6 +242,9 @@ struct Worker {
     phase: Phase,
     /// Stop as soon as it is running (a stop came while it was starting).
     stop_when_started: bool,
+    /// While stopping: the stop signal (or message) was sent, and the kill
+    /// timer runs.
+    signalled: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -505,6 +526,7 @@ impl Machine {
             Input::Ready { worker } => self.ready(now, worker, &mut out),
             Input::Exited { worker, status } => self.exited(now, worker, status, &mut out),
             Input::Timer(timer) => self.timer(now, timer, &mut out),
+            Input::StopSignalled { worker } => self.stop_signalled(worker, &mut out),
         }
         self.resume_queued_reload(now, &mut out);
         self.check_finished(&mut out);
@@ -611,6 +633,7 @@ impl Machine {
                 started: now,
                 phase: Phase::Starting,
                 stop_when_started: false,
+                signalled: false,
             },
         );
         self.slots[slot].state = SlotState::Live;
@@ -627,11 +650,13 @@ impl Machine {
             Phase::Stopping => {}
             Phase::Starting => w.stop_when_started = true,
             Phase::Running { .. } => {
+                // The kill timer starts once the signal is really sent
+                // (`StopSignalled`); until then the settle bound runs.
                 w.phase = Phase::Stopping;
                 out.push(Action::Stop { worker });
                 out.push(Action::SetTimer {
-                    timer: Timer::KillTimeout(worker),
-                    after: self.policy.kill_timeout,
+                    timer: Timer::SettleTimeout(worker),
+                    after: self.policy.settle_timeout,
                 });
             }
         }
@@ -645,6 +670,21 @@ impl Machine {
                 info.incoming = None;
             }
         }
+    }
+
+    /// The stop signal went out: the worker's drain time starts now.
+    fn stop_signalled(&mut self, worker: WorkerId, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        if w.phase != Phase::Stopping || w.signalled {
+            return;
+        }
+        w.signalled = true;
+        out.push(Action::SetTimer {
+            timer: Timer::KillTimeout(worker),
+            after: self.policy.kill_timeout,
+        });
     }
 
     fn stop_all(&mut self, out: &mut Vec<Action>) {
@@ -964,6 +1004,15 @@ impl Machine {
             Timer::KillTimeout(worker) => {
                 if self.workers.get(&worker).map(|w| w.phase) == Some(Phase::Stopping) {
                     out.push(Action::Kill { worker });
+                }
+            }
+            Timer::SettleTimeout(worker) => {
+                if self
+                    .workers
+                    .get(&worker)
+                    .is_some_and(|w| w.phase == Phase::Stopping && !w.signalled)
+                {
+                    out.push(Action::Signal { worker });
                 }
             }
         }

@@ -20,6 +20,12 @@ struct Sim {
     exit: Option<Outcome>,
     /// Spawns that should fail from now on.
     fail_spawns: bool,
+    /// Like a Node driver: on `Stop`, do not signal at once (the test feeds
+    /// `StopSignalled`, or waits for `Signal`).
+    hold_signal: bool,
+    /// Workers the machine told to be signalled now (`Action::Signal`), and
+    /// when the signal went out.
+    signalled: Vec<(WorkerId, Instant)>,
 }
 
 fn policy() -> Policy {
@@ -28,6 +34,7 @@ fn policy() -> Policy {
         readiness: Readiness::After(Duration::from_millis(1000)),
         listen_timeout: Duration::from_millis(3000),
         kill_timeout: Duration::from_millis(1600),
+        settle_timeout: Duration::from_millis(1000),
     }
 }
 
@@ -44,6 +51,8 @@ impl Sim {
             reports: Vec::new(),
             exit: None,
             fail_spawns: false,
+            hold_signal: false,
+            signalled: Vec::new(),
         };
         sim.input(Input::Command(Command::Start));
         sim
@@ -68,7 +77,13 @@ impl Sim {
                         self.input(Input::Spawned { worker, pid });
                     }
                 }
-                Action::Stop { worker } => self.stopped.push(worker),
+                Action::Stop { worker } => {
+                    self.stopped.push(worker);
+                    if !self.hold_signal {
+                        self.signal(worker);
+                    }
+                }
+                Action::Signal { worker } => self.signal(worker),
                 Action::Kill { worker } => {
                     self.killed.push(worker);
                     if self.live.contains_key(&worker) {
@@ -103,6 +118,12 @@ impl Sim {
             }
         }
         self.now = end;
+    }
+
+    /// The driver sends the stop signal and says so.
+    fn signal(&mut self, worker: WorkerId) {
+        self.signalled.push((worker, self.now));
+        self.input(Input::StopSignalled { worker });
     }
 
     fn exit(&mut self, worker: WorkerId, status: ExitStatus) {
@@ -263,6 +284,106 @@ fn graceful_stop_waits_then_kills_and_a_second_stop_kills_at_once() {
     sim.input(Input::Command(Command::Stop));
     assert_eq!(sim.killed.len(), 2);
     assert_eq!(sim.exit, Some(Outcome::Stopped));
+}
+
+/// Regression: the kill timeout used to start at `Stop`, so a driver's
+/// pre-signal phase (Node's disconnect) ate it; with a kill timeout shorter
+/// than that phase a worker was SIGKILLed without ever being signalled.
+#[test]
+fn kill_timeout_counts_from_the_signal_not_from_the_stop() {
+    let mut p = policy();
+    p.kill_timeout = Duration::from_millis(500);
+    let mut sim = Sim::new(p, 1);
+    sim.hold_signal = true;
+    let w = sim.worker_in(0);
+    sim.input(Input::Command(Command::Stop));
+    assert_eq!(sim.stopped, vec![w]);
+    // The disconnect and settle take 700 ms: longer than the kill timeout.
+    sim.advance(Duration::from_millis(700));
+    assert!(sim.killed.is_empty(), "not killed before it was signalled");
+    sim.signal(w);
+    sim.advance(Duration::from_millis(499));
+    assert!(sim.killed.is_empty(), "its 500 ms count from the signal");
+    // It takes 400 ms after the signal to exit: a clean exit, not a kill.
+    sim.advance(Duration::from_millis(1));
+    assert_eq!(sim.killed, vec![w]);
+
+    let mut sim = Sim::new(p_with_kill(500), 1);
+    sim.hold_signal = true;
+    let w = sim.worker_in(0);
+    sim.input(Input::Command(Command::Stop));
+    sim.advance(Duration::from_millis(300));
+    sim.signal(w);
+    sim.advance(Duration::from_millis(400));
+    sim.exit(w, ExitStatus::Code(0));
+    assert!(sim.killed.is_empty());
+    assert_eq!(sim.exit, Some(Outcome::Stopped));
+    assert!(sim.reports.iter().any(|r| matches!(
+        r,
+        Report::Exited {
+            status: ExitStatus::Code(0),
+            next: Next::Stopped,
+            ..
+        }
+    )));
+}
+
+fn p_with_kill(ms: u64) -> Policy {
+    let mut p = policy();
+    p.kill_timeout = Duration::from_millis(ms);
+    p
+}
+
+#[test]
+fn a_settle_phase_that_never_ends_is_cut_short_by_its_own_bound() {
+    let mut sim = Sim::new(p_with_kill(500), 1);
+    sim.hold_signal = true;
+    let w = sim.worker_in(0);
+    let t0 = sim.now;
+    sim.input(Input::Command(Command::Stop));
+    sim.advance(Duration::from_millis(999));
+    assert!(sim.signalled.is_empty());
+    sim.advance(Duration::from_millis(1));
+    // The settle bound (1 s) asks for the signal; the kill follows 500 ms later.
+    assert_eq!(sim.signalled, vec![(w, t0 + Duration::from_millis(1000))]);
+    sim.advance(Duration::from_millis(499));
+    assert!(sim.killed.is_empty());
+    sim.advance(Duration::from_millis(1));
+    assert_eq!(sim.killed, vec![w]);
+    assert_eq!(sim.exit, Some(Outcome::Stopped));
+}
+
+#[test]
+fn a_signal_after_the_settle_bound_or_twice_changes_nothing() {
+    let mut sim = Sim::new(p_with_kill(500), 1);
+    sim.hold_signal = true;
+    let w = sim.worker_in(0);
+    sim.input(Input::Command(Command::Stop));
+    sim.advance(Duration::from_millis(200));
+    sim.signal(w);
+    // The driver's late settle timer: a second StopSignalled, and the
+    // machine's own settle bound firing later, start no second kill timer.
+    sim.advance(Duration::from_millis(100));
+    sim.signal(w);
+    sim.advance(Duration::from_millis(399));
+    assert!(sim.killed.is_empty());
+    sim.advance(Duration::from_millis(1));
+    assert_eq!(sim.killed, vec![w], "killed 500 ms after the first signal");
+    assert_eq!(
+        sim.signalled.len(),
+        2,
+        "no Signal action: it was signalled before the bound"
+    );
+}
+
+#[test]
+fn a_signal_for_a_worker_that_is_not_stopping_is_ignored() {
+    let mut sim = Sim::new(p_with_kill(500), 1);
+    let w = sim.worker_in(0);
+    sim.input(Input::StopSignalled { worker: w });
+    sim.advance(Duration::from_secs(5));
+    assert!(sim.killed.is_empty());
+    assert_eq!(sim.live.len(), 1);
 }
 
 #[test]
@@ -545,6 +666,7 @@ enum Op {
     ScaleDown,
     Replace(usize),
     FailSpawns(bool),
+    HoldSignal(bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -557,6 +679,7 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::ScaleDown),
         (0..4usize).prop_map(Op::Replace),
         any::<bool>().prop_map(Op::FailSpawns),
+        any::<bool>().prop_map(Op::HoldSignal),
     ]
 }
 
@@ -593,6 +716,7 @@ proptest! {
                 Op::ScaleDown => sim.input(Input::Command(Command::ScaleDown)),
                 Op::Replace(slot) => sim.input(Input::Command(Command::Replace(slot))),
                 Op::FailSpawns(f) => sim.fail_spawns = f,
+                Op::HoldSignal(h) => sim.hold_signal = h,
             }
             // Invariants.
             let m = &sim.machine;

@@ -8,6 +8,17 @@
 //! makes async-signal-safe calls — no allocation, no locks — because herd is
 //! multi-threaded and another thread may hold the allocator's lock at the
 //! moment of the fork.
+//!
+//! Two ways in: [`spawn`] forks and blocks until the exec (tests, tools), and
+//! [`fork_on_spawner`] + [`Forked::wait_exec`] for the supervisor, which must
+//! not block its loop: the fork runs on one dedicated *spawner thread* and the
+//! exec is awaited on the CLOEXEC report pipe through the async reactor.
+//!
+//! Why a dedicated thread: `PR_SET_PDEATHSIG` (workers die with herd) fires
+//! when the *thread* that forked exits, not the process. A tokio worker or
+//! blocking-pool thread may exit while herd lives (`block_in_place`, idle
+//! blocking threads), which would SIGKILL healthy workers; the spawner thread
+//! is started once and never exits, so the signal fires only when herd dies.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -120,8 +131,236 @@ struct ChildPlan<'a> {
 /// (not found, not executable) is reported as an error and leaves no process.
 ///
 /// This blocks the calling thread until the child has called `execve` (a few
-/// hundred microseconds), which is fine on a runtime thread.
+/// hundred microseconds, more on a loaded machine), and ties the child's
+/// `PR_SET_PDEATHSIG` to the calling thread: the supervisor uses
+/// [`fork_on_spawner`] instead.
 pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
+    fork(spec)?.wait_exec_blocking()
+}
+
+/// A child between `fork` and `execve`: its pid is known (and it is herd's
+/// to reap from now on), but the exec may still fail. Finish with
+/// [`Forked::wait_exec`] or [`Forked::wait_exec_blocking`]; dropping it
+/// unwaited kills and reaps the child, so no process is ever left untracked.
+#[derive(Debug)]
+pub struct Forked {
+    pub pid: Pid,
+    /// None once handed out by a wait.
+    parts: Option<ForkedParts>,
+}
+
+#[derive(Debug)]
+struct ForkedParts {
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    /// EOF: the exec succeeded; 8 bytes: the stage and errno of a failure.
+    report: OwnedFd,
+    program: PathBuf,
+    cwd: Option<PathBuf>,
+}
+
+impl Drop for Forked {
+    fn drop(&mut self) {
+        if self.parts.is_some() {
+            let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+            reap_blocking(self.pid);
+        }
+    }
+}
+
+impl Forked {
+    /// Wait for the exec, blocking this thread.
+    pub fn wait_exec_blocking(mut self) -> io::Result<Spawned> {
+        let parts = self.parts.take().expect("waited once");
+        let mut report = [0u8; 8];
+        let mut got = 0;
+        while got < report.len() {
+            match nix::unistd::read(&parts.report, &mut report[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(parts.unreadable(self.pid, e.into())),
+            }
+        }
+        parts.finish(self.pid, &report[..got], reap_blocking)
+    }
+
+    /// Wait for the exec without blocking: the report pipe is awaited on the
+    /// runtime's reactor. Must be called inside a tokio runtime.
+    pub async fn wait_exec(mut self) -> io::Result<Spawned> {
+        use tokio::io::unix::AsyncFd;
+        let parts = self.parts.take().expect("waited once");
+        let pid = self.pid;
+        let mut report = [0u8; 8];
+        let mut got = 0;
+        let watched = set_nonblocking(&parts.report).and_then(|()| {
+            // SAFETY: the OwnedFd is moved in, so the fd stays open and the
+            // same for as long as the AsyncFd lives.
+            unsafe { AsyncFd::register_with_interest(parts.report, tokio::io::Interest::READABLE) }
+                .map_err(io::Error::from)
+        });
+        let report_fd = match watched {
+            Ok(fd) => fd,
+            Err(e) => {
+                // Cannot watch the pipe: kill and reap, off the loop.
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = tokio::task::spawn_blocking(move || reap_blocking(pid)).await;
+                return Err(with_context(
+                    e,
+                    format!(
+                        "cannot start {}: watching the exec status failed",
+                        parts.program.display()
+                    ),
+                ));
+            }
+        };
+        let mut failure = None;
+        while got < report.len() {
+            let mut ready = match report_fd.readable().await {
+                Ok(r) => r,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            match ready.try_io(|fd| {
+                nix::unistd::read(fd.get_ref(), &mut report[got..]).map_err(io::Error::from)
+            }) {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => got += n,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => {
+                    failure = Some(e);
+                    break;
+                }
+                Err(_would_block) => {}
+            }
+        }
+        let parts = ForkedParts {
+            report: report_fd.into_inner(),
+            ..parts
+        };
+        if let Some(e) = failure {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = tokio::task::spawn_blocking(move || reap_blocking(pid)).await;
+            return Err(parts.unreadable_reaped(e));
+        }
+        if got == 0 {
+            return parts.finish(pid, &[], |_| {});
+        }
+        // The exec failed: the child is exiting (127) right after its report.
+        let _ = tokio::task::spawn_blocking(move || reap_blocking(pid)).await;
+        parts.finish(pid, &report[..got], |_| {})
+    }
+}
+
+impl ForkedParts {
+    /// Reading the report failed: assume the worst, leave no process.
+    fn unreadable(self, pid: Pid, e: io::Error) -> io::Error {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        reap_blocking(pid);
+        self.unreadable_reaped(e)
+    }
+
+    fn unreadable_reaped(self, e: io::Error) -> io::Error {
+        with_context(
+            e,
+            format!(
+                "cannot start {}: reading the exec status failed",
+                self.program.display()
+            ),
+        )
+    }
+
+    /// Turn the child's report (empty: the exec succeeded) into the result;
+    /// `reap` collects a child whose exec failed.
+    fn finish(self, pid: Pid, report: &[u8], reap: impl FnOnce(Pid)) -> io::Result<Spawned> {
+        let program_display = self.program.display().to_string();
+        if report.is_empty() {
+            return Ok(Spawned {
+                pid,
+                stdout: self.stdout,
+                stderr: self.stderr,
+            });
+        }
+        reap(pid);
+        if report.len() != 8 {
+            return Err(io::Error::other(format!(
+                "cannot start {program_display}: the child failed before exec"
+            )));
+        }
+        let stage = i32::from_ne_bytes(report[..4].try_into().unwrap());
+        let errno = i32::from_ne_bytes(report[4..].try_into().unwrap());
+        Err(child_error(
+            &self.program,
+            self.cwd.as_deref(),
+            &program_display,
+            stage,
+            errno,
+        ))
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// One request to the spawner thread.
+struct Job {
+    spec: SpawnSpec,
+    /// fds that must stay open until the fork (those in `spec.fds`).
+    keep: Vec<OwnedFd>,
+    reply: tokio::sync::oneshot::Sender<io::Result<Forked>>,
+}
+
+/// Queue a job for the spawner thread, starting it on first use. The
+/// thread lives as long as the process: its queue's sender is never dropped.
+fn to_spawner(job: Job) -> io::Result<()> {
+    static SPAWNER: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>> =
+        std::sync::Mutex::new(None);
+    let mut queue = SPAWNER.lock().unwrap_or_else(|e| e.into_inner());
+    if queue.is_none() {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("herd-spawner".into())
+            .spawn(move || {
+                for job in rx {
+                    let result = fork(&job.spec);
+                    drop(job.keep);
+                    // Nobody waits any more: `Forked`'s drop kills and reaps.
+                    let _ = job.reply.send(result);
+                }
+            })
+            .map_err(|e| with_context(e, "cannot start herd's spawner thread"))?;
+        *queue = Some(tx);
+    }
+    let tx = queue.as_ref().expect("started above");
+    tx.send(job)
+        .map_err(|_| io::Error::other("herd's spawner thread is gone"))
+}
+
+/// Fork the child on the spawner thread (see the module docs) and return as
+/// soon as it exists; `keep` (the fds in `spec.fds`) is closed after the
+/// fork. Then await [`Forked::wait_exec`]. Nothing here blocks the caller's
+/// thread for longer than a channel send.
+pub async fn fork_on_spawner(spec: SpawnSpec, keep: Vec<OwnedFd>) -> io::Result<Forked> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let program = spec.program.display().to_string();
+    to_spawner(Job { spec, keep, reply })
+        .map_err(|e| with_context(e, format!("cannot start {program}")))?;
+    answer.await.unwrap_or_else(|_| {
+        Err(io::Error::other(format!(
+            "cannot start {program}: herd's spawner thread is gone"
+        )))
+    })
+}
+
+/// Everything up to the fork: prepare what the child needs, fork, and return
+/// the child's pid with the parent's ends of its pipes. Every fallible step
+/// comes before the fork, so an error leaves no process and no fd behind.
+pub fn fork(spec: &SpawnSpec) -> io::Result<Forked> {
     let program_display = spec.program.display().to_string();
 
     // --- Everything the child needs, allocated now. ---
@@ -174,6 +413,11 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
     let devnull: OwnedFd = std::fs::File::open("/dev/null")
         .map_err(|e| with_context(e, "cannot open /dev/null"))?
         .into();
+    // Our read ends are nonblocking (their own open file descriptions: the
+    // child's write ends stay blocking). Done now, so nothing after the
+    // fork can fail and leave an untracked child.
+    set_nonblocking(&out_r)?;
+    set_nonblocking(&err_r)?;
 
     let listen_pid_digits = if spec.set_listen_pid {
         // SAFETY: in bounds; the child writes at most LISTEN_PID_ROOM bytes.
@@ -238,55 +482,30 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
     drop(err_w);
     drop(devnull);
 
-    // EOF on the report pipe means the exec succeeded (it closed the
-    // close-on-exec write end); otherwise the child sends stage + errno.
-    let mut report = [0u8; 8];
-    let mut got = 0;
-    while got < report.len() {
-        match nix::unistd::read(&report_r, &mut report[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => {
-                // Cannot tell; assume the worst and make sure no process is left.
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                reap_blocking(pid);
-                return Err(with_context(
-                    io::Error::from(e),
-                    format!("cannot start {program_display}: reading the exec status failed"),
-                ));
-            }
-        }
-    }
-    if got != 0 {
-        reap_blocking(pid);
-        if got != report.len() {
-            return Err(io::Error::other(format!(
-                "cannot start {program_display}: the child failed before exec"
-            )));
-        }
-        let stage = i32::from_ne_bytes(report[..4].try_into().unwrap());
-        let errno = i32::from_ne_bytes(report[4..].try_into().unwrap());
-        return Err(child_error(spec, &program_display, stage, errno));
-    }
-
-    for fd in [&out_r, &err_r] {
-        let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
-        fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-    }
-    Ok(Spawned {
+    Ok(Forked {
         pid,
-        stdout: out_r,
-        stderr: err_r,
+        parts: Some(ForkedParts {
+            stdout: out_r,
+            stderr: err_r,
+            report: report_r,
+            program: spec.program.clone(),
+            cwd: spec.cwd.clone(),
+        }),
     })
 }
 
-fn child_error(spec: &SpawnSpec, program: &str, stage: i32, errno: i32) -> io::Error {
+fn child_error(
+    path: &Path,
+    cwd: Option<&Path>,
+    program: &str,
+    stage: i32,
+    errno: i32,
+) -> io::Error {
     let err = io::Error::from_raw_os_error(errno);
     match Stage::from_i32(stage) {
         Some(Stage::Exec) => {
             // ENOENT for a file that exists: a script whose `#!` interpreter is missing.
-            if errno == libc::ENOENT && spec.program.exists() {
+            if errno == libc::ENOENT && path.exists() {
                 with_context(
                     err,
                     format!("cannot execute {program} (its #! interpreter was not found)"),
@@ -296,7 +515,7 @@ fn child_error(spec: &SpawnSpec, program: &str, stage: i32, errno: i32) -> io::E
             }
         }
         Some(Stage::Chdir) => {
-            let dir = spec.cwd.as_deref().unwrap_or(Path::new("?")).display();
+            let dir = cwd.unwrap_or(Path::new("?")).display();
             with_context(
                 err,
                 format!("cannot start {program}: cannot change directory to {dir}"),
@@ -375,8 +594,9 @@ unsafe fn child_after_fork(plan: &mut ChildPlan<'_>) -> ! {
 
     // If herd itself is SIGKILLed, the kernel kills its workers too, so none
     // is left holding the port. (It fires when the forking *thread* exits:
-    // herd spawns from its runtime's long-lived worker threads. Grandchildren
-    // are not covered; a cgroup, as under systemd, covers them.)
+    // the supervisor forks on the spawner thread, which lives as long as the
+    // process; see the module docs. Grandchildren are not covered; a cgroup,
+    // as under systemd, covers them.)
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     if libc::getppid() != plan.parent {
         libc::_exit(1);
@@ -802,6 +1022,112 @@ mod tests {
                 t.await.unwrap();
             }
         });
+    }
+
+    fn alive(pid: Pid) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(s) => {
+                let state = s.rsplit(')').next().unwrap().split_whitespace().next();
+                state != Some("Z") && state != Some("X")
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Poll until the process is gone (or a zombie); true if it went.
+    fn dies_within(pid: Pid, d: std::time::Duration) -> bool {
+        let end = std::time::Instant::now() + d;
+        while std::time::Instant::now() < end {
+            if !alive(pid) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        !alive(pid)
+    }
+
+    /// PR_SET_PDEATHSIG fires when the forking *thread* exits. A worker
+    /// forked by the spawner thread outlives the thread that asked for it
+    /// (a runtime thread that ends); one forked directly by that thread dies
+    /// with it — the hazard the spawner thread exists for.
+    #[test]
+    fn a_worker_outlives_the_thread_that_asked_for_it() {
+        let start = |direct: bool| {
+            std::thread::spawn(move || {
+                let spec = sh_spec("exec sleep 30");
+                if direct {
+                    return spawn(&spec).unwrap().pid;
+                }
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let forked = fork_on_spawner(spec, Vec::new()).await.unwrap();
+                    forked.wait_exec().await.unwrap().pid
+                })
+            })
+            .join()
+            .unwrap()
+        };
+        let direct = start(true);
+        assert!(
+            dies_within(direct, std::time::Duration::from_secs(5)),
+            "a child forked by a thread that exited is killed (the hazard)"
+        );
+        let pid = start(false);
+        assert!(
+            !dies_within(pid, std::time::Duration::from_millis(500)),
+            "a worker forked on the spawner thread must outlive the requesting thread"
+        );
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        let _ = wait_code_or_signal(pid);
+        let _ = nix::sys::wait::waitpid(direct, None);
+    }
+
+    fn wait_code_or_signal(pid: Pid) -> nix::sys::wait::WaitStatus {
+        nix::sys::wait::waitpid(pid, None).unwrap()
+    }
+
+    #[test]
+    fn async_spawn_reports_exec_failures_and_leaves_no_process() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut spec = sh_spec("");
+            spec.program = PathBuf::from("/nonexistent/herd-prog");
+            let forked = fork_on_spawner(spec, Vec::new()).await.unwrap();
+            let pid = forked.pid;
+            let err = forked.wait_exec().await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+            // Reaped already: not our child any more.
+            assert_eq!(
+                nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+                Err(nix::errno::Errno::ECHILD)
+            );
+
+            let s = fork_on_spawner(sh_spec("echo hi"), Vec::new())
+                .await
+                .unwrap()
+                .wait_exec()
+                .await
+                .unwrap();
+            assert_eq!(read_all(s.stdout), "hi\n");
+            assert_eq!(wait_code(s.pid), 0);
+        });
+    }
+
+    #[test]
+    fn a_forked_child_dropped_unwaited_is_killed_and_reaped() {
+        let forked = fork(&sh_spec("exec sleep 30")).unwrap();
+        let pid = forked.pid;
+        drop(forked);
+        assert_eq!(
+            nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+            Err(nix::errno::Errno::ECHILD)
+        );
     }
 
     #[test]

@@ -7,11 +7,38 @@
 //! tasks (output pumps, channel readers, timers, the notify socket) only send
 //! it messages. Many apps can run in one process (the daemon); each has its
 //! own task, notify socket and SIGCHLD subscription.
+//!
+//! Memory is bounded wherever a worker can push (see [`Events`]):
+//! - Output: each pump reads a worker's pipe and `send().await`s whole lines
+//!   into the bounded event channel. When the consumer is behind, the pump
+//!   stops reading, the pipe fills, and the worker blocks in `write`, exactly
+//!   as on a slow terminal. Nothing is dropped; a line is never split, except
+//!   that one longer than [`MAX_LINE`] is cut there (the rest follows as the
+//!   next line).
+//! - IPC: one message is at most `spec.max_message_bytes` (longer ones are
+//!   refused with a warning and skipped up to the next newline, never
+//!   buffered); messages reach the app task through a bounded queue, so a
+//!   flood stops the channel reader and then the worker's `send`.
+//! - The app task never awaits the consumer: its own events (lifecycle,
+//!   warnings, messages) go to a small queue it flushes when the channel has
+//!   room, alongside its other work, so timers, exits, signals and the
+//!   cluster protocol keep running while a consumer is slow — no deadlock
+//!   between the app task and the pumps, which share the channel. While that
+//!   queue is over [`PENDING_LIMIT`] the app takes no worker message (the
+//!   messages wait in their bounded queue, then in the workers' sockets);
+//!   what remains (lifecycle reports) is bounded by the processes' own
+//!   activity, not by what a worker writes.
+//!
+//! Spawning never blocks the loop: the fork happens on the spawner thread
+//! (`os::spawn`), the exec is awaited on the reactor, and the child is
+//! tracked (killable, reaped) from the moment its pid is known.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,10 +55,35 @@ use crate::os::channel::{self, Channel};
 use crate::os::notify::NotifySocket;
 use crate::os::process::{self, ExitStatus};
 use crate::os::socket;
-use crate::os::spawn::{self, SpawnSpec};
+use crate::os::spawn::{self, SpawnSpec, Spawned};
 
 mod node;
 mod round_robin;
+
+/// The events of one app, as [`start`] returns them. Bounded (see
+/// [`EVENT_QUEUE`]): a consumer that reads slowly slows the workers' output
+/// down instead of letting herd's memory grow.
+pub type Events = mpsc::Receiver<Event>;
+
+/// Events waiting for the consumer. An output batch is at most one pipe read
+/// (64 KiB) plus a cut line ([`MAX_LINE`]), usually a few KiB: some MiB in all.
+pub const EVENT_QUEUE: usize = 64;
+/// A worker output line longer than this is cut here; the rest follows as
+/// the next line.
+pub const MAX_LINE: usize = 1 << 20;
+/// The longest a stopping worker's phase before the stop signal lasts (a
+/// Node worker's cluster `disconnect` and settle time, a round-robin
+/// worker's last hand-overs); `--kill-timeout` counts from the signal.
+pub const SETTLE_TIMEOUT: Duration = node::DISCONNECT_GRACE;
+/// How long, and how many, `READY=1` notifications from not-yet-known pids
+/// are kept.
+const UNCLAIMED_READY_FOR: Duration = Duration::from_secs(10);
+const UNCLAIMED_READY_MAX: usize = 64;
+/// Worker messages (all workers together) waiting for the app task.
+const MESSAGE_QUEUE: usize = 32;
+/// The app task stops taking worker messages while this many of its own
+/// events wait for room in the event channel.
+const PENDING_LIMIT: usize = 16;
 
 /// Which output stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,9 +117,6 @@ pub enum Event {
     /// The app is finished; no event follows.
     Exit(Outcome),
 }
-
-/// The stream of an app's [`Event`]s, from [`start`].
-pub type Events = mpsc::UnboundedReceiver<Event>;
 
 /// Whom a message goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,8 +238,9 @@ impl AppHandle {
 /// Bind the app's listeners, then start its task and its workers. Must be
 /// called inside a tokio runtime. Fails, with nothing started, if a listener
 /// cannot be bound.
-pub fn start(spec: AppSpec) -> Result<(AppHandle, mpsc::UnboundedReceiver<Event>), StartError> {
-    let (events, events_rx) = mpsc::unbounded_channel();
+pub fn start(spec: AppSpec) -> Result<(AppHandle, Events), StartError> {
+    let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let mut pending = VecDeque::new();
     let mut listeners = Vec::new();
     for (i, l) in spec.listeners.iter().enumerate() {
         let ephemeral = matches!(l.addr, ListenAddr::Tcp(a) if a.port() == 0);
@@ -200,7 +250,7 @@ pub fn start(spec: AppSpec) -> Result<(AppHandle, mpsc::UnboundedReceiver<Event>
         let reuseport = spec.balance == Balance::ReusePort;
         let fd = bind(&l.addr, reuseport)?;
         let addr = socket::local_addr(&fd).unwrap_or_else(|_| l.addr.clone());
-        let _ = events.send(Event::Listening {
+        pending.push_back(Event::Listening {
             name: l.name.clone(),
             addr: addr.clone(),
         });
@@ -214,6 +264,7 @@ pub fn start(spec: AppSpec) -> Result<(AppHandle, mpsc::UnboundedReceiver<Event>
     let notify = NotifySocket::bind().map_err(StartError::Notify)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let (internal, internal_rx) = mpsc::unbounded_channel();
+    let (messages, messages_rx) = mpsc::channel(MESSAGE_QUEUE);
     let machine = Machine::new(policy_for(&spec), spec.instances);
     let app = App {
         base_env: if spec.inherit_env {
@@ -227,10 +278,14 @@ pub fn start(spec: AppSpec) -> Result<(AppHandle, mpsc::UnboundedReceiver<Event>
         notify: Arc::new(notify),
         procs: HashMap::new(),
         servers: HashMap::new(),
+        starting: HashMap::new(),
+        unclaimed_ready: VecDeque::new(),
         events,
+        pending: RefCell::new(pending),
         internal,
+        messages,
     };
-    tokio::spawn(app.run(rx, internal_rx));
+    tokio::spawn(app.run(rx, internal_rx, messages_rx));
     let handle = AppHandle { tx };
     handle.command(Command::Start);
     Ok((handle, events_rx))
@@ -247,6 +302,7 @@ fn policy_for(spec: &AppSpec) -> Policy {
         },
         listen_timeout: spec.ready.listen_timeout,
         kill_timeout: spec.stop.kill_timeout,
+        settle_timeout: SETTLE_TIMEOUT,
     }
 }
 
@@ -309,7 +365,7 @@ struct Proc {
     /// Messages to the worker, written in order by its writer task.
     outbox: mpsc::UnboundedSender<Outgoing>,
     /// The stdout and stderr pumps; an exit is reported once they drained.
-    pumps: [tokio::task::JoinHandle<()>; 2],
+    pumps: [Pump; 2],
     /// Its side of the cluster protocol (Node workers, round-robin workers).
     peer: node::Peer,
 }
@@ -320,6 +376,48 @@ struct Outgoing {
     fd: Option<Arc<OwnedFd>>,
 }
 
+/// A worker between the fork and the exec (or before the fork).
+struct Starting {
+    slot: Slot,
+    /// Known once the fork returned; from then on the child is ours to kill.
+    pid: Option<Pid>,
+    /// A kill was asked for before the pid was known.
+    kill: bool,
+    /// It said `READY=1` before herd saw its exec succeed.
+    ready_early: bool,
+}
+
+/// A worker's output pump and what the exit report needs to know of it.
+struct Pump {
+    task: tokio::task::JoinHandle<()>,
+    /// Bumped on every read and every delivered batch.
+    progress: Arc<AtomicU64>,
+    /// True while it waits for room in the event channel.
+    blocked: Arc<AtomicBool>,
+}
+
+/// What a worker's channel reader hands the app task, in the channel's order
+/// (through the bounded message queue).
+enum FromWorker {
+    /// A JSON value arrived.
+    Message {
+        worker: WorkerId,
+        value: serde_json::Value,
+    },
+    /// Something that is not JSON arrived.
+    BadMessage { worker: WorkerId, error: String },
+    /// A message over the size cap was refused and skipped; `size` is its
+    /// length in bytes (`complete`: up to its newline; else the channel
+    /// ended first and it was at least that long).
+    Oversized {
+        worker: WorkerId,
+        size: usize,
+        complete: bool,
+    },
+    /// The channel reached EOF.
+    Closed { worker: WorkerId },
+}
+
 /// Messages from the app's helper tasks to the app task.
 enum Internal {
     Timer(Timer),
@@ -328,24 +426,21 @@ enum Internal {
         worker: WorkerId,
         status: ExitStatus,
     },
-    /// A JSON value arrived on a worker's channel.
-    Message {
-        worker: WorkerId,
-        value: serde_json::Value,
-    },
-    /// A worker's channel sent something that is not JSON.
-    BadMessage {
-        worker: WorkerId,
-        error: String,
-    },
     /// The notify socket got a datagram.
     Notify {
         pid: Pid,
         text: String,
     },
-    /// The worker's channel reached EOF.
-    ChannelClosed {
+    /// The fork of a worker returned: the child exists.
+    Forked {
         worker: WorkerId,
+        pid: Pid,
+    },
+    /// The worker's exec succeeded (or it could not be started at all).
+    SpawnDone {
+        worker: WorkerId,
+        result: io::Result<Spawned>,
+        channel: Arc<Channel>,
     },
     /// herd accepted a connection on a round-robin socket.
     Accepted {
@@ -371,8 +466,17 @@ struct App {
     procs: HashMap<WorkerId, Proc>,
     /// Sockets handed out by the cluster protocol, by key.
     servers: HashMap<String, node::Server>,
-    events: mpsc::UnboundedSender<Event>,
+    /// Workers whose spawn is under way.
+    starting: HashMap<WorkerId, Starting>,
+    /// `READY=1` from a pid herd does not know yet (the worker was faster
+    /// than the news of its fork): claimed by `Forked`, forgotten after
+    /// [`UNCLAIMED_READY_FOR`]; at most [`UNCLAIMED_READY_MAX`].
+    unclaimed_ready: VecDeque<(Pid, Instant)>,
+    events: mpsc::Sender<Event>,
+    /// The app's own events waiting for room in `events` (see the module docs).
+    pending: RefCell<VecDeque<Event>>,
     internal: mpsc::UnboundedSender<Internal>,
+    messages: mpsc::Sender<FromWorker>,
 }
 
 impl App {
@@ -380,6 +484,7 @@ impl App {
         mut self,
         mut requests: mpsc::UnboundedReceiver<Request>,
         mut internal: mpsc::UnboundedReceiver<Internal>,
+        mut messages: mpsc::Receiver<FromWorker>,
     ) {
         let mut sigchld = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
         {
@@ -406,12 +511,33 @@ impl App {
         if self.generic_round_robin() {
             self.open_listener_servers();
         }
+        let events = self.events.clone();
         while !self.machine.finished() {
+            let backlog = self.pending.borrow().len();
             tokio::select! {
                 Some(request) = requests.recv() => self.request(request),
                 Some(msg) = internal.recv() => self.internal(msg),
+                Some(msg) = messages.recv(), if backlog < PENDING_LIMIT => self.worker_message(msg),
+                room = events.reserve(), if backlog > 0 => match room {
+                    Ok(permit) => {
+                        if let Some(event) = self.pending.borrow_mut().pop_front() {
+                            permit.send(event);
+                        }
+                    }
+                    // Nobody listens any more: drop what waits.
+                    Err(_) => self.pending.borrow_mut().clear(),
+                },
                 _ = sigchld.recv() => self.reap(),
                 _ = poll.tick() => self.reap(),
+            }
+        }
+        // The last events (the exit among them) reach the consumer.
+        loop {
+            let Some(event) = self.pending.borrow_mut().pop_front() else {
+                break;
+            };
+            if events.send(event).await.is_err() {
+                break;
             }
         }
         notify_task.abort();
@@ -465,8 +591,17 @@ impl App {
         }
     }
 
+    /// Queue an event for the consumer; never waits (see the module docs).
     fn event(&self, event: Event) {
-        let _ = self.events.send(event);
+        let mut pending = self.pending.borrow_mut();
+        if pending.is_empty() {
+            match self.events.try_send(event) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => (),
+                Err(mpsc::error::TrySendError::Full(event)) => pending.push_back(event),
+            }
+        } else {
+            pending.push_back(event);
+        }
     }
 
     fn input(&mut self, input: Input) {
@@ -479,22 +614,29 @@ impl App {
     fn act(&mut self, action: Action) {
         match action {
             Action::Spawn { slot, worker } => {
-                let input = match self.spawn(slot, worker) {
-                    Ok(pid) => Input::Spawned {
-                        worker,
-                        pid: pid.as_raw() as u32,
-                    },
-                    Err(e) => Input::SpawnFailed {
+                // Answered later (`Internal::SpawnDone`), unless it cannot
+                // even be asked for.
+                if let Err(e) = self.spawn(slot, worker) {
+                    self.input(Input::SpawnFailed {
                         worker,
                         error: e.to_string(),
-                    },
-                };
-                self.input(input);
+                    });
+                }
             }
             Action::Stop { worker } => self.stop(worker),
+            Action::Signal { worker } => {
+                self.stop_signal(worker);
+                // Even if it is gone already: the machine waits for this.
+                self.input(Input::StopSignalled { worker });
+            }
             Action::Kill { worker } => {
                 if let Some(p) = self.procs.get(&worker) {
                     let _ = process::signal_group(p.pid, Signal::SIGKILL);
+                } else if let Some(s) = self.starting.get_mut(&worker) {
+                    s.kill = true;
+                    if let Some(pid) = s.pid {
+                        kill_starting(pid);
+                    }
                 }
             }
             Action::SetTimer { timer, after } => {
@@ -581,16 +723,28 @@ impl App {
         self.spec.balance == Balance::RoundRobin && self.spec.kind == WorkerKind::Generic
     }
 
-    fn spawn(&mut self, slot: Slot, worker: WorkerId) -> io::Result<Pid> {
-        let mut fds = if self.generic_round_robin() {
+    /// Start spawning a worker: everything that can fail without a process
+    /// is done here; the fork runs on the spawner thread and the exec is
+    /// awaited by a helper task, which reports `Forked` and `SpawnDone`.
+    fn spawn(&mut self, slot: Slot, worker: WorkerId) -> io::Result<()> {
+        let raw = if self.generic_round_robin() {
             Vec::new()
         } else {
             self.slot_fds(slot)?
         };
-        let listen_fds = fds.len();
+        // Our own copies, open until the fork even if a socket closes meanwhile.
+        let mut keep = Vec::with_capacity(raw.len() + 1);
+        for fd in raw {
+            // SAFETY: `fd` belongs to a listener of ours, open right now.
+            keep.push(unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?);
+        }
+        let listen_fds = keep.len();
         let (ours, theirs) = channel::pair()?;
-        let channel_fd = 3 + fds.len();
-        fds.push(theirs.as_raw_fd());
+        // Before the fork: a channel that cannot be set up leaves no process.
+        let channel = Arc::new(Channel::new(ours)?);
+        let channel_fd = 3 + keep.len();
+        keep.push(theirs);
+        let fds: Vec<RawFd> = keep.iter().map(|fd| fd.as_raw_fd()).collect();
 
         let mut env = self.base_env.clone();
         let mut set = |k: &str, v: String| env.push((k.into(), v.into()));
@@ -624,38 +778,91 @@ impl App {
 
         let mut argv: Vec<OsString> = vec![self.spec.program.clone().into_os_string()];
         argv.extend(self.spec.args.iter().map(OsString::from));
-        let spawned = spawn::spawn(&SpawnSpec {
+        let spec = SpawnSpec {
             program: self.spec.program.clone(),
             argv,
             env,
             cwd: self.spec.cwd.clone(),
             fds,
             set_listen_pid: listen_fds > 0,
-        })?;
-        drop(theirs);
+        };
+        let tx = self.internal.clone();
+        tokio::spawn(async move {
+            let result = match spawn::fork_on_spawner(spec, keep).await {
+                Ok(forked) => {
+                    let _ = tx.send(Internal::Forked {
+                        worker,
+                        pid: forked.pid,
+                    });
+                    forked.wait_exec().await
+                }
+                Err(e) => Err(e),
+            };
+            let _ = tx.send(Internal::SpawnDone {
+                worker,
+                result,
+                channel,
+            });
+        });
+        self.starting.insert(
+            worker,
+            Starting {
+                slot,
+                pid: None,
+                kill: false,
+                ready_early: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// The exec of a worker succeeded (or the spawn failed): set up its
+    /// output, its channel and its record, and tell the machine.
+    fn spawn_done(&mut self, worker: WorkerId, result: io::Result<Spawned>, channel: Arc<Channel>) {
+        let Some(starting) = self.starting.remove(&worker) else {
+            return;
+        };
+        let spawned = match result {
+            Ok(s) => s,
+            Err(e) => {
+                return self.input(Input::SpawnFailed {
+                    worker,
+                    error: e.to_string(),
+                })
+            }
+        };
+        let slot = starting.slot;
         let pid = spawned.pid;
         let raw_pid = pid.as_raw() as u32;
-
+        // Nothing from here on can fail: the process is tracked in `procs`
+        // and reaped like any other, whatever becomes of its pipes.
+        if starting.kill {
+            let _ = process::signal_group(pid, Signal::SIGKILL);
+        }
         // Output pumps; the exit is reported only after both drained.
-        let stdout = tokio::spawn(pump(
+        let stdout = start_pump(
             spawned.stdout,
             slot,
             raw_pid,
             Stream::Stdout,
             self.events.clone(),
-        ));
-        let stderr = tokio::spawn(pump(
+        );
+        let stderr = start_pump(
             spawned.stderr,
             slot,
             raw_pid,
             Stream::Stderr,
             self.events.clone(),
-        ));
+        );
 
-        let channel = Arc::new(Channel::new(ours)?);
         let (outbox, outbox_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_channel(channel.clone(), outbox_rx));
-        tokio::spawn(read_channel(channel, worker, self.internal.clone()));
+        tokio::spawn(read_channel(
+            channel,
+            worker,
+            self.spec.max_message_bytes,
+            self.messages.clone(),
+        ));
 
         self.procs.insert(
             worker,
@@ -670,16 +877,24 @@ impl App {
         if self.generic_round_robin() {
             self.join_listener_servers(worker);
         }
-        Ok(pid)
+        self.input(Input::Spawned {
+            worker,
+            pid: raw_pid,
+        });
+        if starting.ready_early {
+            self.input(Input::Ready { worker });
+        }
     }
 
     fn stop(&mut self, worker: WorkerId) {
         if !self.node_stop(worker) {
             self.signal_stop(worker);
+            self.input(Input::StopSignalled { worker });
         }
     }
 
     /// Ask the worker to finish: the kill signal to its group, or the message.
+    /// The caller tells the machine (`Input::StopSignalled`).
     fn signal_stop(&mut self, worker: WorkerId) {
         let Some(p) = self.procs.get(&worker) else {
             return;
@@ -736,13 +951,32 @@ impl App {
         };
         let tx = self.internal.clone();
         tokio::spawn(async move {
-            // A grandchild that left the process group may hold the pipes open.
-            let [stdout, stderr] = proc.pumps;
-            let drained = async move {
-                let _ = stdout.await;
-                let _ = stderr.await;
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(1), drained).await;
+            // Its output comes before its exit. A pump waiting for room in
+            // the event channel (a slow consumer) is waited for as long as it
+            // takes; one that has read nothing for a second is given up on: a
+            // grandchild that left the process group may hold the pipe open.
+            let [mut stdout, mut stderr] = proc.pumps;
+            loop {
+                let before = stdout.progress.load(Ordering::Relaxed)
+                    + stderr.progress.load(Ordering::Relaxed);
+                let drained = async {
+                    let _ = (&mut stdout.task).await;
+                    let _ = (&mut stderr.task).await;
+                };
+                if tokio::time::timeout(Duration::from_secs(1), drained)
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                let after = stdout.progress.load(Ordering::Relaxed)
+                    + stderr.progress.load(Ordering::Relaxed);
+                let blocked = stdout.blocked.load(Ordering::Relaxed)
+                    || stderr.blocked.load(Ordering::Relaxed);
+                if after == before && !blocked {
+                    break;
+                }
+            }
             let _ = tx.send(Internal::Exited { worker, status });
         });
     }
@@ -751,27 +985,103 @@ impl App {
         match msg {
             Internal::Timer(timer) => self.input(Input::Timer(timer)),
             Internal::Exited { worker, status } => self.input(Input::Exited { worker, status }),
-            Internal::Message { worker, value } => self.message(worker, value),
-            Internal::BadMessage { worker, error } => {
-                if let Some(slot) = self.machine.slot_of(worker) {
-                    self.event(Event::Warning(format!(
-                        "worker {slot} sent a message that is not JSON ({error}); ignored it"
-                    )));
+            Internal::Forked { worker, pid } => {
+                let early = self.claim_ready(pid);
+                if let Some(s) = self.starting.get_mut(&worker) {
+                    s.pid = Some(pid);
+                    s.ready_early |= early;
+                    if s.kill {
+                        kill_starting(pid);
+                    }
                 }
             }
-            Internal::ChannelClosed { worker } => self.channel_closed(worker),
             Internal::Accepted { key, conn } => self.dispatch(&key, conn),
             Internal::AnswerDue { worker } => self.answer_due(worker),
+            Internal::SpawnDone {
+                worker,
+                result,
+                channel,
+            } => self.spawn_done(worker, result, channel),
             Internal::StopSignal { worker } => self.stop_signal(worker),
             Internal::Notify { pid, text } => {
-                let Some(worker) = self.worker_of_pid(pid) else {
+                if !text.lines().any(|l| l.trim() == "READY=1") {
                     return;
-                };
-                if text.lines().any(|l| l.trim() == "READY=1") {
+                }
+                if let Some(worker) = self.worker_of_pid(pid) {
                     self.input(Input::Ready { worker });
+                } else if let Some(s) = self.starting_of_pid(pid) {
+                    // Faster than herd noticed its exec: remembered for then.
+                    s.ready_early = true;
+                } else {
+                    // Faster than herd learned its pid: kept for `Forked`.
+                    let now = Instant::now();
+                    self.unclaimed_ready
+                        .retain(|(_, at)| now.duration_since(*at) < UNCLAIMED_READY_FOR);
+                    if self.unclaimed_ready.len() >= UNCLAIMED_READY_MAX {
+                        self.unclaimed_ready.pop_front();
+                    }
+                    // By its group: a worker leads its own (pgid = pid).
+                    let group = nix::unistd::getpgid(Some(pid)).unwrap_or(pid);
+                    self.unclaimed_ready.push_back((group, now));
                 }
             }
         }
+    }
+
+    /// What a worker's channel reader delivered.
+    fn worker_message(&mut self, msg: FromWorker) {
+        match msg {
+            FromWorker::Message { worker, value } => self.message(worker, value),
+            FromWorker::BadMessage { worker, error } => {
+                if let Some(p) = self.procs.get(&worker) {
+                    self.event(Event::Warning(format!(
+                        "worker {} (pid {}) sent a message that is not JSON ({error}); ignored it",
+                        p.slot, p.pid
+                    )));
+                }
+            }
+            FromWorker::Oversized {
+                worker,
+                size,
+                complete,
+            } => {
+                if let Some(p) = self.procs.get(&worker) {
+                    let max = self.spec.max_message_bytes;
+                    let at_least = if complete { "" } else { "at least " };
+                    self.event(Event::Warning(format!(
+                        "worker {} (pid {}) sent an IPC message of {at_least}{} ({size} bytes), over the limit of {} (max_message_bytes); refused it and skipped to the next message",
+                        p.slot,
+                        p.pid,
+                        crate::describe::bytes(size as u64),
+                        crate::describe::bytes(max as u64),
+                    )));
+                }
+            }
+            FromWorker::Closed { worker } => self.channel_closed(worker),
+        }
+    }
+
+    /// Did the child `pid` (or a process in its group) say `READY=1`
+    /// before herd knew it?
+    fn claim_ready(&mut self, pid: Pid) -> bool {
+        let now = Instant::now();
+        self.unclaimed_ready
+            .retain(|(_, at)| now.duration_since(*at) < UNCLAIMED_READY_FOR);
+        match self.unclaimed_ready.iter().position(|(p, _)| *p == pid) {
+            Some(i) => {
+                self.unclaimed_ready.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A worker still being spawned whose pid (or group) is `pid`.
+    fn starting_of_pid(&mut self, pid: Pid) -> Option<&mut Starting> {
+        let group = nix::unistd::getpgid(Some(pid)).ok();
+        self.starting
+            .values_mut()
+            .find(|s| s.pid.is_some() && (s.pid == Some(pid) || s.pid == group))
     }
 
     /// The worker a pid belongs to: the worker itself or a process in its group.
@@ -802,58 +1112,126 @@ impl App {
     }
 }
 
-/// Forward a worker's output as whole lines. A line is never split (up to
-/// 1 MiB; a longer one is cut there) and a worker is never blocked: the pipe
-/// is read as fast as it fills.
-async fn pump(
+/// Kill a child whose exec herd has not seen yet: the process itself (it may
+/// not have made its own process group yet) and its group.
+fn kill_starting(pid: Pid) {
+    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+    let _ = process::signal_group(pid, Signal::SIGKILL);
+}
+
+fn start_pump(
     fd: OwnedFd,
     slot: Slot,
     pid: u32,
     stream: Stream,
-    events: mpsc::UnboundedSender<Event>,
-) {
-    const MAX_LINE: usize = 1 << 20;
+    events: mpsc::Sender<Event>,
+) -> Pump {
+    let progress = Arc::new(AtomicU64::new(0));
+    let blocked = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn(pump(
+        fd,
+        PumpInfo {
+            slot,
+            pid,
+            stream,
+            progress: progress.clone(),
+            blocked: blocked.clone(),
+        },
+        events,
+    ));
+    Pump {
+        task,
+        progress,
+        blocked,
+    }
+}
+
+struct PumpInfo {
+    slot: Slot,
+    pid: u32,
+    stream: Stream,
+    progress: Arc<AtomicU64>,
+    blocked: Arc<AtomicBool>,
+}
+
+impl PumpInfo {
+    /// Deliver a batch of whole lines, waiting for room; false when nobody
+    /// listens any more.
+    async fn deliver(&self, events: &mpsc::Sender<Event>, lines: Vec<u8>) -> bool {
+        let event = Event::Output {
+            slot: self.slot,
+            pid: self.pid,
+            stream: self.stream,
+            lines,
+        };
+        let sent = match events.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                self.blocked.store(true, Ordering::Relaxed);
+                let sent = events.send(event).await.is_ok();
+                self.blocked.store(false, Ordering::Relaxed);
+                sent
+            }
+        };
+        self.progress.fetch_add(1, Ordering::Relaxed);
+        sent
+    }
+}
+
+/// Forward a worker's output as whole lines, with backpressure: the next
+/// read waits until the batch before it found room in the event channel, so
+/// a slow consumer leaves the data in the pipe and the worker waits in
+/// `write`. A line is never split, except one longer than [`MAX_LINE`],
+/// which is cut there (the rest follows as the next line). A last line
+/// without a newline gets one. Memory: one read (64 KiB) plus one unfinished
+/// line (at most [`MAX_LINE`]).
+async fn pump(fd: OwnedFd, info: PumpInfo, events: mpsc::Sender<Event>) {
     let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 64 * 1024];
+    // Where the unfinished line starts in `buf`.
+    let mut line_start = 0;
     loop {
         let n = match pipe.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        info.progress.fetch_add(1, Ordering::Relaxed);
+        let mut scan = buf.len();
         buf.extend_from_slice(&chunk[..n]);
-        let cut = match buf.iter().rposition(|&b| b == b'\n') {
-            Some(i) => i + 1,
-            None if buf.len() >= MAX_LINE => {
-                buf.push(b'\n');
-                buf.len()
+        loop {
+            // A line ends at its newline, or is cut after MAX_LINE bytes.
+            let limit = line_start + MAX_LINE;
+            let end = buf.len().min(limit + 1);
+            match buf[scan..end].iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    line_start = scan + i + 1;
+                    scan = line_start;
+                }
+                None if buf.len() > limit => {
+                    buf.insert(limit, b'\n');
+                    line_start = limit + 1;
+                    scan = line_start;
+                }
+                None => break,
             }
-            None => continue,
-        };
-        let rest = buf.split_off(cut);
+        }
+        if line_start == 0 {
+            continue;
+        }
+        let rest = buf.split_off(line_start);
         let lines = std::mem::replace(&mut buf, rest);
-        if events
-            .send(Event::Output {
-                slot,
-                pid,
-                stream,
-                lines,
-            })
-            .is_err()
-        {
+        line_start = 0;
+        if !info.deliver(&events, lines).await {
             return;
         }
     }
     if !buf.is_empty() {
         buf.push(b'\n');
-        let _ = events.send(Event::Output {
-            slot,
-            pid,
-            stream,
-            lines: buf,
-        });
+        info.deliver(&events, buf).await;
     }
 }
 
@@ -866,59 +1244,247 @@ async fn write_channel(channel: Arc<Channel>, mut outbox: mpsc::UnboundedReceive
     }
 }
 
-/// Read a worker's channel: newline-delimited JSON, fds alongside.
+/// Read a worker's channel: newline-delimited JSON, fds alongside. One
+/// message is at most `max` bytes: a longer one is refused (reported as
+/// `Oversized`) and skipped up to its newline without being kept, so memory
+/// stays at `max` plus one read. Each message waits for room in the bounded
+/// queue to the app task before the next read: a flood backs up into the
+/// socket and then into the worker's `send`.
 async fn read_channel(
     channel: Arc<Channel>,
     worker: WorkerId,
-    tx: mpsc::UnboundedSender<Internal>,
+    max: usize,
+    tx: mpsc::Sender<FromWorker>,
 ) {
-    /// A single message larger than this is dropped, not buffered forever.
-    const MAX_MESSAGE: usize = 64 << 20;
     let mut buf = Vec::with_capacity(4096);
     let mut fds = Vec::new();
+    // Complete messages before `start` were handled; `scanned` bytes of the
+    // current one hold no newline.
     let mut scanned = 0;
-    let mut skipping = false;
+    // Bytes of an oversized message dropped so far (skipping to its newline).
+    let mut skipped: Option<usize> = None;
     loop {
-        match channel.recv(&mut buf, &mut fds).await {
-            Ok(0) if fds.is_empty() => {
-                let _ = tx.send(Internal::ChannelClosed { worker });
-                break;
+        let closed = match channel.recv(&mut buf, &mut fds).await {
+            Ok(0) => fds.is_empty(),
+            Ok(_) => false,
+            Err(_) => true,
+        };
+        if closed {
+            if let Some(size) = skipped {
+                let _ = tx
+                    .send(FromWorker::Oversized {
+                        worker,
+                        size: size + buf.len(),
+                        complete: false,
+                    })
+                    .await;
             }
-            Ok(_) => {}
-            Err(_) => {
-                let _ = tx.send(Internal::ChannelClosed { worker });
-                break;
-            }
+            let _ = tx.send(FromWorker::Closed { worker }).await;
+            break;
         }
         // No fd is expected from a worker yet; closing them keeps us from leaking.
         fds.clear();
-        while let Some(i) = buf[scanned..].iter().position(|&b| b == b'\n') {
-            let end = scanned + i;
-            if !skipping {
-                let msg = match serde_json::from_slice::<serde_json::Value>(&buf[..end]) {
-                    Ok(value) => Internal::Message { worker, value },
-                    Err(e) => Internal::BadMessage {
-                        worker,
-                        error: e.to_string(),
+        let mut start = 0;
+        while let Some(i) = buf[start + scanned..].iter().position(|&b| b == b'\n') {
+            let end = start + scanned + i;
+            let msg = if let Some(dropped) = skipped.take() {
+                Some(FromWorker::Oversized {
+                    worker,
+                    size: dropped + (end - start),
+                    complete: true,
+                })
+            } else if end - start > max {
+                Some(FromWorker::Oversized {
+                    worker,
+                    size: end - start,
+                    complete: true,
+                })
+            } else if buf[start..end].iter().all(u8::is_ascii_whitespace) {
+                None
+            } else {
+                Some(
+                    match serde_json::from_slice::<serde_json::Value>(&buf[start..end]) {
+                        Ok(value) => FromWorker::Message { worker, value },
+                        Err(e) => FromWorker::BadMessage {
+                            worker,
+                            error: e.to_string(),
+                        },
                     },
-                };
-                if tx.send(msg).is_err() {
+                )
+            };
+            if let Some(msg) = msg {
+                if tx.send(msg).await.is_err() {
                     return;
                 }
             }
-            skipping = false;
-            buf.drain(..=end);
+            start = end + 1;
             scanned = 0;
         }
+        buf.drain(..start);
         scanned = buf.len();
-        if buf.len() > MAX_MESSAGE {
-            let _ = tx.send(Internal::BadMessage {
-                worker,
-                error: format!("a message longer than {} MiB", MAX_MESSAGE >> 20),
-            });
+        if skipped.is_some() || buf.len() > max {
+            // Over the cap with no end in sight: drop it as it comes.
+            skipped = Some(skipped.unwrap_or(0) + buf.len());
             buf.clear();
             scanned = 0;
-            skipping = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn pipe() -> (OwnedFd, std::fs::File) {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let flags = nix::fcntl::OFlag::from_bits_retain(
+            nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_GETFL).unwrap(),
+        );
+        nix::fcntl::fcntl(
+            &r,
+            nix::fcntl::FcntlArg::F_SETFL(flags | nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        (r, std::fs::File::from(w))
+    }
+
+    /// Every line the pump delivered, in order.
+    async fn lines_of(events: &mut Events) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(e) = events.recv().await {
+            let Event::Output { lines, .. } = e else {
+                panic!("not output")
+            };
+            assert!(lines.ends_with(b"\n"), "a batch holds whole lines");
+            out.extend(lines.split_inclusive(|&b| b == b'\n').map(|l| l.to_vec()));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn pump_cuts_long_lines_at_exactly_max_line_and_ends_the_last_one() {
+        let (r, mut w) = pipe();
+        let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
+        let pump = start_pump(r, 0, 1, Stream::Stdout, tx);
+        let writer = std::thread::spawn(move || {
+            let exact = vec![b'a'; MAX_LINE];
+            w.write_all(&exact).unwrap();
+            w.write_all(b"\n").unwrap();
+            w.write_all(&vec![b'b'; MAX_LINE + 5]).unwrap();
+            w.write_all(b"\nshort\ntail").unwrap();
+        });
+        let lines = lines_of(&mut rx).await;
+        writer.join().unwrap();
+        pump.task.await.unwrap();
+        let shape: Vec<(u8, usize)> = lines.iter().map(|l| (l[0], l.len() - 1)).collect();
+        assert_eq!(
+            shape,
+            vec![
+                (b'a', MAX_LINE),
+                (b'b', MAX_LINE),
+                (b'b', 5),
+                (b's', 5),
+                (b't', 4)
+            ],
+            "a line of exactly MAX_LINE is whole; a longer one is cut there; the last gets its newline"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pump_stops_reading_while_the_consumer_is_behind_and_loses_nothing() {
+        let (r, mut w) = pipe();
+        let (tx, mut rx) = mpsc::channel(1);
+        let pump = start_pump(r, 0, 1, Stream::Stdout, tx);
+        const N: usize = 100_000;
+        let writer = std::thread::spawn(move || {
+            for i in 0..N {
+                writeln!(w, "line {i:>8} {}", "x".repeat(80)).unwrap();
+            }
+        });
+        // Nobody reads: the writer is held back by the full pipe (10 MB
+        // cannot fit in a 64 KiB pipe and one queued batch).
+        let stalled = Instant::now();
+        while stalled.elapsed() < Duration::from_millis(300) {
+            assert!(
+                !writer.is_finished(),
+                "the writer must wait for the consumer"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            pump.blocked.load(Ordering::Relaxed),
+            "the pump waits for room"
+        );
+        let lines = lines_of(&mut rx).await;
+        writer.join().unwrap();
+        assert_eq!(lines.len(), N);
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(
+                *l,
+                format!("line {i:>8} {}\n", "x".repeat(80)).into_bytes(),
+                "line {i}"
+            );
+        }
+    }
+
+    /// Everything the reader hands over, rendered for comparison.
+    async fn read_all(
+        worker_side: impl FnOnce(std::os::unix::net::UnixStream) + Send + 'static,
+        max: usize,
+    ) -> Vec<String> {
+        let (ours, theirs) = channel::pair().unwrap();
+        let channel = Arc::new(Channel::new(ours).unwrap());
+        let (tx, mut rx) = mpsc::channel(MESSAGE_QUEUE);
+        let reader = tokio::spawn(read_channel(channel, WorkerId(7), max, tx));
+        let writer = std::thread::spawn(move || worker_side(theirs.into()));
+        let mut out = Vec::new();
+        while let Some(m) = rx.recv().await {
+            out.push(match m {
+                FromWorker::Message { value, .. } => format!("message {value}"),
+                FromWorker::BadMessage { .. } => "bad".to_string(),
+                FromWorker::Oversized { size, complete, .. } => {
+                    format!("oversized {size} {complete}")
+                }
+                FromWorker::Closed { .. } => "closed".to_string(),
+            });
+        }
+        writer.join().unwrap();
+        reader.await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn channel_refuses_oversized_messages_and_resynchronises() {
+        let got = read_all(
+            |mut w| {
+                w.write_all(b"{\"a\":1}\n").unwrap();
+                // Over the cap, sent in pieces; then one exactly at the cap.
+                let big = format!("\"{}\"\n", "z".repeat(3_000_000));
+                for piece in big.as_bytes().chunks(100_000) {
+                    w.write_all(piece).unwrap();
+                }
+                w.write_all(format!("\"{}\"\n{{\"b\":2}}\n", "y".repeat(1000 - 2)).as_bytes())
+                    .unwrap();
+                w.write_all(b"not json\n\"cut\"").unwrap();
+                // Closed in the middle of an oversized message.
+                w.write_all(&vec![b'q'; 5000]).unwrap();
+            },
+            1000,
+        )
+        .await;
+        let y = format!("message \"{}\"", "y".repeat(998));
+        assert_eq!(
+            got,
+            vec![
+                "message {\"a\":1}".to_string(),
+                "oversized 3000002 true".into(),
+                y,
+                "message {\"b\":2}".into(),
+                "bad".into(),
+                "oversized 5005 false".into(),
+                "closed".into(),
+            ]
+        );
     }
 }

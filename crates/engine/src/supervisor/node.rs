@@ -20,7 +20,9 @@
 //! `disconnect` (the worker closes its servers, so the kernel stops queueing
 //! connections for it; in round-robin it also leaves the rotation at once),
 //! then, once it has closed them and a short settle time has passed, the
-//! kill signal.
+//! kill signal. That phase is bounded by the machine's settle timeout
+//! ([`DISCONNECT_GRACE`]; `Action::Signal` cuts it short), and the kill
+//! timeout counts only from the signal (`Input::StopSignalled`).
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
@@ -41,8 +43,9 @@ use crate::os::socket;
 /// before the app's shutdown handler closes idle sockets.
 pub(super) const SETTLE: Duration = Duration::from_millis(200);
 /// Send the kill signal at the latest this long after `disconnect`, even if
-/// the worker never confirmed it closed its servers.
-const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
+/// the worker never confirmed it closed its servers (the machine's
+/// `settle_timeout`, which asks for the signal with `Action::Signal`).
+pub(super) const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
 /// A handle the worker refuses (NACK) is sent again this many times.
 const HANDLE_RETRIES: u8 = 3;
 
@@ -624,8 +627,12 @@ impl App {
             }
             // Requests already on their way (a keep-alive client's next
             // one) get the settle time to arrive before the app drains; a
-            // worker still holding handed connections, the grace at most.
-            self.signal_after(worker, if waiting { DISCONNECT_GRACE } else { SETTLE });
+            // worker still holding handed connections gets the signal once
+            // it took them (`conn_answered`), or at the machine's settle
+            // bound (DISCONNECT_GRACE).
+            if !waiting {
+                self.signal_after(worker, SETTLE);
+            }
             return true;
         }
         if !node || p.peer.keys.is_empty() {
@@ -633,7 +640,8 @@ impl App {
         }
         p.peer.disconnecting = true;
         let seq = p.peer.next_seq();
-        if self.spec.stop.shutdown_with_message {
+        let shutdown_message = self.spec.stop.shutdown_with_message;
+        if shutdown_message {
             // Before disconnect, which closes the channel.
             self.send_line(worker, b"\"shutdown\"\n".to_vec());
             if let Some(p) = self.procs.get_mut(&worker) {
@@ -644,7 +652,12 @@ impl App {
             worker,
             line(&json!({"cmd": "NODE_CLUSTER", "act": "disconnect", "seq": seq})),
         );
-        self.signal_after(worker, DISCONNECT_GRACE);
+        if shutdown_message {
+            // The message is the stop signal: the kill timeout starts now.
+            self.input(Input::StopSignalled { worker });
+        }
+        // The signal follows once it closed its servers, or at the
+        // machine's settle bound (DISCONNECT_GRACE).
         true
     }
 
@@ -668,6 +681,7 @@ impl App {
         if !p.peer.shutdown_sent {
             self.signal_stop(worker);
         }
+        self.input(Input::StopSignalled { worker });
     }
 }
 

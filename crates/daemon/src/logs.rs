@@ -40,14 +40,33 @@ impl LogFile {
         &self.path
     }
 
-    /// Append whole lines, rotating first if they would take the file past
-    /// its size limit (a batch is never split over two files).
+    /// Append whole lines, rotating before any line that would take the file
+    /// past its size limit (a line is never split over two files; one longer
+    /// than the limit gets a file of its own).
     pub fn write(&mut self, lines: &[u8]) -> io::Result<()> {
-        if self.max_size > 0 && self.size > 0 && self.size + lines.len() as u64 > self.max_size {
-            self.rotate()?;
+        let mut rest = lines;
+        while !rest.is_empty() {
+            let room = self.max_size.saturating_sub(self.size);
+            let take = if self.max_size == 0 || rest.len() as u64 <= room {
+                rest.len()
+            } else {
+                // As many whole lines as fit; rotate first if none does.
+                match rest[..room as usize].iter().rposition(|&b| b == b'\n') {
+                    Some(i) => i + 1,
+                    None if self.size > 0 => {
+                        self.rotate()?;
+                        continue;
+                    }
+                    None => rest
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map_or(rest.len(), |i| i + 1),
+                }
+            };
+            self.file.write_all(&rest[..take])?;
+            self.size += take as u64;
+            rest = &rest[take..];
         }
-        self.file.write_all(lines)?;
-        self.size += lines.len() as u64;
         Ok(())
     }
 
@@ -217,6 +236,20 @@ mod tests {
             "line 2\n"
         );
         assert!(!dir.path().join("app-out.log.3").exists());
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_limit_is_split_at_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.log");
+        let mut log = LogFile::open(&path, 16, 3).unwrap();
+        log.write(b"aaaaaa\nbbbbbb\ncccccc\nthis one is long\n")
+            .unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "this one is long\n");
+        let one = fs::read_to_string(dir.path().join("b.log.1")).unwrap();
+        let two = fs::read_to_string(dir.path().join("b.log.2")).unwrap();
+        assert_eq!(one, "cccccc\n");
+        assert_eq!(two, "aaaaaa\nbbbbbb\n");
     }
 
     #[test]

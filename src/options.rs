@@ -85,8 +85,9 @@ pub struct AppOptions {
     #[arg(long, default_value = "always", value_parser = parsed::<RestartMode>, value_name = "WHEN")]
     pub restart: RestartMode,
 
-    /// First delay before restarting a worker that crashed young; doubles with each crash.
-    #[arg(long, default_value = "100ms", value_parser = duration, value_name = "DURATION")]
+    /// First delay before restarting a worker that crashed young; doubles with each crash
+    /// (pm2's --exp-backoff-restart-delay).
+    #[arg(long, visible_alias = "exp-backoff-restart-delay", default_value = "100ms", value_parser = duration, value_name = "DURATION")]
     pub restart_delay: Duration,
 
     /// The most the restart delay grows to.

@@ -76,7 +76,8 @@ pub enum Input {
 }
 
 /// Requests from outside: signals, the CLI, the library.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Command {
     /// Start every slot (once, at the beginning).
     Start,
@@ -134,7 +135,8 @@ pub enum Action {
 }
 
 /// Why the machine finished.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Stopped on request.
     Stopped,
@@ -145,23 +147,25 @@ pub enum Outcome {
 }
 
 /// Why a reload was abandoned.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AbortReason {
     /// The replacement exited before it was ready.
     Exited(ExitStatus),
     /// The replacement could not be started.
     SpawnFailed(String),
     /// The replacement was not ready within the listen timeout.
-    NotReady(Duration),
+    NotReady(#[serde(with = "crate::config::duration_ms")] Duration),
     /// A stop was requested.
     Stopping,
 }
 
 /// What happens to a slot after its worker exited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Next {
     /// A replacement starts after this delay (zero: at once).
-    RestartIn(Duration),
+    RestartIn(#[serde(with = "crate::config::duration_ms")] Duration),
     /// The worker was being stopped; nothing follows.
     Stopped,
     /// The restart mode says not to restart it.
@@ -172,8 +176,9 @@ pub enum Next {
     Replaced,
 }
 
-/// Events for the user.
-#[derive(Debug, Clone, PartialEq)]
+/// Events for the user. As JSON: `{"exited": {"slot": 1, …}}`, durations in milliseconds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Report {
     Online {
         slot: Slot,
@@ -187,6 +192,7 @@ pub enum Report {
         slot: Slot,
         pid: u32,
         status: ExitStatus,
+        #[serde(with = "crate::config::duration_ms")]
         uptime: Duration,
         next: Next,
     },
@@ -218,7 +224,7 @@ pub enum Report {
     /// A command that cannot apply now, and why.
     Refused {
         command: Command,
-        reason: &'static str,
+        reason: std::borrow::Cow<'static, str>,
     },
 }
 
@@ -1086,7 +1092,10 @@ impl Machine {
 }
 
 fn refused(command: Command, reason: &'static str) -> Action {
-    Action::Report(Report::Refused { command, reason })
+    Action::Report(Report::Refused {
+        command,
+        reason: reason.into(),
+    })
 }
 
 #[cfg(test)]

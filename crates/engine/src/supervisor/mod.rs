@@ -86,14 +86,17 @@ const MESSAGE_QUEUE: usize = 32;
 const PENDING_LIMIT: usize = 16;
 
 /// Which output stream a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Stream {
     Stdout,
     Stderr,
 }
 
-/// What an app tells the outside world.
-#[derive(Debug)]
+/// What an app tells the outside world. As JSON (`{"lifecycle": {"ready": {…}}}`),
+/// a worker's output is text (invalid UTF-8 replaced).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Event {
     /// A listener is bound (before any worker starts, or when a worker asks for one).
     Listening { name: String, addr: ListenAddr },
@@ -104,6 +107,7 @@ pub enum Event {
         slot: Slot,
         pid: u32,
         stream: Stream,
+        #[serde(with = "lines_text")]
         lines: Vec<u8>,
     },
     /// A message a worker sent on its IPC channel (`process.send(x)`).
@@ -116,6 +120,17 @@ pub enum Event {
     Warning(String),
     /// The app is finished; no event follows.
     Exit(Outcome),
+}
+
+/// Serde for a worker's output as text.
+mod lines_text {
+    pub fn serialize<S: serde::Serializer>(lines: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(lines))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        <String as serde::Deserialize>::deserialize(d).map(String::into_bytes)
+    }
 }
 
 /// Whom a message goes to.
@@ -1486,5 +1501,32 @@ mod tests {
                 "closed".into(),
             ]
         );
+    }
+
+    #[test]
+    fn events_round_trip_as_json() {
+        use crate::machine::{Next, Report};
+        let events = vec![
+            Event::Lifecycle(Report::Exited {
+                slot: 1,
+                pid: 42,
+                status: ExitStatus::Signal(Signal::SIGKILL),
+                uptime: Duration::from_millis(1500),
+                next: Next::RestartIn(Duration::from_millis(100)),
+            }),
+            Event::Output {
+                slot: 0,
+                pid: 7,
+                stream: Stream::Stderr,
+                lines: b"oops\n".to_vec(),
+            },
+            Event::Exit(crate::machine::Outcome::Stopped),
+        ];
+        let text = serde_json::to_string(&events).unwrap();
+        assert!(text.contains(r#""uptime":1500"#), "{text}");
+        assert!(text.contains(r#""signal":"SIGKILL""#), "{text}");
+        assert!(text.contains(r#""lines":"oops\n""#), "{text}");
+        let back: Vec<Event> = serde_json::from_str(&text).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), text);
     }
 }

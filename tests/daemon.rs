@@ -668,3 +668,168 @@ fn a_node_app_started_from_the_cli_gets_the_cli_environment() {
     let (status, _) = http_get(&addr, "/", Duration::from_secs(5)).unwrap();
     assert_eq!(status, 200);
 }
+
+#[test]
+fn a_config_file_starts_its_apps_and_starting_it_again_reloads_them() {
+    let d = Daemon::new();
+    let dir = TempDir::new("daemon-file");
+    let file = dir.join("apps.json");
+    let write = |instances: u32, greeting: &str| {
+        let json = serde_json::json!({
+            "apps": [{
+                "name": "api",
+                "script": worker_bin(),
+                "interpreter": "none",
+                "instances": instances,
+                "listen": ["127.0.0.1:0"],
+                "env": { "GREETING": greeting },
+                "env_production": { "GREETING": "prod" },
+            }]
+        });
+        std::fs::write(&file, json.to_string()).unwrap();
+    };
+    write(1, "hi");
+    d.ok(&["start", file.to_str().unwrap()]);
+    let first = d.wait_online("api", 1);
+    let env_of = |d: &Daemon| -> String {
+        let show: Value = serde_json::from_str(&d.ok(&["show", "api", "--json"])).unwrap();
+        show["definition"]["spec"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|kv| kv[0] == "GREETING")
+            .map(|kv| kv[1].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(env_of(&d), "hi");
+    // The same file again, changed: a rolling reload onto the new definition
+    // (pm2's missing "full reload"), the profile picked with --env.
+    write(2, "hi");
+    d.ok(&["start", file.to_str().unwrap(), "--env", "production"]);
+    let second = d.wait_online("api", 2);
+    assert!(
+        second.iter().all(|p| !first.contains(p)),
+        "{first:?} {second:?}"
+    );
+    assert_eq!(env_of(&d), "prod");
+    assert_eq!(d.list().len(), 1);
+
+    // A broken file changes nothing and names the file.
+    std::fs::write(&file, r#"{"apps": [{"name": "api", "script": 12}]}"#).unwrap();
+    let err = d.fails(&["start", file.to_str().unwrap()], 2);
+    assert!(err.contains("apps.json"), "{err}");
+    assert_eq!(d.wait_online("api", 2), second);
+}
+
+#[test]
+fn logs_follow_new_lines_as_json() {
+    let d = Daemon::new();
+    let addr = d.start_fixture("web", &["-i", "1"]);
+    d.wait_online("web", 1);
+    let mut follow = d
+        .command(&["logs", "web", "--out", "--json", "--lines", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Lines written after `logs` started arrive, one JSON object each.
+    let mut got = Vec::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        let _ = http_get(&addr, "/spam?n=3&len=5", Duration::from_secs(5));
+        while let Ok(line) = rx.try_recv() {
+            got.push(line);
+        }
+        got.len() >= 3
+    });
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(ok, "{got:?}");
+    let first: Value = serde_json::from_str(&got[0]).unwrap();
+    assert_eq!(first["app"], "web");
+    assert_eq!(first["stream"], "out");
+    assert!(
+        first["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spam 0 xxxxx"),
+        "{first}"
+    );
+}
+
+#[test]
+fn sigusr1_reopens_the_log_files_for_logrotate() {
+    let d = Daemon::new();
+    let addr = d.start_fixture("web", &["-i", "1"]);
+    d.wait_online("web", 1);
+    let log = d.path().join("logs/web-out.log");
+    http_get(&addr, "/spam?n=1&len=1", Duration::from_secs(5)).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("spam 0")
+    }));
+    // logrotate moves the file away, then tells the daemon.
+    let moved = d.path().join("logs/web-out.log.rotated");
+    std::fs::rename(&log, &moved).unwrap();
+    kill(Pid::from_raw(d.daemon_pid().unwrap()), Signal::SIGUSR1).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        let _ = http_get(&addr, "/spam?n=1&len=2", Duration::from_secs(5));
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("spam 0 xx end")
+    }));
+    assert!(!std::fs::read_to_string(&moved)
+        .unwrap()
+        .contains("spam 0 xx end"));
+}
+
+#[test]
+fn startup_prints_a_notify_unit_that_resurrects() {
+    let d = Daemon::new();
+    let unit = d.ok(&["startup"]);
+    assert!(unit.contains("Type=notify"), "{unit}");
+    assert!(
+        unit.contains(&format!("ExecStart={} daemon --resurrect", herd_bin())),
+        "{unit}"
+    );
+    assert!(
+        unit.contains(&format!("HERD_HOME={}", d.path().display())),
+        "{unit}"
+    );
+}
+
+#[test]
+fn the_daemon_tells_its_service_manager_it_is_ready() {
+    let home = TempDir::new("daemon-notify");
+    let sock_path = home.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut daemon = Command::new(herd_bin())
+        .arg("daemon")
+        .env("HERD_HOME", home.join("h"))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let got = sock.recv(&mut buf).map(|n| text(&buf[..n]));
+    let _ = kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM);
+    let status = daemon.wait().unwrap();
+    let got = got.expect("a notification");
+    assert!(got.contains("READY=1"), "{got}");
+    assert!(status.success(), "{status}");
+}

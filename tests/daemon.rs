@@ -833,3 +833,27 @@ fn the_daemon_tells_its_service_manager_it_is_ready() {
     assert!(got.contains("READY=1"), "{got}");
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn list_answers_at_once_while_a_reload_is_pending() {
+    let d = Daemon::new();
+    d.start_fixture("web", &["-i", "1", "--ready-delay", "3s"]);
+    d.wait_online("web", 1);
+    let mut reload = d
+        .command(&["reload", "web"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || d.app("web")
+        ["status"]
+        == "reloading"));
+    let started = std::time::Instant::now();
+    let app = d.app("web");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "list waited {:?} for the reload",
+        started.elapsed()
+    );
+    assert_eq!(app["workers"].as_array().unwrap().len(), 2, "{app:#}");
+    assert!(reload.wait().unwrap().success());
+}

@@ -68,17 +68,35 @@ pub struct Envelope {
     pub reply: oneshot::Sender<Reply>,
 }
 
-/// The sending side of an app's command queue.
+impl AppCommand {
+    /// Answered at once, even while a command is pending (it changes nothing
+    /// a pending command waits on).
+    fn is_query(&self) -> bool {
+        matches!(
+            self,
+            AppCommand::Info(_) | AppCommand::Def(_) | AppCommand::ReopenLogs
+        )
+    }
+}
+
+/// The sending side of an app's command queue (and of its query queue).
 #[derive(Debug, Clone)]
 pub struct AppRef {
     tx: mpsc::Sender<Envelope>,
+    queries: mpsc::Sender<Envelope>,
 }
 
 impl AppRef {
     /// Queue a command and wait for its result (an ended actor is an error).
+    /// Queries skip the queue of commands.
     pub async fn ask(&self, command: AppCommand) -> Reply {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Envelope { command, reply }).await.is_err() {
+        let queue = if command.is_query() {
+            &self.queries
+        } else {
+            &self.tx
+        };
+        if queue.send(Envelope { command, reply }).await.is_err() {
             return Err("the app is gone (deleted meanwhile)".into());
         }
         rx.await
@@ -101,6 +119,7 @@ impl AppRef {
 /// Start the actor for app `id`; it starts no worker until told [`AppCommand::Start`].
 pub fn spawn(id: u32, def: AppDef, home: &Home) -> Result<AppRef, String> {
     let (tx, rx) = mpsc::channel(64);
+    let (queries, queries_rx) = mpsc::channel(64);
     let logs = Logs::open(&def, home)?;
     let actor = Actor {
         id,
@@ -116,8 +135,8 @@ pub fn spawn(id: u32, def: AppDef, home: &Home) -> Result<AppRef, String> {
         outcome: None,
         deleted: false,
     };
-    tokio::spawn(actor.run(rx));
-    Ok(AppRef { tx })
+    tokio::spawn(actor.run(rx, queries_rx));
+    Ok(AppRef { tx, queries })
 }
 
 /// The app's two log files.
@@ -167,8 +186,8 @@ impl Logs {
             Ok(()) => self.failed = false,
             Err(e) if !self.failed => {
                 self.failed = true;
-                eprintln!(
-                    "herd: app {app}: cannot write {}: {e}; its output is lost until it can",
+                crate::say!(
+                    "app {app}: cannot write {}: {e}; its output is lost until it can",
                     file.path().display()
                 );
             }
@@ -234,10 +253,14 @@ impl Actor {
     }
 
     fn say(&self, text: impl std::fmt::Display) {
-        eprintln!("herd: app {}: {text}", self.name());
+        crate::say!("app {}: {text}", self.name());
     }
 
-    async fn run(mut self, mut commands: mpsc::Receiver<Envelope>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Envelope>,
+        mut queries: mpsc::Receiver<Envelope>,
+    ) {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.deleted {
@@ -253,6 +276,7 @@ impl Actor {
                         break;
                     }
                 },
+                Some(e) = queries.recv() => self.begin(e.command, e.reply).await,
                 event = next_event(&mut self.events) => self.on_event(event),
                 _ = tick.tick() => self.sample().await,
             }

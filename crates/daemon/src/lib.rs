@@ -40,6 +40,19 @@ pub mod server;
 
 pub use home::Home;
 
+/// One line of the daemon's own log (its stderr: `$HERD_HOME/herd.log`, or
+/// the journal under systemd), with the time first: `2026-12-02T13:45:01.123+00:00 herd: …`.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        eprintln!(
+            "{} herd: {}",
+            chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%.3f%:z"),
+            format_args!($($arg)*)
+        )
+    };
+}
+
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -36,8 +36,8 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
     let listener = UnixListener::bind(&path).map_err(listen_err)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
     let ctx = Ctx::new(home.clone());
-    eprintln!(
-        "herd: daemon {} listening on {} (HERD_HOME={})",
+    crate::say!(
+        "daemon {} listening on {} (HERD_HOME={})",
         std::process::id(),
         path.display(),
         home.root().display()
@@ -50,8 +50,8 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
 
     if options.resurrect && home.dump().exists() {
         match handlers::handle(&ctx, Request::Resurrect).await {
-            Response::Error { message, .. } => eprintln!("herd: resurrect: {message}"),
-            _ => eprintln!("herd: resurrected the saved apps"),
+            Response::Error { message, .. } => crate::say!("resurrect: {message}"),
+            _ => crate::say!("resurrected the saved apps"),
         }
     }
     let _ = herd_engine::os::notify::notify(&format!(
@@ -69,19 +69,19 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
                     tokio::spawn(async move { client(ctx, stream, own_uid).await });
                 }
                 Err(e) => {
-                    eprintln!("herd: cannot accept a connection: {e}");
+                    crate::say!("cannot accept a connection: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
             _ = ctx.shutdown.notified() => break,
             _ = sigterm.recv() => {
-                eprintln!("herd: SIGTERM: stopping every app");
+                crate::say!("SIGTERM: stopping every app");
                 let _ = herd_engine::os::notify::notify("STOPPING=1");
                 handlers::stop_all(&ctx).await;
                 break;
             }
             _ = sigint.recv() => {
-                eprintln!("herd: SIGINT: stopping every app");
+                crate::say!("SIGINT: stopping every app");
                 let _ = herd_engine::os::notify::notify("STOPPING=1");
                 handlers::stop_all(&ctx).await;
                 break;
@@ -96,7 +96,7 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
         }
     }
     let _ = std::fs::remove_file(&path);
-    eprintln!("herd: daemon {} exits", std::process::id());
+    crate::say!("daemon {} exits", std::process::id());
     Ok(0)
 }
 
@@ -149,7 +149,7 @@ async fn client(ctx: Arc<Ctx>, stream: UnixStream, own_uid: u32) {
         Ok(Ok(None)) => return,
         Ok(Err(FrameError::Closed)) => return,
         Ok(Err(e)) => {
-            eprintln!("herd: a client sent something unreadable ({e}); closed its connection");
+            crate::say!("a client sent something unreadable ({e}); closed its connection");
             return;
         }
         Err(_) => return,

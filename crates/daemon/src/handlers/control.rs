@@ -15,7 +15,10 @@ pub async fn each(ctx: &Arc<Ctx>, selector: &str, command: impl Fn() -> AppComma
         Err(r) => return r,
     };
     if entries.is_empty() {
-        return usage("no apps yet: start one with `herd start app.js`");
+        // `all` with no apps: nothing to do (scripts may run `herd delete all`).
+        return Response::Done {
+            message: "no apps".into(),
+        };
     }
     combine(ask_all(&entries, command).await)
 }

@@ -248,7 +248,11 @@ pub async fn supervise(spec: AppSpec) -> Result<i32, Error> {
                 Err(_) => break 1, // the output thread is gone
             },
             event = events.recv(), if room.is_some() => {
-                let Some(event) = event else { break 1 };
+                let Some(event) = event else {
+                    // The app's task ended without saying why: it panicked.
+                    eprintln!("herd: the supervisor's app task ended unexpectedly (a bug in herd; please report it); stopping");
+                    break 1;
+                };
                 let permit = room.take().expect("reserved");
                 let mut exit = None;
                 let write = match event {

@@ -12,7 +12,6 @@
 //!
 //! | | `herd.toml` | pm2 files (`.js`, `.json`, `.yaml`) |
 //! |---|---|---|
-//! | `instances` not given | `max` (as `herd start`) | 1 (as pm2) |
 //! | `restart_delay = D` | first delay, doubling up to `max_restart_delay` (at least D) | a fixed delay D (pm2) |
 //!
 //! Unknown keys are warnings (returned, for the CLI to print); a value of the
@@ -960,13 +959,8 @@ fn build(
 
     let mut o = AppOptions::defaults();
     o.name = Some(name);
-    if dialect == Dialect::Pm2 {
-        // pm2 starts one instance unless told otherwise.
-        o.instances = Instances::Count(1);
-    }
-    if let Some(v) = raw.instances {
-        o.instances = v;
-    }
+    // One instance unless told otherwise, as under pm2 and `herd start`.
+    o.instances = Some(raw.instances.unwrap_or(Instances::Count(1)));
     if let Some(v) = raw.listen {
         o.listen = v;
     }

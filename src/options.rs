@@ -56,8 +56,9 @@ pub fn env_arg(s: &str) -> Result<EnvArg, String> {
 #[derive(Args, Debug, Clone)]
 pub struct AppOptions {
     /// Number of workers: a number, or `max` for one per usable CPU (affinity and cgroup quota).
-    #[arg(short = 'i', long, default_value = "max", value_parser = parsed::<Instances>, value_name = "N|max")]
-    pub instances: Instances,
+    /// Default: `max` for `herd run`; 1 for `herd start` and config files, as under pm2.
+    #[arg(short = 'i', long, value_parser = parsed::<Instances>, value_name = "N|max")]
+    pub instances: Option<Instances>,
 
     /// A socket to bind once and pass to every worker (LISTEN_FDS): HOST:PORT, [::1]:PORT or unix:PATH; repeatable.
     #[arg(long = "listen", value_name = "[NAME=]ADDR", value_parser = parsed::<ListenSpec>)]
@@ -241,7 +242,7 @@ pub fn app_def(
             keep: daemon.log_keep,
         },
         max_memory_restart: daemon.max_memory_restart,
-        instances_max: app.instances == Instances::Max,
+        instances_max: app.instances == Some(Instances::Max),
     })
 }
 
@@ -340,7 +341,7 @@ impl AppOptions {
             }
         }
         spec.instance_var = self.instance_var.clone();
-        spec.instances = self.instances.resolve();
+        spec.instances = self.instances.unwrap_or(Instances::Max).resolve();
         spec.listeners = self.listen.clone();
         spec.balance = balance_for(
             self.balance,
@@ -448,7 +449,7 @@ mod tests {
     #[test]
     fn defaults_match_the_command_line() {
         let d = AppOptions::defaults();
-        assert_eq!(d.instances, Instances::Max);
+        assert_eq!(d.instances, None);
         assert_eq!(d.kill_timeout, Duration::from_millis(1600));
         assert_eq!(DaemonOptions::defaults().log_max_size, 10 << 20);
     }

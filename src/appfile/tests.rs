@@ -89,7 +89,7 @@ fn herd_toml_two_apps_and_a_profile() {
     let web = &apps[0];
     assert_eq!(web.options.name.as_deref(), Some("web"));
     assert_eq!(web.command, ["server.js", "--port", "8000", "two words"]);
-    assert_eq!(web.options.instances, Instances::Count(4));
+    assert_eq!(web.options.instances, Some(Instances::Count(4)));
     assert_eq!(web.options.listen.len(), 2);
     assert_eq!(web.options.listen[1].name, "admin");
     assert_eq!(web.options.balance, Some(Balance::RoundRobin));
@@ -114,8 +114,8 @@ fn herd_toml_two_apps_and_a_profile() {
     let worker = &apps[1];
     assert_eq!(worker.options.name.as_deref(), Some("worker"));
     assert_eq!(worker.command, ["./worker", "--queue", "jobs"]);
-    // herd.toml keeps herd's defaults.
-    assert_eq!(worker.options.instances, Instances::Max);
+    // One instance unless told otherwise, as under `herd start`.
+    assert_eq!(worker.options.instances, Some(Instances::Count(1)));
     assert_eq!(worker.options.kill_timeout, Duration::from_secs(12));
     assert_eq!(worker.options.restart, RestartMode::OnFailure);
     assert_eq!(worker.options.kill_signal, Signal::SIGTERM);
@@ -262,7 +262,7 @@ fn check_pm2_apps(apps: &[FileApp], dir: &Path) {
     let api = &apps[0];
     assert_eq!(api.options.name.as_deref(), Some("api"));
     assert_eq!(api.command, ["./hello.js", "--port", "3000"]);
-    assert_eq!(api.options.instances, Instances::Max);
+    assert_eq!(api.options.instances, Some(Instances::Max));
     assert_eq!(api.options.kill_timeout, Duration::from_secs(3));
     assert_eq!(api.options.listen_timeout, Duration::from_secs(8));
     assert!(api.options.wait_ready);
@@ -297,7 +297,7 @@ fn check_pm2_apps(apps: &[FileApp], dir: &Path) {
     assert_eq!(worker.options.name.as_deref(), Some("worker"));
     assert_eq!(worker.command, ["worker.js"]);
     // pm2 starts one instance unless told otherwise.
-    assert_eq!(worker.options.instances, Instances::Count(1));
+    assert_eq!(worker.options.instances, Some(Instances::Count(1)));
     assert_eq!(worker.options.restart, RestartMode::Never);
     assert_eq!(worker.options.restart_delay, Duration::from_millis(100));
     assert_eq!(worker.options.max_restart_delay, PM2_MAX_BACKOFF);
@@ -346,7 +346,7 @@ fn pm2_ecosystem_js_reads_like_its_json() {
     );
     let (apps, _) = load(&mjs, None).unwrap();
     assert_eq!(apps[0].command, ["a.js"]);
-    assert_eq!(apps[0].options.instances, Instances::Count(2));
+    assert_eq!(apps[0].options.instances, Some(Instances::Count(2)));
 
     // A .js file in a package of ES modules (`"type": "module"`) is imported.
     let esm = dir.path().join("esm");

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 
 use clap::Args;
-use herd_protocol::{AppInfo, Request, Response};
+use herd_protocol::{AppInfo, Request, Response, WorkerInfo};
 
 use super::client;
 
@@ -100,7 +100,58 @@ impl Paint {
     }
 }
 
-/// The table: `id name mode online pid uptime ↺ status cpu mem`, 78 columns.
+/// One line of the table; empty cells are blank.
+#[derive(Default)]
+struct Row {
+    id: String,
+    name: String,
+    mode: String,
+    online: String,
+    pid: String,
+    uptime: String,
+    restarts: String,
+    status: String,
+    cpu: String,
+    mem: String,
+}
+
+impl Row {
+    /// The cells a worker fills: pid, uptime, restarts, status, cpu, memory.
+    fn worker(w: &WorkerInfo, restarts: u64, status: &str) -> Row {
+        let running = w.pid.is_some();
+        Row {
+            pid: w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            uptime: if running {
+                uptime(w.uptime_ms)
+            } else {
+                "-".into()
+            },
+            restarts: restarts.to_string(),
+            status: status.to_string(),
+            cpu: format!("{:.0}%", w.cpu_percent),
+            mem: memory(w.memory_bytes),
+            ..Row::default()
+        }
+    }
+
+    fn print(&self, paint: &Paint) {
+        println!(
+            "{:<4}{:<18}{:<8}{:<7}{:<8}{:<7}{:<5}{}{:>5} {:>7}",
+            self.id,
+            fit(&self.name, 17),
+            self.mode,
+            self.online,
+            self.pid,
+            self.uptime,
+            self.restarts,
+            paint.status(&self.status, 10),
+            self.cpu,
+            self.mem,
+        );
+    }
+}
+
+/// The table: `id name mode online pid uptime ↺ status cpu mem`, 80 columns.
 pub fn print_table(apps: &[AppInfo]) {
     let paint = Paint {
         on: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
@@ -118,67 +169,34 @@ pub fn print_table(apps: &[AppInfo]) {
     }
     for app in apps {
         let restarts: u64 = app.workers.iter().map(|w| w.restarts).sum();
-        let online = format!("{}/{}", app.online, app.instances);
-        let single = app.workers.len() == 1;
-        if single {
-            let w = &app.workers[0];
-            println!(
-                "{:<4}{:<18}{:<8}{:<7}{:<8}{:<7}{:<5}{}{:>5} {:>7}",
-                app.id,
-                fit(&app.name, 17),
-                app.mode,
-                online,
-                w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                if w.pid.is_some() {
-                    uptime(w.uptime_ms)
-                } else {
-                    "-".into()
-                },
-                restarts,
-                paint.status(&app.status, 10),
-                format!("{:.0}%", w.cpu_percent),
-                memory(w.memory_bytes),
-            );
+        // One worker: one line. More: the app's totals, then a line per worker.
+        let mut row = match app.workers.as_slice() {
+            [w] => Row::worker(w, restarts, &app.status),
+            workers => Row {
+                restarts: restarts.to_string(),
+                status: app.status.clone(),
+                cpu: format!("{:.0}%", workers.iter().map(|w| w.cpu_percent).sum::<f64>()),
+                mem: memory(workers.iter().map(|w| w.memory_bytes).sum()),
+                ..Row::default()
+            },
+        };
+        row.id = app.id.to_string();
+        row.name = app.name.clone();
+        row.mode = app.mode.clone();
+        row.online = format!("{}/{}", app.online, app.instances);
+        row.print(&paint);
+        if app.workers.len() == 1 {
             continue;
         }
-        let cpu: f64 = app.workers.iter().map(|w| w.cpu_percent).sum();
-        let mem: u64 = app.workers.iter().map(|w| w.memory_bytes).sum();
-        println!(
-            "{:<4}{:<18}{:<8}{:<7}{:<8}{:<7}{:<5}{}{:>5} {:>7}",
-            app.id,
-            fit(&app.name, 17),
-            app.mode,
-            online,
-            "",
-            "",
-            restarts,
-            paint.status(&app.status, 10),
-            format!("{cpu:.0}%"),
-            memory(mem),
-        );
         for (i, w) in app.workers.iter().enumerate() {
             let branch = if i + 1 == app.workers.len() {
                 "└"
             } else {
                 "├"
             };
-            println!(
-                "{:<4}{:<18}{:<8}{:<7}{:<8}{:<7}{:<5}{}{:>5} {:>7}",
-                "",
-                format!(" {branch} worker {}", w.id),
-                "",
-                "",
-                w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                if w.pid.is_some() {
-                    uptime(w.uptime_ms)
-                } else {
-                    "-".into()
-                },
-                w.restarts,
-                paint.status(&w.status, 10),
-                format!("{:.0}%", w.cpu_percent),
-                memory(w.memory_bytes),
-            );
+            let mut row = Row::worker(w, w.restarts, &w.status);
+            row.name = format!(" {branch} worker {}", w.id);
+            row.print(&paint);
         }
     }
 }

@@ -17,6 +17,9 @@ use crate::{Error, Options};
 
 /// How long a client may take to send its hello and its request.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the socket's backlog, so a
+/// client opening connections in a loop cannot grow the daemon.
+const MAX_CLIENTS: usize = 128;
 
 /// Whether a peer with `peer` uid may use a daemon run by `own`: the same
 /// user, or root (who could read the socket anyway).
@@ -61,12 +64,16 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
     ));
 
     let own_uid = nix::unistd::geteuid().as_raw();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+            accepted = accept(&listener, &slots) => match accepted {
+                Ok((stream, slot)) => {
                     let ctx = ctx.clone();
-                    tokio::spawn(async move { client(ctx, stream, own_uid).await });
+                    tokio::spawn(async move {
+                        client(ctx, stream, own_uid).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     crate::say!("cannot accept a connection: {e}");
@@ -98,6 +105,20 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
     let _ = std::fs::remove_file(&path);
     crate::say!("daemon {} exits", std::process::id());
     Ok(0)
+}
+
+/// The next connection, once fewer than [`MAX_CLIENTS`] are being served.
+async fn accept(
+    listener: &UnixListener,
+    slots: &Arc<tokio::sync::Semaphore>,
+) -> std::io::Result<(UnixStream, tokio::sync::OwnedSemaphorePermit)> {
+    let slot = slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed");
+    let (stream, _) = listener.accept().await?;
+    Ok((stream, slot))
 }
 
 /// One CLI connection: check the peer, hello, one request, one response.

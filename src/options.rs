@@ -283,7 +283,7 @@ impl AppOptions {
         let cwd_base = cwd.clone().unwrap_or_else(|| base.to_path_buf());
         let path = match &interpreter {
             Some(interp) => {
-                let script = cwd_base.join(program);
+                let script = clean(&cwd_base.join(program));
                 if !script.is_file() {
                     return Err(UsageError(format!(
                         "cannot run '{program}': no such file in {}; give the path of the script",
@@ -303,7 +303,9 @@ impl AppOptions {
             None => {
                 // `./server` is relative to the working directory; `server` is looked up in PATH.
                 let candidate = if program.contains('/') {
-                    cwd_base.join(program).to_string_lossy().into_owned()
+                    clean(&cwd_base.join(program))
+                        .to_string_lossy()
+                        .into_owned()
                 } else {
                     program.clone()
                 };
@@ -382,6 +384,13 @@ impl AppOptions {
         };
         Ok(spec)
     }
+}
+
+/// `path` without its `.` components (`/srv/app/./server.js` → `/srv/app/server.js`).
+fn clean(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| *c != std::path::Component::CurDir)
+        .collect()
 }
 
 /// Which interpreter runs `program`, and whether it is a Node worker:

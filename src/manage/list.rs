@@ -270,6 +270,8 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
             "ready",
             if spec.ready.wait_ready {
                 format!("when it says so, within {}", d(spec.ready.listen_timeout))
+            } else if spec.kind == herd_engine::config::WorkerKind::Node {
+                format!("when it listens, within {}", d(spec.ready.listen_timeout))
             } else {
                 format!("after {}", d(spec.ready.ready_delay))
             },

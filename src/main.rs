@@ -50,7 +50,10 @@ fn main() {
     // As a container's PID 1, `run` and `daemon` put a tiny init in front of
     // themselves (reaps orphans, forwards signals): see herd_engine::os::init.
     // Here, before any thread exists.
-    if matches!(cli.command, Cmd::Run(_) | Cmd::Manage(manage::Verb::Daemon(_))) {
+    if matches!(
+        cli.command,
+        Cmd::Run(_) | Cmd::Manage(manage::Verb::Daemon(_))
+    ) {
         herd_engine::os::init::init();
     }
     let result = match cli.command {

@@ -36,10 +36,7 @@ fn str_list(v: &Value) -> Vec<String> {
 /// The one Deployment in `name`, and its one container.
 fn deployment(name: &str) -> (Value, Value) {
     let docs = documents(name);
-    let deployments: Vec<&Value> = docs
-        .iter()
-        .filter(|d| d["kind"] == "Deployment")
-        .collect();
+    let deployments: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Deployment").collect();
     assert_eq!(deployments.len(), 1, "{name}: one Deployment");
     let d = deployments[0].clone();
     assert_eq!(d["apiVersion"], "apps/v1", "{name}");
@@ -130,7 +127,12 @@ fn the_daemon_manifest_probes_the_health_endpoints_and_is_scraped() {
 
     // The app the probe asks about is the one the image's app list defines,
     // with the kill timeout the grace period must cover.
-    let app = ready["path"].as_str().unwrap().split("app=").nth(1).unwrap();
+    let app = ready["path"]
+        .as_str()
+        .unwrap()
+        .split("app=")
+        .nth(1)
+        .unwrap();
     let herd_toml: toml::Value =
         toml::from_str(&std::fs::read_to_string(deploy("herd.toml")).unwrap()).unwrap();
     let def = herd_toml["apps"]
@@ -188,10 +190,7 @@ fn the_dockerfile_makes_herd_pid_1() {
     assert_eq!(entrypoints[0][1], "run");
     assert_eq!(entrypoints[1][1], "daemon");
     assert!(
-        text.lines()
-            .filter(|l| l.starts_with("FROM "))
-            .count()
-            >= 3,
+        text.lines().filter(|l| l.starts_with("FROM ")).count() >= 3,
         "multi-stage"
     );
     assert!(text.contains("COPY deploy/herd.toml"));

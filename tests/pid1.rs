@@ -69,7 +69,10 @@ struct Ns {
 impl Ns {
     fn start(args: &[&str], env: &[(&str, &Path)]) -> Ns {
         let dir = TempDir::new("pid1");
-        eprintln!("$ unshare --pid --fork --mount-proc herd {}", args.join(" "));
+        eprintln!(
+            "$ unshare --pid --fork --mount-proc herd {}",
+            args.join(" ")
+        );
         let mut cmd = Command::new("unshare");
         cmd.args(["--pid", "--fork", "--mount-proc", herd_bin()])
             .args(args)
@@ -231,11 +234,7 @@ fn orphaning_worker(dir: &Path) -> PathBuf {
         ),
     )
     .unwrap();
-    std::fs::set_permissions(
-        &path,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     path
 }
 
@@ -270,16 +269,11 @@ fn assert_orphans_reaped(ns: &Ns) {
 
 fn listen_addr(stderr: &str) -> Option<String> {
     let rest = stderr.split("herd: listening on ").nth(1)?;
-    Some(
-        rest.split([',', ' ', '\n'])
-            .next()?
-            .trim()
-            .to_string(),
-    )
+    Some(rest.split([',', ' ', '\n']).next()?.trim().to_string())
 }
 
 #[test]
-fn herd_run_as_pid_1_reaps_orphans_forwards_sigterm_and_exits_0() {
+fn herd_run_as_pid_1_reaps_orphans_forwards_signals_and_exits_0() {
     need_unshare!();
     let _serial = serial();
     let scripts = TempDir::new("pid1-worker");
@@ -316,18 +310,88 @@ fn herd_run_as_pid_1_reaps_orphans_forwards_sigterm_and_exits_0() {
     });
     assert_orphans_reaped(&ns);
 
+    // herd's other signals reach it through PID 1 too: HUP reloads, TTIN
+    // adds a worker (each new worker leaves orphans: reaped as well).
+    kill(Pid::from_raw(init), Signal::SIGHUP).unwrap();
+    ns.wait_output("a reload through PID 1", |_, err| {
+        err.contains("herd: reload finished")
+    });
+    kill(Pid::from_raw(init), Signal::SIGTTIN).unwrap();
+    ns.wait_output("a third worker through PID 1", |_, err| {
+        err.contains("herd: worker 2 ready")
+    });
+    assert_orphans_reaped(&ns);
+
     // `docker stop`: SIGTERM to PID 1, forwarded to herd, which stops its
     // workers gracefully.
+    let stopped_before = ns.stdout().matches("stopping on signal").count();
     kill(Pid::from_raw(init), Signal::SIGTERM).unwrap();
     let st = ns.wait_exit(Duration::from_secs(20));
     let out = ns.stdout();
     assert_eq!(
-        out.matches("stopping on signal").count(),
-        2,
-        "both workers got herd's stop signal\n{}",
+        out.matches("stopping on signal").count() - stopped_before,
+        3,
+        "the three workers got herd's stop signal\n{}",
         ns.output()
     );
-    assert_eq!(st.code(), Some(0), "a graceful stop exits 0\n{}", ns.output());
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "a graceful stop exits 0\n{}",
+        ns.output()
+    );
+}
+
+/// `docker run -it`: a ^C on the terminal stops herd gracefully (the real
+/// herd has the terminal's foreground, so it gets that SIGINT from the
+/// terminal alone; PID 1 does not add a second one, which herd would take as
+/// "stop at once"). The terminal is `script`'s pseudo-terminal, fed a ^C.
+#[test]
+fn herd_run_as_pid_1_on_a_terminal_stops_gracefully_on_ctrl_c() {
+    need_unshare!();
+    if Command::new("script").arg("--version").output().is_err() {
+        skip_or_fail("cannot run `script` (util-linux) for a pseudo-terminal");
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("pid1-tty");
+    let line = format!(
+        "unshare --pid --fork --mount-proc {} run -i 2 --listen {ANY} -- {}",
+        herd_bin(),
+        worker_bin()
+    );
+    let mut script = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(dir.join("out")).unwrap())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(dir.join("out")).unwrap_or_default();
+    let serving = wait_until(Duration::from_secs(20), || {
+        read().matches(" serving").count() >= 2
+    });
+    let mut stdin = script.stdin.take().unwrap();
+    if serving {
+        std::io::Write::write_all(&mut stdin, b"\x03").unwrap();
+    }
+    let done = wait_until(Duration::from_secs(20), || {
+        matches!(script.try_wait(), Ok(Some(_)))
+    });
+    if !done {
+        let _ = kill(Pid::from_raw(-(script.id() as i32)), Signal::SIGKILL);
+    }
+    let st = script.wait().unwrap();
+    let out = read();
+    assert!(serving && done, "{out}");
+    assert!(out.contains("herd: exiting: stopped"), "{out}");
+    assert!(
+        !out.contains("at once") && !out.contains("killed by"),
+        "one ^C is one graceful stop:\n{out}"
+    );
+    assert_eq!(out.matches("stopping on signal").count(), 2, "{out}");
+    assert_eq!(st.code(), Some(0), "{out}");
 }
 
 #[test]
@@ -360,11 +424,19 @@ fn herd_run_as_pid_1_passes_on_herds_exit_code() {
     assert!(ns.stderr().contains("errored"), "{}", ns.output());
 
     // herd killed by a signal: PID 1 exits with 128 + n, as a shell says.
-    let mut ns = Ns::start(&["run", "-i", "1", "--listen", ANY, "--", worker_bin()], &[]);
+    let mut ns = Ns::start(
+        &["run", "-i", "1", "--listen", ANY, "--", worker_bin()],
+        &[],
+    );
     ns.wait_output("a worker serving", |out, _| out.contains(" serving"));
     kill(Pid::from_raw(ns.herd_pid()), Signal::SIGKILL).unwrap();
     let st = ns.wait_exit(Duration::from_secs(20));
-    assert_eq!(st.code(), Some(128 + 9), "herd died by SIGKILL\n{}", ns.output());
+    assert_eq!(
+        st.code(),
+        Some(128 + 9),
+        "herd died by SIGKILL\n{}",
+        ns.output()
+    );
 }
 
 #[test]
@@ -453,7 +525,9 @@ fn herd_daemon_as_pid_1_stops_on_sigterm() {
     let _serial = serial();
     let home = TempDir::new("pid1-home");
     let mut ns = Ns::start(&["daemon"], &[("HERD_HOME", home.path())]);
-    ns.wait_output("the daemon listening", |_, err| err.contains("listening on"));
+    ns.wait_output("the daemon listening", |_, err| {
+        err.contains("listening on")
+    });
     let out = Command::new(herd_bin())
         .args(["start", "--name", "w", "--listen", ANY, worker_bin()])
         .env("HERD_HOME", home.path())

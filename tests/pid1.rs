@@ -267,6 +267,16 @@ fn assert_orphans_reaped(ns: &Ns) {
     );
 }
 
+/// herd under PID 1 still tells its service manager `READY=1`, without a
+/// MAINPID: its pid in the namespace means nothing to a manager outside.
+fn assert_ready_without_mainpid(notify: &UnixDatagram) {
+    let mut buf = [0u8; 1024];
+    let n = notify.recv(&mut buf).expect("READY=1 from herd");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
+    assert!(!msg.contains("MAINPID="), "{msg}");
+}
+
 fn listen_addr(stderr: &str) -> Option<String> {
     let rest = stderr.split("herd: listening on ").nth(1)?;
     Some(rest.split([',', ' ', '\n']).next()?.trim().to_string())
@@ -278,6 +288,11 @@ fn herd_run_as_pid_1_reaps_orphans_forwards_signals_and_exits_0() {
     let _serial = serial();
     let scripts = TempDir::new("pid1-worker");
     let worker = orphaning_worker(scripts.path());
+    let notify_path = scripts.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut ns = Ns::start(
         &[
             "run",
@@ -289,8 +304,9 @@ fn herd_run_as_pid_1_reaps_orphans_forwards_signals_and_exits_0() {
             worker.to_str().unwrap(),
             "--spawn-child",
         ],
-        &[],
+        &[("NOTIFY_SOCKET", &notify_path)],
     );
+    assert_ready_without_mainpid(&notify);
     let init = ns.init_pid();
     assert_eq!(ns_pid(init), Some(1), "herd is PID 1 of its namespace");
     let herd = ns.herd_pid();
@@ -458,14 +474,7 @@ fn herd_daemon_as_pid_1_reaps_orphans_notifies_and_obeys_herd_kill_from_outside(
         &["daemon"],
         &[("HERD_HOME", home.path()), ("NOTIFY_SOCKET", &notify_path)],
     );
-    let mut buf = [0u8; 1024];
-    let n = notify.recv(&mut buf).expect("READY=1 from the daemon");
-    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-    assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
-    assert!(
-        !msg.contains("MAINPID="),
-        "a namespace pid means nothing to the manager outside: {msg}"
-    );
+    assert_ready_without_mainpid(&notify);
     let init = ns.init_pid();
     assert_eq!(ns_pid(init), Some(1));
     assert_eq!(ns_pid(ns.herd_pid()), Some(2));

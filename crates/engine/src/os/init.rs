@@ -27,8 +27,12 @@
 //!   died by signal n (a shell's convention, which `docker` and Kubernetes report).
 //!
 //! The parent allocates nothing and runs no runtime: it is a loop over three system calls.
-//! [`supervised`] tells the child it runs under this init (the daemon then leaves `MAINPID`
-//! out of its notification: its own pid means nothing outside the namespace).
+//! [`supervised`] tells the child it runs under this init: `herd run` and the daemon then leave
+//! `MAINPID` out of their `READY=1` (pid 2 of the namespace means nothing to a service manager
+//! outside it; the main pid is then the process the manager started).
+//!
+//! Not handled here: a `SIGKILL` of PID 1 (it cannot be caught; the kernel then kills the whole
+//! namespace, workers included), and `SIGSTOP`/`SIGTSTP` (not forwarded).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -324,6 +324,13 @@ fn herd_run_as_pid_1_reaps_orphans_forwards_signals_and_exits_0() {
     ns.wait_output("the replacement serving", |out, _| {
         out.matches(" serving").count() >= 3
     });
+    // herd still reaps its own workers by pid: PID 1 did not take that
+    // worker's exit status from it.
+    assert!(
+        ns.stderr().contains("exited with code 1"),
+        "herd saw its worker's exit code\n{}",
+        ns.output()
+    );
     assert_orphans_reaped(&ns);
 
     // herd's other signals reach it through PID 1 too: HUP reloads, TTIN
@@ -529,7 +536,7 @@ fn herd_daemon_as_pid_1_reaps_orphans_notifies_and_obeys_herd_kill_from_outside(
 }
 
 #[test]
-fn herd_daemon_as_pid_1_stops_on_sigterm() {
+fn herd_daemon_as_pid_1_reopens_logs_on_sigusr1_and_stops_on_sigterm() {
     need_unshare!();
     let _serial = serial();
     let home = TempDir::new("pid1-home");
@@ -538,7 +545,16 @@ fn herd_daemon_as_pid_1_stops_on_sigterm() {
         err.contains("listening on")
     });
     let out = Command::new(herd_bin())
-        .args(["start", "--name", "w", "--listen", ANY, worker_bin()])
+        .args([
+            "start",
+            "--name",
+            "w",
+            "--listen",
+            ANY,
+            worker_bin(),
+            "--",
+            "--log-requests",
+        ])
         .env("HERD_HOME", home.path())
         .stdin(Stdio::null())
         .output()
@@ -549,6 +565,24 @@ fn herd_daemon_as_pid_1_stops_on_sigterm() {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains(" serving"))
     });
     assert!(serving, "{}", ns.output());
+
+    // logrotate's way: move the file, then SIGUSR1 (to PID 1, passed on to
+    // the daemon) makes the daemon write to a new file at the old path.
+    let list = Command::new(herd_bin())
+        .args(["jlist"])
+        .env("HERD_HOME", home.path())
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let addr = list[0]["listen"][0].as_str().unwrap().to_string();
+    std::fs::rename(&log, home.join("rotated.log")).unwrap();
+    kill(Pid::from_raw(ns.init_pid()), Signal::SIGUSR1).unwrap();
+    let reopened = wait_until(Duration::from_secs(20), || {
+        let _ = http_get(&addr, "/after-rotation", Duration::from_secs(2));
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("request /after-rotation"))
+    });
+    assert!(reopened, "no new log file after SIGUSR1\n{}", ns.output());
+
     kill(Pid::from_raw(ns.init_pid()), Signal::SIGTERM).unwrap();
     let st = ns.wait_exit(Duration::from_secs(20));
     assert_eq!(st.code(), Some(0), "{}", ns.output());

@@ -32,7 +32,9 @@
 //! outside it; the main pid is then the process the manager started).
 //!
 //! Not handled here: a `SIGKILL` of PID 1 (it cannot be caught; the kernel then kills the whole
-//! namespace, workers included), and `SIGSTOP`/`SIGTSTP` (not forwarded).
+//! namespace, workers included), `SIGSTOP`/`SIGTSTP` (not forwarded), and a signal forwarded in
+//! the first instant of the child's life, before herd has installed its handlers: it then acts
+//! by default (a SIGTERM ends herd, and PID 1 exits 143), as for any process that just started.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -359,11 +359,14 @@ impl ServiceState {
                     return;
                 }
                 self.ready_sent = true;
-                format!(
-                    "READY=1\nSTATUS={} workers ready\nMAINPID={}",
-                    self.instances,
-                    std::process::id()
-                )
+                // Under herd's PID-1 init, our pid (2) means nothing to a
+                // manager outside the namespace: no MAINPID then.
+                let mainpid = if herd_engine::os::init::supervised() {
+                    String::new()
+                } else {
+                    format!("\nMAINPID={}", std::process::id())
+                };
+                format!("READY=1\nSTATUS={} workers ready{mainpid}", self.instances)
             }
             Report::Scaled { instances } => {
                 self.instances = *instances;

@@ -57,10 +57,17 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
             _ => crate::say!("resurrected the saved apps"),
         }
     }
+    // Under herd's PID-1 init our pid is the namespace's 2, meaningless to a
+    // manager outside it: leave MAINPID out there (the main pid is then the
+    // process it started).
+    let mainpid = if herd_engine::os::init::supervised() {
+        String::new()
+    } else {
+        format!("\nMAINPID={}", std::process::id())
+    };
     let _ = herd_engine::os::notify::notify(&format!(
-        "READY=1\nSTATUS=listening on {}\nMAINPID={}",
+        "READY=1\nSTATUS=listening on {}{mainpid}",
         path.display(),
-        std::process::id()
     ));
 
     let own_uid = nix::unistd::geteuid().as_raw();

@@ -1,9 +1,11 @@
 //! The thin layer of Linux code under the engine: binding sockets, starting a
 //! worker with its fds in place and in its own process group, signalling and
 //! reaping process groups, the sd_notify socket, and fd passing over Unix
-//! sockets. Nothing here knows about workers, slots or policies.
+//! sockets; the PID-1 init (`init`). Nothing here knows about workers,
+//! slots or policies.
 
 pub mod channel;
+pub mod init;
 pub mod notify;
 pub mod process;
 pub mod socket;

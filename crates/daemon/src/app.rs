@@ -8,14 +8,15 @@
 //! next command waits for it. Events keep being read meanwhile, so a worker's
 //! output is never held up by a command.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use herd_engine::config::{Balance, Instances, WorkerKind};
 use herd_engine::machine::{Command, Outcome, Report, SlotPhase, WorkerPhase};
+use herd_engine::os::process::ExitStatus;
 use herd_engine::supervisor::{
-    self, AppHandle, AppStatus, Event, Events, Stream, Target, UpdateError,
+    self, AppHandle, AppStatus, Event, Events, RoundRobinStats, Stream, Target, UpdateError,
 };
 use herd_protocol::{AppDef, AppInfo, ScaleTo, WorkerInfo};
 use nix::sys::signal::Signal;
@@ -47,6 +48,8 @@ pub enum AppCommand {
     /// Stop it; the actor then ends.
     Delete,
     Info(oneshot::Sender<AppInfo>),
+    /// Everything the metrics endpoint shows of the app.
+    Metrics(oneshot::Sender<AppMetrics>),
     Def(oneshot::Sender<AppDef>),
     Flush,
     Scale(ScaleTo),
@@ -56,6 +59,33 @@ pub enum AppCommand {
     },
     Signal(Signal),
     ReopenLogs,
+}
+
+/// What the app counted since the daemon took it (for metrics; these
+/// survive restarts and reloads of the app, not a daemon restart).
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Worker exits by (slot, cause, what): cause `code` with the exit code,
+    /// or `signal` with the signal's name.
+    pub exits: BTreeMap<(usize, &'static str, String), u64>,
+    /// Reloads (and one-worker replacements) that ended, and those of them
+    /// that were aborted.
+    pub reloads: u64,
+    pub reloads_failed: u64,
+    /// Bytes and lines written to the log files: `[stdout, stderr]`.
+    pub log_bytes: [u64; 2],
+    pub log_lines: [u64; 2],
+}
+
+/// The app as the metrics endpoint shows it: the `list` view plus counters.
+#[derive(Debug, Clone)]
+pub struct AppMetrics {
+    pub info: AppInfo,
+    pub counters: Counters,
+    /// Round-robin hand-overs per worker (empty without a round-robin socket).
+    pub round_robin: Vec<RoundRobinStats>,
+    /// CPU time (user + system) each live worker pid used so far, in seconds.
+    pub cpu_seconds: HashMap<u32, f64>,
 }
 
 /// The result of a command: what happened, in words, or why it failed.
@@ -115,6 +145,7 @@ pub fn spawn(id: u32, def: AppDef, home: &Home) -> Result<AppRef, String> {
         listen: Vec::new(),
         outcome: None,
         deleted: false,
+        counters: Counters::default(),
     };
     tokio::spawn(actor.run(rx));
     Ok(AppRef { tx })
@@ -150,7 +181,8 @@ impl Logs {
         })
     }
 
-    fn write(&mut self, stream: Stream, lines: &[u8], app: &str) {
+    /// Write a batch of whole lines; returns the bytes written (0 if lost).
+    fn write(&mut self, stream: Stream, lines: &[u8], app: &str) -> usize {
         let stamped;
         let bytes = match &self.stamper {
             Some(s) => {
@@ -164,7 +196,10 @@ impl Logs {
             Stream::Stderr => &mut self.err,
         };
         match file.write(bytes) {
-            Ok(()) => self.failed = false,
+            Ok(()) => {
+                self.failed = false;
+                return bytes.len();
+            }
             Err(e) if !self.failed => {
                 self.failed = true;
                 eprintln!(
@@ -174,6 +209,7 @@ impl Logs {
             }
             Err(_) => {}
         }
+        0
     }
 }
 
@@ -226,6 +262,7 @@ struct Actor {
     /// How the engine instance ended last (None: running, or never ran).
     outcome: Option<Outcome>,
     deleted: bool,
+    counters: Counters,
 }
 
 impl Actor {
@@ -350,6 +387,11 @@ impl Actor {
             AppCommand::Info(tx) => {
                 let info = self.info().await;
                 let _ = tx.send(info);
+                answer(reply, Ok(String::new()));
+            }
+            AppCommand::Metrics(tx) => {
+                let metrics = self.metrics().await;
+                let _ = tx.send(metrics);
                 answer(reply, Ok(String::new()));
             }
             AppCommand::Def(tx) => {
@@ -477,7 +519,16 @@ impl Actor {
             }
             Event::Output { stream, lines, .. } => {
                 let name = self.def.spec.name.clone();
-                self.logs.write(stream, &lines, &name);
+                let written = self.logs.write(stream, &lines, &name);
+                if written > 0 {
+                    let i = match stream {
+                        Stream::Stdout => 0,
+                        Stream::Stderr => 1,
+                    };
+                    self.counters.log_bytes[i] += written as u64;
+                    self.counters.log_lines[i] +=
+                        lines.iter().filter(|&&b| b == b'\n').count() as u64;
+                }
             }
             Event::Message { slot, message, .. } => {
                 self.say(format!("worker {slot} sent {message}"))
@@ -498,6 +549,21 @@ impl Actor {
     }
 
     fn on_report(&mut self, report: &Report) {
+        match report {
+            Report::Exited { slot, status, .. } => {
+                let key = match status {
+                    ExitStatus::Code(c) => (*slot, "code", c.to_string()),
+                    ExitStatus::Signal(s) => (*slot, "signal", s.as_str().to_string()),
+                };
+                *self.counters.exits.entry(key).or_default() += 1;
+            }
+            Report::ReloadFinished => self.counters.reloads += 1,
+            Report::ReloadAborted { .. } => {
+                self.counters.reloads += 1;
+                self.counters.reloads_failed += 1;
+            }
+            _ => {}
+        }
         let result = match report {
             Report::ReloadFinished => Ok(format!("reloaded {}", self.name())),
             Report::ReloadAborted { .. } => Err(format!("{}: {report}", self.name())),
@@ -618,6 +684,27 @@ impl Actor {
 
     async fn info(&mut self) -> AppInfo {
         let status = self.engine_status().await;
+        self.info_of(&status)
+    }
+
+    async fn metrics(&mut self) -> AppMetrics {
+        let status = self.engine_status().await;
+        let info = self.info_of(&status);
+        let cpu_seconds = info
+            .workers
+            .iter()
+            .filter_map(|w| w.pid)
+            .map(|pid| (pid, self.sampler.cpu_seconds(pid)))
+            .collect();
+        AppMetrics {
+            info,
+            counters: self.counters.clone(),
+            round_robin: status.map(|s| s.round_robin).unwrap_or_default(),
+            cpu_seconds,
+        }
+    }
+
+    fn info_of(&self, status: &Option<AppStatus>) -> AppInfo {
         let (out_log, err_log) = log_paths(&self.def, &self.home);
         let spec = &self.def.spec;
         let mode = if spec.kind == WorkerKind::Node
@@ -630,7 +717,7 @@ impl Actor {
         };
         let mut workers = Vec::new();
         let mut online = 0;
-        let (status_text, instances) = match &status {
+        let (status_text, instances) = match status {
             None => {
                 let text = match self.outcome {
                     Some(Outcome::Errored { .. }) => "errored",
@@ -698,7 +785,7 @@ impl Actor {
             }
         };
         // Every socket reported bound (Node apps ask for theirs as they start).
-        let listen = match &status {
+        let listen = match status {
             Some(_) => self.listen.clone(),
             None => spec.listeners.iter().map(|l| l.addr.to_string()).collect(),
         };

@@ -1,0 +1,503 @@
+//! The daemon's HTTP listener (`herd daemon --metrics ADDR`), end to end: a
+//! real daemon per test in a temporary `HERD_HOME`, real fixture workers,
+//! and real outside readers — the metrics parsed by the `prometheus_client`
+//! Python package's OpenMetrics parser, the status page rendered by headless
+//! Chromium. Under CI a missing python package or Chromium fails the test.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use support::*;
+
+/// A daemon with its HTTP listener, in its own home, driven through the CLI.
+struct Daemon {
+    home: TempDir,
+    child: Child,
+    addr: String,
+}
+
+impl Daemon {
+    fn new(admin: bool) -> Daemon {
+        let home = TempDir::new("metrics");
+        // A free port can be taken meanwhile: try a few.
+        for _ in 0..5 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut c = Command::new(herd_bin());
+            c.args(["daemon", "--metrics", &addr])
+                .env("HERD_HOME", home.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(
+                    std::fs::File::create(home.path().join("daemon.err")).unwrap(),
+                ));
+            if admin {
+                c.arg("--metrics-admin");
+            }
+            let mut child = c.spawn().expect("start herd daemon");
+            let up = wait_until(Duration::from_secs(10), || {
+                matches!(child.try_wait(), Ok(Some(_)))
+                    || http_get(&addr, "/healthz", Duration::from_secs(1))
+                        .is_ok_and(|(s, _)| s == 200)
+            });
+            if up && matches!(child.try_wait(), Ok(None)) {
+                return Daemon { home, child, addr };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "the daemon never served /healthz: {}",
+            std::fs::read_to_string(home.path().join("daemon.err")).unwrap_or_default()
+        );
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(herd_bin());
+        c.args(args)
+            .env("HERD_HOME", self.home.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out: Output = self.command(args).output().expect("run herd");
+        assert!(
+            out.status.success(),
+            "herd {args:?} failed ({}): {}{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn list(&self) -> Vec<Value> {
+        let out = self.ok(&["jlist"]);
+        serde_json::from_str::<Value>(&out)
+            .unwrap_or_else(|e| panic!("jlist is not JSON ({e}): {out}"))
+            .as_array()
+            .expect("an array")
+            .clone()
+    }
+
+    fn app(&self, name: &str) -> Value {
+        self.list()
+            .into_iter()
+            .find(|a| a["name"] == name)
+            .unwrap_or_else(|| panic!("no app {name} in the list"))
+    }
+
+    fn wait_online(&self, name: &str, n: usize) -> Value {
+        let mut last = Value::Null;
+        let ok = wait_until(Duration::from_secs(20), || {
+            last = self.app(name);
+            last["status"] == "online" && last["online"] == n
+        });
+        assert!(ok, "{name} never had {n} workers online: {last:#}");
+        last
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        http_get(&self.addr, path, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let mut kill_cmd = self.command(&["kill"]);
+        if let Ok(mut k) = kill_cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+            let done = wait_until(Duration::from_secs(15), || {
+                matches!(k.try_wait(), Ok(Some(_)))
+            });
+            if !done {
+                let _ = k.kill();
+                let _ = k.wait();
+            }
+        }
+        // Its workers have PDEATHSIG: they die with it.
+        let done = wait_until(Duration::from_secs(5), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if !done {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// One POST with an empty body: (status, body).
+fn post(addr: &str, path: &str, admin_header: bool) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let extra = if admin_header {
+        "X-Herd-Admin: 1\r\n"
+    } else {
+        ""
+    };
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the response");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
+}
+
+/// Parse OpenMetrics text with the `prometheus_client` Python package's own
+/// parser; every sample as (name, labels, value).
+fn parse_with_python(metrics: &str) -> Option<Vec<(String, Value, f64)>> {
+    const SCRIPT: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        out.append([s.name, s.labels, s.value])
+print(json.dumps(out))
+"#;
+    let check = Command::new("python3")
+        .args(["-c", "import prometheus_client"])
+        .output();
+    if !check.is_ok_and(|o| o.status.success()) {
+        skip_or_fail(
+            "python3 with the prometheus_client package is needed: \
+             python3 -m pip install prometheus-client",
+        );
+        return None;
+    }
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser refused the metrics: {}\n{metrics}",
+        text(&out.stderr)
+    );
+    let rows: Vec<(String, Value, f64)> = serde_json::from_slice(&out.stdout).unwrap();
+    Some(rows)
+}
+
+fn sample<'a>(
+    rows: &'a [(String, Value, f64)],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<&'a (String, Value, f64)> {
+    rows.iter()
+        .find(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l[*k] == *v))
+}
+
+#[test]
+fn metrics_parse_and_match_the_list() {
+    let d = Daemon::new(false);
+    d.ok(&[
+        "start",
+        "--name",
+        "web",
+        "-i",
+        "2",
+        "--listen",
+        ANY,
+        worker_bin(),
+        "--",
+        "--log-requests",
+    ]);
+    let app = d.wait_online("web", 2);
+    // A crash, so that restarts and exits by signal have something to count.
+    let victim = app["workers"][1]["pid"].as_i64().unwrap() as i32;
+    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || {
+        let a = d.app("web");
+        a["online"] == 2 && a["workers"][1]["pid"].as_i64() != Some(victim as i64)
+    }));
+    let addr = d.app("web")["listen"][0].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        assert_eq!(http_get(&addr, "/", Duration::from_secs(5)).unwrap().0, 200);
+    }
+
+    // The page's data is `herd list --json`, value for value.
+    let listed = d.list();
+    let (status, body) = d.get("/api/apps");
+    assert_eq!(status, 200);
+    let api: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(api[0]["name"], "web");
+    assert_eq!(api[0]["workers"][1]["pid"], listed[0]["workers"][1]["pid"]);
+
+    let (status, metrics) = d.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    let Some(rows) = parse_with_python(&metrics) else {
+        return;
+    };
+    let app = d.app("web");
+    let has = |name: &str, labels: &[(&str, &str)], want: f64| {
+        let s = sample(&rows, name, labels)
+            .unwrap_or_else(|| panic!("no {name}{labels:?} in\n{metrics}"));
+        assert_eq!(s.2, want, "{name}{labels:?} in\n{metrics}");
+    };
+    has("herd_app_workers_wanted", &[("app", "web")], 2.0);
+    has("herd_app_workers_ready", &[("app", "web")], 2.0);
+    has("herd_app_up", &[("app", "web")], 1.0);
+    has("herd_app_status", &[("app", "web"), ("status", "online")], 1.0);
+    has("herd_app_status", &[("app", "web"), ("status", "errored")], 0.0);
+    has(
+        "herd_worker_exits_total",
+        &[
+            ("app", "web"),
+            ("worker", "1"),
+            ("cause", "signal"),
+            ("exit", "SIGKILL"),
+        ],
+        1.0,
+    );
+    for w in app["workers"].as_array().unwrap() {
+        let id = w["id"].to_string();
+        let pid = w["pid"].to_string();
+        let l = [("app", "web"), ("worker", id.as_str())];
+        has(
+            "herd_worker_info",
+            &[("app", "web"), ("worker", &id), ("pid", &pid)],
+            1.0,
+        );
+        has("herd_worker_up", &l, 1.0);
+        has(
+            "herd_worker_restarts_total",
+            &l,
+            w["restarts"].as_f64().unwrap(),
+        );
+        for name in [
+            "herd_worker_cpu_seconds_total",
+            "herd_worker_resident_memory_bytes",
+            "herd_worker_uptime_seconds",
+        ] {
+            assert!(sample(&rows, name, &l).is_some(), "no {name} in\n{metrics}");
+        }
+    }
+    assert_eq!(app["workers"][1]["restarts"], 1);
+    // The requests were logged, one line each (and the workers' start lines).
+    let lines = sample(
+        &rows,
+        "herd_app_log_lines_total",
+        &[("app", "web"), ("stream", "stdout")],
+    )
+    .expect("log lines");
+    assert!(lines.2 >= 3.0, "{metrics}");
+    assert!(
+        sample(
+            &rows,
+            "herd_app_log_bytes_total",
+            &[("app", "web"), ("stream", "stdout")]
+        )
+        .is_some_and(|s| s.2 > lines.2),
+        "{metrics}"
+    );
+
+    // Read-only without --metrics-admin.
+    assert_eq!(post(&d.addr, "/api/apps/web/reload", true).0, 403);
+    assert_eq!(d.get("/healthz").0, 200);
+    assert_eq!(d.get("/nothing-here").0, 404);
+}
+
+#[test]
+fn readyz_flips_while_a_slot_is_errored() {
+    let d = Daemon::new(true);
+    let ok_file = d.home.path().join("ok");
+    std::fs::write(&ok_file, "").unwrap();
+    d.ok(&[
+        "start",
+        "--name",
+        "flaky",
+        "-i",
+        "2",
+        "--listen",
+        ANY,
+        "--max-restarts",
+        "1",
+        worker_bin(),
+        "--",
+        "--require-file",
+        ok_file.to_str().unwrap(),
+    ]);
+    let app = d.wait_online("flaky", 2);
+    assert_eq!(d.get("/readyz?app=flaky").0, 200);
+    assert_eq!(d.get("/readyz").0, 200);
+    let (status, body) = d.get("/readyz?app=nope");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no app named"), "{body}");
+
+    // Break it: the worker that replaces a dead one exits at once, until its
+    // slot is errored.
+    std::fs::remove_file(&ok_file).unwrap();
+    let victim = app["workers"][1]["pid"].as_i64().unwrap() as i32;
+    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    let mut last = (0, String::new());
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            last = d.get("/readyz?app=flaky");
+            last.0 == 503 && last.1.contains("worker 1 is errored")
+        }),
+        "readyz never said the slot is errored: {last:?}"
+    );
+    let reason: Value = serde_json::from_str(&last.1).unwrap();
+    assert_eq!(reason["ready"], false);
+    assert_eq!(reason["ready_workers"], 1);
+    assert_eq!(reason["wanted_workers"], 2);
+    assert_eq!(d.get("/readyz").0, 503);
+
+    // Fix it, and reload through the admin endpoint (which wants its header).
+    std::fs::write(&ok_file, "").unwrap();
+    assert_eq!(post(&d.addr, "/api/apps/flaky/reload", false).0, 403);
+    let (status, body) = post(&d.addr, "/api/apps/flaky/reload", true);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        wait_until(Duration::from_secs(20), || d
+            .get("/readyz?app=flaky")
+            .0
+            == 200),
+        "readyz never came back: {:?}",
+        d.get("/readyz?app=flaky")
+    );
+}
+
+/// Debian's `chromium`, or another Chromium on the PATH.
+fn chromium() -> Option<PathBuf> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| {
+            std::env::var_os("PATH")?
+                .to_str()?
+                .split(':')
+                .map(|dir| Path::new(dir).join(name))
+                .find(|p| p.is_file())
+        })
+}
+
+fn run_chromium(bin: &Path, profile: &Path, args: &[&str]) -> Output {
+    let mut child = Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("run chromium");
+    let pid = child.id() as i32;
+    // Chromium hangs now and then in containers: bound it, and take its
+    // whole process group down either way.
+    let start = std::time::Instant::now();
+    while matches!(child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    child.wait_with_output().expect("chromium's output")
+}
+
+#[test]
+fn the_status_page_in_headless_chromium() {
+    let Some(bin) = chromium() else {
+        skip_or_fail("Chromium is needed for the status page test: apt-get install chromium");
+        return;
+    };
+    let d = Daemon::new(false);
+    d.ok(&[
+        "start",
+        "--name",
+        "checkout-api",
+        "-i",
+        "2",
+        "--listen",
+        ANY,
+        worker_bin(),
+    ]);
+    d.ok(&["start", "--name", "mailer", "-i", "1", worker_bin(), "--", "--no-listen"]);
+    let app = d.wait_online("checkout-api", 2);
+    d.wait_online("mailer", 1);
+    let pid = app["workers"][0]["pid"].to_string();
+    let url = format!("http://{}/", d.addr);
+    let profile = TempDir::new("chromium");
+
+    let out = run_chromium(
+        &bin,
+        profile.path(),
+        &["--virtual-time-budget=3000", "--dump-dom", &url],
+    );
+    let dom = text(&out.stdout);
+    assert!(
+        dom.contains("data-app=\"checkout-api\"") && dom.contains(&format!(">{pid}<")),
+        "the page does not show the app and pid {pid}:\n{dom}\n{}",
+        text(&out.stderr)
+    );
+    assert!(dom.contains("read-only"), "{dom}");
+    assert!(!dom.contains("<button"), "buttons without --metrics-admin: {dom}");
+
+    // The README's screenshot: into docs/ with HERD_UPDATE_SCREENSHOT=1.
+    let shot = if std::env::var_os("HERD_UPDATE_SCREENSHOT").is_some() {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/status-page.png")
+    } else {
+        profile.path().join("status-page.png")
+    };
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&shot);
+    let out = run_chromium(
+        &bin,
+        profile.path(),
+        &[
+            "--virtual-time-budget=3000",
+            "--hide-scrollbars",
+            "--window-size=1200,800",
+            &format!("--screenshot={}", shot.display()),
+            &url,
+        ],
+    );
+    let png = std::fs::read(&shot).unwrap_or_else(|e| {
+        panic!(
+            "no screenshot at {} ({e}): {}",
+            shot.display(),
+            text(&out.stderr)
+        )
+    });
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a poor PNG");
+}

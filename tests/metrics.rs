@@ -269,8 +269,16 @@ fn metrics_parse_and_match_the_list() {
     has("herd_app_workers_wanted", &[("app", "web")], 2.0);
     has("herd_app_workers_ready", &[("app", "web")], 2.0);
     has("herd_app_up", &[("app", "web")], 1.0);
-    has("herd_app_status", &[("app", "web"), ("status", "online")], 1.0);
-    has("herd_app_status", &[("app", "web"), ("status", "errored")], 0.0);
+    has(
+        "herd_app_status",
+        &[("app", "web"), ("status", "online")],
+        1.0,
+    );
+    has(
+        "herd_app_status",
+        &[("app", "web"), ("status", "errored")],
+        0.0,
+    );
     has(
         "herd_worker_exits_total",
         &[
@@ -381,9 +389,7 @@ fn readyz_flips_while_a_slot_is_errored() {
     let (status, body) = post(&d.addr, "/api/apps/flaky/reload", true);
     assert_eq!(status, 200, "{body}");
     assert!(
-        wait_until(Duration::from_secs(20), || d
-            .get("/readyz?app=flaky")
-            .0
+        wait_until(Duration::from_secs(20), || d.get("/readyz?app=flaky").0
             == 200),
         "readyz never came back: {:?}",
         d.get("/readyz?app=flaky")
@@ -452,7 +458,16 @@ fn the_status_page_in_headless_chromium() {
         ANY,
         worker_bin(),
     ]);
-    d.ok(&["start", "--name", "mailer", "-i", "1", worker_bin(), "--", "--no-listen"]);
+    d.ok(&[
+        "start",
+        "--name",
+        "mailer",
+        "-i",
+        "1",
+        worker_bin(),
+        "--",
+        "--no-listen",
+    ]);
     let app = d.wait_online("checkout-api", 2);
     d.wait_online("mailer", 1);
     let pid = app["workers"][0]["pid"].to_string();
@@ -471,7 +486,10 @@ fn the_status_page_in_headless_chromium() {
         text(&out.stderr)
     );
     assert!(dom.contains("read-only"), "{dom}");
-    assert!(!dom.contains("<button"), "buttons without --metrics-admin: {dom}");
+    assert!(
+        !dom.contains("<button"),
+        "buttons without --metrics-admin: {dom}"
+    );
 
     // The README's screenshot: into docs/ with HERD_UPDATE_SCREENSHOT=1.
     let shot = if std::env::var_os("HERD_UPDATE_SCREENSHOT").is_some() {
@@ -499,5 +517,8 @@ fn the_status_page_in_headless_chromium() {
             text(&out.stderr)
         )
     });
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a poor PNG");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a poor PNG"
+    );
 }

@@ -36,8 +36,8 @@
 pub mod app;
 pub mod dump;
 pub mod handlers;
-pub mod http;
 pub mod home;
+pub mod http;
 pub mod logs;
 pub mod sample;
 pub mod server;
@@ -51,7 +51,9 @@ pub enum Error {
     Home(#[from] home::HomeError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("cannot listen for metrics on {addr}: {source}; choose another address with --metrics")]
+    #[error(
+        "cannot listen for metrics on {addr}: {source}; choose another address with --metrics"
+    )]
     Metrics {
         addr: std::net::SocketAddr,
         source: std::io::Error,

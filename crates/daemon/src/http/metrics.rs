@@ -104,11 +104,7 @@ where
 
 /// Every app's figures, asked of the actors at once.
 pub async fn gather(ctx: &Arc<Ctx>) -> Vec<AppMetrics> {
-    let entries = ctx
-        .registry
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .all();
+    let entries = ctx.registry.lock().unwrap_or_else(|e| e.into_inner()).all();
     let tasks: Vec<_> = entries
         .into_iter()
         .map(|e| {
@@ -150,7 +146,11 @@ pub fn encode(apps: &[AppMetrics], daemon_uptime: f64) -> Result<String, std::fm
     );
     daemon_up.set(daemon_uptime);
     let daemon_apps: Gauge = Gauge::default();
-    r.register("herd_daemon_apps", "Apps the daemon knows", daemon_apps.clone());
+    r.register(
+        "herd_daemon_apps",
+        "Apps the daemon knows",
+        daemon_apps.clone(),
+    );
     daemon_apps.set(apps.len() as i64);
 
     let app_up: Family<AppLabels, Gauge> = family(
@@ -165,8 +165,11 @@ pub fn encode(apps: &[AppMetrics], daemon_uptime: f64) -> Result<String, std::fm
     );
     let app_instances: Family<AppLabels, Gauge> =
         family(r, "herd_app_workers_wanted", "Workers the app wants");
-    let app_online: Family<AppLabels, Gauge> =
-        family(r, "herd_app_workers_ready", "Workers of the app online and ready");
+    let app_online: Family<AppLabels, Gauge> = family(
+        r,
+        "herd_app_workers_ready",
+        "Workers of the app online and ready",
+    );
     let reloads: Family<AppLabels, Counter> = family(
         r,
         "herd_app_reloads",

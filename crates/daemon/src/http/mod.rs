@@ -211,10 +211,7 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, ReadError> {
         if buf.len() >= MAX_REQUEST {
             return Err(ReadError::TooLarge);
         }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|_| ReadError::Gone)?;
+        let n = stream.read(&mut chunk).await.map_err(|_| ReadError::Gone)?;
         if n == 0 {
             return Err(ReadError::Gone);
         }
@@ -236,10 +233,7 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, ReadError> {
     }
     let mut have = buf.len() - head_end;
     while have < length {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|_| ReadError::Gone)?;
+        let n = stream.read(&mut chunk).await.map_err(|_| ReadError::Gone)?;
         if n == 0 {
             return Err(ReadError::Gone);
         }
@@ -324,8 +318,10 @@ mod tests {
 
     #[test]
     fn parses_a_request_head() {
-        let r = parse_head(b"GET /readyz?app=my%20api&x HTTP/1.1\r\nHost: a\r\nX-Herd-Admin: 1\r\n\r\n")
-            .unwrap();
+        let r = parse_head(
+            b"GET /readyz?app=my%20api&x HTTP/1.1\r\nHost: a\r\nX-Herd-Admin: 1\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(r.method, "GET");
         assert_eq!(r.path, "/readyz");
         assert_eq!(r.query("app"), Some("my api"));

@@ -60,9 +60,6 @@ pub async fn action(ctx: &Arc<Ctx>, request: &Request, settings: Settings) -> Re
     };
     match entry.app.ask(command).await {
         Ok(message) => Response::json(200, &serde_json::json!({ "ok": true, "message": message })),
-        Err(message) => Response::json(
-            500,
-            &serde_json::json!({ "ok": false, "error": message }),
-        ),
+        Err(message) => Response::json(500, &serde_json::json!({ "ok": false, "error": message })),
     }
 }

@@ -48,8 +48,6 @@ pub enum AppCommand {
     /// Stop it; the actor then ends.
     Delete,
     Info(oneshot::Sender<AppInfo>),
-    /// Everything the metrics endpoint shows of the app.
-    Metrics(oneshot::Sender<AppMetrics>),
     Def(oneshot::Sender<AppDef>),
     Flush,
     Scale(ScaleTo),
@@ -98,10 +96,20 @@ pub struct Envelope {
     pub reply: oneshot::Sender<Reply>,
 }
 
-/// The sending side of an app's command queue.
+/// A read-only question: answered at once, even while a command is
+/// pending (a reload can take minutes; `list`, `/metrics` and `/readyz`
+/// must not wait for it).
+#[derive(Debug)]
+pub enum Query {
+    Info(oneshot::Sender<AppInfo>),
+    Metrics(oneshot::Sender<AppMetrics>),
+}
+
+/// The sending side of an app's command queue (and of its queries).
 #[derive(Debug, Clone)]
 pub struct AppRef {
     tx: mpsc::Sender<Envelope>,
+    queries: mpsc::Sender<Query>,
 }
 
 impl AppRef {
@@ -115,9 +123,17 @@ impl AppRef {
             .unwrap_or_else(|_| Err("the app is gone (deleted meanwhile)".into()))
     }
 
+    /// The app as `list` shows it (`None`: the app is gone).
     pub async fn info(&self) -> Option<AppInfo> {
         let (tx, rx) = oneshot::channel();
-        self.ask(AppCommand::Info(tx)).await.ok()?;
+        self.queries.send(Query::Info(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// The app as `/metrics` shows it (`None`: the app is gone).
+    pub async fn metrics(&self) -> Option<AppMetrics> {
+        let (tx, rx) = oneshot::channel();
+        self.queries.send(Query::Metrics(tx)).await.ok()?;
         rx.await.ok()
     }
 
@@ -131,6 +147,7 @@ impl AppRef {
 /// Start the actor for app `id`; it starts no worker until told [`AppCommand::Start`].
 pub fn spawn(id: u32, def: AppDef, home: &Home) -> Result<AppRef, String> {
     let (tx, rx) = mpsc::channel(64);
+    let (queries, queries_rx) = mpsc::channel(64);
     let logs = Logs::open(&def, home)?;
     let actor = Actor {
         id,
@@ -147,8 +164,8 @@ pub fn spawn(id: u32, def: AppDef, home: &Home) -> Result<AppRef, String> {
         deleted: false,
         counters: Counters::default(),
     };
-    tokio::spawn(actor.run(rx));
-    Ok(AppRef { tx })
+    tokio::spawn(actor.run(rx, queries_rx));
+    Ok(AppRef { tx, queries })
 }
 
 /// The app's two log files.
@@ -274,11 +291,27 @@ impl Actor {
         eprintln!("herd: app {}: {text}", self.name());
     }
 
-    async fn run(mut self, mut commands: mpsc::Receiver<Envelope>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Envelope>,
+        mut queries: mpsc::Receiver<Query>,
+    ) {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut queries_open = true;
         while !self.deleted {
             tokio::select! {
+                query = queries.recv(), if queries_open => match query {
+                    Some(Query::Info(tx)) => {
+                        let info = self.info().await;
+                        let _ = tx.send(info);
+                    }
+                    Some(Query::Metrics(tx)) => {
+                        let metrics = self.metrics().await;
+                        let _ = tx.send(metrics);
+                    }
+                    None => queries_open = false,
+                },
                 envelope = commands.recv(), if self.pending.is_none() => match envelope {
                     Some(e) => self.begin(e.command, e.reply).await,
                     // The registry let go of the app: the daemon is ending.
@@ -387,11 +420,6 @@ impl Actor {
             AppCommand::Info(tx) => {
                 let info = self.info().await;
                 let _ = tx.send(info);
-                answer(reply, Ok(String::new()));
-            }
-            AppCommand::Metrics(tx) => {
-                let metrics = self.metrics().await;
-                let _ = tx.send(metrics);
                 answer(reply, Ok(String::new()));
             }
             AppCommand::Def(tx) => {

@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 use super::Response;
-use crate::app::{AppCommand, AppMetrics};
+use crate::app::AppMetrics;
 use crate::handlers::Ctx;
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -108,11 +108,7 @@ pub async fn gather(ctx: &Arc<Ctx>) -> Vec<AppMetrics> {
     let tasks: Vec<_> = entries
         .into_iter()
         .map(|e| {
-            tokio::spawn(async move {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                e.app.ask(AppCommand::Metrics(tx)).await.ok()?;
-                rx.await.ok()
-            })
+            tokio::spawn(async move { e.app.metrics().await })
         })
         .collect();
     let mut out = Vec::with_capacity(tasks.len());

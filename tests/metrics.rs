@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -18,121 +18,14 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use support::*;
 
-/// A daemon with its HTTP listener, in its own home, driven through the CLI.
-struct Daemon {
-    home: TempDir,
-    child: Child,
-    addr: String,
+/// GET on the daemon's HTTP listener: (status, body).
+fn get(d: &Daemon, path: &str) -> (u16, String) {
+    http_get(http_addr(d), path, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
-impl Daemon {
-    fn new(admin: bool) -> Daemon {
-        let home = TempDir::new("metrics");
-        // A free port can be taken meanwhile: try a few.
-        for _ in 0..5 {
-            let addr = format!("127.0.0.1:{}", free_port());
-            let mut c = Command::new(herd_bin());
-            c.args(["daemon", "--metrics", &addr])
-                .env("HERD_HOME", home.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(
-                    std::fs::File::create(home.path().join("daemon.err")).unwrap(),
-                ));
-            if admin {
-                c.arg("--metrics-admin");
-            }
-            let mut child = c.spawn().expect("start herd daemon");
-            let up = wait_until(Duration::from_secs(10), || {
-                matches!(child.try_wait(), Ok(Some(_)))
-                    || http_get(&addr, "/healthz", Duration::from_secs(1))
-                        .is_ok_and(|(s, _)| s == 200)
-            });
-            if up && matches!(child.try_wait(), Ok(None)) {
-                return Daemon { home, child, addr };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!(
-            "the daemon never served /healthz: {}",
-            std::fs::read_to_string(home.path().join("daemon.err")).unwrap_or_default()
-        );
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(herd_bin());
-        c.args(args)
-            .env("HERD_HOME", self.home.path())
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out: Output = self.command(args).output().expect("run herd");
-        assert!(
-            out.status.success(),
-            "herd {args:?} failed ({}): {}{}",
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-
-    fn list(&self) -> Vec<Value> {
-        let out = self.ok(&["jlist"]);
-        serde_json::from_str::<Value>(&out)
-            .unwrap_or_else(|e| panic!("jlist is not JSON ({e}): {out}"))
-            .as_array()
-            .expect("an array")
-            .clone()
-    }
-
-    fn app(&self, name: &str) -> Value {
-        self.list()
-            .into_iter()
-            .find(|a| a["name"] == name)
-            .unwrap_or_else(|| panic!("no app {name} in the list"))
-    }
-
-    fn wait_online(&self, name: &str, n: usize) -> Value {
-        let mut last = Value::Null;
-        let ok = wait_until(Duration::from_secs(20), || {
-            last = self.app(name);
-            last["status"] == "online" && last["online"] == n
-        });
-        assert!(ok, "{name} never had {n} workers online: {last:#}");
-        last
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        http_get(&self.addr, path, Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let mut kill_cmd = self.command(&["kill"]);
-        if let Ok(mut k) = kill_cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
-            let done = wait_until(Duration::from_secs(15), || {
-                matches!(k.try_wait(), Ok(Some(_)))
-            });
-            if !done {
-                let _ = k.kill();
-                let _ = k.wait();
-            }
-        }
-        // Its workers have PDEATHSIG: they die with it.
-        let done = wait_until(Duration::from_secs(5), || {
-            matches!(self.child.try_wait(), Ok(Some(_)))
-        });
-        if !done {
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-            let _ = self.child.wait();
-        }
-    }
+fn http_addr(d: &Daemon) -> &str {
+    d.http.as_deref().expect("a daemon with --metrics")
 }
 
 fn text(b: &[u8]) -> String {
@@ -220,7 +113,7 @@ fn sample<'a>(
 
 #[test]
 fn metrics_parse_and_match_the_list() {
-    let d = Daemon::new(false);
+    let d = Daemon::with_metrics(false);
     d.ok(&[
         "start",
         "--name",
@@ -233,7 +126,8 @@ fn metrics_parse_and_match_the_list() {
         "--",
         "--log-requests",
     ]);
-    let app = d.wait_online("web", 2);
+    d.wait_online("web", 2);
+    let app = d.app("web");
     // A crash, so that restarts and exits by signal have something to count.
     let victim = app["workers"][1]["pid"].as_i64().unwrap() as i32;
     kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
@@ -248,13 +142,13 @@ fn metrics_parse_and_match_the_list() {
 
     // The page's data is `herd list --json`, value for value.
     let listed = d.list();
-    let (status, body) = d.get("/api/apps");
+    let (status, body) = get(&d, "/api/apps");
     assert_eq!(status, 200);
     let api: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(api[0]["name"], "web");
     assert_eq!(api[0]["workers"][1]["pid"], listed[0]["workers"][1]["pid"]);
 
-    let (status, metrics) = d.get("/metrics");
+    let (status, metrics) = get(&d, "/metrics");
     assert_eq!(status, 200);
     assert!(metrics.ends_with("# EOF\n"), "{metrics}");
     let Some(rows) = parse_with_python(&metrics) else {
@@ -332,14 +226,14 @@ fn metrics_parse_and_match_the_list() {
     );
 
     // Read-only without --metrics-admin.
-    assert_eq!(post(&d.addr, "/api/apps/web/reload", true).0, 403);
-    assert_eq!(d.get("/healthz").0, 200);
-    assert_eq!(d.get("/nothing-here").0, 404);
+    assert_eq!(post(http_addr(&d), "/api/apps/web/reload", true).0, 403);
+    assert_eq!(get(&d, "/healthz").0, 200);
+    assert_eq!(get(&d, "/nothing-here").0, 404);
 }
 
 #[test]
 fn readyz_flips_while_a_slot_is_errored() {
-    let d = Daemon::new(true);
+    let d = Daemon::with_metrics(true);
     let ok_file = d.home.path().join("ok");
     std::fs::write(&ok_file, "").unwrap();
     d.ok(&[
@@ -357,10 +251,11 @@ fn readyz_flips_while_a_slot_is_errored() {
         "--require-file",
         ok_file.to_str().unwrap(),
     ]);
-    let app = d.wait_online("flaky", 2);
-    assert_eq!(d.get("/readyz?app=flaky").0, 200);
-    assert_eq!(d.get("/readyz").0, 200);
-    let (status, body) = d.get("/readyz?app=nope");
+    d.wait_online("flaky", 2);
+    let app = d.app("flaky");
+    assert_eq!(get(&d, "/readyz?app=flaky").0, 200);
+    assert_eq!(get(&d, "/readyz").0, 200);
+    let (status, body) = get(&d, "/readyz?app=nope");
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("no app named"), "{body}");
 
@@ -372,7 +267,7 @@ fn readyz_flips_while_a_slot_is_errored() {
     let mut last = (0, String::new());
     assert!(
         wait_until(Duration::from_secs(20), || {
-            last = d.get("/readyz?app=flaky");
+            last = get(&d, "/readyz?app=flaky");
             last.0 == 503 && last.1.contains("worker 1 is errored")
         }),
         "readyz never said the slot is errored: {last:?}"
@@ -381,18 +276,18 @@ fn readyz_flips_while_a_slot_is_errored() {
     assert_eq!(reason["ready"], false);
     assert_eq!(reason["ready_workers"], 1);
     assert_eq!(reason["wanted_workers"], 2);
-    assert_eq!(d.get("/readyz").0, 503);
+    assert_eq!(get(&d, "/readyz").0, 503);
 
     // Fix it, and reload through the admin endpoint (which wants its header).
     std::fs::write(&ok_file, "").unwrap();
-    assert_eq!(post(&d.addr, "/api/apps/flaky/reload", false).0, 403);
-    let (status, body) = post(&d.addr, "/api/apps/flaky/reload", true);
+    assert_eq!(post(http_addr(&d), "/api/apps/flaky/reload", false).0, 403);
+    let (status, body) = post(http_addr(&d), "/api/apps/flaky/reload", true);
     assert_eq!(status, 200, "{body}");
     assert!(
-        wait_until(Duration::from_secs(20), || d.get("/readyz?app=flaky").0
+        wait_until(Duration::from_secs(20), || get(&d, "/readyz?app=flaky").0
             == 200),
         "readyz never came back: {:?}",
-        d.get("/readyz?app=flaky")
+        get(&d, "/readyz?app=flaky")
     );
 }
 
@@ -447,7 +342,7 @@ fn the_status_page_in_headless_chromium() {
         skip_or_fail("Chromium is needed for the status page test: apt-get install chromium");
         return;
     };
-    let d = Daemon::new(false);
+    let d = Daemon::with_metrics(false);
     d.ok(&[
         "start",
         "--name",
@@ -468,10 +363,11 @@ fn the_status_page_in_headless_chromium() {
         "--",
         "--no-listen",
     ]);
-    let app = d.wait_online("checkout-api", 2);
+    d.wait_online("checkout-api", 2);
+    let app = d.app("checkout-api");
     d.wait_online("mailer", 1);
     let pid = app["workers"][0]["pid"].to_string();
-    let url = format!("http://{}/", d.addr);
+    let url = format!("http://{}/", http_addr(&d));
     let profile = TempDir::new("chromium");
 
     let out = run_chromium(

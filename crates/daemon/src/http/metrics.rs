@@ -107,9 +107,7 @@ pub async fn gather(ctx: &Arc<Ctx>) -> Vec<AppMetrics> {
     let entries = ctx.registry.lock().unwrap_or_else(|e| e.into_inner()).all();
     let tasks: Vec<_> = entries
         .into_iter()
-        .map(|e| {
-            tokio::spawn(async move { e.app.metrics().await })
-        })
+        .map(|e| tokio::spawn(async move { e.app.metrics().await }))
         .collect();
     let mut out = Vec::with_capacity(tasks.len());
     for t in tasks {

@@ -291,6 +291,68 @@ fn readyz_flips_while_a_slot_is_errored() {
     );
 }
 
+#[test]
+fn round_robin_hand_overs_are_counted_per_worker() {
+    if node_version().is_none() {
+        skip_or_fail("node is needed for the round-robin metrics test");
+        return;
+    }
+    let d = Daemon::with_metrics(false);
+    let port = free_port().to_string();
+    let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node/hello.js");
+    let out = d
+        .command(&[
+            "start",
+            "--name",
+            "rr",
+            "-i",
+            "2",
+            "--balance",
+            "round-robin",
+            app.to_str().unwrap(),
+        ])
+        .env("PORT", &port)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    d.wait_online("rr", 2);
+    let addr = format!("127.0.0.1:{port}");
+    assert!(wait_until(Duration::from_secs(10), || {
+        matches!(http_get(&addr, "/", Duration::from_secs(2)), Ok((200, _)))
+    }));
+    for _ in 0..9 {
+        assert_eq!(http_get(&addr, "/", Duration::from_secs(5)).unwrap().0, 200);
+    }
+    let (_, metrics) = get(&d, "/metrics");
+    let Some(rows) = parse_with_python(&metrics) else {
+        return;
+    };
+    let handed: Vec<f64> = ["0", "1"]
+        .iter()
+        .map(|w| {
+            sample(
+                &rows,
+                "herd_worker_connections_handed_over_total",
+                &[("app", "rr"), ("worker", w)],
+            )
+            .unwrap_or_else(|| panic!("no hand-overs for worker {w}:\n{metrics}"))
+            .2
+        })
+        .collect();
+    // Ten requests and the probes before them, spread over both workers.
+    assert!(handed.iter().sum::<f64>() >= 10.0, "{metrics}");
+    assert!(handed.iter().all(|n| *n >= 1.0), "{handed:?}\n{metrics}");
+    for w in ["0", "1"] {
+        let pending = sample(
+            &rows,
+            "herd_worker_connections_pending",
+            &[("app", "rr"), ("worker", w)],
+        )
+        .expect("pending");
+        assert_eq!(pending.2, 0.0, "{metrics}");
+    }
+}
+
 /// Debian's `chromium`, or another Chromium on the PATH.
 fn chromium() -> Option<PathBuf> {
     ["chromium", "chromium-browser", "google-chrome"]

@@ -325,3 +325,83 @@ pub fn encode(apps: &[AppMetrics], daemon_uptime: f64) -> Result<String, std::fm
     prometheus_client::encoding::text::encode(&mut out, r)?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::Counters;
+    use herd_engine::supervisor::RoundRobinStats;
+    use herd_protocol::{AppInfo, WorkerInfo};
+
+    fn worker(id: usize, pid: Option<u32>, status: &str) -> WorkerInfo {
+        WorkerInfo {
+            id,
+            pid,
+            status: status.into(),
+            restarts: 2,
+            uptime_ms: 1500,
+            cpu_percent: 0.0,
+            memory_bytes: 4096,
+        }
+    }
+
+    #[test]
+    fn one_series_per_slot_with_counters_and_states() {
+        let mut counters = Counters {
+            reloads: 3,
+            reloads_failed: 1,
+            log_bytes: [100, 7],
+            log_lines: [4, 1],
+            ..Counters::default()
+        };
+        counters.exits.insert((1, "signal", "SIGKILL".into()), 2);
+        let app = AppMetrics {
+            info: AppInfo {
+                name: "api".into(),
+                id: 0,
+                mode: "cluster".into(),
+                status: "reloading".into(),
+                instances: 2,
+                online: 2,
+                listen: vec![],
+                out_log: "/o".into(),
+                err_log: "/e".into(),
+                workers: vec![
+                    worker(0, Some(10), "online"),
+                    // Slot 0's replacement during the reload: not a second series.
+                    worker(0, Some(12), "launching"),
+                    worker(1, Some(11), "online"),
+                ],
+            },
+            counters,
+            round_robin: vec![RoundRobinStats {
+                slot: 1,
+                pid: 11,
+                handed_over: 5,
+                pending: 1,
+            }],
+            cpu_seconds: [(10, 0.5)].into_iter().collect(),
+        };
+        let text = encode(&[app], 2.0).unwrap();
+        for line in [
+            "herd_app_status{app=\"api\",status=\"reloading\"} 1",
+            "herd_app_status{app=\"api\",status=\"online\"} 0",
+            "herd_app_reloads_total{app=\"api\"} 3",
+            "herd_app_reloads_failed_total{app=\"api\"} 1",
+            "herd_app_log_bytes_total{app=\"api\",stream=\"stdout\"} 100",
+            "herd_app_log_lines_total{app=\"api\",stream=\"stderr\"} 1",
+            "herd_worker_info{app=\"api\",worker=\"0\",pid=\"10\"} 1",
+            "herd_worker_restarts_total{app=\"api\",worker=\"1\"} 2",
+            "herd_worker_exits_total{app=\"api\",worker=\"1\",cause=\"signal\",exit=\"SIGKILL\"} 2",
+            "herd_worker_cpu_seconds_total{app=\"api\",worker=\"0\"} 0.5",
+            "herd_worker_uptime_seconds{app=\"api\",worker=\"0\"} 1.5",
+            "herd_worker_connections_handed_over_total{app=\"api\",worker=\"1\"} 5",
+            "herd_worker_connections_pending{app=\"api\",worker=\"1\"} 1",
+            "herd_daemon_apps 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+        assert!(!text.contains("pid=\"12\""), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -33,7 +33,11 @@ cleanup() {
   pollers=()
   if [ -n "$home" ]; then
     HERD_HOME="$home" timeout 30 "$HERD" kill >/dev/null 2>&1 || true
-    [ -n "$daemon" ] && kill -9 "$daemon" 2>/dev/null || true
+    if [ -n "$daemon" ]; then
+      for _ in $(seq 100); do kill -0 "$daemon" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$daemon" 2>/dev/null || true
+      wait "$daemon" 2>/dev/null || true
+    fi
     rm -rf "$home"
   fi
   home=""; daemon=""

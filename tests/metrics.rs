@@ -480,3 +480,41 @@ fn the_status_page_in_headless_chromium() {
         "a poor PNG"
     );
 }
+
+#[test]
+fn the_listener_is_bounded_in_size_connections_and_time() {
+    let d = Daemon::with_metrics(false);
+    let addr = http_addr(&d).to_string();
+
+    // A request head over the cap: 431, and the daemon serves on.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let big = format!("GET / HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "a".repeat(20_000));
+    let _ = s.write_all(big.as_bytes());
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
+
+    // More silent connections than it serves at once: they are dropped after
+    // the read timeout, and a real request gets through after that.
+    let idle: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    let start = std::time::Instant::now();
+    let served = wait_until(Duration::from_secs(20), || {
+        http_get(&addr, "/healthz", Duration::from_secs(2)).is_ok_and(|(s, _)| s == 200)
+    });
+    assert!(served, "never served while idle connections were held");
+    assert!(start.elapsed() < Duration::from_secs(15));
+    let mut first = &idle[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        first.read(&mut buf).unwrap_or(0),
+        0,
+        "an idle connection is closed by the read timeout"
+    );
+    assert_eq!(get(&d, "/healthz").0, 200);
+}

@@ -138,16 +138,35 @@ async fn connection(ctx: &Arc<Ctx>, mut stream: TcpStream, settings: Settings) {
         Ok(Err(ReadError::Gone)) | Err(_) => return,
         Ok(Err(ReadError::TooLarge)) => {
             let r = Response::error(431, "the request is too large");
-            return write(&mut stream, &r, false).await;
+            write(&mut stream, &r, false).await;
+            return linger(&mut stream).await;
         }
         Ok(Err(ReadError::Malformed(why))) => {
             let r = Response::error(400, why);
-            return write(&mut stream, &r, false).await;
+            write(&mut stream, &r, false).await;
+            return linger(&mut stream).await;
         }
     };
     let head_only = request.method == "HEAD";
     let response = route(ctx, &request, settings).await;
     write(&mut stream, &response, head_only).await;
+}
+
+/// After answering a request that was not read to its end: read (and drop)
+/// what the client still sends, a little and briefly, so that closing with
+/// unread data does not reset the connection before it read the answer.
+async fn linger(stream: &mut TcpStream) {
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut total = 0;
+        while total < 4 * MAX_REQUEST {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
 }
 
 async fn route(ctx: &Arc<Ctx>, request: &Request, settings: Settings) -> Response {

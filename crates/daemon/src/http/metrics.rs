@@ -323,7 +323,55 @@ pub fn encode(apps: &[AppMetrics], daemon_uptime: f64) -> Result<String, std::fm
 
     let mut out = String::with_capacity(16 * 1024);
     prometheus_client::encoding::text::encode(&mut out, r)?;
-    Ok(out)
+    Ok(sorted_samples(&out))
+}
+
+/// The same text with each family's samples in a stable order (by app, then
+/// worker, as the labels read): a family keeps its series in a hash map.
+fn sorted_samples(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut samples: Vec<&str> = Vec::new();
+    let flush = |samples: &mut Vec<&str>, out: &mut String| {
+        samples.sort_by(|a, b| natural(a).cmp(&natural(b)));
+        for line in samples.drain(..) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    };
+    for line in text.lines() {
+        if line.starts_with('#') {
+            flush(&mut samples, &mut out);
+            out.push_str(line);
+            out.push('\n');
+        } else {
+            samples.push(line);
+        }
+    }
+    flush(&mut samples, &mut out);
+    out
+}
+
+/// A sort key where runs of digits compare as numbers (worker 2 before 10).
+fn natural(line: &str) -> Vec<(String, u64)> {
+    let mut key = Vec::new();
+    let mut text = String::new();
+    let mut digits = String::new();
+    for c in line.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+        } else {
+            if !digits.is_empty() {
+                key.push((
+                    std::mem::take(&mut text),
+                    digits.parse().unwrap_or(u64::MAX),
+                ));
+                digits.clear();
+            }
+            text.push(c);
+        }
+    }
+    key.push((text, digits.parse().unwrap_or(0)));
+    key
 }
 
 #[cfg(test)]
@@ -402,6 +450,17 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
         }
         assert!(!text.contains("pid=\"12\""), "{text}");
+        let restarts: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("herd_worker_restarts_total"))
+            .collect();
+        assert_eq!(
+            restarts,
+            [
+                "herd_worker_restarts_total{app=\"api\",worker=\"0\"} 2",
+                "herd_worker_restarts_total{app=\"api\",worker=\"1\"} 2"
+            ]
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 }

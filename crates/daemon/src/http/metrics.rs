@@ -332,7 +332,7 @@ fn sorted_samples(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut samples: Vec<&str> = Vec::new();
     let flush = |samples: &mut Vec<&str>, out: &mut String| {
-        samples.sort_by(|a, b| natural(a).cmp(&natural(b)));
+        samples.sort_by_cached_key(|line| natural(line));
         for line in samples.drain(..) {
             out.push_str(line);
             out.push('\n');

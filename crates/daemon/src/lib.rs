@@ -51,12 +51,10 @@ pub enum Error {
     Home(#[from] home::HomeError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
-    #[error(
-        "cannot listen for metrics on {addr}: {source}; choose another address with --metrics"
-    )]
+    #[error("cannot listen for metrics on {addr}: {error}; choose another address with --metrics")]
     Metrics {
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot listen on {path}: {source}")]
     Listen {

@@ -39,7 +39,7 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
     if let Some(addr) = options.metrics {
         let listener = crate::http::bind(addr)
             .await
-            .map_err(|source| Error::Metrics { addr, source })?;
+            .map_err(|error| Error::Metrics { addr, error })?;
         let bound = listener.local_addr().unwrap_or(addr);
         eprintln!("herd: metrics, health probes and the status page on http://{bound}/");
         let settings = crate::http::Settings {

@@ -1,15 +1,15 @@
 //! The daemon and its pm2-style CLI, end to end: a real daemon per test in a
-//! temporary `HERD_HOME`, real workers (the fixture server, Node apps), real
-//! sockets and signals. Every daemon a test starts is stopped when the test
-//! ends, pass or fail (`herd kill`, then SIGKILL, which takes its workers
-//! with it).
+//! temporary `HERD_HOME` (the testkit's `Daemon`), real workers (the fixture
+//! server, Node apps), real sockets and signals. Every daemon a test starts
+//! is stopped when the test ends, pass or fail (`herd kill`, then SIGKILL,
+//! which takes its workers with it).
 
 mod support;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -17,151 +17,8 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use support::*;
 
-/// A daemon in its own home, driven through the `herd` CLI.
-struct Daemon {
-    home: TempDir,
-}
-
-impl Daemon {
-    fn new() -> Daemon {
-        let d = Daemon {
-            home: TempDir::new("daemon"),
-        };
-        let out = d.herd(&["ping"]);
-        assert!(out.status.success(), "ping: {}", text(&out.stderr));
-        d
-    }
-
-    fn path(&self) -> &Path {
-        self.home.path()
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(herd_bin());
-        c.args(args)
-            .env("HERD_HOME", self.path())
-            .env_remove("NODE_CLUSTER_SCHED_POLICY")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn herd(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run herd")
-    }
-
-    /// Run a verb that must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.herd(args);
-        assert!(
-            out.status.success(),
-            "herd {args:?} failed ({}): {}{}",
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-
-    /// Run a verb that must fail with `code`; its stderr.
-    fn fails(&self, args: &[&str], code: i32) -> String {
-        let out = self.herd(args);
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "herd {args:?}: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stderr)
-    }
-
-    fn list(&self) -> Vec<Value> {
-        let out = self.ok(&["jlist"]);
-        serde_json::from_str::<Value>(&out)
-            .unwrap_or_else(|e| panic!("jlist is not JSON ({e}): {out}"))
-            .as_array()
-            .expect("an array")
-            .clone()
-    }
-
-    fn app(&self, name: &str) -> Value {
-        self.list()
-            .into_iter()
-            .find(|a| a["name"] == name)
-            .unwrap_or_else(|| panic!("no app {name} in the list"))
-    }
-
-    /// Wait until `name` has `n` online workers; their pids by worker id.
-    fn wait_online(&self, name: &str, n: usize) -> Vec<i32> {
-        let mut last = Value::Null;
-        let ok = wait_until(Duration::from_secs(20), || {
-            last = self.app(name);
-            last["status"] == "online" && last["online"] == n
-        });
-        assert!(ok, "{name} never had {n} workers online: {last:#}");
-        worker_pids(&last)
-    }
-
-    fn daemon_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.path().join("herd.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path().join("herd.log")).unwrap_or_default()
-    }
-
-    /// Start the fixture server as app `name`; the address it listens on.
-    fn start_fixture(&self, name: &str, extra: &[&str]) -> String {
-        let mut args = vec!["start", "--name", name, "--listen", ANY];
-        args.extend_from_slice(extra);
-        args.push(worker_bin());
-        self.ok(&args);
-        let app = self.app(name);
-        app["listen"][0]
-            .as_str()
-            .expect("a listen address")
-            .to_string()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let pid = self.daemon_pid();
-        let mut kill_cmd = self.command(&["kill"]);
-        if let Ok(mut child) = kill_cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
-            let done = wait_until(Duration::from_secs(15), || {
-                matches!(child.try_wait(), Ok(Some(_)))
-            });
-            if !done {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        // Whatever is left dies with the daemon (its workers have PDEATHSIG).
-        if let Some(pid) = pid {
-            if process_alive(pid) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-    }
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn worker_pids(app: &Value) -> Vec<i32> {
-    app["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|w| w["status"] == "online")
-        .map(|w| w["pid"].as_i64().unwrap() as i32)
-        .collect()
 }
 
 #[test]

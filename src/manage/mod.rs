@@ -66,6 +66,13 @@ pub struct DaemonArgs {
     /// Start the saved app list at once (what `herd startup`'s unit does at boot).
     #[arg(long)]
     resurrect: bool,
+    /// Serve Prometheus metrics (/metrics), health probes (/healthz, /readyz?app=NAME)
+    /// and a live status page (/) on this address, e.g. 127.0.0.1:9209. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// With --metrics: allow the status page's reload/restart/stop buttons (POST endpoints).
+    #[arg(long, requires = "metrics")]
+    metrics_admin: bool,
 }
 
 #[derive(Args, Debug)]
@@ -163,6 +170,8 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
             let code = herd_daemon::run(herd_daemon::Options {
                 home,
                 resurrect: args.resurrect,
+                metrics: args.metrics,
+                metrics_admin: args.metrics_admin,
             })?;
             return Ok(code);
         }

@@ -16,10 +16,17 @@ pub struct StartupArgs {
     /// ~/.config/systemd/user/herd.service otherwise).
     #[arg(long, value_name = "PATH")]
     unit_path: Option<PathBuf>,
+    /// Have the daemon serve metrics, health probes and the status page at ADDR (e.g. 127.0.0.1:9209).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// With --metrics: allow the status page's reload/restart/stop buttons.
+    #[arg(long, requires = "metrics")]
+    metrics_admin: bool,
 }
 
 /// The unit for this binary and home.
-pub fn unit(exe: &str, home: &str, user: &str, system: bool) -> String {
+/// `daemon_args` follow `daemon --resurrect` on the ExecStart line.
+pub fn unit(exe: &str, home: &str, user: &str, system: bool, daemon_args: &str) -> String {
     let user_line = if system {
         format!("User={user}\n")
     } else {
@@ -38,7 +45,7 @@ After=network.target
 [Service]
 Type=notify
 {user_line}Environment=HERD_HOME={home}
-ExecStart={exe} daemon --resurrect
+ExecStart={exe} daemon --resurrect{daemon_args}
 ExecReload={exe} reload all
 ExecStop={exe} kill
 # The daemon stops its apps itself (graceful stop, then SIGKILL of each
@@ -63,6 +70,7 @@ pub fn main(args: StartupArgs) -> anyhow::Result<i32> {
         &home.root().display().to_string(),
         &user,
         root,
+        &daemon_args(args.metrics, args.metrics_admin),
     );
     if !args.install {
         print!("{text}");
@@ -104,14 +112,36 @@ pub fn main(args: StartupArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The daemon's flags for the unit, each with its leading space.
+fn daemon_args(metrics: Option<std::net::SocketAddr>, admin: bool) -> String {
+    let mut out = String::new();
+    if let Some(addr) = metrics {
+        out.push_str(&format!(" --metrics {addr}"));
+        if admin {
+            out.push_str(" --metrics-admin");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn unit_is_type_notify_and_resurrects() {
-        let u = super::unit("/usr/bin/herd", "/home/a/.herd", "a", true);
+        let u = super::unit("/usr/bin/herd", "/home/a/.herd", "a", true, "");
         assert!(u.contains("Type=notify"));
         assert!(u.contains("ExecStart=/usr/bin/herd daemon --resurrect"));
         assert!(u.contains("User=a"));
         assert!(u.contains("Environment=HERD_HOME=/home/a/.herd"));
+    }
+
+    #[test]
+    fn unit_passes_the_metrics_flags() {
+        let args = super::daemon_args(Some("127.0.0.1:9209".parse().unwrap()), true);
+        let u = super::unit("/usr/bin/herd", "/h", "a", false, &args);
+        assert!(u.contains(
+            "ExecStart=/usr/bin/herd daemon --resurrect --metrics 127.0.0.1:9209 --metrics-admin\n"
+        ));
+        assert_eq!(super::daemon_args(None, true), "");
     }
 }

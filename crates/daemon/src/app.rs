@@ -8,14 +8,15 @@
 //! next command waits for it. Events keep being read meanwhile, so a worker's
 //! output is never held up by a command.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use herd_engine::config::{Balance, Instances, WorkerKind};
 use herd_engine::machine::{Command, Outcome, Report, SlotPhase, WorkerPhase};
+use herd_engine::os::process::ExitStatus;
 use herd_engine::supervisor::{
-    self, AppHandle, AppStatus, Event, Events, Stream, Target, UpdateError,
+    self, AppHandle, AppStatus, Event, Events, RoundRobinStats, Stream, Target, UpdateError,
 };
 use herd_protocol::{AppDef, AppInfo, ScaleTo, WorkerInfo};
 use nix::sys::signal::Signal;
@@ -46,8 +47,6 @@ pub enum AppCommand {
     },
     /// Stop it; the actor then ends.
     Delete,
-    Info(oneshot::Sender<AppInfo>),
-    Def(oneshot::Sender<AppDef>),
     Flush,
     Scale(ScaleTo),
     Send {
@@ -56,6 +55,33 @@ pub enum AppCommand {
     },
     Signal(Signal),
     ReopenLogs,
+}
+
+/// What the app counted since the daemon took it (for metrics; these
+/// survive restarts and reloads of the app, not a daemon restart).
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Worker exits by (slot, cause, what): cause `code` with the exit code,
+    /// or `signal` with the signal's name.
+    pub exits: BTreeMap<(usize, &'static str, String), u64>,
+    /// Reloads (and one-worker replacements) that ended, and those of them
+    /// that were aborted.
+    pub reloads: u64,
+    pub reloads_failed: u64,
+    /// Bytes and lines written to the log files: `[stdout, stderr]`.
+    pub log_bytes: [u64; 2],
+    pub log_lines: [u64; 2],
+}
+
+/// The app as the metrics endpoint shows it: the `list` view plus counters.
+#[derive(Debug, Clone)]
+pub struct AppMetrics {
+    pub info: AppInfo,
+    pub counters: Counters,
+    /// Round-robin hand-overs per worker (empty without a round-robin socket).
+    pub round_robin: Vec<RoundRobinStats>,
+    /// CPU time (user + system) each live worker pid used so far, in seconds.
+    pub cpu_seconds: HashMap<u32, f64>,
 }
 
 /// The result of a command: what happened, in words, or why it failed.
@@ -68,50 +94,52 @@ pub struct Envelope {
     pub reply: oneshot::Sender<Reply>,
 }
 
-impl AppCommand {
-    /// Answered at once, even while a command is pending (it changes nothing
-    /// a pending command waits on).
-    fn is_query(&self) -> bool {
-        matches!(
-            self,
-            AppCommand::Info(_) | AppCommand::Def(_) | AppCommand::ReopenLogs
-        )
-    }
+/// A read-only question: answered at once, even while a command is
+/// pending (a reload can take minutes; `list`, `/metrics` and `/readyz`
+/// must not wait for it).
+#[derive(Debug)]
+pub enum Query {
+    Info(oneshot::Sender<AppInfo>),
+    Metrics(oneshot::Sender<AppMetrics>),
+    Def(oneshot::Sender<AppDef>),
 }
 
-/// The sending side of an app's command queue (and of its query queue).
+/// The sending side of an app's command queue (and of its queries).
 #[derive(Debug, Clone)]
 pub struct AppRef {
     tx: mpsc::Sender<Envelope>,
-    queries: mpsc::Sender<Envelope>,
+    queries: mpsc::Sender<Query>,
 }
 
 impl AppRef {
     /// Queue a command and wait for its result (an ended actor is an error).
-    /// Queries skip the queue of commands.
     pub async fn ask(&self, command: AppCommand) -> Reply {
         let (reply, rx) = oneshot::channel();
-        let queue = if command.is_query() {
-            &self.queries
-        } else {
-            &self.tx
-        };
-        if queue.send(Envelope { command, reply }).await.is_err() {
+        if self.tx.send(Envelope { command, reply }).await.is_err() {
             return Err("the app is gone (deleted meanwhile)".into());
         }
         rx.await
             .unwrap_or_else(|_| Err("the app is gone (deleted meanwhile)".into()))
     }
 
+    /// The app as `list` shows it (`None`: the app is gone).
     pub async fn info(&self) -> Option<AppInfo> {
         let (tx, rx) = oneshot::channel();
-        self.ask(AppCommand::Info(tx)).await.ok()?;
+        self.queries.send(Query::Info(tx)).await.ok()?;
         rx.await.ok()
     }
 
+    /// The app as `/metrics` shows it (`None`: the app is gone).
+    pub async fn metrics(&self) -> Option<AppMetrics> {
+        let (tx, rx) = oneshot::channel();
+        self.queries.send(Query::Metrics(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// The app's definition, as `save` writes it (`None`: the app is gone).
     pub async fn def(&self) -> Option<AppDef> {
         let (tx, rx) = oneshot::channel();
-        self.ask(AppCommand::Def(tx)).await.ok()?;
+        self.queries.send(Query::Def(tx)).await.ok()?;
         rx.await.ok()
     }
 }
@@ -134,6 +162,7 @@ pub fn spawn(id: u32, def: AppDef, home: &Home) -> Result<AppRef, String> {
         listen: Vec::new(),
         outcome: None,
         deleted: false,
+        counters: Counters::default(),
     };
     tokio::spawn(actor.run(rx, queries_rx));
     Ok(AppRef { tx, queries })
@@ -169,7 +198,8 @@ impl Logs {
         })
     }
 
-    fn write(&mut self, stream: Stream, lines: &[u8], app: &str) {
+    /// Write a batch of whole lines; returns the bytes written (0 if lost).
+    fn write(&mut self, stream: Stream, lines: &[u8], app: &str) -> usize {
         let stamped;
         let bytes = match &self.stamper {
             Some(s) => {
@@ -183,7 +213,10 @@ impl Logs {
             Stream::Stderr => &mut self.err,
         };
         match file.write(bytes) {
-            Ok(()) => self.failed = false,
+            Ok(()) => {
+                self.failed = false;
+                return bytes.len();
+            }
             Err(e) if !self.failed => {
                 self.failed = true;
                 crate::say!(
@@ -193,6 +226,7 @@ impl Logs {
             }
             Err(_) => {}
         }
+        0
     }
 }
 
@@ -245,6 +279,7 @@ struct Actor {
     /// How the engine instance ended last (None: running, or never ran).
     outcome: Option<Outcome>,
     deleted: bool,
+    counters: Counters,
 }
 
 impl Actor {
@@ -259,12 +294,27 @@ impl Actor {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Envelope>,
-        mut queries: mpsc::Receiver<Envelope>,
+        mut queries: mpsc::Receiver<Query>,
     ) {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut queries_open = true;
         while !self.deleted {
             tokio::select! {
+                query = queries.recv(), if queries_open => match query {
+                    Some(Query::Info(tx)) => {
+                        let info = self.info().await;
+                        let _ = tx.send(info);
+                    }
+                    Some(Query::Metrics(tx)) => {
+                        let metrics = self.metrics().await;
+                        let _ = tx.send(metrics);
+                    }
+                    Some(Query::Def(tx)) => {
+                        let _ = tx.send(self.def.clone());
+                    }
+                    None => queries_open = false,
+                },
                 envelope = commands.recv(), if self.pending.is_none() => match envelope {
                     Some(e) => self.begin(e.command, e.reply).await,
                     // The registry let go of the app: the daemon is ending.
@@ -276,7 +326,6 @@ impl Actor {
                         break;
                     }
                 },
-                Some(e) = queries.recv() => self.begin(e.command, e.reply).await,
                 event = next_event(&mut self.events) => self.on_event(event),
                 _ = tick.tick() => self.sample().await,
             }
@@ -371,15 +420,6 @@ impl Actor {
                     answer(reply, Ok(format!("deleted {}", self.name())));
                 }
             },
-            AppCommand::Info(tx) => {
-                let info = self.info().await;
-                let _ = tx.send(info);
-                answer(reply, Ok(String::new()));
-            }
-            AppCommand::Def(tx) => {
-                let _ = tx.send(self.def.clone());
-                answer(reply, Ok(String::new()));
-            }
             AppCommand::Flush => {
                 let r = self
                     .logs
@@ -501,7 +541,16 @@ impl Actor {
             }
             Event::Output { stream, lines, .. } => {
                 let name = self.def.spec.name.clone();
-                self.logs.write(stream, &lines, &name);
+                let written = self.logs.write(stream, &lines, &name);
+                if written > 0 {
+                    let i = match stream {
+                        Stream::Stdout => 0,
+                        Stream::Stderr => 1,
+                    };
+                    self.counters.log_bytes[i] += written as u64;
+                    self.counters.log_lines[i] +=
+                        lines.iter().filter(|&&b| b == b'\n').count() as u64;
+                }
             }
             Event::Message { slot, message, .. } => {
                 self.say(format!("worker {slot} sent {message}"))
@@ -522,6 +571,21 @@ impl Actor {
     }
 
     fn on_report(&mut self, report: &Report) {
+        match report {
+            Report::Exited { slot, status, .. } => {
+                let key = match status {
+                    ExitStatus::Code(c) => (*slot, "code", c.to_string()),
+                    ExitStatus::Signal(s) => (*slot, "signal", s.as_str().to_string()),
+                };
+                *self.counters.exits.entry(key).or_default() += 1;
+            }
+            Report::ReloadFinished => self.counters.reloads += 1,
+            Report::ReloadAborted { .. } => {
+                self.counters.reloads += 1;
+                self.counters.reloads_failed += 1;
+            }
+            _ => {}
+        }
         let result = match report {
             Report::ReloadFinished => Ok(format!("reloaded {}", self.name())),
             Report::ReloadAborted { .. } => Err(format!("{}: {report}", self.name())),
@@ -642,6 +706,27 @@ impl Actor {
 
     async fn info(&mut self) -> AppInfo {
         let status = self.engine_status().await;
+        self.info_of(&status)
+    }
+
+    async fn metrics(&mut self) -> AppMetrics {
+        let status = self.engine_status().await;
+        let info = self.info_of(&status);
+        let cpu_seconds = info
+            .workers
+            .iter()
+            .filter_map(|w| w.pid)
+            .map(|pid| (pid, self.sampler.cpu_seconds(pid)))
+            .collect();
+        AppMetrics {
+            info,
+            counters: self.counters.clone(),
+            round_robin: status.map(|s| s.round_robin).unwrap_or_default(),
+            cpu_seconds,
+        }
+    }
+
+    fn info_of(&self, status: &Option<AppStatus>) -> AppInfo {
         let (out_log, err_log) = log_paths(&self.def, &self.home);
         let spec = &self.def.spec;
         let mode = if spec.kind == WorkerKind::Node
@@ -654,7 +739,7 @@ impl Actor {
         };
         let mut workers = Vec::new();
         let mut online = 0;
-        let (status_text, instances) = match &status {
+        let (status_text, instances) = match status {
             None => {
                 let text = match self.outcome {
                     Some(Outcome::Errored { .. }) => "errored",
@@ -722,7 +807,7 @@ impl Actor {
             }
         };
         // Every socket reported bound (Node apps ask for theirs as they start).
-        let listen = match &status {
+        let listen = match status {
             Some(_) => self.listen.clone(),
             None => spec.listeners.iter().map(|l| l.addr.to_string()).collect(),
         };

@@ -23,6 +23,9 @@
 //!   into commands for actors and a response.
 //! - **Logs** ([`logs`]): whole lines into per-app files, with optional
 //!   timestamps, size-based rotation and reopening on SIGUSR1.
+//! - **HTTP** ([`http`], off by default): `--metrics ADDR` serves
+//!   Prometheus metrics, `/healthz` and `/readyz` probes and a live status
+//!   page on a small bounded HTTP/1.1 listener on the same runtime.
 //! - **Persistence** ([`dump`]): `save` writes the app definitions with
 //!   write-temp, fsync, rename; `resurrect` starts them again.
 //!
@@ -34,6 +37,7 @@ pub mod app;
 pub mod dump;
 pub mod handlers;
 pub mod home;
+pub mod http;
 pub mod logs;
 pub mod sample;
 pub mod server;
@@ -60,6 +64,11 @@ pub enum Error {
     Home(#[from] home::HomeError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot listen for metrics on {addr}: {error}; choose another address with --metrics")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        error: std::io::Error,
+    },
     #[error("cannot listen on {path}: {source}")]
     Listen {
         path: std::path::PathBuf,
@@ -73,6 +82,10 @@ pub struct Options {
     pub home: Home,
     /// Start the saved app list at once (`herd startup`'s unit).
     pub resurrect: bool,
+    /// Serve metrics, health probes and the status page here (off: None).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Allow the status page's actions (reload, restart, stop).
+    pub metrics_admin: bool,
 }
 
 /// Run the daemon until `herd kill`, SIGTERM or SIGINT; returns the exit code.

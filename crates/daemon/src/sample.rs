@@ -66,6 +66,14 @@ impl Sampler {
         self.last.get(&pid).map(|(_, _, u)| *u).unwrap_or_default()
     }
 
+    /// The CPU time (user + system) `pid` used up to its last sample, in seconds.
+    pub fn cpu_seconds(&self, pid: u32) -> f64 {
+        self.last
+            .get(&pid)
+            .map(|(ticks, _, _)| *ticks as f64 / self.ticks_per_sec)
+            .unwrap_or(0.0)
+    }
+
     /// Forget pids not in `live`.
     pub fn retain(&mut self, live: &[u32]) {
         self.last.retain(|pid, _| live.contains(pid));

@@ -39,6 +39,17 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
     let listener = UnixListener::bind(&path).map_err(listen_err)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
     let ctx = Ctx::new(home.clone());
+    if let Some(addr) = options.metrics {
+        let listener = crate::http::bind(addr)
+            .await
+            .map_err(|error| Error::Metrics { addr, error })?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        crate::say!("metrics, health probes and the status page on http://{bound}/");
+        let settings = crate::http::Settings {
+            admin: options.metrics_admin,
+        };
+        tokio::spawn(crate::http::serve(ctx.clone(), listener, settings));
+    }
     crate::say!(
         "daemon {} listening on {} (HERD_HOME={})",
         std::process::id(),

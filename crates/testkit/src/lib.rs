@@ -137,11 +137,13 @@ fn match_at(toks: &[Tok<'_>], s: &str, caps: &mut Vec<String>) -> bool {
 mod bins;
 mod capture;
 pub mod cluster;
+mod daemon;
 mod skip;
 
 use capture::{Capture, Lines};
 
 pub use bins::{cargo_built, herd_bin, worker_bin};
+pub use daemon::{worker_pids, Daemon};
 pub use skip::{in_ci, node_version, skip_or_fail};
 
 /// `herd run OPTS -- herd-test-worker WORKER_ARGS`

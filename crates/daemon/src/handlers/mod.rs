@@ -7,6 +7,8 @@ mod list;
 mod persist;
 mod start;
 
+pub use list::list;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;

@@ -179,6 +179,21 @@ pub struct AppStatus {
     pub listeners: Vec<(String, ListenAddr)>,
     #[serde(flatten)]
     pub machine: crate::machine::Snapshot,
+    /// Per worker, the connections herd's round-robin handed over (empty
+    /// when the app has no round-robin socket).
+    #[serde(default)]
+    pub round_robin: Vec<RoundRobinStats>,
+}
+
+/// One worker's share of herd's round-robin accepting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RoundRobinStats {
+    pub slot: usize,
+    pub pid: u32,
+    /// Connections handed to it since it started.
+    pub handed_over: u64,
+    /// Connections handed to it and not answered yet.
+    pub pending: u64,
 }
 
 /// Why [`AppHandle::update`] cannot apply a new spec to a running app.
@@ -603,7 +618,26 @@ impl App {
                 .map(|l| (l.name.clone(), l.addr.clone()))
                 .collect(),
             machine: self.machine.snapshot(Instant::now()),
+            round_robin: self.round_robin_stats(),
         }
+    }
+
+    fn round_robin_stats(&self) -> Vec<RoundRobinStats> {
+        if !self.servers.values().any(|s| s.round_robin.is_some()) {
+            return Vec::new();
+        }
+        let mut stats: Vec<RoundRobinStats> = self
+            .procs
+            .values()
+            .map(|p| RoundRobinStats {
+                slot: p.slot,
+                pid: p.pid.as_raw() as u32,
+                handed_over: p.peer.handed_over,
+                pending: p.peer.unacked.len() as u64,
+            })
+            .collect();
+        stats.sort_by_key(|s| (s.slot, s.pid));
+        stats
     }
 
     /// Queue an event for the consumer; never waits (see the module docs).

@@ -119,6 +119,8 @@ pub(super) struct Peer {
     pub(super) channel_open: bool,
     /// It was told once that herd keeps no handles it sends.
     warned_handle: bool,
+    /// Round-robin connections handed to it so far (for metrics).
+    pub(super) handed_over: u64,
 }
 
 impl Peer {

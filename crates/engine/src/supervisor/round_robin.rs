@@ -234,6 +234,7 @@ impl App {
         let fd = conn.fd.clone();
         peer.unacked.insert(seq, (key.to_string(), conn));
         peer.handed_at.push_back((seq, now));
+        peer.handed_over += 1;
         let arm = !std::mem::replace(&mut peer.check_armed, true);
         let body = json!({
             "cmd": "NODE_HANDLE", "type": "net.Native",

@@ -1,0 +1,65 @@
+//! The status page (`/`, one self-contained HTML file embedded in the
+//! binary), its data (`/api/apps`, the same JSON as `herd list --json`), and
+//! the admin actions behind its buttons (`POST /api/apps/NAME/ACTION`), which
+//! are refused with 403 unless the daemon runs with `--metrics-admin`.
+
+use std::sync::Arc;
+
+use super::{Request, Response, Settings};
+use crate::app::AppCommand;
+use crate::handlers::Ctx;
+
+const PAGE: &str = include_str!("status.html");
+
+/// The header a POST must carry: a browser only sends it from a script of
+/// the page's own origin (another site's form cannot), so another site
+/// cannot drive the buttons.
+const ADMIN_HEADER: &str = "x-herd-admin";
+
+pub fn page(settings: Settings) -> Response {
+    let admin = if settings.admin { "true" } else { "false" };
+    let body = PAGE.replace("data-admin=\"false\"", &format!("data-admin=\"{admin}\""));
+    Response::new(200, "text/html; charset=utf-8", body)
+}
+
+pub async fn apps(ctx: &Arc<Ctx>) -> Response {
+    match crate::handlers::list(ctx).await {
+        herd_protocol::Response::Apps { apps } => Response::json(200, &apps),
+        _ => Response::error(500, "cannot list the apps"),
+    }
+}
+
+pub async fn action(ctx: &Arc<Ctx>, request: &Request, settings: Settings) -> Response {
+    if !settings.admin {
+        return Response::error(
+            403,
+            "read-only: start the daemon with `herd daemon --metrics ADDR --metrics-admin` to allow actions",
+        );
+    }
+    if request.header(ADMIN_HEADER).is_none() {
+        return Response::error(403, "send the X-Herd-Admin header (the status page does)");
+    }
+    let rest = &request.path["/api/apps/".len()..];
+    let Some((name, verb)) = rest.rsplit_once('/') else {
+        return Response::error(404, "use POST /api/apps/NAME/{reload,restart,stop}");
+    };
+    let command = match verb {
+        "reload" => AppCommand::Reload { def: None },
+        "restart" => AppCommand::Restart { worker: None },
+        "stop" => AppCommand::Stop,
+        _ => return Response::error(404, "the actions are reload, restart and stop"),
+    };
+    let entry = ctx
+        .registry
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .by_name(name)
+        .cloned();
+    let Some(entry) = entry else {
+        return Response::error(404, &format!("no app named '{name}'"));
+    };
+    match entry.app.ask(command).await {
+        Ok(message) => Response::json(200, &serde_json::json!({ "ok": true, "message": message })),
+        Err(message) => Response::json(500, &serde_json::json!({ "ok": false, "error": message })),
+    }
+}

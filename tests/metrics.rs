@@ -1,0 +1,520 @@
+//! The daemon's HTTP listener (`herd daemon --metrics ADDR`), end to end: a
+//! real daemon per test in a temporary `HERD_HOME`, real fixture workers,
+//! and real outside readers — the metrics parsed by the `prometheus_client`
+//! Python package's OpenMetrics parser, the status page rendered by headless
+//! Chromium. Under CI a missing python package or Chromium fails the test.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use support::*;
+
+/// GET on the daemon's HTTP listener: (status, body).
+fn get(d: &Daemon, path: &str) -> (u16, String) {
+    http_get(http_addr(d), path, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+fn http_addr(d: &Daemon) -> &str {
+    d.http.as_deref().expect("a daemon with --metrics")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// One POST with an empty body: (status, body).
+fn post(addr: &str, path: &str, admin_header: bool) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let extra = if admin_header {
+        "X-Herd-Admin: 1\r\n"
+    } else {
+        ""
+    };
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the response");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
+}
+
+/// Parse OpenMetrics text with the `prometheus_client` Python package's own
+/// parser; every sample as (name, labels, value).
+fn parse_with_python(metrics: &str) -> Option<Vec<(String, Value, f64)>> {
+    const SCRIPT: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        out.append([s.name, s.labels, s.value])
+print(json.dumps(out))
+"#;
+    let check = Command::new("python3")
+        .args(["-c", "import prometheus_client"])
+        .output();
+    if !check.is_ok_and(|o| o.status.success()) {
+        skip_or_fail(
+            "python3 with the prometheus_client package is needed: \
+             python3 -m pip install prometheus-client",
+        );
+        return None;
+    }
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser refused the metrics: {}\n{metrics}",
+        text(&out.stderr)
+    );
+    let rows: Vec<(String, Value, f64)> = serde_json::from_slice(&out.stdout).unwrap();
+    Some(rows)
+}
+
+fn sample<'a>(
+    rows: &'a [(String, Value, f64)],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<&'a (String, Value, f64)> {
+    rows.iter()
+        .find(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l[*k] == *v))
+}
+
+#[test]
+fn metrics_parse_and_match_the_list() {
+    let d = Daemon::with_metrics(false);
+    d.ok(&[
+        "start",
+        "--name",
+        "web",
+        "-i",
+        "2",
+        "--listen",
+        ANY,
+        worker_bin(),
+        "--",
+        "--log-requests",
+    ]);
+    d.wait_online("web", 2);
+    let app = d.app("web");
+    // A crash, so that restarts and exits by signal have something to count.
+    let victim = app["workers"][1]["pid"].as_i64().unwrap() as i32;
+    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || {
+        let a = d.app("web");
+        a["online"] == 2 && a["workers"][1]["pid"].as_i64() != Some(victim as i64)
+    }));
+    let addr = d.app("web")["listen"][0].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        assert_eq!(http_get(&addr, "/", Duration::from_secs(5)).unwrap().0, 200);
+    }
+
+    // The page's data is `herd list --json`, value for value.
+    let listed = d.list();
+    let (status, body) = get(&d, "/api/apps");
+    assert_eq!(status, 200);
+    let api: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(api[0]["name"], "web");
+    assert_eq!(api[0]["workers"][1]["pid"], listed[0]["workers"][1]["pid"]);
+
+    let (status, metrics) = get(&d, "/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    let Some(rows) = parse_with_python(&metrics) else {
+        return;
+    };
+    let app = d.app("web");
+    let has = |name: &str, labels: &[(&str, &str)], want: f64| {
+        let s = sample(&rows, name, labels)
+            .unwrap_or_else(|| panic!("no {name}{labels:?} in\n{metrics}"));
+        assert_eq!(s.2, want, "{name}{labels:?} in\n{metrics}");
+    };
+    has("herd_app_workers_wanted", &[("app", "web")], 2.0);
+    has("herd_app_workers_ready", &[("app", "web")], 2.0);
+    has("herd_app_up", &[("app", "web")], 1.0);
+    has(
+        "herd_app_status",
+        &[("app", "web"), ("status", "online")],
+        1.0,
+    );
+    has(
+        "herd_app_status",
+        &[("app", "web"), ("status", "errored")],
+        0.0,
+    );
+    has(
+        "herd_worker_exits_total",
+        &[
+            ("app", "web"),
+            ("worker", "1"),
+            ("cause", "signal"),
+            ("exit", "SIGKILL"),
+        ],
+        1.0,
+    );
+    for w in app["workers"].as_array().unwrap() {
+        let id = w["id"].to_string();
+        let pid = w["pid"].to_string();
+        let l = [("app", "web"), ("worker", id.as_str())];
+        has(
+            "herd_worker_info",
+            &[("app", "web"), ("worker", &id), ("pid", &pid)],
+            1.0,
+        );
+        has("herd_worker_up", &l, 1.0);
+        has(
+            "herd_worker_restarts_total",
+            &l,
+            w["restarts"].as_f64().unwrap(),
+        );
+        for name in [
+            "herd_worker_cpu_seconds_total",
+            "herd_worker_resident_memory_bytes",
+            "herd_worker_uptime_seconds",
+        ] {
+            assert!(sample(&rows, name, &l).is_some(), "no {name} in\n{metrics}");
+        }
+    }
+    assert_eq!(app["workers"][1]["restarts"], 1);
+    // The requests were logged, one line each (and the workers' start lines).
+    let lines = sample(
+        &rows,
+        "herd_app_log_lines_total",
+        &[("app", "web"), ("stream", "stdout")],
+    )
+    .expect("log lines");
+    assert!(lines.2 >= 3.0, "{metrics}");
+    assert!(
+        sample(
+            &rows,
+            "herd_app_log_bytes_total",
+            &[("app", "web"), ("stream", "stdout")]
+        )
+        .is_some_and(|s| s.2 > lines.2),
+        "{metrics}"
+    );
+
+    // Read-only without --metrics-admin.
+    assert_eq!(post(http_addr(&d), "/api/apps/web/reload", true).0, 403);
+    assert_eq!(get(&d, "/healthz").0, 200);
+    assert_eq!(get(&d, "/nothing-here").0, 404);
+}
+
+#[test]
+fn readyz_flips_while_a_slot_is_errored() {
+    let d = Daemon::with_metrics(true);
+    let ok_file = d.home.path().join("ok");
+    std::fs::write(&ok_file, "").unwrap();
+    d.ok(&[
+        "start",
+        "--name",
+        "flaky",
+        "-i",
+        "2",
+        "--listen",
+        ANY,
+        "--max-restarts",
+        "1",
+        worker_bin(),
+        "--",
+        "--require-file",
+        ok_file.to_str().unwrap(),
+    ]);
+    d.wait_online("flaky", 2);
+    let app = d.app("flaky");
+    assert_eq!(get(&d, "/readyz?app=flaky").0, 200);
+    assert_eq!(get(&d, "/readyz").0, 200);
+    let (status, body) = get(&d, "/readyz?app=nope");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no app named"), "{body}");
+
+    // Break it: the worker that replaces a dead one exits at once, until its
+    // slot is errored.
+    std::fs::remove_file(&ok_file).unwrap();
+    let victim = app["workers"][1]["pid"].as_i64().unwrap() as i32;
+    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    let mut last = (0, String::new());
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            last = get(&d, "/readyz?app=flaky");
+            last.0 == 503 && last.1.contains("worker 1 is errored")
+        }),
+        "readyz never said the slot is errored: {last:?}"
+    );
+    let reason: Value = serde_json::from_str(&last.1).unwrap();
+    assert_eq!(reason["ready"], false);
+    assert_eq!(reason["ready_workers"], 1);
+    assert_eq!(reason["wanted_workers"], 2);
+    assert_eq!(get(&d, "/readyz").0, 503);
+
+    // Fix it, and reload through the admin endpoint (which wants its header).
+    std::fs::write(&ok_file, "").unwrap();
+    assert_eq!(post(http_addr(&d), "/api/apps/flaky/reload", false).0, 403);
+    let (status, body) = post(http_addr(&d), "/api/apps/flaky/reload", true);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        wait_until(Duration::from_secs(20), || get(&d, "/readyz?app=flaky").0
+            == 200),
+        "readyz never came back: {:?}",
+        get(&d, "/readyz?app=flaky")
+    );
+}
+
+#[test]
+fn round_robin_hand_overs_are_counted_per_worker() {
+    if node_version().is_none() {
+        skip_or_fail("node is needed for the round-robin metrics test");
+        return;
+    }
+    let d = Daemon::with_metrics(false);
+    let port = free_port().to_string();
+    let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node/hello.js");
+    let out = d
+        .command(&[
+            "start",
+            "--name",
+            "rr",
+            "-i",
+            "2",
+            "--balance",
+            "round-robin",
+            app.to_str().unwrap(),
+        ])
+        .env("PORT", &port)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    d.wait_online("rr", 2);
+    let addr = format!("127.0.0.1:{port}");
+    assert!(wait_until(Duration::from_secs(10), || {
+        matches!(http_get(&addr, "/", Duration::from_secs(2)), Ok((200, _)))
+    }));
+    for _ in 0..9 {
+        assert_eq!(http_get(&addr, "/", Duration::from_secs(5)).unwrap().0, 200);
+    }
+    let (_, metrics) = get(&d, "/metrics");
+    let Some(rows) = parse_with_python(&metrics) else {
+        return;
+    };
+    let handed: Vec<f64> = ["0", "1"]
+        .iter()
+        .map(|w| {
+            sample(
+                &rows,
+                "herd_worker_connections_handed_over_total",
+                &[("app", "rr"), ("worker", w)],
+            )
+            .unwrap_or_else(|| panic!("no hand-overs for worker {w}:\n{metrics}"))
+            .2
+        })
+        .collect();
+    // Ten requests and the probes before them, spread over both workers.
+    assert!(handed.iter().sum::<f64>() >= 10.0, "{metrics}");
+    assert!(handed.iter().all(|n| *n >= 1.0), "{handed:?}\n{metrics}");
+    for w in ["0", "1"] {
+        let pending = sample(
+            &rows,
+            "herd_worker_connections_pending",
+            &[("app", "rr"), ("worker", w)],
+        )
+        .expect("pending");
+        assert_eq!(pending.2, 0.0, "{metrics}");
+    }
+}
+
+/// Debian's `chromium`, or another Chromium on the PATH.
+fn chromium() -> Option<PathBuf> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| {
+            std::env::var_os("PATH")?
+                .to_str()?
+                .split(':')
+                .map(|dir| Path::new(dir).join(name))
+                .find(|p| p.is_file())
+        })
+}
+
+fn run_chromium(bin: &Path, profile: &Path, args: &[&str]) -> Output {
+    let mut child = Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("run chromium");
+    let pid = child.id() as i32;
+    // Chromium hangs now and then in containers: bound it, and take its
+    // whole process group down either way.
+    let start = std::time::Instant::now();
+    while matches!(child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    child.wait_with_output().expect("chromium's output")
+}
+
+#[test]
+fn the_status_page_in_headless_chromium() {
+    let Some(bin) = chromium() else {
+        skip_or_fail("Chromium is needed for the status page test: apt-get install chromium");
+        return;
+    };
+    let d = Daemon::with_metrics(false);
+    d.ok(&[
+        "start",
+        "--name",
+        "checkout-api",
+        "-i",
+        "2",
+        "--listen",
+        ANY,
+        worker_bin(),
+    ]);
+    d.ok(&[
+        "start",
+        "--name",
+        "mailer",
+        "-i",
+        "1",
+        worker_bin(),
+        "--",
+        "--no-listen",
+    ]);
+    d.wait_online("checkout-api", 2);
+    let app = d.app("checkout-api");
+    d.wait_online("mailer", 1);
+    let pid = app["workers"][0]["pid"].to_string();
+    let url = format!("http://{}/", http_addr(&d));
+    let profile = TempDir::new("chromium");
+
+    let out = run_chromium(
+        &bin,
+        profile.path(),
+        &["--virtual-time-budget=3000", "--dump-dom", &url],
+    );
+    let dom = text(&out.stdout);
+    assert!(
+        dom.contains("data-app=\"checkout-api\"") && dom.contains(&format!(">{pid}<")),
+        "the page does not show the app and pid {pid}:\n{dom}\n{}",
+        text(&out.stderr)
+    );
+    assert!(dom.contains("read-only"), "{dom}");
+    assert!(
+        !dom.contains("<button"),
+        "buttons without --metrics-admin: {dom}"
+    );
+
+    // The README's screenshot: into docs/ with HERD_UPDATE_SCREENSHOT=1.
+    let shot = if std::env::var_os("HERD_UPDATE_SCREENSHOT").is_some() {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/status-page.png")
+    } else {
+        profile.path().join("status-page.png")
+    };
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&shot);
+    let out = run_chromium(
+        &bin,
+        profile.path(),
+        &[
+            "--virtual-time-budget=3000",
+            "--hide-scrollbars",
+            "--window-size=1200,800",
+            &format!("--screenshot={}", shot.display()),
+            &url,
+        ],
+    );
+    let png = std::fs::read(&shot).unwrap_or_else(|e| {
+        panic!(
+            "no screenshot at {} ({e}): {}",
+            shot.display(),
+            text(&out.stderr)
+        )
+    });
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a poor PNG"
+    );
+}
+
+#[test]
+fn the_listener_is_bounded_in_size_connections_and_time() {
+    let d = Daemon::with_metrics(false);
+    let addr = http_addr(&d).to_string();
+
+    // A request head over the cap: 431, and the daemon serves on.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let big = format!("GET / HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "a".repeat(20_000));
+    let _ = s.write_all(big.as_bytes());
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
+
+    // More silent connections than it serves at once: they are dropped after
+    // the read timeout, and a real request gets through after that.
+    let idle: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    let start = std::time::Instant::now();
+    let served = wait_until(Duration::from_secs(20), || {
+        http_get(&addr, "/healthz", Duration::from_secs(2)).is_ok_and(|(s, _)| s == 200)
+    });
+    assert!(served, "never served while idle connections were held");
+    assert!(start.elapsed() < Duration::from_secs(15));
+    let mut first = &idle[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        first.read(&mut buf).unwrap_or(0),
+        0,
+        "an idle connection is closed by the read timeout"
+    );
+    assert_eq!(get(&d, "/healthz").0, 200);
+}

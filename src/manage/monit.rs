@@ -1,0 +1,804 @@
+//! `herd monit`: a terminal dashboard over the daemon (ratatui + crossterm).
+//! It owns the screen while it runs: the apps and their workers (status,
+//! pid, uptime, restarts, CPU, memory), sparklines of CPU and memory kept
+//! here in bounded ring buffers, the selected app's log tail (the files read
+//! directly, as `herd logs` does), and keys that reload, restart, scale and
+//! stop the selected app (with a confirmation for the disruptive ones).
+//!
+//! Threads: the UI thread blocks in crossterm's `event::poll` with a
+//! timeout (no busy loop) and redraws only when something changed; a poller
+//! thread asks the daemon for the list once a second through one reused
+//! [`client::Client`]; each action runs on its own short-lived thread, so a
+//! reload that takes seconds never freezes the screen. The terminal is
+//! restored on every exit path, a panic included (ratatui's hook).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use herd_protocol::{AppInfo, Request, Response, ScaleTo};
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Clear, Paragraph, Row, Sparkline, Table, TableState};
+use ratatui::Frame;
+
+use super::client::Client;
+use super::list::{memory, uptime};
+use super::tail::Tail;
+
+/// How often the daemon is asked for the list.
+const REFRESH: Duration = Duration::from_secs(1);
+/// How often the UI wakes to read new log lines (and expire messages).
+const TICK: Duration = Duration::from_millis(250);
+/// Samples kept per series: 5 minutes at 1 Hz.
+const HISTORY: usize = 300;
+/// Log lines kept for the selected app.
+const LOG_KEEP: usize = 500;
+/// How long an action's outcome stays in the footer.
+const MESSAGE_FOR: Duration = Duration::from_secs(8);
+
+pub fn main() -> anyhow::Result<i32> {
+    // The first list before taking the screen: it starts the daemon when it
+    // is not running (as every verb does), and an error prints plainly.
+    let client = Client::new()?;
+    let first = match client.request(Request::List, true)? {
+        Some(Response::Apps { apps }) => apps,
+        _ => anyhow::bail!("the daemon answered list with something else"),
+    };
+    let (list_tx, list_rx) = mpsc::channel();
+    let (wake_tx, wake_rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("monit-poll".into())
+        .spawn(move || poll_daemon(client, list_tx, wake_rx))?;
+
+    let mut state = State::new();
+    state.update(Ok(first));
+    let terminal = ratatui::try_init()?;
+    let _restore = Restore;
+    run(terminal, state, list_rx, wake_tx)?;
+    Ok(0)
+}
+
+/// Gives the terminal back (raw mode off, main screen, cursor) however
+/// `main` ends; ratatui's panic hook does the same on a panic.
+struct Restore;
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        ratatui::restore();
+    }
+}
+
+type ListResult = Result<Vec<AppInfo>, String>;
+
+/// The poller thread: one list a second, or at once when woken (after an
+/// action). Never starts the daemon: after `herd kill`, monit says so.
+fn poll_daemon(client: Client, tx: Sender<ListResult>, wake: Receiver<()>) {
+    loop {
+        let started = Instant::now();
+        let result = match client.request(Request::List, false) {
+            Ok(Some(Response::Apps { apps })) => Ok(apps),
+            Ok(None) => Err("the daemon is not running (`herd ping` starts it)".to_string()),
+            Ok(Some(other)) => Err(format!("the daemon answered list with {other:?}")),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        if tx.send(result).is_err() {
+            return;
+        }
+        match wake.recv_timeout(REFRESH.saturating_sub(started.elapsed())) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn run(
+    mut terminal: ratatui::DefaultTerminal,
+    mut state: State,
+    list_rx: Receiver<ListResult>,
+    wake_tx: Sender<()>,
+) -> anyhow::Result<()> {
+    let (done_tx, done_rx) = mpsc::channel::<(String, Result<String, String>)>();
+    let mut dirty = true;
+    loop {
+        if dirty {
+            terminal.draw(|f| draw(f, &mut state))?;
+            dirty = false;
+        }
+        if event::poll(TICK)? {
+            match event::read()? {
+                Event::Key(key) if key.kind != KeyEventKind::Release => {
+                    match state.key(key) {
+                        Some(Act::Quit) => return Ok(()),
+                        Some(Act::Send(label, request)) => {
+                            let tx = done_tx.clone();
+                            let wake = wake_tx.clone();
+                            state.pending = Some(label.clone());
+                            std::thread::spawn(move || {
+                                let result = match super::client::request(request, false) {
+                                    Ok(Some(Response::Done { message })) => Ok(message),
+                                    Ok(Some(_)) => Ok(String::new()),
+                                    Ok(None) => Err("the daemon is not running".to_string()),
+                                    Err(e) => Err(format!("{e:#}")),
+                                };
+                                let _ = tx.send((label, result));
+                                let _ = wake.send(());
+                            });
+                            let _ = wake_tx.send(());
+                        }
+                        None => {}
+                    }
+                    dirty = true;
+                }
+                Event::Resize(..) => dirty = true,
+                _ => {}
+            }
+        }
+        while let Ok(list) = list_rx.try_recv() {
+            state.update(list);
+            dirty = true;
+        }
+        while let Ok((label, result)) = done_rx.try_recv() {
+            state.pending = None;
+            state.message = Some(match result {
+                Ok(m) if m.is_empty() => (format!("{label}: done"), false, Instant::now()),
+                Ok(m) => (m, false, Instant::now()),
+                Err(e) => (format!("{label}: {e}"), true, Instant::now()),
+            });
+            dirty = true;
+        }
+        if state.read_logs() {
+            dirty = true;
+        }
+        if state
+            .message
+            .as_ref()
+            .is_some_and(|(_, _, at)| at.elapsed() > MESSAGE_FOR)
+        {
+            state.message = None;
+            dirty = true;
+        }
+    }
+}
+
+/// What a key asks the loop to do.
+enum Act {
+    Quit,
+    /// Send this request to the daemon ("reload web" labels it meanwhile).
+    Send(String, Request),
+}
+
+/// A disruptive action waiting for y/n.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Confirm {
+    Reload,
+    Restart,
+    Stop,
+}
+
+impl Confirm {
+    fn verb(self) -> &'static str {
+        match self {
+            Confirm::Reload => "reload",
+            Confirm::Restart => "restart",
+            Confirm::Stop => "stop",
+        }
+    }
+
+    fn explain(self) -> &'static str {
+        match self {
+            Confirm::Reload => "Replace its workers one at a time, each once its successor is ready.",
+            Confirm::Restart => "Stop all its workers, then start them again (downtime).",
+            Confirm::Stop => "Stop its workers gracefully; it stays in the list.",
+        }
+    }
+
+    fn request(self, app: &str) -> Request {
+        let apps = app.to_string();
+        match self {
+            Confirm::Reload => Request::Reload { apps },
+            Confirm::Restart => Request::Restart { apps, worker: None },
+            Confirm::Stop => Request::Stop { apps },
+        }
+    }
+}
+
+/// A bounded ring buffer of samples.
+#[derive(Default)]
+struct Series(VecDeque<u64>);
+
+impl Series {
+    fn push(&mut self, v: u64) {
+        if self.0.len() == HISTORY {
+            self.0.pop_front();
+        }
+        self.0.push_back(v);
+    }
+
+    /// The last `n` samples, oldest first.
+    fn last(&self, n: usize) -> Vec<u64> {
+        let skip = self.0.len().saturating_sub(n);
+        self.0.iter().skip(skip).copied().collect()
+    }
+}
+
+/// CPU (in tenths of a percent) and memory (bytes) over time.
+#[derive(Default)]
+struct History {
+    cpu: Series,
+    mem: Series,
+}
+
+impl History {
+    fn push(&mut self, cpu_percent: f64, mem: u64) {
+        self.cpu.push((cpu_percent * 10.0).round().max(0.0) as u64);
+        self.mem.push(mem);
+    }
+}
+
+struct State {
+    apps: Vec<AppInfo>,
+    /// The selected app's id (kept across refreshes while it exists).
+    selected: Option<u32>,
+    error: Option<String>,
+    apps_history: HashMap<u32, History>,
+    workers_history: HashMap<(u32, usize), History>,
+    /// The selected app's log files and their latest lines (`true`: stderr).
+    tails: Vec<Tail>,
+    tails_of: Option<(u32, std::path::PathBuf)>,
+    log: VecDeque<(bool, String)>,
+    confirm: Option<Confirm>,
+    pending: Option<String>,
+    message: Option<(String, bool, Instant)>,
+    table: TableState,
+}
+
+impl State {
+    fn new() -> State {
+        State {
+            apps: Vec::new(),
+            selected: None,
+            error: None,
+            apps_history: HashMap::new(),
+            workers_history: HashMap::new(),
+            tails: Vec::new(),
+            tails_of: None,
+            log: VecDeque::new(),
+            confirm: None,
+            pending: None,
+            message: None,
+            table: TableState::default(),
+        }
+    }
+
+    fn update(&mut self, list: ListResult) {
+        let apps = match list {
+            Ok(apps) => apps,
+            Err(e) => {
+                self.error = Some(e);
+                return;
+            }
+        };
+        self.error = None;
+        // Sample every app and worker; forget those that are gone.
+        let mut seen_apps = HashMap::new();
+        let mut seen_workers = HashMap::new();
+        for app in &apps {
+            let cpu: f64 = app.workers.iter().map(|w| w.cpu_percent).sum();
+            let mem: u64 = app.workers.iter().map(|w| w.memory_bytes).sum();
+            let mut h = self.apps_history.remove(&app.id).unwrap_or_default();
+            h.push(cpu, mem);
+            seen_apps.insert(app.id, h);
+            for w in &app.workers {
+                let key = (app.id, w.id);
+                let mut h = self.workers_history.remove(&key).unwrap_or_default();
+                h.push(w.cpu_percent, w.memory_bytes);
+                seen_workers.insert(key, h);
+            }
+        }
+        self.apps_history = seen_apps;
+        self.workers_history = seen_workers;
+        self.apps = apps;
+        if !self
+            .selected
+            .is_some_and(|id| self.apps.iter().any(|a| a.id == id))
+        {
+            let index = self.table.selected().unwrap_or(0);
+            let index = index.min(self.apps.len().saturating_sub(1));
+            self.selected = self.apps.get(index).map(|a| a.id);
+        }
+        self.table.select(self.index());
+        self.follow_selected();
+    }
+
+    fn index(&self) -> Option<usize> {
+        let id = self.selected?;
+        self.apps.iter().position(|a| a.id == id)
+    }
+
+    fn selected_app(&self) -> Option<&AppInfo> {
+        self.index().map(|i| &self.apps[i])
+    }
+
+    fn move_selection(&mut self, down: bool) {
+        if self.apps.is_empty() {
+            return;
+        }
+        let i = self.index().unwrap_or(0);
+        let i = if down {
+            (i + 1).min(self.apps.len() - 1)
+        } else {
+            i.saturating_sub(1)
+        };
+        self.selected = Some(self.apps[i].id);
+        self.table.select(Some(i));
+        self.follow_selected();
+    }
+
+    /// Point the log tail at the selected app's files (its last lines first).
+    fn follow_selected(&mut self) {
+        let want = self.selected_app().map(|a| (a.id, a.out_log.clone()));
+        if want == self.tails_of {
+            return;
+        }
+        self.tails.clear();
+        self.log.clear();
+        if let Some(app) = self.selected_app() {
+            let mut out = Tail::new(&app.name, "out", app.out_log.clone());
+            let mut err = Tail::new(&app.name, "err", app.err_log.clone());
+            let half = LOG_KEEP / 2;
+            let past: Vec<_> = out
+                .last_lines(half)
+                .into_iter()
+                .map(|l| (false, clean(&l)))
+                .chain(err.last_lines(half).into_iter().map(|l| (true, clean(&l))))
+                .collect();
+            self.tails = vec![out, err];
+            for line in past {
+                self.push_log(line);
+            }
+        }
+        self.tails_of = want;
+    }
+
+    fn push_log(&mut self, line: (bool, String)) {
+        if self.log.len() == LOG_KEEP {
+            self.log.pop_front();
+        }
+        self.log.push_back(line);
+    }
+
+    /// New lines in the followed files; whether there were any.
+    fn read_logs(&mut self) -> bool {
+        let mut new = Vec::new();
+        for t in &mut self.tails {
+            let err = t.stream == "err";
+            new.extend(t.read_new().into_iter().map(|l| (err, clean(&l))));
+        }
+        let any = !new.is_empty();
+        for line in new {
+            self.push_log(line);
+        }
+        any
+    }
+
+    fn key(&mut self, key: KeyEvent) -> Option<Act> {
+        let ctrl_c = key.modifiers.contains(KeyModifiers::CONTROL)
+            && matches!(key.code, KeyCode::Char('c') | KeyCode::Char('C'));
+        if ctrl_c {
+            return Some(Act::Quit);
+        }
+        if let Some(confirm) = self.confirm.take() {
+            // Only `y` goes ahead; anything else cancels.
+            if matches!(key.code, KeyCode::Char('y') | KeyCode::Char('Y')) {
+                let app = self.selected_app()?.name.clone();
+                return Some(Act::Send(
+                    format!("{} {app}", confirm.verb()),
+                    confirm.request(&app),
+                ));
+            }
+            return None;
+        }
+        match key.code {
+            KeyCode::Char('q') | KeyCode::Esc => return Some(Act::Quit),
+            KeyCode::Up | KeyCode::Char('k') => self.move_selection(false),
+            KeyCode::Down | KeyCode::Char('j') => self.move_selection(true),
+            KeyCode::Char(c @ ('r' | 'R' | 's')) => {
+                if self.selected_app().is_some() {
+                    self.confirm = Some(match c {
+                        'r' => Confirm::Reload,
+                        'R' => Confirm::Restart,
+                        _ => Confirm::Stop,
+                    });
+                }
+            }
+            KeyCode::Char(c @ ('+' | '=' | '-' | '_')) => {
+                let app = self.selected_app()?.name.clone();
+                let by = if matches!(c, '+' | '=') { 1 } else { -1 };
+                return Some(Act::Send(
+                    format!("scale {app} {by:+}"),
+                    Request::Scale {
+                        app,
+                        to: ScaleTo::By(by),
+                    },
+                ));
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
+/// A log line made safe to draw: no escape sequences or control characters
+/// (they would move the cursor), tabs expanded.
+fn clean(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.trim_end_matches(['\n', '\r']).chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                // CSI: ESC [ params final-byte; otherwise ESC and one char.
+                if chars.next_if_eq(&'[').is_some() {
+                    for c in chars.by_ref() {
+                        if ('\x40'..='\x7e').contains(&c) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            '\t' => out.push_str("    "),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `▁▂▃▅▇` for the last `width` samples, scaled to `floor` or their maximum.
+fn spark(values: &[u64], width: usize, floor: u64) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let values = &values[values.len().saturating_sub(width)..];
+    let max = values.iter().copied().max().unwrap_or(0).max(floor).max(1);
+    let mut s: String = " ".repeat(width - values.len());
+    s.extend(
+        values
+            .iter()
+            .map(|&v| BARS[((v * 7 + max / 2) / max).min(7) as usize]),
+    );
+    s
+}
+
+fn status_colour(status: &str) -> Color {
+    match status {
+        "online" => Color::Green,
+        "errored" => Color::Red,
+        "stopped" => Color::DarkGray,
+        _ => Color::Yellow,
+    }
+}
+
+fn cut(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(width.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn draw(f: &mut Frame, state: &mut State) {
+    let [header, body, logs, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(9),
+        Constraint::Percentage(38),
+        Constraint::Length(1),
+    ])
+    .areas(f.area());
+    draw_header(f, header, state);
+    let [apps, detail] =
+        Layout::horizontal([Constraint::Length(44), Constraint::Min(30)]).areas(body);
+    draw_apps(f, apps, state);
+    draw_detail(f, detail, state);
+    draw_logs(f, logs, state);
+    draw_footer(f, footer, state);
+    if let Some(confirm) = state.confirm {
+        if let Some(app) = state.selected_app() {
+            draw_confirm(f, confirm, &app.name);
+        }
+    }
+}
+
+fn draw_header(f: &mut Frame, area: Rect, state: &State) {
+    let workers: usize = state.apps.iter().map(|a| a.online).sum();
+    let mut spans = vec![
+        Span::styled(
+            " herd monit ",
+            Style::new().fg(Color::Black).bg(Color::Cyan).bold(),
+        ),
+        Span::raw(format!(
+            "  {} app(s), {workers} worker(s) online",
+            state.apps.len()
+        )),
+    ];
+    if let Some(e) = &state.error {
+        spans.push(Span::styled(
+            format!("   {e}"),
+            Style::new().fg(Color::Red).bold(),
+        ));
+    }
+    f.render_widget(Line::from(spans), area);
+}
+
+fn draw_apps(f: &mut Frame, area: Rect, state: &mut State) {
+    let block = Block::bordered().title(" apps ");
+    if state.apps.is_empty() {
+        let text = vec![
+            Line::from("no apps"),
+            Line::from(""),
+            Line::from(Span::styled(
+                "start one: herd start app.js -i 2",
+                Style::new().fg(Color::DarkGray),
+            )),
+        ];
+        f.render_widget(
+            Paragraph::new(text).alignment(Alignment::Center).block(block),
+            area,
+        );
+        return;
+    }
+    let rows = state.apps.iter().map(|a| {
+        let cpu: f64 = a.workers.iter().map(|w| w.cpu_percent).sum();
+        let mem: u64 = a.workers.iter().map(|w| w.memory_bytes).sum();
+        Row::new(vec![
+            Span::raw(cut(&a.name, 14)),
+            Span::styled(a.status.clone(), Style::new().fg(status_colour(&a.status))),
+            Span::raw(format!("{}/{}", a.online, a.instances)),
+            Span::raw(format!("{cpu:.0}%")),
+            Span::raw(memory(mem)),
+        ])
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(14),
+            Constraint::Length(9),
+            Constraint::Length(5),
+            Constraint::Length(4),
+            Constraint::Length(6),
+        ],
+    )
+    .header(Row::new(["name", "status", "up", "cpu", "mem"]).style(Style::new().bold()))
+    .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+    .highlight_symbol("▶")
+    .block(block);
+    f.render_stateful_widget(table, area, &mut state.table);
+}
+
+fn draw_detail(f: &mut Frame, area: Rect, state: &State) {
+    let Some(app) = state.selected_app() else {
+        f.render_widget(Block::bordered().title(" workers "), area);
+        return;
+    };
+    let listen = if app.listen.is_empty() {
+        String::new()
+    } else {
+        format!(" · {}", app.listen.join(", "))
+    };
+    let block = Block::bordered().title(Line::from(vec![
+        Span::raw(" "),
+        Span::styled(app.name.clone(), Style::new().bold()),
+        Span::raw(format!(" · {}{listen} ", app.mode)),
+    ]));
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    let [cpu_row, mem_row, workers] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Length(2),
+        Constraint::Min(1),
+    ])
+    .areas(inner);
+    let history = state.apps_history.get(&app.id);
+    let cpu_now: f64 = app.workers.iter().map(|w| w.cpu_percent).sum();
+    let mem_now: u64 = app.workers.iter().map(|w| w.memory_bytes).sum();
+    for (row, label, value, series, colour, floor) in [
+        (
+            cpu_row,
+            "cpu",
+            format!("{cpu_now:.1}%"),
+            history.map(|h| &h.cpu),
+            Color::Cyan,
+            100,
+        ),
+        (
+            mem_row,
+            "mem",
+            memory(mem_now),
+            history.map(|h| &h.mem),
+            Color::Magenta,
+            1,
+        ),
+    ] {
+        let [text, graph] =
+            Layout::horizontal([Constraint::Length(12), Constraint::Min(1)]).areas(row);
+        f.render_widget(
+            Paragraph::new(vec![
+                Line::from(Span::styled(label, Style::new().fg(colour).bold())),
+                Line::from(value),
+            ]),
+            text,
+        );
+        let data = series
+            .map(|s| s.last(graph.width as usize))
+            .unwrap_or_default();
+        let max = data.iter().copied().max().unwrap_or(0).max(floor);
+        f.render_widget(
+            Sparkline::default()
+                .data(&data)
+                .max(max)
+                .style(Style::new().fg(colour)),
+            graph,
+        );
+    }
+    let rows = app.workers.iter().map(|w| {
+        let h = state.workers_history.get(&(app.id, w.id));
+        let cpu_spark = h.map(|h| spark(&h.cpu.last(12), 12, 100)).unwrap_or_default();
+        let mem_spark = h.map(|h| spark(&h.mem.last(12), 12, 1)).unwrap_or_default();
+        Row::new(vec![
+            Span::raw(w.id.to_string()),
+            Span::raw(w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())),
+            Span::styled(w.status.clone(), Style::new().fg(status_colour(&w.status))),
+            Span::raw(uptime(w.uptime_ms)),
+            Span::raw(w.restarts.to_string()),
+            Span::raw(format!("{:.1}%", w.cpu_percent)),
+            Span::styled(cpu_spark, Style::new().fg(Color::Cyan)),
+            Span::raw(memory(w.memory_bytes)),
+            Span::styled(mem_spark, Style::new().fg(Color::Magenta)),
+        ])
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(3),
+            Constraint::Length(8),
+            Constraint::Length(9),
+            Constraint::Length(6),
+            Constraint::Length(3),
+            Constraint::Length(6),
+            Constraint::Length(12),
+            Constraint::Length(7),
+            Constraint::Length(12),
+        ],
+    )
+    .header(
+        Row::new(["id", "pid", "status", "uptime", "↺", "cpu", "", "mem", ""])
+            .style(Style::new().bold()),
+    );
+    f.render_widget(table, workers);
+}
+
+fn draw_logs(f: &mut Frame, area: Rect, state: &State) {
+    let title = match state.selected_app() {
+        Some(app) => format!(" logs: {} ", app.name),
+        None => " logs ".to_string(),
+    };
+    let block = Block::bordered().title(title);
+    let height = block.inner(area).height as usize;
+    let skip = state.log.len().saturating_sub(height);
+    let lines: Vec<Line> = state
+        .log
+        .iter()
+        .skip(skip)
+        .map(|(err, text)| {
+            if *err {
+                Line::styled(text.as_str(), Style::new().fg(Color::Red))
+            } else {
+                Line::raw(text.as_str())
+            }
+        })
+        .collect();
+    f.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+fn draw_footer(f: &mut Frame, area: Rect, state: &State) {
+    let key = |k: &'static str| Span::styled(k, Style::new().fg(Color::Cyan).bold());
+    let mut spans = vec![
+        key(" ↑↓/jk"),
+        Span::raw(" select  "),
+        key("r"),
+        Span::raw(" reload  "),
+        key("R"),
+        Span::raw(" restart  "),
+        key("+/-"),
+        Span::raw(" scale  "),
+        key("s"),
+        Span::raw(" stop  "),
+        key("q"),
+        Span::raw(" quit   "),
+    ];
+    if let Some(p) = &state.pending {
+        spans.push(Span::styled(
+            format!("{p}…"),
+            Style::new().fg(Color::Yellow),
+        ));
+    } else if let Some((m, err, _)) = &state.message {
+        let colour = if *err { Color::Red } else { Color::Green };
+        spans.push(Span::styled(m.clone(), Style::new().fg(colour)));
+    }
+    f.render_widget(Line::from(spans), area);
+}
+
+fn draw_confirm(f: &mut Frame, confirm: Confirm, app: &str) {
+    let area = f.area();
+    let width = 60.min(area.width);
+    let height = 6.min(area.height);
+    let popup = Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y + (area.height - height) / 2,
+        width,
+        height,
+    };
+    let text = vec![
+        Line::from(confirm.explain()),
+        Line::from(""),
+        Line::from(vec![
+            Span::styled("y", Style::new().fg(Color::Green).bold()),
+            Span::raw(" yes    "),
+            Span::styled("n", Style::new().fg(Color::Red).bold()),
+            Span::raw(" no"),
+        ]),
+    ];
+    f.render_widget(Clear, popup);
+    f.render_widget(
+        Paragraph::new(text)
+            .alignment(Alignment::Center)
+            .wrap(ratatui::widgets::Wrap { trim: true })
+            .block(
+                Block::bordered()
+                    .title(format!(" {} {app}? ", capitalize(confirm.verb())))
+                    .border_style(Style::new().fg(Color::Yellow)),
+            ),
+        popup,
+    );
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|first| first.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_lose_escapes_and_controls() {
+        assert_eq!(clean(b"\x1b[31mred\x1b[0m ok\n"), "red ok");
+        assert_eq!(clean(b"a\tb\r\n"), "a    b");
+        assert_eq!(clean(b"bell\x07 \x1b]x"), "bell x");
+    }
+
+    #[test]
+    fn sparks_scale_and_pad() {
+        assert_eq!(spark(&[], 3, 1), "   ");
+        assert_eq!(spark(&[0, 50, 100], 4, 100), " ▁▅█");
+        assert_eq!(spark(&[1, 2, 3, 4, 5], 2, 1), "▇█");
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut s = Series::default();
+        for i in 0..(HISTORY as u64 + 10) {
+            s.push(i);
+        }
+        assert_eq!(s.0.len(), HISTORY);
+        assert_eq!(s.last(2), vec![HISTORY as u64 + 8, HISTORY as u64 + 9]);
+    }
+}

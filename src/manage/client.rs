@@ -41,11 +41,7 @@ impl Client {
     }
 
     /// See [`request`].
-    pub fn request(
-        &self,
-        request: Request,
-        autostart: bool,
-    ) -> anyhow::Result<Option<Response>> {
+    pub fn request(&self, request: Request, autostart: bool) -> anyhow::Result<Option<Response>> {
         self.runtime.block_on(async {
             let Some(mut conn) = connect(&self.home, autostart).await? else {
                 return Ok(None);

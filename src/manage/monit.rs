@@ -189,7 +189,7 @@ impl Confirm {
 
     fn explain(self) -> &'static str {
         match self {
-            Confirm::Reload => "Replace its workers one at a time, each once its successor is ready.",
+            Confirm::Reload => "Replace its workers one by one, each once its successor is ready.",
             Confirm::Restart => "Stop all its workers, then start them again (downtime).",
             Confirm::Stop => "Stop its workers gracefully; it stays in the list.",
         }
@@ -244,7 +244,8 @@ struct State {
     selected: Option<u32>,
     error: Option<String>,
     apps_history: HashMap<u32, History>,
-    workers_history: HashMap<(u32, usize), History>,
+    /// By app, worker slot and pid: a replacement starts its own history.
+    workers_history: HashMap<(u32, usize, Option<u32>), History>,
     /// The selected app's log files and their latest lines (`true`: stderr).
     tails: Vec<Tail>,
     tails_of: Option<(u32, std::path::PathBuf)>,
@@ -292,7 +293,7 @@ impl State {
             h.push(cpu, mem);
             seen_apps.insert(app.id, h);
             for w in &app.workers {
-                let key = (app.id, w.id);
+                let key = (app.id, w.id, w.pid);
                 let mut h = self.workers_history.remove(&key).unwrap_or_default();
                 h.push(w.cpu_percent, w.memory_bytes);
                 seen_workers.insert(key, h);
@@ -495,8 +496,8 @@ fn cut(s: &str, width: usize) -> String {
 fn draw(f: &mut Frame, state: &mut State) {
     let [header, body, logs, footer] = Layout::vertical([
         Constraint::Length(1),
-        Constraint::Min(9),
-        Constraint::Percentage(38),
+        Constraint::Fill(3),
+        Constraint::Fill(2),
         Constraint::Length(1),
     ])
     .areas(f.area());
@@ -547,7 +548,9 @@ fn draw_apps(f: &mut Frame, area: Rect, state: &mut State) {
             )),
         ];
         f.render_widget(
-            Paragraph::new(text).alignment(Alignment::Center).block(block),
+            Paragraph::new(text)
+                .alignment(Alignment::Center)
+                .block(block),
             area,
         );
         return;
@@ -646,9 +649,11 @@ fn draw_detail(f: &mut Frame, area: Rect, state: &State) {
         );
     }
     let rows = app.workers.iter().map(|w| {
-        let h = state.workers_history.get(&(app.id, w.id));
-        let cpu_spark = h.map(|h| spark(&h.cpu.last(12), 12, 100)).unwrap_or_default();
-        let mem_spark = h.map(|h| spark(&h.mem.last(12), 12, 1)).unwrap_or_default();
+        let h = state.workers_history.get(&(app.id, w.id, w.pid));
+        let cpu_spark = h
+            .map(|h| spark(&h.cpu.last(16), 16, 100))
+            .unwrap_or_default();
+        let mem_spark = h.map(|h| spark(&h.mem.last(16), 16, 1)).unwrap_or_default();
         Row::new(vec![
             Span::raw(w.id.to_string()),
             Span::raw(w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())),
@@ -670,9 +675,9 @@ fn draw_detail(f: &mut Frame, area: Rect, state: &State) {
             Constraint::Length(6),
             Constraint::Length(3),
             Constraint::Length(6),
-            Constraint::Length(12),
+            Constraint::Length(16),
             Constraint::Length(7),
-            Constraint::Length(12),
+            Constraint::Length(16),
         ],
     )
     .header(
@@ -735,7 +740,7 @@ fn draw_footer(f: &mut Frame, area: Rect, state: &State) {
 
 fn draw_confirm(f: &mut Frame, confirm: Confirm, app: &str) {
     let area = f.area();
-    let width = 60.min(area.width);
+    let width = 70.min(area.width);
     let height = 6.min(area.height);
     let popup = Rect {
         x: area.x + (area.width - width) / 2,

@@ -406,14 +406,12 @@ impl State {
             KeyCode::Char('q') | KeyCode::Esc => return Some(Act::Quit),
             KeyCode::Up | KeyCode::Char('k') => self.move_selection(false),
             KeyCode::Down | KeyCode::Char('j') => self.move_selection(true),
-            KeyCode::Char(c @ ('r' | 'R' | 's')) => {
-                if self.selected_app().is_some() {
-                    self.confirm = Some(match c {
-                        'r' => Confirm::Reload,
-                        'R' => Confirm::Restart,
-                        _ => Confirm::Stop,
-                    });
-                }
+            KeyCode::Char(c @ ('r' | 'R' | 's')) if self.selected_app().is_some() => {
+                self.confirm = Some(match c {
+                    'r' => Confirm::Reload,
+                    'R' => Confirm::Restart,
+                    _ => Confirm::Stop,
+                });
             }
             KeyCode::Char(c @ ('+' | '=' | '-' | '_')) => {
                 let app = self.selected_app()?.name.clone();

@@ -458,11 +458,38 @@ fn clean(line: &[u8]) -> String {
     out
 }
 
-/// `▁▂▃▅▇` for the last `width` samples, scaled to `floor` or their maximum.
-fn spark(values: &[u64], width: usize, floor: u64) -> String {
+/// How a series is drawn.
+#[derive(Clone, Copy)]
+enum Scale {
+    /// From 0 to the highest sample, at least 10%.
+    Cpu,
+    /// From half the lowest sample to a quarter over the highest: a steady
+    /// worker draws a two-thirds bar, and growth (a leak) shows.
+    Memory,
+}
+
+impl Scale {
+    /// The samples, shifted to the graph's bottom, and the graph's top.
+    fn fit(self, values: &[u64]) -> (Vec<u64>, u64) {
+        let max = values.iter().copied().max().unwrap_or(0);
+        match self {
+            Scale::Cpu => (values.to_vec(), max.max(100)),
+            Scale::Memory => {
+                // Not sampled yet (0) does not count as the lowest.
+                let low = values.iter().copied().filter(|&v| v > 0).min();
+                let base = low.unwrap_or(0) / 2;
+                let shifted = values.iter().map(|v| v.saturating_sub(base)).collect();
+                (shifted, (max + max / 4 - base).max(1))
+            }
+        }
+    }
+}
+
+/// `▁▂▃▅▇` for the last `width` samples.
+fn spark(values: &[u64], width: usize, scale: Scale) -> String {
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     let values = &values[values.len().saturating_sub(width)..];
-    let max = values.iter().copied().max().unwrap_or(0).max(floor).max(1);
+    let (values, max) = scale.fit(values);
     let mut s: String = " ".repeat(width - values.len());
     s.extend(
         values
@@ -607,14 +634,14 @@ fn draw_detail(f: &mut Frame, area: Rect, state: &State) {
     let history = state.apps_history.get(&app.id);
     let cpu_now: f64 = app.workers.iter().map(|w| w.cpu_percent).sum();
     let mem_now: u64 = app.workers.iter().map(|w| w.memory_bytes).sum();
-    for (row, label, value, series, colour, floor) in [
+    for (row, label, value, series, colour, scale) in [
         (
             cpu_row,
             "cpu",
             format!("{cpu_now:.1}%"),
             history.map(|h| &h.cpu),
             Color::Cyan,
-            100,
+            Scale::Cpu,
         ),
         (
             mem_row,
@@ -622,7 +649,7 @@ fn draw_detail(f: &mut Frame, area: Rect, state: &State) {
             memory(mem_now),
             history.map(|h| &h.mem),
             Color::Magenta,
-            1,
+            Scale::Memory,
         ),
     ] {
         let [text, graph] =
@@ -634,10 +661,10 @@ fn draw_detail(f: &mut Frame, area: Rect, state: &State) {
             ]),
             text,
         );
-        let data = series
+        let samples = series
             .map(|s| s.last(graph.width as usize))
             .unwrap_or_default();
-        let max = data.iter().copied().max().unwrap_or(0).max(floor);
+        let (data, max) = scale.fit(&samples);
         f.render_widget(
             Sparkline::default()
                 .data(&data)
@@ -649,9 +676,11 @@ fn draw_detail(f: &mut Frame, area: Rect, state: &State) {
     let rows = app.workers.iter().map(|w| {
         let h = state.workers_history.get(&(app.id, w.id, w.pid));
         let cpu_spark = h
-            .map(|h| spark(&h.cpu.last(16), 16, 100))
+            .map(|h| spark(&h.cpu.last(16), 16, Scale::Cpu))
             .unwrap_or_default();
-        let mem_spark = h.map(|h| spark(&h.mem.last(16), 16, 1)).unwrap_or_default();
+        let mem_spark = h
+            .map(|h| spark(&h.mem.last(16), 16, Scale::Memory))
+            .unwrap_or_default();
         Row::new(vec![
             Span::raw(w.id.to_string()),
             Span::raw(w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())),
@@ -790,9 +819,13 @@ mod tests {
 
     #[test]
     fn sparks_scale_and_pad() {
-        assert_eq!(spark(&[], 3, 1), "   ");
-        assert_eq!(spark(&[0, 50, 100], 4, 100), " ▁▅█");
-        assert_eq!(spark(&[1, 2, 3, 4, 5], 2, 1), "▇█");
+        assert_eq!(spark(&[], 3, Scale::Cpu), "   ");
+        assert_eq!(spark(&[0, 500, 1000], 4, Scale::Cpu), " ▁▅█");
+        // Under 10%, CPU stays low on the graph.
+        assert_eq!(spark(&[0, 10], 2, Scale::Cpu), "▁▂");
+        assert_eq!(spark(&[100, 100], 2, Scale::Memory), "▆▆");
+        assert_eq!(spark(&[0, 100, 100], 3, Scale::Memory), "▁▆▆");
+        assert_eq!(spark(&[1, 100, 100, 200], 3, Scale::Memory), "▃▃▆");
     }
 
     #[test]

@@ -323,7 +323,7 @@ fn monit_shows_workers_reloads_on_r_y_and_quits_on_q() {
 }
 
 #[test]
-fn monit_starts_the_daemon_shows_no_apps_and_quits_on_ctrl_c() {
+fn monit_starts_the_daemon_shows_no_apps_survives_its_end_and_quits_on_ctrl_c_or_sigterm() {
     let d = Daemon::new();
     assert!(d.daemon_pid().is_none());
     let Some(tmux) = Tmux::start(d.path()) else {
@@ -339,6 +339,12 @@ fn monit_starts_the_daemon_shows_no_apps_and_quits_on_ctrl_c() {
     // Keys that need an app do nothing without one.
     tmux.keys("r");
     tmux.keys("Down");
+    // The daemon goes away: monit says so (and does not start it again).
+    d.ok(&["kill"]);
+    tmux.wait_screen("that the daemon is gone", Duration::from_secs(10), |s| {
+        s.contains("the daemon is not running")
+    });
+    assert!(d.daemon_pid().is_none(), "monit restarted the daemon");
     tmux.keys("C-c");
     tmux.wait_screen("the shell after monit", Duration::from_secs(10), |s| {
         s.contains("monit-exited-0")
@@ -346,5 +352,21 @@ fn monit_starts_the_daemon_shows_no_apps_and_quits_on_ctrl_c() {
     assert!(
         wait_until(Duration::from_secs(5), || !process_alive(monit)),
         "monit {monit} still runs"
+    );
+
+    // SIGTERM also gives the terminal back (exit status 128 + 15).
+    std::fs::remove_file(&pid_file).unwrap();
+    launch_monit(&tmux, &pid_file);
+    tmux.wait_screen("no apps", Duration::from_secs(20), |s| {
+        s.contains("no apps")
+    });
+    let monit = read_pid(&pid_file);
+    kill(Pid::from_raw(monit), Signal::SIGTERM).unwrap();
+    let screen = tmux.wait_screen("the shell after SIGTERM", Duration::from_secs(10), |s| {
+        s.contains("monit-exited-143")
+    });
+    assert!(
+        !screen.contains("q quit"),
+        "the dashboard is still on screen:\n{screen}"
     );
 }

@@ -13,6 +13,7 @@
 //! restored on every exit path, a panic included (ratatui's hook).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,8 @@ const TICK: Duration = Duration::from_millis(250);
 const HISTORY: usize = 300;
 /// Log lines kept for the selected app.
 const LOG_KEEP: usize = 500;
+/// The part of a log line kept for the screen, in bytes.
+const LINE_MAX: usize = 1024;
 /// How long an action's outcome stays in the footer.
 const MESSAGE_FOR: Duration = Duration::from_secs(8);
 
@@ -55,10 +58,21 @@ pub fn main() -> anyhow::Result<i32> {
 
     let mut state = State::new();
     state.update(Ok(first));
+    for sig in [libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
     let terminal = ratatui::try_init()?;
     let _restore = Restore;
-    run(terminal, state, list_rx, wake_tx)?;
-    Ok(0)
+    run(terminal, state, list_rx, wake_tx)
+}
+
+/// The signal that asked monit to end (SIGTERM, SIGHUP), 0 for none: the
+/// loop sees it within a tick and restores the terminal before exiting.
+static SIGNALLED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    SIGNALLED.store(sig, Ordering::Relaxed);
 }
 
 /// Gives the terminal back (raw mode off, main screen, cursor) however
@@ -99,7 +113,7 @@ fn run(
     mut state: State,
     list_rx: Receiver<ListResult>,
     wake_tx: Sender<()>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<i32> {
     let (done_tx, done_rx) = mpsc::channel::<(String, Result<String, String>)>();
     let mut dirty = true;
     loop {
@@ -107,11 +121,20 @@ fn run(
             terminal.draw(|f| draw(f, &mut state))?;
             dirty = false;
         }
-        if event::poll(TICK)? {
+        let ready = match event::poll(TICK) {
+            Ok(ready) => ready,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,
+            Err(e) => return Err(e.into()),
+        };
+        match SIGNALLED.load(Ordering::Relaxed) {
+            0 => {}
+            sig => return Ok(128 + sig),
+        }
+        if ready {
             match event::read()? {
                 Event::Key(key) if key.kind != KeyEventKind::Release => {
                     match state.key(key) {
-                        Some(Act::Quit) => return Ok(()),
+                        Some(Act::Quit) => return Ok(0),
                         Some(Act::Send(label, request)) => {
                             let tx = done_tx.clone();
                             let wake = wake_tx.clone();
@@ -217,10 +240,26 @@ impl Series {
         self.0.push_back(v);
     }
 
-    /// The last `n` samples, oldest first.
-    fn last(&self, n: usize) -> Vec<u64> {
-        let skip = self.0.len().saturating_sub(n);
-        self.0.iter().skip(skip).copied().collect()
+    /// At most `width` columns over the whole history, oldest first: one
+    /// sample each while they fit, else the highest of each of `width`
+    /// even runs of samples.
+    fn columns(&self, width: usize) -> Vec<u64> {
+        let all: Vec<u64> = self.0.iter().copied().collect();
+        let len = all.len();
+        if len <= width {
+            return all;
+        }
+        (0..width)
+            .map(|i| {
+                let (a, b) = (i * len / width, (i + 1) * len / width);
+                all[a..b.max(a + 1)].iter().copied().max().unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// How long the history spans, in ms (one sample a second).
+    fn span_ms(&self) -> u64 {
+        self.0.len() as u64 * REFRESH.as_millis() as u64
     }
 }
 
@@ -376,13 +415,14 @@ impl State {
         let mut new = Vec::new();
         for t in &mut self.tails {
             let err = t.stream == "err";
-            new.extend(t.read_new().into_iter().map(|l| (err, clean(&l))));
+            new.extend(t.read_new().into_iter().map(|l| (err, l)));
         }
-        let any = !new.is_empty();
-        for line in new {
-            self.push_log(line);
+        // Under a flood only the lines that stay on hand are worth cleaning.
+        let skip = new.len().saturating_sub(LOG_KEEP);
+        for (err, line) in new.iter().skip(skip) {
+            self.push_log((*err, clean(line)));
         }
-        any
+        !new.is_empty()
     }
 
     fn key(&mut self, key: KeyEvent) -> Option<Act> {
@@ -431,9 +471,10 @@ impl State {
 }
 
 /// A log line made safe to draw: no escape sequences or control characters
-/// (they would move the cursor), tabs expanded.
+/// (they would move the cursor), tabs expanded, at most [`LINE_MAX`] bytes
+/// of it kept (the screen is narrower anyway).
 fn clean(line: &[u8]) -> String {
-    let text = String::from_utf8_lossy(line);
+    let text = String::from_utf8_lossy(&line[..line.len().min(LINE_MAX)]);
     let mut out = String::with_capacity(text.len());
     let mut chars = text.trim_end_matches(['\n', '\r']).chars().peekable();
     while let Some(c) = chars.next() {
@@ -598,7 +639,7 @@ fn draw_apps(f: &mut Frame, area: Rect, state: &mut State) {
             Constraint::Length(9),
             Constraint::Length(5),
             Constraint::Length(4),
-            Constraint::Length(6),
+            Constraint::Length(7),
         ],
     )
     .header(Row::new(["name", "status", "up", "cpu", "mem"]).style(Style::new().bold()))
@@ -656,13 +697,19 @@ fn draw_detail(f: &mut Frame, area: Rect, state: &State) {
             Layout::horizontal([Constraint::Length(12), Constraint::Min(1)]).areas(row);
         f.render_widget(
             Paragraph::new(vec![
-                Line::from(Span::styled(label, Style::new().fg(colour).bold())),
+                Line::from(vec![
+                    Span::styled(label, Style::new().fg(colour).bold()),
+                    Span::styled(
+                        format!(" {}", uptime(series.map(|s| s.span_ms()).unwrap_or(0))),
+                        Style::new().fg(Color::DarkGray),
+                    ),
+                ]),
                 Line::from(value),
             ]),
             text,
         );
         let samples = series
-            .map(|s| s.last(graph.width as usize))
+            .map(|s| s.columns(graph.width as usize))
             .unwrap_or_default();
         let (data, max) = scale.fit(&samples);
         f.render_widget(
@@ -676,10 +723,10 @@ fn draw_detail(f: &mut Frame, area: Rect, state: &State) {
     let rows = app.workers.iter().map(|w| {
         let h = state.workers_history.get(&(app.id, w.id, w.pid));
         let cpu_spark = h
-            .map(|h| spark(&h.cpu.last(16), 16, Scale::Cpu))
+            .map(|h| spark(&h.cpu.columns(16), 16, Scale::Cpu))
             .unwrap_or_default();
         let mem_spark = h
-            .map(|h| spark(&h.mem.last(16), 16, Scale::Memory))
+            .map(|h| spark(&h.mem.columns(16), 16, Scale::Memory))
             .unwrap_or_default();
         Row::new(vec![
             Span::raw(w.id.to_string()),
@@ -815,6 +862,7 @@ mod tests {
         assert_eq!(clean(b"\x1b[31mred\x1b[0m ok\n"), "red ok");
         assert_eq!(clean(b"a\tb\r\n"), "a    b");
         assert_eq!(clean(b"bell\x07 \x1b]x"), "bell x");
+        assert_eq!(clean(&[b'a'; 5000]).len(), LINE_MAX);
     }
 
     #[test]
@@ -835,6 +883,17 @@ mod tests {
             s.push(i);
         }
         assert_eq!(s.0.len(), HISTORY);
-        assert_eq!(s.last(2), vec![HISTORY as u64 + 8, HISTORY as u64 + 9]);
+        assert_eq!(s.columns(HISTORY).len(), HISTORY);
+        let top = HISTORY as u64 + 9;
+        // Runs of samples, each shown as its highest, the newest last.
+        let cols = s.columns(HISTORY / 3);
+        assert_eq!(cols.len(), HISTORY / 3);
+        assert_eq!(cols[cols.len() - 1], top);
+        assert_eq!(cols[cols.len() - 2], top - 3);
+        assert_eq!(s.columns(16).len(), 16);
+        let mut few = Series::default();
+        few.push(5);
+        few.push(7);
+        assert_eq!(few.columns(10), vec![5, 7]);
     }
 }

@@ -226,6 +226,16 @@ fn launch_monit(tmux: &Tmux, pid_file: &Path) {
     ));
 }
 
+/// A row of the workers table: the pid, whole, and the worker's status.
+fn shows_worker(screen: &str, pid: i64) -> bool {
+    let pid = pid.to_string();
+    screen.lines().any(|l| {
+        l.contains("online")
+            && l.split(|c: char| !c.is_ascii_digit())
+                .any(|word| word == pid)
+    })
+}
+
 fn read_pid(pid_file: &Path) -> i32 {
     let mut pid = None;
     let ok = wait_until(Duration::from_secs(10), || {
@@ -280,7 +290,7 @@ fn monit_shows_workers_reloads_on_r_y_and_quits_on_q() {
     tmux.wait_screen(
         "the app and its worker pids",
         Duration::from_secs(20),
-        |s| s.contains("monit-web") && pids.iter().all(|p| s.contains(&p.to_string())),
+        |s| s.contains("monit-web") && pids.iter().all(|&p| shows_worker(s, p)),
     );
     let monit = read_pid(&pid_file);
 
@@ -304,8 +314,19 @@ fn monit_shows_workers_reloads_on_r_y_and_quits_on_q() {
     });
     assert!(reloaded, "no reload: workers {pids:?} became {new:?}");
     tmux.wait_screen("the new worker pids", Duration::from_secs(10), |s| {
-        new.iter().all(|p| s.contains(&p.to_string())) && s.contains("reloaded monit-web")
+        new.iter().all(|&p| shows_worker(s, p)) && s.contains("reloaded monit-web")
     });
+
+    // A smaller terminal: redrawn to fit, the app still there.
+    let out = tmux.run(&["resize-window", "-x", "80", "-y", "24"]);
+    assert!(out.status.success(), "resize-window: {out:?}");
+    let screen = tmux.wait_screen("the dashboard at 80x24", Duration::from_secs(10), |s| {
+        s.lines().count() <= 24
+            && s.lines().all(|l| l.chars().count() <= 80)
+            && s.contains("logs: monit-web")
+            && new.iter().all(|&p| shows_worker(s, p))
+    });
+    eprintln!("at 80x24:\n{screen}");
 
     // q gives the terminal back: the main screen, the shell after monit.
     tmux.keys("q");

@@ -568,9 +568,14 @@ fn draw(f: &mut Frame, state: &mut State) {
     ])
     .areas(f.area());
     draw_header(f, header, state);
-    let [apps, detail] =
-        Layout::horizontal([Constraint::Length(44), Constraint::Min(30)]).areas(body);
-    draw_apps(f, apps, state);
+    // Narrow terminals (80 columns) get a slimmer app list.
+    let wide = body.width >= 100;
+    let [apps, detail] = Layout::horizontal([
+        Constraint::Length(if wide { 46 } else { 30 }),
+        Constraint::Min(30),
+    ])
+    .areas(body);
+    draw_apps(f, apps, state, wide);
     draw_detail(f, detail, state);
     draw_logs(f, logs, state);
     draw_footer(f, footer, state);
@@ -602,7 +607,7 @@ fn draw_header(f: &mut Frame, area: Rect, state: &State) {
     f.render_widget(Line::from(spans), area);
 }
 
-fn draw_apps(f: &mut Frame, area: Rect, state: &mut State) {
+fn draw_apps(f: &mut Frame, area: Rect, state: &mut State, wide: bool) {
     let block = Block::bordered().title(" apps ");
     if state.apps.is_empty() {
         let text = vec![
@@ -624,28 +629,34 @@ fn draw_apps(f: &mut Frame, area: Rect, state: &mut State) {
     let rows = state.apps.iter().map(|a| {
         let cpu: f64 = a.workers.iter().map(|w| w.cpu_percent).sum();
         let mem: u64 = a.workers.iter().map(|w| w.memory_bytes).sum();
-        Row::new(vec![
-            Span::raw(cut(&a.name, 14)),
-            Span::styled(a.status.clone(), Style::new().fg(status_colour(&a.status))),
-            Span::raw(format!("{}/{}", a.online, a.instances)),
-            Span::raw(format!("{cpu:.0}%")),
-            Span::raw(memory(mem)),
-        ])
+        let colour = Style::new().fg(status_colour(&a.status));
+        let mut cells = vec![Span::raw(cut(&a.name, if wide { 14 } else { 12 }))];
+        if wide {
+            cells.push(Span::styled(a.status.clone(), colour));
+        } else {
+            // The status only as the name's colour.
+            cells[0] = cells[0].clone().style(colour);
+        }
+        cells.push(Span::raw(format!("{}/{}", a.online, a.instances)));
+        if wide {
+            cells.push(Span::raw(format!("{cpu:.0}%")));
+        }
+        cells.push(Span::raw(memory(mem)));
+        Row::new(cells)
     });
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(14),
-            Constraint::Length(9),
-            Constraint::Length(5),
-            Constraint::Length(4),
-            Constraint::Length(7),
-        ],
-    )
-    .header(Row::new(["name", "status", "up", "cpu", "mem"]).style(Style::new().bold()))
-    .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
-    .highlight_symbol("▶")
-    .block(block);
+    let (widths, header) = if wide {
+        (
+            vec![14, 9, 5, 4, 7],
+            vec!["name", "status", "up", "cpu", "mem"],
+        )
+    } else {
+        (vec![12, 5, 7], vec!["name", "up", "mem"])
+    };
+    let table = Table::new(rows, widths.into_iter().map(Constraint::Length))
+        .header(Row::new(header).style(Style::new().bold()))
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .highlight_symbol("▶")
+        .block(block);
     f.render_stateful_widget(table, area, &mut state.table);
 }
 
@@ -720,44 +731,58 @@ fn draw_detail(f: &mut Frame, area: Rect, state: &State) {
             graph,
         );
     }
-    let rows = app.workers.iter().map(|w| {
-        let h = state.workers_history.get(&(app.id, w.id, w.pid));
-        let cpu_spark = h
-            .map(|h| spark(&h.cpu.columns(16), 16, Scale::Cpu))
-            .unwrap_or_default();
-        let mem_spark = h
-            .map(|h| spark(&h.mem.columns(16), 16, Scale::Memory))
-            .unwrap_or_default();
-        Row::new(vec![
-            Span::raw(w.id.to_string()),
-            Span::raw(w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())),
-            Span::styled(w.status.clone(), Style::new().fg(status_colour(&w.status))),
-            Span::raw(uptime(w.uptime_ms)),
-            Span::raw(w.restarts.to_string()),
-            Span::raw(format!("{:.1}%", w.cpu_percent)),
-            Span::styled(cpu_spark, Style::new().fg(Color::Cyan)),
-            Span::raw(memory(w.memory_bytes)),
-            Span::styled(mem_spark, Style::new().fg(Color::Magenta)),
-        ])
+    // Sparklines per worker when there is room for them.
+    let spark_width = (workers.width.saturating_sub(48) / 2).min(16);
+    let sparks = spark_width >= 6;
+    let w = spark_width as usize;
+    let rows = app.workers.iter().map(|worker| {
+        let mut cells = vec![
+            Span::raw(worker.id.to_string()),
+            Span::raw(
+                worker
+                    .pid
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            ),
+            Span::styled(
+                worker.status.clone(),
+                Style::new().fg(status_colour(&worker.status)),
+            ),
+            Span::raw(uptime(worker.uptime_ms)),
+            Span::raw(worker.restarts.to_string()),
+            Span::raw(format!("{:.1}%", worker.cpu_percent)),
+        ];
+        let h = state.workers_history.get(&(app.id, worker.id, worker.pid));
+        if sparks {
+            let line = h.map(|h| spark(&h.cpu.columns(w), w, Scale::Cpu));
+            cells.push(Span::styled(
+                line.unwrap_or_default(),
+                Style::new().fg(Color::Cyan),
+            ));
+        }
+        cells.push(Span::raw(memory(worker.memory_bytes)));
+        if sparks {
+            let line = h.map(|h| spark(&h.mem.columns(w), w, Scale::Memory));
+            cells.push(Span::styled(
+                line.unwrap_or_default(),
+                Style::new().fg(Color::Magenta),
+            ));
+        }
+        Row::new(cells)
     });
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(3),
-            Constraint::Length(8),
-            Constraint::Length(9),
-            Constraint::Length(6),
-            Constraint::Length(3),
-            Constraint::Length(6),
-            Constraint::Length(16),
-            Constraint::Length(7),
-            Constraint::Length(16),
-        ],
-    )
-    .header(
-        Row::new(["id", "pid", "status", "uptime", "↺", "cpu", "", "mem", ""])
-            .style(Style::new().bold()),
-    );
+    let (widths, header) = if sparks {
+        (
+            vec![2, 7, 9, 6, 3, 6, spark_width, 7, spark_width],
+            vec!["id", "pid", "status", "uptime", "↺", "cpu", "", "mem", ""],
+        )
+    } else {
+        (
+            vec![2, 7, 9, 6, 3, 6, 7],
+            vec!["id", "pid", "status", "uptime", "↺", "cpu", "mem"],
+        )
+    };
+    let table = Table::new(rows, widths.into_iter().map(Constraint::Length))
+        .header(Row::new(header).style(Style::new().bold()));
     f.render_widget(table, workers);
 }
 
@@ -785,8 +810,19 @@ fn draw_logs(f: &mut Frame, area: Rect, state: &State) {
 }
 
 fn draw_footer(f: &mut Frame, area: Rect, state: &State) {
+    // An action's progress or outcome replaces the key help while it shows.
+    if let Some(p) = &state.pending {
+        let text = format!(" {p}…");
+        f.render_widget(Span::styled(text, Style::new().fg(Color::Yellow)), area);
+        return;
+    }
+    if let Some((m, err, _)) = &state.message {
+        let colour = if *err { Color::Red } else { Color::Green };
+        f.render_widget(Span::styled(format!(" {m}"), Style::new().fg(colour)), area);
+        return;
+    }
     let key = |k: &'static str| Span::styled(k, Style::new().fg(Color::Cyan).bold());
-    let mut spans = vec![
+    let spans = vec![
         key(" ↑↓/jk"),
         Span::raw(" select  "),
         key("r"),
@@ -798,17 +834,8 @@ fn draw_footer(f: &mut Frame, area: Rect, state: &State) {
         key("s"),
         Span::raw(" stop  "),
         key("q"),
-        Span::raw(" quit   "),
+        Span::raw(" quit"),
     ];
-    if let Some(p) = &state.pending {
-        spans.push(Span::styled(
-            format!("{p}…"),
-            Style::new().fg(Color::Yellow),
-        ));
-    } else if let Some((m, err, _)) = &state.message {
-        let colour = if *err { Color::Red } else { Color::Green };
-        spans.push(Span::styled(m.clone(), Style::new().fg(colour)));
-    }
     f.render_widget(Line::from(spans), area);
 }
 

@@ -391,3 +391,13 @@ fn monit_starts_the_daemon_shows_no_apps_survives_its_end_and_quits_on_ctrl_c_or
         "the dashboard is still on screen:\n{screen}"
     );
 }
+
+#[test]
+fn monit_without_a_terminal_says_so_and_starts_nothing() {
+    let d = Daemon::new();
+    let out = d.herd(&["monit"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("terminal") && err.contains("herd jlist"), "{err}");
+    assert!(d.daemon_pid().is_none(), "a daemon was started");
+}

@@ -13,10 +13,12 @@
 //! restored on every exit path, a panic included (ratatui's hook).
 
 use std::collections::{HashMap, VecDeque};
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use herd_protocol::{AppInfo, Request, Response, ScaleTo};
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
@@ -43,6 +45,12 @@ const LINE_MAX: usize = 1024;
 const MESSAGE_FOR: Duration = Duration::from_secs(8);
 
 pub fn main() -> anyhow::Result<i32> {
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "herd monit draws on a terminal, and this is not one: run it in a terminal \
+             (over ssh: `ssh -t HOST herd monit`); scripts want `herd jlist`"
+        );
+    }
     // The first list before taking the screen: it starts the daemon when it
     // is not running (as every verb does), and an error prints plainly.
     let client = Client::new()?;
@@ -62,7 +70,9 @@ pub fn main() -> anyhow::Result<i32> {
         // SAFETY: the handler only stores to an atomic (async-signal-safe).
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
-    let terminal = ratatui::try_init()?;
+    let terminal = ratatui::try_init().context(
+        "cannot take over the terminal (raw mode); run herd monit in an interactive terminal",
+    )?;
     let _restore = Restore;
     run(terminal, state, list_rx, wake_tx)
 }

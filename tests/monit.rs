@@ -398,6 +398,9 @@ fn monit_without_a_terminal_says_so_and_starts_nothing() {
     let out = d.herd(&["monit"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("terminal") && err.contains("herd jlist"), "{err}");
+    assert!(
+        err.contains("terminal") && err.contains("herd jlist"),
+        "{err}"
+    );
     assert!(d.daemon_pid().is_none(), "a daemon was started");
 }

@@ -39,6 +39,8 @@ const TICK: Duration = Duration::from_millis(250);
 const HISTORY: usize = 300;
 /// Log lines kept for the selected app.
 const LOG_KEEP: usize = 500;
+/// Unread log bytes beyond which the tail skips ahead (a flood).
+const LOG_SKIP: u64 = 256 * 1024;
 /// The part of a log line kept for the screen, in bytes.
 const LINE_MAX: usize = 1024;
 /// How long an action's outcome stays in the footer.
@@ -425,6 +427,7 @@ impl State {
         let mut new = Vec::new();
         for t in &mut self.tails {
             let err = t.stream == "err";
+            t.skip_to_recent(LOG_SKIP);
             new.extend(t.read_new().into_iter().map(|l| (err, l)));
         }
         // Under a flood only the lines that stay on hand are worth cleaning.

@@ -18,6 +18,8 @@ pub struct Tail {
     inode: u64,
     offset: u64,
     partial: Vec<u8>,
+    /// Skipped ahead: drop bytes up to the next line start.
+    resync: bool,
 }
 
 impl Tail {
@@ -30,6 +32,7 @@ impl Tail {
             inode: 0,
             offset: 0,
             partial: Vec::new(),
+            resync: false,
         }
     }
 
@@ -86,6 +89,7 @@ impl Tail {
                 self.file = File::open(&self.path).ok();
                 self.inode = meta.ino();
                 self.offset = 0;
+                self.resync = false;
             }
         }
         self.drain(&mut lines);
@@ -104,9 +108,90 @@ impl Tail {
             self.offset += n as u64;
         }
         self.partial.extend_from_slice(&chunk);
-        while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
-            let rest = self.partial.split_off(i + 1);
-            lines.push(std::mem::replace(&mut self.partial, rest));
+        if self.resync {
+            // After skipping ahead: the first line is a tail end, dropped.
+            match self.partial.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    self.partial.drain(..=i);
+                    self.resync = false;
+                }
+                None => {
+                    self.partial.clear();
+                    return;
+                }
+            }
         }
+        // One pass; each line its own right-sized copy.
+        let mut start = 0;
+        while let Some(i) = self.partial[start..].iter().position(|&b| b == b'\n') {
+            lines.push(self.partial[start..start + i + 1].to_vec());
+            start += i + 1;
+        }
+        self.partial.drain(..start);
+    }
+
+    /// Skip ahead when more than `keep` bytes are waiting unread (a flood):
+    /// a dashboard wants the latest lines, not a backlog. The line cut by
+    /// the jump is dropped.
+    pub fn skip_to_recent(&mut self, keep: u64) {
+        let Some(file) = &self.file else {
+            return;
+        };
+        let Ok(meta) = file.metadata() else {
+            return;
+        };
+        if meta.ino() == self.inode && meta.len() > self.offset.saturating_add(keep) {
+            self.offset = meta.len() - keep;
+            self.partial.clear();
+            self.resync = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn append(path: &std::path::Path, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn whole_lines_then_new_ones_then_a_skip_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app-out.log");
+        append(&path, "one\ntwo\nthree\n");
+        let mut t = Tail::new("app", "out", path.clone());
+        assert_eq!(
+            t.last_lines(2),
+            vec![b"two\n".to_vec(), b"three\n".to_vec()]
+        );
+        append(&path, "four\nfi");
+        assert_eq!(t.read_new(), vec![b"four\n".to_vec()]);
+        append(&path, "ve\n");
+        let five = t.read_new();
+        assert_eq!(five, vec![b"five\n".to_vec()]);
+        assert!(five[0].capacity() < 64, "a line keeps a right-sized buffer");
+
+        // A backlog over the limit: only whole lines from near the end.
+        let backlog: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+        append(&path, &backlog);
+        t.skip_to_recent(100);
+        let recent = t.read_new();
+        assert!(!recent.is_empty() && recent.len() < 20, "{}", recent.len());
+        assert_eq!(recent.last().unwrap(), b"line 999\n");
+        assert!(recent.iter().all(|l| l.starts_with(b"line ")), "{recent:?}");
+
+        // Truncation (herd flush): from the start again.
+        std::fs::write(&path, "").unwrap();
+        assert!(t.read_new().is_empty());
+        append(&path, "after\n");
+        assert_eq!(t.read_new(), vec![b"after\n".to_vec()]);
     }
 }

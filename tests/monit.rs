@@ -317,6 +317,29 @@ fn monit_shows_workers_reloads_on_r_y_and_quits_on_q() {
         new.iter().all(|&p| shows_worker(s, p)) && s.contains("reloaded monit-web")
     });
 
+    // + adds a worker at once; s asks first, and n keeps it running.
+    tmux.keys("+");
+    let scaled = wait_until(Duration::from_secs(20), || {
+        let app = d.app("monit-web");
+        app["instances"] == 3 && app["online"] == 3
+    });
+    assert!(scaled, "+ did not scale to 3: {:#}", d.app("monit-web"));
+    tmux.keys("s");
+    tmux.wait_screen("the stop confirmation", Duration::from_secs(5), |s| {
+        s.contains("Stop monit-web?")
+    });
+    tmux.keys("n");
+    tmux.wait_screen("the confirmation gone", Duration::from_secs(5), |s| {
+        !s.contains("Stop monit-web?")
+    });
+    tmux.keys("-");
+    let scaled = wait_until(Duration::from_secs(20), || {
+        let app = d.app("monit-web");
+        app["instances"] == 2 && app["status"] == "online"
+    });
+    assert!(scaled, "- did not scale to 2: {:#}", d.app("monit-web"));
+    let new = d.wait_online("monit-web", 2);
+
     // A smaller terminal: redrawn to fit, the app still there.
     let out = tmux.run(&["resize-window", "-x", "80", "-y", "24"]);
     assert!(out.status.success(), "resize-window: {out:?}");
@@ -403,4 +426,47 @@ fn monit_without_a_terminal_says_so_and_starts_nothing() {
         "{err}"
     );
     assert!(d.daemon_pid().is_none(), "a daemon was started");
+}
+
+#[test]
+fn monit_follows_a_log_flood_in_little_memory() {
+    let d = Daemon::new();
+    d.ok(&[
+        "start",
+        "--name",
+        "flood",
+        "--listen",
+        ANY,
+        "-i",
+        "1",
+        worker_bin(),
+    ]);
+    d.wait_online("flood", 1);
+    let addr = d.app("flood")["listen"][0].as_str().unwrap().to_string();
+    let Some(tmux) = Tmux::start(d.path()) else {
+        return;
+    };
+    let pid_file = d.path().join("monit.pid");
+    launch_monit(&tmux, &pid_file);
+    tmux.wait_screen("the app", Duration::from_secs(20), |s| {
+        s.contains("logs: flood")
+    });
+    let monit = read_pid(&pid_file);
+    // About 20 MB of log lines in bursts; the pane ends on the last one.
+    for _ in 0..5 {
+        let (status, _) =
+            http_get(&addr, "/spam?n=50000&len=80", Duration::from_secs(30)).expect("spam");
+        assert_eq!(status, 200);
+    }
+    tmux.wait_screen("the flood's last line", Duration::from_secs(20), |s| {
+        s.contains("spam 49999 ")
+    });
+    let status = std::fs::read_to_string(format!("/proc/{monit}/status")).unwrap();
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    eprintln!("monit's RSS after the flood: {} MB", rss_kb / 1024);
+    assert!(rss_kb < 64 * 1024, "monit grew to {rss_kb} kB");
 }

@@ -469,4 +469,13 @@ fn monit_follows_a_log_flood_in_little_memory() {
         .expect("VmRSS");
     eprintln!("monit's RSS after the flood: {} MB", rss_kb / 1024);
     assert!(rss_kb < 64 * 1024, "monit grew to {rss_kb} kB");
+
+    // The terminal goes away under it (ssh drops): monit ends, it does not
+    // spin on the closed terminal.
+    drop(tmux);
+    assert!(
+        wait_until(Duration::from_secs(5), || !process_alive(monit)),
+        "monit {monit} outlived its terminal (state {:?})",
+        std::fs::read_to_string(format!("/proc/{monit}/stat")).ok()
+    );
 }

@@ -87,6 +87,19 @@ extern "C" fn on_signal(sig: libc::c_int) {
     SIGNALLED.store(sig, Ordering::Relaxed);
 }
 
+/// Has the terminal hung up (ssh dropped, the window closed)? Then there
+/// is no one to draw for: monit ends instead of spinning on EOF.
+fn terminal_gone() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, and a zero timeout.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n > 0 && fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
 /// Gives the terminal back (raw mode off, main screen, cursor) however
 /// `main` ends; ratatui's panic hook does the same on a panic.
 struct Restore;
@@ -139,6 +152,7 @@ fn run(
             Err(e) => return Err(e.into()),
         };
         match SIGNALLED.load(Ordering::Relaxed) {
+            0 if terminal_gone() => return Ok(128 + libc::SIGHUP),
             0 => {}
             sig => return Ok(128 + sig),
         }

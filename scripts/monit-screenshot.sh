@@ -16,6 +16,7 @@ traffic=
 cleanup() {
   [ -n "$traffic" ] && kill "$traffic" 2>/dev/null || true
   tmux -L "$sock" kill-server 2>/dev/null || true
+  rm -f "${TMUX_TMPDIR:-/tmp}/tmux-$(id -u)/$sock"
   HERD_HOME=$work/home "$herd" kill >/dev/null 2>&1 || true
   rm -rf "$work"
 }

@@ -587,10 +587,15 @@ fn cut(s: &str, width: usize) -> String {
 }
 
 fn draw(f: &mut Frame, state: &mut State) {
+    // The tables take what they need (up to 60% of the screen, and room
+    // for a few more rows); the log tail gets the rest.
+    let workers = state.selected_app().map_or(0, |a| a.workers.len());
+    let wanted = (state.apps.len() + 3).max(workers + 7) + 2;
+    let most = (f.area().height as usize * 3 / 5).max(9);
     let [header, body, logs, footer] = Layout::vertical([
         Constraint::Length(1),
-        Constraint::Fill(3),
-        Constraint::Fill(2),
+        Constraint::Length(wanted.clamp(9, most) as u16),
+        Constraint::Min(3),
         Constraint::Length(1),
     ])
     .areas(f.area());

@@ -385,7 +385,7 @@ fn monit_starts_the_daemon_shows_no_apps_survives_its_end_and_quits_on_ctrl_c_or
     tmux.keys("Down");
     // The daemon goes away: monit says so (and does not start it again).
     d.ok(&["kill"]);
-    tmux.wait_screen("that the daemon is gone", Duration::from_secs(10), |s| {
+    tmux.wait_screen("that the daemon is gone", Duration::from_secs(20), |s| {
         s.contains("the daemon is not running")
     });
     assert!(d.daemon_pid().is_none(), "monit restarted the daemon");

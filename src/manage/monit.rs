@@ -151,8 +151,13 @@ fn run(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,
             Err(e) => return Err(e.into()),
         };
+        if terminal_gone() {
+            // No screen to give back, and every write to a hung-up terminal
+            // fails (ratatui's restore would report that on the dead stderr
+            // and panic): leave at once.
+            std::process::exit(128 + libc::SIGHUP);
+        }
         match SIGNALLED.load(Ordering::Relaxed) {
-            0 if terminal_gone() => return Ok(128 + libc::SIGHUP),
             0 => {}
             sig => return Ok(128 + sig),
         }

@@ -10,7 +10,9 @@
 //! thread asks the daemon for the list once a second through one reused
 //! [`client::Client`]; each action runs on its own short-lived thread, so a
 //! reload that takes seconds never freezes the screen. The terminal is
-//! restored on every exit path, a panic included (ratatui's hook).
+//! restored on every exit path: q, Esc, Ctrl-C, SIGTERM, an error, a panic
+//! (ratatui's hook); when the terminal itself hangs up (ssh dropped) monit
+//! just exits, rather than spin on a dead terminal as pm2 monit does.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;

@@ -20,25 +20,43 @@ const DAEMON_START: Duration = Duration::from_secs(10);
 /// is false: then `Ok(None)` means no daemon runs). A daemon error becomes
 /// an error here: a usage error (exit 2) or a failure (exit 1).
 pub fn request(request: Request, autostart: bool) -> anyhow::Result<Option<Response>> {
-    let home = Home::from_env()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let Some(mut conn) = connect(&home, autostart).await? else {
-            return Ok(None);
-        };
-        let response = exchange(&mut conn, &request).await?;
-        match response {
-            Response::Error {
-                kind: ErrorKind::Usage,
-                message,
-            } => Err(UsageError(message).into()),
-            Response::Error { message, .. } => Err(anyhow!(message)),
-            r => Ok(Some(r)),
-        }
-    })
+    Client::new()?.request(request, autostart)
+}
+
+/// A client for many requests (`herd monit` asks every second): one async
+/// runtime, reused, and a new connection per request, as the daemon expects.
+pub struct Client {
+    home: Home,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Client {
+    pub fn new() -> anyhow::Result<Client> {
+        let home = Home::from_env()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        Ok(Client { home, runtime })
+    }
+
+    /// See [`request`].
+    pub fn request(&self, request: Request, autostart: bool) -> anyhow::Result<Option<Response>> {
+        self.runtime.block_on(async {
+            let Some(mut conn) = connect(&self.home, autostart).await? else {
+                return Ok(None);
+            };
+            let response = exchange(&mut conn, &request).await?;
+            match response {
+                Response::Error {
+                    kind: ErrorKind::Usage,
+                    message,
+                } => Err(UsageError(message).into()),
+                Response::Error { message, .. } => Err(anyhow!(message)),
+                r => Ok(Some(r)),
+            }
+        })
+    }
 }
 
 /// Send a request and expect an answer (the daemon is started if needed).

@@ -47,7 +47,7 @@ pub fn uptime(ms: u64) -> String {
     }
 }
 
-fn memory(bytes: u64) -> String {
+pub fn memory(bytes: u64) -> String {
     if bytes == 0 {
         return "0b".into();
     }

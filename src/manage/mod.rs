@@ -1,5 +1,5 @@
 //! pm2's verbs, over the herd daemon: `start`, `stop`, `restart`, `reload`,
-//! `delete`, `list`, `show`, `logs`, `flush`, `scale`, `send`, `signal`,
+//! `delete`, `list`, `show`, `logs`, `monit`, `flush`, `scale`, `send`, `signal`,
 //! `save`, `resurrect`, `startup`, `kill`, `ping`, and `daemon` itself.
 //! Each verb builds one request ([`client`]) and prints the answer; the
 //! tables and the log tail live in their own modules.
@@ -7,8 +7,10 @@
 mod client;
 mod list;
 mod logs;
+mod monit;
 mod start;
 mod startup;
+mod tail;
 
 use clap::{Args, Subcommand};
 use herd_protocol::{Request, Response, ScaleTo};
@@ -41,6 +43,8 @@ pub enum Verb {
     Show(list::ShowArgs),
     /// Show an app's log lines and follow them.
     Logs(logs::LogsArgs),
+    /// A terminal dashboard: apps, workers, CPU and memory, the selected app's logs; keys to reload, restart, scale, stop.
+    Monit,
     /// Empty the log files of an app (or all).
     Flush(OptionalApps),
     /// Set an app's worker count: N, +N or -N.
@@ -197,6 +201,7 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
         Verb::Jlist => list::print_list(true)?,
         Verb::Show(args) => list::show(args)?,
         Verb::Logs(args) => return logs::main(args),
+        Verb::Monit => return monit::main(),
         Verb::Flush(a) => print_done(client::ask(Request::Flush { apps: a.apps })?),
         Verb::Scale(a) => {
             print_done(client::ask(Request::Scale {

@@ -229,10 +229,16 @@ fn logs_rotate_by_size_and_keep_n_files() {
     for _ in 0..10 {
         http_get(&addr, "/spam?n=100&len=100", Duration::from_secs(10)).unwrap();
     }
+    // A last, recognisable line: once it is in the current file, the
+    // daemon has written (and rotated) everything before it.
+    http_get(&addr, "/spam?n=1&len=7", Duration::from_secs(10)).unwrap();
     let dir = d.path().join("logs");
-    assert!(wait_until(Duration::from_secs(10), || dir
-        .join("web-out.log.2")
-        .exists()));
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.join("web-out.log"))
+            .unwrap_or_default()
+            .contains("spam 0 xxxxxxx end")
+    }));
+    assert!(dir.join("web-out.log.2").exists());
     assert!(!dir.join("web-out.log.3").exists());
     for f in ["web-out.log", "web-out.log.1", "web-out.log.2"] {
         let body = std::fs::read_to_string(dir.join(f)).unwrap();

@@ -518,3 +518,28 @@ fn the_listener_is_bounded_in_size_connections_and_time() {
     );
     assert_eq!(get(&d, "/healthz").0, 200);
 }
+
+#[test]
+fn a_daemon_started_by_the_cli_takes_herd_metrics_from_its_environment() {
+    let mut d = Daemon::unstarted();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = d
+        .command(&["ping"])
+        .env("HERD_METRICS", &addr)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    d.http = Some(addr);
+    let (status, body) = get(&d, "/healthz");
+    assert_eq!(status, 200, "{body}");
+    // Not passed on to the environment of the apps it starts.
+    let out = d
+        .command(&["start", "--name", "web", "--listen", ANY, worker_bin()])
+        .env("HERD_METRICS", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let show: Value = serde_json::from_str(&d.ok(&["show", "web", "--json"])).unwrap();
+    let env = show["definition"]["spec"]["env"].as_array().unwrap();
+    assert!(!env.iter().any(|kv| kv[0] == "HERD_METRICS"), "{env:?}");
+}

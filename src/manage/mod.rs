@@ -72,10 +72,11 @@ pub struct DaemonArgs {
     resurrect: bool,
     /// Serve Prometheus metrics (/metrics), health probes (/healthz, /readyz?app=NAME)
     /// and a live status page (/) on this address, e.g. 127.0.0.1:9209. Off by default.
-    #[arg(long, value_name = "ADDR")]
+    /// A daemon that a CLI command starts takes it from that command's HERD_METRICS.
+    #[arg(long, env = "HERD_METRICS", value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
     /// With --metrics: allow the status page's reload/restart/stop buttons (POST endpoints).
-    #[arg(long, requires = "metrics")]
+    #[arg(long, env = "HERD_METRICS_ADMIN", requires = "metrics")]
     metrics_admin: bool,
 }
 

@@ -36,6 +36,15 @@ impl Daemon {
         d
     }
 
+    /// A home with no daemon yet: the test's first CLI command starts it.
+    pub fn unstarted() -> Daemon {
+        Daemon {
+            home: TempDir::new("daemon"),
+            child: None,
+            http: None,
+        }
+    }
+
     /// `herd daemon --metrics 127.0.0.1:PORT [--metrics-admin]`, started by
     /// the test; returns once `/healthz` answers.
     pub fn with_metrics(admin: bool) -> Daemon {

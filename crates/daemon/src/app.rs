@@ -10,13 +10,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use herd_engine::config::{Balance, Instances, WorkerKind};
 use herd_engine::machine::{Command, Outcome, Report, SlotPhase, WorkerPhase};
 use herd_engine::os::process::ExitStatus;
 use herd_engine::supervisor::{
-    self, AppHandle, AppStatus, Event, Events, RoundRobinStats, Stream, Target, UpdateError,
+    self, AppHandle, AppStatus, Event, Events, RoundRobinStats, Stream, Target, Timed, UpdateError,
 };
 use herd_protocol::{AppDef, AppInfo, ScaleTo, WorkerInfo};
 use nix::sys::signal::Signal;
@@ -199,11 +199,11 @@ impl Logs {
     }
 
     /// Write a batch of whole lines; returns the bytes written (0 if lost).
-    fn write(&mut self, stream: Stream, lines: &[u8], app: &str) -> usize {
+    fn write(&mut self, stream: Stream, lines: &[u8], at: SystemTime, app: &str) -> usize {
         let stamped;
         let bytes = match &self.stamper {
             Some(s) => {
-                stamped = s.stamp(lines);
+                stamped = s.stamp(lines, at);
                 &stamped[..]
             }
             None => lines,
@@ -520,8 +520,8 @@ impl Actor {
         }
     }
 
-    fn on_event(&mut self, event: Option<Event>) {
-        let Some(event) = event else {
+    fn on_event(&mut self, event: Option<Timed>) {
+        let Some((at, event)) = event else {
             // The engine's task ended without an exit event (it panicked).
             self.events = None;
             if self.engine.take().is_some() {
@@ -541,7 +541,7 @@ impl Actor {
             }
             Event::Output { stream, lines, .. } => {
                 let name = self.def.spec.name.clone();
-                let written = self.logs.write(stream, &lines, &name);
+                let written = self.logs.write(stream, &lines, at, &name);
                 if written > 0 {
                     let i = match stream {
                         Stream::Stdout => 0,
@@ -859,9 +859,9 @@ fn answer(reply: oneshot::Sender<Reply>, result: Reply) {
 }
 
 /// The next event of a running engine instance; never resolves without one.
-async fn next_event(events: &mut Option<Events>) -> Option<Event> {
+async fn next_event(events: &mut Option<Events>) -> Option<Timed> {
     match events {
-        Some(rx) => rx.recv().await,
+        Some(rx) => rx.recv_timed().await,
         None => std::future::pending().await,
     }
 }

@@ -176,11 +176,12 @@ impl Stamper {
         }
     }
 
-    /// `lines` with `<time>: ` before each line (one reading of the clock per batch).
-    pub fn stamp(&self, lines: &[u8]) -> Vec<u8> {
+    /// `lines` with `<time>: ` before each line; `at` is when herd read them
+    /// from the worker's pipe (not when they reach the file).
+    pub fn stamp(&self, lines: &[u8], at: std::time::SystemTime) -> Vec<u8> {
         use std::fmt::Write as _;
         let mut prefix = String::new();
-        let now = chrono::Local::now();
+        let now: chrono::DateTime<chrono::Local> = at.into();
         if write!(prefix, "{}: ", now.format(&self.strftime)).is_err() {
             prefix = format!("{}: ", now.to_rfc3339());
         }
@@ -214,7 +215,10 @@ mod tests {
     #[test]
     fn stamps_each_whole_line() {
         let s = Stamper::new(Some("[T]"));
-        assert_eq!(s.stamp(b"a\nbb\n"), b"T: a\nT: bb\n");
+        assert_eq!(
+            s.stamp(b"a\nbb\n", std::time::SystemTime::now()),
+            b"T: a\nT: bb\n"
+        );
     }
 
     #[test]

@@ -60,10 +60,33 @@ use crate::os::spawn::{self, SpawnSpec, Spawned};
 mod node;
 mod round_robin;
 
+/// An event and the wall-clock time it happened (for logs and history).
+pub type Timed = (std::time::SystemTime, Event);
+
+fn timed(event: Event) -> Timed {
+    (std::time::SystemTime::now(), event)
+}
+
 /// The events of one app, as [`start`] returns them. Bounded (see
 /// [`EVENT_QUEUE`]): a consumer that reads slowly slows the workers' output
-/// down instead of letting herd's memory grow.
-pub type Events = mpsc::Receiver<Event>;
+/// down instead of letting herd's memory grow. Each event carries the time
+/// it happened ([`Events::recv_timed`]), not the time it was read.
+#[derive(Debug)]
+pub struct Events {
+    rx: mpsc::Receiver<Timed>,
+}
+
+impl Events {
+    /// The next event; `None` once the app's task has ended.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await.map(|(_, event)| event)
+    }
+
+    /// The next event with the time it happened.
+    pub async fn recv_timed(&mut self) -> Option<Timed> {
+        self.rx.recv().await
+    }
+}
 
 /// Events waiting for the consumer. An output batch is at most one pipe read
 /// (64 KiB) plus a cut line ([`MAX_LINE`]), usually a few KiB: some MiB in all.
@@ -280,10 +303,10 @@ pub fn start(spec: AppSpec) -> Result<(AppHandle, Events), StartError> {
         let reuseport = spec.balance == Balance::ReusePort;
         let fd = bind(&l.addr, reuseport)?;
         let addr = socket::local_addr(&fd).unwrap_or_else(|_| l.addr.clone());
-        pending.push_back(Event::Listening {
+        pending.push_back(timed(Event::Listening {
             name: l.name.clone(),
             addr: addr.clone(),
-        });
+        }));
         // A reuseport listener binds one socket per slot; slot 0 has this one.
         listeners.push(Listener {
             name: l.name.clone(),
@@ -318,7 +341,7 @@ pub fn start(spec: AppSpec) -> Result<(AppHandle, Events), StartError> {
     tokio::spawn(app.run(rx, internal_rx, messages_rx));
     let handle = AppHandle { tx };
     handle.command(Command::Start);
-    Ok((handle, events_rx))
+    Ok((handle, Events { rx: events_rx }))
 }
 
 /// The machine's policies for a spec.
@@ -502,9 +525,9 @@ struct App {
     /// than the news of its fork): claimed by `Forked`, forgotten after
     /// [`UNCLAIMED_READY_FOR`]; at most [`UNCLAIMED_READY_MAX`].
     unclaimed_ready: VecDeque<(Pid, Instant)>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Timed>,
     /// The app's own events waiting for room in `events` (see the module docs).
-    pending: RefCell<VecDeque<Event>>,
+    pending: RefCell<VecDeque<Timed>>,
     internal: mpsc::UnboundedSender<Internal>,
     messages: mpsc::Sender<FromWorker>,
 }
@@ -642,6 +665,7 @@ impl App {
 
     /// Queue an event for the consumer; never waits (see the module docs).
     fn event(&self, event: Event) {
+        let event = timed(event);
         let mut pending = self.pending.borrow_mut();
         if pending.is_empty() {
             match self.events.try_send(event) {
@@ -1173,7 +1197,7 @@ fn start_pump(
     slot: Slot,
     pid: u32,
     stream: Stream,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Timed>,
 ) -> Pump {
     let progress = Arc::new(AtomicU64::new(0));
     let blocked = Arc::new(AtomicBool::new(false));
@@ -1206,13 +1230,13 @@ struct PumpInfo {
 impl PumpInfo {
     /// Deliver a batch of whole lines, waiting for room; false when nobody
     /// listens any more.
-    async fn deliver(&self, events: &mpsc::Sender<Event>, lines: Vec<u8>) -> bool {
-        let event = Event::Output {
+    async fn deliver(&self, events: &mpsc::Sender<Timed>, lines: Vec<u8>) -> bool {
+        let event = timed(Event::Output {
             slot: self.slot,
             pid: self.pid,
             stream: self.stream,
             lines,
-        };
+        });
         let sent = match events.try_send(event) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -1235,7 +1259,7 @@ impl PumpInfo {
 /// which is cut there (the rest follows as the next line). A last line
 /// without a newline gets one. Memory: one read (64 KiB) plus one unfinished
 /// line (at most [`MAX_LINE`]).
-async fn pump(fd: OwnedFd, info: PumpInfo, events: mpsc::Sender<Event>) {
+async fn pump(fd: OwnedFd, info: PumpInfo, events: mpsc::Sender<Timed>) {
     let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
@@ -1412,9 +1436,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn output_carries_the_time_it_was_read() {
+        let (r, mut w) = pipe();
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let mut rx = Events { rx };
+        let _pump = start_pump(r, 0, 1, Stream::Stdout, tx);
+        let before = std::time::SystemTime::now();
+        w.write_all(b"hello\n").unwrap();
+        drop(w);
+        let (at, event) = rx.recv_timed().await.expect("an event");
+        assert!(matches!(event, Event::Output { .. }), "{event:?}");
+        assert!(at >= before && at <= std::time::SystemTime::now());
+    }
+
+    #[tokio::test]
     async fn pump_cuts_long_lines_at_exactly_max_line_and_ends_the_last_one() {
         let (r, mut w) = pipe();
-        let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let mut rx = Events { rx };
         let pump = start_pump(r, 0, 1, Stream::Stdout, tx);
         let writer = std::thread::spawn(move || {
             let exact = vec![b'a'; MAX_LINE];
@@ -1443,7 +1482,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pump_stops_reading_while_the_consumer_is_behind_and_loses_nothing() {
         let (r, mut w) = pipe();
-        let (tx, mut rx) = mpsc::channel(1);
+        let (tx, rx) = mpsc::channel(1);
+        let mut rx = Events { rx };
         let pump = start_pump(r, 0, 1, Stream::Stdout, tx);
         const N: usize = 100_000;
         let writer = std::thread::spawn(move || {

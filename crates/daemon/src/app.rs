@@ -9,8 +9,7 @@
 //! output is never held up by a command.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use herd_engine::config::{Balance, Instances, WorkerKind};
 use herd_engine::machine::{Command, Outcome, Report, SlotPhase, WorkerPhase};
@@ -22,7 +21,7 @@ use herd_protocol::{AppDef, AppInfo, ScaleTo, WorkerInfo};
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::logs::{LogFile, Stamper};
+use crate::logs::AppLogs;
 use crate::sample::Sampler;
 use crate::Home;
 
@@ -148,7 +147,7 @@ impl AppRef {
 pub fn spawn(id: u32, def: AppDef, home: &Home) -> Result<AppRef, String> {
     let (tx, rx) = mpsc::channel(64);
     let (queries, queries_rx) = mpsc::channel(64);
-    let logs = Logs::open(&def, home)?;
+    let logs = AppLogs::open(&def, home)?;
     let actor = Actor {
         id,
         def,
@@ -166,84 +165,6 @@ pub fn spawn(id: u32, def: AppDef, home: &Home) -> Result<AppRef, String> {
     };
     tokio::spawn(actor.run(rx, queries_rx));
     Ok(AppRef { tx, queries })
-}
-
-/// The app's two log files.
-struct Logs {
-    out: LogFile,
-    err: LogFile,
-    stamper: Option<Stamper>,
-    failed: bool,
-}
-
-impl Logs {
-    fn open(def: &AppDef, home: &Home) -> Result<Logs, String> {
-        let (out, err) = log_paths(def, home);
-        let open = |path: &PathBuf| {
-            LogFile::open(path, def.logs.max_size, def.logs.keep).map_err(|e| {
-                format!(
-                    "cannot open the log file {}: {e}; choose another with --out-file/--error-file",
-                    path.display()
-                )
-            })
-        };
-        Ok(Logs {
-            out: open(&out)?,
-            err: open(&err)?,
-            stamper: def
-                .logs
-                .time
-                .then(|| Stamper::new(def.logs.date_format.as_deref())),
-            failed: false,
-        })
-    }
-
-    /// Write a batch of whole lines; returns the bytes written (0 if lost).
-    fn write(&mut self, stream: Stream, lines: &[u8], at: SystemTime, app: &str) -> usize {
-        let stamped;
-        let bytes = match &self.stamper {
-            Some(s) => {
-                stamped = s.stamp(lines, at);
-                &stamped[..]
-            }
-            None => lines,
-        };
-        let file = match stream {
-            Stream::Stdout => &mut self.out,
-            Stream::Stderr => &mut self.err,
-        };
-        match file.write(bytes) {
-            Ok(()) => {
-                self.failed = false;
-                return bytes.len();
-            }
-            Err(e) if !self.failed => {
-                self.failed = true;
-                crate::say!(
-                    "app {app}: cannot write {}: {e}; its output is lost until it can",
-                    file.path().display()
-                );
-            }
-            Err(_) => {}
-        }
-        0
-    }
-}
-
-/// Where an app's stdout and stderr go.
-pub fn log_paths(def: &AppDef, home: &Home) -> (PathBuf, PathBuf) {
-    let name = &def.spec.name;
-    let dir = home.log_dir();
-    (
-        def.logs
-            .out_file
-            .clone()
-            .unwrap_or_else(|| dir.join(format!("{name}-out.log"))),
-        def.logs
-            .error_file
-            .clone()
-            .unwrap_or_else(|| dir.join(format!("{name}-err.log"))),
-    )
 }
 
 /// A command waiting for its end to show in the event stream.
@@ -269,7 +190,7 @@ struct Actor {
     home: Home,
     engine: Option<AppHandle>,
     events: Option<Events>,
-    logs: Logs,
+    logs: AppLogs,
     sampler: Sampler,
     /// Samples in a row each slot's worker spent above the memory limit.
     over_limit: HashMap<usize, u32>,
@@ -482,7 +403,7 @@ impl Actor {
         if let Some(new) = def {
             let new = *new;
             if new.logs != self.def.logs {
-                match Logs::open(&new, &self.home) {
+                match AppLogs::open(&new, &self.home) {
                     Ok(l) => self.logs = l,
                     Err(e) => return answer(reply, Err(e)),
                 }
@@ -727,7 +648,7 @@ impl Actor {
     }
 
     fn info_of(&self, status: &Option<AppStatus>) -> AppInfo {
-        let (out_log, err_log) = log_paths(&self.def, &self.home);
+        let (out_log, err_log) = crate::logs::paths(&self.def, &self.home);
         let spec = &self.def.spec;
         let mode = if spec.kind == WorkerKind::Node
             || !spec.listeners.is_empty()

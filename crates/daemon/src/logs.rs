@@ -1,4 +1,4 @@
-//! An app's log files: whole lines appended, an optional timestamp before
+//! An app's log files ([`AppLogs`]): whole lines appended, an optional timestamp before
 //! each, rotation by size (`name-out.log` → `.1` → `.2` …), reopening for
 //! logrotate (SIGUSR1) and truncation (`herd flush`).
 //!
@@ -8,6 +8,12 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use herd_engine::supervisor::Stream;
+use herd_protocol::AppDef;
+
+use crate::Home;
 
 /// One log file being appended to.
 #[derive(Debug)]
@@ -107,6 +113,87 @@ impl LogFile {
         self.size = 0;
         Ok(())
     }
+}
+
+/// An app's two log files (stdout, stderr), with its timestamp setting.
+pub struct AppLogs {
+    pub out: LogFile,
+    pub err: LogFile,
+    stamper: Option<Stamper>,
+    /// The last write failed (warned once until one succeeds).
+    failed: bool,
+}
+
+impl AppLogs {
+    pub fn open(def: &AppDef, home: &Home) -> Result<AppLogs, String> {
+        let (out, err) = paths(def, home);
+        let open = |path: &PathBuf| {
+            LogFile::open(path, def.logs.max_size, def.logs.keep).map_err(|e| {
+                format!(
+                    "cannot open the log file {}: {e}; choose another with --out-file/--error-file",
+                    path.display()
+                )
+            })
+        };
+        Ok(AppLogs {
+            out: open(&out)?,
+            err: open(&err)?,
+            stamper: def
+                .logs
+                .time
+                .then(|| Stamper::new(def.logs.date_format.as_deref())),
+            failed: false,
+        })
+    }
+
+    /// Write a batch of whole lines read at `at`; returns the bytes written
+    /// (0 if the file cannot be written: the disk is full, say — the lines
+    /// are dropped then, with one warning, rather than stalling the app).
+    pub fn write(&mut self, stream: Stream, lines: &[u8], at: SystemTime, app: &str) -> usize {
+        let stamped;
+        let bytes = match &self.stamper {
+            Some(s) => {
+                stamped = s.stamp(lines, at);
+                &stamped[..]
+            }
+            None => lines,
+        };
+        let file = match stream {
+            Stream::Stdout => &mut self.out,
+            Stream::Stderr => &mut self.err,
+        };
+        match file.write(bytes) {
+            Ok(()) => {
+                self.failed = false;
+                return bytes.len();
+            }
+            Err(e) if !self.failed => {
+                self.failed = true;
+                crate::say!(
+                    "app {app}: cannot write {}: {e}; its output is lost until it can",
+                    file.path().display()
+                );
+            }
+            Err(_) => {}
+        }
+        0
+    }
+}
+
+/// Where an app's stdout and stderr go.
+pub fn paths(def: &AppDef, home: &Home) -> (PathBuf, PathBuf) {
+    let name = &def.spec.name;
+    let dir = home.log_dir();
+    (
+        def.logs
+            .out_file
+            .clone()
+            .unwrap_or_else(|| dir.join(format!("{name}-out.log"))),
+        def.logs
+            .error_file
+            .clone()
+            .unwrap_or_else(|| dir.join(format!("{name}-err.log"))),
+    )
 }
 
 /// Turns pm2's `log_date_format` (moment.js tokens: `YYYY-MM-DD HH:mm:ss.SSS Z`)

@@ -720,3 +720,36 @@ fn list_answers_at_once_while_a_reload_is_pending() {
     assert_eq!(app["workers"].as_array().unwrap().len(), 2, "{app:#}");
     assert!(reload.wait().unwrap().success());
 }
+
+/// A line written in two pieces, with a pause between them, reaches the log
+/// whole, with one timestamp before it.
+#[test]
+fn a_timestamp_never_lands_inside_a_line_split_across_reads() {
+    let d = Daemon::new();
+    d.ok(&[
+        "start",
+        "--name",
+        "halves",
+        "--time",
+        "--log-date-format",
+        "[T]",
+        "--restart",
+        "never",
+        "sh",
+        "--",
+        "-c",
+        "printf 'first half, '; sleep 0.3; printf 'second half\\n'; sleep 600",
+    ]);
+    let log = d.path().join("logs/halves-out.log");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("second half")),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "T: first half, second half\n"
+    );
+}

@@ -44,7 +44,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::config::{AppSpec, Balance, ListenAddr, WorkerKind};
@@ -1252,29 +1251,46 @@ impl PumpInfo {
     }
 }
 
+thread_local! {
+    /// One pipe read's worth of room, shared by the output pumps that run on
+    /// this thread (a read copies out what it got before the next await).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 64 * 1024]);
+}
+
 /// Forward a worker's output as whole lines, with backpressure: the next
 /// read waits until the batch before it found room in the event channel, so
 /// a slow consumer leaves the data in the pipe and the worker waits in
 /// `write`. A line is never split, except one longer than [`MAX_LINE`],
 /// which is cut there (the rest follows as the next line). A last line
-/// without a newline gets one. Memory: one read (64 KiB) plus one unfinished
-/// line (at most [`MAX_LINE`]).
+/// without a newline gets one. Memory: one unfinished line (at most
+/// [`MAX_LINE`]); reads go through the thread's shared scratch buffer.
 async fn pump(fd: OwnedFd, info: PumpInfo, events: mpsc::Sender<Timed>) {
-    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+    let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
-    let mut buf: Vec<u8> = Vec::with_capacity(8192);
-    let mut chunk = vec![0u8; 64 * 1024];
+    // Only an unfinished line stays here between reads: an idle worker's
+    // pumps hold no buffer (a daemon runs hundreds of them).
+    let mut buf: Vec<u8> = Vec::new();
     // Where the unfinished line starts in `buf`.
     let mut line_start = 0;
     loop {
-        let n = match pipe.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        info.progress.fetch_add(1, Ordering::Relaxed);
+        if pipe.readable().await.is_err() {
+            break;
+        }
         let mut scan = buf.len();
-        buf.extend_from_slice(&chunk[..n]);
+        // Read into the thread's scratch buffer, keep just the bytes read.
+        let read = SCRATCH.with_borrow_mut(|scratch| {
+            let n = pipe.try_read(scratch)?;
+            buf.extend_from_slice(&scratch[..n]);
+            Ok::<_, io::Error>(n)
+        });
+        match read {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => break,
+        }
+        info.progress.fetch_add(1, Ordering::Relaxed);
         loop {
             // A line ends at its newline, or is cut after MAX_LINE bytes.
             let limit = line_start + MAX_LINE;

@@ -819,6 +819,7 @@ fn https_app_serves_round_robin() {
 ///   machine that is the kernel's scheduling, not herd (331/669 was seen at
 ///   load 9), so the bound only catches a balancer that favours one worker
 ///   grossly: each gets at least 20%.
+///
 /// The exact rule, with timing simulated, is unit-tested in `rotation`.
 #[test]
 fn round_robin_spreads_1000_fresh_connections_evenly() {

@@ -3,25 +3,35 @@
 //! connection, has it said it is ready, how many connections it has not
 //! answered for and how long the oldest has waited) and the rotation picks.
 //!
-//! The rule ([`Rotation::pick_conn`]), best class first:
-//! 1. **prompt** members — ready, and answering: nothing handed to them has
-//!    waited [`PROMPT`] yet — strictly take turns. Their unanswered counts are
-//!    *not* compared: a worker answers for a connection when it takes it,
-//!    not when it has served it, so "fewest unanswered" is a measure of who
-//!    acknowledges fastest, not of who has less work. Preferring it sent a
-//!    burst of CPU-bound requests to the worker that had not started on its
-//!    first request yet (it took every connection at once, then served them
-//!    one after the other: splits of 3/7 and 2/8 where 5/5 was possible),
-//!    and under CPU contention it sent more to whichever worker the kernel
-//!    happened to run (398/602 over 1,000 connections).
-//! 2. **slow** members (one connection waited [`PROMPT`], none [`STUCK`]),
-//!    then 3. **stuck** ones (blocked in a computation, most likely), then
-//!    4. members that listen but have not said they are ready: within each,
-//!    the fewest unanswered, then the youngest oldest one, then by turn.
+//! The rule ([`Rotation::pick_conn`]):
+//! 1. Members that are ready and not stuck take **turns**. Whose turn it is
+//!    gets the connection if it is **prompt** (nothing handed to it has
+//!    waited [`PROMPT`] yet), whatever the others' unanswered counts: a worker
+//!    answers for a connection when it takes it, not when it has served it,
+//!    so "fewest unanswered" measures who acknowledges fastest, not who has
+//!    less work. Preferring it sent a burst of CPU-bound requests to the
+//!    worker that had not started on its first request yet (it took every
+//!    connection at once, then served them one after the other: splits of
+//!    3/7 where 5/5 was possible), and under CPU contention it sent more to
+//!    whichever worker the kernel happened to run (398/602, 800/200 over
+//!    1,000 connections).
+//! 2. When it is a **slow** member's turn (a connection has waited
+//!    [`PROMPT`], none [`STUCK`]), the connection goes to the member with the
+//!    fewest unanswered (prompt before slow among equals, then by turn) —
+//!    the slow one itself if nobody has fewer. So a worker that is merely
+//!    late (or whose answer herd has not read yet) keeps about its share,
+//!    and one that stopped answering gets a connection only when the others
+//!    have more waiting than it does.
+//! 3. Only when every ready member is **stuck** (a connection waited
+//!    [`STUCK`]: blocked in a computation, most likely), and then only when
+//!    none is ready at all, members that listen but have not said they are
+//!    ready: the fewest unanswered, then the youngest oldest one, then by
+//!    turn.
 //!
 //! So a draining worker never gets a connection, a worker blocked on CPU
-//! gets at most the connections handed to it within [`PROMPT`] of its
-//! blocking, and equal workers get equal shares whatever their timing.
+//! gets its turns only until its first unanswered connection is [`PROMPT`]
+//! old (then as Node's own round-robin would: when the others have more
+//! waiting), and equal workers get equal shares whatever their timing.
 
 use std::time::Duration;
 
@@ -140,25 +150,39 @@ impl<K: Copy + PartialEq> Rotation<K> {
         Some(self.members[i])
     }
 
-    /// The member for the next connection, by the rule in the module docs:
-    /// prompt members take turns; failing those, the least loaded slow one,
-    /// then stuck one, then one that only listens. `None` when no member may
-    /// take one now.
+    /// The member for the next connection, by the rule in the module docs.
+    /// `None` when no member may take one now.
     pub fn pick_conn(&mut self, member: impl Fn(K) -> Option<Member>) -> Option<K> {
-        let class_of = |k: K| member(k).and_then(|m| m.class().map(|c| (c, m)));
-        let best = self
-            .members
-            .iter()
-            .filter_map(|&k| class_of(k).map(|(c, _)| c))
-            .min()?;
-        if best == 0 {
-            return self.pick(|k| class_of(k).filter(|(c, _)| *c == 0).map(|_| ()));
-        }
-        self.pick(|k| {
-            class_of(k)
-                .filter(|(c, _)| *c == best)
-                .map(|(_, m)| (m.unanswered, m.oldest.unwrap_or_default()))
-        })
+        let n = self.members.len();
+        // In turn order, starting with whose turn it is.
+        let order: Vec<(usize, Member, u8)> = (0..n)
+            .map(|step| (self.next + step) % n)
+            .filter_map(|i| {
+                let m = member(self.members[i])?;
+                Some((i, m, m.class()?))
+            })
+            .collect();
+        let best = order.iter().map(|&(_, _, c)| c).min()?;
+        let picked = if best <= 1 {
+            let turn = order.iter().find(|&&(_, _, c)| c <= 1)?;
+            if turn.2 == 0 {
+                turn.0
+            } else {
+                order
+                    .iter()
+                    .filter(|&&(_, _, c)| c <= 1)
+                    .min_by_key(|&&(_, m, c)| (m.unanswered, c))?
+                    .0
+            }
+        } else {
+            order
+                .iter()
+                .filter(|&&(_, _, c)| c == best)
+                .min_by_key(|&&(_, m, _)| (m.unanswered, m.oldest.unwrap_or_default()))?
+                .0
+        };
+        self.next = (picked + 1) % n;
+        Some(self.members[picked])
     }
 }
 
@@ -448,24 +472,60 @@ mod tests {
     }
 
     #[test]
-    fn a_prompt_member_beats_a_less_loaded_slow_one() {
+    fn a_slow_member_keeps_its_turn_unless_someone_has_fewer_waiting() {
         let mut r = Rotation::default();
         r.add(0usize);
         r.add(1usize);
-        let m = [
+        let slow = |n| Member {
+            unanswered: n,
+            oldest: Some(PROMPT),
+            ..Member::idle()
+        };
+        let prompt = |n| Member {
+            unanswered: n,
+            oldest: (n > 0).then_some(PROMPT - MS),
+            ..Member::idle()
+        };
+        // 0's turn, it is slow with 1 waiting; 1 has 3, all young: 0 still.
+        let m = [slow(1), prompt(3)];
+        assert_eq!(r.pick_conn(|w| Some(m[w])), Some(0));
+        // 1's turn and prompt: 1, whatever it has waiting.
+        assert_eq!(r.pick_conn(|w| Some(m[w])), Some(1));
+        // 0's turn, slow, as many waiting as 1: the prompt one.
+        let m = [slow(2), prompt(2)];
+        assert_eq!(r.pick_conn(|w| Some(m[w])), Some(1));
+        // 0's turn again (it was passed over): the idle one.
+        let m = [slow(2), prompt(0)];
+        assert_eq!(r.pick_conn(|w| Some(m[w])), Some(1));
+    }
+
+    /// Seen with strace in seed 003: worker 0 took the first connection and
+    /// answered, but herd had not read the answer yet when the other 9
+    /// arrived 10 ms later. It looked slow; before, worker 1 (prompt, its
+    /// connections all young) took all 9.
+    #[test]
+    fn a_burst_after_an_unread_answer_is_still_shared() {
+        let mut r = Rotation::default();
+        r.add(0usize);
+        r.add(1usize);
+        let mut m = [
             Member {
                 unanswered: 1,
-                oldest: Some(PROMPT),
+                oldest: Some(11 * MS),
                 ..Member::idle()
             },
-            Member {
-                unanswered: 3,
-                oldest: Some(PROMPT - MS),
-                ..Member::idle()
-            },
+            Member::idle(),
         ];
-        for _ in 0..3 {
-            assert_eq!(r.pick_conn(|w| Some(m[w])), Some(1));
+        r.next = 1;
+        let mut got = [1, 0];
+        for i in 0..9 {
+            let w = r.pick_conn(|w| Some(m[w])).unwrap();
+            got[w] += 1;
+            m[w].unanswered += 1;
+            if w == 1 && m[1].oldest.is_none() {
+                m[1].oldest = Some(Duration::from_micros(30 * (9 - i)));
+            }
         }
+        assert_eq!(got, [5, 5]);
     }
 }

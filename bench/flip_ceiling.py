@@ -5,7 +5,8 @@ seed003.py measures last(1 worker) / last(2 workers) for 10 concurrent /flip req
 With a perfect 5/5 split the answer is 2.0 only if two flips run side by side as fast
 as one alone. This script measures that, in the same conditions and interleaved:
 - "1 worker": 10 concurrent /flip to one `herd demo -i 1` (as seed003.py);
-- "2 x 1 worker": two separate `herd demo -i 1` on two ports, 5 concurrent /flip to
+- "2 x 1 worker": two separate `herd demo -i 1 --balance shared` (no supervisor in the
+  data path) on two ports, 5 concurrent /flip to
   each, released together: a 5/5 split that no balancer decides.
 ceiling = last(1 worker) / last(2 x 1 worker), per repetition, median reported.
 
@@ -52,7 +53,8 @@ def main():
     try:
         for rep in range(a.reps):
             for setup, ports in (("1 worker", [p1]), ("2 x 1 worker", [p1, p2])):
-                procs = [C.start([C.HERD, "demo", "-i", "1", "--listen", f"{C.HOST}:{p}"], name=f"demo {p}")
+                procs = [C.start([C.HERD, "demo", "-i", "1", "--balance", "shared", "--listen", f"{C.HOST}:{p}"],
+                                 name=f"demo {p}")
                          for p in ports]
                 for p in ports:
                     C.wait_http("/", port=p)

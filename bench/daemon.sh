@@ -162,6 +162,10 @@ python3 "$PROBE" crash "$H1" --pids "$(herd_worker_pids hello)" --kills "$KILLS"
 python3 "$PROBE" crash "$P1" --pids "$(pm2_worker_pids hello)" --kills "$KILLS" >"$TMP/crash-pm2.json"
 record herd_crash_ms "$(jget "d['median_ms']" <"$TMP/crash-herd.json")"
 record pm2_crash_ms "$(jget "d['median_ms']" <"$TMP/crash-pm2.json")"
+record herd_crash_hung "$(jget "sum(k['hung_polls'] for k in d['kills'])" <"$TMP/crash-herd.json")"
+record pm2_crash_hung "$(jget "sum(k['hung_polls'] for k in d['kills'])" <"$TMP/crash-pm2.json")"
+python3 "$PROBE" floor $((BASE_PORT + 2)) --script "$HELLO" --runs "$KILLS" >"$TMP/floor.json"
+record node_floor_ms "$(jget "d['median_ms']" <"$TMP/floor.json")"
 record crash_all "\"herd $(jget "[k['ms'] for k in d['kills']]" <"$TMP/crash-herd.json") / pm2 $(jget "[k['ms'] for k in d['kills']]" <"$TMP/crash-pm2.json")\""
 serving "$H1" "$P1"
 sleep 2
@@ -267,6 +271,7 @@ hundred pm2 $((BASE_PORT + 2000))
   cat "$TMP/wrk.txt"
   echo "crash herd: $(cat "$TMP/crash-herd.json")"
   echo "crash pm2: $(cat "$TMP/crash-pm2.json")"
+  echo "node alone, spawn -> serving: $(cat "$TMP/floor.json")"
   for f in "$TMP"/logs-*.json; do echo "$(basename "$f"): $(cat "$f")"; done
   for f in "$TMP"/load-*.json; do echo "$(basename "$f"): $(cat "$f")"; done
 } | tee -a "$OUT"

@@ -5,10 +5,12 @@
     daemon_probe.py crash PORT --pids P1,P2 --kills N       kill -9 a worker, time until a new pid answers
     daemon_probe.py load PORT --seconds S --out FILE        fresh-connection prober (until SIGTERM or S)
     daemon_probe.py logs FILE --lines N [--time] --t0 NS    wait for N lines, then count lost/corrupted
+    daemon_probe.py floor PORT --script hello.js --runs N    Node alone: spawn -> first answer (ms)
     daemon_probe.py ratios RESULTS.json                     the summary table
 
 Each prints one JSON object on stdout (what daemon.sh records); diagnostics go to stderr.
-The helpers start no process; `crash` sends SIGKILL only to the worker pids it is given.
+Only `floor` starts a process (node, in its own session, killed by its pid); `crash` sends
+SIGKILL only to the worker pids it is given.
 """
 
 import argparse
@@ -105,6 +107,32 @@ def cmd_crash(a):
                       "min_ms": min(ok, default=None), "max_ms": max(ok, default=None),
                       "kills": results, "pids_after": pids}))
     return 0 if len(ok) == a.kills else 1
+
+
+def cmd_floor(a):
+    """How long Node itself takes from spawn to serving hello.js: the floor under any
+    supervisor's kill -9 -> replacement serving."""
+    import subprocess
+    runs = []
+    for _ in range(a.runs):
+        env = dict(os.environ, PORT=str(a.port))
+        t0 = time.monotonic()
+        p = subprocess.Popen(["node", a.script], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            while time.monotonic() - t0 < 10:
+                try:
+                    if get(a.port, timeout=1.0)[0] == 200:
+                        runs.append(round((time.monotonic() - t0) * 1000, 1))
+                        break
+                except OSError:
+                    time.sleep(0.002)
+        finally:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        time.sleep(0.3)
+    print(json.dumps({"median_ms": statistics.median(runs) if runs else None, "runs": runs}))
+    return 0
 
 
 def cmd_load(a):
@@ -234,6 +262,10 @@ def cmd_ratios(a):
     row("`start` ×100 → all 100 serving", g("herd_serve100_s"), g("pm2_serve100_s"), "<=", None, " s")
     row("hello.js 2 workers, wrk req/s (median)", g("herd_rps"), g("pm2_rps"), ">=", 1.10, "")
     row("kill -9 worker → replacement serves (median)", g("herd_crash_ms"), g("pm2_crash_ms"), "<=", 0.6, " ms")
+    floor = g("node_floor_ms")
+    if floor is not None and g("herd_crash_ms") is not None and g("pm2_crash_ms") is not None:
+        row("… minus Node's own spawn → serving (floor)", round(g("herd_crash_ms") - floor, 1),
+            round(g("pm2_crash_ms") - floor, 1), "<=", None, " ms")
     row("1M console.log lines → file", g("herd_logs_s"), g("pm2_logs_s"), "<=", 0.5, " s")
     row("1M lines with --time → file", g("herd_logs_time_s"), g("pm2_logs_time_s"), "<=", 0.5, " s")
     print("| figure | herd | pm2 | herd / pm2 | target | met |")
@@ -244,6 +276,7 @@ def cmd_ratios(a):
     print("| count | herd | pm2 | target |")
     print("|---|---|---|---|")
     for name, key, target in [
+        ("polls hung ≥ 1 s after a kill -9 (all kills)", "crash_hung", ""),
         ("fresh-connection failures across two reloads", "reload_failed", "0"),
         ("  … of requests made during them", "reload_ok", ""),
         ("lines lost (1M, plain)", "logs_lost", "0"),
@@ -267,6 +300,10 @@ def main():
     s.add_argument("--kills", type=int, default=5)
     s.add_argument("--timeout", type=float, default=10)
     s.add_argument("--settle", type=float, default=2.0)
+    s = sub.add_parser("floor")
+    s.add_argument("port", type=int)
+    s.add_argument("--script", required=True)
+    s.add_argument("--runs", type=int, default=5)
     s = sub.add_parser("load")
     s.add_argument("port", type=int)
     s.add_argument("--seconds", type=float, default=120)
@@ -282,7 +319,7 @@ def main():
     s = sub.add_parser("ratios")
     s.add_argument("results")
     a = ap.parse_args()
-    return {"serving": cmd_serving, "crash": cmd_crash, "load": cmd_load, "logs": cmd_logs,
+    return {"serving": cmd_serving, "crash": cmd_crash, "floor": cmd_floor, "load": cmd_load, "logs": cmd_logs,
             "ratios": cmd_ratios}[a.cmd](a)
 
 

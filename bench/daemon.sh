@@ -124,7 +124,7 @@ fi
 
 {
 echo "herd daemon vs pm2, $STAMP"
-echo "herd: $HERD ($(git rev-parse --short HEAD), $(git status --porcelain | wc -l) dirty files)"
+echo "herd: $HERD ($(git rev-parse --short HEAD), $(git status --porcelain -- . ":!bench/results" | wc -l) dirty files outside bench/results)"
 echo "pm2: $(jget "d['version']" <"$PM2_PREFIX/node_modules/pm2/package.json"), node $(node --version), $(nproc) CPUs, $(hyperfine --version 2>/dev/null || echo 'no hyperfine'), $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"
 echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$OUT" >&2

@@ -73,6 +73,11 @@ pub fn main(args: DemoArgs) -> anyhow::Result<i32> {
     })
 }
 
+/// How long a demo worker waits for a new connection's request before it
+/// takes the next connection anyway (a client that connects and says
+/// nothing must not stop it accepting).
+const REQUEST_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// One demo worker: single-threaded, like a Node process, so `/check` and
 /// `/flip` block it the way a CPU-bound handler blocks an event loop.
 fn worker(addr: &str) -> anyhow::Result<i32> {
@@ -93,6 +98,14 @@ fn worker(addr: &str) -> anyhow::Result<i32> {
                     tokio::select! {
                         accepted = listener.accept() => {
                             let Ok((stream, _)) = accepted else { break };
+                            // Take the next connection only once this one's
+                            // request is here (at most REQUEST_WAIT): a worker
+                            // that takes connections before their requests
+                            // arrive answers herd at once, so it looks free
+                            // while it is building a queue it will serve one
+                            // request at a time (seed 003's /flip burst split
+                            // 2/8 under round-robin that way).
+                            let _ = tokio::time::timeout(REQUEST_WAIT, stream.readable()).await;
                             let demo = demo.clone();
                             conns.spawn(herd_demo::serve_connection_until(stream, demo, async {
                                 Worker::get().shutdown().await

@@ -73,6 +73,14 @@ impl NetStream {
         }
     }
 
+    /// Wait until the peer has sent something (or closed): e.g. a request.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            NetStream::Tcp(s) => s.readable().await,
+            NetStream::Unix(s) => s.readable().await,
+        }
+    }
+
     /// The TCP stream, if it is one.
     pub fn into_tcp(self) -> Option<TcpStream> {
         match self {

@@ -25,20 +25,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::node::{line, Handoff, Peer, SETTLE};
 use super::{App, Internal};
 use crate::machine::WorkerId;
-use crate::rotation::Rotation;
+use crate::rotation::{Member, Rotation};
 
 /// Connections one round-robin socket holds at most: waiting for a worker
 /// plus handed over and not answered yet. Beyond that the kernel's listen
 /// queue holds them.
 pub(super) const MAX_HELD: usize = 512;
 /// Connections handed to one worker and not answered yet, at most. Node's
-/// own primary hands a worker one at a time; herd pipelines a few.
+/// own primary hands a worker one at a time; herd pipelines a few. (Which
+/// worker gets the next one, and when a busy one is skipped: `rotation`.)
 const MAX_IN_FLIGHT: usize = 128;
-/// A worker that has not answered for a connection handed to it this long
-/// is busy (a CPU-bound handler, like the tutorials' `/check`): it gets no
-/// more while another worker can take them. Node acknowledges a connection
-/// within microseconds when its event loop is free.
-const STUCK: Duration = Duration::from_millis(50);
 /// A worker that has not answered for a connection this long is treated as
 /// hung: the connections it sits on are closed and it gets no more until it
 /// answers again.
@@ -176,47 +172,28 @@ impl App {
         let machine = &self.machine;
         let procs = &self.procs;
         let now = Instant::now();
-        #[derive(PartialEq, PartialOrd)]
-        enum Want {
-            /// Ready, and taking its connections.
-            Ready,
-            /// Ready, but sitting on a connection for a while (blocked on CPU?).
-            Stuck,
-            /// Listening, not ready yet.
-            Listening,
-        }
         let refused = &conn.refused_by;
-        let load = |w: WorkerId, want: Want| {
+        // What the picker needs to know of each worker (see `rotation`:
+        // prompt workers take turns; one that sits on a connection is
+        // skipped while anyone else can take it; when none is ready, one that
+        // listens but has not said it is ready, as a shared socket would let
+        // it accept, rather than holding the connection for ever).
+        let member = |w: WorkerId| {
             let p = procs.get(&w)?;
             let t = &p.peer;
-            let up = !p.peer.disconnecting
-                && p.peer.channel_open
-                && !machine.is_stopping(w)
-                && !t.hung
-                && t.unacked.len() < MAX_IN_FLIGHT
-                && !refused.contains(&w);
-            let age = t.oldest_unacked(now);
-            let stuck = age.is_some_and(|age| age >= STUCK);
-            let class = match (machine.accepting(w), stuck) {
-                (true, false) => Want::Ready,
-                (true, true) => Want::Stuck,
-                (false, _) => Want::Listening,
-            };
-            // Fewest unanswered connections first; on a tie, the worker that
-            // answered most recently (its oldest unanswered one is youngest):
-            // a worker that just blocked loses the tie before it looks stuck.
-            (up && class <= want).then_some((t.unacked.len(), age.unwrap_or_default()))
+            Some(Member {
+                eligible: !t.disconnecting
+                    && t.channel_open
+                    && !machine.is_stopping(w)
+                    && !t.hung
+                    && t.unacked.len() < MAX_IN_FLIGHT
+                    && !refused.contains(&w),
+                ready: machine.accepting(w),
+                unanswered: t.unacked.len(),
+                oldest: t.oldest_unacked(now),
+            })
         };
-        // The least loaded of the workers that take their connections; a
-        // worker that sits on one is skipped while anyone else can take it;
-        // when none is ready, one that listens but has not said it is ready
-        // (as a shared socket would let it accept), rather than holding the
-        // connection for ever.
-        let picked = rr
-            .rotation
-            .pick(|w| load(w, Want::Ready))
-            .or_else(|| rr.rotation.pick(|w| load(w, Want::Stuck)))
-            .or_else(|| rr.rotation.pick(|w| load(w, Want::Listening)));
+        let picked = rr.rotation.pick_conn(member);
         let Some(worker) = picked else {
             let members = rr.rotation.members();
             if !refused.is_empty() && members.iter().all(|w| refused.contains(w)) {

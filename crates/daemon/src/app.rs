@@ -473,9 +473,10 @@ impl Actor {
                         lines.iter().filter(|&&b| b == b'\n').count() as u64;
                 }
             }
-            Event::Message { slot, message, .. } => {
-                self.say(format!("worker {slot} sent {message}"))
-            }
+            // A worker's process.send(x) is for its primary: under `herd run`
+            // it is printed; the daemon has no reader for it, and logging it
+            // would let a chatty worker fill the daemon's own log.
+            Event::Message { .. } => {}
             Event::Warning(text) => self.say(format!("warning: {text}")),
             Event::Lifecycle(report) => {
                 self.say(&report);

@@ -753,3 +753,46 @@ fn a_timestamp_never_lands_inside_a_line_split_across_reads() {
         "T: first half, second half\n"
     );
 }
+
+/// `herd send` reaches the workers' `process.on('message')`, all of them or one.
+#[test]
+fn send_reaches_process_on_message_of_node_workers() {
+    if which("node").is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "node is needed for this test under CI"
+        );
+        eprintln!("skipped: node is missing");
+        return;
+    }
+    let d = Daemon::new();
+    let dir = TempDir::new("daemon-send");
+    let script = dir.join("listener.js");
+    std::fs::write(
+        &script,
+        "process.on('message', (m) => console.log(`worker ${process.env.HERD_WORKER_ID} got ${JSON.stringify(m)}`));\n\
+         require('http').createServer((q, s) => s.end('ok')).listen(0);\n",
+    )
+    .unwrap();
+    d.ok(&[
+        "start",
+        script.to_str().unwrap(),
+        "--name",
+        "ears",
+        "-i",
+        "2",
+    ]);
+    d.wait_online("ears", 2);
+    d.ok(&["send", "ears", r#"{"hello":"all"}"#]);
+    d.ok(&["send", "ears:1", r#""just one""#]);
+    let log = d.path().join("logs/ears-out.log");
+    let ok = wait_until(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains(r#"worker 0 got {"hello":"all"}"#)
+            && text.contains(r#"worker 1 got {"hello":"all"}"#)
+            && text.contains(r#"worker 1 got "just one""#)
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ok, "{text}");
+    assert!(!text.contains(r#"worker 0 got "just one""#), "{text}");
+}

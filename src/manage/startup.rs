@@ -62,12 +62,12 @@ WantedBy={wanted}
 
 pub fn main(args: StartupArgs) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("cannot find the herd binary")?;
-    let home = herd_daemon::Home::from_env()?;
+    let home = herd_daemon::Home::location()?;
     let root = nix::unistd::geteuid().is_root();
     let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
     let text = unit(
         &exe.display().to_string(),
-        &home.root().display().to_string(),
+        &home.display().to_string(),
         &user,
         root,
         &daemon_args(args.metrics, args.metrics_admin),

@@ -226,7 +226,7 @@ impl Dir {
             Errno::ELOOP | Errno::ENOTDIR => HomeError::NotADirectory { path: path.clone() },
             e => io_err(e.into()),
         })?;
-        check_own_dir(&fstat(&fd).map_err(|e| io_err(e.into()))?, &path)?;
+        check_own_dir(&fd, &path)?;
         Ok(Dir::new(path, fd))
     }
 }

@@ -13,8 +13,8 @@
 //!   user and be writable by no one else, or be sticky (`/tmp`: no one can
 //!   move our entries there); a symbolic link on the way is followed only
 //!   when one of those could have made it. The home itself and its `logs/`
-//!   must belong to herd's user and be writable by no one else; missing, they
-//!   are created 0700. A home that fails is refused with an error that names
+//!   must belong to herd's user and be writable by no one else; they are
+//!   created 0700, or made 0700 if others could read them. A home that fails is refused with an error that names
 //!   the directory, its owner or mode, and what to do.
 //! - **Every file of the home** is then reached through that checked
 //!   directory's fd ([`Dir`]): `openat` with `O_NOFOLLOW | O_CLOEXEC`,
@@ -33,11 +33,12 @@ mod walk;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use nix::sys::stat::{fstat, FileStat};
+use nix::sys::stat::{fchmod, fstat, FileStat, Mode};
 
 pub use dir::{Access, Dir, Opened};
 
@@ -117,8 +118,22 @@ pub(crate) fn euid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
 
-/// The rule for the home and its `logs/`: ours, writable by no one else.
-pub(crate) fn check_own_dir(stat: &FileStat, path: &Path) -> Result<(), HomeError> {
+/// The rule for the home and its `logs/`: ours, writable by no one else;
+/// then made private (0700) if others could read it.
+pub(crate) fn check_own_dir(fd: &OwnedFd, path: &Path) -> Result<(), HomeError> {
+    let io_err = |e: Errno| HomeError::Create {
+        path: path.to_path_buf(),
+        error: e.into(),
+    };
+    let stat = fstat(fd).map_err(io_err)?;
+    check_own_dir_stat(&stat, path)?;
+    if stat.st_mode & 0o077 != 0 {
+        fchmod(fd, Mode::from_bits_truncate(0o700)).map_err(io_err)?;
+    }
+    Ok(())
+}
+
+fn check_own_dir_stat(stat: &FileStat, path: &Path) -> Result<(), HomeError> {
     if stat.st_uid != euid() {
         return Err(HomeError::NotOwned {
             path: path.to_path_buf(),
@@ -182,12 +197,8 @@ impl Home {
             .transpose()
     }
 
-    fn checked(root: PathBuf, fd: std::os::fd::OwnedFd) -> Result<Home, HomeError> {
-        let stat = fstat(&fd).map_err(|e| HomeError::Create {
-            path: root.clone(),
-            error: e.into(),
-        })?;
-        check_own_dir(&stat, &root)?;
+    fn checked(root: PathBuf, fd: OwnedFd) -> Result<Home, HomeError> {
+        check_own_dir(&fd, &root)?;
         let dir = Dir::new(root, fd);
         let logs = dir.subdir(LOGS)?;
         Ok(Home { dir, logs })
@@ -419,6 +430,8 @@ mod tests {
         }
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
         Home::open(&root).unwrap();
+        let mode = std::fs::metadata(&root).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "made private");
     }
 
     #[test]

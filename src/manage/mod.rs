@@ -81,8 +81,9 @@ pub struct DaemonArgs {
     /// More environment variables whose values are hidden in show, list, jlist, the status
     /// page and metrics (beyond names containing KEY, SECRET, TOKEN, PASS, CREDENTIAL or
     /// PRIVATE): exact names or `*` globs, comma-separated, e.g. DATABASE_URL,*_DSN.
-    #[arg(long, env = herd_protocol::secrets::SECRET_NAMES_ENV, value_name = "NAMES")]
-    secret_names: Option<String>,
+    #[arg(long, env = herd_protocol::secrets::SECRET_NAMES_ENV, value_name = "NAMES",
+          value_parser = herd_protocol::SecretNames::parse)]
+    secret_names: Option<herd_protocol::SecretNames>,
 }
 
 #[derive(Args, Debug)]
@@ -182,9 +183,7 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
                 resurrect: args.resurrect,
                 metrics: args.metrics,
                 metrics_admin: args.metrics_admin,
-                secrets: herd_protocol::SecretNames::parse(
-                    args.secret_names.as_deref().unwrap_or(""),
-                ),
+                secrets: args.secret_names.unwrap_or_default(),
             })?;
             return Ok(code);
         }

@@ -44,9 +44,28 @@ impl SecretNames {
         }
     }
 
-    /// Patterns from a list separated by commas or whitespace.
-    pub fn parse(list: &str) -> SecretNames {
-        SecretNames::new(list.split(|c: char| c == ',' || c.is_whitespace()))
+    /// Patterns from a list separated by commas or whitespace; each made of
+    /// letters, digits, `_` and `*`.
+    pub fn parse(list: &str) -> Result<SecretNames, String> {
+        let patterns: Vec<&str> = list
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|p| !p.is_empty())
+            .collect();
+        if let Some(bad) = patterns.iter().find(|p| {
+            !p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '*')
+        }) {
+            return Err(format!(
+                "invalid secret name pattern '{bad}': use variable names (letters, digits, '_') \
+                 with '*' for any run of characters, separated by commas: DATABASE_URL,*_DSN"
+            ));
+        }
+        Ok(SecretNames::new(patterns))
+    }
+
+    /// The operator's patterns, upper-cased (the built-in parts are not listed).
+    pub fn patterns(&self) -> &[String] {
+        &self.extra
     }
 
     /// Whether `name`'s value is a secret.
@@ -123,13 +142,15 @@ mod tests {
 
     #[test]
     fn the_operators_patterns_are_exact_names_or_globs() {
-        let names = SecretNames::parse("database_url, *_DSN  STRIPE*");
+        let names = SecretNames::parse("database_url, *_DSN  STRIPE*").unwrap();
         assert!(names.is_secret("DATABASE_URL"));
         assert!(!names.is_secret("DATABASE_URL_RO"));
         assert!(names.is_secret("SENTRY_DSN"));
         assert!(names.is_secret("stripe_live"));
         assert!(!names.is_secret("PORT"));
-        assert_eq!(SecretNames::parse(" , "), SecretNames::default());
+        assert_eq!(SecretNames::parse(" , ").unwrap(), SecretNames::default());
+        let err = SecretNames::parse("OK,$HOME").unwrap_err();
+        assert!(err.contains("'$HOME'"), "{err}");
     }
 
     #[test]

@@ -636,6 +636,10 @@ fn sigusr1_reopens_the_log_files_for_logrotate() {
     let moved = d.path().join("logs/web-out.log.rotated");
     std::fs::rename(&log, &moved).unwrap();
     kill(Pid::from_raw(d.daemon_pid().unwrap()), Signal::SIGUSR1).unwrap();
+    // The signal is handled asynchronously: a line written before the
+    // daemon reopened belongs in the moved file. The reopen creates the
+    // file anew; only lines asked for after that must land there.
+    assert!(wait_until(Duration::from_secs(5), || log.exists()));
     assert!(wait_until(Duration::from_secs(5), || {
         let _ = http_get(&addr, "/spam?n=1&len=2", Duration::from_secs(5));
         std::fs::read_to_string(&log)

@@ -1,8 +1,11 @@
 //! The CLI's side of the control socket: find the daemon of `$HERD_HOME`
 //! (starting it, detached, when it is not running, as pm2 does), say hello,
-//! send one request and read the answer.
+//! send one request and read the answer. The home is checked the daemon's
+//! way ([`Home::open`]) before anything in it is used: a root CLI never
+//! talks to a socket, or appends to a `herd.log`, that another user planted.
 
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -26,13 +29,14 @@ pub fn request(request: Request, autostart: bool) -> anyhow::Result<Option<Respo
 /// A client for many requests (`herd monit` asks every second): one async
 /// runtime, reused, and a new connection per request, as the daemon expects.
 pub struct Client {
-    home: Home,
+    /// Where the home is (opened and checked at each request).
+    home: PathBuf,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Client {
     pub fn new() -> anyhow::Result<Client> {
-        let home = Home::from_env()?;
+        let home = Home::location()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -78,9 +82,16 @@ async fn exchange(conn: &mut Connection, request: &Request) -> anyhow::Result<Re
     conn.recv::<Response>().await.context(lost)
 }
 
-async fn connect(home: &Home, autostart: bool) -> anyhow::Result<Option<Connection>> {
+async fn connect(root: &Path, autostart: bool) -> anyhow::Result<Option<Connection>> {
+    let home = match Home::open_existing(root)? {
+        Some(h) => h,
+        None if !autostart => return Ok(None),
+        None => Home::open(root)?,
+    };
+    let home = &home;
     let path = home.socket();
-    match UnixStream::connect(&path).await {
+    let address = home.socket_address();
+    match UnixStream::connect(&address).await {
         Ok(s) => return Ok(Some(Connection::new(s))),
         Err(_) if !autostart => return Ok(None),
         Err(_) => {}
@@ -90,7 +101,7 @@ async fn connect(home: &Home, autostart: bool) -> anyhow::Result<Option<Connecti
     }
     let deadline = Instant::now() + DAEMON_START;
     loop {
-        match UnixStream::connect(&path).await {
+        match UnixStream::connect(&address).await {
             Ok(s) => return Ok(Some(Connection::new(s))),
             Err(e) if Instant::now() > deadline => {
                 return Err(anyhow!(
@@ -107,11 +118,8 @@ async fn connect(home: &Home, autostart: bool) -> anyhow::Result<Option<Connecti
 /// Start `herd daemon` detached: its own session, no terminal, its output
 /// appended to `$HERD_HOME/herd.log`.
 fn spawn_daemon(home: &Home) -> anyhow::Result<()> {
-    home.create()?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(home.daemon_log())
+    let log = home
+        .open_daemon_log()
         .with_context(|| format!("cannot open {}", home.daemon_log().display()))?;
     let exe = std::env::current_exe().context("cannot find the herd binary to start the daemon")?;
     let mut cmd = std::process::Command::new(exe);

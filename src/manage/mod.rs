@@ -37,7 +37,7 @@ pub enum Verb {
     #[command(visible_aliases = ["ls", "ps", "status"])]
     List(list::ListArgs),
     /// The apps and their workers, as JSON (the same as `list --json`).
-    Jlist,
+    Jlist(list::JlistArgs),
     /// One app in detail.
     #[command(visible_aliases = ["desc", "describe"])]
     Show(list::ShowArgs),
@@ -78,6 +78,12 @@ pub struct DaemonArgs {
     /// With --metrics: allow the status page's reload/restart/stop buttons (POST endpoints).
     #[arg(long, env = "HERD_METRICS_ADMIN", requires = "metrics")]
     metrics_admin: bool,
+    /// More environment variables whose values are hidden in show, list, jlist, the status
+    /// page and metrics (beyond names containing KEY, SECRET, TOKEN, PASS, CREDENTIAL or
+    /// PRIVATE): exact names or `*` globs, comma-separated, e.g. DATABASE_URL,*_DSN.
+    #[arg(long, env = herd_protocol::secrets::SECRET_NAMES_ENV, value_name = "NAMES",
+          value_parser = herd_protocol::SecretNames::parse)]
+    secret_names: Option<herd_protocol::SecretNames>,
 }
 
 #[derive(Args, Debug)]
@@ -177,29 +183,30 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
                 resurrect: args.resurrect,
                 metrics: args.metrics,
                 metrics_admin: args.metrics_admin,
+                secrets: args.secret_names.unwrap_or_default(),
             })?;
             return Ok(code);
         }
         Verb::Start(args) => return start::main(*args),
         Verb::Stop(a) => {
             print_done(client::ask(Request::Stop { apps: a.apps })?);
-            list::print_list(false)?;
+            list::print_list(false, false)?;
         }
         Verb::Restart(a) => {
             let (apps, worker) = split_target(&a.apps)?;
             print_done(client::ask(Request::Restart { apps, worker })?);
-            list::print_list(false)?;
+            list::print_list(false, false)?;
         }
         Verb::Reload(a) => {
             print_done(client::ask(Request::Reload { apps: a.apps })?);
-            list::print_list(false)?;
+            list::print_list(false, false)?;
         }
         Verb::Delete(a) => {
             print_done(client::ask(Request::Delete { apps: a.apps })?);
-            list::print_list(false)?;
+            list::print_list(false, false)?;
         }
-        Verb::List(args) => list::print_list(args.json)?,
-        Verb::Jlist => list::print_list(true)?,
+        Verb::List(args) => list::print_list(args.json, args.show_secrets)?,
+        Verb::Jlist(args) => list::print_list(true, args.show_secrets)?,
         Verb::Show(args) => list::show(args)?,
         Verb::Logs(args) => return logs::main(args),
         Verb::Monit => return monit::main(),
@@ -209,7 +216,7 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
                 app: a.app,
                 to: a.count,
             })?);
-            list::print_list(false)?;
+            list::print_list(false, false)?;
         }
         Verb::Send(a) => {
             let (app, worker) = split_target(&a.target)?;
@@ -254,12 +261,12 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
 
 /// `herd kill`: stop every app, then wait for the daemon to be gone.
 fn kill() -> anyhow::Result<i32> {
-    let home = herd_daemon::Home::from_env()?;
+    let root = herd_daemon::Home::location()?;
     let Some(response) = client::request(Request::Kill, false)? else {
-        println!(
-            "no herd daemon runs with HERD_HOME={}",
-            home.root().display()
-        );
+        println!("no herd daemon runs with HERD_HOME={}", root.display());
+        return Ok(0);
+    };
+    let Some(home) = herd_daemon::Home::open_existing(&root)? else {
         return Ok(0);
     };
     print_done(response);

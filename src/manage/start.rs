@@ -63,7 +63,9 @@ pub fn main(mut args: StartArgs) -> anyhow::Result<i32> {
     // A bare word that is no file may be a stopped app: start that.
     let looks_like_app = !args.target.contains('/') && !target.exists();
     if looks_like_app && args.args.is_empty() {
-        if let Ok(Response::Apps { apps }) = client::ask(Request::List) {
+        if let Ok(Response::Apps { apps }) = client::ask(Request::List {
+            show_secrets: false,
+        }) {
             if apps
                 .iter()
                 .any(|a| a.name == args.target || a.id.to_string() == args.target)
@@ -98,6 +100,6 @@ fn send(request: Request) -> anyhow::Result<i32> {
 
 fn send_done(request: Request) -> anyhow::Result<i32> {
     super::print_done(client::ask(request)?);
-    list::print_list(false)?;
+    list::print_list(false, false)?;
     Ok(0)
 }

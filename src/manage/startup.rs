@@ -22,6 +22,10 @@ pub struct StartupArgs {
     /// With --metrics: allow the status page's reload/restart/stop buttons.
     #[arg(long, requires = "metrics")]
     metrics_admin: bool,
+    /// More environment variable names whose values the daemon hides (see `herd daemon --help`).
+    #[arg(long, env = herd_protocol::secrets::SECRET_NAMES_ENV, value_name = "NAMES",
+          value_parser = herd_protocol::SecretNames::parse)]
+    secret_names: Option<herd_protocol::SecretNames>,
 }
 
 /// The unit for this binary and home.
@@ -62,15 +66,15 @@ WantedBy={wanted}
 
 pub fn main(args: StartupArgs) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("cannot find the herd binary")?;
-    let home = herd_daemon::Home::from_env()?;
+    let home = herd_daemon::Home::location()?;
     let root = nix::unistd::geteuid().is_root();
     let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
     let text = unit(
         &exe.display().to_string(),
-        &home.root().display().to_string(),
+        &home.display().to_string(),
         &user,
         root,
-        &daemon_args(args.metrics, args.metrics_admin),
+        &daemon_args(args.metrics, args.metrics_admin, args.secret_names.as_ref()),
     );
     if !args.install {
         print!("{text}");
@@ -113,13 +117,21 @@ pub fn main(args: StartupArgs) -> anyhow::Result<i32> {
 }
 
 /// The daemon's flags for the unit, each with its leading space.
-fn daemon_args(metrics: Option<std::net::SocketAddr>, admin: bool) -> String {
+fn daemon_args(
+    metrics: Option<std::net::SocketAddr>,
+    admin: bool,
+    secret_names: Option<&herd_protocol::SecretNames>,
+) -> String {
     let mut out = String::new();
     if let Some(addr) = metrics {
         out.push_str(&format!(" --metrics {addr}"));
         if admin {
             out.push_str(" --metrics-admin");
         }
+    }
+    // The boot-time daemon does not see this shell's HERD_SECRET_NAMES.
+    if let Some(names) = secret_names.filter(|n| !n.patterns().is_empty()) {
+        out.push_str(&format!(" --secret-names {}", names.patterns().join(",")));
     }
     out
 }
@@ -137,11 +149,20 @@ mod tests {
 
     #[test]
     fn unit_passes_the_metrics_flags() {
-        let args = super::daemon_args(Some("127.0.0.1:9209".parse().unwrap()), true);
+        let args = super::daemon_args(Some("127.0.0.1:9209".parse().unwrap()), true, None);
         let u = super::unit("/usr/bin/herd", "/h", "a", false, &args);
         assert!(u.contains(
             "ExecStart=/usr/bin/herd daemon --resurrect --metrics 127.0.0.1:9209 --metrics-admin\n"
         ));
-        assert_eq!(super::daemon_args(None, true), "");
+        assert_eq!(super::daemon_args(None, true, None), "");
+    }
+
+    #[test]
+    fn unit_passes_the_secret_names() {
+        let names = herd_protocol::SecretNames::parse("database_url, *_DSN").unwrap();
+        let args = super::daemon_args(None, false, Some(&names));
+        assert_eq!(args, " --secret-names DATABASE_URL,*_DSN");
+        let none = herd_protocol::SecretNames::default();
+        assert_eq!(super::daemon_args(None, false, Some(&none)), "");
     }
 }

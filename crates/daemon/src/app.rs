@@ -17,7 +17,7 @@ use herd_engine::os::process::ExitStatus;
 use herd_engine::supervisor::{
     self, AppHandle, AppStatus, Event, Events, RoundRobinStats, Stream, Target, Timed, UpdateError,
 };
-use herd_protocol::{AppDef, AppInfo, ScaleTo, WorkerInfo};
+use herd_protocol::{AppDef, AppInfo, ScaleTo, SecretNames, WorkerInfo};
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
 
@@ -100,7 +100,11 @@ pub struct Envelope {
 pub enum Query {
     Info(oneshot::Sender<AppInfo>),
     Metrics(oneshot::Sender<AppMetrics>),
-    Def(oneshot::Sender<AppDef>),
+    /// The definition; its secret environment values hidden unless `reveal`.
+    Def {
+        reveal: bool,
+        reply: oneshot::Sender<AppDef>,
+    },
 }
 
 /// The sending side of an app's command queue (and of its queries).
@@ -135,16 +139,29 @@ impl AppRef {
         rx.await.ok()
     }
 
-    /// The app's definition, as `save` writes it (`None`: the app is gone).
+    /// The app's definition as it may be shown: secret environment values
+    /// hidden (`None`: the app is gone).
     pub async fn def(&self) -> Option<AppDef> {
-        let (tx, rx) = oneshot::channel();
-        self.queries.send(Query::Def(tx)).await.ok()?;
+        self.query_def(false).await
+    }
+
+    /// The app's whole definition, secrets included: for `save`, and for
+    /// `show --show-secrets` (`None`: the app is gone).
+    pub async fn def_with_secrets(&self) -> Option<AppDef> {
+        self.query_def(true).await
+    }
+
+    async fn query_def(&self, reveal: bool) -> Option<AppDef> {
+        let (reply, rx) = oneshot::channel();
+        self.queries.send(Query::Def { reveal, reply }).await.ok()?;
         rx.await.ok()
     }
 }
 
-/// Start the actor for app `id`; it starts no worker until told [`AppCommand::Start`].
-pub fn spawn(id: u32, def: AppDef, home: &Home) -> Result<AppRef, String> {
+/// Start the actor for app `id`; it starts no worker until told
+/// [`AppCommand::Start`]. `secrets` says which environment values its
+/// answers hide.
+pub fn spawn(id: u32, def: AppDef, home: &Home, secrets: SecretNames) -> Result<AppRef, String> {
     let (tx, rx) = mpsc::channel(64);
     let (queries, queries_rx) = mpsc::channel(64);
     let logs = AppLogs::open(&def, home)?;
@@ -161,7 +178,9 @@ pub fn spawn(id: u32, def: AppDef, home: &Home) -> Result<AppRef, String> {
         listen: Vec::new(),
         outcome: None,
         deleted: false,
+        ever_started: false,
         counters: Counters::default(),
+        secrets,
     };
     tokio::spawn(actor.run(rx, queries_rx));
     Ok(AppRef { tx, queries })
@@ -200,7 +219,11 @@ struct Actor {
     /// How the engine instance ended last (None: running, or never ran).
     outcome: Option<Outcome>,
     deleted: bool,
+    /// An engine instance was started once (until then, the log files
+    /// opened for it are removed again if the app is deleted).
+    ever_started: bool,
     counters: Counters,
+    secrets: SecretNames,
 }
 
 impl Actor {
@@ -231,8 +254,12 @@ impl Actor {
                         let metrics = self.metrics().await;
                         let _ = tx.send(metrics);
                     }
-                    Some(Query::Def(tx)) => {
-                        let _ = tx.send(self.def.clone());
+                    Some(Query::Def { reveal, reply }) => {
+                        let mut def = self.def.clone();
+                        if !reveal {
+                            self.secrets.redact_def(&mut def);
+                        }
+                        let _ = reply.send(def);
                     }
                     None => queries_open = false,
                 },
@@ -273,6 +300,7 @@ impl Actor {
             Ok((handle, events)) => {
                 self.engine = Some(handle);
                 self.events = Some(events);
+                self.ever_started = true;
                 self.outcome = None;
                 self.listen.clear();
                 self.over_limit.clear();
@@ -337,6 +365,10 @@ impl Actor {
                     });
                 }
                 None => {
+                    if !self.ever_started {
+                        // Its start failed: leave no empty log files behind.
+                        self.logs.remove_if_unused();
+                    }
                     self.deleted = true;
                     answer(reply, Ok(format!("deleted {}", self.name())));
                 }

@@ -15,12 +15,16 @@
 //!   itself, so the daemon never buffers lines for a slow reader).
 //!
 //! [`AppInfo`] and [`WorkerInfo`] are also the stable schema of `--json`.
+//! [`secrets`] is the one rule for which environment values are hidden in
+//! what the daemon answers.
 
 mod frame;
 mod message;
+pub mod secrets;
 
-pub use frame::{Connection, FrameError, MAX_FRAME};
+pub use frame::{Connection, FrameError, MAX_DEFINITION, MAX_FRAME};
 pub use message::*;
+pub use secrets::SecretNames;
 
 /// The protocol version; both sides must agree exactly.
 pub const VERSION: u32 = 1;

@@ -18,7 +18,8 @@ pub enum Request {
         version: u32,
     },
     Ping,
-    /// Start apps. With `update`, an app whose name exists already is
+    /// Start apps; each definition must serialize to at most
+    /// [`crate::MAX_DEFINITION`] bytes (so `show` can always send it back). With `update`, an app whose name exists already is
     /// reloaded onto its new definition (a config file started again);
     /// without it, an existing name is an error.
     Start {
@@ -44,10 +45,18 @@ pub enum Request {
     Delete {
         apps: Selector,
     },
-    List,
-    /// One app with its definition.
+    List {
+        /// Show secret environment values (see [`crate::secrets`]); hidden
+        /// by default wherever the answer carries an environment.
+        #[serde(default)]
+        show_secrets: bool,
+    },
+    /// One app with its definition (secret environment values hidden
+    /// unless `show_secrets`).
     Show {
         app: Selector,
+        #[serde(default)]
+        show_secrets: bool,
     },
     /// Empty the apps' log files.
     Flush {
@@ -231,6 +240,25 @@ mod tests {
             back,
             Request::Scale {
                 to: ScaleTo::By(-1),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_show_secrets_flag_defaults_to_off() {
+        let r: Request = serde_json::from_str(r#"{"request":"list"}"#).unwrap();
+        assert!(matches!(
+            r,
+            Request::List {
+                show_secrets: false
+            }
+        ));
+        let r: Request = serde_json::from_str(r#"{"request":"show","app":"web"}"#).unwrap();
+        assert!(matches!(
+            r,
+            Request::Show {
+                show_secrets: false,
                 ..
             }
         ));

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use herd_protocol::{ErrorKind, Request, Response};
+use herd_protocol::{ErrorKind, Request, Response, SecretNames};
 
 use crate::app::{AppCommand, AppRef, Reply};
 use crate::Home;
@@ -21,6 +21,9 @@ use crate::Home;
 /// What every handler may use.
 pub struct Ctx {
     pub home: Home,
+    /// Which environment values answers hide (the built-in rule plus the
+    /// operator's `--secret-names`).
+    pub secrets: SecretNames,
     pub registry: Mutex<Registry>,
     pub started: Instant,
     /// Notified when `herd kill` asks the daemon to end.
@@ -28,9 +31,10 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(home: Home) -> Arc<Ctx> {
+    pub fn new(home: Home, secrets: SecretNames) -> Arc<Ctx> {
         Arc::new(Ctx {
             home,
+            secrets,
             registry: Mutex::new(Registry::default()),
             started: Instant::now(),
             shutdown: tokio::sync::Notify::new(),
@@ -143,8 +147,9 @@ pub async fn handle(ctx: &Arc<Ctx>, request: Request) -> Response {
             .await
         }
         Request::Signal { apps, signal } => control::signal(ctx, &apps, &signal).await,
-        Request::List => list::list(ctx).await,
-        Request::Show { app } => list::show(ctx, &app).await,
+        // Nothing a list answers is secret (see `list::list`).
+        Request::List { show_secrets: _ } => list::list(ctx).await,
+        Request::Show { app, show_secrets } => list::show(ctx, &app, show_secrets).await,
         Request::Save { force } => persist::save(ctx, force).await,
         Request::Resurrect => persist::resurrect(ctx).await,
         Request::Kill => {

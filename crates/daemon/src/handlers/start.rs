@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use herd_protocol::{AppDef, Response};
+use herd_protocol::{AppDef, Response, MAX_DEFINITION};
 
 use super::{failed, usage, Ctx, Entry};
 use crate::app::{self, AppCommand};
@@ -32,13 +32,45 @@ fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What the daemon refuses in a definition beyond its name: what it could
+/// not carry out, or not show back.
+fn check_def(def: &AppDef) -> Result<(), String> {
+    let name = &def.spec.name;
+    if def.max_memory_restart == Some(0) {
+        // pm2 takes 0 and then finds every worker over it at each check,
+        // reloading the app forever; no one means that.
+        return Err(format!(
+            "app '{name}': --max-memory-restart 0 is no limit (every worker is over it, and would \
+             be replaced at every check): give a size such as 200M, or leave it out for none"
+        ));
+    }
+    let size = serde_json::to_vec(def).map_or(usize::MAX, |v| v.len());
+    if size > MAX_DEFINITION {
+        let env: usize = def
+            .spec
+            .env
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 6)
+            .sum();
+        return Err(format!(
+            "app '{name}': its definition is {} KiB, over the {} KiB herd can show back \
+             (`herd show`); {} KiB of it is its environment: start it with only the variables \
+             it needs (the CLI passes its whole environment)",
+            size >> 10,
+            MAX_DEFINITION >> 10,
+            env >> 10
+        ));
+    }
+    Ok(())
+}
+
 pub async fn start(ctx: &Arc<Ctx>, defs: Vec<AppDef>, update: bool) -> Response {
     if defs.is_empty() {
         return usage("nothing to start");
     }
     // Check everything first: a bad request changes nothing.
     for (i, def) in defs.iter().enumerate() {
-        if let Err(e) = check_name(&def.spec.name) {
+        if let Err(e) = check_name(&def.spec.name).and_then(|_| check_def(def)) {
             return usage(e);
         }
         if defs[..i].iter().any(|d| d.spec.name == def.spec.name) {
@@ -71,7 +103,7 @@ pub async fn start(ctx: &Arc<Ctx>, defs: Vec<AppDef>, update: bool) -> Response 
                 continue;
             }
             let id = registry.next_id();
-            let actor = match app::spawn(id, def.clone(), &ctx.home) {
+            let actor = match app::spawn(id, def.clone(), &ctx.home, ctx.secrets.clone()) {
                 Ok(a) => a,
                 Err(e) => return failed(e),
             };
@@ -123,7 +155,31 @@ pub async fn start(ctx: &Arc<Ctx>, defs: Vec<AppDef>, update: bool) -> Response 
 
 #[cfg(test)]
 mod tests {
-    use super::check_name;
+    use super::*;
+
+    #[test]
+    fn a_zero_memory_limit_and_a_definition_too_big_to_show_are_refused() {
+        use herd_engine::config::AppSpec;
+        let mut def = AppDef {
+            spec: AppSpec::new("web", "/bin/sleep"),
+            logs: Default::default(),
+            max_memory_restart: Some(0),
+            instances_max: false,
+        };
+        let err = check_def(&def).unwrap_err();
+        assert!(
+            err.contains("0 is no limit") && err.contains("200M"),
+            "{err}"
+        );
+        def.max_memory_restart = Some(200 << 20);
+        check_def(&def).unwrap();
+        def.spec.env = vec![("BIG".into(), "x".repeat(MAX_DEFINITION))];
+        let err = check_def(&def).unwrap_err();
+        assert!(
+            err.contains("herd show") && err.contains("environment"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn names() {

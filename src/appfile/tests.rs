@@ -1,3 +1,8 @@
+use std::process::{Command, Stdio};
+
+use herd_engine::config::{Balance, Instances};
+use nix::sys::signal::Signal;
+
 use super::*;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -33,6 +38,11 @@ fn env_of(app: &FileApp) -> Vec<(&str, &str)> {
             crate::options::EnvArg::Profile(_) => None,
         })
         .collect()
+}
+
+/// `load_from` with the file's own directory as the current one.
+fn load(path: &Path, profile: Option<&str>) -> Result<(Vec<FileApp>, Vec<String>), UsageError> {
+    load_from(path, profile, path.parent().unwrap())
 }
 
 fn error_of(result: Result<(Vec<FileApp>, Vec<String>), UsageError>) -> String {
@@ -98,6 +108,7 @@ fn herd_toml_two_apps_and_a_profile() {
     // herd's restart_delay doubles; the ceiling grows to at least the first delay.
     assert_eq!(web.options.restart_delay, Duration::from_secs(10));
     assert_eq!(web.options.max_restart_delay, Duration::from_secs(10));
+    assert_eq!(web.options.style, Style::Script);
     assert_eq!(web.daemon.max_memory_restart, Some(300 << 20));
     assert_eq!(web.daemon.log_date_format.as_deref(), Some("YYYY-MM-DD"));
     assert_eq!(
@@ -114,8 +125,9 @@ fn herd_toml_two_apps_and_a_profile() {
     let worker = &apps[1];
     assert_eq!(worker.options.name.as_deref(), Some("worker"));
     assert_eq!(worker.command, ["./worker", "--queue", "jobs"]);
-    // One instance unless told otherwise, as under `herd start`.
-    assert_eq!(worker.options.instances, Some(Instances::Count(1)));
+    assert_eq!(worker.options.style, Style::Argv);
+    // One instance unless told otherwise, as under `herd start` (app_def's default).
+    assert_eq!(worker.options.instances, None);
     assert_eq!(worker.options.kill_timeout, Duration::from_secs(12));
     assert_eq!(worker.options.restart, RestartMode::OnFailure);
     assert_eq!(worker.options.kill_signal, Signal::SIGTERM);
@@ -272,7 +284,9 @@ fn check_pm2_apps(apps: &[FileApp], dir: &Path) {
     // pm2's restart_delay is a fixed delay.
     assert_eq!(api.options.restart_delay, Duration::from_millis(250));
     assert_eq!(api.options.max_restart_delay, Duration::from_millis(250));
-    assert_eq!(api.options.interpreter_args, ["--max-old-space-size=512"]);
+    assert_eq!(api.options.interpreter_args(), ["--max-old-space-size=512"]);
+    assert_eq!(api.options.exec_mode, Some(ExecMode::Cluster));
+    assert_eq!(api.daemon.pm2.merge_logs, Some(true));
     assert!(api.daemon.time);
     assert_eq!(
         api.daemon.out_file.as_deref(),
@@ -296,12 +310,14 @@ fn check_pm2_apps(apps: &[FileApp], dir: &Path) {
     let worker = &apps[1];
     assert_eq!(worker.options.name.as_deref(), Some("worker"));
     assert_eq!(worker.command, ["worker.js"]);
-    // pm2 starts one instance unless told otherwise.
-    assert_eq!(worker.options.instances, Some(Instances::Count(1)));
+    // pm2 starts one instance unless told otherwise (app_def's default).
+    assert_eq!(worker.options.instances, None);
+    assert_eq!(worker.options.exec_mode, Some(ExecMode::Fork));
+    assert_eq!(worker.daemon.pm2.exp_backoff_restart_delay_ms, Some(100));
     assert_eq!(worker.options.restart, RestartMode::Never);
     assert_eq!(worker.options.restart_delay, Duration::from_millis(100));
     assert_eq!(worker.options.max_restart_delay, PM2_MAX_BACKOFF);
-    assert_eq!(worker.options.interpreter_args, ["--inspect"]);
+    assert_eq!(worker.options.interpreter_args(), ["--inspect"]);
     assert!(worker.options.shutdown_with_message);
     assert_eq!(worker.options.listen.len(), 1);
     assert_eq!(worker.options.balance, Some(Balance::ReusePort));
@@ -309,6 +325,10 @@ fn check_pm2_apps(apps: &[FileApp], dir: &Path) {
 
 /// The parts of a FileApp that a start depends on, comparable.
 fn summary(apps: &[FileApp]) -> String {
+    let mut apps = apps.to_vec();
+    for a in &mut apps {
+        a.options.source_file = None;
+    }
     format!("{apps:?}")
 }
 
@@ -379,22 +399,42 @@ fn a_js_file_that_throws_gives_nodes_error() {
     assert!(err.contains("ecosystem.config.cjs:1:7"), "{err}");
     assert!(!err.contains("node:internal"), "{err}");
 
-    // A wrong type in a JS file names the key (node's output has no useful lines).
+    // A wrong type in a JS file names the key, and the line where it is written.
     let js = write(
         dir.path(),
         "bad.config.js",
-        "module.exports = { apps: [{ script: 'a.js', kill_timeout: true }] };\n",
+        "module.exports = {\n  apps: [{ script: 'a.js',\n    kill_timeout: true }] };\n",
     );
     let err = error_of(load(&js, None));
-    assert!(err.contains("apps[0].kill_timeout"), "{err}");
-    assert!(!err.contains("line"), "{err}");
+    assert!(
+        err.contains("bad.config.js:3:5: apps[0].kill_timeout"),
+        "{err}"
+    );
+    // Written twice: no line rather than a wrong one.
+    let js = write(
+        dir.path(),
+        "bad.config.js",
+        "module.exports = [{ script: 'a.js', kill_timeout: 1 },\n { script: 'b.js', kill_timeout: 'x' }];\n",
+    );
+    let err = error_of(load(&js, None));
+    assert!(
+        err.contains("bad.config.js: [1].kill_timeout: invalid duration 'x'"),
+        "{err}"
+    );
 }
 
 #[test]
 fn without_node_a_js_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let js = write(dir.path(), "ecosystem.config.js", ECOSYSTEM_JS);
-    let err = evaluate_js_with("/nonexistent/node", &js, &mut Vec::new()).unwrap_err();
+    let err = js::evaluate_with(
+        "/nonexistent/node",
+        &js,
+        js::Source::Module,
+        js::LIMIT,
+        &mut Vec::new(),
+    )
+    .unwrap_err();
     assert!(err.0.contains("needs Node.js"), "{}", err.0);
     assert!(err.0.contains("ecosystem.config.js"), "{}", err.0);
 }
@@ -405,22 +445,30 @@ fn unknown_keys_warn_naming_file_app_and_key() {
     let toml = write(
         dir.path(),
         "herd.toml",
-        "typo = 1\n[[apps]]\nname = \"web\"\nscript = \"a.js\"\nkill-timeout = \"3s\"\nwatch = true\nfrobnicate = 2\n",
+        "typo = 1\n[[apps]]\nname = \"web\"\nscript = \"a.js\"\nkill-timeout = \"3s\"\nvizion = true\nfrobnicate = 2\nscirpt_x = 1\n",
     );
     let (apps, warnings) = load(&toml, None).unwrap();
     assert_eq!(apps.len(), 1);
     let all = warnings.join("\n");
-    assert_eq!(warnings.len(), 4, "{all}");
-    assert!(all.contains("herd.toml: unknown key 'typo'"), "{all}");
+    assert_eq!(warnings.len(), 5, "{all}");
+    assert!(
+        all.contains("herd.toml: top-level key 'typo' ignored"),
+        "{all}"
+    );
     assert!(
         all.contains("herd.toml: app 'web': unknown key 'kill-timeout' (ignored): did you mean 'kill_timeout'?"),
         "{all}"
     );
     assert!(
-        all.contains("app 'web': pm2's 'watch' is not supported"),
+        all.contains(
+            "app 'web': pm2's 'vizion' is not done by herd (ignored): herd reads no git metadata"
+        ),
         "{all}"
     );
-    assert!(all.contains("app 'web': unknown key 'frobnicate'"), "{all}");
+    assert!(
+        all.contains("app 'web': unknown key 'frobnicate' (ignored)\n"),
+        "{all}"
+    );
 
     let json = write(
         dir.path(),
@@ -466,12 +514,14 @@ fn a_wrong_type_names_file_key_and_line() {
     let json = write(
         dir.path(),
         "ecosystem.json",
-        "{\"apps\": [\n  {\"script\": \"a.js\",\n   \"env\": {\"A\": [1]}}\n]}\n",
+        "{\"apps\": [\n  {\"script\": \"a.js\",\n   \"env\": [1]}\n]}\n",
     );
     let err = error_of(load(&json, None));
     assert!(err.starts_with(&format!("{}:3:", json.display())), "{err}");
     assert!(
-        err.contains("apps[0].env.A: invalid type: sequence"),
+        err.contains(
+            "apps[0].env: invalid type: sequence, expected a table of environment variables"
+        ),
         "{err}"
     );
 
@@ -500,7 +550,7 @@ fn a_wrong_type_names_file_key_and_line() {
     let json = write(
         dir.path(),
         "e.json",
-        "{\"apps\": [\n  {\"script\": \"a.js\",}\n]}",
+        "{\"apps\": [\n  {\"script\": \"a.js\" \"name\": 1}\n]}",
     );
     let err = error_of(load(&json, None));
     assert!(err.starts_with(&format!("{}:2:", json.display())), "{err}");
@@ -524,7 +574,11 @@ fn pm2_top_level_shapes() {
     );
     let (apps, warnings) = load(&yaml, None).unwrap();
     assert_eq!(apps[0].command, ["b.js"]);
-    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("pm2's 'deploy' is not done by herd"),
+        "{warnings:?}"
+    );
     // Anything else is not a list of apps.
     let json = write(dir.path(), "bad.json", "[1]");
     let err = error_of(load(&json, None));
@@ -609,6 +663,7 @@ fn the_examples_load() {
     if node_available() {
         let (js_apps, warnings) =
             load(&root.join("node/ecosystem.config.js"), Some("production")).unwrap();
+        assert_eq!(js_apps[0].base, root.join("node"));
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(js_apps.len(), 2);
         // What was read passes the same checks as the command line, scripts found.

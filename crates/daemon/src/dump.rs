@@ -99,6 +99,7 @@ mod tests {
             logs: Default::default(),
             max_memory_restart: None,
             instances_max: false,
+            pm2: Default::default(),
         };
         save(&path, std::slice::from_ref(&def)).unwrap();
         assert_eq!(load(&path).unwrap(), vec![def]);

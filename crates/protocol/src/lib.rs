@@ -18,9 +18,11 @@
 
 mod frame;
 mod message;
+mod pm2;
 
 pub use frame::{Connection, FrameError, MAX_FRAME};
 pub use message::*;
+pub use pm2::{CombinedLog, FilterEnv, LogType, Pm2Keys};
 
 /// The protocol version; both sides must agree exactly.
 pub const VERSION: u32 = 1;

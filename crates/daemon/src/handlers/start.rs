@@ -9,27 +9,10 @@ use herd_protocol::{AppDef, Response};
 use super::{failed, usage, Ctx, Entry};
 use crate::app::{self, AppCommand};
 
-/// A name `herd list` can show and a selector can name unambiguously.
+/// A name `herd list` can show and a selector can name unambiguously
+/// (pm2's names, spaces included; log files get a safe form of it).
 fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 100 {
-        return Err(format!(
-            "invalid app name '{name}': use 1 to 100 characters"
-        ));
-    }
-    if name == "all" || name.parse::<u32>().is_ok() {
-        return Err(format!(
-            "invalid app name '{name}': 'all' and numbers name apps by id; choose another with --name"
-        ));
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_alphanumeric() || "-_.@".contains(c))
-    {
-        return Err(format!(
-            "invalid app name '{name}': use letters, digits, '-', '_', '.' or '@' (it names the log files)"
-        ));
-    }
-    Ok(())
+    herd_engine::config::check_app_name(name).map_err(|e| e.0)
 }
 
 pub async fn start(ctx: &Arc<Ctx>, defs: Vec<AppDef>, update: bool) -> Response {

@@ -998,9 +998,11 @@ fn build(
             None | Some(Switch::On(false)) => None,
             Some(Switch::On(true)) => Some(CombinedLog::Default),
             Some(Switch::One(p)) => Some(CombinedLog::Path(PathBuf::from(p))),
-            Some(Switch::Many(_)) => return Err(UsageError(format!(
+            Some(Switch::Many(_)) => {
+                return Err(UsageError(format!(
                 "{label}: app {app_label}: log_file: a list: give one path, or true for <name>.log"
-            ))),
+            )))
+            }
         },
         merge_logs: raw.merge_logs.map(|v| v.0),
         exp_backoff_restart_delay_ms: raw

@@ -574,6 +574,91 @@ mod tests {
     }
 
     #[test]
+    fn exec_mode_by_pm2s_rule() {
+        use ExecMode::*;
+        use Instances::*;
+        // (given, instances, interpreter, herd's sockets, mode)
+        let table = [
+            (None, None, "node", false, Fork),
+            (None, Some(Count(1)), "node", false, Cluster),
+            (None, Some(Count(4)), "/usr/bin/node", false, Cluster),
+            (None, Some(Max), "node", false, Cluster),
+            (None, Some(AllBut(1)), "node", false, Cluster),
+            // pm2: -2 stays fork.
+            (None, Some(AllBut(2)), "node", false, Fork),
+            (None, Some(Count(2)), "bun", false, Cluster),
+            (None, Some(Count(2)), "python3", false, Fork),
+            (None, Some(Count(2)), "none", false, Fork),
+            (None, None, "none", true, Cluster),
+            (Some(Fork), Some(Count(4)), "node", false, Fork),
+            (Some(Fork), None, "none", true, Fork),
+            (Some(Cluster), None, "python3", false, Cluster),
+        ];
+        for (given, instances, interp, sockets, mode) in table {
+            assert_eq!(
+                exec_mode_for(given, instances, interp, sockets),
+                mode,
+                "{given:?} {instances:?} {interp} {sockets}"
+            );
+        }
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        app: AppOptions,
+    }
+
+    fn cli(args: &[&str]) -> AppOptions {
+        <Cli as clap::Parser>::try_parse_from(std::iter::once("herd").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .app
+    }
+
+    #[test]
+    fn node_args_from_the_command_line_split_as_in_files() {
+        // (flags, interpreter args)
+        let table: &[(&[&str], &[&str])] = &[
+            (&["--node-args=-r ./pre.js"], &["-r", "./pre.js"]),
+            (
+                &["--node-args", "--max-old-space-size=512"],
+                &["--max-old-space-size=512"],
+            ),
+            (
+                &[
+                    "--interpreter-args",
+                    "-r dotenv/config",
+                    "--node-args=--inspect",
+                ],
+                &["-r", "dotenv/config", "--inspect"],
+            ),
+            (
+                &[r#"--node-args=--title="my app" 'x y'"#],
+                &[r#"--title="my app""#, "x y"],
+            ),
+        ];
+        for (flags, want) in table {
+            assert_eq!(cli(flags).interpreter_args(), *want, "{flags:?}");
+        }
+    }
+
+    #[test]
+    fn regression_issue15_instances_flag_takes_what_its_error_says() {
+        assert_eq!(cli(&["-i", "-1"]).instances, Some(Instances::AllBut(1)));
+        assert_eq!(cli(&["-i", "0"]).instances, Some(Instances::Max));
+        assert_eq!(cli(&["-i", "max"]).instances, Some(Instances::Max));
+        assert_eq!(cli(&["--instances=4"]).instances, Some(Instances::Count(4)));
+        let err = <Cli as clap::Parser>::try_parse_from(["herd", "-i", "4097"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("use a number from 1 to 4096, 'max' or 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn defaults_match_the_command_line() {
         let d = AppOptions::defaults();
         assert_eq!(d.instances, None);

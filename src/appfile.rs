@@ -1024,3 +1024,6 @@ fn build(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod pm2_files;

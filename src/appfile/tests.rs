@@ -14,7 +14,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// Node is needed for pm2's JS files: a test without it is skipped, except
 /// under CI, where it fails.
-fn node_available() -> bool {
+pub(super) fn node_available() -> bool {
     let ok = Command::new("node")
         .arg("--version")
         .stdout(Stdio::null())

@@ -26,10 +26,11 @@ pub fn not_yet_honoured(def: &AppDef, fork_asked: bool) -> Vec<String> {
             "files are not watched; after an edit, `herd reload NAME`".into(),
         );
     }
-    if k.ignore_watch.is_some() {
+    // Without `watch`, pm2 does nothing with these either.
+    if k.watch.is_some() && k.ignore_watch.is_some() {
         say("ignore_watch", "files are not watched".into());
     }
-    if k.watch_delay_ms.is_some() {
+    if k.watch.is_some() && k.watch_delay_ms.is_some() {
         say("watch_delay", "files are not watched".into());
     }
     if let Some(cron) = &k.cron_restart {

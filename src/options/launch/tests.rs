@@ -141,7 +141,8 @@ fn typescript_runs_with_bun_else_with_nodes_type_stripping() {
     file(dir.path(), "app.tsx", b"export {};\n", false);
     let ts = ts.to_str().unwrap();
     // (node version, flag before the script; None: an error)
-    let table: &[((u32, u32), Option<&[&str]>)] = &[
+    type Row = ((u32, u32), Option<&'static [&'static str]>);
+    let table: &[Row] = &[
         ((20, 20), None),
         ((22, 5), None),
         ((22, 6), Some(&["--experimental-strip-types"])),

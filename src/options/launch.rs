@@ -435,7 +435,7 @@ fn locate(req: &Request, programs: &dyn Programs) -> Result<PathBuf, String> {
             "cannot run '{script}': command not found in PATH; give its path (./{script}) or install it"
         ));
     }
-    let mut msg = format!("script not found: {}", candidate.display());
+    let mut msg = format!("script not found: no such file {}", candidate.display());
     if bare {
         msg.push_str(&format!(" (nor '{script}' in PATH)"));
     }

@@ -372,7 +372,7 @@ fn missing_scripts_say_where_they_were_looked_for() {
     let err = resolve(&r, &Fake::with(&["node"])).unwrap_err();
     assert!(
         err.contains(&format!(
-            "script not found: {}",
+            "script not found: no such file {}",
             cwd.join("app.js").display()
         )),
         "{err}"

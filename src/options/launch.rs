@@ -25,8 +25,10 @@
 //! - `interpreter: 'none'` runs the script itself.
 //!
 //! `herd run` keeps the exec convention of its `COMMAND`
-//! ([`Style::Argv`]): a bare word is a program in `PATH`, and a program
-//! with spaces in its name is no command string.
+//! ([`Style::Argv`]): a bare word is a program in `PATH`, a program with
+//! spaces in its name is no command string, and only a Node script
+//! (`.js .mjs .cjs`) gets an interpreter by itself; anything else must be
+//! executable.
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -269,6 +271,24 @@ pub fn resolve(req: &Request, programs: &dyn Programs) -> Result<Launch, String>
                 WorkerKind::Generic
             };
             with(found, &given, kind, &[])
+        }
+        // `herd run` keeps exec's meaning: only a Node script gets an
+        // interpreter by itself; anything else must be executable.
+        None if req.style == Style::Argv
+            && interpreter_by_extension(&path_text) != Some("node") =>
+        {
+            let program = programs.find(&path_text).map_err(|e| {
+                format!(
+                    "cannot run {}: {e}; make it executable, or give an --interpreter",
+                    path.display()
+                )
+            })?;
+            let kind = if is_node(&path_text) {
+                WorkerKind::Node
+            } else {
+                WorkerKind::Generic
+            };
+            (program, req.args.to_vec(), kind, "none".to_string())
         }
         None => match interpreter_by_extension(&path_text) {
             Some("bun") => {

@@ -263,6 +263,35 @@ fn npm_and_other_programs_are_found_in_path() {
 }
 
 #[test]
+fn herd_run_keeps_execs_meaning() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let programs = Fake::with(EVERYTHING);
+    let argv = |script: &'static str| Request {
+        style: Style::Argv,
+        ..req(script, cwd)
+    };
+    // A Node script gets node; anything else runs as it is, if it can.
+    let js = file(cwd, "app.js", b"1\n", false);
+    let l = resolve(&argv("app.js"), &programs).unwrap();
+    assert_eq!(
+        (l.program.as_path(), l.args.clone()),
+        (
+            Path::new("/bin/node"),
+            vec![js.to_str().unwrap().to_string()]
+        )
+    );
+    file(cwd, "job.sh", b"#!/bin/sh\necho hi\n", false);
+    let err = resolve(&argv("./job.sh"), &programs).unwrap_err();
+    assert!(
+        err.contains("make it executable, or give an --interpreter"),
+        "{err}"
+    );
+    let run = file(cwd, "run.sh", b"#!/bin/sh\necho hi\n", true);
+    assert_eq!(resolve(&argv("./run.sh"), &programs).unwrap().program, run);
+}
+
+#[test]
 fn a_script_with_spaces_is_a_command_run_by_bash() {
     let dir = tempfile::tempdir().unwrap();
     let programs = Fake::with(&["bash", "sh", "node"]);

@@ -77,10 +77,8 @@ pub fn main(mut args: StartArgs) -> anyhow::Result<i32> {
             }
         }
     }
-    // One worker unless told otherwise, as under pm2 (`herd run` uses every CPU).
-    args.app
-        .instances
-        .get_or_insert(herd_engine::config::Instances::Count(1));
+    // One worker unless told otherwise, as under pm2 (app_def's default;
+    // `herd run` uses every CPU).
     let mut command = vec![std::mem::take(&mut args.target)];
     command.append(&mut args.args);
     let def = app_def(&args.app, &args.daemon, &command, &cwd)?;

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use herd_engine::config::{Balance, Instances, WorkerKind};
+use herd_engine::config::Instances;
 use herd_engine::machine::{Command, Outcome, Report, SlotPhase, WorkerPhase};
 use herd_engine::os::process::ExitStatus;
 use herd_engine::supervisor::{
@@ -683,14 +683,7 @@ impl Actor {
     fn info_of(&self, status: &Option<AppStatus>) -> AppInfo {
         let (out_log, err_log) = crate::logs::paths(&self.def, &self.home);
         let spec = &self.def.spec;
-        let mode = if spec.kind == WorkerKind::Node
-            || !spec.listeners.is_empty()
-            || spec.balance != Balance::Shared
-        {
-            "cluster"
-        } else {
-            "fork"
-        };
+        let mode = spec.exec_mode;
         let mut workers = Vec::new();
         let mut online = 0;
         let (status_text, instances) = match status {

@@ -91,6 +91,7 @@ mod tests {
             logs: Default::default(),
             max_memory_restart: None,
             instances_max: false,
+            pm2: Default::default(),
         };
         save(&home, std::slice::from_ref(&def)).unwrap();
         assert_eq!(load(&home).unwrap(), vec![def]);

@@ -286,7 +286,8 @@ impl AppLogs {
 
 /// Where an app's stdout and stderr go.
 pub fn paths(def: &AppDef, home: &Home) -> (PathBuf, PathBuf) {
-    let name = &def.spec.name;
+    // pm2's rule: any name is fine, its file name keeps [A-Za-z0-9.-] only.
+    let name = herd_engine::config::log_file_stem(&def.spec.name);
     let dir = home.log_dir();
     (
         def.logs

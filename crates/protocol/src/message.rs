@@ -152,6 +152,9 @@ pub struct AppDef {
     /// The instance count as asked (`max` is resolved again on resurrect).
     #[serde(default)]
     pub instances_max: bool,
+    /// pm2 keys carried until herd honours them.
+    #[serde(default, skip_serializing_if = "crate::Pm2Keys::is_empty")]
+    pub pm2: crate::Pm2Keys,
 }
 
 /// Where an app's output goes and how the files are kept.
@@ -273,6 +276,10 @@ mod tests {
             logs: LogSettings::default(),
             max_memory_restart: Some(200 << 20),
             instances_max: true,
+            pm2: crate::Pm2Keys {
+                cron_restart: Some("0 3 * * *".into()),
+                ..Default::default()
+            },
         };
         let text = serde_json::to_string(&def).unwrap();
         assert!(text.contains(r#""kill_timeout":"12000ms""#), "{text}");

@@ -236,6 +236,7 @@ pub fn app_def(
         logs: herd_protocol::LogSettings {
             out_file: abs(&daemon.out_file),
             error_file: abs(&daemon.error_file),
+            log_file: None,
             time: daemon.time || daemon.log_date_format.is_some(),
             date_format: daemon.log_date_format.clone(),
             max_size: daemon.log_max_size,
@@ -243,6 +244,8 @@ pub fn app_def(
         },
         max_memory_restart: daemon.max_memory_restart,
         instances_max: app.instances == Some(Instances::Max),
+        script: None,
+        namespace: None,
     })
 }
 

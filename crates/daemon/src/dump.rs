@@ -99,6 +99,8 @@ mod tests {
             logs: Default::default(),
             max_memory_restart: None,
             instances_max: false,
+            script: None,
+            namespace: None,
         };
         save(&path, std::slice::from_ref(&def)).unwrap();
         assert_eq!(load(&path).unwrap(), vec![def]);

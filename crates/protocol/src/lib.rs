@@ -23,4 +23,4 @@ pub use frame::{Connection, FrameError, MAX_FRAME};
 pub use message::*;
 
 /// The protocol version; both sides must agree exactly.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;

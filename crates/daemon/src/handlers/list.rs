@@ -1,4 +1,5 @@
-//! `list` and `show`: the apps as they are now.
+//! `list`, `show` and the detailed list (pm2's `jlist`, `herd env`): the
+//! apps as they are now.
 
 use std::sync::Arc;
 
@@ -16,6 +17,18 @@ pub async fn list(ctx: &Arc<Ctx>) -> Response {
         }
     }
     Response::Apps { apps }
+}
+
+/// Every app with its definition and counters, in id order.
+pub async fn detail(ctx: &Arc<Ctx>) -> Response {
+    let entries = ctx.registry().all();
+    let mut apps = Vec::with_capacity(entries.len());
+    for e in entries {
+        if let Some(d) = e.app.detail().await {
+            apps.push(d);
+        }
+    }
+    Response::Details { apps }
 }
 
 pub async fn show(ctx: &Arc<Ctx>, selector: &str) -> Response {

@@ -252,7 +252,7 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
             let (apps, worker) = split_target(&t.target)?;
             let names = settle::names_of(&apps)?;
             print_done(client::ask(Request::Restart { apps, worker })?);
-            return settle::wait_and_print(&names, false);
+            return settle::wait_and_print(&names, true);
         }
         Verb::Reload(t) => {
             if let Some(file) = files::as_file(&t.target) {

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use herd_protocol::{AppDetail, AppInfo, Request, Response};
+use herd_protocol::{AppDef, AppDetail, AppInfo, Request, Response};
 
 use super::{client, list};
 
@@ -53,9 +53,9 @@ pub fn select<'a>(apps: &'a [AppDetail], selector: &str) -> Vec<&'a AppDetail> {
     }
 }
 
-/// How long `app` may take to come up.
-fn deadline(app: &AppDetail) -> Duration {
-    let ready = &app.def.spec.ready;
+/// How long an app of this definition may take to come up.
+fn deadline(def: &AppDef) -> Duration {
+    let ready = &def.spec.ready;
     ready.listen_timeout.max(ready.ready_delay) + GRACE
 }
 
@@ -64,18 +64,32 @@ fn settled(info: &AppInfo) -> bool {
     matches!(info.status.as_str(), "online" | "errored" | "stopped")
 }
 
-/// Wait for the apps named `names`; their final state, in the daemon's
-/// order (an app deleted meanwhile is left out).
-pub fn wait(names: &[String]) -> anyhow::Result<Vec<AppDetail>> {
+/// Wait for the apps named `names`; their final state and how long each
+/// could take, in the daemon's order (an app deleted meanwhile is left out).
+pub fn wait(names: &[String]) -> anyhow::Result<Vec<(AppInfo, Duration)>> {
     let started = Instant::now();
+    // Each app's deadline from its definition, asked once; then the light list.
+    let mut deadlines = Vec::new();
+    for name in names {
+        // (An app deleted meanwhile has no deadline, and is not waited for.)
+        if let Ok(Response::App { def, .. }) = client::ask(Request::Show { app: name.clone() }) {
+            deadlines.push((name.clone(), deadline(&def)));
+        }
+    }
     loop {
-        let apps: Vec<AppDetail> = details()?
+        let Response::Apps { apps } = client::ask(Request::List)? else {
+            anyhow::bail!("the daemon answered list with something else");
+        };
+        let apps: Vec<(AppInfo, Duration)> = apps
             .into_iter()
-            .filter(|a| names.contains(&a.info.name))
+            .filter_map(|a| {
+                let (_, d) = deadlines.iter().find(|(n, _)| *n == a.name)?;
+                Some((a, *d))
+            })
             .collect();
         let done = apps
             .iter()
-            .all(|a| settled(&a.info) || started.elapsed() >= deadline(a));
+            .all(|(a, d)| settled(a) || started.elapsed() >= *d);
         if done {
             return Ok(apps);
         }
@@ -90,12 +104,11 @@ pub fn wait_and_print(names: &[String], all: bool) -> anyhow::Result<i32> {
     if all {
         list::print_list(false)?;
     } else {
-        let infos: Vec<AppInfo> = apps.iter().map(|a| a.info.clone()).collect();
+        let infos: Vec<AppInfo> = apps.iter().map(|(a, _)| a.clone()).collect();
         list::print_table(&infos);
     }
     let mut code = 0;
-    for a in &apps {
-        let i = &a.info;
+    for (i, deadline) in &apps {
         match i.status.as_str() {
             "online" | "stopped" => {}
             "errored" => {
@@ -112,7 +125,7 @@ pub fn wait_and_print(names: &[String], all: bool) -> anyhow::Result<i32> {
                 i.name,
                 i.online,
                 i.instances,
-                herd_engine::describe::duration(deadline(a)),
+                herd_engine::describe::duration(*deadline),
                 i.name
             ),
         }

@@ -96,6 +96,9 @@ struct Saved {
     stopped: bool,
     /// Live pids pm2 still runs it as.
     live: Vec<u32>,
+    /// The file pm2 wrote both streams to (`-l`), set on the definition
+    /// itself; empty: herd's default, `$HERD_HOME/logs/NAME.log`.
+    log_file: Option<String>,
 }
 
 pub fn main(args: ImportArgs) -> anyhow::Result<i32> {
@@ -190,11 +193,11 @@ pub fn main(args: ImportArgs) -> anyhow::Result<i32> {
     let (loaded, warnings) = appfile::load(&file, None).map_err(|e| {
         UsageError(format!(
             "{}; nothing was imported",
-            e.0.replace(&label, &dump.display().to_string())
+            relabel(&e.0, &label, &dump)
         ))
     })?;
     for w in warnings {
-        notes.push(w.replace(&label, &dump.display().to_string()));
+        notes.push(relabel(&w, &label, &dump));
     }
     let mut defs = Vec::new();
     for a in &loaded {
@@ -206,6 +209,19 @@ pub fn main(args: ImportArgs) -> anyhow::Result<i32> {
             ))
         })?;
         set_script(&mut def, &a.options, &a.command);
+        let name = def.spec.name.clone();
+        if let Some(both) = saved
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.log_file.as_ref())
+        {
+            def.logs.log_file = Some(match both.as_str() {
+                "" => herd_daemon::Home::from_env()?
+                    .log_dir()
+                    .join(format!("{name}.log")),
+                path => PathBuf::from(path),
+            });
+        }
         defs.push(def);
     }
     let stopped: Vec<String> = saved
@@ -266,14 +282,49 @@ fn default_dump() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".pm2").join("dump.pm2"))
 }
 
-/// pm2's own variables in a process's env (not the app's).
+/// pm2's own variables in a process's env (not the app's): its `PM2_*`,
+/// `unique_id`, and the module settings it files under the app's name.
 fn pm2_variable(key: &str, app: &str, value: &Value) -> bool {
     key.starts_with("PM2_")
         || matches!(key, "unique_id" | "NODE_APP_INSTANCE" | "pm_id" | "_")
-        || (key == app && value == "{}")
+        || (key == app && (value == "{}" || value.is_object()))
 }
 
-/// pm2's default log file of an app, as pm2 names it (`$PM2_HOME/logs/NAME-out.log`).
+/// An env value as the process got it: pm2 passes objects and arrays as JSON text.
+fn env_value(value: &Value) -> Value {
+    match value {
+        Value::Object(_) | Value::Array(_) => Value::String(value.to_string()),
+        other => other.clone(),
+    }
+}
+
+/// A loader message about the generated file, told about the saved list
+/// (positions in the generated file mean nothing to the user).
+fn relabel(message: &str, label: &str, dump: &Path) -> String {
+    let digits = |t: &str| t.len() - t.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(at) = rest.find(label) {
+        out.push_str(&rest[..at]);
+        out.push_str(&dump.display().to_string());
+        rest = &rest[at + label.len()..];
+        // `:LINE:COLUMN` after it.
+        if let Some(t) = rest.strip_prefix(':') {
+            let n = digits(t);
+            if let Some(u) = t[n..].strip_prefix(':').filter(|_| n > 0) {
+                let m = digits(u);
+                if m > 0 {
+                    rest = &u[m..];
+                }
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// pm2's default log file of an app, as pm2 names it: `$PM2_HOME/logs/NAME-out.log`,
+/// `NAME-error.log`, or `NAME.log` for both (`kind` empty).
 fn is_default_log(path: &str, pm2_home: &Path, name: &str, kind: &str) -> bool {
     let safe: String = name
         .chars()
@@ -285,7 +336,11 @@ fn is_default_log(path: &str, pm2_home: &Path, name: &str, kind: &str) -> bool {
             }
         })
         .collect();
-    Path::new(path) == pm2_home.join("logs").join(format!("{safe}-{kind}.log"))
+    let file = match kind {
+        "" => format!("{safe}.log"),
+        kind => format!("{safe}-{kind}.log"),
+    };
+    Path::new(path) == pm2_home.join("logs").join(file)
 }
 
 /// `app-out-3.log` → `app-out.log`: pm2's per-process suffix off.
@@ -326,6 +381,7 @@ fn group(
         }
     }
     let mut out = Vec::new();
+    let mut dropped = BTreeSet::new();
     for name in names {
         let procs: Vec<&Value> = records
             .iter()
@@ -389,23 +445,19 @@ fn group(
         }
         // The env the app ran with, without what pm2 put in it.
         let mut env = Map::new();
-        let mut dropped = BTreeSet::new();
         if let Some(saved_env) = first["env"].as_object() {
             for (k, v) in saved_env {
                 if pm2_variable(k, &name, v) {
-                    dropped.insert(k.clone());
+                    if *k != name {
+                        dropped.insert(k.clone());
+                    }
                 } else {
-                    env.insert(k.clone(), v.clone());
+                    env.insert(k.clone(), env_value(v));
                 }
             }
         }
         app.insert("env".into(), Value::Object(env));
-        if !dropped.is_empty() {
-            notes.push(format!(
-                "{name}: pm2's own variables left out of its env: {}",
-                dropped.into_iter().collect::<Vec<_>>().join(", ")
-            ));
-        }
+        let mut log_file = None;
         // Log files: pm2's default ones become herd's; others are kept, one
         // per stream for all processes.
         for (key, pm2_key, kind) in [
@@ -426,7 +478,11 @@ fn group(
             } else {
                 path.to_string()
             };
-            if !kind.is_empty() && is_default_log(&path, &pm2_home, &name, kind) {
+            if is_default_log(&path, &pm2_home, &name, kind) {
+                // herd's own file instead (for both streams: its default, resolved later).
+                if key == "log_file" {
+                    log_file = Some(String::new());
+                }
                 continue;
             }
             if per_process {
@@ -434,7 +490,11 @@ fn group(
                     "{name}: pm2 wrote one {key} per process; herd writes {path} for all of them"
                 ));
             }
-            app.insert(key.into(), json!(path));
+            if key == "log_file" {
+                log_file = Some(path);
+            } else {
+                app.insert(key.into(), json!(path));
+            }
         }
         let stopped = procs
             .iter()
@@ -445,10 +505,18 @@ fn group(
             app: Value::Object(app),
             stopped,
             live,
+            log_file,
         });
     }
     if out.is_empty() {
         return Err(UsageError(format!("{}: no apps to import", dump.display())));
+    }
+    if !dropped.is_empty() {
+        notes.push(format!(
+            "pm2's own variables were left out of the apps' env: {} (and the module settings \
+             pm2 files under each app's name)",
+            dropped.into_iter().collect::<Vec<_>>().join(", ")
+        ));
     }
     Ok(out)
 }
@@ -540,6 +608,21 @@ mod tests {
     }
 
     #[test]
+    fn messages_name_the_saved_list() {
+        let dump = Path::new("/h/.pm2/dump.pm2");
+        assert_eq!(
+            relabel("/tmp/x.json:54:17: apps[0].env: bad", "/tmp/x.json", dump),
+            "/h/.pm2/dump.pm2: apps[0].env: bad"
+        );
+        assert_eq!(
+            relabel("/tmp/x.json: app 'a': pm2's 'watch'", "/tmp/x.json", dump),
+            "/h/.pm2/dump.pm2: app 'a': pm2's 'watch'"
+        );
+        assert_eq!(env_value(&json!({"a": 1})), json!(r#"{"a":1}"#));
+        assert!(pm2_variable("web", "web", &json!({})));
+    }
+
+    #[test]
     fn per_process_suffixes() {
         assert_eq!(
             without_process_suffix("/l/app-out-12.log"),
@@ -552,6 +635,12 @@ mod tests {
             Path::new("/h"),
             "my_app x",
             "out"
+        ));
+        assert!(is_default_log(
+            "/h/logs/web.log",
+            Path::new("/h"),
+            "web",
+            ""
         ));
     }
 }

@@ -734,6 +734,17 @@ impl Actor {
     async fn detail(&mut self) -> AppDetail {
         let status = self.engine_status().await;
         self.sample_new(&status);
+        // The crash-loop count starts over by itself (a stable run): from
+        // then on, a `reset` has nothing left to take off it.
+        if let Some(s) = &status {
+            for slot in &s.machine.slots {
+                if let Some(base) = self.reset_base.get_mut(&slot.slot) {
+                    if slot.unstable < base.1 {
+                        base.1 = 0;
+                    }
+                }
+            }
+        }
         let info = self.info_of(&status);
         let slots = match &status {
             Some(s) => s

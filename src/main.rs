@@ -8,7 +8,7 @@ mod manage;
 mod options;
 mod run;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +31,15 @@ enum Cmd {
     Demo(demo::DemoArgs),
     #[command(flatten)]
     Manage(manage::Verb),
+    /// Print a shell completion script: `herd completion bash > /etc/bash_completion.d/herd`,
+    /// `herd completion zsh > "${fpath[1]}/_herd"`, `herd completion fish > ~/.config/fish/completions/herd.fish`.
+    Completion(CompletionArgs),
+}
+
+#[derive(clap::Args)]
+struct CompletionArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    shell: clap_complete::Shell,
 }
 
 /// An error the user caused: printed, then herd exits with status 2.
@@ -60,6 +69,15 @@ fn main() {
         Cmd::Run(args) => run::main(*args),
         Cmd::Demo(args) => demo::main(args),
         Cmd::Manage(verb) => manage::main(verb),
+        Cmd::Completion(args) => {
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "herd",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -270,7 +270,11 @@ pub fn app_def_noting(
     command: &[String],
     base: &Path,
 ) -> Result<(herd_protocol::AppDef, Vec<String>), UsageError> {
-    let (mut spec, warnings) = app.build(command, base, app.style, Instances::Count(1))?;
+    let Built {
+        mut spec,
+        script,
+        warnings,
+    } = app.build(command, base, app.style, Instances::Count(1))?;
     // The workers get the environment of the CLI that started them (as under
     // pm2: `PORT=8000 herd start app.js` works), plus --env; it is saved with the app.
     let mut env: Vec<(String, String)> = std::env::vars()
@@ -303,6 +307,7 @@ pub fn app_def_noting(
         logs: herd_protocol::LogSettings {
             out_file: log_path(&daemon.out_file)?,
             error_file: log_path(&daemon.error_file)?,
+            log_file: None,
             time: daemon.time || daemon.log_date_format.is_some(),
             date_format: daemon.log_date_format.clone(),
             max_size: daemon.log_max_size,
@@ -311,6 +316,8 @@ pub fn app_def_noting(
         max_memory_restart: daemon.max_memory_restart,
         instances_max: app.instances == Some(Instances::Max),
         pm2,
+        script,
+        namespace: None,
     };
     let mut warnings = warnings;
     warnings.extend(pending::not_yet_honoured(
@@ -404,7 +411,8 @@ impl AppOptions {
     /// started yet. Relative paths are taken from `base` (the current
     /// directory). Warnings are printed on stderr.
     pub fn to_spec(&self, command: &[String], base: &Path) -> Result<AppSpec, UsageError> {
-        let (spec, warnings) = self.build(command, base, Style::Argv, Instances::Max)?;
+        let Built { spec, warnings, .. } =
+            self.build(command, base, Style::Argv, Instances::Max)?;
         print_warnings(self, &spec.name, &warnings);
         Ok(spec)
     }
@@ -418,7 +426,7 @@ impl AppOptions {
         base: &Path,
         style: Style,
         instances: Instances,
-    ) -> Result<(AppSpec, Vec<String>), UsageError> {
+    ) -> Result<Built, UsageError> {
         let Some(program) = command.first() else {
             return Err(UsageError("give the command to run".into()));
         };
@@ -533,8 +541,20 @@ impl AppOptions {
             ready_delay: self.ready_delay,
             listen_timeout: self.listen_timeout,
         };
-        Ok((spec, launch.warnings))
+        Ok(Built {
+            spec,
+            script: launch.script,
+            warnings: launch.warnings,
+        })
     }
+}
+
+/// An app built from its options: what [`AppOptions::build`] gives.
+pub struct Built {
+    pub spec: AppSpec,
+    /// The script an interpreter runs (pm2's `pm_exec_path`), if any.
+    pub script: Option<PathBuf>,
+    pub warnings: Vec<String>,
 }
 
 /// `path` without its `.` components (`/srv/app/./server.js` → `/srv/app/server.js`).

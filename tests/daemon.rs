@@ -345,7 +345,7 @@ fn garbage_and_oversized_frames_close_only_that_connection() {
     // A hello, then a request that is no request.
     let mut odd = UnixStream::connect(&sock).unwrap();
     odd.set_read_timeout(timeout).unwrap();
-    frame(&mut odd, br#"{"request":"hello","version":1}"#);
+    frame(&mut odd, br#"{"request":"hello","version":2}"#);
     assert_eq!(read_frame(&mut odd).unwrap()["response"], "hello");
     frame(&mut odd, br#"{"request":"format_disk"}"#);
     assert!(read_frame(&mut odd).is_none());

@@ -51,7 +51,7 @@ fn summary(dir: &Path, app: &FileApp, def: &herd_protocol::AppDef) -> String {
         })
         .collect();
     // What herd adds for the interpreter (before the CLI's environment).
-    let (spec, _) = app
+    let options::Built { spec, .. } = app
         .options
         .build(
             &app.command,

@@ -9,7 +9,7 @@
 //! output is never held up by a command.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use herd_engine::config::Instances;
 use herd_engine::machine::{Command, Outcome, Report, SlotPhase, WorkerPhase};
@@ -17,7 +17,7 @@ use herd_engine::os::process::ExitStatus;
 use herd_engine::supervisor::{
     self, AppHandle, AppStatus, Event, Events, RoundRobinStats, Stream, Target, Timed, UpdateError,
 };
-use herd_protocol::{AppDef, AppInfo, ScaleTo, SecretNames, WorkerInfo};
+use herd_protocol::{AppDef, AppDetail, AppInfo, ScaleTo, SecretNames, SlotDetail, WorkerInfo};
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,6 +44,11 @@ pub enum AppCommand {
     Reload {
         def: Option<Box<AppDef>>,
     },
+    /// Stop then start on a new definition (a stopped app is just started
+    /// on it): pm2's `restart FILE`.
+    RestartWith(Box<AppDef>),
+    /// Zero the restart counters shown (pm2's `reset`); the workers are untouched.
+    Reset,
     /// Stop it; the actor then ends.
     Delete,
     Flush,
@@ -105,6 +110,11 @@ pub enum Query {
         reveal: bool,
         reply: oneshot::Sender<AppDef>,
     },
+    /// The app with its definition and counters; secrets hidden unless `reveal`.
+    Detail {
+        reveal: bool,
+        reply: oneshot::Sender<AppDetail>,
+    },
 }
 
 /// The sending side of an app's command queue (and of its queries).
@@ -156,6 +166,17 @@ impl AppRef {
         self.queries.send(Query::Def { reveal, reply }).await.ok()?;
         rx.await.ok()
     }
+
+    /// The app with its definition and counters, for pm2's `jlist`; secret
+    /// environment values hidden unless `reveal` (`None`: the app is gone).
+    pub async fn detail(&self, reveal: bool) -> Option<AppDetail> {
+        let (reply, rx) = oneshot::channel();
+        self.queries
+            .send(Query::Detail { reveal, reply })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
 }
 
 /// Start the actor for app `id`; it starts no worker until told
@@ -181,6 +202,9 @@ pub fn spawn(id: u32, def: AppDef, home: &Home, secrets: SecretNames) -> Result<
         ever_started: false,
         counters: Counters::default(),
         secrets,
+        created_at: SystemTime::now(),
+        reset_base: HashMap::new(),
+        exit_codes: HashMap::new(),
     };
     tokio::spawn(actor.run(rx, queries_rx));
     Ok(AppRef { tx, queries })
@@ -224,6 +248,14 @@ struct Actor {
     ever_started: bool,
     counters: Counters,
     secrets: SecretNames,
+    /// When the app was taken, or last restarted, reloaded or reset (pm2's `created_at`).
+    created_at: SystemTime,
+    /// Each slot's (restarts, unstable) at the last `reset`, subtracted from
+    /// what the engine counts; cleared when a new engine instance starts.
+    reset_base: HashMap<usize, (u64, u32)>,
+    /// Each slot's last worker exit as pm2's `exit_code` counts it (a death
+    /// by signal is 0); kept after the app stops.
+    exit_codes: HashMap<usize, i32>,
 }
 
 impl Actor {
@@ -260,6 +292,13 @@ impl Actor {
                             self.secrets.redact_def(&mut def);
                         }
                         let _ = reply.send(def);
+                    }
+                    Some(Query::Detail { reveal, reply }) => {
+                        let mut detail = self.detail().await;
+                        if !reveal {
+                            self.secrets.redact_def(&mut detail.def);
+                        }
+                        let _ = reply.send(detail);
                     }
                     None => queries_open = false,
                 },
@@ -304,6 +343,7 @@ impl Actor {
                 self.outcome = None;
                 self.listen.clear();
                 self.over_limit.clear();
+                self.reset_base.clear();
                 Ok(format!("started {}", self.name()))
             }
             Err(e) => Err(format!("cannot start {}: {e}", self.name())),
@@ -323,16 +363,33 @@ impl Actor {
                 }
                 None => answer(reply, Ok(format!("{} is already stopped", self.name()))),
             },
-            AppCommand::Restart { worker: None } => match &self.engine {
-                Some(e) => {
-                    e.command(Command::Stop);
-                    self.pending = Some(Pending::Stop {
-                        reply,
-                        then: AfterStop::Start,
-                    });
+            AppCommand::Restart { worker: None } => {
+                self.created_at = SystemTime::now();
+                self.restart(reply)
+            }
+            AppCommand::RestartWith(def) => {
+                self.created_at = SystemTime::now();
+                if let Err(e) = self.adopt(*def) {
+                    return answer(reply, Err(e));
                 }
-                None => answer(reply, self.start_engine()),
-            },
+                self.restart(reply)
+            }
+            AppCommand::Reset => {
+                self.created_at = SystemTime::now();
+                self.reset_base = match self.engine_status().await {
+                    Some(s) => s
+                        .machine
+                        .slots
+                        .iter()
+                        .map(|slot| (slot.slot, (slot.restarts, slot.unstable)))
+                        .collect(),
+                    None => HashMap::new(),
+                };
+                answer(
+                    reply,
+                    Ok(format!("reset the restart counters of {}", self.name())),
+                );
+            }
             AppCommand::Restart { worker: Some(slot) } => match &self.engine {
                 Some(e) if slot < self.def.spec.instances => {
                     e.command(Command::Replace(slot));
@@ -355,7 +412,10 @@ impl Actor {
                     )),
                 ),
             },
-            AppCommand::Reload { def } => self.reload(def, reply),
+            AppCommand::Reload { def } => {
+                self.created_at = SystemTime::now();
+                self.reload(def, reply)
+            }
             AppCommand::Delete => match &self.engine {
                 Some(e) => {
                     e.command(Command::Stop);
@@ -378,7 +438,8 @@ impl Actor {
                     .logs
                     .out
                     .truncate()
-                    .and_then(|_| self.logs.err.truncate());
+                    .and_then(|_| self.logs.err.truncate())
+                    .and_then(|_| self.logs.combined.as_mut().map_or(Ok(()), |f| f.truncate()));
                 answer(
                     reply,
                     r.map(|_| format!("flushed the logs of {}", self.name()))
@@ -425,22 +486,46 @@ impl Actor {
                 None => answer(reply, Err(format!("{} is stopped", self.name()))),
             },
             AppCommand::ReopenLogs => {
-                let r = self.logs.out.reopen().and_then(|_| self.logs.err.reopen());
+                let r = self
+                    .logs
+                    .out
+                    .reopen()
+                    .and_then(|_| self.logs.err.reopen())
+                    .and_then(|_| self.logs.combined.as_mut().map_or(Ok(()), |f| f.reopen()));
                 answer(reply, r.map(|_| String::new()).map_err(|e| e.to_string()));
             }
         }
     }
 
+    /// Stop, then start (a stopped app is just started).
+    fn restart(&mut self, reply: oneshot::Sender<Reply>) {
+        match &self.engine {
+            Some(e) => {
+                e.command(Command::Stop);
+                self.pending = Some(Pending::Stop {
+                    reply,
+                    then: AfterStop::Start,
+                });
+            }
+            None => answer(reply, self.start_engine()),
+        }
+    }
+
+    /// Take a new definition (its log files opened first: a path that
+    /// cannot be opened leaves everything as it was); returns the old one.
+    fn adopt(&mut self, new: AppDef) -> Result<AppDef, String> {
+        if new.logs != self.def.logs {
+            self.logs = AppLogs::open(&new, &self.home)?;
+        }
+        Ok(std::mem::replace(&mut self.def, new))
+    }
+
     fn reload(&mut self, def: Option<Box<AppDef>>, reply: oneshot::Sender<Reply>) {
         if let Some(new) = def {
-            let new = *new;
-            if new.logs != self.def.logs {
-                match AppLogs::open(&new, &self.home) {
-                    Ok(l) => self.logs = l,
-                    Err(e) => return answer(reply, Err(e)),
-                }
-            }
-            let old = std::mem::replace(&mut self.def, new);
+            let old = match self.adopt(*new) {
+                Ok(old) => old,
+                Err(e) => return answer(reply, Err(e)),
+            };
             if let Some(engine) = &self.engine {
                 let mut spec = self.def.spec.clone();
                 if self.def.instances_max {
@@ -531,6 +616,11 @@ impl Actor {
                     ExitStatus::Code(c) => (*slot, "code", c.to_string()),
                     ExitStatus::Signal(s) => (*slot, "signal", s.as_str().to_string()),
                 };
+                let code = match status {
+                    ExitStatus::Code(c) => *c,
+                    ExitStatus::Signal(_) => 0,
+                };
+                self.exit_codes.insert(*slot, code);
                 *self.counters.exits.entry(key).or_default() += 1;
             }
             Report::ReloadFinished => self.counters.reloads += 1,
@@ -660,7 +750,80 @@ impl Actor {
 
     async fn info(&mut self) -> AppInfo {
         let status = self.engine_status().await;
+        self.sample_new(&status);
         self.info_of(&status)
+    }
+
+    /// Sample the workers not sampled yet (just started), so that the first
+    /// table `herd start` prints shows their memory, not 0b.
+    fn sample_new(&mut self, status: &Option<AppStatus>) {
+        let Some(status) = status else { return };
+        let now = Instant::now();
+        let m = &status.machine;
+        let pids = m
+            .slots
+            .iter()
+            .flat_map(|s| [&s.worker, &s.incoming])
+            .flatten()
+            .chain(&m.draining)
+            .filter_map(|w| w.pid);
+        for pid in pids {
+            if !self.sampler.has(pid) {
+                self.sampler.sample(pid, now);
+            }
+        }
+    }
+
+    async fn detail(&mut self) -> AppDetail {
+        let status = self.engine_status().await;
+        self.sample_new(&status);
+        // The crash-loop count starts over by itself (a stable run): from
+        // then on, a `reset` has nothing left to take off it.
+        if let Some(s) = &status {
+            for slot in &s.machine.slots {
+                if let Some(base) = self.reset_base.get_mut(&slot.slot) {
+                    if slot.unstable < base.1 {
+                        base.1 = 0;
+                    }
+                }
+            }
+        }
+        let info = self.info_of(&status);
+        let slots = match &status {
+            Some(s) => s
+                .machine
+                .slots
+                .iter()
+                .map(|slot| SlotDetail {
+                    slot: slot.slot,
+                    unstable_restarts: slot.unstable.saturating_sub(self.base(slot.slot).1),
+                    exit_code: self.exit_codes.get(&slot.slot).copied(),
+                })
+                .collect(),
+            None => (0..self.def.spec.instances)
+                .map(|slot| SlotDetail {
+                    slot,
+                    unstable_restarts: 0,
+                    exit_code: self.exit_codes.get(&slot).copied(),
+                })
+                .collect(),
+        };
+        let created_at_ms = self
+            .created_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        AppDetail {
+            info,
+            def: self.def.clone(),
+            created_at_ms,
+            slots,
+        }
+    }
+
+    /// A slot's (restarts, unstable) at the last `reset`.
+    fn base(&self, slot: usize) -> (u64, u32) {
+        self.reset_base.get(&slot).copied().unwrap_or_default()
     }
 
     async fn metrics(&mut self) -> AppMetrics {
@@ -724,13 +887,14 @@ impl Actor {
                     if status == "online" {
                         online += 1;
                     }
-                    workers.push(self.worker_info(slot.slot, pid, status, slot.restarts, uptime));
+                    let restarts = slot.restarts.saturating_sub(self.base(slot.slot).0);
+                    workers.push(self.worker_info(slot.slot, pid, status, restarts, uptime));
                     if let Some(w) = &slot.incoming {
                         workers.push(self.worker_info(
                             slot.slot,
                             w.pid,
                             worker_status(w.phase),
-                            slot.restarts,
+                            restarts,
                             w.uptime,
                         ));
                     }

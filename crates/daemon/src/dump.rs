@@ -92,6 +92,8 @@ mod tests {
             max_memory_restart: None,
             instances_max: false,
             pm2: Default::default(),
+            script: None,
+            namespace: None,
         };
         save(&home, std::slice::from_ref(&def)).unwrap();
         assert_eq!(load(&home).unwrap(), vec![def]);

@@ -212,10 +212,12 @@ impl LogFile {
     }
 }
 
-/// An app's two log files (stdout, stderr), with its timestamp setting.
+/// An app's two log files (stdout, stderr), with its timestamp setting, and
+/// the file that gets both when one is asked for (pm2's `--log`).
 pub struct AppLogs {
     pub out: LogFile,
     pub err: LogFile,
+    pub combined: Option<LogFile>,
     stamper: Option<Stamper>,
     /// The last write failed (warned once until one succeeds).
     failed: bool,
@@ -235,6 +237,7 @@ impl AppLogs {
         Ok(AppLogs {
             out: open(&out)?,
             err: open(&err)?,
+            combined: def.logs.log_file.as_ref().map(open).transpose()?,
             stamper: def
                 .logs
                 .time
@@ -266,7 +269,13 @@ impl AppLogs {
             Stream::Stdout => &mut self.out,
             Stream::Stderr => &mut self.err,
         };
-        match file.write(bytes) {
+        let mut result = file.write(bytes);
+        let mut path = file.path();
+        if let (Ok(()), Some(both)) = (&result, &mut self.combined) {
+            result = both.write(bytes);
+            path = both.path();
+        }
+        match result {
             Ok(()) => {
                 self.failed = false;
                 return bytes.len();
@@ -275,7 +284,7 @@ impl AppLogs {
                 self.failed = true;
                 crate::say!(
                     "app {app}: cannot write {}: {e}; its output is lost until it can",
-                    file.path().display()
+                    path.display()
                 );
             }
             Err(_) => {}

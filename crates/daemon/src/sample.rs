@@ -1,5 +1,6 @@
 //! CPU and memory of worker processes, read from `/proc` by the daemon on
-//! its own clock (about once a second), never per CLI request.
+//! its own clock (about once a second), and once for a worker that a CLI
+//! request finds unsampled (just started), so its memory shows at once.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -59,6 +60,11 @@ impl Sampler {
         };
         self.last.insert(pid, (ticks, now, usage));
         Some(usage)
+    }
+
+    /// Whether `pid` was sampled already.
+    pub fn has(&self, pid: u32) -> bool {
+        self.last.contains_key(&pid)
     }
 
     /// The figures of the last sample.

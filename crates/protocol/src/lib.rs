@@ -29,4 +29,4 @@ pub use pm2::{CombinedLog, FilterEnv, LogType, Pm2Keys};
 pub use secrets::SecretNames;
 
 /// The protocol version; both sides must agree exactly.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;

@@ -1,7 +1,8 @@
-//! `list` and `show`: the apps as they are now. What they answer is
-//! redacted here, at the source, so every printer (the CLI's tables and
-//! JSON, `jlist`, the status page, the metrics) shows secret environment
-//! values only when the request asked with `show_secrets`.
+//! `list`, `show` and the detailed list (pm2's `jlist`, `herd env`): the
+//! apps as they are now. What they answer is redacted here, at the source,
+//! so every printer (the CLI's tables and JSON, `jlist`, the status page,
+//! the metrics) shows secret environment values only when the request asked
+//! with `show_secrets`.
 
 use std::sync::Arc;
 
@@ -25,6 +26,18 @@ pub async fn list(ctx: &Arc<Ctx>) -> Response {
         }
     }
     Response::Apps { apps }
+}
+
+/// Every app with its definition and counters, in id order.
+pub async fn detail(ctx: &Arc<Ctx>, show_secrets: bool) -> Response {
+    let entries = ctx.registry().all();
+    let mut apps = Vec::with_capacity(entries.len());
+    for e in entries {
+        if let Some(d) = e.app.detail(show_secrets).await {
+            apps.push(d);
+        }
+    }
+    Response::Details { apps }
 }
 
 pub async fn show(ctx: &Arc<Ctx>, selector: &str, show_secrets: bool) -> Response {

@@ -59,5 +59,5 @@ pub async fn resurrect(ctx: &Arc<Ctx>) -> Response {
             message: "every saved app is already here".into(),
         };
     }
-    super::start::start(ctx, fresh, false).await
+    super::start::start(ctx, fresh, false, false, &[]).await
 }

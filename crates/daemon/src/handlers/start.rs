@@ -1,6 +1,6 @@
 //! `start`: new apps are registered and started; with `update` (a config
 //! file started again) an app that exists already is reloaded onto its new
-//! definition instead.
+//! definition instead (or, with `restart`, stopped and started on it).
 
 use std::sync::Arc;
 
@@ -47,7 +47,13 @@ fn check_def(def: &AppDef) -> Result<(), String> {
     Ok(())
 }
 
-pub async fn start(ctx: &Arc<Ctx>, defs: Vec<AppDef>, update: bool) -> Response {
+pub async fn start(
+    ctx: &Arc<Ctx>,
+    defs: Vec<AppDef>,
+    update: bool,
+    restart: bool,
+    stopped: &[String],
+) -> Response {
     if defs.is_empty() {
         return usage("nothing to start");
     }
@@ -74,34 +80,43 @@ pub async fn start(ctx: &Arc<Ctx>, defs: Vec<AppDef>, update: bool) -> Response 
                 if !update {
                     return usage(format!(
                         "an app named '{}' exists already (id {}): reload it with `herd reload {}`, \
-                         delete it first, or choose another name with --name",
+                         start this definition over it with `herd start -f`, delete it first, \
+                         or choose another name with --name",
                         e.name, e.id, e.name
                     ));
                 }
                 existing.push((e.clone(), def.clone()));
             }
         }
-        for def in defs {
+        // Every new app's actor first (it opens the app's log files): if
+        // one cannot be set up, none is registered.
+        for def in &defs {
             if registry.by_name(&def.spec.name).is_some() {
                 continue;
             }
             let id = registry.next_id();
-            let actor = match app::spawn(id, def.clone(), &ctx.home, ctx.secrets.clone()) {
-                Ok(a) => a,
-                Err(e) => return failed(e),
-            };
-            let entry = Entry {
-                id,
-                name: def.spec.name.clone(),
-                app: actor,
-            };
+            match app::spawn(id, def.clone(), &ctx.home, ctx.secrets.clone()) {
+                Ok(actor) => new.push(Entry {
+                    id,
+                    name: def.spec.name.clone(),
+                    namespace: def.namespace.clone(),
+                    app: actor,
+                }),
+                // The actors spawned so far end when `new` is dropped.
+                Err(e) => return failed(format!("{}: {e}; nothing was started", def.spec.name)),
+            }
+        }
+        for entry in &new {
             registry.insert(entry.clone());
-            new.push(entry);
         }
     }
     let mut errors = Vec::new();
     let mut shown = Vec::new();
     for entry in new {
+        if stopped.contains(&entry.name) {
+            shown.push(entry);
+            continue;
+        }
         match entry.app.ask(AppCommand::Start).await {
             Ok(_) => shown.push(entry),
             Err(e) => {
@@ -113,20 +128,27 @@ pub async fn start(ctx: &Arc<Ctx>, defs: Vec<AppDef>, update: bool) -> Response 
         }
     }
     for (entry, def) in existing {
-        match entry
-            .app
-            .ask(AppCommand::Reload {
+        let namespace = def.namespace.clone();
+        let command = if restart {
+            AppCommand::RestartWith(Box::new(def))
+        } else {
+            AppCommand::Reload {
                 def: Some(Box::new(def)),
-            })
-            .await
-        {
-            Ok(_) => shown.push(entry),
+            }
+        };
+        match entry.app.ask(command).await {
+            Ok(_) => {
+                ctx.registry().set_namespace(entry.id, namespace);
+                shown.push(entry)
+            }
             Err(e) => errors.push(e),
         }
     }
     if !errors.is_empty() {
         return failed(errors.join("\n"));
     }
+    // In the order they were given.
+    shown.sort_by_key(|e| defs.iter().position(|d| d.spec.name == e.name));
     let mut apps = Vec::new();
     for e in shown {
         if let Some(info) = e.app.info().await {
@@ -149,6 +171,8 @@ mod tests {
             max_memory_restart: Some(0),
             instances_max: false,
             pm2: Default::default(),
+            script: None,
+            namespace: None,
         };
         let err = check_def(&def).unwrap_err();
         assert!(

@@ -44,8 +44,8 @@ mod worker;
 pub use herd_engine::config::{
     Balance, ListenAddr, ReadyPolicy, RestartMode, RestartPolicy, StopPolicy,
 };
+pub use herd_engine::exit::ExitStatus;
 pub use herd_engine::machine::{AbortReason, Command, Next, Outcome, Report};
-pub use herd_engine::os::process::ExitStatus;
 pub use herd_engine::supervisor::{Event, Stream, Target};
 pub use listener::{Connection, Listener, NetStream, Source};
 pub use nix::sys::signal::Signal;

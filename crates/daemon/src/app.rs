@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use herd_engine::config::{Balance, Instances, WorkerKind};
+use herd_engine::exit::ExitStatus;
 use herd_engine::machine::{Command, Outcome, Report, SlotPhase, WorkerPhase};
-use herd_engine::os::process::ExitStatus;
 use herd_engine::supervisor::{
     self, AppHandle, AppStatus, Event, Events, RoundRobinStats, Stream, Target, Timed, UpdateError,
 };

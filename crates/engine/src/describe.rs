@@ -5,8 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::exit::ExitStatus;
 use crate::machine::{AbortReason, Command, Next, Outcome, Report};
-use crate::os::process::ExitStatus;
 
 /// `250 ms`, `1.6 s`, `2 min 5 s`.
 pub fn duration(d: Duration) -> String {

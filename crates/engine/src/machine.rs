@@ -1,7 +1,7 @@
 //! The worker lifecycle as a pure state machine: which worker runs in which
 //! slot, when a dead one is restarted (backoff, crash-loop limit), how a
 //! rolling reload advances, and how a stop ends. No I/O and no clock: every
-//! input carries the current `Instant`, every effect is returned as an
+//! input carries the current time (a [`MonoTime`]), every effect is returned as an
 //! [`Action`] for the driver (`supervisor`) to carry out, and timers are just
 //! actions that the driver later feeds back as inputs. A stale timer (one for
 //! a worker that is gone, or a slot whose restart was superseded) is ignored,
@@ -13,20 +13,25 @@
 //! reload, one `incoming` replacement; workers being stopped leave their slot.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
+use crate::clock::MonoTime;
 use crate::config::{RestartMode, RestartPolicy};
-use crate::os::process::ExitStatus;
+use crate::exit::ExitStatus;
 
 /// A worker slot, 0..N-1; stable across restarts.
 pub type Slot = usize;
 
 /// One worker process the machine asked for; never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct WorkerId(pub u64);
 
 /// How a worker proves it can take traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Readiness {
     /// It is ready once it has stayed up this long.
     After(Duration),
@@ -35,7 +40,7 @@ pub enum Readiness {
 }
 
 /// The policies the machine applies.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Policy {
     pub restart: RestartPolicy,
     pub readiness: Readiness,
@@ -76,7 +81,7 @@ pub enum Input {
 }
 
 /// Requests from outside: signals, the CLI, the library.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
     /// Start every slot (once, at the beginning).
@@ -98,7 +103,8 @@ pub enum Command {
 }
 
 /// Deadlines the machine asks the driver to watch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Timer {
     /// The backoff of a slot ended; `attempt` tells stale timers apart.
     Restart { slot: Slot, attempt: u64 },
@@ -135,7 +141,7 @@ pub enum Action {
 }
 
 /// Why the machine finished.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Stopped on request.
@@ -147,7 +153,7 @@ pub enum Outcome {
 }
 
 /// Why a reload was abandoned.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AbortReason {
     /// The replacement exited before it was ready.
@@ -161,7 +167,7 @@ pub enum AbortReason {
 }
 
 /// What happens to a slot after its worker exited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Next {
     /// A replacement starts after this delay (zero: at once).
@@ -177,7 +183,7 @@ pub enum Next {
 }
 
 /// Events for the user. As JSON: `{"exited": {"slot": 1, …}}`, durations in milliseconds.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Report {
     Online {
@@ -228,7 +234,8 @@ pub enum Report {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 enum Phase {
     /// Asked for; no pid yet.
     Starting,
@@ -240,11 +247,11 @@ enum Phase {
     Stopping,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Worker {
     slot: Slot,
     pid: Option<u32>,
-    started: Instant,
+    started: MonoTime,
     phase: Phase,
     /// Stop as soon as it is running (a stop came while it was starting).
     stop_when_started: bool,
@@ -253,7 +260,8 @@ struct Worker {
     signalled: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 enum SlotState {
     /// Has (or is starting) a worker.
     Live,
@@ -265,7 +273,7 @@ enum SlotState {
     Done,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct SlotInfo {
     state: SlotState,
     active: Option<WorkerId>,
@@ -291,7 +299,7 @@ impl SlotInfo {
 }
 
 /// What a slot is doing, as [`Machine::snapshot`] tells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SlotPhase {
     /// It has a worker (starting, running or ready).
@@ -305,7 +313,7 @@ pub enum SlotPhase {
 }
 
 /// Where one worker process is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WorkerPhase {
     /// Asked for; no pid yet.
@@ -319,7 +327,7 @@ pub enum WorkerPhase {
 }
 
 /// One worker process in a [`Machine::snapshot`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerStatus {
     pub slot: Slot,
     pub pid: Option<u32>,
@@ -330,7 +338,7 @@ pub struct WorkerStatus {
 }
 
 /// One slot in a [`Machine::snapshot`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotStatus {
     pub slot: Slot,
     pub phase: SlotPhase,
@@ -346,7 +354,7 @@ pub struct SlotStatus {
 }
 
 /// Every slot and every draining worker of an app, at one instant.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub slots: Vec<SlotStatus>,
     /// Workers that left their slot and are stopping.
@@ -356,7 +364,8 @@ pub struct Snapshot {
     pub finished: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 enum Mode {
     Idle,
     Running,
@@ -365,7 +374,7 @@ enum Mode {
 }
 
 /// The state of one app's workers. Feed it [`Input`]s; carry out the [`Action`]s.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Machine {
     policy: Policy,
     slots: Vec<SlotInfo>,
@@ -462,7 +471,7 @@ impl Machine {
     }
 
     /// Every slot and worker as they are at `now` (for `herd list`).
-    pub fn snapshot(&self, now: Instant) -> Snapshot {
+    pub fn snapshot(&self, now: MonoTime) -> Snapshot {
         let status = |id: WorkerId| {
             self.workers.get(&id).map(|w| WorkerStatus {
                 slot: w.slot,
@@ -520,7 +529,7 @@ impl Machine {
     }
 
     /// Apply one input at time `now`; returns what the driver must do, in order.
-    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+    pub fn handle(&mut self, now: MonoTime, input: Input) -> Vec<Action> {
         let mut out = Vec::new();
         if self.mode == Mode::Finished {
             return out;
@@ -539,7 +548,7 @@ impl Machine {
         out
     }
 
-    fn command(&mut self, now: Instant, command: Command, out: &mut Vec<Action>) {
+    fn command(&mut self, now: MonoTime, command: Command, out: &mut Vec<Action>) {
         match (self.mode, command) {
             (Mode::Idle, Command::Start) => {
                 self.mode = Mode::Running;
@@ -602,7 +611,7 @@ impl Machine {
 
     /// Replace one slot's worker: a reload of that slot alone (so a reload
     /// asked for meanwhile is queued behind it, as any reload is).
-    fn replace(&mut self, now: Instant, slot: Slot, out: &mut Vec<Action>) {
+    fn replace(&mut self, now: MonoTime, slot: Slot, out: &mut Vec<Action>) {
         let command = Command::Replace(slot);
         if slot >= self.slots.len() {
             return out.push(refused(command, "no such worker slot"));
@@ -619,7 +628,7 @@ impl Machine {
     }
 
     /// The reload is done with `slot`: go on with the next, or finish.
-    fn reload_next(&mut self, now: Instant, slot: Slot, out: &mut Vec<Action>) {
+    fn reload_next(&mut self, now: MonoTime, slot: Slot, out: &mut Vec<Action>) {
         let next = if self.reload_one {
             self.slots.len()
         } else {
@@ -628,7 +637,7 @@ impl Machine {
         self.reload_from(now, next, out);
     }
 
-    fn spawn(&mut self, now: Instant, slot: Slot, out: &mut Vec<Action>) -> WorkerId {
+    fn spawn(&mut self, now: MonoTime, slot: Slot, out: &mut Vec<Action>) -> WorkerId {
         let worker = WorkerId(self.next_worker);
         self.next_worker += 1;
         self.workers.insert(
@@ -718,7 +727,7 @@ impl Machine {
         }
     }
 
-    fn spawned(&mut self, now: Instant, worker: WorkerId, pid: u32, out: &mut Vec<Action>) {
+    fn spawned(&mut self, now: MonoTime, worker: WorkerId, pid: u32, out: &mut Vec<Action>) {
         let Some(w) = self.workers.get_mut(&worker) else {
             return;
         };
@@ -751,7 +760,7 @@ impl Machine {
         }
     }
 
-    fn ready(&mut self, now: Instant, worker: WorkerId, out: &mut Vec<Action>) {
+    fn ready(&mut self, now: MonoTime, worker: WorkerId, out: &mut Vec<Action>) {
         let Some(w) = self.workers.get_mut(&worker) else {
             return;
         };
@@ -778,7 +787,7 @@ impl Machine {
     }
 
     /// Continue a reload at the first slot at or after `from`.
-    fn reload_from(&mut self, now: Instant, from: Slot, out: &mut Vec<Action>) {
+    fn reload_from(&mut self, now: MonoTime, from: Slot, out: &mut Vec<Action>) {
         if from >= self.slots.len() {
             self.reload = None;
             self.reload_one = false;
@@ -823,7 +832,7 @@ impl Machine {
 
     fn spawn_failed(
         &mut self,
-        now: Instant,
+        now: MonoTime,
         worker: WorkerId,
         error: String,
         out: &mut Vec<Action>,
@@ -862,7 +871,7 @@ impl Machine {
 
     fn exited(
         &mut self,
-        now: Instant,
+        now: MonoTime,
         worker: WorkerId,
         status: ExitStatus,
         out: &mut Vec<Action>,
@@ -916,7 +925,7 @@ impl Machine {
     /// Apply the restart policy to a slot whose worker ended.
     fn after_exit(
         &mut self,
-        now: Instant,
+        now: MonoTime,
         slot: Slot,
         status: ExitStatus,
         uptime: Duration,
@@ -967,7 +976,7 @@ impl Machine {
         Next::RestartIn(delay)
     }
 
-    fn resume_queued_reload(&mut self, now: Instant, out: &mut Vec<Action>) {
+    fn resume_queued_reload(&mut self, now: MonoTime, out: &mut Vec<Action>) {
         if std::mem::take(&mut self.pending_reload_restart)
             && self.mode == Mode::Running
             && self.reload.is_none()
@@ -977,7 +986,7 @@ impl Machine {
         }
     }
 
-    fn timer(&mut self, now: Instant, timer: Timer, out: &mut Vec<Action>) {
+    fn timer(&mut self, now: MonoTime, timer: Timer, out: &mut Vec<Action>) {
         match timer {
             Timer::Restart { slot, attempt } => {
                 let Some(info) = self.slots.get(slot) else {
@@ -1024,7 +1033,7 @@ impl Machine {
         }
     }
 
-    fn scale_to(&mut self, now: Instant, n: usize, out: &mut Vec<Action>) {
+    fn scale_to(&mut self, now: MonoTime, n: usize, out: &mut Vec<Action>) {
         while self.slots.len() < n {
             let slot = self.slots.len();
             self.slots.push(SlotInfo::new());

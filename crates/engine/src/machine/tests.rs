@@ -8,11 +8,11 @@ use proptest::prelude::*;
 /// the timers the machine sets, firing them when the clock passes them.
 struct Sim {
     machine: Machine,
-    now: Instant,
+    now: MonoTime,
     next_pid: u32,
     /// Live processes: worker → (slot, pid).
     live: BTreeMap<WorkerId, (Slot, u32)>,
-    timers: Vec<(Instant, Timer)>,
+    timers: Vec<(MonoTime, Timer)>,
     /// Workers asked to stop, and workers killed.
     stopped: Vec<WorkerId>,
     killed: Vec<WorkerId>,
@@ -25,7 +25,7 @@ struct Sim {
     hold_signal: bool,
     /// Workers the machine told to be signalled now (`Action::Signal`), and
     /// when the signal went out.
-    signalled: Vec<(WorkerId, Instant)>,
+    signalled: Vec<(WorkerId, MonoTime)>,
 }
 
 fn policy() -> Policy {
@@ -42,7 +42,7 @@ impl Sim {
     fn new(policy: Policy, n: usize) -> Sim {
         let mut sim = Sim {
             machine: Machine::new(policy, n),
-            now: Instant::now(),
+            now: MonoTime::now(),
             next_pid: 100,
             live: BTreeMap::new(),
             timers: Vec::new(),
@@ -638,7 +638,7 @@ fn snapshot_counts_restarts_and_lists_draining_workers() {
 #[test]
 fn a_stop_while_a_worker_starts_stops_it_once_it_runs() {
     let mut m = Machine::new(policy(), 1);
-    let now = Instant::now();
+    let now = MonoTime::now();
     let actions = m.handle(now, Input::Command(Command::Start));
     let Action::Spawn { worker, .. } = actions[0] else {
         panic!()

@@ -47,12 +47,13 @@ use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
 use crate::config::{AppSpec, Balance, ListenAddr, WorkerKind};
+use crate::exit::ExitStatus;
 use crate::machine::{
     Action, Command, Input, Machine, Outcome, Policy, Readiness, Report, Slot, Timer, WorkerId,
 };
 use crate::os::channel::{self, Channel};
 use crate::os::notify::NotifySocket;
-use crate::os::process::{self, ExitStatus};
+use crate::os::process;
 use crate::os::socket;
 use crate::os::spawn::{self, SpawnSpec, Spawned};
 
@@ -639,7 +640,7 @@ impl App {
                 .iter()
                 .map(|l| (l.name.clone(), l.addr.clone()))
                 .collect(),
-            machine: self.machine.snapshot(Instant::now()),
+            machine: self.machine.snapshot(crate::clock::MonoTime::now()),
             round_robin: self.round_robin_stats(),
         }
     }
@@ -677,7 +678,7 @@ impl App {
     }
 
     fn input(&mut self, input: Input) {
-        let actions = self.machine.handle(Instant::now(), input);
+        let actions = self.machine.handle(crate::clock::MonoTime::now(), input);
         for action in actions {
             self.act(action);
         }

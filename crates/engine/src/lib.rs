@@ -6,5 +6,4 @@ pub mod describe;
 pub mod exit;
 pub mod machine;
 pub mod os;
-pub mod rotation;
 pub mod supervisor;

@@ -417,7 +417,7 @@ impl Machine {
     }
 
     /// The number of slots.
-    pub fn instances(&self) -> usize {
+    pub fn slot_count(&self) -> usize {
         self.slots.len()
     }
 

@@ -546,7 +546,7 @@ fn an_active_worker_dying_mid_reload_is_covered_by_its_replacement() {
 fn scaling_up_and_down() {
     let mut sim = Sim::new(policy(), 2);
     sim.input(Input::Command(Command::ScaleUp));
-    assert_eq!(sim.machine.instances(), 3);
+    assert_eq!(sim.machine.slot_count(), 3);
     assert_eq!(sim.live.len(), 3);
     let top = sim.worker_in(2);
     sim.input(Input::Command(Command::ScaleDown));

@@ -67,6 +67,12 @@ pub struct Channel {
     send_lock: tokio::sync::Mutex<()>,
 }
 
+impl AsRawFd for Channel {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
 impl Channel {
     /// Wrap herd's end (made nonblocking if it is not). Must be called inside
     /// a tokio runtime.

@@ -87,6 +87,9 @@ pub(crate) enum Request {
         signal: Signal,
     },
     Update(Box<AppSpec>),
+    /// The app's whole state, as JSON (tests: it must stay plain data).
+    #[cfg(test)]
+    State(oneshot::Sender<serde_json::Value>),
 }
 
 impl std::fmt::Debug for Request {
@@ -97,6 +100,8 @@ impl std::fmt::Debug for Request {
             Request::Status(_) => f.write_str("Status"),
             Request::Signal { to, signal } => write!(f, "Signal({to:?}, {signal})"),
             Request::Update(spec) => write!(f, "Update({})", spec.name),
+            #[cfg(test)]
+            Request::State(_) => f.write_str("State"),
         }
     }
 }
@@ -326,6 +331,10 @@ impl App {
                     self.input(Input::Command(Command::Scale(slots)));
                 }
                 self.input(Input::Command(Command::Reload));
+            }
+            #[cfg(test)]
+            Request::State(reply) => {
+                let _ = reply.send(serde_json::to_value(&self.state).expect("the state is data"));
             }
         }
     }
@@ -770,5 +779,105 @@ impl App {
             pid: pid.as_raw() as u32,
             message: value,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::fd;
+
+    /// Read events until `want` says it saw enough; panics if the app ends.
+    async fn until(events: &mut Events, mut want: impl FnMut(&Event) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let event = tokio::time::timeout_at(deadline, events.recv())
+                .await
+                .expect("in time")
+                .expect("the app runs");
+            if want(&event) {
+                return;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_running_apps_state_is_plain_data() {
+        let mut spec = AppSpec::new("state", "/bin/sh");
+        spec.args = vec!["-c".into(), "sleep 30".into()];
+        spec.instances = 2;
+        spec.listeners.push("web=127.0.0.1:0".parse().unwrap());
+        let (handle, mut events) = crate::supervisor::start(spec).unwrap();
+        let mut online = 0;
+        until(&mut events, |e| {
+            online += matches!(e, Event::Lifecycle(Report::Online { .. })) as usize;
+            online == 2
+        })
+        .await;
+        let (tx, rx) = oneshot::channel();
+        handle.tx.send(Request::State(tx)).unwrap();
+        let state = rx.await.unwrap();
+        // Listeners by id, each with its fd as a number; workers with their
+        // pids and fds; the machine's slots; the ready-delay timers.
+        let listener = &state["listeners"]["listeners"]["0"];
+        assert_eq!(listener["name"], "web");
+        assert!(listener["fds"][0].as_i64().unwrap() > 2, "{listener}");
+        let records = state["workers"]["records"].as_object().unwrap();
+        assert_eq!(records.len(), 2, "{state}");
+        for record in records.values() {
+            let running = &record["process"]["running"];
+            assert!(running["pid"].as_i64().unwrap() > 1, "{record}");
+            assert!(running["channel_fd"].as_i64().unwrap() > 2, "{record}");
+        }
+        assert_eq!(state["machine"]["slots"].as_array().unwrap().len(), 2);
+        assert!(!state["timers"]["pending"].as_array().unwrap().is_empty());
+        handle.command(Command::Stop);
+        until(&mut events, |e| matches!(e, Event::Exit(_))).await;
+    }
+
+    #[tokio::test]
+    async fn an_apps_state_reads_back_with_the_fds_it_names() {
+        let mut spec = AppSpec::new("state", "/bin/true");
+        spec.listeners.push("web=127.0.0.1:0".parse().unwrap());
+        spec.listeners.push("admin=127.0.0.1:0".parse().unwrap());
+        let (mut listeners, _) = Listeners::bind(&spec).unwrap();
+        let written = serde_json::to_value(&listeners).unwrap();
+        let fds = listeners.take_fds();
+        let numbers: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        let state = AppState {
+            base_env: Vec::new(),
+            machine: Machine::new(policy_for(&spec), 2),
+            cluster: Cluster::new(ClusterConfig::of(&spec)),
+            listeners: Listeners::bind(&AppSpec::new("none", "/bin/true"))
+                .unwrap()
+                .0,
+            workers: Workers::default(),
+            timers: Timers::default(),
+            spec,
+        };
+        let mut text = serde_json::to_value(&state).unwrap();
+        // As a new binary would find it: the fds kept open, their numbers in the state.
+        text["listeners"] = written;
+        let text = text.to_string();
+        let (back, left) = fd::adopting(fds, || serde_json::from_str::<AppState>(&text));
+        let back = back.expect("the state reads back");
+        assert!(left.is_empty(), "every fd is adopted");
+        let names: Vec<(String, i32)> = back
+            .listeners
+            .of_definition()
+            .map(|(id, l)| (l.name.clone(), back.listeners.fd(id).unwrap().raw()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("web".to_string(), numbers[0]),
+                ("admin".to_string(), numbers[1])
+            ]
+        );
+        let again = serde_json::to_value(&back).unwrap();
+        assert_eq!(
+            again,
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()
+        );
     }
 }

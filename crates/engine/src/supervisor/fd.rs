@@ -20,6 +20,11 @@ impl Fd {
         Fd(fd)
     }
 
+    #[cfg(test)]
+    pub(crate) fn into_owned(self) -> OwnedFd {
+        self.0
+    }
+
     /// The fd itself, for calls that take an [`OwnedFd`].
     pub(crate) fn owned(&self) -> &OwnedFd {
         &self.0

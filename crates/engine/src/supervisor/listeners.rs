@@ -268,6 +268,17 @@ impl Listeners {
         }
     }
 
+    /// Take every socket out (the listeners keep their numbers only), as
+    /// the fds a new binary would inherit.
+    #[cfg(test)]
+    pub(crate) fn take_fds(&mut self) -> Vec<OwnedFd> {
+        self.listeners
+            .values_mut()
+            .flat_map(|l| l.fds.iter_mut())
+            .filter_map(|fd| fd.take().map(Fd::into_owned))
+            .collect()
+    }
+
     /// The app is done: remove the files of its Unix sockets.
     pub(crate) fn remove_unix_files(&self) {
         for l in self.listeners.values() {

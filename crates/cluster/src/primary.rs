@@ -368,9 +368,9 @@ impl ServiceState {
                 };
                 format!("READY=1\nSTATUS={} workers ready{mainpid}", self.instances)
             }
-            Report::Scaled { instances } => {
-                self.instances = *instances;
-                format!("STATUS={instances} workers")
+            Report::Scaled { slots } => {
+                self.instances = *slots;
+                format!("STATUS={slots} workers")
             }
             Report::ReloadStarted => format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()),
             Report::ReloadFinished | Report::ReloadAborted { .. } => "READY=1".to_string(),

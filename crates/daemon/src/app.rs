@@ -579,7 +579,7 @@ impl Actor {
         let now = Instant::now();
         let mut live = Vec::new();
         for slot in &status.machine.slots {
-            for w in [&slot.worker, &slot.incoming].into_iter().flatten() {
+            for w in [&slot.current, &slot.successor].into_iter().flatten() {
                 if let Some(pid) = w.pid {
                     live.push(pid);
                     self.sampler.sample(pid, now);
@@ -597,7 +597,7 @@ impl Actor {
             return;
         };
         for slot in &status.machine.slots {
-            let over = match (&slot.worker, &slot.incoming) {
+            let over = match (&slot.current, &slot.successor) {
                 (Some(w), None) if w.phase == WorkerPhase::Ready => w
                     .pid
                     .is_some_and(|pid| self.sampler.last(pid).rss_bytes > limit),
@@ -608,7 +608,7 @@ impl Actor {
             if *count >= OVER_LIMIT_SAMPLES {
                 *count = 0;
                 let rss = slot
-                    .worker
+                    .current
                     .as_ref()
                     .and_then(|w| w.pid)
                     .map(|pid| self.sampler.last(pid).rss_bytes)
@@ -683,7 +683,7 @@ impl Actor {
             Some(s) => {
                 let m = &s.machine;
                 for slot in &m.slots {
-                    let (pid, uptime, status) = match &slot.worker {
+                    let (pid, uptime, status) = match &slot.current {
                         Some(w) => (w.pid, w.uptime, worker_status(w.phase)),
                         None => (
                             None,
@@ -700,7 +700,7 @@ impl Actor {
                         online += 1;
                     }
                     workers.push(self.worker_info(slot.slot, pid, status, slot.restarts, uptime));
-                    if let Some(w) = &slot.incoming {
+                    if let Some(w) = &slot.successor {
                         workers.push(self.worker_info(
                             slot.slot,
                             w.pid,

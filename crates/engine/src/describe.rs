@@ -129,7 +129,7 @@ impl fmt::Display for Report {
                 }
             }
             Report::Stopping { workers } => write!(f, "stopping {workers} worker(s)"),
-            Report::Scaled { instances } => write!(f, "now running {instances} worker(s)"),
+            Report::Scaled { slots } => write!(f, "now running {slots} worker(s)"),
             Report::Refused { command, reason } => {
                 let what = match command {
                     Command::Start => "start",

@@ -7,10 +7,12 @@
 //! a worker that is gone, or a slot whose restart was superseded) is ignored,
 //! so the driver never needs to cancel one.
 //!
-//! Vocabulary: a *slot* is a stable place 0..N-1 (`HERD_WORKER_ID`); a
-//! *worker* is one process started for a slot, named by a [`WorkerId`] that is
-//! never reused. A slot holds at most one `active` worker and, during a
-//! reload, one `incoming` replacement; workers being stopped leave their slot.
+//! In the crate's words (see its glossary): a *slot* is a stable place
+//! 0..N-1 (`HERD_WORKER_ID`); a *worker* is one process started for a slot,
+//! named by a [`WorkerId`] that is never reused. A slot holds at most one
+//! `current` worker and, during a reload or a replacement, one `successor`
+//! (starting, until it is ready and takes over); workers being stopped (the
+//! predecessors, drained after a reload) leave their slot.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -44,7 +46,7 @@ pub enum Readiness {
 pub struct Policy {
     pub restart: RestartPolicy,
     pub readiness: Readiness,
-    /// A reload replacement not ready by then aborts the reload.
+    /// A successor not ready by then aborts the reload.
     pub listen_timeout: Duration,
     /// How long a stopping worker may drain before it is killed, counted
     /// from [`Input::StopSignalled`] (the moment the stop signal or message
@@ -110,7 +112,7 @@ pub enum Timer {
     Restart { slot: Slot, attempt: u64 },
     /// The worker has been up for the ready delay.
     ReadyDelay(WorkerId),
-    /// The reload replacement had its time to get ready.
+    /// The successor had its time to get ready.
     ListenTimeout(WorkerId),
     /// The stopping worker had its time to drain.
     KillTimeout(WorkerId),
@@ -156,11 +158,11 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AbortReason {
-    /// The replacement exited before it was ready.
+    /// The successor exited before it was ready.
     Exited(ExitStatus),
-    /// The replacement could not be started.
+    /// The successor could not be started.
     SpawnFailed(String),
-    /// The replacement was not ready within the listen timeout.
+    /// The successor was not ready within the listen timeout.
     NotReady(#[serde(with = "crate::config::duration_ms")] Duration),
     /// A stop was requested.
     Stopping,
@@ -178,7 +180,7 @@ pub enum Next {
     NoRestart,
     /// Too many unstable restarts in a row: the slot is errored.
     Errored { crashes: u32 },
-    /// A reload replacement for the slot is already on its way.
+    /// A successor for the slot is already on its way.
     Replaced,
 }
 
@@ -225,7 +227,8 @@ pub enum Report {
         workers: usize,
     },
     Scaled {
-        instances: usize,
+        #[serde(rename = "instances")]
+        slots: usize,
     },
     /// A command that cannot apply now, and why.
     Refused {
@@ -276,8 +279,10 @@ enum SlotState {
 #[derive(Debug, Serialize, Deserialize)]
 struct SlotInfo {
     state: SlotState,
-    active: Option<WorkerId>,
-    incoming: Option<WorkerId>,
+    /// The worker serving the slot.
+    current: Option<WorkerId>,
+    /// Its successor during a reload or a replacement, until it is ready.
+    successor: Option<WorkerId>,
     /// Unstable exits in a row.
     unstable: u32,
     last_exit: Option<ExitStatus>,
@@ -289,8 +294,8 @@ impl SlotInfo {
     fn new() -> Self {
         SlotInfo {
             state: SlotState::Live,
-            active: None,
-            incoming: None,
+            current: None,
+            successor: None,
             unstable: 0,
             last_exit: None,
             spawns: 0,
@@ -343,9 +348,11 @@ pub struct SlotStatus {
     pub slot: Slot,
     pub phase: SlotPhase,
     /// The worker serving this slot.
-    pub worker: Option<WorkerStatus>,
-    /// Its replacement during a reload, until it is ready.
-    pub incoming: Option<WorkerStatus>,
+    #[serde(rename = "worker")]
+    pub current: Option<WorkerStatus>,
+    /// Its successor during a reload or a replacement, until it is ready.
+    #[serde(rename = "incoming")]
+    pub successor: Option<WorkerStatus>,
     /// Workers started for this slot after its first (crashes, reloads, replacements).
     pub restarts: u64,
     /// Crashes in a row of workers that died young (the crash-loop count).
@@ -357,7 +364,8 @@ pub struct SlotStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub slots: Vec<SlotStatus>,
-    /// Workers that left their slot and are stopping.
+    /// Workers that left their slot and are stopping (a reload's
+    /// predecessors, removed slots' workers).
     pub draining: Vec<WorkerStatus>,
     pub reloading: bool,
     pub stopping: bool,
@@ -394,10 +402,10 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn new(policy: Policy, instances: usize) -> Machine {
+    pub fn new(policy: Policy, slots: usize) -> Machine {
         Machine {
             policy,
-            slots: (0..instances.max(1)).map(|_| SlotInfo::new()).collect(),
+            slots: (0..slots.max(1)).map(|_| SlotInfo::new()).collect(),
             workers: BTreeMap::new(),
             next_worker: 0,
             next_attempt: 0,
@@ -442,7 +450,7 @@ impl Machine {
     }
 
     /// Is this worker ready and not on its way out? (Round-robin hands
-    /// connections only to these.)
+    /// client connections only to these.)
     pub fn accepting(&self, worker: WorkerId) -> bool {
         matches!(
             self.workers.get(&worker).map(|w| w.phase),
@@ -500,8 +508,8 @@ impl Machine {
                     SlotState::Errored => SlotPhase::Errored,
                     SlotState::Done => SlotPhase::Done,
                 },
-                worker: info.active.and_then(status),
-                incoming: info.incoming.and_then(status),
+                current: info.current.and_then(status),
+                successor: info.successor.and_then(status),
                 restarts: info.spawns.saturating_sub(1),
                 unstable: info.unstable,
                 last_exit: info.last_exit,
@@ -510,7 +518,7 @@ impl Machine {
         let held: Vec<WorkerId> = self
             .slots
             .iter()
-            .flat_map(|s| [s.active, s.incoming])
+            .flat_map(|s| [s.current, s.successor])
             .flatten()
             .collect();
         let draining = self
@@ -554,7 +562,7 @@ impl Machine {
                 self.mode = Mode::Running;
                 for slot in 0..self.slots.len() {
                     let worker = self.spawn(now, slot, out);
-                    self.slots[slot].active = Some(worker);
+                    self.slots[slot].current = Some(worker);
                 }
             }
             (_, Command::Start) => out.push(refused(command, "already started")),
@@ -678,11 +686,11 @@ impl Machine {
         // It no longer holds its slot.
         let slot = w.slot;
         if let Some(info) = self.slots.get_mut(slot) {
-            if info.active == Some(worker) {
-                info.active = None;
+            if info.current == Some(worker) {
+                info.current = None;
             }
-            if info.incoming == Some(worker) {
-                info.incoming = None;
+            if info.successor == Some(worker) {
+                info.successor = None;
             }
         }
     }
@@ -750,7 +758,7 @@ impl Machine {
                 after: delay,
             }),
             Readiness::Signalled => {
-                if self.slots[slot].incoming == Some(worker) {
+                if self.slots[slot].successor == Some(worker) {
                     out.push(Action::SetTimer {
                         timer: Timer::ListenTimeout(worker),
                         after: self.policy.listen_timeout,
@@ -771,11 +779,11 @@ impl Machine {
         let slot = w.slot;
         let pid = w.pid.unwrap_or_default();
         out.push(Action::Report(Report::Ready { slot, pid }));
-        // A reload replacement takes over its slot; the old worker drains.
+        // A successor takes over its slot; its predecessor drains.
         let info = &mut self.slots[slot];
-        if info.incoming == Some(worker) {
-            info.incoming = None;
-            let old = info.active.replace(worker);
+        if info.successor == Some(worker) {
+            info.successor = None;
+            let old = info.current.replace(worker);
             info.unstable = 0;
             if let Some(old) = old {
                 self.begin_stop(old, out);
@@ -800,24 +808,24 @@ impl Machine {
         }
         self.reload = Some(from);
         let info = &mut self.slots[from];
-        if info.active.is_none() {
+        if info.current.is_none() {
             // Nothing serves here (errored, in backoff, or done): there is
             // nothing to hand over, so the slot simply starts afresh — a
             // reload after a fix revives it — and the reload moves on.
             info.unstable = 0;
             let worker = self.spawn(now, from, out);
-            self.slots[from].active = Some(worker);
+            self.slots[from].current = Some(worker);
             return self.reload_next(now, from, out);
         }
         let worker = self.spawn(now, from, out);
-        self.slots[from].incoming = Some(worker);
+        self.slots[from].successor = Some(worker);
     }
 
     fn abort_reload(&mut self, slot: Slot, reason: AbortReason, out: &mut Vec<Action>) {
         if self.reload == Some(slot) {
             self.reload = None;
             self.reload_one = false;
-            let old_serving = self.slots.get(slot).is_some_and(|s| s.active.is_some());
+            let old_serving = self.slots.get(slot).is_some_and(|s| s.current.is_some());
             out.push(Action::Report(Report::ReloadAborted {
                 slot,
                 reason,
@@ -844,11 +852,11 @@ impl Machine {
         let Some(info) = self.slots.get_mut(slot) else {
             return;
         };
-        if info.incoming == Some(worker) {
-            info.incoming = None;
-            let has_active = info.active.is_some();
+        if info.successor == Some(worker) {
+            info.successor = None;
+            let has_current = info.current.is_some();
             self.abort_reload(slot, AbortReason::SpawnFailed(error.clone()), out);
-            if has_active {
+            if has_current {
                 out.push(Action::Report(Report::SpawnFailed {
                     slot,
                     error,
@@ -856,8 +864,8 @@ impl Machine {
                 }));
                 return;
             }
-        } else if info.active == Some(worker) {
-            info.active = None;
+        } else if info.current == Some(worker) {
+            info.current = None;
         } else {
             return;
         }
@@ -896,19 +904,19 @@ impl Machine {
             return;
         }
         let info = &mut self.slots[slot];
-        if info.incoming == Some(worker) {
-            // The replacement died before it was ready: the old worker stays.
-            info.incoming = None;
-            let has_active = info.active.is_some();
+        if info.successor == Some(worker) {
+            // The successor died before it was ready: the current worker stays.
+            info.successor = None;
+            let has_current = info.current.is_some();
             self.abort_reload(slot, AbortReason::Exited(status), out);
-            if has_active {
+            if has_current {
                 out.push(report(Next::Stopped));
                 return;
             }
-        } else if info.active == Some(worker) {
-            info.active = None;
-            if info.incoming.is_some() {
-                // A reload replacement is already starting for this slot.
+        } else if info.current == Some(worker) {
+            info.current = None;
+            if info.successor.is_some() {
+                // A successor is already starting for this slot.
                 out.push(report(Next::Replaced));
                 return;
             }
@@ -916,7 +924,7 @@ impl Machine {
             out.push(report(Next::Stopped));
             return;
         }
-        // The exit is reported before the replacement's spawn.
+        // The exit is reported before the spawn of the worker that replaces it.
         let mark = out.len();
         let next = self.after_exit(now, slot, status, uptime, out);
         out.insert(mark, report(next));
@@ -963,7 +971,7 @@ impl Machine {
         let delay = policy.backoff(info.unstable);
         if delay.is_zero() {
             let worker = self.spawn(now, slot, out);
-            self.slots[slot].active = Some(worker);
+            self.slots[slot].current = Some(worker);
         } else {
             self.next_attempt += 1;
             let attempt = self.next_attempt;
@@ -994,7 +1002,7 @@ impl Machine {
                 };
                 if self.mode == Mode::Running && info.state == (SlotState::Backoff { attempt }) {
                     let worker = self.spawn(now, slot, out);
-                    self.slots[slot].active = Some(worker);
+                    self.slots[slot].current = Some(worker);
                 }
             }
             Timer::ReadyDelay(worker) => self.ready(now, worker, out),
@@ -1004,13 +1012,13 @@ impl Machine {
                 };
                 let slot = w.slot;
                 if w.phase == (Phase::Running { ready: false })
-                    && self.slots.get(slot).and_then(|s| s.incoming) == Some(worker)
+                    && self.slots.get(slot).and_then(|s| s.successor) == Some(worker)
                 {
                     let timeout = self.policy.listen_timeout;
-                    let has_active = self.slots[slot].active.is_some();
+                    let has_current = self.slots[slot].current.is_some();
                     self.begin_stop(worker, out);
                     self.abort_reload(slot, AbortReason::NotReady(timeout), out);
-                    if !has_active {
+                    if !has_current {
                         // Nobody serves this slot: let the restart policy deal with it.
                         self.after_exit(now, slot, ExitStatus::Code(1), Duration::ZERO, out);
                     }
@@ -1038,12 +1046,12 @@ impl Machine {
             let slot = self.slots.len();
             self.slots.push(SlotInfo::new());
             let worker = self.spawn(now, slot, out);
-            self.slots[slot].active = Some(worker);
+            self.slots[slot].current = Some(worker);
         }
         while self.slots.len() > n {
             let slot = self.slots.len() - 1;
             let info = self.slots.pop().expect("more than n slots");
-            for worker in [info.active, info.incoming].into_iter().flatten() {
+            for worker in [info.current, info.successor].into_iter().flatten() {
                 self.begin_stop(worker, out);
             }
             if self.reload == Some(slot) {
@@ -1056,7 +1064,7 @@ impl Machine {
             }
         }
         out.push(Action::Report(Report::Scaled {
-            instances: self.slots.len(),
+            slots: self.slots.len(),
         }));
     }
 

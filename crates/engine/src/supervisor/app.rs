@@ -437,7 +437,7 @@ impl App {
                 ..
             } => self.state.listeners.close_slot(*slot),
             Report::Ready { .. } => self.with_cluster(|cluster, cx| cluster.flush_all(cx)),
-            Report::Scaled { instances } => self.state.listeners.close_slots_from(*instances),
+            Report::Scaled { slots } => self.state.listeners.close_slots_from(*slots),
             _ => {}
         }
     }

@@ -10,7 +10,7 @@ use herd_engine::config::{
     self, AppSpec, Balance, Instances, ListenSpec, ReadyPolicy, RestartMode, RestartPolicy,
     StopPolicy, WorkerKind,
 };
-use herd_engine::os::spawn::resolve_program;
+use herd_engine::resolve_program;
 use nix::sys::signal::Signal;
 
 use crate::UsageError;
@@ -221,7 +221,7 @@ pub fn app_def(
     // The workers get the environment of the CLI that started them (as under
     // pm2: `PORT=8000 herd start app.js` works), plus --env; it is saved with the app.
     let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| !herd_engine::supervisor::is_worker_variable(k))
+        .filter(|(k, _)| !herd_engine::is_worker_variable(k))
         .filter(|(k, _)| !spec.env.iter().any(|(ours, _)| ours == k))
         .collect();
     env.append(&mut spec.env);

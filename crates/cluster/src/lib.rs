@@ -44,13 +44,13 @@ mod worker;
 pub use herd_engine::config::{
     Balance, ListenAddr, ReadyPolicy, RestartMode, RestartPolicy, StopPolicy,
 };
-pub use herd_engine::exit::ExitStatus;
 pub use herd_engine::machine::{AbortReason, Command, Next, Outcome, Report};
 pub use herd_engine::supervisor::{Event, Stream, Target};
+pub use herd_engine::ExitStatus;
 pub use listener::{Connection, Listener, NetStream, Source};
 pub use nix::sys::signal::Signal;
 pub use primary::Error;
-pub use primary::{supervise, Primary, PrimaryHandle};
+pub use primary::{Primary, PrimaryHandle};
 
 /// Errors of the embedded primary.
 pub mod primary_error {

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use herd_engine::os::channel::Channel;
+use herd_engine::Channel;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
@@ -186,7 +186,7 @@ impl Worker {
 
 /// Send a sd_notify datagram to `NOTIFY_SOCKET`, if set.
 pub(crate) fn notify(state: &str) -> io::Result<()> {
-    herd_engine::os::notify::notify(state)
+    herd_engine::sd_notify(state)
 }
 
 /// The listening fds of `LISTEN_FDS`, if they are meant for this process.

@@ -12,11 +12,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use herd_engine::config::{Balance, Instances, WorkerKind};
-use herd_engine::exit::ExitStatus;
 use herd_engine::machine::{Command, Outcome, Report, SlotPhase, WorkerPhase};
 use herd_engine::supervisor::{
     self, AppHandle, AppStatus, Event, Events, RoundRobinStats, Stream, Target, Timed, UpdateError,
 };
+use herd_engine::ExitStatus;
 use herd_protocol::{AppDef, AppInfo, ScaleTo, WorkerInfo};
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};

@@ -18,11 +18,11 @@ use nix::time::{clock_gettime, ClockId};
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
 #[serde(transparent)]
-pub struct MonoTime(u64);
+pub(crate) struct MonoTime(u64);
 
 impl MonoTime {
     /// The clock now.
-    pub fn now() -> MonoTime {
+    pub(crate) fn now() -> MonoTime {
         // CLOCK_MONOTONIC exists on every Linux; a failure would be a
         // broken kernel, not something to handle.
         let t = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is readable");
@@ -30,12 +30,12 @@ impl MonoTime {
     }
 
     /// Time from `earlier` to this reading; zero if `earlier` is later.
-    pub fn saturating_duration_since(self, earlier: MonoTime) -> Duration {
+    pub(crate) fn saturating_duration_since(self, earlier: MonoTime) -> Duration {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
     }
 
     /// The reading in microseconds (systemd's `MONOTONIC_USEC`).
-    pub fn as_micros(self) -> u64 {
+    pub(crate) fn as_micros(self) -> u64 {
         self.0 / 1000
     }
 }

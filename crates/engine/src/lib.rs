@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! # herd's engine
 //!
 //! Everything that belongs to one app under herd, shared by `herd run`, the
@@ -56,11 +57,32 @@
 //!   `herd-protocol`); the engine has none. "Connection" alone never means
 //!   one of these.
 
-pub mod clock;
+//!
+//! ## The public face
+//!
+//! What the `herd` command, the daemon and `herd-cluster` use, and nothing
+//! else: [`config`] (what an app is), [`machine`]'s vocabulary (commands,
+//! reports, snapshots; the machine itself is internal), [`supervisor`]
+//! (running an app), [`foreground`] (`herd run`'s loop), [`describe`] (how
+//! durations and sizes read), and the few process-level helpers re-exported
+//! here. The OS layer, the clock and the supervisor's parts are internal.
+
 pub mod config;
-pub mod cpus;
 pub mod describe;
-pub mod exit;
+pub mod foreground;
 pub mod machine;
-pub mod os;
 pub mod supervisor;
+
+mod clock;
+mod cpus;
+mod exit;
+mod os;
+
+pub use cpus::usable_cpus;
+pub use exit::ExitStatus;
+/// A worker's end of its channel, for a worker written in Rust (`herd-cluster`).
+pub use os::channel::Channel;
+pub use os::init::{init_if_pid1, under_herd_init};
+pub use os::notify::sd_notify;
+pub use os::spawn::resolve_program;
+pub use supervisor::is_worker_variable;

@@ -34,7 +34,7 @@ pub struct WorkerId(pub u64);
 /// How a worker proves it can take traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Readiness {
+pub(crate) enum Readiness {
     /// It is ready once it has stayed up this long.
     After(Duration),
     /// It says so (`READY=1`, Node's `listening` or `'ready'`); the driver feeds [`Input::Ready`].
@@ -43,24 +43,24 @@ pub enum Readiness {
 
 /// The policies the machine applies.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Policy {
-    pub restart: RestartPolicy,
-    pub readiness: Readiness,
+pub(crate) struct Policy {
+    pub(crate) restart: RestartPolicy,
+    pub(crate) readiness: Readiness,
     /// A successor not ready by then aborts the reload.
-    pub listen_timeout: Duration,
+    pub(crate) listen_timeout: Duration,
     /// How long a stopping worker may drain before it is killed, counted
     /// from [`Input::StopSignalled`] (the moment the stop signal or message
     /// was really sent), not from [`Action::Stop`].
-    pub kill_timeout: Duration,
+    pub(crate) kill_timeout: Duration,
     /// How long the driver's phase before the signal (a Node worker's
     /// `disconnect` and settle time, a round-robin worker's last hand-overs)
     /// may last: then [`Action::Signal`] asks for the signal at once.
-    pub settle_timeout: Duration,
+    pub(crate) settle_timeout: Duration,
 }
 
 /// What the driver tells the machine.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Input {
+pub(crate) enum Input {
     /// The worker asked for by [`Action::Spawn`] is running with this pid.
     Spawned { worker: WorkerId, pid: u32 },
     /// It could not be started at all (the exec failed).
@@ -107,7 +107,7 @@ pub enum Command {
 /// Deadlines the machine asks the driver to watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Timer {
+pub(crate) enum Timer {
     /// The backoff of a slot ended; `attempt` tells stale timers apart.
     Restart { slot: Slot, attempt: u64 },
     /// The worker has been up for the ready delay.
@@ -122,7 +122,7 @@ pub enum Timer {
 
 /// What the machine asks the driver to do.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Start a new worker process for `slot`; answer with `Spawned` or `SpawnFailed`.
     Spawn { slot: Slot, worker: WorkerId },
     /// Ask the worker to finish: stop accepting, drain, exit. The driver may
@@ -383,7 +383,7 @@ enum Mode {
 
 /// The state of one app's workers. Feed it [`Input`]s; carry out the [`Action`]s.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Machine {
+pub(crate) struct Machine {
     policy: Policy,
     slots: Vec<SlotInfo>,
     workers: BTreeMap<WorkerId, Worker>,
@@ -402,7 +402,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn new(policy: Policy, slots: usize) -> Machine {
+    pub(crate) fn new(policy: Policy, slots: usize) -> Machine {
         Machine {
             policy,
             slots: (0..slots.max(1)).map(|_| SlotInfo::new()).collect(),
@@ -420,38 +420,29 @@ impl Machine {
 
     /// New policies (a reload with a new definition); workers already
     /// stopping keep the kill timeout they were given.
-    pub fn set_policy(&mut self, policy: Policy) {
+    pub(crate) fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
     }
 
     /// The number of slots.
-    pub fn slot_count(&self) -> usize {
+    pub(crate) fn slot_count(&self) -> usize {
         self.slots.len()
     }
 
     /// True once `Action::Exit` has been emitted.
-    pub fn finished(&self) -> bool {
+    pub(crate) fn finished(&self) -> bool {
         self.mode == Mode::Finished
     }
 
-    /// True while a graceful stop runs.
-    pub fn stopping(&self) -> bool {
-        self.mode == Mode::Stopping
-    }
-
     /// True while a rolling reload runs.
-    pub fn reloading(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn reloading(&self) -> bool {
         self.reload.is_some()
-    }
-
-    /// The slot of a worker that is still known (running, starting or stopping).
-    pub fn slot_of(&self, worker: WorkerId) -> Option<Slot> {
-        self.workers.get(&worker).map(|w| w.slot)
     }
 
     /// Is this worker ready and not on its way out? (Round-robin hands
     /// client connections only to these.)
-    pub fn accepting(&self, worker: WorkerId) -> bool {
+    pub(crate) fn accepting(&self, worker: WorkerId) -> bool {
         matches!(
             self.workers.get(&worker).map(|w| w.phase),
             Some(Phase::Running { ready: true })
@@ -459,27 +450,22 @@ impl Machine {
     }
 
     /// Is this worker being stopped?
-    pub fn is_stopping(&self, worker: WorkerId) -> bool {
+    pub(crate) fn is_stopping(&self, worker: WorkerId) -> bool {
         matches!(
             self.workers.get(&worker).map(|w| w.phase),
             Some(Phase::Stopping)
         )
     }
 
-    /// Every known worker with its slot and pid, in start order.
-    pub fn workers(&self) -> impl Iterator<Item = (WorkerId, Slot, Option<u32>)> + '_ {
-        self.workers.iter().map(|(id, w)| (*id, w.slot, w.pid))
-    }
-
     /// Slots that gave up after too many unstable restarts.
-    pub fn errored_slots(&self) -> Vec<Slot> {
+    pub(crate) fn errored_slots(&self) -> Vec<Slot> {
         (0..self.slots.len())
             .filter(|&s| self.slots[s].state == SlotState::Errored)
             .collect()
     }
 
     /// Every slot and worker as they are at `now` (for `herd list`).
-    pub fn snapshot(&self, now: MonoTime) -> Snapshot {
+    pub(crate) fn snapshot(&self, now: MonoTime) -> Snapshot {
         let status = |id: WorkerId| {
             self.workers.get(&id).map(|w| WorkerStatus {
                 slot: w.slot,
@@ -537,7 +523,7 @@ impl Machine {
     }
 
     /// Apply one input at time `now`; returns what the driver must do, in order.
-    pub fn handle(&mut self, now: MonoTime, input: Input) -> Vec<Action> {
+    pub(crate) fn handle(&mut self, now: MonoTime, input: Input) -> Vec<Action> {
         let mut out = Vec::new();
         if self.mode == Mode::Finished {
             return out;

@@ -30,7 +30,7 @@ const MAX_FDS: usize = 16;
 
 /// Create the pair: (herd's end, nonblocking + close-on-exec; the worker's end,
 /// blocking, close-on-exec — spawn clears that flag when it places the fd).
-pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let (herd, worker) = socket::socketpair(
         AddressFamily::Unix,
         SockType::Stream,

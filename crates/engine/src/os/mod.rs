@@ -4,9 +4,9 @@
 //! sockets; the PID-1 init (`init`). Nothing here knows about workers,
 //! slots or policies.
 
-pub mod channel;
-pub mod init;
-pub mod notify;
-pub mod process;
-pub mod socket;
-pub mod spawn;
+pub(crate) mod channel;
+pub(crate) mod init;
+pub(crate) mod notify;
+pub(crate) mod process;
+pub(crate) mod socket;
+pub(crate) mod spawn;

@@ -31,7 +31,7 @@ fn exit_status(status: libc::c_int) -> Option<ExitStatus> {
 
 /// Send `signal` to every process in the group `pgid`. A group that is
 /// already gone is not an error.
-pub fn signal_group(pgid: Pid, signal: Signal) -> io::Result<()> {
+pub(crate) fn signal_group(pgid: Pid, signal: Signal) -> io::Result<()> {
     if pgid.as_raw() <= 1 {
         // killpg(0) / killpg(1) would hit our own group or everything.
         return Err(io::Error::new(
@@ -55,7 +55,7 @@ pub fn signal_group(pgid: Pid, signal: Signal) -> io::Result<()> {
 ///
 /// Errors: `NotFound` if `pid` is not (or no longer) a child of this process
 /// (ECHILD) — for example if it was already reaped.
-pub fn try_reap(pid: Pid) -> io::Result<Option<ExitStatus>> {
+pub(crate) fn try_reap(pid: Pid) -> io::Result<Option<ExitStatus>> {
     if pid.as_raw() <= 0 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

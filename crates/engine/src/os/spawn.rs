@@ -32,7 +32,7 @@ use nix::unistd::Pid;
 
 /// What to start.
 #[derive(Debug, Clone)]
-pub struct SpawnSpec {
+pub(crate) struct SpawnSpec {
     /// Already resolved path of the program (see [`resolve_program`]).
     pub program: PathBuf,
     /// argv, including argv[0].
@@ -55,7 +55,7 @@ pub struct SpawnSpec {
 /// A started worker: its pid (also its process group id) and the read ends
 /// of its stdout and stderr pipes (nonblocking, close-on-exec).
 #[derive(Debug)]
-pub struct Spawned {
+pub(crate) struct Spawned {
     pub pid: Pid,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
@@ -134,7 +134,8 @@ struct ChildPlan<'a> {
 /// hundred microseconds, more on a loaded machine), and ties the child's
 /// `PR_SET_PDEATHSIG` to the calling thread: the supervisor uses
 /// [`fork_on_spawner`] instead.
-pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
+#[cfg(test)]
+pub(crate) fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
     fork(spec)?.wait_exec_blocking()
 }
 
@@ -143,7 +144,7 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
 /// [`Forked::wait_exec`] or [`Forked::wait_exec_blocking`]; dropping it
 /// unwaited kills and reaps the child, so no process is ever left untracked.
 #[derive(Debug)]
-pub struct Forked {
+pub(crate) struct Forked {
     pub pid: Pid,
     /// None once handed out by a wait.
     parts: Option<ForkedParts>,
@@ -170,7 +171,8 @@ impl Drop for Forked {
 
 impl Forked {
     /// Wait for the exec, blocking this thread.
-    pub fn wait_exec_blocking(mut self) -> io::Result<Spawned> {
+    #[cfg(test)]
+    pub(crate) fn wait_exec_blocking(mut self) -> io::Result<Spawned> {
         let parts = self.parts.take().expect("waited once");
         let mut report = [0u8; 8];
         let mut got = 0;
@@ -187,7 +189,7 @@ impl Forked {
 
     /// Wait for the exec without blocking: the report pipe is awaited on the
     /// runtime's reactor. Must be called inside a tokio runtime.
-    pub async fn wait_exec(mut self) -> io::Result<Spawned> {
+    pub(crate) async fn wait_exec(mut self) -> io::Result<Spawned> {
         use tokio::io::unix::AsyncFd;
         let parts = self.parts.take().expect("waited once");
         let pid = self.pid;
@@ -256,6 +258,7 @@ impl Forked {
 
 impl ForkedParts {
     /// Reading the report failed: assume the worst, leave no process.
+    #[cfg(test)]
     fn unreadable(self, pid: Pid, e: io::Error) -> io::Error {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         reap_blocking(pid);
@@ -345,7 +348,7 @@ fn to_spawner(job: Job) -> io::Result<()> {
 /// soon as it exists; `keep` (the fds in `spec.fds`) is closed after the
 /// fork. Then await [`Forked::wait_exec`]. Nothing here blocks the caller's
 /// thread for longer than a channel send.
-pub async fn fork_on_spawner(spec: SpawnSpec, keep: Vec<OwnedFd>) -> io::Result<Forked> {
+pub(crate) async fn fork_on_spawner(spec: SpawnSpec, keep: Vec<OwnedFd>) -> io::Result<Forked> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     let program = spec.program.display().to_string();
     to_spawner(Job { spec, keep, reply })
@@ -360,7 +363,7 @@ pub async fn fork_on_spawner(spec: SpawnSpec, keep: Vec<OwnedFd>) -> io::Result<
 /// Everything up to the fork: prepare what the child needs, fork, and return
 /// the child's pid with the parent's ends of its pipes. Every fallible step
 /// comes before the fork, so an error leaves no process and no fd behind.
-pub fn fork(spec: &SpawnSpec) -> io::Result<Forked> {
+pub(crate) fn fork(spec: &SpawnSpec) -> io::Result<Forked> {
     let program_display = spec.program.display().to_string();
 
     // --- Everything the child needs, allocated now. ---

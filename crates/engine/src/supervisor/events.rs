@@ -87,11 +87,11 @@ pub enum Event {
 
 /// Serde for a worker's output as text.
 mod lines_text {
-    pub fn serialize<S: serde::Serializer>(lines: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: serde::Serializer>(lines: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&String::from_utf8_lossy(lines))
     }
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         <String as serde::Deserialize>::deserialize(d).map(String::into_bytes)
     }
 }

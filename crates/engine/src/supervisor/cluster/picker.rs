@@ -40,15 +40,15 @@ use std::time::Duration;
 /// longer taking turns: the prompt ones get the connections. A free Node or
 /// herd-cluster worker answers within microseconds; this leaves room for a
 /// few scheduler slices on a loaded machine.
-pub const PROMPT: Duration = Duration::from_millis(5);
+pub(crate) const PROMPT: Duration = Duration::from_millis(5);
 /// A worker whose oldest unanswered connection waited this long is busy (a
 /// CPU-bound handler, like the tutorials' `/check`): it gets one only when
 /// every other worker is stuck too.
-pub const STUCK: Duration = Duration::from_millis(50);
+pub(crate) const STUCK: Duration = Duration::from_millis(50);
 
 /// One worker as the caller sees it at the moment of a pick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct WorkerLoad {
+pub(crate) struct WorkerLoad {
     /// It may take a connection now (its channel is up, it is not stopping,
     /// it is below its in-flight cap, it did not refuse this connection).
     pub eligible: bool,
@@ -63,7 +63,7 @@ pub struct WorkerLoad {
 impl WorkerLoad {
     /// A ready worker with nothing unanswered.
     #[cfg(test)]
-    pub fn idle() -> WorkerLoad {
+    pub(crate) fn idle() -> WorkerLoad {
         WorkerLoad {
             eligible: true,
             ready: true,
@@ -90,7 +90,7 @@ impl WorkerLoad {
 /// The workers of one round-robin listener, in the order they take turns,
 /// and whose turn it is.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Picker<K> {
+pub(crate) struct Picker<K> {
     workers: Vec<K>,
     next: usize,
 }
@@ -105,13 +105,13 @@ impl<K> Default for Picker<K> {
 }
 
 impl<K: Copy + PartialEq> Picker<K> {
-    pub fn add(&mut self, worker: K) {
+    pub(crate) fn add(&mut self, worker: K) {
         if !self.workers.contains(&worker) {
             self.workers.push(worker);
         }
     }
 
-    pub fn remove(&mut self, worker: K) {
+    pub(crate) fn remove(&mut self, worker: K) {
         if let Some(i) = self.workers.iter().position(|m| *m == worker) {
             self.workers.remove(i);
             if self.next > i {
@@ -121,12 +121,12 @@ impl<K: Copy + PartialEq> Picker<K> {
     }
 
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.workers.is_empty()
     }
 
     /// The workers, in turn order.
-    pub fn workers(&self) -> &[K] {
+    pub(crate) fn workers(&self) -> &[K] {
         &self.workers
     }
 
@@ -135,7 +135,7 @@ impl<K: Copy + PartialEq> Picker<K> {
     /// the least loaded; the first such in turn order on a tie. `None` when
     /// no worker may take one now.
     #[cfg(test)]
-    pub fn pick_least_loaded<L: Ord>(&mut self, load: impl Fn(K) -> Option<L>) -> Option<K> {
+    pub(crate) fn pick_least_loaded<L: Ord>(&mut self, load: impl Fn(K) -> Option<L>) -> Option<K> {
         let n = self.workers.len();
         let mut best: Option<(L, usize)> = None; // (load, index)
         for step in 0..n {
@@ -153,7 +153,7 @@ impl<K: Copy + PartialEq> Picker<K> {
 
     /// The worker for the next connection, by the rule in the module docs.
     /// `None` when no worker may take one now.
-    pub fn pick(&mut self, load: impl Fn(K) -> Option<WorkerLoad>) -> Option<K> {
+    pub(crate) fn pick(&mut self, load: impl Fn(K) -> Option<WorkerLoad>) -> Option<K> {
         let n = self.workers.len();
         // In turn order, starting with whose turn it is.
         let order: Vec<(usize, WorkerLoad, u8)> = (0..n)

@@ -1,3 +1,5 @@
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 //! # herd-cluster: Node's `cluster` API for Rust servers
 //!
 //! ## Theory of operation

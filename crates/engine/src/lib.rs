@@ -1,4 +1,7 @@
 #![warn(unreachable_pub)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::missing_safety_doc)]
 //! # herd's engine
 //!
 //! Everything that belongs to one app under herd, shared by `herd run`, the

@@ -278,6 +278,7 @@ mod tests {
         }
         assert_eq!(msg.bytes, 13);
         assert_eq!(received.len(), 1);
+        // SAFETY: a fresh fd from the kernel, owned by nobody else.
         let passed = unsafe { OwnedFd::from_raw_fd(received[0]) };
         nix::unistd::write(&passed, b"through").unwrap();
         drop(passed);

@@ -77,8 +77,7 @@ pub(crate) fn exit_code(status: libc::c_int) -> i32 {
 /// the child that goes on to be the real herd, or, if the fork fails, in this process after a
 /// warning. Does nothing otherwise. Call it while the process has one thread.
 pub fn init_if_pid1() {
-    // SAFETY: getpid cannot fail.
-    if unsafe { libc::getpid() } != 1 {
+    if nix::unistd::getpid().as_raw() != 1 {
         return;
     }
     // SAFETY: sigset manipulation on locals; sigprocmask on this (only) thread.

@@ -135,6 +135,18 @@ fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Accept one client connection on a listening socket (TCP or Unix): it
+/// arrives nonblocking and close-on-exec.
+pub(crate) fn accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
+    use nix::sys::socket::SockFlag;
+    let raw = nix::sys::socket::accept4(
+        listener.as_raw_fd(),
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )?;
+    // SAFETY: accept4 returned a new fd that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}
+
 /// The address a listening socket is bound to (to report port 0 bindings).
 pub(crate) fn local_addr(fd: &OwnedFd) -> io::Result<ListenAddr> {
     let addr = SockRef::from(fd).local_addr()?;

@@ -35,6 +35,7 @@ use super::picker::{Picker, WorkerLoad};
 use super::protocol::ServerKey;
 use crate::clock::MonoTime;
 use crate::machine::WorkerId;
+use crate::os;
 use crate::supervisor::fd::Fd;
 use crate::supervisor::timers::Wake;
 
@@ -476,16 +477,9 @@ impl Drop for Accepting {
 /// for good): otherwise it waits, and the clients wait in the kernel's
 /// queue.
 async fn accept_loop(fd: OwnedFd, room: Arc<Semaphore>, deliver: impl Fn(OwnedFd) -> bool) {
-    use std::os::fd::FromRawFd;
-    use tokio::io::unix::AsyncFd;
-    // SAFETY: the OwnedFd is moved in, so the fd stays open and the same for
-    // as long as the AsyncFd lives.
-    let registered = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) };
-    let Ok(listener) = registered else {
+    let Ok(listener) = os::watch(fd, tokio::io::Interest::READABLE) else {
         return;
     };
-    let flags =
-        nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC;
     loop {
         let Ok(place) = room.acquire().await else {
             return;
@@ -495,12 +489,7 @@ async fn accept_loop(fd: OwnedFd, room: Arc<Semaphore>, deliver: impl Fn(OwnedFd
             let Ok(mut ready) = listener.readable().await else {
                 return;
             };
-            let accepted = ready.try_io(|fd| {
-                nix::sys::socket::accept4(fd.as_raw_fd(), flags)
-                    // SAFETY: accept4 returned a new fd that nothing else owns.
-                    .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) })
-                    .map_err(std::io::Error::from)
-            });
+            let accepted = ready.try_io(|fd| os::socket::accept(fd.get_ref()));
             match accepted {
                 Ok(Ok(conn)) => break conn,
                 // The client gave up before we accepted: nothing to do.

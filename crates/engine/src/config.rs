@@ -403,7 +403,7 @@ pub struct AppSpec {
     pub name: String,
     /// The program to execute, already resolved to a path.
     pub program: PathBuf,
-    /// Arguments after the program (not including argv[0]).
+    /// Arguments after the program (not including `argv[0]`).
     pub args: Vec<String>,
     /// Extra environment for every worker, on top of herd's own.
     pub env: Vec<(String, String)>,

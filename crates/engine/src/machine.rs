@@ -1,8 +1,8 @@
 //! The worker lifecycle as a pure state machine: which worker runs in which
 //! slot, when a dead one is restarted (backoff, crash-loop limit), how a
 //! rolling reload advances, and how a stop ends. No I/O and no clock: every
-//! input carries the current time (a [`MonoTime`]), every effect is returned as an
-//! [`Action`] for the driver (`supervisor`) to carry out, and timers are just
+//! input carries the current time (a `MonoTime`), every effect is returned as an
+//! `Action` for the driver (`supervisor`) to carry out, and timers are just
 //! actions that the driver later feeds back as inputs. A stale timer (one for
 //! a worker that is gone, or a slot whose restart was superseded) is ignored,
 //! so the driver never needs to cancel one.
@@ -303,7 +303,7 @@ impl SlotInfo {
     }
 }
 
-/// What a slot is doing, as [`Machine::snapshot`] tells it.
+/// What a slot is doing, in a [`Snapshot`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SlotPhase {
@@ -331,7 +331,7 @@ pub enum WorkerPhase {
     Stopping,
 }
 
-/// One worker process in a [`Machine::snapshot`].
+/// One worker process in a [`Snapshot`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerStatus {
     pub slot: Slot,
@@ -342,7 +342,7 @@ pub struct WorkerStatus {
     pub uptime: Duration,
 }
 
-/// One slot in a [`Machine::snapshot`].
+/// One slot in a [`Snapshot`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotStatus {
     pub slot: Slot,

@@ -23,14 +23,15 @@
 //! timeout counts only from the signal (`Input::StopSignalled`).
 //!
 //! Owns (plain data, [`Cluster`]): the servers (key → listener, Node's
-//! `data`), what it knows of each worker ([`ClusterWorker`]: the servers it
-//! listens on, our message numbers, the handle messages it has not
-//! acknowledged, how far its graceful stop has come), and the round-robin
-//! state. It changes nothing else: the rest are [`Effect`]s.
+//! `data`; which listener serves a query: `servers`), what it knows of each
+//! worker ([`ClusterWorker`]: the servers it listens on, our message
+//! numbers, the handle messages it has not acknowledged, how far its
+//! graceful stop has come), and the round-robin state (`round_robin`). It
+//! changes nothing else: the rest are [`Effect`]s. The messages themselves
+//! are `protocol`'s.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,17 +42,18 @@ pub(crate) mod effect;
 pub(crate) mod picker;
 pub(crate) mod protocol;
 pub(crate) mod round_robin;
+mod servers;
 
 pub(crate) use effect::{Effect, Effects};
-use protocol::{Incoming, ServerKey, ServerQuery, Wanted};
+use protocol::{Incoming, ServerKey, ServerQuery};
 use round_robin::{AnswerCheck, ClientConn, Handover, RoundRobin, Standing};
+use servers::{borrowed, Server};
 
-use super::events::Event;
 use super::fd::Fd;
 use super::listeners::{ListenerId, Listeners, Origin};
 use super::timers::Wake;
 use crate::clock::MonoTime;
-use crate::config::{AppSpec, Balance, ListenAddr, WorkerKind};
+use crate::config::{AppSpec, Balance, WorkerKind};
 use crate::machine::{Input, Machine, Slot, WorkerId};
 
 /// After a cluster worker closed its servers, wait this long before the
@@ -94,17 +96,6 @@ impl ClusterConfig {
     pub(crate) fn listener_round_robin(&self) -> bool {
         self.round_robin && !self.node
     }
-}
-
-/// A server, as Node names it: what a worker's `listen()` asked for.
-#[derive(Debug, Serialize, Deserialize)]
-struct Server {
-    /// The listener that serves it.
-    listener: ListenerId,
-    /// The first worker's `data`, echoed to every worker (TLS servers need it).
-    data: Value,
-    /// Node's `sockname`, for round-robin answers.
-    sockname: Value,
 }
 
 /// What the cluster primary knows of one worker.
@@ -411,7 +402,7 @@ impl Cluster {
     fn query_server(&mut self, worker: WorkerId, query: ServerQuery, cx: &mut Cx) {
         let key = query.key.clone();
         if !self.servers.contains_key(&key) {
-            match self.open_server(&query, cx) {
+            match servers::open(&query, cx.listeners, cx.fx) {
                 Ok(server) => {
                     self.servers.insert(key.clone(), server);
                     // UDP has no connections to hand over: always shared.
@@ -532,73 +523,6 @@ impl Cluster {
         });
         if requested && !self.is_used(key) {
             self.forget_server(key, cx);
-        }
-    }
-
-    /// Find (or bind) the listener for what a worker asked.
-    fn open_server(&mut self, query: &ServerQuery, cx: &mut Cx) -> io::Result<Server> {
-        let data = query.data.clone();
-        let wanted = match &query.wanted {
-            Ok(w) => w,
-            Err(e) => {
-                return Err(io::Error::from_raw_os_error(
-                    e.raw_os_error().unwrap_or(libc::EINVAL),
-                ))
-            }
-        };
-        match wanted {
-            // `listen({fd: N})`: the worker means the listener it inherited as N.
-            Wanted::Inherited(fd) => match cx.listeners.inherited_as(*fd) {
-                Some(id) => Ok(borrowed(cx.listeners, id, data)),
-                None => Err(io::Error::from_raw_os_error(libc::EBADF)),
-            },
-            Wanted::Udp {
-                addr,
-                ipv6_only,
-                reuse_addr,
-            } => {
-                let name = "udp, shared by the workers";
-                let (id, bound) =
-                    cx.listeners
-                        .bind_requested_udp(name, *addr, *ipv6_only, *reuse_addr)?;
-                cx.fx.push(Effect::Event(Event::Listening {
-                    name: name.into(),
-                    addr: bound,
-                }));
-                Ok(Server {
-                    listener: id,
-                    data,
-                    sockname: Value::Null,
-                })
-            }
-            Wanted::Stream(addr) => {
-                // One of the app's own listeners is the one the operator wants used.
-                if let Some(id) = cx.listeners.of_definition_for(addr) {
-                    return Ok(borrowed(cx.listeners, id, data));
-                }
-                let (id, bound) = match cx.listeners.bind_requested("node", addr) {
-                    Err(e) if matches!(addr, ListenAddr::Tcp(a) if a.ip().is_unspecified() && a.is_ipv6()) =>
-                    {
-                        // No IPv6 on this machine: fall back to IPv4, as Node does.
-                        let port = match addr {
-                            ListenAddr::Tcp(a) => a.port(),
-                            ListenAddr::Unix(_) => 0,
-                        };
-                        let v4 = ListenAddr::Tcp((Ipv4Addr::UNSPECIFIED, port).into());
-                        cx.listeners.bind_requested("node", &v4).map_err(|_| e)?
-                    }
-                    other => other?,
-                };
-                cx.fx.push(Effect::Event(Event::Listening {
-                    name: "node".into(),
-                    addr: bound.clone(),
-                }));
-                Ok(Server {
-                    listener: id,
-                    data,
-                    sockname: protocol::sockname(&bound),
-                })
-            }
         }
     }
 
@@ -823,17 +747,5 @@ impl Cluster {
         for key in keys {
             rr.flush(&key, &mut hands);
         }
-    }
-}
-
-/// A server served by one of the app's own listeners.
-fn borrowed(listeners: &Listeners, id: ListenerId, data: Value) -> Server {
-    let sockname = listeners
-        .get(id)
-        .map_or(Value::Null, |l| protocol::sockname(&l.addr));
-    Server {
-        listener: id,
-        data,
-        sockname,
     }
 }

@@ -13,8 +13,9 @@
 //! A worker names each server it listens on by a *server key*; herd serves
 //! it with one of its listeners (a socket herd owns).
 
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use nix::errno::Errno;
 
 use serde_json::{json, Value};
 
@@ -136,7 +137,7 @@ pub(crate) struct ServerQuery {
     /// A UDP socket (`dgram`): shared in every balance mode, as under Node.
     pub(crate) udp: bool,
     /// The socket wanted, or why the query makes no sense (`EINVAL`).
-    pub(crate) wanted: io::Result<Wanted>,
+    pub(crate) wanted: Result<Wanted, Errno>,
     /// The address as a person reads it (`127.0.0.1:8000`, a path, `*`).
     pub(crate) described: String,
 }
@@ -183,11 +184,11 @@ impl ServerQuery {
     }
 }
 
-fn wanted(msg: &Value, udp: bool) -> io::Result<Wanted> {
+fn wanted(msg: &Value, udp: bool) -> Result<Wanted, Errno> {
     let address = msg.get("address").and_then(Value::as_str);
     let port = msg.get("port").and_then(Value::as_i64).unwrap_or(-1);
     let address_type = msg.get("addressType").and_then(Value::as_i64).unwrap_or(4);
-    let invalid = || io::Error::from_raw_os_error(libc::EINVAL);
+    let invalid = || Errno::EINVAL;
     if let Some(fd) = msg.get("fd").and_then(Value::as_i64).filter(|&fd| fd >= 0) {
         return Ok(Wanted::Inherited(fd));
     }
@@ -318,7 +319,7 @@ mod tests {
         let Incoming::QueryServer(q) = parse(&bad) else {
             panic!("a query")
         };
-        assert_eq!(q.wanted.unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        assert_eq!(q.wanted.unwrap_err(), Errno::EINVAL);
     }
 
     #[test]

@@ -458,6 +458,14 @@ impl Cluster {
         send_handle(w, worker, handle, cx.fx);
     }
 
+    /// The worker's slot, for messages (0 for one that is gone).
+    fn slot_of(&self, worker: WorkerId) -> Slot {
+        self.workers
+            .get(&worker)
+            .map(|w| w.slot)
+            .unwrap_or_default()
+    }
+
     /// The worker now uses server `key`.
     fn uses(&mut self, worker: WorkerId, key: &ServerKey) {
         if let Some(w) = self.workers.get_mut(&worker) {
@@ -478,11 +486,7 @@ impl Cluster {
             io::ErrorKind::NotFound => libc::EBADF,
             _ => libc::EINVAL,
         });
-        let slot = self
-            .workers
-            .get(&worker)
-            .map(|w| w.slot)
-            .unwrap_or_default();
+        let slot = self.slot_of(worker);
         cx.fx.warn(format!(
             "worker {slot} asked to listen on {}: {e}; told it so (errno {errno})",
             query.described
@@ -552,11 +556,7 @@ impl Cluster {
     /// A listening socket never reached the worker: answer its query with an
     /// error, so that its `listen()` fails instead of waiting for ever.
     fn socket_undelivered(&mut self, worker: WorkerId, key: &ServerKey, ack: &Value, cx: &mut Cx) {
-        let slot = self
-            .workers
-            .get(&worker)
-            .map(|w| w.slot)
-            .unwrap_or_default();
+        let slot = self.slot_of(worker);
         cx.fx.warn(format!(
             "worker {slot} did not receive its listening socket after {HANDLE_RETRIES} tries; \
              told it so (errno -{})",

@@ -7,7 +7,7 @@
 //! another: the pid comes from the kernel, not from the message.
 
 use std::io::{self, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::errno::Errno;
@@ -30,6 +30,12 @@ pub(crate) struct NotifySocket {
     sock: UnixDatagram,
     /// `@herd/<pid>/<n>`: the abstract name, with '@' standing for the NUL.
     env_value: String,
+}
+
+impl AsRawFd for NotifySocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
 }
 
 impl NotifySocket {

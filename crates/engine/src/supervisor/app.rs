@@ -31,7 +31,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,6 +139,17 @@ pub(crate) struct AppState {
     pub(crate) workers: Workers,
     pub(crate) cluster: Cluster,
     pub(crate) timers: Timers,
+    /// The app's notify socket (`NOTIFY_SOCKET` in every worker): owned by
+    /// the wiring; its number and name let a new binary take it over.
+    notify: NotifyRecord,
+}
+
+/// Where the app's notify socket is.
+#[derive(Debug, Serialize, Deserialize)]
+struct NotifyRecord {
+    fd: RawFd,
+    /// `@herd/<pid>/<n>`: the abstract name workers send to.
+    name: String,
 }
 
 /// What the app task holds besides its state: its channels, its helper
@@ -203,6 +214,10 @@ impl App {
             listeners,
             workers: Workers::default(),
             timers: Timers::default(),
+            notify: NotifyRecord {
+                fd: notify.as_raw_fd(),
+                name: notify.env_value().to_string(),
+            },
         };
         let app = App {
             state,
@@ -831,6 +846,10 @@ mod tests {
         }
         assert_eq!(state["machine"]["slots"].as_array().unwrap().len(), 2);
         assert!(!state["timers"]["pending"].as_array().unwrap().is_empty());
+        assert!(state["notify"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("@herd/"));
         handle.command(Command::Stop);
         until(&mut events, |e| matches!(e, Event::Exit(_))).await;
     }
@@ -853,6 +872,10 @@ mod tests {
                 .0,
             workers: Workers::default(),
             timers: Timers::default(),
+            notify: NotifyRecord {
+                fd: 99,
+                name: "@herd/1/0".into(),
+            },
             spec,
         };
         let mut text = serde_json::to_value(&state).unwrap();

@@ -57,13 +57,13 @@ impl std::error::Error for UsageError {}
 fn main() {
     let cli = Cli::parse();
     // As a container's PID 1, `run` and `daemon` put a tiny init in front of
-    // themselves (reaps orphans, forwards signals): see herd_engine::os::init.
+    // themselves (reaps orphans, forwards signals): see herd_engine::init_if_pid1.
     // Here, before any thread exists.
     if matches!(
         cli.command,
         Cmd::Run(_) | Cmd::Manage(manage::Verb::Daemon(_))
     ) {
-        herd_engine::os::init::init();
+        herd_engine::init_if_pid1();
     }
     let result = match cli.command {
         Cmd::Run(args) => run::main(*args),

@@ -278,7 +278,7 @@ pub fn app_def_noting(
     // The workers get the environment of the CLI that started them (as under
     // pm2: `PORT=8000 herd start app.js` works), plus --env; it is saved with the app.
     let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| !herd_engine::supervisor::is_herd_variable(k))
+        .filter(|(k, _)| !herd_engine::is_worker_variable(k))
         .filter(|(k, _)| !spec.env.iter().any(|(ours, _)| ours == k))
         .collect();
     env.append(&mut spec.env);

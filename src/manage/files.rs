@@ -270,7 +270,7 @@ pub fn update_env(selector: &str, restart: bool) -> anyhow::Result<i32> {
         .into());
     }
     let current: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| !herd_engine::supervisor::is_herd_variable(k))
+        .filter(|(k, _)| !herd_engine::is_worker_variable(k))
         .collect();
     let defs: Vec<AppDef> = chosen
         .iter()

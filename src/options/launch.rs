@@ -51,7 +51,7 @@ pub struct System;
 
 impl Programs for System {
     fn find(&self, name: &str) -> Result<PathBuf, String> {
-        herd_engine::os::spawn::resolve_program(name).map_err(|e| e.to_string())
+        herd_engine::resolve_program(name).map_err(|e| e.to_string())
     }
 
     fn node_version(&self) -> Option<(u32, u32)> {

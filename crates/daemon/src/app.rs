@@ -13,10 +13,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use herd_engine::config::Instances;
 use herd_engine::machine::{Command, Outcome, Report, SlotPhase, WorkerPhase};
-use herd_engine::os::process::ExitStatus;
 use herd_engine::supervisor::{
     self, AppHandle, AppStatus, Event, Events, RoundRobinStats, Stream, Target, Timed, UpdateError,
 };
+use herd_engine::ExitStatus;
 use herd_protocol::{AppDef, AppDetail, AppInfo, ScaleTo, SecretNames, SlotDetail, WorkerInfo};
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
@@ -701,7 +701,7 @@ impl Actor {
         let now = Instant::now();
         let mut live = Vec::new();
         for slot in &status.machine.slots {
-            for w in [&slot.worker, &slot.incoming].into_iter().flatten() {
+            for w in [&slot.current, &slot.successor].into_iter().flatten() {
                 if let Some(pid) = w.pid {
                     live.push(pid);
                     self.sampler.sample(pid, now);
@@ -719,7 +719,7 @@ impl Actor {
             return;
         };
         for slot in &status.machine.slots {
-            let over = match (&slot.worker, &slot.incoming) {
+            let over = match (&slot.current, &slot.successor) {
                 (Some(w), None) if w.phase == WorkerPhase::Ready => w
                     .pid
                     .is_some_and(|pid| self.sampler.last(pid).rss_bytes > limit),
@@ -730,7 +730,7 @@ impl Actor {
             if *count >= OVER_LIMIT_SAMPLES {
                 *count = 0;
                 let rss = slot
-                    .worker
+                    .current
                     .as_ref()
                     .and_then(|w| w.pid)
                     .map(|pid| self.sampler.last(pid).rss_bytes)
@@ -763,7 +763,7 @@ impl Actor {
         let pids = m
             .slots
             .iter()
-            .flat_map(|s| [&s.worker, &s.incoming])
+            .flat_map(|s| [&s.current, &s.successor])
             .flatten()
             .chain(&m.draining)
             .filter_map(|w| w.pid);
@@ -871,7 +871,7 @@ impl Actor {
             Some(s) => {
                 let m = &s.machine;
                 for slot in &m.slots {
-                    let (pid, uptime, status) = match &slot.worker {
+                    let (pid, uptime, status) = match &slot.current {
                         Some(w) => (w.pid, w.uptime, worker_status(w.phase)),
                         None => (
                             None,
@@ -889,7 +889,7 @@ impl Actor {
                     }
                     let restarts = slot.restarts.saturating_sub(self.base(slot.slot).0);
                     workers.push(self.worker_info(slot.slot, pid, status, restarts, uptime));
-                    if let Some(w) = &slot.incoming {
+                    if let Some(w) = &slot.successor {
                         workers.push(self.worker_info(
                             slot.slot,
                             w.pid,

@@ -133,12 +133,12 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
     // Under herd's PID-1 init our pid is the namespace's 2, meaningless to a
     // manager outside it: leave MAINPID out there (the main pid is then the
     // process it started).
-    let mainpid = if herd_engine::os::init::supervised() {
+    let mainpid = if herd_engine::under_herd_init() {
         String::new()
     } else {
         format!("\nMAINPID={}", std::process::id())
     };
-    let _ = herd_engine::os::notify::notify(&format!(
+    let _ = herd_engine::sd_notify(&format!(
         "READY=1\nSTATUS=listening on {}{mainpid}",
         path.display(),
     ));
@@ -163,13 +163,13 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
             _ = ctx.shutdown.notified() => break,
             _ = sigterm.recv() => {
                 crate::say!("SIGTERM: stopping every app");
-                let _ = herd_engine::os::notify::notify("STOPPING=1");
+                let _ = herd_engine::sd_notify("STOPPING=1");
                 handlers::stop_all(&ctx).await;
                 break;
             }
             _ = sigint.recv() => {
                 crate::say!("SIGINT: stopping every app");
-                let _ = herd_engine::os::notify::notify("STOPPING=1");
+                let _ = herd_engine::sd_notify("STOPPING=1");
                 handlers::stop_all(&ctx).await;
                 break;
             }

@@ -23,7 +23,7 @@ fn bad(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
 }
 
-/// How connections are spread over the workers of an app.
+/// How client connections are spread over the workers of an app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Balance {
@@ -498,7 +498,7 @@ pub struct ReadyPolicy {
     /// Without `wait_ready`, a worker that lived this long is ready.
     #[serde(with = "duration_text")]
     pub ready_delay: Duration,
-    /// A replacement not ready by then aborts a reload.
+    /// A successor not ready by then aborts a reload.
     #[serde(with = "duration_text")]
     pub listen_timeout: Duration,
 }
@@ -531,7 +531,7 @@ pub struct AppSpec {
     pub name: String,
     /// The program to execute, already resolved to a path.
     pub program: PathBuf,
-    /// Arguments after the program (not including argv[0]).
+    /// Arguments after the program (not including `argv[0]`).
     pub args: Vec<String>,
     /// Extra environment for every worker, on top of herd's own.
     pub env: Vec<(String, String)>,

@@ -34,18 +34,33 @@ fn text(b: &[u8]) -> String {
 
 /// One POST with an empty body: (status, body).
 fn post(addr: &str, path: &str, admin_header: bool) -> (u16, String) {
+    let extra: &[(&str, &str)] = if admin_header {
+        &[("X-Herd-Admin", "1")]
+    } else {
+        &[]
+    };
+    exchange(addr, "POST", path, addr, extra)
+}
+
+/// One request with `Host: host` and the `extra` headers: (status, body).
+fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    host: &str,
+    extra: &[(&str, &str)],
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let extra = if admin_header {
-        "X-Herd-Admin: 1\r\n"
-    } else {
-        ""
-    };
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: 0\r\n\r\n"
-    )
-    .unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for (name, value) in extra {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if method == "POST" {
+        head.push_str("Content-Length: 0\r\n");
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read the response");
     let status = out

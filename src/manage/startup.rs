@@ -22,6 +22,10 @@ pub struct StartupArgs {
     /// With --metrics: allow the status page's reload/restart/stop buttons.
     #[arg(long, requires = "metrics")]
     metrics_admin: bool,
+    /// With --metrics: a name the listener also answers to in the Host header (NAME or
+    /// NAME:PORT); repeatable.
+    #[arg(long = "metrics-host", value_name = "NAME", requires = "metrics")]
+    metrics_hosts: Vec<herd_daemon::http::AllowedHost>,
 }
 
 /// The unit for this binary and home.
@@ -70,7 +74,7 @@ pub fn main(args: StartupArgs) -> anyhow::Result<i32> {
         &home.root().display().to_string(),
         &user,
         root,
-        &daemon_args(args.metrics, args.metrics_admin),
+        &daemon_args(args.metrics, args.metrics_admin, &args.metrics_hosts),
     );
     if !args.install {
         print!("{text}");
@@ -113,12 +117,19 @@ pub fn main(args: StartupArgs) -> anyhow::Result<i32> {
 }
 
 /// The daemon's flags for the unit, each with its leading space.
-fn daemon_args(metrics: Option<std::net::SocketAddr>, admin: bool) -> String {
+fn daemon_args(
+    metrics: Option<std::net::SocketAddr>,
+    admin: bool,
+    hosts: &[herd_daemon::http::AllowedHost],
+) -> String {
     let mut out = String::new();
     if let Some(addr) = metrics {
         out.push_str(&format!(" --metrics {addr}"));
         if admin {
             out.push_str(" --metrics-admin");
+        }
+        for host in hosts {
+            out.push_str(&format!(" --metrics-host {host}"));
         }
     }
     out
@@ -137,11 +148,13 @@ mod tests {
 
     #[test]
     fn unit_passes_the_metrics_flags() {
-        let args = super::daemon_args(Some("127.0.0.1:9209".parse().unwrap()), true);
+        let hosts = ["herd.internal".parse().unwrap()];
+        let args = super::daemon_args(Some("127.0.0.1:9209".parse().unwrap()), true, &hosts);
         let u = super::unit("/usr/bin/herd", "/h", "a", false, &args);
         assert!(u.contains(
-            "ExecStart=/usr/bin/herd daemon --resurrect --metrics 127.0.0.1:9209 --metrics-admin\n"
+            "ExecStart=/usr/bin/herd daemon --resurrect --metrics 127.0.0.1:9209 --metrics-admin \
+             --metrics-host herd.internal\n"
         ));
-        assert_eq!(super::daemon_args(None, true), "");
+        assert_eq!(super::daemon_args(None, true, &[]), "");
     }
 }

@@ -83,7 +83,12 @@ pub struct DaemonArgs {
     /// header (NAME or NAME:PORT); repeatable. Other names are refused (DNS rebinding);
     /// its own IP:PORT, and localhost:PORT on loopback, are always accepted.
     /// HERD_METRICS_HOST takes a comma-separated list.
-    #[arg(long = "metrics-host", env = "HERD_METRICS_HOST", value_name = "NAME", value_delimiter = ',')]
+    #[arg(
+        long = "metrics-host",
+        env = "HERD_METRICS_HOST",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
     metrics_hosts: Vec<herd_daemon::http::AllowedHost>,
 }
 
@@ -92,7 +97,11 @@ fn switch(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" | "" => Ok(false),
-        _ => Err("use 1, true, yes or on to allow the actions; 0, false, no or off (or unset it) to refuse them".into()),
+        _ => Err(
+            "--metrics-admin (HERD_METRICS_ADMIN) takes 1, true, yes or on to allow the \
+                  actions, or 0, false, no or off to refuse them"
+                .into(),
+        ),
     }
 }
 

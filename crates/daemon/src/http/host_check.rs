@@ -218,7 +218,10 @@ mod tests {
             assert!(check_host(Some(ok), false, local, &names).is_ok(), "{ok}");
         }
         for bad in ["proxy.example", "proxy.example:9209", "evil.example"] {
-            assert!(check_host(Some(bad), false, local, &names).is_err(), "{bad}");
+            assert!(
+                check_host(Some(bad), false, local, &names).is_err(),
+                "{bad}"
+            );
         }
     }
 

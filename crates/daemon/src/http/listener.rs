@@ -352,7 +352,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for StallLimit<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for StallLimit<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write(cx, buf);
         this.watch(cx, r)

@@ -59,7 +59,11 @@ pub async fn action(ctx: &Arc<Ctx>, request: &HttpRequest, settings: &Settings) 
         return HttpResponse::error(404, &format!("no app named '{name}'"));
     };
     match entry.app.ask(command).await {
-        Ok(message) => HttpResponse::json(200, &serde_json::json!({ "ok": true, "message": message })),
-        Err(message) => HttpResponse::json(500, &serde_json::json!({ "ok": false, "error": message })),
+        Ok(message) => {
+            HttpResponse::json(200, &serde_json::json!({ "ok": true, "message": message }))
+        }
+        Err(message) => {
+            HttpResponse::json(500, &serde_json::json!({ "ok": false, "error": message }))
+        }
     }
 }

@@ -36,12 +36,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Notify};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use super::{HttpRequest, HttpResponse, Settings};
 use crate::handlers::Ctx;
 
-/// Connections open at once (each costs the daemon about 20 KiB).
+/// Connections open at once (an idle one costs the daemon about 1 KiB, one
+/// being read or answered about 20 KiB).
 pub const MAX_CONNECTIONS: usize = 64;
 /// How long a connection may take to send its whole request head.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -82,11 +83,12 @@ pub(super) async fn serve(ctx: Arc<Ctx>, listener: TcpListener, settings: Arc<Se
     }
 }
 
-fn builder() -> http1::Builder {
+/// hyper's settings for a connection with `head_time` left to send its head.
+fn builder(head_time: Duration) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
+        .header_read_timeout(head_time)
         .max_header_size(MAX_HEAD)
         .max_buf_size(2 * MAX_HEAD)
         .keep_alive(false);
@@ -104,6 +106,17 @@ async fn connection(
     let Ok(local) = stream.local_addr() else {
         return;
     };
+    // Until it sends something, a connection costs only its socket and this
+    // task: hyper's buffers (16 KiB) come with the first byte.
+    let head_deadline = Instant::now() + HEAD_TIMEOUT;
+    tokio::select! {
+        sent = tokio::time::timeout_at(head_deadline, stream.readable()) => {
+            if !matches!(sent, Ok(Ok(()))) {
+                return;
+            }
+        }
+        _ = &mut evicted => return,
+    }
     {
         let answering = slot.clone();
         let service = service_fn(move |request| {
@@ -116,7 +129,8 @@ async fn connection(
             )
         });
         let io = TokioIo::new(StallLimit::new(&mut stream, WRITE_STALL));
-        let served = builder().serve_connection(io, service);
+        let head_time = head_deadline.saturating_duration_since(Instant::now());
+        let served = builder(head_time).serve_connection(io, service);
         tokio::select! {
             _ = served => {}
             _ = &mut evicted => return,

@@ -108,10 +108,12 @@ async fn connection(
     };
     // Until it sends something, a connection costs only its socket and this
     // task: hyper's buffers (16 KiB) come with the first byte.
+    // (`peek`, not `readable`: tokio deems a new socket readable at first.)
     let head_deadline = Instant::now() + HEAD_TIMEOUT;
+    let mut first = [0u8; 1];
     tokio::select! {
-        sent = tokio::time::timeout_at(head_deadline, stream.readable()) => {
-            if !matches!(sent, Ok(Ok(()))) {
+        sent = tokio::time::timeout_at(head_deadline, stream.peek(&mut first)) => {
+            if !matches!(sent, Ok(Ok(1))) {
                 return;
             }
         }

@@ -592,7 +592,7 @@ fn idle_connections_never_delay_the_probes() {
     let fds_before = fds();
 
     let mut idle: Vec<TcpStream> = Vec::new();
-    let mut open_idle = |n: usize, idle: &mut Vec<TcpStream>| {
+    let open_idle = |n: usize, idle: &mut Vec<TcpStream>| {
         for _ in 0..n {
             idle.push(TcpStream::connect(&addr).expect("connect an idle connection"));
         }

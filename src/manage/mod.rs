@@ -107,7 +107,8 @@ pub struct DaemonArgs {
     #[arg(long, env = "HERD_METRICS", value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
     /// With --metrics: allow the status page's reload/restart/stop buttons (POST endpoints).
-    #[arg(long, env = "HERD_METRICS_ADMIN", requires = "metrics")]
+    /// HERD_METRICS_ADMIN takes 1/true/yes/on or 0/false/no/off.
+    #[arg(long, env = "HERD_METRICS_ADMIN", value_parser = switch)]
     metrics_admin: bool,
     /// More environment variables whose values are hidden in show, list, jlist, the status
     /// page and metrics (beyond names containing KEY, SECRET, TOKEN, PASS, CREDENTIAL or
@@ -115,6 +116,30 @@ pub struct DaemonArgs {
     #[arg(long, env = herd_protocol::secrets::SECRET_NAMES_ENV, value_name = "NAMES",
           value_parser = herd_protocol::SecretNames::parse)]
     secret_names: Option<herd_protocol::SecretNames>,
+    /// With --metrics: a name the listener also answers to, as clients send it in the Host
+    /// header (NAME or NAME:PORT); repeatable. Other names are refused (DNS rebinding);
+    /// its own IP:PORT, and localhost:PORT on loopback, are always accepted.
+    /// HERD_METRICS_HOST takes a comma-separated list.
+    #[arg(
+        long = "metrics-host",
+        env = "HERD_METRICS_HOST",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    metrics_hosts: Vec<herd_daemon::http::AllowedHost>,
+}
+
+/// A yes/no setting from the environment, spelled as people do.
+fn switch(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(
+            "--metrics-admin (HERD_METRICS_ADMIN) takes 1, true, yes or on to allow the \
+                  actions, or 0, false, no or off to refuse them"
+                .into(),
+        ),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -229,6 +254,14 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
     }
     match verb {
         Verb::Daemon(args) => {
+            if args.metrics.is_none() && (args.metrics_admin || !args.metrics_hosts.is_empty()) {
+                return Err(UsageError(
+                    "--metrics-admin and --metrics-host (HERD_METRICS_ADMIN, HERD_METRICS_HOST) \
+                     need --metrics ADDR (HERD_METRICS): set it, or unset them"
+                        .into(),
+                )
+                .into());
+            }
             let home = herd_daemon::Home::from_env()?;
             let code = herd_daemon::run(herd_daemon::Options {
                 home,
@@ -236,6 +269,7 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
                 metrics: args.metrics,
                 metrics_admin: args.metrics_admin,
                 secrets: args.secret_names.unwrap_or_default(),
+                metrics_hosts: args.metrics_hosts,
             })?;
             return Ok(code);
         }

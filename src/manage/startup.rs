@@ -26,6 +26,10 @@ pub struct StartupArgs {
     #[arg(long, env = herd_protocol::secrets::SECRET_NAMES_ENV, value_name = "NAMES",
           value_parser = herd_protocol::SecretNames::parse)]
     secret_names: Option<herd_protocol::SecretNames>,
+    /// With --metrics: a name the listener also answers to in the Host header (NAME or
+    /// NAME:PORT); repeatable.
+    #[arg(long = "metrics-host", value_name = "NAME", requires = "metrics")]
+    metrics_hosts: Vec<herd_daemon::http::AllowedHost>,
 }
 
 /// The unit for this binary and home.
@@ -74,7 +78,12 @@ pub fn main(args: StartupArgs) -> anyhow::Result<i32> {
         &home.display().to_string(),
         &user,
         root,
-        &daemon_args(args.metrics, args.metrics_admin, args.secret_names.as_ref()),
+        &daemon_args(
+            args.metrics,
+            args.metrics_admin,
+            &args.metrics_hosts,
+            args.secret_names.as_ref(),
+        ),
     );
     if !args.install {
         print!("{text}");
@@ -120,6 +129,7 @@ pub fn main(args: StartupArgs) -> anyhow::Result<i32> {
 fn daemon_args(
     metrics: Option<std::net::SocketAddr>,
     admin: bool,
+    hosts: &[herd_daemon::http::AllowedHost],
     secret_names: Option<&herd_protocol::SecretNames>,
 ) -> String {
     let mut out = String::new();
@@ -127,6 +137,9 @@ fn daemon_args(
         out.push_str(&format!(" --metrics {addr}"));
         if admin {
             out.push_str(" --metrics-admin");
+        }
+        for host in hosts {
+            out.push_str(&format!(" --metrics-host {host}"));
         }
     }
     // The boot-time daemon does not see this shell's HERD_SECRET_NAMES.
@@ -149,20 +162,22 @@ mod tests {
 
     #[test]
     fn unit_passes_the_metrics_flags() {
-        let args = super::daemon_args(Some("127.0.0.1:9209".parse().unwrap()), true, None);
+        let hosts = ["herd.internal".parse().unwrap()];
+        let args = super::daemon_args(Some("127.0.0.1:9209".parse().unwrap()), true, &hosts, None);
         let u = super::unit("/usr/bin/herd", "/h", "a", false, &args);
         assert!(u.contains(
-            "ExecStart=/usr/bin/herd daemon --resurrect --metrics 127.0.0.1:9209 --metrics-admin\n"
+            "ExecStart=/usr/bin/herd daemon --resurrect --metrics 127.0.0.1:9209 --metrics-admin \
+             --metrics-host herd.internal\n"
         ));
-        assert_eq!(super::daemon_args(None, true, None), "");
+        assert_eq!(super::daemon_args(None, true, &[], None), "");
     }
 
     #[test]
     fn unit_passes_the_secret_names() {
         let names = herd_protocol::SecretNames::parse("database_url, *_DSN").unwrap();
-        let args = super::daemon_args(None, false, Some(&names));
+        let args = super::daemon_args(None, false, &[], Some(&names));
         assert_eq!(args, " --secret-names DATABASE_URL,*_DSN");
         let none = herd_protocol::SecretNames::default();
-        assert_eq!(super::daemon_args(None, false, Some(&none)), "");
+        assert_eq!(super::daemon_args(None, false, &[], Some(&none)), "");
     }
 }

@@ -32,7 +32,7 @@
 //!   timestamps, size-based rotation and reopening on SIGUSR1.
 //! - **HTTP** ([`http`], off by default): `--metrics ADDR` serves
 //!   Prometheus metrics, `/healthz` and `/readyz` probes and a live status
-//!   page on a small bounded HTTP/1.1 listener on the same runtime.
+//!   page on a bounded HTTP/1.1 listener (hyper) on the same runtime.
 //! - **Persistence** ([`dump`]): `save` writes the app definitions with
 //!   write-temp, fsync, rename; `resurrect` starts them again.
 //!
@@ -95,6 +95,8 @@ pub struct Options {
     pub metrics_admin: bool,
     /// Which environment values are hidden in answers (beyond the built-in rule).
     pub secrets: herd_protocol::SecretNames,
+    /// Names the HTTP listener answers to besides its own address.
+    pub metrics_hosts: Vec<http::AllowedHost>,
 }
 
 /// Run the daemon until `herd kill`, SIGTERM or SIGINT; returns the exit code.

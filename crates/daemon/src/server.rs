@@ -109,6 +109,7 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
         crate::say!("metrics, health probes and the status page on http://{bound}/");
         let settings = crate::http::Settings {
             admin: options.metrics_admin,
+            hosts: options.metrics_hosts.clone(),
         };
         tokio::spawn(crate::http::serve(ctx.clone(), listener, settings));
     }

@@ -58,9 +58,13 @@ impl fmt::Display for Next {
             Next::RestartIn(d) => write!(f, "restarting it in {}", duration(*d)),
             Next::Stopped => f.write_str("stopped"),
             Next::NoRestart => f.write_str("not restarting it (restart policy)"),
+            Next::StopExitCode(code) => write!(
+                f,
+                "not restarting it: {code} is one of its stop_exit_codes"
+            ),
             Next::Errored { crashes } => write!(
                 f,
-                "it crashed {crashes} times in a row, each within --min-uptime of starting, so its slot is errored and stays empty (a reload starts it afresh); the other workers keep serving"
+                "it crashed {crashes} times, each within min_uptime of starting (--max-restarts), so its slot is errored and stays empty (a reload starts it afresh); the other workers keep serving"
             ),
             Next::Replaced => f.write_str("its reload replacement takes over"),
         }
@@ -72,6 +76,18 @@ impl fmt::Display for Report {
         match self {
             Report::Online { slot, pid } => write!(f, "worker {slot} online (pid {pid})"),
             Report::Ready { slot, pid } => write!(f, "worker {slot} ready (pid {pid})"),
+            Report::ReadyAssumed { slot, pid, waited } => write!(
+                f,
+                "warning: worker {slot} (pid {pid}) did not say it was ready within {} (wait_ready: \
+                 process.send('ready') or READY=1; listen_timeout): taken as online, as pm2 does; \
+                 said once for this app",
+                duration(*waited)
+            ),
+            Report::BackoffSkipped { slot } => write!(
+                f,
+                "worker {slot} starts now, before its backoff ends: no worker of the app is running, \
+                 and its last one was killed, not crashed"
+            ),
             Report::Exited {
                 slot,
                 pid,
@@ -194,6 +210,17 @@ mod tests {
         assert_eq!(
             r.to_string(),
             "worker 1 (pid 42) exited with code 1 after 30 ms; restarting it in 200 ms"
+        );
+        let r = Report::Exited {
+            slot: 0,
+            pid: 7,
+            status: ExitStatus::Code(0),
+            uptime: Duration::from_secs(2),
+            next: Next::StopExitCode(0),
+        };
+        assert_eq!(
+            r.to_string(),
+            "worker 0 (pid 7) exited with code 0 after 2 s; not restarting it: 0 is one of its stop_exit_codes"
         );
     }
 }

@@ -50,10 +50,10 @@ use super::output::{self, start_pump};
 use super::timers::{Timers, Wake};
 use super::workers::{self, Notified, WorkerStart, WorkerWiring, Workers};
 use crate::clock::MonoTime;
-use crate::config::{AppSpec, WorkerKind};
+use crate::config::{AppSpec, ExecMode, WorkerKind};
 use crate::exit::ExitStatus;
 use crate::machine::{
-    Action, Command, Input, Machine, Next, Policy, Readiness, Report, Slot, WorkerId,
+    Action, Command, Input, Late, Machine, Next, Policy, Readiness, Report, Slot, WorkerId,
 };
 use crate::os::channel::Channel;
 use crate::os::notify::NotifySocket;
@@ -174,12 +174,18 @@ pub(crate) struct App {
     wire: Wiring,
 }
 
-/// The machine's policies for a spec.
+/// The machine's policies for a spec. Readiness: with `wait_ready`, the
+/// worker's word (`'ready'`, `READY=1`), or online at the listen timeout as
+/// under pm2; a Node cluster worker's `listening`; else the ready delay (a
+/// fork-mode Node app binds its own sockets: herd is not told).
 fn policy_for(spec: &AppSpec) -> Policy {
+    let cluster_node = spec.kind == WorkerKind::Node && spec.exec_mode == ExecMode::Cluster;
     Policy {
         restart: spec.restart.clone(),
-        readiness: if spec.ready.wait_ready || spec.kind == WorkerKind::Node {
-            Readiness::Signalled
+        readiness: if spec.ready.wait_ready {
+            Readiness::Signalled { late: Late::Ready }
+        } else if cluster_node {
+            Readiness::Signalled { late: Late::Abort }
         } else {
             Readiness::After(spec.ready.ready_delay)
         },

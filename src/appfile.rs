@@ -67,9 +67,10 @@ mod values;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use herd_engine::config::{ExecMode, RestartMode};
+use herd_engine::config::{
+    Counting, ExecMode, Pm2Delay, RestartMode, RestartPolicy, PM2_MAX_BACKOFF,
+};
 use herd_protocol::{CombinedLog, FilterEnv, LogType, Pm2Keys};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -338,7 +339,6 @@ struct RawApp {
     log_keep: Option<V<Count>>,
     max_memory_restart: Option<V<Bytes>>,
     windows_hide: Option<V<Flag>>,
-    // Read and kept; honoured by a later release (see options::pending).
     watch: Option<Switch>,
     ignore_watch: Option<OneOrMany<Text>>,
     watch_delay: Option<V<Millis>>,
@@ -810,9 +810,6 @@ enum Dialect {
     Pm2,
 }
 
-/// pm2's ceiling for `exp_backoff_restart_delay`.
-const PM2_MAX_BACKOFF: Duration = Duration::from_secs(15);
-
 /// One app's options; and whether it has the asked profile.
 fn build(
     app: App,
@@ -860,6 +857,10 @@ fn build(
         .unwrap_or_else(|| options::launch::default_name(&command[0]));
     let mut has_profile = false;
     let mut env = raw.env.unwrap_or_default();
+    // pm2's order: `port` beats env.PORT, and `env_<profile>` beats both.
+    if let Some(V(port)) = raw.port {
+        env.set("PORT".into(), port.to_string());
+    }
     if let Some(profile) = profile {
         for (p, vars) in extras.profiles {
             if p == profile {
@@ -908,15 +909,27 @@ fn build(
     if let Some(v) = raw.restart {
         o.restart = v.0;
     }
-    if let Some(V(d)) = &raw.exp_backoff_restart_delay {
-        o.restart_delay = *d;
-        o.max_restart_delay = PM2_MAX_BACKOFF.max(*d);
-    } else if let Some(V(d)) = raw.restart_delay {
-        o.restart_delay = d;
-        o.max_restart_delay = match dialect {
-            Dialect::Pm2 => d,
-            Dialect::Herd => o.max_restart_delay.max(d),
-        };
+    match dialect {
+        // pm2's counting (`lib/God.js: handleExit`): a fixed delay before
+        // every restart (0 by default), or its exponential backoff.
+        Dialect::Pm2 => {
+            let base = RestartPolicy::pm2();
+            o.restart_delay = raw.restart_delay.map_or(base.restart_delay, |V(d)| d);
+            o.counting = Counting::Pm2(match &raw.exp_backoff_restart_delay {
+                Some(V(d)) => Pm2Delay::Exponential(*d),
+                None => Pm2Delay::Fixed,
+            });
+        }
+        // herd's: the first delay of the doubling backoff.
+        Dialect::Herd => {
+            if let Some(V(d)) = &raw.exp_backoff_restart_delay {
+                o.restart_delay = *d;
+                o.max_restart_delay = PM2_MAX_BACKOFF.max(*d);
+            } else if let Some(V(d)) = raw.restart_delay {
+                o.restart_delay = d;
+                o.max_restart_delay = o.max_restart_delay.max(d);
+            }
+        }
     }
     if let Some(v) = raw.max_restart_delay {
         o.max_restart_delay = v.0;
@@ -949,6 +962,8 @@ fn build(
         .collect();
     o.cwd = raw.cwd.map(|v| PathBuf::from(v.0));
     o.instance_var = raw.instance_var.map(|v| v.0);
+    o.increment_var = raw.increment_var.map(|v| v.0);
+    o.stop_exit_codes = raw.stop_exit_codes.map(|v| v.0).unwrap_or_default();
 
     let mut d = DaemonOptions::defaults();
     if let Some(v) = raw.time {
@@ -974,7 +989,6 @@ fn build(
         ignore_watch: raw.ignore_watch.map(|v| v.0),
         watch_delay_ms: raw.watch_delay.map(|v| v.0.as_millis() as u64),
         cron_restart: raw.cron_restart.and_then(|v| v.0),
-        stop_exit_codes: raw.stop_exit_codes.map(|v| v.0).unwrap_or_default(),
         filter_env: match raw.filter_env {
             None | Some(Switch::On(false)) => None,
             Some(Switch::On(true)) => Some(FilterEnv::All),
@@ -982,8 +996,6 @@ fn build(
             Some(Switch::Many(parts)) if parts.is_empty() => None,
             Some(Switch::Many(parts)) => Some(FilterEnv::Containing(parts)),
         },
-        increment_var: raw.increment_var.map(|v| v.0),
-        port: raw.port.map(|v| v.0),
         log_type: raw.log_type.map(|V(t)| {
             if t == "json" {
                 LogType::Json
@@ -1005,9 +1017,6 @@ fn build(
             }
         },
         merge_logs: raw.merge_logs.map(|v| v.0),
-        exp_backoff_restart_delay_ms: raw
-            .exp_backoff_restart_delay
-            .map(|v| v.0.as_millis() as u64),
     };
     let _ = raw.windows_hide;
 

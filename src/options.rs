@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use clap::Args;
 use herd_engine::config::{
-    self, AppSpec, Balance, ExecMode, Instances, ListenSpec, ReadyPolicy, RestartMode,
+    self, AppSpec, Balance, Counting, ExecMode, Instances, ListenSpec, ReadyPolicy, RestartMode,
     RestartPolicy, StopPolicy, WorkerKind,
 };
 use nix::sys::signal::Signal;
 
+use herd_protocol::FilterEnv;
 pub use launch::Style;
 pub use text::{expand_home, split_words};
 
@@ -168,6 +169,18 @@ pub struct AppOptions {
     #[arg(skip)]
     pub exec_mode: Option<ExecMode>,
 
+    /// How restarts are counted: herd's, or pm2's for pm2 process files.
+    #[arg(skip)]
+    pub counting: Counting,
+
+    /// Exit codes after which a worker is not restarted (pm2's stop_exit_codes).
+    #[arg(skip)]
+    pub stop_exit_codes: Vec<i32>,
+
+    /// A variable raised by one per worker from the app's value (pm2's increment_var).
+    #[arg(skip)]
+    pub increment_var: Option<String>,
+
     /// How the command's first word is found (pm2's `script`, or an argv).
     #[arg(skip)]
     pub style: Style,
@@ -276,9 +289,10 @@ pub fn app_def_noting(
         warnings,
     } = app.build(command, base, app.style, Instances::Count(1))?;
     // The workers get the environment of the CLI that started them (as under
-    // pm2: `PORT=8000 herd start app.js` works), plus --env; it is saved with the app.
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| !herd_engine::is_worker_variable(k))
+    // pm2: `PORT=8000 herd start app.js` works) but what `filter_env` keeps
+    // out, plus --env; it is saved with the app.
+    let mut env: Vec<(String, String)> = cli_env(daemon.pm2.filter_env.as_ref())
+        .into_iter()
         .filter(|(k, _)| !spec.env.iter().any(|(ours, _)| ours == k))
         .collect();
     env.append(&mut spec.env);
@@ -320,11 +334,35 @@ pub fn app_def_noting(
         namespace: None,
     };
     let mut warnings = warnings;
-    warnings.extend(pending::not_yet_honoured(
-        &def,
-        app.exec_mode == Some(ExecMode::Fork),
-    ));
+    warnings.extend(pending::not_yet_honoured(&def));
     Ok((def, warnings))
+}
+
+/// The CLI's environment as an app gets it: without the variables herd sets
+/// for each worker, and without those `filter_env` keeps from the app (pm2's
+/// rules: a list drops every variable whose name contains one of its
+/// strings, a string drops that variable). `filter_env: true` gives a clean
+/// environment, as systemd gives a service: only `PATH`, `HOME`, `USER`,
+/// `LOGNAME`, `SHELL`, `LANG` and `LC_*` (pm2 documents `true` and does
+/// nothing for it).
+pub fn cli_env(filter: Option<&FilterEnv>) -> Vec<(String, String)> {
+    filtered_env(std::env::vars(), filter)
+}
+
+/// [`cli_env`] of the variables `vars`.
+fn filtered_env(
+    vars: impl Iterator<Item = (String, String)>,
+    filter: Option<&FilterEnv>,
+) -> Vec<(String, String)> {
+    const CLEAN: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG"];
+    let keeps = |k: &str| match filter {
+        None => true,
+        Some(FilterEnv::All) => CLEAN.contains(&k) || k.starts_with("LC_"),
+        Some(FilterEnv::Exact(name)) => k != name,
+        Some(FilterEnv::Containing(parts)) => !parts.iter().any(|p| k.contains(p.as_str())),
+    };
+    vars.filter(|(k, _)| !herd_engine::is_worker_variable(k) && keeps(k))
+        .collect()
 }
 
 /// A path the user wrote, absolute: `~` expanded, relative to `cwd`; pm2's
@@ -491,6 +529,7 @@ impl AppOptions {
             }
         }
         spec.instance_var = self.instance_var.clone();
+        spec.increment_var = self.increment_var.clone();
         spec.instances = self.instances.unwrap_or(instances).resolve();
         spec.listeners = self.listen.clone();
         spec.balance = balance_for(
@@ -516,7 +555,8 @@ impl AppOptions {
             &launch.interpreter,
             herd_sockets,
         );
-        if self.max_restart_delay < self.restart_delay {
+        // pm2 counting waits `restart_delay` every time: no doubling to cap.
+        if self.counting == Counting::Herd && self.max_restart_delay < self.restart_delay {
             return Err(UsageError(format!(
                 "--max-restart-delay ({}) is shorter than --restart-delay ({}): make it at least as long",
                 herd_engine::describe::duration(self.max_restart_delay),
@@ -525,10 +565,12 @@ impl AppOptions {
         }
         spec.restart = RestartPolicy {
             mode: self.restart,
+            counting: self.counting,
             restart_delay: self.restart_delay,
             max_restart_delay: self.max_restart_delay,
             min_uptime: self.min_uptime,
             max_restarts: self.max_restarts,
+            stop_exit_codes: self.stop_exit_codes.clone(),
         };
         spec.stop = StopPolicy {
             kill_signal: self.kill_signal,
@@ -591,6 +633,49 @@ mod tests {
             assert!(size(bad).is_err(), "{bad}");
         }
         assert!(positive_size("0").is_err());
+    }
+
+    #[test]
+    fn filter_env_keeps_the_clis_variables_from_the_app_as_pm2_reads_it() {
+        let vars = || {
+            [
+                ("PATH", "/bin"),
+                ("HOME", "/root"),
+                ("LC_ALL", "C"),
+                ("SECRET_TOKEN", "x"),
+                ("AWS_SECRET", "y"),
+                ("DB_URL", "z"),
+                ("HERD_WORKER_ID", "3"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        };
+        let names = |filter: Option<FilterEnv>| -> Vec<String> {
+            filtered_env(vars(), filter.as_ref())
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        let all = [
+            "PATH",
+            "HOME",
+            "LC_ALL",
+            "SECRET_TOKEN",
+            "AWS_SECRET",
+            "DB_URL",
+        ];
+        assert_eq!(names(None), all, "herd's own variables never pass");
+        assert_eq!(
+            names(Some(FilterEnv::Containing(vec!["SECRET".into()]))),
+            ["PATH", "HOME", "LC_ALL", "DB_URL"]
+        );
+        assert_eq!(
+            names(Some(FilterEnv::Exact("DB_URL".into()))),
+            ["PATH", "HOME", "LC_ALL", "SECRET_TOKEN", "AWS_SECRET"]
+        );
+        // A string drops that exact name only.
+        assert_eq!(names(Some(FilterEnv::Exact("SECRET".into()))), all);
+        assert_eq!(names(Some(FilterEnv::All)), ["PATH", "HOME", "LC_ALL"]);
     }
 
     #[test]

@@ -105,9 +105,8 @@ fn summary(dir: &Path, app: &FileApp, def: &herd_protocol::AppDef) -> String {
         s += &format!(" | mmr {}M", m >> 20);
     }
     let r = &def.spec.restart;
-    if r.mode != RestartMode::Always
-        || r.max_restarts != 16
-        || r.restart_delay != Duration::from_millis(100)
+    let pm2 = herd_engine::config::RestartPolicy::pm2();
+    if r.mode != RestartMode::Always || r.max_restarts != 16 || r.restart_delay != pm2.restart_delay
     {
         s += &format!(
             " | restart {:?} {}ms x{}",
@@ -115,6 +114,15 @@ fn summary(dir: &Path, app: &FileApp, def: &herd_protocol::AppDef) -> String {
             r.restart_delay.as_millis(),
             r.max_restarts
         );
+    }
+    if let Counting::Pm2(Pm2Delay::Exponential(d)) = r.counting {
+        s += &format!(" | exp_backoff {}ms", d.as_millis());
+    }
+    if !r.stop_exit_codes.is_empty() {
+        s += &format!(" | stop_exit_codes {:?}", r.stop_exit_codes);
+    }
+    if let Some(v) = &def.spec.increment_var {
+        s += &format!(" | increment_var {v}");
     }
     if def.spec.ready.wait_ready {
         s += " | wait_ready";
@@ -197,7 +205,7 @@ const CASES: &[Case] = &[
         "p1",
         Some("production"),
         &[
-            "echo-python | python p1/hello.py arg1 arg2 | Generic fork x4 | cwd p1 | env ENV=production,PORT=5001 | +PYTHONUNBUFFERED | mmr 1024M | restart Never 100ms x16 | watch []",
+            "echo-python | python p1/hello.py arg1 arg2 | Generic fork x4 | cwd p1 | env ENV=production,PORT=5001 | +PYTHONUNBUFFERED | mmr 1024M | restart Never 0ms x16 | watch []",
             "echo-python-3 | python p1/hello.py | Generic fork x1 | cwd p1 | +PYTHONUNBUFFERED",
         ],
         &[
@@ -261,7 +269,7 @@ const CASES: &[Case] = &[
         ".",
         None,
         &[
-            r#"app | node app.js | Node fork x1 | cwd . | out data/logs/console.log | err data/logs/err.log | time iso | restart Never 100ms x2 | watch [] | ignore_watch ["node_modules", "data/logs", "build/images"] | log_type Raw"#,
+            r#"app | node app.js | Node fork x1 | cwd . | out data/logs/console.log | err data/logs/err.log | time iso | restart Never 0ms x2 | watch [] | ignore_watch ["node_modules", "data/logs", "build/images"] | log_type Raw"#,
         ],
         &[
             "app 'app': log_type 'format' is no log type (pm2 knows 'json'): lines are written as the app writes them",

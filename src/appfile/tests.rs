@@ -1,5 +1,5 @@
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use herd_engine::config::{Balance, Instances};
 use nix::sys::signal::Signal;
@@ -282,9 +282,9 @@ fn check_pm2_apps(apps: &[FileApp], dir: &Path) {
     assert_eq!(api.daemon.max_memory_restart, Some(200 << 20));
     assert_eq!(api.options.min_uptime, Duration::from_secs(2));
     assert_eq!(api.options.max_restarts, 5);
-    // pm2's restart_delay is a fixed delay.
+    // pm2's restart_delay is a fixed delay: pm2's counting.
     assert_eq!(api.options.restart_delay, Duration::from_millis(250));
-    assert_eq!(api.options.max_restart_delay, Duration::from_millis(250));
+    assert_eq!(api.options.counting, Counting::Pm2(Pm2Delay::Fixed));
     assert_eq!(api.options.interpreter_args(), ["--max-old-space-size=512"]);
     assert_eq!(api.options.exec_mode, Some(ExecMode::Cluster));
     assert_eq!(api.daemon.pm2.merge_logs, Some(true));
@@ -314,10 +314,16 @@ fn check_pm2_apps(apps: &[FileApp], dir: &Path) {
     // pm2 starts one instance unless told otherwise (app_def's default).
     assert_eq!(worker.options.instances, None);
     assert_eq!(worker.options.exec_mode, Some(ExecMode::Fork));
-    assert_eq!(worker.daemon.pm2.exp_backoff_restart_delay_ms, Some(100));
+    assert_eq!(
+        worker.options.counting,
+        Counting::Pm2(Pm2Delay::Exponential(Duration::from_millis(100)))
+    );
     assert_eq!(worker.options.restart, RestartMode::Never);
-    assert_eq!(worker.options.restart_delay, Duration::from_millis(100));
-    assert_eq!(worker.options.max_restart_delay, PM2_MAX_BACKOFF);
+    assert_eq!(
+        worker.options.restart_delay,
+        Duration::ZERO,
+        "pm2's default"
+    );
     assert_eq!(worker.options.interpreter_args(), ["--inspect"]);
     assert!(worker.options.shutdown_with_message);
     assert_eq!(worker.options.listen.len(), 1);
@@ -839,7 +845,7 @@ fn every_key_with_a_wrong_value_names_file_key_and_line() {
 }
 
 #[test]
-fn keys_later_phases_honour_are_read_into_their_types() {
+fn pm2_keys_are_read_into_their_types() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(
         dir.path(),
@@ -855,22 +861,28 @@ fn keys_later_phases_honour_are_read_into_their_types() {
         ]}"#,
     );
     let (apps, warnings) = load(&path, None).unwrap();
+    // Honoured by the engine: its options.
+    let o = &apps[0].options;
+    assert_eq!(o.stop_exit_codes, [0, 2]);
+    assert_eq!(o.increment_var.as_deref(), Some("PORT"));
+    assert_eq!(
+        o.counting,
+        Counting::Pm2(Pm2Delay::Exponential(Duration::from_millis(100)))
+    );
+    assert_eq!(apps[1].options.stop_exit_codes, [3]);
+    assert_eq!(apps[1].options.counting, Counting::Pm2(Pm2Delay::Fixed));
     let a = &apps[0].daemon.pm2;
     assert_eq!(a.watch, Some(vec![]));
     assert_eq!(a.ignore_watch, Some(vec!["node_modules".to_string()]));
     assert_eq!(a.watch_delay_ms, Some(1000));
     assert_eq!(a.cron_restart.as_deref(), Some("0 3 * * *"));
-    assert_eq!(a.stop_exit_codes, [0, 2]);
     assert_eq!(
         a.filter_env,
         Some(FilterEnv::Containing(vec!["SECRET".into(), "AWS_".into()]))
     );
-    assert_eq!(a.increment_var.as_deref(), Some("PORT"));
-    assert_eq!(a.port, Some(3000));
     assert_eq!(a.log_type, Some(LogType::Json));
     assert_eq!(a.log_file, Some(CombinedLog::Default));
     assert_eq!(a.merge_logs, Some(false));
-    assert_eq!(a.exp_backoff_restart_delay_ms, Some(100));
     let b = &apps[1].daemon.pm2;
     assert_eq!(
         b.watch,
@@ -878,7 +890,6 @@ fn keys_later_phases_honour_are_read_into_their_types() {
     );
     assert_eq!(b.filter_env, Some(FilterEnv::All));
     assert_eq!(b.log_file, Some(CombinedLog::Path("all.log".into())));
-    assert_eq!(b.stop_exit_codes, [3]);
     assert_eq!(b.cron_restart, None);
     assert_eq!(b.log_type, Some(LogType::Raw));
     let c = &apps[2].daemon.pm2;
@@ -892,8 +903,8 @@ fn keys_later_phases_honour_are_read_into_their_types() {
         "{warnings:?}"
     );
 
-    // Carried into the definition (paths absolute), and each named in one
-    // "not honoured yet" warning.
+    // Carried into the definition (paths absolute), and each one not
+    // honoured yet named in one warning; `port` is PORT in the env.
     std::fs::write(dir.path().join("a.js"), "").unwrap();
     let (def, warnings) = options::app_def_noting(
         &apps[0].options,
@@ -904,27 +915,25 @@ fn keys_later_phases_honour_are_read_into_their_types() {
     .unwrap();
     assert_eq!(def.pm2.cron_restart.as_deref(), Some("0 3 * * *"));
     assert_eq!(def.pm2.watch, Some(vec![]));
+    assert!(def.spec.env.contains(&("PORT".into(), "3000".into())));
+    assert_eq!(def.spec.increment_var.as_deref(), Some("PORT"));
+    assert_eq!(def.spec.restart.stop_exit_codes, [0, 2]);
     let all = warnings.join("\n");
     for key in [
         "'watch'",
         "'ignore_watch'",
         "'watch_delay'",
         "'cron_restart'",
-        "'stop_exit_codes'",
-        "'filter_env'",
-        "'increment_var'",
-        "'port'",
         "'log_type: json'",
         "'log_file'",
         "'merge_logs: false'",
-        "'exp_backoff_restart_delay'",
     ] {
         assert!(
             all.contains(&format!("{key} is read but not honoured yet")),
             "{key}: {all}"
         );
     }
-    assert_eq!(warnings.len(), 12, "{all}");
+    assert_eq!(warnings.len(), 7, "{all}");
 }
 
 #[test]

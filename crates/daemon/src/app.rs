@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
-use herd_engine::config::Instances;
+use herd_engine::config::{AppSpec, Instances};
 use herd_engine::machine::{Command, Outcome, Report, SlotPhase, WorkerPhase};
 use herd_engine::supervisor::{
     self, AppHandle, AppStatus, Event, Events, RoundRobinStats, Stream, Target, Timed, UpdateError,
@@ -331,11 +331,7 @@ impl Actor {
         if self.engine.is_some() {
             return Ok(format!("{} is already running", self.name()));
         }
-        let mut spec = self.def.spec.clone();
-        if self.def.instances_max {
-            spec.instances = Instances::Max.resolve();
-        }
-        match supervisor::start(spec) {
+        match supervisor::start(self.engine_spec()) {
             Ok((handle, events)) => {
                 self.engine = Some(handle);
                 self.events = Some(events);
@@ -511,6 +507,17 @@ impl Actor {
         }
     }
 
+    /// The definition as the engine runs it: the instance count resolved,
+    /// and the app's id (`pm_id` in the workers' environment).
+    fn engine_spec(&self) -> AppSpec {
+        let mut spec = self.def.spec.clone();
+        if self.def.instances_max {
+            spec.instances = Instances::Max.resolve();
+        }
+        spec.app_id = Some(self.id);
+        spec
+    }
+
     /// Take a new definition (its log files opened first: a path that
     /// cannot be opened leaves everything as it was); returns the old one.
     fn adopt(&mut self, new: AppDef) -> Result<AppDef, String> {
@@ -527,11 +534,7 @@ impl Actor {
                 Err(e) => return answer(reply, Err(e)),
             };
             if let Some(engine) = &self.engine {
-                let mut spec = self.def.spec.clone();
-                if self.def.instances_max {
-                    spec.instances = Instances::Max.resolve();
-                }
-                match engine.update(&old.spec, spec) {
+                match engine.update(&old.spec, self.engine_spec()) {
                     Ok(()) => {
                         self.pending = Some(Pending::Reload(reply));
                         return;

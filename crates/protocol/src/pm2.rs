@@ -23,14 +23,10 @@ pub struct Pm2Keys {
     pub watch_delay_ms: Option<u64>,
     /// `cron_restart`: a 5- or 6-field cron pattern, checked.
     pub cron_restart: Option<String>,
-    /// `stop_exit_codes`: exits with these codes are not restarted.
-    pub stop_exit_codes: Vec<i32>,
-    /// `filter_env`: which of the CLI's variables never reach the app.
+    /// `filter_env`: which of the CLI's variables never reach the app
+    /// (honoured by the CLI, which gives the app its environment; kept for
+    /// `--update-env`).
     pub filter_env: Option<FilterEnv>,
-    /// `increment_var`: a variable raised by one for each further instance.
-    pub increment_var: Option<String>,
-    /// `port`: sets `PORT` for the app.
-    pub port: Option<u16>,
     /// `log_type`.
     pub log_type: Option<LogType>,
     /// `log_file` (alias `log`): one file with both streams.
@@ -38,9 +34,6 @@ pub struct Pm2Keys {
     /// `merge_logs` (alias `combine_logs`): one file per stream for every
     /// instance (`true`), or one per instance (`false`).
     pub merge_logs: Option<bool>,
-    /// `exp_backoff_restart_delay`, in milliseconds (pm2's formula: ×1.5 per
-    /// restart, at most 15 s, reset after 30 s up).
-    pub exp_backoff_restart_delay_ms: Option<u64>,
 }
 
 impl Pm2Keys {

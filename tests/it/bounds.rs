@@ -7,8 +7,6 @@
 //! reads for a while, as a stalled terminal would be, then read everything
 //! and check that every line arrived whole and in order.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -16,7 +14,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::*;
+use herd_testkit::*;
 
 const START: Duration = Duration::from_secs(20);
 const T: Duration = Duration::from_secs(10);
@@ -386,7 +384,7 @@ fn kill_timeout_counts_from_the_signal_for_a_round_robin_worker() {
         &["--no-listen", "--stop-delay", "400"],
     ));
     let online = h.wait_online(0, 1, START);
-    h.wait_serving(&online, T);
+    h.wait_serving(online.values().copied(), T);
     h.wait_stderr(pat::READY, T);
     let mark = h.mark(Stream::Stderr);
     h.signal(Signal::SIGTERM);
@@ -434,7 +432,7 @@ fn workers_spawned_during_reloads_serve_and_die_with_a_sigkilled_herd() {
         h.wait_stderr_after(mark, pat::RELOAD_FINISHED, T);
     }
     let online = h.online_pids();
-    h.wait_serving(&online, T);
+    h.wait_serving(online.values().copied(), T);
     let answered = pids_answering(&addr, &online.values().copied().collect(), 200);
     assert_eq!(answered.len(), 2, "both reloaded workers serve");
     h.signal(Signal::SIGKILL);
@@ -508,7 +506,7 @@ fn failed_spawns_leak_no_fd_and_no_zombie() {
     .collect();
     let mut h = Herd::start(&args);
     let online = h.wait_online(0, 2, START);
-    h.wait_serving(&online, T);
+    h.wait_serving(online.values().copied(), T);
     let before = open_fds(h.pid());
     std::fs::remove_file(&program).unwrap();
     let mark = h.mark(Stream::Stderr);

@@ -1,14 +1,15 @@
-//! Finding the binaries the tests run — `herd` and the fixture server
-//! `herd-test-worker`, both of the root package — as they are built from the
+//! The binaries the tests run — `herd` and the fixture server
+//! `herd-test-worker` (crates/test-worker) — as they are built from the
 //! sources now.
 //!
-//! Cargo hands a package's integration tests the paths of that package's own
-//! binaries (`CARGO_BIN_EXE_<name>`, at compile time and, since Cargo 1.9x,
-//! at run time too) after building them: the root package's tests use those.
-//! Any other test (herd-cluster's, this crate's) runs `cargo build -p herd`
-//! once per test process into its own target directory and profile; when
-//! that build fails, every test asking for a binary fails with the build's
-//! error. There is no fallback to whatever binary an earlier build left.
+//! The first test of a process that asks for one runs one
+//! `cargo build -p herd -p herd-test-worker` into the running test's own
+//! target directory and profile, which brings both up to date (cargo hands
+//! a package's tests only that package's own binaries, and the fixture is
+//! not part of the `herd` package, so `cargo install herd` does not ship
+//! it). When that build fails, every test asking for a binary fails with
+//! the build's error. There is no fallback to whatever binary an earlier
+//! build left.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -33,8 +34,9 @@ pub fn herd_bin() -> &'static str {
         .unwrap_or_else(|| bins().herd.as_str())
 }
 
-/// The fixture server `herd-test-worker` (`tests/bin/fixture/`): its plain
-/// mode by default, `herd-test-worker cluster ...` for herd-cluster's.
+/// The fixture server `herd-test-worker` (crates/test-worker): its plain
+/// mode by default, `herd-test-worker cluster ...` (see
+/// [`crate::fixture_args`]) for its herd-cluster mode.
 pub fn worker_bin() -> &'static str {
     &bins().worker
 }
@@ -42,11 +44,7 @@ pub fn worker_bin() -> &'static str {
 fn bins() -> &'static Bins {
     static BINS: OnceLock<Result<Bins, String>> = OnceLock::new();
     let found = BINS.get_or_init(|| {
-        let from_cargo = |name: &str| std::env::var(format!("CARGO_BIN_EXE_{name}")).ok();
-        if let (Some(herd), Some(worker)) = (from_cargo(HERD), from_cargo(WORKER)) {
-            return Ok(Bins { herd, worker });
-        }
-        let dir = cargo_build(&["-p", "herd", "--bin", HERD, "--bin", WORKER])?;
+        let dir = cargo_build(&["-p", HERD, "-p", WORKER, "--bin", HERD, "--bin", WORKER])?;
         let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
         Ok(Bins {
             herd: path(HERD),

@@ -2,8 +2,8 @@
 //! lost on the way, and `--kill-timeout` counts from the stop signal.
 //!
 //! The flood tests read herd's peak RSS (`VmHWM` in /proc) and print it
-//! (`peak RSS ...` on the test's stderr; `cargo test --test bounds --
-//! --nocapture` shows the figures). Some start herd with pipes that nobody
+//! (`peak RSS ...` on the test's stderr; `cargo test --test it bounds::
+//! -- --nocapture` shows the figures). Some start herd with pipes that nobody
 //! reads for a while, as a stalled terminal would be, then read everything
 //! and check that every line arrived whole and in order.
 

@@ -1,6 +1,6 @@
 //! The axum example (`examples/axum.rs`, feature `axum`): one binary that is
 //! its own round-robin primary with two axum workers.
-//! `cargo test -p herd-cluster --features axum --test axum_example`.
+//! `cargo test -p herd-cluster --features axum --test it axum_example::`.
 
 #![cfg(feature = "axum")]
 

@@ -462,21 +462,6 @@ fn open_fds(pid: i32) -> Vec<String> {
     fds
 }
 
-fn zombie_children(ppid: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&p| {
-            let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-                return false;
-            };
-            let Some(i) = s.rfind(')') else { return false };
-            let mut it = s[i + 2..].split_whitespace();
-            it.next() == Some("Z") && it.next().and_then(|x| x.parse().ok()) == Some(ppid)
-        })
-        .collect()
-}
-
 /// Spawns that fail after the fork (the program vanished: the exec fails)
 /// leave no fd and no zombie behind, over a whole crash loop.
 #[test]

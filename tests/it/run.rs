@@ -1158,21 +1158,6 @@ fn open_fds(pid: i32) -> BTreeSet<i32> {
         .unwrap_or_default()
 }
 
-fn zombie_children(ppid: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&p| {
-            let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-                return false;
-            };
-            let Some(i) = s.rfind(')') else { return false };
-            let mut it = s[i + 2..].split_whitespace();
-            it.next() == Some("Z") && it.next().and_then(|x| x.parse().ok()) == Some(ppid)
-        })
-        .collect()
-}
-
 #[test]
 fn many_restarts_leak_no_fd_and_no_zombie() {
     let _s = serial();

@@ -51,7 +51,8 @@ pub use http::{
 pub use need::{in_ci, need, skip_or_fail, Need};
 pub use pat::match_pat;
 pub use procs::{
-    cpu_time, group_empty, group_members, process_alive, tcp_port_state, CpuWatch, PortState,
+    cpu_time, group_empty, group_members, process_alive, tcp_port_state, zombie_children, CpuWatch,
+    PortState,
 };
 
 /// `herd run OPTS -- herd-test-worker WORKER_ARGS`

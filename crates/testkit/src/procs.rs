@@ -38,6 +38,22 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// The zombie children of `ppid`: exited, not yet reaped by it.
+pub fn zombie_children(ppid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| {
+            let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                return false;
+            };
+            let Some(i) = s.rfind(')') else { return false };
+            let mut it = s[i + 2..].split_whitespace();
+            it.next() == Some("Z") && it.next().and_then(|x| x.parse().ok()) == Some(ppid)
+        })
+        .collect()
+}
+
 /// CPU time (user + system) process `pid` has used so far, from /proc.
 pub fn cpu_time(pid: i32) -> Option<Duration> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -2,10 +2,11 @@
 //! integration-test binary (`tests/it/main.rs` in the root package,
 //! herd-cluster, herd-demo and this crate) and by unit tests that need the
 //! machine. It owns
-//! - the binaries under test, `herd` and the fixture server
-//!   `herd-test-worker` (crates/test-worker), built up to date once per test
-//!   process ([`herd_bin`], [`worker_bin`]): a failed build fails the test
-//!   with the build's error, never falls back to an old binary;
+//! - the binaries under test, `herd`, the fixture server `herd-test-worker`
+//!   (crates/test-worker) and the examples, built up to date by one
+//!   `cargo build` per test process ([`herd_bin`], [`worker_bin`],
+//!   [`example_bin`]): a failed build fails the test with the build's error,
+//!   never falls back to an old binary;
 //! - a primary under test ([`Herd`]: `herd run`, or a program that is its own
 //!   cluster primary), with its output captured line by line, lines awaited
 //!   with deadlines ([`pat`] names the lines), signals, and cleanup of every
@@ -41,7 +42,7 @@ mod need;
 pub mod pat;
 mod procs;
 
-pub use bins::{cargo_built, herd_bin, worker_bin};
+pub use bins::{cargo_built, example_bin, herd_bin, worker_bin};
 pub use daemon::{worker_pids, Daemon};
 pub use herd::Herd;
 pub use http::{

@@ -15,17 +15,7 @@ const T: Duration = Duration::from_secs(10);
 /// `<target>/<profile>/examples/axum`, built first (`cargo test` does not
 /// build examples when a `--test` is named); a failed build fails the test.
 fn example() -> PathBuf {
-    cargo_built(
-        "examples/axum",
-        &[
-            "-p",
-            "herd-cluster",
-            "--features",
-            "axum",
-            "--example",
-            "axum",
-        ],
-    )
+    example_bin("axum")
 }
 
 /// "hello from worker Some(0), pid 1234" → (id, pid)

@@ -1746,8 +1746,9 @@ fn listen_on_a_missing_fd_fails_in_the_app() {
     need_node!();
     let mut h = run_node(0, &["-i", "1"], &fixture("sockets.js"), &["badfd"]);
     wait_text(&h, Stream::Stdout, "badfd error EBADF", START);
+    // herd's own line may come a moment after the worker's.
     assert!(
-        herd_said(&h, "errno -9"),
+        wait_until(T, || herd_said(&h, "errno -9")),
         "herd says what it told the worker; stderr:\n{}",
         tail(&h)
     );

@@ -371,10 +371,13 @@ fn reload_aborts_when_replacement_exits() {
             "2",
             "--listen",
             ANY,
+            // Long enough for a replacement to find the file missing and exit
+            // before it counts as ready, even on a loaded machine (at 300 ms
+            // one was taken as ready first under load 8).
             "--ready-delay",
-            "300ms",
+            "1500ms",
             "--listen-timeout",
-            "3s",
+            "4s",
         ],
         &["--require-file", flag.to_str().unwrap()],
     ));

@@ -1041,7 +1041,9 @@ fn two_reloads_under_load_lose_nothing(balance: &str) {
     // A worker may die of the stop signal itself when it lands while Node is
     // already exiting (its handlers gone); what must not happen is SIGKILL.
     assert!(
-        !h.herd_lines().iter().any(|l| l.contains("killed by SIGKILL")),
+        !h.herd_lines()
+            .iter()
+            .any(|l| l.contains("killed by SIGKILL")),
         "no worker needed SIGKILL; stderr:\n{}",
         h.stderr_text()
     );

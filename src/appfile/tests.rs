@@ -782,6 +782,23 @@ fn every_key_with_a_wrong_value_names_file_key_and_line() {
         ("cron_restart", "\"* *\"", "it has 2 fields"),
         ("cron", "\"@often\"", "invalid cron pattern"),
         ("stop_exit_codes", "[\"a\"]", "invalid exit code 'a'"),
+        ("stop_exit_codes", "[300]", "invalid exit code '300'"),
+        (
+            "stop_exit_codes",
+            "true",
+            "invalid type: boolean `true`, expected an exit code",
+        ),
+        (
+            "env_production",
+            "\"A=1\"",
+            "expected a table of environment variables",
+        ),
+        (
+            "exp_backoff_restart_delay",
+            "\"fast\"",
+            "invalid duration 'fast'",
+        ),
+        ("increment_var", "\"A=B\"", "invalid variable name 'A=B'"),
         (
             "filter_env",
             "1",

@@ -142,8 +142,12 @@ Port -> u16, "a port number (1 to 65535)", numbers: true, bools: false, |s: &str
     Ok(p) if p > 0 => Ok(p),
     _ => Err(format!("invalid port '{s}': use a number from 1 to 65535")),
 });
-kind!(/// An exit code, or its text (pm2 parseInts strings).
-    ExitCode -> i32, "an exit code (a number)", numbers: true, bools: false, |s: &str| s.trim().parse::<i32>().map_err(|_| format!("invalid exit code '{s}': use a number, such as 0 or 2")));
+kind!(/// An exit code, 0 to 255 (what a process can exit with), or its text
+/// (pm2 parseInts strings).
+ExitCode -> i32, "an exit code (a number)", numbers: true, bools: false, |s: &str| match s.trim().parse::<i32>() {
+    Ok(c) if (0..=255).contains(&c) => Ok(c),
+    _ => Err(format!("invalid exit code '{s}': use a number from 0 to 255, such as 0 or 2")),
+});
 kind!(/// pm2's `cron_restart`: a 5- or 6-field pattern, checked; 0 (or "0") turns it off.
     Cron -> Option<String>, "a cron pattern (\"0 3 * * *\"), or 0 for none", numbers: true, bools: false, parse_cron);
 kind!(/// A name of an environment variable.

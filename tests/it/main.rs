@@ -17,4 +17,5 @@ mod node;
 mod pid1;
 mod pm2_verbs;
 mod run;
+mod runtime;
 mod systemd;

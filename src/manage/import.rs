@@ -597,6 +597,9 @@ mod tests {
         );
         assert!(web.get("watch").is_none() && web.get("namespace").is_none());
         assert!(!saved[0].stopped);
+        // pm2 numbered web's files per process: herd writes one per instance.
+        assert_eq!(web["merge_logs"], false);
+        assert!(saved[1].app.get("merge_logs").is_none());
         assert_eq!(saved[1].app["out_file"], "/var/log/jobs.log");
         assert!(saved[1].stopped);
         assert!(notes.iter().any(|n| n.contains("PM2_HOME")), "{notes:?}");
@@ -625,6 +628,12 @@ mod tests {
         );
         assert_eq!(without_process_suffix("/l/app-2024.log"), "/l/app.log");
         assert_eq!(without_process_suffix("/l/app.txt"), "/l/app.txt");
+        // One process that pm2 did not merge: its file carries its id.
+        let one = json!({"pm_id": 4, "pm_out_log_path": "/l/api-out-4.log"});
+        assert!(numbered_by_pm2(&one, "pm_out_log_path"));
+        assert!(!numbered_by_pm2(&one, "pm_err_log_path"));
+        let merged = json!({"pm_id": 4, "pm_out_log_path": "/l/api-out.log"});
+        assert!(!numbered_by_pm2(&merged, "pm_out_log_path"));
         assert!(is_default_log(
             "/h/logs/my-app-x-out.log",
             Path::new("/h"),

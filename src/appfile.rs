@@ -70,11 +70,11 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use herd_engine::config::{ExecMode, RestartMode};
-use herd_protocol::{CombinedLog, FilterEnv, LogType, Pm2Keys};
+use herd_protocol::{FilterEnv, LogType, Pm2Keys};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::options::{self, AppOptions, DaemonOptions, Style, Words};
+use crate::options::{self, AppOptions, CombinedLog, DaemonOptions, Style, Words};
 use crate::UsageError;
 use values::*;
 
@@ -227,6 +227,10 @@ pub fn load_from(
     Ok((apps, warnings))
 }
 
+/// pm2's `time: true`: this format (local time, no zone), whatever
+/// `log_date_format` says.
+pub const PM2_TIME_FORMAT: &str = "YYYY-MM-DDTHH:mm:ss";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
     Toml,
@@ -334,6 +338,11 @@ struct RawApp {
         alias = "error_log"
     )]
     error_file: Option<V<Text>>,
+    #[serde(alias = "log")]
+    log_file: Option<Switch>,
+    #[serde(alias = "combine_logs")]
+    merge_logs: Option<V<Flag>>,
+    log_type: Option<V<Text>>,
     log_max_size: Option<V<Bytes>>,
     log_keep: Option<V<Count>>,
     max_memory_restart: Option<V<Bytes>>,
@@ -348,11 +357,6 @@ struct RawApp {
     filter_env: Option<Switch>,
     increment_var: Option<V<VarName>>,
     port: Option<V<Port>>,
-    log_type: Option<V<Text>>,
-    #[serde(alias = "log")]
-    log_file: Option<Switch>,
-    #[serde(alias = "combine_logs")]
-    merge_logs: Option<V<Flag>>,
 }
 
 /// The names [`RawApp`] takes, aliases included (serde's own list).
@@ -955,6 +959,31 @@ fn build(
         d.time = v.0;
     }
     d.log_date_format = raw.log_date_format.map(|v| v.0);
+    if d.time && dialect == Dialect::Pm2 {
+        // pm2's `time: true` is its own format, over any log_date_format.
+        d.log_date_format = Some(PM2_TIME_FORMAT.to_string());
+    }
+    d.log_type = raw.log_type.map(|V(t)| {
+        if t == "json" {
+            LogType::Json
+        } else {
+            if !t.is_empty() && t != "raw" {
+                notes.odd_log_type(&o.name.clone().unwrap_or_default(), &t);
+            }
+            LogType::Raw
+        }
+    });
+    d.log_file = match raw.log_file {
+        None | Some(Switch::On(false)) => None,
+        Some(Switch::On(true)) => Some(CombinedLog::Default),
+        Some(Switch::One(p)) => Some(CombinedLog::Path(PathBuf::from(p))),
+        Some(Switch::Many(_)) => {
+            return Err(UsageError(format!(
+                "{label}: app {app_label}: log_file: a list: give one path, or true for <name>.log"
+            )))
+        }
+    };
+    d.merge_logs = raw.merge_logs.map(|v| v.0);
     d.out_file = raw.out_file.map(|v| PathBuf::from(v.0));
     d.error_file = raw.error_file.map(|v| PathBuf::from(v.0));
     if let Some(v) = raw.log_max_size {
@@ -984,27 +1013,6 @@ fn build(
         },
         increment_var: raw.increment_var.map(|v| v.0),
         port: raw.port.map(|v| v.0),
-        log_type: raw.log_type.map(|V(t)| {
-            if t == "json" {
-                LogType::Json
-            } else {
-                if !t.is_empty() && t != "raw" {
-                    notes.odd_log_type(&o.name.clone().unwrap_or_default(), &t);
-                }
-                LogType::Raw
-            }
-        }),
-        log_file: match raw.log_file {
-            None | Some(Switch::On(false)) => None,
-            Some(Switch::On(true)) => Some(CombinedLog::Default),
-            Some(Switch::One(p)) => Some(CombinedLog::Path(PathBuf::from(p))),
-            Some(Switch::Many(_)) => {
-                return Err(UsageError(format!(
-                "{label}: app {app_label}: log_file: a list: give one path, or true for <name>.log"
-            )))
-            }
-        },
-        merge_logs: raw.merge_logs.map(|v| v.0),
         exp_backoff_restart_delay_ms: raw
             .exp_backoff_restart_delay
             .map(|v| v.0.as_millis() as u64),

@@ -17,6 +17,7 @@ use herd_engine::config::{
     self, AppSpec, Balance, ExecMode, Instances, ListenSpec, ReadyPolicy, RestartMode,
     RestartPolicy, StopPolicy, WorkerKind,
 };
+use herd_protocol::LogType;
 use nix::sys::signal::Signal;
 
 pub use launch::Style;
@@ -202,9 +203,22 @@ pub struct DaemonOptions {
     #[arg(short = 'o', long, value_name = "PATH")]
     pub out_file: Option<PathBuf>,
 
-    /// The stderr log file (default $HERD_HOME/logs/NAME-err.log).
+    /// The stderr log file (default $HERD_HOME/logs/NAME-error.log).
     #[arg(short = 'e', long, value_name = "PATH")]
     pub error_file: Option<PathBuf>,
+
+    /// `json`: each log line as one JSON object {"message", "timestamp", "type", "process_id",
+    /// "app_name", "instance"} (pm2's --log-type); `raw` (the default): as the app wrote it.
+    #[arg(long, value_name = "raw|json", value_parser = log_type)]
+    pub log_type: Option<LogType>,
+
+    /// pm2's `log_file` from a config file (`-l/--log` on the command line).
+    #[arg(skip)]
+    pub log_file: Option<CombinedLog>,
+
+    /// pm2's `merge_logs` from a config file: `false` gives each instance its own files.
+    #[arg(skip)]
+    pub merge_logs: Option<bool>,
 
     /// Rotate a log file when it grows past this size (10M, 1G; 0: never).
     #[arg(long, default_value = "10M", value_parser = size, value_name = "SIZE")]
@@ -233,6 +247,24 @@ impl DaemonOptions {
         <Wrapper as clap::Parser>::try_parse_from(["herd"])
             .expect("the defaults parse")
             .daemon
+    }
+}
+
+/// pm2's `log_file`: `true`, or a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CombinedLog {
+    /// `$HERD_HOME/logs/<name>.log`.
+    Default,
+    /// A path as written (relative to the app's cwd).
+    Path(PathBuf),
+}
+
+/// `--log-type raw|json`.
+fn log_type(s: &str) -> Result<LogType, String> {
+    match s {
+        "raw" => Ok(LogType::Raw),
+        "json" => Ok(LogType::Json),
+        other => Err(format!("invalid log type '{other}': use raw or json")),
     }
 }
 
@@ -299,15 +331,19 @@ pub fn app_def_noting(
             *p = resolve_path(&cwd, p)?;
         }
     }
-    if let Some(herd_protocol::CombinedLog::Path(p)) = &mut pm2.log_file {
-        *p = resolve_path(&cwd, p)?;
-    }
+    let log_file = match &daemon.log_file {
+        None => None,
+        Some(CombinedLog::Path(p)) => Some(resolve_path(&cwd, p)?),
+        Some(CombinedLog::Default) => Some(default_combined_log(&spec.name)?),
+    };
     let def = herd_protocol::AppDef {
         spec,
         logs: herd_protocol::LogSettings {
             out_file: log_path(&daemon.out_file)?,
             error_file: log_path(&daemon.error_file)?,
-            log_file: None,
+            log_file,
+            merge_logs: daemon.merge_logs.unwrap_or(true),
+            log_type: daemon.log_type.unwrap_or_default(),
             time: daemon.time || daemon.log_date_format.is_some(),
             date_format: daemon.log_date_format.clone(),
             max_size: daemon.log_max_size,
@@ -325,6 +361,15 @@ pub fn app_def_noting(
         app.exec_mode == Some(ExecMode::Fork),
     ));
     Ok((def, warnings))
+}
+
+/// pm2's combined log by default (`log_file: true`, `-l` without a path):
+/// `$HERD_HOME/logs/<name>.log`, the name in its file-safe form.
+pub fn default_combined_log(name: &str) -> Result<PathBuf, UsageError> {
+    let home = herd_daemon::Home::location().map_err(|e| UsageError(e.to_string()))?;
+    Ok(home
+        .join(herd_daemon::home::LOGS)
+        .join(format!("{}.log", herd_engine::config::log_file_stem(name))))
 }
 
 /// A path the user wrote, absolute: `~` expanded, relative to `cwd`; pm2's

@@ -6,14 +6,15 @@
 //! honours them (see [`crate::options::pending`]): `script` (`exec`, `cmd`,
 //! `command`), `name`, `cwd`, `args`, `exec_interpreter` (`interpreter`),
 //! `node_args` (`interpreter_args`), `out_file`, `error_file` and their
-//! aliases, `log_date_format`, `time`, `env`, `env_*`, `max_memory_restart`,
+//! aliases, `log_file` (`log`), `merge_logs` (`combine_logs`), `log_type`,
+//! `log_date_format`, `time`, `env`, `env_*`, `max_memory_restart`,
 //! `restart_delay`, `exp_backoff_restart_delay`, `wait_ready`, `instances`,
 //! `kill_timeout`, `shutdown_with_message`, `listen_timeout`, `autorestart`,
 //! `min_uptime`, `max_restarts`, `exec_mode`, `execute_command`,
 //! `instance_var`, `append_env_to_name`, `windowsHide` (nothing to do on
 //! Linux, as under pm2); kept: `watch`, `ignore_watch`, `watch_delay`,
 //! `cron_restart` (`cron`), `stop_exit_codes`, `filter_env`, `increment_var`,
-//! `port`, `log_type`, `log_file` (`log`), `merge_logs` (`combine_logs`).
+//! `port`.
 
 use std::collections::BTreeMap;
 

@@ -274,7 +274,7 @@ fn check_pm2_apps(apps: &[FileApp], dir: &Path) {
     assert_eq!(api.options.max_restart_delay, Duration::from_millis(250));
     assert_eq!(api.options.interpreter_args(), ["--max-old-space-size=512"]);
     assert_eq!(api.options.exec_mode, Some(ExecMode::Cluster));
-    assert_eq!(api.daemon.pm2.merge_logs, Some(true));
+    assert_eq!(api.daemon.merge_logs, Some(true));
     assert!(api.daemon.time);
     assert_eq!(
         api.daemon.out_file.as_deref(),
@@ -842,6 +842,16 @@ fn keys_later_phases_honour_are_read_into_their_types() {
         ]}"#,
     );
     let (apps, warnings) = load(&path, None).unwrap();
+    // The log keys (honoured: they go to the definition's log settings).
+    assert_eq!(apps[0].daemon.log_type, Some(LogType::Json));
+    assert_eq!(apps[0].daemon.log_file, Some(CombinedLog::Default));
+    assert_eq!(apps[0].daemon.merge_logs, Some(false));
+    assert_eq!(
+        apps[1].daemon.log_file,
+        Some(CombinedLog::Path("all.log".into()))
+    );
+    assert_eq!(apps[1].daemon.log_type, Some(LogType::Raw));
+    assert_eq!(apps[2].daemon.log_file, None);
     let a = &apps[0].daemon.pm2;
     assert_eq!(a.watch, Some(vec![]));
     assert_eq!(a.ignore_watch, Some(vec!["node_modules".to_string()]));
@@ -854,9 +864,6 @@ fn keys_later_phases_honour_are_read_into_their_types() {
     );
     assert_eq!(a.increment_var.as_deref(), Some("PORT"));
     assert_eq!(a.port, Some(3000));
-    assert_eq!(a.log_type, Some(LogType::Json));
-    assert_eq!(a.log_file, Some(CombinedLog::Default));
-    assert_eq!(a.merge_logs, Some(false));
     assert_eq!(a.exp_backoff_restart_delay_ms, Some(100));
     let b = &apps[1].daemon.pm2;
     assert_eq!(
@@ -864,14 +871,11 @@ fn keys_later_phases_honour_are_read_into_their_types() {
         Some(vec![PathBuf::from("src"), PathBuf::from("lib")])
     );
     assert_eq!(b.filter_env, Some(FilterEnv::All));
-    assert_eq!(b.log_file, Some(CombinedLog::Path("all.log".into())));
     assert_eq!(b.stop_exit_codes, [3]);
     assert_eq!(b.cron_restart, None);
-    assert_eq!(b.log_type, Some(LogType::Raw));
     let c = &apps[2].daemon.pm2;
     assert_eq!(c.watch, Some(vec![PathBuf::from("src")]));
     assert_eq!(c.filter_env, Some(FilterEnv::Exact("TOKEN".into())));
-    assert_eq!(c.log_file, None);
     // pm2 reads any log_type but json as raw lines: herd says so, once.
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
@@ -891,6 +895,10 @@ fn keys_later_phases_honour_are_read_into_their_types() {
     .unwrap();
     assert_eq!(def.pm2.cron_restart.as_deref(), Some("0 3 * * *"));
     assert_eq!(def.pm2.watch, Some(vec![]));
+    assert_eq!(def.logs.log_type, LogType::Json);
+    assert!(!def.logs.merge_logs);
+    let combined = def.logs.log_file.clone().unwrap();
+    assert!(combined.ends_with("logs/a.log"), "{}", combined.display());
     let all = warnings.join("\n");
     for key in [
         "'watch'",
@@ -901,9 +909,6 @@ fn keys_later_phases_honour_are_read_into_their_types() {
         "'filter_env'",
         "'increment_var'",
         "'port'",
-        "'log_type: json'",
-        "'log_file'",
-        "'merge_logs: false'",
         "'exp_backoff_restart_delay'",
     ] {
         assert!(
@@ -911,7 +916,8 @@ fn keys_later_phases_honour_are_read_into_their_types() {
             "{key}: {all}"
         );
     }
-    assert_eq!(warnings.len(), 12, "{all}");
+    assert!(!all.contains("log"), "the log keys are honoured: {all}");
+    assert_eq!(warnings.len(), 9, "{all}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! [`herd_protocol::Pm2Keys`]).
 
 use herd_engine::config::{ExecMode, WorkerKind};
-use herd_protocol::{AppDef, FilterEnv, LogType};
+use herd_protocol::{AppDef, FilterEnv};
 
 /// One warning per key of `def` that is not honoured yet. `fork_asked`: the
 /// file said `exec_mode: fork` (or `execute_command`).
@@ -68,24 +68,6 @@ pub fn not_yet_honoured(def: &AppDef, fork_asked: bool) -> Vec<String> {
         say(
             "port",
             format!("PORT is not set from it; set it in env (PORT: {port})"),
-        );
-    }
-    if k.log_type == Some(LogType::Json) {
-        say(
-            "log_type: json",
-            "lines are written as the app writes them".into(),
-        );
-    }
-    if k.log_file.is_some() {
-        say(
-            "log_file",
-            "there is no combined log; the lines are in the out and error files".into(),
-        );
-    }
-    if k.merge_logs == Some(false) {
-        say(
-            "merge_logs: false",
-            "all instances write to one file per stream".into(),
         );
     }
     if let Some(ms) = k.exp_backoff_restart_delay_ms {

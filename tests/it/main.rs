@@ -11,6 +11,7 @@ mod daemon;
 mod demo;
 mod deploy;
 mod fixture;
+mod logs;
 mod metrics;
 mod monit;
 mod node;

@@ -99,11 +99,13 @@ impl Pm2Flags {
             def.namespace = Some(ns.clone());
         }
         if let Some(log) = &self.log {
-            def.logs.log_file = Some(if log.is_empty() {
+            let path = if log.is_empty() {
                 home_logs.join(format!("{}.log", def.spec.name))
             } else {
                 def.spec.cwd.clone().unwrap_or_default().join(log)
-            });
+            };
+            crate::options::unwatch_log(def, &path);
+            def.logs.log_file = Some(path);
         }
     }
 }

@@ -156,6 +156,10 @@ impl fmt::Display for Report {
             Report::Triggered(Trigger::Cron { pattern }) => {
                 write!(f, "cron_restart '{pattern}' is due; reloading")
             }
+            Report::Watching { folders } => write!(
+                f,
+                "watch: watching {folders} folder(s) for changes; each reloads the app"
+            ),
         }
     }
 }

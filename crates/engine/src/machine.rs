@@ -238,6 +238,11 @@ pub enum Report {
     /// One of the app's own triggers asks for a reload (a reload, or a
     /// queued one, follows).
     Triggered(Trigger),
+    /// The file watcher is in place: it watches this many folders (each
+    /// change from now on is seen).
+    Watching {
+        folders: u64,
+    },
 }
 
 /// What makes an app reload by itself (`--watch`, `--cron-restart`).

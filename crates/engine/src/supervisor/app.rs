@@ -589,6 +589,7 @@ impl App {
                         .set(MonoTime::now(), after, Wake::Trigger(wake))
                 }
                 Do::Warn(text) => self.event(Event::Warning(text)),
+                Do::Say(report) => self.event(Event::Lifecycle(report)),
                 Do::Reload(trigger) => {
                     let now = MonoTime::now();
                     if self.state.machine.snapshot(now).stopping {

@@ -49,7 +49,7 @@ pub(crate) enum TriggerWake {
 }
 
 /// What the run loop does for the triggers.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub(crate) enum Do {
     /// Set a timer.
     Wake(Duration, TriggerWake),
@@ -57,6 +57,8 @@ pub(crate) enum Do {
     Reload(Trigger),
     /// Tell the user (the watcher could not watch something).
     Warn(String),
+    /// Tell the user how things stand (the watcher is in place).
+    Say(crate::machine::Report),
 }
 
 impl Triggers {
@@ -88,6 +90,9 @@ impl Triggers {
             .into_iter()
             .map(|w| Do::Warn(format!("watch: {w}")))
             .collect();
+        if let Some(folders) = seen.ready {
+            todo.push(Do::Say(crate::machine::Report::Watching { folders }));
+        }
         let Some(watch) = &spec.watch else {
             return todo;
         };
@@ -182,6 +187,7 @@ mod tests {
             first: Some("/srv/app/src/a.js".into()),
             count: 3,
             warnings: vec!["not watching x".into()],
+            ready: None,
         };
         let todo = t.changed(&spec, seen, now);
         assert_eq!(todo[0], Do::Warn("watch: not watching x".into()));

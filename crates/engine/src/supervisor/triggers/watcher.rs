@@ -53,6 +53,8 @@ struct Seen {
     new_dirs: Vec<PathBuf>,
     rescan: bool,
     warnings: Vec<String>,
+    /// The first walk is done: the folders watched then.
+    ready: Option<u64>,
     stop: bool,
 }
 
@@ -62,6 +64,8 @@ pub(crate) struct Changes {
     pub(crate) first: Option<PathBuf>,
     pub(crate) count: u64,
     pub(crate) warnings: Vec<String>,
+    /// The watcher just finished its first walk, watching this many folders.
+    pub(crate) ready: Option<u64>,
 }
 
 impl Watcher {
@@ -109,6 +113,7 @@ impl Watcher {
             first: seen.first.take(),
             count: std::mem::take(&mut seen.changes),
             warnings: std::mem::take(&mut seen.warnings),
+            ready: seen.ready.take(),
         }
     }
 }
@@ -151,8 +156,11 @@ fn watch(shared: Arc<Shared>, filter: Arc<Filter>) {
         filter: &filter,
         shared: &shared,
         full: false,
+        folders: 0,
     };
     walker.roots();
+    shared.lock().ready = Some(walker.folders);
+    let _ = shared.wake.try_send(());
     loop {
         let (dirs, rescan) = {
             let mut seen = shared.lock();
@@ -184,6 +192,8 @@ struct Walker<'a, W> {
     shared: &'a Shared,
     /// The kernel's limit of watches was hit: watch nothing more.
     full: bool,
+    /// Folders watched so far.
+    folders: u64,
 }
 
 impl<W: notify::Watcher> Walker<'_, W> {
@@ -230,7 +240,10 @@ impl<W: notify::Watcher> Walker<'_, W> {
     /// Watch one folder by itself; false if it cannot be watched.
     fn add(&mut self, dir: &Path) -> bool {
         match self.watcher.watch(dir, RecursiveMode::NonRecursive) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.folders += 1;
+                true
+            }
             Err(e) => {
                 if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
                     self.full = true;

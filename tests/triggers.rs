@@ -436,6 +436,11 @@ fn under_the_daemon_an_edit_reloads_and_its_own_log_files_do_not() {
     let lines = changed(&log);
     assert_eq!(lines.len(), 2, "{log}");
     assert!(lines[1].contains("app w: watch: src/x.js changed"), "{log}");
+    let show = d.ok(&["show", "w"]);
+    assert!(
+        show.contains("watch  its folder; ignoring dot-names and node_modules"),
+        "{show}"
+    );
     // pm2's JSON shows what is watched.
     let jlist: serde_json::Value = serde_json::from_str(&d.ok(&["jlist"])).unwrap();
     assert_eq!(jlist[0]["pm2_env"]["watch"], true, "{jlist:#}");

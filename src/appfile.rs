@@ -45,6 +45,9 @@
 //! kill_timeout = "12s"            # durations: "12s", "500ms", or a number of milliseconds
 //! max_memory_restart = "300M"
 //! wait_ready = true
+//! watch = ["src"]                 # reload (zero-downtime) on edits; true: the app's folder
+//! ignore_watch = ["*.log"]        # replaces the default (dot-names, node_modules)
+//! cron_restart = "0 3 * * *"      # and every night at 03:00
 //!
 //! [apps.env]
 //! NODE_ENV = "development"
@@ -347,12 +350,12 @@ struct RawApp {
     log_keep: Option<V<Count>>,
     max_memory_restart: Option<V<Bytes>>,
     windows_hide: Option<V<Flag>>,
-    // Read and kept; honoured by a later release (see options::pending).
     watch: Option<Switch>,
-    ignore_watch: Option<OneOrMany<Text>>,
+    ignore_watch: Option<OneOrMany<IgnoreGlob>>,
     watch_delay: Option<V<Millis>>,
     #[serde(alias = "cron")]
     cron_restart: Option<V<Cron>>,
+    // Read and kept; honoured by a later release (see options::pending).
     stop_exit_codes: Option<OneOrMany<ExitCode>>,
     filter_env: Option<Switch>,
     increment_var: Option<V<VarName>>,
@@ -953,6 +956,15 @@ fn build(
         .collect();
     o.cwd = raw.cwd.map(|v| PathBuf::from(v.0));
     o.instance_var = raw.instance_var.map(|v| v.0);
+    o.watch = match raw.watch {
+        None | Some(Switch::On(false)) => None,
+        Some(Switch::On(true)) => Some(Vec::new()),
+        Some(Switch::One(p)) => Some(vec![p]),
+        Some(Switch::Many(ps)) => Some(ps),
+    };
+    o.ignore_watch = raw.ignore_watch.map(|v| v.0).unwrap_or_default();
+    o.watch_delay = raw.watch_delay.map(|v| v.0);
+    o.cron_restart = raw.cron_restart.map(|v| options::CronArg(v.0));
 
     let mut d = DaemonOptions::defaults();
     if let Some(v) = raw.time {
@@ -994,15 +1006,6 @@ fn build(
     }
     d.max_memory_restart = raw.max_memory_restart.map(|v| v.0);
     d.pm2 = Pm2Keys {
-        watch: match raw.watch {
-            None | Some(Switch::On(false)) => None,
-            Some(Switch::On(true)) => Some(Vec::new()),
-            Some(Switch::One(p)) => Some(vec![PathBuf::from(p)]),
-            Some(Switch::Many(ps)) => Some(ps.into_iter().map(PathBuf::from).collect()),
-        },
-        ignore_watch: raw.ignore_watch.map(|v| v.0),
-        watch_delay_ms: raw.watch_delay.map(|v| v.0.as_millis() as u64),
-        cron_restart: raw.cron_restart.and_then(|v| v.0),
         stop_exit_codes: raw.stop_exit_codes.map(|v| v.0).unwrap_or_default(),
         filter_env: match raw.filter_env {
             None | Some(Switch::On(false)) => None,

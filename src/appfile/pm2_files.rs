@@ -122,15 +122,14 @@ fn summary(dir: &Path, app: &FileApp, def: &herd_protocol::AppDef) -> String {
     if let Some(v) = &def.spec.instance_var {
         s += &format!(" | instance_var {v}");
     }
-    let k = &def.pm2;
-    if let Some(w) = &k.watch {
-        let paths: Vec<String> = w.iter().map(|p| rel(p)).collect();
+    if let Some(w) = &def.spec.watch {
+        let paths: Vec<String> = w.paths.iter().map(|p| rel(p)).collect();
         s += &format!(" | watch {paths:?}");
+        if let Some(i) = &w.ignore {
+            s += &format!(" | ignore_watch {i:?}");
+        }
     }
-    if let Some(i) = &k.ignore_watch {
-        s += &format!(" | ignore_watch {i:?}");
-    }
-    if let Some(c) = &k.cron_restart {
+    if let Some(c) = &def.spec.cron_restart {
         s += &format!(" | cron {c}");
     }
     if def.logs.log_type != LogType::Raw {
@@ -200,7 +199,6 @@ const CASES: &[Case] = &[
         ],
         &[
             "app 'echo-python': pm2's 'pid' is not done by herd (ignored): herd writes no pid files: `herd jlist` or `herd show --json` give the pids",
-            "echo-python: 'watch' is read but not honoured yet: files are not watched; after an edit, `herd reload NAME`",
         ],
     ),
     (
@@ -233,7 +231,7 @@ const CASES: &[Case] = &[
         ".",
         Some("prod"),
         &[
-            r#"EKTA | bash -c npm run start | Generic fork x1 | cwd . | env NODE_ENV=prod,DEBUG=false | out .pm2/out.log | err .pm2/err.log | mmr 2048M | restart Never 5ms x5 | wait_ready | instance_var INSTANCE_ID | ignore_watch ["./views", "/views", "views"]"#,
+            r#"EKTA | bash -c npm run start | Generic fork x1 | cwd . | env NODE_ENV=prod,DEBUG=false | out .pm2/out.log | err .pm2/err.log | mmr 2048M | restart Never 5ms x5 | wait_ready | instance_var INSTANCE_ID"#,
         ],
         &[
             "app 'EKTA': pm2's 'vizion' is not done by herd (ignored): herd reads no git metadata",
@@ -262,8 +260,6 @@ const CASES: &[Case] = &[
         ],
         &[
             "app 'app': log_type 'format' is no log type (pm2 knows 'json'): lines are written as the app writes them",
-            "app: 'watch' is read but not honoured yet: files are not watched; after an edit, `herd reload NAME`",
-            "app: 'ignore_watch' is read but not honoured yet: files are not watched",
         ],
     ),
     (
@@ -276,8 +272,6 @@ const CASES: &[Case] = &[
         ],
         &[
             "app 'server': pm2's 'namespace' is not done by herd (ignored): herd has no namespaces: app names are global; select apps by name or `all`",
-            "server: 'watch' is read but not honoured yet: files are not watched; after an edit, `herd reload NAME`",
-            "server: 'cron_restart' is read but not honoured yet: no restart at '0 0 * * *'; until then a cron job can run `herd reload NAME`",
         ],
     ),
     (
@@ -301,8 +295,6 @@ const CASES: &[Case] = &[
             "engine | node services/example-engine/app.js | Node cluster x1 | cwd . | out logs/eample-engine.log | watch []",
         ],
         &[
-            "api: 'watch' is read but not honoured yet: files are not watched; after an edit, `herd reload NAME`",
-            "engine: 'watch' is read but not honoured yet: files are not watched; after an edit, `herd reload NAME`",
         ],
     ),
     (
@@ -337,7 +329,6 @@ const CASES: &[Case] = &[
             "app | node app.js | Node cluster x2 | cwd . | env NODE_ENV=production | watch []",
         ],
         &[
-            "app: 'watch' is read but not honoured yet: files are not watched; after an edit, `herd reload NAME`",
         ],
     ),
     (
@@ -350,8 +341,6 @@ const CASES: &[Case] = &[
             r#"pm2-perfmonitor | node lib/app.js | Node fork x1 | cwd . | env NODE_ENV=development | watch [] | ignore_watch ["node_modules", ".git"]"#,
         ],
         &[
-            "pm2-perfmonitor: 'watch' is read but not honoured yet: files are not watched; after an edit, `herd reload NAME`",
-            "pm2-perfmonitor: 'ignore_watch' is read but not honoured yet: files are not watched",
         ],
     ),
 ];

@@ -765,7 +765,7 @@ fn every_key_with_a_wrong_value_names_file_key_and_line() {
         (
             "ignore_watch",
             "true",
-            "invalid type: boolean `true`, expected a string",
+            "invalid type: boolean `true`, expected a name, glob or path",
         ),
         ("watch_delay", "\"x\"", "invalid duration 'x'"),
         (
@@ -773,7 +773,13 @@ fn every_key_with_a_wrong_value_names_file_key_and_line() {
             "\"61 * * * *\"",
             "invalid cron pattern '61 * * * *'",
         ),
-        ("cron_restart", "\"* *\"", "it has 2 fields"),
+        ("cron_restart", "\"* *\"", "it has 2 field(s)"),
+        ("cron_restart", "\"0 0 31 2 *\"", "matches no date"),
+        (
+            "ignore_watch",
+            "[\"logs\", \"[a-\"]",
+            "invalid ignore_watch pattern '[a-'",
+        ),
         ("cron", "\"@often\"", "invalid cron pattern"),
         ("stop_exit_codes", "[\"a\"]", "invalid exit code 'a'"),
         (
@@ -852,11 +858,22 @@ fn keys_later_phases_honour_are_read_into_their_types() {
     );
     assert_eq!(apps[1].daemon.log_type, Some(LogType::Raw));
     assert_eq!(apps[2].daemon.log_file, None);
+    // watch and cron_restart are app options, as their flags are.
+    let o = &apps[0].options;
+    assert_eq!(o.watch, Some(vec![]));
+    assert_eq!(o.ignore_watch, vec!["node_modules".to_string()]);
+    assert_eq!(o.watch_delay, Some(std::time::Duration::from_secs(1)));
+    assert_eq!(
+        o.cron_restart,
+        Some(options::CronArg(Some("0 3 * * *".parse().unwrap())))
+    );
+    assert_eq!(
+        apps[1].options.watch,
+        Some(vec!["src".into(), "lib".into()])
+    );
+    assert_eq!(apps[1].options.cron_restart, Some(options::CronArg(None)));
+    assert_eq!(apps[2].options.watch, Some(vec!["src".into()]));
     let a = &apps[0].daemon.pm2;
-    assert_eq!(a.watch, Some(vec![]));
-    assert_eq!(a.ignore_watch, Some(vec!["node_modules".to_string()]));
-    assert_eq!(a.watch_delay_ms, Some(1000));
-    assert_eq!(a.cron_restart.as_deref(), Some("0 3 * * *"));
     assert_eq!(a.stop_exit_codes, [0, 2]);
     assert_eq!(
         a.filter_env,
@@ -866,15 +883,9 @@ fn keys_later_phases_honour_are_read_into_their_types() {
     assert_eq!(a.port, Some(3000));
     assert_eq!(a.exp_backoff_restart_delay_ms, Some(100));
     let b = &apps[1].daemon.pm2;
-    assert_eq!(
-        b.watch,
-        Some(vec![PathBuf::from("src"), PathBuf::from("lib")])
-    );
     assert_eq!(b.filter_env, Some(FilterEnv::All));
     assert_eq!(b.stop_exit_codes, [3]);
-    assert_eq!(b.cron_restart, None);
     let c = &apps[2].daemon.pm2;
-    assert_eq!(c.watch, Some(vec![PathBuf::from("src")]));
     assert_eq!(c.filter_env, Some(FilterEnv::Exact("TOKEN".into())));
     // pm2 reads any log_type but json as raw lines: herd says so, once.
     assert_eq!(warnings.len(), 1, "{warnings:?}");
@@ -893,18 +904,20 @@ fn keys_later_phases_honour_are_read_into_their_types() {
         &apps[0].base,
     )
     .unwrap();
-    assert_eq!(def.pm2.cron_restart.as_deref(), Some("0 3 * * *"));
-    assert_eq!(def.pm2.watch, Some(vec![]));
+    assert_eq!(
+        def.spec.cron_restart.as_ref().map(|c| c.pattern()),
+        Some("0 3 * * *")
+    );
+    let watch = def.spec.watch.as_ref().expect("watch");
+    assert!(watch.paths.is_empty(), "{watch:?}");
+    assert_eq!(watch.ignore, Some(vec!["node_modules".to_string()]));
+    assert_eq!(watch.delay, std::time::Duration::from_secs(1));
     assert_eq!(def.logs.log_type, LogType::Json);
     assert!(!def.logs.merge_logs);
     let combined = def.logs.log_file.clone().unwrap();
     assert!(combined.ends_with("logs/a.log"), "{}", combined.display());
     let all = warnings.join("\n");
     for key in [
-        "'watch'",
-        "'ignore_watch'",
-        "'watch_delay'",
-        "'cron_restart'",
         "'stop_exit_codes'",
         "'filter_env'",
         "'increment_var'",
@@ -917,7 +930,9 @@ fn keys_later_phases_honour_are_read_into_their_types() {
         );
     }
     assert!(!all.contains("log"), "the log keys are honoured: {all}");
-    assert_eq!(warnings.len(), 9, "{all}");
+    assert!(!all.contains("watch"), "{all}");
+    assert!(!all.contains("cron"), "{all}");
+    assert_eq!(warnings.len(), 5, "{all}");
 }
 
 #[test]

@@ -315,6 +315,39 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
                 .map(memory)
                 .unwrap_or_else(|| "-".into()),
         ),
+        (
+            "watch",
+            match &spec.watch {
+                None => "-".into(),
+                Some(w) => {
+                    let paths = if w.paths.is_empty() {
+                        "its folder".to_string()
+                    } else {
+                        w.paths
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    let ignore = match &w.ignore {
+                        None => "dot-names and node_modules".to_string(),
+                        Some(i) => i.join(", "),
+                    };
+                    let mut text = format!("{paths}; ignoring {ignore}");
+                    if !w.delay.is_zero() {
+                        text.push_str(&format!("; reload {} after a change", d(w.delay)));
+                    }
+                    text
+                }
+            },
+        ),
+        (
+            "cron",
+            spec.cron_restart
+                .as_ref()
+                .map(|c| format!("reload at '{c}'"))
+                .unwrap_or_else(|| "-".into()),
+        ),
         ("out log", log_path(&app, &app.out_log)),
         ("err log", log_path(&app, &app.err_log)),
         (

@@ -298,7 +298,25 @@ fn process(app: &AppDetail, w: &WorkerInfo, now_ms: u64, facts: &mut Facts) -> P
     if def.logs.log_type == LogType::Json {
         put("log_type", json!("json"));
     }
-    put("watch", json!(false));
+    // As pm2 keeps them: `watch` true (the app's folder) or the paths;
+    // `ignore_watch` as written; `watch_delay` in ms; `cron_restart`.
+    match &spec.watch {
+        None => put("watch", json!(false)),
+        Some(w) => {
+            if w.paths.is_empty() {
+                put("watch", json!(true));
+            } else {
+                put("watch", json!(w.paths));
+            }
+            if let Some(ignore) = &w.ignore {
+                put("ignore_watch", json!(ignore));
+            }
+            put("watch_delay", json!(w.delay.as_millis() as u64));
+        }
+    }
+    if let Some(cron) = &spec.cron_restart {
+        put("cron_restart", json!(cron.pattern()));
+    }
     put("autostart", json!(true));
     put("treekill", json!(true));
     put("username", json!(facts.username()));

@@ -100,12 +100,14 @@ impl Pm2Flags {
             def.namespace = Some(ns.clone());
         }
         if let Some(log) = &self.log {
-            def.logs.log_file = Some(if log.is_empty() {
+            let path = if log.is_empty() {
                 let stem = herd_engine::config::log_file_stem(&def.spec.name);
                 home_logs.join(format!("{stem}.log"))
             } else {
                 def.spec.cwd.clone().unwrap_or_default().join(log)
-            });
+            };
+            crate::options::unwatch_log(def, &path);
+            def.logs.log_file = Some(path);
         }
         if self.merge_logs {
             def.logs.merge_logs = true;

@@ -20,25 +20,6 @@ pub fn not_yet_honoured(def: &AppDef, fork_asked: bool) -> Vec<String> {
             "each instance runs as a cluster worker of herd's, so an app that calls cluster.fork() itself runs as one worker; pm2's fork mode comes with a later release".into(),
         );
     }
-    if k.watch.is_some() {
-        say(
-            "watch",
-            "files are not watched; after an edit, `herd reload NAME`".into(),
-        );
-    }
-    // Without `watch`, pm2 does nothing with these either.
-    if k.watch.is_some() && k.ignore_watch.is_some() {
-        say("ignore_watch", "files are not watched".into());
-    }
-    if k.watch.is_some() && k.watch_delay_ms.is_some() {
-        say("watch_delay", "files are not watched".into());
-    }
-    if let Some(cron) = &k.cron_restart {
-        say(
-            "cron_restart",
-            format!("no restart at '{cron}'; until then a cron job can run `herd reload NAME`"),
-        );
-    }
     if !k.stop_exit_codes.is_empty() {
         say(
             "stop_exit_codes",

@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+mod triggers;
+pub(crate) use triggers::glob;
+pub use triggers::{check_ignore_glob, is_glob, CronSpec, WatchSpec};
+
 /// A value a user wrote that herd cannot accept. The message names the value
 /// and says what would have been accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -565,6 +569,12 @@ pub struct AppSpec {
     /// is deserialized, a missing field means [`default_max_message_bytes`].
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Reload when these files change (pm2's `watch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchSpec>,
+    /// Reload on this schedule (pm2's `cron_restart`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_restart: Option<CronSpec>,
 }
 
 fn yes() -> bool {
@@ -648,6 +658,8 @@ impl AppSpec {
             ready: ReadyPolicy::default(),
             instance_var: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            watch: None,
+            cron_restart: None,
         }
     }
 }

@@ -56,6 +56,9 @@
 //!   passed to a worker, until the worker acknowledges it.
 //! - **channel**: a worker's IPC channel (Node's `process.send`): JSON
 //!   lines over a socketpair, with an fd alongside a handle message.
+//! - **trigger**: one of the app's own reasons to reload — watched files
+//!   that changed (`watch`), a schedule (`cron_restart`); it asks the
+//!   machine for the same rolling reload a user's `reload` is.
 //! - **control connection**: a CLI's connection to the daemon (see
 //!   `herd-protocol`); the engine has none. "Connection" alone never means
 //!   one of these.

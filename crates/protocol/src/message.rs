@@ -388,7 +388,7 @@ mod tests {
             max_memory_restart: Some(200 << 20),
             instances_max: true,
             pm2: crate::Pm2Keys {
-                cron_restart: Some("0 3 * * *".into()),
+                port: Some(3000),
                 ..Default::default()
             },
             script: None,

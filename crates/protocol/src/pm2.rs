@@ -5,24 +5,12 @@
 //! field moves to the part of herd that honours it (the engine's spec, the
 //! log settings) when that part is built, and leaves this struct.
 
-use std::path::PathBuf;
-
 use serde::{Deserialize, Serialize};
 
 /// The pm2 keys of one app that herd carries but does not honour yet.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Pm2Keys {
-    /// `watch`: the paths to watch (absolute); empty = the app's cwd.
-    /// `None`: not watched.
-    pub watch: Option<Vec<PathBuf>>,
-    /// `ignore_watch`: globs (relative to the app's cwd) or pm2's regexes, as
-    /// written. `None`: pm2's default (dotfiles and `node_modules`).
-    pub ignore_watch: Option<Vec<String>>,
-    /// `watch_delay`, in milliseconds.
-    pub watch_delay_ms: Option<u64>,
-    /// `cron_restart`: a 5- or 6-field cron pattern, checked.
-    pub cron_restart: Option<String>,
     /// `stop_exit_codes`: exits with these codes are not restarted.
     pub stop_exit_codes: Vec<i32>,
     /// `filter_env`: which of the CLI's variables never reach the app.

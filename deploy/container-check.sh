@@ -6,8 +6,8 @@
 #
 # It checks, and prints the figures of:
 #   1. the build (time, image size);
-#   2. `docker run` to both apps serving (time); herd is PID 1 (its init)
-#      and PID 2 (the daemon), the workers are the daemon's children;
+#   2. `docker run` to both apps serving (time); herd is PID 1 (its init),
+#      the daemon is PID 1's child and the workers are the daemon's;
 #   3. the daemon's /healthz, /readyz?app=web and /readyz?app=api answer 200
 #      from the host through the published port (Host: localhost:PORT, as
 #      `--metrics-host localhost` allows), and a foreign Host gets 421;
@@ -16,7 +16,8 @@
 #   5. `docker stop` with a request in flight on api: the request finishes
 #      (200), the stop takes less than the kill timeout, and the container's
 #      exit code is 0 (what `docker stop` prints and `docker inspect` says);
-#   6. a SIGKILL of the daemon (PID 2): PID 1 exits with 128+9 = 137.
+#   6. a SIGKILL of the daemon (after `docker start`): PID 1 exits with
+#      128+9 = 137.
 #
 # Usage: deploy/container-check.sh [--offline] [--keep-base] [--image NAME]
 #
@@ -149,17 +150,23 @@ figure "docker run to both apps serving" "$(seconds "$(since "$started")")"
 ok "web: $(get "$web" /)"
 ok "api: $(get "$api" /)"
 
-comm() { "$DOCKER" exec "$name" cat "/proc/$1/comm"; }
-[[ $(comm 1) == herd ]] || die "PID 1 is $(comm 1), not herd"
-[[ $(comm 2) == herd ]] || die "PID 2 is $(comm 2), not herd"
-ok "PID 1 and PID 2 are herd; PID 1: $("$DOCKER" exec "$name" sh -c 'tr "\0" " " </proc/1/cmdline')"
-# Every worker is a child of the daemon (PID 2): the node processes' ppid.
-ppids=$("$DOCKER" exec "$name" sh -c 'for d in /proc/[0-9]*; do
-	[ "$(cat $d/comm 2>/dev/null)" = node ] && awk "{print \$4}" $d/stat; done' | sort -u | tr '\n' ' ')
-nodes=$("$DOCKER" exec "$name" sh -c 'grep -lx node /proc/[0-9]*/comm 2>/dev/null | wc -l')
-[[ $ppids == "2 " ]] || die "the workers' parents are '$ppids', not the daemon (2)"
+# The processes of the container's pid namespace: "PID PPID COMM" lines.
+processes() {
+	"$DOCKER" exec "$name" sh -c 'for d in /proc/[0-9]*; do
+		[ -r $d/stat ] && echo "${d#/proc/} $(awk "{print \$4}" $d/stat) $(cat $d/comm)"; done' 2>/dev/null
+}
+procs=$(processes)
+[[ $(awk '$1 == 1 {print $3}' <<<"$procs") == herd ]] || die "PID 1 is not herd: $procs"
+# herd's init (PID 1) forks the real herd, the daemon, as its child.
+daemon=$(awk '$2 == 1 && $3 == "herd" {print $1}' <<<"$procs")
+[[ $daemon =~ ^[0-9]+$ ]] || die "no herd daemon among PID 1's children: $procs"
+ok "PID 1 is herd's init ($("$DOCKER" exec "$name" sh -c 'tr "\0" " " </proc/1/cmdline')); the daemon is its child, PID $daemon"
+# Every worker is a child of the daemon.
+ppids=$(awk '$3 == "node" {print $2}' <<<"$procs" | sort -u | tr '\n' ' ')
+nodes=$(awk '$3 == "node"' <<<"$procs" | wc -l)
+[[ $ppids == "$daemon " ]] || die "the workers' parents are '$ppids', not the daemon ($daemon)"
 ((nodes == 4)) || die "$nodes node workers, not 4 (web: 2 for --cpus 2, api: 2)"
-ok "4 node workers (web 2 for --cpus 2, api 2), all children of the daemon, PID 2"
+ok "4 node workers (web: 2 for --cpus 2, api: 2), all children of the daemon"
 
 # --- 3. health endpoints from the host --------------------------------------
 echo "== health endpoints"
@@ -178,13 +185,13 @@ ok "Host: rebind.example gets 421"
 echo "== kill -9 of a web worker"
 victim=$(worker_pid "$web")
 [[ -n $victim ]] || die "no X-Worker-Pid from web"
-before=$("$DOCKER" exec "$name" sh -c 'grep -lx node /proc/[0-9]*/comm | cut -d/ -f3 | sort -n' | tr '\n' ' ')
+node_pids() { processes | awk '$3 == "node" {print $1}' | tr '\n' ' '; }
+before=$(node_pids)
 started=$(now_ms)
 "$DOCKER" exec "$name" sh -c "kill -9 $victim"
 new_worker() {
-	local pids p
-	pids=$("$DOCKER" exec "$name" sh -c 'grep -lx node /proc/[0-9]*/comm | cut -d/ -f3 | sort -n' | tr '\n' ' ')
-	for p in $pids; do
+	local p
+	for p in $(node_pids); do
 		[[ " $before " == *" $p "* ]] || { echo "$p"; return 0; }
 	done
 	return 1
@@ -227,11 +234,13 @@ echo "  -- the daemon's last words (docker logs):"
 "$DOCKER" logs "$name" 2>&1 | tail -6 | sed 's/^/     /'
 
 # --- 6. PID 1 passes on the daemon's death by signal ------------------------
-echo "== kill -9 of the daemon (PID 2)"
+echo "== kill -9 of the daemon (PID 1's child)"
 "$DOCKER" start "$name" >/dev/null
 published
 wait_for 60 serving || die "the restarted container did not serve within 60 s"
-"$DOCKER" exec -u root "$name" sh -c 'kill -9 2'
+daemon=$(processes | awk '$2 == 1 && $3 == "herd" {print $1}')
+[[ $daemon =~ ^[0-9]+$ ]] || die "no herd daemon under PID 1 after the restart"
+"$DOCKER" exec -u root "$name" sh -c "kill -9 $daemon"
 "$DOCKER" wait "$name" >/dev/null
 exit_code=$("$DOCKER" inspect -f '{{.State.ExitCode}}' "$name")
 [[ $exit_code == 137 ]] || die "exit code $exit_code after SIGKILL of the daemon, not 137"

@@ -171,7 +171,11 @@ make_rust() {
 	mkdir -p "$ctx/bin"
 	cp -a "$sysroot"/bin/{cargo,rustc,rustdoc} "$ctx/bin/"
 	cp -a "$sysroot/lib" "$ctx/lib"
-	[[ -d $sysroot/libexec ]] && cp -a "$sysroot/libexec" "$ctx/libexec" || mkdir "$ctx/libexec"
+	if [[ -d $sysroot/libexec ]]; then
+		cp -a "$sysroot/libexec" "$ctx/libexec"
+	else
+		mkdir "$ctx/libexec"
+	fi
 	"$DOCKER" build -q -t "$RUST_IMAGE" --label "org.opencontainers.image.description=bookworm (debootstrap) + host Rust $version" \
 		-f - "$ctx" <<EOF >/dev/null
 FROM $DEBIAN_IMAGE

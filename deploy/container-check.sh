@@ -153,6 +153,7 @@ ok "api: $(get "$api" /)"
 
 # The processes of the container's pid namespace: "PID PPID COMM" lines.
 processes() {
+	# shellcheck disable=SC2016 # expanded by the container's sh
 	"$DOCKER" exec "$name" sh -c 'for d in /proc/[0-9]*; do
 		[ -r $d/stat ] && echo "${d#/proc/} $(awk "{print \$4}" $d/stat) $(cat $d/comm)"
 	done; true' 2>/dev/null

@@ -153,6 +153,37 @@ pub fn load_from(
         _ => parse(&read()?, format),
     }
     .map_err(|e| UsageError(format!("{label}{e}")))?;
+    apps_of(top, path, format, profile, cwd, warnings)
+}
+
+/// The parsers, for the fuzz targets (`fuzz/`) only: a file's text read as
+/// [`load_from`] reads it, the file never touched (`path` names it: its
+/// extension gives the format). A JS file's text is taken as the JSON node
+/// would print.
+#[doc(hidden)]
+pub fn load_text(
+    text: &str,
+    path: &Path,
+    profile: Option<&str>,
+    cwd: &Path,
+) -> Result<(Vec<FileApp>, Vec<String>), UsageError> {
+    let label = path.display().to_string();
+    let format =
+        format_of(path).ok_or_else(|| UsageError(format!("{label}: not a config file")))?;
+    let top = parse(text, format).map_err(|e| UsageError(format!("{label}{e}")))?;
+    apps_of(top, path, format, profile, cwd, Vec::new())
+}
+
+/// The apps of a parsed file, checked, with the warnings so far.
+fn apps_of(
+    top: Top,
+    path: &Path,
+    format: Format,
+    profile: Option<&str>,
+    cwd: &Path,
+    mut warnings: Vec<String>,
+) -> Result<(Vec<FileApp>, Vec<String>), UsageError> {
+    let label = path.display().to_string();
 
     let dialect = if format == Format::Toml {
         Dialect::Herd

@@ -164,3 +164,36 @@ async fn route(ctx: &Arc<Ctx>, request: &HttpRequest, settings: &Settings) -> Ht
         ),
     }
 }
+
+/// The HTTP parsing herd does itself (Host and Origin checks, the path and
+/// query decoding), for the fuzz targets (`fuzz/`) only. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::net::SocketAddr;
+
+    pub use super::host_check::AllowedHost;
+
+    /// [`super::host_check::check_host`].
+    pub fn check_host(
+        host: Option<&str>,
+        http10: bool,
+        local: SocketAddr,
+        allowed: &[AllowedHost],
+    ) -> Result<(), String> {
+        super::host_check::check_host(host, http10, local, allowed)
+    }
+
+    /// [`super::host_check::check_origin`].
+    pub fn check_origin(origin: Option<&str>, host: Option<&str>) -> Result<(), String> {
+        super::host_check::check_origin(origin, host)
+    }
+
+    /// The path and `app` query parameter the handlers read from a request
+    /// for `target` (`None`: not a request target hyper takes).
+    pub fn path_and_app(target: &str) -> Option<(String, Option<String>)> {
+        let (head, ()) = hyper::Request::get(target).body(()).ok()?.into_parts();
+        let r = super::HttpRequest::new(&head, SocketAddr::from(([127, 0, 0, 1], 9209)));
+        let app = r.query("app").map(str::to_string);
+        Some((r.path, app))
+    }
+}

@@ -77,78 +77,141 @@ pub(crate) async fn read_channel(
     max: usize,
     tx: mpsc::Sender<FromWorker>,
 ) {
-    let mut buf = Vec::with_capacity(4096);
+    let mut lines = Lines::new(max);
     let mut fds = Vec::new();
-    // Complete messages before `start` were handled; `scanned` bytes of the
-    // current one hold no newline.
-    let mut scanned = 0;
-    // Bytes of an oversized message dropped so far (skipping to its newline).
-    let mut skipped: Option<usize> = None;
     loop {
-        let closed = match channel.recv(&mut buf, &mut fds).await {
+        let closed = match channel.recv(lines.buffer(), &mut fds).await {
             Ok(0) => fds.is_empty(),
             Ok(_) => false,
             Err(_) => true,
         };
         if closed {
-            if let Some(size) = skipped {
-                let _ = tx
-                    .send(FromWorker::Oversized {
-                        worker,
-                        size: size + buf.len(),
-                        complete: false,
-                    })
-                    .await;
+            if let Some(piece) = lines.finish() {
+                let _ = tx.send(piece.from(worker)).await;
             }
             let _ = tx.send(FromWorker::Closed { worker }).await;
             break;
         }
         // No fd is expected from a worker yet; closing them keeps us from leaking.
         fds.clear();
-        let mut start = 0;
-        while let Some(i) = buf[start + scanned..].iter().position(|&b| b == b'\n') {
-            let end = start + scanned + i;
-            let msg = if let Some(dropped) = skipped.take() {
-                Some(FromWorker::Oversized {
-                    worker,
-                    size: dropped + (end - start),
-                    complete: true,
-                })
-            } else if end - start > max {
-                Some(FromWorker::Oversized {
-                    worker,
-                    size: end - start,
-                    complete: true,
-                })
-            } else if buf[start..end].iter().all(u8::is_ascii_whitespace) {
-                None
-            } else {
-                Some(
-                    match serde_json::from_slice::<serde_json::Value>(&buf[start..end]) {
-                        Ok(value) => FromWorker::Message { worker, value },
-                        Err(e) => FromWorker::BadMessage {
-                            worker,
-                            error: e.to_string(),
-                        },
-                    },
-                )
-            };
-            if let Some(msg) = msg {
-                if tx.send(msg).await.is_err() {
-                    return;
-                }
+        while let Some(piece) = lines.next_piece() {
+            if tx.send(piece.from(worker)).await.is_err() {
+                return;
             }
-            start = end + 1;
-            scanned = 0;
         }
-        buf.drain(..start);
-        scanned = buf.len();
-        if skipped.is_some() || buf.len() > max {
+    }
+}
+
+/// One thing a channel's bytes held (see [`Lines`]).
+#[derive(Debug, PartialEq)]
+pub(crate) enum Piece {
+    /// A JSON value.
+    Message(serde_json::Value),
+    /// A line that is not JSON, and why.
+    Bad(String),
+    /// A message over the cap, `size` bytes long (`complete`: up to its
+    /// newline; else the channel ended first and it was at least that long).
+    Oversized { size: usize, complete: bool },
+}
+
+impl Piece {
+    fn from(self, worker: WorkerId) -> FromWorker {
+        match self {
+            Piece::Message(value) => FromWorker::Message { worker, value },
+            Piece::Bad(error) => FromWorker::BadMessage { worker, error },
+            Piece::Oversized { size, complete } => FromWorker::Oversized {
+                worker,
+                size,
+                complete,
+            },
+        }
+    }
+}
+
+/// Splits a channel's bytes into messages, one per line: pure, so that
+/// how the bytes arrive (one read or many) never changes what comes out.
+/// Holds at most `max` bytes of an unfinished message (plus one read): a
+/// longer one is counted and dropped as it comes, up to its newline.
+pub(crate) struct Lines {
+    buf: Vec<u8>,
+    /// Complete messages before `start` were handed out.
+    start: usize,
+    /// `scanned` bytes from `start` hold no newline.
+    scanned: usize,
+    /// Bytes of an oversized message dropped so far (skipping to its newline).
+    skipped: Option<usize>,
+    max: usize,
+}
+
+impl Lines {
+    pub(crate) fn new(max: usize) -> Lines {
+        Lines {
+            buf: Vec::with_capacity(4096),
+            start: 0,
+            scanned: 0,
+            skipped: None,
+            max,
+        }
+    }
+
+    /// Where the next read appends its bytes. Call [`Lines::next_piece`]
+    /// until it returns `None` before reading again.
+    pub(crate) fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// The next message now complete; `None` when the bytes read so far
+    /// hold no more (what is left of an unfinished one stays, or is
+    /// dropped when it is already over the cap).
+    pub(crate) fn next_piece(&mut self) -> Option<Piece> {
+        while let Some(i) = self.buf[self.start + self.scanned..]
+            .iter()
+            .position(|&b| b == b'\n')
+        {
+            let (start, end) = (self.start, self.start + self.scanned + i);
+            self.start = end + 1;
+            self.scanned = 0;
+            let line = &self.buf[start..end];
+            if let Some(dropped) = self.skipped.take() {
+                return Some(Piece::Oversized {
+                    size: dropped + line.len(),
+                    complete: true,
+                });
+            }
+            if line.len() > self.max {
+                return Some(Piece::Oversized {
+                    size: line.len(),
+                    complete: true,
+                });
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return Some(match serde_json::from_slice(line) {
+                Ok(value) => Piece::Message(value),
+                Err(e) => Piece::Bad(e.to_string()),
+            });
+        }
+        self.buf.drain(..self.start);
+        self.start = 0;
+        self.scanned = self.buf.len();
+        if self.skipped.is_some() || self.buf.len() > self.max {
             // Over the cap with no end in sight: drop it as it comes.
-            skipped = Some(skipped.unwrap_or(0) + buf.len());
-            buf.clear();
-            scanned = 0;
+            self.skipped = Some(self.skipped.unwrap_or(0) + self.buf.len());
+            self.buf.clear();
+            self.scanned = 0;
         }
+        None
+    }
+
+    /// The channel ended: an oversized message it cut short, if any (an
+    /// unfinished message within the cap is dropped: it was never sent whole).
+    pub(crate) fn finish(&mut self) -> Option<Piece> {
+        let size = self.skipped.take()? + self.buf.len() - self.start;
+        Some(Piece::Oversized {
+            size,
+            complete: false,
+        })
     }
 }
 

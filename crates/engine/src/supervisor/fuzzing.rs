@@ -24,7 +24,7 @@ pub fn ipc_messages<'a>(reads: impl IntoIterator<Item = &'a [u8]>, max: usize) -
     };
     for read in reads {
         lines.buffer().extend_from_slice(read);
-        while let Some(p) = lines.next_piece() {
+        while let Some((p, _)) = lines.next_piece() {
             out.push(render(p));
         }
         // The buffer never holds more than one capped message and one read.

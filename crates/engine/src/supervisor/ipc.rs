@@ -48,6 +48,9 @@ pub(crate) enum FromWorker {
         size: usize,
         complete: bool,
     },
+    /// `count` fds came with a message that is no handle message (or more
+    /// than the one a handle message carries): closed, never used.
+    StrayFds { worker: WorkerId, count: usize },
     /// The channel reached EOF.
     Closed { worker: WorkerId },
 }
@@ -92,9 +95,25 @@ pub(crate) async fn read_channel(
             let _ = tx.send(FromWorker::Closed { worker }).await;
             break;
         }
-        // No fd is expected from a worker yet; closing them keeps us from leaking.
-        fds.clear();
-        while let Some(piece) = lines.next_piece() {
+        // herd keeps no fd a worker sends (the handle message says so);
+        // closing them keeps us from leaking. Which message they came with
+        // is known once its line is complete.
+        if !fds.is_empty() {
+            lines.fds_arrived(fds.len());
+            fds.clear();
+        }
+        while let Some((piece, carried)) = lines.next_piece() {
+            let handle = matches!(&piece, Piece::Message(v)
+                if v.get("cmd").and_then(serde_json::Value::as_str) == Some("NODE_HANDLE"));
+            if carried > usize::from(handle) {
+                let stray = FromWorker::StrayFds {
+                    worker,
+                    count: carried,
+                };
+                if tx.send(stray).await.is_err() {
+                    return;
+                }
+            }
             if tx.send(piece.from(worker)).await.is_err() {
                 return;
             }
@@ -140,6 +159,9 @@ pub(crate) struct Lines {
     scanned: usize,
     /// Bytes of an oversized message dropped so far (skipping to its newline).
     skipped: Option<usize>,
+    /// Fds that came with the bytes before this position in `buf`: they
+    /// belong to the message whose line holds the byte before it.
+    fds_at: Option<(usize, usize)>,
     max: usize,
 }
 
@@ -150,8 +172,15 @@ impl Lines {
             start: 0,
             scanned: 0,
             skipped: None,
+            fds_at: None,
             max,
         }
+    }
+
+    /// `count` fds came with the bytes read last.
+    pub(crate) fn fds_arrived(&mut self, count: usize) {
+        let before = self.fds_at.map_or(0, |(_, n)| n);
+        self.fds_at = Some((self.buf.len(), before + count));
     }
 
     /// Where the next read appends its bytes. Call [`Lines::next_piece`]
@@ -160,10 +189,11 @@ impl Lines {
         &mut self.buf
     }
 
-    /// The next message now complete; `None` when the bytes read so far
-    /// hold no more (what is left of an unfinished one stays, or is
-    /// dropped when it is already over the cap).
-    pub(crate) fn next_piece(&mut self) -> Option<Piece> {
+    /// The next message now complete, with the number of fds that came
+    /// with it; `None` when the bytes read so far hold no more (what is
+    /// left of an unfinished one stays, or is dropped when it is already
+    /// over the cap).
+    pub(crate) fn next_piece(&mut self) -> Option<(Piece, usize)> {
         while let Some(i) = self.buf[self.start + self.scanned..]
             .iter()
             .position(|&b| b == b'\n')
@@ -171,28 +201,35 @@ impl Lines {
             let (start, end) = (self.start, self.start + self.scanned + i);
             self.start = end + 1;
             self.scanned = 0;
+            let carried = match self.fds_at {
+                Some((at, n)) if at <= end + 1 => {
+                    self.fds_at = None;
+                    n
+                }
+                _ => 0,
+            };
             let line = &self.buf[start..end];
             if let Some(dropped) = self.skipped.take() {
-                return Some(Piece::Oversized {
-                    size: dropped + line.len(),
-                    complete: true,
-                });
+                let size = dropped + line.len();
+                return Some((Piece::Oversized { size, complete: true }, carried));
             }
             if line.len() > self.max {
-                return Some(Piece::Oversized {
-                    size: line.len(),
-                    complete: true,
-                });
+                let size = line.len();
+                return Some((Piece::Oversized { size, complete: true }, carried));
             }
-            if line.iter().all(u8::is_ascii_whitespace) {
+            if line.iter().all(u8::is_ascii_whitespace) && carried == 0 {
                 continue;
             }
-            return Some(match serde_json::from_slice(line) {
+            let piece = match serde_json::from_slice(line) {
                 Ok(value) => Piece::Message(value),
                 Err(e) => Piece::Bad(e.to_string()),
-            });
+            };
+            return Some((piece, carried));
         }
         self.buf.drain(..self.start);
+        if let Some((at, _)) = &mut self.fds_at {
+            *at -= self.start;
+        }
         self.start = 0;
         self.scanned = self.buf.len();
         if self.skipped.is_some() || self.buf.len() > self.max {
@@ -200,6 +237,9 @@ impl Lines {
             self.skipped = Some(self.skipped.unwrap_or(0) + self.buf.len());
             self.buf.clear();
             self.scanned = 0;
+            if let Some((at, _)) = &mut self.fds_at {
+                *at = 0;
+            }
         }
         None
     }
@@ -239,12 +279,52 @@ mod tests {
                 FromWorker::Oversized { size, complete, .. } => {
                     format!("oversized {size} {complete}")
                 }
+                FromWorker::StrayFds { count, .. } => format!("stray fds {count}"),
                 FromWorker::Closed { .. } => "closed".to_string(),
             });
         }
         writer.join().unwrap();
         reader.await.unwrap();
         out
+    }
+
+    /// Found by the bad-input corpus: fds sent with a message that is no
+    /// handle message were closed without a word.
+    #[tokio::test]
+    async fn fds_with_a_message_that_is_no_handle_message_are_reported() {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::io::IoSlice;
+        use std::os::fd::AsRawFd;
+        let got = read_all(
+            |w| {
+                let send = |bytes: &[u8], n: usize| {
+                    let pipes: Vec<_> = (0..n).map(|_| nix::unistd::pipe().unwrap()).collect();
+                    let raw: Vec<i32> = pipes.iter().map(|(_, w)| w.as_raw_fd()).collect();
+                    let cmsg = [ControlMessage::ScmRights(&raw)];
+                    let cmsgs: &[ControlMessage] = if n > 0 { &cmsg } else { &[] };
+                    let iov = [IoSlice::new(bytes)];
+                    sendmsg::<()>(w.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None).unwrap();
+                };
+                send(b"{\"plain\":1}\n", 2);
+                send(b"{\"cmd\":\"NODE_HANDLE\",\"msg\":1}\n", 1);
+                // A handle message whose line ends in a later send.
+                send(b"{\"cmd\":\"NODE_HANDLE\",", 1);
+                send(b"\"msg\":2}\n{\"after\":1}\n", 0);
+            },
+            1000,
+        )
+        .await;
+        assert_eq!(
+            got,
+            vec![
+                "stray fds 2".to_string(),
+                "message {\"plain\":1}".into(),
+                "message {\"cmd\":\"NODE_HANDLE\",\"msg\":1}".into(),
+                "message {\"cmd\":\"NODE_HANDLE\",\"msg\":2}".into(),
+                "message {\"after\":1}".into(),
+                "closed".into(),
+            ]
+        );
     }
 
     #[tokio::test]

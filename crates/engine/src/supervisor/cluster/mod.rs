@@ -66,6 +66,10 @@ pub(crate) const SETTLE: Duration = Duration::from_millis(200);
 pub(crate) const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
 /// A handle the worker refuses (NACK) is sent again this many times.
 const HANDLE_RETRIES: u8 = 3;
+/// The most servers (distinct `listen()`s) an app's workers may have herd
+/// open: each is a socket in herd's process, and a worker asking for more
+/// in a loop would otherwise run herd out of fds.
+pub(crate) const MAX_SERVERS: usize = 1024;
 
 /// What the cluster primary takes from the app's definition.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -401,6 +405,16 @@ impl Cluster {
 
     fn query_server(&mut self, worker: WorkerId, query: ServerQuery, cx: &mut Cx) {
         let key = query.key.clone();
+        if !self.servers.contains_key(&key) && self.servers.len() >= MAX_SERVERS {
+            let e = io::Error::new(
+                io::ErrorKind::QuotaExceeded,
+                format!(
+                    "the app's workers already have {MAX_SERVERS} servers open, herd's limit \
+                     (each listen() with another address or port is one)"
+                ),
+            );
+            return self.refuse_query(worker, &query, &e, cx);
+        }
         if !self.servers.contains_key(&key) {
             match servers::open(&query, cx.listeners, cx.fx) {
                 Ok(server) => {
@@ -484,6 +498,7 @@ impl Cluster {
     fn refuse_query(&mut self, worker: WorkerId, query: &ServerQuery, e: &io::Error, cx: &mut Cx) {
         let errno = -e.raw_os_error().unwrap_or(match e.kind() {
             io::ErrorKind::NotFound => libc::EBADF,
+            io::ErrorKind::QuotaExceeded => libc::EMFILE,
             _ => libc::EINVAL,
         });
         let slot = self.slot_of(worker);

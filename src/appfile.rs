@@ -762,9 +762,12 @@ fn parse(text: &str, format: Format) -> Result<Top, ParseError> {
                 let path = e.path().to_string();
                 let e = e.inner();
                 let mut message = without_position(&e.to_string());
-                // The YAML parser names the path itself; ours is the same.
-                if let Some(rest) = message.strip_prefix(&format!("{path}: ")) {
-                    message = rest.to_string();
+                // The YAML parser names the path itself (`.[0].script` for
+                // our `[0].script`); ours is said already.
+                for named in [format!("{path}: "), format!(".{path}: ")] {
+                    if let Some(rest) = message.strip_prefix(&named) {
+                        message = rest.to_string();
+                    }
                 }
                 ParseError {
                     path,

@@ -288,7 +288,11 @@ async fn refuse(conn: &mut Connection, e: &FrameError) {
             "the daemon refused a frame ({e}): a hello is at most {HELLO_FRAME} bytes, \
              a request at most {MAX_FRAME}"
         ),
-        _ => return,
+        FrameError::Io(e) => format!(
+            "the daemon could not read a whole frame ({e}): a frame is a 4-byte big-endian \
+             length, then that many bytes of JSON"
+        ),
+        FrameError::Closed => return,
     };
     let _ = tokio::time::timeout(HELLO_DEADLINE, conn.send(&handlers::usage(why))).await;
 }

@@ -69,7 +69,11 @@ pub async fn scale(ctx: &Arc<Ctx>, selector: &str, to: ScaleTo) -> Response {
 
 /// `APP:N` for an app without worker N is the command's mistake (exit 2),
 /// said before any app is asked.
-pub async fn check_worker(ctx: &Arc<Ctx>, selector: &str, worker: Option<usize>) -> Option<Response> {
+pub async fn check_worker(
+    ctx: &Arc<Ctx>,
+    selector: &str,
+    worker: Option<usize>,
+) -> Option<Response> {
     let worker = worker?;
     let entries = ctx.registry().resolve(selector).ok()?;
     for entry in &entries {

@@ -123,6 +123,10 @@ pub(crate) fn check_host(
             names.join(", ")
         )
     };
+    if given.contains('@') {
+        // A user name has no place in a Host header.
+        return Err(refused());
+    }
     let authority: Authority = given.parse().map_err(|_| refused())?;
     let name = unbracket(authority.host());
     let port = authority.port_u16().unwrap_or(80);
@@ -202,6 +206,17 @@ mod tests {
         // No Host: only HTTP/1.0 may.
         assert!(check_host(None, false, local, &[]).is_err());
         assert!(check_host(None, true, local, &[]).is_ok());
+    }
+
+    /// Found by the bad-input corpus: `Host: user@127.0.0.1:9209` passed.
+    #[test]
+    fn a_host_with_a_user_name_is_refused() {
+        let local = at("127.0.0.1:9209");
+        let e = check_host(Some("user@127.0.0.1:9209"), false, local, &[]).unwrap_err();
+        assert!(
+            e.contains("does not answer to Host 'user@127.0.0.1:9209'"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -211,11 +211,23 @@ impl Lines {
             let line = &self.buf[start..end];
             if let Some(dropped) = self.skipped.take() {
                 let size = dropped + line.len();
-                return Some((Piece::Oversized { size, complete: true }, carried));
+                return Some((
+                    Piece::Oversized {
+                        size,
+                        complete: true,
+                    },
+                    carried,
+                ));
             }
             if line.len() > self.max {
                 let size = line.len();
-                return Some((Piece::Oversized { size, complete: true }, carried));
+                return Some((
+                    Piece::Oversized {
+                        size,
+                        complete: true,
+                    },
+                    carried,
+                ));
             }
             if line.iter().all(u8::is_ascii_whitespace) && carried == 0 {
                 continue;

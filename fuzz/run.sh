@@ -9,7 +9,7 @@
 # host name would otherwise be resolved by DNS). The corpus each run grows
 # is kept in fuzz/corpus/TARGET (not committed); fuzz/seeds/TARGET starts it.
 # A crash is saved in fuzz/artifacts/TARGET/: fix it, then keep the input as
-# fuzz/regressions/TARGET/<what-it-found> — tests/fuzz_regressions.rs runs
+# fuzz/regressions/TARGET/<what-it-found> — tests/it/fuzz_regressions.rs runs
 # every saved input in CI. What each target asserts: fuzz/src/lib.rs.
 #
 # Environment: CARGO_TARGET_DIR (default: target/fuzz beside the workspace's),

@@ -1,6 +1,6 @@
 //! What each of herd's fuzz targets asserts of one input. The cargo-fuzz
 //! targets (`fuzz_targets/*.rs`) call these; so does the regression test
-//! that runs every saved input in CI (`tests/fuzz_regressions.rs` includes
+//! that runs every saved input in CI (`tests/it/fuzz_regressions.rs` includes
 //! this file), so a crash once found stays fixed.
 //!
 //! Every check runs herd's own parsing code on the input and asserts more

@@ -1,5 +1,5 @@
 //! A herd daemon per test, in its own temporary `HERD_HOME`, driven through
-//! the `herd` CLI (tests/daemon.rs, tests/metrics.rs). Whatever it started is
+//! the `herd` CLI (tests/it/{daemon,metrics,monit}.rs). Whatever it started is
 //! stopped when the value is dropped, pass or fail: `herd kill`, then SIGKILL
 //! (its workers die with it: they have PDEATHSIG).
 

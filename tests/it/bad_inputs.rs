@@ -8,18 +8,16 @@
 //!
 //! Every case runs even when one fails; the test then fails listing them all.
 
-
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use herd_testkit::*;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use herd_testkit::*;
 
 /// The cases of one file.
 #[derive(Deserialize)]

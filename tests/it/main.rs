@@ -8,6 +8,7 @@
 
 mod bad_inputs;
 mod bounds;
+mod chaos;
 mod daemon;
 mod demo;
 mod deploy;

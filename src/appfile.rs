@@ -156,6 +156,37 @@ pub fn load_from(
         _ => parse(&read()?, format),
     }
     .map_err(|e| UsageError(format!("{label}{e}")))?;
+    apps_of(top, path, format, profile, cwd, warnings)
+}
+
+/// The parsers, for the fuzz targets (`fuzz/`) only: a file's text read as
+/// [`load_from`] reads it, the file never touched (`path` names it: its
+/// extension gives the format). A JS file's text is taken as the JSON node
+/// would print.
+#[doc(hidden)]
+pub fn load_text(
+    text: &str,
+    path: &Path,
+    profile: Option<&str>,
+    cwd: &Path,
+) -> Result<(Vec<FileApp>, Vec<String>), UsageError> {
+    let label = path.display().to_string();
+    let format =
+        format_of(path).ok_or_else(|| UsageError(format!("{label}: not a config file")))?;
+    let top = parse(text, format).map_err(|e| UsageError(format!("{label}{e}")))?;
+    apps_of(top, path, format, profile, cwd, Vec::new())
+}
+
+/// The apps of a parsed file, checked, with the warnings so far.
+fn apps_of(
+    top: Top,
+    path: &Path,
+    format: Format,
+    profile: Option<&str>,
+    cwd: &Path,
+    mut warnings: Vec<String>,
+) -> Result<(Vec<FileApp>, Vec<String>), UsageError> {
+    let label = path.display().to_string();
 
     let dialect = if format == Format::Toml {
         Dialect::Herd
@@ -738,9 +769,12 @@ fn parse(text: &str, format: Format) -> Result<Top, ParseError> {
                 let path = e.path().to_string();
                 let e = e.inner();
                 let mut message = without_position(&e.to_string());
-                // The YAML parser names the path itself; ours is the same.
-                if let Some(rest) = message.strip_prefix(&format!("{path}: ")) {
-                    message = rest.to_string();
+                // The YAML parser names the path itself (`.[0].script` for
+                // our `[0].script`); ours is said already.
+                for named in [format!("{path}: "), format!(".{path}: ")] {
+                    if let Some(rest) = message.strip_prefix(&named) {
+                        message = rest.to_string();
+                    }
                 }
                 ParseError {
                     path,

@@ -112,7 +112,7 @@ pub struct AppOptions {
     pub min_uptime: Duration,
 
     /// Restarts allowed for a worker that keeps crashing before --min-uptime; its next crash errors the slot (left empty).
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    #[arg(long, default_value_t = 16, value_parser = count::<u32>, value_name = "N")]
     pub max_restarts: u32,
 
     /// Signal that asks a worker to finish (sent to its whole process group).
@@ -296,7 +296,7 @@ pub struct DaemonOptions {
     pub log_max_size: u64,
 
     /// Rotated log files to keep.
-    #[arg(long, default_value_t = 5, value_name = "N")]
+    #[arg(long, default_value_t = 5, value_parser = count::<u32>, value_name = "N")]
     pub log_keep: u32,
 
     /// Replace (zero-downtime) a worker whose memory stays above this size (200M, 1G).
@@ -342,6 +342,13 @@ fn log_type(s: &str) -> Result<LogType, String> {
 /// A size in bytes: `200M`, `1G`, `512K`, `1.5G`, or a bare number of bytes.
 pub fn size(s: &str) -> Result<u64, String> {
     config::parse_size(s).map_err(|e| e.0)
+}
+
+/// A count (`--max-restarts`, `--log-keep`, `--lines`): a whole number.
+pub fn count<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("invalid count '{s}': use a whole number, such as 0, 5 or 16"))
 }
 
 /// A size that must be above zero, as a `usize`.

@@ -1217,3 +1217,20 @@ fn scripts_and_paths_resolve_as_under_pm2() {
     let err = options::app_def_noting(&a.options, &a.daemon, &a.command, &a.base).unwrap_err();
     assert!(err.0.contains("beside the config file"), "{}", err.0);
 }
+
+/// Found by the bad-input corpus: a YAML error below a top-level list said
+/// its path twice (`[0].script: .[0].script: invalid type …`).
+#[test]
+fn a_yaml_error_says_its_path_once() {
+    let e = load_text(
+        "- &a\n  script: *a\n",
+        Path::new("a.yaml"),
+        None,
+        Path::new("/"),
+    )
+    .map(drop)
+    .unwrap_err()
+    .0;
+    assert!(e.contains("[0].script: invalid type: map"), "{e}");
+    assert_eq!(e.matches("[0].script").count(), 1, "{e}");
+}

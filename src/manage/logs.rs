@@ -29,7 +29,7 @@ pub struct LogsArgs {
     #[arg(value_name = "APP|ID|all", default_value = "all")]
     app: String,
     /// How many past lines to show from each file.
-    #[arg(long, default_value_t = 15, value_name = "N")]
+    #[arg(long, default_value_t = 15, value_parser = crate::options::count::<usize>, value_name = "N")]
     lines: usize,
     /// Print the past lines and exit instead of following.
     #[arg(long)]

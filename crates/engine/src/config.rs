@@ -231,6 +231,13 @@ pub fn check_app_name(name: &str) -> Result<(), ConfigError> {
             "invalid app name {name:?}: it holds a control character (a newline, a tab …); use printable characters"
         )));
     }
+    if name.contains(':') {
+        // `herd restart api:1` names worker 1 of `api`: an app named
+        // `api:1` (or `a:b`) could never be addressed.
+        return Err(bad(format!(
+            "invalid app name '{name}': ':' separates an app from a worker (APP:N); choose a name without ':'"
+        )));
+    }
     Ok(())
 }
 
@@ -814,6 +821,16 @@ mod tests {
         for (name, stem) in table {
             assert_eq!(log_file_stem(name), stem, "{name}");
             assert!(!log_file_stem(name).contains('/'));
+        }
+    }
+
+    /// Found by the bad-input corpus: `herd start --name a:1` was taken, and
+    /// the app could then never be restarted or sent to (`a:1` is worker 1 of `a`).
+    #[test]
+    fn an_app_name_with_a_colon_is_refused() {
+        for bad in ["a:1", "api:v2", ":"] {
+            let e = check_app_name(bad).unwrap_err().0;
+            assert!(e.contains("APP:N"), "{bad}: {e}");
         }
     }
 

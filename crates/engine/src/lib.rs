@@ -91,4 +91,7 @@ pub use os::channel::Channel;
 pub use os::init::{init_if_pid1, under_herd_init};
 pub use os::notify::sd_notify;
 pub use os::spawn::resolve_program;
+/// The parsers of what a worker sends, for the fuzz targets (`fuzz/`) only.
+#[doc(hidden)]
+pub use supervisor::fuzzing;
 pub use supervisor::is_worker_variable;

@@ -839,6 +839,14 @@ impl App {
                     )));
                 }
             }
+            FromWorker::StrayFds { worker, count } => {
+                if let Some((slot, pid)) = self.state.workers.get_running(worker) {
+                    self.event(Event::Warning(format!(
+                        "worker {slot} (pid {pid}) sent {count} fd(s) with a message that is no \
+                         handle message (Node sends one, with NODE_HANDLE); closed them"
+                    )));
+                }
+            }
             FromWorker::Closed { worker } => {
                 self.with_cluster(|cluster, cx| cluster.channel_closed(worker, cx))
             }

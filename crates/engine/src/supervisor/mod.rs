@@ -36,6 +36,8 @@ mod app;
 mod cluster;
 mod events;
 pub(crate) mod fd;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ipc;
 mod listeners;
 mod output;

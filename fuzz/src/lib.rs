@@ -12,8 +12,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// One fuzz target: what it asserts of one input.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name: what the regression test and `run.sh` iterate.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("appfile", appfile),
     ("config_values", config_values),
     ("control_frames", control_frames),
@@ -330,11 +333,12 @@ pub fn log_writer(data: &[u8]) {
 fn log_home() -> (&'static herd_daemon::Home, &'static Path) {
     static HOME: OnceLock<(herd_daemon::Home, PathBuf)> = OnceLock::new();
     let (home, dir) = HOME.get_or_init(|| {
-        let base = Path::new("/dev/shm")
-            .is_dir()
-            .then(|| PathBuf::from("/dev/shm"))
-            .unwrap_or_else(std::env::temp_dir)
-            .join(format!("herd-fuzz-{}", std::process::id()));
+        let tmp = if Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        let base = tmp.join(format!("herd-fuzz-{}", std::process::id()));
         let dir = base.join("files");
         std::fs::create_dir_all(&dir).expect("a scratch folder");
         let home = herd_daemon::Home::open(base.join("home")).expect("a home");

@@ -83,8 +83,9 @@ fn the_container_check_agrees_with_the_daemon_image() {
     );
     for (port, app) in [(8000, "web"), (8001, "api")] {
         assert!(
-            apps.iter().any(|a| a["name"].as_str() == Some(app)
-                && a["env"]["PORT"].as_integer() == Some(port)),
+            apps.iter()
+                .any(|a| a["name"].as_str() == Some(app)
+                    && a["env"]["PORT"].as_integer() == Some(port)),
             "container-check.sh expects {app} on {port}"
         );
     }

@@ -104,6 +104,10 @@ impl fmt::Display for Report {
                 f,
                 "replacing worker {slot}: starting its successor, then draining it"
             ),
+            Report::Restarting { slot } => write!(
+                f,
+                "restarting worker {slot}: it stops first, then its successor starts (a new worker could not listen beside it)"
+            ),
             Report::ReloadAborted {
                 slot,
                 reason,

@@ -16,5 +16,6 @@ mod monit;
 mod node;
 mod pid1;
 mod pm2_verbs;
+mod reload;
 mod run;
 mod systemd;

@@ -496,6 +496,15 @@ impl Machine {
         )
     }
 
+    /// Is this worker a slot's successor (in a reload or a replacement), not
+    /// ready yet?
+    pub(crate) fn is_successor(&self, worker: WorkerId) -> bool {
+        self.workers
+            .get(&worker)
+            .and_then(|w| self.slots.get(w.slot))
+            .is_some_and(|s| s.successor == Some(worker))
+    }
+
     /// Is this worker being stopped?
     pub(crate) fn is_stopping(&self, worker: WorkerId) -> bool {
         matches!(

@@ -678,7 +678,9 @@ fn a_stop_first_reload_stops_each_worker_before_its_successor_starts() {
     sim.advance(Duration::from_millis(500));
     assert_eq!(sim.live.len(), 2, "still none: it has not exited");
     sim.exit(old[0], ExitStatus::Code(0));
-    let successor = sim.machine.slots[0].successor.expect("its successor starts now");
+    let successor = sim.machine.slots[0]
+        .successor
+        .expect("its successor starts now");
     assert_eq!(workers_per_slot(&sim)[&0], 1);
     assert!(sim.stopped == vec![old[0]], "slot 1 serves meanwhile");
     sim.advance(Duration::from_millis(1000));
@@ -751,7 +753,10 @@ fn a_stop_first_replacement_says_restarting_and_waits_for_a_draining_predecessor
     assert_eq!(sim.count(|r| *r == Report::Restarting { slot: 0 }), 1);
     assert_eq!(sim.count(|r| matches!(r, Report::Replacing { .. })), 1);
     sim.exit(second, ExitStatus::Code(0));
-    assert!(sim.machine.slots[0].successor.is_none(), "{first:?} still drains");
+    assert!(
+        sim.machine.slots[0].successor.is_none(),
+        "{first:?} still drains"
+    );
     sim.exit(first, ExitStatus::Code(0));
     assert!(sim.machine.slots[0].successor.is_some());
     sim.advance(Duration::from_millis(1000));

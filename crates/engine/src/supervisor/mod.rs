@@ -13,7 +13,9 @@
 //! - `cluster`: the cluster protocol (`protocol`), herd's round-robin
 //!   (`round_robin`, choosing with `picker`);
 //! - `timers`: pending timers; `output`: the output pumps; `ipc`: the
-//!   channel readers and writers; `events`: what the app tells the outside.
+//!   channel readers and writers; `events`: what the app tells the outside;
+//! - `reload`: how each reload replaces the workers (start the new one
+//!   first, or stop the old one first), from what they listen on.
 //!
 //! Memory is bounded wherever a worker can push (see [`Events`]):
 //! - Output: each pump reads a worker's pipe and waits for room in the
@@ -38,6 +40,7 @@ pub(crate) mod fd;
 mod ipc;
 mod listeners;
 mod output;
+mod reload;
 mod timers;
 mod workers;
 

@@ -27,6 +27,8 @@ pub(crate) enum Wake {
     StopSignal(WorkerId),
     /// Round-robin: has the worker answered for its oldest client connection?
     AnswerDue(WorkerId),
+    /// A reload's successor held until it listens: does it now?
+    ListenCheck(WorkerId),
 }
 
 /// One pending timer. Ordered by deadline, then by the order they were set.

@@ -3,15 +3,16 @@
 //! 127.0.0.1, real reloads, under fresh-connection load where it counts.
 //!
 //! - An app whose own socket admits a second listener (`SO_REUSEPORT`: Bun's
-//!   and Deno's `reusePort`) reloads start-first, and no connection is
-//!   refused or reset when `net.ipv4.tcp_migrate_req` is 1 (Bun loses none
-//!   at all; Deno's own shutdown drops a few it accepted, see below). That setting is set in a fresh
+//!   and Deno's `reusePort`) reloads start-first and no connection is ever
+//!   refused; with `net.ipv4.tcp_migrate_req` at 1 Bun loses none at all
+//!   (Deno's own shutdown drops a few it had accepted, see below). That setting is set in a fresh
 //!   network namespace of the test's own (never on the machine); with it at
 //!   0 the loss is measured and printed, and herd's note about it checked.
 //! - An app whose own socket does not (Python's `http.server`, Node with
 //!   `exclusive: true`) reloads stop-then-start, the log says so and how to
 //!   avoid it, and afterwards only the new version answers.
-//! - A new version that cannot start is reported; the app keeps serving.
+//! - A new version that cannot start is reported; the app keeps serving;
+//!   the fixed version, applied with `herd start FILE`, brings every slot back.
 //! - `herd start FILE` again with a changed env reaches every instance.
 //!
 //! `HERD_TEST_RELOADS=N` sets how many reloads the load tests make (2).
@@ -255,22 +256,28 @@ fn bun_with_reuse_port_reloads_start_first_and_loses_nothing_with_tcp_migrate_re
     assert_eq!(run.load.failed(), 0, "{:?}", run.load.samples);
 }
 
-/// No connection is refused or reset. Deno 2.9's own `server.shutdown()`
-/// closes a few connections it accepted but had not read a request from
-/// yet (the client gets no answer); that happens without herd too (two Deno
-/// processes on one reusePort port, SIGINT to one), so those are counted
-/// and printed, not blamed on the reload.
+/// No connection is refused: the new worker always listens before the old
+/// one stops. Deno 2.9's own `server.shutdown()` closes the few connections
+/// it accepted but had not read a request from yet (the client sees an
+/// empty answer, a broken pipe or a reset, by timing); that happens without
+/// herd too (two Deno processes on one reusePort port, SIGINT to one), so
+/// those are counted and printed, and only bounded here.
 #[test]
-fn deno_with_reuse_port_reloads_start_first_and_nothing_is_refused_or_reset_with_tcp_migrate_req() {
+fn deno_with_reuse_port_reloads_start_first_and_refuses_nothing_with_tcp_migrate_req() {
     need!(Need::Runtime("deno"), Need::NetNamespace);
     let _s = serial();
     let run = reloads_under_load("deno", true);
     check_start_first(&run, "deno", true);
-    let load = &run.load;
-    assert_eq!(
-        load.failed(),
-        load.count("UnexpectedEof"),
-        "{:?}",
+    assert_few(&run.load);
+}
+
+/// No connection refused, and failures a few, not a share.
+fn assert_few(load: &LoadReport) {
+    assert_eq!(load.count("ConnectionRefused"), 0, "{:?}", load.failures);
+    let total = load.ok + load.failed();
+    assert!(
+        load.failed() * 100 < total,
+        "{:?} of {total}",
         load.failures
     );
 }
@@ -284,8 +291,7 @@ fn bun_with_reuse_port_and_tcp_migrate_req_off_is_told_what_it_costs() {
     let _s = serial();
     let run = reloads_under_load("bun", false);
     check_start_first(&run, "bun", false);
-    let total = run.load.ok + run.load.failed();
-    assert!(run.load.failed() * 100 < total, "a few, not a share");
+    assert_few(&run.load);
 }
 
 #[test]
@@ -294,8 +300,7 @@ fn deno_with_reuse_port_and_tcp_migrate_req_off_is_told_what_it_costs() {
     let _s = serial();
     let run = reloads_under_load("deno", false);
     check_start_first(&run, "deno", false);
-    let total = run.load.ok + run.load.failed();
-    assert!(run.load.failed() * 100 < total, "a few, not a share");
+    assert_few(&run.load);
 }
 
 // ---------------------------------------------------------------------------
@@ -403,6 +408,14 @@ fn a_server_without_reuse_port_reloads_as_a_restart_and_then_only_the_new_versio
             "old pid {pid} is gone"
         );
     }
+    // Whoever reloads the app by name is told in the answer too.
+    let said = d.ok(&["reload", "py"]);
+    assert!(
+        said.contains("reloaded py")
+            && said.contains("reload is a restart, one worker at a time")
+            && said.contains("--listen"),
+        "{said}"
+    );
 }
 
 #[test]
@@ -445,6 +458,21 @@ fn a_new_version_that_cannot_start_is_reported_and_the_app_keeps_serving() {
     let answered: BTreeSet<i32> = answers.iter().map(|(p, _)| *p).collect();
     assert!(answered.is_subset(&set_of(&bun_pids)), "{answers:?}");
     assert!(answers.iter().all(|(_, v)| v == "1"), "{answers:?}");
+
+    // The fixed version, applied by starting the file again, brings every
+    // slot back, the one the failed restart left empty too.
+    let file = apps.write("VERSION: \"3\"");
+    d.ok(&["start", &file]);
+    d.wait_online("py", 2);
+    d.wait_online("bun", 2);
+    for port in [py, py + 1, bun_port] {
+        wait_version(port, "3");
+        assert_eq!(
+            versions(port, 10),
+            BTreeSet::from(["3".to_string()]),
+            "port {port}"
+        );
+    }
 }
 
 #[test]

@@ -1038,9 +1038,14 @@ fn two_reloads_under_load_lose_nothing(balance: &str) {
     );
     // (How they exited is the business of
     // `stopping_a_graceful_app_with_a_request_in_flight_exits_0_*`.)
+    // A worker may die of the stop signal itself when it lands while Node is
+    // already exiting (its handlers gone); what must not happen is SIGKILL.
     assert!(
-        h.find_all(Stream::Stderr, 0, pat::KILLED_BY).is_empty(),
-        "no worker needed SIGKILL"
+        !h.herd_lines()
+            .iter()
+            .any(|l| l.contains("killed by SIGKILL")),
+        "no worker needed SIGKILL; stderr:\n{}",
+        h.stderr_text()
     );
     let seen = pids_seen(&addr, &now, 400);
     assert_eq!(seen, now, "the new workers answer");

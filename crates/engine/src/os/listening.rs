@@ -350,6 +350,6 @@ mod tests {
             }]
         );
         // A group with no process has none.
-        assert!(own_listeners(&[pid]).unwrap().get(&pid).is_none());
+        assert!(!own_listeners(&[pid]).unwrap().contains_key(&pid));
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::clock::MonoTime;
 use crate::config::{AppSpec, Balance, StopPolicy, WorkerKind};
-use crate::machine::{Command, Outcome, Report};
+use crate::machine::{AbortReason, Command, Outcome, Report};
 use crate::supervisor::{self, Event, StartError, Stream};
 
 /// Writes waiting for the output thread. Each is one event's text (at most
@@ -72,7 +72,10 @@ pub async fn run(spec: AppSpec) -> Result<i32, Error> {
     let herd_line = |text: String| (Stream::Stderr, format!("herd: {text}\n").into_bytes());
 
     let mut stopping = false;
-    let mut last_stderr: Vec<Option<String>> = Vec::new();
+    // Per slot: the last stderr line and the pid that wrote it; the pid
+    // that came online last (a reload's new worker).
+    let mut last_stderr: Vec<Option<(u32, String)>> = Vec::new();
+    let mut newest: std::collections::BTreeMap<usize, u32> = Default::default();
     // Room for the next write, reserved before an event is taken.
     let mut room: Option<mpsc::OwnedPermit<(Stream, Vec<u8>)>> = None;
     let code = loop {
@@ -94,13 +97,13 @@ pub async fn run(spec: AppSpec) -> Result<i32, Error> {
                         let named = if name == "unknown" { String::new() } else { format!(" ({name})") };
                         herd_line(format!("listening on {addr}{named}, balance {balance}"))
                     }
-                    Event::Output { slot, stream, lines, .. } => {
+                    Event::Output { slot, pid, stream, lines } => {
                         if stream == Stream::Stderr {
                             if last_stderr.len() <= slot {
                                 last_stderr.resize(slot + 1, None);
                             }
                             let last = lines.trim_ascii_end().rsplit(|&b| b == b'\n').next().unwrap_or_default();
-                            last_stderr[slot] = Some(String::from_utf8_lossy(last).into_owned());
+                            last_stderr[slot] = Some((pid, String::from_utf8_lossy(last).into_owned()));
                         }
                         (stream, prefix_lines(slot, &lines))
                     }
@@ -109,15 +112,27 @@ pub async fn run(spec: AppSpec) -> Result<i32, Error> {
                     Event::Lifecycle(report) => {
                         service.observe(&report);
                         let mut text = report.to_string();
-                        if let Report::Stopping { .. } = report {
-                            text.push_str(&stop_plan(&stop, settles));
+                        match report {
+                            Report::Stopping { .. } => text.push_str(&stop_plan(&stop, settles)),
+                            Report::Online { slot, pid } => {
+                                newest.insert(slot, pid);
+                            }
+                            // Why the new version failed: its own last words.
+                            Report::ReloadAborted { slot, reason: AbortReason::Exited(_), .. } => {
+                                if let Some(Some((pid, line))) = last_stderr.get(slot) {
+                                    if newest.get(&slot) == Some(pid) {
+                                        text.push_str(&format!("; its last stderr line: {line}"));
+                                    }
+                                }
+                            }
+                            _ => {}
                         }
                         herd_line(text)
                     }
                     Event::Exit(outcome) => {
                         let mut text = format!("exiting: {outcome}");
                         if let Outcome::Errored { slot, .. } = outcome {
-                            if let Some(Some(line)) = last_stderr.get(slot) {
+                            if let Some(Some((_, line))) = last_stderr.get(slot) {
                                 text.push_str(&format!("; its last stderr line: {line}"));
                             }
                         }

@@ -49,6 +49,7 @@ use super::listeners::Listeners;
 use super::output::{self, start_pump};
 use super::reload::{Check, Reloads, LISTEN_POLL};
 use super::timers::{Timers, Wake};
+use super::triggers::{self, Do, Triggers, Watcher};
 use super::workers::{self, Notified, WorkerStart, WorkerWiring, Workers};
 use crate::clock::MonoTime;
 use crate::config::{AppSpec, WorkerKind};
@@ -143,6 +144,8 @@ pub(crate) struct AppState {
     /// How reloads replace the workers, and successors held until they listen.
     #[serde(default)]
     pub(crate) reloads: Reloads,
+    /// The watch and cron triggers.
+    pub(crate) triggers: Triggers,
     /// The app's notify socket (`NOTIFY_SOCKET` in every worker): owned by
     /// the wiring; its number and name let a new binary take it over.
     notify: NotifyRecord,
@@ -170,6 +173,10 @@ struct Wiring {
     workers: BTreeMap<WorkerId, WorkerWiring>,
     /// Per round-robin server: herd's accept loop.
     accepting: BTreeMap<ServerKey, Accepting>,
+    /// The file watcher, when the app has `watch`.
+    watcher: Option<Watcher>,
+    /// Its wake-up: one slot, a flag.
+    watch_wake: mpsc::Sender<()>,
 }
 
 /// One app's task.
@@ -206,6 +213,7 @@ impl App {
         let (requests, requests_rx) = mpsc::unbounded_channel();
         let (tasks, tasks_rx) = mpsc::unbounded_channel();
         let (messages, messages_rx) = mpsc::channel(MESSAGE_QUEUE);
+        let (watch_wake, watch_rx) = mpsc::channel(1);
         let state = AppState {
             base_env: if spec.inherit_env {
                 workers::base_env()
@@ -219,6 +227,7 @@ impl App {
             workers: Workers::default(),
             timers: Timers::default(),
             reloads: Reloads::default(),
+            triggers: Triggers::default(),
             notify: NotifyRecord {
                 fd: notify.as_raw_fd(),
                 name: notify.env_value().to_string(),
@@ -234,9 +243,11 @@ impl App {
                 messages,
                 workers: BTreeMap::new(),
                 accepting: BTreeMap::new(),
+                watcher: None,
+                watch_wake,
             },
         };
-        tokio::spawn(app.run(requests_rx, tasks_rx, messages_rx));
+        tokio::spawn(app.run(requests_rx, tasks_rx, messages_rx, watch_rx));
         let _ = requests.send(Request::Command(Command::Start));
         (requests, Events::new(events_rx))
     }
@@ -246,6 +257,7 @@ impl App {
         mut requests: mpsc::UnboundedReceiver<Request>,
         mut tasks: mpsc::UnboundedReceiver<FromTask>,
         mut messages: mpsc::Receiver<FromWorker>,
+        mut watch: mpsc::Receiver<()>,
     ) {
         use tokio::signal::unix::{signal, SignalKind};
         let mut sigchld = match signal(SignalKind::child()) {
@@ -274,6 +286,7 @@ impl App {
         if self.state.cluster.config().listener_round_robin() {
             self.with_cluster(|cluster, cx| cluster.open_listener_servers(cx));
         }
+        self.configure_triggers();
         let events = self.wire.events.clone();
         while !self.state.machine.finished() {
             let next = self.state.timers.next();
@@ -302,6 +315,7 @@ impl App {
                     armed = None;
                     self.fire_timers();
                 }
+                Some(()) = watch.recv() => self.files_changed(),
                 _ = sigchld.recv() => self.reap(),
                 _ = poll.tick() => self.reap(),
             }
@@ -350,6 +364,7 @@ impl App {
                 if slots != self.state.machine.slot_count() {
                     self.input(Input::Command(Command::Scale(slots)));
                 }
+                self.configure_triggers();
                 self.command(Command::Reload);
             }
             #[cfg(test)]
@@ -556,6 +571,62 @@ impl App {
                 }
                 Wake::AnswerDue(worker) => {
                     self.with_cluster(|cluster, cx| cluster.answer_due(worker, MonoTime::now(), cx))
+                }
+                Wake::Trigger(wake) => {
+                    let todo = self
+                        .state
+                        .triggers
+                        .wake(&self.state.spec, wake, MonoTime::now());
+                    self.triggered(todo);
+                }
+            }
+        }
+    }
+
+    /// Start (or keep, or stop) the watcher and arm the schedule for the
+    /// app's definition.
+    fn configure_triggers(&mut self) {
+        let running = self.wire.watcher.take();
+        self.wire.watcher = triggers::rewire(running, &self.state.spec, &self.wire.watch_wake);
+        let todo = self
+            .state
+            .triggers
+            .configure(&self.state.spec, MonoTime::now());
+        self.triggered(todo);
+    }
+
+    /// The watcher has news.
+    fn files_changed(&mut self) {
+        let Some(watcher) = &self.wire.watcher else {
+            return;
+        };
+        let seen = watcher.take();
+        let todo = self
+            .state
+            .triggers
+            .changed(&self.state.spec, seen, MonoTime::now());
+        self.triggered(todo);
+    }
+
+    /// Carry out what the triggers ask for. A reload is the machine's (a
+    /// rolling one; queued behind a running one); none once stopping.
+    fn triggered(&mut self, todo: Vec<Do>) {
+        for step in todo {
+            match step {
+                Do::Wake(after, wake) => {
+                    self.state
+                        .timers
+                        .set(MonoTime::now(), after, Wake::Trigger(wake))
+                }
+                Do::Warn(text) => self.event(Event::Warning(text)),
+                Do::Say(report) => self.event(Event::Lifecycle(report)),
+                Do::Reload(trigger) => {
+                    let now = MonoTime::now();
+                    if self.state.machine.snapshot(now).stopping {
+                        continue;
+                    }
+                    self.event(Event::Lifecycle(Report::Triggered(trigger)));
+                    self.command(Command::Reload);
                 }
             }
         }
@@ -840,6 +911,14 @@ impl App {
                     )));
                 }
             }
+            FromWorker::StrayFds { worker, count } => {
+                if let Some((slot, pid)) = self.state.workers.get_running(worker) {
+                    self.event(Event::Warning(format!(
+                        "worker {slot} (pid {pid}) sent {count} fd(s) with a message that is no \
+                         handle message (Node sends one, with NODE_HANDLE); closed them"
+                    )));
+                }
+            }
             FromWorker::Closed { worker } => {
                 self.with_cluster(|cluster, cx| cluster.channel_closed(worker, cx))
             }
@@ -945,6 +1024,7 @@ mod tests {
             workers: Workers::default(),
             timers: Timers::default(),
             reloads: Reloads::default(),
+            triggers: Triggers::default(),
             notify: NotifyRecord {
                 fd: 99,
                 name: "@herd/1/0".into(),

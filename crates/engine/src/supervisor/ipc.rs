@@ -48,6 +48,9 @@ pub(crate) enum FromWorker {
         size: usize,
         complete: bool,
     },
+    /// `count` fds came with a message that is no handle message (or more
+    /// than the one a handle message carries): closed, never used.
+    StrayFds { worker: WorkerId, count: usize },
     /// The channel reached EOF.
     Closed { worker: WorkerId },
 }
@@ -77,78 +80,190 @@ pub(crate) async fn read_channel(
     max: usize,
     tx: mpsc::Sender<FromWorker>,
 ) {
-    let mut buf = Vec::with_capacity(4096);
+    let mut lines = Lines::new(max);
     let mut fds = Vec::new();
-    // Complete messages before `start` were handled; `scanned` bytes of the
-    // current one hold no newline.
-    let mut scanned = 0;
-    // Bytes of an oversized message dropped so far (skipping to its newline).
-    let mut skipped: Option<usize> = None;
     loop {
-        let closed = match channel.recv(&mut buf, &mut fds).await {
+        let closed = match channel.recv(lines.buffer(), &mut fds).await {
             Ok(0) => fds.is_empty(),
             Ok(_) => false,
             Err(_) => true,
         };
         if closed {
-            if let Some(size) = skipped {
-                let _ = tx
-                    .send(FromWorker::Oversized {
-                        worker,
-                        size: size + buf.len(),
-                        complete: false,
-                    })
-                    .await;
+            if let Some(piece) = lines.finish() {
+                let _ = tx.send(piece.from(worker)).await;
             }
             let _ = tx.send(FromWorker::Closed { worker }).await;
             break;
         }
-        // No fd is expected from a worker yet; closing them keeps us from leaking.
-        fds.clear();
-        let mut start = 0;
-        while let Some(i) = buf[start + scanned..].iter().position(|&b| b == b'\n') {
-            let end = start + scanned + i;
-            let msg = if let Some(dropped) = skipped.take() {
-                Some(FromWorker::Oversized {
+        // herd keeps no fd a worker sends (the handle message says so);
+        // closing them keeps us from leaking. Which message they came with
+        // is known once its line is complete.
+        if !fds.is_empty() {
+            lines.fds_arrived(fds.len());
+            fds.clear();
+        }
+        while let Some((piece, carried)) = lines.next_piece() {
+            let handle = matches!(&piece, Piece::Message(v)
+                if v.get("cmd").and_then(serde_json::Value::as_str) == Some("NODE_HANDLE"));
+            if carried > usize::from(handle) {
+                let stray = FromWorker::StrayFds {
                     worker,
-                    size: dropped + (end - start),
-                    complete: true,
-                })
-            } else if end - start > max {
-                Some(FromWorker::Oversized {
-                    worker,
-                    size: end - start,
-                    complete: true,
-                })
-            } else if buf[start..end].iter().all(u8::is_ascii_whitespace) {
-                None
-            } else {
-                Some(
-                    match serde_json::from_slice::<serde_json::Value>(&buf[start..end]) {
-                        Ok(value) => FromWorker::Message { worker, value },
-                        Err(e) => FromWorker::BadMessage {
-                            worker,
-                            error: e.to_string(),
-                        },
-                    },
-                )
-            };
-            if let Some(msg) = msg {
-                if tx.send(msg).await.is_err() {
+                    count: carried,
+                };
+                if tx.send(stray).await.is_err() {
                     return;
                 }
             }
-            start = end + 1;
-            scanned = 0;
+            if tx.send(piece.from(worker)).await.is_err() {
+                return;
+            }
         }
-        buf.drain(..start);
-        scanned = buf.len();
-        if skipped.is_some() || buf.len() > max {
+    }
+}
+
+/// One thing a channel's bytes held (see [`Lines`]).
+#[derive(Debug, PartialEq)]
+pub(crate) enum Piece {
+    /// A JSON value.
+    Message(serde_json::Value),
+    /// A line that is not JSON, and why.
+    Bad(String),
+    /// A message over the cap, `size` bytes long (`complete`: up to its
+    /// newline; else the channel ended first and it was at least that long).
+    Oversized { size: usize, complete: bool },
+}
+
+impl Piece {
+    fn from(self, worker: WorkerId) -> FromWorker {
+        match self {
+            Piece::Message(value) => FromWorker::Message { worker, value },
+            Piece::Bad(error) => FromWorker::BadMessage { worker, error },
+            Piece::Oversized { size, complete } => FromWorker::Oversized {
+                worker,
+                size,
+                complete,
+            },
+        }
+    }
+}
+
+/// Splits a channel's bytes into messages, one per line: pure, so that
+/// how the bytes arrive (one read or many) never changes what comes out.
+/// Holds at most `max` bytes of an unfinished message (plus one read): a
+/// longer one is counted and dropped as it comes, up to its newline.
+pub(crate) struct Lines {
+    buf: Vec<u8>,
+    /// Complete messages before `start` were handed out.
+    start: usize,
+    /// `scanned` bytes from `start` hold no newline.
+    scanned: usize,
+    /// Bytes of an oversized message dropped so far (skipping to its newline).
+    skipped: Option<usize>,
+    /// Fds that came with the bytes before this position in `buf`: they
+    /// belong to the message whose line holds the byte before it.
+    fds_at: Option<(usize, usize)>,
+    max: usize,
+}
+
+impl Lines {
+    pub(crate) fn new(max: usize) -> Lines {
+        Lines {
+            buf: Vec::with_capacity(4096),
+            start: 0,
+            scanned: 0,
+            skipped: None,
+            fds_at: None,
+            max,
+        }
+    }
+
+    /// `count` fds came with the bytes read last.
+    pub(crate) fn fds_arrived(&mut self, count: usize) {
+        let before = self.fds_at.map_or(0, |(_, n)| n);
+        self.fds_at = Some((self.buf.len(), before + count));
+    }
+
+    /// Where the next read appends its bytes. Call [`Lines::next_piece`]
+    /// until it returns `None` before reading again.
+    pub(crate) fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// The next message now complete, with the number of fds that came
+    /// with it; `None` when the bytes read so far hold no more (what is
+    /// left of an unfinished one stays, or is dropped when it is already
+    /// over the cap).
+    pub(crate) fn next_piece(&mut self) -> Option<(Piece, usize)> {
+        while let Some(i) = self.buf[self.start + self.scanned..]
+            .iter()
+            .position(|&b| b == b'\n')
+        {
+            let (start, end) = (self.start, self.start + self.scanned + i);
+            self.start = end + 1;
+            self.scanned = 0;
+            let carried = match self.fds_at {
+                Some((at, n)) if at <= end + 1 => {
+                    self.fds_at = None;
+                    n
+                }
+                _ => 0,
+            };
+            let line = &self.buf[start..end];
+            if let Some(dropped) = self.skipped.take() {
+                let size = dropped + line.len();
+                return Some((
+                    Piece::Oversized {
+                        size,
+                        complete: true,
+                    },
+                    carried,
+                ));
+            }
+            if line.len() > self.max {
+                let size = line.len();
+                return Some((
+                    Piece::Oversized {
+                        size,
+                        complete: true,
+                    },
+                    carried,
+                ));
+            }
+            if line.iter().all(u8::is_ascii_whitespace) && carried == 0 {
+                continue;
+            }
+            let piece = match serde_json::from_slice(line) {
+                Ok(value) => Piece::Message(value),
+                Err(e) => Piece::Bad(e.to_string()),
+            };
+            return Some((piece, carried));
+        }
+        self.buf.drain(..self.start);
+        if let Some((at, _)) = &mut self.fds_at {
+            *at -= self.start;
+        }
+        self.start = 0;
+        self.scanned = self.buf.len();
+        if self.skipped.is_some() || self.buf.len() > self.max {
             // Over the cap with no end in sight: drop it as it comes.
-            skipped = Some(skipped.unwrap_or(0) + buf.len());
-            buf.clear();
-            scanned = 0;
+            self.skipped = Some(self.skipped.unwrap_or(0) + self.buf.len());
+            self.buf.clear();
+            self.scanned = 0;
+            if let Some((at, _)) = &mut self.fds_at {
+                *at = 0;
+            }
         }
+        None
+    }
+
+    /// The channel ended: an oversized message it cut short, if any (an
+    /// unfinished message within the cap is dropped: it was never sent whole).
+    pub(crate) fn finish(&mut self) -> Option<Piece> {
+        let size = self.skipped.take()? + self.buf.len() - self.start;
+        Some(Piece::Oversized {
+            size,
+            complete: false,
+        })
     }
 }
 
@@ -176,12 +291,52 @@ mod tests {
                 FromWorker::Oversized { size, complete, .. } => {
                     format!("oversized {size} {complete}")
                 }
+                FromWorker::StrayFds { count, .. } => format!("stray fds {count}"),
                 FromWorker::Closed { .. } => "closed".to_string(),
             });
         }
         writer.join().unwrap();
         reader.await.unwrap();
         out
+    }
+
+    /// Found by the bad-input corpus: fds sent with a message that is no
+    /// handle message were closed without a word.
+    #[tokio::test]
+    async fn fds_with_a_message_that_is_no_handle_message_are_reported() {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::io::IoSlice;
+        use std::os::fd::AsRawFd;
+        let got = read_all(
+            |w| {
+                let send = |bytes: &[u8], n: usize| {
+                    let pipes: Vec<_> = (0..n).map(|_| nix::unistd::pipe().unwrap()).collect();
+                    let raw: Vec<i32> = pipes.iter().map(|(_, w)| w.as_raw_fd()).collect();
+                    let cmsg = [ControlMessage::ScmRights(&raw)];
+                    let cmsgs: &[ControlMessage] = if n > 0 { &cmsg } else { &[] };
+                    let iov = [IoSlice::new(bytes)];
+                    sendmsg::<()>(w.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None).unwrap();
+                };
+                send(b"{\"plain\":1}\n", 2);
+                send(b"{\"cmd\":\"NODE_HANDLE\",\"msg\":1}\n", 1);
+                // A handle message whose line ends in a later send.
+                send(b"{\"cmd\":\"NODE_HANDLE\",", 1);
+                send(b"\"msg\":2}\n{\"after\":1}\n", 0);
+            },
+            1000,
+        )
+        .await;
+        assert_eq!(
+            got,
+            vec![
+                "stray fds 2".to_string(),
+                "message {\"plain\":1}".into(),
+                "message {\"cmd\":\"NODE_HANDLE\",\"msg\":1}".into(),
+                "message {\"cmd\":\"NODE_HANDLE\",\"msg\":2}".into(),
+                "message {\"after\":1}".into(),
+                "closed".into(),
+            ]
+        );
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@
 //!   channel readers and writers; `events`: what the app tells the outside;
 //! - `reload`: how each reload replaces the workers (start the new one
 //!   first, or stop the old one first), from what they listen on.
+//! - `triggers`: the app's own reasons to reload (`watch`, `cron_restart`).
 //!
 //! Memory is bounded wherever a worker can push (see [`Events`]):
 //! - Output: each pump reads a worker's pipe and waits for room in the
@@ -37,11 +38,14 @@ mod app;
 mod cluster;
 mod events;
 pub(crate) mod fd;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ipc;
 mod listeners;
 mod output;
 mod reload;
 mod timers;
+mod triggers;
 mod workers;
 
 pub use app::Target;

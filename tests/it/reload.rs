@@ -14,6 +14,7 @@
 //! - A new version that cannot start is reported; the app keeps serving;
 //!   the fixed version, applied with `herd start FILE`, brings every slot back.
 //! - `herd start FILE` again with a changed env reaches every instance.
+//! - A `--watch` reload takes the same way as `herd reload` (a restart here).
 //!
 //! `HERD_TEST_RELOADS=N` sets how many reloads the load tests make (2).
 
@@ -528,4 +529,53 @@ fn starting_a_file_again_with_a_changed_env_reaches_every_instance() {
     let bun_log = app_log(&d, "bun", from);
     assert!(!bun_log.contains("reload is a restart"), "{bun_log}");
     assert!(bun_log.contains(pat::RELOAD_FINISHED), "{bun_log}");
+}
+
+/// `--watch` reloads through the same choice as `herd reload`: an edit to a
+/// server that binds its own port without SO_REUSEPORT restarts it (and
+/// says so) instead of aborting with the old code left running.
+#[test]
+fn a_watch_reload_of_a_server_without_reuse_port_is_a_restart() {
+    need!(Need::Python);
+    let dir = TempDir::new("reload-watch");
+    std::fs::copy(runtimes().join("python-server.py"), dir.join("server.py")).unwrap();
+    std::fs::write(dir.join("version"), "1\n").unwrap();
+    let port = free_port();
+    let h = Herd::spawn(
+        "herd",
+        herd_bin(),
+        &[
+            "run",
+            "-i",
+            "1",
+            "--watch",
+            "--cwd",
+            dir.path().to_str().unwrap(),
+            "--",
+            "python3",
+            "server.py",
+        ],
+        &[("PORT", &port.to_string()), ("VERSION", "1")],
+    );
+    let online = h.wait_online(0, 1, START);
+    h.wait_ready(&online, START);
+    h.wait_stderr_after(0, "watch: watching {} folder(s) for changes", START);
+    let (old, _) = answer(port).expect("it serves");
+    let mark = h.mark(Stream::Stderr);
+    std::fs::write(dir.join("version"), "2\n").unwrap();
+    h.wait_stderr_after(mark, pat::RELOAD_FINISHED, RELOAD);
+    let log = h.stderr_text();
+    assert!(log.contains("watch: version changed"), "{log}");
+    assert!(
+        log.contains("reload is a restart, one worker at a time") && log.contains("--listen"),
+        "{log}"
+    );
+    assert!(!log.contains(pat::RELOAD_ABORTED), "{log}");
+    let mut now = None;
+    let moved = wait_until(START, || {
+        now = answer(port).ok().map(|(pid, _)| pid);
+        now.is_some_and(|pid| pid != old)
+    });
+    assert!(moved, "a new process serves: {now:?} (old {old})");
+    assert!(!process_alive(old), "the old one is gone");
 }

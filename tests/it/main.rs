@@ -21,6 +21,7 @@ mod monit;
 mod node;
 mod pid1;
 mod pm2_verbs;
+mod reload;
 mod run;
 mod runtime;
 mod systemd;

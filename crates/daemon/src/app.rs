@@ -212,13 +212,31 @@ pub fn spawn(id: u32, def: AppDef, home: &Home, secrets: SecretNames) -> Result<
 
 /// A command waiting for its end to show in the event stream.
 enum Pending {
-    /// A reload or a one-worker replacement: ends with `reload finished` or aborted.
-    Reload(oneshot::Sender<Reply>),
+    /// A reload or a one-worker replacement: ends with `reload finished` or
+    /// aborted. The engine's warnings meanwhile (a reload that is a restart,
+    /// and why; what `tcp_migrate_req` costs) go into the answer too, so
+    /// whoever asked reads them, not only the daemon's log.
+    Reload {
+        reply: oneshot::Sender<Reply>,
+        notes: Vec<String>,
+    },
     /// A stop: ends with the app's exit; then what.
     Stop {
         reply: oneshot::Sender<Reply>,
         then: AfterStop,
     },
+}
+
+impl Pending {
+    /// The most warnings one reload's answer carries (the log has them all).
+    const MAX_NOTES: usize = 4;
+
+    fn reload(reply: oneshot::Sender<Reply>) -> Pending {
+        Pending::Reload {
+            reply,
+            notes: Vec::new(),
+        }
+    }
 }
 
 enum AfterStop {
@@ -389,7 +407,7 @@ impl Actor {
             AppCommand::Restart { worker: Some(slot) } => match &self.engine {
                 Some(e) if slot < self.def.spec.instances => {
                     e.command(Command::Replace(slot));
-                    self.pending = Some(Pending::Reload(reply));
+                    self.pending = Some(Pending::reload(reply));
                 }
                 Some(_) => answer(
                     reply,
@@ -526,7 +544,7 @@ impl Actor {
             if let Some(engine) = &self.engine {
                 match engine.update(&old.spec, self.engine_spec()) {
                     Ok(()) => {
-                        self.pending = Some(Pending::Reload(reply));
+                        self.pending = Some(Pending::reload(reply));
                         return;
                     }
                     Err(UpdateError::Listeners) => {
@@ -545,7 +563,7 @@ impl Actor {
         match &self.engine {
             Some(e) => {
                 e.command(Command::Reload);
-                self.pending = Some(Pending::Reload(reply));
+                self.pending = Some(Pending::reload(reply));
             }
             None => answer(reply, self.start_engine()),
         }
@@ -591,7 +609,14 @@ impl Actor {
             // it is printed; the daemon has no reader for it, and logging it
             // would let a chatty worker fill the daemon's own log.
             Event::Message { .. } => {}
-            Event::Warning(text) => self.say(format!("warning: {text}")),
+            Event::Warning(text) => {
+                if let Some(Pending::Reload { notes, .. }) = &mut self.pending {
+                    if notes.len() < Pending::MAX_NOTES {
+                        notes.push(format!("warning: {text}"));
+                    }
+                }
+                self.say(format!("warning: {text}"))
+            }
             Event::Lifecycle(report) => {
                 self.say(&report);
                 self.on_report(&report);
@@ -636,8 +661,14 @@ impl Actor {
             } => Err(format!("{}: {report}", self.name())),
             _ => return,
         };
-        if let Some(Pending::Reload(reply)) = self.pending.take() {
-            let _ = reply.send(result);
+        if let Some(Pending::Reload { reply, notes }) = self.pending.take() {
+            let with_notes = |text: String| {
+                std::iter::once(text)
+                    .chain(notes.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            let _ = reply.send(result.map(with_notes).map_err(with_notes));
         }
     }
 
@@ -657,7 +688,7 @@ impl Actor {
                 };
                 let _ = reply.send(result);
             }
-            Some(Pending::Reload(reply)) => {
+            Some(Pending::Reload { reply, .. }) => {
                 let _ = reply.send(Err(format!(
                     "{} ended during the reload: {}",
                     self.name(),

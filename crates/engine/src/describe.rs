@@ -120,6 +120,10 @@ impl fmt::Display for Report {
                 f,
                 "replacing worker {slot}: starting its successor, then draining it"
             ),
+            Report::Restarting { slot } => write!(
+                f,
+                "restarting worker {slot}: it stops first, then its successor starts (a new worker could not listen beside it)"
+            ),
             Report::ReloadAborted {
                 slot,
                 reason,
@@ -141,7 +145,7 @@ impl fmt::Display for Report {
                 if *old_serving {
                     f.write_str("; the old worker keeps serving")
                 } else {
-                    f.write_str("; the slot's old worker had died, so the slot restarts by its restart policy")
+                    f.write_str("; no old worker serves this slot any more (it had died, or the reload stopped it first), so the slot restarts by its restart policy; the other workers keep serving")
                 }
             }
             Report::Stopping { workers } => write!(f, "stopping {workers} worker(s)"),

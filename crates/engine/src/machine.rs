@@ -13,6 +13,12 @@
 //! `current` worker and, during a reload or a replacement, one `successor`
 //! (starting, until it is ready and takes over); workers being stopped (the
 //! predecessors, drained after a reload) leave their slot.
+//!
+//! A reload replaces the slots one at a time, in the [`ReloadOrder`] the
+//! driver chose for it: start the successor first and drain the old worker
+//! once the successor is ready (no downtime), or — when a new worker could
+//! not listen beside the old one — stop the old worker first and start its
+//! successor once the slot is empty (pm2's restart).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -123,6 +129,23 @@ pub enum Command {
     /// wait until it is ready, then drain the old (`--max-memory-restart`,
     /// `herd restart app:N`). A slot with nothing serving simply starts afresh.
     Replace(Slot),
+}
+
+/// How a reload replaces each slot's worker. The driver chooses it for
+/// each reload ([`Machine::set_reload_order`]): it knows whether a new
+/// worker can listen beside the old one; the machine does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadOrder {
+    /// Start the successor, wait until it is ready, then drain the old
+    /// worker: the slot keeps serving throughout.
+    #[default]
+    StartFirst,
+    /// Stop the old worker, wait until every worker of the slot is gone,
+    /// then start the successor and wait until it is ready before the next
+    /// slot (pm2's restart): the slot serves nothing meanwhile, the other
+    /// slots do.
+    StopFirst,
 }
 
 /// Deadlines the machine asks the driver to watch.
@@ -249,6 +272,11 @@ pub enum Report {
     ReloadQueued,
     /// One slot's worker is being replaced ([`Command::Replace`]).
     Replacing {
+        slot: Slot,
+    },
+    /// A reload or a replacement in [`ReloadOrder::StopFirst`] reached this
+    /// slot: its worker stops, then its successor starts.
+    Restarting {
         slot: Slot,
     },
     ReloadFinished,
@@ -455,6 +483,16 @@ pub(crate) struct Machine {
     reload: Option<Slot>,
     /// The reload replaces that one slot only ([`Command::Replace`]).
     reload_one: bool,
+    /// The order the driver chose for the next reload ([`Self::set_reload_order`]).
+    #[serde(default)]
+    next_order: ReloadOrder,
+    /// The order of the running reload, taken from `next_order` as it began.
+    #[serde(default)]
+    reload_order: ReloadOrder,
+    /// A stop-first reload stopped the slot's worker and starts its
+    /// successor once no worker of the slot is left.
+    #[serde(default)]
+    reload_waits_for_stop: bool,
     reload_queued: bool,
     /// A queued reload waits for the end of the current input to begin.
     pending_reload_restart: bool,
@@ -481,6 +519,9 @@ impl Machine {
             mode: Mode::Idle,
             reload: None,
             reload_one: false,
+            next_order: ReloadOrder::StartFirst,
+            reload_order: ReloadOrder::StartFirst,
+            reload_waits_for_stop: false,
             reload_queued: false,
             pending_reload_restart: false,
             last_errored: None,
@@ -494,6 +535,12 @@ impl Machine {
     /// stopping keep the kill timeout they were given.
     pub(crate) fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
+    }
+
+    /// How the next reload (or replacement) replaces each slot's worker; a
+    /// reload that runs keeps the order it began with.
+    pub(crate) fn set_reload_order(&mut self, order: ReloadOrder) {
+        self.next_order = order;
     }
 
     /// The number of slots.
@@ -519,6 +566,15 @@ impl Machine {
             self.workers.get(&worker).map(|w| w.phase),
             Some(Phase::Running { ready: true })
         )
+    }
+
+    /// Is this worker a slot's successor (in a reload or a replacement), not
+    /// ready yet?
+    pub(crate) fn is_successor(&self, worker: WorkerId) -> bool {
+        self.workers
+            .get(&worker)
+            .and_then(|w| self.slots.get(w.slot))
+            .is_some_and(|s| s.successor == Some(worker))
     }
 
     /// Is this worker being stopped?
@@ -609,6 +665,7 @@ impl Machine {
             Input::Timer(timer) => self.timer(now, timer, &mut out),
             Input::StopSignalled { worker } => self.stop_signalled(worker, &mut out),
         }
+        self.start_after_stop(now, &mut out);
         self.resume_queued_reload(now, &mut out);
         self.rescue(now, &mut out);
         self.check_finished(&mut out);
@@ -689,7 +746,9 @@ impl Machine {
                 "a reload is running; it replaces this worker too",
             ));
         }
-        out.push(Action::Report(Report::Replacing { slot }));
+        if self.next_order == ReloadOrder::StartFirst {
+            out.push(Action::Report(Report::Replacing { slot }));
+        }
         self.reload_one = true;
         self.reload_from(now, slot, out);
     }
@@ -866,7 +925,11 @@ impl Machine {
             }
             return;
         }
+        if self.reload.is_none() {
+            self.reload_order = self.next_order;
+        }
         self.reload = Some(from);
+        self.reload_waits_for_stop = false;
         let info = &mut self.slots[from];
         // A reload (or a replacement) starts the slot's counting over, as
         // pm2's `resetState` does.
@@ -879,8 +942,36 @@ impl Machine {
             self.slots[from].current = Some(worker);
             return self.reload_next(now, from, out);
         }
+        if self.reload_order == ReloadOrder::StopFirst {
+            out.push(Action::Report(Report::Restarting { slot: from }));
+            if let Some(old) = info.current {
+                self.begin_stop(old, out);
+            }
+            // The successor follows in `start_after_stop`.
+            self.reload_waits_for_stop = true;
+            return;
+        }
         let worker = self.spawn(now, from, out);
         self.slots[from].successor = Some(worker);
+    }
+
+    /// A stop-first reload starts the slot's successor once every worker
+    /// of the slot is gone (the old one, and any predecessor still draining),
+    /// so the new worker never meets an old one on its port.
+    fn start_after_stop(&mut self, now: MonoTime, out: &mut Vec<Action>) {
+        if !self.reload_waits_for_stop || self.mode != Mode::Running {
+            return;
+        }
+        let Some(slot) = self.reload else {
+            self.reload_waits_for_stop = false;
+            return;
+        };
+        if self.workers.values().any(|w| w.slot == slot) {
+            return;
+        }
+        self.reload_waits_for_stop = false;
+        let worker = self.spawn(now, slot, out);
+        self.slots[slot].successor = Some(worker);
     }
 
     fn abort_reload(&mut self, slot: Slot, reason: AbortReason, out: &mut Vec<Action>) {

@@ -49,7 +49,7 @@ pub use http::{
     http_get, http_request, pids_answering, unix_http_get, unix_http_request, wait_http,
     wait_http_ok, Load, LoadReport, Response,
 };
-pub use need::{in_ci, need, skip_or_fail, Need};
+pub use need::{in_ci, need, runtime_bin, skip_or_fail, Need};
 pub use pat::match_pat;
 pub use procs::{
     cpu_time, group_empty, group_members, process_alive, tcp_port_state, zombie_children, CpuWatch,

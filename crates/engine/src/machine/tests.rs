@@ -1105,6 +1105,132 @@ fn a_worker_that_never_says_ready_is_online_at_the_listen_timeout_with_one_warni
     assert_eq!(sim.count(|r| matches!(r, Report::ReadyAssumed { .. })), 0);
 }
 
+/// The live workers of each slot (stopping ones included), as the sim sees them.
+fn workers_per_slot(sim: &Sim) -> BTreeMap<Slot, usize> {
+    let mut n = BTreeMap::new();
+    for (slot, _) in sim.live.values() {
+        *n.entry(*slot).or_default() += 1;
+    }
+    n
+}
+
+#[test]
+fn a_stop_first_reload_stops_each_worker_before_its_successor_starts() {
+    let mut sim = Sim::new(policy(), 2);
+    sim.advance(Duration::from_secs(2));
+    let old = [sim.worker_in(0), sim.worker_in(1)];
+    sim.machine.set_reload_order(ReloadOrder::StopFirst);
+    sim.input(Input::Command(Command::Reload));
+    assert_eq!(sim.count(|r| *r == Report::Restarting { slot: 0 }), 1);
+    assert_eq!(sim.stopped, vec![old[0]], "slot 0's worker stops first");
+    assert_eq!(sim.live.len(), 2, "no successor while it drains");
+    sim.advance(Duration::from_millis(500));
+    assert_eq!(sim.live.len(), 2, "still none: it has not exited");
+    sim.exit(old[0], ExitStatus::Code(0));
+    let successor = sim.machine.slots[0]
+        .successor
+        .expect("its successor starts now");
+    assert_eq!(workers_per_slot(&sim)[&0], 1);
+    assert!(sim.stopped == vec![old[0]], "slot 1 serves meanwhile");
+    sim.advance(Duration::from_millis(1000));
+    assert_eq!(sim.worker_in(0), successor, "ready: it holds the slot");
+    assert_eq!(sim.stopped, old.to_vec(), "then slot 1's turn");
+    assert_eq!(workers_per_slot(&sim)[&1], 1);
+    sim.finish_stopped();
+    sim.advance(Duration::from_millis(1000));
+    assert_eq!(sim.count(|r| *r == Report::ReloadFinished), 1);
+    assert_eq!(sim.count(|r| matches!(r, Report::ReloadAborted { .. })), 0);
+    assert_eq!(sim.live.len(), 2);
+    assert!(!old.contains(&sim.worker_in(0)) && !old.contains(&sim.worker_in(1)));
+    assert_eq!(sim.machine.snapshot(sim.now).slots[1].restarts, 1);
+}
+
+#[test]
+fn a_stop_first_reload_whose_new_version_cannot_start_reports_why_and_the_others_serve() {
+    let mut sim = Sim::new(policy(), 2);
+    sim.advance(Duration::from_secs(2));
+    let old1 = sim.worker_in(1);
+    sim.machine.set_reload_order(ReloadOrder::StopFirst);
+    sim.input(Input::Command(Command::Reload));
+    sim.finish_stopped();
+    let successor = sim.machine.slots[0].successor.unwrap();
+    sim.exit(successor, ExitStatus::Code(1));
+    assert!(sim.reports.iter().any(|r| matches!(
+        r,
+        Report::ReloadAborted {
+            slot: 0,
+            reason: AbortReason::Exited(ExitStatus::Code(1)),
+            old_serving: false,
+        }
+    )));
+    assert!(!sim.machine.reloading());
+    assert_eq!(sim.worker_in(1), old1, "slot 1 keeps serving, untouched");
+    assert!(!sim.stopped.contains(&old1));
+    // Slot 0 is left to its restart policy (a backoff, then a new try).
+    assert_eq!(
+        sim.machine.snapshot(sim.now).slots[0].phase,
+        SlotPhase::Backoff
+    );
+    // A spawn that fails outright is reported the same way.
+    sim.advance(Duration::from_secs(2));
+    sim.fail_spawns = true;
+    sim.input(Input::Command(Command::Replace(1)));
+    sim.finish_stopped();
+    assert!(sim.reports.iter().any(|r| matches!(
+        r,
+        Report::ReloadAborted {
+            slot: 1,
+            reason: AbortReason::SpawnFailed(_),
+            old_serving: false,
+        }
+    )));
+}
+
+#[test]
+fn a_stop_first_replacement_says_restarting_and_waits_for_a_draining_predecessor() {
+    let mut sim = Sim::new(policy(), 1);
+    sim.advance(Duration::from_secs(2));
+    // A zero-downtime replacement whose old worker is still draining ...
+    let first = sim.worker_in(0);
+    sim.input(Input::Command(Command::Replace(0)));
+    sim.advance(Duration::from_millis(1000));
+    assert_eq!(sim.stopped, vec![first]);
+    let second = sim.worker_in(0);
+    // ... then a stop-first one: its successor waits for both to be gone.
+    sim.machine.set_reload_order(ReloadOrder::StopFirst);
+    sim.input(Input::Command(Command::Replace(0)));
+    assert_eq!(sim.count(|r| *r == Report::Restarting { slot: 0 }), 1);
+    assert_eq!(sim.count(|r| matches!(r, Report::Replacing { .. })), 1);
+    sim.exit(second, ExitStatus::Code(0));
+    assert!(
+        sim.machine.slots[0].successor.is_none(),
+        "{first:?} still drains"
+    );
+    sim.exit(first, ExitStatus::Code(0));
+    assert!(sim.machine.slots[0].successor.is_some());
+    sim.advance(Duration::from_millis(1000));
+    assert_eq!(sim.count(|r| *r == Report::ReloadFinished), 2);
+}
+
+#[test]
+fn a_reload_keeps_the_order_it_began_with_and_a_stop_ends_the_wait() {
+    let mut sim = Sim::new(policy(), 2);
+    sim.advance(Duration::from_secs(2));
+    sim.machine.set_reload_order(ReloadOrder::StopFirst);
+    sim.input(Input::Command(Command::Reload));
+    sim.machine.set_reload_order(ReloadOrder::StartFirst);
+    sim.finish_stopped();
+    sim.advance(Duration::from_millis(1000));
+    assert_eq!(sim.count(|r| *r == Report::Restarting { slot: 1 }), 1);
+    assert_eq!(workers_per_slot(&sim)[&1], 1, "slot 1 stopped first too");
+    // A stop while slot 1 waits for its worker to go: nothing new starts.
+    sim.input(Input::Command(Command::Stop));
+    sim.finish_stopped();
+    sim.advance(Duration::from_secs(5));
+    assert!(sim.live.is_empty());
+    assert_eq!(sim.exit, Some(Outcome::Stopped));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     ExitWorker(usize, i32),
@@ -1117,6 +1243,7 @@ enum Op {
     Replace(usize),
     FailSpawns(bool),
     HoldSignal(bool),
+    StopFirst(bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -1131,6 +1258,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0..4usize).prop_map(Op::Replace),
         any::<bool>().prop_map(Op::FailSpawns),
         any::<bool>().prop_map(Op::HoldSignal),
+        any::<bool>().prop_map(Op::StopFirst),
     ]
 }
 
@@ -1186,6 +1314,11 @@ proptest! {
                 Op::Replace(slot) => sim.input(Input::Command(Command::Replace(slot))),
                 Op::FailSpawns(f) => sim.fail_spawns = f,
                 Op::HoldSignal(h) => sim.hold_signal = h,
+                Op::StopFirst(f) => sim.machine.set_reload_order(if f {
+                    ReloadOrder::StopFirst
+                } else {
+                    ReloadOrder::StartFirst
+                }),
             }
             // Invariants.
             let m = &sim.machine;
@@ -1198,6 +1331,10 @@ proptest! {
                 prop_assert!(slot.current.is_none() || slot.current != slot.successor);
                 if slot.successor.is_some() {
                     prop_assert_eq!(m.reload, Some(i));
+                }
+                // Stop-first: a successor never runs beside another worker of its slot.
+                if slot.successor.is_some() && m.reload_order == ReloadOrder::StopFirst {
+                    prop_assert_eq!(workers_per_slot(&sim).get(&i).copied(), Some(1));
                 }
             }
             // The machine knows exactly the live processes.

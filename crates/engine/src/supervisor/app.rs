@@ -47,6 +47,7 @@ use super::events::{timed, AppStatus, Event, Events, RoundRobinStats, Stream, Ti
 use super::ipc::{self, FromWorker, Outgoing, MESSAGE_QUEUE};
 use super::listeners::Listeners;
 use super::output::{self, start_pump};
+use super::reload::{Check, Reloads, LISTEN_POLL};
 use super::timers::{Timers, Wake};
 use super::triggers::{self, Do, Triggers, Watcher};
 use super::workers::{self, Notified, WorkerStart, WorkerWiring, Workers};
@@ -54,7 +55,8 @@ use crate::clock::MonoTime;
 use crate::config::{AppSpec, ExecMode, WorkerKind};
 use crate::exit::ExitStatus;
 use crate::machine::{
-    Action, Command, Input, Late, Machine, Next, Policy, Readiness, Report, Slot, WorkerId,
+    Action, Command, Input, Late, Machine, Next, Policy, Readiness, Report, Slot, Timer,
+    WorkerId,
 };
 use crate::os::channel::Channel;
 use crate::os::notify::NotifySocket;
@@ -140,6 +142,9 @@ pub(crate) struct AppState {
     pub(crate) workers: Workers,
     pub(crate) cluster: Cluster,
     pub(crate) timers: Timers,
+    /// How reloads replace the workers, and successors held until they listen.
+    #[serde(default)]
+    pub(crate) reloads: Reloads,
     /// The watch and cron triggers.
     pub(crate) triggers: Triggers,
     /// The app's notify socket (`NOTIFY_SOCKET` in every worker): owned by
@@ -228,6 +233,7 @@ impl App {
             listeners,
             workers: Workers::default(),
             timers: Timers::default(),
+            reloads: Reloads::default(),
             triggers: Triggers::default(),
             notify: NotifyRecord {
                 fd: notify.as_raw_fd(),
@@ -334,7 +340,7 @@ impl App {
 
     fn request(&mut self, request: Request) {
         match request {
-            Request::Command(c) => self.input(Input::Command(c)),
+            Request::Command(c) => self.command(c),
             Request::Send { to, message } => self.send(to, &message),
             Request::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -366,13 +372,36 @@ impl App {
                     self.input(Input::Command(Command::Scale(slots)));
                 }
                 self.configure_triggers();
-                self.input(Input::Command(Command::Reload));
+                self.command(Command::Reload);
             }
             #[cfg(test)]
             Request::State(reply) => {
                 let _ = reply.send(serde_json::to_value(&self.state).expect("the state is data"));
             }
         }
+    }
+
+    /// A command for the machine; a reload or a replacement first gets its
+    /// order, from what the running workers listen on (see `reload`).
+    fn command(&mut self, command: Command) {
+        let what = match command {
+            Command::Reload => "reload".to_string(),
+            Command::Replace(slot) => format!("replacing worker {slot}"),
+            _ => return self.input(Input::Command(command)),
+        };
+        let mut workers: Vec<(Slot, Pid)> = self
+            .state
+            .workers
+            .running_workers()
+            .map(|(_, slot, pid)| (slot, pid))
+            .collect();
+        workers.sort();
+        let choice = self.state.reloads.choose(&what, &workers);
+        self.state.machine.set_reload_order(choice.order);
+        for note in choice.notes {
+            self.event(Event::Warning(note));
+        }
+        self.input(Input::Command(command));
     }
 
     fn status(&self) -> AppStatus {
@@ -541,7 +570,9 @@ impl App {
     fn fire_timers(&mut self) {
         while let Some(wake) = self.state.timers.pop_due(MonoTime::now()) {
             match wake {
+                Wake::Machine(Timer::ReadyDelay(worker)) => self.ready_delay_passed(worker),
                 Wake::Machine(timer) => self.input(Input::Timer(timer)),
+                Wake::ListenCheck(worker) => self.listen_check(worker),
                 Wake::StopSignal(worker) => {
                     self.with_cluster(|cluster, cx| cluster.stop_signal(worker, cx))
                 }
@@ -602,8 +633,50 @@ impl App {
                         continue;
                     }
                     self.event(Event::Lifecycle(Report::Triggered(trigger)));
-                    self.input(Input::Command(Command::Reload));
+                    self.command(Command::Reload);
                 }
+            }
+        }
+    }
+
+    /// A worker has been up for its ready delay. A reload's successor whose
+    /// predecessor listened by itself is held until it listens too (see
+    /// `reload`); any other is ready now.
+    fn ready_delay_passed(&mut self, worker: WorkerId) {
+        let s = &mut self.state;
+        if let Some((slot, pid)) = s.workers.get_running(worker) {
+            let deadline = MonoTime::now()
+                + s.spec
+                    .ready
+                    .listen_timeout
+                    .saturating_sub(s.spec.ready.ready_delay);
+            if s.machine.is_successor(worker) && s.reloads.hold(worker, slot, pid, deadline) {
+                s.timers
+                    .set(MonoTime::now(), LISTEN_POLL, Wake::ListenCheck(worker));
+                return;
+            }
+        }
+        self.input(Input::Timer(Timer::ReadyDelay(worker)));
+    }
+
+    /// Does a held successor listen yet?
+    fn listen_check(&mut self, worker: WorkerId) {
+        let s = &mut self.state;
+        let running = s.workers.get_running(worker);
+        match s.reloads.check(worker, running, MonoTime::now()) {
+            Check::NotHeld => {}
+            Check::Ready => self.input(Input::Timer(Timer::ReadyDelay(worker))),
+            Check::Again => s
+                .timers
+                .set(MonoTime::now(), LISTEN_POLL, Wake::ListenCheck(worker)),
+            Check::TimedOut { listening, wanted } => {
+                if let Some((slot, pid)) = running {
+                    self.event(Event::Warning(format!(
+                        "worker {slot} (pid {pid}) listens on {listening} socket(s) of its own, where the worker it replaces listened on {wanted}, {} after it started",
+                        crate::describe::duration(self.state.spec.ready.listen_timeout.max(self.state.spec.ready.ready_delay))
+                    )));
+                }
+                self.input(Input::Timer(Timer::ListenTimeout(worker)));
             }
         }
     }
@@ -957,6 +1030,7 @@ mod tests {
                 .0,
             workers: Workers::default(),
             timers: Timers::default(),
+            reloads: Reloads::default(),
             triggers: Triggers::default(),
             notify: NotifyRecord {
                 fd: 99,

@@ -14,6 +14,8 @@
 //!   (`round_robin`, choosing with `picker`);
 //! - `timers`: pending timers; `output`: the output pumps; `ipc`: the
 //!   channel readers and writers; `events`: what the app tells the outside;
+//! - `reload`: how each reload replaces the workers (start the new one
+//!   first, or stop the old one first), from what they listen on.
 //! - `triggers`: the app's own reasons to reload (`watch`, `cron_restart`).
 //!
 //! Memory is bounded wherever a worker can push (see [`Events`]):
@@ -41,6 +43,7 @@ pub mod fuzzing;
 mod ipc;
 mod listeners;
 mod output;
+mod reload;
 mod timers;
 mod triggers;
 mod workers;

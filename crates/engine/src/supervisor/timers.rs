@@ -28,6 +28,8 @@ pub(crate) enum Wake {
     StopSignal(WorkerId),
     /// Round-robin: has the worker answered for its oldest client connection?
     AnswerDue(WorkerId),
+    /// A reload's successor held until it listens: does it now?
+    ListenCheck(WorkerId),
     /// The app's watch or cron trigger (`triggers`).
     Trigger(TriggerWake),
 }

@@ -75,6 +75,7 @@ pub mod describe;
 pub mod foreground;
 pub mod machine;
 pub mod supervisor;
+pub mod upgrade;
 
 mod clock;
 mod cpus;

@@ -43,6 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::cluster::protocol::{self, ServerKey};
 use super::cluster::round_robin::Accepting;
 use super::cluster::{Cluster, ClusterConfig, Cx, Effect, Effects, DISCONNECT_GRACE};
+use super::handover::{FreezeError, Frozen, Leftovers};
 use super::events::{timed, AppStatus, Event, Events, RoundRobinStats, Stream, Timed, EVENT_QUEUE};
 use super::ipc::{self, FromWorker, Outgoing, MESSAGE_QUEUE};
 use super::listeners::Listeners;
@@ -87,6 +88,8 @@ pub(crate) enum Request {
         signal: Signal,
     },
     Update(Box<AppSpec>),
+    /// Pause the app and hand over its whole state (an in-place upgrade).
+    Freeze(oneshot::Sender<Result<Frozen, FreezeError>>),
     /// The app's whole state, as JSON (tests: it must stay plain data).
     #[cfg(test)]
     State(oneshot::Sender<serde_json::Value>),
@@ -100,6 +103,7 @@ impl std::fmt::Debug for Request {
             Request::Status(_) => f.write_str("Status"),
             Request::Signal { to, signal } => write!(f, "Signal({to:?}, {signal})"),
             Request::Update(spec) => write!(f, "Update({})", spec.name),
+            Request::Freeze(_) => f.write_str("Freeze"),
             #[cfg(test)]
             Request::State(_) => f.write_str("State"),
         }
@@ -107,7 +111,7 @@ impl std::fmt::Debug for Request {
 }
 
 /// What the app's helper tasks tell the app task.
-enum FromTask {
+pub(super) enum FromTask {
     /// A worker's process ended and its output was drained.
     Exited {
         worker: WorkerId,
@@ -141,41 +145,54 @@ pub(crate) struct AppState {
     pub(crate) timers: Timers,
     /// The app's notify socket (`NOTIFY_SOCKET` in every worker): owned by
     /// the wiring; its number and name let a new binary take it over.
-    notify: NotifyRecord,
+    pub(super) notify: NotifyRecord,
 }
 
 /// Where the app's notify socket is.
 #[derive(Debug, Serialize, Deserialize)]
-struct NotifyRecord {
-    fd: RawFd,
+pub(super) struct NotifyRecord {
+    pub(super) fd: RawFd,
     /// `@herd/<pid>/<n>`: the abstract name workers send to.
-    name: String,
+    pub(super) name: String,
 }
 
 /// What the app task holds besides its state: its channels, its helper
 /// tasks, and the fds registered with the reactor. Made again from the
 /// state, never written out.
-struct Wiring {
-    notify: Arc<NotifySocket>,
-    events: mpsc::Sender<Timed>,
+pub(super) struct Wiring {
+    pub(super) notify: Arc<NotifySocket>,
+    pub(super) events: mpsc::Sender<Timed>,
     /// The app's own events waiting for room in `events` (see the module docs).
-    pending: VecDeque<Timed>,
-    tasks: mpsc::UnboundedSender<FromTask>,
-    messages: mpsc::Sender<FromWorker>,
+    pub(super) pending: VecDeque<Timed>,
+    pub(super) tasks: mpsc::UnboundedSender<FromTask>,
+    pub(super) messages: mpsc::Sender<FromWorker>,
     /// Per running worker: its writer's queue and its output pumps.
-    workers: BTreeMap<WorkerId, WorkerWiring>,
+    pub(super) workers: BTreeMap<WorkerId, WorkerWiring>,
     /// Per round-robin server: herd's accept loop.
-    accepting: BTreeMap<ServerKey, Accepting>,
+    pub(super) accepting: BTreeMap<ServerKey, Accepting>,
+    /// Exited workers whose output is still being drained (their exit
+    /// report follows).
+    pub(super) draining: usize,
+    /// A freeze was asked for (see `handover`): whom to answer, and until
+    /// when the app may take to settle.
+    pub(super) freezing: Option<(oneshot::Sender<Result<Frozen, FreezeError>>, tokio::time::Instant)>,
+}
+
+/// The receiving ends of an app task's queues.
+pub(super) struct Inbox {
+    pub(super) requests: mpsc::UnboundedReceiver<Request>,
+    pub(super) tasks: mpsc::UnboundedReceiver<FromTask>,
+    pub(super) messages: mpsc::Receiver<FromWorker>,
 }
 
 /// One app's task.
 pub(crate) struct App {
-    state: AppState,
-    wire: Wiring,
+    pub(super) state: AppState,
+    pub(super) wire: Wiring,
 }
 
 /// The machine's policies for a spec.
-fn policy_for(spec: &AppSpec) -> Policy {
+pub(super) fn policy_for(spec: &AppSpec) -> Policy {
     Policy {
         restart: spec.restart.clone(),
         readiness: if spec.ready.wait_ready || spec.kind == WorkerKind::Node {
@@ -229,19 +246,28 @@ impl App {
                 messages,
                 workers: BTreeMap::new(),
                 accepting: BTreeMap::new(),
+                draining: 0,
+                freezing: None,
             },
         };
-        tokio::spawn(app.run(requests_rx, tasks_rx, messages_rx));
+        let inbox = Inbox {
+            requests: requests_rx,
+            tasks: tasks_rx,
+            messages: messages_rx,
+        };
+        tokio::spawn(app.run(inbox, None));
         let _ = requests.send(Request::Command(Command::Start));
         (requests, Events::new(events_rx))
     }
 
-    async fn run(
-        mut self,
-        mut requests: mpsc::UnboundedReceiver<Request>,
-        mut tasks: mpsc::UnboundedReceiver<FromTask>,
-        mut messages: mpsc::Receiver<FromWorker>,
-    ) {
+    /// The app's loop, from its start or (`resumed`) from where a previous
+    /// binary froze it.
+    pub(super) async fn run(mut self, inbox: Inbox, resumed: Option<Leftovers>) {
+        let Inbox {
+            mut requests,
+            mut tasks,
+            mut messages,
+        } = inbox;
         use tokio::signal::unix::{signal, SignalKind};
         let mut sigchld = match signal(SignalKind::child()) {
             Ok(s) => s,
@@ -266,11 +292,23 @@ impl App {
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
         let mut armed: Option<MonoTime> = None;
-        if self.state.cluster.config().listener_round_robin() {
-            self.with_cluster(|cluster, cx| cluster.open_listener_servers(cx));
+        match resumed {
+            Some(leftovers) => self.resumed(leftovers),
+            None => {
+                if self.state.cluster.config().listener_round_robin() {
+                    self.with_cluster(|cluster, cx| cluster.open_listener_servers(cx));
+                }
+            }
         }
         let events = self.wire.events.clone();
         while !self.state.machine.finished() {
+            if self.wire.freezing.is_some() && self.settled() {
+                let (reply, _) = self.wire.freezing.take().expect("freezing");
+                let frozen = self.freeze_now(&mut tasks, &mut messages, notify_task).await;
+                let _ = reply.send(Ok(frozen));
+                return;
+            }
+            let freeze_by = self.wire.freezing.as_ref().map(|(_, by)| *by);
             let next = self.state.timers.next();
             if next != armed {
                 if let Some(at) = next {
@@ -281,7 +319,10 @@ impl App {
             }
             let backlog = self.wire.pending.len();
             tokio::select! {
-                Some(request) = requests.recv() => self.request(request),
+                Some(request) = requests.recv(), if freeze_by.is_none() => self.request(request),
+                () = tokio::time::sleep_until(freeze_by.unwrap_or_else(tokio::time::Instant::now)), if freeze_by.is_some() => {
+                    self.freeze_failed(FreezeError::Busy);
+                }
                 Some(msg) = tasks.recv() => self.task_message(msg),
                 Some(msg) = messages.recv(), if backlog < PENDING_LIMIT => self.worker_message(msg),
                 room = events.reserve(), if backlog > 0 => match room {
@@ -301,6 +342,9 @@ impl App {
                 _ = poll.tick() => self.reap(),
             }
             self.settle_accepting();
+        }
+        if self.wire.freezing.is_some() {
+            self.freeze_failed(FreezeError::Finished);
         }
         // The last events (the exit among them) reach the consumer.
         while let Some(event) = self.wire.pending.pop_front() {
@@ -335,6 +379,7 @@ impl App {
                     }
                 }
             }
+            Request::Freeze(reply) => self.begin_freeze(reply),
             Request::Update(spec) => {
                 let slots = spec.instances;
                 self.state.spec = *spec;
@@ -391,7 +436,7 @@ impl App {
     }
 
     /// Queue an event for the consumer; never waits (see the module docs).
-    fn event(&mut self, event: Event) {
+    pub(super) fn event(&mut self, event: Event) {
         let event = timed(event);
         if self.wire.pending.is_empty() {
             match self.wire.events.try_send(event) {
@@ -403,7 +448,7 @@ impl App {
         }
     }
 
-    fn input(&mut self, input: Input) {
+    pub(super) fn input(&mut self, input: Input) {
         let actions = self.state.machine.handle(MonoTime::now(), input);
         for action in actions {
             self.act(action);
@@ -458,7 +503,7 @@ impl App {
     }
 
     /// Call the cluster with what it may use, then carry out its effects.
-    fn with_cluster<R>(&mut self, call: impl FnOnce(&mut Cluster, &mut Cx) -> R) -> R {
+    pub(super) fn with_cluster<R>(&mut self, call: impl FnOnce(&mut Cluster, &mut Cx) -> R) -> R {
         let mut fx = Effects::default();
         let s = &mut self.state;
         let result = call(
@@ -603,6 +648,7 @@ impl App {
                 raw_pid,
                 Stream::Stdout,
                 events.clone(),
+                Vec::new(),
             ),
             start_pump(
                 spawned.stderr,
@@ -610,19 +656,11 @@ impl App {
                 raw_pid,
                 Stream::Stderr,
                 events.clone(),
+                Vec::new(),
             ),
         ];
-        let (outbox, outbox_rx) = mpsc::unbounded_channel();
-        tokio::spawn(ipc::write_channel(channel.clone(), outbox_rx));
-        tokio::spawn(ipc::read_channel(
-            channel,
-            worker,
-            self.state.spec.max_message_bytes,
-            self.wire.messages.clone(),
-        ));
-        self.wire
-            .workers
-            .insert(worker, WorkerWiring { outbox, pumps });
+        let wiring = self.wire_worker(worker, channel, pumps, ipc::Unread::default());
+        self.wire.workers.insert(worker, wiring);
         self.state
             .workers
             .running(worker, slot, pid, channel_fd, output_fds);
@@ -684,7 +722,7 @@ impl App {
     }
 
     /// Look for exited workers; each is reported once its output is drained.
-    fn reap(&mut self) {
+    pub(super) fn reap(&mut self) {
         for (worker, pid, result) in self.state.workers.reap() {
             let status = result.unwrap_or_else(|e| {
                 self.event(Event::Warning(format!(
@@ -705,6 +743,7 @@ impl App {
             return;
         };
         let tx = self.wire.tasks.clone();
+        self.wire.draining += 1;
         tokio::spawn(async move {
             // Its output comes before its exit.
             output::drained(wiring.pumps).await;
@@ -712,9 +751,41 @@ impl App {
         });
     }
 
-    fn task_message(&mut self, msg: FromTask) {
+    /// A running worker's channel tasks: its writer and its reader (`from`:
+    /// where a previous reader stopped), with its output pumps.
+    pub(super) fn wire_worker(
+        &self,
+        worker: WorkerId,
+        channel: Arc<Channel>,
+        pumps: [output::Pump; 2],
+        from: ipc::Unread,
+    ) -> WorkerWiring {
+        let (outbox, outbox_rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(ipc::write_channel(channel.clone(), outbox_rx));
+        let (stop_reader, stop_rx) = oneshot::channel();
+        let reader = tokio::spawn(ipc::read_channel(
+            channel,
+            worker,
+            self.state.spec.max_message_bytes,
+            self.wire.messages.clone(),
+            from,
+            stop_rx,
+        ));
+        WorkerWiring {
+            outbox,
+            writer,
+            reader,
+            stop_reader,
+            pumps,
+        }
+    }
+
+    pub(super) fn task_message(&mut self, msg: FromTask) {
         match msg {
-            FromTask::Exited { worker, status } => self.input(Input::Exited { worker, status }),
+            FromTask::Exited { worker, status } => {
+                self.wire.draining = self.wire.draining.saturating_sub(1);
+                self.input(Input::Exited { worker, status })
+            }
             FromTask::Forked { worker, pid } => {
                 self.state.workers.forked(worker, pid, MonoTime::now())
             }
@@ -743,7 +814,7 @@ impl App {
     }
 
     /// What a worker's channel reader delivered.
-    fn worker_message(&mut self, msg: FromWorker) {
+    pub(super) fn worker_message(&mut self, msg: FromWorker) {
         match msg {
             FromWorker::Message { worker, value } => self.message(worker, value),
             FromWorker::BadMessage { worker, error } => {

@@ -13,7 +13,8 @@
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
 use super::fd::Fd;
 use crate::machine::WorkerId;
@@ -31,7 +32,10 @@ pub(crate) struct Outgoing {
 }
 
 /// What a worker's channel reader hands the app task, in the channel's order
-/// (through the bounded message queue).
+/// (through the bounded message queue). Plain data: the messages still
+/// queued at an in-place upgrade are handed to the new binary.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub(crate) enum FromWorker {
     /// A JSON value arrived.
     Message {
@@ -65,49 +69,92 @@ pub(crate) async fn write_channel(
     }
 }
 
+/// Where a channel reader stopped when asked to (an in-place upgrade): the
+/// bytes it read and has not delivered as messages (from the first
+/// undelivered message on), and how much of an oversized message it was
+/// skipping. A new reader goes on from there.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub(crate) struct Unread {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) skipped: Option<usize>,
+}
+
+/// What a channel reader hands back when it ends.
+pub(crate) struct ReaderEnd {
+    pub(crate) channel: Arc<Channel>,
+    /// `Some` when it was stopped (not at the channel's end).
+    pub(crate) unread: Option<Unread>,
+}
+
 /// Read a worker's channel: newline-delimited JSON, fds alongside. One
 /// message is at most `max` bytes: a longer one is refused (reported as
 /// `Oversized`) and skipped up to its newline without being kept, so memory
 /// stays at `max` plus one read. Each message waits for room in the bounded
 /// queue to the app task before the next read: a flood backs up into the
 /// socket and then into the worker's `send`.
+///
+/// `from` is where a previous reader stopped (empty for a new worker);
+/// `stop` ends the reader between messages, handing back what it has not
+/// delivered.
 pub(crate) async fn read_channel(
     channel: Arc<Channel>,
     worker: WorkerId,
     max: usize,
     tx: mpsc::Sender<FromWorker>,
-) {
-    let mut buf = Vec::with_capacity(4096);
+    from: Unread,
+    stop: oneshot::Receiver<()>,
+) -> ReaderEnd {
+    let mut stop = Some(stop);
+    let mut buf = from.bytes;
+    buf.reserve(4096);
     let mut fds = Vec::new();
     // Complete messages before `start` were handled; `scanned` bytes of the
     // current one hold no newline.
     let mut scanned = 0;
     // Bytes of an oversized message dropped so far (skipping to its newline).
-    let mut skipped: Option<usize> = None;
+    let mut skipped: Option<usize> = from.skipped;
+    let stopped = |channel: &Arc<Channel>, bytes: &[u8], skipped| ReaderEnd {
+        channel: channel.clone(),
+        unread: Some(Unread {
+            bytes: bytes.to_vec(),
+            skipped,
+        }),
+    };
+    // What was left over is handled before the first read.
+    let mut first = true;
     loop {
-        let closed = match channel.recv(&mut buf, &mut fds).await {
-            Ok(0) => fds.is_empty(),
-            Ok(_) => false,
-            Err(_) => true,
-        };
-        if closed {
-            if let Some(size) = skipped {
-                let _ = tx
-                    .send(FromWorker::Oversized {
-                        worker,
-                        size: size + buf.len(),
-                        complete: false,
-                    })
-                    .await;
+        if !first {
+            let got = tokio::select! {
+                biased;
+                () = super::output::stop_asked(&mut stop) => return stopped(&channel, &buf, skipped),
+                got = channel.recv(&mut buf, &mut fds) => got,
+            };
+            let closed = match got {
+                Ok(0) => fds.is_empty(),
+                Ok(_) => false,
+                Err(_) => true,
+            };
+            if closed {
+                if let Some(size) = skipped {
+                    let _ = tx
+                        .send(FromWorker::Oversized {
+                            worker,
+                            size: size + buf.len(),
+                            complete: false,
+                        })
+                        .await;
+                }
+                let _ = tx.send(FromWorker::Closed { worker }).await;
+                break;
             }
-            let _ = tx.send(FromWorker::Closed { worker }).await;
-            break;
         }
+        first = false;
         // No fd is expected from a worker yet; closing them keeps us from leaking.
         fds.clear();
         let mut start = 0;
         while let Some(i) = buf[start + scanned..].iter().position(|&b| b == b'\n') {
             let end = start + scanned + i;
+            let was_skipping = skipped;
             let msg = if let Some(dropped) = skipped.take() {
                 Some(FromWorker::Oversized {
                     worker,
@@ -134,8 +181,26 @@ pub(crate) async fn read_channel(
                 )
             };
             if let Some(msg) = msg {
-                if tx.send(msg).await.is_err() {
-                    return;
+                let sent = match tx.try_send(msg) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+                    Err(mpsc::error::TrySendError::Full(msg)) => tokio::select! {
+                        biased;
+                        () = super::output::stop_asked(&mut stop) => return stopped(&channel, &buf[start..], was_skipping),
+                        room = tx.reserve() => match room {
+                            Ok(permit) => {
+                                permit.send(msg);
+                                Ok(())
+                            }
+                            Err(_) => Err(()),
+                        },
+                    },
+                };
+                if sent.is_err() {
+                    return ReaderEnd {
+                        channel,
+                        unread: None,
+                    };
                 }
             }
             start = end + 1;
@@ -149,6 +214,10 @@ pub(crate) async fn read_channel(
             buf.clear();
             scanned = 0;
         }
+    }
+    ReaderEnd {
+        channel,
+        unread: None,
     }
 }
 
@@ -166,7 +235,15 @@ mod tests {
         let (ours, theirs) = channel::pair().unwrap();
         let channel = Arc::new(Channel::new(ours).unwrap());
         let (tx, mut rx) = mpsc::channel(MESSAGE_QUEUE);
-        let reader = tokio::spawn(read_channel(channel, WorkerId(7), max, tx));
+        let (_stop, stop_rx) = oneshot::channel();
+        let reader = tokio::spawn(read_channel(
+            channel,
+            WorkerId(7),
+            max,
+            tx,
+            Unread::default(),
+            stop_rx,
+        ));
         let writer = std::thread::spawn(move || worker_side(theirs.into()));
         let mut out = Vec::new();
         while let Some(m) = rx.recv().await {

@@ -18,3 +18,4 @@ mod pid1;
 mod pm2_verbs;
 mod run;
 mod systemd;
+mod upgrade;

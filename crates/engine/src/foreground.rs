@@ -211,7 +211,8 @@ impl Signals {
     }
 }
 
-type Upgrading = tokio::task::JoinHandle<Result<(supervisor::Frozen, upgrade::Probed), upgrade::UpgradeError>>;
+type Upgrading =
+    tokio::task::JoinHandle<Result<(supervisor::Frozen, upgrade::Probed), upgrade::UpgradeError>>;
 
 async fn run_loop(
     host: &mut Host,
@@ -307,20 +308,38 @@ impl Host {
         let mut exit = None;
         let write = match event {
             Event::Listening { name, addr } => {
-                let named = if name == "unknown" { String::new() } else { format!(" ({name})") };
-                herd_line(format!("listening on {addr}{named}, balance {}", self.balance))
+                let named = if name == "unknown" {
+                    String::new()
+                } else {
+                    format!(" ({name})")
+                };
+                herd_line(format!(
+                    "listening on {addr}{named}, balance {}",
+                    self.balance
+                ))
             }
-            Event::Output { slot, stream, lines, .. } => {
+            Event::Output {
+                slot,
+                stream,
+                lines,
+                ..
+            } => {
                 if stream == Stream::Stderr {
                     if self.last_stderr.len() <= slot {
                         self.last_stderr.resize(slot + 1, None);
                     }
-                    let last = lines.trim_ascii_end().rsplit(|&b| b == b'\n').next().unwrap_or_default();
+                    let last = lines
+                        .trim_ascii_end()
+                        .rsplit(|&b| b == b'\n')
+                        .next()
+                        .unwrap_or_default();
                     self.last_stderr[slot] = Some(String::from_utf8_lossy(last).into_owned());
                 }
                 (stream, prefix_lines(slot, &lines))
             }
-            Event::Message { slot, message, .. } => herd_line(format!("worker {slot} sent {message}")),
+            Event::Message { slot, message, .. } => {
+                herd_line(format!("worker {slot} sent {message}"))
+            }
             Event::Warning(text) => herd_line(format!("warning: {text}")),
             Event::Lifecycle(report) => {
                 self.service.observe(&report);

@@ -403,7 +403,11 @@ fn to_spawner(job: Job) -> io::Result<()> {
 
 /// Execute the open binary `exe` on the spawner thread, in place of this
 /// process. Returns only if that failed: why.
-pub(crate) async fn exec_on_spawner(exe: RawFd, argv: Vec<CString>, envp: Vec<CString>) -> io::Error {
+pub(crate) async fn exec_on_spawner(
+    exe: RawFd,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+) -> io::Error {
     let (reply, answer) = tokio::sync::oneshot::channel();
     if let Err(e) = to_spawner(Job::Exec {
         exe,

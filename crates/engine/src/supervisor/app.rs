@@ -43,8 +43,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::cluster::protocol::{self, ServerKey};
 use super::cluster::round_robin::Accepting;
 use super::cluster::{Cluster, ClusterConfig, Cx, Effect, Effects, DISCONNECT_GRACE};
-use super::handover::{FreezeError, Frozen, Leftovers};
 use super::events::{timed, AppStatus, Event, Events, RoundRobinStats, Stream, Timed, EVENT_QUEUE};
+use super::handover::{FreezeError, Frozen, Leftovers};
 use super::ipc::{self, FromWorker, Outgoing, MESSAGE_QUEUE};
 use super::listeners::Listeners;
 use super::output::{self, start_pump};
@@ -175,7 +175,10 @@ pub(super) struct Wiring {
     pub(super) draining: usize,
     /// A freeze was asked for (see `handover`): whom to answer, and until
     /// when the app may take to settle.
-    pub(super) freezing: Option<(oneshot::Sender<Result<Frozen, FreezeError>>, tokio::time::Instant)>,
+    pub(super) freezing: Option<(
+        oneshot::Sender<Result<Frozen, FreezeError>>,
+        tokio::time::Instant,
+    )>,
 }
 
 /// The receiving ends of an app task's queues.
@@ -304,7 +307,9 @@ impl App {
         while !self.state.machine.finished() {
             if self.wire.freezing.is_some() && self.settled() {
                 let (reply, _) = self.wire.freezing.take().expect("freezing");
-                let frozen = self.freeze_now(&mut tasks, &mut messages, notify_task).await;
+                let frozen = self
+                    .freeze_now(&mut tasks, &mut messages, notify_task)
+                    .await;
                 let _ = reply.send(Ok(frozen));
                 return;
             }

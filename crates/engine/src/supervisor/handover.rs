@@ -91,8 +91,14 @@ pub(crate) struct Leftovers {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum SavedTask {
-    Exited { worker: WorkerId, status: ExitStatus },
-    Notify { pid: i32, text: String },
+    Exited {
+        worker: WorkerId,
+        status: ExitStatus,
+    },
+    Notify {
+        pid: i32,
+        text: String,
+    },
 }
 
 /// The written form of a frozen app (fds as their numbers).
@@ -281,7 +287,9 @@ impl App {
     }
 
     /// An app task from a frozen app: its wiring made again, then its loop.
-    pub(super) fn resume(frozen: Frozen) -> Result<(mpsc::UnboundedSender<Request>, Events), ThawError> {
+    pub(super) fn resume(
+        frozen: Frozen,
+    ) -> Result<(mpsc::UnboundedSender<Request>, Events), ThawError> {
         let Frozen { app, mut held } = frozen;
         let FrozenApp {
             state,

@@ -334,12 +334,8 @@ pub async fn exec(
     match prepare(&new, exe, &frozen, host) {
         Ok(prepared) => {
             hold_signals(true);
-            let error = spawn::exec_on_spawner(
-                new.file.as_raw_fd(),
-                prepared.argv,
-                prepared.envp,
-            )
-            .await;
+            let error =
+                spawn::exec_on_spawner(new.file.as_raw_fd(), prepared.argv, prepared.envp).await;
             hold_signals(false);
             for fd in prepared.kept {
                 set_cloexec(fd, true);
@@ -538,8 +534,7 @@ fn take_over(memfd: RawFd, is_fallback: bool) -> Result<(Frozen, Header), Resume
         }
         doc
     };
-    let DocumentIn { header, app } =
-        serde_json::from_slice(&doc).map_err(ResumeError::Header)?;
+    let DocumentIn { header, app } = serde_json::from_slice(&doc).map_err(ResumeError::Header)?;
     if header.format != FORMAT {
         return Err(ResumeError::Header(serde::de::Error::custom(format!(
             "format {:?}",
@@ -550,9 +545,7 @@ fn take_over(memfd: RawFd, is_fallback: bool) -> Result<(Frozen, Header), Resume
         return Err(ResumeError::Version(header.version));
     }
     #[cfg(debug_assertions)]
-    if !is_fallback
-        && std::env::var_os(ENV_TEST_REFUSE).is_some_and(|f| Path::new(&f).exists())
-    {
+    if !is_fallback && std::env::var_os(ENV_TEST_REFUSE).is_some_and(|f| Path::new(&f).exists()) {
         return Err(ResumeError::Refused(ENV_TEST_REFUSE));
     }
     let _ = is_fallback;

@@ -57,6 +57,11 @@ impl std::error::Error for UsageError {}
 fn main() {
     // A herd binary being upgraded to answers which state versions it reads.
     herd_engine::upgrade::answer_probe();
+    // The image after an in-place upgrade: resume the app it was handed
+    // (whatever this version makes of the command line).
+    if let Some(inherited) = herd_engine::upgrade::inherited() {
+        std::process::exit(exit_code(run::resume(inherited)));
+    }
     let cli = Cli::parse();
     // As a container's PID 1, `run` and `daemon` put a tiny init in front of
     // themselves (reaps orphans, forwards signals): see herd_engine::init_if_pid1.

@@ -23,20 +23,31 @@ pub struct RunArgs {
 }
 
 pub fn main(args: RunArgs) -> anyhow::Result<i32> {
-    // An app handed over by the previous image of herd (SIGUSR2): resume it
-    // instead of starting one (the command line is the same).
-    let inherited = match herd_engine::upgrade::inherited() {
-        Some(Ok(inherited)) => Some(inherited),
-        Some(Err(e)) => anyhow::bail!("cannot resume the app after an upgrade: {e}"),
-        None => None,
-    };
-    let spec = match inherited {
-        Some(_) => None,
-        None => {
-            let cwd = std::env::current_dir().context("cannot read the current directory")?;
-            Some(args.app.to_spec(&args.command, &cwd)?)
-        }
-    };
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let spec = args.app.to_spec(&args.command, &cwd)?;
+    host(None, Some(spec))
+}
+
+/// The app a previous image of herd handed over (`herd run` got SIGUSR2):
+/// resume it in the foreground. Called before the command line is read.
+pub fn resume(
+    inherited: Result<herd_engine::upgrade::Inherited, herd_engine::upgrade::ResumeError>,
+) -> anyhow::Result<i32> {
+    let inherited = inherited.context("cannot resume the app after an upgrade")?;
+    if inherited.kind != herd_engine::foreground::HOST_KIND {
+        anyhow::bail!(
+            "cannot resume the app after an upgrade: it was handed over by a `{}` host, which this binary does not run",
+            inherited.kind
+        );
+    }
+    host(Some(inherited), None)
+}
+
+/// Run the app (started from `spec`, or resumed) in the foreground.
+fn host(
+    inherited: Option<herd_engine::upgrade::Inherited>,
+    spec: Option<herd_engine::config::AppSpec>,
+) -> anyhow::Result<i32> {
     // The main thread starts every worker and execs a new binary on
     // SIGUSR2 (so the workers, whose PR_SET_PDEATHSIG is tied to it,
     // survive both); the app runs on a second thread.

@@ -48,10 +48,14 @@ pub async fn run(spec: AppSpec) -> Result<i32, Error> {
     drive(host, app, events, None).await
 }
 
+/// The host's name in an upgrade's state ([`upgrade::Inherited::kind`]).
+pub const HOST_KIND: &str = "run";
+
 /// Take over an app a previous image of herd handed over on SIGUSR2 (see
 /// [`crate::upgrade`]) and run it on in the foreground, as [`run`] does.
 pub async fn resume(inherited: upgrade::Inherited) -> Result<i32, Error> {
     let upgrade::Inherited {
+        kind: _,
         frozen,
         host,
         exe,
@@ -177,7 +181,7 @@ async fn drive(
                 writer.finish();
                 let exe = host.exe.clone().unwrap_or_else(|| probed.path().to_owned());
                 let state = serde_json::to_value(&host).map_err(io::Error::other)?;
-                let (frozen, error) = upgrade::exec(probed, &exe, *frozen, state).await;
+                let (frozen, error) = upgrade::exec(probed, &exe, HOST_KIND, *frozen, state).await;
                 // Still here: the exec failed; the app resumes in place.
                 (app, events) = supervisor::resume(frozen).map_err(io::Error::other)?;
                 note = Some(format!(
@@ -291,7 +295,12 @@ async fn run_loop(
                 ));
                 let app = app.clone();
                 upgrading = Some(tokio::spawn(async move {
-                    let probed = tokio::task::spawn_blocking(move || upgrade::probe(&exe))
+                    let probed = tokio::task::spawn_blocking(move || {
+                        // A blocking-pool thread outlives this: it must
+                        // never take a signal meant for the new image.
+                        upgrade::hold_signals_here();
+                        upgrade::probe(&exe)
+                    })
                         .await
                         .map_err(|e| upgrade::UpgradeError::Write(io::Error::other(e)))??;
                     let frozen = app.freeze().await?;

@@ -64,6 +64,8 @@ use crate::os::spawn::{self, Spawned};
 /// The app task stops taking worker messages while this many of its own
 /// events wait for room in the event channel.
 const PENDING_LIMIT: usize = 16;
+/// How often a freezing app checks whether it has settled.
+const FREEZE_POLL: Duration = Duration::from_millis(2);
 /// SIGCHLD can coalesce, and a child may exit between a check and the
 /// subscription: a slow poll backs the signal up.
 const REAP_POLL: Duration = Duration::from_millis(500);
@@ -328,6 +330,8 @@ impl App {
                 () = tokio::time::sleep_until(freeze_by.unwrap_or_else(tokio::time::Instant::now)), if freeze_by.is_some() => {
                     self.freeze_failed(FreezeError::Busy);
                 }
+                // Settling: look again soon (the writers do not wake the loop).
+                () = tokio::time::sleep(FREEZE_POLL), if freeze_by.is_some() => {}
                 Some(msg) = tasks.recv() => self.task_message(msg),
                 Some(msg) = messages.recv(), if backlog < PENDING_LIMIT => self.worker_message(msg),
                 room = events.reserve(), if backlog > 0 => match room {
@@ -529,7 +533,7 @@ impl App {
             match effect {
                 Effect::Send { worker, line, fd } => {
                     if let Some(w) = self.wire.workers.get(&worker) {
-                        let _ = w.outbox.send(Outgoing { line, fd });
+                        w.send(Outgoing { line, fd });
                     }
                 }
                 Effect::Input(input) => self.input(input),
@@ -699,7 +703,7 @@ impl App {
         let stop = &self.state.spec.stop;
         if stop.shutdown_with_message {
             if let Some(w) = self.wire.workers.get(&worker) {
-                let _ = w.outbox.send(Outgoing {
+                w.send(Outgoing {
                     line: protocol::SHUTDOWN.to_vec(),
                     fd: None,
                 });
@@ -717,7 +721,7 @@ impl App {
         for (worker, slot, _) in self.state.workers.running_workers() {
             if to == Target::All || to == Target::Slot(slot) {
                 if let Some(w) = self.wire.workers.get(&worker) {
-                    let _ = w.outbox.send(Outgoing {
+                    w.send(Outgoing {
                         line: line.clone(),
                         fd: None,
                     });
@@ -766,7 +770,12 @@ impl App {
         from: ipc::Unread,
     ) -> WorkerWiring {
         let (outbox, outbox_rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(ipc::write_channel(channel.clone(), outbox_rx));
+        let unsent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let writer = tokio::spawn(ipc::write_channel(
+            channel.clone(),
+            outbox_rx,
+            unsent.clone(),
+        ));
         let (stop_reader, stop_rx) = oneshot::channel();
         let reader = tokio::spawn(ipc::read_channel(
             channel,
@@ -778,6 +787,7 @@ impl App {
         ));
         WorkerWiring {
             outbox,
+            unsent,
             writer,
             reader,
             stop_reader,

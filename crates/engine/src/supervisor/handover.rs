@@ -5,8 +5,9 @@
 //! Freezing goes in two steps. First the app *settles*: it stops accepting
 //! client connections (round-robin) and taking requests, and runs on until
 //! no spawn is under way and no exited worker's output is still draining
-//! (bounded by [`SETTLE_LIMIT`]; else the freeze is refused and the app
-//! goes on as before). Then, with nothing in flight that could start a
+//! and every message queued for a worker is written (bounded by
+//! [`SETTLE_LIMIT`]; else the freeze is refused and the app goes on as
+//! before). Then, with nothing in flight that could start a
 //! process, it stops its helpers, each at a clean point: the channel
 //! writers send what is queued; the readers stop between messages and hand
 //! back the bytes they read and did not deliver; the output pumps stop
@@ -193,9 +194,14 @@ impl App {
         self.wire.freezing = Some((reply, tokio::time::Instant::now() + SETTLE_LIMIT));
     }
 
-    /// Nothing is under way that would start a process or report an exit.
+    /// Nothing is under way that would start a process or report an exit,
+    /// and every message queued for a worker is written (a worker that does
+    /// not read its channel keeps the app from settling: the freeze is
+    /// refused rather than wait on it).
     pub(super) fn settled(&self) -> bool {
-        !self.state.workers.any_spawning() && self.wire.draining == 0
+        !self.state.workers.any_spawning()
+            && self.wire.draining == 0
+            && self.wire.workers.values().all(|w| w.all_sent())
     }
 
     /// The freeze cannot happen: say why, and go on as before.
@@ -304,7 +310,11 @@ impl App {
         let mut channels = Vec::new();
         for (worker, slot, pid, channel_fd, output_fds) in state.workers.running_fds() {
             let channel = Arc::new(Channel::new(take(channel_fd)?)?);
-            let kept = leftovers.output.remove(&worker).unwrap_or_default();
+            // No entry (an older state): both pipes open, nothing held.
+            let kept = leftovers
+                .output
+                .remove(&worker)
+                .unwrap_or([Some(Vec::new()), Some(Vec::new())]);
             let mut pipes = Vec::new();
             for (i, unsent) in kept.into_iter().enumerate() {
                 pipes.push(match unsent {
@@ -369,5 +379,140 @@ impl App {
             self.worker_message(msg);
         }
         self.reap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::FromRawFd;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::config::AppSpec;
+    use crate::machine::{Command, Report, Snapshot};
+    use crate::supervisor::{self, Event, Events};
+
+    /// Read events until `want` says it saw enough; panics if the app ends.
+    pub(crate) async fn until(events: &mut Events, mut want: impl FnMut(&Event) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let event = tokio::time::timeout_at(deadline, events.recv())
+                .await
+                .expect("in time")
+                .expect("the app runs");
+            if want(&event) {
+                return;
+            }
+        }
+    }
+
+    /// Hand a frozen app over as a new image would get it: written out, its
+    /// fds left open at their numbers, read back.
+    pub(crate) fn across_exec(frozen: Frozen) -> Frozen {
+        let (json, fds) = frozen.write().unwrap();
+        // The fds stay open, as across execve; their owners are forgotten.
+        std::mem::forget(frozen);
+        // SAFETY: open fds whose owner was just forgotten.
+        let fds = fds
+            .iter()
+            .map(|&n| unsafe { OwnedFd::from_raw_fd(n) })
+            .collect();
+        Frozen::read(fds, || serde_json::from_slice(&json)).expect("the state reads back")
+    }
+
+    fn workers_of(s: &Snapshot) -> Vec<(usize, Option<u32>, u64, Duration)> {
+        s.slots
+            .iter()
+            .map(|slot| {
+                let w = slot.current.as_ref().unwrap();
+                (slot.slot, w.pid, slot.restarts, w.uptime)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_frozen_app_resumes_with_the_same_workers_counters_uptimes_and_output() {
+        let dir = std::env::temp_dir().join(format!("herd-handover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let marker = dir.join("crashed");
+        let mut spec = AppSpec::new("handover", "/bin/sh");
+        // One worker crashes once (a restart to count); each prints
+        // numbered lines in two pieces and answers messages on its channel.
+        let script = format!(
+            "if [ $HERD_WORKER_ID = 1 ] && ! [ -e {m} ]; then touch {m}; exit 1; fi; \
+             i=0; while :; do i=$((i+1)); printf 'n%d' $i; sleep 0.01; printf ' end\\n'; done",
+            m = marker.display()
+        );
+        spec.args = vec!["-c".into(), script];
+        spec.instances = 2;
+        spec.listeners.push("web=127.0.0.1:0".parse().unwrap());
+        spec.ready.ready_delay = Duration::from_millis(50);
+        let (handle, mut events) = supervisor::start(spec).unwrap();
+        let mut lines: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+        let record = |e: &Event, lines: &mut BTreeMap<usize, Vec<u8>>| {
+            if let Event::Output { slot, lines: l, .. } = e {
+                lines.entry(*slot).or_default().extend_from_slice(l);
+            }
+        };
+        let mut ready = 0;
+        until(&mut events, |e| {
+            record(e, &mut lines);
+            ready += matches!(e, Event::Lifecycle(Report::Ready { .. })) as usize;
+            ready == 2
+        })
+        .await;
+        let before = handle.status().await.unwrap();
+        let at = Instant::now();
+        assert_eq!(
+            before.machine.slots.iter().map(|s| s.restarts).sum::<u64>(),
+            1
+        );
+        // Freeze while reading the events, as a host does, to their end.
+        let (frozen, ()) = tokio::join!(handle.freeze(), async {
+            while let Some(e) = events.recv().await {
+                record(&e, &mut lines);
+            }
+        });
+        let frozen = across_exec(frozen.expect("frozen"));
+        let (handle, mut events) = supervisor::resume(frozen).unwrap();
+        let after = handle.status().await.unwrap();
+        let elapsed = at.elapsed();
+        for (b, a) in workers_of(&before.machine)
+            .into_iter()
+            .zip(workers_of(&after.machine))
+        {
+            assert_eq!((b.0, b.1, b.2), (a.0, a.1, a.2), "same slot, pid, restarts");
+            assert!(
+                a.3 >= b.3 && a.3 <= b.3 + elapsed + Duration::from_millis(20),
+                "the uptime runs on: {:?} then {:?} after {elapsed:?}",
+                b.3,
+                a.3
+            );
+        }
+        assert_eq!(after.listeners, before.listeners);
+        // Output goes on: let each worker print a few more lines, then stop.
+        until(&mut events, |e| {
+            record(e, &mut lines);
+            lines.values().all(|l| l.len() > 2000)
+        })
+        .await;
+        handle.command(Command::Stop);
+        while let Some(e) = events.recv().await {
+            record(&e, &mut lines);
+        }
+        for (slot, text) in lines {
+            let text = String::from_utf8(text).unwrap();
+            let mut expect = 1;
+            let count = text.lines().count();
+            for (i, line) in text.lines().enumerate() {
+                let (n, tail) = line.split_once(' ').unwrap_or((line, ""));
+                assert_eq!(n, format!("n{expect}"), "slot {slot}: line {i}: {line:?}");
+                // The last line may be cut by the stop.
+                assert!(tail == "end" || i + 1 == count, "slot {slot}: {line:?}");
+                expect += 1;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -11,6 +11,7 @@
 //! Runtime wiring only; the channel's fd number is in the worker's record.
 
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -56,17 +57,23 @@ pub(crate) enum FromWorker {
     Closed { worker: WorkerId },
 }
 
-/// Write queued messages to a worker, one whole line at a time.
+/// Write queued messages to a worker, one whole line at a time; `unsent`
+/// counts the messages queued and not written yet (the sender adds them).
 pub(crate) async fn write_channel(
     channel: Arc<Channel>,
     mut outbox: mpsc::UnboundedReceiver<Outgoing>,
+    unsent: Arc<AtomicUsize>,
 ) {
     while let Some(out) = outbox.recv().await {
         let fd: Option<&OwnedFd> = out.fd.as_deref().map(Fd::owned);
-        if channel.send(&out.line, fd).await.is_err() {
+        let sent = channel.send(&out.line, fd).await;
+        unsent.fetch_sub(1, Ordering::Relaxed);
+        if sent.is_err() {
             break;
         }
     }
+    // The channel is closed: nothing queued will be written.
+    unsent.store(0, Ordering::Relaxed);
 }
 
 /// Where a channel reader stopped when asked to (an in-place upgrade): the

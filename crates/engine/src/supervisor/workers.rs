@@ -14,6 +14,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -115,10 +117,27 @@ pub(crate) enum Notified {
 /// the channel ends, or until it is stopped for an in-place upgrade).
 pub(crate) struct WorkerWiring {
     pub(crate) outbox: mpsc::UnboundedSender<Outgoing>,
+    /// Messages queued in `outbox` and not written yet.
+    pub(crate) unsent: Arc<AtomicUsize>,
     pub(crate) writer: tokio::task::JoinHandle<()>,
     pub(crate) reader: tokio::task::JoinHandle<ReaderEnd>,
     pub(crate) stop_reader: oneshot::Sender<()>,
     pub(crate) pumps: [Pump; 2],
+}
+
+impl WorkerWiring {
+    /// Queue a message for the worker's writer.
+    pub(crate) fn send(&self, out: Outgoing) {
+        self.unsent.fetch_add(1, Ordering::Relaxed);
+        if self.outbox.send(out).is_err() {
+            self.unsent.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Is everything queued for the worker written?
+    pub(crate) fn all_sent(&self) -> bool {
+        self.unsent.load(Ordering::Relaxed) == 0 || self.writer.is_finished()
+    }
 }
 
 /// The app's worker processes.

@@ -125,12 +125,20 @@ pub enum ResumeError {
 struct Header {
     format: String,
     version: u32,
+    /// Which host wrote it (`run`: `herd run`'s foreground loop): the new
+    /// image resumes the app with the same. (Version 0 had only `herd run`.)
+    #[serde(default = "run_kind")]
+    kind: String,
     /// Where the binary lives (what the next upgrade executes again).
     exe: PathBuf,
     /// Every fd the state names, open at the same numbers.
     fds: Vec<RawFd>,
     /// The host's own state (e.g. `herd run`'s: readiness told to systemd).
     host: serde_json::Value,
+}
+
+fn run_kind() -> String {
+    "run".into()
 }
 
 #[derive(Serialize)]
@@ -150,6 +158,8 @@ struct DocumentIn {
 /// What a new image inherited: the app to resume and its host's state.
 #[derive(Debug)]
 pub struct Inherited {
+    /// Which host handed the app over ([`exec`]'s `kind`).
+    pub kind: String,
     pub frozen: Frozen,
     /// The host's state as it wrote it ([`exec`]'s `host`).
     pub host: serde_json::Value,
@@ -209,6 +219,13 @@ where
 /// while they were held, across an exec too, is delivered now).
 pub fn signals_ready() {
     hold_signals(false);
+}
+
+/// Hold the host's signals on the calling thread (a helper thread of the
+/// host's, so that a signal is never handled by one that an exec is about
+/// to end).
+pub(crate) fn hold_signals_here() {
+    hold_signals(true);
 }
 
 fn hold_signals(hold: bool) {
@@ -321,17 +338,23 @@ pub fn probe(path: &Path) -> Result<Probed, UpgradeError> {
 }
 
 /// Replace this process's image with the probed binary, handing it
-/// `frozen` and the host's own state (`host`, given back by [`inherited`]).
-/// Returns only if that could not be done, with the app to resume here and
-/// why. `exe` is the path the next upgrade executes (the binary's usual
-/// path; see [`own_exe`]).
+/// `frozen` and the host's own state (`kind` names the host, `host` is its
+/// state; both are given back by [`inherited`]). Returns only if that could
+/// not be done, with the app to resume here and why. `exe` is the path the
+/// next upgrade executes (the binary's usual path; see [`own_exe`]).
+///
+/// Call it on the host's thread once the app's events have all been read
+/// (its event receiver returned `None` after the freeze) and the host's
+/// own output is written: nothing of this process survives the exec but
+/// the state and the fds it names.
 pub async fn exec(
     new: Probed,
     exe: &Path,
+    kind: &str,
     frozen: Frozen,
     host: serde_json::Value,
 ) -> (Frozen, UpgradeError) {
-    match prepare(&new, exe, &frozen, host) {
+    match prepare(exe, kind, &frozen, host) {
         Ok(prepared) => {
             hold_signals(true);
             let error =
@@ -365,8 +388,8 @@ struct Prepared {
 }
 
 fn prepare(
-    _new: &Probed,
     exe: &Path,
+    kind: &str,
     frozen: &Frozen,
     host: serde_json::Value,
 ) -> io::Result<Prepared> {
@@ -375,6 +398,7 @@ fn prepare(
     let header = Header {
         format: FORMAT.into(),
         version: STATE_VERSION,
+        kind: kind.to_owned(),
         exe: exe.to_owned(),
         fds: fds.clone(),
         host,
@@ -449,9 +473,11 @@ fn set_cloexec(fd: RawFd, on: bool) {
 }
 
 /// In a new image: the app a previous image handed over, if any (`None`
-/// when this process was started normally). Call it first thing in `main`,
-/// on the main thread, before any other thread exists; then run the host
-/// with [`main_thread_spawner`] and resume the app there.
+/// when this process was started normally). Call it first thing in `main`
+/// (after [`answer_probe`], before parsing the command line, which a new
+/// version may read differently), on the main thread, before any other
+/// thread exists; then run the host named by [`Inherited::kind`] with
+/// [`main_thread_spawner`] and resume the app there.
 ///
 /// If the state cannot be taken over, this does not return: the previous
 /// binary is executed again with the same state (and resumes the app,
@@ -477,6 +503,7 @@ pub fn inherited() -> Option<Result<Inherited, ResumeError>> {
             drop(unsafe { OwnedFd::from_raw_fd(memfd) });
             drop(unsafe { OwnedFd::from_raw_fd(old_exe) });
             Some(Ok(Inherited {
+                kind: header.kind,
                 frozen,
                 host: header.host,
                 exe: header.exe,
@@ -594,5 +621,155 @@ fn take_over(memfd: RawFd, is_fallback: bool) -> Result<(Frozen, Header), Resume
             }
             Err(e.into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::IntoRawFd;
+    use std::os::unix::process::CommandExt;
+
+    use super::*;
+    use crate::clock::MonoTime;
+    use crate::machine::{Command, Outcome};
+    use crate::supervisor::{self, Event};
+
+    /// A document in a memfd, as a previous image leaves it.
+    fn memfd_with(doc: &str) -> RawFd {
+        let name = CString::new("test").unwrap();
+        // SAFETY: a valid C string.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+        assert!(fd >= 0);
+        // SAFETY: fresh and ours; the File is forgotten (the fd stays open).
+        let file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+        file.write_all_at(doc.as_bytes(), 0).unwrap();
+        fd
+    }
+
+    /// Version 0 (the app's state alone, as the engine wrote it before the
+    /// upgrade existed) still reads: a fixture with the fds, pid and times
+    /// of real things filled in, taken over and run on.
+    #[test]
+    fn a_version_0_state_is_read_and_the_app_runs_on() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        // The worker: a real child in its own process group.
+        let child = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (herd_end, worker_end) = crate::os::channel::pair().unwrap();
+        drop(worker_end);
+        let (notify, _other) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Datagram,
+            None,
+            nix::sys::socket::SockFlag::SOCK_NONBLOCK,
+        )
+        .unwrap();
+        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+        nix::unistd::write(&out_w, b"half a li").unwrap();
+        drop((out_w, err_w));
+        let fds: Vec<RawFd> = vec![
+            OwnedFd::from(listener).into_raw_fd(),
+            notify.into_raw_fd(),
+            herd_end.into_raw_fd(),
+            out_r.into_raw_fd(),
+            err_r.into_raw_fd(),
+        ];
+        let started = MonoTime::now().as_micros() * 1000 - 5_000_000_000;
+        let doc = include_str!("fixtures/v0.json")
+            .replace("@FDS@", &format!("{fds:?}"))
+            .replace("@ADDR@", &addr)
+            .replace("@LISTENER_FD@", &fds[0].to_string())
+            .replace("@NOTIFY_FD@", &fds[1].to_string())
+            .replace("@CHANNEL_FD@", &fds[2].to_string())
+            .replace("@OUT_FD@", &fds[3].to_string())
+            .replace("@ERR_FD@", &fds[4].to_string())
+            .replace("@PID@", &pid.to_string())
+            .replace("@STARTED@", &started.to_string());
+        let memfd = memfd_with(&doc);
+        let (frozen, header) = take_over(memfd, false).expect("version 0 reads");
+        // SAFETY: ours.
+        unsafe { libc::close(memfd) };
+        assert_eq!(header.version, 0);
+        assert_eq!(header.kind, "run", "a version 0 state was `herd run`'s");
+        assert_eq!(
+            header.host["note"],
+            "a host's own state, given back as it was"
+        );
+        runtime.block_on(async {
+            let (handle, mut events) = supervisor::resume(frozen).unwrap();
+            let status = handle.status().await.unwrap();
+            let slot = &status.machine.slots[0];
+            let worker = slot.current.as_ref().unwrap();
+            assert_eq!(worker.pid, Some(pid));
+            assert_eq!(slot.restarts, 3);
+            assert!(
+                worker.uptime >= Duration::from_secs(5),
+                "{:?}",
+                worker.uptime
+            );
+            assert_eq!(
+                status.listeners,
+                vec![("web".to_string(), addr.parse().unwrap())]
+            );
+            // It runs on: the listener accepts, a stop ends the worker.
+            std::net::TcpStream::connect(&addr).unwrap();
+            handle.command(Command::Stop);
+            let mut output = Vec::new();
+            let outcome = loop {
+                match tokio::time::timeout(Duration::from_secs(20), events.recv()).await {
+                    Ok(Some(Event::Exit(outcome))) => break outcome,
+                    Ok(Some(Event::Output { lines, .. })) => output.extend(lines),
+                    Ok(Some(_)) => {}
+                    other => panic!("the app ends with an exit event: {other:?}"),
+                }
+            };
+            assert_eq!(outcome, Outcome::Stopped);
+            assert_eq!(output, b"half a li\n", "what was in the pipe is delivered");
+        });
+        drop(child);
+    }
+
+    #[test]
+    fn a_state_of_an_unknown_version_or_format_is_refused_with_every_fd_kept() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let n = r.as_raw_fd();
+        let doc = format!(
+            r#"{{"format":"herd-upgrade-state","version":99,"kind":"run","exe":"/x","fds":[{n}],"host":null,"app":{{}}}}"#
+        );
+        let memfd = memfd_with(&doc);
+        let err = take_over(memfd, false).unwrap_err();
+        assert!(err.to_string().contains("version 99"), "{err}");
+        let doc = format!(
+            r#"{{"format":"herd-upgrade-state","version":1,"kind":"run","exe":"/x","fds":[{n}],"host":null,"app":{{"state":{{}}}}}}"#
+        );
+        let memfd2 = memfd_with(&doc);
+        let err = take_over(memfd2, false).unwrap_err();
+        assert!(err.to_string().contains("does not read"), "{err}");
+        // The fd is still open at its number, for the previous binary.
+        nix::unistd::write(&w, b"x").unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(nix::unistd::read(&r, &mut buf).unwrap(), 1);
+        // SAFETY: ours.
+        unsafe {
+            libc::close(memfd);
+            libc::close(memfd2);
+        }
+    }
+
+    #[test]
+    fn the_probe_answer_names_every_readable_version() {
+        assert!(READABLE_VERSIONS.contains(&STATE_VERSION));
+        assert!(READABLE_VERSIONS.contains(&(STATE_VERSION - 1)));
     }
 }

@@ -425,3 +425,79 @@ fn an_upgrade_during_a_rolling_reload_completes_both() {
     h.signal(Signal::SIGTERM);
     assert!(h.wait_exit(T).success(), "stderr:\n{}", h.stderr_text());
 }
+
+/// Under systemd (`Type=notify-reload`): SIGUSR2 says `RELOADING=1` (with
+/// `MONOTONIC_USEC`), then `READY=1` once the new binary runs the app; the
+/// main pid never changes. (herd is started directly: the harness keeps
+/// `NOTIFY_SOCKET` from the primaries it starts.)
+#[test]
+fn sigusr2_tells_systemd_reloading_then_ready_with_the_same_main_pid() {
+    use std::os::unix::net::UnixDatagram;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    /// herd, stopped (then killed) if the test fails half-way.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+            if !wait_until(Duration::from_secs(5), || {
+                matches!(self.0.try_wait(), Ok(Some(_)))
+            }) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+
+    let _s = serial();
+    let install = Install::new("upgrade-notify");
+    let path = install.dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(T)).unwrap();
+    let recv = || {
+        let mut buf = [0u8; 4096];
+        let n = sock.recv(&mut buf).expect("a notification in time");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let child = Command::new(install.herd())
+        .args(run_args(
+            &["-i", "2", "--listen", ANY, "--wait-ready"],
+            &["--notify-ready"],
+        ))
+        .env("NOTIFY_SOCKET", &path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut herd = Guard(child);
+    let herd_pid = herd.0.id() as i32;
+    let ready = recv();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(ready.contains(&format!("MAINPID={herd_pid}")), "{ready:?}");
+    let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(herd_pid), sig).unwrap();
+    for _ in 0..2 {
+        let ino = install.replace_with(Path::new(herd_bin()));
+        signal(Signal::SIGUSR2);
+        let reloading = recv();
+        assert!(
+            reloading.lines().any(|l| l == "RELOADING=1"),
+            "{reloading:?}"
+        );
+        assert!(reloading.contains("MONOTONIC_USEC="), "{reloading:?}");
+        assert_eq!(recv(), "READY=1", "ready again after the upgrade");
+        assert_eq!(exe_of(herd_pid).1, ino, "the same pid runs the new binary");
+    }
+    // A refused upgrade is over too: ready again.
+    install.replace_with(Path::new("/bin/false"));
+    signal(Signal::SIGUSR2);
+    assert!(recv().contains("RELOADING=1"));
+    assert_eq!(recv(), "READY=1", "ready again after a refused upgrade");
+    signal(Signal::SIGTERM);
+    assert_eq!(recv(), "STOPPING=1");
+    let status = herd.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}

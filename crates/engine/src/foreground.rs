@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::clock::MonoTime;
 use crate::config::{AppSpec, Balance, StopPolicy, WorkerKind};
+use crate::describe;
 use crate::machine::{Command, Outcome, Report};
 use crate::supervisor::{self, AppHandle, Event, Events, StartError, Stream};
 use crate::upgrade;
@@ -64,10 +65,20 @@ pub async fn resume(inherited: upgrade::Inherited) -> Result<i32, Error> {
     let mut host: Host = serde_json::from_value(host).map_err(io::Error::other)?;
     host.exe = Some(exe);
     let (app, events) = supervisor::resume(frozen).map_err(io::Error::other)?;
+    let now = MonoTime::now();
+    let since = |t: Option<MonoTime>| {
+        t.map(|t| describe::duration(now.saturating_duration_since(t)))
+            .unwrap_or_else(|| "?".into())
+    };
+    let took = format!(
+        "{} from SIGUSR2, app paused {}",
+        since(host.upgrade_signalled.take()),
+        since(host.upgrade_paused.take())
+    );
     let note = match failed {
-        Some(why) => format!("upgrade failed: {why}; the previous binary resumed the app"),
+        Some(why) => format!("upgrade failed: {why}; the previous binary resumed the app ({took})"),
         None => format!(
-            "upgraded in place: now running {} (pid {})",
+            "upgraded in place: now running {} (pid {}; {took})",
             host.exe.as_deref().unwrap_or(Path::new("?")).display(),
             std::process::id()
         ),
@@ -84,6 +95,11 @@ struct Host {
     service: ServiceState,
     stopping: bool,
     last_stderr: Vec<Option<String>>,
+    /// An upgrade under way: when SIGUSR2 came, and when the app paused.
+    #[serde(default)]
+    upgrade_signalled: Option<MonoTime>,
+    #[serde(default)]
+    upgrade_paused: Option<MonoTime>,
     /// Where this binary lives (what SIGUSR2 executes again).
     #[serde(skip)]
     exe: Option<PathBuf>,
@@ -102,6 +118,8 @@ impl Host {
             service: ServiceState::new(spec.instances),
             stopping: false,
             last_stderr: Vec::new(),
+            upgrade_signalled: None,
+            upgrade_paused: None,
             exe: upgrade::own_exe().ok(),
         }
     }
@@ -147,8 +165,9 @@ fn herd_line(text: String) -> (Stream, Vec<u8>) {
 /// What ended one run of the loop.
 enum Ended {
     Exit(i32),
-    /// The app is frozen and its events are all out: exec the new binary.
-    Upgrade(Box<supervisor::Frozen>, upgrade::Probed),
+    /// The app is frozen (since it paused, at the time given) and its
+    /// events are all out: exec the new binary.
+    Upgrade(Box<supervisor::Frozen>, upgrade::Probed, MonoTime),
 }
 
 /// The loop, across in-place upgrades that fail before the exec (the app is
@@ -177,13 +196,16 @@ async fn drive(
                 writer.finish();
                 return Ok(code);
             }
-            Ended::Upgrade(frozen, probed) => {
+            Ended::Upgrade(frozen, probed, paused) => {
                 writer.finish();
+                host.upgrade_paused = Some(paused);
                 let exe = host.exe.clone().unwrap_or_else(|| probed.path().to_owned());
                 let state = serde_json::to_value(&host).map_err(io::Error::other)?;
                 let (frozen, error) = upgrade::exec(probed, &exe, HOST_KIND, *frozen, state).await;
                 // Still here: the exec failed; the app resumes in place.
                 (app, events) = supervisor::resume(frozen).map_err(io::Error::other)?;
+                host.upgrade_signalled = None;
+                host.upgrade_paused = None;
                 note = Some(format!(
                     "upgrade failed: {error}; the app resumed on the current binary"
                 ));
@@ -215,8 +237,10 @@ impl Signals {
     }
 }
 
-type Upgrading =
-    tokio::task::JoinHandle<Result<(supervisor::Frozen, upgrade::Probed), upgrade::UpgradeError>>;
+/// A frozen app, the binary to run it on, and when the app paused.
+type Frozen = (supervisor::Frozen, upgrade::Probed, MonoTime);
+/// An upgrade under way: the probe, then the freeze.
+type Upgrading = tokio::task::JoinHandle<Result<Frozen, upgrade::UpgradeError>>;
 
 async fn run_loop(
     host: &mut Host,
@@ -230,7 +254,7 @@ async fn run_loop(
     // An upgrade under way: probing the new binary, then freezing the app.
     let mut upgrading: Option<Upgrading> = None;
     // The app is frozen: its last events are read, then the exec.
-    let mut frozen: Option<(supervisor::Frozen, upgrade::Probed)> = None;
+    let mut frozen: Option<Frozen> = None;
     loop {
         tokio::select! {
             permit = writer.tx.clone().reserve_owned(), if room.is_none() => match permit {
@@ -246,8 +270,8 @@ async fn run_loop(
                             frozen = Some(ready);
                         }
                     }
-                    if let Some((frozen, probed)) = frozen.take() {
-                        return Ended::Upgrade(Box::new(frozen), probed);
+                    if let Some((frozen, probed, paused)) = frozen.take() {
+                        return Ended::Upgrade(Box::new(frozen), probed, paused);
                     }
                     // The app's task ended without saying why: it panicked.
                     eprintln!("herd: the supervisor's app task ended unexpectedly (a bug in herd; please report it); stopping");
@@ -265,6 +289,7 @@ async fn run_loop(
                 match done {
                     Ok(Ok(ready)) => frozen = Some(ready),
                     Ok(Err(e)) => {
+                        host.upgrade_signalled = None;
                         let _ = writer.tx.send(herd_line(format!("upgrade refused: {e}; still running the current binary"))).await;
                         let _ = crate::os::notify::sd_notify("READY=1");
                     }
@@ -288,6 +313,7 @@ async fn run_loop(
                     let _ = writer.tx.send(herd_line("SIGUSR2 ignored: cannot tell where this binary lives".into())).await;
                     continue;
                 };
+                host.upgrade_signalled = Some(MonoTime::now());
                 let _ = writer.tx.send(herd_line(format!("SIGUSR2: upgrading in place to {}", exe.display()))).await;
                 let _ = crate::os::notify::sd_notify(&format!(
                     "RELOADING=1\nMONOTONIC_USEC={}",
@@ -303,8 +329,9 @@ async fn run_loop(
                     })
                         .await
                         .map_err(|e| upgrade::UpgradeError::Write(io::Error::other(e)))??;
+                    let paused = MonoTime::now();
                     let frozen = app.freeze().await?;
-                    Ok((frozen, probed))
+                    Ok((frozen, probed, paused))
                 }));
             }
         }

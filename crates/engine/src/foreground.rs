@@ -61,6 +61,7 @@ pub async fn resume(inherited: upgrade::Inherited) -> Result<i32, Error> {
         host,
         exe,
         failed,
+        host_fds: _,
     } = inherited;
     let mut host: Host = serde_json::from_value(host).map_err(io::Error::other)?;
     host.exe = Some(exe);
@@ -201,7 +202,8 @@ async fn drive(
                 host.upgrade_paused = Some(paused);
                 let exe = host.exe.clone().unwrap_or_else(|| probed.path().to_owned());
                 let state = serde_json::to_value(&host).map_err(io::Error::other)?;
-                let (frozen, error) = upgrade::exec(probed, &exe, HOST_KIND, *frozen, state).await;
+                let (frozen, error) =
+                    upgrade::exec(probed, &exe, HOST_KIND, *frozen, state, &[]).await;
                 // Still here: the exec failed; the app resumes in place.
                 (app, events) = supervisor::resume(frozen).map_err(io::Error::other)?;
                 host.upgrade_signalled = None;

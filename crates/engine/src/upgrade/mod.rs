@@ -33,6 +33,26 @@
 //!    `HERD_UPGRADE_FAILED=<why>`: the old image resumes the app and
 //!    reports the failure.
 //!
+//! ## For a host
+//!
+//! The host is the process's own loop around an app: `herd run`'s
+//! ([`crate::foreground`]), and the per-app supervisor process's. It
+//! 1. calls [`answer_probe`] and then [`inherited`] first thing in `main`
+//!    (on the main thread, before parsing the command line); with an
+//!    inherited app it resumes it ([`crate::supervisor::resume`]) in the
+//!    host named by [`Inherited::kind`], with the state it wrote
+//!    ([`Inherited::host`], [`Inherited::host_fds`]), and reports
+//!    [`Inherited::failed`] if set;
+//! 2. runs itself under [`main_thread_spawner`] and calls [`signals_ready`]
+//!    once its signal handlers are installed;
+//! 3. to upgrade: [`probe`] the binary at its path (blocking: on a helper
+//!    thread), `freeze` the app ([`crate::supervisor::AppHandle::freeze`])
+//!    while it goes on reading the app's events until they end, writes out
+//!    what it still holds, then [`exec`] with its own state and fds. `exec`
+//!    returns only on failure, with the app to resume in place.
+//!
+//! A host runs one app (the design: one supervisor process per app).
+//!
 //! Signals: the host's signals (INT, TERM, HUP, USR2, TTIN, TTOU) are
 //! blocked on the main thread, and on the host's thread across the exec, so
 //! one that arrives meanwhile stays pending through execve and is handled
@@ -133,6 +153,9 @@ struct Header {
     exe: PathBuf,
     /// Every fd the state names, open at the same numbers.
     fds: Vec<RawFd>,
+    /// The host's own fds (a control socket, log files), in its order.
+    #[serde(default)]
+    host_fds: Vec<RawFd>,
     /// The host's own state (e.g. `herd run`'s: readiness told to systemd).
     host: serde_json::Value,
 }
@@ -168,6 +191,9 @@ pub struct Inherited {
     /// Set when this is the old binary, resumed because the new one could
     /// not take the app over: why not.
     pub failed: Option<String>,
+    /// The host's own fds ([`exec`]'s `host_fds`), in the same order, at
+    /// the same numbers (close-on-exec again).
+    pub host_fds: Vec<OwnedFd>,
 }
 
 /// Answer the probe if this process was started as one ([`PROBE_FLAG`]),
@@ -342,6 +368,8 @@ pub fn probe(path: &Path) -> Result<Probed, UpgradeError> {
 /// state; both are given back by [`inherited`]). Returns only if that could
 /// not be done, with the app to resume here and why. `exe` is the path the
 /// next upgrade executes (the binary's usual path; see [`own_exe`]).
+/// `host_fds` are the host's own fds to keep (a control socket, log
+/// files): [`Inherited::host_fds`] gives them back, in this order.
 ///
 /// Call it on the host's thread once the app's events have all been read
 /// (its event receiver returned `None` after the freeze) and the host's
@@ -353,8 +381,9 @@ pub async fn exec(
     kind: &str,
     frozen: Frozen,
     host: serde_json::Value,
+    host_fds: &[RawFd],
 ) -> (Frozen, UpgradeError) {
-    match prepare(exe, kind, &frozen, host) {
+    match prepare(exe, kind, &frozen, host, host_fds) {
         Ok(prepared) => {
             hold_signals(true);
             let error =
@@ -392,6 +421,7 @@ fn prepare(
     kind: &str,
     frozen: &Frozen,
     host: serde_json::Value,
+    host_fds: &[RawFd],
 ) -> io::Result<Prepared> {
     let (app, fds) = frozen.write().map_err(io::Error::other)?;
     let app: serde_json::Value = serde_json::from_slice(&app).map_err(io::Error::other)?;
@@ -401,6 +431,7 @@ fn prepare(
         kind: kind.to_owned(),
         exe: exe.to_owned(),
         fds: fds.clone(),
+        host_fds: host_fds.to_vec(),
         host,
     };
     let doc = serde_json::to_vec(&DocumentOut {
@@ -432,6 +463,7 @@ fn prepare(
         .map_err(io::Error::other)?;
     let envp = environment(&env)?;
     let mut kept = fds;
+    kept.extend_from_slice(host_fds);
     kept.push(memfd.as_raw_fd());
     kept.push(old_exe.as_raw_fd());
     for &fd in &kept {
@@ -499,6 +531,12 @@ pub fn inherited() -> Option<Result<Inherited, ResumeError>> {
     };
     match take_over(memfd, failed.is_some()) {
         Ok((frozen, header)) => {
+            // SAFETY: open (checked) and handed to the host by the previous image.
+            let host_fds = header
+                .host_fds
+                .iter()
+                .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+                .collect();
             // SAFETY: both are ours, handed over by the previous image.
             drop(unsafe { OwnedFd::from_raw_fd(memfd) });
             drop(unsafe { OwnedFd::from_raw_fd(old_exe) });
@@ -508,6 +546,7 @@ pub fn inherited() -> Option<Result<Inherited, ResumeError>> {
                 host: header.host,
                 exe: header.exe,
                 failed,
+                host_fds,
             }))
         }
         Err(e) if failed.is_none() => {
@@ -576,14 +615,13 @@ fn take_over(memfd: RawFd, is_fallback: bool) -> Result<(Frozen, Header), Resume
         return Err(ResumeError::Refused(ENV_TEST_REFUSE));
     }
     let _ = is_fallback;
-    if let Some(&bad) = header.fds.iter().find(|&&fd| !fd_is_open(fd)) {
+    let all = header.fds.iter().chain(&header.host_fds);
+    if let Some(&bad) = all.clone().find(|&&fd| !fd_is_open(fd)) {
         return Err(ThawError::MissingFd(bad).into());
     }
     // Copies to restore the fds from if reading fails (the reader closes
     // what it adopted).
-    let backups: Vec<(RawFd, RawFd)> = header
-        .fds
-        .iter()
+    let backups: Vec<(RawFd, RawFd)> = all
         // SAFETY: fcntl on open fds; the copies are ours.
         .map(|&fd| (fd, unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) }))
         .collect();
@@ -603,6 +641,9 @@ fn take_over(memfd: RawFd, is_fallback: bool) -> Result<(Frozen, Header), Resume
     });
     match read {
         Ok(frozen) => {
+            for &fd in &header.host_fds {
+                set_cloexec(fd, true);
+            }
             for (_, copy) in backups {
                 // SAFETY: our own copy.
                 unsafe { libc::close(copy) };
@@ -696,6 +737,14 @@ mod tests {
             .replace("@ERR_FD@", &fds[4].to_string())
             .replace("@PID@", &pid.to_string())
             .replace("@STARTED@", &started.to_string());
+        // A host's own fd travels along (here: added to the old document).
+        let (host_r, host_w) = nix::unistd::pipe().unwrap();
+        let host_fd = host_r.into_raw_fd();
+        let doc = doc.replacen(
+            "\"host\":",
+            &format!("\"host_fds\": [{host_fd}], \"host\":"),
+            1,
+        );
         let memfd = memfd_with(&doc);
         let (frozen, header) = take_over(memfd, false).expect("version 0 reads");
         // SAFETY: ours.

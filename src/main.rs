@@ -2,11 +2,12 @@
 //! in its own module; this file only parses the command line and turns errors
 //! into exit statuses (2 for bad input, as clap does; 1 for failures at run time).
 
-mod appfile;
 mod demo;
 mod manage;
-mod options;
 mod run;
+
+// The parsers live in the library half (src/lib.rs), for the fuzz targets.
+use herd_cli::{appfile, options, UsageError};
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -41,18 +42,6 @@ struct CompletionArgs {
     /// The shell: bash, zsh, fish, elvish or powershell.
     shell: clap_complete::Shell,
 }
-
-/// An error the user caused: printed, then herd exits with status 2.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
 
 fn main() {
     // A herd binary being upgraded to answers which state versions it reads.

@@ -4,7 +4,7 @@
 //! [`herd_protocol::Pm2Keys`]).
 
 use herd_engine::config::{ExecMode, WorkerKind};
-use herd_protocol::{AppDef, FilterEnv, LogType};
+use herd_protocol::{AppDef, FilterEnv};
 
 /// One warning per key of `def` that is not honoured yet. `fork_asked`: the
 /// file said `exec_mode: fork` (or `execute_command`).
@@ -18,25 +18,6 @@ pub fn not_yet_honoured(def: &AppDef, fork_asked: bool) -> Vec<String> {
         say(
             "exec_mode: fork",
             "each instance runs as a cluster worker of herd's, so an app that calls cluster.fork() itself runs as one worker; pm2's fork mode comes with a later release".into(),
-        );
-    }
-    if k.watch.is_some() {
-        say(
-            "watch",
-            "files are not watched; after an edit, `herd reload NAME`".into(),
-        );
-    }
-    // Without `watch`, pm2 does nothing with these either.
-    if k.watch.is_some() && k.ignore_watch.is_some() {
-        say("ignore_watch", "files are not watched".into());
-    }
-    if k.watch.is_some() && k.watch_delay_ms.is_some() {
-        say("watch_delay", "files are not watched".into());
-    }
-    if let Some(cron) = &k.cron_restart {
-        say(
-            "cron_restart",
-            format!("no restart at '{cron}'; until then a cron job can run `herd reload NAME`"),
         );
     }
     if !k.stop_exit_codes.is_empty() {
@@ -68,24 +49,6 @@ pub fn not_yet_honoured(def: &AppDef, fork_asked: bool) -> Vec<String> {
         say(
             "port",
             format!("PORT is not set from it; set it in env (PORT: {port})"),
-        );
-    }
-    if k.log_type == Some(LogType::Json) {
-        say(
-            "log_type: json",
-            "lines are written as the app writes them".into(),
-        );
-    }
-    if k.log_file.is_some() {
-        say(
-            "log_file",
-            "there is no combined log; the lines are in the out and error files".into(),
-        );
-    }
-    if k.merge_logs == Some(false) {
-        say(
-            "merge_logs: false",
-            "all instances write to one file per stream".into(),
         );
     }
     if let Some(ms) = k.exp_backoff_restart_delay_ms {

@@ -185,7 +185,7 @@ impl AppRef {
 pub fn spawn(id: u32, def: AppDef, home: &Home, secrets: SecretNames) -> Result<AppRef, String> {
     let (tx, rx) = mpsc::channel(64);
     let (queries, queries_rx) = mpsc::channel(64);
-    let logs = AppLogs::open(&def, home)?;
+    let logs = AppLogs::open(&def, home, id)?;
     let actor = Actor {
         id,
         def,
@@ -434,12 +434,7 @@ impl Actor {
                 }
             },
             AppCommand::Flush => {
-                let r = self
-                    .logs
-                    .out
-                    .truncate()
-                    .and_then(|_| self.logs.err.truncate())
-                    .and_then(|_| self.logs.combined.as_mut().map_or(Ok(()), |f| f.truncate()));
+                let r = self.logs.truncate();
                 answer(
                     reply,
                     r.map(|_| format!("flushed the logs of {}", self.name()))
@@ -486,12 +481,7 @@ impl Actor {
                 None => answer(reply, Err(format!("{} is stopped", self.name()))),
             },
             AppCommand::ReopenLogs => {
-                let r = self
-                    .logs
-                    .out
-                    .reopen()
-                    .and_then(|_| self.logs.err.reopen())
-                    .and_then(|_| self.logs.combined.as_mut().map_or(Ok(()), |f| f.reopen()));
+                let r = self.logs.reopen();
                 answer(reply, r.map(|_| String::new()).map_err(|e| e.to_string()));
             }
         }
@@ -515,7 +505,7 @@ impl Actor {
     /// cannot be opened leaves everything as it was); returns the old one.
     fn adopt(&mut self, new: AppDef) -> Result<AppDef, String> {
         if new.logs != self.def.logs {
-            self.logs = AppLogs::open(&new, &self.home)?;
+            self.logs = AppLogs::open(&new, &self.home, self.id)?;
         }
         Ok(std::mem::replace(&mut self.def, new))
     }
@@ -577,9 +567,13 @@ impl Actor {
                     self.listen.push(addr);
                 }
             }
-            Event::Output { stream, lines, .. } => {
-                let name = self.def.spec.name.clone();
-                let written = self.logs.write(stream, &lines, at, &name);
+            Event::Output {
+                stream,
+                slot,
+                lines,
+                ..
+            } => {
+                let written = self.logs.write(stream, slot, &lines, at);
                 if written > 0 {
                     let i = match stream {
                         Stream::Stdout => 0,
@@ -844,7 +838,7 @@ impl Actor {
     }
 
     fn info_of(&self, status: &Option<AppStatus>) -> AppInfo {
-        let (out_log, err_log) = crate::logs::paths(&self.def, &self.home);
+        let log_paths = crate::logs::paths(&self.def, &self.home);
         let spec = &self.def.spec;
         let mode = spec.exec_mode;
         let mut workers = Vec::new();
@@ -930,8 +924,9 @@ impl Actor {
             instances,
             online,
             listen,
-            out_log,
-            err_log,
+            out_log: log_paths.out,
+            err_log: log_paths.err,
+            merge_logs: self.def.logs.merge_logs,
             workers,
         }
     }

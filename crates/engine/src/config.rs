@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+mod triggers;
+pub(crate) use triggers::glob;
+pub use triggers::{check_ignore_glob, is_glob, CronSpec, WatchSpec};
+
 /// A value a user wrote that herd cannot accept. The message names the value
 /// and says what would have been accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -225,6 +229,13 @@ pub fn check_app_name(name: &str) -> Result<(), ConfigError> {
     if name.chars().any(char::is_control) {
         return Err(bad(format!(
             "invalid app name {name:?}: it holds a control character (a newline, a tab …); use printable characters"
+        )));
+    }
+    if name.contains(':') {
+        // `herd restart api:1` names worker 1 of `api`: an app named
+        // `api:1` (or `a:b`) could never be addressed.
+        return Err(bad(format!(
+            "invalid app name '{name}': ':' separates an app from a worker (APP:N); choose a name without ':'"
         )));
     }
     Ok(())
@@ -565,6 +576,12 @@ pub struct AppSpec {
     /// is deserialized, a missing field means [`default_max_message_bytes`].
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Reload when these files change (pm2's `watch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchSpec>,
+    /// Reload on this schedule (pm2's `cron_restart`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_restart: Option<CronSpec>,
 }
 
 fn yes() -> bool {
@@ -648,6 +665,8 @@ impl AppSpec {
             ready: ReadyPolicy::default(),
             instance_var: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            watch: None,
+            cron_restart: None,
         }
     }
 }
@@ -802,6 +821,16 @@ mod tests {
         for (name, stem) in table {
             assert_eq!(log_file_stem(name), stem, "{name}");
             assert!(!log_file_stem(name).contains('/'));
+        }
+    }
+
+    /// Found by the bad-input corpus: `herd start --name a:1` was taken, and
+    /// the app could then never be restarted or sent to (`a:1` is worker 1 of `a`).
+    #[test]
+    fn an_app_name_with_a_colon_is_refused() {
+        for bad in ["a:1", "api:v2", ":"] {
+            let e = check_app_name(bad).unwrap_err().0;
+            assert!(e.contains("APP:N"), "{bad}: {e}");
         }
     }
 

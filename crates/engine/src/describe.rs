@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::exit::ExitStatus;
-use crate::machine::{AbortReason, Command, Next, Outcome, Report};
+use crate::machine::{AbortReason, Command, Next, Outcome, Report, Trigger};
 
 /// `250 ms`, `1.6 s`, `2 min 5 s`.
 pub fn duration(d: Duration) -> String {
@@ -142,6 +142,24 @@ impl fmt::Display for Report {
                 };
                 write!(f, "cannot {what}: {reason}")
             }
+            Report::Triggered(Trigger::Watch { path, changes }) => {
+                f.write_str("watch: ")?;
+                match path {
+                    Some(p) => write!(f, "{} changed", p.display())?,
+                    None => f.write_str("files changed")?,
+                }
+                if *changes > 1 {
+                    write!(f, " ({changes} changes)")?;
+                }
+                f.write_str("; reloading")
+            }
+            Report::Triggered(Trigger::Cron { pattern }) => {
+                write!(f, "cron_restart '{pattern}' is due; reloading")
+            }
+            Report::Watching { folders } => write!(
+                f,
+                "watch: watching {folders} folder(s) for changes; each reloads the app"
+            ),
         }
     }
 }

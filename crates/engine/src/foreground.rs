@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::clock::MonoTime;
 use crate::config::{AppSpec, Balance, StopPolicy, WorkerKind};
 use crate::describe;
-use crate::machine::{Command, Outcome, Report};
+use crate::machine::{AbortReason, Command, Outcome, Report};
 use crate::supervisor::{self, AppHandle, Event, Events, StartError, Stream};
 use crate::upgrade;
 
@@ -95,7 +95,10 @@ struct Host {
     settles: bool,
     service: ServiceState,
     stopping: bool,
-    last_stderr: Vec<Option<String>>,
+    /// Per slot: the last stderr line and the pid that wrote it.
+    last_stderr: Vec<Option<(u32, String)>>,
+    /// Per slot: the pid that came online last (a reload's new worker).
+    newest: std::collections::BTreeMap<usize, u32>,
     /// An upgrade under way: when SIGUSR2 came, and when the app paused.
     #[serde(default)]
     upgrade_signalled: Option<MonoTime>,
@@ -119,6 +122,7 @@ impl Host {
             service: ServiceState::new(spec.instances),
             stopping: false,
             last_stderr: Vec::new(),
+            newest: Default::default(),
             upgrade_signalled: None,
             upgrade_paused: None,
             exe: upgrade::own_exe().ok(),
@@ -358,9 +362,9 @@ impl Host {
             }
             Event::Output {
                 slot,
+                pid,
                 stream,
                 lines,
-                ..
             } => {
                 if stream == Stream::Stderr {
                     if self.last_stderr.len() <= slot {
@@ -371,7 +375,8 @@ impl Host {
                         .rsplit(|&b| b == b'\n')
                         .next()
                         .unwrap_or_default();
-                    self.last_stderr[slot] = Some(String::from_utf8_lossy(last).into_owned());
+                    self.last_stderr[slot] =
+                        Some((pid, String::from_utf8_lossy(last).into_owned()));
                 }
                 (stream, prefix_lines(slot, &lines))
             }
@@ -382,15 +387,31 @@ impl Host {
             Event::Lifecycle(report) => {
                 self.service.observe(&report);
                 let mut text = report.to_string();
-                if let Report::Stopping { .. } = report {
-                    text.push_str(&stop_plan(&self.stop, self.settles));
+                match report {
+                    Report::Stopping { .. } => text.push_str(&stop_plan(&self.stop, self.settles)),
+                    Report::Online { slot, pid } => {
+                        self.newest.insert(slot, pid);
+                    }
+                    // Why the new version failed: its own last words.
+                    Report::ReloadAborted {
+                        slot,
+                        reason: AbortReason::Exited(_),
+                        ..
+                    } => {
+                        if let Some(Some((pid, line))) = self.last_stderr.get(slot) {
+                            if self.newest.get(&slot) == Some(pid) {
+                                text.push_str(&format!("; its last stderr line: {line}"));
+                            }
+                        }
+                    }
+                    _ => {}
                 }
                 herd_line(text)
             }
             Event::Exit(outcome) => {
                 let mut text = format!("exiting: {outcome}");
                 if let Outcome::Errored { slot, .. } = outcome {
-                    if let Some(Some(line)) = self.last_stderr.get(slot) {
+                    if let Some(Some((_, line))) = self.last_stderr.get(slot) {
                         text.push_str(&format!("; its last stderr line: {line}"));
                     }
                 }

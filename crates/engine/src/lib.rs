@@ -56,6 +56,9 @@
 //!   passed to a worker, until the worker acknowledges it.
 //! - **channel**: a worker's IPC channel (Node's `process.send`): JSON
 //!   lines over a socketpair, with an fd alongside a handle message.
+//! - **trigger**: one of the app's own reasons to reload — watched files
+//!   that changed (`watch`), a schedule (`cron_restart`); it asks the
+//!   machine for the same rolling reload a user's `reload` is.
 //! - **control connection**: a CLI's connection to the daemon (see
 //!   `herd-protocol`); the engine has none. "Connection" alone never means
 //!   one of these.
@@ -91,4 +94,7 @@ pub use os::channel::Channel;
 pub use os::init::{init_if_pid1, under_herd_init};
 pub use os::notify::sd_notify;
 pub use os::spawn::resolve_program;
+/// The parsers of what a worker sends, for the fuzz targets (`fuzz/`) only.
+#[doc(hidden)]
+pub use supervisor::fuzzing;
 pub use supervisor::is_worker_variable;

@@ -235,6 +235,29 @@ pub enum Report {
         command: Command,
         reason: std::borrow::Cow<'static, str>,
     },
+    /// One of the app's own triggers asks for a reload (a reload, or a
+    /// queued one, follows).
+    Triggered(Trigger),
+    /// The file watcher is in place: it watches this many folders (each
+    /// change from now on is seen).
+    Watching {
+        folders: u64,
+    },
+}
+
+/// What makes an app reload by itself (`--watch`, `--cron-restart`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// Watched files changed: the first that did (relative to the app's
+    /// working directory when under it; `None` when the kernel lost track),
+    /// and how many changes this reload covers.
+    Watch {
+        path: Option<std::path::PathBuf>,
+        changes: u64,
+    },
+    /// The `cron_restart` schedule came due.
+    Cron { pattern: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

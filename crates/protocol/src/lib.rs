@@ -25,7 +25,7 @@ pub mod secrets;
 
 pub use frame::{Connection, FrameError, MAX_DEFINITION, MAX_FRAME};
 pub use message::*;
-pub use pm2::{CombinedLog, FilterEnv, LogType, Pm2Keys};
+pub use pm2::{FilterEnv, Pm2Keys};
 pub use secrets::SecretNames;
 
 /// The protocol version; both sides must agree exactly.

@@ -43,7 +43,50 @@ pub async fn scale(ctx: &Arc<Ctx>, selector: &str, to: ScaleTo) -> Response {
     if selector == "all" {
         return usage("scale one app at a time: give its name or id");
     }
+    let entries = match ctx.registry().resolve(selector) {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
+    // A count out of range is the command's mistake (exit 2), said before
+    // any app is asked.
+    for entry in &entries {
+        let Some(def) = entry.app.def().await else {
+            continue;
+        };
+        let n = match to {
+            ScaleTo::Exactly(n) => i64::try_from(n).unwrap_or(i64::MAX),
+            ScaleTo::By(d) => (def.spec.instances as i64).saturating_add(d),
+        };
+        if !(1..=4096).contains(&n) {
+            return usage(format!(
+                "cannot scale {} to {n} workers: use 1 to 4096 (stop it to run none)",
+                entry.name
+            ));
+        }
+    }
     each(ctx, selector, || AppCommand::Scale(to)).await
+}
+
+/// `APP:N` for an app without worker N is the command's mistake (exit 2),
+/// said before any app is asked.
+pub async fn check_worker(
+    ctx: &Arc<Ctx>,
+    selector: &str,
+    worker: Option<usize>,
+) -> Option<Response> {
+    let worker = worker?;
+    let entries = ctx.registry().resolve(selector).ok()?;
+    for entry in &entries {
+        let instances = entry.app.def().await?.spec.instances;
+        if worker >= instances {
+            return Some(usage(format!(
+                "{} has no worker {worker}: its workers are 0 to {}",
+                entry.name,
+                instances.saturating_sub(1)
+            )));
+        }
+    }
+    None
 }
 
 pub async fn signal(ctx: &Arc<Ctx>, selector: &str, signal: &str) -> Response {

@@ -153,6 +153,9 @@ pub async fn handle(ctx: &Arc<Ctx>, request: Request) -> Response {
         } => start::start(ctx, apps, update, restart, &stopped).await,
         Request::Stop { apps } => control::each(ctx, &apps, || AppCommand::Stop).await,
         Request::Restart { apps, worker } => {
+            if let Some(refused) = control::check_worker(ctx, &apps, worker).await {
+                return refused;
+            }
             control::each(ctx, &apps, || AppCommand::Restart { worker }).await
         }
         Request::Reload { apps } => {
@@ -166,6 +169,9 @@ pub async fn handle(ctx: &Arc<Ctx>, request: Request) -> Response {
             worker,
             message,
         } => {
+            if let Some(refused) = control::check_worker(ctx, &app, worker).await {
+                return refused;
+            }
             control::each(ctx, &app, || AppCommand::Send {
                 worker,
                 message: message.clone(),

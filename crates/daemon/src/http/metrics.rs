@@ -414,6 +414,7 @@ mod tests {
                 listen: vec![],
                 out_log: "/o".into(),
                 err_log: "/e".into(),
+                merge_logs: true,
                 workers: vec![
                     worker(0, Some(10), "online"),
                     // Slot 0's replacement during the reload: not a second series.

@@ -49,6 +49,7 @@ use super::ipc::{self, FromWorker, Outgoing, MESSAGE_QUEUE};
 use super::listeners::Listeners;
 use super::output::{self, start_pump};
 use super::timers::{Timers, Wake};
+use super::triggers::{self, Do, Triggers, Watcher};
 use super::workers::{self, Notified, WorkerStart, WorkerWiring, Workers};
 use crate::clock::MonoTime;
 use crate::config::{AppSpec, WorkerKind};
@@ -145,6 +146,8 @@ pub(crate) struct AppState {
     pub(crate) workers: Workers,
     pub(crate) cluster: Cluster,
     pub(crate) timers: Timers,
+    /// The watch and cron triggers.
+    pub(crate) triggers: Triggers,
     /// The app's notify socket (`NOTIFY_SOCKET` in every worker): owned by
     /// the wiring; its number and name let a new binary take it over.
     pub(super) notify: NotifyRecord,
@@ -172,6 +175,10 @@ pub(super) struct Wiring {
     pub(super) workers: BTreeMap<WorkerId, WorkerWiring>,
     /// Per round-robin server: herd's accept loop.
     pub(super) accepting: BTreeMap<ServerKey, Accepting>,
+    /// The file watcher, when the app has `watch`.
+    pub(super) watcher: Option<Watcher>,
+    /// Its wake-up: one slot, a flag.
+    pub(super) watch_wake: mpsc::Sender<()>,
     /// Exited workers whose output is still being drained (their exit
     /// report follows).
     pub(super) draining: usize,
@@ -188,6 +195,7 @@ pub(super) struct Inbox {
     pub(super) requests: mpsc::UnboundedReceiver<Request>,
     pub(super) tasks: mpsc::UnboundedReceiver<FromTask>,
     pub(super) messages: mpsc::Receiver<FromWorker>,
+    pub(super) watch: mpsc::Receiver<()>,
 }
 
 /// One app's task.
@@ -224,6 +232,7 @@ impl App {
         let (requests, requests_rx) = mpsc::unbounded_channel();
         let (tasks, tasks_rx) = mpsc::unbounded_channel();
         let (messages, messages_rx) = mpsc::channel(MESSAGE_QUEUE);
+        let (watch_wake, watch_rx) = mpsc::channel(1);
         let state = AppState {
             base_env: if spec.inherit_env {
                 workers::base_env()
@@ -236,6 +245,7 @@ impl App {
             listeners,
             workers: Workers::default(),
             timers: Timers::default(),
+            triggers: Triggers::default(),
             notify: NotifyRecord {
                 fd: notify.as_raw_fd(),
                 name: notify.env_value().to_string(),
@@ -251,6 +261,8 @@ impl App {
                 messages,
                 workers: BTreeMap::new(),
                 accepting: BTreeMap::new(),
+                watcher: None,
+                watch_wake,
                 draining: 0,
                 freezing: None,
             },
@@ -259,6 +271,7 @@ impl App {
             requests: requests_rx,
             tasks: tasks_rx,
             messages: messages_rx,
+            watch: watch_rx,
         };
         tokio::spawn(app.run(inbox, None));
         let _ = requests.send(Request::Command(Command::Start));
@@ -272,6 +285,7 @@ impl App {
             mut requests,
             mut tasks,
             mut messages,
+            mut watch,
         } = inbox;
         use tokio::signal::unix::{signal, SignalKind};
         let mut sigchld = match signal(SignalKind::child()) {
@@ -303,6 +317,7 @@ impl App {
                 if self.state.cluster.config().listener_round_robin() {
                     self.with_cluster(|cluster, cx| cluster.open_listener_servers(cx));
                 }
+                self.configure_triggers();
             }
         }
         let events = self.wire.events.clone();
@@ -347,6 +362,7 @@ impl App {
                     armed = None;
                     self.fire_timers();
                 }
+                Some(()) = watch.recv() => self.files_changed(),
                 _ = sigchld.recv() => self.reap(),
                 _ = poll.tick() => self.reap(),
             }
@@ -399,6 +415,7 @@ impl App {
                 if slots != self.state.machine.slot_count() {
                     self.input(Input::Command(Command::Scale(slots)));
                 }
+                self.configure_triggers();
                 self.input(Input::Command(Command::Reload));
             }
             #[cfg(test)]
@@ -580,6 +597,69 @@ impl App {
                 }
                 Wake::AnswerDue(worker) => {
                     self.with_cluster(|cluster, cx| cluster.answer_due(worker, MonoTime::now(), cx))
+                }
+                Wake::Trigger(wake) => {
+                    let todo = self
+                        .state
+                        .triggers
+                        .wake(&self.state.spec, wake, MonoTime::now());
+                    self.triggered(todo);
+                }
+            }
+        }
+    }
+
+    /// Start the watcher again (a resumed app: the schedule's timer is in
+    /// the state, the watcher is wiring).
+    pub(super) fn rewire_watcher(&mut self) {
+        let running = self.wire.watcher.take();
+        self.wire.watcher = triggers::rewire(running, &self.state.spec, &self.wire.watch_wake);
+    }
+
+    /// Start (or keep, or stop) the watcher and arm the schedule for the
+    /// app's definition.
+    fn configure_triggers(&mut self) {
+        let running = self.wire.watcher.take();
+        self.wire.watcher = triggers::rewire(running, &self.state.spec, &self.wire.watch_wake);
+        let todo = self
+            .state
+            .triggers
+            .configure(&self.state.spec, MonoTime::now());
+        self.triggered(todo);
+    }
+
+    /// The watcher has news.
+    fn files_changed(&mut self) {
+        let Some(watcher) = &self.wire.watcher else {
+            return;
+        };
+        let seen = watcher.take();
+        let todo = self
+            .state
+            .triggers
+            .changed(&self.state.spec, seen, MonoTime::now());
+        self.triggered(todo);
+    }
+
+    /// Carry out what the triggers ask for. A reload is the machine's (a
+    /// rolling one; queued behind a running one); none once stopping.
+    fn triggered(&mut self, todo: Vec<Do>) {
+        for step in todo {
+            match step {
+                Do::Wake(after, wake) => {
+                    self.state
+                        .timers
+                        .set(MonoTime::now(), after, Wake::Trigger(wake))
+                }
+                Do::Warn(text) => self.event(Event::Warning(text)),
+                Do::Say(report) => self.event(Event::Lifecycle(report)),
+                Do::Reload(trigger) => {
+                    let now = MonoTime::now();
+                    if self.state.machine.snapshot(now).stopping {
+                        continue;
+                    }
+                    self.event(Event::Lifecycle(Report::Triggered(trigger)));
+                    self.input(Input::Command(Command::Reload));
                 }
             }
         }
@@ -854,6 +934,14 @@ impl App {
                     )));
                 }
             }
+            FromWorker::StrayFds { worker, count } => {
+                if let Some((slot, pid)) = self.state.workers.get_running(worker) {
+                    self.event(Event::Warning(format!(
+                        "worker {slot} (pid {pid}) sent {count} fd(s) with a message that is no \
+                         handle message (Node sends one, with NODE_HANDLE); closed them"
+                    )));
+                }
+            }
             FromWorker::Closed { worker } => {
                 self.with_cluster(|cluster, cx| cluster.channel_closed(worker, cx))
             }
@@ -958,6 +1046,7 @@ mod tests {
                 .0,
             workers: Workers::default(),
             timers: Timers::default(),
+            triggers: Triggers::default(),
             notify: NotifyRecord {
                 fd: 99,
                 name: "@herd/1/0".into(),

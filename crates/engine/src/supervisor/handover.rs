@@ -110,6 +110,12 @@ pub(crate) struct FrozenApp {
     pub(crate) leftovers: Leftovers,
 }
 
+/// The triggers of an app that has none armed, as data (for reading a
+/// state written before there were triggers).
+pub(crate) fn no_triggers() -> serde_json::Value {
+    serde_json::to_value(super::triggers::Triggers::default()).expect("plain data")
+}
+
 /// A frozen app: its whole state as data, and the fds that state names.
 /// Resume it with [`super::resume`] (in this process, or in the next image
 /// of herd after [`Frozen::write`] / [`Frozen::read`]). Dropping it closes
@@ -246,12 +252,15 @@ impl App {
             let _ = w.writer.await;
             stopping.push((worker, w.stop_reader, w.reader, w.pumps));
         }
+        // What the readers had made and not delivered follows what is queued.
+        let mut undelivered = Vec::new();
         for (worker, stop_reader, reader, pumps) in stopping {
             let _ = stop_reader.send(());
             if let Ok(end) = reader.await {
                 leftovers
                     .channels
                     .insert(worker, end.unread.unwrap_or_default());
+                undelivered.extend(end.undelivered);
                 channels.insert(worker, end.channel);
             }
             let [out, err] = pumps;
@@ -270,12 +279,16 @@ impl App {
         while let Ok(msg) = messages.try_recv() {
             leftovers.worker_messages.push(msg);
         }
+        leftovers.worker_messages.extend(undelivered);
         for (_, channel) in channels {
             // The writer and the reader have ended: this is the last copy.
             if let Some(fd) = Arc::into_inner(channel).and_then(|c| c.into_fd().ok()) {
                 held.insert(fd.as_raw_fd(), fd);
             }
         }
+        // The watcher is wiring: changes while the app is handed over are
+        // not seen (the next image watches again).
+        self.wire.watcher = None;
         let Wiring {
             notify, pending, ..
         } = self.wire;
@@ -305,6 +318,7 @@ impl App {
         let (requests, requests_rx) = mpsc::unbounded_channel();
         let (tasks, tasks_rx) = mpsc::unbounded_channel();
         let (messages, messages_rx) = mpsc::channel(MESSAGE_QUEUE);
+        let (watch_wake, watch_rx) = mpsc::channel(1);
         let mut take = |n: RawFd| held.remove(&n).ok_or(ThawError::MissingFd(n));
         let notify = NotifySocket::from_fd(take(state.notify.fd)?, state.notify.name.clone())?;
         let mut channels = Vec::new();
@@ -334,6 +348,8 @@ impl App {
                 messages,
                 workers: BTreeMap::new(),
                 accepting: BTreeMap::new(),
+                watcher: None,
+                watch_wake,
                 draining: 0,
                 freezing: None,
             },
@@ -355,6 +371,7 @@ impl App {
             requests: requests_rx,
             tasks: tasks_rx,
             messages: messages_rx,
+            watch: watch_rx,
         };
         tokio::spawn(app.run(inbox, Some(leftovers)));
         Ok((requests, Events::new(events_rx)))
@@ -364,6 +381,7 @@ impl App {
     /// previous image had in hand, and look for exits missed meanwhile.
     pub(super) fn resumed(&mut self, leftovers: Leftovers) {
         self.with_cluster(|cluster, cx| cluster.resume_accepting(cx));
+        self.rewire_watcher();
         for task in leftovers.tasks {
             match task {
                 SavedTask::Exited { worker, status } => {

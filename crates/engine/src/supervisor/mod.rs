@@ -13,7 +13,8 @@
 //! - `cluster`: the cluster protocol (`protocol`), herd's round-robin
 //!   (`round_robin`, choosing with `picker`);
 //! - `timers`: pending timers; `output`: the output pumps; `ipc`: the
-//!   channel readers and writers; `events`: what the app tells the outside.
+//!   channel readers and writers; `events`: what the app tells the outside;
+//! - `triggers`: the app's own reasons to reload (`watch`, `cron_restart`).
 //!
 //! Memory is bounded wherever a worker can push (see [`Events`]):
 //! - Output: each pump reads a worker's pipe and waits for room in the
@@ -35,11 +36,14 @@ mod app;
 mod cluster;
 mod events;
 pub(crate) mod fd;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod handover;
 mod ipc;
 mod listeners;
 mod output;
 mod timers;
+mod triggers;
 mod workers;
 
 pub use app::Target;

@@ -231,49 +231,83 @@ async fn pump(
             .ok()
             .map(|fd| Paused { fd, unsent })
     };
-    // Only an unfinished line stays here between reads: an idle worker's
-    // pumps hold no buffer (a daemon runs hundreds of them).
-    let mut buf: Vec<u8> = unsent;
-    // Where the unfinished line starts in `buf`.
-    let mut line_start = 0;
-    // What was handed over is scanned before the first read.
-    let mut first = true;
+    let mut cutter = LineCutter::new(MAX_LINE);
+    // What was handed over goes first.
+    let mut lines = cutter.push(&unsent);
     loop {
-        let mut scan = if first { 0 } else { buf.len() };
-        if !first {
-            tokio::select! {
-                biased;
-                () = stop_asked(&mut stop) => return paused(pipe, buf),
-                readable = pipe.readable() => if readable.is_err() {
-                    break;
-                },
+        if let Some(lines) = lines.take() {
+            match info.deliver(&events, lines, &mut stop).await {
+                Delivery::Sent => {}
+                Delivery::Closed => return None,
+                Delivery::Stopped(mut lines) => {
+                    lines.extend_from_slice(cutter.held());
+                    return paused(pipe, lines);
+                }
             }
-            // Read into the thread's scratch buffer, keep just the bytes read.
-            let read = SCRATCH.with_borrow_mut(|scratch| {
-                let n = pipe.try_read(scratch)?;
-                buf.extend_from_slice(&scratch[..n]);
-                Ok::<_, io::Error>(n)
-            });
-            match read {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(_) => break,
-            }
-            info.progress.fetch_add(1, Ordering::Relaxed);
         }
-        first = false;
+        tokio::select! {
+            biased;
+            () = stop_asked(&mut stop) => return paused(pipe, cutter.held().to_vec()),
+            readable = pipe.readable() => if readable.is_err() {
+                break;
+            },
+        }
+        // Read into the thread's scratch buffer, keep just the bytes read.
+        let read = SCRATCH.with_borrow_mut(|scratch| {
+            let n = pipe.try_read(scratch)?;
+            Ok::<_, io::Error>((n, cutter.push(&scratch[..n])))
+        });
+        lines = match read {
+            Ok((0, _)) => break,
+            Ok((_, lines)) => lines,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => break,
+        };
+        info.progress.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(last) = cutter.finish() {
+        info.deliver(&events, last, &mut stop).await;
+    }
+    None
+}
+
+/// Cuts a pipe's bytes into whole lines, however the reads split them:
+/// pure, so the same bytes always make the same lines. A line ends at its
+/// newline, or is cut after `max_line` bytes (a newline is put there; the
+/// rest follows as the next line); the last line gets a newline if it has
+/// none. Holds only the unfinished line between reads (at most `max_line`
+/// bytes): an idle pipe's cutter holds no buffer.
+pub(crate) struct LineCutter {
+    buf: Vec<u8>,
+    max_line: usize,
+}
+
+impl LineCutter {
+    pub(crate) fn new(max_line: usize) -> LineCutter {
+        LineCutter {
+            buf: Vec::new(),
+            max_line: max_line.max(1),
+        }
+    }
+
+    /// Take the bytes of one read; the whole lines they complete (with the
+    /// unfinished one before them), if any.
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        // The unfinished line held no newline and was within the limit.
+        let mut scan = self.buf.len();
+        self.buf.extend_from_slice(bytes);
+        // Where the unfinished line starts.
+        let mut line_start = 0;
         loop {
-            // A line ends at its newline, or is cut after MAX_LINE bytes.
-            let limit = line_start + MAX_LINE;
-            let end = buf.len().min(limit + 1);
-            match buf[scan..end].iter().position(|&b| b == b'\n') {
+            let limit = line_start + self.max_line;
+            let end = self.buf.len().min(limit + 1);
+            match self.buf[scan..end].iter().position(|&b| b == b'\n') {
                 Some(i) => {
                     line_start = scan + i + 1;
                     scan = line_start;
                 }
-                None if buf.len() > limit => {
-                    buf.insert(limit, b'\n');
+                None if self.buf.len() > limit => {
+                    self.buf.insert(limit, b'\n');
                     line_start = limit + 1;
                     scan = line_start;
                 }
@@ -281,25 +315,26 @@ async fn pump(
             }
         }
         if line_start == 0 {
-            continue;
+            return None;
         }
-        let rest = buf.split_off(line_start);
-        let lines = std::mem::replace(&mut buf, rest);
-        line_start = 0;
-        match info.deliver(&events, lines, &mut stop).await {
-            Delivery::Sent => {}
-            Delivery::Closed => return None,
-            Delivery::Stopped(mut lines) => {
-                lines.append(&mut buf);
-                return paused(pipe, lines);
-            }
+        let rest = self.buf.split_off(line_start);
+        Some(std::mem::replace(&mut self.buf, rest))
+    }
+
+    /// The unfinished line it holds.
+    pub(crate) fn held(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The pipe ended: the unfinished line, with its newline.
+    pub(crate) fn finish(&mut self) -> Option<Vec<u8>> {
+        if self.buf.is_empty() {
+            return None;
         }
+        let mut last = std::mem::take(&mut self.buf);
+        last.push(b'\n');
+        Some(last)
     }
-    if !buf.is_empty() {
-        buf.push(b'\n');
-        info.deliver(&events, buf, &mut stop).await;
-    }
-    None
 }
 
 #[cfg(test)]

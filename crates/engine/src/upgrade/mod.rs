@@ -738,7 +738,7 @@ mod tests {
             .replace("@PID@", &pid.to_string())
             .replace("@STARTED@", &started.to_string());
         // A host's own fd travels along (here: added to the old document).
-        let (host_r, host_w) = nix::unistd::pipe().unwrap();
+        let (host_r, _host_w) = nix::unistd::pipe().unwrap();
         let host_fd = host_r.into_raw_fd();
         let doc = doc.replacen(
             "\"host\":",

@@ -537,8 +537,9 @@ pub fn inherited() -> Option<Result<Inherited, ResumeError>> {
                 .iter()
                 .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
                 .collect();
-            // SAFETY: both are ours, handed over by the previous image.
+            // SAFETY: ours, handed over by the previous image; done with.
             drop(unsafe { OwnedFd::from_raw_fd(memfd) });
+            // SAFETY: as above.
             drop(unsafe { OwnedFd::from_raw_fd(old_exe) });
             Some(Ok(Inherited {
                 kind: header.kind,

@@ -44,6 +44,13 @@ struct CompletionArgs {
 }
 
 fn main() {
+    // A herd binary being upgraded to answers which state versions it reads.
+    herd_engine::upgrade::answer_probe();
+    // The image after an in-place upgrade: resume the app it was handed
+    // (whatever this version makes of the command line).
+    if let Some(inherited) = herd_engine::upgrade::inherited() {
+        std::process::exit(exit_code(run::resume(inherited)));
+    }
     let cli = Cli::parse();
     // As a container's PID 1, `run` and `daemon` put a tiny init in front of
     // themselves (reaps orphans, forwards signals): see herd_engine::init_if_pid1.
@@ -68,12 +75,21 @@ fn main() {
             Ok(0)
         }
     };
+    std::process::exit(exit_code(result))
+}
+
+/// The exit status for a command's result; an error is printed.
+pub(crate) fn exit_code(result: anyhow::Result<i32>) -> i32 {
     match result {
-        Ok(code) => std::process::exit(code),
+        Ok(code) => code,
         Err(err) => {
             eprintln!("herd: error: {err:#}");
             let usage = err.downcast_ref::<UsageError>().is_some();
-            std::process::exit(if usage { 2 } else { 1 });
+            if usage {
+                2
+            } else {
+                1
+            }
         }
     }
 }

@@ -26,6 +26,7 @@ mod run;
 mod runtime;
 mod systemd;
 mod triggers;
+mod upgrade;
 
 /// What each fuzz target asserts of one input (`fuzz/src/lib.rs`), shared
 /// with cargo-fuzz: `fuzz_regressions` runs it on every saved input.

@@ -69,7 +69,9 @@
 //! What the `herd` command, the daemon and `herd-cluster` use, and nothing
 //! else: [`config`] (what an app is), [`machine`]'s vocabulary (commands,
 //! reports, snapshots; the machine itself is internal), [`supervisor`]
-//! (running an app), [`foreground`] (`herd run`'s loop), [`describe`] (how
+//! (running an app; freezing and resuming one), [`foreground`] (`herd
+//! run`'s loop), [`upgrade`] (replacing the process's own binary in place
+//! with its apps running on), [`describe`] (how
 //! durations and sizes read), and the few process-level helpers re-exported
 //! here. The OS layer, the clock and the supervisor's parts are internal.
 
@@ -78,6 +80,7 @@ pub mod describe;
 pub mod foreground;
 pub mod machine;
 pub mod supervisor;
+pub mod upgrade;
 
 mod clock;
 mod cpus;

@@ -86,6 +86,12 @@ impl Channel {
         })
     }
 
+    /// Give herd's end back as a plain fd (for an in-place upgrade); no
+    /// send may be under way.
+    pub(crate) fn into_fd(self) -> io::Result<OwnedFd> {
+        Ok(self.sock.into_std()?.into())
+    }
+
     /// Read whatever is available: bytes appended to `buf`, and any fds that
     /// came with them (close-on-exec). `Ok(0)` with no fds means EOF.
     ///

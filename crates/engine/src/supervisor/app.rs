@@ -44,6 +44,7 @@ use super::cluster::protocol::{self, ServerKey};
 use super::cluster::round_robin::Accepting;
 use super::cluster::{Cluster, ClusterConfig, Cx, Effect, Effects, DISCONNECT_GRACE};
 use super::events::{timed, AppStatus, Event, Events, RoundRobinStats, Stream, Timed, EVENT_QUEUE};
+use super::handover::{FreezeError, Frozen, Leftovers};
 use super::ipc::{self, FromWorker, Outgoing, MESSAGE_QUEUE};
 use super::listeners::Listeners;
 use super::output::{self, start_pump};
@@ -66,6 +67,8 @@ use crate::os::spawn::{self, Spawned};
 /// The app task stops taking worker messages while this many of its own
 /// events wait for room in the event channel.
 const PENDING_LIMIT: usize = 16;
+/// How often a freezing app checks whether it has settled.
+const FREEZE_POLL: Duration = Duration::from_millis(2);
 /// SIGCHLD can coalesce, and a child may exit between a check and the
 /// subscription: a slow poll backs the signal up.
 const REAP_POLL: Duration = Duration::from_millis(500);
@@ -90,6 +93,8 @@ pub(crate) enum Request {
         signal: Signal,
     },
     Update(Box<AppSpec>),
+    /// Pause the app and hand over its whole state (an in-place upgrade).
+    Freeze(oneshot::Sender<Result<Frozen, FreezeError>>),
     /// The app's whole state, as JSON (tests: it must stay plain data).
     #[cfg(test)]
     State(oneshot::Sender<serde_json::Value>),
@@ -103,6 +108,7 @@ impl std::fmt::Debug for Request {
             Request::Status(_) => f.write_str("Status"),
             Request::Signal { to, signal } => write!(f, "Signal({to:?}, {signal})"),
             Request::Update(spec) => write!(f, "Update({})", spec.name),
+            Request::Freeze(_) => f.write_str("Freeze"),
             #[cfg(test)]
             Request::State(_) => f.write_str("State"),
         }
@@ -110,7 +116,7 @@ impl std::fmt::Debug for Request {
 }
 
 /// What the app's helper tasks tell the app task.
-enum FromTask {
+pub(super) enum FromTask {
     /// A worker's process ended and its output was drained.
     Exited {
         worker: WorkerId,
@@ -149,48 +155,65 @@ pub(crate) struct AppState {
     pub(crate) triggers: Triggers,
     /// The app's notify socket (`NOTIFY_SOCKET` in every worker): owned by
     /// the wiring; its number and name let a new binary take it over.
-    notify: NotifyRecord,
+    pub(super) notify: NotifyRecord,
 }
 
 /// Where the app's notify socket is.
 #[derive(Debug, Serialize, Deserialize)]
-struct NotifyRecord {
-    fd: RawFd,
+pub(super) struct NotifyRecord {
+    pub(super) fd: RawFd,
     /// `@herd/<pid>/<n>`: the abstract name workers send to.
-    name: String,
+    pub(super) name: String,
 }
 
 /// What the app task holds besides its state: its channels, its helper
 /// tasks, and the fds registered with the reactor. Made again from the
 /// state, never written out.
-struct Wiring {
-    notify: Arc<NotifySocket>,
-    events: mpsc::Sender<Timed>,
+pub(super) struct Wiring {
+    pub(super) notify: Arc<NotifySocket>,
+    pub(super) events: mpsc::Sender<Timed>,
     /// The app's own events waiting for room in `events` (see the module docs).
-    pending: VecDeque<Timed>,
-    tasks: mpsc::UnboundedSender<FromTask>,
-    messages: mpsc::Sender<FromWorker>,
+    pub(super) pending: VecDeque<Timed>,
+    pub(super) tasks: mpsc::UnboundedSender<FromTask>,
+    pub(super) messages: mpsc::Sender<FromWorker>,
     /// Per running worker: its writer's queue and its output pumps.
-    workers: BTreeMap<WorkerId, WorkerWiring>,
+    pub(super) workers: BTreeMap<WorkerId, WorkerWiring>,
     /// Per round-robin server: herd's accept loop.
-    accepting: BTreeMap<ServerKey, Accepting>,
+    pub(super) accepting: BTreeMap<ServerKey, Accepting>,
     /// The file watcher, when the app has `watch`.
-    watcher: Option<Watcher>,
+    pub(super) watcher: Option<Watcher>,
     /// Its wake-up: one slot, a flag.
-    watch_wake: mpsc::Sender<()>,
+    pub(super) watch_wake: mpsc::Sender<()>,
+    /// Exited workers whose output is still being drained (their exit
+    /// report follows).
+    pub(super) draining: usize,
+    /// A freeze was asked for (see `handover`): whom to answer, and until
+    /// when the app may take to settle.
+    pub(super) freezing: Option<(
+        oneshot::Sender<Result<Frozen, FreezeError>>,
+        tokio::time::Instant,
+    )>,
+}
+
+/// The receiving ends of an app task's queues.
+pub(super) struct Inbox {
+    pub(super) requests: mpsc::UnboundedReceiver<Request>,
+    pub(super) tasks: mpsc::UnboundedReceiver<FromTask>,
+    pub(super) messages: mpsc::Receiver<FromWorker>,
+    pub(super) watch: mpsc::Receiver<()>,
 }
 
 /// One app's task.
 pub(crate) struct App {
-    state: AppState,
-    wire: Wiring,
+    pub(super) state: AppState,
+    pub(super) wire: Wiring,
 }
 
 /// The machine's policies for a spec. Readiness: with `wait_ready`, the
 /// worker's word (`'ready'`, `READY=1`), or online at the listen timeout as
 /// under pm2; a Node cluster worker's `listening`; else the ready delay (a
 /// fork-mode Node app binds its own sockets: herd is not told).
-fn policy_for(spec: &AppSpec) -> Policy {
+pub(super) fn policy_for(spec: &AppSpec) -> Policy {
     let cluster_node = spec.kind == WorkerKind::Node && spec.exec_mode == ExecMode::Cluster;
     Policy {
         restart: spec.restart.clone(),
@@ -252,20 +275,30 @@ impl App {
                 accepting: BTreeMap::new(),
                 watcher: None,
                 watch_wake,
+                draining: 0,
+                freezing: None,
             },
         };
-        tokio::spawn(app.run(requests_rx, tasks_rx, messages_rx, watch_rx));
+        let inbox = Inbox {
+            requests: requests_rx,
+            tasks: tasks_rx,
+            messages: messages_rx,
+            watch: watch_rx,
+        };
+        tokio::spawn(app.run(inbox, None));
         let _ = requests.send(Request::Command(Command::Start));
         (requests, Events::new(events_rx))
     }
 
-    async fn run(
-        mut self,
-        mut requests: mpsc::UnboundedReceiver<Request>,
-        mut tasks: mpsc::UnboundedReceiver<FromTask>,
-        mut messages: mpsc::Receiver<FromWorker>,
-        mut watch: mpsc::Receiver<()>,
-    ) {
+    /// The app's loop, from its start or (`resumed`) from where a previous
+    /// binary froze it.
+    pub(super) async fn run(mut self, inbox: Inbox, resumed: Option<Leftovers>) {
+        let Inbox {
+            mut requests,
+            mut tasks,
+            mut messages,
+            mut watch,
+        } = inbox;
         use tokio::signal::unix::{signal, SignalKind};
         let mut sigchld = match signal(SignalKind::child()) {
             Ok(s) => s,
@@ -290,12 +323,26 @@ impl App {
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
         let mut armed: Option<MonoTime> = None;
-        if self.state.cluster.config().listener_round_robin() {
-            self.with_cluster(|cluster, cx| cluster.open_listener_servers(cx));
+        match resumed {
+            Some(leftovers) => self.resumed(leftovers),
+            None => {
+                if self.state.cluster.config().listener_round_robin() {
+                    self.with_cluster(|cluster, cx| cluster.open_listener_servers(cx));
+                }
+                self.configure_triggers();
+            }
         }
-        self.configure_triggers();
         let events = self.wire.events.clone();
         while !self.state.machine.finished() {
+            if self.wire.freezing.is_some() && self.settled() {
+                let (reply, _) = self.wire.freezing.take().expect("freezing");
+                let frozen = self
+                    .freeze_now(&mut tasks, &mut messages, notify_task)
+                    .await;
+                let _ = reply.send(Ok(frozen));
+                return;
+            }
+            let freeze_by = self.wire.freezing.as_ref().map(|(_, by)| *by);
             let next = self.state.timers.next();
             if next != armed {
                 if let Some(at) = next {
@@ -306,7 +353,12 @@ impl App {
             }
             let backlog = self.wire.pending.len();
             tokio::select! {
-                Some(request) = requests.recv() => self.request(request),
+                Some(request) = requests.recv(), if freeze_by.is_none() => self.request(request),
+                () = tokio::time::sleep_until(freeze_by.unwrap_or_else(tokio::time::Instant::now)), if freeze_by.is_some() => {
+                    self.freeze_failed(FreezeError::Busy);
+                }
+                // Settling: look again soon (the writers do not wake the loop).
+                () = tokio::time::sleep(FREEZE_POLL), if freeze_by.is_some() => {}
                 Some(msg) = tasks.recv() => self.task_message(msg),
                 Some(msg) = messages.recv(), if backlog < PENDING_LIMIT => self.worker_message(msg),
                 room = events.reserve(), if backlog > 0 => match room {
@@ -327,6 +379,9 @@ impl App {
                 _ = poll.tick() => self.reap(),
             }
             self.settle_accepting();
+        }
+        if self.wire.freezing.is_some() {
+            self.freeze_failed(FreezeError::Finished);
         }
         // The last events (the exit among them) reach the consumer.
         while let Some(event) = self.wire.pending.pop_front() {
@@ -361,6 +416,7 @@ impl App {
                     }
                 }
             }
+            Request::Freeze(reply) => self.begin_freeze(reply),
             Request::Update(spec) => {
                 let slots = spec.instances;
                 self.state.spec = *spec;
@@ -441,7 +497,7 @@ impl App {
     }
 
     /// Queue an event for the consumer; never waits (see the module docs).
-    fn event(&mut self, event: Event) {
+    pub(super) fn event(&mut self, event: Event) {
         let event = timed(event);
         if self.wire.pending.is_empty() {
             match self.wire.events.try_send(event) {
@@ -453,7 +509,7 @@ impl App {
         }
     }
 
-    fn input(&mut self, input: Input) {
+    pub(super) fn input(&mut self, input: Input) {
         let actions = self.state.machine.handle(MonoTime::now(), input);
         for action in actions {
             self.act(action);
@@ -508,7 +564,7 @@ impl App {
     }
 
     /// Call the cluster with what it may use, then carry out its effects.
-    fn with_cluster<R>(&mut self, call: impl FnOnce(&mut Cluster, &mut Cx) -> R) -> R {
+    pub(super) fn with_cluster<R>(&mut self, call: impl FnOnce(&mut Cluster, &mut Cx) -> R) -> R {
         let mut fx = Effects::default();
         let s = &mut self.state;
         let result = call(
@@ -529,7 +585,7 @@ impl App {
             match effect {
                 Effect::Send { worker, line, fd } => {
                     if let Some(w) = self.wire.workers.get(&worker) {
-                        let _ = w.outbox.send(Outgoing { line, fd });
+                        w.send(Outgoing { line, fd });
                     }
                 }
                 Effect::Input(input) => self.input(input),
@@ -588,6 +644,13 @@ impl App {
                 }
             }
         }
+    }
+
+    /// Start the watcher again (a resumed app: the schedule's timer is in
+    /// the state, the watcher is wiring).
+    pub(super) fn rewire_watcher(&mut self) {
+        let running = self.wire.watcher.take();
+        self.wire.watcher = triggers::rewire(running, &self.state.spec, &self.wire.watch_wake);
     }
 
     /// Start (or keep, or stop) the watcher and arm the schedule for the
@@ -753,6 +816,7 @@ impl App {
                 raw_pid,
                 Stream::Stdout,
                 events.clone(),
+                Vec::new(),
             ),
             start_pump(
                 spawned.stderr,
@@ -760,19 +824,11 @@ impl App {
                 raw_pid,
                 Stream::Stderr,
                 events.clone(),
+                Vec::new(),
             ),
         ];
-        let (outbox, outbox_rx) = mpsc::unbounded_channel();
-        tokio::spawn(ipc::write_channel(channel.clone(), outbox_rx));
-        tokio::spawn(ipc::read_channel(
-            channel,
-            worker,
-            self.state.spec.max_message_bytes,
-            self.wire.messages.clone(),
-        ));
-        self.wire
-            .workers
-            .insert(worker, WorkerWiring { outbox, pumps });
+        let wiring = self.wire_worker(worker, channel, pumps, ipc::Unread::default());
+        self.wire.workers.insert(worker, wiring);
         self.state
             .workers
             .running(worker, slot, pid, channel_fd, output_fds);
@@ -806,7 +862,7 @@ impl App {
         let stop = &self.state.spec.stop;
         if stop.shutdown_with_message {
             if let Some(w) = self.wire.workers.get(&worker) {
-                let _ = w.outbox.send(Outgoing {
+                w.send(Outgoing {
                     line: protocol::SHUTDOWN.to_vec(),
                     fd: None,
                 });
@@ -824,7 +880,7 @@ impl App {
         for (worker, slot, _) in self.state.workers.running_workers() {
             if to == Target::All || to == Target::Slot(slot) {
                 if let Some(w) = self.wire.workers.get(&worker) {
-                    let _ = w.outbox.send(Outgoing {
+                    w.send(Outgoing {
                         line: line.clone(),
                         fd: None,
                     });
@@ -834,7 +890,7 @@ impl App {
     }
 
     /// Look for exited workers; each is reported once its output is drained.
-    fn reap(&mut self) {
+    pub(super) fn reap(&mut self) {
         for (worker, pid, result) in self.state.workers.reap() {
             let status = result.unwrap_or_else(|e| {
                 self.event(Event::Warning(format!(
@@ -855,6 +911,7 @@ impl App {
             return;
         };
         let tx = self.wire.tasks.clone();
+        self.wire.draining += 1;
         tokio::spawn(async move {
             // Its output comes before its exit.
             output::drained(wiring.pumps).await;
@@ -862,9 +919,47 @@ impl App {
         });
     }
 
-    fn task_message(&mut self, msg: FromTask) {
+    /// A running worker's channel tasks: its writer and its reader (`from`:
+    /// where a previous reader stopped), with its output pumps.
+    pub(super) fn wire_worker(
+        &self,
+        worker: WorkerId,
+        channel: Arc<Channel>,
+        pumps: [output::Pump; 2],
+        from: ipc::Unread,
+    ) -> WorkerWiring {
+        let (outbox, outbox_rx) = mpsc::unbounded_channel();
+        let unsent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let writer = tokio::spawn(ipc::write_channel(
+            channel.clone(),
+            outbox_rx,
+            unsent.clone(),
+        ));
+        let (stop_reader, stop_rx) = oneshot::channel();
+        let reader = tokio::spawn(ipc::read_channel(
+            channel,
+            worker,
+            self.state.spec.max_message_bytes,
+            self.wire.messages.clone(),
+            from,
+            stop_rx,
+        ));
+        WorkerWiring {
+            outbox,
+            unsent,
+            writer,
+            reader,
+            stop_reader,
+            pumps,
+        }
+    }
+
+    pub(super) fn task_message(&mut self, msg: FromTask) {
         match msg {
-            FromTask::Exited { worker, status } => self.input(Input::Exited { worker, status }),
+            FromTask::Exited { worker, status } => {
+                self.wire.draining = self.wire.draining.saturating_sub(1);
+                self.input(Input::Exited { worker, status })
+            }
             FromTask::Forked { worker, pid } => {
                 self.state.workers.forked(worker, pid, MonoTime::now())
             }
@@ -893,7 +988,7 @@ impl App {
     }
 
     /// What a worker's channel reader delivered.
-    fn worker_message(&mut self, msg: FromWorker) {
+    pub(super) fn worker_message(&mut self, msg: FromWorker) {
         match msg {
             FromWorker::Message { worker, value } => self.message(worker, value),
             FromWorker::BadMessage { worker, error } => {

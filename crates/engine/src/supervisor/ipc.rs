@@ -11,9 +11,11 @@
 //! Runtime wiring only; the channel's fd number is in the worker's record.
 
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
 use super::fd::Fd;
 use crate::machine::WorkerId;
@@ -31,7 +33,10 @@ pub(crate) struct Outgoing {
 }
 
 /// What a worker's channel reader hands the app task, in the channel's order
-/// (through the bounded message queue).
+/// (through the bounded message queue). Plain data: the messages still
+/// queued at an in-place upgrade are handed to the new binary.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub(crate) enum FromWorker {
     /// A JSON value arrived.
     Message {
@@ -55,17 +60,72 @@ pub(crate) enum FromWorker {
     Closed { worker: WorkerId },
 }
 
-/// Write queued messages to a worker, one whole line at a time.
+/// Write queued messages to a worker, one whole line at a time; `unsent`
+/// counts the messages queued and not written yet (the sender adds them).
 pub(crate) async fn write_channel(
     channel: Arc<Channel>,
     mut outbox: mpsc::UnboundedReceiver<Outgoing>,
+    unsent: Arc<AtomicUsize>,
 ) {
     while let Some(out) = outbox.recv().await {
         let fd: Option<&OwnedFd> = out.fd.as_deref().map(Fd::owned);
-        if channel.send(&out.line, fd).await.is_err() {
+        let sent = channel.send(&out.line, fd).await;
+        unsent.fetch_sub(1, Ordering::Relaxed);
+        if sent.is_err() {
             break;
         }
     }
+    // The channel is closed: nothing queued will be written.
+    unsent.store(0, Ordering::Relaxed);
+}
+
+/// Where a channel reader stopped when asked to (an in-place upgrade): the
+/// bytes it read and has not made messages of yet, and how much of an
+/// oversized message it was skipping. A new reader goes on from there.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub(crate) struct Unread {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) skipped: Option<usize>,
+}
+
+/// What a channel reader hands back when it ends.
+pub(crate) struct ReaderEnd {
+    pub(crate) channel: Arc<Channel>,
+    /// `Some` when it was stopped (not at the channel's end).
+    pub(crate) unread: Option<Unread>,
+    /// Messages it had made and not delivered when it was stopped, in order
+    /// (they follow the ones in the queue).
+    pub(crate) undelivered: Vec<FromWorker>,
+}
+
+/// Hand `msgs` to the app task in order, each waiting for room unless the
+/// reader is stopped: then the ones not delivered are given back.
+async fn deliver(
+    tx: &mpsc::Sender<FromWorker>,
+    msgs: Vec<FromWorker>,
+    stop: &mut Option<oneshot::Receiver<()>>,
+) -> Result<(), Option<Vec<FromWorker>>> {
+    let mut msgs = msgs.into_iter();
+    while let Some(msg) = msgs.next() {
+        let msg = match tx.try_send(msg) {
+            Ok(()) => continue,
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(None),
+            Err(mpsc::error::TrySendError::Full(msg)) => msg,
+        };
+        tokio::select! {
+            biased;
+            () = super::output::stop_asked(stop) => {
+                let mut back = vec![msg];
+                back.extend(msgs);
+                return Err(Some(back));
+            }
+            room = tx.reserve() => match room {
+                Ok(permit) => permit.send(msg),
+                Err(_) => return Err(None),
+            },
+        }
+    }
+    Ok(())
 }
 
 /// Read a worker's channel: newline-delimited JSON, fds alongside. One
@@ -74,48 +134,74 @@ pub(crate) async fn write_channel(
 /// stays at `max` plus one read. Each message waits for room in the bounded
 /// queue to the app task before the next read: a flood backs up into the
 /// socket and then into the worker's `send`.
+///
+/// `from` is where a previous reader stopped (empty for a new worker);
+/// `stop` ends the reader between reads or while it waits for room,
+/// handing back what it has not delivered ([`ReaderEnd`]).
 pub(crate) async fn read_channel(
     channel: Arc<Channel>,
     worker: WorkerId,
     max: usize,
     tx: mpsc::Sender<FromWorker>,
-) {
-    let mut lines = Lines::new(max);
+    from: Unread,
+    stop: oneshot::Receiver<()>,
+) -> ReaderEnd {
+    let mut stop = Some(stop);
+    let mut lines = Lines::resume(max, from);
     let mut fds = Vec::new();
-    loop {
-        let closed = match channel.recv(lines.buffer(), &mut fds).await {
-            Ok(0) => fds.is_empty(),
-            Ok(_) => false,
-            Err(_) => true,
+    let end =
+        |channel: Arc<Channel>, lines: &Lines, undelivered: Option<Vec<FromWorker>>| ReaderEnd {
+            channel,
+            unread: undelivered.as_ref().map(|_| lines.leftover()),
+            undelivered: undelivered.unwrap_or_default(),
         };
-        if closed {
-            if let Some(piece) = lines.finish() {
-                let _ = tx.send(piece.from(worker)).await;
+    // What was left over is handled before the first read.
+    let mut first = true;
+    loop {
+        if !first {
+            let got = tokio::select! {
+                biased;
+                () = super::output::stop_asked(&mut stop) => return end(channel, &lines, Some(Vec::new())),
+                got = channel.recv(lines.buffer(), &mut fds) => got,
+            };
+            let closed = match got {
+                Ok(0) => fds.is_empty(),
+                Ok(_) => false,
+                Err(_) => true,
+            };
+            if closed {
+                let mut last: Vec<FromWorker> =
+                    lines.finish().map(|p| p.from(worker)).into_iter().collect();
+                last.push(FromWorker::Closed { worker });
+                return match deliver(&tx, last, &mut stop).await {
+                    Err(Some(back)) => end(channel, &lines, Some(back)),
+                    _ => end(channel, &lines, None),
+                };
             }
-            let _ = tx.send(FromWorker::Closed { worker }).await;
-            break;
+            // herd keeps no fd a worker sends (the handle message says so);
+            // closing them keeps us from leaking. Which message they came with
+            // is known once its line is complete.
+            if !fds.is_empty() {
+                lines.fds_arrived(fds.len());
+                fds.clear();
+            }
         }
-        // herd keeps no fd a worker sends (the handle message says so);
-        // closing them keeps us from leaking. Which message they came with
-        // is known once its line is complete.
-        if !fds.is_empty() {
-            lines.fds_arrived(fds.len());
-            fds.clear();
-        }
+        first = false;
         while let Some((piece, carried)) = lines.next_piece() {
             let handle = matches!(&piece, Piece::Message(v)
                 if v.get("cmd").and_then(serde_json::Value::as_str) == Some("NODE_HANDLE"));
+            let mut msgs = Vec::new();
             if carried > usize::from(handle) {
-                let stray = FromWorker::StrayFds {
+                msgs.push(FromWorker::StrayFds {
                     worker,
                     count: carried,
-                };
-                if tx.send(stray).await.is_err() {
-                    return;
-                }
+                });
             }
-            if tx.send(piece.from(worker)).await.is_err() {
-                return;
+            msgs.push(piece.from(worker));
+            match deliver(&tx, msgs, &mut stop).await {
+                Ok(()) => {}
+                Err(None) => return end(channel, &lines, None),
+                Err(Some(back)) => return end(channel, &lines, Some(back)),
             }
         }
     }
@@ -174,6 +260,22 @@ impl Lines {
             skipped: None,
             fds_at: None,
             max,
+        }
+    }
+
+    /// Go on from where another splitter stopped ([`Lines::leftover`]).
+    pub(crate) fn resume(max: usize, from: Unread) -> Lines {
+        let mut lines = Lines::new(max);
+        lines.buf.extend_from_slice(&from.bytes);
+        lines.skipped = from.skipped;
+        lines
+    }
+
+    /// What it holds and has not made messages of yet.
+    pub(crate) fn leftover(&self) -> Unread {
+        Unread {
+            bytes: self.buf[self.start..].to_vec(),
+            skipped: self.skipped,
         }
     }
 
@@ -281,7 +383,15 @@ mod tests {
         let (ours, theirs) = channel::pair().unwrap();
         let channel = Arc::new(Channel::new(ours).unwrap());
         let (tx, mut rx) = mpsc::channel(MESSAGE_QUEUE);
-        let reader = tokio::spawn(read_channel(channel, WorkerId(7), max, tx));
+        let (_stop, stop_rx) = oneshot::channel();
+        let reader = tokio::spawn(read_channel(
+            channel,
+            WorkerId(7),
+            max,
+            tx,
+            Unread::default(),
+            stop_rx,
+        ));
         let writer = std::thread::spawn(move || worker_side(theirs.into()));
         let mut out = Vec::new();
         while let Some(m) = rx.recv().await {

@@ -40,6 +40,7 @@ mod events;
 pub(crate) mod fd;
 #[doc(hidden)]
 pub mod fuzzing;
+pub(crate) mod handover;
 mod ipc;
 mod listeners;
 mod output;
@@ -51,6 +52,7 @@ mod workers;
 pub use app::Target;
 use app::{App, Request};
 pub use events::{AppStatus, Event, Events, RoundRobinStats, Stream, Timed, EVENT_QUEUE, MAX_LINE};
+pub use handover::{FreezeError, Frozen, ThawError};
 pub use listeners::ListenError;
 pub use workers::is_worker_variable;
 
@@ -119,10 +121,39 @@ impl AppHandle {
             .map_err(|_| UpdateError::Gone)
     }
 
+    /// Pause the app and hand over its whole state, for another image of
+    /// herd to take over (see [`crate::upgrade`]), or to [`resume`] here.
+    /// The app stops accepting client connections and taking commands,
+    /// settles (no worker start under way), stops its helpers at a clean
+    /// point, and its task ends without touching a worker: they run on,
+    /// and what they write waits in their pipes and channels. This handle
+    /// is dead afterwards (commands sent to it are dropped); [`resume`]
+    /// gives a new one. If the app cannot settle in a few seconds the
+    /// freeze is refused and the app goes on as before.
+    ///
+    /// The events of the app end (the receiver returns `None`) once the
+    /// freeze is done: read them until then, as always — the freeze waits
+    /// for room for what the output pumps hold.
+    pub async fn freeze(&self) -> Result<Frozen, FreezeError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Request::Freeze(tx))
+            .map_err(|_| FreezeError::Gone)?;
+        rx.await.unwrap_or(Err(FreezeError::Gone))
+    }
+
     /// True once the app's task has ended.
     pub fn is_finished(&self) -> bool {
         self.tx.is_closed()
     }
+}
+
+/// Take a frozen app over (from [`AppHandle::freeze`], in this process or
+/// handed over by a previous image of herd) and run it on: same workers,
+/// same sockets, same counters. Must be called inside a tokio runtime.
+pub fn resume(frozen: Frozen) -> Result<(AppHandle, Events), ThawError> {
+    let (tx, events) = App::resume(frozen)?;
+    Ok((AppHandle { tx }, events))
 }
 
 /// Bind the app's listeners, then start its task and its workers. Must be

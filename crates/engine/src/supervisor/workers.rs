@@ -14,14 +14,16 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use super::ipc::Outgoing;
+use super::ipc::{Outgoing, ReaderEnd};
 use super::listeners::Listeners;
 use super::output::Pump;
 use crate::clock::MonoTime;
@@ -110,11 +112,32 @@ pub(crate) enum Notified {
     Early,
 }
 
-/// The runtime wiring of one running worker: its writer's queue and its
-/// output pumps (its channel reader runs on its own).
+/// The runtime wiring of one running worker: its writer's queue and task,
+/// its output pumps, and its channel reader (which runs on its own until
+/// the channel ends, or until it is stopped for an in-place upgrade).
 pub(crate) struct WorkerWiring {
     pub(crate) outbox: mpsc::UnboundedSender<Outgoing>,
+    /// Messages queued in `outbox` and not written yet.
+    pub(crate) unsent: Arc<AtomicUsize>,
+    pub(crate) writer: tokio::task::JoinHandle<()>,
+    pub(crate) reader: tokio::task::JoinHandle<ReaderEnd>,
+    pub(crate) stop_reader: oneshot::Sender<()>,
     pub(crate) pumps: [Pump; 2],
+}
+
+impl WorkerWiring {
+    /// Queue a message for the worker's writer.
+    pub(crate) fn send(&self, out: Outgoing) {
+        self.unsent.fetch_add(1, Ordering::Relaxed);
+        if self.outbox.send(out).is_err() {
+            self.unsent.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Is everything queued for the worker written?
+    pub(crate) fn all_sent(&self) -> bool {
+        self.unsent.load(Ordering::Relaxed) == 0 || self.writer.is_finished()
+    }
 }
 
 /// The app's worker processes.
@@ -386,6 +409,29 @@ impl Workers {
 
     pub(crate) fn remove(&mut self, worker: WorkerId) {
         self.records.remove(&worker);
+    }
+
+    /// Is a spawn under way (between the request to fork and the news of
+    /// its exec)?
+    pub(crate) fn any_spawning(&self) -> bool {
+        self.records
+            .values()
+            .any(|r| matches!(r.process, Process::Spawning { .. }))
+    }
+
+    /// Every running worker with its slot, pid and the fds herd holds to it.
+    pub(crate) fn running_fds(&self) -> Vec<(WorkerId, Slot, Pid, RawFd, [RawFd; 2])> {
+        self.records
+            .iter()
+            .filter_map(|(w, r)| match r.process {
+                Process::Running {
+                    pid,
+                    channel_fd,
+                    output_fds,
+                } => Some((*w, r.slot, Pid::from_raw(pid), channel_fd, output_fds)),
+                Process::Spawning { .. } => None,
+            })
+            .collect()
     }
 
     /// A running worker's slot and pid.

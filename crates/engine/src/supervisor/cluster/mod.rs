@@ -145,6 +145,7 @@ impl ClusterWorker {
 struct SentHandle {
     line: String,
     /// `None` once herd gave up on a client connection (it is not sent again).
+    #[serde(with = "crate::supervisor::fd::shared_opt")]
     fd: Option<Arc<Fd>>,
     tries: u8,
     carries: Carried,
@@ -331,6 +332,20 @@ impl Cluster {
             if let Some(w) = self.workers.get_mut(&worker) {
                 w.servers.push(key);
             }
+        }
+    }
+
+    /// Start the accept loop of every round-robin server again (an app
+    /// resumed by a new herd binary: the loops are wiring, the servers state).
+    pub(crate) fn resume_accepting(&mut self, cx: &mut Cx) {
+        let keys: Vec<ServerKey> = self
+            .servers
+            .keys()
+            .filter(|k| self.round_robin.serves(k))
+            .cloned()
+            .collect();
+        for key in keys {
+            self.start_accepting(&key, cx);
         }
     }
 

@@ -357,7 +357,11 @@ enum SlotState {
     Live,
     /// Waiting out a restart delay. `rescuable`: its worker was killed, so
     /// it may start sooner while the app has no worker running.
-    Backoff { attempt: u64, rescuable: bool },
+    Backoff {
+        attempt: u64,
+        #[serde(default)]
+        rescuable: bool,
+    },
     /// Gave up after too many unstable restarts.
     Errored,
     /// The worker ended and the restart mode does not restart it.
@@ -371,7 +375,9 @@ struct SlotInfo {
     current: Option<WorkerId>,
     /// Its successor during a reload or a replacement, until it is ready.
     successor: Option<WorkerId>,
-    /// Its restart counters.
+    /// Its restart counters (a state frozen before they were kept here
+    /// resumes with fresh ones).
+    #[serde(default)]
     tally: Tally,
     last_exit: Option<ExitStatus>,
     /// Workers started for this slot so far (restarts are all but the first).
@@ -501,10 +507,13 @@ pub(crate) struct Machine {
     /// The last (or next) start of a killed worker's slot ahead of its
     /// backoff, while the app was empty (herd counting): at most one per
     /// `restart_delay`.
+    #[serde(default)]
     last_rescue: Option<MonoTime>,
     /// The backoff attempt of an early start that waits for that limit.
+    #[serde(default)]
     rescue_attempt: Option<u64>,
     /// The app was told once that a worker was taken as ready late.
+    #[serde(default)]
     told_ready_assumed: bool,
 }
 

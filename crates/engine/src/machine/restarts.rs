@@ -15,7 +15,7 @@ use crate::config::{Counting, Pm2Delay, RestartMode, RestartPolicy, PM2_BACKOFF_
 use crate::exit::ExitStatus;
 
 /// One slot's restart counters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Tally {
     /// herd: crashes of young workers in a row (the crash-loop count);
     /// pm2: `unstable_restarts`.

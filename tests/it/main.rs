@@ -12,6 +12,7 @@ mod chaos;
 mod daemon;
 mod demo;
 mod deploy;
+mod faults;
 mod fixture;
 mod fuzz_regressions;
 mod metrics;

@@ -158,10 +158,39 @@ impl LogFile {
                         .map_or(rest.len(), |i| i + 1),
                 }
             };
-            self.file.write_all(&rest[..take])?;
-            self.size += take as u64;
+            self.append(&rest[..take])?;
             rest = &rest[take..];
         }
+        Ok(())
+    }
+
+    /// Append `chunk` (whole lines). When a write fails part-way (the disk
+    /// filled), the whole lines that got in stay and the piece of a line
+    /// after them is cut off again: the file never holds a partial line, so
+    /// what is written once there is room again starts on a line of its own.
+    fn append(&mut self, chunk: &[u8]) -> io::Result<()> {
+        let mut done = 0;
+        while done < chunk.len() {
+            let error = match self.file.write(&chunk[done..]) {
+                Ok(0) => io::Error::from(io::ErrorKind::WriteZero),
+                Ok(n) => {
+                    done += n;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => e,
+            };
+            let whole = chunk[..done]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            self.size += whole as u64;
+            if done > whole {
+                let _ = self.file.set_len(self.size);
+            }
+            return Err(error);
+        }
+        self.size += done as u64;
         Ok(())
     }
 
@@ -219,8 +248,9 @@ pub struct AppLogs {
     pub err: LogFile,
     pub combined: Option<LogFile>,
     stamper: Option<Stamper>,
-    /// The last write failed (warned once until one succeeds).
-    failed: bool,
+    /// Lines lost since a write failed (warned once, and counted until one
+    /// succeeds again); `None` while writes succeed.
+    lost: Option<u64>,
 }
 
 impl AppLogs {
@@ -242,7 +272,7 @@ impl AppLogs {
                 .logs
                 .time
                 .then(|| Stamper::new(def.logs.date_format.as_deref())),
-            failed: false,
+            lost: None,
         })
     }
 
@@ -275,19 +305,26 @@ impl AppLogs {
             result = both.write(bytes);
             path = both.path();
         }
-        match result {
-            Ok(()) => {
-                self.failed = false;
+        let lines_in = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+        match (result, &mut self.lost) {
+            (Ok(()), lost) => {
+                if let Some(n) = lost.take() {
+                    crate::say!(
+                        "app {app}: writing {} again; {n} lines of output were lost meanwhile",
+                        path.display()
+                    );
+                }
                 return bytes.len();
             }
-            Err(e) if !self.failed => {
-                self.failed = true;
+            (Err(e), lost @ None) => {
+                *lost = Some(lines_in);
                 crate::say!(
-                    "app {app}: cannot write {}: {e}; its output is lost until it can",
+                    "app {app}: cannot write {}: {e}; its output is lost until it can \
+                     (the app keeps running; free some space)",
                     path.display()
                 );
             }
-            Err(_) => {}
+            (Err(_), Some(n)) => *n += lines_in,
         }
         0
     }

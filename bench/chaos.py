@@ -195,7 +195,7 @@ class Case:
         return listen, [worker]
 
     def env(self):
-        return {"PORT": str(self.port), "NODE_CLUSTER_SCHED_POLICY": ""}
+        return {"PORT": str(self.port)}
 
     def up(self):
         common.wait_port_free(self.port)
@@ -379,6 +379,8 @@ def table(rows):
 
 
 def main():
+    # herd would take it as the default balance mode.
+    os.environ.pop("NODE_CLUSTER_SCHED_POLICY", None)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--clients", type=int, default=6)

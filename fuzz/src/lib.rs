@@ -143,11 +143,27 @@ pub fn config_values(data: &[u8]) {
             assert_eq!(back, spec);
         }
     }
+    // pm2's rule, and what it is for: the stem itself may be `.` or `..`
+    // (names pm2 takes too), but the files named after it stay in the folder.
     let stem = config::log_file_stem(s);
+    assert_eq!(stem.chars().count(), s.chars().count(), "one character each");
     assert!(
-        !stem.contains('/') && stem != "." && stem != "..",
-        "a log file name stays in its folder: {stem:?}"
+        stem.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'),
+        "only [A-Za-z0-9.-] in a log file name: {stem:?}"
     );
+    for suffix in ["-out.log", "-error.log", "-err.log"] {
+        let file = std::path::PathBuf::from(format!("{stem}{suffix}"));
+        assert_eq!(
+            file.components().count(),
+            1,
+            "a log file name stays in its folder: {file:?}"
+        );
+        assert!(matches!(
+            file.components().next(),
+            Some(std::path::Component::Normal(_))
+        ));
+    }
     said(herd_protocol::SecretNames::parse(s).map(drop));
     if let Ok(host) = s.parse::<herd_daemon::http::AllowedHost>() {
         let again: herd_daemon::http::AllowedHost = host

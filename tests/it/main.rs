@@ -13,6 +13,7 @@ mod container;
 mod daemon;
 mod demo;
 mod deploy;
+mod faults;
 mod fixture;
 mod fuzz_regressions;
 mod logs;

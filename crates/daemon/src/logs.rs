@@ -175,10 +175,39 @@ impl LogFile {
                         .map_or(rest.len(), |i| i + 1),
                 }
             };
-            self.file.write_all(&rest[..take])?;
-            self.size += take as u64;
+            self.append(&rest[..take])?;
             rest = &rest[take..];
         }
+        Ok(())
+    }
+
+    /// Append `chunk` (whole lines). When a write fails part-way (the disk
+    /// filled), the whole lines that got in stay and the piece of a line
+    /// after them is cut off again: the file never holds a partial line, so
+    /// what is written once there is room again starts on a line of its own.
+    fn append(&mut self, chunk: &[u8]) -> io::Result<()> {
+        let mut done = 0;
+        while done < chunk.len() {
+            let error = match self.file.write(&chunk[done..]) {
+                Ok(0) => io::Error::from(io::ErrorKind::WriteZero),
+                Ok(n) => {
+                    done += n;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => e,
+            };
+            let whole = chunk[..done]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            self.size += whole as u64;
+            if done > whole {
+                let _ = self.file.set_len(self.size);
+            }
+            return Err(error);
+        }
+        self.size += done as u64;
         Ok(())
     }
 
@@ -279,8 +308,9 @@ pub struct AppLogs {
     /// A stamped or JSON batch is built here; kept between batches, shrunk
     /// back after an outsized one.
     scratch: Vec<u8>,
-    /// The last write failed (warned once until one succeeds).
-    failed: bool,
+    /// Lines lost since a write failed (warned once, and counted until one
+    /// succeeds again); `None` while writes succeed.
+    lost: Option<u64>,
 }
 
 /// What `scratch` is shrunk back to after a batch needed more (one pipe
@@ -324,7 +354,7 @@ impl AppLogs {
             keep: def.logs.keep,
             format,
             scratch: Vec::new(),
-            failed: false,
+            lost: None,
         })
     }
 
@@ -375,7 +405,8 @@ impl AppLogs {
                     self.files.insert(key, files);
                 }
                 Err(e) => {
-                    self.warn(format_args!("{e}; its output is lost until it can"));
+                    let n = lines.iter().filter(|&&b| b == b'\n').count() as u64;
+                    self.lost_lines(n, format_args!("{e}; its output is lost until it can"));
                     return 0;
                 }
             }
@@ -395,6 +426,7 @@ impl AppLogs {
             path = both.path();
         }
         let written = bytes.len();
+        let lines_in = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
         let failure = result
             .err()
             .map(|e| format!("cannot write {}: {e}", path.display()));
@@ -404,22 +436,36 @@ impl AppLogs {
         }
         match failure {
             None => {
-                self.failed = false;
+                if let Some(n) = self.lost.take() {
+                    let name = self.paths.name.as_str();
+                    crate::say!(
+                        "app {name}: writing {} again; {n} lines of output were lost meanwhile",
+                        path.display()
+                    );
+                }
                 written
             }
             Some(e) => {
-                self.warn(format_args!("{e}; its output is lost until it can"));
+                self.lost_lines(
+                    lines_in,
+                    format_args!(
+                        "{e}; its output is lost until it can (the app keeps running; free some space)"
+                    ),
+                );
                 0
             }
         }
     }
 
-    /// Say that writing failed, once until a write succeeds again.
-    fn warn(&mut self, what: std::fmt::Arguments) {
-        if !self.failed {
-            self.failed = true;
-            let name = self.paths.name.as_str();
-            crate::say!("app {name}: {what}");
+    /// Count `n` lost lines; say why once, until a write succeeds again.
+    fn lost_lines(&mut self, n: u64, why: std::fmt::Arguments) {
+        match &mut self.lost {
+            Some(lost) => *lost += n,
+            None => {
+                self.lost = Some(n);
+                let name = self.paths.name.as_str();
+                crate::say!("app {name}: {why}");
+            }
         }
     }
 }

@@ -146,7 +146,11 @@ pub fn config_values(data: &[u8]) {
     // pm2's rule, and what it is for: the stem itself may be `.` or `..`
     // (names pm2 takes too), but the files named after it stay in the folder.
     let stem = config::log_file_stem(s);
-    assert_eq!(stem.chars().count(), s.chars().count(), "one character each");
+    assert_eq!(
+        stem.chars().count(),
+        s.chars().count(),
+        "one character each"
+    );
     assert!(
         stem.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'),

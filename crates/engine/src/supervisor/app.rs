@@ -56,8 +56,7 @@ use crate::clock::MonoTime;
 use crate::config::{AppSpec, ExecMode, WorkerKind};
 use crate::exit::ExitStatus;
 use crate::machine::{
-    Action, Command, Input, Late, Machine, Next, Policy, Readiness, Report, Slot, Timer,
-    WorkerId,
+    Action, Command, Input, Late, Machine, Next, Policy, Readiness, Report, Slot, Timer, WorkerId,
 };
 use crate::os::channel::Channel;
 use crate::os::notify::NotifySocket;

@@ -33,29 +33,22 @@
 //! thread that starts every worker: a worker's `PR_SET_PDEATHSIG` is tied to
 //! it, so workers die with a SIGKILLed daemon instead of living on as orphans.
 
-pub mod app;
 pub mod dump;
 pub mod handlers;
 pub mod home;
 pub mod http;
-pub mod logs;
-pub mod sample;
 pub mod server;
+
+// One app's actor, log files and samples live in herd-supervisor (the
+// per-app supervisor process runs them too); the daemon still runs them
+// in-process.
+pub use herd_supervisor::{app, logs, sample};
 
 pub use home::Home;
 
 /// One line of the daemon's own log (its stderr: `$HERD_HOME/herd.log`, or
 /// the journal under systemd), with the time first: `2026-12-02T13:45:01.123+00:00 herd: …`.
-#[macro_export]
-macro_rules! say {
-    ($($arg:tt)*) => {
-        eprintln!(
-            "{} herd: {}",
-            chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%.3f%:z"),
-            format_args!($($arg)*)
-        )
-    };
-}
+pub use herd_supervisor::say;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]

@@ -71,7 +71,7 @@ pub async fn start(ctx: &Arc<Ctx>, defs: Vec<AppDef>, update: bool) -> Response 
                 continue;
             }
             let id = registry.next_id();
-            let actor = match app::spawn(id, def.clone(), &ctx.home) {
+            let actor = match app::spawn(id, def.clone(), &ctx.home.log_dir()) {
                 Ok(a) => a,
                 Err(e) => return failed(e),
             };

@@ -9,6 +9,7 @@
 //! output is never held up by a command.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use herd_engine::config::{Balance, Instances, WorkerKind};
@@ -23,7 +24,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::logs::AppLogs;
 use crate::sample::Sampler;
-use crate::Home;
 
 /// How often worker CPU and memory are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -144,14 +144,14 @@ impl AppRef {
 }
 
 /// Start the actor for app `id`; it starts no worker until told [`AppCommand::Start`].
-pub fn spawn(id: u32, def: AppDef, home: &Home) -> Result<AppRef, String> {
+pub fn spawn(id: u32, def: AppDef, log_dir: &Path) -> Result<AppRef, String> {
     let (tx, rx) = mpsc::channel(64);
     let (queries, queries_rx) = mpsc::channel(64);
-    let logs = AppLogs::open(&def, home)?;
+    let logs = AppLogs::open(&def, log_dir)?;
     let actor = Actor {
         id,
         def,
-        home: home.clone(),
+        log_dir: log_dir.to_path_buf(),
         engine: None,
         events: None,
         logs,
@@ -187,7 +187,8 @@ enum AfterStop {
 struct Actor {
     id: u32,
     def: AppDef,
-    home: Home,
+    /// Where the log files go unless the definition names them.
+    log_dir: PathBuf,
     engine: Option<AppHandle>,
     events: Option<Events>,
     logs: AppLogs,
@@ -403,7 +404,7 @@ impl Actor {
         if let Some(new) = def {
             let new = *new;
             if new.logs != self.def.logs {
-                match AppLogs::open(&new, &self.home) {
+                match AppLogs::open(&new, &self.log_dir) {
                     Ok(l) => self.logs = l,
                     Err(e) => return answer(reply, Err(e)),
                 }
@@ -649,7 +650,7 @@ impl Actor {
     }
 
     fn info_of(&self, status: &Option<AppStatus>) -> AppInfo {
-        let (out_log, err_log) = crate::logs::paths(&self.def, &self.home);
+        let (out_log, err_log) = crate::logs::paths(&self.def, &self.log_dir);
         let spec = &self.def.spec;
         let mode = if spec.kind == WorkerKind::Node
             || !spec.listeners.is_empty()

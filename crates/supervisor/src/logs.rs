@@ -13,8 +13,6 @@ use std::time::SystemTime;
 use herd_engine::supervisor::Stream;
 use herd_protocol::AppDef;
 
-use crate::Home;
-
 /// One log file being appended to.
 #[derive(Debug)]
 pub struct LogFile {
@@ -125,8 +123,8 @@ pub struct AppLogs {
 }
 
 impl AppLogs {
-    pub fn open(def: &AppDef, home: &Home) -> Result<AppLogs, String> {
-        let (out, err) = paths(def, home);
+    pub fn open(def: &AppDef, log_dir: &Path) -> Result<AppLogs, String> {
+        let (out, err) = paths(def, log_dir);
         let open = |path: &PathBuf| {
             LogFile::open(path, def.logs.max_size, def.logs.keep).map_err(|e| {
                 format!(
@@ -180,10 +178,10 @@ impl AppLogs {
     }
 }
 
-/// Where an app's stdout and stderr go.
-pub fn paths(def: &AppDef, home: &Home) -> (PathBuf, PathBuf) {
+/// Where an app's stdout and stderr go (`log_dir`: `$HERD_HOME/logs`).
+pub fn paths(def: &AppDef, log_dir: &Path) -> (PathBuf, PathBuf) {
     let name = &def.spec.name;
-    let dir = home.log_dir();
+    let dir = log_dir;
     (
         def.logs
             .out_file

@@ -3,17 +3,18 @@
 //! samples, and carries out the app's commands one at a time.
 //!
 //! Commands queue in a bounded channel and are taken one by one: a command
-//! that takes time (a reload waits for `reload finished`, a stop for the
-//! app's exit) is *pending* until its end shows in the event stream, and the
-//! next command waits for it. Events keep being read meanwhile, so a worker's
-//! output is never held up by a command.
+//! that takes time is *pending* until its end, and the next command waits
+//! for it. A reload or a replacement ends with the engine's answer to *its*
+//! ticket (never with another reload's end, such as the replacement the
+//! memory limit asked for), a stop with the app's exit. Events keep being
+//! read meanwhile, so a worker's output is never held up by a command.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use herd_engine::config::{Balance, Instances, WorkerKind};
-use herd_engine::machine::{Command, Outcome, Report, SlotPhase, WorkerPhase};
+use herd_engine::machine::{Answer, Command, Outcome, Report, SlotPhase, Ticket, WorkerPhase};
 use herd_engine::os::process::ExitStatus;
 use herd_engine::supervisor::{
     self, AppHandle, AppStatus, Event, Events, RoundRobinStats, Stream, Target, Timed, UpdateError,
@@ -169,8 +170,12 @@ pub fn spawn(id: u32, def: AppDef, log_dir: &Path) -> Result<AppRef, String> {
 
 /// A command waiting for its end to show in the event stream.
 enum Pending {
-    /// A reload or a one-worker replacement: ends with `reload finished` or aborted.
-    Reload(oneshot::Sender<Reply>),
+    /// A reload or a one-worker replacement: ends with the engine's answer
+    /// to its ticket.
+    Reload {
+        ticket: Ticket,
+        reply: oneshot::Sender<Reply>,
+    },
     /// A stop: ends with the app's exit; then what.
     Stop {
         reply: oneshot::Sender<Reply>,
@@ -308,8 +313,8 @@ impl Actor {
             },
             AppCommand::Restart { worker: Some(slot) } => match &self.engine {
                 Some(e) if slot < self.def.spec.instances => {
-                    e.command(Command::Replace(slot));
-                    self.pending = Some(Pending::Reload(reply));
+                    let ticket = e.ask(Command::Replace(slot));
+                    self.pending = Some(Pending::Reload { ticket, reply });
                 }
                 Some(_) => answer(
                     reply,
@@ -416,8 +421,8 @@ impl Actor {
                     spec.instances = Instances::Max.resolve();
                 }
                 match engine.update(&old.spec, spec) {
-                    Ok(()) => {
-                        self.pending = Some(Pending::Reload(reply));
+                    Ok(ticket) => {
+                        self.pending = Some(Pending::Reload { ticket, reply });
                         return;
                     }
                     Err(UpdateError::Listeners) => {
@@ -435,8 +440,8 @@ impl Actor {
         }
         match &self.engine {
             Some(e) => {
-                e.command(Command::Reload);
-                self.pending = Some(Pending::Reload(reply));
+                let ticket = e.ask(Command::Reload);
+                self.pending = Some(Pending::Reload { ticket, reply });
             }
             None => answer(reply, self.start_engine()),
         }
@@ -479,6 +484,8 @@ impl Actor {
             // would let a chatty worker fill the daemon's own log.
             Event::Message { .. } => {}
             Event::Warning(text) => self.say(format!("warning: {text}")),
+            // The end of a command of ours: not news for the log.
+            Event::Lifecycle(Report::Answered { ticket, answer }) => self.on_answer(ticket, answer),
             Event::Lifecycle(report) => {
                 self.say(&report);
                 self.on_report(&report);
@@ -509,18 +516,25 @@ impl Actor {
             }
             _ => {}
         }
-        let result = match report {
-            Report::ReloadFinished => Ok(format!("reloaded {}", self.name())),
-            Report::ReloadAborted { .. } => Err(format!("{}: {report}", self.name())),
-            Report::Refused {
-                command: Command::Reload | Command::Replace(_),
-                ..
-            } => Err(format!("{}: {report}", self.name())),
-            _ => return,
+    }
+
+    /// The engine answered a ticket: the pending reload's, or one nobody waits for.
+    fn on_answer(&mut self, answered: Ticket, answer: Answer) {
+        let Some(Pending::Reload { ticket, .. }) = &self.pending else {
+            return;
         };
-        if let Some(Pending::Reload(reply)) = self.pending.take() {
-            let _ = reply.send(result);
+        if *ticket != answered {
+            return;
         }
+        let Some(Pending::Reload { reply, .. }) = self.pending.take() else {
+            unreachable!("checked above");
+        };
+        let result = match answer {
+            Answer::Done => Ok(format!("reloaded {}", self.name())),
+            Answer::Aborted(reason) => Err(format!("{}: reload aborted: {reason}", self.name())),
+            Answer::Refused(why) => Err(format!("{}: cannot reload: {why}", self.name())),
+        };
+        let _ = reply.send(result);
     }
 
     /// The engine instance ended: finish a pending stop.
@@ -539,7 +553,7 @@ impl Actor {
                 };
                 let _ = reply.send(result);
             }
-            Some(Pending::Reload(reply)) => {
+            Some(Pending::Reload { reply, .. }) => {
                 let _ = reply.send(Err(format!(
                     "{} ended during the reload: {}",
                     self.name(),

@@ -48,7 +48,8 @@ use tokio::sync::mpsc;
 
 use crate::config::{AppSpec, Balance, ListenAddr, WorkerKind};
 use crate::machine::{
-    Action, Command, Input, Machine, Outcome, Policy, Readiness, Report, Slot, Timer, WorkerId,
+    Action, Command, Input, Machine, Outcome, Policy, Readiness, Report, Slot, Ticket, Timer,
+    WorkerId,
 };
 use crate::os::channel::{self, Channel};
 use crate::os::notify::NotifySocket;
@@ -180,7 +181,8 @@ pub enum StartError {
 }
 
 enum Request {
-    Command(Command),
+    /// `Some`: answered with `Report::Answered` (see [`AppHandle::ask`]).
+    Command(Command, Option<Ticket>),
     Send {
         to: Target,
         message: serde_json::Value,
@@ -190,7 +192,7 @@ enum Request {
         to: Target,
         signal: Signal,
     },
-    Update(Box<AppSpec>),
+    Update(Box<AppSpec>, Ticket),
 }
 
 /// An app's workers as they are now, from [`AppHandle::status`].
@@ -231,16 +233,18 @@ pub enum UpdateError {
 #[derive(Debug, Clone)]
 pub struct AppHandle {
     tx: mpsc::UnboundedSender<Request>,
+    /// The last ticket handed out (shared by the handle's clones).
+    tickets: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Request::Command(c) => write!(f, "Command({c:?})"),
+            Request::Command(c, t) => write!(f, "Command({c:?}, {t:?})"),
             Request::Send { to, .. } => write!(f, "Send({to:?})"),
             Request::Status(_) => f.write_str("Status"),
             Request::Signal { to, signal } => write!(f, "Signal({to:?}, {signal})"),
-            Request::Update(spec) => write!(f, "Update({})", spec.name),
+            Request::Update(spec, t) => write!(f, "Update({}, {t:?})", spec.name),
         }
     }
 }
@@ -248,7 +252,21 @@ impl std::fmt::Debug for Request {
 impl AppHandle {
     /// Ask the app to do something; a command after the app finished is ignored.
     pub fn command(&self, command: Command) {
-        let _ = self.tx.send(Request::Command(command));
+        let _ = self.tx.send(Request::Command(command, None));
+    }
+
+    /// Ask the app to do something and get its ticket: the event stream
+    /// carries `Report::Answered` with this ticket exactly once, when this
+    /// command (and no other) is done, aborted or refused — unless the app
+    /// finished first (then `Event::Exit` comes and no answer).
+    pub fn ask(&self, command: Command) -> Ticket {
+        let ticket = self.next_ticket();
+        let _ = self.tx.send(Request::Command(command, Some(ticket)));
+        ticket
+    }
+
+    fn next_ticket(&self) -> Ticket {
+        Ticket(self.tickets.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
     /// Send a JSON message to one worker or all of them (`process.on('message')`).
@@ -271,14 +289,16 @@ impl AppHandle {
     /// Take a new definition (command, arguments, environment, working
     /// directory, policies, instance count) and reload onto it worker by
     /// worker, keeping the listening sockets. The listeners and the balance
-    /// mode cannot change this way.
-    pub fn update(&self, current: &AppSpec, spec: AppSpec) -> Result<(), UpdateError> {
+    /// mode cannot change this way. The ticket is the reload's (see [`ask`](Self::ask)).
+    pub fn update(&self, current: &AppSpec, spec: AppSpec) -> Result<Ticket, UpdateError> {
         if spec.listeners != current.listeners || spec.balance != current.balance {
             return Err(UpdateError::Listeners);
         }
+        let ticket = self.next_ticket();
         self.tx
-            .send(Request::Update(Box::new(spec)))
-            .map_err(|_| UpdateError::Gone)
+            .send(Request::Update(Box::new(spec), ticket))
+            .map_err(|_| UpdateError::Gone)?;
+        Ok(ticket)
     }
 
     /// True once the app's task has ended.
@@ -338,7 +358,10 @@ pub fn start(spec: AppSpec) -> Result<(AppHandle, Events), StartError> {
         messages,
     };
     tokio::spawn(app.run(rx, internal_rx, messages_rx));
-    let handle = AppHandle { tx };
+    let handle = AppHandle {
+        tx,
+        tickets: Arc::new(AtomicU64::new(0)),
+    };
     handle.command(Command::Start);
     Ok((handle, Events { rx: events_rx }))
 }
@@ -602,7 +625,8 @@ impl App {
 
     fn request(&mut self, request: Request) {
         match request {
-            Request::Command(c) => self.input(Input::Command(c)),
+            Request::Command(command, None) => self.input(Input::Command(command)),
+            Request::Command(command, Some(ticket)) => self.input(Input::Ask { command, ticket }),
             Request::Send { to, message } => self.send(to, &message),
             Request::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -619,14 +643,17 @@ impl App {
                     }
                 }
             }
-            Request::Update(spec) => {
+            Request::Update(spec, ticket) => {
                 let instances = spec.instances;
                 self.spec = *spec;
                 self.machine.set_policy(policy_for(&self.spec));
                 if instances != self.machine.instances() {
                     self.input(Input::Command(Command::Scale(instances)));
                 }
-                self.input(Input::Command(Command::Reload));
+                self.input(Input::Ask {
+                    command: Command::Reload,
+                    ticket,
+                });
             }
         }
     }

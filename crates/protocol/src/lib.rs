@@ -15,9 +15,13 @@
 //!   itself, so the daemon never buffers lines for a slow reader).
 //!
 //! [`AppInfo`] and [`WorkerInfo`] are also the stable schema of `--json`.
+//!
+//! [`supervisor`] is the protocol of one app's supervisor process (`herd
+//! supervise`) and the app's file in `$HERD_HOME/apps/`, on the same frames.
 
 mod frame;
 mod message;
+pub mod supervisor;
 
 pub use frame::{Connection, FrameError, MAX_FRAME};
 pub use message::*;

@@ -1,27 +1,35 @@
-//! One app in the daemon: an actor task that owns the app's engine instance
-//! (while it runs), its event stream, its log files and its resource
-//! samples, and carries out the app's commands one at a time.
+//! One app: an actor task that owns the app's engine instance (while it
+//! runs), its event stream, its log files and its resource samples, and
+//! carries out the app's commands one at a time. The daemon runs one per
+//! app in its own process; `herd supervise` runs one alone (see
+//! [`crate::process`]), telling a [`Keeper`] what it must keep on disk.
 //!
 //! Commands queue in a bounded channel and are taken one by one: a command
 //! that takes time is *pending* until its end, and the next command waits
-//! for it. A reload or a replacement ends with the engine's answer to *its*
-//! ticket (never with another reload's end, such as the replacement the
-//! memory limit asked for), a stop with the app's exit. Events keep being
-//! read meanwhile, so a worker's output is never held up by a command.
+//! for it. A reload, a replacement or a scale ends with the engine's answer
+//! to *its* ticket (never with another command's end, such as the
+//! replacement the memory limit asked for), a stop with the app's exit (one
+//! per engine instance). Each command is answered with a [`Ticket`]: done,
+//! aborted or refused. Events keep being read meanwhile, so a worker's
+//! output is never held up by a command; lifecycle events also go to
+//! followers ([`AppRef::follow`]) through a bounded broadcast.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use herd_engine::config::{Balance, Instances, WorkerKind};
-use herd_engine::machine::{Answer, Command, Outcome, Report, SlotPhase, Ticket, WorkerPhase};
+use herd_engine::machine::{Answer, Command, Outcome, Report, SlotPhase, WorkerPhase};
 use herd_engine::os::process::ExitStatus;
 use herd_engine::supervisor::{
     self, AppHandle, AppStatus, Event, Events, RoundRobinStats, Stream, Target, Timed, UpdateError,
 };
-use herd_protocol::{AppDef, AppInfo, ScaleTo, WorkerInfo};
+use herd_protocol::supervisor::{
+    self as proto, AppState, Desired, ExecMode, Ticket, WorkerRole, WorkerState,
+};
+use herd_protocol::{AppDef, AppInfo, ScaleTo};
 use nix::sys::signal::Signal;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::logs::AppLogs;
 use crate::sample::Sampler;
@@ -30,6 +38,8 @@ use crate::sample::Sampler;
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Samples in a row above `max_memory_restart` before a worker is replaced.
 const OVER_LIMIT_SAMPLES: u32 = 2;
+/// Events a follower may fall behind by before it misses some (and is told so).
+const FOLLOW_QUEUE: usize = 64;
 
 /// What can be asked of an app.
 #[derive(Debug)]
@@ -73,6 +83,32 @@ pub struct Counters {
     pub log_lines: [u64; 2],
 }
 
+impl Counters {
+    fn to_protocol(&self) -> proto::Counters {
+        let per_stream = |[stdout, stderr]: [u64; 2]| proto::PerStream { stdout, stderr };
+        proto::Counters {
+            exits: self
+                .exits
+                .iter()
+                .map(|((slot, cause, what), count)| proto::ExitCount {
+                    slot: *slot,
+                    cause: if *cause == "signal" {
+                        proto::ExitCause::Signal
+                    } else {
+                        proto::ExitCause::Code
+                    },
+                    what: what.clone(),
+                    count: *count,
+                })
+                .collect(),
+            reloads: self.reloads,
+            reloads_failed: self.reloads_failed,
+            log_bytes: per_stream(self.log_bytes),
+            log_lines: per_stream(self.log_lines),
+        }
+    }
+}
+
 /// The app as the metrics endpoint shows it: the `list` view plus counters.
 #[derive(Debug, Clone)]
 pub struct AppMetrics {
@@ -87,11 +123,11 @@ pub struct AppMetrics {
 /// The result of a command: what happened, in words, or why it failed.
 pub type Reply = Result<String, String>;
 
-/// A command with the place to put its result.
+/// A command with the place to put its ticket.
 #[derive(Debug)]
 pub struct Envelope {
     pub command: AppCommand,
-    pub reply: oneshot::Sender<Reply>,
+    pub reply: oneshot::Sender<Ticket>,
 }
 
 /// A read-only question: answered at once, even while a command is
@@ -102,6 +138,8 @@ pub enum Query {
     Info(oneshot::Sender<AppInfo>),
     Metrics(oneshot::Sender<AppMetrics>),
     Def(oneshot::Sender<AppDef>),
+    /// The app as its supervisor's status shows it.
+    App(oneshot::Sender<proto::App>),
 }
 
 /// The sending side of an app's command queue (and of its queries).
@@ -109,17 +147,25 @@ pub enum Query {
 pub struct AppRef {
     tx: mpsc::Sender<Envelope>,
     queries: mpsc::Sender<Query>,
+    follow: broadcast::Sender<proto::Event>,
 }
 
 impl AppRef {
     /// Queue a command and wait for its result (an ended actor is an error).
     pub async fn ask(&self, command: AppCommand) -> Reply {
+        self.command(command).await.into_result()
+    }
+
+    /// Queue a command and wait for its ticket (an ended actor aborts it).
+    pub async fn command(&self, command: AppCommand) -> Ticket {
+        let gone = || Ticket::Aborted {
+            why: "the app is gone (deleted meanwhile)".into(),
+        };
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Envelope { command, reply }).await.is_err() {
-            return Err("the app is gone (deleted meanwhile)".into());
+            return gone();
         }
-        rx.await
-            .unwrap_or_else(|_| Err("the app is gone (deleted meanwhile)".into()))
+        rx.await.unwrap_or_else(|_| gone())
     }
 
     /// The app as `list` shows it (`None`: the app is gone).
@@ -142,12 +188,50 @@ impl AppRef {
         self.queries.send(Query::Def(tx)).await.ok()?;
         rx.await.ok()
     }
+
+    /// The app with its workers, samples and counters (`None`: the app is gone).
+    pub async fn app(&self) -> Option<proto::App> {
+        let (tx, rx) = oneshot::channel();
+        self.queries.send(Query::App(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// The app's lifecycle events and warnings from now on. A follower that
+    /// falls [`FOLLOW_QUEUE`] events behind misses the oldest (the receiver
+    /// says how many); the actor never waits for it.
+    pub fn follow(&self) -> broadcast::Receiver<proto::Event> {
+        self.follow.subscribe()
+    }
+}
+
+/// What a supervisor process keeps on disk for its app, told by the actor
+/// as it happens (the daemon, running apps in-process, keeps nothing).
+pub trait Keeper: Send + 'static {
+    /// A worker process started; its pid leads its own process group.
+    fn worker_started(&mut self, pid: u32);
+    /// A worker process ended (and its process group was ended with it).
+    fn worker_ended(&mut self, pid: u32);
+    /// The definition or the desired state changed.
+    fn app_changed(&mut self, def: &AppDef, desired: Desired);
 }
 
 /// Start the actor for app `id`; it starts no worker until told [`AppCommand::Start`].
 pub fn spawn(id: u32, def: AppDef, log_dir: &Path) -> Result<AppRef, String> {
+    spawn_kept(id, def, log_dir, None).map(|(app, _)| app)
+}
+
+/// [`spawn`] for a supervisor process: `keeper` hears of every worker and
+/// every change of the definition; the task ends once the app is deleted
+/// (or every [`AppRef`] is dropped, which stops the app first).
+pub fn spawn_kept(
+    id: u32,
+    def: AppDef,
+    log_dir: &Path,
+    keeper: Option<Box<dyn Keeper>>,
+) -> Result<(AppRef, tokio::task::JoinHandle<()>), String> {
     let (tx, rx) = mpsc::channel(64);
     let (queries, queries_rx) = mpsc::channel(64);
+    let (follow, _) = broadcast::channel(FOLLOW_QUEUE);
     let logs = AppLogs::open(&def, log_dir)?;
     let actor = Actor {
         id,
@@ -163,22 +247,35 @@ pub fn spawn(id: u32, def: AppDef, log_dir: &Path) -> Result<AppRef, String> {
         outcome: None,
         deleted: false,
         counters: Counters::default(),
+        desired: Desired::Stopped,
+        keeper,
+        follow: follow.clone(),
     };
-    tokio::spawn(actor.run(rx, queries_rx));
-    Ok(AppRef { tx, queries })
+    let task = tokio::spawn(actor.run(rx, queries_rx));
+    Ok((
+        AppRef {
+            tx,
+            queries,
+            follow,
+        },
+        task,
+    ))
 }
 
-/// A command waiting for its end to show in the event stream.
+/// A command waiting for its end.
 enum Pending {
-    /// A reload or a one-worker replacement: ends with the engine's answer
-    /// to its ticket.
-    Reload {
-        ticket: Ticket,
-        reply: oneshot::Sender<Reply>,
+    /// A command given to the engine with a ticket (a reload, a one-worker
+    /// replacement, a scale): ends with the engine's answer to that ticket.
+    Engine {
+        ticket: herd_engine::machine::Ticket,
+        /// What it is, for the messages ("reload"), and what was done.
+        what: &'static str,
+        done: String,
+        reply: oneshot::Sender<Ticket>,
     },
     /// A stop: ends with the app's exit; then what.
     Stop {
-        reply: oneshot::Sender<Reply>,
+        reply: oneshot::Sender<Ticket>,
         then: AfterStop,
     },
 }
@@ -207,6 +304,23 @@ struct Actor {
     outcome: Option<Outcome>,
     deleted: bool,
     counters: Counters,
+    /// What the last command wished for (kept by the keeper).
+    desired: Desired,
+    keeper: Option<Box<dyn Keeper>>,
+    /// Lifecycle events for followers.
+    follow: broadcast::Sender<proto::Event>,
+}
+
+fn done(message: String) -> Ticket {
+    Ticket::Done { message }
+}
+
+fn aborted(why: String) -> Ticket {
+    Ticket::Aborted { why }
+}
+
+fn refused(why: String) -> Ticket {
+    Ticket::Refused { why }
 }
 
 impl Actor {
@@ -216,6 +330,19 @@ impl Actor {
 
     fn say(&self, text: impl std::fmt::Display) {
         crate::say!("app {}: {text}", self.name());
+    }
+
+    /// Tell the followers (none listening is fine).
+    fn tell(&self, event: proto::Event) {
+        let _ = self.follow.send(event);
+    }
+
+    /// The wish of the last command, and the definition, to the keeper.
+    fn changed(&mut self, desired: Desired) {
+        self.desired = desired;
+        if let Some(keeper) = &mut self.keeper {
+            keeper.app_changed(&self.def, desired);
+        }
     }
 
     async fn run(
@@ -240,11 +367,15 @@ impl Actor {
                     Some(Query::Def(tx)) => {
                         let _ = tx.send(self.def.clone());
                     }
+                    Some(Query::App(tx)) => {
+                        let status = self.engine_status().await;
+                        let _ = tx.send(self.app_of(&status));
+                    }
                     None => queries_open = false,
                 },
                 envelope = commands.recv(), if self.pending.is_none() => match envelope {
                     Some(e) => self.begin(e.command, e.reply).await,
-                    // The registry let go of the app: the daemon is ending.
+                    // Every handle let go of the app: its owner is ending.
                     None => {
                         if let Some(engine) = &self.engine {
                             engine.command(Command::Stop);
@@ -257,6 +388,9 @@ impl Actor {
                 _ = tick.tick() => self.sample().await,
             }
         }
+        if self.deleted {
+            self.tell(proto::Event::Deleted);
+        }
     }
 
     /// Read events until the engine instance is gone.
@@ -267,9 +401,9 @@ impl Actor {
         }
     }
 
-    fn start_engine(&mut self) -> Reply {
+    fn start_engine(&mut self) -> Ticket {
         if self.engine.is_some() {
-            return Ok(format!("{} is already running", self.name()));
+            return done(format!("{} is already running", self.name()));
         }
         let mut spec = self.def.spec.clone();
         if self.def.instances_max {
@@ -282,56 +416,73 @@ impl Actor {
                 self.outcome = None;
                 self.listen.clear();
                 self.over_limit.clear();
-                Ok(format!("started {}", self.name()))
+                self.tell(proto::Event::Started);
+                done(format!("started {}", self.name()))
             }
-            Err(e) => Err(format!("cannot start {}: {e}", self.name())),
+            Err(e) => aborted(format!("cannot start {}: {e}", self.name())),
         }
     }
 
-    async fn begin(&mut self, command: AppCommand, reply: oneshot::Sender<Reply>) {
+    async fn begin(&mut self, command: AppCommand, reply: oneshot::Sender<Ticket>) {
         match command {
-            AppCommand::Start => answer(reply, self.start_engine()),
-            AppCommand::Stop => match &self.engine {
-                Some(e) => {
-                    e.command(Command::Stop);
-                    self.pending = Some(Pending::Stop {
-                        reply,
-                        then: AfterStop::Nothing,
-                    });
+            AppCommand::Start => {
+                self.changed(Desired::Running);
+                let _ = reply.send(self.start_engine());
+            }
+            AppCommand::Stop => {
+                self.changed(Desired::Stopped);
+                match &self.engine {
+                    Some(e) => {
+                        e.command(Command::Stop);
+                        self.pending = Some(Pending::Stop {
+                            reply,
+                            then: AfterStop::Nothing,
+                        });
+                    }
+                    None => {
+                        let _ = reply.send(done(format!("{} is already stopped", self.name())));
+                    }
                 }
-                None => answer(reply, Ok(format!("{} is already stopped", self.name()))),
-            },
-            AppCommand::Restart { worker: None } => match &self.engine {
-                Some(e) => {
-                    e.command(Command::Stop);
-                    self.pending = Some(Pending::Stop {
-                        reply,
-                        then: AfterStop::Start,
-                    });
+            }
+            AppCommand::Restart { worker: None } => {
+                self.changed(Desired::Running);
+                match &self.engine {
+                    Some(e) => {
+                        e.command(Command::Stop);
+                        self.pending = Some(Pending::Stop {
+                            reply,
+                            then: AfterStop::Start,
+                        });
+                    }
+                    None => {
+                        let _ = reply.send(self.start_engine());
+                    }
                 }
-                None => answer(reply, self.start_engine()),
-            },
+            }
             AppCommand::Restart { worker: Some(slot) } => match &self.engine {
                 Some(e) if slot < self.def.spec.instances => {
                     let ticket = e.ask(Command::Replace(slot));
-                    self.pending = Some(Pending::Reload { ticket, reply });
+                    self.pending = Some(Pending::Engine {
+                        ticket,
+                        what: "replacement",
+                        done: format!("replaced worker {slot} of {}", self.name()),
+                        reply,
+                    });
                 }
-                Some(_) => answer(
-                    reply,
-                    Err(format!(
+                Some(_) => {
+                    let _ = reply.send(refused(format!(
                         "{} has no worker {slot}: its workers are 0 to {}",
                         self.name(),
                         self.def.spec.instances.saturating_sub(1)
-                    )),
-                ),
-                None => answer(
-                    reply,
-                    Err(format!(
+                    )));
+                }
+                None => {
+                    let _ = reply.send(refused(format!(
                         "{} is stopped: start it with `herd restart {}`",
                         self.name(),
                         self.name()
-                    )),
-                ),
+                    )));
+                }
             },
             AppCommand::Reload { def } => self.reload(def, reply),
             AppCommand::Delete => match &self.engine {
@@ -344,7 +495,7 @@ impl Actor {
                 }
                 None => {
                     self.deleted = true;
-                    answer(reply, Ok(format!("deleted {}", self.name())));
+                    let _ = reply.send(done(format!("deleted {}", self.name())));
                 }
             },
             AppCommand::Flush => {
@@ -353,11 +504,10 @@ impl Actor {
                     .out
                     .truncate()
                     .and_then(|_| self.logs.err.truncate());
-                answer(
-                    reply,
-                    r.map(|_| format!("flushed the logs of {}", self.name()))
-                        .map_err(|e| format!("cannot flush the logs of {}: {e}", self.name())),
-                );
+                let _ = reply.send(match r {
+                    Ok(()) => done(format!("flushed the logs of {}", self.name())),
+                    Err(e) => aborted(format!("cannot flush the logs of {}: {e}", self.name())),
+                });
             }
             AppCommand::Scale(to) => {
                 let now = self.def.spec.instances as i64;
@@ -366,55 +516,75 @@ impl Actor {
                     ScaleTo::By(d) => now + d,
                 };
                 if !(1..=4096).contains(&n) {
-                    return answer(
-                        reply,
-                        Err(format!(
-                            "cannot scale {} to {n} workers: use 1 to 4096 (stop it to run none)",
-                            self.name()
-                        )),
-                    );
+                    let _ = reply.send(refused(format!(
+                        "cannot scale {} to {n} workers: use 1 to 4096 (stop it to run none)",
+                        self.name()
+                    )));
+                    return;
                 }
                 self.def.spec.instances = n as usize;
                 self.def.instances_max = false;
-                if let Some(e) = &self.engine {
-                    e.command(Command::Scale(n as usize));
+                let desired = self.desired;
+                self.changed(desired);
+                let message = format!("{} now has {n} worker(s)", self.name());
+                match &self.engine {
+                    Some(e) => {
+                        let ticket = e.ask(Command::Scale(n as usize));
+                        self.pending = Some(Pending::Engine {
+                            ticket,
+                            what: "scaling",
+                            done: message,
+                            reply,
+                        });
+                    }
+                    None => {
+                        let _ = reply.send(done(message));
+                    }
                 }
-                answer(reply, Ok(format!("{} now has {n} worker(s)", self.name())));
             }
-            AppCommand::Send { worker, message } => match &self.engine {
-                Some(e) => {
-                    e.send(worker.map_or(Target::All, Target::Slot), message);
-                    answer(reply, Ok(format!("sent to {}", self.name())));
-                }
-                None => answer(reply, Err(format!("{} is stopped", self.name()))),
-            },
-            AppCommand::Signal(sig) => match &self.engine {
-                Some(e) => {
-                    e.signal(Target::All, sig);
-                    answer(
-                        reply,
-                        Ok(format!("sent {sig} to the workers of {}", self.name())),
-                    );
-                }
-                None => answer(reply, Err(format!("{} is stopped", self.name()))),
-            },
+            AppCommand::Send { worker, message } => {
+                let _ = reply.send(match &self.engine {
+                    Some(e) => {
+                        e.send(worker.map_or(Target::All, Target::Slot), message);
+                        done(format!("sent to {}", self.name()))
+                    }
+                    None => refused(format!("{} is stopped", self.name())),
+                });
+            }
+            AppCommand::Signal(sig) => {
+                let _ = reply.send(match &self.engine {
+                    Some(e) => {
+                        e.signal(Target::All, sig);
+                        done(format!("sent {sig} to the workers of {}", self.name()))
+                    }
+                    None => refused(format!("{} is stopped", self.name())),
+                });
+            }
             AppCommand::ReopenLogs => {
                 let r = self.logs.out.reopen().and_then(|_| self.logs.err.reopen());
-                answer(reply, r.map(|_| String::new()).map_err(|e| e.to_string()));
+                let _ = reply.send(match r {
+                    Ok(()) => done(String::new()),
+                    Err(e) => aborted(e.to_string()),
+                });
             }
         }
     }
 
-    fn reload(&mut self, def: Option<Box<AppDef>>, reply: oneshot::Sender<Reply>) {
+    fn reload(&mut self, def: Option<Box<AppDef>>, reply: oneshot::Sender<Ticket>) {
+        let reloaded = |name: &str| format!("reloaded {name}");
         if let Some(new) = def {
             let new = *new;
             if new.logs != self.def.logs {
                 match AppLogs::open(&new, &self.log_dir) {
                     Ok(l) => self.logs = l,
-                    Err(e) => return answer(reply, Err(e)),
+                    Err(e) => {
+                        let _ = reply.send(aborted(e));
+                        return;
+                    }
                 }
             }
             let old = std::mem::replace(&mut self.def, new);
+            self.changed(Desired::Running);
             if let Some(engine) = &self.engine {
                 let mut spec = self.def.spec.clone();
                 if self.def.instances_max {
@@ -422,7 +592,12 @@ impl Actor {
                 }
                 match engine.update(&old.spec, spec) {
                     Ok(ticket) => {
-                        self.pending = Some(Pending::Reload { ticket, reply });
+                        self.pending = Some(Pending::Engine {
+                            ticket,
+                            what: "reload",
+                            done: reloaded(self.name()),
+                            reply,
+                        });
                         return;
                     }
                     Err(UpdateError::Listeners) => {
@@ -437,13 +612,22 @@ impl Actor {
                     Err(UpdateError::Gone) => {}
                 }
             }
+        } else {
+            self.changed(Desired::Running);
         }
         match &self.engine {
             Some(e) => {
                 let ticket = e.ask(Command::Reload);
-                self.pending = Some(Pending::Reload { ticket, reply });
+                self.pending = Some(Pending::Engine {
+                    ticket,
+                    what: "reload",
+                    done: reloaded(self.name()),
+                    reply,
+                });
             }
-            None => answer(reply, self.start_engine()),
+            None => {
+                let _ = reply.send(self.start_engine());
+            }
         }
     }
 
@@ -453,7 +637,11 @@ impl Actor {
             self.events = None;
             if self.engine.take().is_some() {
                 self.say("its supervisor task ended unexpectedly; the app is stopped");
-                self.outcome = Some(Outcome::Completed { success: false });
+                let outcome = Outcome::Completed { success: false };
+                self.tell(proto::Event::Ended {
+                    outcome: outcome.clone(),
+                });
+                self.outcome = Some(outcome);
                 self.finish_stop();
             }
             return;
@@ -462,6 +650,7 @@ impl Actor {
             Event::Listening { addr, .. } => {
                 let addr = addr.to_string();
                 self.say(format!("listening on {addr}"));
+                self.tell(proto::Event::Listening { addr: addr.clone() });
                 if !self.listen.contains(&addr) {
                     self.listen.push(addr);
                 }
@@ -483,15 +672,22 @@ impl Actor {
             // it is printed; the daemon has no reader for it, and logging it
             // would let a chatty worker fill the daemon's own log.
             Event::Message { .. } => {}
-            Event::Warning(text) => self.say(format!("warning: {text}")),
+            Event::Warning(text) => {
+                self.say(format!("warning: {text}"));
+                self.tell(proto::Event::Warning { text });
+            }
             // The end of a command of ours: not news for the log.
             Event::Lifecycle(Report::Answered { ticket, answer }) => self.on_answer(ticket, answer),
             Event::Lifecycle(report) => {
                 self.say(&report);
                 self.on_report(&report);
+                self.tell(proto::Event::Lifecycle { report });
             }
             Event::Exit(outcome) => {
                 self.say(format!("ended: {outcome}"));
+                self.tell(proto::Event::Ended {
+                    outcome: outcome.clone(),
+                });
                 self.outcome = Some(outcome);
                 self.engine = None;
                 self.events = None;
@@ -502,12 +698,22 @@ impl Actor {
 
     fn on_report(&mut self, report: &Report) {
         match report {
-            Report::Exited { slot, status, .. } => {
+            Report::Online { pid, .. } => {
+                if let Some(keeper) = &mut self.keeper {
+                    keeper.worker_started(*pid);
+                }
+            }
+            Report::Exited {
+                slot, status, pid, ..
+            } => {
                 let key = match status {
                     ExitStatus::Code(c) => (*slot, "code", c.to_string()),
                     ExitStatus::Signal(s) => (*slot, "signal", s.as_str().to_string()),
                 };
                 *self.counters.exits.entry(key).or_default() += 1;
+                if let Some(keeper) = &mut self.keeper {
+                    keeper.worker_ended(*pid);
+                }
             }
             Report::ReloadFinished => self.counters.reloads += 1,
             Report::ReloadAborted { .. } => {
@@ -518,44 +724,47 @@ impl Actor {
         }
     }
 
-    /// The engine answered a ticket: the pending reload's, or one nobody waits for.
-    fn on_answer(&mut self, answered: Ticket, answer: Answer) {
-        let Some(Pending::Reload { ticket, .. }) = &self.pending else {
-            return;
-        };
-        if *ticket != answered {
-            return;
+    /// The engine answered a ticket: the pending command's, or one nobody waits for.
+    fn on_answer(&mut self, answered: herd_engine::machine::Ticket, answer: Answer) {
+        match &self.pending {
+            Some(Pending::Engine { ticket, .. }) if *ticket == answered => {}
+            _ => return,
         }
-        let Some(Pending::Reload { reply, .. }) = self.pending.take() else {
+        let Some(Pending::Engine {
+            what, done, reply, ..
+        }) = self.pending.take()
+        else {
             unreachable!("checked above");
         };
-        let result = match answer {
-            Answer::Done => Ok(format!("reloaded {}", self.name())),
-            Answer::Aborted(reason) => Err(format!("{}: reload aborted: {reason}", self.name())),
-            Answer::Refused(why) => Err(format!("{}: cannot reload: {why}", self.name())),
+        let name = self.name();
+        let ticket = match answer {
+            Answer::Done => Ticket::Done { message: done },
+            Answer::Aborted(reason) => aborted(format!("{name}: the {what} was aborted: {reason}")),
+            Answer::Refused(why) => refused(format!("{name}: the {what} was refused: {why}")),
         };
-        let _ = reply.send(result);
+        let _ = reply.send(ticket);
     }
 
     /// The engine instance ended: finish a pending stop.
     fn finish_stop(&mut self) {
         match self.pending.take() {
             Some(Pending::Stop { reply, then }) => {
-                let result = match then {
-                    AfterStop::Nothing => Ok(format!("stopped {}", self.name())),
-                    AfterStop::Start => self
-                        .start_engine()
-                        .map(|_| format!("restarted {}", self.name())),
+                let ticket = match then {
+                    AfterStop::Nothing => done(format!("stopped {}", self.name())),
+                    AfterStop::Start => match self.start_engine() {
+                        Ticket::Done { .. } => done(format!("restarted {}", self.name())),
+                        other => other,
+                    },
                     AfterStop::Delete => {
                         self.deleted = true;
-                        Ok(format!("deleted {}", self.name()))
+                        done(format!("deleted {}", self.name()))
                     }
                 };
-                let _ = reply.send(result);
+                let _ = reply.send(ticket);
             }
-            Some(Pending::Reload { reply, .. }) => {
-                let _ = reply.send(Err(format!(
-                    "{} ended during the reload: {}",
+            Some(Pending::Engine { reply, what, .. }) => {
+                let _ = reply.send(aborted(format!(
+                    "{} ended during the {what}: {}",
                     self.name(),
                     self.outcome
                         .as_ref()
@@ -664,83 +873,93 @@ impl Actor {
     }
 
     fn info_of(&self, status: &Option<AppStatus>) -> AppInfo {
+        self.app_of(status).to_app_info()
+    }
+
+    /// The app, its workers (with their samples) and its counters, typed.
+    fn app_of(&self, status: &Option<AppStatus>) -> proto::App {
         let (out_log, err_log) = crate::logs::paths(&self.def, &self.log_dir);
         let spec = &self.def.spec;
         let mode = if spec.kind == WorkerKind::Node
             || !spec.listeners.is_empty()
             || spec.balance != Balance::Shared
         {
-            "cluster"
+            ExecMode::Cluster
         } else {
-            "fork"
+            ExecMode::Fork
         };
         let mut workers = Vec::new();
-        let mut online = 0;
-        let (status_text, instances) = match status {
+        let (state, instances) = match status {
             None => {
-                let text = match self.outcome {
-                    Some(Outcome::Errored { .. }) => "errored",
-                    _ => "stopped",
+                let errored = matches!(self.outcome, Some(Outcome::Errored { .. }));
+                let state = if errored {
+                    WorkerState::Errored
+                } else {
+                    WorkerState::Stopped
                 };
-                for id in 0..spec.instances {
-                    workers.push(WorkerInfo {
-                        id,
-                        pid: None,
-                        status: text.to_string(),
-                        restarts: 0,
-                        uptime_ms: 0,
-                        cpu_percent: 0.0,
-                        memory_bytes: 0,
-                    });
+                for slot in 0..spec.instances {
+                    workers.push(self.worker(slot, None, state, WorkerRole::Serving, 0, None));
                 }
-                (text, spec.instances)
+                let app = if errored {
+                    AppState::Errored
+                } else {
+                    AppState::Stopped
+                };
+                (app, spec.instances)
             }
             Some(s) => {
                 let m = &s.machine;
+                let worker = |w: &herd_engine::machine::WorkerStatus, role, restarts| {
+                    let rr = s.round_robin.iter().find(|r| Some(r.pid) == w.pid);
+                    let mut worker = self.worker(
+                        w.slot,
+                        w.pid,
+                        worker_state(w.phase),
+                        role,
+                        restarts,
+                        Some(w.uptime),
+                    );
+                    worker.handed_over = rr.map(|r| r.handed_over);
+                    worker.pending_connections = rr.map(|r| r.pending);
+                    worker
+                };
                 for slot in &m.slots {
-                    let (pid, uptime, status) = match &slot.worker {
-                        Some(w) => (w.pid, w.uptime, worker_status(w.phase)),
-                        None => (
-                            None,
-                            Duration::ZERO,
-                            match slot.phase {
-                                SlotPhase::Backoff => "waiting",
-                                SlotPhase::Errored => "errored",
-                                SlotPhase::Done => "stopped",
-                                SlotPhase::Live => "launching",
-                            },
-                        ),
-                    };
-                    if status == "online" {
-                        online += 1;
-                    }
-                    workers.push(self.worker_info(slot.slot, pid, status, slot.restarts, uptime));
+                    workers.push(match &slot.worker {
+                        Some(w) => worker(w, WorkerRole::Serving, slot.restarts),
+                        None => {
+                            let state = match slot.phase {
+                                SlotPhase::Backoff => WorkerState::Waiting,
+                                SlotPhase::Errored => WorkerState::Errored,
+                                SlotPhase::Done => WorkerState::Stopped,
+                                SlotPhase::Live => WorkerState::Launching,
+                            };
+                            let role = WorkerRole::Serving;
+                            self.worker(slot.slot, None, state, role, slot.restarts, None)
+                        }
+                    });
                     if let Some(w) = &slot.incoming {
-                        workers.push(self.worker_info(
-                            slot.slot,
-                            w.pid,
-                            worker_status(w.phase),
-                            slot.restarts,
-                            w.uptime,
-                        ));
+                        workers.push(worker(w, WorkerRole::Incoming, slot.restarts));
                     }
                 }
                 for w in &m.draining {
-                    workers.push(self.worker_info(w.slot, w.pid, "stopping", 0, w.uptime));
+                    let mut draining = worker(w, WorkerRole::Draining, 0);
+                    draining.state = WorkerState::Stopping;
+                    workers.push(draining);
                 }
+                let online = serving_online(&workers);
                 let errored = m.slots.iter().all(|s| s.phase == SlotPhase::Errored);
-                let text = if m.stopping {
-                    "stopping"
+                let state = if m.stopping {
+                    AppState::Stopping
                 } else if m.reloading {
-                    "reloading"
+                    AppState::Reloading
                 } else if errored {
-                    "errored"
+                    AppState::Errored
                 } else if online == m.slots.len() {
-                    "online"
+                    AppState::Online
                 } else {
-                    "launching"
+                    AppState::Launching
                 };
-                (text, m.slots.len())
+                (state, m.slots.len())
             }
         };
         // Every socket reported bound (Node apps ask for theirs as they start).
@@ -748,51 +967,62 @@ impl Actor {
             Some(_) => self.listen.clone(),
             None => spec.listeners.iter().map(|l| l.addr.to_string()).collect(),
         };
-        AppInfo {
-            name: spec.name.clone(),
+        proto::App {
             id: self.id,
-            mode: mode.to_string(),
-            status: status_text.to_string(),
+            name: spec.name.clone(),
+            state,
+            mode,
             instances,
-            online,
+            online: serving_online(&workers),
+            workers,
+            counters: self.counters.to_protocol(),
             listen,
             out_log,
             err_log,
-            workers,
         }
     }
 
-    fn worker_info(
+    /// One worker (or an empty slot) with its last sample.
+    fn worker(
         &self,
-        id: usize,
+        slot: usize,
         pid: Option<u32>,
-        status: &str,
+        state: WorkerState,
+        role: WorkerRole,
         restarts: u64,
-        uptime: Duration,
-    ) -> WorkerInfo {
+        uptime: Option<Duration>,
+    ) -> proto::Worker {
         let usage = pid.map(|p| self.sampler.last(p)).unwrap_or_default();
-        WorkerInfo {
-            id,
+        proto::Worker {
+            slot,
             pid,
-            status: status.to_string(),
+            state,
+            role,
             restarts,
-            uptime_ms: uptime.as_millis() as u64,
+            uptime_ms: uptime.unwrap_or_default().as_millis() as u64,
             cpu_percent: (usage.cpu_percent * 10.0).round() / 10.0,
-            memory_bytes: usage.rss_bytes,
+            cpu_seconds: pid.map_or(0.0, |p| self.sampler.cpu_seconds(p)),
+            rss_bytes: usage.rss_bytes,
+            handed_over: None,
+            pending_connections: None,
         }
     }
 }
 
-fn worker_status(phase: WorkerPhase) -> &'static str {
-    match phase {
-        WorkerPhase::Ready => "online",
-        WorkerPhase::Starting | WorkerPhase::Online => "launching",
-        WorkerPhase::Stopping => "stopping",
-    }
+/// Slots whose worker is ready for traffic.
+fn serving_online(workers: &[proto::Worker]) -> usize {
+    workers
+        .iter()
+        .filter(|w| w.role == WorkerRole::Serving && w.state == WorkerState::Online)
+        .count()
 }
 
-fn answer(reply: oneshot::Sender<Reply>, result: Reply) {
-    let _ = reply.send(result);
+fn worker_state(phase: WorkerPhase) -> WorkerState {
+    match phase {
+        WorkerPhase::Ready => WorkerState::Online,
+        WorkerPhase::Starting | WorkerPhase::Online => WorkerState::Launching,
+        WorkerPhase::Stopping => WorkerState::Stopping,
+    }
 }
 
 /// The next event of a running engine instance; never resolves without one.

@@ -7,6 +7,7 @@ mod demo;
 mod manage;
 mod options;
 mod run;
+mod supervise;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,9 @@ enum Cmd {
     Demo(demo::DemoArgs),
     #[command(flatten)]
     Manage(manage::Verb),
+    /// One app's supervisor process (started by the daemon).
+    #[command(hide = true)]
+    Supervise(supervise::SuperviseArgs),
 }
 
 /// An error the user caused: printed, then herd exits with status 2.
@@ -60,6 +64,7 @@ fn main() {
         Cmd::Run(args) => run::main(*args),
         Cmd::Demo(args) => demo::main(args),
         Cmd::Manage(verb) => manage::main(verb),
+        Cmd::Supervise(args) => supervise::main(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

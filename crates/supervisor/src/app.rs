@@ -57,6 +57,9 @@ pub enum AppCommand {
     },
     /// Stop it; the actor then ends.
     Delete,
+    /// Stop it without changing what is wished for (its supervisor process
+    /// is ending: the app runs again under the next one); the actor then ends.
+    Quit,
     Flush,
     Scale(ScaleTo),
     Send {
@@ -246,6 +249,7 @@ pub fn spawn_kept(
         listen: Vec::new(),
         outcome: None,
         deleted: false,
+        quit: false,
         counters: Counters::default(),
         desired: Desired::Stopped,
         keeper,
@@ -284,6 +288,7 @@ enum AfterStop {
     Nothing,
     Start,
     Delete,
+    Quit,
 }
 
 struct Actor {
@@ -303,6 +308,8 @@ struct Actor {
     /// How the engine instance ended last (None: running, or never ran).
     outcome: Option<Outcome>,
     deleted: bool,
+    /// Told to [`AppCommand::Quit`], and done.
+    quit: bool,
     counters: Counters,
     /// What the last command wished for (kept by the keeper).
     desired: Desired,
@@ -353,7 +360,7 @@ impl Actor {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut queries_open = true;
-        while !self.deleted {
+        while !self.deleted && !self.quit {
             tokio::select! {
                 query = queries.recv(), if queries_open => match query {
                     Some(Query::Info(tx)) => {
@@ -496,6 +503,19 @@ impl Actor {
                 None => {
                     self.deleted = true;
                     let _ = reply.send(done(format!("deleted {}", self.name())));
+                }
+            },
+            AppCommand::Quit => match &self.engine {
+                Some(e) => {
+                    e.command(Command::Stop);
+                    self.pending = Some(Pending::Stop {
+                        reply,
+                        then: AfterStop::Quit,
+                    });
+                }
+                None => {
+                    self.quit = true;
+                    let _ = reply.send(done(format!("stopped {}", self.name())));
                 }
             },
             AppCommand::Flush => {
@@ -758,6 +778,10 @@ impl Actor {
                     AfterStop::Delete => {
                         self.deleted = true;
                         done(format!("deleted {}", self.name()))
+                    }
+                    AfterStop::Quit => {
+                        self.quit = true;
+                        done(format!("stopped {}", self.name()))
                     }
                 };
                 let _ = reply.send(ticket);

@@ -11,8 +11,13 @@
 //! - **Samples** ([`sample`]): the workers' CPU and memory from `/proc`.
 
 pub mod app;
+pub mod client;
+pub mod contain;
+pub mod files;
 pub mod logs;
+pub mod process;
 pub mod sample;
+pub mod server;
 
 /// One line of herd's own log (stderr: `$HERD_HOME/herd.log`, or the
 /// journal under systemd), with the time first:

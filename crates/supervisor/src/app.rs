@@ -39,7 +39,7 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Samples in a row above `max_memory_restart` before a worker is replaced.
 const OVER_LIMIT_SAMPLES: u32 = 2;
 /// Events a follower may fall behind by before it misses some (and is told so).
-const FOLLOW_QUEUE: usize = 64;
+pub const FOLLOW_QUEUE: usize = 64;
 
 /// What can be asked of an app.
 #[derive(Debug)]

@@ -1,5 +1,6 @@
-//! CPU and memory of worker processes, read from `/proc` by the daemon on
-//! its own clock (about once a second), never per CLI request.
+//! CPU and memory of worker processes, read from `/proc` by the app's actor
+//! on its own clock (about once a second), never per request: the memory
+//! limit holds whoever asks, and a status answers from the last sample.
 
 use std::collections::HashMap;
 use std::time::Instant;

@@ -14,10 +14,10 @@ use tokio::net::UnixStream;
 /// Why talking to a supervisor failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to the app's supervisor at {path}: {source}; is it running (apps/<id>.pid is locked while it is)?")]
+    #[error("cannot connect to the app's supervisor at {path}: {error}; is it running (apps/<id>.pid is locked while it is)?")]
     Connect {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path} is not a herd app supervisor's socket (its first answer was not a {PROTOCOL} welcome)")]
     NotASupervisor { path: PathBuf },
@@ -26,7 +26,7 @@ pub enum ClientError {
     #[error("the supervisor (pid {pid}) speaks {PROTOCOL} protocol {theirs}, and this herd speaks {VERSION}: use the herd that started it, or restart the app's supervisor with this herd")]
     Version { pid: u32, theirs: u32 },
     #[error("the connection to the supervisor failed: {0}")]
-    Frame(#[from] FrameError),
+    Frame(FrameError),
     #[error("the supervisor answered {answer} to {request}")]
     Unexpected {
         request: &'static str,
@@ -34,6 +34,13 @@ pub enum ClientError {
     },
     #[error("the supervisor says: {0}")]
     Supervisor(String),
+}
+
+// Not `#[from]`: the frame error is told in the message, not again as a cause.
+impl From<FrameError> for ClientError {
+    fn from(e: FrameError) -> Self {
+        ClientError::Frame(e)
+    }
 }
 
 /// One connection to a supervisor, past the hello.
@@ -54,9 +61,9 @@ impl Client {
     pub async fn connect_as(path: &Path, hello: Hello) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|source| ClientError::Connect {
+            .map_err(|error| ClientError::Connect {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?;
         Client::handshake(Connection::new(stream), hello, path).await
     }

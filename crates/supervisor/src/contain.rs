@@ -236,10 +236,10 @@ pub enum CgroupError {
     NoOwnGroup,
     #[error("the kernel has no cgroup.kill (Linux 5.14 or later has)")]
     NoKill,
-    #[error("cannot create {path}: {source}")]
-    Create { path: PathBuf, source: io::Error },
-    #[error("cannot move this process into {path}: {source}")]
-    Enter { path: PathBuf, source: io::Error },
+    #[error("cannot create {path}: {error}")]
+    Create { path: PathBuf, error: io::Error },
+    #[error("cannot move this process into {path}: {error}")]
+    Enter { path: PathBuf, error: io::Error },
 }
 
 /// The app's cgroup, which this process has entered.
@@ -256,19 +256,19 @@ impl Cgroup {
         let own = own_cgroup().ok_or(CgroupError::NoOwnGroup)?;
         let parent = mount.join(own.trim_start_matches('/'));
         let dir = parent.join(format!("herd-app-{id}-{}", std::process::id()));
-        fs::create_dir(&dir).map_err(|source| CgroupError::Create {
+        fs::create_dir(&dir).map_err(|error| CgroupError::Create {
             path: dir.clone(),
-            source,
+            error,
         })?;
         let cgroup = Cgroup { dir };
         if !cgroup.dir.join("cgroup.kill").exists() {
             cgroup.remove();
             return Err(CgroupError::NoKill);
         }
-        if let Err(source) = fs::write(cgroup.dir.join("cgroup.procs"), "0") {
+        if let Err(error) = fs::write(cgroup.dir.join("cgroup.procs"), "0") {
             let path = cgroup.dir.clone();
             cgroup.remove();
-            return Err(CgroupError::Enter { path, source });
+            return Err(CgroupError::Enter { path, error });
         }
         Ok(cgroup)
     }

@@ -30,19 +30,19 @@ use herd_protocol::supervisor::{AppFile, AppFileError};
 /// Why an app's files cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
-    #[error("cannot create {path}: {source}; give a home directory you may write to")]
-    Create { path: PathBuf, source: io::Error },
-    #[error("cannot read {path}: {source}; the daemon writes it before it starts the app's supervisor (is the id right?)")]
-    ReadApp { path: PathBuf, source: io::Error },
+    #[error("cannot create {path}: {error}; give a home directory you may write to")]
+    Create { path: PathBuf, error: io::Error },
+    #[error("cannot read {path}: {error}; the daemon writes it before it starts the app's supervisor (is the id right?)")]
+    ReadApp { path: PathBuf, error: io::Error },
     #[error(
-        "{path} is not an app file: {source}; correct it, or delete the app and start it again"
+        "{path} is not an app file: {error}; correct it, or delete the app and start it again"
     )]
     ParseApp {
         path: PathBuf,
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
-    #[error("{path}: {source}")]
-    CheckApp { path: PathBuf, source: AppFileError },
+    #[error("{path}: {error}")]
+    CheckApp { path: PathBuf, error: AppFileError },
     #[error("a supervisor (pid {pid}) already runs app {id} in {home}: use it (its socket is {socket}), or stop it first")]
     Running {
         pid: String,
@@ -50,8 +50,8 @@ pub enum FilesError {
         home: PathBuf,
         socket: PathBuf,
     },
-    #[error("cannot lock {path}: {source}")]
-    Lock { path: PathBuf, source: io::Error },
+    #[error("cannot lock {path}: {error}")]
+    Lock { path: PathBuf, error: io::Error },
 }
 
 /// The paths of one app's files in a home.
@@ -104,9 +104,9 @@ impl AppFiles {
                 .recursive(true)
                 .mode(0o700)
                 .create(&dir)
-                .map_err(|source| FilesError::Create {
+                .map_err(|error| FilesError::Create {
                     path: dir.clone(),
-                    source,
+                    error,
                 })?;
         }
         let _ = fs::set_permissions(self.apps_dir(), fs::Permissions::from_mode(0o700));
@@ -116,17 +116,16 @@ impl AppFiles {
     /// Read and check `apps/<id>.json`.
     pub fn read_app(&self) -> Result<AppFile, FilesError> {
         let path = self.app_file();
-        let text = fs::read(&path).map_err(|source| FilesError::ReadApp {
+        let text = fs::read(&path).map_err(|error| FilesError::ReadApp {
             path: path.clone(),
-            source,
+            error,
         })?;
-        let app: AppFile =
-            serde_json::from_slice(&text).map_err(|source| FilesError::ParseApp {
-                path: path.clone(),
-                source,
-            })?;
+        let app: AppFile = serde_json::from_slice(&text).map_err(|error| FilesError::ParseApp {
+            path: path.clone(),
+            error,
+        })?;
         app.check(self.id)
-            .map_err(|source| FilesError::CheckApp { path, source })?;
+            .map_err(|error| FilesError::CheckApp { path, error })?;
         Ok(app)
     }
 
@@ -141,9 +140,9 @@ impl AppFiles {
     /// child) is open. The pid is written with [`PidLock::write_pid`].
     pub fn lock(&self) -> Result<PidLock, FilesError> {
         let path = self.pid_file();
-        let lock_err = |source| FilesError::Lock {
+        let lock_err = |error| FilesError::Lock {
             path: path.clone(),
-            source,
+            error,
         };
         loop {
             let mut file = OpenOptions::new()

@@ -61,10 +61,10 @@ pub struct Options {
 pub enum Error {
     #[error(transparent)]
     Files(#[from] FilesError),
-    #[error("cannot contain app {id} in a cgroup: {source}; use --contain auto (process groups where no cgroup can be had)")]
-    Cgroup { id: u32, source: CgroupError },
-    #[error("cannot listen on {path}: {source}")]
-    Listen { path: PathBuf, source: io::Error },
+    #[error("cannot contain app {id} in a cgroup: {error}; use --contain auto (process groups where no cgroup can be had)")]
+    Cgroup { id: u32, error: CgroupError },
+    #[error("cannot listen on {path}: {error}")]
+    Listen { path: PathBuf, error: io::Error },
     #[error("cannot detach the supervisor: {0}")]
     Detach(io::Error),
     #[error("cannot write the pid file: {0}")]
@@ -135,9 +135,9 @@ pub fn run(options: Options) -> Result<i32, Error> {
 /// Bind the control socket owner-only (the umask covers the moment between
 /// bind and chmod; we are single-threaded here).
 fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, Error> {
-    let err = |source| Error::Listen {
+    let err = |error| Error::Listen {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     // We hold the app's lock: a socket file left here is stale.
     let _ = std::fs::remove_file(path);
@@ -262,12 +262,10 @@ fn contain(
     }
     let cgroup = match mode {
         ContainMode::ProcessGroups => None,
-        ContainMode::Cgroup => {
-            Some(Cgroup::create(files.id()).map_err(|source| Error::Cgroup {
-                id: files.id(),
-                source,
-            })?)
-        }
+        ContainMode::Cgroup => Some(Cgroup::create(files.id()).map_err(|error| Error::Cgroup {
+            id: files.id(),
+            error,
+        })?),
         ContainMode::Auto => match Cgroup::create(files.id()) {
             Ok(c) => Some(c),
             Err(e) => {

@@ -82,7 +82,7 @@ anon_mb() { # pid -> anonymous RSS in MB (RssAnon: what the process allocated, n
 herd_pid() { tr -dc '0-9' <"$HERD_HOME/herd.pid"; }
 pm2_pid() { tr -dc '0-9' <"$PM2_HOME/pm2.pid"; }
 herd_worker_pids() { # app -> comma-separated worker pids
-  "$HERD" jlist | jget "','.join(str(w['pid']) for a in d if a['name']=='$1' for w in a['workers'] if w.get('pid'))"
+  "$HERD" list --json | jget "','.join(str(w['pid']) for a in d if a['name']=='$1' for w in a['workers'] if w.get('pid'))"
 }
 pm2_worker_pids() {
   "$PM2" jlist 2>/dev/null | jget "','.join(str(p['pid']) for p in d if p['name']=='$1' and p.get('pid'))"

@@ -61,7 +61,7 @@ measure() {
   done
   # All 40 workers online.
   for _ in $(seq 100); do
-    n=$(HERD_HOME="$home" "$HERD" jlist | python3 -c 'import json,sys; print(sum(a["online"] for a in json.load(sys.stdin)))')
+    n=$(HERD_HOME="$home" "$HERD" list --json | python3 -c 'import json,sys; print(sum(a["online"] for a in json.load(sys.stdin)))')
     [ "$n" = $((APPS * 2)) ] && break
     sleep 0.2
   done

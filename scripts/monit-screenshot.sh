@@ -25,7 +25,7 @@ export HERD_HOME=$work/home
 
 "$herd" start --name web --listen 127.0.0.1:0 -i 4 "$worker" -- --log-requests >/dev/null
 "$herd" start --name api --listen 127.0.0.1:0 -i 2 "$worker" >/dev/null
-addr=$("$herd" jlist | python3 -c 'import json,sys; print([a for a in json.load(sys.stdin) if a["name"]=="web"][0]["listen"][0])')
+addr=$("$herd" list --json | python3 -c 'import json,sys; print([a for a in json.load(sys.stdin) if a["name"]=="web"][0]["listen"][0])')
 ( while :; do curl -s "http://$addr/" >/dev/null; curl -s "http://$addr/env" >/dev/null; curl -s "http://$addr/slow?ms=20" >/dev/null; sleep 0.05; done ) &
 traffic=$!
 

@@ -1,22 +1,32 @@
 //! Config files for `herd start <file>`: herd's own `herd.toml`, and pm2
 //! process files as pm2 reads them (`ecosystem.config.js`/`.cjs`/`.mjs`
-//! evaluated with the machine's `node`, JSON and YAML). This module owns
-//! reading them into the same [`AppOptions`]/[`DaemonOptions`] the command line
-//! fills, with the same parsers; checking that a command can run is left to
-//! [`AppOptions::into_spec`], as for the command line.
+//! evaluated with the machine's `node`, JSON — JSON5 and JS expressions too,
+//! through node, as pm2 evaluates `.json` — and YAML). This module owns
+//! reading them into the same [`AppOptions`]/[`DaemonOptions`] the command
+//! line fills, with the same parsers; which program runs a script, and
+//! whether it exists, is decided later by [`crate::options::app_def`], as for
+//! the command line.
 //!
-//! One schema serves every format: an app is a table of keys named like the
-//! `start` options in snake_case (`kill_timeout`, `max_memory_restart`, …) plus
-//! pm2's own keys (`exec_mode`, `autorestart`, `node_args`, `env_<profile>`, …).
-//! The formats differ only where pm2 and herd disagree on a default:
+//! One schema serves every format: [`RawApp`], derived with serde, one line
+//! per key (pm2's camelCase spellings, `killTimeout`, are read too). Its value
+//! types ([`values`]) are as tolerant as pm2 (`"10s"` or `1000`, `"200M"`,
+//! `"false"`, one string or a list of args …). A key that is no field is an
+//! `env_<profile>` table, a pm2 key herd does not do (one warning each, with
+//! what to use instead: [`keys`]), or unknown (a warning, with a "did you
+//! mean"). A value of the wrong type is an error naming the file, the key and
+//! its line (for a JS file, the line where the key is written when it is
+//! written once).
+//!
+//! The formats differ only where pm2 and herd disagree:
 //!
 //! | | `herd.toml` | pm2 files (`.js`, `.json`, `.yaml`) |
 //! |---|---|---|
+//! | relative `script`, `cwd` | from the file's directory | from where herd runs (pm2's rule: `pm2 start config/app.config.js` finds `app.js` in the current directory, not in `config/`) |
 //! | `restart_delay = D` | first delay, doubling up to `max_restart_delay` (at least D) | a fixed delay D (pm2) |
+//! | a `command` string | split into words | a command line, as `script` (pm2's `cmd`/`command`) |
 //!
-//! Unknown keys are warnings (returned, for the CLI to print); a value of the
-//! wrong type is an error naming the file, the key and, where the parser knows
-//! it, the line and column.
+//! Log paths are relative to the app's `cwd`, as under pm2, and `~` is
+//! expanded in every path.
 //!
 //! # `herd.toml`
 //!
@@ -28,7 +38,7 @@
 //! [[apps]]
 //! name = "web"
 //! script = "server.js"            # or: command = ["./server", "--port", "8000"]
-//! args = ["--verbose"]            # or one string, split like a shell: "--verbose --color"
+//! args = ["--verbose"]            # or one string, split as pm2 splits it: "--verbose --color"
 //! instances = 4                   # or "max"
 //! listen = ["127.0.0.1:8000"]
 //! balance = "round-robin"
@@ -49,26 +59,28 @@
 //! instances = 2
 //! restart = "on-failure"
 //! ```
-//!
-//! Relative paths (`script`, `cwd`, `out_file`, `error_file`) are taken from
-//! the file's directory.
+
+mod js;
+mod keys;
+mod values;
 
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::Duration;
 
-use herd_engine::config::{Balance, Instances, ListenSpec, RestartMode};
-use nix::sys::signal::Signal;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use herd_engine::config::{ExecMode, RestartMode};
+use herd_protocol::{CombinedLog, FilterEnv, LogType, Pm2Keys};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 
-use crate::options::{self, AppOptions, DaemonOptions};
+use crate::options::{self, AppOptions, DaemonOptions, Style, Words};
 use crate::UsageError;
+use values::*;
 
-/// Is this path a config file rather than a script? (*.toml, *.json, *.yaml,
-/// *.yml, and pm2's *.config.js / *.config.cjs / *.config.mjs — e.g.
-/// ecosystem.config.js)
+/// Is this path a config file rather than a script? (*.toml, *.json,
+/// *.json5, *.yaml, *.yml, and pm2's *.config.js / *.config.cjs /
+/// *.config.mjs — e.g. ecosystem.config.js)
 pub fn is_config_file(path: &Path) -> bool {
     format_of(path).is_some()
 }
@@ -80,14 +92,27 @@ pub struct FileApp {
     pub daemon: DaemonOptions,
     /// The script (or program), then its arguments.
     pub command: Vec<String>,
-    /// The directory relative paths are taken from: the file's directory.
+    /// The directory relative paths are taken from: where herd runs for a
+    /// pm2 file (pm2's rule), the file's directory for `herd.toml`.
     pub base: PathBuf,
 }
 
-/// Read every app in `path`; `profile` is `--env <profile>` (selects
-/// `env_<profile>` tables/keys, merged over `env`). Warnings (unknown keys …)
-/// are returned for the CLI to print on stderr.
+/// Read every app in `path` (pm2 files: relative paths from the current
+/// directory); `profile` is `--env <profile>` (selects `env_<profile>`
+/// tables/keys, merged over `env`). Warnings (unknown keys …) are returned
+/// for the CLI to print on stderr.
 pub fn load(path: &Path, profile: Option<&str>) -> Result<(Vec<FileApp>, Vec<String>), UsageError> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| UsageError(format!("cannot read the current directory: {e}")))?;
+    load_from(path, profile, &cwd)
+}
+
+/// [`load`], with `cwd` as the directory pm2 files' paths are taken from.
+pub fn load_from(
+    path: &Path,
+    profile: Option<&str>,
+    cwd: &Path,
+) -> Result<(Vec<FileApp>, Vec<String>), UsageError> {
     let label = path.display().to_string();
     let Some(format) = format_of(path) else {
         return Err(UsageError(format!(
@@ -95,27 +120,60 @@ pub fn load(path: &Path, profile: Option<&str>) -> Result<(Vec<FileApp>, Vec<Str
         )));
     };
     let mut warnings = Vec::new();
+    let read = || {
+        std::fs::read_to_string(path).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                ": check the path"
+            } else {
+                ""
+            };
+            UsageError(format!("cannot read {label}: {e}{hint}"))
+        })
+    };
     let top = match format {
         Format::Js => {
-            let json = evaluate_js(path, &mut warnings)?;
-            parse(&json, Format::Js)
+            let json = js::evaluate(path, js::Source::Module, &mut warnings)?;
+            let source = std::fs::read_to_string(path).unwrap_or_default();
+            parse(&json, Format::Js).map_err(|e| e.located_in(&source))
         }
-        _ => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                let hint = if e.kind() == std::io::ErrorKind::NotFound {
-                    ": check the path"
-                } else {
-                    ""
-                };
-                UsageError(format!("cannot read {label}: {e}{hint}"))
-            })?;
-            parse(&text, format)
+        Format::Json => {
+            let text = read()?;
+            match parse(&text, Format::Json) {
+                // pm2 evaluates a .json file as a JS expression: comments,
+                // trailing commas, JSON5 … so does herd, through node.
+                Err(e) if e.syntax => {
+                    match js::evaluate(path, js::Source::Expression, &mut Vec::new()) {
+                        Ok(json) => parse(&json, Format::Js).map_err(|e| e.located_in(&text)),
+                        Err(_) => Err(e),
+                    }
+                }
+                other => other,
+            }
         }
+        _ => parse(&read()?, format),
     }
     .map_err(|e| UsageError(format!("{label}{e}")))?;
 
-    for key in &top.unknown {
-        warnings.push(format!("{label}: unknown key '{key}' (ignored)"));
+    let dialect = if format == Format::Toml {
+        Dialect::Herd
+    } else {
+        Dialect::Pm2
+    };
+    let mut notes = keys::Notes::default();
+    for key in &top.stray {
+        if keys::TOP_LEVEL_NOT_DONE.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        warnings.push(format!(
+            "{label}: top-level key '{key}' ignored: app keys go inside each app of `apps`"
+        ));
+    }
+    for (key, what) in keys::TOP_LEVEL_NOT_DONE {
+        if top.top_keys.iter().any(|k| k == key) {
+            warnings.push(format!(
+                "{label}: pm2's '{key}' is not done by herd (ignored): {what}"
+            ));
+        }
     }
     if top.apps.is_empty() {
         return Err(UsageError(format!(
@@ -127,44 +185,46 @@ pub fn load(path: &Path, profile: Option<&str>) -> Result<(Vec<FileApp>, Vec<Str
             }
         )));
     }
-    let base = base_dir(path)?;
-    let dialect = if format == Format::Toml {
-        Dialect::Herd
-    } else {
-        Dialect::Pm2
+    if top.apps_was_object {
+        check_object_of_apps(&label, &top.apps[0])?;
+    }
+    let base = match dialect {
+        Dialect::Pm2 => cwd.to_path_buf(),
+        Dialect::Herd => file_dir(path, cwd),
     };
-
     let mut apps = Vec::with_capacity(top.apps.len());
-    for (index, raw) in top.apps.into_iter().enumerate() {
-        apps.push(build(
-            raw,
-            index,
-            dialect,
-            profile,
-            &label,
-            &base,
-            &mut warnings,
-        )?);
+    let mut has_profile = false;
+    for (index, app) in top.apps.into_iter().enumerate() {
+        let (built, found) = build(app, index, dialect, profile, &label, &mut notes)?;
+        has_profile |= found;
+        apps.push(FileApp {
+            base: base.clone(),
+            ..built
+        });
+    }
+    for app in &mut apps {
+        app.options.source_file = Some(path.to_path_buf());
     }
     for (i, app) in apps.iter().enumerate() {
-        let name = app.app.options.name.as_deref().unwrap_or_default();
+        let name = app.options.name.as_deref().unwrap_or_default();
         if apps[..i]
             .iter()
-            .any(|a| a.app.options.name.as_deref() == Some(name))
+            .any(|a| a.options.name.as_deref() == Some(name))
         {
             return Err(UsageError(format!(
                 "{label}: two apps are named '{name}': give each a different name"
             )));
         }
     }
+    warnings.extend(notes.into_warnings(&label));
     if let Some(profile) = profile {
-        if !apps.iter().any(|a| a.has_profile) {
+        if !has_profile {
             warnings.push(format!(
                 "{label}: no app has env_{profile}: --env {profile} changed nothing"
             ));
         }
     }
-    Ok((apps.into_iter().map(|a| a.app).collect(), warnings))
+    Ok((apps, warnings))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,151 +240,283 @@ fn format_of(path: &Path) -> Option<Format> {
     let ext = name.rsplit_once('.')?.1;
     match ext {
         "toml" => Some(Format::Toml),
-        "json" => Some(Format::Json),
+        "json" | "json5" => Some(Format::Json),
         "yaml" | "yml" => Some(Format::Yaml),
         "js" | "cjs" | "mjs" if name.ends_with(&format!(".config.{ext}")) => Some(Format::Js),
         _ => None,
     }
 }
 
-/// The file's directory, absolute (relative paths in it are taken from there).
-fn base_dir(path: &Path) -> Result<PathBuf, UsageError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::path::absolute(dir).map_err(|e| {
-        UsageError(format!(
-            "cannot find the directory of {}: {e}",
-            path.display()
-        ))
-    })
+/// The file's directory, absolute.
+fn file_dir(path: &Path, cwd: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => cwd.join(p),
+        _ => cwd.to_path_buf(),
+    }
+}
+
+/// `apps: { … }`: pm2 takes the object as one app. When it is rather a map
+/// of apps by name (its values are tables with a script), say so.
+fn check_object_of_apps(label: &str, app: &App) -> Result<(), UsageError> {
+    if app.raw.script.is_some() || app.raw.command.is_some() {
+        return Ok(());
+    }
+    let inner: Vec<&str> = app
+        .extras
+        .other
+        .iter()
+        .filter(|(_, v)| v.get("script").is_some() || v.get("cmd").is_some())
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if inner.is_empty() {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "{label}: apps: is an object whose keys {} hold apps; pm2 reads an object here as one app (which has no script): write apps as a list, as apps: [{{ name: '{}', script: … }}, …]",
+        inner
+            .iter()
+            .map(|k| format!("'{k}'"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        inner[0]
+    )))
 }
 
 // ---------------------------------------------------------------------------
-// Parsing: one hand-written visitor per level, so that every value is checked
-// where the parser still knows its position, and unknown keys are collected
-// instead of failing.
+// The schema.
 
-/// What the parsers found, before defaults are applied.
+/// One app's keys. A new key is one line here; its value type says how it
+/// is read.
+#[derive(Deserialize, Default, Debug)]
+#[serde(default)]
+struct RawApp {
+    name: Option<V<Name>>,
+    #[serde(alias = "exec")]
+    script: Option<V<Text>>,
+    #[serde(alias = "cmd")]
+    command: Option<CommandValue>,
+    args: Option<ArgList>,
+    instances: Option<V<InstanceCount>>,
+    exec_mode: Option<V<Mode>>,
+    execute_command: Option<V<Flag>>,
+    listen: Option<OneOrMany<Listen>>,
+    balance: Option<V<BalanceMode>>,
+    #[serde(alias = "interpreter")]
+    exec_interpreter: Option<V<Text>>,
+    #[serde(alias = "interpreter_args")]
+    node_args: Option<ArgList>,
+    shutdown_with_message: Option<V<Flag>>,
+    restart: Option<V<Restart>>,
+    autorestart: Option<V<Flag>>,
+    restart_delay: Option<V<Millis>>,
+    exp_backoff_restart_delay: Option<V<Millis>>,
+    max_restart_delay: Option<V<Millis>>,
+    min_uptime: Option<V<Millis>>,
+    max_restarts: Option<V<Count>>,
+    kill_signal: Option<V<StopSignal>>,
+    kill_timeout: Option<V<Millis>>,
+    wait_ready: Option<V<Flag>>,
+    ready_delay: Option<V<Millis>>,
+    listen_timeout: Option<V<Millis>>,
+    env: Option<Env>,
+    cwd: Option<V<Text>>,
+    instance_var: Option<V<VarName>>,
+    append_env_to_name: Option<V<Flag>>,
+    time: Option<V<Flag>>,
+    log_date_format: Option<V<Text>>,
+    #[serde(alias = "out", alias = "output", alias = "out_log")]
+    out_file: Option<V<Text>>,
+    #[serde(
+        alias = "error",
+        alias = "err",
+        alias = "err_file",
+        alias = "err_log",
+        alias = "error_log"
+    )]
+    error_file: Option<V<Text>>,
+    log_max_size: Option<V<Bytes>>,
+    log_keep: Option<V<Count>>,
+    max_memory_restart: Option<V<Bytes>>,
+    windows_hide: Option<V<Flag>>,
+    // Read and kept; honoured by a later release (see options::pending).
+    watch: Option<Switch>,
+    ignore_watch: Option<OneOrMany<Text>>,
+    watch_delay: Option<V<Millis>>,
+    #[serde(alias = "cron")]
+    cron_restart: Option<V<Cron>>,
+    stop_exit_codes: Option<OneOrMany<ExitCode>>,
+    filter_env: Option<Switch>,
+    increment_var: Option<V<VarName>>,
+    port: Option<V<Port>>,
+    log_type: Option<V<Text>>,
+    #[serde(alias = "log")]
+    log_file: Option<Switch>,
+    #[serde(alias = "combine_logs")]
+    merge_logs: Option<V<Flag>>,
+}
+
+/// The names [`RawApp`] takes, aliases included (serde's own list).
+fn fields() -> &'static [&'static str] {
+    static FIELDS: OnceLock<&'static [&'static str]> = OnceLock::new();
+    FIELDS.get_or_init(|| {
+        let mut out = None;
+        let _ = RawApp::deserialize(FieldNames(&mut out));
+        out.expect("RawApp is a struct")
+    })
+}
+
+/// A deserializer that only learns a struct's field names.
+struct FieldNames<'a>(&'a mut Option<&'static [&'static str]>);
+
+impl<'de> Deserializer<'de> for FieldNames<'_> {
+    type Error = de::value::Error;
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("field names only"))
+    }
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = Some(fields);
+        Err(de::Error::custom("field names only"))
+    }
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
+    }
+}
+
+/// `killTimeout` → `kill_timeout` (pm2 takes every key in camelCase too).
+fn snake_case(key: &str) -> Option<String> {
+    let first = key.chars().next()?;
+    if !first.is_ascii_lowercase()
+        || key.contains('_')
+        || !key.chars().any(|c| c.is_ascii_uppercase())
+    {
+        return None;
+    }
+    let mut out = String::with_capacity(key.len() + 4);
+    for c in key.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
+/// One app: its keys, and what was not a field.
+#[derive(Debug, Default)]
+struct App {
+    raw: RawApp,
+    extras: Extras,
+}
+
+/// The keys of an app that are no field of [`RawApp`].
+#[derive(Debug, Default)]
+struct Extras {
+    /// `env_<profile>` tables, in order.
+    profiles: Vec<(String, Env)>,
+    /// Any other key, with its value (pm2 keys herd does not do, unknown keys).
+    other: Vec<(String, serde_json::Value)>,
+    /// Every key, as written.
+    seen: Vec<String>,
+}
+
+impl App {
+    /// Reads an app from `map`, whose keys [`AppKeys`] sorts.
+    fn from_map<'de, A: MapAccess<'de>>(map: A) -> Result<App, A::Error> {
+        let mut extras = Extras::default();
+        let raw = RawApp::deserialize(de::value::MapAccessDeserializer::new(AppKeys {
+            inner: map,
+            extras: &mut extras,
+        }))?;
+        Ok(App { raw, extras })
+    }
+}
+
+impl<'de> Deserialize<'de> for App {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<App, D::Error> {
+        struct AppVisitor;
+        impl<'de> Visitor<'de> for AppVisitor {
+            type Value = App;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an app: a table of options with its script")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<App, A::Error> {
+                App::from_map(map)
+            }
+        }
+        d.deserialize_map(AppVisitor)
+    }
+}
+
+/// Passes an app's fields on to [`RawApp`] (camelCase spelled in snake case)
+/// and keeps the rest in [`Extras`]; each value is read from the file's own
+/// parser, so its errors keep their line.
+struct AppKeys<'a, A> {
+    inner: A,
+    extras: &'a mut Extras,
+}
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for AppKeys<'_, A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        loop {
+            let Some(key) = self.inner.next_key::<String>()? else {
+                return Ok(None);
+            };
+            self.extras.seen.push(key.clone());
+            let field = if fields().contains(&key.as_str()) {
+                Some(key.clone())
+            } else {
+                snake_case(&key).filter(|k| fields().contains(&k.as_str()))
+            };
+            if let Some(field) = field {
+                return seed
+                    .deserialize(de::value::StringDeserializer::new(field))
+                    .map(Some);
+            }
+            match key.strip_prefix("env_") {
+                Some(profile) if !profile.is_empty() => {
+                    let env: Env = self.inner.next_value()?;
+                    self.extras.profiles.push((profile.to_string(), env));
+                }
+                _ => {
+                    let value: serde_json::Value = self.inner.next_value()?;
+                    self.extras.other.push((key, value));
+                }
+            }
+        }
+    }
+
+    fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, A::Error> {
+        self.inner.next_value_seed(seed)
+    }
+}
+
+/// What a file holds: its apps, and what else was at the top.
 #[derive(Default)]
 struct Top {
-    apps: Vec<RawApp>,
-    unknown: Vec<String>,
+    apps: Vec<App>,
+    /// `apps` was one object (pm2 reads it as one app).
+    apps_was_object: bool,
+    /// Top-level keys of pm2's (`deploy`, `static`) seen.
+    top_keys: Vec<String>,
+    /// App keys at the top next to `apps` (ignored, as pm2 ignores them).
+    stray: Vec<String>,
 }
 
-#[derive(Default)]
-struct RawApp {
-    name: Option<String>,
-    script: Option<String>,
-    command: Option<Vec<String>>,
-    args: Option<Vec<String>>,
-    instances: Option<Instances>,
-    listen: Option<Vec<ListenSpec>>,
-    balance: Option<Balance>,
-    interpreter: Option<String>,
-    interpreter_args: Vec<String>,
-    shutdown_with_message: Option<bool>,
-    restart: Option<RestartMode>,
-    autorestart: Option<bool>,
-    restart_delay: Option<Duration>,
-    exp_backoff_restart_delay: Option<Duration>,
-    max_restart_delay: Option<Duration>,
-    min_uptime: Option<Duration>,
-    max_restarts: Option<u32>,
-    kill_signal: Option<Signal>,
-    kill_timeout: Option<Duration>,
-    wait_ready: Option<bool>,
-    ready_delay: Option<Duration>,
-    listen_timeout: Option<Duration>,
-    env: Vec<(String, String)>,
-    profiles: Vec<(String, Vec<(String, String)>)>,
-    cwd: Option<PathBuf>,
-    instance_var: Option<String>,
-    time: Option<bool>,
-    log_date_format: Option<String>,
-    out_file: Option<PathBuf>,
-    error_file: Option<PathBuf>,
-    log_max_size: Option<u64>,
-    log_keep: Option<u32>,
-    max_memory_restart: Option<u64>,
-    /// Keys herd does not know, for the warnings.
-    unknown: Vec<String>,
-    /// pm2 keys herd knows but does not implement.
-    unsupported: Vec<String>,
-}
-
-/// pm2 options herd has no equivalent for: named as such in the warning.
-const PM2_UNSUPPORTED: &[&str] = &[
-    "watch",
-    "ignore_watch",
-    "watch_delay",
-    "watch_options",
-    "cron_restart",
-    "log_file",
-    "log",
-    "combine_logs_file",
-    "source_map_support",
-    "vizion",
-    "autostart",
-    "increment_var",
-    "namespace",
-    "filter_env",
-    "force",
-    "post_update",
-    "treekill",
-    "pid_file",
-    "pid",
-    "disable_logs",
-    "appendEnvToName",
-    "append_env_to_name",
-    "version",
-    "automation",
-    "pmx",
-    "stop_exit_codes",
-];
-
-/// Every key an app may have, for the "did you mean" hint.
-const KNOWN_KEYS: &[&str] = &[
-    "name",
-    "script",
-    "command",
-    "args",
-    "instances",
-    "exec_mode",
-    "listen",
-    "balance",
-    "interpreter",
-    "exec_interpreter",
-    "interpreter_args",
-    "node_args",
-    "shutdown_with_message",
-    "restart",
-    "autorestart",
-    "restart_delay",
-    "exp_backoff_restart_delay",
-    "max_restart_delay",
-    "min_uptime",
-    "max_restarts",
-    "kill_signal",
-    "kill_timeout",
-    "wait_ready",
-    "ready_delay",
-    "listen_timeout",
-    "env",
-    "cwd",
-    "instance_var",
-    "time",
-    "log_date_format",
-    "out_file",
-    "error_file",
-    "log_max_size",
-    "log_keep",
-    "max_memory_restart",
-    "merge_logs",
-];
-
-impl<'de> serde::Deserialize<'de> for Top {
+impl<'de> Deserialize<'de> for Top {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Top, D::Error> {
         struct TopVisitor;
         impl<'de> Visitor<'de> for TopVisitor {
@@ -332,443 +524,143 @@ impl<'de> serde::Deserialize<'de> for Top {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a table with a list of `apps`, or a list of apps")
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Top, A::Error> {
-                let apps = AppList.visit_seq(seq)?;
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Top, A::Error> {
+                let mut apps = Vec::new();
+                while let Some(app) = seq.next_element::<App>()? {
+                    apps.push(app);
+                }
                 Ok(Top {
                     apps,
-                    unknown: Vec::new(),
+                    ..Top::default()
                 })
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top, A::Error> {
-                // `{apps: [...]}`, or (as pm2 also reads) one app by itself.
-                let mut apps = None;
-                let mut single = RawApp::default();
-                let mut others = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    match key.as_str() {
-                        "apps" | "pm2" => apps = Some(map.next_value_seed(AppList)?),
-                        // pm2's deployment settings: nothing for herd to do.
-                        "deploy" => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                        _ => {
-                            others.push(key.clone());
-                            app_key(&mut single, key, &mut map)?;
-                        }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Top, A::Error> {
+                // `{apps: [...]}` (or pm2's `pm2:`), or as pm2 also reads it,
+                // one app by itself.
+                let mut top = Top::default();
+                let mut apps: Option<AppList> = None;
+                let single = App::from_map(TopKeys {
+                    inner: map,
+                    apps: &mut apps,
+                    top_keys: &mut top.top_keys,
+                })?;
+                match apps {
+                    Some(list) => {
+                        top.apps_was_object = list.was_object;
+                        top.apps = list.apps;
+                        top.stray = single.extras.seen;
                     }
+                    None if single.extras.seen.is_empty() => {}
+                    None => top.apps = vec![single],
                 }
-                Ok(match apps {
-                    Some(apps) => Top {
-                        apps,
-                        unknown: others,
-                    },
-                    None if single.script.is_some() || single.command.is_some() => Top {
-                        apps: vec![single],
-                        unknown: Vec::new(),
-                    },
-                    None => Top {
-                        apps: Vec::new(),
-                        unknown: others,
-                    },
-                })
+                Ok(top)
             }
         }
         d.deserialize_any(TopVisitor)
     }
 }
 
-struct AppList;
-
-impl<'de> DeserializeSeed<'de> for AppList {
-    type Value = Vec<RawApp>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<RawApp>, D::Error> {
-        d.deserialize_any(self)
-    }
+/// The top level's own keys (`apps`, `pm2`, `deploy`, `static`), kept from the
+/// single app read there.
+struct TopKeys<'a, A> {
+    inner: A,
+    apps: &'a mut Option<AppList>,
+    top_keys: &'a mut Vec<String>,
 }
 
-impl<'de> Visitor<'de> for AppList {
-    type Value = Vec<RawApp>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a list of apps, or one app")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<RawApp>, A::Error> {
-        let mut apps = Vec::new();
-        while let Some(app) = seq.next_element::<RawApp>()? {
-            apps.push(app);
-        }
-        Ok(apps)
-    }
-    /// One app alone.
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Vec<RawApp>, A::Error> {
-        Ok(vec![AppVisitor.visit_map(map)?])
-    }
-}
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for TopKeys<'_, A> {
+    type Error = A::Error;
 
-impl<'de> serde::Deserialize<'de> for RawApp {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawApp, D::Error> {
-        d.deserialize_map(AppVisitor)
-    }
-}
-
-struct AppVisitor;
-
-impl<'de> Visitor<'de> for AppVisitor {
-    type Value = RawApp;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an app: a table of options with its script")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawApp, A::Error> {
-        let mut app = RawApp::default();
-        while let Some(key) = map.next_key::<String>()? {
-            app_key(&mut app, key, &mut map)?;
-        }
-        Ok(app)
-    }
-}
-
-/// Reads the value of one key of an app.
-fn app_key<'de, A: MapAccess<'de>>(
-    app: &mut RawApp,
-    key: String,
-    map: &mut A,
-) -> Result<(), A::Error> {
-    match key.as_str() {
-        "name" => app.name = Some(map.next_value_seed(TEXT)?),
-        "script" => app.script = Some(map.next_value_seed(TEXT)?),
-        "command" => app.command = Some(map.next_value_seed(List::words(TEXT))?),
-        "args" => app.args = Some(map.next_value_seed(List::words(ARG))?),
-        "instances" => app.instances = Some(map.next_value_seed(INSTANCES)?),
-        "exec_mode" => {
-            map.next_value_seed(EXEC_MODE)?;
-        }
-        "listen" => app.listen = Some(map.next_value_seed(List::items(LISTEN))?),
-        "balance" => app.balance = Some(map.next_value_seed(BALANCE)?),
-        "interpreter" | "exec_interpreter" => app.interpreter = Some(map.next_value_seed(TEXT)?),
-        "interpreter_args" | "node_args" => {
-            let mut args = map.next_value_seed(List::words(ARG))?;
-            app.interpreter_args.append(&mut args);
-        }
-        "shutdown_with_message" => app.shutdown_with_message = Some(map.next_value_seed(BOOL)?),
-        "restart" => app.restart = Some(map.next_value_seed(RESTART)?),
-        "autorestart" => app.autorestart = Some(map.next_value_seed(BOOL)?),
-        "restart_delay" => app.restart_delay = Some(map.next_value_seed(DURATION)?),
-        "exp_backoff_restart_delay" => {
-            app.exp_backoff_restart_delay = Some(map.next_value_seed(DURATION)?)
-        }
-        "max_restart_delay" => app.max_restart_delay = Some(map.next_value_seed(DURATION)?),
-        "min_uptime" => app.min_uptime = Some(map.next_value_seed(DURATION)?),
-        "max_restarts" => app.max_restarts = Some(map.next_value_seed(COUNT)?),
-        "kill_signal" => app.kill_signal = Some(map.next_value_seed(SIGNAL)?),
-        "kill_timeout" => app.kill_timeout = Some(map.next_value_seed(DURATION)?),
-        "wait_ready" => app.wait_ready = Some(map.next_value_seed(BOOL)?),
-        "ready_delay" => app.ready_delay = Some(map.next_value_seed(DURATION)?),
-        "listen_timeout" => app.listen_timeout = Some(map.next_value_seed(DURATION)?),
-        "env" => app.env = map.next_value_seed(EnvTable)?,
-        "cwd" => app.cwd = Some(map.next_value_seed(PATH)?),
-        "instance_var" => app.instance_var = Some(map.next_value_seed(TEXT)?),
-        "time" => app.time = Some(map.next_value_seed(BOOL)?),
-        "log_date_format" => app.log_date_format = Some(map.next_value_seed(TEXT)?),
-        "out_file" | "out_log" | "output" => app.out_file = Some(map.next_value_seed(PATH)?),
-        "error_file" | "err_file" | "err_log" | "error_log" | "error" => {
-            app.error_file = Some(map.next_value_seed(PATH)?)
-        }
-        "log_max_size" => app.log_max_size = Some(map.next_value_seed(SIZE)?),
-        "log_keep" => app.log_keep = Some(map.next_value_seed(COUNT)?),
-        "max_memory_restart" => app.max_memory_restart = Some(map.next_value_seed(SIZE)?),
-        // herd always writes one file per stream for all workers.
-        "merge_logs" | "combine_logs" => {
-            map.next_value_seed(BOOL)?;
-        }
-        k if k.starts_with("env_") && k.len() > 4 => {
-            let env = map.next_value_seed(EnvTable)?;
-            app.profiles.push((k[4..].to_string(), env));
-        }
-        k if PM2_UNSUPPORTED.contains(&k) => {
-            map.next_value::<IgnoredAny>()?;
-            app.unsupported.push(key);
-        }
-        _ => {
-            map.next_value::<IgnoredAny>()?;
-            app.unknown.push(key);
-        }
-    }
-    Ok(())
-}
-
-/// One scalar value read as text (numbers and, if allowed, booleans are
-/// written out), then checked by one of the command line's parsers.
-struct Scalar<T> {
-    parse: fn(&str) -> Result<T, String>,
-    expecting: &'static str,
-    numbers: bool,
-    bools: bool,
-}
-
-impl<T> Clone for Scalar<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for Scalar<T> {}
-
-const TEXT: Scalar<String> = Scalar {
-    parse: |s| Ok(s.to_string()),
-    expecting: "a string",
-    numbers: false,
-    bools: false,
-};
-/// A command-line argument: numbers are fine (`args: ["--port", 8000]`).
-const ARG: Scalar<String> = Scalar {
-    parse: |s| Ok(s.to_string()),
-    expecting: "a string",
-    numbers: true,
-    bools: true,
-};
-const PATH: Scalar<PathBuf> = Scalar {
-    parse: |s| Ok(PathBuf::from(s)),
-    expecting: "a path",
-    numbers: false,
-    bools: false,
-};
-const BOOL: Scalar<bool> = Scalar {
-    parse: |s| match s {
-        "true" => Ok(true),
-        "false" => Ok(false),
-        _ => Err(format!("invalid value '{s}': use true or false")),
-    },
-    expecting: "true or false",
-    numbers: false,
-    bools: true,
-};
-const DURATION: Scalar<Duration> = Scalar {
-    parse: options::duration,
-    expecting: "a duration (\"12s\", \"500ms\", or a number of milliseconds)",
-    numbers: true,
-    bools: false,
-};
-const SIZE: Scalar<u64> = Scalar {
-    parse: options::size,
-    expecting: "a size (\"200M\", \"1G\", or a number of bytes)",
-    numbers: true,
-    bools: false,
-};
-const COUNT: Scalar<u32> = Scalar {
-    parse: |s| {
-        s.parse()
-            .map_err(|_| format!("invalid count '{s}': use a whole number from 0"))
-    },
-    expecting: "a whole number",
-    numbers: true,
-    bools: false,
-};
-const INSTANCES: Scalar<Instances> = Scalar {
-    parse: options::parsed::<Instances>,
-    expecting: "a number of instances, or \"max\"",
-    numbers: true,
-    bools: false,
-};
-const LISTEN: Scalar<ListenSpec> = Scalar {
-    parse: options::parsed::<ListenSpec>,
-    expecting: "a listen address (\"127.0.0.1:8000\", a port, or \"unix:PATH\")",
-    numbers: true,
-    bools: false,
-};
-const BALANCE: Scalar<Balance> = Scalar {
-    parse: options::parsed::<Balance>,
-    expecting: "a balance mode (shared, reuseport or round-robin)",
-    numbers: false,
-    bools: false,
-};
-const RESTART: Scalar<RestartMode> = Scalar {
-    parse: options::parsed::<RestartMode>,
-    expecting: "a restart mode (always, on-failure or never)",
-    numbers: false,
-    bools: false,
-};
-const SIGNAL: Scalar<Signal> = Scalar {
-    parse: options::kill_signal,
-    expecting: "a signal name (SIGINT, SIGTERM, …)",
-    numbers: false,
-    bools: false,
-};
-/// pm2's `exec_mode`: herd runs both modes the same way (one supervisor, any
-/// number of workers), so it is only checked.
-const EXEC_MODE: Scalar<()> = Scalar {
-    parse: |s| match s {
-        "cluster" | "cluster_mode" | "fork" | "fork_mode" => Ok(()),
-        _ => Err(format!("invalid exec_mode '{s}': use cluster or fork")),
-    },
-    expecting: "cluster or fork",
-    numbers: false,
-    bools: false,
-};
-
-impl<'de, T> DeserializeSeed<'de> for Scalar<T> {
-    type Value = T;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de, T> Visitor<'de> for Scalar<T> {
-    type Value = T;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(self.expecting)
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        (self.parse)(v).map_err(E::custom)
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-        if !self.numbers {
-            return Err(E::invalid_type(de::Unexpected::Signed(v), &self));
-        }
-        self.visit_str(&v.to_string())
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-        if !self.numbers {
-            return Err(E::invalid_type(de::Unexpected::Unsigned(v), &self));
-        }
-        self.visit_str(&v.to_string())
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
-        if !self.numbers {
-            return Err(E::invalid_type(de::Unexpected::Float(v), &self));
-        }
-        self.visit_str(&number_text(v))
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
-        if !self.bools {
-            return Err(E::invalid_type(de::Unexpected::Bool(v), &self));
-        }
-        self.visit_str(if v { "true" } else { "false" })
-    }
-}
-
-/// A float as a person would write it: 12000.0 is "12000".
-fn number_text(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
-    } else {
-        v.to_string()
-    }
-}
-
-/// A list of values, or one value alone; with `split`, one string is split
-/// into words like a shell does (`args: "--port 8000"`).
-struct List<T> {
-    item: Scalar<T>,
-    split: bool,
-}
-
-impl<T> List<T> {
-    fn words(item: Scalar<T>) -> List<T> {
-        List { item, split: true }
-    }
-    fn items(item: Scalar<T>) -> List<T> {
-        List { item, split: false }
-    }
-}
-
-impl<'de, T> DeserializeSeed<'de> for List<T> {
-    type Value = Vec<T>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<T>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de, T> Visitor<'de> for List<T> {
-    type Value = Vec<T>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "a list of values ({}), or one", self.item.expecting)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-        let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(self.item)? {
-            out.push(v);
-        }
-        Ok(out)
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<T>, E> {
-        if !self.split {
-            return Ok(vec![self.item.visit_str(v)?]);
-        }
-        let words = shlex::split(v).ok_or_else(|| {
-            E::custom(format!(
-                "cannot split '{v}' into words (unbalanced quotes?): close the quotes or give a list"
-            ))
-        })?;
-        words.iter().map(|w| self.item.visit_str(w)).collect()
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Vec<T>, E> {
-        Ok(vec![self.item.visit_i64(v)?])
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Vec<T>, E> {
-        Ok(vec![self.item.visit_u64(v)?])
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Vec<T>, E> {
-        Ok(vec![self.item.visit_f64(v)?])
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Vec<T>, E> {
-        Ok(vec![self.item.visit_bool(v)?])
-    }
-}
-
-/// An environment table: strings, or numbers and booleans written out.
-struct EnvTable;
-
-const ENV_VALUE: Scalar<String> = Scalar {
-    parse: |s| {
-        if s.contains('\0') {
-            Err("an environment value cannot contain a NUL byte".into())
-        } else {
-            Ok(s.to_string())
-        }
-    },
-    expecting: "a string, number or boolean",
-    numbers: true,
-    bools: true,
-};
-
-impl<'de> DeserializeSeed<'de> for EnvTable {
-    type Value = Vec<(String, String)>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for EnvTable {
-    type Value = Vec<(String, String)>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a table of environment variables (NAME = \"value\")")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut env: Vec<(String, String)> = Vec::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(de::Error::custom(format!(
-                    "invalid environment variable name '{key}': it must be non-empty, without '=' or NUL"
-                )));
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        loop {
+            let Some(key) = self.inner.next_key::<String>()? else {
+                return Ok(None);
+            };
+            match key.as_str() {
+                // pm2: `apps`, else `pm2`.
+                "apps" | "pm2" if self.apps.is_none() => {
+                    *self.apps = Some(self.inner.next_value()?);
+                }
+                k if keys::TOP_LEVEL_NOT_DONE.iter().any(|(t, _)| *t == k) => {
+                    self.inner.next_value::<de::IgnoredAny>()?;
+                    self.top_keys.push(key);
+                }
+                _ => {
+                    return seed
+                        .deserialize(de::value::StringDeserializer::new(key))
+                        .map(Some)
+                }
             }
-            let value = map.next_value_seed(ENV_VALUE)?;
-            set_env(&mut env, key, value);
         }
-        Ok(env)
+    }
+
+    fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, A::Error> {
+        self.inner.next_value_seed(seed)
     }
 }
 
-fn set_env(env: &mut Vec<(String, String)>, key: String, value: String) {
-    match env.iter_mut().find(|(k, _)| *k == key) {
-        Some(slot) => slot.1 = value,
-        None => env.push((key, value)),
+/// `apps`: a list of apps, or (as pm2 reads it) one app.
+struct AppList {
+    apps: Vec<App>,
+    was_object: bool,
+}
+
+impl<'de> Deserialize<'de> for AppList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<AppList, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = AppList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of apps")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AppList, A::Error> {
+                let mut apps = Vec::new();
+                while let Some(app) = seq.next_element::<App>()? {
+                    apps.push(app);
+                }
+                Ok(AppList {
+                    apps,
+                    was_object: false,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<AppList, A::Error> {
+                Ok(AppList {
+                    apps: vec![App::from_map(map)?],
+                    was_object: true,
+                })
+            }
+        }
+        d.deserialize_any(ListVisitor)
     }
 }
+
+// ---------------------------------------------------------------------------
+// Parse errors, with their place.
 
 /// A parse failure: the message, and its line and column where known.
 struct ParseError {
     path: String,
     message: String,
     position: Option<(usize, usize)>,
+    /// A syntax error (not a value of the wrong type).
+    syntax: bool,
+}
+
+impl ParseError {
+    /// For a file whose parsed text is not its source (JS, JSON5): the line
+    /// where the failing key is written, when it is written once.
+    fn located_in(mut self, source: &str) -> ParseError {
+        if self.position.is_none() {
+            let path = clean_path(&self.path);
+            let key = path.rsplit('.').next().unwrap_or_default();
+            let key = key.split('[').next().unwrap_or_default();
+            self.position = key_position(source, key);
+        }
+        self
+    }
 }
 
 impl fmt::Display for ParseError {
@@ -786,12 +678,45 @@ impl fmt::Display for ParseError {
     }
 }
 
+/// Where `key` is written as a key (`key:`, `"key":`, `'key' :`) in
+/// `source`, if exactly once.
+fn key_position(source: &str, key: &str) -> Option<(usize, usize)> {
+    if key.is_empty() {
+        return None;
+    }
+    let ident = |c: char| c.is_alphanumeric() || c == '_' || c == '$';
+    let mut found = None;
+    for (line_no, line) in source.lines().enumerate() {
+        let mut from = 0;
+        while let Some(i) = line[from..].find(key).map(|i| i + from) {
+            let before = line[..i].chars().next_back();
+            let after = &line[i + key.len()..];
+            let after = after.strip_prefix(['"', '\'']).unwrap_or(after);
+            let starts = before.is_none_or(|c| !ident(c));
+            if starts && after.trim_start().starts_with(':') {
+                if found.is_some() {
+                    return None;
+                }
+                let col = line[..i].chars().count() + 1;
+                let col = if matches!(before, Some('"' | '\'')) {
+                    col - 1
+                } else {
+                    col
+                };
+                found = Some((line_no + 1, col));
+            }
+            from = i + key.len();
+        }
+    }
+    found
+}
+
 fn parse(text: &str, format: Format) -> Result<Top, ParseError> {
     match format {
         Format::Toml => {
-            let de = toml::Deserializer::parse(text).map_err(|e| toml_error(text, "", &e))?;
+            let de = toml::Deserializer::parse(text).map_err(|e| toml_error(text, "", &e, true))?;
             serde_path_to_error::deserialize(de)
-                .map_err(|e| toml_error(text, &e.path().to_string(), e.inner()))
+                .map_err(|e| toml_error(text, &e.path().to_string(), e.inner(), false))
         }
         Format::Json | Format::Js => {
             let mut de = serde_json::Deserializer::from_str(text);
@@ -814,13 +739,14 @@ fn parse(text: &str, format: Format) -> Result<Top, ParseError> {
                     path,
                     message,
                     position: e.location().map(|l| (l.line(), l.column())),
+                    syntax: false,
                 }
             })
         }
     }
 }
 
-fn toml_error(text: &str, path: &str, e: &toml::de::Error) -> ParseError {
+fn toml_error(text: &str, path: &str, e: &toml::de::Error, syntax: bool) -> ParseError {
     let position = e.span().map(|span| {
         let before = &text[..span.start.min(text.len())];
         let line = before.matches('\n').count() + 1;
@@ -831,6 +757,7 @@ fn toml_error(text: &str, path: &str, e: &toml::de::Error) -> ParseError {
         path: path.to_string(),
         message: e.message().trim_end().to_string(),
         position,
+        syntax,
     }
 }
 
@@ -841,6 +768,7 @@ fn json_error(path: &str, e: &serde_json::Error, format: Format) -> ParseError {
         path: path.to_string(),
         message: without_position(&e.to_string()),
         position,
+        syntax: e.is_syntax() || e.is_eof(),
     }
 }
 
@@ -885,43 +813,40 @@ enum Dialect {
 /// pm2's ceiling for `exp_backoff_restart_delay`.
 const PM2_MAX_BACKOFF: Duration = Duration::from_secs(15);
 
-struct Built {
-    app: FileApp,
-    has_profile: bool,
-}
-
+/// One app's options; and whether it has the asked profile.
 fn build(
-    raw: RawApp,
+    app: App,
     index: usize,
     dialect: Dialect,
     profile: Option<&str>,
     label: &str,
-    base: &Path,
-    warnings: &mut Vec<String>,
-) -> Result<Built, UsageError> {
-    let command = match (raw.script, raw.command) {
+    notes: &mut keys::Notes,
+) -> Result<(FileApp, bool), UsageError> {
+    let App { raw, extras } = app;
+    let given_name = raw.name.map(|n| n.0);
+    let app_label = match &given_name {
+        Some(n) => format!("'{n}'"),
+        None => format!("number {}", index + 1),
+    };
+    let args = raw.args.map(|a| a.0).unwrap_or_default();
+    let (mut command, style) = match (raw.script, raw.command) {
         (Some(_), Some(_)) => {
             return Err(UsageError(format!(
-                "{label}: app {}: has both script and command: keep one",
-                app_label(raw.name.as_deref(), index)
+                "{label}: app {app_label}: has both script and command (or cmd): keep one"
             )))
         }
-        (Some(script), None) => {
-            let mut c = vec![script];
-            c.extend(raw.args.unwrap_or_default());
-            c
+        (Some(V(script)), None) => (vec![script], Style::Script),
+        // pm2's `cmd`/`command` is another name for `script`.
+        (None, Some(CommandValue::Line(line))) if dialect == Dialect::Pm2 => {
+            (vec![line], Style::Script)
         }
-        (None, Some(command)) => {
-            let mut c = command;
-            c.extend(raw.args.unwrap_or_default());
-            c
-        }
-        (None, None) => Vec::new(),
+        (None, Some(CommandValue::Line(line))) => (options::split_words(&line), Style::Argv),
+        (None, Some(CommandValue::Argv(argv))) => (argv, Style::Argv),
+        (None, None) => (Vec::new(), Style::Script),
     };
-    if command.first().is_none_or(|p| p.is_empty()) {
+    if command.first().is_none_or(|p| p.trim().is_empty()) {
         return Err(UsageError(format!(
-            "{label}: app {} has no script: give the file or program to run ({})",
-            app_label(raw.name.as_deref(), index),
+            "{label}: app {app_label} has no script: give the file or program to run ({})",
             if dialect == Dialect::Herd {
                 "script = \"app.js\", or command = [\"./server\", \"--flag\"]"
             } else {
@@ -929,57 +854,64 @@ fn build(
             }
         )));
     }
-    let name = raw.name.clone().unwrap_or_else(|| {
-        Path::new(&command[0])
-            .file_stem()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| command[0].clone())
-    });
-    if name.is_empty() {
-        return Err(UsageError(format!(
-            "{label}: app {} has an empty name: give it one",
-            index + 1
-        )));
+    command.extend(args);
+    let mut name = given_name
+        .clone()
+        .unwrap_or_else(|| options::launch::default_name(&command[0]));
+    let mut has_profile = false;
+    let mut env = raw.env.unwrap_or_default();
+    if let Some(profile) = profile {
+        for (p, vars) in extras.profiles {
+            if p == profile {
+                has_profile = true;
+                for (k, v) in vars.0 {
+                    env.set(k, v);
+                }
+            }
+        }
+        // pm2's append_env_to_name: `api` started with --env production is `api-production`.
+        if raw.append_env_to_name.is_some_and(|f| f.0) {
+            name = format!("{name}-{profile}");
+        }
     }
-    for key in &raw.unknown {
-        let hint = KNOWN_KEYS
-            .iter()
-            .find(|k| **k == key.replace('-', "_").to_ascii_lowercase())
-            .map(|k| format!(": did you mean '{k}'?"))
-            .unwrap_or_default();
-        warnings.push(format!(
-            "{label}: app '{name}': unknown key '{key}' (ignored){hint}"
-        ));
-    }
-    for key in &raw.unsupported {
-        warnings.push(format!(
-            "{label}: app '{name}': pm2's '{key}' is not supported by herd (ignored)"
-        ));
+    for (key, value) in &extras.other {
+        if let Some((_, why)) = keys::REFUSED.iter().find(|(k, _)| k == key) {
+            return Err(UsageError(format!(
+                "{label}: app '{name}': pm2's '{key}' is not supported: {why}"
+            )));
+        }
+        notes.key(&name, key, value);
     }
 
     let mut o = AppOptions::defaults();
     o.name = Some(name);
-    // One instance unless told otherwise, as under pm2 and `herd start`.
-    o.instances = Some(raw.instances.unwrap_or(Instances::Count(1)));
+    o.style = style;
+    o.instances = raw.instances.map(|v| v.0);
     if let Some(v) = raw.listen {
-        o.listen = v;
+        o.listen = v.0;
     }
-    o.balance = raw.balance;
-    o.interpreter = raw.interpreter;
-    o.interpreter_args = raw.interpreter_args;
+    o.balance = raw.balance.map(|v| v.0);
+    o.interpreter = raw.exec_interpreter.map(|v| v.0);
+    if let Some(v) = raw.node_args {
+        o.interpreter_args = vec![Words(v.0)];
+    }
+    o.exec_mode = raw.exec_mode.map(|v| v.0);
+    if raw.execute_command.is_some_and(|v| v.0) {
+        o.exec_mode = Some(ExecMode::Fork);
+    }
     if let Some(v) = raw.shutdown_with_message {
-        o.shutdown_with_message = v;
+        o.shutdown_with_message = v.0;
     }
-    if raw.autorestart == Some(false) {
+    if raw.autorestart.is_some_and(|v| !v.0) {
         o.restart = RestartMode::Never;
     }
     if let Some(v) = raw.restart {
-        o.restart = v;
+        o.restart = v.0;
     }
-    if let Some(d) = raw.exp_backoff_restart_delay {
-        o.restart_delay = d;
-        o.max_restart_delay = PM2_MAX_BACKOFF.max(d);
-    } else if let Some(d) = raw.restart_delay {
+    if let Some(V(d)) = &raw.exp_backoff_restart_delay {
+        o.restart_delay = *d;
+        o.max_restart_delay = PM2_MAX_BACKOFF.max(*d);
+    } else if let Some(V(d)) = raw.restart_delay {
         o.restart_delay = d;
         o.max_restart_delay = match dialect {
             Dialect::Pm2 => d,
@@ -987,204 +919,111 @@ fn build(
         };
     }
     if let Some(v) = raw.max_restart_delay {
-        o.max_restart_delay = v;
+        o.max_restart_delay = v.0;
     }
     if let Some(v) = raw.min_uptime {
-        o.min_uptime = v;
+        o.min_uptime = v.0;
     }
     if let Some(v) = raw.max_restarts {
-        o.max_restarts = v;
+        o.max_restarts = v.0;
     }
     if let Some(v) = raw.kill_signal {
-        o.kill_signal = v;
+        o.kill_signal = v.0;
     }
     if let Some(v) = raw.kill_timeout {
-        o.kill_timeout = v;
+        o.kill_timeout = v.0;
     }
     if let Some(v) = raw.wait_ready {
-        o.wait_ready = v;
+        o.wait_ready = v.0;
     }
     if let Some(v) = raw.ready_delay {
-        o.ready_delay = v;
+        o.ready_delay = v.0;
     }
     if let Some(v) = raw.listen_timeout {
-        o.listen_timeout = v;
-    }
-    let mut env = raw.env;
-    let mut has_profile = false;
-    if let Some(profile) = profile {
-        for (p, vars) in raw.profiles {
-            if p == profile {
-                has_profile = true;
-                for (k, v) in vars {
-                    set_env(&mut env, k, v);
-                }
-            }
-        }
+        o.listen_timeout = v.0;
     }
     o.env = env
+        .0
         .into_iter()
         .map(|(k, v)| options::EnvArg::Var(k, v))
         .collect();
-    o.cwd = raw.cwd;
-    o.instance_var = raw.instance_var;
+    o.cwd = raw.cwd.map(|v| PathBuf::from(v.0));
+    o.instance_var = raw.instance_var.map(|v| v.0);
 
     let mut d = DaemonOptions::defaults();
     if let Some(v) = raw.time {
-        d.time = v;
+        d.time = v.0;
     }
-    d.log_date_format = raw.log_date_format;
-    d.out_file = raw.out_file;
-    d.error_file = raw.error_file;
+    d.log_date_format = raw.log_date_format.map(|v| v.0);
+    d.out_file = raw.out_file.map(|v| PathBuf::from(v.0));
+    d.error_file = raw.error_file.map(|v| PathBuf::from(v.0));
     if let Some(v) = raw.log_max_size {
-        d.log_max_size = v;
+        d.log_max_size = v.0;
     }
     if let Some(v) = raw.log_keep {
-        d.log_keep = v;
+        d.log_keep = v.0;
     }
-    d.max_memory_restart = raw.max_memory_restart;
+    d.max_memory_restart = raw.max_memory_restart.map(|v| v.0);
+    d.pm2 = Pm2Keys {
+        watch: match raw.watch {
+            None | Some(Switch::On(false)) => None,
+            Some(Switch::On(true)) => Some(Vec::new()),
+            Some(Switch::One(p)) => Some(vec![PathBuf::from(p)]),
+            Some(Switch::Many(ps)) => Some(ps.into_iter().map(PathBuf::from).collect()),
+        },
+        ignore_watch: raw.ignore_watch.map(|v| v.0),
+        watch_delay_ms: raw.watch_delay.map(|v| v.0.as_millis() as u64),
+        cron_restart: raw.cron_restart.and_then(|v| v.0),
+        stop_exit_codes: raw.stop_exit_codes.map(|v| v.0).unwrap_or_default(),
+        filter_env: match raw.filter_env {
+            None | Some(Switch::On(false)) => None,
+            Some(Switch::On(true)) => Some(FilterEnv::All),
+            Some(Switch::One(name)) => Some(FilterEnv::Exact(name)),
+            Some(Switch::Many(parts)) if parts.is_empty() => None,
+            Some(Switch::Many(parts)) => Some(FilterEnv::Containing(parts)),
+        },
+        increment_var: raw.increment_var.map(|v| v.0),
+        port: raw.port.map(|v| v.0),
+        log_type: raw.log_type.map(|V(t)| {
+            if t == "json" {
+                LogType::Json
+            } else {
+                if !t.is_empty() && t != "raw" {
+                    notes.odd_log_type(&o.name.clone().unwrap_or_default(), &t);
+                }
+                LogType::Raw
+            }
+        }),
+        log_file: match raw.log_file {
+            None | Some(Switch::On(false)) => None,
+            Some(Switch::On(true)) => Some(CombinedLog::Default),
+            Some(Switch::One(p)) => Some(CombinedLog::Path(PathBuf::from(p))),
+            Some(Switch::Many(_)) => {
+                return Err(UsageError(format!(
+                "{label}: app {app_label}: log_file: a list: give one path, or true for <name>.log"
+            )))
+            }
+        },
+        merge_logs: raw.merge_logs.map(|v| v.0),
+        exp_backoff_restart_delay_ms: raw
+            .exp_backoff_restart_delay
+            .map(|v| v.0.as_millis() as u64),
+    };
+    let _ = raw.windows_hide;
 
-    Ok(Built {
-        app: FileApp {
+    Ok((
+        FileApp {
             options: o,
             daemon: d,
             command,
-            base: base.to_path_buf(),
+            base: PathBuf::new(),
         },
         has_profile,
-    })
-}
-
-fn app_label(name: Option<&str>, index: usize) -> String {
-    match name {
-        Some(n) => format!("'{n}'"),
-        None => format!("number {}", index + 1),
-    }
-}
-
-// ---------------------------------------------------------------------------
-// pm2's JavaScript files, evaluated by node as pm2 does (`require`, or
-// `import` for ES modules), printed back as JSON.
-
-/// Longest a config file may take to evaluate.
-const JS_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Marks the JSON in node's output, in case the file prints something itself.
-const JS_MARK: &str = "\u{1}herd-config\u{1}";
-
-const JS_LOADER: &str = r#"
-const file = require('path').resolve(process.argv[process.argv.length - 1]);
-const { pathToFileURL } = require('url');
-const load = async () => {
-  if (file.endsWith('.mjs')) return import(pathToFileURL(file).href);
-  try {
-    return require(file);
-  } catch (e) {
-    if (e && e.code === 'ERR_REQUIRE_ESM') return import(pathToFileURL(file).href);
-    throw e;
-  }
-};
-load().then((m) => {
-  if (m && (m[Symbol.toStringTag] === 'Module' || m.__esModule) && 'default' in m) m = m.default;
-  process.stdout.write('\u0001herd-config\u0001' + JSON.stringify(m === undefined ? null : m) + '\n');
-  process.exit(0);
-}, (e) => {
-  process.stderr.write(String((e && e.stack) || e) + '\n');
-  process.exit(1);
-});
-"#;
-
-fn evaluate_js(path: &Path, warnings: &mut Vec<String>) -> Result<String, UsageError> {
-    evaluate_js_with("node", path, warnings)
-}
-
-fn evaluate_js_with(
-    node: &str,
-    path: &Path,
-    warnings: &mut Vec<String>,
-) -> Result<String, UsageError> {
-    let label = path.display();
-    if !path.is_file() {
-        return Err(UsageError(format!("cannot read {label}: no such file")));
-    }
-    let mut child = Command::new(node)
-        .arg("-e")
-        .arg(JS_LOADER)
-        .arg("--")
-        .arg(path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                UsageError(format!(
-                    "cannot read {label}: it is JavaScript, and reading it needs Node.js (`node`), which is not in PATH: install Node.js, or write the apps in a .json, .yaml or herd.toml file"
-                ))
-            } else {
-                UsageError(format!("cannot read {label}: cannot start node: {e}"))
-            }
-        })?;
-    let reader = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            buf
-        })
-    };
-    let stdout = reader(Box::new(child.stdout.take().expect("piped")));
-    let stderr = reader(Box::new(child.stderr.take().expect("piped")));
-    let deadline = Instant::now() + JS_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(UsageError(format!(
-                    "cannot read {label}: node did not finish evaluating it within {}s: does it start a server or wait for input?",
-                    JS_TIMEOUT.as_secs()
-                )));
-            }
-            Err(e) => {
-                return Err(UsageError(format!(
-                    "cannot read {label}: waiting for node: {e}"
-                )))
-            }
-        }
-    };
-    let out = String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned();
-    let err = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
-    let err = err.trim();
-    if !status.success() {
-        // Node's own frames (and our loader's) say nothing about the file.
-        let text: Vec<&str> = err
-            .lines()
-            .filter(|l| {
-                let l = l.trim_start();
-                !(l.starts_with("at ") && (l.contains("node:internal") || l.contains("[eval]")))
-            })
-            .collect();
-        return Err(UsageError(format!(
-            "cannot read {label}: node failed to evaluate it ({status}); fix the file:\n{}",
-            if text.is_empty() {
-                "(no output)".to_string()
-            } else {
-                text.join("\n")
-            }
-        )));
-    }
-    if !err.is_empty() {
-        warnings.push(format!("{label}: node printed: {err}"));
-    }
-    match out.rfind(JS_MARK) {
-        Some(i) => Ok(out[i + JS_MARK.len()..].trim_end().to_string()),
-        None => Err(UsageError(format!(
-            "cannot read {label}: node printed no configuration"
-        ))),
-    }
+    ))
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod pm2_files;

@@ -9,7 +9,7 @@ mod options;
 mod run;
 mod supervise;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +35,15 @@ enum Cmd {
     /// One app's supervisor process (started by the daemon).
     #[command(hide = true)]
     Supervise(supervise::SuperviseArgs),
+    /// Print a shell completion script: `herd completion bash > /etc/bash_completion.d/herd`,
+    /// `herd completion zsh > "${fpath[1]}/_herd"`, `herd completion fish > ~/.config/fish/completions/herd.fish`.
+    Completion(CompletionArgs),
+}
+
+#[derive(clap::Args)]
+struct CompletionArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    shell: clap_complete::Shell,
 }
 
 /// An error the user caused: printed, then herd exits with status 2.
@@ -52,19 +61,28 @@ impl std::error::Error for UsageError {}
 fn main() {
     let cli = Cli::parse();
     // As a container's PID 1, `run` and `daemon` put a tiny init in front of
-    // themselves (reaps orphans, forwards signals): see herd_engine::os::init.
+    // themselves (reaps orphans, forwards signals): see herd_engine::init_if_pid1.
     // Here, before any thread exists.
     if matches!(
         cli.command,
         Cmd::Run(_) | Cmd::Manage(manage::Verb::Daemon(_))
     ) {
-        herd_engine::os::init::init();
+        herd_engine::init_if_pid1();
     }
     let result = match cli.command {
         Cmd::Run(args) => run::main(*args),
         Cmd::Demo(args) => demo::main(args),
         Cmd::Manage(verb) => manage::main(verb),
         Cmd::Supervise(args) => supervise::main(args),
+        Cmd::Completion(args) => {
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "herd",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,17 +1,26 @@
 //! The options that define an app, shared by `herd run`, `herd start` and
 //! config files: parsed and validated here (every mistake is reported before
-//! anything starts), then turned into the engine's [`AppSpec`].
+//! anything starts), then turned into the engine's [`AppSpec`] — with the
+//! script, interpreter and exec mode chosen by pm2's rules ([`launch`]), and
+//! argument strings split and `~` expanded the same way from the command line
+//! and from files ([`text`]).
+
+pub mod launch;
+pub mod pending;
+pub mod text;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
 use herd_engine::config::{
-    self, AppSpec, Balance, Instances, ListenSpec, ReadyPolicy, RestartMode, RestartPolicy,
-    StopPolicy, WorkerKind,
+    self, AppSpec, Balance, ExecMode, Instances, ListenSpec, ReadyPolicy, RestartMode,
+    RestartPolicy, StopPolicy, WorkerKind,
 };
-use herd_engine::os::spawn::resolve_program;
 use nix::sys::signal::Signal;
+
+pub use launch::Style;
+pub use text::{expand_home, split_words};
 
 use crate::UsageError;
 
@@ -57,7 +66,8 @@ pub fn env_arg(s: &str) -> Result<EnvArg, String> {
 pub struct AppOptions {
     /// Number of workers: a number, or `max` for one per usable CPU (affinity and cgroup quota).
     /// Default: `max` for `herd run`; 1 for `herd start` and config files, as under pm2.
-    #[arg(short = 'i', long, value_parser = parsed::<Instances>, value_name = "N|max")]
+    /// 0 is max too, and -N all usable CPUs but N, as under pm2.
+    #[arg(short = 'i', long, value_parser = parsed::<Instances>, value_name = "N|max", allow_negative_numbers = true)]
     pub instances: Option<Instances>,
 
     /// A socket to bind once and pass to every worker (LISTEN_FDS): HOST:PORT, [::1]:PORT or unix:PATH; repeatable.
@@ -70,7 +80,8 @@ pub struct AppOptions {
     #[arg(long, value_parser = parsed::<Balance>, value_name = "MODE")]
     pub balance: Option<Balance>,
 
-    /// Run the script with this program (`node` for .js/.mjs/.cjs files); `none` runs COMMAND as is.
+    /// Run the script with this program; `none` runs it as it is. Default by extension, as pm2:
+    /// node for .js/.mjs/.cjs, python for .py, bash for .sh, ruby, php, perl, bun for .ts.
     #[arg(long, value_name = "PROGRAM")]
     pub interpreter: Option<String>,
 
@@ -138,18 +149,42 @@ pub struct AppOptions {
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
 
-    /// Arguments for the interpreter, before the script (pm2's node_args): `--interpreter-args=--max-old-space-size=512`; repeatable.
+    /// Arguments for the interpreter, before the script (pm2's node_args), split into words as pm2
+    /// splits them: `--node-args="-r ./pre.js --max-old-space-size=512"`; repeatable.
     #[arg(
         long = "interpreter-args",
         visible_alias = "node-args",
-        value_name = "ARG",
-        allow_hyphen_values = true
+        value_name = "ARGS",
+        allow_hyphen_values = true,
+        value_parser = words
     )]
-    pub interpreter_args: Vec<String>,
+    pub interpreter_args: Vec<Words>,
 
     /// Also put each worker's id (0..N-1) in this variable (pm2's instance_var).
     #[arg(long, value_name = "NAME")]
     pub instance_var: Option<String>,
+
+    /// pm2's exec_mode when a file gives it (else pm2's rule chooses).
+    #[arg(skip)]
+    pub exec_mode: Option<ExecMode>,
+
+    /// How the command's first word is found (pm2's `script`, or an argv).
+    #[arg(skip)]
+    pub style: Style,
+
+    /// The config file the app was read from, for messages.
+    #[arg(skip)]
+    pub source_file: Option<PathBuf>,
+}
+
+/// Arguments given as one string and split as pm2 splits them, or given as
+/// a list (a file's array: taken word for word).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Words(pub Vec<String>);
+
+/// `--node-args "-r ./pre.js"` → `-r`, `./pre.js`.
+pub fn words(s: &str) -> Result<Words, String> {
+    Ok(Words(split_words(s)))
 }
 
 /// What only the daemon does with an app: its log files and memory limit.
@@ -182,6 +217,10 @@ pub struct DaemonOptions {
     /// Replace (zero-downtime) a worker whose memory stays above this size (200M, 1G).
     #[arg(long, value_parser = size, value_name = "SIZE")]
     pub max_memory_restart: Option<u64>,
+
+    /// pm2 keys from a file that herd carries but does not honour yet.
+    #[arg(skip)]
+    pub pm2: herd_protocol::Pm2Keys,
 }
 
 impl DaemonOptions {
@@ -210,18 +249,36 @@ pub fn positive_size(s: &str) -> Result<usize, String> {
     }
 }
 
-/// One app as the daemon will keep it.
+/// One app as the daemon will keep it (`herd start` and config files: one
+/// instance unless told otherwise, pm2's exec mode rule); warnings are
+/// printed on stderr.
 pub fn app_def(
     app: &AppOptions,
     daemon: &DaemonOptions,
     command: &[String],
     base: &Path,
 ) -> Result<herd_protocol::AppDef, UsageError> {
-    let mut spec = app.to_spec(command, base)?;
+    let (def, warnings) = app_def_noting(app, daemon, command, base)?;
+    print_warnings(app, &def.spec.name, &warnings);
+    Ok(def)
+}
+
+/// [`app_def`], its warnings returned.
+pub fn app_def_noting(
+    app: &AppOptions,
+    daemon: &DaemonOptions,
+    command: &[String],
+    base: &Path,
+) -> Result<(herd_protocol::AppDef, Vec<String>), UsageError> {
+    let Built {
+        mut spec,
+        script,
+        warnings,
+    } = app.build(command, base, app.style, Instances::Count(1))?;
     // The workers get the environment of the CLI that started them (as under
     // pm2: `PORT=8000 herd start app.js` works), plus --env; it is saved with the app.
     let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| !herd_engine::supervisor::is_herd_variable(k))
+        .filter(|(k, _)| !herd_engine::is_worker_variable(k))
         .filter(|(k, _)| !spec.env.iter().any(|(ours, _)| ours == k))
         .collect();
     env.append(&mut spec.env);
@@ -230,12 +287,27 @@ pub fn app_def(
     if spec.cwd.is_none() {
         spec.cwd = Some(base.to_path_buf());
     }
-    let abs = |p: &Option<PathBuf>| p.as_ref().map(|p| base.join(p));
-    Ok(herd_protocol::AppDef {
+    // Log paths, as pm2 takes them: `~` expanded, relative to the app's cwd,
+    // `NULL` is /dev/null.
+    let cwd = spec.cwd.clone().unwrap_or_else(|| base.to_path_buf());
+    let log_path = |p: &Option<PathBuf>| -> Result<Option<PathBuf>, UsageError> {
+        p.as_ref().map(|p| resolve_path(&cwd, p)).transpose()
+    };
+    let mut pm2 = daemon.pm2.clone();
+    if let Some(paths) = &mut pm2.watch {
+        for p in paths.iter_mut() {
+            *p = resolve_path(&cwd, p)?;
+        }
+    }
+    if let Some(herd_protocol::CombinedLog::Path(p)) = &mut pm2.log_file {
+        *p = resolve_path(&cwd, p)?;
+    }
+    let def = herd_protocol::AppDef {
         spec,
         logs: herd_protocol::LogSettings {
-            out_file: abs(&daemon.out_file),
-            error_file: abs(&daemon.error_file),
+            out_file: log_path(&daemon.out_file)?,
+            error_file: log_path(&daemon.error_file)?,
+            log_file: None,
             time: daemon.time || daemon.log_date_format.is_some(),
             date_format: daemon.log_date_format.clone(),
             max_size: daemon.log_max_size,
@@ -243,7 +315,63 @@ pub fn app_def(
         },
         max_memory_restart: daemon.max_memory_restart,
         instances_max: app.instances == Some(Instances::Max),
-    })
+        pm2,
+        script,
+        namespace: None,
+    };
+    let mut warnings = warnings;
+    warnings.extend(pending::not_yet_honoured(
+        &def,
+        app.exec_mode == Some(ExecMode::Fork),
+    ));
+    Ok((def, warnings))
+}
+
+/// A path the user wrote, absolute: `~` expanded, relative to `cwd`; pm2's
+/// `NULL` is `/dev/null`.
+pub fn resolve_path(cwd: &Path, path: &Path) -> Result<PathBuf, UsageError> {
+    if path == Path::new("NULL") {
+        return Ok(PathBuf::from("/dev/null"));
+    }
+    let text = path.to_string_lossy();
+    let expanded = expand_home(&text).map_err(UsageError)?;
+    Ok(clean(&cwd.join(expanded)))
+}
+
+fn print_warnings(app: &AppOptions, name: &str, warnings: &[String]) {
+    for w in warnings {
+        match &app.source_file {
+            Some(file) => eprintln!("herd: warning: {}: app '{name}': {w}", file.display()),
+            None => eprintln!("herd: warning: {w}"),
+        }
+    }
+}
+
+/// pm2's exec mode for an app (`lib/Common.js: determineExecMode`): the one
+/// given; else cluster when the instance count was given (≥ 1, 0 or -1) and
+/// node or bun runs the script; else fork. herd adds: an app that takes
+/// herd's own sockets (`--listen`, a balance mode) shares them: cluster.
+pub fn exec_mode_for(
+    given: Option<ExecMode>,
+    instances: Option<Instances>,
+    interpreter: &str,
+    herd_sockets: bool,
+) -> ExecMode {
+    if let Some(mode) = given {
+        return mode;
+    }
+    if herd_sockets {
+        return ExecMode::Cluster;
+    }
+    let counted = matches!(
+        instances,
+        Some(Instances::Max | Instances::Count(_) | Instances::AllBut(1))
+    );
+    if counted && launch::clusters_by_default(interpreter) {
+        ExecMode::Cluster
+    } else {
+        ExecMode::Fork
+    }
 }
 
 impl AppOptions {
@@ -270,71 +398,91 @@ impl AppOptions {
             .app
     }
 
-    /// Check everything and build the app for `command` (program, then its
-    /// arguments); nothing has started yet. Relative paths are taken from
-    /// `base` (the current directory, or a config file's).
+    /// The interpreter's arguments, every `--node-args` (or the file's list) in order.
+    pub fn interpreter_args(&self) -> Vec<String> {
+        self.interpreter_args
+            .iter()
+            .flat_map(|w| w.0.iter().cloned())
+            .collect()
+    }
+
+    /// Check everything and build the app for `herd run`'s `command` (program,
+    /// then its arguments; every usable CPU unless told otherwise); nothing has
+    /// started yet. Relative paths are taken from `base` (the current
+    /// directory). Warnings are printed on stderr.
     pub fn to_spec(&self, command: &[String], base: &Path) -> Result<AppSpec, UsageError> {
+        let Built { spec, warnings, .. } =
+            self.build(command, base, Style::Argv, Instances::Max)?;
+        print_warnings(self, &spec.name, &warnings);
+        Ok(spec)
+    }
+
+    /// The app for `command` (a script or program, then its arguments):
+    /// `style` says how its first word is found, `instances` is the count
+    /// when none is given.
+    pub fn build(
+        &self,
+        command: &[String],
+        base: &Path,
+        style: Style,
+        instances: Instances,
+    ) -> Result<Built, UsageError> {
         let Some(program) = command.first() else {
             return Err(UsageError("give the command to run".into()));
         };
-        let (interpreter, kind) = interpreter_for(program, self.interpreter.as_deref());
-        let mut args = command[1..].to_vec();
-        let cwd = self.cwd.as_ref().map(|c| base.join(c));
-        let cwd_base = cwd.clone().unwrap_or_else(|| base.to_path_buf());
-        let path = match &interpreter {
-            Some(interp) => {
-                let script = clean(&cwd_base.join(program));
-                if !script.is_file() {
-                    return Err(UsageError(format!(
-                        "cannot run '{program}': no such file in {}; give the path of the script",
-                        cwd_base.display()
-                    )));
-                }
-                args.insert(0, script.to_string_lossy().into_owned());
-                for (i, a) in self.interpreter_args.iter().enumerate() {
-                    args.insert(i, a.clone());
-                }
-                resolve_program(interp).map_err(|e| {
-                    UsageError(format!(
-                        "cannot run '{program}' with {interp}: {e}; install it or choose another with --interpreter"
-                    ))
-                })?
-            }
-            None => {
-                // `./server` is relative to the working directory; `server` is looked up in PATH.
-                let candidate = if program.contains('/') {
-                    clean(&cwd_base.join(program))
-                        .to_string_lossy()
-                        .into_owned()
-                } else {
-                    program.clone()
-                };
-                resolve_program(&candidate)
-                    .map_err(|e| UsageError(format!("cannot run '{program}': {e}")))?
-            }
-        };
+        let cwd = self
+            .cwd
+            .as_ref()
+            .map(|c| resolve_path(base, c))
+            .transpose()?;
         if let Some(dir) = &cwd {
             if !dir.is_dir() {
                 return Err(UsageError(format!(
-                    "--cwd {}: no such directory",
+                    "cwd {}: no such directory; create it or give another",
                     dir.display()
                 )));
             }
         }
-        let name = self.name.clone().unwrap_or_else(|| {
-            PathBuf::from(program)
-                .file_stem()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| program.clone())
-        });
-        let mut spec = AppSpec::new(name, path);
-        spec.args = args;
-        spec.kind = kind;
+        let interpreter = self
+            .interpreter
+            .as_deref()
+            .map(|i| if i.is_empty() { "none" } else { i });
+        let interpreter_args = self.interpreter_args();
+        let launch = launch::resolve(
+            &launch::Request {
+                script: program,
+                args: &command[1..],
+                interpreter,
+                interpreter_args: &interpreter_args,
+                cwd: cwd.as_deref().unwrap_or(base),
+                style,
+                config_file: self.source_file.as_deref(),
+            },
+            &launch::System,
+        )
+        .map_err(UsageError)?;
+        let name = self.name.clone().unwrap_or_else(|| launch.name.clone());
+        config::check_app_name(&name).map_err(|e| {
+            UsageError(if self.name.is_none() {
+                format!("{e} (the name comes from the script: give one with --name, or `name` in a file)")
+            } else {
+                e.0
+            })
+        })?;
+        let mut spec = AppSpec::new(name, launch.program.clone());
+        spec.args = launch.args.clone();
+        spec.kind = launch.kind;
         spec.cwd = cwd;
         spec.env = Vec::new();
+        for (k, v) in &launch.env {
+            spec.env.push((k.clone(), v.clone()));
+        }
         for e in &self.env {
             match e {
-                EnvArg::Var(k, v) => spec.env.push((k.clone(), v.clone())),
+                EnvArg::Var(k, v) => {
+                    spec.env.retain(|(ours, _)| ours != k);
+                    spec.env.push((k.clone(), v.clone()));
+                }
                 EnvArg::Profile(p) => {
                     return Err(UsageError(format!(
                         "--env {p}: a bare name picks a config file's env_{p} profile, and this app comes from no config file; use --env NAME=VALUE"
@@ -343,20 +491,31 @@ impl AppOptions {
             }
         }
         spec.instance_var = self.instance_var.clone();
-        spec.instances = self.instances.unwrap_or(Instances::Max).resolve();
+        spec.instances = self.instances.unwrap_or(instances).resolve();
         spec.listeners = self.listen.clone();
         spec.balance = balance_for(
             self.balance,
             std::env::var("NODE_CLUSTER_SCHED_POLICY").ok(),
         )?;
         if spec.balance == Balance::RoundRobin
-            && kind == WorkerKind::Generic
+            && launch.kind == WorkerKind::Generic
             && spec.listeners.is_empty()
         {
             return Err(UsageError(
                 "--balance round-robin needs a --listen socket for herd to accept on (Node apps ask for theirs)".into(),
             ));
         }
+        let herd_sockets = !spec.listeners.is_empty() || self.balance.is_some();
+        spec.exec_mode = exec_mode_for(
+            self.exec_mode,
+            self.instances.or(match style {
+                // `herd run` always counts its workers.
+                Style::Argv => Some(instances),
+                Style::Script => None,
+            }),
+            &launch.interpreter,
+            herd_sockets,
+        );
         if self.max_restart_delay < self.restart_delay {
             return Err(UsageError(format!(
                 "--max-restart-delay ({}) is shorter than --restart-delay ({}): make it at least as long",
@@ -382,8 +541,20 @@ impl AppOptions {
             ready_delay: self.ready_delay,
             listen_timeout: self.listen_timeout,
         };
-        Ok(spec)
+        Ok(Built {
+            spec,
+            script: launch.script,
+            warnings: launch.warnings,
+        })
     }
+}
+
+/// An app built from its options: what [`AppOptions::build`] gives.
+pub struct Built {
+    pub spec: AppSpec,
+    /// The script an interpreter runs (pm2's `pm_exec_path`), if any.
+    pub script: Option<PathBuf>,
+    pub warnings: Vec<String>,
 }
 
 /// `path` without its `.` components (`/srv/app/./server.js` → `/srv/app/server.js`).
@@ -391,39 +562,6 @@ fn clean(path: &Path) -> PathBuf {
     path.components()
         .filter(|c| *c != std::path::Component::CurDir)
         .collect()
-}
-
-/// Which interpreter runs `program`, and whether it is a Node worker:
-/// `node app.js` and `app.js` (`.js`, `.mjs`, `.cjs`) are Node; `--interpreter`
-/// overrides (`none`: run the command as it is).
-pub fn interpreter_for(program: &str, interpreter: Option<&str>) -> (Option<String>, WorkerKind) {
-    let is_node = |p: &str| {
-        let base = p.rsplit('/').next().unwrap_or(p);
-        base == "node" || base == "nodejs"
-    };
-    match interpreter {
-        Some("none") => (
-            None,
-            if is_node(program) {
-                WorkerKind::Node
-            } else {
-                WorkerKind::Generic
-            },
-        ),
-        Some(i) => (
-            Some(i.to_string()),
-            if is_node(i) {
-                WorkerKind::Node
-            } else {
-                WorkerKind::Generic
-            },
-        ),
-        None if is_node(program) => (None, WorkerKind::Node),
-        None if [".js", ".mjs", ".cjs"].iter().any(|e| program.ends_with(e)) => {
-            (Some("node".to_string()), WorkerKind::Node)
-        }
-        None => (None, WorkerKind::Generic),
-    }
 }
 
 /// `--balance`, else Node's own `NODE_CLUSTER_SCHED_POLICY`, else shared.
@@ -453,6 +591,91 @@ mod tests {
             assert!(size(bad).is_err(), "{bad}");
         }
         assert!(positive_size("0").is_err());
+    }
+
+    #[test]
+    fn exec_mode_by_pm2s_rule() {
+        use ExecMode::*;
+        use Instances::*;
+        // (given, instances, interpreter, herd's sockets, mode)
+        let table = [
+            (None, None, "node", false, Fork),
+            (None, Some(Count(1)), "node", false, Cluster),
+            (None, Some(Count(4)), "/usr/bin/node", false, Cluster),
+            (None, Some(Max), "node", false, Cluster),
+            (None, Some(AllBut(1)), "node", false, Cluster),
+            // pm2: -2 stays fork.
+            (None, Some(AllBut(2)), "node", false, Fork),
+            (None, Some(Count(2)), "bun", false, Cluster),
+            (None, Some(Count(2)), "python3", false, Fork),
+            (None, Some(Count(2)), "none", false, Fork),
+            (None, None, "none", true, Cluster),
+            (Some(Fork), Some(Count(4)), "node", false, Fork),
+            (Some(Fork), None, "none", true, Fork),
+            (Some(Cluster), None, "python3", false, Cluster),
+        ];
+        for (given, instances, interp, sockets, mode) in table {
+            assert_eq!(
+                exec_mode_for(given, instances, interp, sockets),
+                mode,
+                "{given:?} {instances:?} {interp} {sockets}"
+            );
+        }
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        app: AppOptions,
+    }
+
+    fn cli(args: &[&str]) -> AppOptions {
+        <Cli as clap::Parser>::try_parse_from(std::iter::once("herd").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .app
+    }
+
+    #[test]
+    fn node_args_from_the_command_line_split_as_in_files() {
+        // (flags, interpreter args)
+        let table: &[(&[&str], &[&str])] = &[
+            (&["--node-args=-r ./pre.js"], &["-r", "./pre.js"]),
+            (
+                &["--node-args", "--max-old-space-size=512"],
+                &["--max-old-space-size=512"],
+            ),
+            (
+                &[
+                    "--interpreter-args",
+                    "-r dotenv/config",
+                    "--node-args=--inspect",
+                ],
+                &["-r", "dotenv/config", "--inspect"],
+            ),
+            (
+                &[r#"--node-args=--title="my app" 'x y'"#],
+                &[r#"--title="my app""#, "x y"],
+            ),
+        ];
+        for (flags, want) in table {
+            assert_eq!(cli(flags).interpreter_args(), *want, "{flags:?}");
+        }
+    }
+
+    #[test]
+    fn regression_issue15_instances_flag_takes_what_its_error_says() {
+        assert_eq!(cli(&["-i", "-1"]).instances, Some(Instances::AllBut(1)));
+        assert_eq!(cli(&["-i", "0"]).instances, Some(Instances::Max));
+        assert_eq!(cli(&["-i", "max"]).instances, Some(Instances::Max));
+        assert_eq!(cli(&["--instances=4"]).instances, Some(Instances::Count(4)));
+        let err = <Cli as clap::Parser>::try_parse_from(["herd", "-i", "4097"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("use a number from 1 to 4096, 'max' or 0"),
+            "{err}"
+        );
     }
 
     #[test]

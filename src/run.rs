@@ -34,9 +34,9 @@ pub fn main(args: RunArgs) -> anyhow::Result<i32> {
         .build()
         .context("cannot start the async runtime")?;
     runtime
-        .block_on(herd_cluster::supervise(spec))
+        .block_on(herd_engine::foreground::run(spec))
         .map_err(|e| match e {
-            herd_cluster::primary_error::Error::Start(e) => UsageError(e.to_string()).into(),
+            herd_engine::foreground::Error::Start(e) => UsageError(e.to_string()).into(),
             e => anyhow::Error::new(e),
         })
 }

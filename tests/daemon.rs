@@ -345,7 +345,7 @@ fn garbage_and_oversized_frames_close_only_that_connection() {
     // A hello, then a request that is no request.
     let mut odd = UnixStream::connect(&sock).unwrap();
     odd.set_read_timeout(timeout).unwrap();
-    frame(&mut odd, br#"{"request":"hello","version":1}"#);
+    frame(&mut odd, br#"{"request":"hello","version":2}"#);
     assert_eq!(read_frame(&mut odd).unwrap()["response"], "hello");
     frame(&mut odd, br#"{"request":"format_disk"}"#);
     assert!(read_frame(&mut odd).is_none());
@@ -636,6 +636,10 @@ fn sigusr1_reopens_the_log_files_for_logrotate() {
     let moved = d.path().join("logs/web-out.log.rotated");
     std::fs::rename(&log, &moved).unwrap();
     kill(Pid::from_raw(d.daemon_pid().unwrap()), Signal::SIGUSR1).unwrap();
+    // The signal is handled asynchronously: a line written before the
+    // daemon reopened belongs in the moved file. The reopen creates the
+    // file anew; only lines asked for after that must land there.
+    assert!(wait_until(Duration::from_secs(5), || log.exists()));
     assert!(wait_until(Duration::from_secs(5), || {
         let _ = http_get(&addr, "/spam?n=1&len=2", Duration::from_secs(5));
         std::fs::read_to_string(&log)
@@ -777,4 +781,378 @@ fn send_reaches_process_on_message_of_node_workers() {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(ok, "{text}");
     assert!(!text.contains(r#"worker 0 got "just one""#), "{text}");
+}
+
+// ---- issue 15: HERD_HOME, the control socket, secrets, small faults ----
+
+/// `herd` with `HERD_HOME=home` and nothing else of a test daemon.
+fn herd_in(home: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(herd_bin())
+        .args(args)
+        .env("HERD_HOME", home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Tests that give a directory to another user need root (chown).
+fn need_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    skip_or_fail("this test needs root to chown a directory to another user");
+    false
+}
+
+/// A file only root may read, which a planted link points at.
+fn precious(dir: &TempDir) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("root-only");
+    std::fs::write(&p, "root's own data\n").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+fn untouched(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::read_to_string(p).unwrap(), "root's own data\n");
+    let mode = std::fs::metadata(p).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn a_herd_home_another_user_owns_or_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    if !need_root() {
+        return;
+    }
+    let dir = TempDir::new("home-owner");
+    let home = dir.join("h");
+    std::fs::create_dir(&home).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .map(|u| u.uid)
+        .unwrap_or(nix::unistd::Uid::from_raw(65534));
+    nix::unistd::chown(&home, Some(nobody), None).unwrap();
+    for args in [&["daemon"][..], &["ping"], &["list"]] {
+        let out = herd_in(&home, args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("belongs to uid") && err.contains("HERD_HOME"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(&home).unwrap().count(),
+        0,
+        "nothing written"
+    );
+
+    nix::unistd::chown(&home, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = herd_in(&home, &["daemon"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("writable by other users") && err.contains("chmod"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&home).unwrap().count(),
+        0,
+        "nothing written"
+    );
+
+    // A home inside a directory another user may change is refused too:
+    // that user could swap it for a link to a directory of root's.
+    let open = dir.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = herd_in(&open.join("h"), &["ping"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("lies inside"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!open.join("h").exists());
+}
+
+#[test]
+fn links_planted_in_herd_home_are_never_followed() {
+    let dir = TempDir::new("home-links");
+    let target = precious(&dir);
+    let home = dir.join("h");
+    std::fs::create_dir(&home).unwrap();
+
+    // herd.pid: the daemon used to truncate the link's target.
+    std::os::unix::fs::symlink(&target, home.join("herd.pid")).unwrap();
+    let out = herd_in(&home, &["daemon"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("symbolic link"),
+        "{}",
+        text(&out.stderr)
+    );
+    untouched(&target);
+    std::fs::remove_file(home.join("herd.pid")).unwrap();
+
+    // herd.log: the CLI used to append the daemon's output to the target.
+    std::os::unix::fs::symlink(&target, home.join("herd.log")).unwrap();
+    let out = herd_in(&home, &["ping"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("symbolic link"),
+        "{}",
+        text(&out.stderr)
+    );
+    untouched(&target);
+    std::fs::remove_file(home.join("herd.log")).unwrap();
+
+    // logs/NAME-out.log: the app's output used to be appended to the target.
+    let d = Daemon::new();
+    let out_log = d.path().join("logs/web-out.log");
+    std::os::unix::fs::symlink(&target, &out_log).unwrap();
+    let err = d.fails(&["start", "--name", "web", worker_bin()], 1);
+    assert!(err.contains("symbolic link"), "{err}");
+    assert!(d.list().is_empty(), "the app is not kept");
+    untouched(&target);
+    // And no empty web-err.log is left behind by the failed start.
+    assert!(!d.path().join("logs/web-err.log").exists());
+
+    // dump.json: saving replaces the link, never writes through it; a
+    // planted one is not read.
+    std::fs::remove_file(&out_log).unwrap();
+    d.start_fixture("web", &["-i", "1"]);
+    std::os::unix::fs::symlink(&target, d.path().join("dump.json")).unwrap();
+    let err = d.fails(&["resurrect"], 1);
+    assert!(err.contains("symbolic link"), "{err}");
+    d.ok(&["save"]);
+    untouched(&target);
+    let meta = std::fs::symlink_metadata(d.path().join("dump.json")).unwrap();
+    assert!(meta.is_file());
+}
+
+#[test]
+fn every_file_herd_writes_in_its_home_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Daemon::new();
+    d.start_fixture("web", &["-i", "1"]);
+    d.ok(&["save"]);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(d.path()), 0o700);
+    assert_eq!(mode(&d.path().join("logs")), 0o700);
+    for f in [
+        "dump.json",
+        "herd.pid",
+        "herd.log",
+        "herd.sock",
+        "logs/web-out.log",
+        "logs/web-err.log",
+    ] {
+        assert_eq!(mode(&d.path().join(f)), 0o600, "{f}");
+    }
+}
+
+#[test]
+fn idle_connections_never_lock_the_cli_out() {
+    let d = Daemon::new();
+    let sock = d.path().join("herd.sock");
+    // 500 clients that connect and say nothing (it used to take 128 to
+    // block every verb for 10 s a round: `herd list` took 30 s).
+    let idle: Vec<UnixStream> = (0..500)
+        .map(|i| UnixStream::connect(&sock).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    let started = std::time::Instant::now();
+    let out = d.ok(&["list"]);
+    let took = started.elapsed();
+    assert!(out.contains("no apps"), "{out}");
+    assert!(took < Duration::from_secs(3), "`herd list` took {took:?}");
+    // The daemon dropped the oldest idle ones to make room.
+    let mut first = idle.into_iter().next().unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(first.read(&mut buf).unwrap(), 0, "closed by the daemon");
+}
+
+#[test]
+fn a_client_that_never_says_hello_is_dropped_at_its_deadline() {
+    let d = Daemon::new();
+    let mut s = UnixStream::connect(d.path().join("herd.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1];
+    assert_eq!(s.read(&mut buf).unwrap(), 0);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "dropped after {took:?}");
+}
+
+const TOKEN: &str = "tok-4f1c9a";
+const PASSWORD: &str = "pw-77b2e0";
+const DSN: &str = "dsn-0c33aa";
+
+/// Each secret value in `text`.
+fn leaked<'a>(text: &str, secrets: &[&'a str]) -> Vec<&'a str> {
+    secrets
+        .iter()
+        .copied()
+        .filter(|s| text.contains(s))
+        .collect()
+}
+
+#[test]
+fn secret_env_values_are_hidden_in_show_list_jlist_and_herds_own_log() {
+    let d = Daemon::unstarted();
+    let all = [TOKEN, PASSWORD, DSN];
+    // The CLI's environment goes with the app (and, here, to the daemon it
+    // starts: HERD_SECRET_NAMES adds the operator's own names).
+    let out = d
+        .command(&["start", "--name", "web", "--listen", ANY, worker_bin()])
+        .env("SECRET_TOKEN", TOKEN)
+        .env("DATABASE_PASSWORD", PASSWORD)
+        .env("SENTRY_DSN", DSN)
+        .env("HERD_SECRET_NAMES", "*_DSN")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(leaked(&text(&out.stdout), &all), [] as [&str; 0]);
+    d.wait_online("web", 1);
+
+    for args in [
+        &["show", "web"][..],
+        &["show", "web", "--json"],
+        &["list"],
+        &["list", "--json"],
+        &["jlist"],
+    ] {
+        let out = d.ok(args);
+        assert_eq!(leaked(&out, &all), [] as [&str; 0], "{args:?}: {out}");
+    }
+    let shown: Value = serde_json::from_str(&d.ok(&["show", "web", "--json"])).unwrap();
+    let env = shown["definition"]["spec"]["env"].to_string();
+    assert!(
+        env.contains("SECRET_TOKEN") && env.contains("[hidden"),
+        "{env}"
+    );
+    assert!(env.contains(r#""PATH","#), "plain values stay: {env}");
+
+    // Asked for, they are shown.
+    let out = d.ok(&["show", "web", "--json", "--show-secrets"]);
+    assert_eq!(leaked(&out, &all), all, "{out}");
+    for args in [
+        &["list", "--json", "--show-secrets"][..],
+        &["jlist", "--show-secrets"],
+    ] {
+        d.ok(args);
+    }
+
+    // Saved whole (resurrect needs them), owner-only.
+    d.ok(&["save"]);
+    let dump = std::fs::read_to_string(d.path().join("dump.json")).unwrap();
+    assert_eq!(leaked(&dump, &all), all);
+    d.ok(&["restart", "web"]);
+    assert_eq!(leaked(&d.log(), &all), [] as [&str; 0], "{}", d.log());
+}
+
+#[test]
+fn secret_env_values_are_hidden_on_the_status_page_and_in_metrics() {
+    let d = Daemon::with_metrics(false);
+    let addr = d.http.clone().unwrap();
+    let out = d
+        .command(&["start", "--name", "web", "--listen", ANY, worker_bin()])
+        .env("SECRET_TOKEN", TOKEN)
+        .env("DATABASE_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    d.wait_online("web", 1);
+    for path in ["/", "/api/apps", "/metrics", "/readyz?app=web"] {
+        let (status, body) = http_get(&addr, path, Duration::from_secs(5)).unwrap();
+        assert!(status < 500, "{path}: {status}");
+        assert_eq!(
+            leaked(&body, &[TOKEN, PASSWORD]),
+            [] as [&str; 0],
+            "{path}: {body}"
+        );
+    }
+}
+
+#[test]
+fn max_memory_restart_0_is_refused_instead_of_replacing_workers_forever() {
+    let d = Daemon::new();
+    let err = d.fails(
+        &[
+            "start",
+            "--name",
+            "web",
+            "--max-memory-restart",
+            "0",
+            worker_bin(),
+        ],
+        2,
+    );
+    assert!(err.contains("0 is no limit"), "{err}");
+    assert!(d.list().is_empty());
+    assert!(!d.path().join("logs/web-out.log").exists());
+}
+
+#[test]
+fn a_failed_start_leaves_no_empty_log_files() {
+    let d = Daemon::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let err = d.fails(
+        &["start", "--name", "busy", "--listen", &port, worker_bin()],
+        1,
+    );
+    assert!(err.contains("already in use"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(d.path().join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // A log file that was there before is kept, even if empty.
+    std::fs::write(d.path().join("logs/busy-out.log"), "").unwrap();
+    d.fails(
+        &["start", "--name", "busy", "--listen", &port, worker_bin()],
+        1,
+    );
+    assert!(d.path().join("logs/busy-out.log").exists());
+}
+
+/// A herd.toml whose one app carries `bytes` of environment.
+fn big_app_file(dir: &Path, name: &str, bytes: usize) -> PathBuf {
+    let chunk = 64 << 10;
+    let mut toml = format!(
+        "[[apps]]\nname = \"{name}\"\nscript = \"{}\"\nrestart = \"never\"\n\n[apps.env]\n",
+        worker_bin()
+    );
+    for i in 0..bytes.div_ceil(chunk) {
+        toml.push_str(&format!("BIG_{i} = \"{}\"\n", "x".repeat(chunk)));
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+#[test]
+fn show_works_for_any_definition_start_accepted_and_start_refuses_one_show_could_not_send() {
+    let d = Daemon::new();
+    // Near the frame cap: used to be accepted, then `show` failed for good.
+    let file = big_app_file(d.path(), "huge", 3 << 20);
+    let err = d.fails(&["start", file.to_str().unwrap()], 2);
+    assert!(err.contains("herd show") && err.contains("KiB"), "{err}");
+    assert!(d.list().is_empty());
+
+    // Just under the definition cap: started, and shown, as text and JSON.
+    let limit = herd_protocol::MAX_DEFINITION;
+    let file = big_app_file(d.path(), "big", limit - (256 << 10));
+    d.ok(&["start", file.to_str().unwrap()]);
+    assert!(d.ok(&["show", "big"]).contains("big"));
+    let shown: Value = serde_json::from_str(&d.ok(&["show", "big", "--json"])).unwrap();
+    assert_eq!(shown["app"]["name"], "big");
+    d.ok(&["show", "big", "--json", "--show-secrets"]);
 }

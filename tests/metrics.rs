@@ -34,18 +34,36 @@ fn text(b: &[u8]) -> String {
 
 /// One POST with an empty body: (status, body).
 fn post(addr: &str, path: &str, admin_header: bool) -> (u16, String) {
+    let extra: &[(&str, &str)] = if admin_header {
+        &[("X-Herd-Admin", "1")]
+    } else {
+        &[]
+    };
+    exchange(addr, "POST", path, addr, extra)
+}
+
+/// One request with `Host: host` and the `extra` headers: (status, body).
+fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    host: &str,
+    extra: &[(&str, &str)],
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let extra = if admin_header {
-        "X-Herd-Admin: 1\r\n"
-    } else {
-        ""
-    };
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: 0\r\n\r\n"
-    )
-    .unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for (name, value) in extra {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let has_length = extra
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-length"));
+    if method == "POST" && !has_length {
+        head.push_str("Content-Length: 0\r\n");
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read the response");
     let status = out
@@ -495,8 +513,18 @@ fn the_listener_is_bounded_in_size_connections_and_time() {
     let _ = s.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
 
-    // More silent connections than it serves at once: they are dropped after
-    // the read timeout, and a real request gets through after that.
+    // A body over the cap: 413.
+    let (status, body) = exchange(
+        &addr,
+        "POST",
+        "/api/apps/x/reload",
+        &addr,
+        &[("Content-Length", "100000")],
+    );
+    assert_eq!(status, 413, "{body}");
+
+    // Silent connections: a real request gets through, and they are closed
+    // (to make room, or after the head timeout).
     let idle: Vec<TcpStream> = (0..40)
         .map(|_| TcpStream::connect(&addr).unwrap())
         .collect();
@@ -542,4 +570,203 @@ fn a_daemon_started_by_the_cli_takes_herd_metrics_from_its_environment() {
     let show: Value = serde_json::from_str(&d.ok(&["show", "web", "--json"])).unwrap();
     let env = show["definition"]["spec"]["env"].as_array().unwrap();
     assert!(!env.iter().any(|kv| kv[0] == "HERD_METRICS"), "{env:?}");
+}
+
+/// Issue 15: 32 idle TCP connections delayed `/healthz` by 4.8 s (the
+/// listener waited for a free connection slot), so a Kubernetes probe
+/// (timeoutSeconds: 1) failed. Now a new connection closes the oldest idle
+/// one when the table is full: with far more idle connections open than the
+/// listener keeps, every probe is answered within a second, and the daemon
+/// holds no more sockets than its limit.
+#[test]
+fn idle_connections_never_delay_the_probes() {
+    const PROBE_DEADLINE: Duration = Duration::from_secs(1);
+    let d = Daemon::with_metrics(false);
+    let addr = http_addr(&d).to_string();
+    let daemon = d.daemon_pid().expect("the daemon's pid");
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{daemon}/fd"))
+            .unwrap()
+            .count()
+    };
+    let fds_before = fds();
+
+    let mut idle: Vec<TcpStream> = Vec::new();
+    let open_idle = |n: usize, idle: &mut Vec<TcpStream>| {
+        for _ in 0..n {
+            idle.push(TcpStream::connect(&addr).expect("connect an idle connection"));
+        }
+    };
+    open_idle(100, &mut idle);
+    for round in 0..10 {
+        // More keep coming while the probes are asked.
+        open_idle(10, &mut idle);
+        for path in ["/healthz", "/readyz"] {
+            let start = std::time::Instant::now();
+            let answer = http_get(&addr, path, PROBE_DEADLINE);
+            assert!(
+                matches!(answer, Ok((200, _))),
+                "round {round}: {path} with {} idle connections open: {answer:?} after {:?}",
+                idle.len(),
+                start.elapsed()
+            );
+        }
+    }
+    assert_eq!(idle.len(), 200);
+    // The oldest idle connections were closed by the daemon.
+    let mut first = &idle[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(first.read(&mut buf).unwrap_or(0), 0, "still open");
+    // It keeps no more sockets than its limit (64), whatever is thrown at it.
+    let held = fds().saturating_sub(fds_before);
+    assert!(held <= 64 + 2, "the daemon holds {held} more fds");
+}
+
+/// Read `herd list`'s pid of worker 0 of `app`.
+fn worker0_pid(d: &Daemon, app: &str) -> Value {
+    d.app(app)["workers"][0]["pid"].clone()
+}
+
+/// Issue 15 (DNS rebinding): the admin API ignored `Host` and `Origin`, so a
+/// web page the operator visited could restart apps: a name the attacker
+/// owns, resolving to 127.0.0.1, arrives with `Host: evil.example`, and a
+/// page's request carries its `Origin`. Both are refused now, reads too, and
+/// the app is not restarted; the right Host and Origin still work.
+#[test]
+fn dns_rebinding_a_foreign_host_or_origin_cannot_restart_an_app() {
+    let d = Daemon::with_metrics(true);
+    let addr = http_addr(&d).to_string();
+    let port = addr.rsplit_once(':').unwrap().1;
+    d.start_fixture("web", &[]);
+    d.wait_online("web", 1);
+    let pid = worker0_pid(&d, "web");
+    let admin = ("X-Herd-Admin", "1");
+    let restart = "/api/apps/web/restart";
+
+    for host in ["evil.example", &format!("evil.example:{port}")] {
+        let (status, body) = exchange(&addr, "POST", restart, host, &[admin]);
+        assert_eq!(status, 421, "Host: {host}: {body}");
+        assert!(body.contains("--metrics-host"), "{body}");
+        let (status, body) = exchange(&addr, "GET", "/api/apps", host, &[]);
+        assert_eq!(status, 421, "GET with Host: {host}: {body}");
+    }
+    for origin in [
+        "http://evil.example",
+        &format!("http://evil.example:{port}"),
+        "null",
+    ] {
+        let (status, body) = exchange(&addr, "POST", restart, &addr, &[admin, ("Origin", origin)]);
+        assert_eq!(status, 403, "Origin: {origin}: {body}");
+        assert!(body.contains("cannot change apps"), "{body}");
+    }
+    assert_eq!(worker0_pid(&d, "web"), pid, "the app was restarted");
+
+    // The page's own origin, and a client with no Origin, are obeyed.
+    let own = format!("http://{addr}");
+    let (status, body) = exchange(&addr, "POST", restart, &addr, &[admin, ("Origin", &own)]);
+    assert_eq!(status, 200, "{body}");
+    d.wait_online("web", 1);
+    let restarted = worker0_pid(&d, "web");
+    assert_ne!(restarted, pid, "not restarted");
+    let localhost = format!("localhost:{port}");
+    let (status, body) = exchange(&addr, "POST", restart, &localhost, &[admin]);
+    assert_eq!(status, 200, "{body}");
+    d.wait_online("web", 1);
+    assert_ne!(worker0_pid(&d, "web"), restarted, "not restarted");
+}
+
+/// `--metrics-host` names (here from `HERD_METRICS_HOST`, which a daemon the
+/// CLI starts inherits) are answered to as well as the address, with any
+/// port unless one is given; `HERD_METRICS_ADMIN=1` (issue 15: only `true`
+/// was read) turns the actions on.
+#[test]
+fn herd_metrics_host_names_and_herd_metrics_admin_1_are_taken_from_the_environment() {
+    let mut d = Daemon::unstarted();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = d
+        .command(&["ping"])
+        .env("HERD_METRICS", &addr)
+        .env("HERD_METRICS_HOST", "herd.internal,proxy.example:8443")
+        .env("HERD_METRICS_ADMIN", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    d.http = Some(addr.clone());
+    for host in ["herd.internal", "HERD.internal:9999", "proxy.example:8443"] {
+        let (status, body) = exchange(&addr, "GET", "/healthz", host, &[]);
+        assert_eq!(status, 200, "Host: {host}: {body}");
+    }
+    for host in ["proxy.example", "proxy.example:80", "other.internal"] {
+        let (status, body) = exchange(&addr, "GET", "/healthz", host, &[]);
+        assert_eq!(status, 421, "Host: {host}: {body}");
+    }
+    // Admin is on: an unknown app is a 404, not "read-only".
+    let (status, body) = exchange(
+        &addr,
+        "POST",
+        "/api/apps/nope/reload",
+        "herd.internal",
+        &[("X-Herd-Admin", "1"), ("Origin", "http://herd.internal")],
+    );
+    assert_eq!(status, 404, "{body}");
+}
+
+/// Issue 15: `HERD_METRICS_ADMIN=1` stopped the daemon a CLI command starts
+/// from starting, and the CLI only said, after 10 s, that it could not reach
+/// it. A value that is not a yes/no is refused, and the CLI prints why, at
+/// once; `0` is a plain "off".
+#[test]
+fn a_bad_herd_metrics_admin_stops_the_daemon_and_the_cli_says_why() {
+    let d = Daemon::unstarted();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let start = std::time::Instant::now();
+    let out = d
+        .command(&["ping"])
+        .env("HERD_METRICS", &addr)
+        .env("HERD_METRICS_ADMIN", "maybe")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("did not start")
+            && stderr.contains("'maybe'")
+            && stderr.contains("HERD_METRICS_ADMIN"),
+        "{stderr}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "the CLI waited {:?} for a daemon that had exited",
+        start.elapsed()
+    );
+    // Admin without an address to serve it on: a clear error too.
+    let out = d
+        .command(&["ping"])
+        .env_remove("HERD_METRICS")
+        .env("HERD_METRICS_ADMIN", "yes")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("need --metrics ADDR"), "{stderr}");
+    // "0": off, and the daemon starts.
+    let out = d
+        .command(&["ping"])
+        .env("HERD_METRICS", &addr)
+        .env("HERD_METRICS_ADMIN", "0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (status, body) = exchange(
+        &addr,
+        "POST",
+        "/api/apps/nope/reload",
+        &addr,
+        &[("X-Herd-Admin", "1")],
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("read-only"), "{body}");
 }

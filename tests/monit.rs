@@ -2,7 +2,7 @@
 //! test types `herd monit` into it, reads the screen with `capture-pane`
 //! and presses keys with `send-keys`. It checks that the app and its worker
 //! pids are shown, that `r` then `y` reloads the app (new worker pids in
-//! `herd jlist`), that `q` gives the pane back to the shell, and that monit
+//! `herd list --json`), that `q` gives the pane back to the shell, and that monit
 //! costs little CPU while it watches. Each test has its own daemon (a temp
 //! `HERD_HOME`) and its own tmux server (a unique `-L` socket); both are
 //! ended when the test ends, pass or fail. Needs `tmux` (under CI a missing
@@ -58,7 +58,8 @@ impl Daemon {
     }
 
     fn app(&self, name: &str) -> Value {
-        let list: Value = serde_json::from_str(&self.ok(&["jlist"])).expect("jlist is JSON");
+        let list: Value =
+            serde_json::from_str(&self.ok(&["list", "--json"])).expect("list --json is JSON");
         list.as_array()
             .expect("an array")
             .iter()

@@ -472,7 +472,7 @@ fn engine_api_messages_both_ways_and_disconnect_event() {
     use serde_json::json;
 
     need_node!();
-    let node = herd_engine::os::spawn::resolve_program("node").expect("node on PATH");
+    let node = herd_engine::resolve_program("node").expect("node on PATH");
     let port = free_port();
     let mut spec = AppSpec::new("worker-info", node);
     spec.args = vec![fixture("worker-info.js")];

@@ -518,10 +518,10 @@ fn herd_daemon_as_pid_1_reaps_orphans_notifies_and_obeys_herd_kill_from_outside(
         "--spawn-child",
     ]);
     let online = wait_until(Duration::from_secs(20), || {
-        let list: serde_json::Value = serde_json::from_str(&herd(&["jlist"])).unwrap();
+        let list: serde_json::Value = serde_json::from_str(&herd(&["list", "--json"])).unwrap();
         list[0]["online"] == 2
     });
-    assert!(online, "{}\n{}", herd(&["jlist"]), ns.output());
+    assert!(online, "{}\n{}", herd(&["list", "--json"]), ns.output());
     assert_orphans_reaped(&ns);
 
     herd(&["kill"]);
@@ -569,7 +569,7 @@ fn herd_daemon_as_pid_1_reopens_logs_on_sigusr1_and_stops_on_sigterm() {
     // logrotate's way: move the file, then SIGUSR1 (to PID 1, passed on to
     // the daemon) makes the daemon write to a new file at the old path.
     let list = Command::new(herd_bin())
-        .args(["jlist"])
+        .args(["list", "--json"])
         .env("HERD_HOME", home.path())
         .output()
         .unwrap();

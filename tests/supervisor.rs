@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use herd_engine::config::AppSpec;
 use herd_engine::machine::Report;
+use herd_home::Home;
 use herd_protocol::supervisor::{
     AppFile, AppState, Command, Containment, Desired, Event, Hello, Status, Ticket, WorkerRole,
     WorkerState, PROTOCOL, VERSION,
@@ -41,8 +42,7 @@ impl Supervised {
     /// A home with `apps/1.json` for `def`, wished running.
     fn new(tag: &str, def: AppDef) -> Supervised {
         let home = TempDir::new(tag);
-        let files = AppFiles::new(home.path(), ID);
-        files.create_dirs().unwrap();
+        let files = AppFiles::open(&Home::open(home.path()).unwrap(), ID).unwrap();
         files
             .write_app(&AppFile::new(ID, Desired::Running, def))
             .unwrap();
@@ -91,11 +91,11 @@ impl Supervised {
     }
 
     fn herd_log(&self) -> String {
-        std::fs::read_to_string(self.files.herd_log()).unwrap_or_default()
+        std::fs::read_to_string(self.files.home().daemon_log()).unwrap_or_default()
     }
 
     fn out_log(&self) -> String {
-        std::fs::read_to_string(self.files.log_dir().join("web-out.log")).unwrap_or_default()
+        std::fs::read_to_string(self.files.home().log_dir().join("web-out.log")).unwrap_or_default()
     }
 
     fn client(&self) -> Client {
@@ -146,7 +146,7 @@ impl Drop for Supervised {
                 wait_until(Duration::from_secs(5), || !is_supervisor(pid));
             }
         }
-        if let Ok(record) = Record::read(&self.files.groups_file()) {
+        if let Ok(record) = Record::read(&self.files) {
             contain::end_leftovers(&record);
         }
     }
@@ -186,6 +186,9 @@ fn fixture(n: usize, args: &[&str]) -> AppDef {
         logs: Default::default(),
         max_memory_restart: None,
         instances_max: false,
+        pm2: Default::default(),
+        script: None,
+        namespace: None,
     }
 }
 
@@ -220,7 +223,7 @@ fn a_supervisor_started_by_hand_detaches_serves_its_app_and_tells_its_typed_stat
     let fd = |n: u32| std::fs::read_link(format!("/proc/{pid}/fd/{n}")).unwrap();
     assert_eq!(fd(0), PathBuf::from("/dev/null"));
     assert_eq!(fd(1), PathBuf::from("/dev/null"));
-    assert_eq!(fd(2), s.files.herd_log());
+    assert_eq!(fd(2), s.files.home().daemon_log());
     for file in [s.files.socket(), s.files.pid_file(), s.files.groups_file()] {
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{}", file.display());
@@ -237,7 +240,7 @@ fn a_supervisor_started_by_hand_detaches_serves_its_app_and_tells_its_typed_stat
     assert_eq!(status.app.name, "web");
     assert_eq!(status.app.instances, 2);
     assert_eq!(status.app.online, 2);
-    assert_eq!(status.app.mode.as_str(), "cluster");
+    assert_eq!(status.app.mode.to_string(), "cluster");
     let slots: Vec<usize> = status.app.workers.iter().map(|w| w.slot).collect();
     assert_eq!(slots, vec![0, 1]);
     assert!(status.app.workers.iter().all(|w| w.restarts == 0));
@@ -245,7 +248,10 @@ fn a_supervisor_started_by_hand_detaches_serves_its_app_and_tells_its_typed_stat
     let herd = std::fs::metadata(herd_bin()).unwrap();
     assert_eq!(status.supervisor.binary.inode, herd.ino());
     assert_eq!(status.supervisor.binary.protocol, VERSION);
-    assert_eq!(status.app.out_log, s.files.log_dir().join("web-out.log"));
+    assert_eq!(
+        status.app.out_log,
+        s.files.home().log_dir().join("web-out.log")
+    );
     // The sampler fills in CPU and memory within a second or two.
     let sampled = wait_until(WAIT, || {
         let st = s.status();
@@ -256,7 +262,7 @@ fn a_supervisor_started_by_hand_detaches_serves_its_app_and_tells_its_typed_stat
     });
     assert!(sampled, "{:#?}", s.status());
     // It says how it contains the app, and its record agrees.
-    let record = Record::read(&s.files.groups_file()).unwrap();
+    let record = Record::read(&s.files).unwrap();
     match &status.supervisor.containment {
         Containment::Cgroup { path } => {
             assert_eq!(record.cgroup.as_ref(), Some(path));

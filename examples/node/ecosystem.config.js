@@ -1,7 +1,8 @@
-// A pm2 process file, read by herd as pm2 reads it:
-//   herd start examples/node/ecosystem.config.js
-//   herd start examples/node/ecosystem.config.js --env production
-// (and by pm2 itself: `pm2 start examples/node/ecosystem.config.js`).
+// A pm2 process file, read by herd as pm2 reads it (scripts are found from
+// where you run it, so run it from this folder):
+//   cd examples/node && herd start ecosystem.config.js
+//   cd examples/node && herd start ecosystem.config.js --env production
+// (and by pm2 itself: `pm2 start ecosystem.config.js`).
 module.exports = {
   apps: [
     {

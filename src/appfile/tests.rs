@@ -1,3 +1,9 @@
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use herd_engine::config::{Balance, Instances};
+use nix::sys::signal::Signal;
+
 use super::*;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -8,7 +14,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// Node is needed for pm2's JS files: a test without it is skipped, except
 /// under CI, where it fails.
-fn node_available() -> bool {
+pub(super) fn node_available() -> bool {
     let ok = Command::new("node")
         .arg("--version")
         .stdout(Stdio::null())
@@ -33,6 +39,11 @@ fn env_of(app: &FileApp) -> Vec<(&str, &str)> {
             crate::options::EnvArg::Profile(_) => None,
         })
         .collect()
+}
+
+/// `load_from` with the file's own directory as the current one.
+fn load(path: &Path, profile: Option<&str>) -> Result<(Vec<FileApp>, Vec<String>), UsageError> {
+    load_from(path, profile, path.parent().unwrap())
 }
 
 fn error_of(result: Result<(Vec<FileApp>, Vec<String>), UsageError>) -> String {
@@ -98,6 +109,7 @@ fn herd_toml_two_apps_and_a_profile() {
     // herd's restart_delay doubles; the ceiling grows to at least the first delay.
     assert_eq!(web.options.restart_delay, Duration::from_secs(10));
     assert_eq!(web.options.max_restart_delay, Duration::from_secs(10));
+    assert_eq!(web.options.style, Style::Script);
     assert_eq!(web.daemon.max_memory_restart, Some(300 << 20));
     assert_eq!(web.daemon.log_date_format.as_deref(), Some("YYYY-MM-DD"));
     assert_eq!(
@@ -114,8 +126,9 @@ fn herd_toml_two_apps_and_a_profile() {
     let worker = &apps[1];
     assert_eq!(worker.options.name.as_deref(), Some("worker"));
     assert_eq!(worker.command, ["./worker", "--queue", "jobs"]);
-    // One instance unless told otherwise, as under `herd start`.
-    assert_eq!(worker.options.instances, Some(Instances::Count(1)));
+    assert_eq!(worker.options.style, Style::Argv);
+    // One instance unless told otherwise, as under `herd start` (app_def's default).
+    assert_eq!(worker.options.instances, None);
     assert_eq!(worker.options.kill_timeout, Duration::from_secs(12));
     assert_eq!(worker.options.restart, RestartMode::OnFailure);
     assert_eq!(worker.options.kill_signal, Signal::SIGTERM);
@@ -272,7 +285,9 @@ fn check_pm2_apps(apps: &[FileApp], dir: &Path) {
     // pm2's restart_delay is a fixed delay.
     assert_eq!(api.options.restart_delay, Duration::from_millis(250));
     assert_eq!(api.options.max_restart_delay, Duration::from_millis(250));
-    assert_eq!(api.options.interpreter_args, ["--max-old-space-size=512"]);
+    assert_eq!(api.options.interpreter_args(), ["--max-old-space-size=512"]);
+    assert_eq!(api.options.exec_mode, Some(ExecMode::Cluster));
+    assert_eq!(api.daemon.pm2.merge_logs, Some(true));
     assert!(api.daemon.time);
     assert_eq!(
         api.daemon.out_file.as_deref(),
@@ -296,12 +311,14 @@ fn check_pm2_apps(apps: &[FileApp], dir: &Path) {
     let worker = &apps[1];
     assert_eq!(worker.options.name.as_deref(), Some("worker"));
     assert_eq!(worker.command, ["worker.js"]);
-    // pm2 starts one instance unless told otherwise.
-    assert_eq!(worker.options.instances, Some(Instances::Count(1)));
+    // pm2 starts one instance unless told otherwise (app_def's default).
+    assert_eq!(worker.options.instances, None);
+    assert_eq!(worker.options.exec_mode, Some(ExecMode::Fork));
+    assert_eq!(worker.daemon.pm2.exp_backoff_restart_delay_ms, Some(100));
     assert_eq!(worker.options.restart, RestartMode::Never);
     assert_eq!(worker.options.restart_delay, Duration::from_millis(100));
     assert_eq!(worker.options.max_restart_delay, PM2_MAX_BACKOFF);
-    assert_eq!(worker.options.interpreter_args, ["--inspect"]);
+    assert_eq!(worker.options.interpreter_args(), ["--inspect"]);
     assert!(worker.options.shutdown_with_message);
     assert_eq!(worker.options.listen.len(), 1);
     assert_eq!(worker.options.balance, Some(Balance::ReusePort));
@@ -309,6 +326,10 @@ fn check_pm2_apps(apps: &[FileApp], dir: &Path) {
 
 /// The parts of a FileApp that a start depends on, comparable.
 fn summary(apps: &[FileApp]) -> String {
+    let mut apps = apps.to_vec();
+    for a in &mut apps {
+        a.options.source_file = None;
+    }
     format!("{apps:?}")
 }
 
@@ -379,22 +400,42 @@ fn a_js_file_that_throws_gives_nodes_error() {
     assert!(err.contains("ecosystem.config.cjs:1:7"), "{err}");
     assert!(!err.contains("node:internal"), "{err}");
 
-    // A wrong type in a JS file names the key (node's output has no useful lines).
+    // A wrong type in a JS file names the key, and the line where it is written.
     let js = write(
         dir.path(),
         "bad.config.js",
-        "module.exports = { apps: [{ script: 'a.js', kill_timeout: true }] };\n",
+        "module.exports = {\n  apps: [{ script: 'a.js',\n    kill_timeout: true }] };\n",
     );
     let err = error_of(load(&js, None));
-    assert!(err.contains("apps[0].kill_timeout"), "{err}");
-    assert!(!err.contains("line"), "{err}");
+    assert!(
+        err.contains("bad.config.js:3:5: apps[0].kill_timeout"),
+        "{err}"
+    );
+    // Written twice: no line rather than a wrong one.
+    let js = write(
+        dir.path(),
+        "bad.config.js",
+        "module.exports = [{ script: 'a.js', kill_timeout: 1 },\n { script: 'b.js', kill_timeout: 'x' }];\n",
+    );
+    let err = error_of(load(&js, None));
+    assert!(
+        err.contains("bad.config.js: [1].kill_timeout: invalid duration 'x'"),
+        "{err}"
+    );
 }
 
 #[test]
 fn without_node_a_js_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let js = write(dir.path(), "ecosystem.config.js", ECOSYSTEM_JS);
-    let err = evaluate_js_with("/nonexistent/node", &js, &mut Vec::new()).unwrap_err();
+    let err = js::evaluate_with(
+        "/nonexistent/node",
+        &js,
+        js::Source::Module,
+        js::LIMIT,
+        &mut Vec::new(),
+    )
+    .unwrap_err();
     assert!(err.0.contains("needs Node.js"), "{}", err.0);
     assert!(err.0.contains("ecosystem.config.js"), "{}", err.0);
 }
@@ -405,22 +446,30 @@ fn unknown_keys_warn_naming_file_app_and_key() {
     let toml = write(
         dir.path(),
         "herd.toml",
-        "typo = 1\n[[apps]]\nname = \"web\"\nscript = \"a.js\"\nkill-timeout = \"3s\"\nwatch = true\nfrobnicate = 2\n",
+        "typo = 1\n[[apps]]\nname = \"web\"\nscript = \"a.js\"\nkill-timeout = \"3s\"\nvizion = true\nfrobnicate = 2\nscirpt_x = 1\n",
     );
     let (apps, warnings) = load(&toml, None).unwrap();
     assert_eq!(apps.len(), 1);
     let all = warnings.join("\n");
-    assert_eq!(warnings.len(), 4, "{all}");
-    assert!(all.contains("herd.toml: unknown key 'typo'"), "{all}");
+    assert_eq!(warnings.len(), 5, "{all}");
+    assert!(
+        all.contains("herd.toml: top-level key 'typo' ignored"),
+        "{all}"
+    );
     assert!(
         all.contains("herd.toml: app 'web': unknown key 'kill-timeout' (ignored): did you mean 'kill_timeout'?"),
         "{all}"
     );
     assert!(
-        all.contains("app 'web': pm2's 'watch' is not supported"),
+        all.contains(
+            "app 'web': pm2's 'vizion' is not done by herd (ignored): herd reads no git metadata"
+        ),
         "{all}"
     );
-    assert!(all.contains("app 'web': unknown key 'frobnicate'"), "{all}");
+    assert!(
+        all.contains("app 'web': unknown key 'frobnicate' (ignored)\n"),
+        "{all}"
+    );
 
     let json = write(
         dir.path(),
@@ -466,12 +515,14 @@ fn a_wrong_type_names_file_key_and_line() {
     let json = write(
         dir.path(),
         "ecosystem.json",
-        "{\"apps\": [\n  {\"script\": \"a.js\",\n   \"env\": {\"A\": [1]}}\n]}\n",
+        "{\"apps\": [\n  {\"script\": \"a.js\",\n   \"env\": [1]}\n]}\n",
     );
     let err = error_of(load(&json, None));
     assert!(err.starts_with(&format!("{}:3:", json.display())), "{err}");
     assert!(
-        err.contains("apps[0].env.A: invalid type: sequence"),
+        err.contains(
+            "apps[0].env: invalid type: sequence, expected a table of environment variables"
+        ),
         "{err}"
     );
 
@@ -500,7 +551,7 @@ fn a_wrong_type_names_file_key_and_line() {
     let json = write(
         dir.path(),
         "e.json",
-        "{\"apps\": [\n  {\"script\": \"a.js\",}\n]}",
+        "{\"apps\": [\n  {\"script\": \"a.js\" \"name\": 1}\n]}",
     );
     let err = error_of(load(&json, None));
     assert!(err.starts_with(&format!("{}:2:", json.display())), "{err}");
@@ -524,7 +575,11 @@ fn pm2_top_level_shapes() {
     );
     let (apps, warnings) = load(&yaml, None).unwrap();
     assert_eq!(apps[0].command, ["b.js"]);
-    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("pm2's 'deploy' is not done by herd"),
+        "{warnings:?}"
+    );
     // Anything else is not a list of apps.
     let json = write(dir.path(), "bad.json", "[1]");
     let err = error_of(load(&json, None));
@@ -609,6 +664,7 @@ fn the_examples_load() {
     if node_available() {
         let (js_apps, warnings) =
             load(&root.join("node/ecosystem.config.js"), Some("production")).unwrap();
+        assert_eq!(js_apps[0].base, root.join("node"));
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(js_apps.len(), 2);
         // What was read passes the same checks as the command line, scripts found.
@@ -622,4 +678,534 @@ fn the_examples_load() {
             assert!(def.spec.env.iter().any(|(k, _)| k == "PORT"));
         }
     }
+}
+
+/// A pm2 file (JSON) with one app `{script: 'a.js', <key>: <value>}`, the key
+/// on line 3.
+fn one_key_json(dir: &Path, key: &str, value: &str) -> PathBuf {
+    write(
+        dir,
+        "ecosystem.json",
+        &format!(
+            "{{\"apps\": [{{\n  {},\n  \"{key}\": {value}\n}}]}}\n",
+            if key == "script" {
+                "\"name\": \"x\""
+            } else {
+                "\"script\": \"a.js\""
+            }
+        ),
+    )
+}
+
+#[test]
+fn every_key_with_a_wrong_value_names_file_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // (key, a wrong value, what the error says)
+    let table = [
+        ("name", "[1]", "invalid type: sequence, expected a name"),
+        ("script", "12", "expected a string"),
+        (
+            "args",
+            "{\"a\": 1}",
+            "invalid type: map, expected a list of arguments",
+        ),
+        ("instances", "\"lots\"", "invalid instance count 'lots'"),
+        ("instances", "2.5", "invalid instance count '2.5'"),
+        (
+            "exec_mode",
+            "\"forks\"",
+            "unknown exec_mode 'forks': use cluster or fork",
+        ),
+        ("execute_command", "\"yes\"", "use true or false"),
+        ("listen", "\"nowhere\"", "invalid listen address 'nowhere'"),
+        ("balance", "\"random\"", "unknown balance mode 'random'"),
+        ("interpreter", "true", "expected a string"),
+        ("node_args", "{}", "invalid type: map"),
+        ("interpreter_args", "{}", "invalid type: map"),
+        (
+            "shutdown_with_message",
+            "1",
+            "invalid type: integer `1`, expected true or false",
+        ),
+        (
+            "restart",
+            "\"sometimes\"",
+            "unknown restart mode 'sometimes'",
+        ),
+        (
+            "autorestart",
+            "\"no\"",
+            "invalid value 'no': use true or false",
+        ),
+        ("restart_delay", "\"soon\"", "invalid duration 'soon'"),
+        ("exp_backoff_restart_delay", "-1", "invalid duration '-1'"),
+        (
+            "max_restart_delay",
+            "true",
+            "invalid type: boolean `true`, expected a duration",
+        ),
+        ("min_uptime", "\"1x\"", "invalid duration '1x'"),
+        ("max_restarts", "-2", "invalid count '-2'"),
+        ("kill_signal", "\"SIGFOO\"", "unknown signal 'SIGFOO'"),
+        ("kill_timeout", "\"12x\"", "invalid duration '12x'"),
+        ("wait_ready", "\"maybe\"", "invalid value 'maybe'"),
+        (
+            "ready_delay",
+            "[]",
+            "invalid type: sequence, expected a duration",
+        ),
+        ("listen_timeout", "\"x\"", "invalid duration 'x'"),
+        (
+            "env",
+            "\"A=1\"",
+            "expected a table of environment variables",
+        ),
+        ("cwd", "1", "expected a string"),
+        ("instance_var", "\"A=B\"", "invalid variable name 'A=B'"),
+        ("append_env_to_name", "\"x\"", "use true or false"),
+        ("time", "2", "expected true or false"),
+        ("log_date_format", "false", "expected a string"),
+        ("out_file", "1", "expected a string"),
+        ("error_file", "{}", "expected a string"),
+        ("log_max_size", "\"big\"", "invalid size 'big'"),
+        ("log_keep", "\"many\"", "invalid count 'many'"),
+        ("max_memory_restart", "\"lots\"", "invalid size 'lots'"),
+        (
+            "watch",
+            "1",
+            "expected true, false, a string, or a list of strings",
+        ),
+        (
+            "ignore_watch",
+            "true",
+            "invalid type: boolean `true`, expected a string",
+        ),
+        ("watch_delay", "\"x\"", "invalid duration 'x'"),
+        (
+            "cron_restart",
+            "\"61 * * * *\"",
+            "invalid cron pattern '61 * * * *'",
+        ),
+        ("cron_restart", "\"* *\"", "it has 2 fields"),
+        ("cron", "\"@often\"", "invalid cron pattern"),
+        ("stop_exit_codes", "[\"a\"]", "invalid exit code 'a'"),
+        (
+            "filter_env",
+            "1",
+            "expected true, false, a string, or a list of strings",
+        ),
+        ("increment_var", "\"\"", "invalid variable name ''"),
+        ("port", "70000", "invalid port '70000'"),
+        ("port", "0", "invalid port '0'"),
+        ("log_type", "1", "expected a string"),
+        ("log_file", "1", "expected true, false, a string"),
+        ("merge_logs", "\"x\"", "use true or false"),
+        ("combine_logs", "3", "expected true or false"),
+        // camelCase, as pm2 takes it.
+        ("killTimeout", "\"12x\"", "invalid duration '12x'"),
+    ];
+    for (key, value, says) in table {
+        let path = one_key_json(dir.path(), key, value);
+        let err = error_of(load(&path, None));
+        let want = format!("{}:3:", path.display());
+        assert!(err.starts_with(&want), "{key}={value}: {err}");
+        assert!(
+            err.contains(&format!("apps[0].{key}")),
+            "{key}={value}: {err}"
+        );
+        assert!(err.contains(says), "{key}={value}: {err}");
+    }
+    // And the same value, right, is taken (no warning).
+    for (key, value) in [
+        ("port", "3000"),
+        ("port", "\"3000\""),
+        ("cron_restart", "\"0 0 * * *\""),
+        ("cron_restart", "\"*/30 * * * * *\""),
+        ("cron_restart", "0"),
+        ("stop_exit_codes", "[0, \"2\"]"),
+        ("stop_exit_codes", "0"),
+        ("log_type", "\"json\""),
+        ("killTimeout", "\"12s\""),
+        ("maxRestarts", "3"),
+        ("autorestart", "\"false\""),
+        ("instances", "\"-1\""),
+        ("instances", "-1"),
+        ("instances", "0"),
+    ] {
+        let path = one_key_json(dir.path(), key, value);
+        let (_, warnings) = load(&path, None).unwrap_or_else(|e| panic!("{key}={value}: {}", e.0));
+        assert!(warnings.is_empty(), "{key}={value}: {warnings:?}");
+    }
+}
+
+#[test]
+fn keys_later_phases_honour_are_read_into_their_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "ecosystem.json",
+        r#"{"apps": [
+          {"script": "a.js", "watch": true, "ignore_watch": "node_modules", "watch_delay": 1000,
+           "cron_restart": "0 3 * * *", "stop_exit_codes": [0, "2"], "filter_env": ["SECRET", "AWS_"],
+           "increment_var": "PORT", "port": "3000", "log_type": "json", "log_file": true,
+           "merge_logs": false, "exp_backoff_restart_delay": "100"},
+          {"script": "b.js", "name": "b", "watch": ["src", "lib"], "filter_env": true, "log": "all.log",
+           "stop_exit_codes": 3, "cron": 0, "log_type": "format"},
+          {"script": "c.js", "name": "c", "watch": "src", "filter_env": "TOKEN", "log_file": false}
+        ]}"#,
+    );
+    let (apps, warnings) = load(&path, None).unwrap();
+    let a = &apps[0].daemon.pm2;
+    assert_eq!(a.watch, Some(vec![]));
+    assert_eq!(a.ignore_watch, Some(vec!["node_modules".to_string()]));
+    assert_eq!(a.watch_delay_ms, Some(1000));
+    assert_eq!(a.cron_restart.as_deref(), Some("0 3 * * *"));
+    assert_eq!(a.stop_exit_codes, [0, 2]);
+    assert_eq!(
+        a.filter_env,
+        Some(FilterEnv::Containing(vec!["SECRET".into(), "AWS_".into()]))
+    );
+    assert_eq!(a.increment_var.as_deref(), Some("PORT"));
+    assert_eq!(a.port, Some(3000));
+    assert_eq!(a.log_type, Some(LogType::Json));
+    assert_eq!(a.log_file, Some(CombinedLog::Default));
+    assert_eq!(a.merge_logs, Some(false));
+    assert_eq!(a.exp_backoff_restart_delay_ms, Some(100));
+    let b = &apps[1].daemon.pm2;
+    assert_eq!(
+        b.watch,
+        Some(vec![PathBuf::from("src"), PathBuf::from("lib")])
+    );
+    assert_eq!(b.filter_env, Some(FilterEnv::All));
+    assert_eq!(b.log_file, Some(CombinedLog::Path("all.log".into())));
+    assert_eq!(b.stop_exit_codes, [3]);
+    assert_eq!(b.cron_restart, None);
+    assert_eq!(b.log_type, Some(LogType::Raw));
+    let c = &apps[2].daemon.pm2;
+    assert_eq!(c.watch, Some(vec![PathBuf::from("src")]));
+    assert_eq!(c.filter_env, Some(FilterEnv::Exact("TOKEN".into())));
+    assert_eq!(c.log_file, None);
+    // pm2 reads any log_type but json as raw lines: herd says so, once.
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("app 'b': log_type 'format' is no log type"),
+        "{warnings:?}"
+    );
+
+    // Carried into the definition (paths absolute), and each named in one
+    // "not honoured yet" warning.
+    std::fs::write(dir.path().join("a.js"), "").unwrap();
+    let (def, warnings) = options::app_def_noting(
+        &apps[0].options,
+        &apps[0].daemon,
+        &apps[0].command,
+        &apps[0].base,
+    )
+    .unwrap();
+    assert_eq!(def.pm2.cron_restart.as_deref(), Some("0 3 * * *"));
+    assert_eq!(def.pm2.watch, Some(vec![]));
+    let all = warnings.join("\n");
+    for key in [
+        "'watch'",
+        "'ignore_watch'",
+        "'watch_delay'",
+        "'cron_restart'",
+        "'stop_exit_codes'",
+        "'filter_env'",
+        "'increment_var'",
+        "'port'",
+        "'log_type: json'",
+        "'log_file'",
+        "'merge_logs: false'",
+        "'exp_backoff_restart_delay'",
+    ] {
+        assert!(
+            all.contains(&format!("{key} is read but not honoured yet")),
+            "{key}: {all}"
+        );
+    }
+    assert_eq!(warnings.len(), 12, "{all}");
+}
+
+#[test]
+fn pm2_keys_herd_does_not_do_are_named_once_with_what_to_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "ecosystem.json",
+        r#"{"apps": [
+          {"script": "a.js", "name": "a", "vizion": true, "namespace": "api", "pmx": false,
+           "treekill": true, "autostart": true, "source_map_support": true, "pid_file": "a.pid",
+           "windowsHide": true},
+          {"script": "b.js", "name": "b", "vizion": true, "treekill": false, "autostart": false,
+           "kill_retry_time": 100, "colour": "blue", "instanse": 2}
+        ],
+        "deploy": {"production": {"user": "node"}}, "static": []}"#,
+    );
+    let (_, warnings) = load(&path, None).unwrap();
+    let all = warnings.join("\n");
+    let one = |needle: &str| {
+        let n = warnings.iter().filter(|w| w.contains(needle)).count();
+        assert_eq!(n, 1, "{needle}: {all}");
+    };
+    one("apps 'a', 'b': pm2's 'vizion' is not done by herd (ignored): herd reads no git metadata");
+    one("app 'a': pm2's 'namespace' is not done by herd");
+    one("app 'a': pm2's 'source_map_support' is not done by herd (ignored): herd injects nothing into the app: add node_args: '--enable-source-maps'");
+    one("app 'a': pm2's 'pid_file'");
+    one("app 'b': pm2's 'treekill' is not done by herd (ignored): herd always stops a worker's whole process group");
+    one("app 'b': pm2's 'autostart'");
+    one("app 'b': pm2's 'kill_retry_time'");
+    one("app 'b': unknown key 'colour' (ignored)");
+    one("app 'b': unknown key 'instanse' (ignored): did you mean 'instances'?");
+    one("pm2's 'deploy' is not done by herd (ignored): herd does not deploy");
+    one("pm2's 'static' is not done by herd");
+    // Values with which herd already does what is asked: nothing to say.
+    assert!(
+        !all.contains("'pmx'") && !all.contains("app 'a': pm2's 'treekill'"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("app 'a': pm2's 'autostart'") && !all.contains("windowsHide"),
+        "{all}"
+    );
+    assert_eq!(warnings.len(), 11, "{all}");
+
+    // Running an app as another user is refused, not ignored.
+    let path = one_key_json(dir.path(), "uid", "\"www-data\"");
+    let err = error_of(load(&path, None));
+    assert!(
+        err.contains("pm2's 'uid' is not supported: herd runs apps as the daemon's user"),
+        "{err}"
+    );
+}
+
+#[test]
+fn regression_issue15_apps_as_an_object_is_read_as_pm2_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // pm2 (`_startJson`): a non-list `apps` is one app.
+    let path = write(
+        dir.path(),
+        "ecosystem.json",
+        r#"{"apps": {"name": "api", "script": "a.js", "instances": 2}}"#,
+    );
+    let (apps, warnings) = load(&path, None).unwrap();
+    assert_eq!(apps.len(), 1);
+    assert_eq!(apps[0].options.name.as_deref(), Some("api"));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    // An object of apps by name is no app: the error names the key and the fix.
+    let path = write(
+        dir.path(),
+        "ecosystem.json",
+        r#"{"apps": {"web": {"script": "web.js"}, "worker": {"script": "worker.js"}}}"#,
+    );
+    let err = error_of(load(&path, None));
+    assert!(
+        err.contains("ecosystem.json: apps: is an object whose keys 'web', 'worker' hold apps"),
+        "{err}"
+    );
+    assert!(err.contains("write apps as a list"), "{err}");
+    // pm2's other name for the list, `pm2:`.
+    let path = write(dir.path(), "e.yaml", "pm2:\n  - script: a.js\n");
+    assert_eq!(load(&path, None).unwrap().0.len(), 1);
+}
+
+#[test]
+fn regression_issue15_js_config_whose_child_holds_stdout_ends_at_the_limit() {
+    if !node_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("child.pid");
+    // The config starts a child that inherits node's stdout and outlives it,
+    // and node itself never finishes.
+    let js = write(
+        dir.path(),
+        "hang.config.mjs",
+        &format!(
+            "import {{ spawn }} from 'child_process';\n\
+             import {{ writeFileSync }} from 'fs';\n\
+             const c = spawn('sleep', ['600'], {{ stdio: 'inherit' }});\n\
+             writeFileSync({:?}, String(c.pid));\n\
+             setInterval(() => {{}}, 1000);\n\
+             await new Promise(() => {{}});\n\
+             export default {{ apps: [{{ script: 'a.js' }}] }};\n",
+            pid_file.to_str().unwrap()
+        ),
+    );
+    let started = Instant::now();
+    let limit = Duration::from_secs(2);
+    let err =
+        js::evaluate_with("node", &js, js::Source::Module, limit, &mut Vec::new()).unwrap_err();
+    let took = started.elapsed();
+    assert!(took < limit + Duration::from_secs(3), "took {took:?}");
+    assert!(
+        err.0.contains("did not finish evaluating it within 2s"),
+        "{}",
+        err.0
+    );
+    assert!(
+        err.0.contains("killed it and every process it started"),
+        "{}",
+        err.0
+    );
+    assert_gone(&pid_file);
+
+    // Node is done, its child still holds the pipe: read at once, child stopped.
+    let js = write(
+        dir.path(),
+        "child.config.js",
+        &format!(
+            "const c = require('child_process').spawn('sleep', ['600'], {{ stdio: 'inherit' }});\n\
+             require('fs').writeFileSync({:?}, String(c.pid));\n\
+             c.unref();\n\
+             module.exports = {{ apps: [{{ script: 'a.js', name: 'kept' }}] }};\n",
+            pid_file.to_str().unwrap()
+        ),
+    );
+    let started = Instant::now();
+    let mut warnings = Vec::new();
+    let json = js::evaluate_with(
+        "node",
+        &js,
+        js::Source::Module,
+        Duration::from_secs(20),
+        &mut warnings,
+    )
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(json.contains("\"kept\""), "{json}");
+    assert!(
+        warnings[0].contains("kept running after node was done"),
+        "{warnings:?}"
+    );
+    assert_gone(&pid_file);
+}
+
+/// The process whose pid is in `file` is gone (or a zombie), within a deadline.
+fn assert_gone(file: &Path) {
+    let pid: i32 = std::fs::read_to_string(file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next();
+        if stat.is_empty() || state == Some("Z") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pid {pid} still runs: {stat}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_json_file_that_is_no_strict_json_is_read_as_pm2_reads_it() {
+    if !node_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Comments, unquoted keys, single quotes, a trailing comma: pm2 evaluates .json as JS.
+    let path = write(
+        dir.path(),
+        "process.json",
+        "{\n  // the API\n  apps: [{\n    name: 'api',\n    script: 'a.js',\n    kill_timeout: 'soon',\n  }],\n}\n",
+    );
+    let err = error_of(load(&path, None));
+    assert!(
+        err.contains("process.json:6:5: apps[0].kill_timeout: invalid duration 'soon'"),
+        "{err}"
+    );
+    std::fs::write(
+        &path,
+        "{\n  // the API\n  apps: [{ name: 'api', script: 'a.js', instances: 2, },],\n}\n",
+    )
+    .unwrap();
+    let (apps, _) = load(&path, None).unwrap();
+    assert_eq!(apps[0].options.instances, Some(Instances::Count(2)));
+    // Broken either way: the JSON parser's position.
+    std::fs::write(&path, "{\"apps\": [\n  {\"script\": \n").unwrap();
+    let err = error_of(load(&path, None));
+    assert!(err.starts_with(&format!("{}:3:", path.display())), "{err}");
+}
+
+#[test]
+fn scripts_and_paths_resolve_as_under_pm2() {
+    if !node_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("config")).unwrap();
+    std::fs::create_dir_all(root.join("srv/api")).unwrap();
+    write(root, "app.js", "");
+    write(&root.join("srv/api"), "server.js", "");
+    write(&root.join("config"), "beside.js", "");
+    let config = write(
+        &root.join("config"),
+        "pm2.config.js",
+        "module.exports = { apps: [\n\
+           { name: 'backend api', script: 'app.js', out_file: 'logs/out.log', error_file: '~/x-err.log' },\n\
+           { name: 'in-cwd', cwd: 'srv/api', script: './server.js', out_file: 'NULL', append_env_to_name: true },\n\
+         ] };\n",
+    );
+    // `pm2 start config/pm2.config.js` from the project's root.
+    let (apps, _) = load_from(&config, Some("production"), root).unwrap();
+    let def = |i: usize| {
+        let a: &FileApp = &apps[i];
+        options::app_def_noting(&a.options, &a.daemon, &a.command, &a.base)
+            .unwrap()
+            .0
+    };
+    let api = def(0);
+    assert_eq!(api.spec.name, "backend api");
+    assert_eq!(api.spec.args, [root.join("app.js").to_str().unwrap()]);
+    assert_eq!(api.spec.cwd.as_deref(), Some(root));
+    assert_eq!(
+        api.logs.out_file.as_deref(),
+        Some(root.join("logs/out.log").as_path())
+    );
+    assert_eq!(
+        api.logs.error_file,
+        Some(options::expand_home("~/x-err.log").unwrap())
+    );
+    assert_eq!(
+        herd_engine::config::log_file_stem(&api.spec.name),
+        "backend-api"
+    );
+    let in_cwd = def(1);
+    assert_eq!(in_cwd.spec.name, "in-cwd-production");
+    assert_eq!(
+        in_cwd.spec.cwd.as_deref(),
+        Some(root.join("srv/api").as_path())
+    );
+    assert_eq!(
+        in_cwd.spec.args,
+        [root.join("srv/api/server.js").to_str().unwrap()]
+    );
+    assert_eq!(
+        in_cwd.logs.out_file.as_deref(),
+        Some(Path::new("/dev/null"))
+    );
+
+    // A script beside the config file, run from elsewhere: the error says why.
+    std::fs::write(
+        &config,
+        "module.exports = { apps: [{ script: 'beside.js' }] };\n",
+    )
+    .unwrap();
+    let (apps, _) = load_from(&config, None, root).unwrap();
+    let a = &apps[0];
+    let err = options::app_def_noting(&a.options, &a.daemon, &a.command, &a.base).unwrap_err();
+    assert!(err.0.contains("beside the config file"), "{}", err.0);
 }

@@ -1,8 +1,11 @@
 //! The CLI's side of the control socket: find the daemon of `$HERD_HOME`
 //! (starting it, detached, when it is not running, as pm2 does), say hello,
-//! send one request and read the answer.
+//! send one request and read the answer. The home is checked the daemon's
+//! way ([`Home::open`]) before anything in it is used: a root CLI never
+//! talks to a socket, or appends to a `herd.log`, that another user planted.
 
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -26,13 +29,14 @@ pub fn request(request: Request, autostart: bool) -> anyhow::Result<Option<Respo
 /// A client for many requests (`herd monit` asks every second): one async
 /// runtime, reused, and a new connection per request, as the daemon expects.
 pub struct Client {
-    home: Home,
+    /// Where the home is (opened and checked at each request).
+    home: PathBuf,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Client {
     pub fn new() -> anyhow::Result<Client> {
-        let home = Home::from_env()?;
+        let home = Home::location()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -78,20 +82,36 @@ async fn exchange(conn: &mut Connection, request: &Request) -> anyhow::Result<Re
     conn.recv::<Response>().await.context(lost)
 }
 
-async fn connect(home: &Home, autostart: bool) -> anyhow::Result<Option<Connection>> {
+async fn connect(root: &Path, autostart: bool) -> anyhow::Result<Option<Connection>> {
+    let home = match Home::open_existing(root)? {
+        Some(h) => h,
+        None if !autostart => return Ok(None),
+        None => Home::open(root)?,
+    };
+    let home = &home;
     let path = home.socket();
-    match UnixStream::connect(&path).await {
+    let address = home.socket_address();
+    match UnixStream::connect(&address).await {
         Ok(s) => return Ok(Some(Connection::new(s))),
         Err(_) if !autostart => return Ok(None),
         Err(_) => {}
     }
-    if home.running_pid().is_none() {
-        spawn_daemon(home)?;
-    }
+    let mut started = match home.running_pid() {
+        None => Some(spawn_daemon(home)?),
+        Some(_) => None,
+    };
     let deadline = Instant::now() + DAEMON_START;
     loop {
-        match UnixStream::connect(&path).await {
+        match UnixStream::connect(&address).await {
             Ok(s) => return Ok(Some(Connection::new(s))),
+            // (Unless it lost the race to another CLI's daemon, which then runs.)
+            Err(_) if daemon_ended(&mut started) && home.running_pid().is_none() => {
+                let (_, log_start) = started.take().expect("a daemon was started");
+                return Err(anyhow!(
+                    "the herd daemon did not start: {}",
+                    daemon_said(home, log_start)
+                ));
+            }
             Err(e) if Instant::now() > deadline => {
                 return Err(anyhow!(
                     "cannot reach the herd daemon at {}: {e}; see {} for why it did not start",
@@ -104,15 +124,32 @@ async fn connect(home: &Home, autostart: bool) -> anyhow::Result<Option<Connecti
     }
 }
 
+/// Whether the daemon this CLI started has already exited (a bad setting in
+/// the environment it inherited, say).
+fn daemon_ended(started: &mut Option<(std::process::Child, u64)>) -> bool {
+    started
+        .as_mut()
+        .is_some_and(|(child, _)| matches!(child.try_wait(), Ok(Some(_))))
+}
+
+/// What a daemon that ended at once wrote to herd.log (from `from` on).
+fn daemon_said(home: &Home, from: u64) -> String {
+    let log = std::fs::read(home.daemon_log()).unwrap_or_default();
+    let said = String::from_utf8_lossy(log.get(from as usize..).unwrap_or_default());
+    match said.trim() {
+        "" => format!("it exited; see {}", home.daemon_log().display()),
+        said => said.to_string(),
+    }
+}
+
 /// Start `herd daemon` detached: its own session, no terminal, its output
-/// appended to `$HERD_HOME/herd.log`.
-fn spawn_daemon(home: &Home) -> anyhow::Result<()> {
-    home.create()?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(home.daemon_log())
+/// appended to `$HERD_HOME/herd.log`. The child, and where its output starts
+/// in the log.
+fn spawn_daemon(home: &Home) -> anyhow::Result<(std::process::Child, u64)> {
+    let log = home
+        .open_daemon_log()
         .with_context(|| format!("cannot open {}", home.daemon_log().display()))?;
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let exe = std::env::current_exe().context("cannot find the herd binary to start the daemon")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("daemon")
@@ -130,7 +167,8 @@ fn spawn_daemon(home: &Home) -> anyhow::Result<()> {
             Ok(())
         });
     }
-    // Not waited for: when this CLI exits the daemon is reparented.
-    cmd.spawn().context("cannot start the herd daemon")?;
-    Ok(())
+    // Waited for only while this CLI waits for it to listen: when this CLI
+    // exits the daemon is reparented.
+    let child = cmd.spawn().context("cannot start the herd daemon")?;
+    Ok((child, log_start))
 }

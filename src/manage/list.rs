@@ -13,6 +13,17 @@ pub struct ListArgs {
     /// Print JSON: the apps, each with its workers (a stable schema; see the README).
     #[arg(long)]
     pub json: bool,
+    /// Show secret environment values (names with KEY, SECRET, TOKEN, PASS, CREDENTIAL,
+    /// PRIVATE, or the daemon's --secret-names) instead of hiding them.
+    #[arg(long)]
+    pub show_secrets: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct JlistArgs {
+    /// Show secret environment values instead of hiding them.
+    #[arg(long)]
+    pub show_secrets: bool,
 }
 
 #[derive(Args, Debug)]
@@ -22,10 +33,14 @@ pub struct ShowArgs {
     /// Print JSON: the app as `list --json` shows it, and its definition.
     #[arg(long)]
     json: bool,
+    /// Show secret environment values (names with KEY, SECRET, TOKEN, PASS, CREDENTIAL,
+    /// PRIVATE, or the daemon's --secret-names) instead of hiding them.
+    #[arg(long)]
+    show_secrets: bool,
 }
 
-pub fn print_list(json: bool) -> anyhow::Result<()> {
-    let Response::Apps { apps } = client::ask(Request::List)? else {
+pub fn print_list(json: bool, show_secrets: bool) -> anyhow::Result<()> {
+    let Response::Apps { apps } = client::ask(Request::List { show_secrets })? else {
         anyhow::bail!("the daemon answered list with something else");
     };
     if json {
@@ -202,7 +217,11 @@ pub fn print_table(apps: &[AppInfo]) {
 }
 
 pub fn show(args: ShowArgs) -> anyhow::Result<()> {
-    let Response::App { app, def } = client::ask(Request::Show { app: args.app })? else {
+    let Response::App { app, def } = client::ask(Request::Show {
+        app: args.app,
+        show_secrets: args.show_secrets,
+    })?
+    else {
         anyhow::bail!("the daemon answered show with something else");
     };
     if args.json {

@@ -35,7 +35,10 @@ pub struct LogsArgs {
 }
 
 pub fn main(args: LogsArgs) -> anyhow::Result<i32> {
-    let Response::Apps { apps } = client::ask(Request::List)? else {
+    let Response::Apps { apps } = client::ask(Request::List {
+        show_secrets: false,
+    })?
+    else {
         anyhow::bail!("the daemon answered list with something else");
     };
     let chosen: Vec<_> = apps

@@ -1,13 +1,22 @@
 //! pm2's verbs, over the herd daemon: `start`, `stop`, `restart`, `reload`,
-//! `delete`, `list`, `show`, `logs`, `monit`, `flush`, `scale`, `send`, `signal`,
-//! `save`, `resurrect`, `startup`, `kill`, `ping`, and `daemon` itself.
+//! `delete` (of apps, or of a config file's apps: [`files`]), `startOrReload`
+//! and its kin, `list`, `jlist`/`prettylist` in pm2's schema ([`pm2json`]),
+//! `show`, `env`, `logs`, `monit`, `flush`, `reset`, `scale`, `send`,
+//! `signal`, `save`, `resurrect`, `import pm2` ([`import`]), `startup`,
+//! `kill`, `ping`, and `daemon` itself.
 //! Each verb builds one request ([`client`]) and prints the answer; the
-//! tables and the log tail live in their own modules.
+//! tables, the log tail, the wait for apps to come up ([`settle`]) live in
+//! their own modules.
 
 mod client;
+mod env;
+mod files;
+mod import;
 mod list;
 mod logs;
 mod monit;
+mod pm2json;
+mod settle;
 mod start;
 mod startup;
 mod tail;
@@ -22,25 +31,44 @@ pub enum Verb {
     /// Run the herd daemon in the foreground (for systemd and containers; the
     /// other verbs start it in the background when it is not running).
     Daemon(DaemonArgs),
-    /// Start an app (a script, a command, or a config file) under the daemon.
+    /// Start an app (a script, a command, or a config file: ./ecosystem.config.js
+    /// when none is given) under the daemon, and wait until it is online.
     Start(Box<start::StartArgs>),
-    /// Stop an app's workers gracefully; it stays in the list.
-    Stop(Apps),
+    /// Stop an app's workers gracefully (or a config file's apps); it stays in the list.
+    Stop(Targets),
     /// Stop and start an app (all workers at once); `app:N` replaces worker N only, without downtime.
-    Restart(Apps),
+    /// A config file: its apps restarted on their new definition, the missing ones started.
+    Restart(Targets),
     /// Replace an app's workers one at a time, each once its successor is ready (no request lost).
-    Reload(Apps),
-    /// Stop an app and remove it from the list.
+    /// A config file: its apps reloaded onto their new definition, the missing ones started.
+    Reload(Targets),
+    /// Stop an app (or a config file's apps) and remove it from the list.
     #[command(visible_alias = "del")]
-    Delete(Apps),
+    Delete(Targets),
+    /// A config file: reload its apps onto their new definition, start the missing ones (pm2's deploy verb).
+    #[command(name = "startOrReload")]
+    StartOrReload(FileTarget),
+    /// A config file: restart its apps on their new definition, start the missing ones.
+    #[command(name = "startOrRestart")]
+    StartOrRestart(FileTarget),
+    /// The same as startOrReload (pm2 keeps both names).
+    #[command(name = "startOrGracefulReload")]
+    StartOrGracefulReload(FileTarget),
     /// The apps and their workers.
     #[command(visible_aliases = ["ls", "ps", "status"])]
     List(list::ListArgs),
-    /// The apps and their workers, as JSON (the same as `list --json`).
-    Jlist,
+    /// Every worker process as pm2's `jlist` prints it (`pm2_env`, `monit` …), for pm2's tools;
+    /// herd's own schema is `list --json`.
+    Jlist(list::JlistArgs),
+    /// `jlist`, indented.
+    Prettylist(list::JlistArgs),
     /// One app in detail.
     #[command(visible_aliases = ["desc", "describe"])]
     Show(list::ShowArgs),
+    /// The environment of an app's worker (`APP:N`; worker 0 by default), one `NAME: value` a line.
+    Env(env::EnvArgs),
+    /// Zero an app's restart counters (the workers keep running).
+    Reset(Apps),
     /// Show an app's log lines and follow them.
     Logs(logs::LogsArgs),
     /// A terminal dashboard: apps, workers, CPU and memory, the selected app's logs; keys to reload, restart, scale, stop.
@@ -52,11 +80,14 @@ pub enum Verb {
     /// Send a JSON message to an app's workers (`process.on('message')`): APP or APP:WORKER.
     Send(SendArgs),
     /// Send a signal to the workers of an app (their process groups).
+    #[command(visible_alias = "sendSignal")]
     Signal(SignalArgs),
     /// Save the app list, to be started again by `resurrect` or at boot.
     Save(SaveArgs),
     /// Start the saved apps that are not running.
     Resurrect,
+    /// Take over another manager's saved apps: `herd import pm2` starts what `pm2 save` wrote.
+    Import(import::ImportArgs),
     /// Print a systemd unit that runs the daemon at boot and resurrects the saved apps (--install writes and enables it).
     Startup(startup::StartupArgs),
     /// Stop every app gracefully, then the daemon.
@@ -76,15 +107,67 @@ pub struct DaemonArgs {
     #[arg(long, env = "HERD_METRICS", value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
     /// With --metrics: allow the status page's reload/restart/stop buttons (POST endpoints).
-    #[arg(long, env = "HERD_METRICS_ADMIN", requires = "metrics")]
+    /// HERD_METRICS_ADMIN takes 1/true/yes/on or 0/false/no/off.
+    #[arg(long, env = "HERD_METRICS_ADMIN", value_parser = switch)]
     metrics_admin: bool,
+    /// More environment variables whose values are hidden in show, list, jlist, the status
+    /// page and metrics (beyond names containing KEY, SECRET, TOKEN, PASS, CREDENTIAL or
+    /// PRIVATE): exact names or `*` globs, comma-separated, e.g. DATABASE_URL,*_DSN.
+    #[arg(long, env = herd_protocol::secrets::SECRET_NAMES_ENV, value_name = "NAMES",
+          value_parser = herd_protocol::SecretNames::parse)]
+    secret_names: Option<herd_protocol::SecretNames>,
+    /// With --metrics: a name the listener also answers to, as clients send it in the Host
+    /// header (NAME or NAME:PORT); repeatable. Other names are refused (DNS rebinding);
+    /// its own IP:PORT, and localhost:PORT on loopback, are always accepted.
+    /// HERD_METRICS_HOST takes a comma-separated list.
+    #[arg(
+        long = "metrics-host",
+        env = "HERD_METRICS_HOST",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    metrics_hosts: Vec<herd_daemon::http::AllowedHost>,
+}
+
+/// A yes/no setting from the environment, spelled as people do.
+fn switch(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(
+            "--metrics-admin (HERD_METRICS_ADMIN) takes 1, true, yes or on to allow the \
+                  actions, or 0, false, no or off to refuse them"
+                .into(),
+        ),
+    }
 }
 
 #[derive(Args, Debug)]
 pub struct Apps {
-    /// An app's name, its id, or `all`.
+    /// An app's name, its id, a namespace, or `all`.
     #[arg(value_name = "APP|ID|all")]
     apps: String,
+}
+
+/// An app (as [`Apps`]) or a config file, with pm2's flags for files.
+#[derive(Args, Debug)]
+pub struct Targets {
+    /// An app's name, its id, a namespace, `all`, or a config file (its apps,
+    /// matched by name).
+    #[arg(value_name = "APP|ID|all|FILE")]
+    target: String,
+    #[command(flatten)]
+    flags: files::FileFlags,
+}
+
+/// A config file, with pm2's flags for files.
+#[derive(Args, Debug)]
+pub struct FileTarget {
+    /// A config file: herd.toml, ecosystem.config.js (.cjs, .mjs), .json, .yaml.
+    #[arg(value_name = "FILE")]
+    file: std::path::PathBuf,
+    #[command(flatten)]
+    flags: files::FileFlags,
 }
 
 #[derive(Args, Debug)]
@@ -171,36 +254,89 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
     }
     match verb {
         Verb::Daemon(args) => {
+            if args.metrics.is_none() && (args.metrics_admin || !args.metrics_hosts.is_empty()) {
+                return Err(UsageError(
+                    "--metrics-admin and --metrics-host (HERD_METRICS_ADMIN, HERD_METRICS_HOST) \
+                     need --metrics ADDR (HERD_METRICS): set it, or unset them"
+                        .into(),
+                )
+                .into());
+            }
             let home = herd_daemon::Home::from_env()?;
             let code = herd_daemon::run(herd_daemon::Options {
                 home,
                 resurrect: args.resurrect,
                 metrics: args.metrics,
                 metrics_admin: args.metrics_admin,
+                secrets: args.secret_names.unwrap_or_default(),
+                metrics_hosts: args.metrics_hosts,
             })?;
             return Ok(code);
         }
         Verb::Start(args) => return start::main(*args),
-        Verb::Stop(a) => {
-            print_done(client::ask(Request::Stop { apps: a.apps })?);
-            list::print_list(false)?;
+        Verb::Stop(t) => {
+            if let Some(file) = files::as_file(&t.target) {
+                return files::run(files::FileVerb::Stop, &file, &t.flags);
+            }
+            t.flags.app_only("stop")?;
+            print_done(client::ask(Request::Stop { apps: t.target })?);
+            list::print_list(false, false)?;
         }
-        Verb::Restart(a) => {
-            let (apps, worker) = split_target(&a.apps)?;
+        Verb::Restart(t) => {
+            if let Some(file) = files::as_file(&t.target) {
+                return files::run(files::FileVerb::Restart, &file, &t.flags);
+            }
+            t.flags.app_only("restart")?;
+            if t.flags.update_env {
+                return files::update_env(&t.target, true);
+            }
+            let (apps, worker) = split_target(&t.target)?;
+            let names = settle::names_of(&apps)?;
             print_done(client::ask(Request::Restart { apps, worker })?);
-            list::print_list(false)?;
+            return settle::wait_and_print(&names, true);
         }
-        Verb::Reload(a) => {
-            print_done(client::ask(Request::Reload { apps: a.apps })?);
-            list::print_list(false)?;
+        Verb::Reload(t) => {
+            if let Some(file) = files::as_file(&t.target) {
+                return files::run(files::FileVerb::Reload, &file, &t.flags);
+            }
+            t.flags.app_only("reload")?;
+            if t.flags.update_env {
+                return files::update_env(&t.target, false);
+            }
+            print_done(client::ask(Request::Reload { apps: t.target })?);
+            list::print_list(false, false)?;
         }
-        Verb::Delete(a) => {
-            print_done(client::ask(Request::Delete { apps: a.apps })?);
-            list::print_list(false)?;
+        Verb::Delete(t) => {
+            if let Some(file) = files::as_file(&t.target) {
+                return files::run(files::FileVerb::Delete, &file, &t.flags);
+            }
+            t.flags.app_only("delete")?;
+            print_done(client::ask(Request::Delete { apps: t.target })?);
+            list::print_list(false, false)?;
         }
-        Verb::List(args) => list::print_list(args.json)?,
-        Verb::Jlist => list::print_list(true)?,
+        Verb::StartOrReload(f) | Verb::StartOrGracefulReload(f) => {
+            return files::run(
+                files::FileVerb::StartOrReload,
+                &files::need_file(&f.file)?,
+                &f.flags,
+            )
+        }
+        Verb::StartOrRestart(f) => {
+            return files::run(
+                files::FileVerb::StartOrRestart,
+                &files::need_file(&f.file)?,
+                &f.flags,
+            )
+        }
+        Verb::List(args) => list::print_list(args.json, args.show_secrets)?,
+        Verb::Jlist(args) => pm2json::print(false, args.show_secrets)?,
+        Verb::Prettylist(args) => pm2json::print(true, args.show_secrets)?,
         Verb::Show(args) => list::show(args)?,
+        Verb::Env(args) => return env::main(args),
+        Verb::Reset(a) => {
+            print_done(client::ask(Request::Reset { apps: a.apps })?);
+            list::print_list(false, false)?;
+        }
         Verb::Logs(args) => return logs::main(args),
         Verb::Monit => return monit::main(),
         Verb::Flush(a) => print_done(client::ask(Request::Flush { apps: a.apps })?),
@@ -209,7 +345,7 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
                 app: a.app,
                 to: a.count,
             })?);
-            list::print_list(false)?;
+            list::print_list(false, false)?;
         }
         Verb::Send(a) => {
             let (app, worker) = split_target(&a.target)?;
@@ -230,9 +366,13 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
         })?),
         Verb::Save(a) => print_done(client::ask(Request::Save { force: a.force })?),
         Verb::Resurrect => match client::ask(Request::Resurrect)? {
-            Response::Apps { apps } => list::print_table(&apps),
+            Response::Apps { apps } => {
+                let names: Vec<String> = apps.into_iter().map(|a| a.name).collect();
+                return settle::wait_and_print(&names, false);
+            }
             other => print_done(other),
         },
+        Verb::Import(args) => return import::main(args),
         Verb::Startup(args) => return startup::main(args),
         Verb::Kill => return kill(),
         Verb::Ping => {
@@ -254,12 +394,12 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
 
 /// `herd kill`: stop every app, then wait for the daemon to be gone.
 fn kill() -> anyhow::Result<i32> {
-    let home = herd_daemon::Home::from_env()?;
+    let root = herd_daemon::Home::location()?;
     let Some(response) = client::request(Request::Kill, false)? else {
-        println!(
-            "no herd daemon runs with HERD_HOME={}",
-            home.root().display()
-        );
+        println!("no herd daemon runs with HERD_HOME={}", root.display());
+        return Ok(0);
+    };
+    let Some(home) = herd_daemon::Home::open_existing(&root)? else {
         return Ok(0);
     };
     print_done(response);

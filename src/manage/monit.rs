@@ -58,7 +58,12 @@ pub fn main() -> anyhow::Result<i32> {
     // The first list before taking the screen: it starts the daemon when it
     // is not running (as every verb does), and an error prints plainly.
     let client = Client::new()?;
-    let first = match client.request(Request::List, true)? {
+    let first = match client.request(
+        Request::List {
+            show_secrets: false,
+        },
+        true,
+    )? {
         Some(Response::Apps { apps }) => apps,
         _ => anyhow::bail!("the daemon answered list with something else"),
     };
@@ -119,7 +124,12 @@ type ListResult = Result<Vec<AppInfo>, String>;
 fn poll_daemon(client: Client, tx: Sender<ListResult>, wake: Receiver<()>) {
     loop {
         let started = Instant::now();
-        let result = match client.request(Request::List, false) {
+        let result = match client.request(
+            Request::List {
+                show_secrets: false,
+            },
+            false,
+        ) {
             Ok(Some(Response::Apps { apps })) => Ok(apps),
             Ok(None) => Err("the daemon is not running (`herd ping` starts it)".to_string()),
             Ok(Some(other)) => Err(format!("the daemon answered list with {other:?}")),

@@ -22,6 +22,14 @@ pub struct StartupArgs {
     /// With --metrics: allow the status page's reload/restart/stop buttons.
     #[arg(long, requires = "metrics")]
     metrics_admin: bool,
+    /// More environment variable names whose values the daemon hides (see `herd daemon --help`).
+    #[arg(long, env = herd_protocol::secrets::SECRET_NAMES_ENV, value_name = "NAMES",
+          value_parser = herd_protocol::SecretNames::parse)]
+    secret_names: Option<herd_protocol::SecretNames>,
+    /// With --metrics: a name the listener also answers to in the Host header (NAME or
+    /// NAME:PORT); repeatable.
+    #[arg(long = "metrics-host", value_name = "NAME", requires = "metrics")]
+    metrics_hosts: Vec<herd_daemon::http::AllowedHost>,
 }
 
 /// The unit for this binary and home.
@@ -62,15 +70,20 @@ WantedBy={wanted}
 
 pub fn main(args: StartupArgs) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("cannot find the herd binary")?;
-    let home = herd_daemon::Home::from_env()?;
+    let home = herd_daemon::Home::location()?;
     let root = nix::unistd::geteuid().is_root();
     let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
     let text = unit(
         &exe.display().to_string(),
-        &home.root().display().to_string(),
+        &home.display().to_string(),
         &user,
         root,
-        &daemon_args(args.metrics, args.metrics_admin),
+        &daemon_args(
+            args.metrics,
+            args.metrics_admin,
+            &args.metrics_hosts,
+            args.secret_names.as_ref(),
+        ),
     );
     if !args.install {
         print!("{text}");
@@ -113,13 +126,25 @@ pub fn main(args: StartupArgs) -> anyhow::Result<i32> {
 }
 
 /// The daemon's flags for the unit, each with its leading space.
-fn daemon_args(metrics: Option<std::net::SocketAddr>, admin: bool) -> String {
+fn daemon_args(
+    metrics: Option<std::net::SocketAddr>,
+    admin: bool,
+    hosts: &[herd_daemon::http::AllowedHost],
+    secret_names: Option<&herd_protocol::SecretNames>,
+) -> String {
     let mut out = String::new();
     if let Some(addr) = metrics {
         out.push_str(&format!(" --metrics {addr}"));
         if admin {
             out.push_str(" --metrics-admin");
         }
+        for host in hosts {
+            out.push_str(&format!(" --metrics-host {host}"));
+        }
+    }
+    // The boot-time daemon does not see this shell's HERD_SECRET_NAMES.
+    if let Some(names) = secret_names.filter(|n| !n.patterns().is_empty()) {
+        out.push_str(&format!(" --secret-names {}", names.patterns().join(",")));
     }
     out
 }
@@ -137,11 +162,22 @@ mod tests {
 
     #[test]
     fn unit_passes_the_metrics_flags() {
-        let args = super::daemon_args(Some("127.0.0.1:9209".parse().unwrap()), true);
+        let hosts = ["herd.internal".parse().unwrap()];
+        let args = super::daemon_args(Some("127.0.0.1:9209".parse().unwrap()), true, &hosts, None);
         let u = super::unit("/usr/bin/herd", "/h", "a", false, &args);
         assert!(u.contains(
-            "ExecStart=/usr/bin/herd daemon --resurrect --metrics 127.0.0.1:9209 --metrics-admin\n"
+            "ExecStart=/usr/bin/herd daemon --resurrect --metrics 127.0.0.1:9209 --metrics-admin \
+             --metrics-host herd.internal\n"
         ));
-        assert_eq!(super::daemon_args(None, true), "");
+        assert_eq!(super::daemon_args(None, true, &[], None), "");
+    }
+
+    #[test]
+    fn unit_passes_the_secret_names() {
+        let names = herd_protocol::SecretNames::parse("database_url, *_DSN").unwrap();
+        let args = super::daemon_args(None, false, &[], Some(&names));
+        assert_eq!(args, " --secret-names DATABASE_URL,*_DSN");
+        let none = herd_protocol::SecretNames::default();
+        assert_eq!(super::daemon_args(None, false, &[], Some(&none)), "");
     }
 }

@@ -1,3 +1,5 @@
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 //! # herd-cluster: Node's `cluster` API for Rust servers
 //!
 //! ## Theory of operation
@@ -45,12 +47,12 @@ pub use herd_engine::config::{
     Balance, ListenAddr, ReadyPolicy, RestartMode, RestartPolicy, StopPolicy,
 };
 pub use herd_engine::machine::{AbortReason, Command, Next, Outcome, Report};
-pub use herd_engine::os::process::ExitStatus;
 pub use herd_engine::supervisor::{Event, Stream, Target};
+pub use herd_engine::ExitStatus;
 pub use listener::{Connection, Listener, NetStream, Source};
 pub use nix::sys::signal::Signal;
 pub use primary::Error;
-pub use primary::{supervise, Primary, PrimaryHandle};
+pub use primary::{Primary, PrimaryHandle};
 
 /// Errors of the embedded primary.
 pub mod primary_error {

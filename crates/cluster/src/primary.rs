@@ -1,20 +1,15 @@
 //! The embedded primary: herd's engine inside a Rust program, which starts
 //! its workers by executing its own binary again.
 
-use std::io::{self, Write};
+use std::io;
 use std::time::Duration;
 
 use herd_engine::config::{
     AppSpec, Balance, ListenSpec, ReadyPolicy, RestartPolicy, StopPolicy, WorkerKind,
 };
-use herd_engine::machine::{Command, Outcome, Report};
-use herd_engine::supervisor::{self, AppHandle, Event, Events, StartError, Stream, Target};
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
-
-/// Writes waiting for the output thread. Each is one event's text (at most
-/// one output batch), so this bounds what herd holds for a slow stdout.
-const WRITE_QUEUE: usize = 16;
+use herd_engine::foreground;
+use herd_engine::machine::Command;
+use herd_engine::supervisor::{self, AppHandle, Events, StartError, Target};
 
 /// Why a primary could not run.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +91,7 @@ impl Primary {
                     .unwrap_or_else(|| "app".into());
                 let mut spec = AppSpec::new(name, exe);
                 spec.args = std::env::args().skip(1).collect();
-                spec.instances = herd_engine::cpus::usable_cpus();
+                spec.instances = herd_engine::usable_cpus();
                 spec
             });
         Primary { spec }
@@ -188,216 +183,15 @@ impl Primary {
         Ok((PrimaryHandle { app }, events))
     }
 
-    /// Run in the foreground like `herd run`: signals, printed output and
-    /// events; returns the exit status to end the process with.
+    /// Run in the foreground like `herd run` (the same loop: signals,
+    /// printed output and events); returns the exit status to end the
+    /// process with.
     pub async fn run(self) -> Result<i32, Error> {
         let mut spec = self.spec.map_err(Error::Config)?;
         spec.kind = WorkerKind::Generic;
-        supervise(spec).await
+        foreground::run(spec).await.map_err(|e| match e {
+            foreground::Error::Start(e) => Error::Start(e),
+            foreground::Error::Io(e) => Error::Io(e),
+        })
     }
-}
-
-/// Run an app in the foreground until it finishes: start it, map this
-/// process's signals to commands (INT/TERM stop, a second one kills; HUP
-/// reloads; TTIN/TTOU add/remove a worker), and print the workers' output
-/// (`[slot] line`) and lifecycle events (`herd: …` on stderr). Returns the
-/// exit status: 0 after a requested stop or when every worker exited 0.
-/// This is `herd run`'s loop, and [`Primary::run`]'s.
-pub async fn supervise(spec: AppSpec) -> Result<i32, Error> {
-    let stop = spec.stop.clone();
-    let balance = spec.balance;
-    // Workers that are first taken out of service before the stop signal
-    // (a Node worker told to stop by message gets it at once, before its
-    // `disconnect`, unless round-robin).
-    let settles = balance == Balance::RoundRobin
-        || (spec.kind == WorkerKind::Node && !spec.stop.shutdown_with_message);
-    let mut service = ServiceState::new(spec.instances);
-    let (app, mut events) = supervisor::start(spec).map_err(Error::Start)?;
-
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut sigttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
-    let mut sigttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
-
-    // Output is written by its own thread, so a blocking write never stalls
-    // this loop (signals are still handled). The queue to it is bounded: an
-    // event is taken only once there is room for its text, so a slow stdout
-    // backs up into the app's bounded event channel and from there into the
-    // workers' pipes — nothing is dropped and herd's memory stays bounded.
-    let (out_tx, mut out_rx) = mpsc::channel::<(Stream, Vec<u8>)>(WRITE_QUEUE);
-    let writer = std::thread::spawn(move || {
-        let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
-        while let Some((stream, bytes)) = out_rx.blocking_recv() {
-            let _ = match stream {
-                Stream::Stdout => stdout.lock().write_all(&bytes),
-                Stream::Stderr => stderr.lock().write_all(&bytes),
-            };
-        }
-    });
-    let herd_line = |text: String| (Stream::Stderr, format!("herd: {text}\n").into_bytes());
-
-    let mut stopping = false;
-    let mut last_stderr: Vec<Option<String>> = Vec::new();
-    // Room for the next write, reserved before an event is taken.
-    let mut room: Option<mpsc::OwnedPermit<(Stream, Vec<u8>)>> = None;
-    let code = loop {
-        tokio::select! {
-            permit = out_tx.clone().reserve_owned(), if room.is_none() => match permit {
-                Ok(p) => room = Some(p),
-                Err(_) => break 1, // the output thread is gone
-            },
-            event = events.recv(), if room.is_some() => {
-                let Some(event) = event else {
-                    // The app's task ended without saying why: it panicked.
-                    eprintln!("herd: the supervisor's app task ended unexpectedly (a bug in herd; please report it); stopping");
-                    break 1;
-                };
-                let permit = room.take().expect("reserved");
-                let mut exit = None;
-                let write = match event {
-                    Event::Listening { name, addr } => {
-                        let named = if name == "unknown" { String::new() } else { format!(" ({name})") };
-                        herd_line(format!("listening on {addr}{named}, balance {balance}"))
-                    }
-                    Event::Output { slot, stream, lines, .. } => {
-                        if stream == Stream::Stderr {
-                            if last_stderr.len() <= slot {
-                                last_stderr.resize(slot + 1, None);
-                            }
-                            let last = lines.trim_ascii_end().rsplit(|&b| b == b'\n').next().unwrap_or_default();
-                            last_stderr[slot] = Some(String::from_utf8_lossy(last).into_owned());
-                        }
-                        (stream, prefix_lines(slot, &lines))
-                    }
-                    Event::Message { slot, message, .. } => herd_line(format!("worker {slot} sent {message}")),
-                    Event::Warning(text) => herd_line(format!("warning: {text}")),
-                    Event::Lifecycle(report) => {
-                        service.observe(&report);
-                        let mut text = report.to_string();
-                        if let Report::Stopping { .. } = report {
-                            text.push_str(&stop_plan(&stop, settles));
-                        }
-                        herd_line(text)
-                    }
-                    Event::Exit(outcome) => {
-                        let mut text = format!("exiting: {outcome}");
-                        if let Outcome::Errored { slot, .. } = outcome {
-                            if let Some(Some(line)) = last_stderr.get(slot) {
-                                text.push_str(&format!("; its last stderr line: {line}"));
-                            }
-                        }
-                        exit = Some(match outcome {
-                            Outcome::Stopped | Outcome::Completed { success: true } => 0,
-                            _ => 1,
-                        });
-                        herd_line(text)
-                    }
-                };
-                permit.send(write);
-                if let Some(code) = exit {
-                    break code;
-                }
-            }
-            _ = sigint.recv() => { app.command(Command::Stop); stopping = true; }
-            _ = sigterm.recv() => { app.command(Command::Stop); stopping = true; }
-            _ = sighup.recv() => if !stopping { app.command(Command::Reload) },
-            _ = sigttin.recv() => app.command(Command::ScaleUp),
-            _ = sigttou.recv() => app.command(Command::ScaleDown),
-        }
-    };
-    drop(room);
-    drop(out_tx);
-    let _ = writer.join();
-    Ok(code)
-}
-
-/// What a graceful stop does, as `herd run` announces it: the kill timeout
-/// counts from the signal, after the bounded settle phase.
-fn stop_plan(stop: &StopPolicy, settles: bool) -> String {
-    use herd_engine::describe::duration;
-    let how = if stop.shutdown_with_message {
-        "the message \"shutdown\"".to_string()
-    } else {
-        stop.kill_signal.as_str().to_string()
-    };
-    let kill = duration(stop.kill_timeout);
-    if settles {
-        format!(
-            ": each stops taking connections first (at most {}), then gets {how}; \
-             SIGKILL {kill} after that if it is still running (signal again to kill now)",
-            duration(supervisor::SETTLE_TIMEOUT)
-        )
-    } else {
-        format!(": sent {how} to each; SIGKILL {kill} after that if it is still running (signal again to kill now)")
-    }
-}
-
-/// What herd tells its own service manager (systemd `Type=notify` or
-/// `notify-reload`, through `NOTIFY_SOCKET`): ready once every worker is,
-/// reloading while a reload runs, stopping once a stop began.
-struct ServiceState {
-    instances: usize,
-    ready_slots: std::collections::BTreeSet<usize>,
-    ready_sent: bool,
-}
-
-impl ServiceState {
-    fn new(instances: usize) -> ServiceState {
-        ServiceState {
-            instances,
-            ready_slots: Default::default(),
-            ready_sent: false,
-        }
-    }
-
-    fn observe(&mut self, report: &Report) {
-        let state = match report {
-            Report::Ready { slot, .. } if !self.ready_sent => {
-                self.ready_slots.insert(*slot);
-                if self.ready_slots.len() < self.instances {
-                    return;
-                }
-                self.ready_sent = true;
-                // Under herd's PID-1 init, our pid (2) means nothing to a
-                // manager outside the namespace: no MAINPID then.
-                let mainpid = if herd_engine::os::init::supervised() {
-                    String::new()
-                } else {
-                    format!("\nMAINPID={}", std::process::id())
-                };
-                format!("READY=1\nSTATUS={} workers ready{mainpid}", self.instances)
-            }
-            Report::Scaled { instances } => {
-                self.instances = *instances;
-                format!("STATUS={instances} workers")
-            }
-            Report::ReloadStarted => format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()),
-            Report::ReloadFinished | Report::ReloadAborted { .. } => "READY=1".to_string(),
-            Report::Stopping { .. } => "STOPPING=1".to_string(),
-            _ => return,
-        };
-        let _ = crate::worker::notify(&state);
-    }
-}
-
-fn monotonic_usec() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1000
-}
-
-/// `[3] ` before each line of a chunk of whole lines.
-fn prefix_lines(slot: usize, lines: &[u8]) -> Vec<u8> {
-    let prefix = format!("[{slot}] ");
-    let mut out = Vec::with_capacity(lines.len() + 16);
-    for line in lines.split_inclusive(|&b| b == b'\n') {
-        out.extend_from_slice(prefix.as_bytes());
-        out.extend_from_slice(line);
-    }
-    out
 }

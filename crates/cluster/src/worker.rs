@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use herd_engine::os::channel::Channel;
+use herd_engine::Channel;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
@@ -186,7 +186,7 @@ impl Worker {
 
 /// Send a sd_notify datagram to `NOTIFY_SOCKET`, if set.
 pub(crate) fn notify(state: &str) -> io::Result<()> {
-    herd_engine::os::notify::notify(state)
+    herd_engine::sd_notify(state)
 }
 
 /// The listening fds of `LISTEN_FDS`, if they are meant for this process.
@@ -208,10 +208,10 @@ fn take_listen_fds() -> Vec<(String, Option<OwnedFd>)> {
     (0..count)
         .map(|i| {
             let fd = 3 + i;
-            set_cloexec(fd);
             // SAFETY: LISTEN_FDS/LISTEN_PID say fds 3..3+n were passed to this
             // process to own; they are taken once (inside a OnceLock).
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            set_cloexec(&owned);
             let name = names
                 .get(i as usize)
                 .cloned()
@@ -223,23 +223,23 @@ fn take_listen_fds() -> Vec<(String, Option<OwnedFd>)> {
 
 fn take_channel() -> Option<Channel> {
     let fd: RawFd = std::env::var("HERD_CHANNEL_FD").ok()?.parse().ok()?;
-    // SAFETY: herd placed the channel at this fd for this process to own;
-    // it is taken once (inside a OnceLock).
+    // SAFETY: F_GETFD on an fd number only asks whether it is open.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return None;
     }
-    set_cloexec(fd);
+    // SAFETY: open (checked above), placed there by herd for this process to
+    // own, and taken once (inside a OnceLock): nothing else owns it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_cloexec(&owned);
     Channel::new(owned).ok()
 }
 
-fn set_cloexec(fd: RawFd) {
-    // SAFETY: plain fcntl on an fd number; failure is harmless.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-        }
+/// Keep an inherited fd from leaking into this worker's own children.
+fn set_cloexec(fd: &OwnedFd) {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFD) {
+        let flags = FdFlag::from_bits_retain(flags) | FdFlag::FD_CLOEXEC;
+        let _ = fcntl(fd, FcntlArg::F_SETFD(flags));
     }
 }
 

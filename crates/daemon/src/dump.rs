@@ -1,12 +1,15 @@
 //! The saved app list (`$HERD_HOME/dump.json`): written whole to a temporary
 //! file, synced, then renamed over the old one, so a crash mid-save leaves
-//! the previous list intact, never a torn or empty file.
+//! the previous list intact, never a torn or empty file. It keeps every
+//! environment value (resurrect needs them), so it is owner-only (0600) and
+//! reached only through the checked home ([`Home::dir`]).
 
-use std::fs::{self, File};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 
 use herd_protocol::AppDef;
+
+use crate::Home;
 
 /// The file's format version.
 const FORMAT: u32 = 1;
@@ -35,50 +38,37 @@ pub enum DumpError {
     Write { path: PathBuf, source: io::Error },
 }
 
-/// Write `apps` to `path` atomically.
-pub fn save(path: &Path, apps: &[AppDef]) -> Result<(), DumpError> {
-    let write_err = |source| DumpError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let text = serde_json::to_vec_pretty(&Dump {
+/// Write `apps` to the home's `dump.json` atomically.
+pub fn save(home: &Home, apps: &[AppDef]) -> Result<(), DumpError> {
+    let mut text = serde_json::to_vec_pretty(&Dump {
         format: FORMAT,
         apps: apps.to_vec(),
     })
     .expect("app definitions serialize");
-    let tmp = path.with_extension("json.tmp");
-    let mut file = File::create(&tmp).map_err(write_err)?;
-    file.write_all(&text).map_err(write_err)?;
-    file.write_all(b"\n").map_err(write_err)?;
-    file.sync_all().map_err(write_err)?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(write_err)?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    text.push(b'\n');
+    home.dir()
+        .write_atomic(crate::home::DUMP, &text)
+        .map_err(|source| DumpError::Write {
+            path: home.dump(),
+            source,
+        })
+}
+
+/// Whether a list was saved.
+pub fn exists(home: &Home) -> bool {
+    home.dir().exists(crate::home::DUMP)
 }
 
 /// Read the saved list.
-pub fn load(path: &Path) -> Result<Vec<AppDef>, DumpError> {
-    let bytes = match fs::read(path) {
+pub fn load(home: &Home) -> Result<Vec<AppDef>, DumpError> {
+    let path = home.dump();
+    let bytes = match home.dir().read(crate::home::DUMP) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(DumpError::Missing(path.to_path_buf()))
-        }
-        Err(source) => {
-            return Err(DumpError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(DumpError::Missing(path)),
+        Err(source) => return Err(DumpError::Read { path, source }),
     };
-    let dump: Dump = serde_json::from_slice(&bytes).map_err(|source| DumpError::Parse {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let dump: Dump =
+        serde_json::from_slice(&bytes).map_err(|source| DumpError::Parse { path, source })?;
     Ok(dump.apps)
 }
 
@@ -88,10 +78,12 @@ mod tests {
     use herd_engine::config::AppSpec;
 
     #[test]
-    fn round_trip_and_no_temp_file_left() {
+    fn round_trip_owner_only_and_no_temp_file_left() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dump.json");
-        assert!(matches!(load(&path), Err(DumpError::Missing(_))));
+        let home = Home::open(dir.path().join("h")).unwrap();
+        let path = home.dump();
+        assert!(matches!(load(&home), Err(DumpError::Missing(_))));
         let mut spec = AppSpec::new("web", "/bin/sleep");
         spec.env = vec![("PORT".into(), "8000".into())];
         let def = AppDef {
@@ -99,13 +91,22 @@ mod tests {
             logs: Default::default(),
             max_memory_restart: None,
             instances_max: false,
+            pm2: Default::default(),
+            script: None,
+            namespace: None,
         };
-        save(&path, std::slice::from_ref(&def)).unwrap();
-        assert_eq!(load(&path).unwrap(), vec![def]);
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(names.len(), 1);
-        fs::write(&path, b"[]").unwrap();
-        let err = load(&path).unwrap_err().to_string();
+        save(&home, std::slice::from_ref(&def)).unwrap();
+        assert_eq!(load(&home).unwrap(), vec![def]);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mut names: Vec<_> = std::fs::read_dir(home.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["dump.json", "logs"]);
+        std::fs::write(&path, b"[]").unwrap();
+        let err = load(&home).unwrap_err().to_string();
         assert!(err.contains("not a saved herd app list"), "{err}");
     }
 }

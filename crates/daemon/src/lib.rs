@@ -6,13 +6,20 @@
 //! [`herd_engine::supervisor`] instance, exactly what `herd run` drives in
 //! the foreground. The daemon adds what only a long-lived manager needs:
 //!
-//! - **A home** ([`home`]): `$HERD_HOME` (default `~/.herd`, mode 0700) holds
-//!   `herd.sock`, `herd.pid` (locked while a daemon runs, so there is one per
-//!   home), `logs/`, `dump.json` (the saved app list) and `herd.log`.
+//! - **A home** ([`home`], the `herd-home` crate): `$HERD_HOME` (default
+//!   `~/.herd`, mode 0700) holds `herd.sock`, `herd.pid` (locked while a
+//!   daemon runs, so there is one per home), `logs/`, `dump.json` (the saved
+//!   app list) and `herd.log`. A home another user could change is refused,
+//!   and every file in it is opened through the checked directory's fd,
+//!   never following a link, created 0600.
 //! - **A server** ([`server`]): the control socket speaks `herd-protocol`;
 //!   every connection is checked for the peer's uid, says hello with its
-//!   protocol version, then sends one request. A bad frame closes that one
-//!   connection and nothing else.
+//!   protocol version, then sends one request, each within a deadline. A bad
+//!   frame closes that one connection and nothing else; idle connections
+//!   never lock the CLI out (the oldest idle one is dropped for a new one).
+//! - **Secrets** ([`herd_protocol::secrets`]): environment values whose
+//!   names look secret are hidden in every answer (show, list, the status
+//!   page, metrics) unless the request asks for them.
 //! - **One actor per app** ([`app`]): a task that owns the app's engine
 //!   handle, its event stream, its log files and its resource samples, and
 //!   runs the app's commands strictly one after the other. A command that
@@ -25,7 +32,7 @@
 //!   timestamps, size-based rotation and reopening on SIGUSR1.
 //! - **HTTP** ([`http`], off by default): `--metrics ADDR` serves
 //!   Prometheus metrics, `/healthz` and `/readyz` probes and a live status
-//!   page on a small bounded HTTP/1.1 listener on the same runtime.
+//!   page on a bounded HTTP/1.1 listener (hyper) on the same runtime.
 //! - **Persistence** ([`dump`]): `save` writes the app definitions with
 //!   write-temp, fsync, rename; `resurrect` starts them again.
 //!
@@ -35,7 +42,6 @@
 
 pub mod dump;
 pub mod handlers;
-pub mod home;
 pub mod http;
 pub mod server;
 
@@ -44,7 +50,8 @@ pub mod server;
 // in-process.
 pub use herd_supervisor::{app, logs, sample};
 
-pub use home::Home;
+pub use herd_home as home;
+pub use herd_home::Home;
 
 /// One line of the daemon's own log (its stderr: `$HERD_HOME/herd.log`, or
 /// the journal under systemd), with the time first: `2026-12-02T13:45:01.123+00:00 herd: …`.
@@ -62,10 +69,10 @@ pub enum Error {
         addr: std::net::SocketAddr,
         error: std::io::Error,
     },
-    #[error("cannot listen on {path}: {source}")]
+    #[error("cannot listen on {path}: {error}")]
     Listen {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -79,6 +86,10 @@ pub struct Options {
     pub metrics: Option<std::net::SocketAddr>,
     /// Allow the status page's actions (reload, restart, stop).
     pub metrics_admin: bool,
+    /// Which environment values are hidden in answers (beyond the built-in rule).
+    pub secrets: herd_protocol::SecretNames,
+    /// Names the HTTP listener answers to besides its own address.
+    pub metrics_hosts: Vec<http::AllowedHost>,
 }
 
 /// Run the daemon until `herd kill`, SIGTERM or SIGINT; returns the exit code.

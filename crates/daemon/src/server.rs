@@ -2,24 +2,39 @@
 //! hello, and hands each request to [`crate::handlers`]. Also the daemon's
 //! own signals: SIGTERM/SIGINT stop every app and end the daemon, SIGUSR1
 //! reopens the log files (for logrotate).
+//!
+//! A connection is *waiting* until its request is read and its turn has
+//! come, then *active* while the request is carried out. Waiting ones have
+//! deadlines (the hello, then the request) and a cap: when a new
+//! connection would pass it, the oldest waiting one is dropped. Only active
+//! ones count against [`MAX_ACTIVE`]. So idle connections, however many,
+//! never keep a CLI waiting for more than a moment.
 
-use std::os::unix::fs::PermissionsExt;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use herd_protocol::{Connection, ErrorKind, FrameError, Request, Response, VERSION};
+use herd_protocol::{Connection, ErrorKind, FrameError, Request, Response, MAX_FRAME, VERSION};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::app::AppCommand;
 use crate::handlers::{self, Ctx};
 use crate::{Error, Options};
 
-/// How long a client may take to send its hello and its request.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more wait in the socket's backlog, so a
-/// client opening connections in a loop cannot grow the daemon.
-const MAX_CLIENTS: usize = 128;
+/// How long a client may take to say hello once connected.
+const HELLO_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a client may take to send its request after the hello, and to
+/// take in the answer.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Requests carried out at once (a reload may take minutes); more wait
+/// their turn, as waiting connections.
+const MAX_ACTIVE: usize = 128;
+/// Waiting connections kept; a new one beyond this drops the oldest.
+const MAX_WAITING: usize = 32;
+/// The largest hello frame (a hello is a few dozen bytes).
+const HELLO_FRAME: usize = 4096;
 
 /// Whether a peer with `peer` uid may use a daemon run by `own`: the same
 /// user, or root (who could read the socket anyway).
@@ -27,18 +42,65 @@ pub fn peer_allowed(peer: u32, own: u32) -> bool {
     peer == own || peer == 0
 }
 
+/// The waiting connections, oldest first, each with the means to drop it.
+#[derive(Default)]
+struct Waiting {
+    next: u64,
+    queue: VecDeque<(u64, oneshot::Sender<()>)>,
+}
+
+impl Waiting {
+    /// Count a new connection in; when that makes too many, the oldest
+    /// waiting one is told to go (its sender dropped). Returns the new
+    /// one's id and its own "go" signal.
+    fn admit(&mut self) -> (u64, oneshot::Receiver<()>) {
+        while self.queue.len() >= MAX_WAITING {
+            self.queue.pop_front();
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = self.next;
+        self.next += 1;
+        self.queue.push_back((id, tx));
+        (id, rx)
+    }
+
+    /// The connection is served (or gone): it no longer waits.
+    fn leave(&mut self, id: u64) {
+        if let Some(i) = self.queue.iter().position(|(x, _)| *x == id) {
+            self.queue.remove(i);
+        }
+    }
+}
+
+/// What the accept loop shares with each connection.
+struct Door {
+    ctx: Arc<Ctx>,
+    own_uid: u32,
+    waiting: Mutex<Waiting>,
+    active: Arc<Semaphore>,
+}
+
+impl Door {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 pub async fn serve(options: Options) -> Result<i32, Error> {
     let home = options.home.clone();
     let path = home.socket();
     // We hold the home's lock: a socket file left here is stale.
-    let _ = std::fs::remove_file(&path);
-    let listen_err = |source| Error::Listen {
+    home.remove_socket();
+    let listen_err = |error| Error::Listen {
         path: path.clone(),
-        source,
+        error,
     };
-    let listener = UnixListener::bind(&path).map_err(listen_err)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
-    let ctx = Ctx::new(home.clone());
+    // Bound through the checked directory's fd, then made owner-only.
+    let listener = UnixListener::bind(home.socket_address()).map_err(listen_err)?;
+    home.dir()
+        .set_socket_mode(crate::home::SOCKET, 0o600)
+        .map_err(listen_err)?;
+    let ctx = Ctx::new(home.clone(), options.secrets.clone());
     if let Some(addr) = options.metrics {
         let listener = crate::http::bind(addr)
             .await
@@ -47,6 +109,7 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
         crate::say!("metrics, health probes and the status page on http://{bound}/");
         let settings = crate::http::Settings {
             admin: options.metrics_admin,
+            hosts: options.metrics_hosts.clone(),
         };
         tokio::spawn(crate::http::serve(ctx.clone(), listener, settings));
     }
@@ -62,7 +125,7 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
     let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(Error::Runtime)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(Error::Runtime)?;
 
-    if options.resurrect && home.dump().exists() {
+    if options.resurrect && crate::dump::exists(&home) {
         match handlers::handle(&ctx, Request::Resurrect).await {
             Response::Error { message, .. } => crate::say!("resurrect: {message}"),
             _ => crate::say!("resurrected the saved apps"),
@@ -71,27 +134,27 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
     // Under herd's PID-1 init our pid is the namespace's 2, meaningless to a
     // manager outside it: leave MAINPID out there (the main pid is then the
     // process it started).
-    let mainpid = if herd_engine::os::init::supervised() {
+    let mainpid = if herd_engine::under_herd_init() {
         String::new()
     } else {
         format!("\nMAINPID={}", std::process::id())
     };
-    let _ = herd_engine::os::notify::notify(&format!(
+    let _ = herd_engine::sd_notify(&format!(
         "READY=1\nSTATUS=listening on {}{mainpid}",
         path.display(),
     ));
 
-    let own_uid = nix::unistd::geteuid().as_raw();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    let door = Arc::new(Door {
+        ctx: ctx.clone(),
+        own_uid: nix::unistd::geteuid().as_raw(),
+        waiting: Mutex::new(Waiting::default()),
+        active: Arc::new(Semaphore::new(MAX_ACTIVE)),
+    });
     loop {
         tokio::select! {
-            accepted = accept(&listener, &slots) => match accepted {
-                Ok((stream, slot)) => {
-                    let ctx = ctx.clone();
-                    tokio::spawn(async move {
-                        client(ctx, stream, own_uid).await;
-                        drop(slot);
-                    });
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(client(door.clone(), stream));
                 }
                 Err(e) => {
                     crate::say!("cannot accept a connection: {e}");
@@ -101,13 +164,13 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
             _ = ctx.shutdown.notified() => break,
             _ = sigterm.recv() => {
                 crate::say!("SIGTERM: stopping every app");
-                let _ = herd_engine::os::notify::notify("STOPPING=1");
+                let _ = herd_engine::sd_notify("STOPPING=1");
                 handlers::stop_all(&ctx).await;
                 break;
             }
             _ = sigint.recv() => {
                 crate::say!("SIGINT: stopping every app");
-                let _ = herd_engine::os::notify::notify("STOPPING=1");
+                let _ = herd_engine::sd_notify("STOPPING=1");
                 handlers::stop_all(&ctx).await;
                 break;
             }
@@ -120,43 +183,58 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
             _ = sighup.recv() => {}
         }
     }
-    let _ = std::fs::remove_file(&path);
+    home.remove_socket();
     crate::say!("daemon {} exits", std::process::id());
     Ok(0)
 }
 
-/// The next connection, once fewer than [`MAX_CLIENTS`] are being served.
-async fn accept(
-    listener: &UnixListener,
-    slots: &Arc<tokio::sync::Semaphore>,
-) -> std::io::Result<(UnixStream, tokio::sync::OwnedSemaphorePermit)> {
-    let slot = slots
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("the semaphore is never closed");
-    let (stream, _) = listener.accept().await?;
-    Ok((stream, slot))
+/// One CLI connection: waiting (peer check, hello, request, its turn),
+/// then active (the request carried out, the answer sent).
+async fn client(door: Arc<Door>, stream: UnixStream) {
+    let (id, dropped) = door.waiting().admit();
+    // Leave the waiting queue however this ends (a panic included).
+    struct Leave<'a>(&'a Door, u64);
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            self.0.waiting().leave(self.1);
+        }
+    }
+    let leave = Leave(&door, id);
+    let received = tokio::select! {
+        // Dropped for a newer connection while still waiting.
+        _ = dropped => return,
+        r = receive(&door, stream) => r,
+    };
+    drop(leave);
+    let Some((mut conn, request, _turn)) = received else {
+        return;
+    };
+    let response = handlers::handle(&door.ctx, request).await;
+    let _ = tokio::time::timeout(REQUEST_DEADLINE, answer(&mut conn, &response)).await;
 }
 
-/// One CLI connection: check the peer, hello, one request, one response.
-async fn client(ctx: Arc<Ctx>, stream: UnixStream, own_uid: u32) {
+/// Check the peer, take the hello and the request within their deadlines,
+/// and wait for a turn among the active requests.
+async fn receive(
+    door: &Door,
+    stream: UnixStream,
+) -> Option<(Connection, Request, OwnedSemaphorePermit)> {
     let peer = stream.peer_cred().map(|c| c.uid()).ok();
     let mut conn = Connection::new(stream);
+    let own_uid = door.own_uid;
     if !peer.is_some_and(|uid| peer_allowed(uid, own_uid)) {
-        let _ = conn
-            .send(&Response::Error {
-                kind: ErrorKind::Failed,
-                message: format!(
-                    "this herd daemon belongs to uid {own_uid}; use your own (set HERD_HOME)"
-                ),
-            })
-            .await;
-        return;
+        let refusal = Response::Error {
+            kind: ErrorKind::Failed,
+            message: format!(
+                "this herd daemon belongs to uid {own_uid}; use your own (set HERD_HOME)"
+            ),
+        };
+        let _ = tokio::time::timeout(HELLO_DEADLINE, conn.send(&refusal)).await;
+        return None;
     }
-    let result = tokio::time::timeout(CLIENT_TIMEOUT, async {
-        let hello: Request = conn.recv().await?;
-        match hello {
+    conn.limit_frames(HELLO_FRAME);
+    let hello = tokio::time::timeout(HELLO_DEADLINE, async {
+        match conn.recv::<Request>().await? {
             Request::Hello { version } if version == VERSION => {}
             Request::Hello { version } => {
                 conn.send(&Response::Error {
@@ -167,11 +245,11 @@ async fn client(ctx: Arc<Ctx>, stream: UnixStream, own_uid: u32) {
                     ),
                 })
                 .await?;
-                return Ok(None);
+                return Ok(false);
             }
             _ => {
                 conn.send(&handlers::usage("say hello first")).await?;
-                return Ok(None);
+                return Ok(false);
             }
         }
         conn.send(&Response::Hello {
@@ -179,27 +257,77 @@ async fn client(ctx: Arc<Ctx>, stream: UnixStream, own_uid: u32) {
             pid: std::process::id(),
         })
         .await?;
-        let request: Request = conn.recv().await?;
-        Ok::<_, FrameError>(Some(request))
+        Ok::<_, FrameError>(true)
     })
     .await;
-    let request = match result {
-        Ok(Ok(Some(r))) => r,
-        Ok(Ok(None)) => return,
-        Ok(Err(FrameError::Closed)) => return,
+    if !said(hello)? {
+        return None;
+    }
+    conn.limit_frames(MAX_FRAME);
+    let request = said(tokio::time::timeout(REQUEST_DEADLINE, conn.recv::<Request>()).await)?;
+    let turn = door.active.clone().acquire_owned().await.ok()?;
+    Some((conn, request, turn))
+}
+
+/// What a step within its deadline gave: `None` (the connection ends) on a
+/// timeout, a close or a bad frame (the latter noted in the daemon's log).
+fn said<T>(step: Result<Result<T, FrameError>, tokio::time::error::Elapsed>) -> Option<T> {
+    match step {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(FrameError::Closed)) | Err(_) => None,
         Ok(Err(e)) => {
             crate::say!("a client sent something unreadable ({e}); closed its connection");
-            return;
+            None
         }
-        Err(_) => return,
-    };
-    let response = handlers::handle(&ctx, request).await;
-    let _ = conn.send(&response).await;
+    }
+}
+
+/// Send the answer; one too big for a frame becomes an error that says so
+/// (the client is never left with a closed connection and no reason).
+async fn answer(conn: &mut Connection, response: &Response) -> Result<(), FrameError> {
+    match conn.send(response).await {
+        Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            conn.send(&handlers::failed(format!(
+                "the daemon's answer does not fit in one message ({e}); ask for less \
+                 (one app at a time)"
+            )))
+            .await
+        }
+        r => r,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::peer_allowed;
+    use super::*;
+
+    #[test]
+    fn a_new_connection_drops_the_oldest_waiting_one_past_the_cap() {
+        let mut w = Waiting::default();
+        let mut signals: Vec<_> = (0..MAX_WAITING).map(|_| w.admit()).collect();
+        assert!(signals.iter_mut().all(|(_, rx)| rx
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Empty)));
+        let (_, mut newest) = w.admit();
+        // The oldest was told to go (its sender dropped); the others wait on.
+        assert_eq!(
+            signals[0].1.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        );
+        assert_eq!(
+            signals[1].1.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        );
+        assert_eq!(newest.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+        // One that is served leaves the queue and makes room.
+        w.leave(signals[1].0);
+        let _ = w.admit();
+        assert_eq!(
+            signals[2].1.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        );
+        assert_eq!(w.queue.len(), MAX_WAITING);
+    }
 
     #[test]
     fn only_the_same_user_or_root() {

@@ -23,7 +23,7 @@ fn bad(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
 }
 
-/// How connections are spread over the workers of an app.
+/// How client connections are spread over the workers of an app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Balance {
@@ -84,26 +84,51 @@ impl FromStr for RestartMode {
     }
 }
 
-/// How many workers to run.
+/// How many workers to run, as pm2 reads `instances` and `-i`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Instances {
-    /// As many as the CPUs this process may use (affinity and cgroup quota).
+    /// As many as the CPUs this process may use (affinity and cgroup quota):
+    /// `max`, or `0` as pm2 reads it.
     #[default]
     Max,
     Count(usize),
+    /// All usable CPUs but this many, at least one: pm2's `-1` (CPUs − 1).
+    AllBut(usize),
 }
+
+/// The most workers one app may ask for.
+pub const MAX_INSTANCES: usize = 4096;
 
 impl FromStr for Instances {
     type Err = ConfigError;
     fn from_str(s: &str) -> Result<Self, ConfigError> {
-        if s == "max" || s == "-1" || s == "0" {
+        let err = || {
+            bad(format!(
+                "invalid instance count '{s}': use a number from 1 to {MAX_INSTANCES}, 'max' or 0 for one per usable CPU, or -N for all usable CPUs but N (as pm2 reads it)"
+            ))
+        };
+        let t = s.trim();
+        if t == "max" {
             return Ok(Instances::Max);
         }
-        match s.parse::<usize>() {
-            Ok(n) if (1..=4096).contains(&n) => Ok(Instances::Count(n)),
-            _ => Err(bad(format!(
-                "invalid instance count '{s}': use a number from 1 to 4096, or 'max' for one per usable CPU"
-            ))),
+        let n: i64 = t.parse().map_err(|_| err())?;
+        match n {
+            0 => Ok(Instances::Max),
+            n if n > 0 && n as usize <= MAX_INSTANCES => Ok(Instances::Count(n as usize)),
+            n if n < 0 && n.unsigned_abs() as usize <= MAX_INSTANCES => {
+                Ok(Instances::AllBut(n.unsigned_abs() as usize))
+            }
+            _ => Err(err()),
+        }
+    }
+}
+
+impl fmt::Display for Instances {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Instances::Max => f.write_str("max"),
+            Instances::Count(n) => write!(f, "{n}"),
+            Instances::AllBut(n) => write!(f, "-{n}"),
         }
     }
 }
@@ -111,11 +136,114 @@ impl FromStr for Instances {
 impl Instances {
     /// The concrete count on this machine.
     pub fn resolve(self) -> usize {
+        self.resolve_with(crate::cpus::usable_cpus())
+    }
+
+    /// The concrete count with `cpus` usable CPUs (pm2: `n < 0` means
+    /// `cpus + n`, and never fewer than one).
+    pub fn resolve_with(self, cpus: usize) -> usize {
         match self {
-            Instances::Max => crate::cpus::usable_cpus(),
+            Instances::Max => cpus.max(1),
             Instances::Count(n) => n,
+            Instances::AllBut(n) => cpus.saturating_sub(n).max(1),
         }
     }
+}
+
+/// How pm2 runs an app's instances (its `exec_mode`): herd keeps the mode an
+/// app was given or that pm2's rules choose, shows it, and reports it in pm2's
+/// JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExecMode {
+    /// The instances share the app's listening sockets: herd is their Node
+    /// cluster primary, or hands them its own sockets (`--listen`).
+    /// The default of a definition saved before the mode was kept: herd ran
+    /// every app that way.
+    #[default]
+    Cluster,
+    /// Each instance is a plain process that binds its own sockets (and may
+    /// cluster itself).
+    Fork,
+}
+
+impl FromStr for ExecMode {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "cluster" | "cluster_mode" => Ok(ExecMode::Cluster),
+            "fork" | "fork_mode" => Ok(ExecMode::Fork),
+            _ => Err(bad(format!(
+                "unknown exec_mode '{s}': use cluster or fork (or pm2's cluster_mode, fork_mode)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for ExecMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExecMode::Cluster => "cluster",
+            ExecMode::Fork => "fork",
+        })
+    }
+}
+
+impl ExecMode {
+    /// pm2's spelling, as `pm2 jlist` shows it: `cluster_mode`, `fork_mode`.
+    pub fn pm2_name(self) -> &'static str {
+        match self {
+            ExecMode::Cluster => "cluster_mode",
+            ExecMode::Fork => "fork_mode",
+        }
+    }
+}
+
+/// The longest app name, in characters: with pm2's log suffixes
+/// (`-error.log.NN`), a file name derived from it stays under 255 bytes.
+pub const MAX_APP_NAME: usize = 200;
+
+/// Can `name` name an app? pm2 takes any string; herd takes any that a
+/// terminal shows on one line, except `all` and numbers, which select apps
+/// by id. Log files are named by [`log_file_stem`], never by the name itself.
+pub fn check_app_name(name: &str) -> Result<(), ConfigError> {
+    if name.trim().is_empty() {
+        return Err(bad(format!(
+            "invalid app name '{name}': it is empty; give the app a name"
+        )));
+    }
+    if name.chars().count() > MAX_APP_NAME {
+        return Err(bad(format!(
+            "invalid app name '{name}': longer than {MAX_APP_NAME} characters; give it a shorter name"
+        )));
+    }
+    if name == "all" || name.parse::<u64>().is_ok() {
+        return Err(bad(format!(
+            "invalid app name '{name}': 'all' and numbers select apps by id; choose another name"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(bad(format!(
+            "invalid app name {name:?}: it holds a control character (a newline, a tab …); use printable characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The part of a log file's name that comes from the app's name, by pm2's
+/// rule: every character outside `[A-Za-z0-9.-]` becomes `-` (`my_app x` →
+/// `my-app-x`; pm2 also keeps `\\`, herd does not). With no `/` left, a file
+/// named `<stem>-out.log` stays in the log directory whatever the name.
+pub fn log_file_stem(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 /// Where a listener is bound.
@@ -370,7 +498,7 @@ pub struct ReadyPolicy {
     /// Without `wait_ready`, a worker that lived this long is ready.
     #[serde(with = "duration_text")]
     pub ready_delay: Duration,
-    /// A replacement not ready by then aborts a reload.
+    /// A successor not ready by then aborts a reload.
     #[serde(with = "duration_text")]
     pub listen_timeout: Duration,
 }
@@ -403,7 +531,7 @@ pub struct AppSpec {
     pub name: String,
     /// The program to execute, already resolved to a path.
     pub program: PathBuf,
-    /// Arguments after the program (not including argv[0]).
+    /// Arguments after the program (not including `argv[0]`).
     pub args: Vec<String>,
     /// Extra environment for every worker, on top of herd's own.
     pub env: Vec<(String, String)>,
@@ -420,6 +548,9 @@ pub struct AppSpec {
     pub balance: Balance,
     #[serde(default)]
     pub kind: WorkerKind,
+    /// pm2's exec mode, as given or as pm2's rules choose it.
+    #[serde(default)]
+    pub exec_mode: ExecMode,
     #[serde(default)]
     pub restart: RestartPolicy,
     #[serde(default)]
@@ -511,6 +642,7 @@ impl AppSpec {
             listeners: Vec::new(),
             balance: Balance::Shared,
             kind: WorkerKind::Generic,
+            exec_mode: ExecMode::Cluster,
             restart: RestartPolicy::default(),
             stop: StopPolicy::default(),
             ready: ReadyPolicy::default(),
@@ -592,11 +724,85 @@ mod tests {
     }
 
     #[test]
-    fn instances() {
-        assert_eq!("max".parse::<Instances>().unwrap(), Instances::Max);
-        assert_eq!("4".parse::<Instances>().unwrap(), Instances::Count(4));
-        assert!("-3".parse::<Instances>().is_err());
-        assert!("lots".parse::<Instances>().is_err());
+    fn instances_as_pm2_reads_them() {
+        // (text, parsed, count with 4 usable CPUs)
+        let table = [
+            ("max", Instances::Max, 4),
+            ("0", Instances::Max, 4),
+            ("4", Instances::Count(4), 4),
+            ("1", Instances::Count(1), 1),
+            ("4096", Instances::Count(4096), 4096),
+            ("-1", Instances::AllBut(1), 3),
+            ("-3", Instances::AllBut(3), 1),
+            ("-8", Instances::AllBut(8), 1),
+            (" 2 ", Instances::Count(2), 2),
+        ];
+        for (text, parsed, count) in table {
+            let i: Instances = text.parse().unwrap();
+            assert_eq!(i, parsed, "{text}");
+            assert_eq!(i.resolve_with(4), count, "{text}");
+        }
+        for bad in ["lots", "4097", "-4097", "2.5", "", "MAX", "4abc"] {
+            let err = bad.parse::<Instances>().unwrap_err().0;
+            // The text says exactly what the rule takes.
+            assert!(err.contains("1 to 4096, 'max' or 0"), "{bad}: {err}");
+            assert!(err.contains("-N for all usable CPUs but N"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn exec_modes() {
+        for (text, mode) in [
+            ("cluster", ExecMode::Cluster),
+            ("cluster_mode", ExecMode::Cluster),
+            ("fork", ExecMode::Fork),
+            ("fork_mode", ExecMode::Fork),
+        ] {
+            assert_eq!(text.parse::<ExecMode>().unwrap(), mode);
+        }
+        assert!("forks".parse::<ExecMode>().is_err());
+        assert_eq!(ExecMode::Fork.pm2_name(), "fork_mode");
+        // A definition saved before the field existed still loads.
+        let spec: AppSpec = serde_json::from_str(
+            r#"{"name":"a","program":"/bin/true","args":[],"env":[],"cwd":null,"instances":1}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.exec_mode, ExecMode::Cluster);
+    }
+
+    #[test]
+    fn app_names_as_pm2_takes_them() {
+        for good in [
+            "web",
+            "backend api",
+            "api/v1",
+            "my_app x",
+            "é-app",
+            "a.b",
+            ".hidden",
+        ] {
+            check_app_name(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in ["", "  ", "all", "12", "a\nb", "tab\there", &"x".repeat(201)] {
+            assert!(check_app_name(bad).is_err(), "{bad:?}");
+        }
+        // (name, log file stem): pm2's rule, and never a path out of the folder.
+        let table = [
+            ("web", "web"),
+            ("my_app x", "my-app-x"),
+            ("backend api", "backend-api"),
+            ("api/v1", "api-v1"),
+            ("../../etc/passwd", "..-..-etc-passwd"),
+            ("..", ".."),
+            (".hidden", ".hidden"),
+            ("a.b-c", "a.b-c"),
+            ("é", "-"),
+            ("x\\y", "x-y"),
+        ];
+        for (name, stem) in table {
+            assert_eq!(log_file_stem(name), stem, "{name}");
+            assert!(!log_file_stem(name).contains('/'));
+        }
     }
 
     #[test]

@@ -5,8 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::exit::ExitStatus;
 use crate::machine::{AbortReason, Answer, Command, Next, Outcome, Report};
-use crate::os::process::ExitStatus;
 
 /// `250 ms`, `1.6 s`, `2 min 5 s`.
 pub fn duration(d: Duration) -> String {
@@ -120,7 +120,7 @@ impl fmt::Display for Report {
                 }
             }
             Report::Stopping { workers } => write!(f, "stopping {workers} worker(s)"),
-            Report::Scaled { instances } => write!(f, "now running {instances} worker(s)"),
+            Report::Scaled { slots } => write!(f, "now running {slots} worker(s)"),
             Report::Refused { command, reason } => {
                 let what = match command {
                     Command::Start => "start",

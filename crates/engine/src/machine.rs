@@ -1,16 +1,18 @@
 //! The worker lifecycle as a pure state machine: which worker runs in which
 //! slot, when a dead one is restarted (backoff, crash-loop limit), how a
 //! rolling reload advances, and how a stop ends. No I/O and no clock: every
-//! input carries the current `Instant`, every effect is returned as an
-//! [`Action`] for the driver (`supervisor`) to carry out, and timers are just
+//! input carries the current time (a `MonoTime`), every effect is returned as an
+//! `Action` for the driver (`supervisor`) to carry out, and timers are just
 //! actions that the driver later feeds back as inputs. A stale timer (one for
 //! a worker that is gone, or a slot whose restart was superseded) is ignored,
 //! so the driver never needs to cancel one.
 //!
-//! Vocabulary: a *slot* is a stable place 0..N-1 (`HERD_WORKER_ID`); a
-//! *worker* is one process started for a slot, named by a [`WorkerId`] that is
-//! never reused. A slot holds at most one `active` worker and, during a
-//! reload, one `incoming` replacement; workers being stopped leave their slot.
+//! In the crate's words (see its glossary): a *slot* is a stable place
+//! 0..N-1 (`HERD_WORKER_ID`); a *worker* is one process started for a slot,
+//! named by a [`WorkerId`] that is never reused. A slot holds at most one
+//! `current` worker and, during a reload or a replacement, one `successor`
+//! (starting, until it is ready and takes over); workers being stopped (the
+//! predecessors, drained after a reload) leave their slot.
 //!
 //! Tickets: a command given with [`Input::Ask`] carries a [`Ticket`], and the
 //! machine answers it exactly once with [`Report::Answered`] when that
@@ -21,23 +23,24 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
+use crate::clock::MonoTime;
 use crate::config::{RestartMode, RestartPolicy};
-use crate::os::process::ExitStatus;
+use crate::exit::ExitStatus;
 
 /// A worker slot, 0..N-1; stable across restarts.
 pub type Slot = usize;
 
 /// Names one command given with [`Input::Ask`]; chosen by the driver.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Ticket(pub u64);
 
 /// How a command given with a ticket ended ([`Report::Answered`]).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
     /// It did what it asked: a reload or replacement replaced its workers, a
@@ -51,12 +54,14 @@ pub enum Answer {
 }
 
 /// One worker process the machine asked for; never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct WorkerId(pub u64);
 
 /// How a worker proves it can take traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Readiness {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Readiness {
     /// It is ready once it has stayed up this long.
     After(Duration),
     /// It says so (`READY=1`, Node's `listening` or `'ready'`); the driver feeds [`Input::Ready`].
@@ -64,25 +69,25 @@ pub enum Readiness {
 }
 
 /// The policies the machine applies.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    pub restart: RestartPolicy,
-    pub readiness: Readiness,
-    /// A reload replacement not ready by then aborts the reload.
-    pub listen_timeout: Duration,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Policy {
+    pub(crate) restart: RestartPolicy,
+    pub(crate) readiness: Readiness,
+    /// A successor not ready by then aborts the reload.
+    pub(crate) listen_timeout: Duration,
     /// How long a stopping worker may drain before it is killed, counted
     /// from [`Input::StopSignalled`] (the moment the stop signal or message
     /// was really sent), not from [`Action::Stop`].
-    pub kill_timeout: Duration,
+    pub(crate) kill_timeout: Duration,
     /// How long the driver's phase before the signal (a Node worker's
     /// `disconnect` and settle time, a round-robin worker's last hand-overs)
     /// may last: then [`Action::Signal`] asks for the signal at once.
-    pub settle_timeout: Duration,
+    pub(crate) settle_timeout: Duration,
 }
 
 /// What the driver tells the machine.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Input {
+pub(crate) enum Input {
     /// The worker asked for by [`Action::Spawn`] is running with this pid.
     Spawned { worker: WorkerId, pid: u32 },
     /// It could not be started at all (the exec failed).
@@ -108,7 +113,7 @@ pub enum Input {
 }
 
 /// Requests from outside: signals, the CLI, the library.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
     /// Start every slot (once, at the beginning).
@@ -130,13 +135,14 @@ pub enum Command {
 }
 
 /// Deadlines the machine asks the driver to watch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Timer {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Timer {
     /// The backoff of a slot ended; `attempt` tells stale timers apart.
     Restart { slot: Slot, attempt: u64 },
     /// The worker has been up for the ready delay.
     ReadyDelay(WorkerId),
-    /// The reload replacement had its time to get ready.
+    /// The successor had its time to get ready.
     ListenTimeout(WorkerId),
     /// The stopping worker had its time to drain.
     KillTimeout(WorkerId),
@@ -146,7 +152,7 @@ pub enum Timer {
 
 /// What the machine asks the driver to do.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Start a new worker process for `slot`; answer with `Spawned` or `SpawnFailed`.
     Spawn { slot: Slot, worker: WorkerId },
     /// Ask the worker to finish: stop accepting, drain, exit. The driver may
@@ -167,7 +173,7 @@ pub enum Action {
 }
 
 /// Why the machine finished.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Stopped on request.
@@ -179,21 +185,21 @@ pub enum Outcome {
 }
 
 /// Why a reload was abandoned.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AbortReason {
-    /// The replacement exited before it was ready.
+    /// The successor exited before it was ready.
     Exited(ExitStatus),
-    /// The replacement could not be started.
+    /// The successor could not be started.
     SpawnFailed(String),
-    /// The replacement was not ready within the listen timeout.
+    /// The successor was not ready within the listen timeout.
     NotReady(#[serde(with = "crate::config::duration_ms")] Duration),
     /// A stop was requested.
     Stopping,
 }
 
 /// What happens to a slot after its worker exited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Next {
     /// A replacement starts after this delay (zero: at once).
@@ -204,12 +210,12 @@ pub enum Next {
     NoRestart,
     /// Too many unstable restarts in a row: the slot is errored.
     Errored { crashes: u32 },
-    /// A reload replacement for the slot is already on its way.
+    /// A successor for the slot is already on its way.
     Replaced,
 }
 
 /// Events for the user. As JSON: `{"exited": {"slot": 1, …}}`, durations in milliseconds.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Report {
     Online {
@@ -251,7 +257,8 @@ pub enum Report {
         workers: usize,
     },
     Scaled {
-        instances: usize,
+        #[serde(rename = "instances")]
+        slots: usize,
     },
     /// A command that cannot apply now, and why.
     Refused {
@@ -265,7 +272,8 @@ pub enum Report {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 enum Phase {
     /// Asked for; no pid yet.
     Starting,
@@ -277,11 +285,11 @@ enum Phase {
     Stopping,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Worker {
     slot: Slot,
     pid: Option<u32>,
-    started: Instant,
+    started: MonoTime,
     phase: Phase,
     /// Stop as soon as it is running (a stop came while it was starting).
     stop_when_started: bool,
@@ -290,7 +298,8 @@ struct Worker {
     signalled: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 enum SlotState {
     /// Has (or is starting) a worker.
     Live,
@@ -302,11 +311,13 @@ enum SlotState {
     Done,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct SlotInfo {
     state: SlotState,
-    active: Option<WorkerId>,
-    incoming: Option<WorkerId>,
+    /// The worker serving the slot.
+    current: Option<WorkerId>,
+    /// Its successor during a reload or a replacement, until it is ready.
+    successor: Option<WorkerId>,
     /// Unstable exits in a row.
     unstable: u32,
     last_exit: Option<ExitStatus>,
@@ -318,8 +329,8 @@ impl SlotInfo {
     fn new() -> Self {
         SlotInfo {
             state: SlotState::Live,
-            active: None,
-            incoming: None,
+            current: None,
+            successor: None,
             unstable: 0,
             last_exit: None,
             spawns: 0,
@@ -327,8 +338,8 @@ impl SlotInfo {
     }
 }
 
-/// What a slot is doing, as [`Machine::snapshot`] tells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// What a slot is doing, in a [`Snapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SlotPhase {
     /// It has a worker (starting, running or ready).
@@ -342,7 +353,7 @@ pub enum SlotPhase {
 }
 
 /// Where one worker process is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WorkerPhase {
     /// Asked for; no pid yet.
@@ -355,8 +366,8 @@ pub enum WorkerPhase {
     Stopping,
 }
 
-/// One worker process in a [`Machine::snapshot`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// One worker process in a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerStatus {
     pub slot: Slot,
     pub pid: Option<u32>,
@@ -366,15 +377,17 @@ pub struct WorkerStatus {
     pub uptime: Duration,
 }
 
-/// One slot in a [`Machine::snapshot`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// One slot in a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotStatus {
     pub slot: Slot,
     pub phase: SlotPhase,
     /// The worker serving this slot.
-    pub worker: Option<WorkerStatus>,
-    /// Its replacement during a reload, until it is ready.
-    pub incoming: Option<WorkerStatus>,
+    #[serde(rename = "worker")]
+    pub current: Option<WorkerStatus>,
+    /// Its successor during a reload or a replacement, until it is ready.
+    #[serde(rename = "incoming")]
+    pub successor: Option<WorkerStatus>,
     /// Workers started for this slot after its first (crashes, reloads, replacements).
     pub restarts: u64,
     /// Crashes in a row of workers that died young (the crash-loop count).
@@ -383,17 +396,19 @@ pub struct SlotStatus {
 }
 
 /// Every slot and every draining worker of an app, at one instant.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub slots: Vec<SlotStatus>,
-    /// Workers that left their slot and are stopping.
+    /// Workers that left their slot and are stopping (a reload's
+    /// predecessors, removed slots' workers).
     pub draining: Vec<WorkerStatus>,
     pub reloading: bool,
     pub stopping: bool,
     pub finished: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 enum Mode {
     Idle,
     Running,
@@ -402,8 +417,8 @@ enum Mode {
 }
 
 /// The state of one app's workers. Feed it [`Input`]s; carry out the [`Action`]s.
-#[derive(Debug)]
-pub struct Machine {
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Machine {
     policy: Policy,
     slots: Vec<SlotInfo>,
     workers: BTreeMap<WorkerId, Worker>,
@@ -428,10 +443,10 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn new(policy: Policy, instances: usize) -> Machine {
+    pub(crate) fn new(policy: Policy, slots: usize) -> Machine {
         Machine {
             policy,
-            slots: (0..instances.max(1)).map(|_| SlotInfo::new()).collect(),
+            slots: (0..slots.max(1)).map(|_| SlotInfo::new()).collect(),
             workers: BTreeMap::new(),
             next_worker: 0,
             next_attempt: 0,
@@ -449,38 +464,29 @@ impl Machine {
 
     /// New policies (a reload with a new definition); workers already
     /// stopping keep the kill timeout they were given.
-    pub fn set_policy(&mut self, policy: Policy) {
+    pub(crate) fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
     }
 
     /// The number of slots.
-    pub fn instances(&self) -> usize {
+    pub(crate) fn slot_count(&self) -> usize {
         self.slots.len()
     }
 
     /// True once `Action::Exit` has been emitted.
-    pub fn finished(&self) -> bool {
+    pub(crate) fn finished(&self) -> bool {
         self.mode == Mode::Finished
     }
 
-    /// True while a graceful stop runs.
-    pub fn stopping(&self) -> bool {
-        self.mode == Mode::Stopping
-    }
-
     /// True while a rolling reload runs.
-    pub fn reloading(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn reloading(&self) -> bool {
         self.reload.is_some()
     }
 
-    /// The slot of a worker that is still known (running, starting or stopping).
-    pub fn slot_of(&self, worker: WorkerId) -> Option<Slot> {
-        self.workers.get(&worker).map(|w| w.slot)
-    }
-
     /// Is this worker ready and not on its way out? (Round-robin hands
-    /// connections only to these.)
-    pub fn accepting(&self, worker: WorkerId) -> bool {
+    /// client connections only to these.)
+    pub(crate) fn accepting(&self, worker: WorkerId) -> bool {
         matches!(
             self.workers.get(&worker).map(|w| w.phase),
             Some(Phase::Running { ready: true })
@@ -488,27 +494,22 @@ impl Machine {
     }
 
     /// Is this worker being stopped?
-    pub fn is_stopping(&self, worker: WorkerId) -> bool {
+    pub(crate) fn is_stopping(&self, worker: WorkerId) -> bool {
         matches!(
             self.workers.get(&worker).map(|w| w.phase),
             Some(Phase::Stopping)
         )
     }
 
-    /// Every known worker with its slot and pid, in start order.
-    pub fn workers(&self) -> impl Iterator<Item = (WorkerId, Slot, Option<u32>)> + '_ {
-        self.workers.iter().map(|(id, w)| (*id, w.slot, w.pid))
-    }
-
     /// Slots that gave up after too many unstable restarts.
-    pub fn errored_slots(&self) -> Vec<Slot> {
+    pub(crate) fn errored_slots(&self) -> Vec<Slot> {
         (0..self.slots.len())
             .filter(|&s| self.slots[s].state == SlotState::Errored)
             .collect()
     }
 
     /// Every slot and worker as they are at `now` (for `herd list`).
-    pub fn snapshot(&self, now: Instant) -> Snapshot {
+    pub(crate) fn snapshot(&self, now: MonoTime) -> Snapshot {
         let status = |id: WorkerId| {
             self.workers.get(&id).map(|w| WorkerStatus {
                 slot: w.slot,
@@ -537,8 +538,8 @@ impl Machine {
                     SlotState::Errored => SlotPhase::Errored,
                     SlotState::Done => SlotPhase::Done,
                 },
-                worker: info.active.and_then(status),
-                incoming: info.incoming.and_then(status),
+                current: info.current.and_then(status),
+                successor: info.successor.and_then(status),
                 restarts: info.spawns.saturating_sub(1),
                 unstable: info.unstable,
                 last_exit: info.last_exit,
@@ -547,7 +548,7 @@ impl Machine {
         let held: Vec<WorkerId> = self
             .slots
             .iter()
-            .flat_map(|s| [s.active, s.incoming])
+            .flat_map(|s| [s.current, s.successor])
             .flatten()
             .collect();
         let draining = self
@@ -566,7 +567,7 @@ impl Machine {
     }
 
     /// Apply one input at time `now`; returns what the driver must do, in order.
-    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+    pub(crate) fn handle(&mut self, now: MonoTime, input: Input) -> Vec<Action> {
         let mut out = Vec::new();
         if self.mode == Mode::Finished {
             if let Input::Ask { ticket, .. } = input {
@@ -596,7 +597,7 @@ impl Machine {
     /// Carry out a command; `ticket`: answer it (see the module docs).
     fn command(
         &mut self,
-        now: Instant,
+        now: MonoTime,
         command: Command,
         ticket: Option<Ticket>,
         out: &mut Vec<Action>,
@@ -611,7 +612,7 @@ impl Machine {
                 self.mode = Mode::Running;
                 for slot in 0..self.slots.len() {
                     let worker = self.spawn(now, slot, out);
-                    self.slots[slot].active = Some(worker);
+                    self.slots[slot].current = Some(worker);
                 }
                 done(out);
             }
@@ -685,7 +686,13 @@ impl Machine {
 
     /// Replace one slot's worker: a reload of that slot alone (so a reload
     /// asked for meanwhile is queued behind it, as any reload is).
-    fn replace(&mut self, now: Instant, slot: Slot, ticket: Option<Ticket>, out: &mut Vec<Action>) {
+    fn replace(
+        &mut self,
+        now: MonoTime,
+        slot: Slot,
+        ticket: Option<Ticket>,
+        out: &mut Vec<Action>,
+    ) {
         let command = Command::Replace(slot);
         if slot >= self.slots.len() {
             return refuse(command, "no such worker slot", ticket, out);
@@ -705,7 +712,7 @@ impl Machine {
     }
 
     /// The reload is done with `slot`: go on with the next, or finish.
-    fn reload_next(&mut self, now: Instant, slot: Slot, out: &mut Vec<Action>) {
+    fn reload_next(&mut self, now: MonoTime, slot: Slot, out: &mut Vec<Action>) {
         let next = if self.reload_one {
             self.slots.len()
         } else {
@@ -714,7 +721,7 @@ impl Machine {
         self.reload_from(now, next, out);
     }
 
-    fn spawn(&mut self, now: Instant, slot: Slot, out: &mut Vec<Action>) -> WorkerId {
+    fn spawn(&mut self, now: MonoTime, slot: Slot, out: &mut Vec<Action>) -> WorkerId {
         let worker = WorkerId(self.next_worker);
         self.next_worker += 1;
         self.workers.insert(
@@ -755,11 +762,11 @@ impl Machine {
         // It no longer holds its slot.
         let slot = w.slot;
         if let Some(info) = self.slots.get_mut(slot) {
-            if info.active == Some(worker) {
-                info.active = None;
+            if info.current == Some(worker) {
+                info.current = None;
             }
-            if info.incoming == Some(worker) {
-                info.incoming = None;
+            if info.successor == Some(worker) {
+                info.successor = None;
             }
         }
     }
@@ -814,7 +821,7 @@ impl Machine {
         }
     }
 
-    fn spawned(&mut self, now: Instant, worker: WorkerId, pid: u32, out: &mut Vec<Action>) {
+    fn spawned(&mut self, now: MonoTime, worker: WorkerId, pid: u32, out: &mut Vec<Action>) {
         let Some(w) = self.workers.get_mut(&worker) else {
             return;
         };
@@ -837,7 +844,7 @@ impl Machine {
                 after: delay,
             }),
             Readiness::Signalled => {
-                if self.slots[slot].incoming == Some(worker) {
+                if self.slots[slot].successor == Some(worker) {
                     out.push(Action::SetTimer {
                         timer: Timer::ListenTimeout(worker),
                         after: self.policy.listen_timeout,
@@ -847,7 +854,7 @@ impl Machine {
         }
     }
 
-    fn ready(&mut self, now: Instant, worker: WorkerId, out: &mut Vec<Action>) {
+    fn ready(&mut self, now: MonoTime, worker: WorkerId, out: &mut Vec<Action>) {
         let Some(w) = self.workers.get_mut(&worker) else {
             return;
         };
@@ -858,11 +865,11 @@ impl Machine {
         let slot = w.slot;
         let pid = w.pid.unwrap_or_default();
         out.push(Action::Report(Report::Ready { slot, pid }));
-        // A reload replacement takes over its slot; the old worker drains.
+        // A successor takes over its slot; its predecessor drains.
         let info = &mut self.slots[slot];
-        if info.incoming == Some(worker) {
-            info.incoming = None;
-            let old = info.active.replace(worker);
+        if info.successor == Some(worker) {
+            info.successor = None;
+            let old = info.current.replace(worker);
             info.unstable = 0;
             if let Some(old) = old {
                 self.begin_stop(old, out);
@@ -874,7 +881,7 @@ impl Machine {
     }
 
     /// Continue a reload at the first slot at or after `from`.
-    fn reload_from(&mut self, now: Instant, from: Slot, out: &mut Vec<Action>) {
+    fn reload_from(&mut self, now: MonoTime, from: Slot, out: &mut Vec<Action>) {
         if from >= self.slots.len() {
             self.reload = None;
             self.reload_one = false;
@@ -889,24 +896,24 @@ impl Machine {
         }
         self.reload = Some(from);
         let info = &mut self.slots[from];
-        if info.active.is_none() {
+        if info.current.is_none() {
             // Nothing serves here (errored, in backoff, or done): there is
             // nothing to hand over, so the slot simply starts afresh — a
             // reload after a fix revives it — and the reload moves on.
             info.unstable = 0;
             let worker = self.spawn(now, from, out);
-            self.slots[from].active = Some(worker);
+            self.slots[from].current = Some(worker);
             return self.reload_next(now, from, out);
         }
         let worker = self.spawn(now, from, out);
-        self.slots[from].incoming = Some(worker);
+        self.slots[from].successor = Some(worker);
     }
 
     fn abort_reload(&mut self, slot: Slot, reason: AbortReason, out: &mut Vec<Action>) {
         if self.reload == Some(slot) {
             self.reload = None;
             self.reload_one = false;
-            let old_serving = self.slots.get(slot).is_some_and(|s| s.active.is_some());
+            let old_serving = self.slots.get(slot).is_some_and(|s| s.current.is_some());
             out.push(Action::Report(Report::ReloadAborted {
                 slot,
                 reason: reason.clone(),
@@ -922,7 +929,7 @@ impl Machine {
 
     fn spawn_failed(
         &mut self,
-        now: Instant,
+        now: MonoTime,
         worker: WorkerId,
         error: String,
         out: &mut Vec<Action>,
@@ -934,11 +941,11 @@ impl Machine {
         let Some(info) = self.slots.get_mut(slot) else {
             return;
         };
-        if info.incoming == Some(worker) {
-            info.incoming = None;
-            let has_active = info.active.is_some();
+        if info.successor == Some(worker) {
+            info.successor = None;
+            let has_current = info.current.is_some();
             self.abort_reload(slot, AbortReason::SpawnFailed(error.clone()), out);
-            if has_active {
+            if has_current {
                 out.push(Action::Report(Report::SpawnFailed {
                     slot,
                     error,
@@ -946,8 +953,8 @@ impl Machine {
                 }));
                 return;
             }
-        } else if info.active == Some(worker) {
-            info.active = None;
+        } else if info.current == Some(worker) {
+            info.current = None;
         } else {
             return;
         }
@@ -961,7 +968,7 @@ impl Machine {
 
     fn exited(
         &mut self,
-        now: Instant,
+        now: MonoTime,
         worker: WorkerId,
         status: ExitStatus,
         out: &mut Vec<Action>,
@@ -986,19 +993,19 @@ impl Machine {
             return;
         }
         let info = &mut self.slots[slot];
-        if info.incoming == Some(worker) {
-            // The replacement died before it was ready: the old worker stays.
-            info.incoming = None;
-            let has_active = info.active.is_some();
+        if info.successor == Some(worker) {
+            // The successor died before it was ready: the current worker stays.
+            info.successor = None;
+            let has_current = info.current.is_some();
             self.abort_reload(slot, AbortReason::Exited(status), out);
-            if has_active {
+            if has_current {
                 out.push(report(Next::Stopped));
                 return;
             }
-        } else if info.active == Some(worker) {
-            info.active = None;
-            if info.incoming.is_some() {
-                // A reload replacement is already starting for this slot.
+        } else if info.current == Some(worker) {
+            info.current = None;
+            if info.successor.is_some() {
+                // A successor is already starting for this slot.
                 out.push(report(Next::Replaced));
                 return;
             }
@@ -1006,7 +1013,7 @@ impl Machine {
             out.push(report(Next::Stopped));
             return;
         }
-        // The exit is reported before the replacement's spawn.
+        // The exit is reported before the spawn of the worker that replaces it.
         let mark = out.len();
         let next = self.after_exit(now, slot, status, uptime, out);
         out.insert(mark, report(next));
@@ -1015,7 +1022,7 @@ impl Machine {
     /// Apply the restart policy to a slot whose worker ended.
     fn after_exit(
         &mut self,
-        now: Instant,
+        now: MonoTime,
         slot: Slot,
         status: ExitStatus,
         uptime: Duration,
@@ -1053,7 +1060,7 @@ impl Machine {
         let delay = policy.backoff(info.unstable);
         if delay.is_zero() {
             let worker = self.spawn(now, slot, out);
-            self.slots[slot].active = Some(worker);
+            self.slots[slot].current = Some(worker);
         } else {
             self.next_attempt += 1;
             let attempt = self.next_attempt;
@@ -1066,7 +1073,7 @@ impl Machine {
         Next::RestartIn(delay)
     }
 
-    fn resume_queued_reload(&mut self, now: Instant, out: &mut Vec<Action>) {
+    fn resume_queued_reload(&mut self, now: MonoTime, out: &mut Vec<Action>) {
         if !std::mem::take(&mut self.pending_reload_restart) {
             return;
         }
@@ -1084,7 +1091,7 @@ impl Machine {
         }
     }
 
-    fn timer(&mut self, now: Instant, timer: Timer, out: &mut Vec<Action>) {
+    fn timer(&mut self, now: MonoTime, timer: Timer, out: &mut Vec<Action>) {
         match timer {
             Timer::Restart { slot, attempt } => {
                 let Some(info) = self.slots.get(slot) else {
@@ -1092,7 +1099,7 @@ impl Machine {
                 };
                 if self.mode == Mode::Running && info.state == (SlotState::Backoff { attempt }) {
                     let worker = self.spawn(now, slot, out);
-                    self.slots[slot].active = Some(worker);
+                    self.slots[slot].current = Some(worker);
                 }
             }
             Timer::ReadyDelay(worker) => self.ready(now, worker, out),
@@ -1102,13 +1109,13 @@ impl Machine {
                 };
                 let slot = w.slot;
                 if w.phase == (Phase::Running { ready: false })
-                    && self.slots.get(slot).and_then(|s| s.incoming) == Some(worker)
+                    && self.slots.get(slot).and_then(|s| s.successor) == Some(worker)
                 {
                     let timeout = self.policy.listen_timeout;
-                    let has_active = self.slots[slot].active.is_some();
+                    let has_current = self.slots[slot].current.is_some();
                     self.begin_stop(worker, out);
                     self.abort_reload(slot, AbortReason::NotReady(timeout), out);
-                    if !has_active {
+                    if !has_current {
                         // Nobody serves this slot: let the restart policy deal with it.
                         self.after_exit(now, slot, ExitStatus::Code(1), Duration::ZERO, out);
                     }
@@ -1131,17 +1138,17 @@ impl Machine {
         }
     }
 
-    fn scale_to(&mut self, now: Instant, n: usize, out: &mut Vec<Action>) {
+    fn scale_to(&mut self, now: MonoTime, n: usize, out: &mut Vec<Action>) {
         while self.slots.len() < n {
             let slot = self.slots.len();
             self.slots.push(SlotInfo::new());
             let worker = self.spawn(now, slot, out);
-            self.slots[slot].active = Some(worker);
+            self.slots[slot].current = Some(worker);
         }
         while self.slots.len() > n {
             let slot = self.slots.len() - 1;
             let info = self.slots.pop().expect("more than n slots");
-            for worker in [info.active, info.incoming].into_iter().flatten() {
+            for worker in [info.current, info.successor].into_iter().flatten() {
                 self.begin_stop(worker, out);
             }
             if self.reload == Some(slot) {
@@ -1155,7 +1162,7 @@ impl Machine {
             }
         }
         out.push(Action::Report(Report::Scaled {
-            instances: self.slots.len(),
+            slots: self.slots.len(),
         }));
     }
 

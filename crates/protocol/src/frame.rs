@@ -10,6 +10,12 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// their environments fits easily).
 pub const MAX_FRAME: usize = 4 << 20;
 
+/// The largest app definition (as JSON) the daemon accepts: `show` sends a
+/// definition back with the app's status beside it, which takes up to ~1.5
+/// MiB more (4096 workers, as many draining), so a definition may use half a
+/// frame and `show` always fits.
+pub const MAX_DEFINITION: usize = MAX_FRAME / 2;
+
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -35,6 +41,14 @@ impl Connection {
         Connection {
             framed: Framed::new(stream, codec),
         }
+    }
+
+    /// Refuse frames longer than `max` from now on (at most [`MAX_FRAME`]):
+    /// the daemon takes a hello in a few hundred bytes, not in 4 MiB.
+    pub fn limit_frames(&mut self, max: usize) {
+        self.framed
+            .codec_mut()
+            .set_max_frame_length(max.min(MAX_FRAME));
     }
 
     /// The socket underneath (for the peer's credentials).

@@ -18,12 +18,21 @@ pub enum Request {
         version: u32,
     },
     Ping,
-    /// Start apps. With `update`, an app whose name exists already is
+    /// Start apps; each definition must serialize to at most
+    /// [`crate::MAX_DEFINITION`] bytes (so `show` can always send it back). With `update`, an app whose name exists already is
     /// reloaded onto its new definition (a config file started again);
-    /// without it, an existing name is an error.
+    /// without it, an existing name is an error. With `update` and
+    /// `restart`, an existing app is restarted (stopped, then started on its
+    /// new definition) instead of reloaded: pm2's `restart FILE`. New apps
+    /// named in `stopped` are registered without being started (`herd import
+    /// pm2` of an app pm2 saved stopped).
     Start {
         apps: Vec<AppDef>,
         update: bool,
+        #[serde(default)]
+        restart: bool,
+        #[serde(default)]
+        stopped: Vec<String>,
     },
     /// Stop the apps' workers gracefully; the apps stay listed, stopped.
     Stop {
@@ -44,10 +53,31 @@ pub enum Request {
     Delete {
         apps: Selector,
     },
-    List,
-    /// One app with its definition.
+    List {
+        /// Show secret environment values (see [`crate::secrets`]); hidden
+        /// by default wherever the answer carries an environment.
+        #[serde(default)]
+        show_secrets: bool,
+    },
+    /// Every app with its definition and per-slot counters: what pm2's
+    /// `jlist` schema and `herd env` are built from (answered with
+    /// [`Response::Details`]); secret environment values hidden unless
+    /// `show_secrets`.
+    ListDetail {
+        #[serde(default)]
+        show_secrets: bool,
+    },
+    /// Zero the restart counters the apps show (pm2's `reset`); `created_at`
+    /// becomes now. The workers are untouched.
+    Reset {
+        apps: Selector,
+    },
+    /// One app with its definition (secret environment values hidden
+    /// unless `show_secrets`).
     Show {
         app: Selector,
+        #[serde(default)]
+        show_secrets: bool,
     },
     /// Empty the apps' log files.
     Flush {
@@ -111,6 +141,10 @@ pub enum Response {
         app: Box<AppInfo>,
         def: Box<AppDef>,
     },
+    /// The answer to [`Request::ListDetail`], in id order.
+    Details {
+        apps: Vec<AppDetail>,
+    },
     Error {
         kind: ErrorKind,
         message: String,
@@ -143,6 +177,18 @@ pub struct AppDef {
     /// The instance count as asked (`max` is resolved again on resurrect).
     #[serde(default)]
     pub instances_max: bool,
+    /// pm2 keys carried until herd honours them.
+    #[serde(default, skip_serializing_if = "crate::Pm2Keys::is_empty")]
+    pub pm2: crate::Pm2Keys,
+    /// The script an interpreter runs (`spec.args` holds the interpreter's
+    /// own arguments before it, the app's after it): pm2's `pm_exec_path`.
+    /// `None` when the program runs as it is.
+    #[serde(default)]
+    pub script: Option<PathBuf>,
+    /// pm2's namespace: a name several apps share, usable as a selector
+    /// (`herd stop NAMESPACE`); `None` is pm2's `default`.
+    #[serde(default)]
+    pub namespace: Option<String>,
 }
 
 /// Where an app's output goes and how the files are kept.
@@ -153,6 +199,8 @@ pub struct LogSettings {
     pub out_file: Option<PathBuf>,
     /// stderr file (default `$HERD_HOME/logs/<name>-err.log`).
     pub error_file: Option<PathBuf>,
+    /// A file that gets both streams, as well (pm2's `--log`/`log_file`).
+    pub log_file: Option<PathBuf>,
     /// Prefix each line with the time it was read.
     pub time: bool,
     /// The time format (pm2's `log_date_format`, moment.js tokens such as
@@ -169,6 +217,7 @@ impl Default for LogSettings {
         LogSettings {
             out_file: None,
             error_file: None,
+            log_file: None,
             time: false,
             date_format: None,
             max_size: 10 << 20,
@@ -196,6 +245,29 @@ pub struct AppInfo {
     pub out_log: PathBuf,
     pub err_log: PathBuf,
     pub workers: Vec<WorkerInfo>,
+}
+
+/// An app with its definition and what pm2's `jlist` shows beyond `list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppDetail {
+    pub info: AppInfo,
+    pub def: AppDef,
+    /// When the daemon took the app, or it was last restarted, reloaded or
+    /// reset (pm2's `created_at`), in ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Each slot's crash-loop count and last exit, in slot order.
+    pub slots: Vec<SlotDetail>,
+}
+
+/// One worker slot's counters in an [`AppDetail`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotDetail {
+    pub slot: usize,
+    /// Crashes in a row of workers that died young (pm2's `unstable_restarts`).
+    pub unstable_restarts: u32,
+    /// How the slot's last worker exited, as pm2's `exit_code` counts it:
+    /// its code, or 0 after a death by signal (`None`: none exited yet).
+    pub exit_code: Option<i32>,
 }
 
 /// One worker of an app in `herd list --json`.
@@ -237,6 +309,25 @@ mod tests {
     }
 
     #[test]
+    fn the_show_secrets_flag_defaults_to_off() {
+        let r: Request = serde_json::from_str(r#"{"request":"list"}"#).unwrap();
+        assert!(matches!(
+            r,
+            Request::List {
+                show_secrets: false
+            }
+        ));
+        let r: Request = serde_json::from_str(r#"{"request":"show","app":"web"}"#).unwrap();
+        assert!(matches!(
+            r,
+            Request::Show {
+                show_secrets: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn an_app_def_round_trips_with_text_durations() {
         let mut spec = AppSpec::new("web", "/usr/bin/node");
         spec.stop.kill_timeout = std::time::Duration::from_secs(12);
@@ -245,6 +336,12 @@ mod tests {
             logs: LogSettings::default(),
             max_memory_restart: Some(200 << 20),
             instances_max: true,
+            pm2: crate::Pm2Keys {
+                cron_restart: Some("0 3 * * *".into()),
+                ..Default::default()
+            },
+            script: None,
+            namespace: Some("api".into()),
         };
         let text = serde_json::to_string(&def).unwrap();
         assert!(text.contains(r#""kill_timeout":"12000ms""#), "{text}");

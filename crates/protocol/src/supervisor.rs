@@ -21,6 +21,7 @@
 
 use std::path::PathBuf;
 
+pub use herd_engine::config::ExecMode;
 use herd_engine::machine::{Outcome, Report};
 use serde::{Deserialize, Serialize};
 
@@ -326,24 +327,6 @@ pub struct Counters {
     pub log_lines: PerStream,
 }
 
-/// `cluster` (workers share listening sockets, or herd is their Node
-/// cluster primary) or `fork` (independent processes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExecMode {
-    Cluster,
-    Fork,
-}
-
-impl ExecMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExecMode::Cluster => "cluster",
-            ExecMode::Fork => "fork",
-        }
-    }
-}
-
 /// What [`Request::Status`] answers: the app, and the process supervising it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -377,7 +360,7 @@ impl App {
         AppInfo {
             name: self.name.clone(),
             id: self.id,
-            mode: self.mode.as_str().to_string(),
+            mode: self.mode.to_string(),
             status: self.state.as_str().to_string(),
             instances: self.instances,
             online: self.online,
@@ -560,6 +543,9 @@ mod tests {
             logs: Default::default(),
             max_memory_restart: None,
             instances_max: false,
+            pm2: Default::default(),
+            script: None,
+            namespace: None,
         };
         let file = AppFile::new(3, Desired::Running, def);
         let text = serde_json::to_string(&file).unwrap();

@@ -15,19 +15,19 @@
 //! followers ([`AppRef::follow`]) through a bounded broadcast.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use herd_engine::config::{Balance, Instances, WorkerKind};
+use herd_engine::config::Instances;
 use herd_engine::machine::{Answer, Command, Outcome, Report, SlotPhase, WorkerPhase};
-use herd_engine::os::process::ExitStatus;
 use herd_engine::supervisor::{
     self, AppHandle, AppStatus, Event, Events, RoundRobinStats, Stream, Target, Timed, UpdateError,
 };
+use herd_engine::ExitStatus;
+use herd_home::Home;
 use herd_protocol::supervisor::{
-    self as proto, AppState, Desired, ExecMode, Ticket, WorkerRole, WorkerState,
+    self as proto, AppState, Desired, Ticket, WorkerRole, WorkerState,
 };
-use herd_protocol::{AppDef, AppInfo, ScaleTo};
+use herd_protocol::{AppDef, AppDetail, AppInfo, ScaleTo, SecretNames, SlotDetail};
 use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -55,6 +55,11 @@ pub enum AppCommand {
     Reload {
         def: Option<Box<AppDef>>,
     },
+    /// Stop then start on a new definition (a stopped app is just started
+    /// on it): pm2's `restart FILE`.
+    RestartWith(Box<AppDef>),
+    /// Zero the restart counters shown (pm2's `reset`); the workers are untouched.
+    Reset,
     /// Stop it; the actor then ends.
     Delete,
     /// Stop it without changing what is wished for (its supervisor process
@@ -140,7 +145,16 @@ pub struct Envelope {
 pub enum Query {
     Info(oneshot::Sender<AppInfo>),
     Metrics(oneshot::Sender<AppMetrics>),
-    Def(oneshot::Sender<AppDef>),
+    /// The definition; its secret environment values hidden unless `reveal`.
+    Def {
+        reveal: bool,
+        reply: oneshot::Sender<AppDef>,
+    },
+    /// The app with its definition and counters; secrets hidden unless `reveal`.
+    Detail {
+        reveal: bool,
+        reply: oneshot::Sender<AppDetail>,
+    },
     /// The app as its supervisor's status shows it.
     App(oneshot::Sender<proto::App>),
 }
@@ -185,10 +199,32 @@ impl AppRef {
         rx.await.ok()
     }
 
-    /// The app's definition, as `save` writes it (`None`: the app is gone).
+    /// The app's definition as it may be shown: secret environment values
+    /// hidden (`None`: the app is gone).
     pub async fn def(&self) -> Option<AppDef> {
-        let (tx, rx) = oneshot::channel();
-        self.queries.send(Query::Def(tx)).await.ok()?;
+        self.query_def(false).await
+    }
+
+    /// The app's whole definition, secrets included: for `save`, and for
+    /// `show --show-secrets` (`None`: the app is gone).
+    pub async fn def_with_secrets(&self) -> Option<AppDef> {
+        self.query_def(true).await
+    }
+
+    async fn query_def(&self, reveal: bool) -> Option<AppDef> {
+        let (reply, rx) = oneshot::channel();
+        self.queries.send(Query::Def { reveal, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// The app with its definition and counters, for pm2's `jlist`; secret
+    /// environment values hidden unless `reveal` (`None`: the app is gone).
+    pub async fn detail(&self, reveal: bool) -> Option<AppDetail> {
+        let (reply, rx) = oneshot::channel();
+        self.queries
+            .send(Query::Detail { reveal, reply })
+            .await
+            .ok()?;
         rx.await.ok()
     }
 
@@ -218,9 +254,11 @@ pub trait Keeper: Send + 'static {
     fn app_changed(&mut self, def: &AppDef, desired: Desired);
 }
 
-/// Start the actor for app `id`; it starts no worker until told [`AppCommand::Start`].
-pub fn spawn(id: u32, def: AppDef, log_dir: &Path) -> Result<AppRef, String> {
-    spawn_kept(id, def, log_dir, None).map(|(app, _)| app)
+/// Start the actor for app `id`; it starts no worker until told
+/// [`AppCommand::Start`]. `secrets` says which environment values its
+/// answers hide.
+pub fn spawn(id: u32, def: AppDef, home: &Home, secrets: SecretNames) -> Result<AppRef, String> {
+    spawn_kept(id, def, home, secrets, None).map(|(app, _)| app)
 }
 
 /// [`spawn`] for a supervisor process: `keeper` hears of every worker and
@@ -229,17 +267,18 @@ pub fn spawn(id: u32, def: AppDef, log_dir: &Path) -> Result<AppRef, String> {
 pub fn spawn_kept(
     id: u32,
     def: AppDef,
-    log_dir: &Path,
+    home: &Home,
+    secrets: SecretNames,
     keeper: Option<Box<dyn Keeper>>,
 ) -> Result<(AppRef, tokio::task::JoinHandle<()>), String> {
     let (tx, rx) = mpsc::channel(64);
     let (queries, queries_rx) = mpsc::channel(64);
     let (follow, _) = broadcast::channel(FOLLOW_QUEUE);
-    let logs = AppLogs::open(&def, log_dir)?;
+    let logs = AppLogs::open(&def, home)?;
     let actor = Actor {
         id,
         def,
-        log_dir: log_dir.to_path_buf(),
+        home: home.clone(),
         engine: None,
         events: None,
         logs,
@@ -250,7 +289,12 @@ pub fn spawn_kept(
         outcome: None,
         deleted: false,
         quit: false,
+        ever_started: false,
         counters: Counters::default(),
+        secrets,
+        created_at: SystemTime::now(),
+        reset_base: HashMap::new(),
+        exit_codes: HashMap::new(),
         desired: Desired::Stopped,
         keeper,
         follow: follow.clone(),
@@ -295,7 +339,7 @@ struct Actor {
     id: u32,
     def: AppDef,
     /// Where the log files go unless the definition names them.
-    log_dir: PathBuf,
+    home: Home,
     engine: Option<AppHandle>,
     events: Option<Events>,
     logs: AppLogs,
@@ -310,7 +354,19 @@ struct Actor {
     deleted: bool,
     /// Told to [`AppCommand::Quit`], and done.
     quit: bool,
+    /// An engine instance was started once (until then, the log files
+    /// opened for it are removed again if the app is deleted).
+    ever_started: bool,
     counters: Counters,
+    secrets: SecretNames,
+    /// When the app was taken, or last restarted, reloaded or reset (pm2's `created_at`).
+    created_at: SystemTime,
+    /// Each slot's (restarts, unstable) at the last `reset`, subtracted from
+    /// what the engine counts; cleared when a new engine instance starts.
+    reset_base: HashMap<usize, (u64, u32)>,
+    /// Each slot's last worker exit as pm2's `exit_code` counts it (a death
+    /// by signal is 0); kept after the app stops.
+    exit_codes: HashMap<usize, i32>,
     /// What the last command wished for (kept by the keeper).
     desired: Desired,
     keeper: Option<Box<dyn Keeper>>,
@@ -371,11 +427,23 @@ impl Actor {
                         let metrics = self.metrics().await;
                         let _ = tx.send(metrics);
                     }
-                    Some(Query::Def(tx)) => {
-                        let _ = tx.send(self.def.clone());
+                    Some(Query::Def { reveal, reply }) => {
+                        let mut def = self.def.clone();
+                        if !reveal {
+                            self.secrets.redact_def(&mut def);
+                        }
+                        let _ = reply.send(def);
+                    }
+                    Some(Query::Detail { reveal, reply }) => {
+                        let mut detail = self.detail().await;
+                        if !reveal {
+                            self.secrets.redact_def(&mut detail.def);
+                        }
+                        let _ = reply.send(detail);
                     }
                     Some(Query::App(tx)) => {
                         let status = self.engine_status().await;
+                        self.sample_new(&status);
                         let _ = tx.send(self.app_of(&status));
                     }
                     None => queries_open = false,
@@ -420,9 +488,11 @@ impl Actor {
             Ok((handle, events)) => {
                 self.engine = Some(handle);
                 self.events = Some(events);
+                self.ever_started = true;
                 self.outcome = None;
                 self.listen.clear();
                 self.over_limit.clear();
+                self.reset_base.clear();
                 self.tell(proto::Event::Started);
                 done(format!("started {}", self.name()))
             }
@@ -452,19 +522,34 @@ impl Actor {
                 }
             }
             AppCommand::Restart { worker: None } => {
+                self.created_at = SystemTime::now();
                 self.changed(Desired::Running);
-                match &self.engine {
-                    Some(e) => {
-                        e.command(Command::Stop);
-                        self.pending = Some(Pending::Stop {
-                            reply,
-                            then: AfterStop::Start,
-                        });
-                    }
-                    None => {
-                        let _ = reply.send(self.start_engine());
-                    }
+                self.restart(reply)
+            }
+            AppCommand::RestartWith(def) => {
+                self.created_at = SystemTime::now();
+                if let Err(e) = self.adopt(*def) {
+                    let _ = reply.send(aborted(e));
+                    return;
                 }
+                self.changed(Desired::Running);
+                self.restart(reply)
+            }
+            AppCommand::Reset => {
+                self.created_at = SystemTime::now();
+                self.reset_base = match self.engine_status().await {
+                    Some(s) => s
+                        .machine
+                        .slots
+                        .iter()
+                        .map(|slot| (slot.slot, (slot.restarts, slot.unstable)))
+                        .collect(),
+                    None => HashMap::new(),
+                };
+                let _ = reply.send(done(format!(
+                    "reset the restart counters of {}",
+                    self.name()
+                )));
             }
             AppCommand::Restart { worker: Some(slot) } => match &self.engine {
                 Some(e) if slot < self.def.spec.instances => {
@@ -491,7 +576,10 @@ impl Actor {
                     )));
                 }
             },
-            AppCommand::Reload { def } => self.reload(def, reply),
+            AppCommand::Reload { def } => {
+                self.created_at = SystemTime::now();
+                self.reload(def, reply)
+            }
             AppCommand::Delete => match &self.engine {
                 Some(e) => {
                     e.command(Command::Stop);
@@ -501,6 +589,10 @@ impl Actor {
                     });
                 }
                 None => {
+                    if !self.ever_started {
+                        // Its start failed: leave no empty log files behind.
+                        self.logs.remove_if_unused();
+                    }
                     self.deleted = true;
                     let _ = reply.send(done(format!("deleted {}", self.name())));
                 }
@@ -523,7 +615,8 @@ impl Actor {
                     .logs
                     .out
                     .truncate()
-                    .and_then(|_| self.logs.err.truncate());
+                    .and_then(|_| self.logs.err.truncate())
+                    .and_then(|_| self.logs.combined.as_mut().map_or(Ok(()), |f| f.truncate()));
                 let _ = reply.send(match r {
                     Ok(()) => done(format!("flushed the logs of {}", self.name())),
                     Err(e) => aborted(format!("cannot flush the logs of {}: {e}", self.name())),
@@ -581,7 +674,12 @@ impl Actor {
                 });
             }
             AppCommand::ReopenLogs => {
-                let r = self.logs.out.reopen().and_then(|_| self.logs.err.reopen());
+                let r = self
+                    .logs
+                    .out
+                    .reopen()
+                    .and_then(|_| self.logs.err.reopen())
+                    .and_then(|_| self.logs.combined.as_mut().map_or(Ok(()), |f| f.reopen()));
                 let _ = reply.send(match r {
                     Ok(()) => done(String::new()),
                     Err(e) => aborted(e.to_string()),
@@ -590,20 +688,41 @@ impl Actor {
         }
     }
 
+    /// Stop, then start (a stopped app is just started).
+    fn restart(&mut self, reply: oneshot::Sender<Ticket>) {
+        match &self.engine {
+            Some(e) => {
+                e.command(Command::Stop);
+                self.pending = Some(Pending::Stop {
+                    reply,
+                    then: AfterStop::Start,
+                });
+            }
+            None => {
+                let _ = reply.send(self.start_engine());
+            }
+        }
+    }
+
+    /// Take a new definition (its log files opened first: a path that
+    /// cannot be opened leaves everything as it was); returns the old one.
+    fn adopt(&mut self, new: AppDef) -> Result<AppDef, String> {
+        if new.logs != self.def.logs {
+            self.logs = AppLogs::open(&new, &self.home)?;
+        }
+        Ok(std::mem::replace(&mut self.def, new))
+    }
+
     fn reload(&mut self, def: Option<Box<AppDef>>, reply: oneshot::Sender<Ticket>) {
         let reloaded = |name: &str| format!("reloaded {name}");
         if let Some(new) = def {
-            let new = *new;
-            if new.logs != self.def.logs {
-                match AppLogs::open(&new, &self.log_dir) {
-                    Ok(l) => self.logs = l,
-                    Err(e) => {
-                        let _ = reply.send(aborted(e));
-                        return;
-                    }
+            let old = match self.adopt(*new) {
+                Ok(old) => old,
+                Err(e) => {
+                    let _ = reply.send(aborted(e));
+                    return;
                 }
-            }
-            let old = std::mem::replace(&mut self.def, new);
+            };
             self.changed(Desired::Running);
             if let Some(engine) = &self.engine {
                 let mut spec = self.def.spec.clone();
@@ -730,6 +849,11 @@ impl Actor {
                     ExitStatus::Code(c) => (*slot, "code", c.to_string()),
                     ExitStatus::Signal(s) => (*slot, "signal", s.as_str().to_string()),
                 };
+                let code = match status {
+                    ExitStatus::Code(c) => *c,
+                    ExitStatus::Signal(_) => 0,
+                };
+                self.exit_codes.insert(*slot, code);
                 *self.counters.exits.entry(key).or_default() += 1;
                 if let Some(keeper) = &mut self.keeper {
                     keeper.worker_ended(*pid);
@@ -827,7 +951,7 @@ impl Actor {
         let now = Instant::now();
         let mut live = Vec::new();
         for slot in &status.machine.slots {
-            for w in [&slot.worker, &slot.incoming].into_iter().flatten() {
+            for w in [&slot.current, &slot.successor].into_iter().flatten() {
                 if let Some(pid) = w.pid {
                     live.push(pid);
                     self.sampler.sample(pid, now);
@@ -845,7 +969,7 @@ impl Actor {
             return;
         };
         for slot in &status.machine.slots {
-            let over = match (&slot.worker, &slot.incoming) {
+            let over = match (&slot.current, &slot.successor) {
                 (Some(w), None) if w.phase == WorkerPhase::Ready => w
                     .pid
                     .is_some_and(|pid| self.sampler.last(pid).rss_bytes > limit),
@@ -856,7 +980,7 @@ impl Actor {
             if *count >= OVER_LIMIT_SAMPLES {
                 *count = 0;
                 let rss = slot
-                    .worker
+                    .current
                     .as_ref()
                     .and_then(|w| w.pid)
                     .map(|pid| self.sampler.last(pid).rss_bytes)
@@ -876,7 +1000,80 @@ impl Actor {
 
     async fn info(&mut self) -> AppInfo {
         let status = self.engine_status().await;
+        self.sample_new(&status);
         self.info_of(&status)
+    }
+
+    /// Sample the workers not sampled yet (just started), so that the first
+    /// table `herd start` prints shows their memory, not 0b.
+    fn sample_new(&mut self, status: &Option<AppStatus>) {
+        let Some(status) = status else { return };
+        let now = Instant::now();
+        let m = &status.machine;
+        let pids = m
+            .slots
+            .iter()
+            .flat_map(|s| [&s.current, &s.successor])
+            .flatten()
+            .chain(&m.draining)
+            .filter_map(|w| w.pid);
+        for pid in pids {
+            if !self.sampler.has(pid) {
+                self.sampler.sample(pid, now);
+            }
+        }
+    }
+
+    async fn detail(&mut self) -> AppDetail {
+        let status = self.engine_status().await;
+        self.sample_new(&status);
+        // The crash-loop count starts over by itself (a stable run): from
+        // then on, a `reset` has nothing left to take off it.
+        if let Some(s) = &status {
+            for slot in &s.machine.slots {
+                if let Some(base) = self.reset_base.get_mut(&slot.slot) {
+                    if slot.unstable < base.1 {
+                        base.1 = 0;
+                    }
+                }
+            }
+        }
+        let info = self.info_of(&status);
+        let slots = match &status {
+            Some(s) => s
+                .machine
+                .slots
+                .iter()
+                .map(|slot| SlotDetail {
+                    slot: slot.slot,
+                    unstable_restarts: slot.unstable.saturating_sub(self.base(slot.slot).1),
+                    exit_code: self.exit_codes.get(&slot.slot).copied(),
+                })
+                .collect(),
+            None => (0..self.def.spec.instances)
+                .map(|slot| SlotDetail {
+                    slot,
+                    unstable_restarts: 0,
+                    exit_code: self.exit_codes.get(&slot).copied(),
+                })
+                .collect(),
+        };
+        let created_at_ms = self
+            .created_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        AppDetail {
+            info,
+            def: self.def.clone(),
+            created_at_ms,
+            slots,
+        }
+    }
+
+    /// A slot's (restarts, unstable) at the last `reset`.
+    fn base(&self, slot: usize) -> (u64, u32) {
+        self.reset_base.get(&slot).copied().unwrap_or_default()
     }
 
     async fn metrics(&mut self) -> AppMetrics {
@@ -902,16 +1099,9 @@ impl Actor {
 
     /// The app, its workers (with their samples) and its counters, typed.
     fn app_of(&self, status: &Option<AppStatus>) -> proto::App {
-        let (out_log, err_log) = crate::logs::paths(&self.def, &self.log_dir);
+        let (out_log, err_log) = crate::logs::paths(&self.def, &self.home);
         let spec = &self.def.spec;
-        let mode = if spec.kind == WorkerKind::Node
-            || !spec.listeners.is_empty()
-            || spec.balance != Balance::Shared
-        {
-            ExecMode::Cluster
-        } else {
-            ExecMode::Fork
-        };
+        let mode = spec.exec_mode;
         let mut workers = Vec::new();
         let (state, instances) = match status {
             None => {
@@ -948,8 +1138,9 @@ impl Actor {
                     worker
                 };
                 for slot in &m.slots {
-                    workers.push(match &slot.worker {
-                        Some(w) => worker(w, WorkerRole::Serving, slot.restarts),
+                    let restarts = slot.restarts.saturating_sub(self.base(slot.slot).0);
+                    workers.push(match &slot.current {
+                        Some(w) => worker(w, WorkerRole::Serving, restarts),
                         None => {
                             let state = match slot.phase {
                                 SlotPhase::Backoff => WorkerState::Waiting,
@@ -958,11 +1149,11 @@ impl Actor {
                                 SlotPhase::Live => WorkerState::Launching,
                             };
                             let role = WorkerRole::Serving;
-                            self.worker(slot.slot, None, state, role, slot.restarts, None)
+                            self.worker(slot.slot, None, state, role, restarts, None)
                         }
                     });
-                    if let Some(w) = &slot.incoming {
-                        workers.push(worker(w, WorkerRole::Incoming, slot.restarts));
+                    if let Some(w) = &slot.successor {
+                        workers.push(worker(w, WorkerRole::Incoming, restarts));
                     }
                 }
                 for w in &m.draining {

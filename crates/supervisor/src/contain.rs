@@ -30,7 +30,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use crate::files::{write_replacing, Sync};
+use crate::files::AppFiles;
 
 /// How long ending an old app's processes may take before herd goes on
 /// (SIGKILL is immediate; this covers the kernel tearing them down).
@@ -60,25 +60,27 @@ pub struct Group {
 impl Record {
     pub const FORMAT: u32 = 1;
 
-    /// The record of `path`; none (an empty record) if there is no file.
-    pub fn read(path: &Path) -> io::Result<Record> {
-        match fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+    /// The app's record; none (an empty record) if there is no file.
+    pub fn read(files: &AppFiles) -> io::Result<Record> {
+        match files.read_groups()? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{} is not a group record: {e}", path.display()),
+                    format!(
+                        "{} is not a group record: {e}",
+                        files.groups_file().display()
+                    ),
                 )
             }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Record::default()),
-            Err(e) => Err(e),
+            None => Ok(Record::default()),
         }
     }
 
-    pub fn write(&self, path: &Path) -> io::Result<()> {
+    pub fn write(&self, files: &AppFiles) -> io::Result<()> {
         let mut record = self.clone();
         record.format = Record::FORMAT;
         let bytes = serde_json::to_vec(&record).map_err(io::Error::other)?;
-        write_replacing(path, &bytes, Sync::Cache)
+        files.write_groups(&bytes)
     }
 
     /// Add the group of the worker `pid` (which leads it). A worker already

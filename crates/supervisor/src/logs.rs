@@ -2,41 +2,132 @@
 //! each, rotation by size (`name-out.log` → `.1` → `.2` …), reopening for
 //! logrotate (SIGUSR1) and truncation (`herd flush`).
 //!
+//! A file in the home (the default `logs/NAME-out.log`) is opened, rotated
+//! and removed through the home's checked directory ([`herd_home::Dir`]):
+//! never through a link, created 0600. A file the user chose elsewhere
+//! (`--out-file`) is opened by its path, created 0600.
+//!
 //! The engine hands over complete lines only (a line split across pipe reads
 //! is joined before it gets here), so a timestamp never lands mid-line.
 
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use herd_engine::supervisor::Stream;
+use herd_home::{Access, Dir};
 use herd_protocol::AppDef;
+
+use herd_home::Home;
+
+/// Where a log file lives.
+#[derive(Debug, Clone)]
+enum Place {
+    /// In one of the home's checked directories, by name.
+    Home(Dir, OsString),
+    /// At a path the user chose.
+    Path(PathBuf),
+}
+
+impl Place {
+    fn of(path: &Path, home: &Home) -> Place {
+        match home.dir_of(path) {
+            Some((dir, name)) => Place::Home(dir.clone(), name.to_os_string()),
+            None => Place::Path(path.to_path_buf()),
+        }
+    }
+
+    /// The rotated file number `n` (`name.N`).
+    fn numbered(&self, n: u32) -> Place {
+        let suffix = |s: &std::ffi::OsStr| {
+            let mut s = s.to_os_string();
+            s.push(format!(".{n}"));
+            s
+        };
+        match self {
+            Place::Home(dir, name) => Place::Home(dir.clone(), suffix(name)),
+            Place::Path(p) => Place::Path(PathBuf::from(suffix(p.as_os_str()))),
+        }
+    }
+
+    /// Open for appending, created 0600 if missing; whether it was created.
+    fn open(&self) -> io::Result<(File, bool)> {
+        match self {
+            Place::Home(dir, name) => dir.open(name, Access::Append).map(|o| (o.file, o.created)),
+            Place::Path(path) => {
+                if let Some(dir) = path.parent() {
+                    fs::create_dir_all(dir)?;
+                }
+                let mut options = OpenOptions::new();
+                options.append(true).mode(0o600);
+                match options.clone().create_new(true).open(path) {
+                    Ok(f) => Ok((f, true)),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        options.create(true).open(path).map(|f| (f, false))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    fn exists(&self) -> bool {
+        match self {
+            Place::Home(dir, name) => dir.exists(name),
+            Place::Path(p) => p.symlink_metadata().is_ok(),
+        }
+    }
+
+    fn rename_to(&self, to: &Place) -> io::Result<()> {
+        match (self, to) {
+            (Place::Home(dir, from), Place::Home(_, to)) => dir.rename(from, to),
+            (Place::Path(from), Place::Path(to)) => fs::rename(from, to),
+            _ => unreachable!("a file and its rotations share a directory"),
+        }
+    }
+
+    fn remove(&self) -> io::Result<()> {
+        match self {
+            Place::Home(dir, name) => dir.remove(name),
+            Place::Path(p) => fs::remove_file(p),
+        }
+    }
+}
 
 /// One log file being appended to.
 #[derive(Debug)]
 pub struct LogFile {
+    place: Place,
     path: PathBuf,
     file: File,
     size: u64,
     max_size: u64,
     keep: u32,
+    /// This LogFile created the file (it did not exist before).
+    created: bool,
 }
 
 impl LogFile {
-    /// Open (create) `path` for appending; `max_size` 0 never rotates.
-    pub fn open(path: &Path, max_size: u64, keep: u32) -> io::Result<LogFile> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+    /// Open (create, 0600) `path` for appending, through the home's checked
+    /// directory when it is one of the home's files; `max_size` 0 never rotates.
+    pub fn open(path: &Path, home: &Home, max_size: u64, keep: u32) -> io::Result<LogFile> {
+        LogFile::open_at(Place::of(path, home), path.to_path_buf(), max_size, keep)
+    }
+
+    fn open_at(place: Place, path: PathBuf, max_size: u64, keep: u32) -> io::Result<LogFile> {
+        let (file, created) = place.open()?;
         let size = file.metadata()?.len();
         Ok(LogFile {
-            path: path.to_path_buf(),
+            place,
+            path,
             file,
             size,
             max_size,
             keep,
+            created,
         })
     }
 
@@ -77,30 +168,30 @@ impl LogFile {
     /// Shift `path.N` to `path.N+1` (dropping the oldest past `keep`), move
     /// the current file to `path.1`, and start a new one.
     pub fn rotate(&mut self) -> io::Result<()> {
-        let numbered = |n: u32| {
-            let mut p = self.path.clone().into_os_string();
-            p.push(format!(".{n}"));
-            PathBuf::from(p)
-        };
         if self.keep == 0 {
             self.file.set_len(0)?;
             self.size = 0;
             return Ok(());
         }
-        let _ = fs::remove_file(numbered(self.keep));
+        let _ = self.place.numbered(self.keep).remove();
         for n in (1..self.keep).rev() {
-            let from = numbered(n);
+            let from = self.place.numbered(n);
             if from.exists() {
-                fs::rename(&from, numbered(n + 1))?;
+                from.rename_to(&self.place.numbered(n + 1))?;
             }
         }
-        fs::rename(&self.path, numbered(1))?;
+        self.place.rename_to(&self.place.numbered(1))?;
         self.reopen()
     }
 
     /// Open the path again (after logrotate moved the file away).
     pub fn reopen(&mut self) -> io::Result<()> {
-        let fresh = LogFile::open(&self.path, self.max_size, self.keep)?;
+        let fresh = LogFile::open_at(
+            self.place.clone(),
+            self.path.clone(),
+            self.max_size,
+            self.keep,
+        )?;
         *self = fresh;
         Ok(())
     }
@@ -111,22 +202,32 @@ impl LogFile {
         self.size = 0;
         Ok(())
     }
+
+    /// Remove the file if this LogFile created it and nothing was written
+    /// (an app whose start failed leaves no empty files behind).
+    pub fn remove_if_unused(&self) {
+        if self.created && self.size == 0 {
+            let _ = self.place.remove();
+        }
+    }
 }
 
-/// An app's two log files (stdout, stderr), with its timestamp setting.
+/// An app's two log files (stdout, stderr), with its timestamp setting, and
+/// the file that gets both when one is asked for (pm2's `--log`).
 pub struct AppLogs {
     pub out: LogFile,
     pub err: LogFile,
+    pub combined: Option<LogFile>,
     stamper: Option<Stamper>,
     /// The last write failed (warned once until one succeeds).
     failed: bool,
 }
 
 impl AppLogs {
-    pub fn open(def: &AppDef, log_dir: &Path) -> Result<AppLogs, String> {
-        let (out, err) = paths(def, log_dir);
+    pub fn open(def: &AppDef, home: &Home) -> Result<AppLogs, String> {
+        let (out, err) = paths(def, home);
         let open = |path: &PathBuf| {
-            LogFile::open(path, def.logs.max_size, def.logs.keep).map_err(|e| {
+            LogFile::open(path, home, def.logs.max_size, def.logs.keep).map_err(|e| {
                 format!(
                     "cannot open the log file {}: {e}; choose another with --out-file/--error-file",
                     path.display()
@@ -136,12 +237,20 @@ impl AppLogs {
         Ok(AppLogs {
             out: open(&out)?,
             err: open(&err)?,
+            combined: def.logs.log_file.as_ref().map(open).transpose()?,
             stamper: def
                 .logs
                 .time
                 .then(|| Stamper::new(def.logs.date_format.as_deref())),
             failed: false,
         })
+    }
+
+    /// Remove the files that opening created, if still empty (the app
+    /// never ran: its start failed).
+    pub fn remove_if_unused(&self) {
+        self.out.remove_if_unused();
+        self.err.remove_if_unused();
     }
 
     /// Write a batch of whole lines read at `at`; returns the bytes written
@@ -160,7 +269,13 @@ impl AppLogs {
             Stream::Stdout => &mut self.out,
             Stream::Stderr => &mut self.err,
         };
-        match file.write(bytes) {
+        let mut result = file.write(bytes);
+        let mut path = file.path();
+        if let (Ok(()), Some(both)) = (&result, &mut self.combined) {
+            result = both.write(bytes);
+            path = both.path();
+        }
+        match result {
             Ok(()) => {
                 self.failed = false;
                 return bytes.len();
@@ -169,7 +284,7 @@ impl AppLogs {
                 self.failed = true;
                 crate::say!(
                     "app {app}: cannot write {}: {e}; its output is lost until it can",
-                    file.path().display()
+                    path.display()
                 );
             }
             Err(_) => {}
@@ -178,10 +293,11 @@ impl AppLogs {
     }
 }
 
-/// Where an app's stdout and stderr go (`log_dir`: `$HERD_HOME/logs`).
-pub fn paths(def: &AppDef, log_dir: &Path) -> (PathBuf, PathBuf) {
-    let name = &def.spec.name;
-    let dir = log_dir;
+/// Where an app's stdout and stderr go.
+pub fn paths(def: &AppDef, home: &Home) -> (PathBuf, PathBuf) {
+    // pm2's rule: any name is fine, its file name keeps [A-Za-z0-9.-] only.
+    let name = herd_engine::config::log_file_stem(&def.spec.name);
+    let dir = home.log_dir();
     (
         def.logs
             .out_file
@@ -306,32 +422,41 @@ mod tests {
         );
     }
 
+    /// A home in a temporary directory; its `logs/`.
+    fn home() -> (tempfile::TempDir, Home) {
+        let t = tempfile::tempdir().unwrap();
+        let home = Home::open(t.path().join("h")).unwrap();
+        (t, home)
+    }
+
     #[test]
     fn rotates_by_size_and_keeps_n_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("app-out.log");
-        let mut log = LogFile::open(&path, 10, 2).unwrap();
+        let (_t, home) = home();
+        let dir = home.log_dir().to_path_buf();
+        let path = dir.join("app-out.log");
+        let mut log = LogFile::open(&path, &home, 10, 2).unwrap();
         for i in 0..5 {
             log.write(format!("line {i}\n").as_bytes()).unwrap();
         }
         // Each 7-byte line pushes the previous one out: 4 rotations, 2 kept.
         assert_eq!(fs::read_to_string(&path).unwrap(), "line 4\n");
         assert_eq!(
-            fs::read_to_string(dir.path().join("app-out.log.1")).unwrap(),
+            fs::read_to_string(dir.join("app-out.log.1")).unwrap(),
             "line 3\n"
         );
         assert_eq!(
-            fs::read_to_string(dir.path().join("app-out.log.2")).unwrap(),
+            fs::read_to_string(dir.join("app-out.log.2")).unwrap(),
             "line 2\n"
         );
-        assert!(!dir.path().join("app-out.log.3").exists());
+        assert!(!dir.join("app-out.log.3").exists());
     }
 
     #[test]
     fn a_batch_larger_than_the_limit_is_split_at_lines() {
-        let dir = tempfile::tempdir().unwrap();
+        // A file the user chose outside the home: by its path.
+        let (dir, home) = home();
         let path = dir.path().join("b.log");
-        let mut log = LogFile::open(&path, 16, 3).unwrap();
+        let mut log = LogFile::open(&path, &home, 16, 3).unwrap();
         log.write(b"aaaaaa\nbbbbbb\ncccccc\nthis one is long\n")
             .unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "this one is long\n");
@@ -343,13 +468,45 @@ mod tests {
 
     #[test]
     fn reopens_after_the_file_was_moved_away() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.log");
-        let mut log = LogFile::open(&path, 0, 5).unwrap();
+        let (_t, home) = home();
+        let path = home.log_dir().join("x.log");
+        let mut log = LogFile::open(&path, &home, 0, 5).unwrap();
         log.write(b"before\n").unwrap();
-        fs::rename(&path, dir.path().join("x.log.old")).unwrap();
+        fs::rename(&path, home.log_dir().join("x.log.old")).unwrap();
         log.reopen().unwrap();
         log.write(b"after\n").unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "after\n");
+    }
+
+    #[test]
+    fn log_files_are_private_and_a_planted_link_is_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let (t, home) = home();
+        let path = home.log_dir().join("web-out.log");
+        let log = LogFile::open(&path, &home, 0, 5).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        drop(log);
+        fs::remove_file(&path).unwrap();
+        let target = t.path().join("root-only");
+        fs::write(&target, "secret").unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let err = LogFile::open(&path, &home, 0, 5).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "secret");
+    }
+
+    #[test]
+    fn a_file_created_and_never_written_can_be_removed_but_an_older_one_stays() {
+        let (_t, home) = home();
+        let fresh = home.log_dir().join("new-out.log");
+        LogFile::open(&fresh, &home, 0, 5)
+            .unwrap()
+            .remove_if_unused();
+        assert!(!fresh.exists());
+        let old = home.log_dir().join("old-out.log");
+        fs::write(&old, "").unwrap();
+        LogFile::open(&old, &home, 0, 5).unwrap().remove_if_unused();
+        assert!(old.exists());
     }
 }

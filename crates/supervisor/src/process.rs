@@ -23,16 +23,17 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use herd_home::Home;
 use herd_protocol::supervisor::{
     AppFile, Binary, Containment, Desired, SupervisorInfo, Ticket, VERSION,
 };
-use herd_protocol::AppDef;
+use herd_protocol::{AppDef, SecretNames};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::app::{self, AppCommand, Keeper};
@@ -78,17 +79,20 @@ pub enum Error {
 /// Run the supervisor; returns the exit code (in the starting process when
 /// detaching: once the supervisor serves).
 pub fn run(options: Options) -> Result<i32, Error> {
-    let files = AppFiles::new(&options.home, options.id);
-    files.create_dirs()?;
+    let home = Home::open(&options.home).map_err(FilesError::from)?;
+    let files = AppFiles::open(&home, options.id)?;
     let app_file = files.read_app()?;
     let name = app_file.name.clone();
     let mut lock = files.lock()?;
-    let listener = bind(&files.socket())?;
+    let listener = bind(&files)?;
     let ready = if options.foreground {
         Ready(None)
     } else {
         match detach(&files)? {
-            Detached::Parent(code) => return Ok(code),
+            Detached::Parent(code) => {
+                lock.leave_to_child();
+                return Ok(code);
+            }
             Detached::Child(ready) => ready,
         }
     };
@@ -114,10 +118,10 @@ pub fn run(options: Options) -> Result<i32, Error> {
     if let Some(cgroup) = cgroup {
         cgroup.close();
     }
-    let _ = std::fs::remove_file(files.groups_file());
-    let _ = std::fs::remove_file(files.socket());
     if deleted {
-        let _ = std::fs::remove_file(files.app_file());
+        files.remove_app();
+    } else {
+        files.remove_socket();
     }
     crate::say!(
         "app {name}: supervisor {} exits{}",
@@ -132,20 +136,21 @@ pub fn run(options: Options) -> Result<i32, Error> {
     Ok(0)
 }
 
-/// Bind the control socket owner-only (the umask covers the moment between
-/// bind and chmod; we are single-threaded here).
-fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, Error> {
+/// Bind the control socket owner-only, through the checked `apps/` (the
+/// umask covers the moment between bind and chmod; we are single-threaded
+/// here).
+fn bind(files: &AppFiles) -> Result<std::os::unix::net::UnixListener, Error> {
     let err = |error| Error::Listen {
-        path: path.to_path_buf(),
+        path: files.socket(),
         error,
     };
     // We hold the app's lock: a socket file left here is stale.
-    let _ = std::fs::remove_file(path);
+    files.remove_socket();
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let listener = std::os::unix::net::UnixListener::bind(path);
+    let listener = std::os::unix::net::UnixListener::bind(files.socket_address());
     nix::sys::stat::umask(old);
     let listener = listener.map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    files.protect_socket().map_err(err)?;
     listener.set_nonblocking(true).map_err(err)?;
     Ok(listener)
 }
@@ -174,12 +179,7 @@ enum Detached {
 
 /// Fork; the child detaches, the parent waits for its word and prints it.
 fn detach(files: &AppFiles) -> Result<Detached, Error> {
-    let herd_log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(files.herd_log())
-        .map_err(Error::Detach)?;
+    let herd_log = files.home().open_daemon_log().map_err(Error::Detach)?;
     let devnull = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -208,7 +208,7 @@ fn detach(files: &AppFiles) -> Result<Detached, Error> {
                     id: files.id(),
                     why: format!(
                         "it exited while starting; see {}",
-                        files.herd_log().display()
+                        files.home().daemon_log().display()
                     ),
                 }),
             }
@@ -240,7 +240,7 @@ fn contain(
     mode: ContainMode,
 ) -> Result<(Containment, Option<Cgroup>), Error> {
     let name = &app.name;
-    let old = Record::read(&files.groups_file()).unwrap_or_else(|e| {
+    let old = Record::read(files).unwrap_or_else(|e| {
         crate::say!(
             "app {name}: cannot read {}: {e}",
             files.groups_file().display()
@@ -279,7 +279,7 @@ fn contain(
         cgroup: cgroup.as_ref().map(|c| c.path().to_path_buf()),
         groups: Vec::new(),
     };
-    if let Err(e) = record.write(&files.groups_file()) {
+    if let Err(e) = record.write(files) {
         crate::say!(
             "app {name}: warning: cannot write {}: {e}",
             files.groups_file().display()
@@ -309,13 +309,14 @@ async fn supervise(
     let shared_file = Arc::new(Mutex::new(app_file.clone()));
     let keeper = DiskKeeper {
         files: files.clone(),
-        record: Record::read(&files.groups_file()).unwrap_or_default(),
+        record: Record::read(files).unwrap_or_default(),
         app_file: shared_file.clone(),
     };
     let (app, mut actor) = match app::spawn_kept(
         id,
         app_file.definition,
-        &files.log_dir(),
+        files.home(),
+        SecretNames::default(),
         Some(Box::new(keeper)),
     ) {
         Ok(a) => a,
@@ -466,7 +467,7 @@ struct DiskKeeper {
 
 impl DiskKeeper {
     fn write_record(&self) {
-        if let Err(e) = self.record.write(&self.files.groups_file()) {
+        if let Err(e) = self.record.write(&self.files) {
             crate::say!(
                 "warning: cannot write {}: {e}; a later supervisor may not find every process of this app",
                 self.files.groups_file().display()

@@ -1,6 +1,7 @@
 //! CPU and memory of worker processes, read from `/proc` by the app's actor
-//! on its own clock (about once a second), never per request: the memory
-//! limit holds whoever asks, and a status answers from the last sample.
+//! on its own clock (about once a second), never per request — except once
+//! for a worker that a status request finds unsampled (just started), so its
+//! memory shows at once. The memory limit holds whoever asks.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -60,6 +61,11 @@ impl Sampler {
         };
         self.last.insert(pid, (ticks, now, usage));
         Some(usage)
+    }
+
+    /// Whether `pid` was sampled already.
+    pub fn has(&self, pid: u32) -> bool {
+        self.last.contains_key(&pid)
     }
 
     /// The figures of the last sample.

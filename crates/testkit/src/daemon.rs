@@ -128,9 +128,9 @@ impl Daemon {
     }
 
     pub fn list(&self) -> Vec<Value> {
-        let out = self.ok(&["jlist"]);
+        let out = self.ok(&["list", "--json"]);
         serde_json::from_str::<Value>(&out)
-            .unwrap_or_else(|e| panic!("jlist is not JSON ({e}): {out}"))
+            .unwrap_or_else(|e| panic!("list --json is not JSON ({e}): {out}"))
             .as_array()
             .expect("an array")
             .clone()
@@ -222,7 +222,7 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// The pids of an app's online workers (from `jlist`), in the listed order.
+/// The pids of an app's online workers (from `list --json`), in the listed order.
 pub fn worker_pids(app: &Value) -> Vec<i32> {
     app["workers"]
         .as_array()

@@ -625,10 +625,11 @@ impl Response {
     }
 }
 
-fn exchange<S: Read + Write>(s: &mut S, path: &str) -> io::Result<Response> {
+/// One GET with `Host: host` (the daemon's listener checks it).
+fn exchange<S: Read + Write>(s: &mut S, host: &str, path: &str) -> io::Result<Response> {
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: herd-test\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
@@ -716,7 +717,7 @@ pub fn http_request(addr: &str, path: &str, timeout: Duration) -> io::Result<Res
     let mut s = TcpStream::connect_timeout(&sa, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    let r = exchange(&mut s, path);
+    let r = exchange(&mut s, addr, path);
     abortive_close(&s);
     r
 }
@@ -731,7 +732,7 @@ pub fn unix_http_request(sock: &Path, path: &str, timeout: Duration) -> io::Resu
     let mut s = UnixStream::connect(sock)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    exchange(&mut s, path)
+    exchange(&mut s, "localhost", path)
 }
 
 pub fn unix_http_get(sock: &Path, path: &str, timeout: Duration) -> io::Result<(u16, String)> {

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use herd_protocol::{ErrorKind, Request, Response};
+use herd_protocol::{ErrorKind, Request, Response, SecretNames};
 
 use crate::app::{AppCommand, AppRef, Reply};
 use crate::Home;
@@ -21,6 +21,9 @@ use crate::Home;
 /// What every handler may use.
 pub struct Ctx {
     pub home: Home,
+    /// Which environment values answers hide (the built-in rule plus the
+    /// operator's `--secret-names`).
+    pub secrets: SecretNames,
     pub registry: Mutex<Registry>,
     pub started: Instant,
     /// Notified when `herd kill` asks the daemon to end.
@@ -28,9 +31,10 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(home: Home) -> Arc<Ctx> {
+    pub fn new(home: Home, secrets: SecretNames) -> Arc<Ctx> {
         Arc::new(Ctx {
             home,
+            secrets,
             registry: Mutex::new(Registry::default()),
             started: Instant::now(),
             shutdown: tokio::sync::Notify::new(),
@@ -54,11 +58,14 @@ pub struct Registry {
 pub struct Entry {
     pub id: u32,
     pub name: String,
+    /// pm2's namespace (`None`: `default`), a selector for all its apps.
+    pub namespace: Option<String>,
     pub app: AppRef,
 }
 
 impl Registry {
-    /// The apps `selector` names: `all`, a numeric id, or a name.
+    /// The apps `selector` names: `all`, a numeric id, a name, or (as in
+    /// pm2, when no app has that name) a namespace.
     pub fn resolve(&self, selector: &str) -> Result<Vec<Entry>, Response> {
         if selector == "all" {
             return Ok(self.apps.values().cloned().collect());
@@ -67,6 +74,17 @@ impl Registry {
             Ok(id) => self.apps.get(&id),
             Err(_) => self.apps.values().find(|e| e.name == selector),
         };
+        if found.is_none() {
+            let spaced: Vec<Entry> = self
+                .apps
+                .values()
+                .filter(|e| e.namespace.as_deref() == Some(selector))
+                .cloned()
+                .collect();
+            if !spaced.is_empty() {
+                return Ok(spaced);
+            }
+        }
         found.map(|e| vec![e.clone()]).ok_or_else(|| {
             usage(format!(
                 "no app named '{selector}': `herd list` shows the apps and their ids"
@@ -95,6 +113,13 @@ impl Registry {
     fn remove(&mut self, id: u32) {
         self.apps.remove(&id);
     }
+
+    /// An app's namespace changed (it took a new definition).
+    fn set_namespace(&mut self, id: u32, namespace: Option<String>) {
+        if let Some(e) = self.apps.get_mut(&id) {
+            e.namespace = namespace;
+        }
+    }
 }
 
 pub fn usage(message: impl Into<String>) -> Response {
@@ -120,7 +145,12 @@ pub async fn handle(ctx: &Arc<Ctx>, request: Request) -> Response {
             uptime_ms: ctx.started.elapsed().as_millis() as u64,
             apps: ctx.registry().all().len(),
         },
-        Request::Start { apps, update } => start::start(ctx, apps, update).await,
+        Request::Start {
+            apps,
+            update,
+            restart,
+            stopped,
+        } => start::start(ctx, apps, update, restart, &stopped).await,
         Request::Stop { apps } => control::each(ctx, &apps, || AppCommand::Stop).await,
         Request::Restart { apps, worker } => {
             control::each(ctx, &apps, || AppCommand::Restart { worker }).await
@@ -143,8 +173,11 @@ pub async fn handle(ctx: &Arc<Ctx>, request: Request) -> Response {
             .await
         }
         Request::Signal { apps, signal } => control::signal(ctx, &apps, &signal).await,
-        Request::List => list::list(ctx).await,
-        Request::Show { app } => list::show(ctx, &app).await,
+        // Nothing a list answers is secret (see `list::list`).
+        Request::List { show_secrets: _ } => list::list(ctx).await,
+        Request::ListDetail { show_secrets } => list::detail(ctx, show_secrets).await,
+        Request::Reset { apps } => control::each(ctx, &apps, || AppCommand::Reset).await,
+        Request::Show { app, show_secrets } => list::show(ctx, &app, show_secrets).await,
         Request::Save { force } => persist::save(ctx, force).await,
         Request::Resurrect => persist::resurrect(ctx).await,
         Request::Kill => {

@@ -11,19 +11,20 @@ pub async fn save(ctx: &Arc<Ctx>, force: bool) -> Response {
     let entries = ctx.registry().all();
     let mut defs: Vec<AppDef> = Vec::with_capacity(entries.len());
     for e in entries {
-        if let Some(def) = e.app.def().await {
+        // Saved whole: resurrect needs the secrets (the file is owner-only).
+        if let Some(def) = e.app.def_with_secrets().await {
             defs.push(def);
         }
     }
     let path = ctx.home.dump();
-    if defs.is_empty() && !force && path.exists() {
+    if defs.is_empty() && !force && dump::exists(&ctx.home) {
         return usage(format!(
             "no apps run, and saving would replace the list saved in {} with an empty one; \
              use `herd save --force` to do that",
             path.display()
         ));
     }
-    match dump::save(&path, &defs) {
+    match dump::save(&ctx.home, &defs) {
         Ok(()) => Response::Done {
             message: format!("saved {} app(s) to {}", defs.len(), path.display()),
         },
@@ -32,10 +33,21 @@ pub async fn save(ctx: &Arc<Ctx>, force: bool) -> Response {
 }
 
 pub async fn resurrect(ctx: &Arc<Ctx>) -> Response {
-    let defs = match dump::load(&ctx.home.dump()) {
+    let mut defs = match dump::load(&ctx.home) {
         Ok(d) => d,
         Err(e) => return failed(e.to_string()),
     };
+    for def in &mut defs {
+        // Saved by a herd that took 0 (pm2 does, and then replaces the
+        // worker at every check): now refused at start; resurrected as off.
+        if def.max_memory_restart == Some(0) {
+            crate::say!(
+                "app {}: saved with --max-memory-restart 0, which is no limit; resurrected without one",
+                def.spec.name
+            );
+            def.max_memory_restart = None;
+        }
+    }
     let fresh: Vec<AppDef> = {
         let registry = ctx.registry();
         defs.into_iter()
@@ -47,5 +59,5 @@ pub async fn resurrect(ctx: &Arc<Ctx>) -> Response {
             message: "every saved app is already here".into(),
         };
     }
-    super::start::start(ctx, fresh, false).await
+    super::start::start(ctx, fresh, false, false, &[]).await
 }

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use herd_protocol::AppInfo;
 use serde_json::json;
 
-use super::Response;
+use super::HttpResponse;
 use crate::handlers::Ctx;
 
-pub fn healthz(ctx: &Arc<Ctx>) -> Response {
-    Response::json(
+pub fn healthz(ctx: &Arc<Ctx>) -> HttpResponse {
+    HttpResponse::json(
         200,
         &json!({
             "status": "ok",
@@ -24,14 +24,14 @@ pub fn healthz(ctx: &Arc<Ctx>) -> Response {
     )
 }
 
-pub async fn readyz(ctx: &Arc<Ctx>, app: Option<&str>) -> Response {
+pub async fn readyz(ctx: &Arc<Ctx>, app: Option<&str>) -> HttpResponse {
     let entries = {
         let registry = ctx.registry.lock().unwrap_or_else(|e| e.into_inner());
         match app {
             Some(name) => match registry.by_name(name) {
                 Some(e) => vec![e.clone()],
                 None => {
-                    return Response::json(
+                    return HttpResponse::json(
                         404,
                         &json!({
                             "ready": false,
@@ -63,8 +63,8 @@ pub async fn readyz(ctx: &Arc<Ctx>, app: Option<&str>) -> Response {
     }
     let status = if all_ready { 200 } else { 503 };
     match (app, apps.len()) {
-        (Some(_), 1) => Response::json(status, &apps[0]),
-        _ => Response::json(status, &json!({ "ready": all_ready, "apps": apps })),
+        (Some(_), 1) => HttpResponse::json(status, &apps[0]),
+        _ => HttpResponse::json(status, &json!({ "ready": all_ready, "apps": apps })),
     }
 }
 

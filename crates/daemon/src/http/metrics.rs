@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-use super::Response;
+use super::HttpResponse;
 use crate::app::AppMetrics;
 use crate::handlers::Ctx;
 
@@ -118,12 +118,12 @@ pub async fn gather(ctx: &Arc<Ctx>) -> Vec<AppMetrics> {
     out
 }
 
-pub async fn render(ctx: &Arc<Ctx>) -> Response {
+pub async fn render(ctx: &Arc<Ctx>) -> HttpResponse {
     let apps = gather(ctx).await;
     let uptime = ctx.started.elapsed().as_secs_f64();
     match encode(&apps, uptime) {
-        Ok(text) => Response::new(200, CONTENT_TYPE, text),
-        Err(_) => Response::error(500, "cannot encode the metrics"),
+        Ok(text) => HttpResponse::new(200, CONTENT_TYPE, text),
+        Err(_) => HttpResponse::error(500, "cannot encode the metrics"),
     }
 }
 

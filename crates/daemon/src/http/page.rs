@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{Request, Response, Settings};
+use super::{HttpRequest, HttpResponse, Settings};
 use crate::app::AppCommand;
 use crate::handlers::Ctx;
 
@@ -16,38 +16,38 @@ const PAGE: &str = include_str!("status.html");
 /// cannot drive the buttons.
 const ADMIN_HEADER: &str = "x-herd-admin";
 
-pub fn page(settings: Settings) -> Response {
+pub fn page(settings: &Settings) -> HttpResponse {
     let admin = if settings.admin { "true" } else { "false" };
     let body = PAGE.replace("data-admin=\"false\"", &format!("data-admin=\"{admin}\""));
-    Response::new(200, "text/html; charset=utf-8", body)
+    HttpResponse::new(200, "text/html; charset=utf-8", body)
 }
 
-pub async fn apps(ctx: &Arc<Ctx>) -> Response {
+pub async fn apps(ctx: &Arc<Ctx>) -> HttpResponse {
     match crate::handlers::list(ctx).await {
-        herd_protocol::Response::Apps { apps } => Response::json(200, &apps),
-        _ => Response::error(500, "cannot list the apps"),
+        herd_protocol::Response::Apps { apps } => HttpResponse::json(200, &apps),
+        _ => HttpResponse::error(500, "cannot list the apps"),
     }
 }
 
-pub async fn action(ctx: &Arc<Ctx>, request: &Request, settings: Settings) -> Response {
+pub async fn action(ctx: &Arc<Ctx>, request: &HttpRequest, settings: &Settings) -> HttpResponse {
     if !settings.admin {
-        return Response::error(
+        return HttpResponse::error(
             403,
             "read-only: start the daemon with `herd daemon --metrics ADDR --metrics-admin` to allow actions",
         );
     }
     if request.header(ADMIN_HEADER).is_none() {
-        return Response::error(403, "send the X-Herd-Admin header (the status page does)");
+        return HttpResponse::error(403, "send the X-Herd-Admin header (the status page does)");
     }
     let rest = &request.path["/api/apps/".len()..];
     let Some((name, verb)) = rest.rsplit_once('/') else {
-        return Response::error(404, "use POST /api/apps/NAME/{reload,restart,stop}");
+        return HttpResponse::error(404, "use POST /api/apps/NAME/{reload,restart,stop}");
     };
     let command = match verb {
         "reload" => AppCommand::Reload { def: None },
         "restart" => AppCommand::Restart { worker: None },
         "stop" => AppCommand::Stop,
-        _ => return Response::error(404, "the actions are reload, restart and stop"),
+        _ => return HttpResponse::error(404, "the actions are reload, restart and stop"),
     };
     let entry = ctx
         .registry
@@ -56,10 +56,14 @@ pub async fn action(ctx: &Arc<Ctx>, request: &Request, settings: Settings) -> Re
         .by_name(name)
         .cloned();
     let Some(entry) = entry else {
-        return Response::error(404, &format!("no app named '{name}'"));
+        return HttpResponse::error(404, &format!("no app named '{name}'"));
     };
     match entry.app.ask(command).await {
-        Ok(message) => Response::json(200, &serde_json::json!({ "ok": true, "message": message })),
-        Err(message) => Response::json(500, &serde_json::json!({ "ok": false, "error": message })),
+        Ok(message) => {
+            HttpResponse::json(200, &serde_json::json!({ "ok": true, "message": message }))
+        }
+        Err(message) => {
+            HttpResponse::json(500, &serde_json::json!({ "ok": false, "error": message }))
+        }
     }
 }

@@ -8,11 +8,11 @@ use proptest::prelude::*;
 /// the timers the machine sets, firing them when the clock passes them.
 struct Sim {
     machine: Machine,
-    now: Instant,
+    now: MonoTime,
     next_pid: u32,
     /// Live processes: worker → (slot, pid).
     live: BTreeMap<WorkerId, (Slot, u32)>,
-    timers: Vec<(Instant, Timer)>,
+    timers: Vec<(MonoTime, Timer)>,
     /// Workers asked to stop, and workers killed.
     stopped: Vec<WorkerId>,
     killed: Vec<WorkerId>,
@@ -25,7 +25,7 @@ struct Sim {
     hold_signal: bool,
     /// Workers the machine told to be signalled now (`Action::Signal`), and
     /// when the signal went out.
-    signalled: Vec<(WorkerId, Instant)>,
+    signalled: Vec<(WorkerId, MonoTime)>,
 }
 
 fn policy() -> Policy {
@@ -42,7 +42,7 @@ impl Sim {
     fn new(policy: Policy, n: usize) -> Sim {
         let mut sim = Sim {
             machine: Machine::new(policy, n),
-            now: Instant::now(),
+            now: MonoTime::now(),
             next_pid: 100,
             live: BTreeMap::new(),
             timers: Vec::new(),
@@ -133,7 +133,7 @@ impl Sim {
 
     fn worker_in(&self, slot: Slot) -> WorkerId {
         self.machine.slots[slot]
-            .active
+            .current
             .expect("slot has an active worker")
     }
 
@@ -426,8 +426,8 @@ fn reload_aborts_when_the_replacement_crashes_and_the_old_worker_stays() {
     sim.advance(Duration::from_secs(2));
     let old = sim.worker_in(0);
     sim.input(Input::Command(Command::Reload));
-    let incoming = sim.machine.slots[0].incoming.unwrap();
-    sim.exit(incoming, ExitStatus::Code(1));
+    let successor = sim.machine.slots[0].successor.unwrap();
+    sim.exit(successor, ExitStatus::Code(1));
     assert!(sim.reports.iter().any(|r| matches!(
         r,
         Report::ReloadAborted {
@@ -491,7 +491,7 @@ fn reload_aborts_when_the_replacement_is_never_ready() {
     let old = sim.worker_in(0);
     sim.input(Input::Ready { worker: old });
     sim.input(Input::Command(Command::Reload));
-    let incoming = sim.machine.slots[0].incoming.unwrap();
+    let successor = sim.machine.slots[0].successor.unwrap();
     sim.advance(Duration::from_millis(3000));
     assert!(sim.reports.iter().any(|r| matches!(
         r,
@@ -501,7 +501,7 @@ fn reload_aborts_when_the_replacement_is_never_ready() {
             old_serving: true,
         }
     )));
-    assert_eq!(sim.stopped, vec![incoming]);
+    assert_eq!(sim.stopped, vec![successor]);
     assert_eq!(sim.worker_in(0), old);
     assert!(sim.machine.accepting(old));
 }
@@ -546,7 +546,7 @@ fn an_active_worker_dying_mid_reload_is_covered_by_its_replacement() {
 fn scaling_up_and_down() {
     let mut sim = Sim::new(policy(), 2);
     sim.input(Input::Command(Command::ScaleUp));
-    assert_eq!(sim.machine.instances(), 3);
+    assert_eq!(sim.machine.slot_count(), 3);
     assert_eq!(sim.live.len(), 3);
     let top = sim.worker_in(2);
     sim.input(Input::Command(Command::ScaleDown));
@@ -586,7 +586,7 @@ fn replace_starts_the_successor_first_and_drains_the_old_once_it_is_ready() {
     assert!(sim.stopped.is_empty(), "the old worker serves until then");
     let snap = sim.machine.snapshot(sim.now);
     assert_eq!(
-        snap.slots[1].incoming.as_ref().unwrap().phase,
+        snap.slots[1].successor.as_ref().unwrap().phase,
         WorkerPhase::Online
     );
     sim.advance(Duration::from_millis(1000));
@@ -618,11 +618,11 @@ fn snapshot_counts_restarts_and_lists_draining_workers() {
     assert_eq!(snap.slots[0].last_exit, Some(ExitStatus::Code(1)));
     assert_eq!(snap.slots[1].restarts, 0);
     assert_eq!(
-        snap.slots[1].worker.as_ref().unwrap().phase,
+        snap.slots[1].current.as_ref().unwrap().phase,
         WorkerPhase::Ready
     );
     assert_eq!(
-        snap.slots[1].worker.as_ref().unwrap().uptime,
+        snap.slots[1].current.as_ref().unwrap().uptime,
         Duration::from_secs(2)
     );
     // A reload: while the old worker drains it is listed apart from its slot.
@@ -638,7 +638,7 @@ fn snapshot_counts_restarts_and_lists_draining_workers() {
 #[test]
 fn a_stop_while_a_worker_starts_stops_it_once_it_runs() {
     let mut m = Machine::new(policy(), 1);
-    let now = Instant::now();
+    let now = MonoTime::now();
     let actions = m.handle(now, Input::Command(Command::Start));
     let Action::Spawn { worker, .. } = actions[0] else {
         panic!()
@@ -721,13 +721,13 @@ proptest! {
             // Invariants.
             let m = &sim.machine;
             for (i, slot) in m.slots.iter().enumerate() {
-                for w in [slot.active, slot.incoming].into_iter().flatten() {
+                for w in [slot.current, slot.successor].into_iter().flatten() {
                     prop_assert_eq!(m.workers[&w].slot, i);
                     prop_assert!(m.workers[&w].phase != Phase::Stopping);
                     prop_assert!(sim.live.contains_key(&w));
                 }
-                prop_assert!(slot.active.is_none() || slot.active != slot.incoming);
-                if slot.incoming.is_some() {
+                prop_assert!(slot.current.is_none() || slot.current != slot.successor);
+                if slot.successor.is_some() {
                     prop_assert_eq!(m.reload, Some(i));
                 }
             }
@@ -867,8 +867,8 @@ fn a_failed_replacement_aborts_its_reload_with_the_reason_and_the_queued_one_run
     sim.advance(Duration::from_secs(2));
     sim.ask(Command::Reload, 1);
     sim.ask(Command::Reload, 2);
-    let incoming = sim.machine.slots[0].incoming.unwrap();
-    sim.exit(incoming, ExitStatus::Code(3));
+    let successor = sim.machine.slots[0].successor.unwrap();
+    sim.exit(successor, ExitStatus::Code(3));
     assert_eq!(
         sim.answers(),
         vec![(1, Answer::Aborted(AbortReason::Exited(ExitStatus::Code(3))))]
@@ -880,7 +880,7 @@ fn a_failed_replacement_aborts_its_reload_with_the_reason_and_the_queued_one_run
 #[test]
 fn start_and_scale_are_answered_at_once() {
     let mut m = Machine::new(policy(), 1);
-    let now = Instant::now();
+    let now = MonoTime::now();
     let ask = |m: &mut Machine, command, t| {
         m.handle(
             now,

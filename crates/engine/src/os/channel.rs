@@ -30,7 +30,7 @@ const MAX_FDS: usize = 16;
 
 /// Create the pair: (herd's end, nonblocking + close-on-exec; the worker's end,
 /// blocking, close-on-exec — spawn clears that flag when it places the fd).
-pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let (herd, worker) = socket::socketpair(
         AddressFamily::Unix,
         SockType::Stream,
@@ -65,6 +65,12 @@ pub struct Channel {
     sock: UnixStream,
     /// Keeps one `send`'s bytes together when several tasks send.
     send_lock: tokio::sync::Mutex<()>,
+}
+
+impl AsRawFd for Channel {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
 }
 
 impl Channel {
@@ -272,6 +278,7 @@ mod tests {
         }
         assert_eq!(msg.bytes, 13);
         assert_eq!(received.len(), 1);
+        // SAFETY: a fresh fd from the kernel, owned by nobody else.
         let passed = unsafe { OwnedFd::from_raw_fd(received[0]) };
         nix::unistd::write(&passed, b"through").unwrap();
         drop(passed);

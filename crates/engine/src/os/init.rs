@@ -9,10 +9,10 @@
 //! herd cannot reap "everything" in the process that runs the engine: the supervisor reaps its
 //! workers one by one, by pid (`waitid` in [`super::process::try_reap`]), and a
 //! `waitpid(-1)` there would steal a worker's exit status. So, as tini does, herd splits in two
-//! when it finds itself PID 1 (only for `herd run` and `herd daemon`, which call [`init`] before
+//! when it finds itself PID 1 (only for `herd run` and `herd daemon`, which call [`init_if_pid1`] before
 //! anything else, while the process has a single thread and fork is safe):
 //!
-//! - the **child** (PID 2) returns from [`init`] and runs the real herd, unchanged: its workers
+//! - the **child** (PID 2) returns from [`init_if_pid1`] and runs the real herd, unchanged: its workers
 //!   are its children (their `PR_SET_PDEATHSIG` is tied to it, as without the init), its
 //!   signal handlers, its `READY=1` on `NOTIFY_SOCKET`. It gets its own process group and,
 //!   when stdin is a terminal, the foreground, so a ^C on a `docker run -it` reaches it once
@@ -27,7 +27,7 @@
 //!   died by signal n (a shell's convention, which `docker` and Kubernetes report).
 //!
 //! The parent allocates nothing and runs no runtime: it is a loop over three system calls.
-//! [`supervised`] tells the child it runs under this init: `herd run` and the daemon then leave
+//! [`under_herd_init`] tells the child it runs under this init: `herd run` and the daemon then leave
 //! `MAINPID` out of their `READY=1` (pid 2 of the namespace means nothing to a service manager
 //! outside it; the main pid is then the process the manager started).
 //!
@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// The signals PID 1 passes on to the real herd: the ones herd acts on (`herd run`: INT/TERM
 /// stop, HUP reload, TTIN/TTOU scale; the daemon: INT/TERM stop, USR1 reopen logs), and the
 /// ones a user may mean for it (QUIT, USR2, WINCH).
-pub const FORWARDED: [libc::c_int; 9] = [
+pub(crate) const FORWARDED: [libc::c_int; 9] = [
     libc::SIGHUP,
     libc::SIGINT,
     libc::SIGQUIT,
@@ -57,13 +57,13 @@ static SUPERVISED: AtomicBool = AtomicBool::new(false);
 
 /// Whether this process is the real herd under herd's own PID-1 init.
 #[must_use]
-pub fn supervised() -> bool {
+pub fn under_herd_init() -> bool {
     SUPERVISED.load(Ordering::Relaxed)
 }
 
 /// The exit code a shell gives a process that ended with this `waitpid` status.
 #[must_use]
-pub fn exit_code(status: libc::c_int) -> i32 {
+pub(crate) fn exit_code(status: libc::c_int) -> i32 {
     if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
     } else if libc::WIFSIGNALED(status) {
@@ -76,9 +76,8 @@ pub fn exit_code(status: libc::c_int) -> i32 {
 /// If this process is PID 1, become a tiny init (see the module doc): the call returns only in
 /// the child that goes on to be the real herd, or, if the fork fails, in this process after a
 /// warning. Does nothing otherwise. Call it while the process has one thread.
-pub fn init() {
-    // SAFETY: getpid cannot fail.
-    if unsafe { libc::getpid() } != 1 {
+pub fn init_if_pid1() {
+    if nix::unistd::getpid().as_raw() != 1 {
         return;
     }
     // SAFETY: sigset manipulation on locals; sigprocmask on this (only) thread.
@@ -181,7 +180,7 @@ mod tests {
 
     #[test]
     fn not_pid_1_means_nothing_happens() {
-        init();
-        assert!(!supervised());
+        init_if_pid1();
+        assert!(!under_herd_init());
     }
 }

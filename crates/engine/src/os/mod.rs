@@ -4,9 +4,23 @@
 //! sockets; the PID-1 init (`init`). Nothing here knows about workers,
 //! slots or policies.
 
-pub mod channel;
-pub mod init;
-pub mod notify;
-pub mod process;
-pub mod socket;
-pub mod spawn;
+use std::io;
+use std::os::fd::OwnedFd;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+pub(crate) mod channel;
+pub(crate) mod init;
+pub(crate) mod notify;
+pub(crate) mod process;
+pub(crate) mod socket;
+pub(crate) mod spawn;
+
+/// Watch an fd herd owns for `interest` on the runtime's reactor. Must be
+/// called inside a tokio runtime.
+pub(crate) fn watch(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the OwnedFd is moved in, so the fd stays open and the same for
+    // as long as the AsyncFd lives.
+    unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(io::Error::from)
+}

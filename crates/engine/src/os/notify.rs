@@ -7,7 +7,7 @@
 //! another: the pid comes from the kernel, not from the message.
 
 use std::io::{self, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::errno::Errno;
@@ -26,10 +26,16 @@ static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
 /// A bound notify socket, nonblocking, with SO_PASSCRED.
 #[derive(Debug)]
-pub struct NotifySocket {
+pub(crate) struct NotifySocket {
     sock: UnixDatagram,
     /// `@herd/<pid>/<n>`: the abstract name, with '@' standing for the NUL.
     env_value: String,
+}
+
+impl AsRawFd for NotifySocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
 }
 
 impl NotifySocket {
@@ -37,7 +43,7 @@ impl NotifySocket {
     ///
     /// Must be called inside a tokio runtime (the socket is registered with
     /// its reactor).
-    pub fn bind() -> io::Result<NotifySocket> {
+    pub(crate) fn bind() -> io::Result<NotifySocket> {
         let ctx = |e: Errno, what: &str| {
             io::Error::new(
                 io::Error::from(e).kind(),
@@ -72,7 +78,7 @@ impl NotifySocket {
     }
 
     /// The value to put in a worker's `NOTIFY_SOCKET` (e.g. `@herd/1234/0`).
-    pub fn env_value(&self) -> &str {
+    pub(crate) fn env_value(&self) -> &str {
         &self.env_value
     }
 
@@ -83,7 +89,7 @@ impl NotifySocket {
     /// Datagrams longer than 4096 bytes are dropped, as systemd does; fds
     /// sent along (`FDSTORE=1`) are closed. Cancel-safe: a datagram is only
     /// taken off the socket in the same poll that returns it.
-    pub async fn recv(&self) -> io::Result<(Pid, String)> {
+    pub(crate) async fn recv(&self) -> io::Result<(Pid, String)> {
         let mut buf = vec![0u8; MAX_MESSAGE + 1];
         loop {
             self.sock.readable().await?;
@@ -145,7 +151,7 @@ fn recv_datagram(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<(Pid, 
 /// Tell our own service manager something (`READY=1`, `STOPPING=1` …) on
 /// `$NOTIFY_SOCKET` (a path, or `@name` for an abstract socket), as
 /// `sd_notify` does; without the variable this does nothing.
-pub fn notify(state: &str) -> io::Result<()> {
+pub fn sd_notify(state: &str) -> io::Result<()> {
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::net::{SocketAddr, UnixDatagram};
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {

@@ -11,34 +11,27 @@ use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-/// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitStatus {
-    /// It exited with this code. Also used, as `128 + n`, for a death by a
-    /// signal `n` that [`Signal`] cannot represent (a real-time signal).
-    Code(i32),
-    Signal(Signal),
-}
+use crate::exit::ExitStatus;
 
-impl ExitStatus {
-    fn from_wait_status(status: libc::c_int) -> Option<ExitStatus> {
-        if libc::WIFEXITED(status) {
-            Some(ExitStatus::Code(libc::WEXITSTATUS(status)))
-        } else if libc::WIFSIGNALED(status) {
-            let sig = libc::WTERMSIG(status);
-            Some(match Signal::try_from(sig) {
-                Ok(s) => ExitStatus::Signal(s),
-                Err(_) => ExitStatus::Code(128 + sig),
-            })
-        } else {
-            None
-        }
+/// How a wait status (from `waitpid`) reads as an [`ExitStatus`]; `None`
+/// for a status that is no end (stopped, continued).
+fn exit_status(status: libc::c_int) -> Option<ExitStatus> {
+    if libc::WIFEXITED(status) {
+        Some(ExitStatus::Code(libc::WEXITSTATUS(status)))
+    } else if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        Some(match Signal::try_from(sig) {
+            Ok(s) => ExitStatus::Signal(s),
+            Err(_) => ExitStatus::Code(128 + sig),
+        })
+    } else {
+        None
     }
 }
 
 /// Send `signal` to every process in the group `pgid`. A group that is
 /// already gone is not an error.
-pub fn signal_group(pgid: Pid, signal: Signal) -> io::Result<()> {
+pub(crate) fn signal_group(pgid: Pid, signal: Signal) -> io::Result<()> {
     if pgid.as_raw() <= 1 {
         // killpg(0) / killpg(1) would hit our own group or everything.
         return Err(io::Error::new(
@@ -62,7 +55,7 @@ pub fn signal_group(pgid: Pid, signal: Signal) -> io::Result<()> {
 ///
 /// Errors: `NotFound` if `pid` is not (or no longer) a child of this process
 /// (ECHILD) — for example if it was already reaped.
-pub fn try_reap(pid: Pid) -> io::Result<Option<ExitStatus>> {
+pub(crate) fn try_reap(pid: Pid) -> io::Result<Option<ExitStatus>> {
     if pid.as_raw() <= 0 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -116,7 +109,7 @@ pub fn try_reap(pid: Pid) -> io::Result<Option<ExitStatus>> {
             e => return Err(wait_error("waitpid", pid, e)),
         }
     }
-    ExitStatus::from_wait_status(status)
+    exit_status(status)
         .map(Some)
         .ok_or_else(|| io::Error::other(format!("waitpid({pid}): unexpected status {status:#x}")))
 }
@@ -133,37 +126,6 @@ fn wait_error(call: &str, pid: Pid, e: Errno) -> io::Error {
         io::Error::from(e).kind(),
         format!("{call}({pid}) failed: {e}"),
     )
-}
-
-/// As JSON: `{"code": 1}` or `{"signal": "SIGKILL"}`.
-impl serde::Serialize for ExitStatus {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(Some(1))?;
-        match self {
-            ExitStatus::Code(c) => map.serialize_entry("code", c)?,
-            ExitStatus::Signal(sig) => map.serialize_entry("signal", sig.as_str())?,
-        }
-        map.end()
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for ExitStatus {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "lowercase")]
-        enum Repr {
-            Code(i32),
-            Signal(String),
-        }
-        match Repr::deserialize(d)? {
-            Repr::Code(c) => Ok(ExitStatus::Code(c)),
-            Repr::Signal(name) => name
-                .parse::<Signal>()
-                .map(ExitStatus::Signal)
-                .map_err(|_| serde::de::Error::custom(format!("unknown signal '{name}'"))),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use crate::config::ListenAddr;
 /// caller can name the cause. Errors from the kernel are passed through
 /// unchanged (so `raw_os_error()` works too); their text does not name the
 /// address, the caller should (`cannot listen on {addr}: {err}`).
-pub fn bind_listener(addr: &ListenAddr, reuseport: bool) -> io::Result<OwnedFd> {
+pub(crate) fn bind_listener(addr: &ListenAddr, reuseport: bool) -> io::Result<OwnedFd> {
     let socket = match addr {
         ListenAddr::Tcp(sa) => {
             let domain = Domain::for_address(*sa);
@@ -54,7 +54,7 @@ pub fn bind_listener(addr: &ListenAddr, reuseport: bool) -> io::Result<OwnedFd> 
 /// Bind a UDP socket on `addr` (nonblocking, close-on-exec), as Node's
 /// primary does for a `dgram` worker: an IPv6 socket is dual-stack unless
 /// `ipv6_only`; `reuse_addr` sets SO_REUSEADDR.
-pub fn bind_udp(
+pub(crate) fn bind_udp(
     addr: std::net::SocketAddr,
     ipv6_only: bool,
     reuse_addr: bool,
@@ -135,8 +135,20 @@ fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Accept one client connection on a listening socket (TCP or Unix): it
+/// arrives nonblocking and close-on-exec.
+pub(crate) fn accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
+    use nix::sys::socket::SockFlag;
+    let raw = nix::sys::socket::accept4(
+        listener.as_raw_fd(),
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )?;
+    // SAFETY: accept4 returned a new fd that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}
+
 /// The address a listening socket is bound to (to report port 0 bindings).
-pub fn local_addr(fd: &OwnedFd) -> io::Result<ListenAddr> {
+pub(crate) fn local_addr(fd: &OwnedFd) -> io::Result<ListenAddr> {
     let addr = SockRef::from(fd).local_addr()?;
     if let Some(sa) = addr.as_socket() {
         return Ok(ListenAddr::Tcp(sa));

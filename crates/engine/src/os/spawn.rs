@@ -32,7 +32,7 @@ use nix::unistd::Pid;
 
 /// What to start.
 #[derive(Debug, Clone)]
-pub struct SpawnSpec {
+pub(crate) struct SpawnSpec {
     /// Already resolved path of the program (see [`resolve_program`]).
     pub program: PathBuf,
     /// argv, including argv[0].
@@ -55,7 +55,7 @@ pub struct SpawnSpec {
 /// A started worker: its pid (also its process group id) and the read ends
 /// of its stdout and stderr pipes (nonblocking, close-on-exec).
 #[derive(Debug)]
-pub struct Spawned {
+pub(crate) struct Spawned {
     pub pid: Pid,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
@@ -134,7 +134,8 @@ struct ChildPlan<'a> {
 /// hundred microseconds, more on a loaded machine), and ties the child's
 /// `PR_SET_PDEATHSIG` to the calling thread: the supervisor uses
 /// [`fork_on_spawner`] instead.
-pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
+#[cfg(test)]
+pub(crate) fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
     fork(spec)?.wait_exec_blocking()
 }
 
@@ -143,7 +144,7 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
 /// [`Forked::wait_exec`] or [`Forked::wait_exec_blocking`]; dropping it
 /// unwaited kills and reaps the child, so no process is ever left untracked.
 #[derive(Debug)]
-pub struct Forked {
+pub(crate) struct Forked {
     pub pid: Pid,
     /// None once handed out by a wait.
     parts: Option<ForkedParts>,
@@ -170,7 +171,8 @@ impl Drop for Forked {
 
 impl Forked {
     /// Wait for the exec, blocking this thread.
-    pub fn wait_exec_blocking(mut self) -> io::Result<Spawned> {
+    #[cfg(test)]
+    pub(crate) fn wait_exec_blocking(mut self) -> io::Result<Spawned> {
         let parts = self.parts.take().expect("waited once");
         let mut report = [0u8; 8];
         let mut got = 0;
@@ -187,18 +189,13 @@ impl Forked {
 
     /// Wait for the exec without blocking: the report pipe is awaited on the
     /// runtime's reactor. Must be called inside a tokio runtime.
-    pub async fn wait_exec(mut self) -> io::Result<Spawned> {
-        use tokio::io::unix::AsyncFd;
+    pub(crate) async fn wait_exec(mut self) -> io::Result<Spawned> {
         let parts = self.parts.take().expect("waited once");
         let pid = self.pid;
         let mut report = [0u8; 8];
         let mut got = 0;
-        let watched = set_nonblocking(&parts.report).and_then(|()| {
-            // SAFETY: the OwnedFd is moved in, so the fd stays open and the
-            // same for as long as the AsyncFd lives.
-            unsafe { AsyncFd::register_with_interest(parts.report, tokio::io::Interest::READABLE) }
-                .map_err(io::Error::from)
-        });
+        let watched = set_nonblocking(&parts.report)
+            .and_then(|()| super::watch(parts.report, tokio::io::Interest::READABLE));
         let report_fd = match watched {
             Ok(fd) => fd,
             Err(e) => {
@@ -256,6 +253,7 @@ impl Forked {
 
 impl ForkedParts {
     /// Reading the report failed: assume the worst, leave no process.
+    #[cfg(test)]
     fn unreadable(self, pid: Pid, e: io::Error) -> io::Error {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         reap_blocking(pid);
@@ -345,7 +343,7 @@ fn to_spawner(job: Job) -> io::Result<()> {
 /// soon as it exists; `keep` (the fds in `spec.fds`) is closed after the
 /// fork. Then await [`Forked::wait_exec`]. Nothing here blocks the caller's
 /// thread for longer than a channel send.
-pub async fn fork_on_spawner(spec: SpawnSpec, keep: Vec<OwnedFd>) -> io::Result<Forked> {
+pub(crate) async fn fork_on_spawner(spec: SpawnSpec, keep: Vec<OwnedFd>) -> io::Result<Forked> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     let program = spec.program.display().to_string();
     to_spawner(Job { spec, keep, reply })
@@ -360,7 +358,7 @@ pub async fn fork_on_spawner(spec: SpawnSpec, keep: Vec<OwnedFd>) -> io::Result<
 /// Everything up to the fork: prepare what the child needs, fork, and return
 /// the child's pid with the parent's ends of its pipes. Every fallible step
 /// comes before the fork, so an error leaves no process and no fd behind.
-pub fn fork(spec: &SpawnSpec) -> io::Result<Forked> {
+pub(crate) fn fork(spec: &SpawnSpec) -> io::Result<Forked> {
     let program_display = spec.program.display().to_string();
 
     // --- Everything the child needs, allocated now. ---
@@ -437,8 +435,7 @@ pub fn fork(spec: &SpawnSpec) -> io::Result<Forked> {
         report: report_w.as_raw_fd(),
         fds: &spec.fds,
         moved: &mut moved,
-        // SAFETY: getpid cannot fail.
-        parent: unsafe { libc::getpid() },
+        parent: nix::unistd::getpid().as_raw(),
     };
 
     // Block every signal across the fork, so that no handler of the parent
@@ -548,35 +545,54 @@ fn reap_blocking(pid: Pid) {
 }
 
 /// Report `stage` and errno to the parent and exit. Async-signal-safe.
+///
+/// # Safety
+///
+/// Only in the child between `fork` and `execve`: `report` is the write end
+/// of the report pipe, and the process ends here without running any Rust
+/// destructor or exit handler (the parent's state, copied into the child,
+/// must not be touched).
 unsafe fn child_fail(report: RawFd, stage: Stage) -> ! {
-    let errno = *libc::__errno_location();
+    let errno = nix::errno::Errno::last_raw();
     let mut msg = [0u8; 8];
     msg[..4].copy_from_slice(&(stage as i32).to_ne_bytes());
     msg[4..].copy_from_slice(&errno.to_ne_bytes());
     // A pipe write of 8 bytes is atomic; retry only on EINTR.
-    while libc::write(report, msg.as_ptr().cast(), msg.len()) < 0
-        && *libc::__errno_location() == libc::EINTR
+    // SAFETY: `msg` is a live local buffer of `msg.len()` bytes.
+    while unsafe { libc::write(report, msg.as_ptr().cast(), msg.len()) } < 0
+        && nix::errno::Errno::last_raw() == libc::EINTR
     {}
-    libc::_exit(127)
+    // SAFETY: `_exit` ends the process at once, which is what the caller
+    // asked for (no exit handlers in a forked child).
+    unsafe { libc::_exit(127) }
 }
 
-/// `fcntl(F_DUPFD_CLOEXEC)` retried on EINTR.
-unsafe fn dup_above(fd: RawFd, min: RawFd) -> RawFd {
+/// `fcntl(F_DUPFD_CLOEXEC)` retried on EINTR: a copy of `fd` at the lowest
+/// free number from `min` up, or -1 with errno set.
+fn dup_above(fd: RawFd, min: RawFd) -> RawFd {
     loop {
-        let r = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min);
-        if r >= 0 || *libc::__errno_location() != libc::EINTR {
+        // SAFETY: F_DUPFD_CLOEXEC takes plain integers and only creates a
+        // new fd; it touches no memory and no fd anybody owns.
+        let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+        if r >= 0 || nix::errno::Errno::last_raw() != libc::EINTR {
             return r;
         }
     }
 }
 
 /// `dup2` retried on EINTR (it clears close-on-exec on the new fd).
+///
+/// # Safety
+///
+/// Whatever `target` was is closed and replaced: no one may own it (in the
+/// child between `fork` and `execve`, nothing else runs to use it).
 unsafe fn dup_to(fd: RawFd, target: RawFd) -> bool {
     loop {
-        if libc::dup2(fd, target) >= 0 {
+        // SAFETY: plain integers; the caller vouches for `target`.
+        if unsafe { libc::dup2(fd, target) } >= 0 {
             return true;
         }
-        if *libc::__errno_location() != libc::EINTR {
+        if nix::errno::Errno::last_raw() != libc::EINTR {
             return false;
         }
     }
@@ -584,12 +600,22 @@ unsafe fn dup_to(fd: RawFd, target: RawFd) -> bool {
 
 /// The child between fork and exec. Only async-signal-safe calls: no
 /// allocation, no locks, no panics.
+///
+/// # Safety
+///
+/// Only in the freshly forked child, with `plan` prepared by [`fork`]
+/// before the fork: its pointers lead into memory the child has its own
+/// copy of (C strings, the argv and envp arrays, the `LISTEN_PID` room),
+/// and its fds are open. Another thread of the parent may have held a lock
+/// at the fork, so nothing here may allocate or lock; it never returns.
 unsafe fn child_after_fork(plan: &mut ChildPlan<'_>) -> ! {
     let mut report = plan.report;
 
     // Own process group, pgid = pid, so the whole group can be signalled.
-    if libc::setpgid(0, 0) != 0 {
-        child_fail(report, Stage::Setpgid);
+    // SAFETY: integer arguments only.
+    if unsafe { libc::setpgid(0, 0) } != 0 {
+        // SAFETY: in the forked child (this function's contract).
+        unsafe { child_fail(report, Stage::Setpgid) };
     }
 
     // If herd itself is SIGKILLed, the kernel kills its workers too, so none
@@ -597,9 +623,13 @@ unsafe fn child_after_fork(plan: &mut ChildPlan<'_>) -> ! {
     // the supervisor forks on the spawner thread, which lives as long as the
     // process; see the module docs. Grandchildren are not covered; a cgroup,
     // as under systemd, covers them.)
-    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-    if libc::getppid() != plan.parent {
-        libc::_exit(1);
+    // SAFETY: integer arguments only; `_exit` is what a child whose parent
+    // is already gone must do (no exit handlers in a forked child).
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != plan.parent {
+            libc::_exit(1);
+        }
     }
 
     // Default disposition for every signal (Rust ignores SIGPIPE; exec keeps
@@ -610,18 +640,29 @@ unsafe fn child_after_fork(plan: &mut ChildPlan<'_>) -> ! {
     // SIGKILL and SIGSTOP reject this; that is fine.
     let dfl = [0u64; 4];
     for sig in 1..=64 {
-        libc::syscall(
-            libc::SYS_rt_sigaction,
-            sig as libc::c_long,
-            dfl.as_ptr(),
-            std::ptr::null_mut::<u64>(),
-            8 as libc::size_t,
-        );
+        // SAFETY: `dfl` is a live, zeroed kernel sigaction (32 bytes, more
+        // than the kernel reads), the old one is not asked for, and the
+        // signal set size is the kernel's (8 bytes).
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig as libc::c_long,
+                dfl.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8 as libc::size_t,
+            )
+        };
     }
-    let mut empty: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut empty);
-    if libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-        child_fail(report, Stage::Signals);
+    // SAFETY: an all-zero sigset_t is a valid value, emptied by sigemptyset;
+    // pthread_sigmask reads it and writes no old mask.
+    let unblocked = unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut())
+    };
+    if unblocked != 0 {
+        // SAFETY: in the forked child (this function's contract).
+        unsafe { child_fail(report, Stage::Signals) };
     }
 
     // Move every fd we need above the target range 0..3+n first, so that
@@ -629,57 +670,82 @@ unsafe fn child_after_fork(plan: &mut ChildPlan<'_>) -> ! {
     let low = 3 + plan.fds.len() as RawFd;
     let r = dup_above(report, low);
     if r < 0 {
-        child_fail(report, Stage::Fds);
+        // SAFETY: in the forked child (this function's contract).
+        unsafe { child_fail(report, Stage::Fds) };
     }
     report = r;
     let stdin = dup_above(plan.stdin, low);
     let stdout = dup_above(plan.stdout, low);
     let stderr = dup_above(plan.stderr, low);
     if stdin < 0 || stdout < 0 || stderr < 0 {
-        child_fail(report, Stage::Fds);
+        // SAFETY: in the forked child (this function's contract).
+        unsafe { child_fail(report, Stage::Fds) };
     }
     // (zip, not indexing: no bounds-check panic path in the child)
     for (slot, &fd) in plan.moved.iter_mut().zip(plan.fds) {
         *slot = dup_above(fd, low);
         if *slot < 0 {
-            child_fail(report, Stage::Fds);
+            // SAFETY: in the forked child (this function's contract).
+            unsafe { child_fail(report, Stage::Fds) };
         }
     }
-    if !dup_to(stdin, 0) || !dup_to(stdout, 1) || !dup_to(stderr, 2) {
-        child_fail(report, Stage::Fds);
+    // SAFETY: in the forked child nothing else uses fds 0, 1 and 2, nor
+    // the range 3..low the worker's fds go to (what we still need was moved
+    // above it).
+    let placed = unsafe { dup_to(stdin, 0) && dup_to(stdout, 1) && dup_to(stderr, 2) };
+    if !placed {
+        // SAFETY: in the forked child (this function's contract).
+        unsafe { child_fail(report, Stage::Fds) };
     }
     for (i, &m) in plan.moved.iter().enumerate() {
-        if !dup_to(m, 3 + i as RawFd) {
-            child_fail(report, Stage::Fds);
+        // SAFETY: as above: 3 + i is below `low`, free for the worker's fds.
+        if !unsafe { dup_to(m, 3 + i as RawFd) } {
+            // SAFETY: in the forked child (this function's contract).
+            unsafe { child_fail(report, Stage::Fds) };
         }
     }
     // Belt and braces: anything above the placed fds that someone opened
     // without O_CLOEXEC must not leak into the worker. Needs Linux 5.11;
     // older kernels reject it and we rely on herd's fds being close-on-exec.
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-    libc::syscall(
-        libc::SYS_close_range,
-        low as libc::c_uint,
-        libc::c_uint::MAX,
-        CLOSE_RANGE_CLOEXEC,
-    );
+    // SAFETY: integer arguments only; it marks fds close-on-exec, closing none.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            low as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
 
     if let Some(dir) = plan.cwd {
-        if libc::chdir(dir) != 0 {
-            child_fail(report, Stage::Chdir);
+        // SAFETY: `dir` points to a NUL-terminated string prepared by `fork`.
+        if unsafe { libc::chdir(dir) } != 0 {
+            // SAFETY: in the forked child (this function's contract).
+            unsafe { child_fail(report, Stage::Chdir) };
         }
     }
 
     if let Some(digits) = plan.listen_pid_digits {
-        write_decimal(digits, libc::getpid());
+        let pid = nix::unistd::getpid().as_raw();
+        // SAFETY: `digits` points to the LISTEN_PID_ROOM bytes reserved for
+        // the pid in the environment entry `fork` prepared.
+        unsafe { write_decimal(digits, pid) };
     }
 
-    libc::execve(plan.program, plan.argv, plan.envp);
-    child_fail(report, Stage::Exec)
+    // SAFETY: the program, argv and envp are NUL-terminated strings and
+    // NULL-terminated arrays of them, prepared by `fork`.
+    unsafe { libc::execve(plan.program, plan.argv, plan.envp) };
+    // SAFETY: in the forked child (this function's contract).
+    unsafe { child_fail(report, Stage::Exec) }
 }
 
-/// Write `n` (non-negative) in decimal followed by a NUL at `out`, which has
-/// room for `LISTEN_PID_ROOM` bytes. No allocation.
+/// Write `n` (non-negative) in decimal followed by a NUL at `out`. No
+/// allocation.
+///
+/// # Safety
+///
+/// `out` must be valid for writes of `LISTEN_PID_ROOM` bytes.
 unsafe fn write_decimal(out: *mut u8, n: libc::pid_t) {
     let mut tmp = [0u8; LISTEN_PID_ROOM];
     let mut len = 0;
@@ -692,10 +758,13 @@ unsafe fn write_decimal(out: *mut u8, n: libc::pid_t) {
             break;
         }
     }
+    // At most 10 digits and the NUL: within LISTEN_PID_ROOM (12).
     for i in 0..len {
-        *out.add(i) = tmp[len - 1 - i];
+        // SAFETY: i < len <= 10 < LISTEN_PID_ROOM (the caller's guarantee).
+        unsafe { *out.add(i) = tmp[len - 1 - i] };
     }
-    *out.add(len) = 0;
+    // SAFETY: len <= 10 < LISTEN_PID_ROOM.
+    unsafe { *out.add(len) = 0 };
 }
 
 /// Find `program` on PATH (or check it, if it contains a '/') and verify it is
@@ -888,8 +957,10 @@ mod tests {
     /// be arranged to overlap the target range).
     fn pipe_at(at: RawFd) -> (OwnedFd, OwnedFd) {
         let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        // SAFETY: integer arguments only; it creates a new fd.
         let moved = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_DUPFD_CLOEXEC, at) };
         assert!(moved >= 0);
+        // SAFETY: the fd fcntl just created, owned by nobody else.
         (r, unsafe { OwnedFd::from_raw_fd(moved) })
     }
 
@@ -1179,6 +1250,7 @@ mod tests {
     fn write_decimal_formats() {
         for n in [0, 1, 9, 10, 12345, 4194304, i32::MAX] {
             let mut buf = [0xffu8; LISTEN_PID_ROOM];
+            // SAFETY: `buf` has LISTEN_PID_ROOM bytes.
             unsafe { write_decimal(buf.as_mut_ptr(), n) };
             let end = buf.iter().position(|&b| b == 0).unwrap();
             assert_eq!(std::str::from_utf8(&buf[..end]).unwrap(), n.to_string());

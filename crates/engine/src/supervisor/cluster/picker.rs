@@ -1,10 +1,11 @@
-//! Choosing the worker for the next connection in round-robin mode. Pure:
-//! the caller describes each member as it is now ([`Member`]: may it take a
-//! connection, has it said it is ready, how many connections it has not
-//! answered for and how long the oldest has waited) and the rotation picks.
+//! Choosing the worker for the next client connection in round-robin mode.
+//! Pure: the caller describes each worker as it is now ([`WorkerLoad`]: may
+//! it take a connection, has it said it is ready, how many connections it
+//! has not answered for and how long the oldest has waited) and the
+//! [`Picker`] of that listener, which knows whose turn it is, picks.
 //!
-//! The rule ([`Rotation::pick_conn`]):
-//! 1. Members that are ready and not stuck take **turns**. Whose turn it is
+//! The rule ([`Picker::pick`]):
+//! 1. WorkerLoads that are ready and not stuck take **turns**. Whose turn it is
 //!    gets the connection if it is **prompt** (nothing handed to it has
 //!    waited [`PROMPT`] yet), whatever the others' unanswered counts: a worker
 //!    answers for a connection when it takes it, not when it has served it,
@@ -15,16 +16,16 @@
 //!    3/7 where 5/5 was possible), and under CPU contention it sent more to
 //!    whichever worker the kernel happened to run (398/602, 800/200 over
 //!    1,000 connections).
-//! 2. When it is a **slow** member's turn (a connection has waited
-//!    [`PROMPT`], none [`STUCK`]), the connection goes to the member with the
+//! 2. When it is a **slow** worker's turn (a connection has waited
+//!    [`PROMPT`], none [`STUCK`]), the connection goes to the worker with the
 //!    fewest unanswered (prompt before slow among equals, then by turn) —
 //!    the slow one itself if nobody has fewer. So a worker that is merely
 //!    late (or whose answer herd has not read yet) keeps about its share,
 //!    and one that stopped answering gets a connection only when the others
 //!    have more waiting than it does.
-//! 3. Only when every ready member is **stuck** (a connection waited
+//! 3. Only when every ready worker is **stuck** (a connection waited
 //!    [`STUCK`]: blocked in a computation, most likely), and then only when
-//!    none is ready at all, members that listen but have not said they are
+//!    none is ready at all, workers that listen but have not said they are
 //!    ready: the fewest unanswered, then the youngest oldest one, then by
 //!    turn.
 //!
@@ -35,19 +36,19 @@
 
 use std::time::Duration;
 
-/// A member whose oldest unanswered connection waited this long is no
+/// A worker whose oldest unanswered connection waited this long is no
 /// longer taking turns: the prompt ones get the connections. A free Node or
 /// herd-cluster worker answers within microseconds; this leaves room for a
 /// few scheduler slices on a loaded machine.
-pub const PROMPT: Duration = Duration::from_millis(5);
-/// A member whose oldest unanswered connection waited this long is busy (a
+pub(crate) const PROMPT: Duration = Duration::from_millis(5);
+/// A worker whose oldest unanswered connection waited this long is busy (a
 /// CPU-bound handler, like the tutorials' `/check`): it gets one only when
-/// every other member is stuck too.
-pub const STUCK: Duration = Duration::from_millis(50);
+/// every other worker is stuck too.
+pub(crate) const STUCK: Duration = Duration::from_millis(50);
 
-/// One member as the caller sees it at the moment of a pick.
+/// One worker as the caller sees it at the moment of a pick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Member {
+pub(crate) struct WorkerLoad {
     /// It may take a connection now (its channel is up, it is not stopping,
     /// it is below its in-flight cap, it did not refuse this connection).
     pub eligible: bool,
@@ -59,10 +60,11 @@ pub struct Member {
     pub oldest: Option<Duration>,
 }
 
-impl Member {
-    /// A ready member with nothing unanswered.
-    pub fn idle() -> Member {
-        Member {
+impl WorkerLoad {
+    /// A ready worker with nothing unanswered.
+    #[cfg(test)]
+    pub(crate) fn idle() -> WorkerLoad {
+        WorkerLoad {
             eligible: true,
             ready: true,
             unanswered: 0,
@@ -70,7 +72,7 @@ impl Member {
         }
     }
 
-    /// The member's class: lower is better; `None` when it may not take one.
+    /// The worker's class: lower is better; `None` when it may not take one.
     fn class(&self) -> Option<u8> {
         if !self.eligible {
             return None;
@@ -85,61 +87,60 @@ impl Member {
     }
 }
 
-/// The members of one round-robin listener, in the order they take turns.
-#[derive(Debug, Clone)]
-pub struct Rotation<K> {
-    members: Vec<K>,
+/// The workers of one round-robin listener, in the order they take turns,
+/// and whose turn it is.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Picker<K> {
+    workers: Vec<K>,
     next: usize,
 }
 
-impl<K> Default for Rotation<K> {
+impl<K> Default for Picker<K> {
     fn default() -> Self {
-        Rotation {
-            members: Vec::new(),
+        Picker {
+            workers: Vec::new(),
             next: 0,
         }
     }
 }
 
-impl<K: Copy + PartialEq> Rotation<K> {
-    pub fn add(&mut self, member: K) {
-        if !self.members.contains(&member) {
-            self.members.push(member);
+impl<K: Copy + PartialEq> Picker<K> {
+    pub(crate) fn add(&mut self, worker: K) {
+        if !self.workers.contains(&worker) {
+            self.workers.push(worker);
         }
     }
 
-    pub fn remove(&mut self, member: K) {
-        if let Some(i) = self.members.iter().position(|m| *m == member) {
-            self.members.remove(i);
+    pub(crate) fn remove(&mut self, worker: K) {
+        if let Some(i) = self.workers.iter().position(|m| *m == worker) {
+            self.workers.remove(i);
             if self.next > i {
                 self.next -= 1;
             }
         }
     }
 
-    pub fn contains(&self, member: K) -> bool {
-        self.members.contains(&member)
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.workers.is_empty()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+    /// The workers, in turn order.
+    pub(crate) fn workers(&self) -> &[K] {
+        &self.workers
     }
 
-    /// The members, in turn order.
-    pub fn members(&self) -> &[K] {
-        &self.members
-    }
-
-    /// The member for the next connection: among those `load` accepts
+    /// The worker for the next connection: among those `load` accepts
     /// (`Some(load)`, any ordered measure, e.g. unacknowledged connections),
     /// the least loaded; the first such in turn order on a tie. `None` when
-    /// no member may take one now.
-    pub fn pick<L: Ord>(&mut self, load: impl Fn(K) -> Option<L>) -> Option<K> {
-        let n = self.members.len();
+    /// no worker may take one now.
+    #[cfg(test)]
+    pub(crate) fn pick_least_loaded<L: Ord>(&mut self, load: impl Fn(K) -> Option<L>) -> Option<K> {
+        let n = self.workers.len();
         let mut best: Option<(L, usize)> = None; // (load, index)
         for step in 0..n {
             let i = (self.next + step) % n;
-            if let Some(l) = load(self.members[i]) {
+            if let Some(l) = load(self.workers[i]) {
                 if best.as_ref().is_none_or(|(b, _)| l < *b) {
                     best = Some((l, i));
                 }
@@ -147,18 +148,18 @@ impl<K: Copy + PartialEq> Rotation<K> {
         }
         let (_, i) = best?;
         self.next = (i + 1) % n;
-        Some(self.members[i])
+        Some(self.workers[i])
     }
 
-    /// The member for the next connection, by the rule in the module docs.
-    /// `None` when no member may take one now.
-    pub fn pick_conn(&mut self, member: impl Fn(K) -> Option<Member>) -> Option<K> {
-        let n = self.members.len();
+    /// The worker for the next connection, by the rule in the module docs.
+    /// `None` when no worker may take one now.
+    pub(crate) fn pick(&mut self, load: impl Fn(K) -> Option<WorkerLoad>) -> Option<K> {
+        let n = self.workers.len();
         // In turn order, starting with whose turn it is.
-        let order: Vec<(usize, Member, u8)> = (0..n)
+        let order: Vec<(usize, WorkerLoad, u8)> = (0..n)
             .map(|step| (self.next + step) % n)
             .filter_map(|i| {
-                let m = member(self.members[i])?;
+                let m = load(self.workers[i])?;
                 Some((i, m, m.class()?))
             })
             .collect();
@@ -182,7 +183,7 @@ impl<K: Copy + PartialEq> Rotation<K> {
                 .0
         };
         self.next = (picked + 1) % n;
-        Some(self.members[picked])
+        Some(self.workers[picked])
     }
 }
 
@@ -191,18 +192,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn equal_members_take_turns() {
-        let mut r = Rotation::default();
+    fn equal_workers_take_turns() {
+        let mut r = Picker::default();
         for w in [1, 2, 3] {
             r.add(w);
         }
-        let picks: Vec<i32> = (0..6).map(|_| r.pick(|_| Some(0)).unwrap()).collect();
+        let picks: Vec<i32> = (0..6)
+            .map(|_| r.pick_least_loaded(|_| Some(0)).unwrap())
+            .collect();
         assert_eq!(picks, vec![1, 2, 3, 1, 2, 3]);
     }
 
     #[test]
-    fn the_least_loaded_wins_and_ineligible_members_are_skipped() {
-        let mut r = Rotation::default();
+    fn the_least_loaded_wins_and_ineligible_workers_are_skipped() {
+        let mut r = Picker::default();
         for w in [1, 2, 3] {
             r.add(w);
         }
@@ -213,52 +216,52 @@ mod tests {
             _ => None,
         };
         for _ in 0..4 {
-            assert_eq!(r.pick(load), Some(2));
+            assert_eq!(r.pick_least_loaded(load), Some(2));
         }
-        assert_eq!(r.pick(|_| None::<usize>), None);
+        assert_eq!(r.pick_least_loaded(|_| None::<usize>), None);
     }
 
     #[test]
     fn a_compound_load_breaks_ties_by_its_second_part() {
-        let mut r = Rotation::default();
+        let mut r = Picker::default();
         r.add(1);
         r.add(2);
         // Both have one connection unanswered; 1's has waited longer.
         let load = |w| Some(if w == 1 { (1, 40) } else { (1, 2) });
-        assert_eq!(r.pick(load), Some(2));
-        assert_eq!(r.pick(load), Some(2));
+        assert_eq!(r.pick_least_loaded(load), Some(2));
+        assert_eq!(r.pick_least_loaded(load), Some(2));
     }
 
     #[test]
-    fn removing_members_keeps_the_turn_order() {
-        let mut r = Rotation::default();
+    fn removing_workers_keeps_the_turn_order() {
+        let mut r = Picker::default();
         for w in [1, 2, 3] {
             r.add(w);
         }
-        assert_eq!(r.pick(|_| Some(0)), Some(1));
-        assert_eq!(r.pick(|_| Some(0)), Some(2));
+        assert_eq!(r.pick_least_loaded(|_| Some(0)), Some(1));
+        assert_eq!(r.pick_least_loaded(|_| Some(0)), Some(2));
         r.remove(1);
-        assert_eq!(r.pick(|_| Some(0)), Some(3));
-        assert_eq!(r.pick(|_| Some(0)), Some(2));
+        assert_eq!(r.pick_least_loaded(|_| Some(0)), Some(3));
+        assert_eq!(r.pick_least_loaded(|_| Some(0)), Some(2));
         r.remove(2);
         r.remove(3);
         assert!(r.is_empty());
-        assert_eq!(r.pick(|_| Some(0)), None);
+        assert_eq!(r.pick_least_loaded(|_| Some(0)), None);
     }
 
     #[test]
     fn spread_is_even_over_many_picks() {
-        let mut r = Rotation::default();
+        let mut r = Picker::default();
         r.add(0usize);
         r.add(1usize);
         let mut counts = [0; 2];
         for _ in 0..1000 {
-            counts[r.pick(|_| Some(0)).unwrap()] += 1;
+            counts[r.pick_least_loaded(|_| Some(0)).unwrap()] += 1;
         }
         assert_eq!(counts, [500, 500]);
     }
 
-    // --- pick_conn: connections to workers, with timing -------------------
+    // --- pick: connections to workers, with timing -------------------
 
     use std::collections::VecDeque;
 
@@ -305,11 +308,11 @@ mod tests {
             }
         }
 
-        fn member(&self, now: Duration) -> Member {
-            Member {
+        fn worker(&self, now: Duration) -> WorkerLoad {
+            WorkerLoad {
                 unanswered: self.unanswered.len(),
                 oldest: self.unanswered.front().map(|&at| now - at),
-                ..Member::idle()
+                ..WorkerLoad::idle()
             }
         }
     }
@@ -318,9 +321,9 @@ mod tests {
     fn run(
         sims: &mut [Sim],
         times: impl IntoIterator<Item = Duration>,
-        mut pick: impl FnMut(&mut Rotation<usize>, &[Member]) -> usize,
+        mut pick: impl FnMut(&mut Picker<usize>, &[WorkerLoad]) -> usize,
     ) -> Vec<usize> {
-        let mut r = Rotation::default();
+        let mut r = Picker::default();
         for i in 0..sims.len() {
             r.add(i);
         }
@@ -328,21 +331,21 @@ mod tests {
             for s in sims.iter_mut() {
                 s.advance(now);
             }
-            let members: Vec<Member> = sims.iter().map(|s| s.member(now)).collect();
-            let w = pick(&mut r, &members);
+            let workers: Vec<WorkerLoad> = sims.iter().map(|s| s.worker(now)).collect();
+            let w = pick(&mut r, &workers);
             sims[w].unanswered.push_back(now);
             sims[w].got += 1;
         }
         sims.iter().map(|s| s.got).collect()
     }
 
-    fn new_rule(r: &mut Rotation<usize>, m: &[Member]) -> usize {
-        r.pick_conn(|w| Some(m[w])).unwrap()
+    fn new_rule(r: &mut Picker<usize>, m: &[WorkerLoad]) -> usize {
+        r.pick(|w| Some(m[w])).unwrap()
     }
 
     /// The rule before: fewest unanswered, then the youngest oldest one.
-    fn old_rule(r: &mut Rotation<usize>, m: &[Member]) -> usize {
-        r.pick(|w| Some((m[w].unanswered, m[w].oldest.unwrap_or_default())))
+    fn old_rule(r: &mut Picker<usize>, m: &[WorkerLoad]) -> usize {
+        r.pick_least_loaded(|w| Some((m[w].unanswered, m[w].oldest.unwrap_or_default())))
             .unwrap()
     }
 
@@ -383,15 +386,15 @@ mod tests {
     fn a_worker_answering_a_little_later_still_gets_its_half() {
         // Under CPU contention one worker answers 0.2 ms after the other:
         // it always has one connection unanswered when the next comes.
-        let mut r = Rotation::default();
+        let mut r = Picker::default();
         r.add(0usize);
         r.add(1usize);
-        let late = Member {
+        let late = WorkerLoad {
             unanswered: 1,
             oldest: Some(Duration::from_micros(200)),
-            ..Member::idle()
+            ..WorkerLoad::idle()
         };
-        let m = [late, Member::idle()];
+        let m = [late, WorkerLoad::idle()];
         let mut counts = [0; 2];
         let mut old = [0; 2];
         let mut r_old = r.clone();
@@ -433,70 +436,70 @@ mod tests {
     }
 
     #[test]
-    fn slow_then_stuck_then_listening_members_are_used_only_when_needed() {
-        let mut r = Rotation::default();
+    fn slow_then_stuck_then_listening_workers_are_used_only_when_needed() {
+        let mut r = Picker::default();
         for w in [0usize, 1, 2, 3] {
             r.add(w);
         }
-        let slow = |n, ms| Member {
+        let slow = |n, ms| WorkerLoad {
             unanswered: n,
             oldest: Some(ms * MS),
-            ..Member::idle()
+            ..WorkerLoad::idle()
         };
-        let listening = Member {
+        let listening = WorkerLoad {
             ready: false,
-            ..Member::idle()
+            ..WorkerLoad::idle()
         };
-        let ineligible = Member {
+        let ineligible = WorkerLoad {
             eligible: false,
-            ..Member::idle()
+            ..WorkerLoad::idle()
         };
         // 0 is slow, 1 stuck, 2 only listens, 3 may not take one.
         let mut m = [slow(1, 10), slow(1, 60), listening, ineligible];
-        assert_eq!(r.pick_conn(|w| Some(m[w])), Some(0));
+        assert_eq!(r.pick(|w| Some(m[w])), Some(0));
         // Among slow ones: the fewest unanswered, then the youngest.
         m[1] = slow(1, 7);
         m[0] = slow(2, 6);
-        assert_eq!(r.pick_conn(|w| Some(m[w])), Some(1));
+        assert_eq!(r.pick(|w| Some(m[w])), Some(1));
         m[0] = slow(1, 6);
-        assert_eq!(r.pick_conn(|w| Some(m[w])), Some(0));
+        assert_eq!(r.pick(|w| Some(m[w])), Some(0));
         m[0] = slow(1, 60);
         m[1] = slow(1, 70);
-        assert_eq!(r.pick_conn(|w| Some(m[w])), Some(0), "stuck: the youngest");
+        assert_eq!(r.pick(|w| Some(m[w])), Some(0), "stuck: the youngest");
         m[0] = ineligible;
         m[1] = ineligible;
-        assert_eq!(r.pick_conn(|w| Some(m[w])), Some(2));
+        assert_eq!(r.pick(|w| Some(m[w])), Some(2));
         m[2] = ineligible;
-        assert_eq!(r.pick_conn(|w| Some(m[w])), None);
-        assert_eq!(r.pick_conn(|_| None), None);
+        assert_eq!(r.pick(|w| Some(m[w])), None);
+        assert_eq!(r.pick(|_| None), None);
     }
 
     #[test]
-    fn a_slow_member_keeps_its_turn_unless_someone_has_fewer_waiting() {
-        let mut r = Rotation::default();
+    fn a_slow_worker_keeps_its_turn_unless_someone_has_fewer_waiting() {
+        let mut r = Picker::default();
         r.add(0usize);
         r.add(1usize);
-        let slow = |n| Member {
+        let slow = |n| WorkerLoad {
             unanswered: n,
             oldest: Some(PROMPT),
-            ..Member::idle()
+            ..WorkerLoad::idle()
         };
-        let prompt = |n| Member {
+        let prompt = |n| WorkerLoad {
             unanswered: n,
             oldest: (n > 0).then_some(PROMPT - MS),
-            ..Member::idle()
+            ..WorkerLoad::idle()
         };
         // 0's turn, it is slow with 1 waiting; 1 has 3, all young: 0 still.
         let m = [slow(1), prompt(3)];
-        assert_eq!(r.pick_conn(|w| Some(m[w])), Some(0));
+        assert_eq!(r.pick(|w| Some(m[w])), Some(0));
         // 1's turn and prompt: 1, whatever it has waiting.
-        assert_eq!(r.pick_conn(|w| Some(m[w])), Some(1));
+        assert_eq!(r.pick(|w| Some(m[w])), Some(1));
         // 0's turn, slow, as many waiting as 1: the prompt one.
         let m = [slow(2), prompt(2)];
-        assert_eq!(r.pick_conn(|w| Some(m[w])), Some(1));
+        assert_eq!(r.pick(|w| Some(m[w])), Some(1));
         // 0's turn again (it was passed over): the idle one.
         let m = [slow(2), prompt(0)];
-        assert_eq!(r.pick_conn(|w| Some(m[w])), Some(1));
+        assert_eq!(r.pick(|w| Some(m[w])), Some(1));
     }
 
     /// Seen with strace in seed 003: worker 0 took the first connection and
@@ -505,21 +508,21 @@ mod tests {
     /// connections all young) took all 9.
     #[test]
     fn a_burst_after_an_unread_answer_is_still_shared() {
-        let mut r = Rotation::default();
+        let mut r = Picker::default();
         r.add(0usize);
         r.add(1usize);
         let mut m = [
-            Member {
+            WorkerLoad {
                 unanswered: 1,
                 oldest: Some(11 * MS),
-                ..Member::idle()
+                ..WorkerLoad::idle()
             },
-            Member::idle(),
+            WorkerLoad::idle(),
         ];
         r.next = 1;
         let mut got = [1, 0];
         for i in 0..9 {
-            let w = r.pick_conn(|w| Some(m[w])).unwrap();
+            let w = r.pick(|w| Some(m[w])).unwrap();
             got[w] += 1;
             m[w].unanswered += 1;
             if w == 1 && m[1].oldest.is_none() {

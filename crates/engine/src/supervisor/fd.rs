@@ -1,0 +1,110 @@
+//! An fd held in an app's state, written out as its number.
+//!
+//! The in-place upgrade (issue 14) keeps an app's fds open across `exec`
+//! and hands the new binary its state: the numbers in that state are the
+//! same fds in the new process. Reading the state back adopts each number
+//! once, from the fds the new process was told it inherited ([`adopting`]);
+//! a number that is not among them is an error, never a guess.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+/// An fd owned by a part of an app's state (a listening socket, a client
+/// connection herd holds). As JSON: its number.
+#[derive(Debug)]
+pub(crate) struct Fd(OwnedFd);
+
+impl Fd {
+    pub(crate) fn new(fd: OwnedFd) -> Fd {
+        Fd(fd)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn into_owned(self) -> OwnedFd {
+        self.0
+    }
+
+    /// The fd itself, for calls that take an [`OwnedFd`].
+    pub(crate) fn owned(&self) -> &OwnedFd {
+        &self.0
+    }
+
+    pub(crate) fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    pub(crate) fn try_clone(&self) -> std::io::Result<OwnedFd> {
+        self.0.try_clone()
+    }
+}
+
+impl AsFd for Fd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl serde::Serialize for Fd {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i32(self.raw())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Fd {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Fd, D::Error> {
+        let n = <RawFd as serde::Deserialize>::deserialize(d)?;
+        ADOPTABLE
+            .with_borrow_mut(|fds| fds.remove(&n))
+            .map(Fd)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "the state names fd {n}, which is not among the fds handed over (or is named twice)"
+                ))
+            })
+    }
+}
+
+thread_local! {
+    /// The fds that the state being read may adopt, by number.
+    static ADOPTABLE: RefCell<BTreeMap<RawFd, OwnedFd>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// Read state (`read`) that may adopt `fds`, each at most once; the fds it
+/// did not adopt are returned (and stay open) for the caller to deal with.
+#[cfg_attr(not(test), allow(dead_code))] // The resume of issue 14 is its user.
+pub(crate) fn adopting<R>(fds: Vec<OwnedFd>, read: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+    ADOPTABLE.with_borrow_mut(|m| m.extend(fds.into_iter().map(|fd| (fd.as_raw_fd(), fd))));
+    let result = read();
+    let left = ADOPTABLE.with_borrow_mut(std::mem::take);
+    (result, left.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_fd_is_written_as_its_number_and_adopted_once_when_read() {
+        let (a, b) = nix::unistd::pipe().unwrap();
+        let number = a.as_raw_fd();
+        let held = vec![Fd::new(a)];
+        let text = serde_json::to_string(&held).unwrap();
+        assert_eq!(text, format!("[{number}]"));
+        // Hand the same fd "across exec": the reader adopts it by number.
+        let fd = held.into_iter().next().unwrap().0;
+        let (back, left) = adopting(vec![fd], || serde_json::from_str::<Vec<Fd>>(&text));
+        assert_eq!(back.unwrap()[0].raw(), number);
+        assert!(left.is_empty());
+        // A number nobody handed over is an error.
+        let (again, _) = adopting(vec![], || serde_json::from_str::<Vec<Fd>>(&text));
+        assert!(again.unwrap_err().to_string().contains("not among the fds"));
+        drop(b);
+    }
+}

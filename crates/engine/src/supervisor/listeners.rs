@@ -1,0 +1,316 @@
+//! The listening sockets herd owns for an app (its *listeners*): those of
+//! its definition (`--listen`), bound before any worker starts and
+//! inherited by every worker as fds 3, 4, … in their order; and those bound
+//! at a cluster worker's request (a Node app's `listen(8000)`), handed over
+//! on the worker's channel. Also the errors that name why one cannot be
+//! bound.
+//!
+//! Owns (plain data, [`Listeners`]): each listener's name, address and fds
+//! — one socket, or with `--balance reuseport` one per slot, bound when the
+//! slot first needs it and closed when the slot has no worker (a
+//! reuseport socket nobody accepts on would take its share of the clients
+//! and never answer). A listener of the definition is never closed while
+//! the app runs, so no client is ever refused across restarts and reloads.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::OwnedFd;
+
+use serde::{Deserialize, Serialize};
+
+use super::events::Event;
+use super::fd::Fd;
+use crate::config::{AppSpec, Balance, ListenAddr};
+use crate::machine::Slot;
+use crate::os::socket;
+
+/// Why an app's own listeners cannot be bound (nothing is started then).
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind {
+        addr: ListenAddr,
+        reason: String,
+        source: io::Error,
+    },
+    #[error(
+        "{0} is given twice: give each --listen address once (one socket serves every worker)"
+    )]
+    Duplicate(ListenAddr),
+}
+
+/// Names a listener while the app runs: those of the definition are 0, 1, …
+/// in their order; those bound at a worker's request come after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct ListenerId(u32);
+
+/// Where a listener comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Origin {
+    /// The app's definition (`--listen`): inherited by every worker, open
+    /// as long as the app runs.
+    Definition,
+    /// Bound when a cluster worker asked for it; closed when no worker
+    /// uses it any more.
+    Requested,
+}
+
+/// One listening socket (or, for reuseport, one per slot).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Listener {
+    pub(crate) name: String,
+    /// Where it is bound (the real port when port 0 was asked for).
+    pub(crate) addr: ListenAddr,
+    pub(crate) origin: Origin,
+    /// One socket; with reuseport one per slot (`None`: not bound yet, or
+    /// closed with its slot).
+    fds: Vec<Option<Fd>>,
+}
+
+/// Every listener of one app.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Listeners {
+    listeners: BTreeMap<ListenerId, Listener>,
+    /// How many come from the definition (ids 0..n).
+    from_definition: u32,
+    next_id: u32,
+    /// `--balance reuseport`: one socket per slot.
+    reuseport: bool,
+}
+
+impl Listeners {
+    /// Bind the app's own listeners (before any worker starts), with an
+    /// event for each.
+    pub(crate) fn bind(spec: &AppSpec) -> Result<(Listeners, Vec<Event>), ListenError> {
+        let reuseport = spec.balance == Balance::ReusePort;
+        let mut listeners = BTreeMap::new();
+        let mut events = Vec::new();
+        for (i, l) in spec.listeners.iter().enumerate() {
+            let ephemeral = matches!(l.addr, ListenAddr::Tcp(a) if a.port() == 0);
+            if !ephemeral && spec.listeners[..i].iter().any(|other| other.addr == l.addr) {
+                return Err(ListenError::Duplicate(l.addr.clone()));
+            }
+            let fd = bind(&l.addr, reuseport)?;
+            let addr = socket::local_addr(&fd).unwrap_or_else(|_| l.addr.clone());
+            events.push(Event::Listening {
+                name: l.name.clone(),
+                addr: addr.clone(),
+            });
+            // A reuseport listener binds one socket per slot; slot 0 has this one.
+            listeners.insert(
+                ListenerId(i as u32),
+                Listener {
+                    name: l.name.clone(),
+                    addr,
+                    origin: Origin::Definition,
+                    fds: vec![Some(Fd::new(fd))],
+                },
+            );
+        }
+        let n = listeners.len() as u32;
+        Ok((
+            Listeners {
+                listeners,
+                from_definition: n,
+                next_id: n,
+                reuseport,
+            },
+            events,
+        ))
+    }
+
+    pub(crate) fn get(&self, id: ListenerId) -> Option<&Listener> {
+        self.listeners.get(&id)
+    }
+
+    /// The app's own listeners, in the order workers inherit them.
+    pub(crate) fn of_definition(&self) -> impl Iterator<Item = (ListenerId, &Listener)> {
+        self.listeners
+            .range(..ListenerId(self.from_definition))
+            .map(|(id, l)| (*id, l))
+    }
+
+    /// The app's own listener a worker inherited as fd `fd` (`listen({fd})`),
+    /// if it is open.
+    pub(crate) fn inherited_as(&self, fd: i64) -> Option<ListenerId> {
+        let index = u32::try_from(fd - 3).ok()?;
+        let id = ListenerId(index);
+        (index < self.from_definition && self.fd(id).is_some()).then_some(id)
+    }
+
+    /// The app's own listener for `wanted` (the operator's choice of socket
+    /// wins over a worker's): same Unix path, or same port and the same or
+    /// an unspecified address.
+    pub(crate) fn of_definition_for(&self, wanted: &ListenAddr) -> Option<ListenerId> {
+        self.of_definition()
+            .find(|(_, l)| match (&l.addr, wanted) {
+                (ListenAddr::Unix(a), ListenAddr::Unix(b)) => a == b,
+                (ListenAddr::Tcp(a), ListenAddr::Tcp(b)) => {
+                    a.port() == b.port() && (b.ip().is_unspecified() || a.ip() == b.ip())
+                }
+                _ => false,
+            })
+            .map(|(id, _)| id)
+    }
+
+    /// The listener's socket (for reuseport: slot 0's), if open.
+    pub(crate) fn fd(&self, id: ListenerId) -> Option<&Fd> {
+        self.listeners.get(&id)?.fds.first()?.as_ref()
+    }
+
+    /// Bind a stream socket a worker asked for; its id and where it is bound.
+    pub(crate) fn bind_requested(
+        &mut self,
+        name: &str,
+        addr: &ListenAddr,
+    ) -> io::Result<(ListenerId, ListenAddr)> {
+        let fd = socket::bind_listener(addr, false)?;
+        Ok(self.add_requested(name, fd, addr.clone()))
+    }
+
+    /// Bind a UDP socket a worker asked for (`dgram`), as Node's primary
+    /// does: dual-stack unless `ipv6_only`; `reuse_addr` sets SO_REUSEADDR.
+    pub(crate) fn bind_requested_udp(
+        &mut self,
+        name: &str,
+        addr: std::net::SocketAddr,
+        ipv6_only: bool,
+        reuse_addr: bool,
+    ) -> io::Result<(ListenerId, ListenAddr)> {
+        let fd = socket::bind_udp(addr, ipv6_only, reuse_addr)?;
+        Ok(self.add_requested(name, fd, ListenAddr::Tcp(addr)))
+    }
+
+    fn add_requested(
+        &mut self,
+        name: &str,
+        fd: OwnedFd,
+        asked: ListenAddr,
+    ) -> (ListenerId, ListenAddr) {
+        let addr = socket::local_addr(&fd).unwrap_or(asked);
+        let id = ListenerId(self.next_id);
+        self.next_id += 1;
+        self.listeners.insert(
+            id,
+            Listener {
+                name: name.to_string(),
+                addr: addr.clone(),
+                origin: Origin::Requested,
+                fds: vec![Some(Fd::new(fd))],
+            },
+        );
+        (id, addr)
+    }
+
+    /// Close a listener bound at a worker's request (a Unix socket's file is
+    /// removed). The app's own listeners stay open.
+    pub(crate) fn close_requested(&mut self, id: ListenerId) {
+        if self.get(id).is_some_and(|l| l.origin == Origin::Requested) {
+            if let Some(l) = self.listeners.remove(&id) {
+                remove_file_of(&l);
+            }
+        }
+    }
+
+    /// The sockets slot `slot` inherits (our own copies, open until the
+    /// fork even if a socket closes meanwhile), binding a reuseport socket
+    /// on the slot's first use.
+    pub(crate) fn inherit(&mut self, slot: Slot) -> io::Result<Vec<OwnedFd>> {
+        let index = if self.reuseport { slot } else { 0 };
+        let ours = ..ListenerId(self.from_definition);
+        let mut fds = Vec::new();
+        for l in self.listeners.range_mut(ours).map(|(_, l)| l) {
+            if l.fds.len() <= index {
+                l.fds.resize_with(index + 1, || None);
+            }
+            if l.fds[index].is_none() {
+                let fd = socket::bind_listener(&l.addr, true).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot bind a reuseport socket on {}: {e}", l.addr),
+                    )
+                })?;
+                l.fds[index] = Some(Fd::new(fd));
+            }
+            fds.push(l.fds[index].as_ref().expect("bound above").try_clone()?);
+        }
+        Ok(fds)
+    }
+
+    /// A reuseport socket whose slot has no worker would take its share of
+    /// connections and never accept them: close it (it is bound again when
+    /// the slot gets a worker). Shared sockets never close.
+    pub(crate) fn close_slot(&mut self, slot: Slot) {
+        if !self.reuseport {
+            return;
+        }
+        let ours = ..ListenerId(self.from_definition);
+        for l in self.listeners.range_mut(ours).map(|(_, l)| l) {
+            if let Some(fd) = l.fds.get_mut(slot) {
+                *fd = None;
+            }
+        }
+    }
+
+    /// Close the reuseport sockets of every slot from `slots` on (after
+    /// scaling down to that many slots).
+    pub(crate) fn close_slots_from(&mut self, slots: usize) {
+        let bound = self
+            .listeners
+            .values()
+            .map(|l| l.fds.len())
+            .max()
+            .unwrap_or(0);
+        for slot in slots..bound {
+            self.close_slot(slot);
+        }
+    }
+
+    /// Take every socket out (the listeners keep their numbers only), as
+    /// the fds a new binary would inherit.
+    #[cfg(test)]
+    pub(crate) fn take_fds(&mut self) -> Vec<OwnedFd> {
+        self.listeners
+            .values_mut()
+            .flat_map(|l| l.fds.iter_mut())
+            .filter_map(|fd| fd.take().map(Fd::into_owned))
+            .collect()
+    }
+
+    /// The app is done: remove the files of its Unix sockets.
+    pub(crate) fn remove_unix_files(&self) {
+        for l in self.listeners.values() {
+            remove_file_of(l);
+        }
+    }
+}
+
+fn remove_file_of(l: &Listener) {
+    if let ListenAddr::Unix(path) = &l.addr {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Bind one of the app's own listeners, with an error that says what to do.
+fn bind(addr: &ListenAddr, reuseport: bool) -> Result<OwnedFd, ListenError> {
+    socket::bind_listener(addr, reuseport).map_err(|source| {
+        let reason = match source.kind() {
+            io::ErrorKind::AddrInUse => match addr {
+                ListenAddr::Tcp(_) => "the address is already in use; stop the program using it or choose another port".to_string(),
+                // The OS layer says which: a live socket, or a file that is no socket.
+                ListenAddr::Unix(_) => format!("{source}; choose another path, or stop or remove what is there"),
+            },
+            io::ErrorKind::PermissionDenied => match addr {
+                ListenAddr::Tcp(_) => "permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE, so choose a port from 1024 up".to_string(),
+                ListenAddr::Unix(_) => "permission denied; choose a directory herd may write to".to_string(),
+            },
+            io::ErrorKind::AddrNotAvailable => {
+                "no interface of this machine has that address; use 127.0.0.1, 0.0.0.0 or one of its addresses".to_string()
+            }
+            _ => source.to_string(),
+        };
+        ListenError::Bind { addr: addr.clone(), reason, source }
+    })
+}

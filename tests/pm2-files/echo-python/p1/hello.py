@@ -1,0 +1,2 @@
+# A stand-in for the app.
+print('hello', flush=True)

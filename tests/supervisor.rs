@@ -17,10 +17,9 @@ use herd_engine::config::AppSpec;
 use herd_engine::machine::Report;
 use herd_home::Home;
 use herd_protocol::supervisor::{
-    AppFile, AppState, Command, Containment, Desired, Event, Hello, Status, Ticket, WorkerRole,
-    WorkerState, PROTOCOL, VERSION,
+    AppFile, Command, Containment, Desired, Event, Hello, Status, Ticket, PROTOCOL, VERSION,
 };
-use herd_protocol::AppDef;
+use herd_protocol::{AppDef, AppState, WorkerRole, WorkerState};
 use herd_supervisor::client::{Client, ClientError, Follower};
 use herd_supervisor::contain::{self, Record};
 use herd_supervisor::files::AppFiles;
@@ -121,12 +120,13 @@ impl Supervised {
             let s = self.status();
             let serving: Vec<u32> = s
                 .app
+                .info
                 .workers
                 .iter()
-                .filter(|w| w.role == WorkerRole::Serving && w.state == WorkerState::Online)
+                .filter(|w| w.role == WorkerRole::Current && w.state == WorkerState::Online)
                 .filter_map(|w| w.pid)
                 .collect();
-            let done = s.app.state == AppState::Online && serving.len() == n;
+            let done = s.app.info.state == AppState::Online && serving.len() == n;
             last = Some(s);
             done
         });
@@ -167,12 +167,7 @@ fn text(b: &[u8]) -> String {
 }
 
 fn serving_pids(s: &Status) -> Vec<u32> {
-    s.app
-        .workers
-        .iter()
-        .filter(|w| w.role == WorkerRole::Serving)
-        .filter_map(|w| w.pid)
-        .collect()
+    s.app.info.current_workers().filter_map(|w| w.pid).collect()
 }
 
 /// The fixture server, `n` workers on one port of loopback.
@@ -231,34 +226,35 @@ fn a_supervisor_started_by_hand_detaches_serves_its_app_and_tells_its_typed_stat
 
     let pids = s.wait_online(2);
     let status = s.status();
-    let addr = status.app.listen[0].clone();
+    let addr = status.app.info.listen[0].clone();
     let served = wait_http_ok(&addr, WAIT);
     assert!(pids.contains(&(served as u32)), "{served} not in {pids:?}");
 
     // The typed status: the app, each worker, the supervisor itself.
-    assert_eq!(status.app.id, ID);
-    assert_eq!(status.app.name, "web");
-    assert_eq!(status.app.instances, 2);
-    assert_eq!(status.app.online, 2);
-    assert_eq!(status.app.mode.to_string(), "cluster");
-    let slots: Vec<usize> = status.app.workers.iter().map(|w| w.slot).collect();
+    assert_eq!(status.app.info.id, ID);
+    assert_eq!(status.app.info.name, "web");
+    assert_eq!(status.app.info.instances, 2);
+    assert_eq!(status.app.info.online, 2);
+    assert_eq!(status.app.info.mode.to_string(), "cluster");
+    let slots: Vec<usize> = status.app.info.workers.iter().map(|w| w.slot).collect();
     assert_eq!(slots, vec![0, 1]);
-    assert!(status.app.workers.iter().all(|w| w.restarts == 0));
+    assert!(status.app.info.workers.iter().all(|w| w.restarts == 0));
     assert_eq!(status.supervisor.pid, pid);
     let herd = std::fs::metadata(herd_bin()).unwrap();
     assert_eq!(status.supervisor.binary.inode, herd.ino());
     assert_eq!(status.supervisor.binary.protocol, VERSION);
     assert_eq!(
-        status.app.out_log,
+        status.app.info.out_log,
         s.files.home().log_dir().join("web-out.log")
     );
     // The sampler fills in CPU and memory within a second or two.
     let sampled = wait_until(WAIT, || {
         let st = s.status();
         st.app
+            .info
             .workers
             .iter()
-            .all(|w| w.rss_bytes > 0 && w.uptime_ms > 0)
+            .all(|w| w.memory_bytes > 0 && w.uptime_ms > 0)
     });
     assert!(sampled, "{:#?}", s.status());
     // It says how it contains the app, and its record agrees.
@@ -289,7 +285,7 @@ fn a_supervisor_started_by_hand_detaches_serves_its_app_and_tells_its_typed_stat
 
     // A stop is remembered in the app file; a start brings it back.
     assert!(s.command(Command::Stop).is_done());
-    assert_eq!(s.status().app.state, AppState::Stopped);
+    assert_eq!(s.status().app.info.state, AppState::Stopped);
     assert_eq!(s.files.read_app().unwrap().desired, Desired::Stopped);
     assert!(s.command(Command::Start).is_done());
     s.wait_online(2);
@@ -384,7 +380,7 @@ fn a_reload_is_answered_by_its_own_ticket_while_the_memory_limit_replaces_a_work
             tokio::select! {
                 t = &mut reload => break t.unwrap(),
                 _ = tokio::time::sleep(Duration::from_millis(300)), if during.is_none() => {
-                    during = Some(watcher.status().await.unwrap().app.state);
+                    during = Some(watcher.status().await.unwrap().app.info.state);
                 }
             }
         };

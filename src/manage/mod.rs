@@ -290,9 +290,9 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
             if t.flags.update_env {
                 return files::update_env(&t.target, true);
             }
-            let (apps, worker) = split_target(&t.target)?;
+            let (apps, slot) = split_target(&t.target)?;
             let names = settle::names_of(&apps)?;
-            print_done(client::ask(Request::Restart { apps, worker })?);
+            print_done(client::ask(Request::Restart { apps, slot })?);
             return settle::wait_and_print(&names, true);
         }
         Verb::Reload(t) => {
@@ -348,22 +348,21 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
             list::print_list(false, false)?;
         }
         Verb::Send(a) => {
-            let (app, worker) = split_target(&a.target)?;
+            let (app, slot) = split_target(&a.target)?;
             let message: serde_json::Value = serde_json::from_str(&a.message).map_err(|e| {
                 UsageError(format!(
                     "the message is not JSON ({e}): quote a string as '\"text\"', or give an object '{{\"cmd\":\"x\"}}'"
                 ))
             })?;
-            print_done(client::ask(Request::Send {
-                app,
-                worker,
-                message,
-            })?);
+            print_done(client::ask(Request::Send { app, slot, message })?);
         }
-        Verb::Signal(a) => print_done(client::ask(Request::Signal {
-            apps: a.apps,
-            signal: a.signal,
-        })?),
+        Verb::Signal(a) => {
+            let signal = a.signal.parse().map_err(UsageError)?;
+            print_done(client::ask(Request::Signal {
+                apps: a.apps,
+                signal,
+            })?)
+        }
         Verb::Save(a) => print_done(client::ask(Request::Save { force: a.force })?),
         Verb::Resurrect => match client::ask(Request::Resurrect)? {
             Response::Apps { apps } => {

@@ -26,12 +26,14 @@ mod frame;
 mod message;
 mod pm2;
 pub mod secrets;
+mod state;
 pub mod supervisor;
 
 pub use frame::{Connection, FrameError, MAX_DEFINITION, MAX_FRAME};
 pub use message::*;
 pub use pm2::{CombinedLog, FilterEnv, LogType, Pm2Keys};
 pub use secrets::SecretNames;
+pub use state::{AppState, ExecMode, Signal, WorkerRole, WorkerState};
 
 /// The protocol version; both sides must agree exactly.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;

@@ -21,11 +21,10 @@
 
 use std::path::PathBuf;
 
-pub use herd_engine::config::ExecMode;
 use herd_engine::machine::{Outcome, Report};
 use serde::{Deserialize, Serialize};
 
-use crate::{AppDef, AppInfo, ScaleTo, WorkerInfo};
+use crate::{AppDef, AppDetail, AppInfo, ScaleTo, Signal, SlotDetail};
 
 /// The version of this protocol; both sides must agree exactly.
 pub const VERSION: u32 = 1;
@@ -91,15 +90,22 @@ pub enum Command {
     Start,
     /// Stop its workers gracefully; the supervisor stays, holding the app.
     Stop,
-    /// Stop then start; with a worker, replace only that one (zero-downtime).
+    /// Stop then start; with a slot, replace only its worker (zero-downtime).
     Restart {
-        worker: Option<usize>,
+        slot: Option<usize>,
+    },
+    /// Stop then start on a new definition (a stopped app is just started
+    /// on it): pm2's `restart FILE`. The listeners may change this way.
+    RestartWith {
+        definition: Box<AppDef>,
     },
     /// Rolling reload, onto a new definition if one is given (which the
     /// supervisor then keeps in the app's file).
     Reload {
         definition: Option<Box<AppDef>>,
     },
+    /// Zero the restart counters shown (pm2's `reset`); the workers are untouched.
+    Reset,
     /// Stop the app, remove its files; the supervisor exits.
     Delete,
     /// Empty the app's log files.
@@ -107,21 +113,23 @@ pub enum Command {
     Scale {
         to: ScaleTo,
     },
-    /// A JSON message to the workers (`process.on('message')`).
+    /// A JSON message to the workers (`process.on('message')`), or to one slot's.
     Send {
-        worker: Option<usize>,
+        slot: Option<usize>,
         message: serde_json::Value,
     },
-    /// A signal (`SIGUSR2`, `USR2` or a number) to the workers' process groups.
+    /// A signal to the workers' process groups.
     Signal {
-        signal: String,
+        signal: Signal,
     },
     /// Open the log files again (after logrotate moved them).
     ReopenLogs,
 }
 
 /// How one command ended: the answer to *that* command, never guessed from
-/// the event stream.
+/// the event stream. A refusal changed nothing: the command does not apply
+/// to the app as it is (the CLI reports it as a usage mistake, exit 2); an
+/// abort is a failure (exit 1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "ticket", rename_all = "snake_case")]
 pub enum Ticket {
@@ -137,14 +145,6 @@ pub enum Ticket {
 impl Ticket {
     pub fn is_done(&self) -> bool {
         matches!(self, Ticket::Done { .. })
-    }
-
-    /// As the CLI's protocol reports a command: the message, or why not.
-    pub fn into_result(self) -> Result<String, String> {
-        match self {
-            Ticket::Done { message } => Ok(message),
-            Ticket::Aborted { why } | Ticket::Refused { why } => Err(why),
-        }
     }
 }
 
@@ -193,108 +193,22 @@ pub enum Event {
     Lagged { missed: u64 },
 }
 
-/// The app's state as a whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AppState {
-    /// Every worker is ready.
-    Online,
-    /// Some worker is not ready yet (starting, or waiting out a restart delay).
-    Launching,
-    Reloading,
-    Stopping,
-    Stopped,
-    /// Every worker crashed too often in a row (or the last run ended so).
-    Errored,
-}
-
-impl AppState {
-    /// The word `herd list` shows.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AppState::Online => "online",
-            AppState::Launching => "launching",
-            AppState::Reloading => "reloading",
-            AppState::Stopping => "stopping",
-            AppState::Stopped => "stopped",
-            AppState::Errored => "errored",
-        }
-    }
-}
-
-/// One worker's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WorkerState {
-    /// Ready for traffic.
-    Online,
-    /// Started, not ready yet.
-    Launching,
-    /// Asked to stop; draining.
-    Stopping,
-    /// No process: the slot waits out a restart delay.
-    Waiting,
-    /// No process: the slot crashed too often in a row.
-    Errored,
-    /// No process: the app is stopped, or the slot's worker ended for good.
-    Stopped,
-}
-
-impl WorkerState {
-    /// The word `herd list` shows.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkerState::Online => "online",
-            WorkerState::Launching => "launching",
-            WorkerState::Stopping => "stopping",
-            WorkerState::Waiting => "waiting",
-            WorkerState::Errored => "errored",
-            WorkerState::Stopped => "stopped",
-        }
-    }
-}
-
-/// Which part a worker plays in its slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WorkerRole {
-    /// The slot's worker.
-    Serving,
-    /// Its replacement during a reload, until it is ready.
-    Incoming,
-    /// Left its slot; being stopped.
-    Draining,
-}
-
-/// One worker (or one empty slot: no pid).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Worker {
-    /// Its slot, 0..N-1 (`HERD_WORKER_ID`, `NODE_APP_INSTANCE`).
-    pub slot: usize,
-    pub pid: Option<u32>,
-    pub state: WorkerState,
-    pub role: WorkerRole,
-    /// Workers started in this slot after the first.
-    pub restarts: u64,
-    pub uptime_ms: u64,
-    /// Share of one core over the last second (100.0 = one full core).
-    pub cpu_percent: f64,
-    /// CPU time (user + system) it used so far, in seconds.
-    pub cpu_seconds: f64,
-    pub rss_bytes: u64,
-    /// Round-robin only: connections handed to it so far, and not answered yet.
-    #[serde(default)]
-    pub handed_over: Option<u64>,
-    #[serde(default)]
-    pub pending_connections: Option<u64>,
-}
-
 /// How the workers of an exit count ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExitCause {
     Code,
     Signal,
+}
+
+impl ExitCause {
+    /// `code` or `signal`, as metrics label it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitCause::Code => "code",
+            ExitCause::Signal => "signal",
+        }
+    }
 }
 
 /// Worker exits of one slot that ended alike.
@@ -337,51 +251,48 @@ pub struct Status {
 /// The app as its supervisor sees it now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct App {
-    pub id: u32,
-    pub name: String,
-    pub state: AppState,
-    pub mode: ExecMode,
-    /// Workers wanted.
-    pub instances: usize,
-    /// Workers ready for traffic.
-    pub online: usize,
-    /// Every slot's worker, each replacement and each draining worker.
-    pub workers: Vec<Worker>,
+    /// As `herd list` shows it: its summary (state, ready count) and its
+    /// workers with their roles and last samples, computed here once.
+    pub info: AppInfo,
+    /// What the app counted since its supervisor started.
     pub counters: Counters,
-    /// Where the app's sockets are bound.
-    pub listen: Vec<String>,
-    pub out_log: PathBuf,
-    pub err_log: PathBuf,
+    /// When the supervisor took the app, or it was last restarted, reloaded
+    /// or reset (pm2's `created_at`), in ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Each slot's crash-loop count and last exit, in slot order.
+    pub slots: Vec<SlotDetail>,
+    /// What only metrics show, per live worker process.
+    pub processes: Vec<Process>,
 }
 
 impl App {
-    /// The app as `herd list --json` shows it.
-    pub fn to_app_info(&self) -> AppInfo {
-        AppInfo {
-            name: self.name.clone(),
-            id: self.id,
-            mode: self.mode.to_string(),
-            status: self.state.as_str().to_string(),
-            instances: self.instances,
-            online: self.online,
-            listen: self.listen.clone(),
-            out_log: self.out_log.clone(),
-            err_log: self.err_log.clone(),
-            workers: self
-                .workers
-                .iter()
-                .map(|w| WorkerInfo {
-                    id: w.slot,
-                    pid: w.pid,
-                    status: w.state.as_str().to_string(),
-                    restarts: w.restarts,
-                    uptime_ms: w.uptime_ms,
-                    cpu_percent: w.cpu_percent,
-                    memory_bytes: w.rss_bytes,
-                })
-                .collect(),
+    /// The app with its definition, as pm2's `jlist` and `herd env` read it.
+    pub fn detail(&self, def: AppDef) -> AppDetail {
+        AppDetail {
+            info: self.info.clone(),
+            def,
+            created_at_ms: self.created_at_ms,
+            slots: self.slots.clone(),
         }
     }
+
+    /// The figures of the worker process `pid`, if it has some.
+    pub fn process(&self, pid: u32) -> Option<&Process> {
+        self.processes.iter().find(|p| p.pid == pid)
+    }
+}
+
+/// One live worker process's figures beyond the list's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    /// CPU time (user + system) it used so far, in seconds.
+    pub cpu_seconds: f64,
+    /// Round-robin only: connections handed to it so far, and not answered yet.
+    #[serde(default)]
+    pub handed_over: Option<u64>,
+    #[serde(default)]
+    pub pending_connections: Option<u64>,
 }
 
 /// The supervisor process itself.

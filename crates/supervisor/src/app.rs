@@ -20,15 +20,14 @@ use std::time::{Duration, Instant, SystemTime};
 use herd_engine::config::Instances;
 use herd_engine::machine::{Answer, Command, Outcome, Report, SlotPhase, WorkerPhase};
 use herd_engine::supervisor::{
-    self, AppHandle, AppStatus, Event, Events, RoundRobinStats, Stream, Target, Timed, UpdateError,
+    self, AppHandle, AppStatus, Event, Events, Stream, Target, Timed, UpdateError,
 };
 use herd_engine::ExitStatus;
 use herd_home::Home;
-use herd_protocol::supervisor::{
-    self as proto, AppState, Desired, Ticket, WorkerRole, WorkerState,
+use herd_protocol::supervisor::{self as proto, Desired, Ticket};
+use herd_protocol::{
+    AppDef, AppInfo, AppState, ScaleTo, Signal, SlotDetail, WorkerInfo, WorkerRole, WorkerState,
 };
-use herd_protocol::{AppDef, AppDetail, AppInfo, ScaleTo, SecretNames, SlotDetail};
-use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::logs::AppLogs;
@@ -47,9 +46,9 @@ pub enum AppCommand {
     /// Start it if it is stopped.
     Start,
     Stop,
-    /// Stop then start; with a worker, replace only that one (zero-downtime).
+    /// Stop then start; with a slot, replace only its worker (zero-downtime).
     Restart {
-        worker: Option<usize>,
+        slot: Option<usize>,
     },
     /// Rolling reload, onto a new definition if one is given.
     Reload {
@@ -68,27 +67,27 @@ pub enum AppCommand {
     Flush,
     Scale(ScaleTo),
     Send {
-        worker: Option<usize>,
+        slot: Option<usize>,
         message: serde_json::Value,
     },
     Signal(Signal),
     ReopenLogs,
 }
 
-/// What the app counted since the daemon took it (for metrics; these
-/// survive restarts and reloads of the app, not a daemon restart).
+/// What the app counted since its supervisor took it (for metrics; these
+/// survive restarts and reloads of the app, not its supervisor's end).
 #[derive(Debug, Clone, Default)]
-pub struct Counters {
+struct Counters {
     /// Worker exits by (slot, cause, what): cause `code` with the exit code,
     /// or `signal` with the signal's name.
-    pub exits: BTreeMap<(usize, &'static str, String), u64>,
+    exits: BTreeMap<(usize, proto::ExitCause, String), u64>,
     /// Reloads (and one-worker replacements) that ended, and those of them
     /// that were aborted.
-    pub reloads: u64,
-    pub reloads_failed: u64,
+    reloads: u64,
+    reloads_failed: u64,
     /// Bytes and lines written to the log files: `[stdout, stderr]`.
-    pub log_bytes: [u64; 2],
-    pub log_lines: [u64; 2],
+    log_bytes: [u64; 2],
+    log_lines: [u64; 2],
 }
 
 impl Counters {
@@ -100,11 +99,7 @@ impl Counters {
                 .iter()
                 .map(|((slot, cause, what), count)| proto::ExitCount {
                     slot: *slot,
-                    cause: if *cause == "signal" {
-                        proto::ExitCause::Signal
-                    } else {
-                        proto::ExitCause::Code
-                    },
+                    cause: *cause,
                     what: what.clone(),
                     count: *count,
                 })
@@ -117,62 +112,24 @@ impl Counters {
     }
 }
 
-/// The app as the metrics endpoint shows it: the `list` view plus counters.
-#[derive(Debug, Clone)]
-pub struct AppMetrics {
-    pub info: AppInfo,
-    pub counters: Counters,
-    /// Round-robin hand-overs per worker (empty without a round-robin socket).
-    pub round_robin: Vec<RoundRobinStats>,
-    /// CPU time (user + system) each live worker pid used so far, in seconds.
-    pub cpu_seconds: HashMap<u32, f64>,
-}
-
-/// The result of a command: what happened, in words, or why it failed.
-pub type Reply = Result<String, String>;
-
 /// A command with the place to put its ticket.
 #[derive(Debug)]
-pub struct Envelope {
-    pub command: AppCommand,
-    pub reply: oneshot::Sender<Ticket>,
+struct Envelope {
+    command: AppCommand,
+    reply: oneshot::Sender<Ticket>,
 }
 
-/// A read-only question: answered at once, even while a command is
-/// pending (a reload can take minutes; `list`, `/metrics` and `/readyz`
-/// must not wait for it).
-#[derive(Debug)]
-pub enum Query {
-    Info(oneshot::Sender<AppInfo>),
-    Metrics(oneshot::Sender<AppMetrics>),
-    /// The definition; its secret environment values hidden unless `reveal`.
-    Def {
-        reveal: bool,
-        reply: oneshot::Sender<AppDef>,
-    },
-    /// The app with its definition and counters; secrets hidden unless `reveal`.
-    Detail {
-        reveal: bool,
-        reply: oneshot::Sender<AppDetail>,
-    },
-    /// The app as its supervisor's status shows it.
-    App(oneshot::Sender<proto::App>),
-}
-
-/// The sending side of an app's command queue (and of its queries).
+/// The sending side of an app's command queue (and of its status queries,
+/// answered at once, even while a command is pending: a reload can take
+/// minutes, and `list`, `/metrics` and `/readyz` must not wait for it).
 #[derive(Debug, Clone)]
 pub struct AppRef {
     tx: mpsc::Sender<Envelope>,
-    queries: mpsc::Sender<Query>,
+    queries: mpsc::Sender<oneshot::Sender<proto::App>>,
     follow: broadcast::Sender<proto::Event>,
 }
 
 impl AppRef {
-    /// Queue a command and wait for its result (an ended actor is an error).
-    pub async fn ask(&self, command: AppCommand) -> Reply {
-        self.command(command).await.into_result()
-    }
-
     /// Queue a command and wait for its ticket (an ended actor aborts it).
     pub async fn command(&self, command: AppCommand) -> Ticket {
         let gone = || Ticket::Aborted {
@@ -185,53 +142,10 @@ impl AppRef {
         rx.await.unwrap_or_else(|_| gone())
     }
 
-    /// The app as `list` shows it (`None`: the app is gone).
-    pub async fn info(&self) -> Option<AppInfo> {
-        let (tx, rx) = oneshot::channel();
-        self.queries.send(Query::Info(tx)).await.ok()?;
-        rx.await.ok()
-    }
-
-    /// The app as `/metrics` shows it (`None`: the app is gone).
-    pub async fn metrics(&self) -> Option<AppMetrics> {
-        let (tx, rx) = oneshot::channel();
-        self.queries.send(Query::Metrics(tx)).await.ok()?;
-        rx.await.ok()
-    }
-
-    /// The app's definition as it may be shown: secret environment values
-    /// hidden (`None`: the app is gone).
-    pub async fn def(&self) -> Option<AppDef> {
-        self.query_def(false).await
-    }
-
-    /// The app's whole definition, secrets included: for `save`, and for
-    /// `show --show-secrets` (`None`: the app is gone).
-    pub async fn def_with_secrets(&self) -> Option<AppDef> {
-        self.query_def(true).await
-    }
-
-    async fn query_def(&self, reveal: bool) -> Option<AppDef> {
-        let (reply, rx) = oneshot::channel();
-        self.queries.send(Query::Def { reveal, reply }).await.ok()?;
-        rx.await.ok()
-    }
-
-    /// The app with its definition and counters, for pm2's `jlist`; secret
-    /// environment values hidden unless `reveal` (`None`: the app is gone).
-    pub async fn detail(&self, reveal: bool) -> Option<AppDetail> {
-        let (reply, rx) = oneshot::channel();
-        self.queries
-            .send(Query::Detail { reveal, reply })
-            .await
-            .ok()?;
-        rx.await.ok()
-    }
-
     /// The app with its workers, samples and counters (`None`: the app is gone).
     pub async fn app(&self) -> Option<proto::App> {
         let (tx, rx) = oneshot::channel();
-        self.queries.send(Query::App(tx)).await.ok()?;
+        self.queries.send(tx).await.ok()?;
         rx.await.ok()
     }
 
@@ -244,7 +158,7 @@ impl AppRef {
 }
 
 /// What a supervisor process keeps on disk for its app, told by the actor
-/// as it happens (the daemon, running apps in-process, keeps nothing).
+/// as it happens.
 pub trait Keeper: Send + 'static {
     /// A worker process started; its pid leads its own process group.
     fn worker_started(&mut self, pid: u32);
@@ -254,22 +168,16 @@ pub trait Keeper: Send + 'static {
     fn app_changed(&mut self, def: &AppDef, desired: Desired);
 }
 
-/// Start the actor for app `id`; it starts no worker until told
-/// [`AppCommand::Start`]. `secrets` says which environment values its
-/// answers hide.
-pub fn spawn(id: u32, def: AppDef, home: &Home, secrets: SecretNames) -> Result<AppRef, String> {
-    spawn_kept(id, def, home, secrets, None).map(|(app, _)| app)
-}
-
-/// [`spawn`] for a supervisor process: `keeper` hears of every worker and
-/// every change of the definition; the task ends once the app is deleted
-/// (or every [`AppRef`] is dropped, which stops the app first).
-pub fn spawn_kept(
+/// Start the actor for app `id` (its log files open now); it starts no
+/// worker until told [`AppCommand::Start`]. `keeper` hears of every worker
+/// and every change of the definition. The task ends once the app is
+/// deleted or quit (or every [`AppRef`] is dropped, which stops the app
+/// first).
+pub fn spawn(
     id: u32,
     def: AppDef,
     home: &Home,
-    secrets: SecretNames,
-    keeper: Option<Box<dyn Keeper>>,
+    keeper: Box<dyn Keeper>,
 ) -> Result<(AppRef, tokio::task::JoinHandle<()>), String> {
     let (tx, rx) = mpsc::channel(64);
     let (queries, queries_rx) = mpsc::channel(64);
@@ -291,7 +199,6 @@ pub fn spawn_kept(
         quit: false,
         ever_started: false,
         counters: Counters::default(),
-        secrets,
         created_at: SystemTime::now(),
         reset_base: HashMap::new(),
         exit_codes: HashMap::new(),
@@ -358,7 +265,6 @@ struct Actor {
     /// opened for it are removed again if the app is deleted).
     ever_started: bool,
     counters: Counters,
-    secrets: SecretNames,
     /// When the app was taken, or last restarted, reloaded or reset (pm2's `created_at`).
     created_at: SystemTime,
     /// Each slot's (restarts, unstable) at the last `reset`, subtracted from
@@ -369,7 +275,7 @@ struct Actor {
     exit_codes: HashMap<usize, i32>,
     /// What the last command wished for (kept by the keeper).
     desired: Desired,
-    keeper: Option<Box<dyn Keeper>>,
+    keeper: Box<dyn Keeper>,
     /// Lifecycle events for followers.
     follow: broadcast::Sender<proto::Event>,
 }
@@ -403,15 +309,13 @@ impl Actor {
     /// The wish of the last command, and the definition, to the keeper.
     fn changed(&mut self, desired: Desired) {
         self.desired = desired;
-        if let Some(keeper) = &mut self.keeper {
-            keeper.app_changed(&self.def, desired);
-        }
+        self.keeper.app_changed(&self.def, desired);
     }
 
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Envelope>,
-        mut queries: mpsc::Receiver<Query>,
+        mut queries: mpsc::Receiver<oneshot::Sender<proto::App>>,
     ) {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -419,32 +323,9 @@ impl Actor {
         while !self.deleted && !self.quit {
             tokio::select! {
                 query = queries.recv(), if queries_open => match query {
-                    Some(Query::Info(tx)) => {
-                        let info = self.info().await;
-                        let _ = tx.send(info);
-                    }
-                    Some(Query::Metrics(tx)) => {
-                        let metrics = self.metrics().await;
-                        let _ = tx.send(metrics);
-                    }
-                    Some(Query::Def { reveal, reply }) => {
-                        let mut def = self.def.clone();
-                        if !reveal {
-                            self.secrets.redact_def(&mut def);
-                        }
-                        let _ = reply.send(def);
-                    }
-                    Some(Query::Detail { reveal, reply }) => {
-                        let mut detail = self.detail().await;
-                        if !reveal {
-                            self.secrets.redact_def(&mut detail.def);
-                        }
-                        let _ = reply.send(detail);
-                    }
-                    Some(Query::App(tx)) => {
-                        let status = self.engine_status().await;
-                        self.sample_new(&status);
-                        let _ = tx.send(self.app_of(&status));
+                    Some(reply) => {
+                        let app = self.app().await;
+                        let _ = reply.send(app);
                     }
                     None => queries_open = false,
                 },
@@ -521,7 +402,7 @@ impl Actor {
                     }
                 }
             }
-            AppCommand::Restart { worker: None } => {
+            AppCommand::Restart { slot: None } => {
                 self.created_at = SystemTime::now();
                 self.changed(Desired::Running);
                 self.restart(reply)
@@ -551,7 +432,7 @@ impl Actor {
                     self.name()
                 )));
             }
-            AppCommand::Restart { worker: Some(slot) } => match &self.engine {
+            AppCommand::Restart { slot: Some(slot) } => match &self.engine {
                 Some(e) if slot < self.def.spec.instances => {
                     let ticket = e.ask(Command::Replace(slot));
                     self.pending = Some(Pending::Engine {
@@ -655,10 +536,10 @@ impl Actor {
                     }
                 }
             }
-            AppCommand::Send { worker, message } => {
+            AppCommand::Send { slot, message } => {
                 let _ = reply.send(match &self.engine {
                     Some(e) => {
-                        e.send(worker.map_or(Target::All, Target::Slot), message);
+                        e.send(slot.map_or(Target::All, Target::Slot), message);
                         done(format!("sent to {}", self.name()))
                     }
                     None => refused(format!("{} is stopped", self.name())),
@@ -667,7 +548,7 @@ impl Actor {
             AppCommand::Signal(sig) => {
                 let _ = reply.send(match &self.engine {
                     Some(e) => {
-                        e.signal(Target::All, sig);
+                        e.signal(Target::All, sig.0);
                         done(format!("sent {sig} to the workers of {}", self.name()))
                     }
                     None => refused(format!("{} is stopped", self.name())),
@@ -837,17 +718,15 @@ impl Actor {
 
     fn on_report(&mut self, report: &Report) {
         match report {
-            Report::Online { pid, .. } => {
-                if let Some(keeper) = &mut self.keeper {
-                    keeper.worker_started(*pid);
-                }
-            }
+            Report::Online { pid, .. } => self.keeper.worker_started(*pid),
             Report::Exited {
                 slot, status, pid, ..
             } => {
                 let key = match status {
-                    ExitStatus::Code(c) => (*slot, "code", c.to_string()),
-                    ExitStatus::Signal(s) => (*slot, "signal", s.as_str().to_string()),
+                    ExitStatus::Code(c) => (*slot, proto::ExitCause::Code, c.to_string()),
+                    ExitStatus::Signal(s) => {
+                        (*slot, proto::ExitCause::Signal, s.as_str().to_string())
+                    }
                 };
                 let code = match status {
                     ExitStatus::Code(c) => *c,
@@ -855,9 +734,7 @@ impl Actor {
                 };
                 self.exit_codes.insert(*slot, code);
                 *self.counters.exits.entry(key).or_default() += 1;
-                if let Some(keeper) = &mut self.keeper {
-                    keeper.worker_ended(*pid);
-                }
+                self.keeper.worker_ended(*pid);
             }
             Report::ReloadFinished => self.counters.reloads += 1,
             Report::ReloadAborted { .. } => {
@@ -998,10 +875,23 @@ impl Actor {
         }
     }
 
-    async fn info(&mut self) -> AppInfo {
+    /// The app as a status shows it: sampled where a worker is new, its
+    /// summary computed once, here.
+    async fn app(&mut self) -> proto::App {
         let status = self.engine_status().await;
         self.sample_new(&status);
-        self.info_of(&status)
+        // The crash-loop count starts over by itself (a stable run): from
+        // then on, a `reset` has nothing left to take off it.
+        if let Some(s) = &status {
+            for slot in &s.machine.slots {
+                if let Some(base) = self.reset_base.get_mut(&slot.slot) {
+                    if slot.unstable < base.1 {
+                        base.1 = 0;
+                    }
+                }
+            }
+        }
+        self.app_of(&status)
     }
 
     /// Sample the workers not sampled yet (just started), so that the first
@@ -1024,86 +914,19 @@ impl Actor {
         }
     }
 
-    async fn detail(&mut self) -> AppDetail {
-        let status = self.engine_status().await;
-        self.sample_new(&status);
-        // The crash-loop count starts over by itself (a stable run): from
-        // then on, a `reset` has nothing left to take off it.
-        if let Some(s) = &status {
-            for slot in &s.machine.slots {
-                if let Some(base) = self.reset_base.get_mut(&slot.slot) {
-                    if slot.unstable < base.1 {
-                        base.1 = 0;
-                    }
-                }
-            }
-        }
-        let info = self.info_of(&status);
-        let slots = match &status {
-            Some(s) => s
-                .machine
-                .slots
-                .iter()
-                .map(|slot| SlotDetail {
-                    slot: slot.slot,
-                    unstable_restarts: slot.unstable.saturating_sub(self.base(slot.slot).1),
-                    exit_code: self.exit_codes.get(&slot.slot).copied(),
-                })
-                .collect(),
-            None => (0..self.def.spec.instances)
-                .map(|slot| SlotDetail {
-                    slot,
-                    unstable_restarts: 0,
-                    exit_code: self.exit_codes.get(&slot).copied(),
-                })
-                .collect(),
-        };
-        let created_at_ms = self
-            .created_at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        AppDetail {
-            info,
-            def: self.def.clone(),
-            created_at_ms,
-            slots,
-        }
-    }
-
     /// A slot's (restarts, unstable) at the last `reset`.
     fn base(&self, slot: usize) -> (u64, u32) {
         self.reset_base.get(&slot).copied().unwrap_or_default()
     }
 
-    async fn metrics(&mut self) -> AppMetrics {
-        let status = self.engine_status().await;
-        let info = self.info_of(&status);
-        let cpu_seconds = info
-            .workers
-            .iter()
-            .filter_map(|w| w.pid)
-            .map(|pid| (pid, self.sampler.cpu_seconds(pid)))
-            .collect();
-        AppMetrics {
-            info,
-            counters: self.counters.clone(),
-            round_robin: status.map(|s| s.round_robin).unwrap_or_default(),
-            cpu_seconds,
-        }
-    }
-
-    fn info_of(&self, status: &Option<AppStatus>) -> AppInfo {
-        self.app_of(status).to_app_info()
-    }
-
-    /// The app, its workers (with their samples) and its counters, typed.
+    /// The app, its workers (with their samples), its summary and its
+    /// counters, typed.
     fn app_of(&self, status: &Option<AppStatus>) -> proto::App {
         let (out_log, err_log) = crate::logs::paths(&self.def, &self.home);
         let spec = &self.def.spec;
-        let mode = spec.exec_mode;
         let mut workers = Vec::new();
-        let (state, instances) = match status {
+        let mut processes = Vec::new();
+        let (state, instances, slots) = match status {
             None => {
                 let errored = matches!(self.outcome, Some(Outcome::Errored { .. }));
                 let state = if errored {
@@ -1112,20 +935,26 @@ impl Actor {
                     WorkerState::Stopped
                 };
                 for slot in 0..spec.instances {
-                    workers.push(self.worker(slot, None, state, WorkerRole::Serving, 0, None));
+                    workers.push(self.worker(slot, None, state, WorkerRole::Current, 0, None));
                 }
                 let app = if errored {
                     AppState::Errored
                 } else {
                     AppState::Stopped
                 };
-                (app, spec.instances)
+                let slots = (0..spec.instances)
+                    .map(|slot| SlotDetail {
+                        slot,
+                        unstable_restarts: 0,
+                        exit_code: self.exit_codes.get(&slot).copied(),
+                    })
+                    .collect();
+                (app, spec.instances, slots)
             }
             Some(s) => {
                 let m = &s.machine;
-                let worker = |w: &herd_engine::machine::WorkerStatus, role, restarts| {
-                    let rr = s.round_robin.iter().find(|r| Some(r.pid) == w.pid);
-                    let mut worker = self.worker(
+                let mut worker = |w: &herd_engine::machine::WorkerStatus, role, restarts| {
+                    let info = self.worker(
                         w.slot,
                         w.pid,
                         worker_state(w.phase),
@@ -1133,14 +962,21 @@ impl Actor {
                         restarts,
                         Some(w.uptime),
                     );
-                    worker.handed_over = rr.map(|r| r.handed_over);
-                    worker.pending_connections = rr.map(|r| r.pending);
-                    worker
+                    if let Some(pid) = w.pid {
+                        let rr = s.round_robin.iter().find(|r| r.pid == pid);
+                        processes.push(proto::Process {
+                            pid,
+                            cpu_seconds: self.sampler.cpu_seconds(pid),
+                            handed_over: rr.map(|r| r.handed_over),
+                            pending_connections: rr.map(|r| r.pending),
+                        });
+                    }
+                    info
                 };
                 for slot in &m.slots {
                     let restarts = slot.restarts.saturating_sub(self.base(slot.slot).0);
                     workers.push(match &slot.current {
-                        Some(w) => worker(w, WorkerRole::Serving, restarts),
+                        Some(w) => worker(w, WorkerRole::Current, restarts),
                         None => {
                             let state = match slot.phase {
                                 SlotPhase::Backoff => WorkerState::Waiting,
@@ -1148,12 +984,12 @@ impl Actor {
                                 SlotPhase::Done => WorkerState::Stopped,
                                 SlotPhase::Live => WorkerState::Launching,
                             };
-                            let role = WorkerRole::Serving;
+                            let role = WorkerRole::Current;
                             self.worker(slot.slot, None, state, role, restarts, None)
                         }
                     });
                     if let Some(w) = &slot.successor {
-                        workers.push(worker(w, WorkerRole::Incoming, restarts));
+                        workers.push(worker(w, WorkerRole::Successor, restarts));
                     }
                 }
                 for w in &m.draining {
@@ -1161,7 +997,7 @@ impl Actor {
                     draining.state = WorkerState::Stopping;
                     workers.push(draining);
                 }
-                let online = serving_online(&workers);
+                let online = ready_slots(&workers);
                 let errored = m.slots.iter().all(|s| s.phase == SlotPhase::Errored);
                 let state = if m.stopping {
                     AppState::Stopping
@@ -1174,7 +1010,16 @@ impl Actor {
                 } else {
                     AppState::Launching
                 };
-                (state, m.slots.len())
+                let slots = m
+                    .slots
+                    .iter()
+                    .map(|slot| SlotDetail {
+                        slot: slot.slot,
+                        unstable_restarts: slot.unstable.saturating_sub(self.base(slot.slot).1),
+                        exit_code: self.exit_codes.get(&slot.slot).copied(),
+                    })
+                    .collect();
+                (state, m.slots.len(), slots)
             }
         };
         // Every socket reported bound (Node apps ask for theirs as they start).
@@ -1183,17 +1028,22 @@ impl Actor {
             None => spec.listeners.iter().map(|l| l.addr.to_string()).collect(),
         };
         proto::App {
-            id: self.id,
-            name: spec.name.clone(),
-            state,
-            mode,
-            instances,
-            online: serving_online(&workers),
-            workers,
+            info: AppInfo {
+                name: spec.name.clone(),
+                id: self.id,
+                mode: spec.exec_mode,
+                state,
+                instances,
+                online: ready_slots(&workers),
+                listen,
+                out_log,
+                err_log,
+                workers,
+            },
             counters: self.counters.to_protocol(),
-            listen,
-            out_log,
-            err_log,
+            created_at_ms: crate::server::unix_ms(self.created_at),
+            slots,
+            processes,
         }
     }
 
@@ -1206,9 +1056,9 @@ impl Actor {
         role: WorkerRole,
         restarts: u64,
         uptime: Option<Duration>,
-    ) -> proto::Worker {
+    ) -> WorkerInfo {
         let usage = pid.map(|p| self.sampler.last(p)).unwrap_or_default();
-        proto::Worker {
+        WorkerInfo {
             slot,
             pid,
             state,
@@ -1216,19 +1066,16 @@ impl Actor {
             restarts,
             uptime_ms: uptime.unwrap_or_default().as_millis() as u64,
             cpu_percent: (usage.cpu_percent * 10.0).round() / 10.0,
-            cpu_seconds: pid.map_or(0.0, |p| self.sampler.cpu_seconds(p)),
-            rss_bytes: usage.rss_bytes,
-            handed_over: None,
-            pending_connections: None,
+            memory_bytes: usage.rss_bytes,
         }
     }
 }
 
-/// Slots whose worker is ready for traffic.
-fn serving_online(workers: &[proto::Worker]) -> usize {
+/// Slots whose current worker is ready for traffic: the app's `online`.
+fn ready_slots(workers: &[WorkerInfo]) -> usize {
     workers
         .iter()
-        .filter(|w| w.role == WorkerRole::Serving && w.state == WorkerState::Online)
+        .filter(|w| w.role == WorkerRole::Current && w.state == WorkerState::Online)
         .count()
 }
 

@@ -33,7 +33,7 @@ use herd_home::Home;
 use herd_protocol::supervisor::{
     AppFile, Binary, Containment, Desired, SupervisorInfo, Ticket, VERSION,
 };
-use herd_protocol::{AppDef, SecretNames};
+use herd_protocol::AppDef;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::app::{self, AppCommand, Keeper};
@@ -312,13 +312,8 @@ async fn supervise(
         record: Record::read(files).unwrap_or_default(),
         app_file: shared_file.clone(),
     };
-    let (app, mut actor) = match app::spawn_kept(
-        id,
-        app_file.definition,
-        files.home(),
-        SecretNames::default(),
-        Some(Box::new(keeper)),
-    ) {
+    let (app, mut actor) = match app::spawn(id, app_file.definition, files.home(), Box::new(keeper))
+    {
         Ok(a) => a,
         Err(e) => {
             crate::say!("app {name}: {e}");

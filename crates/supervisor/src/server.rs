@@ -9,11 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use herd_protocol::supervisor::{
-    AppFile, Command, Event, Hello, Request, Response, Status, SupervisorInfo, Ticket, Welcome,
-    PROTOCOL, VERSION,
+    AppFile, Command, Event, Hello, Request, Response, Status, SupervisorInfo, Welcome, PROTOCOL,
+    VERSION,
 };
 use herd_protocol::{Connection, FrameError};
-use nix::sys::signal::Signal;
 use tokio::net::UnixStream;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -123,10 +122,7 @@ pub async fn client(shared: Arc<Shared>, stream: UnixStream) {
                 if delete {
                     shared.deleting.store(true, Ordering::SeqCst);
                 }
-                let ticket = match app_command(command) {
-                    Ok(command) => shared.app.command(command).await,
-                    Err(why) => Ticket::Refused { why },
-                };
+                let ticket = shared.app.command(app_command(command)).await;
                 let deleted = delete && ticket.is_done();
                 let sent = conn.send(&Response::Ticket { ticket }).await;
                 if deleted {
@@ -181,35 +177,21 @@ async fn follow(shared: &Shared, mut conn: Connection) {
 }
 
 /// The actor's command for a protocol command.
-fn app_command(command: Command) -> Result<AppCommand, String> {
-    Ok(match command {
+fn app_command(command: Command) -> AppCommand {
+    match command {
         Command::Start => AppCommand::Start,
         Command::Stop => AppCommand::Stop,
-        Command::Restart { worker } => AppCommand::Restart { worker },
+        Command::Restart { slot } => AppCommand::Restart { slot },
+        Command::RestartWith { definition } => AppCommand::RestartWith(definition),
         Command::Reload { definition } => AppCommand::Reload { def: definition },
+        Command::Reset => AppCommand::Reset,
         Command::Delete => AppCommand::Delete,
         Command::Flush => AppCommand::Flush,
         Command::Scale { to } => AppCommand::Scale(to),
-        Command::Send { worker, message } => AppCommand::Send { worker, message },
-        Command::Signal { signal } => AppCommand::Signal(parse_signal(&signal)?),
+        Command::Send { slot, message } => AppCommand::Send { slot, message },
+        Command::Signal { signal } => AppCommand::Signal(signal),
         Command::ReopenLogs => AppCommand::ReopenLogs,
-    })
-}
-
-/// `SIGUSR2`, `USR2`, `usr2` or `12`.
-pub fn parse_signal(text: &str) -> Result<Signal, String> {
-    let text = text.trim();
-    if let Ok(n) = text.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| format!("{n} is not a signal number"));
     }
-    let upper = text.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    name.parse::<Signal>()
-        .map_err(|_| format!("{text:?} is not a signal: give a name such as SIGUSR2 or a number"))
 }
 
 /// Milliseconds since the Unix epoch.
@@ -222,15 +204,6 @@ pub fn unix_ms(at: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signals_by_name_or_number() {
-        assert_eq!(parse_signal("SIGUSR2"), Ok(Signal::SIGUSR2));
-        assert_eq!(parse_signal("usr2"), Ok(Signal::SIGUSR2));
-        assert_eq!(parse_signal("9"), Ok(Signal::SIGKILL));
-        assert!(parse_signal("SIGNOPE").unwrap_err().contains("SIGNOPE"));
-        assert!(parse_signal("999").is_err());
-    }
 
     #[test]
     fn only_the_same_user_or_root() {

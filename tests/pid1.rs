@@ -238,6 +238,12 @@ fn orphaning_worker(dir: &Path) -> PathBuf {
     path
 }
 
+/// Whether host process `pid` is an app supervisor (`herd supervise`).
+fn is_supervisor(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == b"supervise"))
+}
+
 /// PID 1 adopts the worker's orphans (proof that they really are orphans of
 /// the namespace), then reaps every one of them: once they have exited, the
 /// namespace holds no zombie and PID 1's only child is herd.
@@ -255,9 +261,15 @@ fn assert_orphans_reaped(ns: &Ns) {
         ns.output()
     );
     let herd = ns.herd_pid();
+    // PID 1's children: herd, and the apps' supervisors (detached from the
+    // daemon, so PID 1 is their parent).
+    let only_herd = |pid: i32| pid == herd || is_supervisor(pid);
     let clean = wait_until(Duration::from_secs(20), || {
         let all = tree(init);
-        !all.iter().any(|(_, state, _)| *state == 'Z') && children(init) == vec![herd]
+        let kids = children(init);
+        !all.iter().any(|(_, state, _)| *state == 'Z')
+            && kids.contains(&herd)
+            && kids.into_iter().all(only_herd)
     });
     assert!(
         clean,

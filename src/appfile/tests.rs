@@ -1,4 +1,3 @@
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use herd_engine::config::{Balance, Instances};
@@ -12,22 +11,10 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// Node is needed for pm2's JS files: a test without it is skipped, except
-/// under CI, where it fails.
+/// Node is needed for pm2's JS files: a test without it is skipped (the
+/// testkit's one prerequisite check), except under CI, where it fails.
 pub(super) fn node_available() -> bool {
-    let ok = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "node is needed for this test (CI=true): install Node.js"
-        );
-        eprintln!("skipped: node is not installed");
-    }
-    ok
+    herd_testkit::need(herd_testkit::Need::Node).is_some()
 }
 
 fn env_of(app: &FileApp) -> Vec<(&str, &str)> {

@@ -1,62 +1,57 @@
-//! Finding the binaries the tests run — `herd` and the fixture server
-//! `herd-test-worker`, both of the root package — as they are built from the
-//! sources now.
+//! The binaries the tests run — `herd`, the fixture server
+//! `herd-test-worker` (crates/test-worker) and the workspace's examples — as
+//! they are built from the sources now.
 //!
-//! Cargo hands a package's integration tests the paths of that package's own
-//! binaries (`CARGO_BIN_EXE_<name>`, at compile time and, since Cargo 1.9x,
-//! at run time too) after building them: the root package's tests use those.
-//! Any other test (herd-cluster's, this crate's) runs `cargo build -p herd`
-//! once per test process into its own target directory and profile; when
-//! that build fails, every test asking for a binary fails with the build's
-//! error. There is no fallback to whatever binary an earlier build left.
+//! The first test of a process that asks for one runs one
+//! `cargo build --workspace --all-features --bins --examples` into the
+//! running test's own target directory and profile. Cargo hands a package's
+//! tests only that package's own binaries, and the fixture is not part of
+//! the `herd` package (so `cargo install herd` does not ship it): the kit
+//! builds them itself. It asks for exactly the crates and features that
+//! `cargo test --workspace --all-features` (the README's and CI's test
+//! command) resolves — examples switch the dev-dependencies' features on,
+//! as tests do — so after that command this build only links the two
+//! binaries, instead of compiling herd and its dependencies a second time
+//! with other features. When the build fails, every test asking for a binary
+//! fails with the build's error. There is no fallback to whatever binary an
+//! earlier build left.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-const HERD: &str = "herd";
-const WORKER: &str = "herd-test-worker";
-
-struct Bins {
-    herd: String,
-    worker: String,
-}
+/// The one build of the binaries and examples under test (see the module docs).
+const WORKSPACE_BUILD: &[&str] = &["--workspace", "--all-features", "--bins", "--examples"];
 
 /// The `herd` binary. `HERD_BIN` overrides it (e.g. a release build to
 /// test); otherwise see the module docs. Panics with the build's error when
 /// it cannot be built.
 pub fn herd_bin() -> &'static str {
-    static OVERRIDE: OnceLock<Option<String>> = OnceLock::new();
-    OVERRIDE
-        .get_or_init(|| std::env::var("HERD_BIN").ok().filter(|v| !v.is_empty()))
-        .as_deref()
-        .unwrap_or_else(|| bins().herd.as_str())
+    static HERD: OnceLock<String> = OnceLock::new();
+    HERD.get_or_init(|| match std::env::var("HERD_BIN") {
+        Ok(bin) if !bin.is_empty() => bin,
+        _ => cargo_built("herd", WORKSPACE_BUILD)
+            .to_string_lossy()
+            .into_owned(),
+    })
 }
 
-/// The fixture server `herd-test-worker` (`tests/bin/fixture/`): its plain
-/// mode by default, `herd-test-worker cluster ...` for herd-cluster's.
+/// The fixture server `herd-test-worker` (crates/test-worker): its plain
+/// mode by default, `herd-test-worker cluster ...` (see
+/// [`crate::fixture_args`]) for its herd-cluster mode.
 pub fn worker_bin() -> &'static str {
-    &bins().worker
+    static WORKER: OnceLock<String> = OnceLock::new();
+    WORKER.get_or_init(|| {
+        cargo_built("herd-test-worker", WORKSPACE_BUILD)
+            .to_string_lossy()
+            .into_owned()
+    })
 }
 
-fn bins() -> &'static Bins {
-    static BINS: OnceLock<Result<Bins, String>> = OnceLock::new();
-    let found = BINS.get_or_init(|| {
-        let from_cargo = |name: &str| std::env::var(format!("CARGO_BIN_EXE_{name}")).ok();
-        if let (Some(herd), Some(worker)) = (from_cargo(HERD), from_cargo(WORKER)) {
-            return Ok(Bins { herd, worker });
-        }
-        let dir = cargo_build(&["-p", "herd", "--bin", HERD, "--bin", WORKER])?;
-        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-        Ok(Bins {
-            herd: path(HERD),
-            worker: path(WORKER),
-        })
-    });
-    match found {
-        Ok(b) => b,
-        Err(e) => panic!("{e}"),
-    }
+/// The workspace's example `name` (e.g. herd-cluster's `axum`), built with
+/// every feature its crate has.
+pub fn example_bin(name: &str) -> PathBuf {
+    cargo_built(&format!("examples/{name}"), WORKSPACE_BUILD)
 }
 
 /// `path` (relative to `<target>/<profile>/`, e.g. `examples/axum`), built

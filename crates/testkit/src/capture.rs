@@ -90,6 +90,20 @@ impl Capture {
         timeout: Duration,
         eligible: impl Fn(&str) -> bool,
     ) -> Option<(usize, Vec<String>)> {
+        self.wait_for(which, from, timeout, |l| {
+            eligible(l).then(|| match_pat(pattern, l)).flatten()
+        })
+    }
+
+    /// Wait for a line at or after line `from` that `matches` (its captures):
+    /// (index, captures). `None` at the deadline or when the stream ends.
+    pub fn wait_for(
+        &self,
+        which: Stream,
+        from: usize,
+        timeout: Duration,
+        matches: impl Fn(&str) -> Option<Vec<String>>,
+    ) -> Option<(usize, Vec<String>)> {
         let deadline = Instant::now() + timeout;
         let (m, cv) = &*self.out;
         let mut o = m.lock().unwrap();
@@ -97,11 +111,8 @@ impl Capture {
         loop {
             let lines = o.of(which);
             while next < lines.len() {
-                let l = &lines[next];
-                if eligible(l) {
-                    if let Some(c) = match_pat(pattern, l) {
-                        return Some((next, c));
-                    }
+                if let Some(c) = matches(&lines[next]) {
+                    return Some((next, c));
                 }
                 next += 1;
             }

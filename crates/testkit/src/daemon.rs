@@ -1,5 +1,5 @@
 //! A herd daemon per test, in its own temporary `HERD_HOME`, driven through
-//! the `herd` CLI (tests/daemon.rs, tests/metrics.rs). Whatever it started is
+//! the `herd` CLI (tests/it/{daemon,metrics,monit}.rs). Whatever it started is
 //! stopped when the value is dropped, pass or fail: `herd kill`, then SIGKILL
 //! (its workers die with it: they have PDEATHSIG).
 
@@ -272,7 +272,7 @@ pub fn end_supervisors(home: &Path) {
                 continue;
             };
             // A leader alive with another start time: the pid was reused.
-            if crate::start_time(pgid as i32).is_some_and(|now| now != start) {
+            if crate::procs::start_time(pgid as i32).is_some_and(|now| now != start) {
                 continue;
             }
             let _ = nix::sys::signal::killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);

@@ -2,12 +2,10 @@
 //! lost on the way, and `--kill-timeout` counts from the stop signal.
 //!
 //! The flood tests read herd's peak RSS (`VmHWM` in /proc) and print it
-//! (`peak RSS ...` on the test's stderr; `cargo test --test bounds --
-//! --nocapture` shows the figures). Some start herd with pipes that nobody
+//! (`peak RSS ...` on the test's stderr; `cargo test --test it bounds::
+//! -- --nocapture` shows the figures). Some start herd with pipes that nobody
 //! reads for a while, as a stalled terminal would be, then read everything
 //! and check that every line arrived whole and in order.
-
-mod support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -16,7 +14,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::*;
+use herd_testkit::*;
 
 const START: Duration = Duration::from_secs(20);
 const T: Duration = Duration::from_secs(10);
@@ -386,7 +384,7 @@ fn kill_timeout_counts_from_the_signal_for_a_round_robin_worker() {
         &["--no-listen", "--stop-delay", "400"],
     ));
     let online = h.wait_online(0, 1, START);
-    h.wait_serving(&online, T);
+    h.wait_serving(online.values().copied(), T);
     h.wait_stderr(pat::READY, T);
     let mark = h.mark(Stream::Stderr);
     h.signal(Signal::SIGTERM);
@@ -434,7 +432,7 @@ fn workers_spawned_during_reloads_serve_and_die_with_a_sigkilled_herd() {
         h.wait_stderr_after(mark, pat::RELOAD_FINISHED, T);
     }
     let online = h.online_pids();
-    h.wait_serving(&online, T);
+    h.wait_serving(online.values().copied(), T);
     let answered = pids_answering(&addr, &online.values().copied().collect(), 200);
     assert_eq!(answered.len(), 2, "both reloaded workers serve");
     h.signal(Signal::SIGKILL);
@@ -462,21 +460,6 @@ fn open_fds(pid: i32) -> Vec<String> {
         .unwrap_or_default();
     fds.sort();
     fds
-}
-
-fn zombie_children(ppid: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&p| {
-            let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-                return false;
-            };
-            let Some(i) = s.rfind(')') else { return false };
-            let mut it = s[i + 2..].split_whitespace();
-            it.next() == Some("Z") && it.next().and_then(|x| x.parse().ok()) == Some(ppid)
-        })
-        .collect()
 }
 
 /// Spawns that fail after the fork (the program vanished: the exec fails)
@@ -508,7 +491,7 @@ fn failed_spawns_leak_no_fd_and_no_zombie() {
     .collect();
     let mut h = Herd::start(&args);
     let online = h.wait_online(0, 2, START);
-    h.wait_serving(&online, T);
+    h.wait_serving(online.values().copied(), T);
     let before = open_fds(h.pid());
     std::fs::remove_file(&program).unwrap();
     let mark = h.mark(Stream::Stderr);

@@ -8,120 +8,13 @@
 //! ended when the test ends, pass or fail. Needs `tmux` (under CI a missing
 //! tmux fails the test; `.ci/run` installs it).
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use herd_testkit::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::Value;
-use support::*;
-
-/// A daemon in its own home, driven through the `herd` CLI; `herd kill`,
-/// then SIGKILL, when dropped.
-struct Daemon {
-    home: TempDir,
-}
-
-impl Daemon {
-    fn new() -> Daemon {
-        Daemon {
-            home: TempDir::new("monit"),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.home.path()
-    }
-
-    fn herd(&self, args: &[&str]) -> Output {
-        Command::new(herd_bin())
-            .args(args)
-            .env("HERD_HOME", self.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run herd")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.herd(args);
-        assert!(
-            out.status.success(),
-            "herd {args:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn app(&self, name: &str) -> Value {
-        let list: Value =
-            serde_json::from_str(&self.ok(&["list", "--json"])).expect("list --json is JSON");
-        list.as_array()
-            .expect("an array")
-            .iter()
-            .find(|a| a["name"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("no app {name} in the list"))
-    }
-
-    /// The pids of `name`'s online workers once all `n` are online.
-    fn wait_online(&self, name: &str, n: usize) -> Vec<i64> {
-        let mut last = Value::Null;
-        let ok = wait_until(Duration::from_secs(20), || {
-            last = self.app(name);
-            last["status"] == "online" && last["online"] == n
-        });
-        assert!(ok, "{name} never had {n} workers online: {last:#}");
-        online_pids(&last)
-    }
-
-    fn daemon_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.path().join("herd.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let pid = self.daemon_pid();
-        if let Ok(mut child) = Command::new(herd_bin())
-            .arg("kill")
-            .env("HERD_HOME", self.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            let done = wait_until(Duration::from_secs(15), || {
-                matches!(child.try_wait(), Ok(Some(_)))
-            });
-            if !done {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        if let Some(pid) = pid.filter(|&p| process_alive(p)) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
-}
-
-fn online_pids(app: &Value) -> Vec<i64> {
-    app["workers"]
-        .as_array()
-        .expect("workers")
-        .iter()
-        .filter(|w| w["status"] == "online")
-        .filter_map(|w| w["pid"].as_i64())
-        .collect()
-}
 
 /// A tmux server of our own (`-L`, no user config) with one 120×40 pane
 /// running `sh`; killed, with everything in it, when dropped.
@@ -134,10 +27,7 @@ struct Tmux {
 impl Tmux {
     /// `None` (after skipping, or panicking under CI) when tmux is missing.
     fn start(home: &Path) -> Option<Tmux> {
-        if Command::new("tmux").arg("-V").output().is_err() {
-            skip_or_fail("`tmux` is not installed: apt-get install -y tmux (the monit tests drive a real terminal)");
-            return None;
-        }
+        need(Need::Program("tmux"))?;
         let mut t = Tmux {
             socket_path: None,
             socket: format!(
@@ -228,7 +118,7 @@ fn launch_monit(tmux: &Tmux, pid_file: &Path) {
 }
 
 /// A row of the workers table: the pid, whole, and the worker's status.
-fn shows_worker(screen: &str, pid: i64) -> bool {
+fn shows_worker(screen: &str, pid: i32) -> bool {
     let pid = pid.to_string();
     screen.lines().any(|l| {
         l.contains("online")
@@ -271,7 +161,7 @@ fn cpu_percent(pid: i32, span: Duration) -> f64 {
 
 #[test]
 fn monit_shows_workers_reloads_on_r_y_and_quits_on_q() {
-    let d = Daemon::new();
+    let d = Daemon::unstarted();
     d.ok(&[
         "start",
         "--name",
@@ -310,7 +200,7 @@ fn monit_shows_workers_reloads_on_r_y_and_quits_on_q() {
     let mut new = Vec::new();
     let reloaded = wait_until(Duration::from_secs(30), || {
         let app = d.app("monit-web");
-        new = online_pids(&app);
+        new = worker_pids(&app);
         app["status"] == "online" && new.len() == 2 && new.iter().all(|p| !pids.contains(p))
     });
     assert!(reloaded, "no reload: workers {pids:?} became {new:?}");
@@ -369,7 +259,7 @@ fn monit_shows_workers_reloads_on_r_y_and_quits_on_q() {
 
 #[test]
 fn monit_starts_the_daemon_shows_no_apps_survives_its_end_and_quits_on_ctrl_c_or_sigterm() {
-    let d = Daemon::new();
+    let d = Daemon::unstarted();
     assert!(d.daemon_pid().is_none());
     let Some(tmux) = Tmux::start(d.path()) else {
         return;
@@ -418,7 +308,7 @@ fn monit_starts_the_daemon_shows_no_apps_survives_its_end_and_quits_on_ctrl_c_or
 
 #[test]
 fn monit_without_a_terminal_says_so_and_starts_nothing() {
-    let d = Daemon::new();
+    let d = Daemon::unstarted();
     let out = d.herd(&["monit"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -431,7 +321,7 @@ fn monit_without_a_terminal_says_so_and_starts_nothing() {
 
 #[test]
 fn monit_follows_a_log_flood_in_little_memory() {
-    let d = Daemon::new();
+    let d = Daemon::unstarted();
     d.ok(&[
         "start",
         "--name",

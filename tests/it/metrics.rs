@@ -4,8 +4,6 @@
 //! Python package's OpenMetrics parser, the status page rendered by headless
 //! Chromium. Under CI a missing python package or Chromium fails the test.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
@@ -13,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use herd_testkit::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-use support::*;
 
 /// GET on the daemon's HTTP listener: (status, body).
 fn get(d: &Daemon, path: &str) -> (u16, String) {
@@ -87,16 +85,7 @@ for family in text_string_to_metric_families(sys.stdin.read()):
         out.append([s.name, s.labels, s.value])
 print(json.dumps(out))
 "#;
-    let check = Command::new("python3")
-        .args(["-c", "import prometheus_client"])
-        .output();
-    if !check.is_ok_and(|o| o.status.success()) {
-        skip_or_fail(
-            "python3 with the prometheus_client package is needed: \
-             python3 -m pip install prometheus-client",
-        );
-        return None;
-    }
+    need(Need::PythonModule("prometheus_client"))?;
     let mut child = Command::new("python3")
         .args(["-c", SCRIPT])
         .stdin(Stdio::piped())
@@ -311,10 +300,7 @@ fn readyz_flips_while_a_slot_is_errored() {
 
 #[test]
 fn round_robin_hand_overs_are_counted_per_worker() {
-    if node_version().is_none() {
-        skip_or_fail("node is needed for the round-robin metrics test");
-        return;
-    }
+    need!(Need::Node);
     let d = Daemon::with_metrics(false);
     let port = free_port().to_string();
     let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node/hello.js");
@@ -371,19 +357,6 @@ fn round_robin_hand_overs_are_counted_per_worker() {
     }
 }
 
-/// Debian's `chromium`, or another Chromium on the PATH.
-fn chromium() -> Option<PathBuf> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .find_map(|name| {
-            std::env::var_os("PATH")?
-                .to_str()?
-                .split(':')
-                .map(|dir| Path::new(dir).join(name))
-                .find(|p| p.is_file())
-        })
-}
-
 fn run_chromium(bin: &Path, profile: &Path, args: &[&str]) -> Output {
     let mut child = Command::new(bin)
         .args([
@@ -418,8 +391,7 @@ fn run_chromium(bin: &Path, profile: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn the_status_page_in_headless_chromium() {
-    let Some(bin) = chromium() else {
-        skip_or_fail("Chromium is needed for the status page test: apt-get install chromium");
+    let Some(bin) = need(Need::Chromium).map(PathBuf::from) else {
         return;
     };
     let d = Daemon::with_metrics(false);

@@ -2,22 +2,20 @@
 //! with `--primary N`, `Primary::start()` with `--events N`), re-executing
 //! itself as the workers.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use herd_testkit::*;
 
 const T: Duration = Duration::from_secs(10);
 
 /// `fixture --primary N --addr ADDR EXTRA`, with both workers serving.
-fn cluster(addr: &str, n: usize, extra: &[&str]) -> (Proc, BTreeMap<usize, i32>) {
+fn cluster(addr: &str, n: usize, extra: &[&str]) -> (Herd, BTreeMap<usize, i32>) {
     let n_text = n.to_string();
     let mut args = fixture_args(&["--primary", &n_text, "--addr", addr]);
     args.extend_from_slice(extra);
-    let p = Proc::start("primary", fixture_bin(), &args, &[]);
+    let p = Herd::spawn("primary", worker_bin(), &args, &[]);
     let online = p.wait_online(0, n, T);
     p.wait_serving(online.values().copied(), T);
     p.wait_ready(&online, T);
@@ -93,7 +91,7 @@ fn embedded_primary_starts_workers_restarts_a_killed_one_and_stops_on_sigterm() 
         "workers left: {:?}",
         p.live_workers()
     );
-    assert!(http_get(&addr, "/", Duration::from_secs(1)).is_err());
+    assert!(http_request(&addr, "/", Duration::from_secs(1)).is_err());
 }
 
 /// SIGHUP: a rolling reload under a light fresh-connection load loses no
@@ -178,9 +176,9 @@ fn embedded_primary_reloads_on_sighup_without_failed_requests_round_robin_wait_r
 fn embedded_primary_start_messages_both_ways() {
     let _s = serial();
     let addr = free_addr();
-    let mut p = Proc::start(
+    let mut p = Herd::spawn(
         "primary",
-        fixture_bin(),
+        worker_bin(),
         &fixture_args(&["--events", "2", "--addr", &addr]),
         &[],
     );
@@ -287,9 +285,9 @@ fn round_robin_spreads_fresh_connections_evenly() {
     let (_p, online) = cluster(&addr, 2, &["--balance", "round-robin"]);
     let mut counts: BTreeMap<i32, usize> = BTreeMap::new();
     for _ in 0..200 {
-        let r = http_get(&addr, "/", T).expect("answer");
+        let r = http_request(&addr, "/", T).expect("answer");
         assert_eq!(r.status, 200);
-        *counts.entry(r.pid()).or_default() += 1;
+        *counts.entry(r.pid().expect("pid")).or_default() += 1;
     }
     eprintln!("  counts: {counts:?}");
     assert_eq!(
@@ -319,7 +317,7 @@ fn round_robin_skips_a_blocked_worker() {
     let block = {
         let addr = addr.clone();
         thread::spawn(move || {
-            http_get(
+            http_request(
                 &addr,
                 &format!("/block?ms={BLOCK_MS}"),
                 Duration::from_secs(20),
@@ -337,7 +335,7 @@ fn round_robin_skips_a_blocked_worker() {
             let addr = addr.clone();
             thread::sleep(Duration::from_millis(if i == 0 { 0 } else { 50 }));
             let sent = started.elapsed();
-            thread::spawn(move || (sent, http_get(&addr, "/", Duration::from_secs(20))))
+            thread::spawn(move || (sent, http_request(&addr, "/", Duration::from_secs(20))))
         })
         .collect();
     let results: Vec<_> = fast.into_iter().map(|h| h.join().unwrap()).collect();
@@ -362,14 +360,14 @@ fn round_robin_skips_a_blocked_worker() {
             *sent < Duration::from_millis(BLOCK_MS - 800),
             "the test was too slow to send within the block ({sent:?})"
         );
-        if r.pid() == other {
+        if r.pid() == Some(other) {
             assert!(
                 r.elapsed < Duration::from_millis(500),
                 "the free worker answered slowly ({:?})",
                 r.elapsed
             );
         } else {
-            assert_eq!(r.pid(), blocked);
+            assert_eq!(r.pid(), Some(blocked));
             stragglers += 1;
         }
     }

@@ -9,15 +9,13 @@
 //! usage mistake that changed nothing). Real daemons in temporary homes, real
 //! Node apps, real sockets; everything started is stopped when a test ends.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use herd_testkit::*;
 use serde_json::Value;
-use support::*;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

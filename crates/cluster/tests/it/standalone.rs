@@ -2,19 +2,17 @@
 //! address itself, answers HTTP, and its `Worker::shutdown()` resolves on
 //! SIGTERM/SIGINT after which in-flight requests still finish.
 
-mod common;
-
 use std::thread;
 use std::time::Duration;
 
-use common::*;
+use herd_testkit::*;
 
 const T: Duration = Duration::from_secs(10);
 
-fn standalone(addr: &str) -> Proc {
-    let p = Proc::start(
+fn standalone(addr: &str) -> Herd {
+    let p = Herd::spawn(
         "fixture",
-        fixture_bin(),
+        worker_bin(),
         &fixture_args(&["--addr", addr]),
         &[],
     );
@@ -36,7 +34,7 @@ fn standalone_binds_its_fallback_address_and_answers_http() {
     );
     assert!(line.contains(&format!("addr={addr}")), "{line}");
 
-    let r = wait_http_ok(&addr, "/", T);
+    let r = wait_http(&addr, "/", T);
     let body = r.json();
     assert_eq!(body["pid"], p.pid());
     assert!(
@@ -44,7 +42,7 @@ fn standalone_binds_its_fallback_address_and_answers_http() {
         "Worker::id() is None standalone: {body}"
     );
     assert_eq!(body["source"], "Bound");
-    assert_eq!(http_get(&addr, "/nope", T).unwrap().status, 404);
+    assert_eq!(http_request(&addr, "/nope", T).unwrap().status, 404);
 
     // No primary: the message loop ends at once, and sending does nothing.
     p.expect_line(Stream::Stdout, 0, "channel closed", T);
@@ -56,9 +54,9 @@ fn standalone_fallback_in_use_is_a_clear_error() {
     let _s = serial();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let mut p = Proc::start(
+    let mut p = Herd::spawn(
         "fixture",
-        fixture_bin(),
+        worker_bin(),
         &fixture_args(&["--addr", &addr]),
         &[],
     );
@@ -81,7 +79,7 @@ fn standalone_signals_resolve_shutdown_and_in_flight_requests_finish() {
         let mut p = standalone(&addr);
         let slow = {
             let addr = addr.clone();
-            thread::spawn(move || http_get(&addr, "/slow?ms=700", Duration::from_secs(10)))
+            thread::spawn(move || http_request(&addr, "/slow?ms=700", Duration::from_secs(10)))
         };
         p.expect_line(Stream::Stdout, 0, "slow request started", T);
         p.signal(sig);
@@ -96,7 +94,7 @@ fn standalone_signals_resolve_shutdown_and_in_flight_requests_finish() {
         assert_eq!(status.code(), Some(0), "{sig}: {}", p.output());
         p.expect_line(Stream::Stdout, 0, "fixture exiting", T);
         // It stopped accepting: nothing listens there any more.
-        assert!(http_get(&addr, "/", Duration::from_secs(1)).is_err());
+        assert!(http_request(&addr, "/", Duration::from_secs(1)).is_err());
     }
 }
 

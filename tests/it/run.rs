@@ -2,18 +2,16 @@
 //! `herd-test-worker` fixture over real sockets and signals.
 //!
 //! Every wait is a poll with a deadline; every test cleans up its processes
-//! (see `support::Herd`'s Drop) even when it fails.
-
-mod support;
+//! (see `herd_testkit::Herd`'s Drop) even when it fails.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use herd_testkit::*;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
-use support::*;
 
 /// Generous bounds: debug builds on a shared 2-CPU machine.
 const START: Duration = Duration::from_secs(10);
@@ -230,7 +228,7 @@ fn graceful_stop_sends_kill_signal_to_workers() {
         }
         let mut h = Herd::start(&run_args(&opts, &[]));
         let online = h.wait_online(0, 1, START);
-        h.wait_serving(&online, T);
+        h.wait_serving(online.values().copied(), T);
         h.signal(Signal::SIGTERM);
         assert_eq!(h.wait_exit(T).code(), Some(0));
         let want = format!("stopping on signal {signo}");
@@ -373,17 +371,20 @@ fn reload_aborts_when_replacement_exits() {
             "2",
             "--listen",
             ANY,
+            // Long enough for a replacement to find the file missing and exit
+            // before it counts as ready, even on a loaded machine (at 300 ms
+            // one was taken as ready first under load 8).
             "--ready-delay",
-            "300ms",
+            "1500ms",
             "--listen-timeout",
-            "3s",
+            "4s",
         ],
         &["--require-file", flag.to_str().unwrap()],
     ));
     let addr = h.listen_addr();
     let old = h.wait_online(0, 2, START);
     // Both have checked for the file (online only means exec succeeded).
-    h.wait_serving(&old, T);
+    h.wait_serving(old.values().copied(), T);
     std::fs::remove_file(&flag).unwrap();
     let load = Load::start(&addr, "/", 2, Duration::from_millis(5));
     let mark = h.mark(Stream::Stderr);
@@ -608,10 +609,7 @@ fn unix_listener_serves() {
 
 #[test]
 fn ipv6_loopback_listener_serves() {
-    if !ipv6_available() {
-        eprintln!("note: skipping: no IPv6 loopback here");
-        return;
-    }
+    need!(Need::Ipv6);
     let h = Herd::start(&run_args(&["-i", "1", "--listen", "[::1]:0"], &[]));
     let addr = h.listen_addr();
     assert!(addr.starts_with("[::1]:"), "{addr}");
@@ -694,7 +692,7 @@ fn instances_max_starts_one_worker_per_usable_cpu() {
 fn app_without_listeners_runs_and_stops() {
     let mut h = Herd::start(&run_args(&["-i", "2"], &["--no-listen"]));
     let online = h.wait_online(0, 2, START);
-    h.wait_serving(&online, T);
+    h.wait_serving(online.values().copied(), T);
     h.signal(Signal::SIGTERM);
     assert_eq!(h.wait_exit(T).code(), Some(0));
     assert_groups_gone(&h, &set(online.values().copied()), Duration::from_secs(1));
@@ -1140,12 +1138,12 @@ fn sigterm_during_a_reload_stops_everything() {
         &[],
     ));
     let online = h.wait_online(0, 2, START);
-    h.wait_serving(&online, T);
+    h.wait_serving(online.values().copied(), T);
     let mark = h.mark(Stream::Stderr);
     h.signal(Signal::SIGHUP);
     // The replacement for slot 0 is starting (not ready for 2 s).
     let repl = h.wait_online_slot(mark, 0, T);
-    h.wait_serving(&[(0, repl)].into_iter().collect(), T);
+    h.wait_serving([repl], T);
     h.signal(Signal::SIGTERM);
     let st = h.wait_exit(Duration::from_secs(10));
     assert_eq!(st.code(), Some(0), "{st}");
@@ -1161,21 +1159,6 @@ fn open_fds(pid: i32) -> BTreeSet<i32> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn zombie_children(ppid: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&p| {
-            let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-                return false;
-            };
-            let Some(i) = s.rfind(')') else { return false };
-            let mut it = s[i + 2..].split_whitespace();
-            it.next() == Some("Z") && it.next().and_then(|x| x.parse().ok()) == Some(ppid)
-        })
-        .collect()
 }
 
 #[test]
@@ -1196,7 +1179,7 @@ fn many_restarts_leak_no_fd_and_no_zombie() {
     ));
     let addr = h.listen_addr();
     let mut online = h.wait_online(0, 2, START);
-    h.wait_serving(&online, T);
+    h.wait_serving(online.values().copied(), T);
     wait_http_ok(&addr, T);
     let before = open_fds(h.pid());
     for round in 0..12 {
@@ -1207,7 +1190,7 @@ fn many_restarts_leak_no_fd_and_no_zombie() {
         kill9(online[&slot]);
         let new = h.wait_online_slot(mark, slot, T);
         online.insert(slot, new);
-        h.wait_serving(&online, T);
+        h.wait_serving(online.values().copied(), T);
     }
     wait_http_ok(&addr, T);
     let settled = wait_until(T, || open_fds(h.pid()).len() <= before.len());
@@ -1228,7 +1211,7 @@ fn worker_inherits_only_its_own_fds() {
     let h = Herd::start(&run_args(&["-i", "2", "--listen", ANY], &[]));
     let addr = h.listen_addr();
     let online = h.wait_online(0, 2, START);
-    h.wait_serving(&online, T);
+    h.wait_serving(online.values().copied(), T);
     // Ask one worker for its channel fd; inspect the other (idle) worker's fds.
     let r = http_request(&addr, "/env", REQ).unwrap();
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
@@ -1377,7 +1360,7 @@ fn reload_kills_an_old_worker_that_ignores_the_stop_signal() {
 fn workers_do_not_outlive_a_sigkilled_herd() {
     let mut h = Herd::start(&run_args(&["-i", "2", "--listen", ANY], &[]));
     let online = h.wait_online(0, 2, START);
-    h.wait_serving(&online, T);
+    h.wait_serving(online.values().copied(), T);
     h.signal(Signal::SIGKILL);
     h.wait_exit(T);
     let pids = set(online.values().copied());

@@ -9,8 +9,6 @@
 //! or unprivileged user namespaces): skipped with a note otherwise, failed
 //! under CI.
 
-mod support;
-
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
@@ -18,42 +16,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use herd_testkit::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::*;
 
 /// Can this machine run `unshare --pid --fork --mount-proc`? If not: skip
 /// (with a note) or, under CI, fail.
-fn unshare_works() -> bool {
-    let out = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .stdin(Stdio::null())
-        .output();
-    match out {
-        Ok(o) if o.status.success() => true,
-        Ok(o) => {
-            skip_or_fail(&format!(
-                "`unshare --pid --fork --mount-proc true` failed ({}): {}; the PID-1 tests need root \
-                 (or unprivileged user namespaces)",
-                o.status,
-                String::from_utf8_lossy(&o.stderr).trim()
-            ));
-            false
-        }
-        Err(e) => {
-            skip_or_fail(&format!(
-                "cannot run `unshare` ({e}); install util-linux to run the PID-1 tests"
-            ));
-            false
-        }
-    }
-}
-
 macro_rules! need_unshare {
     () => {
-        if !unshare_works() {
-            return;
-        }
+        need!(Need::PidNamespace);
     };
 }
 
@@ -384,10 +355,7 @@ fn herd_run_as_pid_1_reaps_orphans_forwards_signals_and_exits_0() {
 #[test]
 fn herd_run_as_pid_1_on_a_terminal_stops_gracefully_on_ctrl_c() {
     need_unshare!();
-    if Command::new("script").arg("--version").output().is_err() {
-        skip_or_fail("cannot run `script` (util-linux) for a pseudo-terminal");
-        return;
-    }
+    need!(Need::Program("script"));
     let _serial = serial();
     let dir = TempDir::new("pid1-tty");
     let line = format!(

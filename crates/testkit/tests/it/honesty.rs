@@ -1,6 +1,8 @@
 //! The kit's honesty guarantees, shown: a Node-needing test with `node` off
-//! PATH is skipped with a note outside CI and fails under `CI=true`; a
-//! binary whose build fails fails the test with the build's error.
+//! PATH is skipped with a note that `cargo test` shows outside CI (a line at
+//! once and a summary at the end, though libtest hides a passing test's
+//! output) and fails under `CI=true`; a binary whose build fails fails the
+//! test with the build's error.
 //!
 //! The Node cases run this test binary again (only [`probe_needs_node`],
 //! with PATH pointing nowhere and `CI` set or not) and look at the outcome.
@@ -20,11 +22,12 @@ fn probe_needs_node() {
     println!("PROBE RAN: node was found");
 }
 
-/// Run [`probe_needs_node`] with no `node` reachable: (passed, its output).
+/// Run [`probe_needs_node`] with no `node` reachable, its output captured
+/// by libtest as in a plain `cargo test`: (passed, its output).
 fn run_probe(ci: Option<&str>) -> (bool, String) {
     let exe = std::env::current_exe().expect("the test binary");
     let mut cmd = Command::new(exe);
-    cmd.args(["--exact", "probe_needs_node", "--nocapture"])
+    cmd.args(["--exact", "honesty::probe_needs_node"])
         .env(PROBE, "1")
         .env("PATH", "/nonexistent/herd-testkit-no-node")
         .env_remove("CI");
@@ -61,8 +64,15 @@ fn outside_ci_a_test_that_needs_a_missing_node_is_skipped_with_a_note() {
         let (passed, out) = run_probe(ci);
         assert!(passed, "CI={ci:?}: the probe failed:\n{out}");
         assert!(
-            out.contains("SKIPPED: `node` is not on PATH"),
-            "CI={ci:?}: the skip says so on stderr:\n{out}"
+            out.contains("SKIPPED honesty::probe_needs_node: `node` is not on PATH"),
+            "CI={ci:?}: the skip says so, visibly, naming the test:\n{out}"
+        );
+        let summary = out
+            .find("SKIPPED: 1 test(s) of this binary passed without running")
+            .unwrap_or_else(|| panic!("CI={ci:?}: no summary of the skips:\n{out}"));
+        assert!(
+            out.find("test result: ok").is_some_and(|r| r < summary),
+            "CI={ci:?}: the summary follows libtest's result line:\n{out}"
         );
         assert!(!out.contains("PROBE RAN"), "{out}");
     }

@@ -5,8 +5,6 @@
 //! the supervisor by its pid, the app's processes by the cgroup or process
 //! groups the supervisor recorded (`apps/<id>.groups`).
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
@@ -23,9 +21,9 @@ use herd_protocol::{AppDef, AppState, WorkerRole, WorkerState};
 use herd_supervisor::client::{Client, ClientError, Follower};
 use herd_supervisor::contain::{self, Record};
 use herd_supervisor::files::AppFiles;
+use herd_testkit::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::*;
 
 const ID: u32 = 1;
 const WAIT: Duration = Duration::from_secs(20);

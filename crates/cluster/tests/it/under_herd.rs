@@ -5,25 +5,23 @@
 //! These need the root package's `herd` binary, built (once per test
 //! process) by [`herd_bin`]: a failed build fails them with its error.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use herd_testkit::*;
 
 const T: Duration = Duration::from_secs(10);
 
 /// `herd run OPTS -- fixture cluster FIXTURE_ARGS`.
-fn herd_run(opts: &[&str], worker_args: &[&str]) -> Proc {
+fn herd_run(opts: &[&str], worker_args: &[&str]) -> Herd {
     let mut args: Vec<&str> = vec!["run"];
     args.extend_from_slice(opts);
     args.push("--");
-    args.push(fixture_bin());
+    args.push(worker_bin());
     args.extend(fixture_args(worker_args));
-    Proc::start("herd", herd_bin(), &args, &[])
+    Herd::spawn("herd", herd_bin(), &args, &[])
 }
 
 /// An address the test holds bound: a fixture that fell back to binding it
@@ -62,8 +60,8 @@ fn under_herd_the_worker_inherits_the_listener_and_knows_its_id() {
     assert_eq!(seen, want, "both workers answer on herd's port");
     for pid in &want {
         let r = loop {
-            let r = http_get(&addr, "/", T).unwrap();
-            if r.pid() == *pid {
+            let r = http_request(&addr, "/", T).unwrap();
+            if r.pid() == Some(*pid) {
                 break r;
             }
         };
@@ -83,7 +81,7 @@ fn under_herd_an_unnamed_listener_serves_any_name() {
     let herd = herd_run(&["-i", "1", "--listen", &addr], &["--addr", &fallback]);
     let online = herd.wait_online(0, 1, T);
     herd.wait_serving(online.values().copied(), T);
-    assert_eq!(wait_http_ok(&addr, "/", T).json()["source"], "Inherited");
+    assert_eq!(wait_http(&addr, "/", T).json()["source"], "Inherited");
 }
 
 /// A worker asking for a name herd did not pass is told which names it did.
@@ -147,7 +145,7 @@ fn under_herd_a_signalled_worker_drains_and_exits_0() {
         let err_mark = herd.mark(Stream::Stderr);
         let slow = {
             let addr = addr.clone();
-            thread::spawn(move || http_get(&addr, "/slow?ms=800", Duration::from_secs(10)))
+            thread::spawn(move || http_request(&addr, "/slow?ms=800", Duration::from_secs(10)))
         };
         let (_, caps) = herd.expect_line(
             Stream::Stdout,
@@ -168,7 +166,7 @@ fn under_herd_a_signalled_worker_drains_and_exits_0() {
             .join()
             .unwrap()
             .expect("the in-flight request is answered");
-        assert_eq!((r.status, r.pid()), (200, pid));
+        assert_eq!((r.status, r.pid()), (200, Some(pid)));
         herd.expect_line(
             Stream::Stderr,
             err_mark,
@@ -176,9 +174,14 @@ fn under_herd_a_signalled_worker_drains_and_exits_0() {
             T,
         );
         // herd replaces it (restart: always) and service goes on.
-        let (_, c) = herd.expect_line(Stream::Stderr, err_mark, ONLINE, T);
+        let (_, c) = herd.expect_line(
+            Stream::Stderr,
+            err_mark,
+            "herd: worker {} online (pid {})",
+            T,
+        );
         herd.wait_serving([c[1].parse().unwrap()], T);
-        wait_http_ok(&addr, "/", T);
+        wait_http(&addr, "/", T);
     }
     herd.assert_running();
 }
@@ -195,7 +198,7 @@ fn under_herd_stop_drains_in_flight_requests() {
     herd.wait_serving(online.values().copied(), T);
     let slow = {
         let addr = addr.clone();
-        thread::spawn(move || http_get(&addr, "/slow?ms=800", Duration::from_secs(10)))
+        thread::spawn(move || http_request(&addr, "/slow?ms=800", Duration::from_secs(10)))
     };
     herd.expect_line(Stream::Stdout, 0, "slow request started", T);
     herd.signal(Signal::SIGINT);
@@ -245,7 +248,7 @@ fn under_herd_the_shutdown_message_resolves_shutdown() {
     herd.wait_serving([pid], T);
     let slow = {
         let addr = addr.clone();
-        thread::spawn(move || http_get(&addr, "/slow?ms=600", Duration::from_secs(10)))
+        thread::spawn(move || http_request(&addr, "/slow?ms=600", Duration::from_secs(10)))
     };
     herd.expect_line(Stream::Stdout, 0, "slow request started", T);
     let asked = Instant::now();
@@ -297,10 +300,10 @@ fn under_herd_a_shutdown_message_during_startup_is_not_lost() {
     let out = herd.output();
     // (The fixture's recv() loop prints the message too, which shows it did arrive.)
     let arrived = herd
-        .wait_line(Stream::Stdout, 0, "got \"shutdown\"", Duration::ZERO)
+        .wait_any_line(Stream::Stdout, 0, "got \"shutdown\"", Duration::ZERO)
         .is_some();
     assert!(
-        herd.wait_line(Stream::Stdout, 0, "fixture shutting down", Duration::ZERO)
+        herd.wait_any_line(Stream::Stdout, 0, "fixture shutting down", Duration::ZERO)
             .is_some(),
         "Worker::shutdown() never resolved: the \"shutdown\" message sent during start-up \
          was lost (it reached the worker's recv(): {arrived})\n{out}"
@@ -352,13 +355,13 @@ fn under_herd_round_robin_connections_queued_at_shutdown_are_not_lost() {
     let pid = online[&0];
     let block = {
         let addr = addr.clone();
-        thread::spawn(move || http_get(&addr, "/block?ms=1500", Duration::from_secs(20)))
+        thread::spawn(move || http_request(&addr, "/block?ms=1500", Duration::from_secs(20)))
     };
     herd.expect_line(Stream::Stdout, 0, "blocking for", T);
     let fast: Vec<_> = (0..3)
         .map(|_| {
             let addr = addr.clone();
-            thread::spawn(move || http_get(&addr, "/", Duration::from_secs(20)))
+            thread::spawn(move || http_request(&addr, "/", Duration::from_secs(20)))
         })
         .collect();
     // Wait until herd has accepted all four connections (the listener's

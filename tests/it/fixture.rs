@@ -2,8 +2,6 @@
 //! without herd: the test binds the sockets and starts the fixture with them
 //! at fd 3, 4, … itself, the way herd will.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixListener};
@@ -13,9 +11,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use herd_testkit::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::*;
 
 /// The fixture running outside herd.
 struct Fixture {

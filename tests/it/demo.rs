@@ -1,9 +1,7 @@
 //! Integration tests of `herd demo`: the herd binary as the embedded primary
 //! of its own demo workers (the same binary, re-executed), over real
-//! sockets and signals. Every wait polls with a deadline; `support::Herd`
+//! sockets and signals. Every wait polls with a deadline; `herd_testkit::Herd`
 //! cleans up the primary and every worker's process group even on panic.
-
-mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -11,7 +9,7 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::*;
+use herd_testkit::*;
 
 /// Generous bounds: debug builds on a shared 2-CPU machine.
 const START: Duration = Duration::from_secs(15);
@@ -118,9 +116,9 @@ fn counter(body: &str) -> (String, i32, u64) {
 
 fn assert_no_worker_left(h: &Herd) {
     assert!(
-        wait_until(Duration::from_secs(3), || h.live_worker_pids().is_empty()),
+        wait_until(Duration::from_secs(3), || h.live_workers().is_empty()),
         "workers left: {:?}",
-        h.live_worker_pids()
+        h.live_workers()
     );
 }
 

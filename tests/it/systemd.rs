@@ -2,8 +2,6 @@
 //! (systemd `Type=notify` / `notify-reload`): ready once every worker is,
 //! reloading during a reload, stopping when asked to stop.
 
-mod support;
-
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -50,13 +48,13 @@ fn herd_tells_its_service_manager_ready_reloading_and_stopping() {
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
 
-    let port = support::free_port();
+    let port = herd_testkit::free_port();
     let listen = format!("127.0.0.1:{port}");
-    let args = support::run_args(
+    let args = herd_testkit::run_args(
         &["-i", "2", "--ready-delay", "200ms", "--listen", &listen],
         &[],
     );
-    let child = Command::new(support::herd_bin())
+    let child = Command::new(herd_testkit::herd_bin())
         .args(&args)
         .env("NOTIFY_SOCKET", &path)
         .stdin(Stdio::null())
@@ -74,7 +72,7 @@ fn herd_tells_its_service_manager_ready_reloading_and_stopping() {
     assert!(ready.contains("STATUS=2 workers ready"), "{ready:?}");
     assert!(ready.contains(&format!("MAINPID={herd_pid}")), "{ready:?}");
     // The workers inherit no NOTIFY_SOCKET of herd's: theirs is herd's own.
-    let (status, env) = support::http_get(&listen, "/env", Duration::from_secs(5)).unwrap();
+    let (status, env) = herd_testkit::http_get(&listen, "/env", Duration::from_secs(5)).unwrap();
     assert_eq!(status, 200);
     assert!(!env.contains(path.to_str().unwrap()), "{env}");
 

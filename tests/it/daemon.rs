@@ -4,18 +4,16 @@
 //! is stopped when the test ends, pass or fail (`herd kill`, then SIGKILL,
 //! which takes its workers with it).
 
-mod support;
-
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use herd_testkit::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-use support::*;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -467,10 +465,7 @@ fn a_worker_flooding_stdout_loses_no_line_and_the_daemon_stays_small() {
 #[test]
 fn max_memory_restart_replaces_a_worker_that_stays_over_the_limit() {
     let d = Daemon::new();
-    if which("python3").is_none() {
-        skip_or_fail("python3 is not on PATH; install it to run this test");
-        return;
-    }
+    need!(Need::Python);
     // 80 MB touched, then idle: over a 40 MB limit on every sample.
     d.ok(&[
         "start",
@@ -497,14 +492,6 @@ fn max_memory_restart_replaces_a_worker_that_stays_over_the_limit() {
         d.app("hog")
     );
     assert!(d.log().contains("over --max-memory-restart"), "{}", d.log());
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(program))
-        .find(|p| p.is_file())
 }
 
 #[test]

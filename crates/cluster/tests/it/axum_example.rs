@@ -1,33 +1,21 @@
 //! The axum example (`examples/axum.rs`, feature `axum`): one binary that is
 //! its own round-robin primary with two axum workers.
-//! `cargo test -p herd-cluster --features axum --test axum_example`.
+//! `cargo test -p herd-cluster --features axum --test it axum_example::`.
 
 #![cfg(feature = "axum")]
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::*;
+use herd_testkit::*;
 
 const T: Duration = Duration::from_secs(10);
 
 /// `<target>/<profile>/examples/axum`, built first (`cargo test` does not
 /// build examples when a `--test` is named); a failed build fails the test.
 fn example() -> PathBuf {
-    cargo_built(
-        "examples/axum",
-        &[
-            "-p",
-            "herd-cluster",
-            "--features",
-            "axum",
-            "--example",
-            "axum",
-        ],
-    )
+    example_bin("axum")
 }
 
 /// "hello from worker Some(0), pid 1234" → (id, pid)
@@ -48,7 +36,7 @@ fn axum_example_round_robin_cluster() {
     let bin = example();
     let addr = free_addr();
     let no_args: [&str; 0] = [];
-    let mut p = Proc::start("axum", &bin, &no_args, &[("ADDR", &addr)]);
+    let mut p = Herd::spawn("axum", &bin, &no_args, &[("ADDR", &addr)]);
     p.expect_line(
         Stream::Stderr,
         0,
@@ -56,12 +44,12 @@ fn axum_example_round_robin_cluster() {
         T,
     );
     let online = p.wait_online(0, 2, T);
-    wait_http_ok(&addr, "/", T);
+    wait_http(&addr, "/", T);
     let mut counts: BTreeMap<(String, i32), usize> = BTreeMap::new();
     for _ in 0..200 {
-        let r = http_get(&addr, "/", T).expect("answer");
+        let r = http_request(&addr, "/", T).expect("answer");
         assert_eq!(r.status, 200);
-        *counts.entry(who(&r.text())).or_default() += 1;
+        *counts.entry(who(&r.body)).or_default() += 1;
     }
     eprintln!("  counts: {counts:?}");
     let expected: BTreeMap<(String, i32), ()> = online
@@ -91,14 +79,14 @@ fn axum_example_standalone() {
     let bin = example();
     let addr = free_addr();
     let no_args: [&str; 0] = [];
-    let mut p = Proc::start(
+    let mut p = Herd::spawn(
         "axum",
         &bin,
         &no_args,
         &[("ADDR", &addr), ("AXUM_STANDALONE", "1")],
     );
-    let r = wait_http_ok(&addr, "/", T);
-    assert_eq!(who(&r.text()), ("None".to_string(), p.pid()));
+    let r = wait_http(&addr, "/", T);
+    assert_eq!(who(&r.body), ("None".to_string(), p.pid()));
     p.signal(Signal::SIGINT);
     assert_eq!(p.wait_exit(T).code(), Some(0), "{}", p.output());
 }

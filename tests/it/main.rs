@@ -18,4 +18,5 @@ mod pid1;
 mod pm2_verbs;
 mod run;
 mod supervisor;
+mod supervisors;
 mod systemd;

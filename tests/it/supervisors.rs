@@ -444,3 +444,25 @@ fn a_supervisor_of_another_protocol_version_is_named_with_what_to_do() {
     future.join().unwrap();
     std::fs::rename(&real, &sock).unwrap();
 }
+
+/// Regression: after a daemon crash, `herd kill` said "no herd daemon runs"
+/// and left the apps its supervisors kept running.
+#[test]
+fn kill_after_a_crashed_daemon_stops_the_apps_it_left() {
+    let d = Daemon::new();
+    d.start_fixture("web", &["-i", "2", "--ready-delay", "200ms"]);
+    let pids = d.wait_online("web", 2);
+    let supervisor = supervisor_pid(&d, "web");
+    let daemon = d.daemon_pid().unwrap();
+    kill(Pid::from_raw(daemon), Signal::SIGKILL).unwrap();
+    assert!(wait_until(WAIT, || !process_alive(daemon)));
+    let said = d.ok(&["kill"]);
+    assert!(said.contains("stopped 1 app"), "{said}");
+    for pid in pids.iter().chain([&supervisor]) {
+        assert!(!process_alive(*pid), "{pid} outlived herd kill");
+    }
+    assert!(d.daemon_pid().is_none_or(|p| !process_alive(p)));
+    // And `herd update` says it cannot yet, instead of pretending.
+    let err = d.fails(&["update"], 1);
+    assert!(err.contains("not available yet"), "{err}");
+}

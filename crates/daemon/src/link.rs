@@ -34,6 +34,8 @@ const COMMAND_WAIT: Duration = Duration::from_secs(10);
 /// How long `herd supervise` may take to serve (it first ends what a
 /// previous supervisor of the app left, which may take a few seconds).
 const START_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a deleted app's supervisor may take to exit once it answered.
+const EXIT_DEADLINE: Duration = Duration::from_secs(5);
 /// The restart backoff: first delay, its cap, and how long a supervisor
 /// must stay up for the next restart to start from the first delay again.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -304,6 +306,9 @@ impl Link {
                         .await
                         .map_err(|e| self.error(e));
                     if matches!(ticket, Ok(Ticket::Done { .. })) {
+                        // Its workers are gone; let the supervisor itself
+                        // be gone too before the delete is answered.
+                        let _ = tokio::time::timeout(EXIT_DEADLINE, wait_unlocked(self)).await;
                         self.set(State::Gone);
                     }
                     return ticket;

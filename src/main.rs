@@ -63,11 +63,14 @@ fn main() {
     // As a container's PID 1, `run` and `daemon` put a tiny init in front of
     // themselves (reaps orphans, forwards signals): see herd_engine::init_if_pid1.
     // Here, before any thread exists.
-    if matches!(
-        cli.command,
-        Cmd::Run(_) | Cmd::Manage(manage::Verb::Daemon(_))
-    ) {
-        herd_engine::init_if_pid1();
+    // The daemon is started again if it dies on its own (the apps run on
+    // under their supervisors, and the new daemon adopts them).
+    match cli.command {
+        Cmd::Run(_) => herd_engine::init_if_pid1_then(herd_engine::OnHerdDeath::Exit),
+        Cmd::Manage(manage::Verb::Daemon(_)) => {
+            herd_engine::init_if_pid1_then(herd_engine::OnHerdDeath::Restart)
+        }
+        _ => {}
     }
     let result = match cli.command {
         Cmd::Run(args) => run::main(*args),

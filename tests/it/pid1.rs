@@ -515,6 +515,81 @@ fn herd_daemon_as_pid_1_reaps_orphans_notifies_and_obeys_herd_kill_from_outside(
     );
 }
 
+/// As under systemd's `Restart=on-failure`: a daemon that dies on its own is
+/// started again by PID 1, and adopts the apps that never stopped.
+#[test]
+fn herd_daemon_as_pid_1_is_started_again_after_a_crash_and_adopts_its_apps() {
+    need_unshare!();
+    let _serial = serial();
+    let home = TempDir::new("pid1-home");
+    let mut ns = Ns::start(&["daemon"], &[("HERD_HOME", home.path())]);
+    ns.wait_output("the daemon listening", |_, err| {
+        err.contains("listening on")
+    });
+    let herd = |args: &[&str]| {
+        let out = Command::new(herd_bin())
+            .args(args)
+            .env("HERD_HOME", home.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "herd {args:?}: {out:?}\n{}",
+            ns.output()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    herd(&[
+        "start",
+        "--name",
+        "w",
+        "-i",
+        "2",
+        "--listen",
+        ANY,
+        worker_bin(),
+    ]);
+    let pids = |list: &str| -> Vec<i64> {
+        let list: serde_json::Value = serde_json::from_str(list).unwrap();
+        list[0]["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["status"] == "online")
+            .filter_map(|w| w["pid"].as_i64())
+            .collect()
+    };
+    let mut before = Vec::new();
+    assert!(wait_until(Duration::from_secs(20), || {
+        before = pids(&herd(&["list", "--json"]));
+        before.len() == 2
+    }));
+    let first = ns.herd_pid();
+    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    // PID 1 starts the daemon again; the CLI reaches it (never one of its
+    // own: the home's lock is held by the new daemon).
+    let mut again = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            again = children(ns.init_pid())
+                .into_iter()
+                .find(|&p| p != first && stat(p).is_some_and(|(_, comm)| comm == "herd"));
+            again.is_some()
+        }),
+        "no daemon again\n{}",
+        ns.output()
+    );
+    ns.wait_output("the new daemon listening", |_, err| {
+        err.matches("listening on").count() >= 2
+    });
+    assert!(ns.stderr().contains("starting it again"), "{}", ns.output());
+    assert_eq!(pids(&herd(&["list", "--json"])), before, "{}", ns.output());
+    herd(&["kill"]);
+    let st = ns.wait_exit(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(0), "{}", ns.output());
+}
+
 #[test]
 fn herd_daemon_as_pid_1_reopens_logs_on_sigusr1_and_stops_on_sigterm() {
     need_unshare!();

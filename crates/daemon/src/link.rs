@@ -167,6 +167,7 @@ impl Link {
         let home = self.inner.files.home().root().to_path_buf();
         let mut command = tokio::process::Command::new(herd_exe());
         command
+            .arg0("herd")
             .arg("supervise")
             .arg("--home")
             .arg(&home)

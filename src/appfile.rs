@@ -45,6 +45,9 @@
 //! kill_timeout = "12s"            # durations: "12s", "500ms", or a number of milliseconds
 //! max_memory_restart = "300M"
 //! wait_ready = true
+//! watch = ["src"]                 # reload (zero-downtime) on edits; true: the app's folder
+//! ignore_watch = ["*.log"]        # replaces the default (dot-names, node_modules)
+//! cron_restart = "0 3 * * *"      # and every night at 03:00
 //!
 //! [apps.env]
 //! NODE_ENV = "development"
@@ -67,14 +70,15 @@ mod values;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use herd_engine::config::{ExecMode, RestartMode};
-use herd_protocol::{CombinedLog, FilterEnv, LogType, Pm2Keys};
+use herd_engine::config::{
+    Counting, ExecMode, Pm2Delay, RestartMode, RestartPolicy, PM2_MAX_BACKOFF,
+};
+use herd_protocol::{FilterEnv, LogType, Pm2Keys};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::options::{self, AppOptions, DaemonOptions, Style, Words};
+use crate::options::{self, AppOptions, CombinedLog, DaemonOptions, Style, Words};
 use crate::UsageError;
 use values::*;
 
@@ -153,6 +157,37 @@ pub fn load_from(
         _ => parse(&read()?, format),
     }
     .map_err(|e| UsageError(format!("{label}{e}")))?;
+    apps_of(top, path, format, profile, cwd, warnings)
+}
+
+/// The parsers, for the fuzz targets (`fuzz/`) only: a file's text read as
+/// [`load_from`] reads it, the file never touched (`path` names it: its
+/// extension gives the format). A JS file's text is taken as the JSON node
+/// would print.
+#[doc(hidden)]
+pub fn load_text(
+    text: &str,
+    path: &Path,
+    profile: Option<&str>,
+    cwd: &Path,
+) -> Result<(Vec<FileApp>, Vec<String>), UsageError> {
+    let label = path.display().to_string();
+    let format =
+        format_of(path).ok_or_else(|| UsageError(format!("{label}: not a config file")))?;
+    let top = parse(text, format).map_err(|e| UsageError(format!("{label}{e}")))?;
+    apps_of(top, path, format, profile, cwd, Vec::new())
+}
+
+/// The apps of a parsed file, checked, with the warnings so far.
+fn apps_of(
+    top: Top,
+    path: &Path,
+    format: Format,
+    profile: Option<&str>,
+    cwd: &Path,
+    mut warnings: Vec<String>,
+) -> Result<(Vec<FileApp>, Vec<String>), UsageError> {
+    let label = path.display().to_string();
 
     let dialect = if format == Format::Toml {
         Dialect::Herd
@@ -226,6 +261,10 @@ pub fn load_from(
     }
     Ok((apps, warnings))
 }
+
+/// pm2's `time: true`: this format (local time, no zone), whatever
+/// `log_date_format` says.
+pub const PM2_TIME_FORMAT: &str = "YYYY-MM-DDTHH:mm:ss";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -334,25 +373,25 @@ struct RawApp {
         alias = "error_log"
     )]
     error_file: Option<V<Text>>,
-    log_max_size: Option<V<Bytes>>,
-    log_keep: Option<V<Count>>,
-    max_memory_restart: Option<V<Bytes>>,
-    windows_hide: Option<V<Flag>>,
-    // Read and kept; honoured by a later release (see options::pending).
-    watch: Option<Switch>,
-    ignore_watch: Option<OneOrMany<Text>>,
-    watch_delay: Option<V<Millis>>,
-    #[serde(alias = "cron")]
-    cron_restart: Option<V<Cron>>,
-    stop_exit_codes: Option<OneOrMany<ExitCode>>,
-    filter_env: Option<Switch>,
-    increment_var: Option<V<VarName>>,
-    port: Option<V<Port>>,
-    log_type: Option<V<Text>>,
     #[serde(alias = "log")]
     log_file: Option<Switch>,
     #[serde(alias = "combine_logs")]
     merge_logs: Option<V<Flag>>,
+    log_type: Option<V<Text>>,
+    log_max_size: Option<V<Bytes>>,
+    log_keep: Option<V<Count>>,
+    max_memory_restart: Option<V<Bytes>>,
+    windows_hide: Option<V<Flag>>,
+    watch: Option<Switch>,
+    ignore_watch: Option<OneOrMany<IgnoreGlob>>,
+    watch_delay: Option<V<Millis>>,
+    #[serde(alias = "cron")]
+    cron_restart: Option<V<Cron>>,
+    // Read and kept; honoured by a later release (see options::pending).
+    stop_exit_codes: Option<OneOrMany<ExitCode>>,
+    filter_env: Option<Switch>,
+    increment_var: Option<V<VarName>>,
+    port: Option<V<Port>>,
 }
 
 /// The names [`RawApp`] takes, aliases included (serde's own list).
@@ -731,9 +770,12 @@ fn parse(text: &str, format: Format) -> Result<Top, ParseError> {
                 let path = e.path().to_string();
                 let e = e.inner();
                 let mut message = without_position(&e.to_string());
-                // The YAML parser names the path itself; ours is the same.
-                if let Some(rest) = message.strip_prefix(&format!("{path}: ")) {
-                    message = rest.to_string();
+                // The YAML parser names the path itself (`.[0].script` for
+                // our `[0].script`); ours is said already.
+                for named in [format!("{path}: "), format!(".{path}: ")] {
+                    if let Some(rest) = message.strip_prefix(&named) {
+                        message = rest.to_string();
+                    }
                 }
                 ParseError {
                     path,
@@ -810,9 +852,6 @@ enum Dialect {
     Pm2,
 }
 
-/// pm2's ceiling for `exp_backoff_restart_delay`.
-const PM2_MAX_BACKOFF: Duration = Duration::from_secs(15);
-
 /// One app's options; and whether it has the asked profile.
 fn build(
     app: App,
@@ -860,6 +899,10 @@ fn build(
         .unwrap_or_else(|| options::launch::default_name(&command[0]));
     let mut has_profile = false;
     let mut env = raw.env.unwrap_or_default();
+    // pm2's order: `port` beats env.PORT, and `env_<profile>` beats both.
+    if let Some(V(port)) = raw.port {
+        env.set("PORT".into(), port.to_string());
+    }
     if let Some(profile) = profile {
         for (p, vars) in extras.profiles {
             if p == profile {
@@ -908,15 +951,27 @@ fn build(
     if let Some(v) = raw.restart {
         o.restart = v.0;
     }
-    if let Some(V(d)) = &raw.exp_backoff_restart_delay {
-        o.restart_delay = *d;
-        o.max_restart_delay = PM2_MAX_BACKOFF.max(*d);
-    } else if let Some(V(d)) = raw.restart_delay {
-        o.restart_delay = d;
-        o.max_restart_delay = match dialect {
-            Dialect::Pm2 => d,
-            Dialect::Herd => o.max_restart_delay.max(d),
-        };
+    match dialect {
+        // pm2's counting (`lib/God.js: handleExit`): a fixed delay before
+        // every restart (0 by default), or its exponential backoff.
+        Dialect::Pm2 => {
+            let base = RestartPolicy::pm2();
+            o.restart_delay = raw.restart_delay.map_or(base.restart_delay, |V(d)| d);
+            o.counting = Counting::Pm2(match &raw.exp_backoff_restart_delay {
+                Some(V(d)) => Pm2Delay::Exponential(*d),
+                None => Pm2Delay::Fixed,
+            });
+        }
+        // herd's: the first delay of the doubling backoff.
+        Dialect::Herd => {
+            if let Some(V(d)) = &raw.exp_backoff_restart_delay {
+                o.restart_delay = *d;
+                o.max_restart_delay = PM2_MAX_BACKOFF.max(*d);
+            } else if let Some(V(d)) = raw.restart_delay {
+                o.restart_delay = d;
+                o.max_restart_delay = o.max_restart_delay.max(d);
+            }
+        }
     }
     if let Some(v) = raw.max_restart_delay {
         o.max_restart_delay = v.0;
@@ -949,12 +1004,48 @@ fn build(
         .collect();
     o.cwd = raw.cwd.map(|v| PathBuf::from(v.0));
     o.instance_var = raw.instance_var.map(|v| v.0);
+    o.increment_var = raw.increment_var.map(|v| v.0);
+    o.stop_exit_codes = raw.stop_exit_codes.map(|v| v.0).unwrap_or_default();
+    o.watch = match raw.watch {
+        None | Some(Switch::On(false)) => None,
+        Some(Switch::On(true)) => Some(Vec::new()),
+        Some(Switch::One(p)) => Some(vec![p]),
+        Some(Switch::Many(ps)) => Some(ps),
+    };
+    o.ignore_watch = raw.ignore_watch.map(|v| v.0).unwrap_or_default();
+    o.watch_delay = raw.watch_delay.map(|v| v.0);
+    o.cron_restart = raw.cron_restart.map(|v| options::CronArg(v.0));
 
     let mut d = DaemonOptions::defaults();
     if let Some(v) = raw.time {
         d.time = v.0;
     }
     d.log_date_format = raw.log_date_format.map(|v| v.0);
+    if d.time && dialect == Dialect::Pm2 {
+        // pm2's `time: true` is its own format, over any log_date_format.
+        d.log_date_format = Some(PM2_TIME_FORMAT.to_string());
+    }
+    d.log_type = raw.log_type.map(|V(t)| {
+        if t == "json" {
+            LogType::Json
+        } else {
+            if !t.is_empty() && t != "raw" {
+                notes.odd_log_type(&o.name.clone().unwrap_or_default(), &t);
+            }
+            LogType::Raw
+        }
+    });
+    d.log_file = match raw.log_file {
+        None | Some(Switch::On(false)) => None,
+        Some(Switch::On(true)) => Some(CombinedLog::Default),
+        Some(Switch::One(p)) => Some(CombinedLog::Path(PathBuf::from(p))),
+        Some(Switch::Many(_)) => {
+            return Err(UsageError(format!(
+                "{label}: app {app_label}: log_file: a list: give one path, or true for <name>.log"
+            )))
+        }
+    };
+    d.merge_logs = raw.merge_logs.map(|v| v.0);
     d.out_file = raw.out_file.map(|v| PathBuf::from(v.0));
     d.error_file = raw.error_file.map(|v| PathBuf::from(v.0));
     if let Some(v) = raw.log_max_size {
@@ -965,16 +1056,6 @@ fn build(
     }
     d.max_memory_restart = raw.max_memory_restart.map(|v| v.0);
     d.pm2 = Pm2Keys {
-        watch: match raw.watch {
-            None | Some(Switch::On(false)) => None,
-            Some(Switch::On(true)) => Some(Vec::new()),
-            Some(Switch::One(p)) => Some(vec![PathBuf::from(p)]),
-            Some(Switch::Many(ps)) => Some(ps.into_iter().map(PathBuf::from).collect()),
-        },
-        ignore_watch: raw.ignore_watch.map(|v| v.0),
-        watch_delay_ms: raw.watch_delay.map(|v| v.0.as_millis() as u64),
-        cron_restart: raw.cron_restart.and_then(|v| v.0),
-        stop_exit_codes: raw.stop_exit_codes.map(|v| v.0).unwrap_or_default(),
         filter_env: match raw.filter_env {
             None | Some(Switch::On(false)) => None,
             Some(Switch::On(true)) => Some(FilterEnv::All),
@@ -982,32 +1063,6 @@ fn build(
             Some(Switch::Many(parts)) if parts.is_empty() => None,
             Some(Switch::Many(parts)) => Some(FilterEnv::Containing(parts)),
         },
-        increment_var: raw.increment_var.map(|v| v.0),
-        port: raw.port.map(|v| v.0),
-        log_type: raw.log_type.map(|V(t)| {
-            if t == "json" {
-                LogType::Json
-            } else {
-                if !t.is_empty() && t != "raw" {
-                    notes.odd_log_type(&o.name.clone().unwrap_or_default(), &t);
-                }
-                LogType::Raw
-            }
-        }),
-        log_file: match raw.log_file {
-            None | Some(Switch::On(false)) => None,
-            Some(Switch::On(true)) => Some(CombinedLog::Default),
-            Some(Switch::One(p)) => Some(CombinedLog::Path(PathBuf::from(p))),
-            Some(Switch::Many(_)) => {
-                return Err(UsageError(format!(
-                "{label}: app {app_label}: log_file: a list: give one path, or true for <name>.log"
-            )))
-            }
-        },
-        merge_logs: raw.merge_logs.map(|v| v.0),
-        exp_backoff_restart_delay_ms: raw
-            .exp_backoff_restart_delay
-            .map(|v| v.0.as_millis() as u64),
     };
     let _ = raw.windows_hide;
 

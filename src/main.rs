@@ -2,12 +2,13 @@
 //! in its own module; this file only parses the command line and turns errors
 //! into exit statuses (2 for bad input, as clap does; 1 for failures at run time).
 
-mod appfile;
 mod demo;
 mod manage;
-mod options;
 mod run;
 mod supervise;
+
+// The parsers live in the library half (src/lib.rs), for the fuzz targets.
+use herd_cli::{appfile, options, UsageError};
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -46,19 +47,14 @@ struct CompletionArgs {
     shell: clap_complete::Shell,
 }
 
-/// An error the user caused: printed, then herd exits with status 2.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
 fn main() {
+    // A herd binary being upgraded to answers which state versions it reads.
+    herd_engine::upgrade::answer_probe();
+    // The image after an in-place upgrade: resume the app it was handed
+    // (whatever this version makes of the command line).
+    if let Some(inherited) = herd_engine::upgrade::inherited() {
+        std::process::exit(exit_code(run::resume(inherited)));
+    }
     let cli = Cli::parse();
     // As a container's PID 1, `run` and `daemon` put a tiny init in front of
     // themselves (reaps orphans, forwards signals): see herd_engine::init_if_pid1.
@@ -87,12 +83,21 @@ fn main() {
             Ok(0)
         }
     };
+    std::process::exit(exit_code(result))
+}
+
+/// The exit status for a command's result; an error is printed.
+pub(crate) fn exit_code(result: anyhow::Result<i32>) -> i32 {
     match result {
-        Ok(code) => std::process::exit(code),
+        Ok(code) => code,
         Err(err) => {
             eprintln!("herd: error: {err:#}");
             let usage = err.downcast_ref::<UsageError>().is_some();
-            std::process::exit(if usage { 2 } else { 1 });
+            if usage {
+                2
+            } else {
+                1
+            }
         }
     }
 }

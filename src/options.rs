@@ -6,7 +6,6 @@
 //! and from files ([`text`]).
 
 pub mod launch;
-pub mod pending;
 pub mod text;
 
 use std::path::{Path, PathBuf};
@@ -14,11 +13,13 @@ use std::time::Duration;
 
 use clap::Args;
 use herd_engine::config::{
-    self, AppSpec, Balance, ExecMode, Instances, ListenSpec, ReadyPolicy, RestartMode,
-    RestartPolicy, StopPolicy, WorkerKind,
+    self, AppSpec, Balance, Counting, CronSpec, ExecMode, Instances, ListenSpec, ReadyPolicy,
+    RestartMode, RestartPolicy, StopPolicy, WatchSpec, WorkerKind,
 };
+use herd_protocol::LogType;
 use nix::sys::signal::Signal;
 
+use herd_protocol::FilterEnv;
 pub use launch::Style;
 pub use text::{expand_home, split_words};
 
@@ -111,7 +112,7 @@ pub struct AppOptions {
     pub min_uptime: Duration,
 
     /// Restarts allowed for a worker that keeps crashing before --min-uptime; its next crash errors the slot (left empty).
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    #[arg(long, default_value_t = 16, value_parser = count::<u32>, value_name = "N")]
     pub max_restarts: u32,
 
     /// Signal that asks a worker to finish (sent to its whole process group).
@@ -164,9 +165,45 @@ pub struct AppOptions {
     #[arg(long, value_name = "NAME")]
     pub instance_var: Option<String>,
 
+    /// Reload (worker by worker, without downtime) when files change: the app's folder, or these
+    /// folders, files or globs (comma-separated or repeated; relative to --cwd). A new version
+    /// that fails to start leaves the old workers serving. Give it after the script, or as
+    /// --watch=PATHS (pm2's --watch).
+    #[arg(long, value_name = "PATHS", num_args = 0..=1, action = clap::ArgAction::Append)]
+    pub watch: Option<Vec<String>>,
+
+    /// With --watch: names, globs or paths whose changes are ignored (node_modules, *.log,
+    /// logs/), comma- or space-separated, repeatable. Replaces the default: names starting with
+    /// a dot, and node_modules.
+    #[arg(long, value_name = "GLOBS")]
+    pub ignore_watch: Vec<String>,
+
+    /// With --watch: wait this long after a change before reloading, in seconds as pm2 reads it
+    /// (--watch-delay 4), or with a unit (500ms).
+    #[arg(long, value_name = "SECONDS", value_parser = watch_delay)]
+    pub watch_delay: Option<Duration>,
+
+    /// Reload the app (worker by worker, without downtime) on this cron schedule: 5 fields
+    /// (minute hour day month weekday) or 6 (seconds first), in the local time; 0 for none
+    /// (pm2's --cron-restart, -c).
+    #[arg(short = 'c', long, visible_alias = "cron", value_name = "PATTERN", value_parser = cron_arg)]
+    pub cron_restart: Option<CronArg>,
+
     /// pm2's exec_mode when a file gives it (else pm2's rule chooses).
     #[arg(skip)]
     pub exec_mode: Option<ExecMode>,
+
+    /// How restarts are counted: herd's, or pm2's for pm2 process files.
+    #[arg(skip)]
+    pub counting: Counting,
+
+    /// Exit codes after which a worker is not restarted (pm2's stop_exit_codes).
+    #[arg(skip)]
+    pub stop_exit_codes: Vec<i32>,
+
+    /// A variable raised by one per worker from the app's value (pm2's increment_var).
+    #[arg(skip)]
+    pub increment_var: Option<String>,
 
     /// How the command's first word is found (pm2's `script`, or an argv).
     #[arg(skip)]
@@ -175,6 +212,53 @@ pub struct AppOptions {
     /// The config file the app was read from, for messages.
     #[arg(skip)]
     pub source_file: Option<PathBuf>,
+}
+
+/// `--watch-delay`: seconds, as pm2's CLI reads it (`4`, `1.5`), or a
+/// duration with its unit (`500ms`, `2s`).
+pub fn watch_delay(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    match t.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.0..=86_400.0).contains(&secs) => {
+            Ok(Duration::from_secs_f64(secs))
+        }
+        Ok(_) => Err(format!(
+            "invalid watch delay '{s}': use a number of seconds from 0 to 86400, or a duration such as 500ms"
+        )),
+        Err(_) => duration(t),
+    }
+}
+
+/// A flag's list: split at commas, except inside a glob's braces
+/// (`src,lib/{a,b}.js` is `src` and `lib/{a,b}.js`).
+fn split_list(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0usize, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                out.push(s[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(s[start..].trim());
+    out.retain(|p| !p.is_empty());
+    out
+}
+
+/// `--cron-restart PATTERN`, or `0` for none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronArg(pub Option<CronSpec>);
+
+pub fn cron_arg(s: &str) -> Result<CronArg, String> {
+    if s.trim() == "0" {
+        return Ok(CronArg(None));
+    }
+    parsed::<CronSpec>(s).map(|c| CronArg(Some(c)))
 }
 
 /// Arguments given as one string and split as pm2 splits them, or given as
@@ -202,16 +286,29 @@ pub struct DaemonOptions {
     #[arg(short = 'o', long, value_name = "PATH")]
     pub out_file: Option<PathBuf>,
 
-    /// The stderr log file (default $HERD_HOME/logs/NAME-err.log).
+    /// The stderr log file (default $HERD_HOME/logs/NAME-error.log).
     #[arg(short = 'e', long, value_name = "PATH")]
     pub error_file: Option<PathBuf>,
+
+    /// `json`: each log line as one JSON object {"message", "timestamp", "type", "process_id",
+    /// "app_name", "instance"} (pm2's --log-type); `raw` (the default): as the app wrote it.
+    #[arg(long, value_name = "raw|json", value_parser = log_type)]
+    pub log_type: Option<LogType>,
+
+    /// pm2's `log_file` from a config file (`-l/--log` on the command line).
+    #[arg(skip)]
+    pub log_file: Option<CombinedLog>,
+
+    /// pm2's `merge_logs` from a config file: `false` gives each instance its own files.
+    #[arg(skip)]
+    pub merge_logs: Option<bool>,
 
     /// Rotate a log file when it grows past this size (10M, 1G; 0: never).
     #[arg(long, default_value = "10M", value_parser = size, value_name = "SIZE")]
     pub log_max_size: u64,
 
     /// Rotated log files to keep.
-    #[arg(long, default_value_t = 5, value_name = "N")]
+    #[arg(long, default_value_t = 5, value_parser = count::<u32>, value_name = "N")]
     pub log_keep: u32,
 
     /// Replace (zero-downtime) a worker whose memory stays above this size (200M, 1G).
@@ -236,9 +333,34 @@ impl DaemonOptions {
     }
 }
 
+/// pm2's `log_file`: `true`, or a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CombinedLog {
+    /// `$HERD_HOME/logs/<name>.log`.
+    Default,
+    /// A path as written (relative to the app's cwd).
+    Path(PathBuf),
+}
+
+/// `--log-type raw|json`.
+fn log_type(s: &str) -> Result<LogType, String> {
+    match s {
+        "raw" => Ok(LogType::Raw),
+        "json" => Ok(LogType::Json),
+        other => Err(format!("invalid log type '{other}': use raw or json")),
+    }
+}
+
 /// A size in bytes: `200M`, `1G`, `512K`, `1.5G`, or a bare number of bytes.
 pub fn size(s: &str) -> Result<u64, String> {
     config::parse_size(s).map_err(|e| e.0)
+}
+
+/// A count (`--max-restarts`, `--log-keep`, `--lines`): a whole number.
+pub fn count<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("invalid count '{s}': use a whole number, such as 0, 5 or 16"))
 }
 
 /// A size that must be above zero, as a `usize`.
@@ -276,9 +398,10 @@ pub fn app_def_noting(
         warnings,
     } = app.build(command, base, app.style, Instances::Count(1))?;
     // The workers get the environment of the CLI that started them (as under
-    // pm2: `PORT=8000 herd start app.js` works), plus --env; it is saved with the app.
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| !herd_engine::is_worker_variable(k))
+    // pm2: `PORT=8000 herd start app.js` works) but what `filter_env` keeps
+    // out, plus --env; it is saved with the app.
+    let mut env: Vec<(String, String)> = cli_env(daemon.pm2.filter_env.as_ref())
+        .into_iter()
         .filter(|(k, _)| !spec.env.iter().any(|(ours, _)| ours == k))
         .collect();
     env.append(&mut spec.env);
@@ -293,21 +416,20 @@ pub fn app_def_noting(
     let log_path = |p: &Option<PathBuf>| -> Result<Option<PathBuf>, UsageError> {
         p.as_ref().map(|p| resolve_path(&cwd, p)).transpose()
     };
-    let mut pm2 = daemon.pm2.clone();
-    if let Some(paths) = &mut pm2.watch {
-        for p in paths.iter_mut() {
-            *p = resolve_path(&cwd, p)?;
-        }
-    }
-    if let Some(herd_protocol::CombinedLog::Path(p)) = &mut pm2.log_file {
-        *p = resolve_path(&cwd, p)?;
-    }
-    let def = herd_protocol::AppDef {
+    let pm2 = daemon.pm2.clone();
+    let log_file = match &daemon.log_file {
+        None => None,
+        Some(CombinedLog::Path(p)) => Some(resolve_path(&cwd, p)?),
+        Some(CombinedLog::Default) => Some(default_combined_log(&spec.name)?),
+    };
+    let mut def = herd_protocol::AppDef {
         spec,
         logs: herd_protocol::LogSettings {
             out_file: log_path(&daemon.out_file)?,
             error_file: log_path(&daemon.error_file)?,
-            log_file: None,
+            log_file,
+            merge_logs: daemon.merge_logs.unwrap_or(true),
+            log_type: daemon.log_type.unwrap_or_default(),
             time: daemon.time || daemon.log_date_format.is_some(),
             date_format: daemon.log_date_format.clone(),
             max_size: daemon.log_max_size,
@@ -319,12 +441,64 @@ pub fn app_def_noting(
         script,
         namespace: None,
     };
-    let mut warnings = warnings;
-    warnings.extend(pending::not_yet_honoured(
-        &def,
-        app.exec_mode == Some(ExecMode::Fork),
-    ));
+    for p in [
+        def.logs.out_file.clone(),
+        def.logs.error_file.clone(),
+        def.logs.log_file.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        unwatch_log(&mut def, &p);
+    }
     Ok((def, warnings))
+}
+
+/// The CLI's environment as an app gets it: without the variables herd sets
+/// for each worker, and without those `filter_env` keeps from the app (pm2's
+/// rules: a list drops every variable whose name contains one of its
+/// strings, a string drops that variable). `filter_env: true` gives a clean
+/// environment, as systemd gives a service: only `PATH`, `HOME`, `USER`,
+/// `LOGNAME`, `SHELL`, `LANG` and `LC_*` (pm2 documents `true` and does
+/// nothing for it).
+pub fn cli_env(filter: Option<&FilterEnv>) -> Vec<(String, String)> {
+    filtered_env(std::env::vars(), filter)
+}
+
+/// [`cli_env`] of the variables `vars`.
+fn filtered_env(
+    vars: impl Iterator<Item = (String, String)>,
+    filter: Option<&FilterEnv>,
+) -> Vec<(String, String)> {
+    const CLEAN: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG"];
+    let keeps = |k: &str| match filter {
+        None => true,
+        Some(FilterEnv::All) => CLEAN.contains(&k) || k.starts_with("LC_"),
+        Some(FilterEnv::Exact(name)) => k != name,
+        Some(FilterEnv::Containing(parts)) => !parts.iter().any(|p| k.contains(p.as_str())),
+    };
+    vars.filter(|(k, _)| !herd_engine::is_worker_variable(k) && keeps(k))
+        .collect()
+}
+
+/// pm2's combined log by default (`log_file: true`, `-l` without a path):
+/// `$HERD_HOME/logs/<name>.log`, the name in its file-safe form.
+pub fn default_combined_log(name: &str) -> Result<PathBuf, UsageError> {
+    let home = herd_daemon::Home::location().map_err(|e| UsageError(e.to_string()))?;
+    Ok(home
+        .join(herd_daemon::home::LOGS)
+        .join(format!("{}.log", herd_engine::config::log_file_stem(name))))
+}
+
+/// The app writes its log to `path`: with `watch`, that is no change of the
+/// app (pm2 restarts an app whose log is in its watched folder on every line
+/// it logs, unless told to ignore it).
+pub fn unwatch_log(def: &mut herd_protocol::AppDef, path: &Path) {
+    if let Some(watch) = &mut def.spec.watch {
+        if path != Path::new("/dev/null") && !watch.exclude.iter().any(|p| p == path) {
+            watch.exclude.push(path.to_path_buf());
+        }
+    }
 }
 
 /// A path the user wrote, absolute: `~` expanded, relative to `cwd`; pm2's
@@ -491,6 +665,7 @@ impl AppOptions {
             }
         }
         spec.instance_var = self.instance_var.clone();
+        spec.increment_var = self.increment_var.clone();
         spec.instances = self.instances.unwrap_or(instances).resolve();
         spec.listeners = self.listen.clone();
         spec.balance = balance_for(
@@ -516,7 +691,8 @@ impl AppOptions {
             &launch.interpreter,
             herd_sockets,
         );
-        if self.max_restart_delay < self.restart_delay {
+        // pm2 counting waits `restart_delay` every time: no doubling to cap.
+        if self.counting == Counting::Herd && self.max_restart_delay < self.restart_delay {
             return Err(UsageError(format!(
                 "--max-restart-delay ({}) is shorter than --restart-delay ({}): make it at least as long",
                 herd_engine::describe::duration(self.max_restart_delay),
@@ -525,10 +701,12 @@ impl AppOptions {
         }
         spec.restart = RestartPolicy {
             mode: self.restart,
+            counting: self.counting,
             restart_delay: self.restart_delay,
             max_restart_delay: self.max_restart_delay,
             min_uptime: self.min_uptime,
             max_restarts: self.max_restarts,
+            stop_exit_codes: self.stop_exit_codes.clone(),
         };
         spec.stop = StopPolicy {
             kill_signal: self.kill_signal,
@@ -541,11 +719,90 @@ impl AppOptions {
             ready_delay: self.ready_delay,
             listen_timeout: self.listen_timeout,
         };
+        spec.watch = self.watch_spec(spec.cwd.as_deref().unwrap_or(base))?;
+        spec.cron_restart = self.cron_restart.clone().and_then(|c| c.0);
+        let mut warnings = launch.warnings;
+        if spec.watch.is_none() && self.source_file.is_none() {
+            if !self.ignore_watch.is_empty() {
+                warnings.push("--ignore-watch does nothing without --watch".into());
+            }
+            if self.watch_delay.is_some() {
+                warnings.push("--watch-delay does nothing without --watch".into());
+            }
+        }
         Ok(Built {
             spec,
             script: launch.script,
-            warnings: launch.warnings,
+            warnings,
         })
+    }
+
+    /// What `--watch` (or a file's `watch`) asks for, its paths checked and
+    /// made absolute from the app's folder `cwd` (globs are kept as written:
+    /// the engine takes them from the same folder).
+    fn watch_spec(&self, cwd: &Path) -> Result<Option<WatchSpec>, UsageError> {
+        let Some(paths) = &self.watch else {
+            return Ok(None);
+        };
+        let file = self.source_file.is_some();
+        let (key, ignore_key) = if file {
+            ("watch", "ignore_watch")
+        } else {
+            ("--watch", "--ignore-watch")
+        };
+        let mut spec = WatchSpec {
+            delay: self.watch_delay.unwrap_or_default(),
+            ..WatchSpec::default()
+        };
+        // A file's list is taken as written; a flag's value may hold several
+        // (comma-separated, as in `--watch=src,lib`).
+        let paths: Vec<&str> = if file {
+            paths.iter().map(|p| p.trim()).collect()
+        } else {
+            paths.iter().flat_map(|p| split_list(p)).collect()
+        };
+        for path in paths.into_iter().filter(|p| !p.is_empty()) {
+            let expanded = expand_home(path).map_err(|e| UsageError(format!("{key}: {e}")))?;
+            if config::is_glob(&expanded.to_string_lossy()) {
+                spec.paths.push(expanded);
+                continue;
+            }
+            let absolute = clean(&cwd.join(&expanded));
+            if !absolute.exists() {
+                return Err(UsageError(format!(
+                    "{key} {path}: no such file or folder ({} does not exist; relative paths are from the app's folder {}): create it, or fix the path",
+                    absolute.display(),
+                    cwd.display()
+                )));
+            }
+            spec.paths.push(absolute);
+        }
+        if !self.ignore_watch.is_empty() {
+            let patterns: Vec<String> = self
+                .ignore_watch
+                .iter()
+                .flat_map(|p| {
+                    // pm2 users write `--ignore-watch="node_modules logs"`.
+                    if file {
+                        vec![p.clone()]
+                    } else {
+                        split_list(p)
+                            .into_iter()
+                            .flat_map(str::split_whitespace)
+                            .map(str::to_string)
+                            .collect()
+                    }
+                })
+                .collect();
+            for p in &patterns {
+                config::check_ignore_glob(p)
+                    .map_err(|e| UsageError(format!("{ignore_key}: {e}")))?;
+            }
+            spec.ignore = Some(patterns);
+        }
+        spec.check()
+            .map_err(|e| UsageError(format!("{key}: {e}")))?;
+        Ok(Some(spec))
     }
 }
 
@@ -591,6 +848,49 @@ mod tests {
             assert!(size(bad).is_err(), "{bad}");
         }
         assert!(positive_size("0").is_err());
+    }
+
+    #[test]
+    fn filter_env_keeps_the_clis_variables_from_the_app_as_pm2_reads_it() {
+        let vars = || {
+            [
+                ("PATH", "/bin"),
+                ("HOME", "/root"),
+                ("LC_ALL", "C"),
+                ("SECRET_TOKEN", "x"),
+                ("AWS_SECRET", "y"),
+                ("DB_URL", "z"),
+                ("HERD_WORKER_ID", "3"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        };
+        let names = |filter: Option<FilterEnv>| -> Vec<String> {
+            filtered_env(vars(), filter.as_ref())
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        let all = [
+            "PATH",
+            "HOME",
+            "LC_ALL",
+            "SECRET_TOKEN",
+            "AWS_SECRET",
+            "DB_URL",
+        ];
+        assert_eq!(names(None), all, "herd's own variables never pass");
+        assert_eq!(
+            names(Some(FilterEnv::Containing(vec!["SECRET".into()]))),
+            ["PATH", "HOME", "LC_ALL", "DB_URL"]
+        );
+        assert_eq!(
+            names(Some(FilterEnv::Exact("DB_URL".into()))),
+            ["PATH", "HOME", "LC_ALL", "SECRET_TOKEN", "AWS_SECRET"]
+        );
+        // A string drops that exact name only.
+        assert_eq!(names(Some(FilterEnv::Exact("SECRET".into()))), all);
+        assert_eq!(names(Some(FilterEnv::All)), ["PATH", "HOME", "LC_ALL"]);
     }
 
     #[test]
@@ -675,6 +975,137 @@ mod tests {
         assert!(
             err.contains("use a number from 1 to 4096, 'max' or 0"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn watch_and_cron_flags_as_pm2_takes_them() {
+        assert_eq!(cli(&[]).watch, None);
+        assert_eq!(cli(&["--watch"]).watch, Some(vec![]));
+        assert_eq!(
+            split_list("src, lib/{a,b}.js,,x"),
+            ["src", "lib/{a,b}.js", "x"]
+        );
+        assert_eq!(
+            cli(&["--watch", "src", "--watch", "lib", "-i", "2"]).watch,
+            Some(vec!["src".to_string(), "lib".to_string()])
+        );
+        // pm2's --watch-delay is in seconds; a unit is taken too.
+        assert_eq!(
+            cli(&["--watch-delay", "4"]).watch_delay,
+            Some(Duration::from_secs(4))
+        );
+        assert_eq!(
+            cli(&["--watch-delay", "1.5"]).watch_delay,
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            cli(&["--watch-delay", "500ms"]).watch_delay,
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            cli(&[
+                "--ignore-watch",
+                "node_modules,*.log",
+                "--ignore-watch=logs"
+            ])
+            .ignore_watch,
+            ["node_modules,*.log", "logs"]
+        );
+        let every_night = CronArg(Some("0 3 * * *".parse().unwrap()));
+        assert_eq!(
+            cli(&["-c", "0 3 * * *"]).cron_restart,
+            Some(every_night.clone())
+        );
+        assert_eq!(
+            cli(&["--cron", "0 3 * * *"]).cron_restart,
+            Some(every_night.clone())
+        );
+        assert_eq!(
+            cli(&["--cron-restart", "0 3 * * *"]).cron_restart,
+            Some(every_night)
+        );
+        assert_eq!(
+            cli(&["--cron-restart", "0"]).cron_restart,
+            Some(CronArg(None))
+        );
+        // (flags, what the error says)
+        for (flags, says) in [
+            (
+                &["--cron-restart", "61 * * * *"][..],
+                "invalid cron pattern '61 * * * *'",
+            ),
+            (&["-c", "* *"], "it has 2 field(s)"),
+            (&["--watch-delay", "soon"], "invalid duration 'soon'"),
+            (&["--watch-delay=-1"], "invalid watch delay '-1'"),
+        ] {
+            let err = <Cli as clap::Parser>::try_parse_from(
+                std::iter::once("herd").chain(flags.iter().copied()),
+            )
+            .err()
+            .unwrap_or_else(|| panic!("{flags:?} parsed"))
+            .to_string();
+            assert!(err.contains(says), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn watch_paths_are_checked_and_made_absolute_from_the_apps_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        let base = dir.path();
+        let command = ["/bin/true".to_string()];
+        let build = |flags: &[&str]| {
+            cli(flags)
+                .build(&command, base, Style::Argv, Instances::Count(1))
+                .map(|b| b.spec)
+        };
+        let spec = build(&[
+            "--watch=src,lib/**/*.{ts,tsx}",
+            "--ignore-watch",
+            "tmp *.log,{a,b}",
+            "--watch-delay",
+            "2",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let watch = spec.watch.unwrap();
+        assert_eq!(
+            watch.paths,
+            [base.join("src"), PathBuf::from("lib/**/*.{ts,tsx}")]
+        );
+        assert_eq!(
+            watch.ignore,
+            Some(vec!["tmp".into(), "*.log".into(), "{a,b}".into()])
+        );
+        assert_eq!(watch.delay, Duration::from_secs(2));
+        // (flags, what the error says)
+        for (flags, says) in [
+            (
+                &["--watch=nowhere"][..],
+                "--watch nowhere: no such file or folder",
+            ),
+            (
+                &["--watch", "--ignore-watch=[a-"],
+                "--ignore-watch: invalid ignore_watch pattern '[a-'",
+            ),
+            (
+                &["--watch=src/{a,b"],
+                "--watch: invalid watch pattern 'src/{a,b'",
+            ),
+        ] {
+            let err = build(flags)
+                .err()
+                .unwrap_or_else(|| panic!("{flags:?} built"))
+                .0;
+            assert!(err.contains(says), "{flags:?}: {err}");
+        }
+        // Without --watch, its companions are named as doing nothing.
+        let built = cli(&["--ignore-watch=x"])
+            .build(&command, base, Style::Argv, Instances::Count(1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            built.warnings,
+            ["--ignore-watch does nothing without --watch"]
         );
     }
 

@@ -11,7 +11,7 @@ use crate::UsageError;
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Signals: SIGINT/SIGTERM stop gracefully (twice: at once), SIGHUP reloads worker by worker, SIGTTIN/SIGTTOU add/remove a worker.\n\nExample: herd run -i 2 --listen 127.0.0.1:8000 -- ./server"
+    after_help = "Signals: SIGINT/SIGTERM stop gracefully (twice: at once), SIGHUP reloads worker by worker, SIGTTIN/SIGTTOU add/remove a worker, SIGUSR2 replaces herd's own binary in place (same pid, same workers: after installing a new herd at the same path).\n\nExample: herd run -i 2 --listen 127.0.0.1:8000 -- ./server"
 )]
 pub struct RunArgs {
     #[command(flatten)]
@@ -25,18 +25,58 @@ pub struct RunArgs {
 pub fn main(args: RunArgs) -> anyhow::Result<i32> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let spec = args.app.to_spec(&args.command, &cwd)?;
-    // One thread: the supervisor's work is small and sequential, and a
-    // single-threaded runtime spares the round-robin path cross-thread
-    // wake-ups. (It is also the thread that starts workers, which their
-    // PR_SET_PDEATHSIG is tied to: it lives as long as herd.)
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime
-        .block_on(herd_engine::foreground::run(spec))
-        .map_err(|e| match e {
-            herd_engine::foreground::Error::Start(e) => UsageError(e.to_string()).into(),
-            e => anyhow::Error::new(e),
-        })
+    host(None, Some(spec))
+}
+
+/// The app a previous image of herd handed over (`herd run` got SIGUSR2):
+/// resume it in the foreground. Called before the command line is read.
+pub fn resume(
+    inherited: Result<herd_engine::upgrade::Inherited, herd_engine::upgrade::ResumeError>,
+) -> anyhow::Result<i32> {
+    let inherited = inherited.context("cannot resume the app after an upgrade")?;
+    if inherited.kind != herd_engine::foreground::HOST_KIND {
+        anyhow::bail!(
+            "cannot resume the app after an upgrade: it was handed over by a `{}` host, which this binary does not run",
+            inherited.kind
+        );
+    }
+    host(Some(inherited), None)
+}
+
+/// Run the app (started from `spec`, or resumed) in the foreground.
+fn host(
+    inherited: Option<herd_engine::upgrade::Inherited>,
+    spec: Option<herd_engine::config::AppSpec>,
+) -> anyhow::Result<i32> {
+    // The main thread starts every worker and execs a new binary on
+    // SIGUSR2 (so the workers, whose PR_SET_PDEATHSIG is tied to it,
+    // survive both); the app runs on a second thread.
+    herd_engine::upgrade::main_thread_spawner(move || {
+        // One thread: the supervisor's work is small and sequential, and a
+        // single-threaded runtime spares the round-robin path cross-thread
+        // wake-ups.
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+            .and_then(|runtime| {
+                runtime
+                    .block_on(async move {
+                        match (inherited, spec) {
+                            (Some(inherited), _) => {
+                                herd_engine::foreground::resume(inherited).await
+                            }
+                            (None, Some(spec)) => herd_engine::foreground::run(spec).await,
+                            (None, None) => unreachable!("a spec or an app to resume"),
+                        }
+                    })
+                    .map_err(|e| match e {
+                        herd_engine::foreground::Error::Start(e) => {
+                            UsageError(e.to_string()).into()
+                        }
+                        e => anyhow::Error::new(e),
+                    })
+            });
+        crate::exit_code(result)
+    })
 }

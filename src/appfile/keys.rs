@@ -6,14 +6,15 @@
 //! honours them (see [`crate::options::pending`]): `script` (`exec`, `cmd`,
 //! `command`), `name`, `cwd`, `args`, `exec_interpreter` (`interpreter`),
 //! `node_args` (`interpreter_args`), `out_file`, `error_file` and their
-//! aliases, `log_date_format`, `time`, `env`, `env_*`, `max_memory_restart`,
+//! aliases, `log_file` (`log`), `merge_logs` (`combine_logs`), `log_type`,
+//! `log_date_format`, `time`, `env`, `env_*`, `max_memory_restart`,
 //! `restart_delay`, `exp_backoff_restart_delay`, `wait_ready`, `instances`,
 //! `kill_timeout`, `shutdown_with_message`, `listen_timeout`, `autorestart`,
 //! `min_uptime`, `max_restarts`, `exec_mode`, `execute_command`,
 //! `instance_var`, `append_env_to_name`, `windowsHide` (nothing to do on
-//! Linux, as under pm2); kept: `watch`, `ignore_watch`, `watch_delay`,
-//! `cron_restart` (`cron`), `stop_exit_codes`, `filter_env`, `increment_var`,
-//! `port`, `log_type`, `log_file` (`log`), `merge_logs` (`combine_logs`).
+//! Linux, as under pm2), `watch`, `ignore_watch`, `watch_delay`,
+//! `cron_restart` (`cron`); kept: `stop_exit_codes`, `filter_env`, `increment_var`,
+//! `port`.
 
 use std::collections::BTreeMap;
 
@@ -45,7 +46,7 @@ pub const NOT_DONE: &[NotDone] = &[
     not_done("pid", None, "herd writes no pid files: `herd jlist` or `herd show --json` give the pids"),
     not_done("source_map_support", Some(false), "herd injects nothing into the app: add node_args: '--enable-source-maps'"),
     not_done("disable_source_map_support", Some(true), "herd injects nothing into the app"),
-    not_done("watch_options", None, "herd's watcher (in a later release) has no chokidar options: use ignore_watch and watch_delay"),
+    not_done("watch_options", None, "herd's watcher has no chokidar options (it never polls, and does not follow symbolic links into folders): use watch, ignore_watch and watch_delay"),
     not_done("vizion", Some(false), "herd reads no git metadata"),
     not_done("autostart", Some(true), "herd starts every app of the file: remove the app, or stop it after the start"),
     not_done("force", Some(false), "`herd start FILE` applies the file to running apps anyway"),

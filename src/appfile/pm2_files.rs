@@ -105,9 +105,8 @@ fn summary(dir: &Path, app: &FileApp, def: &herd_protocol::AppDef) -> String {
         s += &format!(" | mmr {}M", m >> 20);
     }
     let r = &def.spec.restart;
-    if r.mode != RestartMode::Always
-        || r.max_restarts != 16
-        || r.restart_delay != Duration::from_millis(100)
+    let pm2 = herd_engine::config::RestartPolicy::pm2();
+    if r.mode != RestartMode::Always || r.max_restarts != 16 || r.restart_delay != pm2.restart_delay
     {
         s += &format!(
             " | restart {:?} {}ms x{}",
@@ -116,33 +115,39 @@ fn summary(dir: &Path, app: &FileApp, def: &herd_protocol::AppDef) -> String {
             r.max_restarts
         );
     }
+    if let Counting::Pm2(Pm2Delay::Exponential(d)) = r.counting {
+        s += &format!(" | exp_backoff {}ms", d.as_millis());
+    }
+    if !r.stop_exit_codes.is_empty() {
+        s += &format!(" | stop_exit_codes {:?}", r.stop_exit_codes);
+    }
+    if let Some(v) = &def.spec.increment_var {
+        s += &format!(" | increment_var {v}");
+    }
     if def.spec.ready.wait_ready {
         s += " | wait_ready";
     }
     if let Some(v) = &def.spec.instance_var {
         s += &format!(" | instance_var {v}");
     }
-    let k = &def.pm2;
-    if let Some(w) = &k.watch {
-        let paths: Vec<String> = w.iter().map(|p| rel(p)).collect();
+    if let Some(w) = &def.spec.watch {
+        let paths: Vec<String> = w.paths.iter().map(|p| rel(p)).collect();
         s += &format!(" | watch {paths:?}");
+        if let Some(i) = &w.ignore {
+            s += &format!(" | ignore_watch {i:?}");
+        }
     }
-    if let Some(i) = &k.ignore_watch {
-        s += &format!(" | ignore_watch {i:?}");
-    }
-    if let Some(c) = &k.cron_restart {
+    if let Some(c) = &def.spec.cron_restart {
         s += &format!(" | cron {c}");
     }
-    if let Some(t) = &k.log_type {
-        s += &format!(" | log_type {t:?}");
+    if def.logs.log_type != LogType::Raw {
+        s += &format!(" | log_type {:?}", def.logs.log_type);
     }
-    match &k.log_file {
-        Some(CombinedLog::Path(p)) => s += &format!(" | log_file {}", rel(p)),
-        Some(CombinedLog::Default) => s += " | log_file",
-        None => {}
+    if let Some(p) = &def.logs.log_file {
+        s += &format!(" | log_file {}", rel(p.as_path()));
     }
-    if let Some(m) = k.merge_logs {
-        s += &format!(" | merge_logs {m}");
+    if !def.logs.merge_logs {
+        s += " | merge_logs false";
     }
     s
 }
@@ -197,12 +202,11 @@ const CASES: &[Case] = &[
         "p1",
         Some("production"),
         &[
-            "echo-python | python p1/hello.py arg1 arg2 | Generic fork x4 | cwd p1 | env ENV=production,PORT=5001 | +PYTHONUNBUFFERED | mmr 1024M | restart Never 100ms x16 | watch []",
+            "echo-python | python p1/hello.py arg1 arg2 | Generic fork x4 | cwd p1 | env ENV=production,PORT=5001 | +PYTHONUNBUFFERED | mmr 1024M | restart Never 0ms x16 | watch []",
             "echo-python-3 | python p1/hello.py | Generic fork x1 | cwd p1 | +PYTHONUNBUFFERED",
         ],
         &[
             "app 'echo-python': pm2's 'pid' is not done by herd (ignored): herd writes no pid files: `herd jlist` or `herd show --json` give the pids",
-            "echo-python: 'watch' is read but not honoured yet: files are not watched; after an edit, `herd reload NAME`",
         ],
     ),
     (
@@ -211,10 +215,9 @@ const CASES: &[Case] = &[
         ".",
         None,
         &[
-            "dataapp-web | python web_app.py | Generic fork x1 | cwd . | env PORT=3545,PYTHONUNBUFFERED=1 | out logs/pm2-out.log | err logs/pm2-error.log | time iso | mmr 1024M | log_file logs/pm2-combined.log",
+            "dataapp-web | python web_app.py | Generic fork x1 | cwd . | env PORT=3545,PYTHONUNBUFFERED=1 | out logs/pm2-out.log | err logs/pm2-error.log | time YYYY-MM-DDTHH:mm:ss | mmr 1024M | log_file logs/pm2-combined.log",
         ],
         &[
-            "dataapp-web: 'log_file' is read but not honoured yet: there is no combined log; the lines are in the out and error files",
         ],
     ),
     (
@@ -236,7 +239,7 @@ const CASES: &[Case] = &[
         ".",
         Some("prod"),
         &[
-            r#"EKTA | bash -c npm run start | Generic fork x1 | cwd . | env NODE_ENV=prod,DEBUG=false | out .pm2/out.log | err .pm2/err.log | mmr 2048M | restart Never 5ms x5 | wait_ready | instance_var INSTANCE_ID | ignore_watch ["./views", "/views", "views"]"#,
+            r#"EKTA | bash -c npm run start | Generic fork x1 | cwd . | env NODE_ENV=prod,DEBUG=false | out .pm2/out.log | err .pm2/err.log | mmr 2048M | restart Never 5ms x5 | wait_ready | instance_var INSTANCE_ID"#,
         ],
         &[
             "app 'EKTA': pm2's 'vizion' is not done by herd (ignored): herd reads no git metadata",
@@ -261,12 +264,10 @@ const CASES: &[Case] = &[
         ".",
         None,
         &[
-            r#"app | node app.js | Node fork x1 | cwd . | out data/logs/console.log | err data/logs/err.log | time iso | restart Never 100ms x2 | watch [] | ignore_watch ["node_modules", "data/logs", "build/images"] | log_type Raw"#,
+            r#"app | node app.js | Node fork x1 | cwd . | out data/logs/console.log | err data/logs/err.log | time YYYY-MM-DDTHH:mm:ss | restart Never 0ms x2 | watch [] | ignore_watch ["node_modules", "data/logs", "build/images"]"#,
         ],
         &[
             "app 'app': log_type 'format' is no log type (pm2 knows 'json'): lines are written as the app writes them",
-            "app: 'watch' is read but not honoured yet: files are not watched; after an edit, `herd reload NAME`",
-            "app: 'ignore_watch' is read but not honoured yet: files are not watched",
         ],
     ),
     (
@@ -275,12 +276,10 @@ const CASES: &[Case] = &[
         ".",
         None,
         &[
-            "server | node index.js | Node fork x1 | cwd . | out dev/log/child-out.log | err dev/log/child-err.log | time YYYY-MM-DD HH:mm:ss | watch [] | cron 0 0 * * * | log_type Raw | merge_logs true",
+            "server | node index.js | Node fork x1 | cwd . | out dev/log/child-out.log | err dev/log/child-err.log | time YYYY-MM-DD HH:mm:ss | watch [] | cron 0 0 * * *",
         ],
         &[
             "app 'server': pm2's 'namespace' is not done by herd (ignored): herd has no namespaces: app names are global; select apps by name or `all`",
-            "server: 'watch' is read but not honoured yet: files are not watched; after an edit, `herd reload NAME`",
-            "server: 'cron_restart' is read but not honoured yet: no restart at '0 0 * * *'; until then a cron job can run `herd reload NAME`",
         ],
     ),
     (
@@ -289,10 +288,9 @@ const CASES: &[Case] = &[
         ".",
         None,
         &[
-            "formdee | node --max-old-space-size=2048 npm start | Generic fork x1 | cwd . | env NODE_ENV=production,NODE_OPTIONS=--max-old-space-size=2048 | out logs/pm2-out.log | err logs/pm2-error.log | time YYYY-MM-DD HH:mm:ss Z | mmr 2048M | log_file logs/pm2-combined.log | merge_logs true",
+            "formdee | node --max-old-space-size=2048 npm start | Generic fork x1 | cwd . | env NODE_ENV=production,NODE_OPTIONS=--max-old-space-size=2048 | out logs/pm2-out.log | err logs/pm2-error.log | time YYYY-MM-DDTHH:mm:ss | mmr 2048M | log_file logs/pm2-combined.log",
         ],
         &[
-            "formdee: 'log_file' is read but not honoured yet: there is no combined log; the lines are in the out and error files",
         ],
     ),
     (
@@ -301,12 +299,10 @@ const CASES: &[Case] = &[
         ".",
         None,
         &[
-            "api | node services/example-api/app.js | Node cluster x1 | cwd . | out logs/eample-api.log | watch [] | merge_logs true",
-            "engine | node services/example-engine/app.js | Node cluster x1 | cwd . | out logs/eample-engine.log | watch [] | merge_logs true",
+            "api | node services/example-api/app.js | Node cluster x1 | cwd . | out logs/eample-api.log | watch []",
+            "engine | node services/example-engine/app.js | Node cluster x1 | cwd . | out logs/eample-engine.log | watch []",
         ],
         &[
-            "api: 'watch' is read but not honoured yet: files are not watched; after an edit, `herd reload NAME`",
-            "engine: 'watch' is read but not honoured yet: files are not watched; after an edit, `herd reload NAME`",
         ],
     ),
     (
@@ -341,7 +337,6 @@ const CASES: &[Case] = &[
             "app | node app.js | Node cluster x2 | cwd . | env NODE_ENV=production | watch []",
         ],
         &[
-            "app: 'watch' is read but not honoured yet: files are not watched; after an edit, `herd reload NAME`",
         ],
     ),
     (
@@ -354,8 +349,6 @@ const CASES: &[Case] = &[
             r#"pm2-perfmonitor | node lib/app.js | Node fork x1 | cwd . | env NODE_ENV=development | watch [] | ignore_watch ["node_modules", ".git"]"#,
         ],
         &[
-            "pm2-perfmonitor: 'watch' is read but not honoured yet: files are not watched; after an edit, `herd reload NAME`",
-            "pm2-perfmonitor: 'ignore_watch' is read but not honoured yet: files are not watched",
         ],
     ),
 ];

@@ -1,4 +1,4 @@
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use herd_engine::config::{Balance, Instances};
 use nix::sys::signal::Signal;
@@ -269,12 +269,12 @@ fn check_pm2_apps(apps: &[FileApp], dir: &Path) {
     assert_eq!(api.daemon.max_memory_restart, Some(200 << 20));
     assert_eq!(api.options.min_uptime, Duration::from_secs(2));
     assert_eq!(api.options.max_restarts, 5);
-    // pm2's restart_delay is a fixed delay.
+    // pm2's restart_delay is a fixed delay: pm2's counting.
     assert_eq!(api.options.restart_delay, Duration::from_millis(250));
-    assert_eq!(api.options.max_restart_delay, Duration::from_millis(250));
+    assert_eq!(api.options.counting, Counting::Pm2(Pm2Delay::Fixed));
     assert_eq!(api.options.interpreter_args(), ["--max-old-space-size=512"]);
     assert_eq!(api.options.exec_mode, Some(ExecMode::Cluster));
-    assert_eq!(api.daemon.pm2.merge_logs, Some(true));
+    assert_eq!(api.daemon.merge_logs, Some(true));
     assert!(api.daemon.time);
     assert_eq!(
         api.daemon.out_file.as_deref(),
@@ -301,10 +301,16 @@ fn check_pm2_apps(apps: &[FileApp], dir: &Path) {
     // pm2 starts one instance unless told otherwise (app_def's default).
     assert_eq!(worker.options.instances, None);
     assert_eq!(worker.options.exec_mode, Some(ExecMode::Fork));
-    assert_eq!(worker.daemon.pm2.exp_backoff_restart_delay_ms, Some(100));
+    assert_eq!(
+        worker.options.counting,
+        Counting::Pm2(Pm2Delay::Exponential(Duration::from_millis(100)))
+    );
     assert_eq!(worker.options.restart, RestartMode::Never);
-    assert_eq!(worker.options.restart_delay, Duration::from_millis(100));
-    assert_eq!(worker.options.max_restart_delay, PM2_MAX_BACKOFF);
+    assert_eq!(
+        worker.options.restart_delay,
+        Duration::ZERO,
+        "pm2's default"
+    );
     assert_eq!(worker.options.interpreter_args(), ["--inspect"]);
     assert!(worker.options.shutdown_with_message);
     assert_eq!(worker.options.listen.len(), 1);
@@ -765,7 +771,7 @@ fn every_key_with_a_wrong_value_names_file_key_and_line() {
         (
             "ignore_watch",
             "true",
-            "invalid type: boolean `true`, expected a string",
+            "invalid type: boolean `true`, expected a name, glob or path",
         ),
         ("watch_delay", "\"x\"", "invalid duration 'x'"),
         (
@@ -773,9 +779,32 @@ fn every_key_with_a_wrong_value_names_file_key_and_line() {
             "\"61 * * * *\"",
             "invalid cron pattern '61 * * * *'",
         ),
-        ("cron_restart", "\"* *\"", "it has 2 fields"),
+        ("cron_restart", "\"* *\"", "it has 2 field(s)"),
+        ("cron_restart", "\"0 0 31 2 *\"", "matches no date"),
+        (
+            "ignore_watch",
+            "[\"logs\", \"[a-\"]",
+            "invalid ignore_watch pattern '[a-'",
+        ),
         ("cron", "\"@often\"", "invalid cron pattern"),
         ("stop_exit_codes", "[\"a\"]", "invalid exit code 'a'"),
+        ("stop_exit_codes", "[300]", "invalid exit code '300'"),
+        (
+            "stop_exit_codes",
+            "true",
+            "invalid type: boolean `true`, expected an exit code",
+        ),
+        (
+            "env_production",
+            "\"A=1\"",
+            "expected a table of environment variables",
+        ),
+        (
+            "exp_backoff_restart_delay",
+            "\"fast\"",
+            "invalid duration 'fast'",
+        ),
+        ("increment_var", "\"A=B\"", "invalid variable name 'A=B'"),
         (
             "filter_env",
             "1",
@@ -826,7 +855,7 @@ fn every_key_with_a_wrong_value_names_file_key_and_line() {
 }
 
 #[test]
-fn keys_later_phases_honour_are_read_into_their_types() {
+fn pm2_keys_are_read_into_their_types() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(
         dir.path(),
@@ -842,36 +871,49 @@ fn keys_later_phases_honour_are_read_into_their_types() {
         ]}"#,
     );
     let (apps, warnings) = load(&path, None).unwrap();
+    // Honoured by the engine: its options.
+    let o = &apps[0].options;
+    assert_eq!(o.stop_exit_codes, [0, 2]);
+    assert_eq!(o.increment_var.as_deref(), Some("PORT"));
+    assert_eq!(
+        o.counting,
+        Counting::Pm2(Pm2Delay::Exponential(Duration::from_millis(100)))
+    );
+    assert_eq!(apps[1].options.stop_exit_codes, [3]);
+    assert_eq!(apps[1].options.counting, Counting::Pm2(Pm2Delay::Fixed));
+    // The log keys (honoured: they go to the definition's log settings).
+    assert_eq!(apps[0].daemon.log_type, Some(LogType::Json));
+    assert_eq!(apps[0].daemon.log_file, Some(CombinedLog::Default));
+    assert_eq!(apps[0].daemon.merge_logs, Some(false));
+    assert_eq!(
+        apps[1].daemon.log_file,
+        Some(CombinedLog::Path("all.log".into()))
+    );
+    assert_eq!(apps[1].daemon.log_type, Some(LogType::Raw));
+    assert_eq!(apps[2].daemon.log_file, None);
+    // watch and cron_restart are app options, as their flags are.
+    assert_eq!(o.watch, Some(vec![]));
+    assert_eq!(o.ignore_watch, vec!["node_modules".to_string()]);
+    assert_eq!(o.watch_delay, Some(std::time::Duration::from_secs(1)));
+    assert_eq!(
+        o.cron_restart,
+        Some(options::CronArg(Some("0 3 * * *".parse().unwrap())))
+    );
+    assert_eq!(
+        apps[1].options.watch,
+        Some(vec!["src".into(), "lib".into()])
+    );
+    assert_eq!(apps[1].options.cron_restart, Some(options::CronArg(None)));
+    assert_eq!(apps[2].options.watch, Some(vec!["src".into()]));
     let a = &apps[0].daemon.pm2;
-    assert_eq!(a.watch, Some(vec![]));
-    assert_eq!(a.ignore_watch, Some(vec!["node_modules".to_string()]));
-    assert_eq!(a.watch_delay_ms, Some(1000));
-    assert_eq!(a.cron_restart.as_deref(), Some("0 3 * * *"));
-    assert_eq!(a.stop_exit_codes, [0, 2]);
     assert_eq!(
         a.filter_env,
         Some(FilterEnv::Containing(vec!["SECRET".into(), "AWS_".into()]))
     );
-    assert_eq!(a.increment_var.as_deref(), Some("PORT"));
-    assert_eq!(a.port, Some(3000));
-    assert_eq!(a.log_type, Some(LogType::Json));
-    assert_eq!(a.log_file, Some(CombinedLog::Default));
-    assert_eq!(a.merge_logs, Some(false));
-    assert_eq!(a.exp_backoff_restart_delay_ms, Some(100));
     let b = &apps[1].daemon.pm2;
-    assert_eq!(
-        b.watch,
-        Some(vec![PathBuf::from("src"), PathBuf::from("lib")])
-    );
     assert_eq!(b.filter_env, Some(FilterEnv::All));
-    assert_eq!(b.log_file, Some(CombinedLog::Path("all.log".into())));
-    assert_eq!(b.stop_exit_codes, [3]);
-    assert_eq!(b.cron_restart, None);
-    assert_eq!(b.log_type, Some(LogType::Raw));
     let c = &apps[2].daemon.pm2;
-    assert_eq!(c.watch, Some(vec![PathBuf::from("src")]));
     assert_eq!(c.filter_env, Some(FilterEnv::Exact("TOKEN".into())));
-    assert_eq!(c.log_file, None);
     // pm2 reads any log_type but json as raw lines: herd says so, once.
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
@@ -879,8 +921,8 @@ fn keys_later_phases_honour_are_read_into_their_types() {
         "{warnings:?}"
     );
 
-    // Carried into the definition (paths absolute), and each named in one
-    // "not honoured yet" warning.
+    // Carried into the definition (paths absolute); `port` is PORT in the
+    // env.
     std::fs::write(dir.path().join("a.js"), "").unwrap();
     let (def, warnings) = options::app_def_noting(
         &apps[0].options,
@@ -889,29 +931,23 @@ fn keys_later_phases_honour_are_read_into_their_types() {
         &apps[0].base,
     )
     .unwrap();
-    assert_eq!(def.pm2.cron_restart.as_deref(), Some("0 3 * * *"));
-    assert_eq!(def.pm2.watch, Some(vec![]));
-    let all = warnings.join("\n");
-    for key in [
-        "'watch'",
-        "'ignore_watch'",
-        "'watch_delay'",
-        "'cron_restart'",
-        "'stop_exit_codes'",
-        "'filter_env'",
-        "'increment_var'",
-        "'port'",
-        "'log_type: json'",
-        "'log_file'",
-        "'merge_logs: false'",
-        "'exp_backoff_restart_delay'",
-    ] {
-        assert!(
-            all.contains(&format!("{key} is read but not honoured yet")),
-            "{key}: {all}"
-        );
-    }
-    assert_eq!(warnings.len(), 12, "{all}");
+    assert_eq!(
+        def.spec.cron_restart.as_ref().map(|c| c.pattern()),
+        Some("0 3 * * *")
+    );
+    let watch = def.spec.watch.as_ref().expect("watch");
+    assert!(watch.paths.is_empty(), "{watch:?}");
+    assert_eq!(watch.ignore, Some(vec!["node_modules".to_string()]));
+    assert_eq!(watch.delay, std::time::Duration::from_secs(1));
+    assert_eq!(def.logs.log_type, LogType::Json);
+    assert!(!def.logs.merge_logs);
+    let combined = def.logs.log_file.clone().unwrap();
+    assert!(combined.ends_with("logs/a.log"), "{}", combined.display());
+    assert!(def.spec.env.contains(&("PORT".into(), "3000".into())));
+    assert_eq!(def.spec.increment_var.as_deref(), Some("PORT"));
+    assert_eq!(def.spec.restart.stop_exit_codes, [0, 2]);
+    // Every key is honoured now: nothing to say.
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
 
 #[test]
@@ -1195,4 +1231,21 @@ fn scripts_and_paths_resolve_as_under_pm2() {
     let a = &apps[0];
     let err = options::app_def_noting(&a.options, &a.daemon, &a.command, &a.base).unwrap_err();
     assert!(err.0.contains("beside the config file"), "{}", err.0);
+}
+
+/// Found by the bad-input corpus: a YAML error below a top-level list said
+/// its path twice (`[0].script: .[0].script: invalid type …`).
+#[test]
+fn a_yaml_error_says_its_path_once() {
+    let e = load_text(
+        "- &a\n  script: *a\n",
+        Path::new("a.yaml"),
+        None,
+        Path::new("/"),
+    )
+    .map(drop)
+    .unwrap_err()
+    .0;
+    assert!(e.contains("[0].script: invalid type: map"), "{e}");
+    assert_eq!(e.matches("[0].script").count(), 1, "{e}");
 }

@@ -9,7 +9,9 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use herd_engine::config::{Balance, ExecMode, Instances, ListenSpec, RestartMode};
+use herd_engine::config::{
+    check_ignore_glob, Balance, CronSpec, ExecMode, Instances, ListenSpec, RestartMode,
+};
 use nix::sys::signal::Signal;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -142,35 +144,20 @@ Port -> u16, "a port number (1 to 65535)", numbers: true, bools: false, |s: &str
     Ok(p) if p > 0 => Ok(p),
     _ => Err(format!("invalid port '{s}': use a number from 1 to 65535")),
 });
-kind!(/// An exit code, or its text (pm2 parseInts strings).
-    ExitCode -> i32, "an exit code (a number)", numbers: true, bools: false, |s: &str| s.trim().parse::<i32>().map_err(|_| format!("invalid exit code '{s}': use a number, such as 0 or 2")));
-kind!(/// pm2's `cron_restart`: a 5- or 6-field pattern, checked; 0 (or "0") turns it off.
-    Cron -> Option<String>, "a cron pattern (\"0 3 * * *\"), or 0 for none", numbers: true, bools: false, parse_cron);
+kind!(/// An exit code, 0 to 255 (what a process can exit with), or its text
+/// (pm2 parseInts strings).
+ExitCode -> i32, "an exit code (a number)", numbers: true, bools: false, |s: &str| match s.trim().parse::<i32>() {
+    Ok(c) if (0..=255).contains(&c) => Ok(c),
+    _ => Err(format!("invalid exit code '{s}': use a number from 0 to 255, such as 0 or 2")),
+});
+kind!(/// pm2's `cron_restart`: a 5- or 6-field pattern, checked as pm2 checks it (croner); 0 (or "0") turns it off.
+    Cron -> Option<CronSpec>, "a cron pattern (\"0 3 * * *\"), or 0 for none", numbers: true, bools: false, |s: &str| options::cron_arg(s).map(|c| c.0));
 kind!(/// A name of an environment variable.
     VarName -> String, "a variable name", numbers: false, bools: false, env_name);
-
-/// pm2 checks patterns with croner (5 fields, or 6 with seconds first); so
-/// does herd (the Rust croner), so a pattern pm2 takes is taken here.
-fn parse_cron(s: &str) -> Result<Option<String>, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(None);
-    }
-    let fields = s.split_whitespace().count();
-    if !(5..=6).contains(&fields) {
-        return Err(format!(
-            "invalid cron pattern '{s}': it has {fields} fields; use 5 (minute hour day month weekday, as \"0 3 * * *\") or 6 (seconds first)"
-        ));
-    }
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Optional)
-        .year(croner::parser::Year::Disallowed)
-        .sloppy_ranges(true)
-        .build()
-        .parse(s)
-        .map_err(|e| format!("invalid cron pattern '{s}': {e}"))?;
-    Ok(Some(s.to_string()))
-}
+kind!(/// One `ignore_watch` entry: a name, glob or path.
+IgnoreGlob -> String, "a name, glob or path (node_modules, *.log, logs/)", numbers: false, bools: false, |s: &str| {
+    check_ignore_glob(s).map(|()| s.to_string()).map_err(|e| e.0)
+});
 
 fn env_name(s: &str) -> Result<String, String> {
     if s.is_empty() || s.contains('=') || s.contains('\0') {

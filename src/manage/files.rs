@@ -269,14 +269,12 @@ pub fn update_env(selector: &str, restart: bool) -> anyhow::Result<i32> {
         ))
         .into());
     }
-    let current: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| !herd_engine::is_worker_variable(k))
-        .collect();
     let defs: Vec<AppDef> = chosen
         .iter()
         .map(|a| {
             let mut def = a.def.clone();
-            for (k, v) in &current {
+            // What the app's filter_env keeps out stays out.
+            for (k, v) in &crate::options::cli_env(def.pm2.filter_env.as_ref()) {
                 match def.spec.env.iter_mut().find(|(ours, _)| ours == k) {
                     Some(slot) => slot.1 = v.clone(),
                     None => def.spec.env.push((k.clone(), v.clone())),

@@ -96,9 +96,6 @@ struct Saved {
     stopped: bool,
     /// Live pids pm2 still runs it as.
     live: Vec<u32>,
-    /// The file pm2 wrote both streams to (`-l`), set on the definition
-    /// itself; empty: herd's default, `$HERD_HOME/logs/NAME.log`.
-    log_file: Option<String>,
 }
 
 pub fn main(args: ImportArgs) -> anyhow::Result<i32> {
@@ -203,26 +200,13 @@ pub fn main(args: ImportArgs) -> anyhow::Result<i32> {
     }
     let mut defs = Vec::new();
     for a in &loaded {
-        let mut def = app_def(&a.options, &a.daemon, &a.command, &a.base).map_err(|e| {
+        let def = app_def(&a.options, &a.daemon, &a.command, &a.base).map_err(|e| {
             UsageError(format!(
                 "{}: app '{}': {e}; nothing was imported (leave it out with --only)",
                 dump.display(),
                 name_of(a)
             ))
         })?;
-        let name = def.spec.name.clone();
-        if let Some(both) = saved
-            .iter()
-            .find(|s| s.name == name)
-            .and_then(|s| s.log_file.as_ref())
-        {
-            def.logs.log_file = Some(match both.as_str() {
-                "" => herd_daemon::Home::from_env()?
-                    .log_dir()
-                    .join(format!("{name}.log")),
-                path => PathBuf::from(path),
-            });
-        }
         defs.push(def);
     }
     let stopped: Vec<String> = saved
@@ -356,6 +340,15 @@ fn without_process_suffix(path: &str) -> String {
     path.to_string()
 }
 
+/// pm2 numbered this process's file `key` with its id (`app-out-3.log` for
+/// pm_id 3): it did not merge the app's logs.
+fn numbered_by_pm2(process: &Value, key: &str) -> bool {
+    match (process[key].as_str(), process["pm_id"].as_u64()) {
+        (Some(path), Some(id)) => path.ends_with(&format!("-{id}.log")),
+        _ => false,
+    }
+}
+
 /// The saved records as apps: grouped by name in their order, each written
 /// as the pm2 process-file entry it came from.
 fn group(
@@ -458,9 +451,10 @@ fn group(
             }
         }
         app.insert("env".into(), Value::Object(env));
-        let mut log_file = None;
-        // Log files: pm2's default ones become herd's; others are kept, one
-        // per stream for all processes.
+        // Log files: pm2's default ones become herd's; others are kept. pm2
+        // numbers each process's files by its id when it does not merge
+        // them: herd then writes one per instance, numbered by instance.
+        let mut split = false;
         for (key, pm2_key, kind) in [
             ("out_file", "pm_out_log_path", "out"),
             ("error_file", "pm_err_log_path", "error"),
@@ -473,29 +467,30 @@ fn group(
                 app.insert(key.into(), json!("/dev/null"));
                 continue;
             }
-            let per_process = procs.iter().any(|p| p[pm2_key] != first[pm2_key]);
+            let per_process = procs.iter().any(|p| p[pm2_key] != first[pm2_key])
+                || (first["merge_logs"].as_bool() != Some(true)
+                    && procs.iter().all(|p| numbered_by_pm2(p, pm2_key)));
+            split |= per_process;
             let path = if per_process {
                 without_process_suffix(path)
             } else {
                 path.to_string()
             };
             if is_default_log(&path, &pm2_home, &name, kind) {
-                // herd's own file instead (for both streams: its default, resolved later).
+                // herd's own file instead (for both streams: `true`, its default).
                 if key == "log_file" {
-                    log_file = Some(String::new());
+                    app.insert(key.into(), json!(true));
                 }
                 continue;
             }
-            if per_process {
-                notes.push(format!(
-                    "{name}: pm2 wrote one {key} per process; herd writes {path} for all of them"
-                ));
-            }
-            if key == "log_file" {
-                log_file = Some(path);
-            } else {
-                app.insert(key.into(), json!(path));
-            }
+            app.insert(key.into(), json!(path));
+        }
+        if split {
+            app.insert("merge_logs".into(), json!(false));
+            notes.push(format!(
+                "{name}: pm2 wrote each process's logs to files of their own, numbered by \
+                 process id; herd writes each instance's, numbered by instance (-0.log, -1.log …)"
+            ));
         }
         let stopped = procs
             .iter()
@@ -506,7 +501,6 @@ fn group(
             app: Value::Object(app),
             stopped,
             live,
-            log_file,
         });
     }
     if out.is_empty() {
@@ -603,6 +597,9 @@ mod tests {
         );
         assert!(web.get("watch").is_none() && web.get("namespace").is_none());
         assert!(!saved[0].stopped);
+        // pm2 numbered web's files per process: herd writes one per instance.
+        assert_eq!(web["merge_logs"], false);
+        assert!(saved[1].app.get("merge_logs").is_none());
         assert_eq!(saved[1].app["out_file"], "/var/log/jobs.log");
         assert!(saved[1].stopped);
         assert!(notes.iter().any(|n| n.contains("PM2_HOME")), "{notes:?}");
@@ -631,6 +628,12 @@ mod tests {
         );
         assert_eq!(without_process_suffix("/l/app-2024.log"), "/l/app.log");
         assert_eq!(without_process_suffix("/l/app.txt"), "/l/app.txt");
+        // One process that pm2 did not merge: its file carries its id.
+        let one = json!({"pm_id": 4, "pm_out_log_path": "/l/api-out-4.log"});
+        assert!(numbered_by_pm2(&one, "pm_out_log_path"));
+        assert!(!numbered_by_pm2(&one, "pm_err_log_path"));
+        let merged = json!({"pm_id": 4, "pm_out_log_path": "/l/api-out.log"});
+        assert!(!numbered_by_pm2(&merged, "pm_out_log_path"));
         assert!(is_default_log(
             "/h/logs/my-app-x-out.log",
             Path::new("/h"),

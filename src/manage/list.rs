@@ -263,6 +263,20 @@ pub fn worker_name(w: &WorkerInfo) -> String {
     }
 }
 
+/// A log path as `show` prints it: per instance, the first instance's file
+/// and the rule.
+fn log_path(app: &AppInfo, path: &std::path::Path) -> String {
+    if app.merge_logs {
+        return path.display().to_string();
+    }
+    let first = herd_protocol::instance_log_path(path, 0);
+    if first == path {
+        format!("{} (shared by the instances)", path.display())
+    } else {
+        format!("{} … (one per instance)", first.display())
+    }
+}
+
 pub fn show(args: ShowArgs) -> anyhow::Result<()> {
     let Response::App { app, def } = client::ask(Request::Show {
         app: args.app,
@@ -348,8 +362,48 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
                 .map(memory)
                 .unwrap_or_else(|| "-".into()),
         ),
-        ("out log", app.out_log.display().to_string()),
-        ("err log", app.err_log.display().to_string()),
+        (
+            "watch",
+            match &spec.watch {
+                None => "-".into(),
+                Some(w) => {
+                    let paths = if w.paths.is_empty() {
+                        "its folder".to_string()
+                    } else {
+                        w.paths
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    let ignore = match &w.ignore {
+                        None => "dot-names and node_modules".to_string(),
+                        Some(i) => i.join(", "),
+                    };
+                    let mut text = format!("{paths}; ignoring {ignore}");
+                    if !w.delay.is_zero() {
+                        text.push_str(&format!("; reload {} after a change", d(w.delay)));
+                    }
+                    text
+                }
+            },
+        ),
+        (
+            "cron",
+            spec.cron_restart
+                .as_ref()
+                .map(|c| format!("reload at '{c}'"))
+                .unwrap_or_else(|| "-".into()),
+        ),
+        ("out log", log_path(&app, &app.out_log)),
+        ("err log", log_path(&app, &app.err_log)),
+        (
+            "both log",
+            def.logs
+                .log_file
+                .as_deref()
+                .map_or_else(|| "-".into(), |p| log_path(&app, p)),
+        ),
         ("env", format!("{} variables", spec.env.len())),
     ];
     for (k, v) in rows {

@@ -428,16 +428,15 @@ impl State {
         self.tails.clear();
         self.log.clear();
         if let Some(app) = self.selected_app() {
-            let mut out = Tail::new(&app.name, "out", app.out_log.clone());
-            let mut err = Tail::new(&app.name, "err", app.err_log.clone());
-            let half = LOG_KEEP / 2;
-            let past: Vec<_> = out
-                .last_lines(half)
-                .into_iter()
-                .map(|l| (false, clean(&l)))
-                .chain(err.last_lines(half).into_iter().map(|l| (true, clean(&l))))
-                .collect();
-            self.tails = vec![out, err];
+            // Its out and err files (each instance's, when not merged).
+            let mut tails = Tail::of_app(app, true, true);
+            let share = LOG_KEEP / tails.len().max(1);
+            let mut past = Vec::new();
+            for t in &mut tails {
+                let err = t.stream == "err";
+                past.extend(t.last_lines(share).into_iter().map(|l| (err, clean(&l))));
+            }
+            self.tails = tails;
             for line in past {
                 self.push_log(line);
             }

@@ -21,8 +21,9 @@
 //!   `unstable_restarts` its crash-loop count, `created_at` when the app was
 //!   taken or last restarted, reloaded or `reset`;
 //! - paths are the app's: `pm_exec_path` the script (the program when it
-//!   runs without an interpreter), `pm_out_log_path`/`pm_err_log_path` its
-//!   two files (herd writes one per stream for all workers);
+//!   runs without an interpreter), `pm_out_log_path`/`pm_err_log_path`
+//!   (and `pm_log_path`) the files that process writes: the app's, or its
+//!   instance's own with `merge_logs: false`;
 //! - `env` holds the app's environment and, as in pm2, every variable is
 //!   also at the top level of `pm2_env` (where it does not hide pm2's keys);
 //! - keys of pm2 features herd does not have are constants that say so
@@ -35,7 +36,7 @@ use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use herd_engine::config::{RestartMode, WorkerKind};
-use herd_protocol::{AppDetail, WorkerInfo, WorkerState};
+use herd_protocol::{instance_log_path, AppDetail, LogType, WorkerInfo, WorkerState};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
@@ -227,10 +228,15 @@ fn process(app: &AppDetail, w: &WorkerInfo, now_ms: u64, facts: &mut Facts) -> P
     put("herd_worker", json!(format!("{}:{}", info.name, w.slot)));
     put("pm_exec_path", json!(exec_path));
     put("pm_cwd", json!(spec.cwd.clone().unwrap_or_default()));
-    put("pm_out_log_path", json!(info.out_log));
-    put("pm_err_log_path", json!(info.err_log));
+    // The files this process writes: its instance's own when not merged.
+    let file = |path: &Path| match def.logs.merge_logs {
+        true => path.to_path_buf(),
+        false => instance_log_path(path, w.slot),
+    };
+    put("pm_out_log_path", json!(file(&info.out_log)));
+    put("pm_err_log_path", json!(file(&info.err_log)));
     if let Some(both) = &def.logs.log_file {
-        put("pm_log_path", json!(both));
+        put("pm_log_path", json!(file(both)));
     }
     put("node_args", json!(node_args));
     put("args", json!(args));
@@ -276,8 +282,29 @@ fn process(app: &AppDetail, w: &WorkerInfo, now_ms: u64, facts: &mut Facts) -> P
     if let Some(f) = &def.logs.date_format {
         put("log_date_format", json!(f));
     }
-    put("merge_logs", json!(true));
-    put("watch", json!(false));
+    put("merge_logs", json!(def.logs.merge_logs));
+    if def.logs.log_type == LogType::Json {
+        put("log_type", json!("json"));
+    }
+    // As pm2 keeps them: `watch` true (the app's folder) or the paths;
+    // `ignore_watch` as written; `watch_delay` in ms; `cron_restart`.
+    match &spec.watch {
+        None => put("watch", json!(false)),
+        Some(w) => {
+            if w.paths.is_empty() {
+                put("watch", json!(true));
+            } else {
+                put("watch", json!(w.paths));
+            }
+            if let Some(ignore) = &w.ignore {
+                put("ignore_watch", json!(ignore));
+            }
+            put("watch_delay", json!(w.delay.as_millis() as u64));
+        }
+    }
+    if let Some(cron) = &spec.cron_restart {
+        put("cron_restart", json!(cron.pattern()));
+    }
     put("autostart", json!(true));
     put("treekill", json!(true));
     put("username", json!(facts.username()));
@@ -357,7 +384,8 @@ mod tests {
                 online: 1,
                 listen: vec![],
                 out_log: "/h/logs/web-out.log".into(),
-                err_log: "/h/logs/web-err.log".into(),
+                err_log: "/h/logs/web-error.log".into(),
+                merge_logs: true,
                 workers: vec![
                     worker(0, Some(100), WorkerState::Online, WorkerRole::Current),
                     // A reload's successor for slot 0: not listed.

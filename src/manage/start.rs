@@ -59,7 +59,8 @@ pub struct Pm2Flags {
     #[arg(short = 'a', long)]
     update_env: bool,
 
-    /// Accepted for pm2's scripts: herd always writes one file per stream for all the workers.
+    /// One file per stream for all the workers: herd's default; it overrides a config file's
+    /// `merge_logs: false` (pm2's --merge-logs).
     #[arg(long)]
     merge_logs: bool,
 
@@ -99,11 +100,17 @@ impl Pm2Flags {
             def.namespace = Some(ns.clone());
         }
         if let Some(log) = &self.log {
-            def.logs.log_file = Some(if log.is_empty() {
-                home_logs.join(format!("{}.log", def.spec.name))
+            let path = if log.is_empty() {
+                let stem = herd_engine::config::log_file_stem(&def.spec.name);
+                home_logs.join(format!("{stem}.log"))
             } else {
                 def.spec.cwd.clone().unwrap_or_default().join(log)
-            });
+            };
+            crate::options::unwatch_log(def, &path);
+            def.logs.log_file = Some(path);
+        }
+        if self.merge_logs {
+            def.logs.merge_logs = true;
         }
     }
 }

@@ -9,10 +9,14 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
+use herd_protocol::{instance_log_path, AppInfo};
+
 /// A file being followed.
 pub struct Tail {
     pub app: String,
     pub stream: &'static str,
+    /// The instance whose own file this is (an app with `merge_logs: false`).
+    pub instance: Option<usize>,
     pub path: PathBuf,
     file: Option<File>,
     inode: u64,
@@ -27,6 +31,7 @@ impl Tail {
         Tail {
             app: app.to_string(),
             stream,
+            instance: None,
             path,
             file: None,
             inode: 0,
@@ -34,6 +39,31 @@ impl Tail {
             partial: Vec::new(),
             resync: false,
         }
+    }
+
+    /// The files of `app` to follow, stdout's (`out`) and stderr's (`err`):
+    /// one each, or one each per instance when its logs are not merged.
+    pub fn of_app(app: &AppInfo, out: bool, err: bool) -> Vec<Tail> {
+        let streams = [("out", out, &app.out_log), ("err", err, &app.err_log)];
+        let mut tails = Vec::new();
+        if app.merge_logs {
+            for (stream, wanted, path) in streams {
+                if wanted {
+                    tails.push(Tail::new(&app.name, stream, path.clone()));
+                }
+            }
+            return tails;
+        }
+        for slot in 0..app.instances {
+            for (stream, wanted, path) in streams {
+                if wanted {
+                    let mut t = Tail::new(&app.name, stream, instance_log_path(path, slot));
+                    t.instance = Some(slot);
+                    tails.push(t);
+                }
+            }
+        }
+        tails
     }
 
     /// The last `n` whole lines; following starts after them.

@@ -914,8 +914,8 @@ fn links_planted_in_herd_home_are_never_followed() {
     assert!(err.contains("symbolic link"), "{err}");
     assert!(d.list().is_empty(), "the app is not kept");
     untouched(&target);
-    // And no empty web-err.log is left behind by the failed start.
-    assert!(!d.path().join("logs/web-err.log").exists());
+    // And no empty web-error.log is left behind by the failed start.
+    assert!(!d.path().join("logs/web-error.log").exists());
 
     // dump.json: saving replaces the link, never writes through it; a
     // planted one is not read.
@@ -945,7 +945,7 @@ fn every_file_herd_writes_in_its_home_is_owner_only() {
         "herd.log",
         "herd.sock",
         "logs/web-out.log",
-        "logs/web-err.log",
+        "logs/web-error.log",
     ] {
         assert_eq!(mode(&d.path().join(f)), 0o600, "{f}");
     }

@@ -6,17 +6,33 @@
 //! A new test goes into the module of its area; a new area gets a module
 //! here. Run one area with a filter: `cargo test --test it node::`.
 
+mod bad_inputs;
 mod bounds;
+mod chaos;
+mod container;
 mod daemon;
 mod demo;
 mod deploy;
+mod faults;
 mod fixture;
+mod fuzz_regressions;
+mod logs;
 mod metrics;
 mod monit;
 mod node;
 mod pid1;
 mod pm2_verbs;
+mod reload;
 mod run;
+mod runtime;
 mod supervisor;
 mod supervisors;
 mod systemd;
+mod triggers;
+mod upgrade;
+
+/// What each fuzz target asserts of one input (`fuzz/src/lib.rs`), shared
+/// with cargo-fuzz: `fuzz_regressions` runs it on every saved input.
+#[path = "../../fuzz/src/lib.rs"]
+#[allow(dead_code)]
+mod fuzz_checks;

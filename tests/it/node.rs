@@ -124,72 +124,13 @@ fn wait_ready(h: &Herd, from: usize, n: usize, timeout: Duration) -> BTreeMap<us
     }
 }
 
-/// The pid that answered: the `X-Worker-Pid` header, else `process <pid>` in
-/// the body, else a JSON body's `pid`.
-fn answer_pid(r: &Response) -> Option<i32> {
-    if let Some(p) = r.header("X-Worker-Pid").and_then(|v| v.parse().ok()) {
-        return Some(p);
-    }
-    body_pid(&r.body)
-}
-
-fn body_pid(body: &str) -> Option<i32> {
-    let mut words = body.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "process" {
-            return words.next()?.parse().ok();
-        }
-    }
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()?
-        .get("pid")?
-        .as_i64()
-        .map(|p| p as i32)
-}
-
 /// One GET on a fresh connection that must answer 200: the answering pid.
 fn get_pid(addr: &str, path: &str) -> i32 {
     let r = http_request(addr, path, REQ)
         .unwrap_or_else(|e| panic!("GET {path} on {addr} failed: {e}"));
     assert_eq!(r.status, 200, "GET {path}: {r:?}");
-    answer_pid(&r).unwrap_or_else(|| panic!("no pid in the answer to GET {path}: {r:?}"))
-}
-
-/// GET / until it answers 200 or the timeout passes: the answering pid.
-fn wait_answer(addr: &str, timeout: Duration) -> i32 {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match http_request(addr, "/", Duration::from_secs(2)) {
-            Ok(r) if r.status == 200 => {
-                if let Some(p) = answer_pid(&r) {
-                    return p;
-                }
-                last = format!("no pid in {r:?}");
-            }
-            Ok(r) => last = format!("status {}", r.status),
-            Err(e) => last = format!("{:?}: {e}", e.kind()),
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{addr} did not answer 200 within {timeout:?}; last: {last}");
-}
-
-/// Fresh-connection GET / until the answering pids cover `want` (or the
-/// attempts run out): every pid seen.
-fn pids_seen(addr: &str, want: &BTreeSet<i32>, attempts: usize) -> BTreeSet<i32> {
-    let mut seen = BTreeSet::new();
-    for _ in 0..attempts {
-        if let Ok(r) = http_request(addr, "/", REQ) {
-            if let Some(p) = answer_pid(&r) {
-                seen.insert(p);
-            }
-        }
-        if want.is_subset(&seen) {
-            break;
-        }
-    }
-    seen
+    r.pid()
+        .unwrap_or_else(|| panic!("no pid in the answer to GET {path}: {r:?}"))
 }
 
 fn set_of(m: &BTreeMap<usize, i32>) -> BTreeSet<i32> {
@@ -254,7 +195,7 @@ fn hello_two_workers_answer_on_the_apps_own_port() {
         "herd should say it listens on the app's port {port} (shared by default); stderr:\n{}",
         h.stderr_text()
     );
-    let seen = pids_seen(&addr, &want, 400);
+    let seen = pids_answering(&addr, &want, 400);
     assert_eq!(seen, want, "both workers answer on port {port}");
     // hello.js's own answer: "process <pid> count <n>".
     let r = http_request(&addr, "/", REQ).unwrap();
@@ -281,7 +222,7 @@ fn node_cluster_sched_policy_picks_the_default_balance() {
             "NODE_CLUSTER_SCHED_POLICY={policy} should give balance {balance}; stderr:\n{}",
             h.stderr_text()
         );
-        assert_eq!(pids_seen(&addr_of(port), &want, 400), want);
+        assert_eq!(pids_answering(&addr_of(port), &want, 400), want);
     }
 }
 
@@ -336,7 +277,7 @@ fn worker_that_exits_is_replaced_in_its_slot() {
     let mark = h.mark(Stream::Stderr);
     let r = http_request(&addr, "/stop", REQ).expect("GET /stop answers before exiting");
     assert_eq!(r.status, 200, "{r:?}");
-    let victim = answer_pid(&r).expect("pid of the stopping worker");
+    let victim = r.pid().expect("pid of the stopping worker");
     let slot = slot_of(&h, victim);
     let code = h.wait_stderr_after(
         mark,
@@ -351,7 +292,7 @@ fn worker_that_exits_is_replaced_in_its_slot() {
         .iter()
         .map(|(s, p)| if *s == slot { new_pid } else { *p })
         .collect();
-    let seen = pids_seen(&addr, &now, 400);
+    let seen = pids_answering(&addr, &now, 400);
     assert_eq!(
         seen, now,
         "the replacement and the other worker both answer; the old pid is gone"
@@ -374,7 +315,7 @@ fn worker_message_reaches_herd() {
     wait_ready(&h, 0, 2, START);
     let r = http_request(&addr, "/send?x=a%20b", REQ).expect("GET /send");
     assert_eq!(r.status, 200, "{r:?}");
-    let pid = answer_pid(&r).unwrap();
+    let pid = r.pid().unwrap();
     let slot = slot_of(&h, pid);
     let line = format!(r#"worker {slot} sent {{"type":"hello","x":"a b"}}"#);
     h.wait_stderr(&line, T);
@@ -613,7 +554,7 @@ fn process_disconnect_ends_the_worker_as_in_node_and_herd_replaces_it() {
         .iter()
         .map(|(s, p)| if *s == slot { new_pid } else { *p })
         .collect();
-    assert_eq!(pids_seen(&addr, &now, 400), now);
+    assert_eq!(pids_answering(&addr, &now, 400), now);
     stop_cleanly(&mut h, T);
 }
 
@@ -641,7 +582,7 @@ fn worker_that_disconnects_on_purpose_keeps_serving_shared() {
         T,
     );
     // It still answers, on its own, for many connections: herd did not stop it.
-    let seen = pids_seen(&addr, &all, 400);
+    let seen = pids_answering(&addr, &all, 400);
     assert_eq!(
         seen, all,
         "the disconnected worker keeps serving with the other"
@@ -680,7 +621,7 @@ fn worker_that_disconnects_on_purpose_leaves_the_round_robin() {
     );
     let ready = wait_ready(&h, 0, 2, START);
     let all = set_of(&ready);
-    assert_eq!(pids_seen(&addr, &all, 400), all);
+    assert_eq!(pids_answering(&addr, &all, 400), all);
     let victim = get_pid(&addr, "/disconnect?keep=1");
     wait_text(
         &h,
@@ -765,7 +706,7 @@ fn https_app_serves(balance: &str) {
     for _ in 0..40 {
         match curl_https(port) {
             Ok(body) => {
-                seen.insert(body_pid(&body).unwrap_or_else(|| panic!("https body: {body:?}")));
+                seen.insert(pid_in_body(&body).unwrap_or_else(|| panic!("https body: {body:?}")));
             }
             Err(e) => errors.push(e),
         }
@@ -814,7 +755,7 @@ fn round_robin_spreads_1000_fresh_connections_evenly() {
         &[],
     );
     let want = set_of(&wait_ready(&h, 0, 2, START));
-    wait_answer(&addr, T);
+    wait_http_ok(&addr, T);
     let spread = |clients: usize, each: usize| {
         let counts = Arc::new(Mutex::new(BTreeMap::<i32, usize>::new()));
         let errors = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -825,7 +766,7 @@ fn round_robin_spreads_1000_fresh_connections_evenly() {
                     for _ in 0..each {
                         match http_request(&addr, "/", Duration::from_secs(5)) {
                             Ok(r) if r.status == 200 => {
-                                let pid = answer_pid(&r).unwrap_or(-1);
+                                let pid = r.pid().unwrap_or(-1);
                                 *counts.lock().unwrap().entry(pid).or_default() += 1;
                             }
                             Ok(r) => errors.lock().unwrap().push(format!("status {}", r.status)),
@@ -886,7 +827,7 @@ fn round_robin_skips_a_worker_blocked_on_cpu() {
         &[],
     );
     let want = set_of(&wait_ready(&h, 0, 2, START));
-    assert_eq!(pids_seen(&addr, &want, 400), want);
+    assert_eq!(pids_answering(&addr, &want, 400), want);
 
     let busy_ms = 4000u64;
     let cpu = CpuWatch::new(want.iter().copied());
@@ -913,7 +854,7 @@ fn round_robin_skips_a_worker_blocked_on_cpu() {
                 thread::sleep(Duration::from_millis(60 * i));
                 let t0 = Instant::now();
                 let r = http_request(&addr, "/", Duration::from_secs(15));
-                (r.map(|r| answer_pid(&r)), t0.elapsed())
+                (r.map(|r| r.pid()), t0.elapsed())
             })
         })
         .collect();
@@ -922,7 +863,7 @@ fn round_robin_skips_a_worker_blocked_on_cpu() {
     let spread = t_start.elapsed();
     let (check_r, check_took) = check.join().unwrap();
     let check_r = check_r.expect("/check answers");
-    let busy = answer_pid(&check_r).expect("pid of the busy worker");
+    let busy = check_r.pid().expect("pid of the busy worker");
     let other = *want.iter().find(|&&p| p != busy).unwrap();
     eprintln!("  busy worker {busy} ({check_took:?}), other {other}, probes over {spread:?}:");
     let mut slow = Vec::new();
@@ -977,7 +918,7 @@ fn two_reloads_under_load_lose_nothing(balance: &str) {
         &[],
     );
     let first = set_of(&wait_ready(&h, 0, 2, START));
-    wait_answer(&addr, T);
+    wait_http_ok(&addr, T);
     let load = Load::start(&addr, "/", 6, Duration::ZERO);
     let t0 = Instant::now();
     let mut slow = Vec::new();
@@ -1047,7 +988,7 @@ fn two_reloads_under_load_lose_nothing(balance: &str) {
         "no worker needed SIGKILL; stderr:\n{}",
         h.stderr_text()
     );
-    let seen = pids_seen(&addr, &now, 400);
+    let seen = pids_answering(&addr, &now, 400);
     assert_eq!(seen, now, "the new workers answer");
     stop_cleanly(&mut h, Duration::from_secs(20));
 }
@@ -1177,7 +1118,7 @@ fn wait_ready_takes_the_ready_message_and_reloads() {
     h.wait_stderr_after(mark, pat::RELOAD_FINISHED, Duration::from_secs(30));
     let now = set_of(&wait_ready(&h, mark, 2, T));
     assert!(now.is_disjoint(&first), "{first:?} → {now:?}");
-    assert_eq!(pids_seen(&addr, &now, 400), now);
+    assert_eq!(pids_answering(&addr, &now, 400), now);
     stop_cleanly(&mut h, Duration::from_secs(20));
 }
 
@@ -1202,7 +1143,7 @@ fn wait_ready_reload_aborts_when_the_replacement_never_sends_ready() {
         );
     }
     // They serve (shared socket) though never ready.
-    assert_eq!(pids_seen(&addr, &old, 400), old);
+    assert_eq!(pids_answering(&addr, &old, 400), old);
     let mark = h.mark(Stream::Stderr);
     h.signal(Signal::SIGHUP);
     h.wait_stderr_after(mark, pat::RELOAD_ABORTED, Duration::from_secs(15));
@@ -1229,7 +1170,7 @@ fn wait_ready_reload_aborts_when_the_replacement_never_sends_ready() {
     );
     assert!(old.iter().all(|&p| process_alive(p)));
     assert_eq!(
-        pids_seen(&addr, &old, 400),
+        pids_answering(&addr, &old, 400),
         old,
         "the old workers keep serving"
     );
@@ -1299,7 +1240,7 @@ fn kill_timeout_counts_from_sigint_after_the_disconnect() {
     );
     let ready = wait_ready(&h, 0, 1, START);
     let pid = ready[&0];
-    wait_answer(&addr_of(port), T);
+    wait_http_ok(&addr_of(port), T);
     let mark = h.mark(Stream::Stderr);
     stop_cleanly(&mut h, T);
     wait_text(&h, Stream::Stdout, &format!("process {pid} got SIGINT"), T);
@@ -1336,7 +1277,7 @@ fn shutdown_with_message_stops_workers_by_message() {
         &[],
     );
     let ready = wait_ready(&h, 0, 2, START);
-    wait_answer(&addr_of(port), T);
+    wait_http_ok(&addr_of(port), T);
     let took = stop_cleanly(&mut h, Duration::from_secs(15));
     for pid in ready.values() {
         wait_text(&h, Stream::Stdout, &format!("got shutdown pid {pid}"), T);
@@ -1375,7 +1316,7 @@ fn misbehaviour(path: &str, check: impl FnOnce(&Herd, usize, i32)) {
     );
     let ready = wait_ready(&h, 0, 2, START);
     let all = set_of(&ready);
-    assert_eq!(pids_seen(&addr, &all, 400), all);
+    assert_eq!(pids_answering(&addr, &all, 400), all);
     let load = Load::start(&addr, "/", 2, Duration::from_millis(2));
     let culprit = get_pid(&addr, path);
     let slot = slot_of(&h, culprit);
@@ -1386,7 +1327,7 @@ fn misbehaviour(path: &str, check: impl FnOnce(&Herd, usize, i32)) {
     assert!(rep.ok > 0, "the load ran");
     // herd on the request path still answers promptly, from both workers.
     let t0 = Instant::now();
-    let seen = pids_seen(&addr, &all, 400);
+    let seen = pids_answering(&addr, &all, 400);
     assert_eq!(
         seen, all,
         "both workers still answer (the other is {other})"
@@ -1517,7 +1458,7 @@ fn udp_pids(addr: &str, want: &BTreeSet<i32>, timeout: Duration) -> BTreeSet<i32
         sock.send_to(b"ping", addr).unwrap();
         let mut buf = [0u8; 64];
         if let Ok((n, _)) = sock.recv_from(&mut buf) {
-            if let Some(pid) = body_pid(&String::from_utf8_lossy(&buf[..n])) {
+            if let Some(pid) = pid_in_body(&String::from_utf8_lossy(&buf[..n])) {
                 seen.insert(pid);
             }
         }
@@ -1600,7 +1541,7 @@ fn listen_zero(balance: &str) {
     let pids: BTreeSet<i32> = said.iter().map(|c| c[1].parse().unwrap()).collect();
     let addr = format!("127.0.0.1:{}", said[0][0]);
     assert_eq!(
-        pids_seen(&addr, &pids, 400),
+        pids_answering(&addr, &pids, 400),
         pids,
         "both workers answer on {addr}"
     );
@@ -1657,7 +1598,7 @@ fn unix_path(balance: &str) {
     let mut seen = BTreeSet::new();
     for _ in 0..400 {
         let r = unix_http_request(&sock, "/", REQ).expect("the app answers on its socket");
-        seen.extend(answer_pid(&r));
+        seen.extend(r.pid());
         if seen == pids {
             break;
         }
@@ -1726,7 +1667,7 @@ fn listen_fd(balance: &str) {
     let said = wait_said(&h, "fd listening pid {}", 2, START);
     let pids: BTreeSet<i32> = said.iter().map(|c| c[0].parse().unwrap()).collect();
     assert_eq!(
-        pids_seen(&addr, &pids, 400),
+        pids_answering(&addr, &pids, 400),
         pids,
         "both workers answer on {addr}"
     );

@@ -633,11 +633,22 @@ fn import_pm2_starts_the_saved_apps_with_their_definitions() {
     assert_eq!(var(&env, "NODE_ENV").as_deref(), Some("production"));
     assert!(var(&env, "unique_id").is_none() && var(&env, "PM2_USAGE").is_none());
     assert_serves(web_port);
-    // pm2's default log files become herd's own.
+    // pm2's default log files become herd's own; pm2 wrote each process's
+    // (web-out-0.log, web-out-3.log), so herd writes each instance's.
     assert_eq!(
         web["out_log"],
         d.path().join("logs/web-out.log").to_str().unwrap()
     );
+    assert_eq!(web["merge_logs"], false);
+    for i in 0..2 {
+        let file = d.path().join(format!("logs/web-out-{i}.log"));
+        assert!(
+            wait_until(Duration::from_secs(10), || std::fs::read_to_string(&file)
+                .is_ok_and(|t| t.contains("listening on port"))),
+            "{}",
+            file.display()
+        );
+    }
     let p = jlist(&d);
     let web_p = p.iter().find(|p| p["name"] == "web").unwrap();
     assert_eq!(web_p["pm2_env"]["max_memory_restart"], 200 << 20);

@@ -279,13 +279,41 @@ async fn receive(
         Ok::<_, FrameError>(true)
     })
     .await;
+    if let Ok(Err(e)) = &hello {
+        refuse(&mut conn, e).await;
+    }
     if !said(hello)? {
         return None;
     }
     conn.limit_frames(MAX_FRAME);
-    let request = said(tokio::time::timeout(REQUEST_DEADLINE, conn.recv::<Request>()).await)?;
+    let request = tokio::time::timeout(REQUEST_DEADLINE, conn.recv::<Request>()).await;
+    if let Ok(Err(e)) = &request {
+        refuse(&mut conn, e).await;
+    }
+    let request = said(request)?;
     let turn = door.active.clone().acquire_owned().await.ok()?;
     Some((conn, request, turn))
+}
+
+/// Tell a client why its frame was refused, before its connection closes:
+/// a frame over the size limit, or one that is no request herd knows.
+async fn refuse(conn: &mut Connection, e: &FrameError) {
+    let why = match e {
+        FrameError::Json(e) => format!(
+            "the daemon cannot read this request ({e}); send one of herd-protocol's \
+             requests (the herd CLI of the daemon's version does)"
+        ),
+        FrameError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => format!(
+            "the daemon refused a frame ({e}): a hello is at most {HELLO_FRAME} bytes, \
+             a request at most {MAX_FRAME}"
+        ),
+        FrameError::Io(e) => format!(
+            "the daemon could not read a whole frame ({e}): a frame is a 4-byte big-endian \
+             length, then that many bytes of JSON"
+        ),
+        FrameError::Closed => return,
+    };
+    let _ = tokio::time::timeout(HELLO_DEADLINE, conn.send(&handlers::usage(why))).await;
 }
 
 /// What a step within its deadline gave: `None` (the connection ends) on a

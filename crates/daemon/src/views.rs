@@ -64,7 +64,7 @@ pub fn from_definition(entry: &Entry, home: &Home) -> AppInfo {
         }
         State::Incompatible { .. } | State::Gone => (AppState::Errored, WorkerState::Errored),
     };
-    let (out_log, err_log) = herd_supervisor::logs::paths(def, home);
+    let log_paths = herd_supervisor::logs::paths(def, home);
     AppInfo {
         name: entry.name.clone(),
         id: entry.id,
@@ -73,8 +73,9 @@ pub fn from_definition(entry: &Entry, home: &Home) -> AppInfo {
         instances,
         online: 0,
         listen: spec.listeners.iter().map(|l| l.addr.to_string()).collect(),
-        out_log,
-        err_log,
+        out_log: log_paths.out,
+        err_log: log_paths.err,
+        merge_logs: def.logs.merge_logs,
         workers: (0..instances)
             .map(|slot| WorkerInfo {
                 slot,

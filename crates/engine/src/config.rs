@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+mod triggers;
+pub(crate) use triggers::glob;
+pub use triggers::{check_ignore_glob, is_glob, CronSpec, WatchSpec};
+
 /// A value a user wrote that herd cannot accept. The message names the value
 /// and says what would have been accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -227,6 +231,13 @@ pub fn check_app_name(name: &str) -> Result<(), ConfigError> {
             "invalid app name {name:?}: it holds a control character (a newline, a tab …); use printable characters"
         )));
     }
+    if name.contains(':') {
+        // `herd restart api:1` names worker 1 of `api`: an app named
+        // `api:1` (or `a:b`) could never be addressed.
+        return Err(bad(format!(
+            "invalid app name '{name}': ':' separates an app from a worker (APP:N); choose a name without ':'"
+        )));
+    }
     Ok(())
 }
 
@@ -424,44 +435,129 @@ pub fn parse_signal(s: &str) -> Result<Signal, ConfigError> {
 #[serde(default)]
 pub struct RestartPolicy {
     pub mode: RestartMode,
-    /// The delay before the first restart of a worker that crashed young;
-    /// it doubles with each further unstable exit.
+    /// How exits are counted and delayed: herd's way, or pm2's (pm2 process
+    /// files).
+    pub counting: Counting,
+    /// herd: the delay before the first restart of a worker that died young;
+    /// it doubles with each further young exit. pm2: the fixed delay before
+    /// every automatic restart (pm2's `restart_delay`, default 0).
     #[serde(with = "duration_text")]
     pub restart_delay: Duration,
-    /// The cap on that doubling.
+    /// herd: the cap on that doubling (pm2 counting does not use it).
     #[serde(with = "duration_text")]
     pub max_restart_delay: Duration,
-    /// A worker that ran at least this long was stable: its slot's backoff resets.
+    /// A worker that ran less than this died young (an unstable exit).
     #[serde(with = "duration_text")]
     pub min_uptime: Duration,
-    /// More unstable restarts than this in a row put the slot into `errored`.
+    /// herd: more crashes of young workers in a row than this put the slot
+    /// into `errored`. pm2: that many unstable restarts within
+    /// `min_uptime × max_restarts` of the slot's start do.
     pub max_restarts: u32,
+    /// A worker that exits with one of these codes is not restarted,
+    /// whatever the mode (pm2's `stop_exit_codes`). A death by a signal is
+    /// never one of them.
+    pub stop_exit_codes: Vec<i32>,
+}
+
+/// How a slot's exits are counted and delayed: a typed choice, set by the
+/// config loader (pm2 process files get [`Counting::Pm2`]; `herd run`,
+/// `herd start` and `herd.toml` get [`Counting::Herd`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Counting {
+    /// herd's own: a worker that lived at least `min_uptime` is replaced at
+    /// once and resets its slot; one that died young waits `restart_delay`,
+    /// doubled per young exit in a row up to `max_restart_delay`. Only a
+    /// crash counts toward `max_restarts` (an exit code or a fault signal; a
+    /// kill from outside — SIGKILL, SIGTERM, SIGINT, SIGHUP — does not), and
+    /// the backoff never leaves the app empty: while no worker of the app
+    /// is running, a slot whose worker was killed starts at once (at most one
+    /// such start per `restart_delay`).
+    #[default]
+    Herd,
+    /// pm2's (`lib/God.js: handleExit`): `restart_delay` before every
+    /// automatic restart, or `exp_backoff_restart_delay`; an exit is unstable
+    /// when the worker ran less than `min_uptime` and the slot started less
+    /// than `min_uptime × max_restarts` ago; `max_restarts` unstable exits
+    /// make the slot errored. A reload, or a restart of one worker, starts
+    /// the counting over (pm2's `resetState`).
+    Pm2(Pm2Delay),
+}
+
+/// pm2's delay before an automatic restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pm2Delay {
+    /// `restart_delay` every time (0: at once).
+    #[default]
+    Fixed,
+    /// `exp_backoff_restart_delay`: this delay, then ×1.5 per restart
+    /// (rounded down to the millisecond) up to 15 s; back to it after a
+    /// worker ran more than 30 s, or a reload.
+    Exponential(#[serde(with = "duration_text")] Duration),
+}
+
+/// pm2's hard-coded ceiling of `exp_backoff_restart_delay`.
+pub const PM2_MAX_BACKOFF: Duration = Duration::from_secs(15);
+/// A worker up longer than this resets pm2's exponential backoff
+/// (`EXP_BACKOFF_RESET_TIMER`).
+pub const PM2_BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
+
+impl Pm2Delay {
+    /// The delay after `prev` (zero: the first restart, or after a reset),
+    /// for `exp_backoff_restart_delay = base`: `base`, then
+    /// `floor(min(15000, prev × 1.5))` ms — 100, 150, 225, 337, 505 …
+    pub fn next_exponential(base: Duration, prev: Duration) -> Duration {
+        if prev.is_zero() {
+            return base;
+        }
+        let ms = (prev.as_millis() as f64 * 1.5).min(PM2_MAX_BACKOFF.as_millis() as f64);
+        Duration::from_millis(ms.floor() as u64)
+    }
 }
 
 impl Default for RestartPolicy {
     fn default() -> Self {
         RestartPolicy {
             mode: RestartMode::Always,
+            counting: Counting::Herd,
             restart_delay: Duration::from_millis(100),
             max_restart_delay: Duration::from_secs(5),
             min_uptime: Duration::from_secs(1),
             max_restarts: 16,
+            stop_exit_codes: Vec::new(),
         }
     }
 }
 
 impl RestartPolicy {
-    /// The wait before restarting after the `unstable`-th unstable exit in a
-    /// row (0 = the worker had been stable, so it is replaced at once).
-    pub fn backoff(&self, unstable: u32) -> Duration {
-        if unstable == 0 {
+    /// pm2's defaults (`restart_delay` 0, `min_uptime` 1 s, `max_restarts`
+    /// 16), with pm2's counting.
+    pub fn pm2() -> Self {
+        RestartPolicy {
+            counting: Counting::Pm2(Pm2Delay::Fixed),
+            restart_delay: Duration::ZERO,
+            ..RestartPolicy::default()
+        }
+    }
+
+    /// herd counting: the wait before restarting after the `young`-th young
+    /// exit in a row (0 = the worker had been stable, so it is replaced at
+    /// once).
+    pub fn backoff(&self, young: u32) -> Duration {
+        if young == 0 {
             return Duration::ZERO;
         }
-        let factor = 1u32.checked_shl(unstable - 1).unwrap_or(u32::MAX);
+        let factor = 1u32.checked_shl(young - 1).unwrap_or(u32::MAX);
         self.restart_delay
             .checked_mul(factor)
             .unwrap_or(self.max_restart_delay)
             .min(self.max_restart_delay)
+    }
+
+    /// Is an exit with `status` one of `stop_exit_codes`?
+    pub fn is_stop_code(&self, status: crate::ExitStatus) -> bool {
+        matches!(status, crate::ExitStatus::Code(c) if self.stop_exit_codes.contains(&c))
     }
 }
 
@@ -557,14 +653,32 @@ pub struct AppSpec {
     pub stop: StopPolicy,
     #[serde(default)]
     pub ready: ReadyPolicy,
-    /// Also set each worker's slot in this variable (pm2's `instance_var`).
+    /// Set each worker's slot in this variable instead of
+    /// `NODE_APP_INSTANCE` (pm2's `instance_var`).
     #[serde(default)]
     pub instance_var: Option<String>,
+    /// A variable raised by one for each further slot (pm2's
+    /// `increment_var`): slot 0 gets the number the app's environment gives
+    /// it (`Number(v) || 0`, as pm2 reads it), slot N that number plus N —
+    /// `PORT` 3000, 3001 …
+    #[serde(default)]
+    pub increment_var: Option<String>,
+    /// The daemon's id of the app: every worker gets it as `pm_id` (pm2's
+    /// variable, which numbers processes there; herd's ids name apps).
+    /// `None` under `herd run`: `pm_id` is 0.
+    #[serde(default)]
+    pub app_id: Option<u32>,
     /// The largest IPC message a worker may send, in bytes; a longer one is
     /// refused with a warning (and skipped up to its newline). When AppSpec
     /// is deserialized, a missing field means [`default_max_message_bytes`].
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Reload when these files change (pm2's `watch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchSpec>,
+    /// Reload on this schedule (pm2's `cron_restart`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_restart: Option<CronSpec>,
 }
 
 fn yes() -> bool {
@@ -647,7 +761,11 @@ impl AppSpec {
             stop: StopPolicy::default(),
             ready: ReadyPolicy::default(),
             instance_var: None,
+            increment_var: None,
+            app_id: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            watch: None,
+            cron_restart: None,
         }
     }
 }
@@ -805,6 +923,16 @@ mod tests {
         }
     }
 
+    /// Found by the bad-input corpus: `herd start --name a:1` was taken, and
+    /// the app could then never be restarted or sent to (`a:1` is worker 1 of `a`).
+    #[test]
+    fn an_app_name_with_a_colon_is_refused() {
+        for bad in ["a:1", "api:v2", ":"] {
+            let e = check_app_name(bad).unwrap_err().0;
+            assert!(e.contains("APP:N"), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn backoff_doubles_and_caps() {
         let p = RestartPolicy::default();
@@ -814,5 +942,47 @@ mod tests {
         assert_eq!(p.backoff(4), Duration::from_millis(800));
         assert_eq!(p.backoff(10), Duration::from_secs(5));
         assert_eq!(p.backoff(100), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn pm2s_exponential_backoff_as_pm2_computes_it() {
+        let base = Duration::from_millis(100);
+        let mut prev = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..14 {
+            prev = Pm2Delay::next_exponential(base, prev);
+            seen.push(prev.as_millis() as u64);
+        }
+        // pm2 7, seen: 100, 150, 225, 337, 505, 757, 1135, 1702, 2553, 3829, 5743 …
+        assert_eq!(
+            seen,
+            vec![100, 150, 225, 337, 505, 757, 1135, 1702, 2553, 3829, 5743, 8614, 12921, 15000]
+        );
+        assert_eq!(
+            Pm2Delay::next_exponential(base, Duration::from_secs(15)),
+            Duration::from_secs(15)
+        );
+    }
+
+    #[test]
+    fn restart_policies_read_back_and_old_ones_still_load() {
+        let mut p = RestartPolicy::pm2();
+        p.counting = Counting::Pm2(Pm2Delay::Exponential(Duration::from_millis(100)));
+        p.stop_exit_codes = vec![0, 3];
+        let text = serde_json::to_string(&p).unwrap();
+        assert!(
+            text.contains(r#""counting":{"pm2":{"exponential":"100ms"}}"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<RestartPolicy>(&text).unwrap(), p);
+        // Saved before counting existed: herd's.
+        let old: RestartPolicy = serde_json::from_str(
+            r#"{"mode":"always","restart_delay":"100ms","max_restart_delay":"5000ms","min_uptime":"1000ms","max_restarts":16}"#,
+        )
+        .unwrap();
+        assert_eq!(old, RestartPolicy::default());
+        assert!(p.is_stop_code(crate::ExitStatus::Code(3)));
+        assert!(!p.is_stop_code(crate::ExitStatus::Code(1)));
+        assert!(!p.is_stop_code(crate::ExitStatus::Signal(Signal::SIGKILL)));
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::exit::ExitStatus;
-use crate::machine::{AbortReason, Answer, Command, Next, Outcome, Report};
+use crate::machine::{AbortReason, Answer, Command, Next, Outcome, Report, Trigger};
 
 /// `250 ms`, `1.6 s`, `2 min 5 s`.
 pub fn duration(d: Duration) -> String {
@@ -58,9 +58,13 @@ impl fmt::Display for Next {
             Next::RestartIn(d) => write!(f, "restarting it in {}", duration(*d)),
             Next::Stopped => f.write_str("stopped"),
             Next::NoRestart => f.write_str("not restarting it (restart policy)"),
+            Next::StopExitCode(code) => write!(
+                f,
+                "not restarting it: {code} is one of its stop_exit_codes"
+            ),
             Next::Errored { crashes } => write!(
                 f,
-                "it crashed {crashes} times in a row, each within --min-uptime of starting, so its slot is errored and stays empty (a reload starts it afresh); the other workers keep serving"
+                "it crashed {crashes} times, each within min_uptime of starting (--max-restarts), so its slot is errored and stays empty (a reload starts it afresh); the other workers keep serving"
             ),
             Next::Replaced => f.write_str("its reload replacement takes over"),
         }
@@ -72,6 +76,18 @@ impl fmt::Display for Report {
         match self {
             Report::Online { slot, pid } => write!(f, "worker {slot} online (pid {pid})"),
             Report::Ready { slot, pid } => write!(f, "worker {slot} ready (pid {pid})"),
+            Report::ReadyAssumed { slot, pid, waited } => write!(
+                f,
+                "warning: worker {slot} (pid {pid}) did not say it was ready within {} (wait_ready: \
+                 process.send('ready') or READY=1; listen_timeout): taken as online, as pm2 does; \
+                 said once for this app",
+                duration(*waited)
+            ),
+            Report::BackoffSkipped { slot } => write!(
+                f,
+                "worker {slot} starts now, before its backoff ends: no worker of the app is running, \
+                 and its last one was killed, not crashed"
+            ),
             Report::Exited {
                 slot,
                 pid,
@@ -104,6 +120,10 @@ impl fmt::Display for Report {
                 f,
                 "replacing worker {slot}: starting its successor, then draining it"
             ),
+            Report::Restarting { slot } => write!(
+                f,
+                "restarting worker {slot}: it stops first, then its successor starts (a new worker could not listen beside it)"
+            ),
             Report::ReloadAborted {
                 slot,
                 reason,
@@ -116,7 +136,7 @@ impl fmt::Display for Report {
                 if *old_serving {
                     f.write_str("; the old worker keeps serving")
                 } else {
-                    f.write_str("; the slot's old worker had died, so the slot restarts by its restart policy")
+                    f.write_str("; no old worker serves this slot any more (it had died, or the reload stopped it first), so the slot restarts by its restart policy; the other workers keep serving")
                 }
             }
             Report::Stopping { workers } => write!(f, "stopping {workers} worker(s)"),
@@ -133,6 +153,24 @@ impl fmt::Display for Report {
                 };
                 write!(f, "cannot {what}: {reason}")
             }
+            Report::Triggered(Trigger::Watch { path, changes }) => {
+                f.write_str("watch: ")?;
+                match path {
+                    Some(p) => write!(f, "{} changed", p.display())?,
+                    None => f.write_str("files changed")?,
+                }
+                if *changes > 1 {
+                    write!(f, " ({changes} changes)")?;
+                }
+                f.write_str("; reloading")
+            }
+            Report::Triggered(Trigger::Cron { pattern }) => {
+                write!(f, "cron_restart '{pattern}' is due; reloading")
+            }
+            Report::Watching { folders } => write!(
+                f,
+                "watch: watching {folders} folder(s) for changes; each reloads the app"
+            ),
             Report::Answered { ticket, answer } => write!(f, "command {} {answer}", ticket.0),
         }
     }
@@ -213,6 +251,17 @@ mod tests {
         assert_eq!(
             r.to_string(),
             "worker 1 (pid 42) exited with code 1 after 30 ms; restarting it in 200 ms"
+        );
+        let r = Report::Exited {
+            slot: 0,
+            pid: 7,
+            status: ExitStatus::Code(0),
+            uptime: Duration::from_secs(2),
+            next: Next::StopExitCode(0),
+        };
+        assert_eq!(
+            r.to_string(),
+            "worker 0 (pid 7) exited with code 0 after 2 s; not restarting it: 0 is one of its stop_exit_codes"
         );
     }
 }

@@ -12,6 +12,20 @@ pub enum ExitStatus {
     Signal(Signal),
 }
 
+impl ExitStatus {
+    /// Was the process ended from outside — by the OOM killer, an operator
+    /// or a script (`SIGKILL`, `SIGTERM`, `SIGINT`, `SIGHUP`) — rather than
+    /// by its own doing (an exit code, or a fault such as `SIGSEGV` or
+    /// `SIGABRT`)? A kill says nothing about whether the program can start,
+    /// so herd's restart counting does not take it for a crash.
+    pub fn is_kill(self) -> bool {
+        matches!(
+            self,
+            ExitStatus::Signal(Signal::SIGKILL | Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP)
+        )
+    }
+}
+
 /// As JSON: `{"code": 1}` or `{"signal": "SIGKILL"}`.
 impl serde::Serialize for ExitStatus {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -56,6 +56,9 @@
 //!   passed to a worker, until the worker acknowledges it.
 //! - **channel**: a worker's IPC channel (Node's `process.send`): JSON
 //!   lines over a socketpair, with an fd alongside a handle message.
+//! - **trigger**: one of the app's own reasons to reload — watched files
+//!   that changed (`watch`), a schedule (`cron_restart`); it asks the
+//!   machine for the same rolling reload a user's `reload` is.
 //! - **control connection**: a CLI's connection to the daemon (see
 //!   `herd-protocol`); the engine has none. "Connection" alone never means
 //!   one of these.
@@ -66,7 +69,9 @@
 //! What the `herd` command, the daemon and `herd-cluster` use, and nothing
 //! else: [`config`] (what an app is), [`machine`]'s vocabulary (commands,
 //! reports, snapshots; the machine itself is internal), [`supervisor`]
-//! (running an app), [`foreground`] (`herd run`'s loop), [`describe`] (how
+//! (running an app; freezing and resuming one), [`foreground`] (`herd
+//! run`'s loop), [`upgrade`] (replacing the process's own binary in place
+//! with its apps running on), [`describe`] (how
 //! durations and sizes read), and the few process-level helpers re-exported
 //! here. The OS layer, the clock and the supervisor's parts are internal.
 
@@ -75,6 +80,7 @@ pub mod describe;
 pub mod foreground;
 pub mod machine;
 pub mod supervisor;
+pub mod upgrade;
 
 mod clock;
 mod cpus;
@@ -88,4 +94,7 @@ pub use os::channel::Channel;
 pub use os::init::{init_if_pid1, init_if_pid1_then, under_herd_init, OnHerdDeath};
 pub use os::notify::sd_notify;
 pub use os::spawn::resolve_program;
+/// The parsers of what a worker sends, for the fuzz targets (`fuzz/`) only.
+#[doc(hidden)]
+pub use supervisor::fuzzing;
 pub use supervisor::is_worker_variable;

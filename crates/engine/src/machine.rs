@@ -20,6 +20,12 @@
 //! reload when *its* last slot is replaced (reloads asked for while one runs
 //! share the next one), a stop when the machine exits. Commands given with
 //! [`Input::Command`] are not answered.
+//!
+//! A reload replaces the slots one at a time, in the [`ReloadOrder`] the
+//! driver chose for it: start the successor first and drain the old worker
+//! once the successor is ready (no downtime), or — when a new worker could
+//! not listen beside the old one — stop the old worker first and start its
+//! successor once the slot is empty (pm2's restart).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -28,8 +34,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::MonoTime;
-use crate::config::{RestartMode, RestartPolicy};
+use crate::config::{Counting, RestartPolicy};
 use crate::exit::ExitStatus;
+
+mod restarts;
+
+use restarts::{Tally, Verdict};
 
 /// A worker slot, 0..N-1; stable across restarts.
 pub type Slot = usize;
@@ -64,8 +74,24 @@ pub struct WorkerId(pub u64);
 pub(crate) enum Readiness {
     /// It is ready once it has stayed up this long.
     After(Duration),
-    /// It says so (`READY=1`, Node's `listening` or `'ready'`); the driver feeds [`Input::Ready`].
-    Signalled,
+    /// It says so (`READY=1`, Node's `listening` or `'ready'`); the driver
+    /// feeds [`Input::Ready`]. `late` says what becomes of a worker that has
+    /// not said so within the listen timeout.
+    Signalled { late: Late },
+}
+
+/// What becomes of a worker that has not said it is ready within the
+/// listen timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Late {
+    /// It is taken as ready, and the app is told once
+    /// ([`Report::ReadyAssumed`]): pm2's `wait_ready`, online at
+    /// `listen_timeout` (a reload goes on).
+    Ready,
+    /// A successor is stopped and its reload aborted; a first worker waits
+    /// on (a Node worker that never listens).
+    Abort,
 }
 
 /// The policies the machine applies.
@@ -73,7 +99,8 @@ pub(crate) enum Readiness {
 pub(crate) struct Policy {
     pub(crate) restart: RestartPolicy,
     pub(crate) readiness: Readiness,
-    /// A successor not ready by then aborts the reload.
+    /// A worker not ready by then is taken as ready, or (a successor) aborts
+    /// the reload: see [`Late`].
     pub(crate) listen_timeout: Duration,
     /// How long a stopping worker may drain before it is killed, counted
     /// from [`Input::StopSignalled`] (the moment the stop signal or message
@@ -132,6 +159,23 @@ pub enum Command {
     /// wait until it is ready, then drain the old (`--max-memory-restart`,
     /// `herd restart app:N`). A slot with nothing serving simply starts afresh.
     Replace(Slot),
+}
+
+/// How a reload replaces each slot's worker. The driver chooses it for
+/// each reload ([`Machine::set_reload_order`]): it knows whether a new
+/// worker can listen beside the old one; the machine does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadOrder {
+    /// Start the successor, wait until it is ready, then drain the old
+    /// worker: the slot keeps serving throughout.
+    #[default]
+    StartFirst,
+    /// Stop the old worker, wait until every worker of the slot is gone,
+    /// then start the successor and wait until it is ready before the next
+    /// slot (pm2's restart): the slot serves nothing meanwhile, the other
+    /// slots do.
+    StopFirst,
 }
 
 /// Deadlines the machine asks the driver to watch.
@@ -208,6 +252,8 @@ pub enum Next {
     Stopped,
     /// The restart mode says not to restart it.
     NoRestart,
+    /// It exited with one of `stop_exit_codes`: not restarted.
+    StopExitCode(i32),
     /// Too many unstable restarts in a row: the slot is errored.
     Errored { crashes: u32 },
     /// A successor for the slot is already on its way.
@@ -226,6 +272,19 @@ pub enum Report {
         slot: Slot,
         pid: u32,
     },
+    /// A worker that was to say it is ready (`wait_ready`) had not within
+    /// the listen timeout: it is taken as ready. Reported once per app.
+    ReadyAssumed {
+        slot: Slot,
+        pid: u32,
+        #[serde(with = "crate::config::duration_ms")]
+        waited: Duration,
+    },
+    /// No worker of the app is running: this slot, whose last worker was
+    /// killed (not crashed), starts now instead of waiting out its backoff.
+    BackoffSkipped {
+        slot: Slot,
+    },
     Exited {
         slot: Slot,
         pid: u32,
@@ -243,6 +302,11 @@ pub enum Report {
     ReloadQueued,
     /// One slot's worker is being replaced ([`Command::Replace`]).
     Replacing {
+        slot: Slot,
+    },
+    /// A reload or a replacement in [`ReloadOrder::StopFirst`] reached this
+    /// slot: its worker stops, then its successor starts.
+    Restarting {
         slot: Slot,
     },
     ReloadFinished,
@@ -270,6 +334,29 @@ pub enum Report {
         ticket: Ticket,
         answer: Answer,
     },
+    /// One of the app's own triggers asks for a reload (a reload, or a
+    /// queued one, follows).
+    Triggered(Trigger),
+    /// The file watcher is in place: it watches this many folders (each
+    /// change from now on is seen).
+    Watching {
+        folders: u64,
+    },
+}
+
+/// What makes an app reload by itself (`--watch`, `--cron-restart`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// Watched files changed: the first that did (relative to the app's
+    /// working directory when under it; `None` when the kernel lost track),
+    /// and how many changes this reload covers.
+    Watch {
+        path: Option<std::path::PathBuf>,
+        changes: u64,
+    },
+    /// The `cron_restart` schedule came due.
+    Cron { pattern: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,8 +390,13 @@ struct Worker {
 enum SlotState {
     /// Has (or is starting) a worker.
     Live,
-    /// Waiting out a restart delay.
-    Backoff { attempt: u64 },
+    /// Waiting out a restart delay. `rescuable`: its worker was killed, so
+    /// it may start sooner while the app has no worker running.
+    Backoff {
+        attempt: u64,
+        #[serde(default)]
+        rescuable: bool,
+    },
     /// Gave up after too many unstable restarts.
     Errored,
     /// The worker ended and the restart mode does not restart it.
@@ -318,8 +410,10 @@ struct SlotInfo {
     current: Option<WorkerId>,
     /// Its successor during a reload or a replacement, until it is ready.
     successor: Option<WorkerId>,
-    /// Unstable exits in a row.
-    unstable: u32,
+    /// Its restart counters (a state frozen before they were kept here
+    /// resumes with fresh ones).
+    #[serde(default)]
+    tally: Tally,
     last_exit: Option<ExitStatus>,
     /// Workers started for this slot so far (restarts are all but the first).
     spawns: u64,
@@ -331,7 +425,7 @@ impl SlotInfo {
             state: SlotState::Live,
             current: None,
             successor: None,
-            unstable: 0,
+            tally: Tally::new(),
             last_exit: None,
             spawns: 0,
         }
@@ -390,7 +484,8 @@ pub struct SlotStatus {
     pub successor: Option<WorkerStatus>,
     /// Workers started for this slot after its first (crashes, reloads, replacements).
     pub restarts: u64,
-    /// Crashes in a row of workers that died young (the crash-loop count).
+    /// The crash-loop count: crashes in a row of workers that died young
+    /// (herd counting), or pm2's `unstable_restarts` (pm2 counting).
     pub unstable: u32,
     pub last_exit: Option<ExitStatus>,
 }
@@ -429,17 +524,41 @@ pub(crate) struct Machine {
     reload: Option<Slot>,
     /// The reload replaces that one slot only ([`Command::Replace`]).
     reload_one: bool,
+    /// The order the driver chose for the next reload ([`Self::set_reload_order`]).
+    #[serde(default)]
+    next_order: ReloadOrder,
+    /// The order of the running reload, taken from `next_order` as it began.
+    #[serde(default)]
+    reload_order: ReloadOrder,
+    /// A stop-first reload stopped the slot's worker and starts its
+    /// successor once no worker of the slot is left.
+    #[serde(default)]
+    reload_waits_for_stop: bool,
     reload_queued: bool,
     /// A queued reload waits for the end of the current input to begin.
     pending_reload_restart: bool,
     /// The slot that errored last, for the exit outcome.
     last_errored: Option<Slot>,
     /// Tickets the running reload (or replacement) answers when it ends.
+    #[serde(default)]
     reload_tickets: Vec<Ticket>,
     /// Tickets of reloads asked for while one ran: the queued reload's.
+    #[serde(default)]
     queued_tickets: Vec<Ticket>,
     /// Tickets of stops: answered when the machine exits.
+    #[serde(default)]
     stop_tickets: Vec<Ticket>,
+    /// The last (or next) start of a killed worker's slot ahead of its
+    /// backoff, while the app was empty (herd counting): at most one per
+    /// `restart_delay`.
+    #[serde(default)]
+    last_rescue: Option<MonoTime>,
+    /// The backoff attempt of an early start that waits for that limit.
+    #[serde(default)]
+    rescue_attempt: Option<u64>,
+    /// The app was told once that a worker was taken as ready late.
+    #[serde(default)]
+    told_ready_assumed: bool,
 }
 
 impl Machine {
@@ -453,12 +572,18 @@ impl Machine {
             mode: Mode::Idle,
             reload: None,
             reload_one: false,
+            next_order: ReloadOrder::StartFirst,
+            reload_order: ReloadOrder::StartFirst,
+            reload_waits_for_stop: false,
             reload_queued: false,
             pending_reload_restart: false,
             last_errored: None,
             reload_tickets: Vec::new(),
             queued_tickets: Vec::new(),
             stop_tickets: Vec::new(),
+            last_rescue: None,
+            rescue_attempt: None,
+            told_ready_assumed: false,
         }
     }
 
@@ -466,6 +591,12 @@ impl Machine {
     /// stopping keep the kill timeout they were given.
     pub(crate) fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
+    }
+
+    /// How the next reload (or replacement) replaces each slot's worker; a
+    /// reload that runs keeps the order it began with.
+    pub(crate) fn set_reload_order(&mut self, order: ReloadOrder) {
+        self.next_order = order;
     }
 
     /// The number of slots.
@@ -491,6 +622,15 @@ impl Machine {
             self.workers.get(&worker).map(|w| w.phase),
             Some(Phase::Running { ready: true })
         )
+    }
+
+    /// Is this worker a slot's successor (in a reload or a replacement), not
+    /// ready yet?
+    pub(crate) fn is_successor(&self, worker: WorkerId) -> bool {
+        self.workers
+            .get(&worker)
+            .and_then(|w| self.slots.get(w.slot))
+            .is_some_and(|s| s.successor == Some(worker))
     }
 
     /// Is this worker being stopped?
@@ -541,7 +681,7 @@ impl Machine {
                 current: info.current.and_then(status),
                 successor: info.successor.and_then(status),
                 restarts: info.spawns.saturating_sub(1),
-                unstable: info.unstable,
+                unstable: info.tally.unstable,
                 last_exit: info.last_exit,
             })
             .collect();
@@ -589,7 +729,9 @@ impl Machine {
             Input::Timer(timer) => self.timer(now, timer, &mut out),
             Input::StopSignalled { worker } => self.stop_signalled(worker, &mut out),
         }
+        self.start_after_stop(now, &mut out);
         self.resume_queued_reload(now, &mut out);
+        self.rescue(now, &mut out);
         self.check_finished(&mut out);
         out
     }
@@ -706,7 +848,9 @@ impl Machine {
             );
         }
         self.reload_tickets.extend(ticket);
-        out.push(Action::Report(Report::Replacing { slot }));
+        if self.next_order == ReloadOrder::StartFirst {
+            out.push(Action::Report(Report::Replacing { slot }));
+        }
         self.reload_one = true;
         self.reload_from(now, slot, out);
     }
@@ -735,8 +879,10 @@ impl Machine {
                 signalled: false,
             },
         );
-        self.slots[slot].state = SlotState::Live;
-        self.slots[slot].spawns += 1;
+        let info = &mut self.slots[slot];
+        info.state = SlotState::Live;
+        info.spawns += 1;
+        info.tally.started(now);
         out.push(Action::Spawn { slot, worker });
         worker
     }
@@ -843,8 +989,8 @@ impl Machine {
                 timer: Timer::ReadyDelay(worker),
                 after: delay,
             }),
-            Readiness::Signalled => {
-                if self.slots[slot].successor == Some(worker) {
+            Readiness::Signalled { late } => {
+                if late == Late::Ready || self.slots[slot].successor == Some(worker) {
                     out.push(Action::SetTimer {
                         timer: Timer::ListenTimeout(worker),
                         after: self.policy.listen_timeout,
@@ -870,7 +1016,6 @@ impl Machine {
         if info.successor == Some(worker) {
             info.successor = None;
             let old = info.current.replace(worker);
-            info.unstable = 0;
             if let Some(old) = old {
                 self.begin_stop(old, out);
             }
@@ -894,19 +1039,53 @@ impl Machine {
             }
             return;
         }
+        if self.reload.is_none() {
+            self.reload_order = self.next_order;
+        }
         self.reload = Some(from);
+        self.reload_waits_for_stop = false;
         let info = &mut self.slots[from];
+        // A reload (or a replacement) starts the slot's counting over, as
+        // pm2's `resetState` does.
+        info.tally.restart_over();
         if info.current.is_none() {
             // Nothing serves here (errored, in backoff, or done): there is
             // nothing to hand over, so the slot simply starts afresh — a
             // reload after a fix revives it — and the reload moves on.
-            info.unstable = 0;
             let worker = self.spawn(now, from, out);
             self.slots[from].current = Some(worker);
             return self.reload_next(now, from, out);
         }
+        if self.reload_order == ReloadOrder::StopFirst {
+            out.push(Action::Report(Report::Restarting { slot: from }));
+            if let Some(old) = info.current {
+                self.begin_stop(old, out);
+            }
+            // The successor follows in `start_after_stop`.
+            self.reload_waits_for_stop = true;
+            return;
+        }
         let worker = self.spawn(now, from, out);
         self.slots[from].successor = Some(worker);
+    }
+
+    /// A stop-first reload starts the slot's successor once every worker
+    /// of the slot is gone (the old one, and any predecessor still draining),
+    /// so the new worker never meets an old one on its port.
+    fn start_after_stop(&mut self, now: MonoTime, out: &mut Vec<Action>) {
+        if !self.reload_waits_for_stop || self.mode != Mode::Running {
+            return;
+        }
+        let Some(slot) = self.reload else {
+            self.reload_waits_for_stop = false;
+            return;
+        };
+        if self.workers.values().any(|w| w.slot == slot) {
+            return;
+        }
+        self.reload_waits_for_stop = false;
+        let worker = self.spawn(now, slot, out);
+        self.slots[slot].successor = Some(worker);
     }
 
     fn abort_reload(&mut self, slot: Slot, reason: AbortReason, out: &mut Vec<Action>) {
@@ -1028,49 +1207,103 @@ impl Machine {
         uptime: Duration,
         out: &mut Vec<Action>,
     ) -> Next {
-        let policy = self.policy.restart.clone();
         let stopping = self.mode != Mode::Running;
         let info = &mut self.slots[slot];
         info.last_exit = Some(status);
-        if uptime >= policy.min_uptime {
-            info.unstable = 0;
-        } else {
-            info.unstable += 1;
-        }
-        let wanted = match policy.mode {
-            RestartMode::Always => true,
-            RestartMode::OnFailure => status != ExitStatus::Code(0),
-            RestartMode::Never => false,
-        };
-        if stopping || !wanted {
+        if stopping {
             info.state = SlotState::Done;
-            return if stopping {
-                Next::Stopped
-            } else {
-                Next::NoRestart
-            };
+            return Next::Stopped;
         }
-        if info.unstable > policy.max_restarts {
-            info.state = SlotState::Errored;
-            self.last_errored = Some(slot);
-            return Next::Errored {
-                crashes: info.unstable,
-            };
-        }
-        let delay = policy.backoff(info.unstable);
+        let verdict = info
+            .tally
+            .after_exit(&self.policy.restart, now, status, uptime);
+        let (delay, rescuable) = match verdict {
+            Verdict::NoRestart => {
+                info.state = SlotState::Done;
+                return Next::NoRestart;
+            }
+            Verdict::StopCode(code) => {
+                info.state = SlotState::Done;
+                return Next::StopExitCode(code);
+            }
+            Verdict::Errored { crashes } => {
+                info.state = SlotState::Errored;
+                self.last_errored = Some(slot);
+                return Next::Errored { crashes };
+            }
+            Verdict::Restart { delay, rescuable } => (delay, rescuable),
+        };
         if delay.is_zero() {
             let worker = self.spawn(now, slot, out);
             self.slots[slot].current = Some(worker);
         } else {
-            self.next_attempt += 1;
-            let attempt = self.next_attempt;
-            info.state = SlotState::Backoff { attempt };
-            out.push(Action::SetTimer {
-                timer: Timer::Restart { slot, attempt },
-                after: delay,
-            });
+            self.backoff(slot, delay, rescuable, out);
         }
         Next::RestartIn(delay)
+    }
+
+    /// Put `slot` in backoff for `delay` (a new attempt: an older timer of
+    /// the slot goes stale).
+    fn backoff(&mut self, slot: Slot, delay: Duration, rescuable: bool, out: &mut Vec<Action>) {
+        self.next_attempt += 1;
+        let attempt = self.next_attempt;
+        self.slots[slot].state = SlotState::Backoff { attempt, rescuable };
+        out.push(Action::SetTimer {
+            timer: Timer::Restart { slot, attempt },
+            after: delay,
+        });
+    }
+
+    /// herd counting: backoff protects the machine while another worker
+    /// serves, and only prolongs an outage when none does. So while no
+    /// worker of the app is running or starting, a slot whose worker was
+    /// killed from outside (not crashed) starts now instead of waiting out
+    /// its backoff — one at a time (the app is empty again only once that
+    /// attempt ended), at most one per `restart_delay`. Slots whose workers
+    /// crashed keep their backoff: their next start would likely fail too.
+    fn rescue(&mut self, now: MonoTime, out: &mut Vec<Action>) {
+        if self.mode != Mode::Running || self.policy.restart.counting != Counting::Herd {
+            return;
+        }
+        let live = self
+            .slots
+            .iter()
+            .any(|s| s.current.is_some() || s.successor.is_some());
+        let on_its_way = self.rescue_attempt.is_some_and(|due| {
+            self.slots
+                .iter()
+                .any(|s| matches!(s.state, SlotState::Backoff { attempt, .. } if attempt == due))
+        });
+        if live || on_its_way {
+            return;
+        }
+        let Some(slot) = self.slots.iter().position(|s| {
+            matches!(
+                s.state,
+                SlotState::Backoff {
+                    rescuable: true,
+                    ..
+                }
+            )
+        }) else {
+            return;
+        };
+        let wait = self.last_rescue.map_or(Duration::ZERO, |last| {
+            self.policy
+                .restart
+                .restart_delay
+                .saturating_sub(now.saturating_duration_since(last))
+        });
+        self.last_rescue = Some(now + wait);
+        if wait.is_zero() {
+            out.push(Action::Report(Report::BackoffSkipped { slot }));
+            let worker = self.spawn(now, slot, out);
+            self.slots[slot].current = Some(worker);
+        } else {
+            // Sooner than its own timer, which goes stale.
+            self.backoff(slot, wait, true, out);
+            self.rescue_attempt = Some(self.next_attempt);
+        }
     }
 
     fn resume_queued_reload(&mut self, now: MonoTime, out: &mut Vec<Action>) {
@@ -1097,7 +1330,9 @@ impl Machine {
                 let Some(info) = self.slots.get(slot) else {
                     return;
                 };
-                if self.mode == Mode::Running && info.state == (SlotState::Backoff { attempt }) {
+                let due =
+                    matches!(info.state, SlotState::Backoff { attempt: a, .. } if a == attempt);
+                if self.mode == Mode::Running && due {
                     let worker = self.spawn(now, slot, out);
                     self.slots[slot].current = Some(worker);
                 }
@@ -1108,9 +1343,21 @@ impl Machine {
                     return;
                 };
                 let slot = w.slot;
-                if w.phase == (Phase::Running { ready: false })
-                    && self.slots.get(slot).and_then(|s| s.successor) == Some(worker)
-                {
+                let pid = w.pid.unwrap_or_default();
+                if w.phase != (Phase::Running { ready: false }) {
+                    return;
+                }
+                if self.policy.readiness == (Readiness::Signalled { late: Late::Ready }) {
+                    if !std::mem::replace(&mut self.told_ready_assumed, true) {
+                        out.push(Action::Report(Report::ReadyAssumed {
+                            slot,
+                            pid,
+                            waited: self.policy.listen_timeout,
+                        }));
+                    }
+                    return self.ready(now, worker, out);
+                }
+                if self.slots.get(slot).and_then(|s| s.successor) == Some(worker) {
                     let timeout = self.policy.listen_timeout;
                     let has_current = self.slots[slot].current.is_some();
                     self.begin_stop(worker, out);

@@ -137,7 +137,9 @@ impl Dir {
 
     /// Replace `name` with `bytes` atomically: a private temporary file
     /// (`name.tmp`), written, synced, renamed over `name`, then the directory
-    /// synced. A crash at any point leaves the old content or the new, whole.
+    /// synced. A crash at any point leaves the old content or the new, whole
+    /// (a stale `name.tmp` is removed by the next write); a failed write
+    /// (a full disk) leaves the old content and no temporary file.
     pub fn write_atomic(&self, name: impl AsRef<OsStr>, bytes: &[u8]) -> io::Result<()> {
         let name = one_component(name.as_ref())?;
         let mut tmp = name.to_os_string();
@@ -153,9 +155,15 @@ impl Dir {
             Mode::from_bits_truncate(0o600),
         )?;
         let mut file = File::from(fd);
-        file.write_all(bytes)?;
-        file.sync_all()?;
+        let written = file.write_all(bytes).and_then(|()| file.sync_all());
         drop(file);
+        if let Err(e) = written {
+            // A full disk, say: the old content stays, and no partial
+            // temporary file is left to take the room.
+            let _ = unlinkat(&*self.fd, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+            return Err(e);
+        }
+        crate::fault::point(&format!("before-rename:{}", name.to_string_lossy()));
         renameat(&*self.fd, tmp.as_os_str(), &*self.fd, name)?;
         fsync(&*self.fd)?;
         Ok(())

@@ -28,6 +28,7 @@
 //! writes its log files opens them through [`Home::logs`] the same way.
 
 mod dir;
+mod fault;
 mod walk;
 
 use std::ffi::OsStr;

@@ -31,7 +31,7 @@ pub mod supervisor;
 
 pub use frame::{Connection, FrameError, MAX_DEFINITION, MAX_FRAME};
 pub use message::*;
-pub use pm2::{CombinedLog, FilterEnv, LogType, Pm2Keys};
+pub use pm2::{FilterEnv, Pm2Keys};
 pub use secrets::SecretNames;
 pub use state::{AppState, ExecMode, Signal, WorkerRole, WorkerState};
 

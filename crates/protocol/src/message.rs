@@ -1,7 +1,7 @@
 //! The messages: what the CLI asks ([`Request`]), what the daemon answers
 //! ([`Response`]), and the app and worker records both show ([`AppInfo`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use herd_engine::config::AppSpec;
 use serde::{Deserialize, Serialize};
@@ -202,10 +202,15 @@ pub struct AppDef {
 pub struct LogSettings {
     /// stdout file (default `$HERD_HOME/logs/<name>-out.log`).
     pub out_file: Option<PathBuf>,
-    /// stderr file (default `$HERD_HOME/logs/<name>-err.log`).
+    /// stderr file (default `$HERD_HOME/logs/<name>-error.log`).
     pub error_file: Option<PathBuf>,
     /// A file that gets both streams, as well (pm2's `--log`/`log_file`).
     pub log_file: Option<PathBuf>,
+    /// One file per stream for all instances (pm2's `merge_logs`, herd's
+    /// default); `false`: one per instance, named by [`instance_log_path`].
+    pub merge_logs: bool,
+    /// Lines as written, or one JSON object per line (pm2's `log_type`).
+    pub log_type: LogType,
     /// Prefix each line with the time it was read.
     pub time: bool,
     /// The time format (pm2's `log_date_format`, moment.js tokens such as
@@ -223,12 +228,50 @@ impl Default for LogSettings {
             out_file: None,
             error_file: None,
             log_file: None,
+            merge_logs: true,
+            log_type: LogType::Raw,
             time: false,
             date_format: None,
             max_size: 10 << 20,
             keep: 5,
         }
     }
+}
+
+/// pm2's `log_type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogType {
+    /// Lines as the app wrote them (pm2: any value but `json`).
+    #[default]
+    Raw,
+    /// One JSON object per line: `{"message", "timestamp", "type", "process_id",
+    /// "app_name", "instance"}`.
+    Json,
+}
+
+/// The file instance `slot` writes when an app's logs are not merged, by
+/// pm2's rule: `-<slot>` goes before a final `.log`, replacing a `-<digits>`
+/// already there (`web-out.log` → `web-out-1.log`, `app-2024.log` →
+/// `app-1.log`). A path that does not end in `.log` (`/dev/null`, `out.txt`)
+/// is left as it is: every instance writes to it, as under pm2. pm2 numbers
+/// the files by process id; herd by instance (the slot: `NODE_APP_INSTANCE`),
+/// which a restarted or reloaded worker keeps.
+pub fn instance_log_path(path: &Path, slot: usize) -> PathBuf {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let bytes = path.as_os_str().as_bytes();
+    let Some(stem) = bytes.strip_suffix(b".log") else {
+        return path.to_path_buf();
+    };
+    // A trailing `-<digits>` is pm2's own number (or looks like one): replaced.
+    let digits = stem.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let stem = match stem.len().checked_sub(digits + 1) {
+        Some(dash) if digits > 0 && stem[dash] == b'-' => &stem[..dash],
+        _ => stem,
+    };
+    let mut out = stem.to_vec();
+    out.extend_from_slice(format!("-{slot}.log").as_bytes());
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// One app in `herd list --json`: a stable schema. Its summary (`status`,
@@ -249,10 +292,18 @@ pub struct AppInfo {
     pub listen: Vec<String>,
     pub out_log: PathBuf,
     pub err_log: PathBuf,
+    /// `false`: each instance writes its own files, named from `out_log` and
+    /// `err_log` by [`instance_log_path`] (pm2's `merge_logs: false`).
+    #[serde(default = "merged")]
+    pub merge_logs: bool,
     /// Each slot's current worker (or the empty slot), in slot order, each
     /// followed by its successor if a reload replaces it; then the draining
     /// workers.
     pub workers: Vec<WorkerInfo>,
+}
+
+fn merged() -> bool {
+    true
 }
 
 impl AppInfo {
@@ -378,8 +429,7 @@ mod tests {
             max_memory_restart: Some(200 << 20),
             instances_max: true,
             pm2: crate::Pm2Keys {
-                cron_restart: Some("0 3 * * *".into()),
-                ..Default::default()
+                filter_env: Some(crate::FilterEnv::Containing(vec!["SECRET".into()])),
             },
             script: None,
             namespace: Some("api".into()),
@@ -389,5 +439,47 @@ mod tests {
         assert!(text.contains(r#""kill_signal":"SIGINT""#), "{text}");
         let back: AppDef = serde_json::from_str(&text).unwrap();
         assert_eq!(back, def);
+    }
+
+    #[test]
+    fn instance_log_files_follow_pm2s_rule_numbered_by_slot() {
+        let cases = [
+            ("/h/logs/web-out.log", 1, "/h/logs/web-out-1.log"),
+            ("/h/logs/web-error.log", 0, "/h/logs/web-error-0.log"),
+            // pm2 replaces a trailing -<digits> (its own number, or a date).
+            ("/var/log/app-2024.log", 3, "/var/log/app-3.log"),
+            ("/var/log/app-out-7.log", 2, "/var/log/app-out-2.log"),
+            ("/var/log/app-v2.log", 2, "/var/log/app-v2-2.log"),
+            ("/var/log/-5.log", 1, "/var/log/-1.log"),
+            // Not a .log: left alone, shared by the instances (as pm2 does).
+            ("/dev/null", 4, "/dev/null"),
+            ("/var/log/out.txt", 4, "/var/log/out.txt"),
+            ("/var/log/app.log.1", 4, "/var/log/app.log.1"),
+        ];
+        for (path, slot, want) in cases {
+            assert_eq!(
+                instance_log_path(Path::new(path), slot),
+                Path::new(want),
+                "{path} {slot}"
+            );
+        }
+    }
+
+    #[test]
+    fn log_settings_saved_before_merge_logs_and_log_type_read_as_before() {
+        let old = r#"{"out_file":null,"error_file":null,"log_file":"/x/both.log","time":true,
+                      "date_format":null,"max_size":100,"keep":2}"#;
+        let s: LogSettings = serde_json::from_str(old).unwrap();
+        assert!(s.merge_logs);
+        assert_eq!(s.log_type, LogType::Raw);
+        assert_eq!(s.log_file.as_deref(), Some(Path::new("/x/both.log")));
+        let json = LogSettings {
+            log_type: LogType::Json,
+            merge_logs: false,
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&json).unwrap();
+        assert!(text.contains(r#""log_type":"json""#), "{text}");
+        assert_eq!(serde_json::from_str::<LogSettings>(&text).unwrap(), json);
     }
 }

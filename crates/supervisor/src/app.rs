@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
-use herd_engine::config::Instances;
+use herd_engine::config::{AppSpec, Instances};
 use herd_engine::machine::{Answer, Command, Outcome, Report, SlotPhase, WorkerPhase};
 use herd_engine::supervisor::{
     self, AppHandle, AppStatus, Event, Events, Stream, Target, Timed, UpdateError,
@@ -182,7 +182,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(64);
     let (queries, queries_rx) = mpsc::channel(64);
     let (follow, _) = broadcast::channel(FOLLOW_QUEUE);
-    let logs = AppLogs::open(&def, home)?;
+    let logs = AppLogs::open(&def, home, id)?;
     let actor = Actor {
         id,
         def,
@@ -221,18 +221,35 @@ pub fn spawn(
 enum Pending {
     /// A command given to the engine with a ticket (a reload, a one-worker
     /// replacement, a scale): ends with the engine's answer to that ticket.
+    /// The engine's warnings meanwhile (a reload that is a restart, and why;
+    /// what `tcp_migrate_req` costs) go into the answer too, so whoever
+    /// asked reads them, not only the supervisor's log.
     Engine {
         ticket: herd_engine::machine::Ticket,
         /// What it is, for the messages ("reload"), and what was done.
         what: &'static str,
         done: String,
         reply: oneshot::Sender<Ticket>,
+        notes: Vec<String>,
     },
     /// A stop: ends with the app's exit; then what.
     Stop {
         reply: oneshot::Sender<Ticket>,
         then: AfterStop,
     },
+}
+
+impl Pending {
+    /// The most warnings one reload's answer carries (the log has them all).
+    const MAX_NOTES: usize = 4;
+
+    /// `text` with the warnings heard meanwhile, one a line.
+    fn with_notes(text: String, notes: &[String]) -> String {
+        std::iter::once(text)
+            .chain(notes.iter().cloned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 enum AfterStop {
@@ -361,11 +378,7 @@ impl Actor {
         if self.engine.is_some() {
             return done(format!("{} is already running", self.name()));
         }
-        let mut spec = self.def.spec.clone();
-        if self.def.instances_max {
-            spec.instances = Instances::Max.resolve();
-        }
-        match supervisor::start(spec) {
+        match supervisor::start(self.engine_spec()) {
             Ok((handle, events)) => {
                 self.engine = Some(handle);
                 self.events = Some(events);
@@ -440,6 +453,7 @@ impl Actor {
                         what: "replacement",
                         done: format!("replaced worker {slot} of {}", self.name()),
                         reply,
+                        notes: Vec::new(),
                     });
                 }
                 Some(_) => {
@@ -492,12 +506,7 @@ impl Actor {
                 }
             },
             AppCommand::Flush => {
-                let r = self
-                    .logs
-                    .out
-                    .truncate()
-                    .and_then(|_| self.logs.err.truncate())
-                    .and_then(|_| self.logs.combined.as_mut().map_or(Ok(()), |f| f.truncate()));
+                let r = self.logs.truncate();
                 let _ = reply.send(match r {
                     Ok(()) => done(format!("flushed the logs of {}", self.name())),
                     Err(e) => aborted(format!("cannot flush the logs of {}: {e}", self.name())),
@@ -529,6 +538,7 @@ impl Actor {
                             what: "scaling",
                             done: message,
                             reply,
+                            notes: Vec::new(),
                         });
                     }
                     None => {
@@ -538,6 +548,14 @@ impl Actor {
             }
             AppCommand::Send { slot, message } => {
                 let _ = reply.send(match &self.engine {
+                    Some(_) if slot.is_some_and(|s| s >= self.def.spec.instances) => {
+                        refused(format!(
+                            "{} has no worker {}: its workers are 0 to {}",
+                            self.name(),
+                            slot.unwrap_or_default(),
+                            self.def.spec.instances.saturating_sub(1)
+                        ))
+                    }
                     Some(e) => {
                         e.send(slot.map_or(Target::All, Target::Slot), message);
                         done(format!("sent to {}", self.name()))
@@ -555,12 +573,7 @@ impl Actor {
                 });
             }
             AppCommand::ReopenLogs => {
-                let r = self
-                    .logs
-                    .out
-                    .reopen()
-                    .and_then(|_| self.logs.err.reopen())
-                    .and_then(|_| self.logs.combined.as_mut().map_or(Ok(()), |f| f.reopen()));
+                let r = self.logs.reopen();
                 let _ = reply.send(match r {
                     Ok(()) => done(String::new()),
                     Err(e) => aborted(e.to_string()),
@@ -585,11 +598,22 @@ impl Actor {
         }
     }
 
+    /// The definition as the engine runs it: the instance count resolved,
+    /// and the app's id (`pm_id` in the workers' environment).
+    fn engine_spec(&self) -> AppSpec {
+        let mut spec = self.def.spec.clone();
+        if self.def.instances_max {
+            spec.instances = Instances::Max.resolve();
+        }
+        spec.app_id = Some(self.id);
+        spec
+    }
+
     /// Take a new definition (its log files opened first: a path that
     /// cannot be opened leaves everything as it was); returns the old one.
     fn adopt(&mut self, new: AppDef) -> Result<AppDef, String> {
         if new.logs != self.def.logs {
-            self.logs = AppLogs::open(&new, &self.home)?;
+            self.logs = AppLogs::open(&new, &self.home, self.id)?;
         }
         Ok(std::mem::replace(&mut self.def, new))
     }
@@ -606,17 +630,14 @@ impl Actor {
             };
             self.changed(Desired::Running);
             if let Some(engine) = &self.engine {
-                let mut spec = self.def.spec.clone();
-                if self.def.instances_max {
-                    spec.instances = Instances::Max.resolve();
-                }
-                match engine.update(&old.spec, spec) {
+                match engine.update(&old.spec, self.engine_spec()) {
                     Ok(ticket) => {
                         self.pending = Some(Pending::Engine {
                             ticket,
                             what: "reload",
                             done: reloaded(self.name()),
                             reply,
+                            notes: Vec::new(),
                         });
                         return;
                     }
@@ -643,6 +664,7 @@ impl Actor {
                     what: "reload",
                     done: reloaded(self.name()),
                     reply,
+                    notes: Vec::new(),
                 });
             }
             None => {
@@ -675,9 +697,13 @@ impl Actor {
                     self.listen.push(addr);
                 }
             }
-            Event::Output { stream, lines, .. } => {
-                let name = self.def.spec.name.clone();
-                let written = self.logs.write(stream, &lines, at, &name);
+            Event::Output {
+                stream,
+                slot,
+                lines,
+                ..
+            } => {
+                let written = self.logs.write(stream, slot, &lines, at);
                 if written > 0 {
                     let i = match stream {
                         Stream::Stdout => 0,
@@ -693,6 +719,11 @@ impl Actor {
             // would let a chatty worker fill the daemon's own log.
             Event::Message { .. } => {}
             Event::Warning(text) => {
+                if let Some(Pending::Engine { notes, .. }) = &mut self.pending {
+                    if notes.len() < Pending::MAX_NOTES {
+                        notes.push(format!("warning: {text}"));
+                    }
+                }
                 self.say(format!("warning: {text}"));
                 self.tell(proto::Event::Warning { text });
             }
@@ -752,16 +783,25 @@ impl Actor {
             _ => return,
         }
         let Some(Pending::Engine {
-            what, done, reply, ..
+            what,
+            done,
+            reply,
+            notes,
+            ..
         }) = self.pending.take()
         else {
             unreachable!("checked above");
         };
         let name = self.name();
+        let said = |text: String| Pending::with_notes(text, &notes);
         let ticket = match answer {
-            Answer::Done => Ticket::Done { message: done },
-            Answer::Aborted(reason) => aborted(format!("{name}: the {what} was aborted: {reason}")),
-            Answer::Refused(why) => refused(format!("{name}: the {what} was refused: {why}")),
+            Answer::Done => Ticket::Done {
+                message: said(done),
+            },
+            Answer::Aborted(reason) => {
+                aborted(said(format!("{name}: the {what} was aborted: {reason}")))
+            }
+            Answer::Refused(why) => refused(said(format!("{name}: the {what} was refused: {why}"))),
         };
         let _ = reply.send(ticket);
     }
@@ -922,7 +962,7 @@ impl Actor {
     /// The app, its workers (with their samples), its summary and its
     /// counters, typed.
     fn app_of(&self, status: &Option<AppStatus>) -> proto::App {
-        let (out_log, err_log) = crate::logs::paths(&self.def, &self.home);
+        let log_paths = crate::logs::paths(&self.def, &self.home);
         let spec = &self.def.spec;
         let mut workers = Vec::new();
         let mut processes = Vec::new();
@@ -1036,8 +1076,9 @@ impl Actor {
                 instances,
                 online: ready_slots(&workers),
                 listen,
-                out_log,
-                err_log,
+                out_log: log_paths.out,
+                err_log: log_paths.err,
+                merge_logs: self.def.logs.merge_logs,
                 workers,
             },
             counters: self.counters.to_protocol(),

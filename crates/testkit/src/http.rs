@@ -35,14 +35,17 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The fixture's pid: its plain body, or (the cluster mode answers
-    /// JSON) its `X-Pid` header.
+    /// The pid that answered, as the tests' servers say it: the fixture's
+    /// plain body (just the pid) or its cluster mode's `X-Pid` header; the
+    /// Node apps' `X-Worker-Pid` header, or their body ([`pid_in_body`]).
     pub fn pid(&self) -> Option<i32> {
         self.body
             .trim()
             .parse()
             .ok()
             .or_else(|| self.header("x-pid")?.parse().ok())
+            .or_else(|| self.header("x-worker-pid")?.parse().ok())
+            .or_else(|| pid_in_body(&self.body))
     }
 
     /// The body as JSON; panics with the body when it is not.
@@ -111,21 +114,12 @@ fn parse_http(raw: &[u8]) -> io::Result<(u16, Headers, Vec<u8>)> {
 /// Close without TIME_WAIT (an RST): keeps fresh-connection load from
 /// exhausting loopback ports.
 fn abortive_close(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
+    use nix::sys::socket::{setsockopt, sockopt::Linger};
     let l = libc::linger {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: setsockopt on a socket we own, with a correctly sized value.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &l as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    let _ = setsockopt(s, Linger, &l);
 }
 
 fn resolve(addr: &str) -> io::Result<SocketAddr> {
@@ -166,6 +160,22 @@ pub fn unix_http_request(sock: &Path, path: &str, timeout: Duration) -> io::Resu
 
 pub fn unix_http_get(sock: &Path, path: &str, timeout: Duration) -> io::Result<(u16, String)> {
     unix_http_request(sock, path, timeout).map(|r| (r.status, r.body))
+}
+
+/// The pid in a Node app's answer: the word after `process` (`hello from
+/// process 1234`), else a JSON body's `pid`.
+pub fn pid_in_body(body: &str) -> Option<i32> {
+    let mut words = body.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "process" {
+            return words.next()?.parse().ok();
+        }
+    }
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()?
+        .get("pid")?
+        .as_i64()
+        .map(|p| p as i32)
 }
 
 /// GET `path` until it answers 200 or the timeout passes: that answer.

@@ -46,10 +46,10 @@ pub use bins::{cargo_built, example_bin, herd_bin, worker_bin};
 pub use daemon::{worker_pids, Daemon};
 pub use herd::Herd;
 pub use http::{
-    http_get, http_request, pids_answering, unix_http_get, unix_http_request, wait_http,
-    wait_http_ok, Load, LoadReport, Response,
+    http_get, http_request, pid_in_body, pids_answering, unix_http_get, unix_http_request,
+    wait_http, wait_http_ok, Load, LoadReport, Response,
 };
-pub use need::{in_ci, need, skip_or_fail, Need};
+pub use need::{in_ci, need, runtime_bin, skip_or_fail, Need};
 pub use pat::match_pat;
 pub use procs::{
     cpu_time, group_empty, group_members, process_alive, start_time, tcp_port_state,

@@ -1,7 +1,8 @@
 //! What a test needs from the machine, checked one way for every test of
 //! the workspace: [`need!`] (or [`need()`]) with a [`Need`] — Node, the
 //! example apps' npm packages, python3 and its packages, programs such as
-//! curl, tmux or `script`, Chromium, PID namespaces, IPv6 loopback.
+//! curl, tmux or `script`, Chromium, PID and network namespaces, IPv6
+//! loopback, Bun and Deno (from `tests/runtimes`).
 //!
 //! A missing prerequisite fails the test under CI (`CI` set, as every CI
 //! service and `.ci/run` do): there it belongs to the setup, and a skip
@@ -41,6 +42,11 @@ pub enum Need {
     PidNamespace,
     /// The IPv6 loopback address `[::1]` can be bound.
     Ipv6,
+    /// `bun` or `deno` from the npm packages of `tests/runtimes` (found: its version).
+    Runtime(&'static str),
+    /// A thread can move into a fresh network namespace of its own (root),
+    /// where it may set network sysctls without touching the machine's.
+    NetNamespace,
 }
 
 impl Need {
@@ -120,6 +126,35 @@ impl Need {
                     )),
                 }
             }
+            Need::Runtime(name) => {
+                let bin = runtime_bin(name);
+                let out = Command::new(&bin).arg("--version").output();
+                match out {
+                    Ok(o) if o.status.success() => Ok(format!(
+                        "{name} {}",
+                        String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim()
+                    )),
+                    _ => Err(format!(
+                        "{} does not run; install the test runtimes: `npm ci --prefix tests/runtimes`",
+                        bin.display()
+                    )),
+                }
+            }
+            Need::NetNamespace => std::thread::spawn(|| {
+                // SAFETY: unshare(2) with one flag; it changes only this
+                // short-lived thread's network namespace.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0 {
+                    Ok("a fresh network namespace".to_string())
+                } else {
+                    Err(format!(
+                        "a thread cannot enter a fresh network namespace ({}); the tests that set \
+                         net.ipv4 sysctls there need root (CAP_SYS_ADMIN)",
+                        std::io::Error::last_os_error()
+                    ))
+                }
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the namespace check panicked".into())),
             Need::Ipv6 => match TcpListener::bind("[::1]:0") {
                 Ok(_) => Ok("IPv6 loopback".into()),
                 Err(e) => Err(format!("the IPv6 loopback [::1] cannot be bound here: {e}")),
@@ -131,6 +166,14 @@ impl Need {
 /// The workspace's root directory (where `examples/` is).
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Where `npm ci --prefix tests/runtimes` puts the binary of runtime `name`
+/// (`bun`, `deno`: their npm packages ship the Linux binaries).
+pub fn runtime_bin(name: &str) -> PathBuf {
+    workspace_root()
+        .join("tests/runtimes/node_modules/.bin")
+        .join(name)
 }
 
 /// The first executable file named `program` in PATH's directories.

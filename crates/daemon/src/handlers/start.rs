@@ -22,6 +22,14 @@ fn check_name(name: &str) -> Result<(), String> {
 /// not carry out, or not show back.
 fn check_def(def: &AppDef) -> Result<(), String> {
     let name = &def.spec.name;
+    // The CLI checks this too; a client that writes its own requests may not.
+    let max = herd_engine::config::MAX_INSTANCES;
+    if !(1..=max).contains(&def.spec.instances) {
+        return Err(format!(
+            "app '{name}': {} workers: use 1 to {max}",
+            def.spec.instances
+        ));
+    }
     if def.max_memory_restart == Some(0) {
         // pm2 takes 0 and then finds every worker over it at each check,
         // reloading the app forever; no one means that.

@@ -57,6 +57,22 @@ impl FromStr for AllowedHost {
         if host.is_empty() {
             return Err(error("empty"));
         }
+        // The URI grammar lets a name hold `=`, `[`, `!` …; a Host header
+        // that names a host never does.
+        let name = host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+        let bracketed = authority.host().starts_with('[');
+        let ip = match host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(_)) => bracketed,
+            Ok(IpAddr::V4(_)) => !bracketed,
+            Err(_) => false,
+        };
+        if !ip && (bracketed || !name) {
+            return Err(error(
+                "not a host name (letters, digits, '-', '.' and '_'; an IPv6 address in brackets)",
+            ));
+        }
         if authority.port().is_some() && authority.port_u16().is_none() {
             return Err(error("a bad port"));
         }
@@ -107,6 +123,10 @@ pub(crate) fn check_host(
             names.join(", ")
         )
     };
+    if given.contains('@') {
+        // A user name has no place in a Host header.
+        return Err(refused());
+    }
     let authority: Authority = given.parse().map_err(|_| refused())?;
     let name = unbracket(authority.host());
     let port = authority.port_u16().unwrap_or(80);
@@ -188,6 +208,17 @@ mod tests {
         assert!(check_host(None, true, local, &[]).is_ok());
     }
 
+    /// Found by the bad-input corpus: `Host: user@127.0.0.1:9209` passed.
+    #[test]
+    fn a_host_with_a_user_name_is_refused() {
+        let local = at("127.0.0.1:9209");
+        let e = check_host(Some("user@127.0.0.1:9209"), false, local, &[]).unwrap_err();
+        assert!(
+            e.contains("does not answer to Host 'user@127.0.0.1:9209'"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn localhost_only_on_a_loopback_address() {
         let local = at("10.1.2.3:9209");
@@ -242,6 +273,31 @@ mod tests {
         assert_eq!(h.to_string(), "[::1]:80");
         let h: AllowedHost = "Herd.Internal".parse().unwrap();
         assert_eq!(h.to_string(), "herd.internal");
+    }
+
+    /// Found by the config_values fuzz target: `web=[::1]:8000` was taken
+    /// as the host `web=[::1]`, which printed as a name it then refused.
+    #[test]
+    fn a_metrics_host_with_characters_no_host_name_has_is_refused() {
+        for bad in [
+            "web=[::1]:8000",
+            "a!b",
+            "[herd.internal]",
+            "[10.0.0.1]:80",
+            "a,b",
+        ] {
+            let e = bad.parse::<AllowedHost>().unwrap_err().to_string();
+            assert!(e.contains("not a host name"), "{bad}: {e}");
+        }
+        for ok in [
+            "herd-1.internal_x",
+            "10.0.0.1:80",
+            "[::1]",
+            "[fe80::1]:9209",
+        ] {
+            let h: AllowedHost = ok.parse().unwrap();
+            assert_eq!(h.to_string().parse::<AllowedHost>().unwrap(), h, "{ok}");
+        }
     }
 
     #[test]

@@ -91,6 +91,10 @@ fn builder(head_time: Duration) -> http1::Builder {
         .header_read_timeout(head_time)
         .max_header_size(MAX_HEAD)
         .max_buf_size(2 * MAX_HEAD)
+        // A client that closes its side once its request is sent (`nc -N`,
+        // some probes) still gets its answer: without this hyper drops the
+        // connection as soon as it reads that EOF, answer or not.
+        .half_close(true)
         .keep_alive(false);
     builder
 }

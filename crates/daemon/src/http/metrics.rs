@@ -449,6 +449,7 @@ mod tests {
                 listen: vec![],
                 out_log: "/o".into(),
                 err_log: "/e".into(),
+                merge_logs: true,
                 workers: vec![
                     worker(0, Some(10), WorkerState::Online, WorkerRole::Current),
                     // Slot 0's successor during the reload: not a second series.

@@ -58,6 +58,8 @@ pub(crate) struct HttpRequest {
     pub version: Version,
     pub path: String,
     pub query: Vec<(String, String)>,
+    /// The host an absolute-form target names (`GET http://host/…`).
+    pub authority: Option<String>,
     pub headers: HeaderMap,
     /// The socket address the client connected to.
     pub local: SocketAddr,
@@ -76,6 +78,7 @@ impl HttpRequest {
             version: head.version,
             path,
             query,
+            authority: head.uri.authority().map(|a| a.to_string()),
             headers: head.headers.clone(),
             local,
         }
@@ -137,7 +140,19 @@ impl HttpResponse {
 }
 
 async fn route(ctx: &Arc<Ctx>, request: &HttpRequest, settings: &Settings) -> HttpResponse {
-    let host = request.header(HOST);
+    // One Host, as text (RFC 9112 §3.2); an absolute-form target names the
+    // host itself, and then it is the one that counts (§3.2.2).
+    let mut hosts = request.headers.get_all(HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    if second.is_some() {
+        return HttpResponse::error(400, "more than one Host header: send one");
+    }
+    let host = match first.map(|v| v.to_str()) {
+        Some(Err(_)) => return HttpResponse::error(400, "the Host header is not ASCII text"),
+        Some(Ok(h)) => Some(h),
+        None => None,
+    };
+    let host = request.authority.as_deref().or(host);
     let http10 = request.version == Version::HTTP_10;
     if let Err(why) = host_check::check_host(host, http10, request.local, &settings.hosts) {
         return HttpResponse::error(421, &why);
@@ -150,6 +165,9 @@ async fn route(ctx: &Arc<Ctx>, request: &HttpRequest, settings: &Settings) -> Ht
         (true, "/" | "/index.html") => page::page(settings),
         (true, "/api/apps") => page::apps(ctx).await,
         (false, path) if request.method == Method::POST && path.starts_with("/api/apps/") => {
+            if request.headers.get_all(ORIGIN).iter().count() > 1 {
+                return HttpResponse::error(403, "more than one Origin header: refused");
+            }
             if let Err(why) = host_check::check_origin(request.header(ORIGIN), host) {
                 return HttpResponse::error(403, &why);
             }
@@ -162,5 +180,38 @@ async fn route(ctx: &Arc<Ctx>, request: &HttpRequest, settings: &Settings) -> Ht
             404,
             "not found: try /, /metrics, /healthz, /readyz or /api/apps",
         ),
+    }
+}
+
+/// The HTTP parsing herd does itself (Host and Origin checks, the path and
+/// query decoding), for the fuzz targets (`fuzz/`) only. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::net::SocketAddr;
+
+    pub use super::host_check::AllowedHost;
+
+    /// [`super::host_check::check_host`].
+    pub fn check_host(
+        host: Option<&str>,
+        http10: bool,
+        local: SocketAddr,
+        allowed: &[AllowedHost],
+    ) -> Result<(), String> {
+        super::host_check::check_host(host, http10, local, allowed)
+    }
+
+    /// [`super::host_check::check_origin`].
+    pub fn check_origin(origin: Option<&str>, host: Option<&str>) -> Result<(), String> {
+        super::host_check::check_origin(origin, host)
+    }
+
+    /// The path and `app` query parameter the handlers read from a request
+    /// for `target` (`None`: not a request target hyper takes).
+    pub fn path_and_app(target: &str) -> Option<(String, Option<String>)> {
+        let (head, ()) = hyper::Request::get(target).body(()).ok()?.into_parts();
+        let r = super::HttpRequest::new(&head, SocketAddr::from(([127, 0, 0, 1], 9209)));
+        let app = r.query("app").map(str::to_string);
+        Some((r.path, app))
     }
 }

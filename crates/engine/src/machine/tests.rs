@@ -2,6 +2,8 @@
 //! a list. Scenario tests first, then a property test over random inputs.
 
 use super::*;
+use crate::config::{Pm2Delay, RestartMode};
+use nix::sys::signal::Signal;
 use proptest::prelude::*;
 
 /// A stand-in for the supervisor: it "spawns" by handing out pids and keeps
@@ -486,7 +488,7 @@ fn reload_starts_an_errored_slot_afresh_and_moves_on() {
 #[test]
 fn reload_aborts_when_the_replacement_is_never_ready() {
     let mut p = policy();
-    p.readiness = Readiness::Signalled;
+    p.readiness = Readiness::Signalled { late: Late::Abort };
     let mut sim = Sim::new(p, 1);
     let old = sim.worker_in(0);
     sim.input(Input::Ready { worker: old });
@@ -656,9 +658,583 @@ fn a_stop_while_a_worker_starts_stops_it_once_it_runs() {
     assert!(actions.contains(&Action::Exit(Outcome::Stopped)));
 }
 
+// ---------------------------------------------------------------------------
+// herd counting: crashes back off and count, kills do not empty the app.
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+const KILL: ExitStatus = ExitStatus::Signal(Signal::SIGKILL);
+
+/// The worker of `slot`, once its backoff is over (10 ms steps).
+fn started_in(sim: &mut Sim, slot: Slot) -> WorkerId {
+    for _ in 0..1000 {
+        if let Some(w) = sim.machine.slots[slot].current {
+            return w;
+        }
+        sim.advance(ms(10));
+    }
+    panic!("slot {slot} never started again");
+}
+
+/// The last `Exited` report's `next`.
+fn last_next(sim: &Sim) -> Option<Next> {
+    sim.reports.iter().rev().find_map(|r| match r {
+        Report::Exited { next, .. } => Some(*next),
+        _ => None,
+    })
+}
+
+/// Regression (issue 15.3): with a worker killed from outside every 300 ms,
+/// every slot backed off on its own, the backoff climbed to 5 s and both
+/// slots sat empty while requests hung. Kills now never leave the app
+/// without a worker for longer than one `restart_delay`, and never error it.
+#[test]
+fn a_worker_killed_every_300ms_never_leaves_the_app_empty_for_long() {
+    let mut sim = Sim::new(policy(), 2);
+    sim.advance(Duration::from_secs(2));
+    let mut longest_empty = Duration::ZERO;
+    let mut empty_since: Option<MonoTime> = None;
+    let mut seed = 7u64;
+    let end = sim.now + Duration::from_secs(20);
+    while sim.now < end {
+        // kill -9 a random live worker (xorshift: the same "random" every run).
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let live: Vec<WorkerId> = sim.live.keys().copied().collect();
+        if !live.is_empty() {
+            let w = live[(seed % live.len() as u64) as usize];
+            sim.exit(w, KILL);
+        }
+        // 300 ms, watched every 10 ms.
+        for _ in 0..30 {
+            if sim.live.is_empty() {
+                let since = *empty_since.get_or_insert(sim.now);
+                longest_empty = longest_empty.max(sim.now.saturating_duration_since(since));
+            } else {
+                empty_since = None;
+            }
+            sim.advance(ms(10));
+        }
+    }
+    assert!(
+        longest_empty <= ms(100),
+        "the app was empty for {longest_empty:?}"
+    );
+    assert!(
+        sim.machine.errored_slots().is_empty(),
+        "kills are no crash loop"
+    );
+    assert!(sim.exit.is_none());
+    assert!(sim.count(|r| matches!(r, Report::BackoffSkipped { .. })) > 0);
+}
+
+#[test]
+fn a_killed_worker_waits_its_backoff_while_another_serves() {
+    let mut sim = Sim::new(policy(), 2);
+    sim.advance(Duration::from_secs(2));
+    let mut delays = Vec::new();
+    for _ in 0..4 {
+        let w = sim.worker_in(1);
+        sim.exit(w, KILL);
+        delays.push(last_next(&sim).unwrap());
+        sim.advance(ms(900));
+    }
+    // The first had run 2 s (stable); then it doubles as for a crash:
+    // slot 0 serves meanwhile.
+    assert_eq!(
+        delays,
+        [0, 100, 200, 400].map(|d| Next::RestartIn(ms(d))).to_vec()
+    );
+    assert_eq!(sim.count(|r| matches!(r, Report::BackoffSkipped { .. })), 0);
+}
+
+#[test]
+fn kills_do_not_count_toward_the_crash_loop_limit_but_crashes_do() {
+    let mut p = policy();
+    p.restart.max_restarts = 2;
+    let mut sim = Sim::new(p, 1);
+    for _ in 0..10 {
+        let w = sim.worker_in(0);
+        sim.exit(w, ExitStatus::Signal(Signal::SIGTERM));
+        sim.advance(ms(200));
+    }
+    assert!(sim.machine.errored_slots().is_empty());
+    assert_eq!(sim.machine.snapshot(sim.now).slots[0].unstable, 0);
+    for _ in 0..3 {
+        let w = started_in(&mut sim, 0);
+        sim.exit(w, ExitStatus::Signal(Signal::SIGSEGV));
+    }
+    assert_eq!(
+        sim.machine.errored_slots(),
+        vec![0],
+        "a fault signal is a crash"
+    );
+    assert!(matches!(sim.exit, Some(Outcome::Errored { .. })));
+}
+
+#[test]
+fn crashes_keep_their_backoff_even_when_the_app_is_empty() {
+    // A dependency is down: the worker exits 1 at every start. Starting it
+    // sooner would only fail sooner and burn the crash-loop limit.
+    let mut sim = Sim::new(policy(), 1);
+    let w = sim.worker_in(0);
+    sim.exit(w, ExitStatus::Code(1));
+    assert_eq!(last_next(&sim), Some(Next::RestartIn(ms(100))));
+    assert!(sim.live.is_empty());
+    sim.advance(ms(99));
+    assert!(sim.live.is_empty(), "no early start after a crash");
+    sim.advance(ms(1));
+    assert_eq!(sim.live.len(), 1);
+    assert_eq!(sim.count(|r| matches!(r, Report::BackoffSkipped { .. })), 0);
+}
+
+#[test]
+fn a_dependency_down_for_10s_is_ridden_out_and_serving_resumes_within_the_cap() {
+    let mut sim = Sim::new(policy(), 2);
+    sim.advance(Duration::from_secs(2));
+    // The dependency goes down: both workers die, and every start fails.
+    let down_until = sim.now + Duration::from_secs(10);
+    for w in sim.live.keys().copied().collect::<Vec<_>>() {
+        sim.exit(w, ExitStatus::Code(1));
+    }
+    let mut serving_again = None;
+    while serving_again.is_none() && sim.now < down_until + Duration::from_secs(30) {
+        let live: Vec<WorkerId> = sim.live.keys().copied().collect();
+        for w in live {
+            if sim.now < down_until {
+                sim.exit(w, ExitStatus::Code(1));
+            } else {
+                serving_again = Some(sim.now);
+            }
+        }
+        sim.advance(ms(10));
+    }
+    let back = serving_again.expect("it serves again");
+    let after = back.saturating_duration_since(down_until);
+    assert!(
+        after <= Duration::from_secs(5),
+        "served again {after:?} after the return"
+    );
+    assert!(sim.machine.errored_slots().is_empty(), "not errored");
+}
+
+#[test]
+fn a_killed_slot_in_backoff_starts_at_once_when_the_last_worker_crashes() {
+    let mut p = policy();
+    // Every exit is young.
+    p.restart.min_uptime = Duration::from_secs(60);
+    let mut sim = Sim::new(p, 2);
+    sim.advance(Duration::from_secs(2));
+    // Slot 1 killed young while slot 0 serves: 800 ms of backoff.
+    for _ in 0..3 {
+        let w = sim.worker_in(1);
+        sim.advance(ms(10));
+        sim.exit(w, KILL);
+        sim.advance(ms(450));
+    }
+    let w = sim.worker_in(1);
+    sim.exit(w, KILL);
+    assert_eq!(last_next(&sim), Some(Next::RestartIn(ms(800))));
+    // Now slot 0 crashes: the app is empty; slot 1 (killed) starts now.
+    let w0 = sim.worker_in(0);
+    sim.exit(w0, ExitStatus::Code(1));
+    assert!(matches!(
+        sim.reports
+            .iter()
+            .rev()
+            .find(|r| !matches!(r, Report::Online { .. })),
+        Some(Report::BackoffSkipped { slot: 1 })
+    ));
+    assert!(sim.machine.slots[1].current.is_some());
+    assert!(
+        sim.machine.slots[0].current.is_none(),
+        "the crashed slot waits"
+    );
+}
+
+#[test]
+fn early_starts_of_an_empty_app_are_at_most_one_per_restart_delay() {
+    let mut sim = Sim::new(policy(), 1);
+    sim.advance(Duration::from_secs(2));
+    let mut starts = Vec::new();
+    // Every worker is killed as soon as it runs (an OOM kill at boot).
+    while starts.len() < 10 {
+        while let Some(w) = sim.live.keys().next().copied() {
+            starts.push(sim.now);
+            sim.exit(w, KILL);
+        }
+        sim.advance(ms(1));
+    }
+    // The first kill came after a stable run (replaced at once), the second
+    // is the first early start; from then on, one per restart_delay.
+    for pair in starts.windows(2).skip(2) {
+        let gap = pair[1].saturating_duration_since(pair[0]);
+        assert!(gap >= ms(100), "starts {gap:?} apart");
+        assert!(gap <= ms(101), "but not slower: {gap:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// pm2 counting (pm2 process files): pm2 7's `handleExit`.
+
+fn pm2_policy(delay: Pm2Delay) -> Policy {
+    let mut p = policy();
+    p.restart = RestartPolicy::pm2();
+    p.restart.counting = Counting::Pm2(delay);
+    p
+}
+
+#[test]
+fn pm2_restart_delay_waits_before_every_restart_young_or_not() {
+    let mut p = pm2_policy(Pm2Delay::Fixed);
+    p.restart.restart_delay = ms(500);
+    let mut sim = Sim::new(p, 1);
+    sim.advance(Duration::from_secs(10));
+    let w = sim.worker_in(0);
+    sim.exit(w, ExitStatus::Code(0));
+    assert_eq!(
+        last_next(&sim),
+        Some(Next::RestartIn(ms(500))),
+        "even after 10 s up"
+    );
+    assert_eq!(
+        sim.machine.snapshot(sim.now).slots[0].phase,
+        SlotPhase::Backoff,
+        "pm2's `waiting restart`"
+    );
+    sim.advance(ms(499));
+    assert!(sim.live.is_empty());
+    sim.advance(ms(1));
+    let w = sim.worker_in(0);
+    sim.exit(w, KILL);
+    assert_eq!(
+        last_next(&sim),
+        Some(Next::RestartIn(ms(500))),
+        "and after a kill"
+    );
+    // Without a delay: at once (pm2's default).
+    let mut sim = Sim::new(pm2_policy(Pm2Delay::Fixed), 1);
+    let w = sim.worker_in(0);
+    sim.exit(w, ExitStatus::Code(1));
+    assert_eq!(last_next(&sim), Some(Next::RestartIn(Duration::ZERO)));
+    assert_eq!(sim.live.len(), 1);
+}
+
+#[test]
+fn pm2_exp_backoff_grows_by_half_caps_and_resets_after_30s_up_and_on_reload() {
+    let mut sim = Sim::new(pm2_policy(Pm2Delay::Exponential(ms(100))), 1);
+    let mut delays = Vec::new();
+    for _ in 0..6 {
+        let w = sim.worker_in(0);
+        sim.advance(Duration::from_secs(2));
+        sim.exit(w, ExitStatus::Code(1));
+        if let Some(Next::RestartIn(d)) = last_next(&sim) {
+            delays.push(d.as_millis());
+        }
+        sim.advance(Duration::from_secs(20));
+    }
+    assert_eq!(delays, vec![100, 150, 225, 337, 505, 757]);
+    // Up more than 30 s: back to the base.
+    let w = sim.worker_in(0);
+    sim.advance(Duration::from_secs(31));
+    sim.exit(w, ExitStatus::Code(1));
+    assert_eq!(last_next(&sim), Some(Next::RestartIn(ms(100))));
+    sim.advance(ms(100));
+    let w = sim.worker_in(0);
+    sim.advance(Duration::from_secs(2));
+    sim.exit(w, ExitStatus::Code(1));
+    assert_eq!(last_next(&sim), Some(Next::RestartIn(ms(150))));
+    // A reload (pm2's resetState) starts it over.
+    sim.advance(ms(150));
+    sim.input(Input::Command(Command::Reload));
+    sim.advance(Duration::from_secs(2));
+    sim.finish_stopped();
+    let w = sim.worker_in(0);
+    sim.exit(w, ExitStatus::Code(1));
+    assert_eq!(last_next(&sim), Some(Next::RestartIn(ms(100))));
+}
+
+#[test]
+fn pm2_counts_unstable_exits_only_within_min_uptime_times_max_restarts() {
+    // pm2 7, seen: restart_delay 1500, max_restarts 3 never errored (each
+    // unstable exit comes later than 3 s after the start); without the
+    // delay it errored.
+    let mut p = pm2_policy(Pm2Delay::Fixed);
+    p.restart.max_restarts = 3;
+    p.restart.restart_delay = ms(1500);
+    let mut sim = Sim::new(p.clone(), 1);
+    for _ in 0..10 {
+        let w = sim.worker_in(0);
+        sim.exit(w, ExitStatus::Code(1));
+        sim.advance(ms(1500));
+    }
+    assert!(sim.machine.errored_slots().is_empty());
+    assert_eq!(sim.machine.snapshot(sim.now).slots[0].unstable, 2);
+
+    p.restart.restart_delay = Duration::ZERO;
+    let mut sim = Sim::new(p, 1);
+    let mut nexts = Vec::new();
+    for _ in 0..3 {
+        let w = sim.worker_in(0);
+        sim.exit(w, ExitStatus::Code(1));
+        nexts.push(last_next(&sim).unwrap());
+    }
+    assert_eq!(
+        nexts,
+        vec![
+            Next::RestartIn(Duration::ZERO),
+            Next::RestartIn(Duration::ZERO),
+            Next::Errored { crashes: 3 }
+        ]
+    );
+    assert_eq!(
+        sim.machine.snapshot(sim.now).slots[0].unstable,
+        0,
+        "pm2 forgets the count once errored"
+    );
+}
+
+#[test]
+fn pm2_unstable_restarts_survive_a_stable_run_and_kills_count_too() {
+    let mut p = pm2_policy(Pm2Delay::Fixed);
+    p.restart.max_restarts = 5;
+    let mut sim = Sim::new(p, 1);
+    for up in [10, 10, 2000, 10] {
+        let w = sim.worker_in(0);
+        sim.advance(ms(up));
+        sim.exit(w, KILL);
+    }
+    // Three young exits; the stable run in between reset nothing.
+    assert_eq!(sim.machine.snapshot(sim.now).slots[0].unstable, 3);
+    for _ in 0..2 {
+        let w = sim.worker_in(0);
+        sim.exit(w, KILL);
+    }
+    assert_eq!(sim.machine.errored_slots(), vec![0]);
+    assert_eq!(sim.count(|r| matches!(r, Report::BackoffSkipped { .. })), 0);
+}
+
+#[test]
+fn stop_exit_codes_are_not_restarted_and_a_signal_is_never_one_of_them() {
+    for counting in [Counting::Herd, Counting::Pm2(Pm2Delay::Fixed)] {
+        let mut p = policy();
+        p.restart.counting = counting;
+        p.restart.stop_exit_codes = vec![0, 3];
+        // With a delay too: pm2 leaves such a process stuck in `waiting
+        // restart`; herd says it stopped.
+        p.restart.restart_delay = ms(1000);
+        let mut sim = Sim::new(p, 3);
+        sim.advance(Duration::from_secs(2));
+        let (a, b, c) = (sim.worker_in(0), sim.worker_in(1), sim.worker_in(2));
+        sim.exit(a, ExitStatus::Code(3));
+        assert_eq!(last_next(&sim), Some(Next::StopExitCode(3)));
+        sim.exit(b, KILL);
+        assert!(
+            matches!(last_next(&sim), Some(Next::RestartIn(_))),
+            "{counting:?}"
+        );
+        sim.exit(c, ExitStatus::Code(0));
+        let snap = sim.machine.snapshot(sim.now);
+        assert_eq!(snap.slots[0].phase, SlotPhase::Done, "{counting:?}");
+        assert_eq!(snap.slots[2].phase, SlotPhase::Done, "{counting:?}");
+        sim.advance(Duration::from_secs(5));
+        assert_eq!(sim.live.len(), 1, "only the killed one came back");
+    }
+}
+
+#[test]
+fn autorestart_false_never_leaves_the_slot_waiting() {
+    let mut p = pm2_policy(Pm2Delay::Exponential(ms(100)));
+    p.restart.mode = RestartMode::Never;
+    let mut sim = Sim::new(p, 2);
+    let w = sim.worker_in(0);
+    sim.exit(w, ExitStatus::Code(1));
+    assert_eq!(last_next(&sim), Some(Next::NoRestart));
+    assert_eq!(
+        sim.machine.snapshot(sim.now).slots[0].phase,
+        SlotPhase::Done
+    );
+    let w = sim.worker_in(1);
+    sim.exit(w, ExitStatus::Code(0));
+    assert_eq!(sim.exit, Some(Outcome::Completed { success: false }));
+}
+
+// ---------------------------------------------------------------------------
+// wait_ready: online at the listen timeout.
+
+#[test]
+fn a_worker_that_never_says_ready_is_online_at_the_listen_timeout_with_one_warning() {
+    let mut p = policy();
+    p.readiness = Readiness::Signalled { late: Late::Ready };
+    let mut sim = Sim::new(p, 2);
+    sim.advance(ms(2999));
+    assert_eq!(sim.count(|r| matches!(r, Report::Ready { .. })), 0);
+    sim.advance(ms(1));
+    assert_eq!(sim.count(|r| matches!(r, Report::Ready { .. })), 2);
+    assert_eq!(sim.count(|r| matches!(r, Report::ReadyAssumed { .. })), 1);
+    assert!(sim.machine.accepting(sim.worker_in(0)));
+    // A reload does not abort: each replacement is online at the timeout.
+    let old = [sim.worker_in(0), sim.worker_in(1)];
+    sim.input(Input::Command(Command::Reload));
+    sim.advance(Duration::from_secs(3));
+    sim.advance(Duration::from_secs(3));
+    assert_eq!(sim.count(|r| *r == Report::ReloadFinished), 1);
+    assert_eq!(sim.count(|r| matches!(r, Report::ReloadAborted { .. })), 0);
+    assert_eq!(sim.stopped, old.to_vec());
+    assert_eq!(
+        sim.count(|r| matches!(r, Report::ReadyAssumed { .. })),
+        1,
+        "said once"
+    );
+    // One that says so in time is ready then.
+    let mut sim = Sim::new(
+        Policy {
+            readiness: Readiness::Signalled { late: Late::Ready },
+            ..policy()
+        },
+        1,
+    );
+    sim.advance(ms(200));
+    let w = sim.worker_in(0);
+    sim.input(Input::Ready { worker: w });
+    sim.advance(Duration::from_secs(5));
+    assert_eq!(sim.count(|r| matches!(r, Report::Ready { .. })), 1);
+    assert_eq!(sim.count(|r| matches!(r, Report::ReadyAssumed { .. })), 0);
+}
+
+/// The live workers of each slot (stopping ones included), as the sim sees them.
+fn workers_per_slot(sim: &Sim) -> BTreeMap<Slot, usize> {
+    let mut n = BTreeMap::new();
+    for (slot, _) in sim.live.values() {
+        *n.entry(*slot).or_default() += 1;
+    }
+    n
+}
+
+#[test]
+fn a_stop_first_reload_stops_each_worker_before_its_successor_starts() {
+    let mut sim = Sim::new(policy(), 2);
+    sim.advance(Duration::from_secs(2));
+    let old = [sim.worker_in(0), sim.worker_in(1)];
+    sim.machine.set_reload_order(ReloadOrder::StopFirst);
+    sim.input(Input::Command(Command::Reload));
+    assert_eq!(sim.count(|r| *r == Report::Restarting { slot: 0 }), 1);
+    assert_eq!(sim.stopped, vec![old[0]], "slot 0's worker stops first");
+    assert_eq!(sim.live.len(), 2, "no successor while it drains");
+    sim.advance(Duration::from_millis(500));
+    assert_eq!(sim.live.len(), 2, "still none: it has not exited");
+    sim.exit(old[0], ExitStatus::Code(0));
+    let successor = sim.machine.slots[0]
+        .successor
+        .expect("its successor starts now");
+    assert_eq!(workers_per_slot(&sim)[&0], 1);
+    assert!(sim.stopped == vec![old[0]], "slot 1 serves meanwhile");
+    sim.advance(Duration::from_millis(1000));
+    assert_eq!(sim.worker_in(0), successor, "ready: it holds the slot");
+    assert_eq!(sim.stopped, old.to_vec(), "then slot 1's turn");
+    assert_eq!(workers_per_slot(&sim)[&1], 1);
+    sim.finish_stopped();
+    sim.advance(Duration::from_millis(1000));
+    assert_eq!(sim.count(|r| *r == Report::ReloadFinished), 1);
+    assert_eq!(sim.count(|r| matches!(r, Report::ReloadAborted { .. })), 0);
+    assert_eq!(sim.live.len(), 2);
+    assert!(!old.contains(&sim.worker_in(0)) && !old.contains(&sim.worker_in(1)));
+    assert_eq!(sim.machine.snapshot(sim.now).slots[1].restarts, 1);
+}
+
+#[test]
+fn a_stop_first_reload_whose_new_version_cannot_start_reports_why_and_the_others_serve() {
+    let mut sim = Sim::new(policy(), 2);
+    sim.advance(Duration::from_secs(2));
+    let old1 = sim.worker_in(1);
+    sim.machine.set_reload_order(ReloadOrder::StopFirst);
+    sim.input(Input::Command(Command::Reload));
+    sim.finish_stopped();
+    let successor = sim.machine.slots[0].successor.unwrap();
+    sim.exit(successor, ExitStatus::Code(1));
+    assert!(sim.reports.iter().any(|r| matches!(
+        r,
+        Report::ReloadAborted {
+            slot: 0,
+            reason: AbortReason::Exited(ExitStatus::Code(1)),
+            old_serving: false,
+        }
+    )));
+    assert!(!sim.machine.reloading());
+    assert_eq!(sim.worker_in(1), old1, "slot 1 keeps serving, untouched");
+    assert!(!sim.stopped.contains(&old1));
+    // Slot 0 is left to its restart policy (a backoff, then a new try).
+    assert_eq!(
+        sim.machine.snapshot(sim.now).slots[0].phase,
+        SlotPhase::Backoff
+    );
+    // A spawn that fails outright is reported the same way.
+    sim.advance(Duration::from_secs(2));
+    sim.fail_spawns = true;
+    sim.input(Input::Command(Command::Replace(1)));
+    sim.finish_stopped();
+    assert!(sim.reports.iter().any(|r| matches!(
+        r,
+        Report::ReloadAborted {
+            slot: 1,
+            reason: AbortReason::SpawnFailed(_),
+            old_serving: false,
+        }
+    )));
+}
+
+#[test]
+fn a_stop_first_replacement_says_restarting_and_waits_for_a_draining_predecessor() {
+    let mut sim = Sim::new(policy(), 1);
+    sim.advance(Duration::from_secs(2));
+    // A zero-downtime replacement whose old worker is still draining ...
+    let first = sim.worker_in(0);
+    sim.input(Input::Command(Command::Replace(0)));
+    sim.advance(Duration::from_millis(1000));
+    assert_eq!(sim.stopped, vec![first]);
+    let second = sim.worker_in(0);
+    // ... then a stop-first one: its successor waits for both to be gone.
+    sim.machine.set_reload_order(ReloadOrder::StopFirst);
+    sim.input(Input::Command(Command::Replace(0)));
+    assert_eq!(sim.count(|r| *r == Report::Restarting { slot: 0 }), 1);
+    assert_eq!(sim.count(|r| matches!(r, Report::Replacing { .. })), 1);
+    sim.exit(second, ExitStatus::Code(0));
+    assert!(
+        sim.machine.slots[0].successor.is_none(),
+        "{first:?} still drains"
+    );
+    sim.exit(first, ExitStatus::Code(0));
+    assert!(sim.machine.slots[0].successor.is_some());
+    sim.advance(Duration::from_millis(1000));
+    assert_eq!(sim.count(|r| *r == Report::ReloadFinished), 2);
+}
+
+#[test]
+fn a_reload_keeps_the_order_it_began_with_and_a_stop_ends_the_wait() {
+    let mut sim = Sim::new(policy(), 2);
+    sim.advance(Duration::from_secs(2));
+    sim.machine.set_reload_order(ReloadOrder::StopFirst);
+    sim.input(Input::Command(Command::Reload));
+    sim.machine.set_reload_order(ReloadOrder::StartFirst);
+    sim.finish_stopped();
+    sim.advance(Duration::from_millis(1000));
+    assert_eq!(sim.count(|r| *r == Report::Restarting { slot: 1 }), 1);
+    assert_eq!(workers_per_slot(&sim)[&1], 1, "slot 1 stopped first too");
+    // A stop while slot 1 waits for its worker to go: nothing new starts.
+    sim.input(Input::Command(Command::Stop));
+    sim.finish_stopped();
+    sim.advance(Duration::from_secs(5));
+    assert!(sim.live.is_empty());
+    assert_eq!(sim.exit, Some(Outcome::Stopped));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     ExitWorker(usize, i32),
+    KillWorker(usize),
     Ready(usize),
     Advance(u64),
     Reload,
@@ -667,11 +1243,13 @@ enum Op {
     Replace(usize),
     FailSpawns(bool),
     HoldSignal(bool),
+    StopFirst(bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (0..8usize, 0..3i32).prop_map(|(w, c)| Op::ExitWorker(w, c)),
+        (0..8usize).prop_map(Op::KillWorker),
         (0..8usize).prop_map(Op::Ready),
         (0..3000u64).prop_map(Op::Advance),
         Just(Op::Reload),
@@ -680,6 +1258,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0..4usize).prop_map(Op::Replace),
         any::<bool>().prop_map(Op::FailSpawns),
         any::<bool>().prop_map(Op::HoldSignal),
+        any::<bool>().prop_map(Op::StopFirst),
     ]
 }
 
@@ -689,20 +1268,38 @@ proptest! {
     #[test]
     fn invariants_hold_and_stop_always_finishes(
         n in 1..4usize,
-        signalled in any::<bool>(),
+        readiness in 0..3u8,
+        counting in 0..3u8,
+        stop_code in any::<bool>(),
         ops in proptest::collection::vec(op(), 0..60),
     ) {
         let mut p = policy();
         p.restart.max_restarts = 3;
-        if signalled {
-            p.readiness = Readiness::Signalled;
+        p.readiness = match readiness {
+            0 => p.readiness,
+            1 => Readiness::Signalled { late: Late::Abort },
+            _ => Readiness::Signalled { late: Late::Ready },
+        };
+        p.restart.counting = match counting {
+            0 => Counting::Herd,
+            1 => Counting::Pm2(Pm2Delay::Fixed),
+            _ => Counting::Pm2(Pm2Delay::Exponential(Duration::from_millis(100))),
+        };
+        if stop_code {
+            p.restart.stop_exit_codes = vec![2];
         }
+        let herd_counting = p.restart.counting == Counting::Herd;
         let mut sim = Sim::new(p, n);
         for op in ops {
             match op {
                 Op::ExitWorker(i, code) => {
                     if let Some(&w) = sim.live.keys().nth(i % sim.live.len().max(1)) {
                         sim.exit(w, ExitStatus::Code(code));
+                    }
+                }
+                Op::KillWorker(i) => {
+                    if let Some(&w) = sim.live.keys().nth(i % sim.live.len().max(1)) {
+                        sim.exit(w, ExitStatus::Signal(Signal::SIGKILL));
                     }
                 }
                 Op::Ready(i) => {
@@ -717,6 +1314,11 @@ proptest! {
                 Op::Replace(slot) => sim.input(Input::Command(Command::Replace(slot))),
                 Op::FailSpawns(f) => sim.fail_spawns = f,
                 Op::HoldSignal(h) => sim.hold_signal = h,
+                Op::StopFirst(f) => sim.machine.set_reload_order(if f {
+                    ReloadOrder::StopFirst
+                } else {
+                    ReloadOrder::StartFirst
+                }),
             }
             // Invariants.
             let m = &sim.machine;
@@ -730,6 +1332,10 @@ proptest! {
                 if slot.successor.is_some() {
                     prop_assert_eq!(m.reload, Some(i));
                 }
+                // Stop-first: a successor never runs beside another worker of its slot.
+                if slot.successor.is_some() && m.reload_order == ReloadOrder::StopFirst {
+                    prop_assert_eq!(workers_per_slot(&sim).get(&i).copied(), Some(1));
+                }
             }
             // The machine knows exactly the live processes.
             let known: Vec<WorkerId> = m.workers.keys().copied().collect();
@@ -737,6 +1343,20 @@ proptest! {
             prop_assert_eq!(known, live);
             if sim.exit.is_some() {
                 prop_assert!(sim.live.is_empty());
+            }
+            // herd counting: an empty app with a killed slot waiting has its
+            // early start on the way.
+            let empty = m.slots.iter().all(|s| s.current.is_none() && s.successor.is_none());
+            let killed_waiting = m.slots.iter().any(|s| {
+                matches!(s.state, SlotState::Backoff { rescuable: true, .. })
+            });
+            if herd_counting && m.mode == Mode::Running && empty && killed_waiting {
+                let on_its_way = m.rescue_attempt.is_some_and(|due| {
+                    m.slots.iter().any(|s| {
+                        matches!(s.state, SlotState::Backoff { attempt, rescuable: true } if attempt == due)
+                    })
+                });
+                prop_assert!(on_its_way, "an early start is on its way");
             }
         }
         if sim.exit.is_none() {
@@ -960,6 +1580,20 @@ proptest! {
                 }
                 Op::HoldSignal(h) => {
                     sim.hold_signal = h;
+                    None
+                }
+                Op::KillWorker(i) => {
+                    if let Some(&w) = sim.live.keys().nth(i % sim.live.len().max(1)) {
+                        sim.exit(w, ExitStatus::Signal(Signal::SIGKILL));
+                    }
+                    None
+                }
+                Op::StopFirst(f) => {
+                    sim.machine.set_reload_order(if f {
+                        ReloadOrder::StopFirst
+                    } else {
+                        ReloadOrder::StartFirst
+                    });
                     None
                 }
             };

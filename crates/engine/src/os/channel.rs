@@ -24,9 +24,10 @@ use tokio::net::UnixStream;
 /// message is being read.
 const RECV_CHUNK_SMALL: usize = 8 * 1024;
 const RECV_CHUNK: usize = 64 * 1024;
-/// Room for this many fds in one `recvmsg` (herd's protocol sends one at a
-/// time; more than this in one send are closed by the kernel).
-const MAX_FDS: usize = 16;
+/// Room for this many fds in one `recvmsg`: the kernel's limit for one
+/// send (`SCM_MAX_FD`), so fds are never cut off (a cut-off control message
+/// could not be read, and the fds that did arrive would leak).
+const MAX_FDS: usize = 253;
 
 /// Create the pair: (herd's end, nonblocking + close-on-exec; the worker's end,
 /// blocking, close-on-exec — spawn clears that flag when it places the fd).
@@ -83,6 +84,12 @@ impl Channel {
             sock,
             send_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Give herd's end back as a plain fd (for an in-place upgrade); no
+    /// send may be under way.
+    pub(crate) fn into_fd(self) -> io::Result<OwnedFd> {
+        Ok(self.sock.into_std()?.into())
     }
 
     /// Read whatever is available: bytes appended to `buf`, and any fds that
@@ -167,7 +174,10 @@ fn recv_chunk(
                 Err(e) => break Err(io::Error::from(e)),
                 Ok(msg) => {
                     let mut got = Vec::new();
-                    for c in msg.cmsgs()? {
+                    // Cut-off control data (MSG_CTRUNC) cannot be read, but
+                    // the bytes can: fds never are cut off (room for
+                    // SCM_MAX_FD), so what was cut is no fd of ours.
+                    for c in msg.cmsgs().into_iter().flatten() {
                         if let ControlMessageOwned::ScmRights(raw) = c {
                             // SAFETY: fresh fds from the kernel, owned by nobody else.
                             got.extend(raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }));
@@ -371,6 +381,31 @@ mod tests {
             }
         }
         assert!(buf.is_empty() || buf == b"bye\n", "{buf:?}");
+    }
+
+    /// Found by the bad-input corpus: 40 fds with one message overflowed
+    /// the room for 16, the read failed, and herd took the channel for
+    /// closed (and leaked the 16 fds that did arrive).
+    #[tokio::test]
+    async fn a_message_with_many_fds_keeps_the_channel_and_closes_them() {
+        let (ch, worker) = setup();
+        let pipes: Vec<_> = (0..40).map(|_| nix::unistd::pipe().unwrap()).collect();
+        let raw: Vec<RawFd> = pipes.iter().map(|(_, w)| w.as_raw_fd()).collect();
+        socket::sendmsg::<()>(
+            worker.as_raw_fd(),
+            &[IoSlice::new(b"{\"h\":1}\n")],
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        (&worker).write_all(b"{\"after\":1}\n").unwrap();
+        let (mut buf, mut fds) = (Vec::new(), Vec::new());
+        while !buf.ends_with(b"{\"after\":1}\n") {
+            assert!(ch.recv(&mut buf, &mut fds).await.unwrap() > 0, "EOF");
+        }
+        assert_eq!(buf, b"{\"h\":1}\n{\"after\":1}\n");
+        assert_eq!(fds.len(), 40, "every fd arrives, to be closed by its owner");
     }
 
     #[tokio::test]

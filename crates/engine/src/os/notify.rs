@@ -77,6 +77,19 @@ impl NotifySocket {
         Ok(NotifySocket { sock, env_value })
     }
 
+    /// Take over a socket bound before (by this process's previous image,
+    /// across an in-place upgrade), named `env_value`. Must be called
+    /// inside a tokio runtime.
+    pub(crate) fn from_fd(fd: OwnedFd, env_value: String) -> io::Result<NotifySocket> {
+        let sock = UnixDatagram::from_std(std::os::unix::net::UnixDatagram::from(fd))?;
+        Ok(NotifySocket { sock, env_value })
+    }
+
+    /// Give the socket back as a plain fd (for an in-place upgrade).
+    pub(crate) fn into_fd(self) -> io::Result<OwnedFd> {
+        Ok(self.sock.into_std()?.into())
+    }
+
     /// The value to put in a worker's `NOTIFY_SOCKET` (e.g. `@herd/1234/0`).
     pub(crate) fn env_value(&self) -> &str {
         &self.env_value

@@ -306,37 +306,131 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
 }
 
 /// One request to the spawner thread.
-struct Job {
+enum Job {
+    Fork(ForkJob),
+    /// Replace the process's image (an in-place upgrade): the spawner is
+    /// the thread that forked every worker, so they survive it.
+    Exec {
+        exe: RawFd,
+        argv: Vec<CString>,
+        envp: Vec<CString>,
+        /// Only answered if the exec failed.
+        reply: tokio::sync::oneshot::Sender<io::Error>,
+    },
+}
+
+struct ForkJob {
     spec: SpawnSpec,
     /// fds that must stay open until the fork (those in `spec.fds`).
     keep: Vec<OwnedFd>,
     reply: tokio::sync::oneshot::Sender<io::Result<Forked>>,
 }
 
+/// The spawner's queue; started on first use, or by [`serve_on_this_thread`].
+static SPAWNER: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>> =
+    std::sync::Mutex::new(None);
+/// True when the spawner is the process's main thread.
+static SPAWNER_IS_MAIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn serve(rx: std::sync::mpsc::Receiver<Job>) {
+    for job in rx {
+        match job {
+            Job::Fork(job) => {
+                let result = fork(&job.spec);
+                drop(job.keep);
+                // Nobody waits any more: `Forked`'s drop kills and reaps.
+                let _ = job.reply.send(result);
+            }
+            Job::Exec {
+                exe,
+                argv,
+                envp,
+                reply,
+            } => {
+                let _ = reply.send(exec_fd(exe, &argv, &envp));
+            }
+        }
+    }
+}
+
+/// Make the calling thread (the process's main thread, which never exits)
+/// the spawner, before anything was spawned: returns the function that
+/// serves its queue ([`SpawnerQueue::serve`]: run it on this thread).
+pub(crate) fn serve_on_this_thread() -> SpawnerQueue {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    *SPAWNER.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+    SPAWNER_IS_MAIN.store(
+        nix::unistd::gettid() == nix::unistd::getpid(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    SpawnerQueue(rx)
+}
+
+/// The spawner's queue, to be served on the thread that made it.
+pub(crate) struct SpawnerQueue(std::sync::mpsc::Receiver<Job>);
+
+impl SpawnerQueue {
+    /// Serve the queue forever.
+    pub(crate) fn serve(self) -> ! {
+        serve(self.0);
+        // The queue's sender is never dropped.
+        unreachable!("the spawner's queue ended")
+    }
+}
+
+/// Is the spawner the main thread ([`serve_on_this_thread`])? Only then may
+/// the process exec in place without losing its workers.
+pub(crate) fn spawner_is_main_thread() -> bool {
+    SPAWNER_IS_MAIN.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Queue a job for the spawner thread, starting it on first use. The
 /// thread lives as long as the process: its queue's sender is never dropped.
 fn to_spawner(job: Job) -> io::Result<()> {
-    static SPAWNER: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>> =
-        std::sync::Mutex::new(None);
     let mut queue = SPAWNER.lock().unwrap_or_else(|e| e.into_inner());
     if queue.is_none() {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("herd-spawner".into())
-            .spawn(move || {
-                for job in rx {
-                    let result = fork(&job.spec);
-                    drop(job.keep);
-                    // Nobody waits any more: `Forked`'s drop kills and reaps.
-                    let _ = job.reply.send(result);
-                }
-            })
+            .spawn(move || serve(rx))
             .map_err(|e| with_context(e, "cannot start herd's spawner thread"))?;
         *queue = Some(tx);
     }
     let tx = queue.as_ref().expect("started above");
     tx.send(job)
         .map_err(|_| io::Error::other("herd's spawner thread is gone"))
+}
+
+/// Execute the open binary `exe` on the spawner thread, in place of this
+/// process. Returns only if that failed: why.
+pub(crate) async fn exec_on_spawner(
+    exe: RawFd,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+) -> io::Error {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if let Err(e) = to_spawner(Job::Exec {
+        exe,
+        argv,
+        envp,
+        reply,
+    }) {
+        return e;
+    }
+    answer
+        .await
+        .unwrap_or_else(|_| io::Error::other("herd's spawner thread is gone"))
+}
+
+/// `fexecve` on the calling thread; returns only if it failed.
+pub(crate) fn exec_fd(exe: RawFd, argv: &[CString], envp: &[CString]) -> io::Error {
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
+    envp_ptrs.push(std::ptr::null());
+    // SAFETY: NUL-terminated arrays of pointers to live C strings.
+    unsafe { libc::fexecve(exe, argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
+    io::Error::last_os_error()
 }
 
 /// Fork the child on the spawner thread (see the module docs) and return as
@@ -346,7 +440,7 @@ fn to_spawner(job: Job) -> io::Result<()> {
 pub(crate) async fn fork_on_spawner(spec: SpawnSpec, keep: Vec<OwnedFd>) -> io::Result<Forked> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     let program = spec.program.display().to_string();
-    to_spawner(Job { spec, keep, reply })
+    to_spawner(Job::Fork(ForkJob { spec, keep, reply }))
         .map_err(|e| with_context(e, format!("cannot start {program}")))?;
     answer.await.unwrap_or_else(|_| {
         Err(io::Error::other(format!(

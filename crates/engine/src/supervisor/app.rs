@@ -44,16 +44,20 @@ use super::cluster::protocol::{self, ServerKey};
 use super::cluster::round_robin::Accepting;
 use super::cluster::{Cluster, ClusterConfig, Cx, Effect, Effects, DISCONNECT_GRACE};
 use super::events::{timed, AppStatus, Event, Events, RoundRobinStats, Stream, Timed, EVENT_QUEUE};
+use super::handover::{FreezeError, Frozen, Leftovers};
 use super::ipc::{self, FromWorker, Outgoing, MESSAGE_QUEUE};
 use super::listeners::Listeners;
 use super::output::{self, start_pump};
+use super::reload::{Check, Reloads, LISTEN_POLL};
 use super::timers::{Timers, Wake};
+use super::triggers::{self, Do, Triggers, Watcher};
 use super::workers::{self, Notified, WorkerStart, WorkerWiring, Workers};
 use crate::clock::MonoTime;
-use crate::config::{AppSpec, WorkerKind};
+use crate::config::{AppSpec, ExecMode, WorkerKind};
 use crate::exit::ExitStatus;
 use crate::machine::{
-    Action, Command, Input, Machine, Next, Policy, Readiness, Report, Slot, Ticket, WorkerId,
+    Action, Command, Input, Late, Machine, Next, Policy, Readiness, Report, Slot, Ticket, Timer,
+    WorkerId,
 };
 use crate::os::channel::Channel;
 use crate::os::notify::NotifySocket;
@@ -63,6 +67,8 @@ use crate::os::spawn::{self, Spawned};
 /// The app task stops taking worker messages while this many of its own
 /// events wait for room in the event channel.
 const PENDING_LIMIT: usize = 16;
+/// How often a freezing app checks whether it has settled.
+const FREEZE_POLL: Duration = Duration::from_millis(2);
 /// SIGCHLD can coalesce, and a child may exit between a check and the
 /// subscription: a slow poll backs the signal up.
 const REAP_POLL: Duration = Duration::from_millis(500);
@@ -89,6 +95,8 @@ pub(crate) enum Request {
     },
     /// The reload onto it is answered with this ticket.
     Update(Box<AppSpec>, Ticket),
+    /// Pause the app and hand over its whole state (an in-place upgrade).
+    Freeze(oneshot::Sender<Result<Frozen, FreezeError>>),
     /// The app's whole state, as JSON (tests: it must stay plain data).
     #[cfg(test)]
     State(oneshot::Sender<serde_json::Value>),
@@ -102,6 +110,7 @@ impl std::fmt::Debug for Request {
             Request::Status(_) => f.write_str("Status"),
             Request::Signal { to, signal } => write!(f, "Signal({to:?}, {signal})"),
             Request::Update(spec, t) => write!(f, "Update({}, {t:?})", spec.name),
+            Request::Freeze(_) => f.write_str("Freeze"),
             #[cfg(test)]
             Request::State(_) => f.write_str("State"),
         }
@@ -109,7 +118,7 @@ impl std::fmt::Debug for Request {
 }
 
 /// What the app's helper tasks tell the app task.
-enum FromTask {
+pub(super) enum FromTask {
     /// A worker's process ended and its output was drained.
     Exited {
         worker: WorkerId,
@@ -141,47 +150,79 @@ pub(crate) struct AppState {
     pub(crate) workers: Workers,
     pub(crate) cluster: Cluster,
     pub(crate) timers: Timers,
+    /// How reloads replace the workers, and successors held until they listen.
+    #[serde(default)]
+    pub(crate) reloads: Reloads,
+    /// The watch and cron triggers.
+    pub(crate) triggers: Triggers,
     /// The app's notify socket (`NOTIFY_SOCKET` in every worker): owned by
     /// the wiring; its number and name let a new binary take it over.
-    notify: NotifyRecord,
+    pub(super) notify: NotifyRecord,
 }
 
 /// Where the app's notify socket is.
 #[derive(Debug, Serialize, Deserialize)]
-struct NotifyRecord {
-    fd: RawFd,
+pub(super) struct NotifyRecord {
+    pub(super) fd: RawFd,
     /// `@herd/<pid>/<n>`: the abstract name workers send to.
-    name: String,
+    pub(super) name: String,
 }
 
 /// What the app task holds besides its state: its channels, its helper
 /// tasks, and the fds registered with the reactor. Made again from the
 /// state, never written out.
-struct Wiring {
-    notify: Arc<NotifySocket>,
-    events: mpsc::Sender<Timed>,
+pub(super) struct Wiring {
+    pub(super) notify: Arc<NotifySocket>,
+    pub(super) events: mpsc::Sender<Timed>,
     /// The app's own events waiting for room in `events` (see the module docs).
-    pending: VecDeque<Timed>,
-    tasks: mpsc::UnboundedSender<FromTask>,
-    messages: mpsc::Sender<FromWorker>,
+    pub(super) pending: VecDeque<Timed>,
+    pub(super) tasks: mpsc::UnboundedSender<FromTask>,
+    pub(super) messages: mpsc::Sender<FromWorker>,
     /// Per running worker: its writer's queue and its output pumps.
-    workers: BTreeMap<WorkerId, WorkerWiring>,
+    pub(super) workers: BTreeMap<WorkerId, WorkerWiring>,
     /// Per round-robin server: herd's accept loop.
-    accepting: BTreeMap<ServerKey, Accepting>,
+    pub(super) accepting: BTreeMap<ServerKey, Accepting>,
+    /// The file watcher, when the app has `watch`.
+    pub(super) watcher: Option<Watcher>,
+    /// Its wake-up: one slot, a flag.
+    pub(super) watch_wake: mpsc::Sender<()>,
+    /// Exited workers whose output is still being drained (their exit
+    /// report follows).
+    pub(super) draining: usize,
+    /// A freeze was asked for (see `handover`): whom to answer, and until
+    /// when the app may take to settle.
+    pub(super) freezing: Option<(
+        oneshot::Sender<Result<Frozen, FreezeError>>,
+        tokio::time::Instant,
+    )>,
+}
+
+/// The receiving ends of an app task's queues.
+pub(super) struct Inbox {
+    pub(super) requests: mpsc::UnboundedReceiver<Request>,
+    pub(super) tasks: mpsc::UnboundedReceiver<FromTask>,
+    pub(super) messages: mpsc::Receiver<FromWorker>,
+    pub(super) watch: mpsc::Receiver<()>,
 }
 
 /// One app's task.
 pub(crate) struct App {
-    state: AppState,
-    wire: Wiring,
+    pub(super) state: AppState,
+    pub(super) wire: Wiring,
 }
 
-/// The machine's policies for a spec.
-fn policy_for(spec: &AppSpec) -> Policy {
+/// The machine's policies for a spec. Readiness: with `wait_ready`, the
+/// worker's word (`'ready'`, `READY=1`), or online at the listen timeout as
+/// under pm2; a Node cluster worker's `listening`; else the ready delay (a
+/// fork-mode Node app binds its own sockets: herd is not told).
+pub(super) fn policy_for(spec: &AppSpec) -> Policy {
+    let cluster_node = spec.kind == WorkerKind::Node && spec.exec_mode == ExecMode::Cluster;
     Policy {
         restart: spec.restart.clone(),
-        readiness: if spec.ready.wait_ready || spec.kind == WorkerKind::Node {
-            Readiness::Signalled
+        readiness: if spec.ready.wait_ready {
+            Readiness::Signalled { late: Late::Ready }
+        } else if cluster_node {
+            Readiness::Signalled { late: Late::Abort }
         } else {
             Readiness::After(spec.ready.ready_delay)
         },
@@ -204,6 +245,7 @@ impl App {
         let (requests, requests_rx) = mpsc::unbounded_channel();
         let (tasks, tasks_rx) = mpsc::unbounded_channel();
         let (messages, messages_rx) = mpsc::channel(MESSAGE_QUEUE);
+        let (watch_wake, watch_rx) = mpsc::channel(1);
         let state = AppState {
             base_env: if spec.inherit_env {
                 workers::base_env()
@@ -216,6 +258,8 @@ impl App {
             listeners,
             workers: Workers::default(),
             timers: Timers::default(),
+            reloads: Reloads::default(),
+            triggers: Triggers::default(),
             notify: NotifyRecord {
                 fd: notify.as_raw_fd(),
                 name: notify.env_value().to_string(),
@@ -231,19 +275,32 @@ impl App {
                 messages,
                 workers: BTreeMap::new(),
                 accepting: BTreeMap::new(),
+                watcher: None,
+                watch_wake,
+                draining: 0,
+                freezing: None,
             },
         };
-        tokio::spawn(app.run(requests_rx, tasks_rx, messages_rx));
+        let inbox = Inbox {
+            requests: requests_rx,
+            tasks: tasks_rx,
+            messages: messages_rx,
+            watch: watch_rx,
+        };
+        tokio::spawn(app.run(inbox, None));
         let _ = requests.send(Request::Command(Command::Start, None));
         (requests, Events::new(events_rx))
     }
 
-    async fn run(
-        mut self,
-        mut requests: mpsc::UnboundedReceiver<Request>,
-        mut tasks: mpsc::UnboundedReceiver<FromTask>,
-        mut messages: mpsc::Receiver<FromWorker>,
-    ) {
+    /// The app's loop, from its start or (`resumed`) from where a previous
+    /// binary froze it.
+    pub(super) async fn run(mut self, inbox: Inbox, resumed: Option<Leftovers>) {
+        let Inbox {
+            mut requests,
+            mut tasks,
+            mut messages,
+            mut watch,
+        } = inbox;
         use tokio::signal::unix::{signal, SignalKind};
         let mut sigchld = match signal(SignalKind::child()) {
             Ok(s) => s,
@@ -268,11 +325,26 @@ impl App {
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
         let mut armed: Option<MonoTime> = None;
-        if self.state.cluster.config().listener_round_robin() {
-            self.with_cluster(|cluster, cx| cluster.open_listener_servers(cx));
+        match resumed {
+            Some(leftovers) => self.resumed(leftovers),
+            None => {
+                if self.state.cluster.config().listener_round_robin() {
+                    self.with_cluster(|cluster, cx| cluster.open_listener_servers(cx));
+                }
+                self.configure_triggers();
+            }
         }
         let events = self.wire.events.clone();
         while !self.state.machine.finished() {
+            if self.wire.freezing.is_some() && self.settled() {
+                let (reply, _) = self.wire.freezing.take().expect("freezing");
+                let frozen = self
+                    .freeze_now(&mut tasks, &mut messages, notify_task)
+                    .await;
+                let _ = reply.send(Ok(frozen));
+                return;
+            }
+            let freeze_by = self.wire.freezing.as_ref().map(|(_, by)| *by);
             let next = self.state.timers.next();
             if next != armed {
                 if let Some(at) = next {
@@ -283,7 +355,12 @@ impl App {
             }
             let backlog = self.wire.pending.len();
             tokio::select! {
-                Some(request) = requests.recv() => self.request(request),
+                Some(request) = requests.recv(), if freeze_by.is_none() => self.request(request),
+                () = tokio::time::sleep_until(freeze_by.unwrap_or_else(tokio::time::Instant::now)), if freeze_by.is_some() => {
+                    self.freeze_failed(FreezeError::Busy);
+                }
+                // Settling: look again soon (the writers do not wake the loop).
+                () = tokio::time::sleep(FREEZE_POLL), if freeze_by.is_some() => {}
                 Some(msg) = tasks.recv() => self.task_message(msg),
                 Some(msg) = messages.recv(), if backlog < PENDING_LIMIT => self.worker_message(msg),
                 room = events.reserve(), if backlog > 0 => match room {
@@ -299,10 +376,14 @@ impl App {
                     armed = None;
                     self.fire_timers();
                 }
+                Some(()) = watch.recv() => self.files_changed(),
                 _ = sigchld.recv() => self.reap(),
                 _ = poll.tick() => self.reap(),
             }
             self.settle_accepting();
+        }
+        if self.wire.freezing.is_some() {
+            self.freeze_failed(FreezeError::Finished);
         }
         // The last events (the exit among them) reach the consumer.
         while let Some(event) = self.wire.pending.pop_front() {
@@ -316,8 +397,7 @@ impl App {
 
     fn request(&mut self, request: Request) {
         match request {
-            Request::Command(command, None) => self.input(Input::Command(command)),
-            Request::Command(command, Some(ticket)) => self.input(Input::Ask { command, ticket }),
+            Request::Command(command, ticket) => self.command(command, ticket),
             Request::Send { to, message } => self.send(to, &message),
             Request::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -338,6 +418,7 @@ impl App {
                     }
                 }
             }
+            Request::Freeze(reply) => self.begin_freeze(reply),
             Request::Update(spec, ticket) => {
                 let slots = spec.instances;
                 self.state.spec = *spec;
@@ -348,16 +429,43 @@ impl App {
                 if slots != self.state.machine.slot_count() {
                     self.input(Input::Command(Command::Scale(slots)));
                 }
-                self.input(Input::Ask {
-                    command: Command::Reload,
-                    ticket,
-                });
+                self.configure_triggers();
+                self.command(Command::Reload, Some(ticket));
             }
             #[cfg(test)]
             Request::State(reply) => {
                 let _ = reply.send(serde_json::to_value(&self.state).expect("the state is data"));
             }
         }
+    }
+
+    /// A command for the machine; a reload or a replacement first gets its
+    /// order, from what the running workers listen on (see `reload`).
+    /// Give the machine `command` (answered with `ticket`, if any); a reload
+    /// or a replacement first gets its order (start-first or stop-first).
+    fn command(&mut self, command: Command, ticket: Option<Ticket>) {
+        let input = |command| match ticket {
+            Some(ticket) => Input::Ask { command, ticket },
+            None => Input::Command(command),
+        };
+        let what = match command {
+            Command::Reload => "reload".to_string(),
+            Command::Replace(slot) => format!("replacing worker {slot}"),
+            _ => return self.input(input(command)),
+        };
+        let mut workers: Vec<(Slot, Pid)> = self
+            .state
+            .workers
+            .running_workers()
+            .map(|(_, slot, pid)| (slot, pid))
+            .collect();
+        workers.sort();
+        let choice = self.state.reloads.choose(&what, &workers);
+        self.state.machine.set_reload_order(choice.order);
+        for note in choice.notes {
+            self.event(Event::Warning(note));
+        }
+        self.input(input(command));
     }
 
     fn status(&self) -> AppStatus {
@@ -397,7 +505,7 @@ impl App {
     }
 
     /// Queue an event for the consumer; never waits (see the module docs).
-    fn event(&mut self, event: Event) {
+    pub(super) fn event(&mut self, event: Event) {
         let event = timed(event);
         if self.wire.pending.is_empty() {
             match self.wire.events.try_send(event) {
@@ -409,7 +517,7 @@ impl App {
         }
     }
 
-    fn input(&mut self, input: Input) {
+    pub(super) fn input(&mut self, input: Input) {
         let actions = self.state.machine.handle(MonoTime::now(), input);
         for action in actions {
             self.act(action);
@@ -464,7 +572,7 @@ impl App {
     }
 
     /// Call the cluster with what it may use, then carry out its effects.
-    fn with_cluster<R>(&mut self, call: impl FnOnce(&mut Cluster, &mut Cx) -> R) -> R {
+    pub(super) fn with_cluster<R>(&mut self, call: impl FnOnce(&mut Cluster, &mut Cx) -> R) -> R {
         let mut fx = Effects::default();
         let s = &mut self.state;
         let result = call(
@@ -485,7 +593,7 @@ impl App {
             match effect {
                 Effect::Send { worker, line, fd } => {
                     if let Some(w) = self.wire.workers.get(&worker) {
-                        let _ = w.outbox.send(Outgoing { line, fd });
+                        w.send(Outgoing { line, fd });
                     }
                 }
                 Effect::Input(input) => self.input(input),
@@ -526,13 +634,120 @@ impl App {
     fn fire_timers(&mut self) {
         while let Some(wake) = self.state.timers.pop_due(MonoTime::now()) {
             match wake {
+                Wake::Machine(Timer::ReadyDelay(worker)) => self.ready_delay_passed(worker),
                 Wake::Machine(timer) => self.input(Input::Timer(timer)),
+                Wake::ListenCheck(worker) => self.listen_check(worker),
                 Wake::StopSignal(worker) => {
                     self.with_cluster(|cluster, cx| cluster.stop_signal(worker, cx))
                 }
                 Wake::AnswerDue(worker) => {
                     self.with_cluster(|cluster, cx| cluster.answer_due(worker, MonoTime::now(), cx))
                 }
+                Wake::Trigger(wake) => {
+                    let todo = self
+                        .state
+                        .triggers
+                        .wake(&self.state.spec, wake, MonoTime::now());
+                    self.triggered(todo);
+                }
+            }
+        }
+    }
+
+    /// Start the watcher again (a resumed app: the schedule's timer is in
+    /// the state, the watcher is wiring).
+    pub(super) fn rewire_watcher(&mut self) {
+        let running = self.wire.watcher.take();
+        self.wire.watcher = triggers::rewire(running, &self.state.spec, &self.wire.watch_wake);
+    }
+
+    /// Start (or keep, or stop) the watcher and arm the schedule for the
+    /// app's definition.
+    fn configure_triggers(&mut self) {
+        let running = self.wire.watcher.take();
+        self.wire.watcher = triggers::rewire(running, &self.state.spec, &self.wire.watch_wake);
+        let todo = self
+            .state
+            .triggers
+            .configure(&self.state.spec, MonoTime::now());
+        self.triggered(todo);
+    }
+
+    /// The watcher has news.
+    fn files_changed(&mut self) {
+        let Some(watcher) = &self.wire.watcher else {
+            return;
+        };
+        let seen = watcher.take();
+        let todo = self
+            .state
+            .triggers
+            .changed(&self.state.spec, seen, MonoTime::now());
+        self.triggered(todo);
+    }
+
+    /// Carry out what the triggers ask for. A reload is the machine's (a
+    /// rolling one; queued behind a running one); none once stopping.
+    fn triggered(&mut self, todo: Vec<Do>) {
+        for step in todo {
+            match step {
+                Do::Wake(after, wake) => {
+                    self.state
+                        .timers
+                        .set(MonoTime::now(), after, Wake::Trigger(wake))
+                }
+                Do::Warn(text) => self.event(Event::Warning(text)),
+                Do::Say(report) => self.event(Event::Lifecycle(report)),
+                Do::Reload(trigger) => {
+                    let now = MonoTime::now();
+                    if self.state.machine.snapshot(now).stopping {
+                        continue;
+                    }
+                    self.event(Event::Lifecycle(Report::Triggered(trigger)));
+                    self.command(Command::Reload, None);
+                }
+            }
+        }
+    }
+
+    /// A worker has been up for its ready delay. A reload's successor whose
+    /// predecessor listened by itself is held until it listens too (see
+    /// `reload`); any other is ready now.
+    fn ready_delay_passed(&mut self, worker: WorkerId) {
+        let s = &mut self.state;
+        if let Some((slot, pid)) = s.workers.get_running(worker) {
+            let deadline = MonoTime::now()
+                + s.spec
+                    .ready
+                    .listen_timeout
+                    .saturating_sub(s.spec.ready.ready_delay);
+            if s.machine.is_successor(worker) && s.reloads.hold(worker, slot, pid, deadline) {
+                s.timers
+                    .set(MonoTime::now(), LISTEN_POLL, Wake::ListenCheck(worker));
+                return;
+            }
+        }
+        self.input(Input::Timer(Timer::ReadyDelay(worker)));
+    }
+
+    /// Does a held successor listen yet?
+    fn listen_check(&mut self, worker: WorkerId) {
+        let s = &mut self.state;
+        let running = s.workers.get_running(worker);
+        match s.reloads.check(worker, running, MonoTime::now()) {
+            Check::NotHeld => {}
+            Check::Ready => self.input(Input::Timer(Timer::ReadyDelay(worker))),
+            Check::Again => s
+                .timers
+                .set(MonoTime::now(), LISTEN_POLL, Wake::ListenCheck(worker)),
+            Check::TimedOut { listening, wanted } => {
+                if let Some((slot, pid)) = running {
+                    self.event(Event::Warning(format!(
+                        "worker {slot} (pid {pid}) listens on {listening} socket(s) of its own, where the worker it replaces listened on {wanted}, {} after it started",
+                        crate::describe::duration(self.state.spec.ready.listen_timeout.max(self.state.spec.ready.ready_delay))
+                    )));
+                }
+                self.input(Input::Timer(Timer::ListenTimeout(worker)));
             }
         }
     }
@@ -609,6 +824,7 @@ impl App {
                 raw_pid,
                 Stream::Stdout,
                 events.clone(),
+                Vec::new(),
             ),
             start_pump(
                 spawned.stderr,
@@ -616,19 +832,11 @@ impl App {
                 raw_pid,
                 Stream::Stderr,
                 events.clone(),
+                Vec::new(),
             ),
         ];
-        let (outbox, outbox_rx) = mpsc::unbounded_channel();
-        tokio::spawn(ipc::write_channel(channel.clone(), outbox_rx));
-        tokio::spawn(ipc::read_channel(
-            channel,
-            worker,
-            self.state.spec.max_message_bytes,
-            self.wire.messages.clone(),
-        ));
-        self.wire
-            .workers
-            .insert(worker, WorkerWiring { outbox, pumps });
+        let wiring = self.wire_worker(worker, channel, pumps, ipc::Unread::default());
+        self.wire.workers.insert(worker, wiring);
         self.state
             .workers
             .running(worker, slot, pid, channel_fd, output_fds);
@@ -662,7 +870,7 @@ impl App {
         let stop = &self.state.spec.stop;
         if stop.shutdown_with_message {
             if let Some(w) = self.wire.workers.get(&worker) {
-                let _ = w.outbox.send(Outgoing {
+                w.send(Outgoing {
                     line: protocol::SHUTDOWN.to_vec(),
                     fd: None,
                 });
@@ -680,7 +888,7 @@ impl App {
         for (worker, slot, _) in self.state.workers.running_workers() {
             if to == Target::All || to == Target::Slot(slot) {
                 if let Some(w) = self.wire.workers.get(&worker) {
-                    let _ = w.outbox.send(Outgoing {
+                    w.send(Outgoing {
                         line: line.clone(),
                         fd: None,
                     });
@@ -690,7 +898,7 @@ impl App {
     }
 
     /// Look for exited workers; each is reported once its output is drained.
-    fn reap(&mut self) {
+    pub(super) fn reap(&mut self) {
         for (worker, pid, result) in self.state.workers.reap() {
             let status = result.unwrap_or_else(|e| {
                 self.event(Event::Warning(format!(
@@ -711,6 +919,7 @@ impl App {
             return;
         };
         let tx = self.wire.tasks.clone();
+        self.wire.draining += 1;
         tokio::spawn(async move {
             // Its output comes before its exit.
             output::drained(wiring.pumps).await;
@@ -718,9 +927,47 @@ impl App {
         });
     }
 
-    fn task_message(&mut self, msg: FromTask) {
+    /// A running worker's channel tasks: its writer and its reader (`from`:
+    /// where a previous reader stopped), with its output pumps.
+    pub(super) fn wire_worker(
+        &self,
+        worker: WorkerId,
+        channel: Arc<Channel>,
+        pumps: [output::Pump; 2],
+        from: ipc::Unread,
+    ) -> WorkerWiring {
+        let (outbox, outbox_rx) = mpsc::unbounded_channel();
+        let unsent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let writer = tokio::spawn(ipc::write_channel(
+            channel.clone(),
+            outbox_rx,
+            unsent.clone(),
+        ));
+        let (stop_reader, stop_rx) = oneshot::channel();
+        let reader = tokio::spawn(ipc::read_channel(
+            channel,
+            worker,
+            self.state.spec.max_message_bytes,
+            self.wire.messages.clone(),
+            from,
+            stop_rx,
+        ));
+        WorkerWiring {
+            outbox,
+            unsent,
+            writer,
+            reader,
+            stop_reader,
+            pumps,
+        }
+    }
+
+    pub(super) fn task_message(&mut self, msg: FromTask) {
         match msg {
-            FromTask::Exited { worker, status } => self.input(Input::Exited { worker, status }),
+            FromTask::Exited { worker, status } => {
+                self.wire.draining = self.wire.draining.saturating_sub(1);
+                self.input(Input::Exited { worker, status })
+            }
             FromTask::Forked { worker, pid } => {
                 self.state.workers.forked(worker, pid, MonoTime::now())
             }
@@ -749,7 +996,7 @@ impl App {
     }
 
     /// What a worker's channel reader delivered.
-    fn worker_message(&mut self, msg: FromWorker) {
+    pub(super) fn worker_message(&mut self, msg: FromWorker) {
         match msg {
             FromWorker::Message { worker, value } => self.message(worker, value),
             FromWorker::BadMessage { worker, error } => {
@@ -771,6 +1018,14 @@ impl App {
                         "worker {slot} (pid {pid}) sent an IPC message of {at_least}{} ({size} bytes), over the limit of {} (max_message_bytes); refused it and skipped to the next message",
                         crate::describe::bytes(size as u64),
                         crate::describe::bytes(max as u64),
+                    )));
+                }
+            }
+            FromWorker::StrayFds { worker, count } => {
+                if let Some((slot, pid)) = self.state.workers.get_running(worker) {
+                    self.event(Event::Warning(format!(
+                        "worker {slot} (pid {pid}) sent {count} fd(s) with a message that is no \
+                         handle message (Node sends one, with NODE_HANDLE); closed them"
                     )));
                 }
             }
@@ -878,6 +1133,8 @@ mod tests {
                 .0,
             workers: Workers::default(),
             timers: Timers::default(),
+            reloads: Reloads::default(),
+            triggers: Triggers::default(),
             notify: NotifyRecord {
                 fd: 99,
                 name: "@herd/1/0".into(),

@@ -13,7 +13,10 @@
 //! - `cluster`: the cluster protocol (`protocol`), herd's round-robin
 //!   (`round_robin`, choosing with `picker`);
 //! - `timers`: pending timers; `output`: the output pumps; `ipc`: the
-//!   channel readers and writers; `events`: what the app tells the outside.
+//!   channel readers and writers; `events`: what the app tells the outside;
+//! - `reload`: how each reload replaces the workers (start the new one
+//!   first, or stop the old one first), from what they listen on.
+//! - `triggers`: the app's own reasons to reload (`watch`, `cron_restart`).
 //!
 //! Memory is bounded wherever a worker can push (see [`Events`]):
 //! - Output: each pump reads a worker's pipe and waits for room in the
@@ -37,15 +40,21 @@ mod app;
 mod cluster;
 mod events;
 pub(crate) mod fd;
+#[doc(hidden)]
+pub mod fuzzing;
+pub(crate) mod handover;
 mod ipc;
 mod listeners;
 mod output;
+mod reload;
 mod timers;
+mod triggers;
 mod workers;
 
 pub use app::Target;
 use app::{App, Request};
 pub use events::{AppStatus, Event, Events, RoundRobinStats, Stream, Timed, EVENT_QUEUE, MAX_LINE};
+pub use handover::{FreezeError, Frozen, ThawError};
 pub use listeners::ListenError;
 pub use workers::is_worker_variable;
 
@@ -81,6 +90,19 @@ pub struct AppHandle {
 }
 
 impl AppHandle {
+    /// Tickets start at the wall clock's nanoseconds: an app resumed from a
+    /// previous image of herd may still hold that image's tickets (a reload
+    /// frozen half-way), and a new ticket must never be one of them.
+    fn new(tx: mpsc::UnboundedSender<Request>) -> AppHandle {
+        let first = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        AppHandle {
+            tx,
+            tickets: Arc::new(AtomicU64::new(first)),
+        }
+    }
+
     /// Ask the app to do something; a command after the app finished is ignored.
     pub fn command(&self, command: Command) {
         let _ = self.tx.send(Request::Command(command, None));
@@ -132,10 +154,39 @@ impl AppHandle {
         Ok(ticket)
     }
 
+    /// Pause the app and hand over its whole state, for another image of
+    /// herd to take over (see [`crate::upgrade`]), or to [`resume`] here.
+    /// The app stops accepting client connections and taking commands,
+    /// settles (no worker start under way), stops its helpers at a clean
+    /// point, and its task ends without touching a worker: they run on,
+    /// and what they write waits in their pipes and channels. This handle
+    /// is dead afterwards (commands sent to it are dropped); [`resume`]
+    /// gives a new one. If the app cannot settle in a few seconds the
+    /// freeze is refused and the app goes on as before.
+    ///
+    /// The events of the app end (the receiver returns `None`) once the
+    /// freeze is done: read them until then, as always — the freeze waits
+    /// for room for what the output pumps hold.
+    pub async fn freeze(&self) -> Result<Frozen, FreezeError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Request::Freeze(tx))
+            .map_err(|_| FreezeError::Gone)?;
+        rx.await.unwrap_or(Err(FreezeError::Gone))
+    }
+
     /// True once the app's task has ended.
     pub fn is_finished(&self) -> bool {
         self.tx.is_closed()
     }
+}
+
+/// Take a frozen app over (from [`AppHandle::freeze`], in this process or
+/// handed over by a previous image of herd) and run it on: same workers,
+/// same sockets, same counters. Must be called inside a tokio runtime.
+pub fn resume(frozen: Frozen) -> Result<(AppHandle, Events), ThawError> {
+    let (tx, events) = App::resume(frozen)?;
+    Ok((AppHandle::new(tx), events))
 }
 
 /// Bind the app's listeners, then start its task and its workers. Must be
@@ -145,9 +196,5 @@ pub fn start(spec: AppSpec) -> Result<(AppHandle, Events), StartError> {
     let (listeners, listening) = listeners::Listeners::bind(&spec)?;
     let notify = NotifySocket::bind().map_err(StartError::Notify)?;
     let (tx, events) = App::start(spec, listeners, listening, notify);
-    let handle = AppHandle {
-        tx,
-        tickets: Arc::new(AtomicU64::new(0)),
-    };
-    Ok((handle, events))
+    Ok((AppHandle::new(tx), events))
 }

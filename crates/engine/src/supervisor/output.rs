@@ -14,14 +14,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::events::{timed, Event, Stream, Timed, MAX_LINE};
 use crate::machine::Slot;
 
 /// A worker's output pump and what the exit report needs to know of it.
 pub(crate) struct Pump {
-    pub(crate) task: tokio::task::JoinHandle<()>,
+    pub(crate) task: tokio::task::JoinHandle<Option<Paused>>,
+    /// Stops the pump at a line boundary (an in-place upgrade).
+    stop: Option<oneshot::Sender<()>>,
     /// Bumped on every read and every delivered batch.
     progress: Arc<AtomicU64>,
     /// True while it waits for room in the event channel.
@@ -58,15 +60,48 @@ pub(crate) async fn drained(pumps: [Pump; 2]) {
     }
 }
 
+/// Where a pump stopped when asked to: its pipe, and what it read and did
+/// not deliver yet (whole lines it was waiting to deliver, then the
+/// unfinished line). A new pump goes on from there.
+pub(crate) struct Paused {
+    pub(crate) fd: OwnedFd,
+    pub(crate) unsent: Vec<u8>,
+}
+
+impl Pump {
+    /// A pump whose pipe has ended already.
+    pub(crate) fn ended() -> Pump {
+        Pump {
+            task: tokio::spawn(async { None }),
+            stop: None,
+            progress: Arc::new(AtomicU64::new(0)),
+            blocked: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Stop the pump (it delivers nothing more): its pipe and what it holds.
+    /// `None` if it had ended already (the pipe closed).
+    pub(crate) async fn pause(mut self) -> Option<Paused> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.ok().flatten()
+    }
+}
+
+/// Start a pump on a worker's pipe; `unsent` is what a previous pump held
+/// (delivered first).
 pub(crate) fn start_pump(
     fd: OwnedFd,
     slot: Slot,
     pid: u32,
     stream: Stream,
     events: mpsc::Sender<Timed>,
+    unsent: Vec<u8>,
 ) -> Pump {
     let progress = Arc::new(AtomicU64::new(0));
     let blocked = Arc::new(AtomicBool::new(false));
+    let (stop, stop_rx) = oneshot::channel();
     let task = tokio::spawn(pump(
         fd,
         PumpInfo {
@@ -77,12 +112,37 @@ pub(crate) fn start_pump(
             blocked: blocked.clone(),
         },
         events,
+        unsent,
+        stop_rx,
     ));
     Pump {
         task,
+        stop: Some(stop),
         progress,
         blocked,
     }
+}
+
+/// Resolves once a stop is asked for on `stop`; never if its sender is
+/// dropped without asking (the receiver is then forgotten, so it is never
+/// polled again after completing).
+pub(crate) async fn stop_asked(stop: &mut Option<oneshot::Receiver<()>>) {
+    if let Some(rx) = stop {
+        if rx.await.is_ok() {
+            return;
+        }
+        *stop = None;
+    }
+    std::future::pending::<()>().await
+}
+
+/// What became of a batch of lines.
+enum Delivery {
+    Sent,
+    /// Nobody listens any more.
+    Closed,
+    /// The pump was stopped first: the lines are handed back.
+    Stopped(Vec<u8>),
 }
 
 struct PumpInfo {
@@ -94,21 +154,41 @@ struct PumpInfo {
 }
 
 impl PumpInfo {
-    /// Deliver a batch of whole lines, waiting for room; false when nobody
-    /// listens any more.
-    async fn deliver(&self, events: &mpsc::Sender<Timed>, lines: Vec<u8>) -> bool {
-        let event = timed(Event::Output {
+    fn event(&self, lines: Vec<u8>) -> Timed {
+        timed(Event::Output {
             slot: self.slot,
             pid: self.pid,
             stream: self.stream,
             lines,
-        });
-        let sent = match events.try_send(event) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-            Err(mpsc::error::TrySendError::Full(event)) => {
+        })
+    }
+
+    /// Deliver a batch of whole lines, waiting for room (unless stopped).
+    async fn deliver(
+        &self,
+        events: &mpsc::Sender<Timed>,
+        lines: Vec<u8>,
+        stop: &mut Option<oneshot::Receiver<()>>,
+    ) -> Delivery {
+        let sent = match events.try_reserve() {
+            Ok(permit) => {
+                permit.send(self.event(lines));
+                Delivery::Sent
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => Delivery::Closed,
+            Err(mpsc::error::TrySendError::Full(())) => {
                 self.blocked.store(true, Ordering::Relaxed);
-                let sent = events.send(event).await.is_ok();
+                let sent = tokio::select! {
+                    biased;
+                    () = stop_asked(stop) => Delivery::Stopped(lines),
+                    room = events.reserve() => match room {
+                        Ok(permit) => {
+                            permit.send(self.event(lines));
+                            Delivery::Sent
+                        }
+                        Err(_) => Delivery::Closed,
+                    },
+                };
                 self.blocked.store(false, Ordering::Relaxed);
                 sent
             }
@@ -131,44 +211,103 @@ thread_local! {
 /// which is cut there (the rest follows as the next line). A last line
 /// without a newline gets one. Memory: one unfinished line (at most
 /// [`MAX_LINE`]); reads go through the thread's shared scratch buffer.
-async fn pump(fd: OwnedFd, info: PumpInfo, events: mpsc::Sender<Timed>) {
+///
+/// `unsent` (what a previous pump held) is delivered before the first read.
+/// `stop` ends the pump between reads or while it waits for room, handing
+/// back its pipe and everything it holds ([`Paused`]).
+async fn pump(
+    fd: OwnedFd,
+    info: PumpInfo,
+    events: mpsc::Sender<Timed>,
+    unsent: Vec<u8>,
+    stop: oneshot::Receiver<()>,
+) -> Option<Paused> {
+    let mut stop = Some(stop);
     let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
-        return;
+        return None;
     };
-    // Only an unfinished line stays here between reads: an idle worker's
-    // pumps hold no buffer (a daemon runs hundreds of them).
-    let mut buf: Vec<u8> = Vec::new();
-    // Where the unfinished line starts in `buf`.
-    let mut line_start = 0;
+    let paused = |pipe: tokio::net::unix::pipe::Receiver, unsent: Vec<u8>| {
+        pipe.into_nonblocking_fd()
+            .ok()
+            .map(|fd| Paused { fd, unsent })
+    };
+    let mut cutter = LineCutter::new(MAX_LINE);
+    // What was handed over goes first.
+    let mut lines = cutter.push(&unsent);
     loop {
-        if pipe.readable().await.is_err() {
-            break;
+        if let Some(lines) = lines.take() {
+            match info.deliver(&events, lines, &mut stop).await {
+                Delivery::Sent => {}
+                Delivery::Closed => return None,
+                Delivery::Stopped(mut lines) => {
+                    lines.extend_from_slice(cutter.held());
+                    return paused(pipe, lines);
+                }
+            }
         }
-        let mut scan = buf.len();
+        tokio::select! {
+            biased;
+            () = stop_asked(&mut stop) => return paused(pipe, cutter.held().to_vec()),
+            readable = pipe.readable() => if readable.is_err() {
+                break;
+            },
+        }
         // Read into the thread's scratch buffer, keep just the bytes read.
         let read = SCRATCH.with_borrow_mut(|scratch| {
             let n = pipe.try_read(scratch)?;
-            buf.extend_from_slice(&scratch[..n]);
-            Ok::<_, io::Error>(n)
+            Ok::<_, io::Error>((n, cutter.push(&scratch[..n])))
         });
-        match read {
-            Ok(0) => break,
-            Ok(_) => {}
+        lines = match read {
+            Ok((0, _)) => break,
+            Ok((_, lines)) => lines,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(_) => break,
-        }
+        };
         info.progress.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(last) = cutter.finish() {
+        info.deliver(&events, last, &mut stop).await;
+    }
+    None
+}
+
+/// Cuts a pipe's bytes into whole lines, however the reads split them:
+/// pure, so the same bytes always make the same lines. A line ends at its
+/// newline, or is cut after `max_line` bytes (a newline is put there; the
+/// rest follows as the next line); the last line gets a newline if it has
+/// none. Holds only the unfinished line between reads (at most `max_line`
+/// bytes): an idle pipe's cutter holds no buffer.
+pub(crate) struct LineCutter {
+    buf: Vec<u8>,
+    max_line: usize,
+}
+
+impl LineCutter {
+    pub(crate) fn new(max_line: usize) -> LineCutter {
+        LineCutter {
+            buf: Vec::new(),
+            max_line: max_line.max(1),
+        }
+    }
+
+    /// Take the bytes of one read; the whole lines they complete (with the
+    /// unfinished one before them), if any.
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        // The unfinished line held no newline and was within the limit.
+        let mut scan = self.buf.len();
+        self.buf.extend_from_slice(bytes);
+        // Where the unfinished line starts.
+        let mut line_start = 0;
         loop {
-            // A line ends at its newline, or is cut after MAX_LINE bytes.
-            let limit = line_start + MAX_LINE;
-            let end = buf.len().min(limit + 1);
-            match buf[scan..end].iter().position(|&b| b == b'\n') {
+            let limit = line_start + self.max_line;
+            let end = self.buf.len().min(limit + 1);
+            match self.buf[scan..end].iter().position(|&b| b == b'\n') {
                 Some(i) => {
                     line_start = scan + i + 1;
                     scan = line_start;
                 }
-                None if buf.len() > limit => {
-                    buf.insert(limit, b'\n');
+                None if self.buf.len() > limit => {
+                    self.buf.insert(limit, b'\n');
                     line_start = limit + 1;
                     scan = line_start;
                 }
@@ -176,18 +315,25 @@ async fn pump(fd: OwnedFd, info: PumpInfo, events: mpsc::Sender<Timed>) {
             }
         }
         if line_start == 0 {
-            continue;
+            return None;
         }
-        let rest = buf.split_off(line_start);
-        let lines = std::mem::replace(&mut buf, rest);
-        line_start = 0;
-        if !info.deliver(&events, lines).await {
-            return;
-        }
+        let rest = self.buf.split_off(line_start);
+        Some(std::mem::replace(&mut self.buf, rest))
     }
-    if !buf.is_empty() {
-        buf.push(b'\n');
-        info.deliver(&events, buf).await;
+
+    /// The unfinished line it holds.
+    pub(crate) fn held(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The pipe ended: the unfinished line, with its newline.
+    pub(crate) fn finish(&mut self) -> Option<Vec<u8>> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let mut last = std::mem::take(&mut self.buf);
+        last.push(b'\n');
+        Some(last)
     }
 }
 
@@ -229,7 +375,7 @@ mod tests {
         let (r, mut w) = pipe();
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let mut rx = Events::new(rx);
-        let _pump = start_pump(r, 0, 1, Stream::Stdout, tx);
+        let _pump = start_pump(r, 0, 1, Stream::Stdout, tx, Vec::new());
         let before = std::time::SystemTime::now();
         w.write_all(b"hello\n").unwrap();
         drop(w);
@@ -243,7 +389,7 @@ mod tests {
         let (r, mut w) = pipe();
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let mut rx = Events::new(rx);
-        let pump = start_pump(r, 0, 1, Stream::Stdout, tx);
+        let pump = start_pump(r, 0, 1, Stream::Stdout, tx, Vec::new());
         let writer = std::thread::spawn(move || {
             let exact = vec![b'a'; MAX_LINE];
             w.write_all(&exact).unwrap();
@@ -273,7 +419,7 @@ mod tests {
         let (r, mut w) = pipe();
         let (tx, rx) = mpsc::channel(1);
         let mut rx = Events::new(rx);
-        let pump = start_pump(r, 0, 1, Stream::Stdout, tx);
+        let pump = start_pump(r, 0, 1, Stream::Stdout, tx, Vec::new());
         const N: usize = 100_000;
         let writer = std::thread::spawn(move || {
             for i in 0..N {

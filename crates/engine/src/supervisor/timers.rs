@@ -5,7 +5,7 @@
 //!
 //! Timers are never cancelled: each party ignores a wake that no longer
 //! applies (the machine a stale timer, the cluster a stop signal already
-//! sent or an answer already given).
+//! sent or an answer already given, the triggers an older generation).
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::triggers::TriggerWake;
 use crate::clock::MonoTime;
 use crate::machine::{Timer, WorkerId};
 
@@ -27,6 +28,10 @@ pub(crate) enum Wake {
     StopSignal(WorkerId),
     /// Round-robin: has the worker answered for its oldest client connection?
     AnswerDue(WorkerId),
+    /// A reload's successor held until it listens: does it now?
+    ListenCheck(WorkerId),
+    /// The app's watch or cron trigger (`triggers`).
+    Trigger(TriggerWake),
 }
 
 /// One pending timer. Ordered by deadline, then by the order they were set.

@@ -14,18 +14,20 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use super::ipc::Outgoing;
+use super::ipc::{Outgoing, ReaderEnd};
 use super::listeners::Listeners;
 use super::output::Pump;
 use crate::clock::MonoTime;
-use crate::config::{AppSpec, WorkerKind};
+use crate::config::{AppSpec, ExecMode, WorkerKind};
 use crate::exit::ExitStatus;
 use crate::machine::{Slot, WorkerId};
 use crate::os::channel;
@@ -110,11 +112,32 @@ pub(crate) enum Notified {
     Early,
 }
 
-/// The runtime wiring of one running worker: its writer's queue and its
-/// output pumps (its channel reader runs on its own).
+/// The runtime wiring of one running worker: its writer's queue and task,
+/// its output pumps, and its channel reader (which runs on its own until
+/// the channel ends, or until it is stopped for an in-place upgrade).
 pub(crate) struct WorkerWiring {
     pub(crate) outbox: mpsc::UnboundedSender<Outgoing>,
+    /// Messages queued in `outbox` and not written yet.
+    pub(crate) unsent: Arc<AtomicUsize>,
+    pub(crate) writer: tokio::task::JoinHandle<()>,
+    pub(crate) reader: tokio::task::JoinHandle<ReaderEnd>,
+    pub(crate) stop_reader: oneshot::Sender<()>,
     pub(crate) pumps: [Pump; 2],
+}
+
+impl WorkerWiring {
+    /// Queue a message for the worker's writer.
+    pub(crate) fn send(&self, out: Outgoing) {
+        self.unsent.fetch_add(1, Ordering::Relaxed);
+        if self.outbox.send(out).is_err() {
+            self.unsent.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Is everything queued for the worker written?
+    pub(crate) fn all_sent(&self) -> bool {
+        self.unsent.load(Ordering::Relaxed) == 0 || self.writer.is_finished()
+    }
 }
 
 /// The app's worker processes.
@@ -182,7 +205,8 @@ impl WorkerStart<'_> {
 
     /// The worker's environment: the base (herd's own, or none when the
     /// definition gives the whole of it), the definition's, then what herd
-    /// sets for each worker.
+    /// sets for each worker — pm2's variables among them (`name`, `pm_id`,
+    /// the instance variable, `increment_var`). A later entry wins.
     fn env(
         &self,
         listen_fds: usize,
@@ -191,16 +215,27 @@ impl WorkerStart<'_> {
     ) -> Vec<(OsString, OsString)> {
         let spec = self.spec;
         let slot = self.slot.to_string();
+        let increment = spec.increment_var.as_ref().map(|var| {
+            (
+                var,
+                increment_from(self.lookup(var).as_deref()) + self.slot as f64,
+            )
+        });
         let mut env = self.base_env.to_vec();
         let mut set = |k: &str, v: String| env.push((k.into(), v.into()));
         for (k, v) in &spec.env {
             set(k, v.clone());
         }
-        if let Some(var) = &spec.instance_var {
-            set(var, slot.clone());
+        // pm2's: the app's name and id, and its instance number in
+        // `instance_var` instead of NODE_APP_INSTANCE when one is given.
+        set("name", spec.name.clone());
+        set("pm_id", spec.app_id.unwrap_or(0).to_string());
+        let instance_var = spec.instance_var.as_deref().unwrap_or("NODE_APP_INSTANCE");
+        set(instance_var, slot.clone());
+        if let Some((var, value)) = increment {
+            set(var, js_number_text(value));
         }
-        set("HERD_WORKER_ID", slot.clone());
-        set("NODE_APP_INSTANCE", slot);
+        set("HERD_WORKER_ID", slot);
         set("HERD_INSTANCES", self.slots.to_string());
         set("HERD_APP_NAME", spec.name.clone());
         set("NOTIFY_SOCKET", self.notify_socket.to_string());
@@ -213,12 +248,87 @@ impl WorkerStart<'_> {
             set("HERD_ROUND_ROBIN", names.join(":"));
         }
         if spec.kind == WorkerKind::Node {
+            // `process.send` reaches herd in both modes, as under pm2.
             set("NODE_CHANNEL_FD", channel_fd.to_string());
             set("NODE_CHANNEL_SERIALIZATION_MODE", "json".to_string());
-            // Node's cluster.worker.id: unique, from 1, like Node's primary.
-            set("NODE_UNIQUE_ID", (self.worker.0 + 1).to_string());
+            // Cluster mode: a cluster worker of herd's. Node's
+            // cluster.worker.id: unique, from 1, like Node's primary. Fork
+            // mode: a plain process (`cluster.isPrimary`), which may
+            // cluster itself.
+            if spec.exec_mode == ExecMode::Cluster {
+                set("NODE_UNIQUE_ID", (self.worker.0 + 1).to_string());
+            }
         }
-        env
+        last_wins(env)
+    }
+
+    /// A variable's value as the worker would get it from the definition
+    /// or the base environment (the last one given wins).
+    fn lookup(&self, var: &str) -> Option<String> {
+        let of_spec = self.spec.env.iter().rev().find(|(k, _)| k == var);
+        match of_spec {
+            Some((_, v)) => Some(v.clone()),
+            None => self
+                .base_env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == var)
+                .map(|(_, v)| v.to_string_lossy().into_owned()),
+        }
+    }
+}
+
+/// Each variable once, with the value given last: a program's `getenv`
+/// would take the first of two.
+fn last_wins(env: Vec<(OsString, OsString)>) -> Vec<(OsString, OsString)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Vec<(OsString, OsString)> = env
+        .into_iter()
+        .rev()
+        .filter(|(k, _)| seen.insert(k.clone()))
+        .collect();
+    kept.reverse();
+    kept
+}
+
+/// The number `increment_var` starts from, as pm2 reads it
+/// (`Number(value) || 0`): a decimal number (surrounding blanks allowed,
+/// empty is 0), `0x`/`0o`/`0b` integers; anything else is 0.
+fn increment_from(value: Option<&str>) -> f64 {
+    let Some(text) = value.map(str::trim) else {
+        return 0.0;
+    };
+    let radix = |prefix: [&str; 2], radix| {
+        prefix
+            .iter()
+            .find_map(|p| text.strip_prefix(p))
+            .and_then(|digits| u64::from_str_radix(digits, radix).ok())
+            .map(|n| n as f64)
+    };
+    let number = radix(["0x", "0X"], 16)
+        .or_else(|| radix(["0o", "0O"], 8))
+        .or_else(|| radix(["0b", "0B"], 2))
+        .or_else(|| {
+            // Rust's float syntax without its words (`inf`, `nan`), as JS's.
+            let plain = text
+                .chars()
+                .all(|c| c.is_ascii_digit() || "+-.eE".contains(c));
+            plain.then(|| text.parse::<f64>().ok()).flatten()
+        })
+        .unwrap_or(0.0);
+    if number.is_finite() {
+        number
+    } else {
+        0.0
+    }
+}
+
+/// A number as JavaScript prints it, for the common cases: `3000`, `1.5`.
+fn js_number_text(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        format!("{n}")
     }
 }
 
@@ -299,6 +409,29 @@ impl Workers {
 
     pub(crate) fn remove(&mut self, worker: WorkerId) {
         self.records.remove(&worker);
+    }
+
+    /// Is a spawn under way (between the request to fork and the news of
+    /// its exec)?
+    pub(crate) fn any_spawning(&self) -> bool {
+        self.records
+            .values()
+            .any(|r| matches!(r.process, Process::Spawning { .. }))
+    }
+
+    /// Every running worker with its slot, pid and the fds herd holds to it.
+    pub(crate) fn running_fds(&self) -> Vec<(WorkerId, Slot, Pid, RawFd, [RawFd; 2])> {
+        self.records
+            .iter()
+            .filter_map(|(w, r)| match r.process {
+                Process::Running {
+                    pid,
+                    channel_fd,
+                    output_fds,
+                } => Some((*w, r.slot, Pid::from_raw(pid), channel_fd, output_fds)),
+                Process::Spawning { .. } => None,
+            })
+            .collect()
     }
 
     /// A running worker's slot and pid.
@@ -421,31 +554,48 @@ fn kill_spawning(pid: Pid) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_worker_gets_its_slot_and_the_cluster_variables() {
-        let mut spec = AppSpec::new("web", "/bin/true");
-        spec.kind = WorkerKind::Node;
-        spec.instance_var = Some("INSTANCE_ID".into());
-        spec.env.push(("PORT".into(), "8000".into()));
-        let start = WorkerStart {
-            spec: &spec,
-            base_env: &[("HOME".into(), "/root".into())],
-            slot: 2,
+    fn env_of(start: &WorkerStart) -> impl Fn(&str) -> Option<String> {
+        let env = start.env(1, 4, &["web"]);
+        let keys: Vec<&OsString> = env.iter().map(|(k, _)| k).collect();
+        let unique: std::collections::HashSet<&&OsString> = keys.iter().collect();
+        assert_eq!(keys.len(), unique.len(), "each variable once: {env:?}");
+        move |k: &str| {
+            env.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.to_string_lossy().into_owned())
+        }
+    }
+
+    fn start_of(spec: &AppSpec, slot: Slot) -> WorkerStart<'_> {
+        WorkerStart {
+            spec,
+            base_env: &[],
+            slot,
             worker: WorkerId(6),
             slots: 4,
             notify_socket: "@herd/1/0",
             listener_round_robin: false,
+        }
+    }
+
+    #[test]
+    fn a_worker_gets_its_slot_and_the_cluster_variables() {
+        let mut spec = AppSpec::new("web", "/bin/true");
+        spec.kind = WorkerKind::Node;
+        spec.env.push(("PORT".into(), "8000".into()));
+        let base = [("HOME".into(), "/root".into()), ("PORT".into(), "1".into())];
+        let start = WorkerStart {
+            base_env: &base,
+            slot: 2,
+            ..start_of(&spec, 2)
         };
-        let env = start.env(1, 4, &["web"]);
-        let get = |k: &str| {
-            env.iter()
-                .rev()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.to_string_lossy().into_owned())
-        };
+        let get = env_of(&start);
         assert_eq!(get("HOME").as_deref(), Some("/root"));
-        assert_eq!(get("PORT").as_deref(), Some("8000"));
-        assert_eq!(get("INSTANCE_ID").as_deref(), Some("2"));
+        assert_eq!(
+            get("PORT").as_deref(),
+            Some("8000"),
+            "the definition's wins"
+        );
         assert_eq!(get("HERD_WORKER_ID").as_deref(), Some("2"));
         assert_eq!(get("NODE_APP_INSTANCE").as_deref(), Some("2"));
         assert_eq!(get("HERD_INSTANCES").as_deref(), Some("4"));
@@ -458,6 +608,93 @@ mod tests {
             "from 1, never reused"
         );
         assert_eq!(get("HERD_ROUND_ROBIN"), None);
+    }
+
+    #[test]
+    fn a_fork_mode_node_worker_is_no_cluster_worker_but_keeps_its_channel() {
+        let mut spec = AppSpec::new("web", "/usr/bin/node");
+        spec.kind = WorkerKind::Node;
+        spec.exec_mode = ExecMode::Fork;
+        let get = env_of(&start_of(&spec, 0));
+        assert_eq!(get("NODE_UNIQUE_ID"), None, "cluster.isPrimary in the app");
+        assert_eq!(
+            get("NODE_CHANNEL_FD").as_deref(),
+            Some("4"),
+            "process.send works"
+        );
+        assert_eq!(
+            get("NODE_CHANNEL_SERIALIZATION_MODE").as_deref(),
+            Some("json")
+        );
+    }
+
+    #[test]
+    fn pm2s_variables_name_the_app_and_number_the_instances() {
+        let mut spec = AppSpec::new("api", "/bin/true");
+        spec.app_id = Some(7);
+        let get = env_of(&start_of(&spec, 1));
+        assert_eq!(get("name").as_deref(), Some("api"));
+        assert_eq!(get("pm_id").as_deref(), Some("7"));
+        assert_eq!(get("NODE_APP_INSTANCE").as_deref(), Some("1"));
+        // instance_var replaces NODE_APP_INSTANCE, as under pm2.
+        spec.instance_var = Some("INSTANCE_ID".into());
+        spec.app_id = None;
+        let get = env_of(&start_of(&spec, 3));
+        assert_eq!(get("INSTANCE_ID").as_deref(), Some("3"));
+        assert_eq!(get("NODE_APP_INSTANCE"), None);
+        assert_eq!(get("pm_id").as_deref(), Some("0"), "herd run: 0");
+    }
+
+    #[test]
+    fn increment_var_counts_up_from_the_apps_value_per_slot() {
+        let mut spec = AppSpec::new("api", "/bin/true");
+        spec.increment_var = Some("PORT".into());
+        spec.env.push(("PORT".into(), "3000".into()));
+        let ports: Vec<Option<String>> = (0..3)
+            .map(|slot| env_of(&start_of(&spec, slot))("PORT"))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                Some("3000".into()),
+                Some("3001".into()),
+                Some("3002".into())
+            ]
+        );
+        // From the base environment when the definition has none; else 0.
+        spec.env.clear();
+        let base = [("PORT".into(), "8080".into())];
+        let start = WorkerStart {
+            base_env: &base,
+            ..start_of(&spec, 1)
+        };
+        assert_eq!(env_of(&start)("PORT").as_deref(), Some("8081"));
+        spec.increment_var = Some("SHARD".into());
+        assert_eq!(env_of(&start_of(&spec, 2))("SHARD").as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn increment_var_reads_its_start_as_javascripts_number_does() {
+        // (value, Number(value) || 0)
+        let table = [
+            (Some("3000"), 3000.0),
+            (Some(" 42 "), 42.0),
+            (Some(""), 0.0),
+            (Some("abc"), 0.0),
+            (Some("0x10"), 16.0),
+            (Some("1e3"), 1000.0),
+            (Some("2.5"), 2.5),
+            (Some("-7"), -7.0),
+            (Some("12px"), 0.0),
+            (Some("inf"), 0.0),
+            (None, 0.0),
+        ];
+        for (value, number) in table {
+            assert_eq!(increment_from(value), number, "{value:?}");
+        }
+        assert_eq!(js_number_text(3001.0), "3001");
+        assert_eq!(js_number_text(3.5), "3.5");
+        assert_eq!(js_number_text(-6.0), "-6");
     }
 
     #[test]

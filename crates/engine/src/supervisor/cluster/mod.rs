@@ -66,6 +66,17 @@ pub(crate) const SETTLE: Duration = Duration::from_millis(200);
 pub(crate) const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
 /// A handle the worker refuses (NACK) is sent again this many times.
 const HANDLE_RETRIES: u8 = 3;
+/// The most servers (distinct `listen()`s) an app's workers may have herd
+/// open: each is a socket in herd's process, and a worker asking for more
+/// in a loop would otherwise run herd out of fds (a soft limit of 1024 is
+/// common); Node apps listen on a few.
+pub(crate) const MAX_SERVERS: usize = 256;
+/// The most listening sockets sent to one worker and not yet acknowledged
+/// (`NODE_HANDLE_ACK`, which Node sends as each arrives): herd keeps a copy
+/// of each until then, so a worker that asks again and again and never
+/// acknowledges could make herd hold fds without end. As many as servers:
+/// an app within that limit is never refused for acknowledging late.
+const MAX_UNACKNOWLEDGED_SOCKETS: usize = MAX_SERVERS;
 
 /// What the cluster primary takes from the app's definition.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -134,6 +145,7 @@ impl ClusterWorker {
 struct SentHandle {
     line: String,
     /// `None` once herd gave up on a client connection (it is not sent again).
+    #[serde(with = "crate::supervisor::fd::shared_opt")]
     fd: Option<Arc<Fd>>,
     tries: u8,
     carries: Carried,
@@ -323,6 +335,20 @@ impl Cluster {
         }
     }
 
+    /// Start the accept loop of every round-robin server again (an app
+    /// resumed by a new herd binary: the loops are wiring, the servers state).
+    pub(crate) fn resume_accepting(&mut self, cx: &mut Cx) {
+        let keys: Vec<ServerKey> = self
+            .servers
+            .keys()
+            .filter(|k| self.round_robin.serves(k))
+            .cloned()
+            .collect();
+        for key in keys {
+            self.start_accepting(&key, cx);
+        }
+    }
+
     /// Start herd's accept loop for a round-robin server.
     fn start_accepting(&mut self, key: &ServerKey, cx: &mut Cx) {
         let Some(fd) = self
@@ -401,6 +427,16 @@ impl Cluster {
 
     fn query_server(&mut self, worker: WorkerId, query: ServerQuery, cx: &mut Cx) {
         let key = query.key.clone();
+        if !self.servers.contains_key(&key) && self.servers.len() >= MAX_SERVERS {
+            let e = io::Error::new(
+                io::ErrorKind::QuotaExceeded,
+                format!(
+                    "the app's workers already have {MAX_SERVERS} servers open, herd's limit \
+                     (each listen() with another address or port is one)"
+                ),
+            );
+            return self.refuse_query(worker, &query, &e, cx);
+        }
         if !self.servers.contains_key(&key) {
             match servers::open(&query, cx.listeners, cx.fx) {
                 Ok(server) => {
@@ -428,6 +464,22 @@ impl Cluster {
             let (rr, mut hands) = self.hands(cx);
             rr.flush(&key, &mut hands);
             return;
+        }
+        let unacknowledged = self.workers.get(&worker).map_or(0, |w| {
+            w.sent_handles
+                .iter()
+                .filter(|h| matches!(h.carries, Carried::Listener { .. }) && h.fd.is_some())
+                .count()
+        });
+        if unacknowledged >= MAX_UNACKNOWLEDGED_SOCKETS {
+            let e = io::Error::new(
+                io::ErrorKind::QuotaExceeded,
+                format!(
+                    "it has not acknowledged the last {unacknowledged} listening sockets herd \
+                     sent it (NODE_HANDLE_ACK)"
+                ),
+            );
+            return self.refuse_query(worker, &query, &e, cx);
         }
         let fd = match cx.listeners.fd(server.listener).map(Fd::try_clone) {
             Some(Ok(fd)) => Arc::new(Fd::new(fd)),
@@ -484,6 +536,7 @@ impl Cluster {
     fn refuse_query(&mut self, worker: WorkerId, query: &ServerQuery, e: &io::Error, cx: &mut Cx) {
         let errno = -e.raw_os_error().unwrap_or(match e.kind() {
             io::ErrorKind::NotFound => libc::EBADF,
+            io::ErrorKind::QuotaExceeded => libc::EMFILE,
             _ => libc::EINVAL,
         });
         let slot = self.slot_of(worker);

@@ -57,6 +57,7 @@ pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ClientConn {
     /// Shared with the message that hands it over, until it is written.
+    #[serde(with = "crate::supervisor::fd::shared")]
     fd: Arc<Fd>,
     /// Workers that answered `accepted: false` for it.
     refused_by: Vec<WorkerId>,

@@ -688,7 +688,13 @@ impl AppOptions {
                 Style::Argv => Some(instances),
                 Style::Script => None,
             }),
-            &launch.interpreter,
+            // `node server.js` runs node itself (interpreter "none"): a Node
+            // app all the same, clustered as one run by its script.
+            if launch.kind == WorkerKind::Node {
+                "node"
+            } else {
+                &launch.interpreter
+            },
             herd_sockets,
         );
         // pm2 counting waits `restart_delay` every time: no doubling to cap.

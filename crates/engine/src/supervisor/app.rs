@@ -53,7 +53,7 @@ use super::timers::{Timers, Wake};
 use super::triggers::{self, Do, Triggers, Watcher};
 use super::workers::{self, Notified, WorkerStart, WorkerWiring, Workers};
 use crate::clock::MonoTime;
-use crate::config::{AppSpec, ExecMode, WorkerKind};
+use crate::config::{AppSpec, Counting, ExecMode, WorkerKind};
 use crate::exit::ExitStatus;
 use crate::machine::{
     Action, Command, Input, Late, Machine, Next, Policy, Readiness, Report, Slot, Ticket, Timer,
@@ -212,15 +212,22 @@ pub(crate) struct App {
 }
 
 /// The machine's policies for a spec. Readiness: with `wait_ready`, the
-/// worker's word (`'ready'`, `READY=1`), or online at the listen timeout as
-/// under pm2; a Node cluster worker's `listening`; else the ready delay (a
-/// fork-mode Node app binds its own sockets: herd is not told).
+/// worker's word (`'ready'`, `READY=1`); a worker silent past the listen
+/// timeout is online then under pm2's rules (a pm2 file), and aborts the
+/// reload it was started for under herd's (`herd run`, herd.toml); a Node
+/// cluster worker's `listening`; else the ready delay (a fork-mode Node app
+/// binds its own sockets: herd is not told).
 pub(super) fn policy_for(spec: &AppSpec) -> Policy {
     let cluster_node = spec.kind == WorkerKind::Node && spec.exec_mode == ExecMode::Cluster;
     Policy {
         restart: spec.restart.clone(),
         readiness: if spec.ready.wait_ready {
-            Readiness::Signalled { late: Late::Ready }
+            Readiness::Signalled {
+                late: match spec.restart.counting {
+                    Counting::Pm2(_) => Late::Ready,
+                    Counting::Herd => Late::Abort,
+                },
+            }
         } else if cluster_node {
             Readiness::Signalled { late: Late::Abort }
         } else {

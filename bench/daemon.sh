@@ -5,6 +5,13 @@
 #
 #   bash bench/daemon.sh                # ~10 min on 2 cores; raw output in bench/results/daemon-*.txt
 #   KILLS=5 REPS=3 LINES=1000000 bash bench/daemon.sh
+#   ONLY=memory bash bench/daemon.sh    # only the memory figures (1 app, 100 apps): ~2 min
+#
+# herd's memory is counted honestly: each app runs under a supervisor process of its
+# own, so herd's figure is the PSS (proportional set size: private pages, plus each
+# shared page divided among the processes that map it, from /proc/PID/smaps_rollup)
+# summed over the daemon and every app supervisor; pm2's is its daemon's PSS. Neither
+# counts the apps' workers (Node processes under both).
 #
 # Needs: node 20, hyperfine (apt-get install -y hyperfine; else a date +%s%N loop), wrk
 # (apt-get install -y wrk), python3. pm2 is installed from npm into $PM2_PREFIX
@@ -27,6 +34,7 @@ REPS="${REPS:-3}"          # wrk repetitions (alternating herd / pm2)
 KILLS="${KILLS:-5}"        # kill -9 per setup
 LINES="${LINES:-1000000}"  # console.log lines
 APPS="${APPS:-100}"        # apps for the "100 apps" figures
+ONLY="${ONLY:-all}"        # all, or memory (only the 1-app and 100-app memory figures)
 WRK_SECONDS="${WRK_SECONDS:-10}"
 HELLO="$ROOT/examples/node/hello.js"
 FLOOD="$ROOT/bench/logflood.js"
@@ -79,6 +87,30 @@ rss_mb() { # pid -> RSS in MB (VmRSS)
 anon_mb() { # pid -> anonymous RSS in MB (RssAnon: what the process allocated, not its mapped binary)
   awk '/^RssAnon:/ {printf "%.1f", $2/1024}' "/proc/$1/status"
 }
+pss_kb() { # pid... -> the sum of their PSS in kB (smaps_rollup)
+  local sum=0 p v
+  for p in "$@"; do
+    v=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)
+    sum=$((sum + ${v:-0}))
+  done
+  echo "$sum"
+}
+herd_supervisor_pids() { # the live app supervisors of $HERD_HOME (their locked pid files)
+  local f p
+  for f in "$HERD_HOME"/apps/*.pid; do
+    [ -f "$f" ] || continue
+    p=$(tr -dc '0-9' <"$f")
+    [ -n "$p" ] && [ -d "/proc/$p" ] && echo "$p"
+  done
+}
+# herd's processes: the daemon and every app supervisor -> PSS in MB, and their count
+herd_pss_mb() {
+  local pids; pids="$(herd_pid) $(herd_supervisor_pids | tr '\n' ' ')"
+  # shellcheck disable=SC2086
+  awk -v k="$(pss_kb $pids)" 'BEGIN {printf "%.1f", k/1024}'
+}
+herd_procs() { echo $(( $(herd_supervisor_pids | wc -l) + 1 )); }
+pm2_pss_mb() { awk -v k="$(pss_kb "$(pm2_pid)")" 'BEGIN {printf "%.1f", k/1024}'; }
 herd_pid() { tr -dc '0-9' <"$HERD_HOME/herd.pid"; }
 pm2_pid() { tr -dc '0-9' <"$PM2_HOME/pm2.pid"; }
 herd_worker_pids() { # app -> comma-separated worker pids
@@ -112,7 +144,7 @@ serving() { python3 "$PROBE" serving "$@" --timeout 120 >/dev/null; }
 
 # ---------------------------------------------------------------------------
 command -v node >/dev/null || { echo "node is needed" >&2; exit 1; }
-command -v wrk >/dev/null || { echo "install wrk: apt-get install -y wrk" >&2; exit 1; }
+[ "$ONLY" = memory ] || command -v wrk >/dev/null || { echo "install wrk: apt-get install -y wrk" >&2; exit 1; }
 if [ ! -x "$PM2" ]; then
   log "installing pm2 into $PM2_PREFIX"
   npm install --prefix "$PM2_PREFIX" --no-audit --no-fund pm2@7 >&2
@@ -141,7 +173,11 @@ record herd_rss1_mb "$(rss_mb "$(herd_pid)")"
 record pm2_rss1_mb "$(rss_mb "$(pm2_pid)")"
 record herd_anon1_mb "$(anon_mb "$(herd_pid)")"
 record pm2_anon1_mb "$(anon_mb "$(pm2_pid)")"
+record herd_pss1_mb "$(herd_pss_mb)"
+record herd_procs1 "$(herd_procs)"
+record pm2_pss1_mb "$(pm2_pss_mb)"
 
+if [ "$ONLY" != memory ]; then
 log "list latency, 1 app"
 record herd_list1_ms "$(list_ms herd-list1 "$HERD" list)"
 record pm2_list1_ms "$(list_ms pm2-list1 "$PM2" list)"
@@ -217,7 +253,12 @@ flood pm2 0 flood1
 flood herd 1 flood2
 flood pm2 1 flood2
 
+fi # ONLY != memory
+
 # --- 100 apps -----------------------------------------------------------------
+# The apps above are deleted first: only the 100 count.
+"$HERD" delete all >/dev/null
+"$PM2" delete all >/dev/null
 hundred() { # who base-port
   local who=$1 base=$2 t0 ports=()
   log "$APPS apps under $who (hello.js, 1 worker each)"
@@ -239,6 +280,12 @@ hundred() { # who base-port
   local pid; pid=$([ "$who" = herd ] && herd_pid || pm2_pid)
   record "${who}_rss100_mb" "$(rss_mb "$pid")"
   record "${who}_anon100_mb" "$(anon_mb "$pid")"
+  if [ "$who" = herd ]; then
+    record herd_pss100_mb "$(herd_pss_mb)"
+    record herd_procs100 "$(herd_procs)"
+  else
+    record pm2_pss100_mb "$(pm2_pss_mb)"
+  fi
   if [ "$who" = herd ]; then
     record herd_list100_ms "$(list_ms herd-list100 "$HERD" list)"
     "$HERD" delete all >/dev/null
@@ -268,10 +315,12 @@ hundred pm2 $((BASE_PORT + 2000))
   python3 "$PROBE" ratios "$RESULTS"
   echo
   echo "raw: $RESULTS; wrk output:"
-  cat "$TMP/wrk.txt"
-  echo "crash herd: $(cat "$TMP/crash-herd.json")"
-  echo "crash pm2: $(cat "$TMP/crash-pm2.json")"
-  echo "node alone, spawn -> serving: $(cat "$TMP/floor.json")"
-  for f in "$TMP"/logs-*.json; do echo "$(basename "$f"): $(cat "$f")"; done
-  for f in "$TMP"/load-*.json; do echo "$(basename "$f"): $(cat "$f")"; done
+  cat "$TMP/wrk.txt" 2>/dev/null
+  echo "crash herd: $(cat "$TMP/crash-herd.json" 2>/dev/null)"
+  echo "crash pm2: $(cat "$TMP/crash-pm2.json" 2>/dev/null)"
+  echo "node alone, spawn -> serving: $(cat "$TMP/floor.json" 2>/dev/null)"
+  for f in "$TMP"/logs-*.json "$TMP"/load-*.json; do
+    [ -f "$f" ] && echo "$(basename "$f"): $(cat "$f")"
+  done
+  true
 } | tee -a "$OUT"

@@ -252,6 +252,8 @@ def cmd_ratios(a):
                      f"{target_op} {target}×" if target is not None else "", met))
 
     g = r.get
+    row("herd's PSS (daemon + supervisors) vs pm2 daemon's, 1 app", g("herd_pss1_mb"), g("pm2_pss1_mb"), "<=", 0.10, " MB")
+    row("herd's PSS (daemon + supervisors) vs pm2 daemon's, 100 apps", g("herd_pss100_mb"), g("pm2_pss100_mb"), "<=", 0.5, " MB")
     row("daemon RSS, 1 app (hello.js, 2 workers)", g("herd_rss1_mb"), g("pm2_rss1_mb"), "<=", 0.10, " MB")
     row("daemon RSS, 100 apps (1 worker each)", g("herd_rss100_mb"), g("pm2_rss100_mb"), "<=", 0.10, " MB")
     row("… its anonymous RSS (RssAnon), 1 app", g("herd_anon1_mb"), g("pm2_anon1_mb"), "<=", None, " MB")

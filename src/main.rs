@@ -5,6 +5,7 @@
 mod demo;
 mod manage;
 mod run;
+mod supervise;
 
 // The parsers live in the library half (src/lib.rs), for the fuzz targets.
 use herd_cli::{appfile, options, UsageError};
@@ -32,6 +33,9 @@ enum Cmd {
     Demo(demo::DemoArgs),
     #[command(flatten)]
     Manage(manage::Verb),
+    /// One app's supervisor process (started by the daemon).
+    #[command(hide = true)]
+    Supervise(supervise::SuperviseArgs),
     /// Print a shell completion script: `herd completion bash > /etc/bash_completion.d/herd`,
     /// `herd completion zsh > "${fpath[1]}/_herd"`, `herd completion fish > ~/.config/fish/completions/herd.fish`.
     Completion(CompletionArgs),
@@ -55,16 +59,20 @@ fn main() {
     // As a container's PID 1, `run` and `daemon` put a tiny init in front of
     // themselves (reaps orphans, forwards signals): see herd_engine::init_if_pid1.
     // Here, before any thread exists.
-    if matches!(
-        cli.command,
-        Cmd::Run(_) | Cmd::Manage(manage::Verb::Daemon(_))
-    ) {
-        herd_engine::init_if_pid1();
+    // The daemon is started again if it dies on its own (the apps run on
+    // under their supervisors, and the new daemon adopts them).
+    match cli.command {
+        Cmd::Run(_) => herd_engine::init_if_pid1_then(herd_engine::OnHerdDeath::Exit),
+        Cmd::Manage(manage::Verb::Daemon(_)) => {
+            herd_engine::init_if_pid1_then(herd_engine::OnHerdDeath::Restart)
+        }
+        _ => {}
     }
     let result = match cli.command {
         Cmd::Run(args) => run::main(*args),
         Cmd::Demo(args) => demo::main(args),
         Cmd::Manage(verb) => manage::main(verb),
+        Cmd::Supervise(args) => supervise::main(args),
         Cmd::Completion(args) => {
             clap_complete::generate(
                 args.shell,

@@ -287,7 +287,7 @@ pub fn output_lines(data: &[u8]) {
 /// (one stamp per line, the line after it unchanged), then written to a
 /// file that rotates by size (every line whole, in one file, in order).
 pub fn log_writer(data: &[u8]) {
-    use herd_daemon::logs::{LogFile, Stamper};
+    use herd_supervisor::logs::{LogFile, Stamper};
     let (variant, rest) = split(data);
     let parts = fields(rest, 2);
     let format = parts.first().cloned().unwrap_or_default();

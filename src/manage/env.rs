@@ -38,7 +38,7 @@ pub fn main(args: EnvArgs) -> anyhow::Result<i32> {
         }
     };
     let slot = worker.unwrap_or(0);
-    let Some(w) = app.info.workers.iter().find(|w| w.id == slot) else {
+    let Some(w) = app.info.current_workers().find(|w| w.slot == slot) else {
         return Err(UsageError(format!(
             "{} has no worker {slot}: its workers are 0 to {}",
             app.info.name,

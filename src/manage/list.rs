@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 
 use clap::Args;
-use herd_protocol::{AppInfo, Request, Response, WorkerInfo};
+use herd_protocol::{AppInfo, AppState, Request, Response, WorkerInfo, WorkerRole, WorkerState};
 
 use super::client;
 
@@ -91,17 +91,49 @@ struct Paint {
     on: bool,
 }
 
+/// How a state reads at a glance: good, bad, off, or on its way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Tone {
+    Good,
+    Bad,
+    Off,
+    #[default]
+    Moving,
+}
+
+impl From<AppState> for Tone {
+    fn from(s: AppState) -> Tone {
+        match s {
+            AppState::Online => Tone::Good,
+            AppState::Errored => Tone::Bad,
+            AppState::Stopped => Tone::Off,
+            AppState::Launching | AppState::Reloading | AppState::Stopping => Tone::Moving,
+        }
+    }
+}
+
+impl From<WorkerState> for Tone {
+    fn from(s: WorkerState) -> Tone {
+        match s {
+            WorkerState::Online => Tone::Good,
+            WorkerState::Errored => Tone::Bad,
+            WorkerState::Stopped => Tone::Off,
+            WorkerState::Launching | WorkerState::Stopping | WorkerState::Waiting => Tone::Moving,
+        }
+    }
+}
+
 impl Paint {
-    fn status(&self, status: &str, width: usize) -> String {
+    fn status(&self, status: &str, tone: Tone, width: usize) -> String {
         let text = format!("{status:<width$}");
         if !self.on {
             return text;
         }
-        let colour = match status {
-            "online" => "32",
-            "errored" => "31",
-            "stopped" => "90",
-            _ => "33",
+        let colour = match tone {
+            Tone::Good => "32",
+            Tone::Bad => "31",
+            Tone::Off => "90",
+            Tone::Moving => "33",
         };
         format!("\x1b[{colour}m{text}\x1b[0m")
     }
@@ -126,13 +158,14 @@ struct Row {
     uptime: String,
     restarts: String,
     status: String,
+    tone: Tone,
     cpu: String,
     mem: String,
 }
 
 impl Row {
     /// The cells a worker fills: pid, uptime, restarts, status, cpu, memory.
-    fn worker(w: &WorkerInfo, restarts: u64, status: &str) -> Row {
+    fn worker(w: &WorkerInfo, restarts: u64, status: &str, tone: Tone) -> Row {
         let running = w.pid.is_some();
         Row {
             pid: w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
@@ -143,6 +176,7 @@ impl Row {
             },
             restarts: restarts.to_string(),
             status: status.to_string(),
+            tone,
             cpu: format!("{:.0}%", w.cpu_percent),
             mem: memory(w.memory_bytes),
             ..Row::default()
@@ -159,7 +193,7 @@ impl Row {
             self.pid,
             self.uptime,
             self.restarts,
-            paint.status(&self.status, 10),
+            paint.status(&self.status, self.tone, 10),
             self.cpu,
             self.mem,
         );
@@ -183,13 +217,16 @@ pub fn print_table(apps: &[AppInfo]) {
         return;
     }
     for app in apps {
-        let restarts: u64 = app.workers.iter().map(|w| w.restarts).sum();
+        // Each slot's restarts once (a successor carries its slot's count too).
+        let restarts: u64 = app.current_workers().map(|w| w.restarts).sum();
+        let (status, tone) = (app.state.as_str(), Tone::from(app.state));
         // One worker: one line. More: the app's totals, then a line per worker.
         let mut row = match app.workers.as_slice() {
-            [w] => Row::worker(w, restarts, &app.status),
+            [w] => Row::worker(w, restarts, status, tone),
             workers => Row {
                 restarts: restarts.to_string(),
-                status: app.status.clone(),
+                status: status.to_string(),
+                tone,
                 cpu: format!("{:.0}%", workers.iter().map(|w| w.cpu_percent).sum::<f64>()),
                 mem: memory(workers.iter().map(|w| w.memory_bytes).sum()),
                 ..Row::default()
@@ -197,7 +234,7 @@ pub fn print_table(apps: &[AppInfo]) {
         };
         row.id = app.id.to_string();
         row.name = app.name.clone();
-        row.mode = app.mode.clone();
+        row.mode = app.mode.to_string();
         row.online = format!("{}/{}", app.online, app.instances);
         row.print(&paint);
         if app.workers.len() == 1 {
@@ -209,10 +246,20 @@ pub fn print_table(apps: &[AppInfo]) {
             } else {
                 "├"
             };
-            let mut row = Row::worker(w, w.restarts, &w.status);
-            row.name = format!(" {branch} worker {}", w.id);
+            let mut row = Row::worker(w, w.restarts, w.state.as_str(), w.state.into());
+            row.name = format!(" {branch} {}", worker_name(w));
             row.print(&paint);
         }
+    }
+}
+
+/// `worker 1`; its successor during a reload `worker 1 new`, a draining
+/// worker `worker 1 old`.
+pub fn worker_name(w: &WorkerInfo) -> String {
+    match w.role {
+        WorkerRole::Current => format!("worker {}", w.slot),
+        WorkerRole::Successor => format!("worker {} new", w.slot),
+        WorkerRole::Draining => format!("worker {} old", w.slot),
     }
 }
 
@@ -252,8 +299,8 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
     let rows: Vec<(&str, String)> = vec![
         ("name", app.name.clone()),
         ("id", app.id.to_string()),
-        ("status", app.status.clone()),
-        ("mode", app.mode.clone()),
+        ("status", app.state.to_string()),
+        ("mode", app.mode.to_string()),
         (
             "workers",
             format!("{}/{} online", app.online, app.instances),
@@ -365,8 +412,8 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
     for w in &app.workers {
         println!(
             "{:>11}  {} pid {} up {} restarts {} cpu {:.0}% mem {}",
-            format!("worker {}", w.id),
-            w.status,
+            worker_name(w),
+            w.state,
             w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             uptime(w.uptime_ms),
             w.restarts,

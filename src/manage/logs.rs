@@ -14,8 +14,8 @@ use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use herd_daemon::logs::TimeFormat;
 use herd_protocol::{Request, Response};
+use herd_supervisor::logs::TimeFormat;
 
 use super::client;
 use super::tail::Tail;

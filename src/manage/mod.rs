@@ -92,6 +92,9 @@ pub enum Verb {
     Startup(startup::StartupArgs),
     /// Stop every app gracefully, then the daemon.
     Kill,
+    /// Replace herd's running processes by the binary on disk, the apps serving on
+    /// (what `systemctl reload` runs); not available yet.
+    Update,
     /// Check that the daemon answers (starting it if needed).
     Ping,
 }
@@ -290,9 +293,9 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
             if t.flags.update_env {
                 return files::update_env(&t.target, true);
             }
-            let (apps, worker) = split_target(&t.target)?;
+            let (apps, slot) = split_target(&t.target)?;
             let names = settle::names_of(&apps)?;
-            print_done(client::ask(Request::Restart { apps, worker })?);
+            print_done(client::ask(Request::Restart { apps, slot })?);
             return settle::wait_and_print(&names, true);
         }
         Verb::Reload(t) => {
@@ -348,22 +351,21 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
             list::print_list(false, false)?;
         }
         Verb::Send(a) => {
-            let (app, worker) = split_target(&a.target)?;
+            let (app, slot) = split_target(&a.target)?;
             let message: serde_json::Value = serde_json::from_str(&a.message).map_err(|e| {
                 UsageError(format!(
                     "the message is not JSON ({e}): quote a string as '\"text\"', or give an object '{{\"cmd\":\"x\"}}'"
                 ))
             })?;
-            print_done(client::ask(Request::Send {
-                app,
-                worker,
-                message,
-            })?);
+            print_done(client::ask(Request::Send { app, slot, message })?);
         }
-        Verb::Signal(a) => print_done(client::ask(Request::Signal {
-            apps: a.apps,
-            signal: a.signal,
-        })?),
+        Verb::Signal(a) => {
+            let signal = a.signal.parse().map_err(UsageError)?;
+            print_done(client::ask(Request::Signal {
+                apps: a.apps,
+                signal,
+            })?)
+        }
         Verb::Save(a) => print_done(client::ask(Request::Save { force: a.force })?),
         Verb::Resurrect => match client::ask(Request::Resurrect)? {
             Response::Apps { apps } => {
@@ -375,6 +377,13 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
         Verb::Import(args) => return import::main(args),
         Verb::Startup(args) => return startup::main(args),
         Verb::Kill => return kill(),
+        Verb::Update => {
+            anyhow::bail!(
+                "herd update (replacing herd's processes by a new binary in place, the apps \
+                 serving on) is not available yet in this herd. To run a new herd binary now: \
+                 `herd save`, `herd kill`, then `herd resurrect` (the apps are restarted)"
+            )
+        }
         Verb::Ping => {
             if let Response::Pong {
                 pid,
@@ -392,10 +401,29 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// `herd kill`: stop every app, then wait for the daemon to be gone.
+/// `herd kill`: stop every app, then wait for the daemon to be gone. With
+/// no daemon running but apps that outlived the last one (their
+/// supervisors run), a daemon is started to stop them.
 fn kill() -> anyhow::Result<i32> {
     let root = herd_daemon::Home::location()?;
-    let Some(response) = client::request(Request::Kill, false)? else {
+    let apps_run = || -> bool {
+        let Ok(Some(home)) = herd_daemon::Home::open_existing(&root) else {
+            return false;
+        };
+        let Ok(apps) = herd_supervisor::files::AppsDir::open(&home) else {
+            return false;
+        };
+        apps.ids()
+            .unwrap_or_default()
+            .into_iter()
+            .any(|id| apps.app(id).running_pid().is_some())
+    };
+    let response = match client::request(Request::Kill, false)? {
+        Some(r) => Some(r),
+        None if apps_run() => client::request(Request::Kill, true)?,
+        None => None,
+    };
+    let Some(response) = response else {
         println!("no herd daemon runs with HERD_HOME={}", root.display());
         return Ok(0);
     };

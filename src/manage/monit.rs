@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use herd_protocol::{AppInfo, Request, Response, ScaleTo};
+use herd_protocol::{AppInfo, Request, Response, ScaleTo, WorkerRole};
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line, Span};
@@ -31,7 +31,7 @@ use ratatui::widgets::{Block, Clear, Paragraph, Row, Sparkline, Table, TableStat
 use ratatui::Frame;
 
 use super::client::Client;
-use super::list::{memory, uptime};
+use super::list::{memory, uptime, Tone};
 use super::tail::Tail;
 
 /// How often the daemon is asked for the list.
@@ -101,10 +101,9 @@ fn terminal_gone() -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let stdin = std::io::stdin();
     let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+    let gone = PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
-        && fds[0].revents().is_some_and(|r| {
-            r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
-        })
+        && fds[0].revents().is_some_and(|r| r.intersects(gone))
 }
 
 /// Gives the terminal back (raw mode off, main screen, cursor) however
@@ -265,7 +264,7 @@ impl Confirm {
         let apps = app.to_string();
         match self {
             Confirm::Reload => Request::Reload { apps },
-            Confirm::Restart => Request::Restart { apps, worker: None },
+            Confirm::Restart => Request::Restart { apps, slot: None },
             Confirm::Stop => Request::Stop { apps },
         }
     }
@@ -375,7 +374,7 @@ impl State {
             h.push(cpu, mem);
             seen_apps.insert(app.id, h);
             for w in &app.workers {
-                let key = (app.id, w.id, w.pid);
+                let key = (app.id, w.slot, w.pid);
                 let mut h = self.workers_history.remove(&key).unwrap_or_default();
                 h.push(w.cpu_percent, w.memory_bytes);
                 seen_workers.insert(key, h);
@@ -583,12 +582,12 @@ fn spark(values: &[u64], width: usize, scale: Scale) -> String {
     s
 }
 
-fn status_colour(status: &str) -> Color {
-    match status {
-        "online" => Color::Green,
-        "errored" => Color::Red,
-        "stopped" => Color::DarkGray,
-        _ => Color::Yellow,
+fn status_colour(tone: Tone) -> Color {
+    match tone {
+        Tone::Good => Color::Green,
+        Tone::Bad => Color::Red,
+        Tone::Off => Color::DarkGray,
+        Tone::Moving => Color::Yellow,
     }
 }
 
@@ -677,10 +676,10 @@ fn draw_apps(f: &mut Frame, area: Rect, state: &mut State, wide: bool) {
     let rows = state.apps.iter().map(|a| {
         let cpu: f64 = a.workers.iter().map(|w| w.cpu_percent).sum();
         let mem: u64 = a.workers.iter().map(|w| w.memory_bytes).sum();
-        let colour = Style::new().fg(status_colour(&a.status));
+        let colour = Style::new().fg(status_colour(a.state.into()));
         let mut cells = vec![Span::raw(cut(&a.name, if wide { 14 } else { 12 }))];
         if wide {
-            cells.push(Span::styled(a.status.clone(), colour));
+            cells.push(Span::styled(a.state.as_str(), colour));
         } else {
             // The status only as the name's colour.
             cells[0] = cells[0].clone().style(colour);
@@ -785,7 +784,11 @@ fn draw_detail(f: &mut Frame, area: Rect, state: &State) {
     let w = spark_width as usize;
     let rows = app.workers.iter().map(|worker| {
         let mut cells = vec![
-            Span::raw(worker.id.to_string()),
+            Span::raw(match worker.role {
+                WorkerRole::Current => worker.slot.to_string(),
+                WorkerRole::Successor => format!("{}+", worker.slot),
+                WorkerRole::Draining => format!("{}-", worker.slot),
+            }),
             Span::raw(
                 worker
                     .pid
@@ -793,14 +796,16 @@ fn draw_detail(f: &mut Frame, area: Rect, state: &State) {
                     .unwrap_or_else(|| "-".into()),
             ),
             Span::styled(
-                worker.status.clone(),
-                Style::new().fg(status_colour(&worker.status)),
+                worker.state.as_str(),
+                Style::new().fg(status_colour(worker.state.into())),
             ),
             Span::raw(uptime(worker.uptime_ms)),
             Span::raw(worker.restarts.to_string()),
             Span::raw(format!("{:.1}%", worker.cpu_percent)),
         ];
-        let h = state.workers_history.get(&(app.id, worker.id, worker.pid));
+        let h = state
+            .workers_history
+            .get(&(app.id, worker.slot, worker.pid));
         if sparks {
             let line = h.map(|h| spark(&h.cpu.columns(w), w, Scale::Cpu));
             cells.push(Span::styled(

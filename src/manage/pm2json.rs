@@ -36,7 +36,7 @@ use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use herd_engine::config::{RestartMode, WorkerKind};
-use herd_protocol::{instance_log_path, AppDetail, LogType, WorkerInfo};
+use herd_protocol::{instance_log_path, AppDetail, LogType, WorkerInfo, WorkerState};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
@@ -81,10 +81,10 @@ fn now_ms() -> u64 {
 }
 
 /// pm2's status word for a worker's.
-pub fn pm2_status(status: &str) -> &str {
-    match status {
-        "waiting" => "waiting restart",
-        other => other,
+pub fn pm2_status(state: WorkerState) -> &'static str {
+    match state {
+        WorkerState::Waiting => "waiting restart",
+        other => other.as_str(),
     }
 }
 
@@ -144,13 +144,8 @@ impl Facts {
 pub fn jlist(apps: &[AppDetail], now_ms: u64, facts: &mut Facts) -> Vec<Pm2Process> {
     let mut out = Vec::new();
     for app in apps {
-        let mut seen = Vec::new();
-        for w in &app.info.workers {
-            // The first entry of a slot is the process serving it.
-            if seen.contains(&w.id) {
-                continue;
-            }
-            seen.push(w.id);
+        // One process per slot: the worker serving it.
+        for w in app.info.current_workers() {
             out.push(process(app, w, now_ms, facts));
         }
     }
@@ -163,7 +158,7 @@ fn process(app: &AppDetail, w: &WorkerInfo, now_ms: u64, facts: &mut Facts) -> P
     let spec = &def.spec;
     let pid = w.pid.unwrap_or(0);
     let running = pid != 0;
-    let slot = app.slots.iter().find(|s| s.slot == w.id);
+    let slot = app.slots.iter().find(|s| s.slot == w.slot);
 
     // The script and the arguments around it (see AppDef::script).
     let (exec_path, interpreter, node_args, args) = match &def.script {
@@ -225,25 +220,18 @@ fn process(app: &AppDetail, w: &WorkerInfo, now_ms: u64, facts: &mut Facts) -> P
         }
     }
     put("exec_interpreter", json!(interpreter));
-    put(
-        "exec_mode",
-        json!(if info.mode == "cluster" {
-            "cluster_mode"
-        } else {
-            "fork_mode"
-        }),
-    );
+    put("exec_mode", json!(info.mode.pm2_name()));
     put("instances", json!(info.instances));
     put("instance_var", json!(instance_var));
-    put(&instance_var, json!(w.id));
+    put(&instance_var, json!(w.slot));
     put("pm_id", json!(info.id));
-    put("herd_worker", json!(format!("{}:{}", info.name, w.id)));
+    put("herd_worker", json!(format!("{}:{}", info.name, w.slot)));
     put("pm_exec_path", json!(exec_path));
     put("pm_cwd", json!(spec.cwd.clone().unwrap_or_default()));
     // The files this process writes: its instance's own when not merged.
     let file = |path: &Path| match def.logs.merge_logs {
         true => path.to_path_buf(),
-        false => instance_log_path(path, w.id),
+        false => instance_log_path(path, w.slot),
     };
     put("pm_out_log_path", json!(file(&info.out_log)));
     put("pm_err_log_path", json!(file(&info.err_log)));
@@ -252,7 +240,7 @@ fn process(app: &AppDetail, w: &WorkerInfo, now_ms: u64, facts: &mut Facts) -> P
     }
     put("node_args", json!(node_args));
     put("args", json!(args));
-    put("status", json!(pm2_status(&w.status)));
+    put("status", json!(pm2_status(w.state)));
     put(
         "pm_uptime",
         json!(if running {
@@ -359,7 +347,7 @@ fn process(app: &AppDetail, w: &WorkerInfo, now_ms: u64, facts: &mut Facts) -> P
 mod tests {
     use super::*;
     use herd_engine::config::AppSpec;
-    use herd_protocol::{AppInfo, LogSettings, SlotDetail};
+    use herd_protocol::{AppInfo, AppState, ExecMode, LogSettings, SlotDetail, WorkerRole};
 
     fn app() -> AppDetail {
         let mut spec = AppSpec::new("web", "/usr/bin/node");
@@ -376,10 +364,11 @@ mod tests {
         ];
         spec.cwd = Some("/srv/app".into());
         spec.instances = 2;
-        let worker = |id, pid: Option<u32>, status: &str| WorkerInfo {
-            id,
+        let worker = |slot, pid: Option<u32>, state, role| WorkerInfo {
+            slot,
             pid,
-            status: status.into(),
+            state,
+            role,
             restarts: 3,
             uptime_ms: 1_000,
             cpu_percent: 12.34,
@@ -389,8 +378,8 @@ mod tests {
             info: AppInfo {
                 name: "web".into(),
                 id: 4,
-                mode: "cluster".into(),
-                status: "launching".into(),
+                mode: ExecMode::Cluster,
+                state: AppState::Launching,
                 instances: 2,
                 online: 1,
                 listen: vec![],
@@ -398,10 +387,10 @@ mod tests {
                 err_log: "/h/logs/web-error.log".into(),
                 merge_logs: true,
                 workers: vec![
-                    worker(0, Some(100), "online"),
-                    worker(1, None, "waiting"),
-                    // A reload's incoming process for slot 0: not listed.
-                    worker(0, Some(101), "launching"),
+                    worker(0, Some(100), WorkerState::Online, WorkerRole::Current),
+                    // A reload's successor for slot 0: not listed.
+                    worker(0, Some(101), WorkerState::Launching, WorkerRole::Successor),
+                    worker(1, None, WorkerState::Waiting, WorkerRole::Current),
                 ],
             },
             def: herd_protocol::AppDef {

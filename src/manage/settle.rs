@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use herd_protocol::{AppDef, AppDetail, AppInfo, Request, Response};
+use herd_protocol::{AppDef, AppDetail, AppInfo, AppState, Request, Response};
 
 use super::{client, list};
 
@@ -61,7 +61,10 @@ fn deadline(def: &AppDef) -> Duration {
 
 /// Is the app done coming up, one way or the other?
 fn settled(info: &AppInfo) -> bool {
-    matches!(info.status.as_str(), "online" | "errored" | "stopped")
+    matches!(
+        info.state,
+        AppState::Online | AppState::Errored | AppState::Stopped
+    )
 }
 
 /// Wait for the apps named `names`; their final state and how long each
@@ -115,9 +118,9 @@ pub fn wait_and_print(names: &[String], all: bool) -> anyhow::Result<i32> {
     }
     let mut code = 0;
     for (i, deadline) in &apps {
-        match i.status.as_str() {
-            "online" | "stopped" => {}
-            "errored" => {
+        match i.state {
+            AppState::Online | AppState::Stopped => {}
+            AppState::Errored => {
                 eprintln!(
                     "herd: error: {} errored: its workers kept exiting before they were up; \
                      see `herd logs {} --nostream`",
@@ -125,7 +128,7 @@ pub fn wait_and_print(names: &[String], all: bool) -> anyhow::Result<i32> {
                 );
                 code = 1;
             }
-            status => eprintln!(
+            status @ (AppState::Launching | AppState::Reloading | AppState::Stopping) => eprintln!(
                 "herd: warning: {} has {}/{} workers online after {} ({status}); \
                  see `herd logs {} --nostream`",
                 i.name,

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use clap::Args;
-use herd_protocol::{AppDef, Request, Response};
+use herd_protocol::{AppDef, AppState, Request, Response};
 
 use super::files::{self, FileFlags, FileVerb};
 use super::{client, settle};
@@ -186,7 +186,7 @@ pub fn main(mut args: StartArgs) -> anyhow::Result<i32> {
             let name = app.name.clone();
             super::print_done(client::ask(Request::Restart {
                 apps: target,
-                worker: None,
+                slot: None,
             })?);
             return settle::wait_and_print(&[name], false);
         }
@@ -200,9 +200,9 @@ pub fn main(mut args: StartArgs) -> anyhow::Result<i32> {
     // As under pm2, starting an app that exists and is stopped or errored
     // starts it (here on this definition); one that runs needs -f.
     let update = args.pm2.force
-        || running
-            .iter()
-            .any(|a| a.name == def.spec.name && matches!(a.status.as_str(), "stopped" | "errored"));
+        || running.iter().any(|a| {
+            a.name == def.spec.name && matches!(a.state, AppState::Stopped | AppState::Errored)
+        });
     let name = def.spec.name.clone();
     match client::ask(Request::Start {
         apps: vec![def],

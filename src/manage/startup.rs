@@ -1,6 +1,16 @@
 //! `herd startup`: a systemd unit that runs the daemon at boot
 //! (`Type=notify`: the daemon sends `READY=1` once it listens) and starts
 //! the saved apps (`herd daemon --resurrect`).
+//!
+//! The apps run under supervisors of their own, which the daemon starts
+//! and which outlive it, all in the unit's cgroup. So the unit has systemd
+//! signal the daemon alone (`KillMode=process`): `systemctl stop` sends it
+//! SIGTERM, and the daemon stops every app gracefully itself before it
+//! exits; a daemon that crashes is started again (`Restart=on-failure`)
+//! while the apps it left run on, and the new one adopts them. There is
+//! deliberately no `ExecStop=`: systemd runs it after a crash too, and it
+//! would stop the apps the crash spared. `systemctl reload` runs `herd
+//! update`.
 
 use std::path::PathBuf;
 
@@ -54,13 +64,15 @@ After=network.target
 Type=notify
 {user_line}Environment=HERD_HOME={home}
 ExecStart={exe} daemon --resurrect{daemon_args}
-ExecReload={exe} reload all
-ExecStop={exe} kill
-# The daemon stops its apps itself (graceful stop, then SIGKILL of each
-# worker's process group); systemd only steps in if that hangs.
-KillMode=mixed
+ExecReload={exe} update
+# Only the daemon is signalled: on `systemctl stop` its SIGTERM stops every
+# app gracefully (each worker by its kill timeout, then SIGKILL of its
+# process group); after a crash the apps' supervisors run on, and the daemon
+# systemd starts again adopts them.
+KillMode=process
 TimeoutStopSec=60
 Restart=on-failure
+RestartSec=100ms
 
 [Install]
 WantedBy={wanted}
@@ -158,6 +170,17 @@ mod tests {
         assert!(u.contains("ExecStart=/usr/bin/herd daemon --resurrect"));
         assert!(u.contains("User=a"));
         assert!(u.contains("Environment=HERD_HOME=/home/a/.herd"));
+    }
+
+    #[test]
+    fn unit_lets_a_crashed_daemon_come_back_to_apps_that_never_stopped() {
+        let u = super::unit("/usr/bin/herd", "/h", "a", false, "");
+        // systemd signals the daemon alone; the supervisors survive its crash.
+        assert!(u.contains("\nKillMode=process\n"), "{u}");
+        assert!(u.contains("\nRestart=on-failure\n"), "{u}");
+        // No ExecStop: systemd would run it after a crash and stop the apps.
+        assert!(!u.contains("ExecStop="), "{u}");
+        assert!(u.contains("\nExecReload=/usr/bin/herd update\n"), "{u}");
     }
 
     #[test]

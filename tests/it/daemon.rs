@@ -124,6 +124,7 @@ fn restart_of_one_worker_replaces_only_that_one() {
     let after = d.wait_online("web", 2);
     assert_eq!(after[0], before[0], "worker 0 untouched");
     assert_ne!(after[1], before[1], "worker 1 replaced");
+    // A usage mistake, wherever it is found: exit 2.
     assert!(d.fails(&["restart", "web:7"], 2).contains("no worker 7"));
 }
 
@@ -277,24 +278,28 @@ fn save_and_resurrect_round_trip_and_an_empty_save_is_refused() {
 }
 
 #[test]
-fn a_sigkilled_daemon_leaves_no_orphans_and_the_next_one_resurrects() {
+fn a_sigkilled_daemon_leaves_the_apps_serving_and_the_next_one_adopts_them() {
     let d = Daemon::new();
     d.start_fixture("web", &["-i", "2", "--ready-delay", "200ms"]);
     let pids = d.wait_online("web", 2);
-    d.ok(&["save"]);
+    let id = d.app("web")["id"].clone();
     let daemon = d.daemon_pid().expect("a daemon pid");
     kill(Pid::from_raw(daemon), Signal::SIGKILL).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !process_alive(daemon)),
+        "the daemon outlived SIGKILL"
+    );
+    // The apps run on under their own supervisors.
     for pid in &pids {
-        assert!(
-            wait_until(Duration::from_secs(5), || !process_alive(*pid)),
-            "worker {pid} outlived its daemon"
-        );
+        assert!(process_alive(*pid), "worker {pid} died with the daemon");
     }
-    // The next CLI command starts a new daemon; it resurrects on request.
-    d.ok(&["resurrect"]);
-    let again = d.wait_online("web", 2);
-    assert!(again.iter().all(|p| !pids.contains(p)));
+    // The next CLI command starts a new daemon, which adopts them as they are.
+    let app = d.app("web");
     assert_ne!(d.daemon_pid(), Some(daemon));
+    assert_eq!(app["id"], id, "{app:#}");
+    assert_eq!(app["status"], "online", "{app:#}");
+    assert_eq!(worker_pids(&app), pids, "{app:#}");
+    assert!(d.log().contains("adopted 1 running app"), "{}", d.log());
 }
 
 #[test]
@@ -347,7 +352,11 @@ fn garbage_and_oversized_frames_close_only_that_connection() {
     // A hello, then a request that is no request.
     let mut odd = UnixStream::connect(&sock).unwrap();
     odd.set_read_timeout(timeout).unwrap();
-    frame(&mut odd, br#"{"request":"hello","version":2}"#);
+    let hello = format!(
+        r#"{{"request":"hello","version":{}}}"#,
+        herd_protocol::VERSION
+    );
+    frame(&mut odd, hello.as_bytes());
     assert_eq!(read_frame(&mut odd).unwrap()["response"], "hello");
     frame(&mut odd, br#"{"request":"format_disk"}"#);
     refused(&mut odd, "an unknown request");

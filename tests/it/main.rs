@@ -25,6 +25,8 @@ mod pm2_verbs;
 mod reload;
 mod run;
 mod runtime;
+mod supervisor;
+mod supervisors;
 mod systemd;
 mod triggers;
 mod upgrade;

@@ -209,6 +209,12 @@ fn orphaning_worker(dir: &Path) -> PathBuf {
     path
 }
 
+/// Whether host process `pid` is an app supervisor (`herd supervise`).
+fn is_supervisor(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == b"supervise"))
+}
+
 /// PID 1 adopts the worker's orphans (proof that they really are orphans of
 /// the namespace), then reaps every one of them: once they have exited, the
 /// namespace holds no zombie and PID 1's only child is herd.
@@ -226,9 +232,15 @@ fn assert_orphans_reaped(ns: &Ns) {
         ns.output()
     );
     let herd = ns.herd_pid();
+    // PID 1's children: herd, and the apps' supervisors (detached from the
+    // daemon, so PID 1 is their parent).
+    let only_herd = |pid: i32| pid == herd || is_supervisor(pid);
     let clean = wait_until(Duration::from_secs(20), || {
         let all = tree(init);
-        !all.iter().any(|(_, state, _)| *state == 'Z') && children(init) == vec![herd]
+        let kids = children(init);
+        !all.iter().any(|(_, state, _)| *state == 'Z')
+            && kids.contains(&herd)
+            && kids.into_iter().all(only_herd)
     });
     assert!(
         clean,
@@ -501,6 +513,81 @@ fn herd_daemon_as_pid_1_reaps_orphans_notifies_and_obeys_herd_kill_from_outside(
         2,
         "both workers stopped gracefully:\n{log}"
     );
+}
+
+/// As under systemd's `Restart=on-failure`: a daemon that dies on its own is
+/// started again by PID 1, and adopts the apps that never stopped.
+#[test]
+fn herd_daemon_as_pid_1_is_started_again_after_a_crash_and_adopts_its_apps() {
+    need_unshare!();
+    let _serial = serial();
+    let home = TempDir::new("pid1-home");
+    let mut ns = Ns::start(&["daemon"], &[("HERD_HOME", home.path())]);
+    ns.wait_output("the daemon listening", |_, err| {
+        err.contains("listening on")
+    });
+    let herd = |args: &[&str]| {
+        let out = Command::new(herd_bin())
+            .args(args)
+            .env("HERD_HOME", home.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "herd {args:?}: {out:?}\n{}",
+            ns.output()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    herd(&[
+        "start",
+        "--name",
+        "w",
+        "-i",
+        "2",
+        "--listen",
+        ANY,
+        worker_bin(),
+    ]);
+    let pids = |list: &str| -> Vec<i64> {
+        let list: serde_json::Value = serde_json::from_str(list).unwrap();
+        list[0]["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["status"] == "online")
+            .filter_map(|w| w["pid"].as_i64())
+            .collect()
+    };
+    let mut before = Vec::new();
+    assert!(wait_until(Duration::from_secs(20), || {
+        before = pids(&herd(&["list", "--json"]));
+        before.len() == 2
+    }));
+    let first = ns.herd_pid();
+    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    // PID 1 starts the daemon again; the CLI reaches it (never one of its
+    // own: the home's lock is held by the new daemon).
+    let mut again = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            again = children(ns.init_pid())
+                .into_iter()
+                .find(|&p| p != first && stat(p).is_some_and(|(_, comm)| comm == "herd"));
+            again.is_some()
+        }),
+        "no daemon again\n{}",
+        ns.output()
+    );
+    ns.wait_output("the new daemon listening", |_, err| {
+        err.matches("listening on").count() >= 2
+    });
+    assert!(ns.stderr().contains("starting it again"), "{}", ns.output());
+    assert_eq!(pids(&herd(&["list", "--json"])), before, "{}", ns.output());
+    herd(&["kill"]);
+    let st = ns.wait_exit(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(0), "{}", ns.output());
 }
 
 #[test]

@@ -1,74 +1,73 @@
-//! # herd-daemon: many apps, kept running after you log out
+//! # herd-daemon: the control plane over the apps' supervisors
 //!
 //! ## Theory of operation
 //!
-//! The daemon is a thin layer over herd's engine: each app is one
-//! [`herd_engine::supervisor`] instance, exactly what `herd run` drives in
-//! the foreground. The daemon adds what only a long-lived manager needs:
+//! Each app runs under a supervisor process of its own (`herd supervise`,
+//! the `herd-supervisor` crate): the workers' parent, owner of the app's
+//! sockets, output pipes, log files, samples and memory limit. The daemon
+//! only manages them; nothing of an app's data or output passes through
+//! it, and the apps outlive it. What it owns:
 //!
 //! - **A home** ([`home`], the `herd-home` crate): `$HERD_HOME` (default
 //!   `~/.herd`, mode 0700) holds `herd.sock`, `herd.pid` (locked while a
-//!   daemon runs, so there is one per home), `logs/`, `dump.json` (the saved
-//!   app list) and `herd.log`. A home another user could change is refused,
-//!   and every file in it is opened through the checked directory's fd,
-//!   never following a link, created 0600.
+//!   daemon runs, so there is one per home), `apps/` (each app's file,
+//!   socket, pid lock and process-group record, see `herd_supervisor::files`),
+//!   `logs/`, `dump.json` (the saved app list) and `herd.log`. A home
+//!   another user could change is refused, and every file in it is opened
+//!   through the checked directory's fd, never following a link.
 //! - **A server** ([`server`]): the control socket speaks `herd-protocol`;
 //!   every connection is checked for the peer's uid, says hello with its
-//!   protocol version, then sends one request, each within a deadline. A bad
-//!   frame closes that one connection and nothing else; idle connections
-//!   never lock the CLI out (the oldest idle one is dropped for a new one).
+//!   protocol version, then sends one request, each within a deadline.
+//! - **The registry** ([`registry`]): each app's id, name, definition as
+//!   last known, and its [`link`]: the daemon's connection to the app's
+//!   supervisor. The link starts the supervisor, follows its events on one
+//!   connection, and starts another (with backoff) when it dies; questions
+//!   and commands go on connections of their own, each command answered by
+//!   its own ticket.
+//! - **Adoption** ([`adopt`]): on start, every app found in `apps/` is
+//!   taken back with its id; live supervisors are followed as they are
+//!   (same workers, counters, uptimes), dead ones started again.
+//! - **Handlers** ([`handlers`]): one module per group of verbs, turning a
+//!   request into supervisor commands and a response whose error keeps its
+//!   kind (a usage mistake, or a failure).
+//! - **Views** ([`views`]): every app's status, asked of the supervisors at
+//!   once with a deadline, for `list`, `show`, `jlist`, metrics, probes and
+//!   the status page. The daemon samples nothing itself.
 //! - **Secrets** ([`herd_protocol::secrets`]): environment values whose
-//!   names look secret are hidden in every answer (show, list, the status
-//!   page, metrics) unless the request asks for them.
-//! - **One actor per app** ([`app`]): a task that owns the app's engine
-//!   handle, its event stream, its log files and its resource samples, and
-//!   runs the app's commands strictly one after the other. A command that
-//!   takes time (a reload, a stop) holds the queue until it is done, so two
-//!   reloads both complete in turn and a stop asked during a reload waits for
-//!   it; the actor keeps writing logs meanwhile.
-//! - **Handlers** ([`handlers`]): one module per verb, turning a request
-//!   into commands for actors and a response.
-//! - **Logs** ([`logs`]): whole lines into per-app files, with optional
-//!   timestamps, size-based rotation and reopening on SIGUSR1.
+//!   names look secret are hidden in every answer unless asked for.
 //! - **HTTP** ([`http`], off by default): `--metrics ADDR` serves
 //!   Prometheus metrics, `/healthz` and `/readyz` probes and a live status
 //!   page on a bounded HTTP/1.1 listener (hyper) on the same runtime.
 //! - **Persistence** ([`dump`]): `save` writes the app definitions with
 //!   write-temp, fsync, rename; `resurrect` starts them again.
 //!
-//! It runs on one thread (a current-thread runtime), which is also the
-//! thread that starts every worker: a worker's `PR_SET_PDEATHSIG` is tied to
-//! it, so workers die with a SIGKILLed daemon instead of living on as orphans.
+//! It runs on one thread (a current-thread runtime). `herd kill` and
+//! SIGTERM stop every app (their supervisors end too); a daemon that dies
+//! any other way leaves the apps running, and the next one adopts them.
 
-pub mod app;
+pub mod adopt;
 pub mod dump;
 pub mod handlers;
 pub mod http;
-pub mod logs;
-pub mod sample;
+pub mod link;
+pub mod registry;
 pub mod server;
+pub mod views;
 
 pub use herd_home as home;
 pub use herd_home::Home;
 
 /// One line of the daemon's own log (its stderr: `$HERD_HOME/herd.log`, or
 /// the journal under systemd), with the time first: `2026-12-02T13:45:01.123+00:00 herd: …`.
-#[macro_export]
-macro_rules! say {
-    ($($arg:tt)*) => {
-        eprintln!(
-            "{} herd: {}",
-            chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%.3f%:z"),
-            format_args!($($arg)*)
-        )
-    };
-}
+pub use herd_supervisor::say;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Home(#[from] home::HomeError),
+    #[error(transparent)]
+    Apps(herd_supervisor::files::FilesError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot listen for metrics on {addr}: {error}; choose another address with --metrics")]
@@ -101,12 +100,13 @@ pub struct Options {
 
 /// Run the daemon until `herd kill`, SIGTERM or SIGINT; returns the exit code.
 pub fn run(options: Options) -> Result<i32, Error> {
+    let started = std::time::Instant::now();
     let lock = options.home.lock()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
-    let code = runtime.block_on(server::serve(options))?;
+    let code = runtime.block_on(server::serve(options, started))?;
     drop(lock);
     Ok(code)
 }

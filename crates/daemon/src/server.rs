@@ -1,7 +1,9 @@
 //! The control socket: accepts CLI connections, checks who they are, says
-//! hello, and hands each request to [`crate::handlers`]. Also the daemon's
-//! own signals: SIGTERM/SIGINT stop every app and end the daemon, SIGUSR1
-//! reopens the log files (for logrotate).
+//! hello, and hands each request to [`crate::handlers`]. Before it serves,
+//! the apps the home holds are adopted ([`crate::adopt`]). Also the
+//! daemon's own signals: SIGTERM/SIGINT stop every app and end the daemon
+//! (as `herd kill`), SIGUSR1 has every app's supervisor reopen its log
+//! files (for logrotate).
 //!
 //! A connection is *waiting* until its request is read and its turn has
 //! come, then *active* while the request is carried out. Waiting ones have
@@ -12,14 +14,16 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use herd_protocol::{Connection, ErrorKind, FrameError, Request, Response, MAX_FRAME, VERSION};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::app::AppCommand;
+use herd_protocol::supervisor::Command;
+use herd_supervisor::files::AppsDir;
+
 use crate::handlers::{self, Ctx};
 use crate::{Error, Options};
 
@@ -86,7 +90,9 @@ impl Door {
     }
 }
 
-pub async fn serve(options: Options) -> Result<i32, Error> {
+/// Serve until `herd kill`, SIGTERM or SIGINT; `started` is when the daemon
+/// process began (adoption is timed from it).
+pub async fn serve(options: Options, started: Instant) -> Result<i32, Error> {
     let home = options.home.clone();
     let path = home.socket();
     // We hold the home's lock: a socket file left here is stale.
@@ -100,13 +106,27 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
     home.dir()
         .set_socket_mode(crate::home::SOCKET, 0o600)
         .map_err(listen_err)?;
-    let ctx = Ctx::new(home.clone(), options.secrets.clone());
-    if let Some(addr) = options.metrics {
-        let listener = crate::http::bind(addr)
-            .await
-            .map_err(|error| Error::Metrics { addr, error })?;
-        let bound = listener.local_addr().unwrap_or(addr);
-        crate::say!("metrics, health probes and the status page on http://{bound}/");
+    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Runtime)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Runtime)?;
+    let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(Error::Runtime)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(Error::Runtime)?;
+    let http = match options.metrics {
+        Some(addr) => Some(
+            crate::http::bind(addr)
+                .await
+                .map_err(|error| Error::Metrics { addr, error })?,
+        ),
+        None => None,
+    };
+    let apps = AppsDir::open(&home).map_err(Error::Apps)?;
+    let ctx = Ctx::new(home.clone(), apps, options.secrets.clone());
+    // The CLI may connect already (the socket is bound); it is answered
+    // once every app found in the home is taken.
+    crate::adopt::adopt(&ctx, started).await;
+    if let Some(listener) = http {
+        if let Ok(bound) = listener.local_addr() {
+            crate::say!("metrics, health probes and the status page on http://{bound}/");
+        }
         let settings = crate::http::Settings {
             admin: options.metrics_admin,
             hosts: options.metrics_hosts.clone(),
@@ -119,11 +139,6 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
         path.display(),
         home.root().display()
     );
-
-    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Runtime)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Runtime)?;
-    let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(Error::Runtime)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(Error::Runtime)?;
 
     if options.resurrect && crate::dump::exists(&home) {
         match handlers::handle(&ctx, Request::Resurrect).await {
@@ -165,18 +180,22 @@ pub async fn serve(options: Options) -> Result<i32, Error> {
             _ = sigterm.recv() => {
                 crate::say!("SIGTERM: stopping every app");
                 let _ = herd_engine::sd_notify("STOPPING=1");
-                handlers::stop_all(&ctx).await;
+                handlers::delete_all(&ctx).await;
                 break;
             }
             _ = sigint.recv() => {
                 crate::say!("SIGINT: stopping every app");
                 let _ = herd_engine::sd_notify("STOPPING=1");
-                handlers::stop_all(&ctx).await;
+                handlers::delete_all(&ctx).await;
                 break;
             }
             _ = sigusr1.recv() => {
-                for e in ctx.registry.lock().unwrap_or_else(|e| e.into_inner()).all() {
-                    tokio::spawn(async move { e.app.ask(AppCommand::ReopenLogs).await });
+                for e in ctx.registry().all() {
+                    tokio::spawn(async move {
+                        if let Err(err) = e.link.command(Command::ReopenLogs).await {
+                            crate::say!("app {}: cannot reopen its log files: {err}", e.name);
+                        }
+                    });
                 }
             }
             // The daemon has no terminal: a hangup is not a reason to die.

@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::exit::ExitStatus;
-use crate::machine::{AbortReason, Command, Next, Outcome, Report, Trigger};
+use crate::machine::{AbortReason, Answer, Command, Next, Outcome, Report, Trigger};
 
 /// `250 ms`, `1.6 s`, `2 min 5 s`.
 pub fn duration(d: Duration) -> String {
@@ -129,18 +129,9 @@ impl fmt::Display for Report {
                 reason,
                 old_serving,
             } => {
-                write!(f, "reload aborted at worker {slot}: ")?;
-                match reason {
-                    AbortReason::Exited(status) => {
-                        write!(f, "its replacement {status} before it was ready")?
-                    }
-                    AbortReason::SpawnFailed(e) => write!(f, "its replacement could not start ({e})")?,
-                    AbortReason::NotReady(t) => write!(
-                        f,
-                        "its replacement was not ready within {} (--listen-timeout), so herd stopped it",
-                        duration(*t)
-                    )?,
-                    AbortReason::Stopping => return f.write_str("herd is stopping"),
+                write!(f, "reload aborted at worker {slot}: {reason}")?;
+                if matches!(reason, AbortReason::Stopping) {
+                    return Ok(());
                 }
                 if *old_serving {
                     f.write_str("; the old worker keeps serving")
@@ -180,6 +171,34 @@ impl fmt::Display for Report {
                 f,
                 "watch: watching {folders} folder(s) for changes; each reloads the app"
             ),
+            Report::Answered { ticket, answer } => write!(f, "command {} {answer}", ticket.0),
+        }
+    }
+}
+
+impl fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AbortReason::Exited(status) => {
+                write!(f, "its replacement {status} before it was ready")
+            }
+            AbortReason::SpawnFailed(e) => write!(f, "its replacement could not start ({e})"),
+            AbortReason::NotReady(t) => write!(
+                f,
+                "its replacement was not ready within {} (--listen-timeout), so herd stopped it",
+                duration(*t)
+            ),
+            AbortReason::Stopping => f.write_str("herd is stopping"),
+        }
+    }
+}
+
+impl fmt::Display for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Answer::Done => f.write_str("done"),
+            Answer::Aborted(reason) => write!(f, "aborted: {reason}"),
+            Answer::Refused(why) => write!(f, "refused: {why}"),
         }
     }
 }

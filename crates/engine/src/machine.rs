@@ -14,12 +14,20 @@
 //! (starting, until it is ready and takes over); workers being stopped (the
 //! predecessors, drained after a reload) leave their slot.
 //!
+//! Tickets: a command given with [`Input::Ask`] carries a [`Ticket`], and the
+//! machine answers it exactly once with [`Report::Answered`] when that
+//! command — not another one like it — is done, aborted or refused: a
+//! reload when *its* last slot is replaced (reloads asked for while one runs
+//! share the next one), a stop when the machine exits. Commands given with
+//! [`Input::Command`] are not answered.
+//!
 //! A reload replaces the slots one at a time, in the [`ReloadOrder`] the
 //! driver chose for it: start the successor first and drain the old worker
 //! once the successor is ready (no downtime), or — when a new worker could
 //! not listen beside the old one — stop the old worker first and start its
 //! successor once the slot is empty (pm2's restart).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -35,6 +43,25 @@ use restarts::{Tally, Verdict};
 
 /// A worker slot, 0..N-1; stable across restarts.
 pub type Slot = usize;
+
+/// Names one command given with [`Input::Ask`]; chosen by the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Ticket(pub u64);
+
+/// How a command given with a ticket ended ([`Report::Answered`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    /// It did what it asked: a reload or replacement replaced its workers, a
+    /// stop ended every worker, a start or scale began its workers.
+    Done,
+    /// It began and was abandoned (a reload whose replacement failed, or a
+    /// stop came first).
+    Aborted(AbortReason),
+    /// It cannot apply now, and why.
+    Refused(Cow<'static, str>),
+}
 
 /// One worker process the machine asked for; never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -107,6 +134,9 @@ pub(crate) enum Input {
     StopSignalled { worker: WorkerId },
     /// A request from the user.
     Command(Command),
+    /// A request from the user that wants its answer: the machine reports
+    /// [`Report::Answered`] with this ticket exactly once.
+    Ask { command: Command, ticket: Ticket },
 }
 
 /// Requests from outside: signals, the CLI, the library.
@@ -297,7 +327,12 @@ pub enum Report {
     /// A command that cannot apply now, and why.
     Refused {
         command: Command,
-        reason: std::borrow::Cow<'static, str>,
+        reason: Cow<'static, str>,
+    },
+    /// The end of a command given with [`Input::Ask`].
+    Answered {
+        ticket: Ticket,
+        answer: Answer,
     },
     /// One of the app's own triggers asks for a reload (a reload, or a
     /// queued one, follows).
@@ -504,6 +539,15 @@ pub(crate) struct Machine {
     pending_reload_restart: bool,
     /// The slot that errored last, for the exit outcome.
     last_errored: Option<Slot>,
+    /// Tickets the running reload (or replacement) answers when it ends.
+    #[serde(default)]
+    reload_tickets: Vec<Ticket>,
+    /// Tickets of reloads asked for while one ran: the queued reload's.
+    #[serde(default)]
+    queued_tickets: Vec<Ticket>,
+    /// Tickets of stops: answered when the machine exits.
+    #[serde(default)]
+    stop_tickets: Vec<Ticket>,
     /// The last (or next) start of a killed worker's slot ahead of its
     /// backoff, while the app was empty (herd counting): at most one per
     /// `restart_delay`.
@@ -534,6 +578,9 @@ impl Machine {
             reload_queued: false,
             pending_reload_restart: false,
             last_errored: None,
+            reload_tickets: Vec::new(),
+            queued_tickets: Vec::new(),
+            stop_tickets: Vec::new(),
             last_rescue: None,
             rescue_attempt: None,
             told_ready_assumed: false,
@@ -663,10 +710,18 @@ impl Machine {
     pub(crate) fn handle(&mut self, now: MonoTime, input: Input) -> Vec<Action> {
         let mut out = Vec::new();
         if self.mode == Mode::Finished {
+            if let Input::Ask { ticket, .. } = input {
+                answer(
+                    ticket,
+                    Answer::Refused("the app has finished".into()),
+                    &mut out,
+                );
+            }
             return out;
         }
         match input {
-            Input::Command(command) => self.command(now, command, &mut out),
+            Input::Command(command) => self.command(now, command, None, &mut out),
+            Input::Ask { command, ticket } => self.command(now, command, Some(ticket), &mut out),
             Input::Spawned { worker, pid } => self.spawned(now, worker, pid, &mut out),
             Input::SpawnFailed { worker, error } => self.spawn_failed(now, worker, error, &mut out),
             Input::Ready { worker } => self.ready(now, worker, &mut out),
@@ -681,7 +736,19 @@ impl Machine {
         out
     }
 
-    fn command(&mut self, now: MonoTime, command: Command, out: &mut Vec<Action>) {
+    /// Carry out a command; `ticket`: answer it (see the module docs).
+    fn command(
+        &mut self,
+        now: MonoTime,
+        command: Command,
+        ticket: Option<Ticket>,
+        out: &mut Vec<Action>,
+    ) {
+        let done = |out: &mut Vec<Action>| {
+            if let Some(ticket) = ticket {
+                answer(ticket, Answer::Done, out);
+            }
+        };
         match (self.mode, command) {
             (Mode::Idle, Command::Start) => {
                 self.mode = Mode::Running;
@@ -689,53 +756,70 @@ impl Machine {
                     let worker = self.spawn(now, slot, out);
                     self.slots[slot].current = Some(worker);
                 }
+                done(out);
             }
-            (_, Command::Start) => out.push(refused(command, "already started")),
+            (_, Command::Start) => refuse(command, "already started", ticket, out),
             (Mode::Stopping, Command::Stop) => {
                 // The second stop: no more waiting.
+                self.stop_tickets.extend(ticket);
                 let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
                 for worker in ids {
                     out.push(Action::Kill { worker });
                 }
             }
-            (Mode::Idle | Mode::Running, Command::Stop) => self.stop_all(out),
+            (Mode::Idle | Mode::Running, Command::Stop) => {
+                self.stop_tickets.extend(ticket);
+                self.stop_all(out);
+            }
             (Mode::Idle | Mode::Stopping, _) => {
                 let reason = if self.mode == Mode::Idle {
                     "not started yet"
                 } else {
                     "stopping"
                 };
-                out.push(refused(command, reason));
+                refuse(command, reason, ticket, out);
             }
             (Mode::Running, Command::Reload) => {
                 if self.reload.is_some() {
                     self.reload_queued = true;
+                    self.queued_tickets.extend(ticket);
                     out.push(Action::Report(Report::ReloadQueued));
                 } else {
+                    // Before it begins: a reload may end within this input.
+                    self.reload_tickets.extend(ticket);
                     out.push(Action::Report(Report::ReloadStarted));
                     self.reload_from(now, 0, out);
                 }
             }
-            (Mode::Running, Command::Replace(slot)) => self.replace(now, slot, out),
-            (Mode::Running, Command::ScaleUp) => self.scale_to(now, self.slots.len() + 1, out),
+            (Mode::Running, Command::Replace(slot)) => self.replace(now, slot, ticket, out),
+            (Mode::Running, Command::ScaleUp) => {
+                self.scale_to(now, self.slots.len() + 1, out);
+                done(out);
+            }
             (Mode::Running, Command::ScaleDown) => {
                 if self.slots.len() <= 1 {
-                    out.push(refused(
+                    refuse(
                         command,
                         "one worker is the minimum; use stop to stop it",
-                    ));
+                        ticket,
+                        out,
+                    );
                 } else {
                     self.scale_to(now, self.slots.len() - 1, out);
+                    done(out);
                 }
             }
             (Mode::Running, Command::Scale(n)) => {
                 if n == 0 {
-                    out.push(refused(
+                    refuse(
                         command,
                         "one worker is the minimum; use stop to stop them all",
-                    ));
+                        ticket,
+                        out,
+                    );
                 } else {
                     self.scale_to(now, n, out);
+                    done(out);
                 }
             }
             (Mode::Finished, _) => {}
@@ -744,17 +828,26 @@ impl Machine {
 
     /// Replace one slot's worker: a reload of that slot alone (so a reload
     /// asked for meanwhile is queued behind it, as any reload is).
-    fn replace(&mut self, now: MonoTime, slot: Slot, out: &mut Vec<Action>) {
+    fn replace(
+        &mut self,
+        now: MonoTime,
+        slot: Slot,
+        ticket: Option<Ticket>,
+        out: &mut Vec<Action>,
+    ) {
         let command = Command::Replace(slot);
         if slot >= self.slots.len() {
-            return out.push(refused(command, "no such worker slot"));
+            return refuse(command, "no such worker slot", ticket, out);
         }
         if self.reload.is_some() {
-            return out.push(refused(
+            return refuse(
                 command,
                 "a reload is running; it replaces this worker too",
-            ));
+                ticket,
+                out,
+            );
         }
+        self.reload_tickets.extend(ticket);
         if self.next_order == ReloadOrder::StartFirst {
             out.push(Action::Report(Report::Replacing { slot }));
         }
@@ -847,8 +940,18 @@ impl Machine {
                 reason: AbortReason::Stopping,
                 old_serving: false,
             }));
+            answer_all(
+                &mut self.reload_tickets,
+                Answer::Aborted(AbortReason::Stopping),
+                out,
+            );
         }
         self.reload_queued = false;
+        answer_all(
+            &mut self.queued_tickets,
+            Answer::Aborted(AbortReason::Stopping),
+            out,
+        );
         self.mode = Mode::Stopping;
         out.push(Action::Report(Report::Stopping {
             workers: self.workers.len(),
@@ -928,7 +1031,9 @@ impl Machine {
             self.reload = None;
             self.reload_one = false;
             out.push(Action::Report(Report::ReloadFinished));
+            answer_all(&mut self.reload_tickets, Answer::Done, out);
             if std::mem::take(&mut self.reload_queued) {
+                self.reload_tickets = std::mem::take(&mut self.queued_tickets);
                 out.push(Action::Report(Report::ReloadStarted));
                 self.reload_from(now, 0, out);
             }
@@ -990,9 +1095,10 @@ impl Machine {
             let old_serving = self.slots.get(slot).is_some_and(|s| s.current.is_some());
             out.push(Action::Report(Report::ReloadAborted {
                 slot,
-                reason,
+                reason: reason.clone(),
                 old_serving,
             }));
+            answer_all(&mut self.reload_tickets, Answer::Aborted(reason), out);
             // A reload asked for meanwhile still runs: it is the user's newer wish.
             if std::mem::take(&mut self.reload_queued) {
                 self.pending_reload_restart = true;
@@ -1201,12 +1307,20 @@ impl Machine {
     }
 
     fn resume_queued_reload(&mut self, now: MonoTime, out: &mut Vec<Action>) {
-        if std::mem::take(&mut self.pending_reload_restart)
-            && self.mode == Mode::Running
-            && self.reload.is_none()
-        {
+        if !std::mem::take(&mut self.pending_reload_restart) {
+            return;
+        }
+        if self.mode == Mode::Running && self.reload.is_none() {
+            self.reload_tickets = std::mem::take(&mut self.queued_tickets);
             out.push(Action::Report(Report::ReloadStarted));
             self.reload_from(now, 0, out);
+        } else {
+            // Dropped (the app is stopping): its askers hear why.
+            answer_all(
+                &mut self.queued_tickets,
+                Answer::Aborted(AbortReason::Stopping),
+                out,
+            );
         }
     }
 
@@ -1288,6 +1402,7 @@ impl Machine {
                 self.reload = None;
                 self.reload_one = false;
                 out.push(Action::Report(Report::ReloadFinished));
+                answer_all(&mut self.reload_tickets, Answer::Done, out);
                 if std::mem::take(&mut self.reload_queued) {
                     self.pending_reload_restart = true;
                 }
@@ -1305,6 +1420,7 @@ impl Machine {
         }
         if self.mode == Mode::Stopping {
             self.mode = Mode::Finished;
+            self.answer_at_exit(out);
             out.push(Action::Exit(Outcome::Stopped));
             return;
         }
@@ -1334,15 +1450,42 @@ impl Machine {
                     .all(|s| matches!(s.last_exit, None | Some(ExitStatus::Code(0))));
             Outcome::Completed { success }
         };
+        self.answer_at_exit(out);
         out.push(Action::Exit(outcome));
+    }
+
+    /// The machine exits: every stop asked for is done. No reload can be
+    /// running or queued then (a stop aborts them; a reload keeps a worker
+    /// alive until it ends), but a ticket is never left unanswered.
+    fn answer_at_exit(&mut self, out: &mut Vec<Action>) {
+        answer_all(&mut self.stop_tickets, Answer::Done, out);
+        debug_assert!(self.reload_tickets.is_empty() && self.queued_tickets.is_empty());
+        let aborted = Answer::Aborted(AbortReason::Stopping);
+        answer_all(&mut self.reload_tickets, aborted.clone(), out);
+        answer_all(&mut self.queued_tickets, aborted, out);
     }
 }
 
-fn refused(command: Command, reason: &'static str) -> Action {
-    Action::Report(Report::Refused {
+/// Refuse a command: the report for the user, and its answer if it has a ticket.
+fn refuse(command: Command, reason: &'static str, ticket: Option<Ticket>, out: &mut Vec<Action>) {
+    out.push(Action::Report(Report::Refused {
         command,
         reason: reason.into(),
-    })
+    }));
+    if let Some(ticket) = ticket {
+        answer(ticket, Answer::Refused(reason.into()), out);
+    }
+}
+
+fn answer(ticket: Ticket, answer: Answer, out: &mut Vec<Action>) {
+    out.push(Action::Report(Report::Answered { ticket, answer }));
+}
+
+/// Answer every ticket in `tickets` alike, leaving it empty.
+fn answer_all(tickets: &mut Vec<Ticket>, with: Answer, out: &mut Vec<Action>) {
+    for ticket in tickets.drain(..) {
+        answer(ticket, with.clone(), out);
+    }
 }
 
 #[cfg(test)]

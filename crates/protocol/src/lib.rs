@@ -15,18 +15,25 @@
 //!   itself, so the daemon never buffers lines for a slow reader).
 //!
 //! [`AppInfo`] and [`WorkerInfo`] are also the stable schema of `--json`.
+//!
 //! [`secrets`] is the one rule for which environment values are hidden in
 //! what the daemon answers.
+//!
+//! [`supervisor`] is the protocol of one app's supervisor process (`herd
+//! supervise`) and the app's file in `$HERD_HOME/apps/`, on the same frames.
 
 mod frame;
 mod message;
 mod pm2;
 pub mod secrets;
+mod state;
+pub mod supervisor;
 
 pub use frame::{Connection, FrameError, MAX_DEFINITION, MAX_FRAME};
 pub use message::*;
 pub use pm2::{FilterEnv, Pm2Keys};
 pub use secrets::SecretNames;
+pub use state::{AppState, ExecMode, Signal, WorkerRole, WorkerState};
 
 /// The protocol version; both sides must agree exactly.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;

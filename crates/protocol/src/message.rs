@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use herd_engine::config::AppSpec;
 use serde::{Deserialize, Serialize};
 
+use crate::state::{AppState, ExecMode, Signal, WorkerRole, WorkerState};
+
 /// Which apps a command is for: a name, a numeric id, or `all`.
 pub type Selector = String;
 
@@ -39,10 +41,11 @@ pub enum Request {
         apps: Selector,
     },
     /// Stop and start again (all workers at once; the sockets close meanwhile).
-    /// With `worker`, replace only that worker, the zero-downtime way.
+    /// With `slot`, replace only that slot's worker, the zero-downtime way.
     Restart {
         apps: Selector,
-        worker: Option<usize>,
+        #[serde(rename = "worker")]
+        slot: Option<usize>,
     },
     /// Replace every worker one at a time, each once its successor is ready.
     /// A stopped app is started.
@@ -87,16 +90,18 @@ pub enum Request {
         app: Selector,
         to: ScaleTo,
     },
-    /// A JSON message to the app's workers (`process.on('message')`).
+    /// A JSON message to the app's workers (`process.on('message')`), or
+    /// to one slot's.
     Send {
         app: Selector,
-        worker: Option<usize>,
+        #[serde(rename = "worker")]
+        slot: Option<usize>,
         message: serde_json::Value,
     },
     /// A signal to the process groups of the apps' workers.
     Signal {
         apps: Selector,
-        signal: String,
+        signal: Signal,
     },
     /// Write the app list to `$HERD_HOME/dump.json`. An empty list does not
     /// replace a saved one unless `force`.
@@ -269,19 +274,19 @@ pub fn instance_log_path(path: &Path, slot: usize) -> PathBuf {
     PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
-/// One app in `herd list --json`: a stable schema.
+/// One app in `herd list --json`: a stable schema. Its summary (`status`,
+/// `online`) and each worker's `role` are computed by the app's supervisor;
+/// readers match on them instead of deriving them again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppInfo {
     pub name: String,
     pub id: u32,
-    /// `cluster` (workers share listening sockets or herd is their Node
-    /// cluster primary) or `fork` (independent processes).
-    pub mode: String,
-    /// `online`, `launching`, `reloading`, `stopping`, `stopped` or `errored`.
-    pub status: String,
+    pub mode: ExecMode,
+    #[serde(rename = "status")]
+    pub state: AppState,
     /// Workers wanted.
     pub instances: usize,
-    /// Workers ready for traffic.
+    /// Slots whose current worker is ready for traffic.
     pub online: usize,
     /// Where the app's sockets are bound.
     pub listen: Vec<String>,
@@ -291,11 +296,46 @@ pub struct AppInfo {
     /// `err_log` by [`instance_log_path`] (pm2's `merge_logs: false`).
     #[serde(default = "merged")]
     pub merge_logs: bool,
+    /// Each slot's current worker (or the empty slot), in slot order, each
+    /// followed by its successor if a reload replaces it; then the draining
+    /// workers.
     pub workers: Vec<WorkerInfo>,
 }
 
 fn merged() -> bool {
     true
+}
+
+impl AppInfo {
+    /// Each slot's current worker (one per slot; no pid when the slot has
+    /// none), in slot order.
+    pub fn current_workers(&self) -> impl Iterator<Item = &WorkerInfo> {
+        self.workers
+            .iter()
+            .filter(|w| w.role == WorkerRole::Current)
+    }
+
+    /// `None` when every worker the app wants is ready; else why not, for a
+    /// probe's answer (`2 of 3 workers ready; worker 1 is waiting`).
+    pub fn not_ready(&self) -> Option<String> {
+        if !self.state.is_up() {
+            return Some(format!("the app is {}", self.state));
+        }
+        if self.instances > 0 && self.online >= self.instances {
+            return None;
+        }
+        let waiting: Vec<String> = self
+            .current_workers()
+            .filter(|w| w.state != WorkerState::Online)
+            .map(|w| format!("worker {} is {}", w.slot, w.state))
+            .collect();
+        Some(format!(
+            "{} of {} workers ready; {}",
+            self.online,
+            self.instances,
+            waiting.join(", ")
+        ))
+    }
 }
 
 /// An app with its definition and what pm2's `jlist` shows beyond `list`.
@@ -325,11 +365,12 @@ pub struct SlotDetail {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerInfo {
     /// Its slot, 0..N-1 (`HERD_WORKER_ID`, `NODE_APP_INSTANCE`).
-    pub id: usize,
+    #[serde(rename = "id")]
+    pub slot: usize,
     pub pid: Option<u32>,
-    /// `online`, `launching`, `stopping` (draining), `waiting` (restart
-    /// backoff), `errored` or `stopped`.
-    pub status: String,
+    #[serde(rename = "status")]
+    pub state: WorkerState,
+    pub role: WorkerRole,
     /// Workers started in this slot after the first.
     pub restarts: u64,
     pub uptime_ms: u64,

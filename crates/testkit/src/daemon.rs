@@ -209,11 +209,73 @@ impl Drop for Daemon {
                 let _ = child.wait();
             }
         }
-        // Whatever is left dies with the daemon (its workers have PDEATHSIG).
         if let Some(pid) = pid {
             if process_alive(pid) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
+        }
+        // The apps outlive their daemon: end the supervisors it left.
+        end_supervisors(self.path());
+    }
+}
+
+/// End every app supervisor of the home `home` that still runs (their pids
+/// in `apps/<id>.pid`): SIGTERM (each stops its app), then SIGKILL at a
+/// deadline, then whatever their apps left (the cgroup or process groups
+/// recorded in `apps/<id>.groups`).
+pub fn end_supervisors(home: &Path) {
+    let apps = home.join("apps");
+    let files = |ext: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&apps)
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == ext))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let pids: Vec<i32> = files("pid")
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
+        .filter(|&pid: &i32| pid > 1 && process_alive(pid))
+        .collect();
+    for &pid in &pids {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    wait_until(Duration::from_secs(10), || {
+        pids.iter().all(|&p| !process_alive(p))
+    });
+    for &pid in &pids {
+        if process_alive(pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    for record in files("groups") {
+        let Ok(text) = std::fs::read_to_string(&record) else {
+            continue;
+        };
+        let Ok(record) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        if let Some(cgroup) = record["cgroup"].as_str() {
+            let cgroup = Path::new(cgroup);
+            let _ = std::fs::write(cgroup.join("cgroup.kill"), "1");
+            wait_until(Duration::from_secs(5), || {
+                std::fs::read_to_string(cgroup.join("cgroup.procs"))
+                    .map_or(true, |procs| procs.trim().is_empty())
+            });
+            let _ = std::fs::remove_dir(cgroup);
+        }
+        for group in record["groups"].as_array().into_iter().flatten() {
+            let (Some(pgid), Some(start)) = (group["pgid"].as_i64(), group["start_time"].as_u64())
+            else {
+                continue;
+            };
+            // A leader alive with another start time: the pid was reused.
+            if crate::procs::start_time(pgid as i32).is_some_and(|now| now != start) {
+                continue;
+            }
+            let _ = nix::sys::signal::killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
         }
     }
 }

@@ -226,6 +226,8 @@ pub struct LoadReport {
     /// A few failure messages, for the report.
     pub samples: Vec<String>,
     pub pids: BTreeSet<i32>,
+    /// How long each answered request took, connect to last byte.
+    pub latencies: Vec<Duration>,
 }
 
 impl LoadReport {
@@ -234,6 +236,17 @@ impl LoadReport {
     }
     pub fn count(&self, kind: &str) -> usize {
         self.failures.get(kind).copied().unwrap_or(0)
+    }
+
+    /// The latency under which `pct` percent of the answered requests fell
+    /// (`percentile(99.0)` is the p99); zero with no answer.
+    pub fn percentile(&self, pct: f64) -> Duration {
+        let mut all = self.latencies.clone();
+        all.sort();
+        match all.len() {
+            0 => Duration::ZERO,
+            n => all[((n as f64 * pct / 100.0).ceil() as usize).clamp(1, n) - 1],
+        }
     }
 }
 
@@ -277,6 +290,7 @@ impl Load {
                         match http_request(&addr, &path, Duration::from_secs(5)) {
                             Ok(r) if r.status == 200 => {
                                 rep.ok += 1;
+                                rep.latencies.push(r.elapsed);
                                 let mut l = live.lock().unwrap();
                                 l.0 += 1;
                                 if let Some(p) = r.pid() {
@@ -358,6 +372,7 @@ impl Load {
             }
             total.samples.extend(r.samples);
             total.pids.extend(r.pids);
+            total.latencies.extend(r.latencies);
         }
         eprintln!(
             "  load: {} ok, {} failed {:?} {:?}, pids {:?}",

@@ -19,6 +19,18 @@ fn proc_state(pid: i32) -> Option<(char, i32)> {
     Some((state, pgrp))
 }
 
+/// A process's start time (clock ticks after boot), which tells it apart
+/// from a later process given the same pid.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22; the fields after the command's `)` start at field 3.
+    s[s.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
 /// The process exists and is not a zombie.
 pub fn process_alive(pid: i32) -> bool {
     matches!(proc_state(pid), Some((s, _)) if s != 'Z' && s != 'X')

@@ -1,15 +1,17 @@
-//! `stop`, `restart`, `reload`, `delete`, `flush`, `scale`, `send`, `signal`:
-//! one command to each app a selector names.
+//! `stop`, `restart`, `reload`, `delete`, `flush`, `scale`, `send`,
+//! `signal`, `reset`: one command to each app a selector names, each
+//! answered by its own ticket from the app's supervisor.
 
 use std::sync::Arc;
 
+use herd_protocol::supervisor::Command;
 use herd_protocol::{Response, ScaleTo};
 
-use super::{ask_all, combine, usage, Ctx};
-use crate::app::AppCommand;
+use super::{ask_all, combine, usage, Ctx, Outcome};
+use crate::registry::Entry;
 
 /// The same command to every app `selector` names.
-pub async fn each(ctx: &Arc<Ctx>, selector: &str, command: impl Fn() -> AppCommand) -> Response {
+pub async fn each(ctx: &Arc<Ctx>, selector: &str, command: impl Fn() -> Command) -> Response {
     let entries = match ctx.registry().resolve(selector) {
         Ok(e) => e,
         Err(r) => return r,
@@ -28,15 +30,29 @@ pub async fn delete(ctx: &Arc<Ctx>, selector: &str) -> Response {
         Ok(e) => e,
         Err(r) => return r,
     };
-    let replies = ask_all(&entries, || AppCommand::Delete).await;
-    let mut registry = ctx.registry();
-    for (entry, reply) in entries.iter().zip(&replies) {
-        if reply.is_ok() {
-            registry.remove(entry.id);
+    combine(delete_entries(ctx, &entries).await)
+}
+
+/// Delete these apps at once; the deleted ones leave the registry.
+pub async fn delete_entries(ctx: &Arc<Ctx>, entries: &[Entry]) -> Vec<Outcome> {
+    let tasks: Vec<_> = entries
+        .iter()
+        .map(|e| {
+            let link = e.link.clone();
+            tokio::spawn(async move { Outcome::from(link.delete().await) })
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for (entry, task) in entries.iter().zip(tasks) {
+        let outcome = task
+            .await
+            .unwrap_or_else(|e| Outcome::Failed(format!("the delete failed: {e}")));
+        if outcome.is_done() {
+            ctx.registry().remove(entry.id);
         }
+        outcomes.push(outcome);
     }
-    drop(registry);
-    combine(replies)
+    outcomes
 }
 
 pub async fn scale(ctx: &Arc<Ctx>, selector: &str, to: ScaleTo) -> Response {
@@ -47,68 +63,20 @@ pub async fn scale(ctx: &Arc<Ctx>, selector: &str, to: ScaleTo) -> Response {
         Ok(e) => e,
         Err(r) => return r,
     };
-    // A count out of range is the command's mistake (exit 2), said before
-    // any app is asked.
-    for entry in &entries {
-        let Some(def) = entry.app.def().await else {
-            continue;
-        };
-        let n = match to {
-            ScaleTo::Exactly(n) => i64::try_from(n).unwrap_or(i64::MAX),
-            ScaleTo::By(d) => (def.spec.instances as i64).saturating_add(d),
-        };
-        if !(1..=4096).contains(&n) {
-            return usage(format!(
-                "cannot scale {} to {n} workers: use 1 to 4096 (stop it to run none)",
-                entry.name
-            ));
+    let outcomes = ask_all(&entries, || Command::Scale { to }).await;
+    // The supervisor now wants another count: take its definition.
+    for (entry, outcome) in entries.iter().zip(&outcomes) {
+        if outcome.is_done() {
+            refresh_def(ctx, entry).await;
         }
     }
-    each(ctx, selector, || AppCommand::Scale(to)).await
+    combine(outcomes)
 }
 
-/// `APP:N` for an app without worker N is the command's mistake (exit 2),
-/// said before any app is asked.
-pub async fn check_worker(
-    ctx: &Arc<Ctx>,
-    selector: &str,
-    worker: Option<usize>,
-) -> Option<Response> {
-    let worker = worker?;
-    let entries = ctx.registry().resolve(selector).ok()?;
-    for entry in &entries {
-        let instances = entry.app.def().await?.spec.instances;
-        if worker >= instances {
-            return Some(usage(format!(
-                "{} has no worker {worker}: its workers are 0 to {}",
-                entry.name,
-                instances.saturating_sub(1)
-            )));
-        }
+/// Take the app's definition as its supervisor keeps it.
+pub async fn refresh_def(ctx: &Arc<Ctx>, entry: &Entry) {
+    match entry.link.definition().await {
+        Ok(file) => ctx.registry().set_def(entry.id, file.definition),
+        Err(e) => crate::say!("app {}: cannot read its definition back: {e}", entry.name),
     }
-    None
-}
-
-pub async fn signal(ctx: &Arc<Ctx>, selector: &str, signal: &str) -> Response {
-    // Any signal may be sent here, SIGKILL included (unlike the stop signal).
-    let upper = signal.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    let sig = match signal
-        .parse::<i32>()
-        .ok()
-        .and_then(|n| nix::sys::signal::Signal::try_from(n).ok())
-        .or_else(|| name.parse().ok())
-    {
-        Some(s) => s,
-        None => {
-            return usage(format!(
-            "unknown signal '{signal}': use a name such as SIGUSR2, SIGHUP, SIGTERM, or a number"
-        ))
-        }
-    };
-    each(ctx, selector, || AppCommand::Signal(sig)).await
 }

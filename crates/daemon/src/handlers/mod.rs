@@ -1,6 +1,10 @@
 //! Requests turned into work: one module per group of verbs. Each handler
-//! resolves the apps a request names in the [`Registry`], asks their actors,
-//! and builds the [`Response`].
+//! resolves the apps a request names in the [`Registry`], asks their
+//! supervisors (a command is answered by its own ticket), and builds the
+//! [`Response`]. Errors keep their kind: a command an app refuses (no such
+//! worker, a count out of range, a stopped app) changed nothing and is a
+//! usage mistake; one that began and failed, or did not reach the app's
+//! supervisor, is a failure.
 
 mod control;
 mod list;
@@ -9,18 +13,22 @@ mod start;
 
 pub use list::list;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use herd_protocol::supervisor::{Command, Ticket};
 use herd_protocol::{ErrorKind, Request, Response, SecretNames};
+use herd_supervisor::files::AppsDir;
 
-use crate::app::{AppCommand, AppRef, Reply};
+use crate::link::LinkError;
+use crate::registry::{Entry, Registry};
 use crate::Home;
 
 /// What every handler may use.
 pub struct Ctx {
     pub home: Home,
+    /// `$HERD_HOME/apps/`, where the apps' files and supervisors' sockets are.
+    pub apps: AppsDir,
     /// Which environment values answers hide (the built-in rule plus the
     /// operator's `--secret-names`).
     pub secrets: SecretNames,
@@ -31,9 +39,10 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(home: Home, secrets: SecretNames) -> Arc<Ctx> {
+    pub fn new(home: Home, apps: AppsDir, secrets: SecretNames) -> Arc<Ctx> {
         Arc::new(Ctx {
             home,
+            apps,
             secrets,
             registry: Mutex::new(Registry::default()),
             started: Instant::now(),
@@ -41,84 +50,8 @@ impl Ctx {
         })
     }
 
-    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+    pub fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// The apps the daemon knows, by id (ids are never reused while it runs).
-#[derive(Default)]
-pub struct Registry {
-    apps: BTreeMap<u32, Entry>,
-    next_id: u32,
-}
-
-/// One known app.
-#[derive(Clone)]
-pub struct Entry {
-    pub id: u32,
-    pub name: String,
-    /// pm2's namespace (`None`: `default`), a selector for all its apps.
-    pub namespace: Option<String>,
-    pub app: AppRef,
-}
-
-impl Registry {
-    /// The apps `selector` names: `all`, a numeric id, a name, or (as in
-    /// pm2, when no app has that name) a namespace.
-    pub fn resolve(&self, selector: &str) -> Result<Vec<Entry>, Response> {
-        if selector == "all" {
-            return Ok(self.apps.values().cloned().collect());
-        }
-        let found = match selector.parse::<u32>() {
-            Ok(id) => self.apps.get(&id),
-            Err(_) => self.apps.values().find(|e| e.name == selector),
-        };
-        if found.is_none() {
-            let spaced: Vec<Entry> = self
-                .apps
-                .values()
-                .filter(|e| e.namespace.as_deref() == Some(selector))
-                .cloned()
-                .collect();
-            if !spaced.is_empty() {
-                return Ok(spaced);
-            }
-        }
-        found.map(|e| vec![e.clone()]).ok_or_else(|| {
-            usage(format!(
-                "no app named '{selector}': `herd list` shows the apps and their ids"
-            ))
-        })
-    }
-
-    pub fn by_name(&self, name: &str) -> Option<&Entry> {
-        self.apps.values().find(|e| e.name == name)
-    }
-
-    pub fn all(&self) -> Vec<Entry> {
-        self.apps.values().cloned().collect()
-    }
-
-    fn next_id(&mut self) -> u32 {
-        let id = self.next_id;
-        self.next_id += 1;
-        id
-    }
-
-    fn insert(&mut self, entry: Entry) {
-        self.apps.insert(entry.id, entry);
-    }
-
-    fn remove(&mut self, id: u32) {
-        self.apps.remove(&id);
-    }
-
-    /// An app's namespace changed (it took a new definition).
-    fn set_namespace(&mut self, id: u32, namespace: Option<String>) {
-        if let Some(e) = self.apps.get_mut(&id) {
-            e.namespace = namespace;
-        }
     }
 }
 
@@ -136,6 +69,32 @@ pub fn failed(message: impl Into<String>) -> Response {
     }
 }
 
+/// How one app's part of a request ended, with the kind of its failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done(String),
+    /// Refused: it does not apply to the app as it is; nothing changed.
+    Usage(String),
+    Failed(String),
+}
+
+impl Outcome {
+    pub fn is_done(&self) -> bool {
+        matches!(self, Outcome::Done(_))
+    }
+}
+
+impl From<Result<Ticket, LinkError>> for Outcome {
+    fn from(answer: Result<Ticket, LinkError>) -> Outcome {
+        match answer {
+            Ok(Ticket::Done { message }) => Outcome::Done(message),
+            Ok(Ticket::Refused { why }) => Outcome::Usage(why),
+            Ok(Ticket::Aborted { why }) => Outcome::Failed(why),
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+}
+
 /// Answer one request.
 pub async fn handle(ctx: &Arc<Ctx>, request: Request) -> Response {
     match request {
@@ -143,7 +102,7 @@ pub async fn handle(ctx: &Arc<Ctx>, request: Request) -> Response {
         Request::Ping => Response::Pong {
             pid: std::process::id(),
             uptime_ms: ctx.started.elapsed().as_millis() as u64,
-            apps: ctx.registry().all().len(),
+            apps: ctx.registry().len(),
         },
         Request::Start {
             apps,
@@ -151,95 +110,130 @@ pub async fn handle(ctx: &Arc<Ctx>, request: Request) -> Response {
             restart,
             stopped,
         } => start::start(ctx, apps, update, restart, &stopped).await,
-        Request::Stop { apps } => control::each(ctx, &apps, || AppCommand::Stop).await,
-        Request::Restart { apps, worker } => {
-            if let Some(refused) = control::check_worker(ctx, &apps, worker).await {
-                return refused;
-            }
-            control::each(ctx, &apps, || AppCommand::Restart { worker }).await
+        Request::Stop { apps } => control::each(ctx, &apps, || Command::Stop).await,
+        Request::Restart { apps, slot } => {
+            control::each(ctx, &apps, || Command::Restart { slot }).await
         }
         Request::Reload { apps } => {
-            control::each(ctx, &apps, || AppCommand::Reload { def: None }).await
+            control::each(ctx, &apps, || Command::Reload { definition: None }).await
         }
         Request::Delete { apps } => control::delete(ctx, &apps).await,
-        Request::Flush { apps } => control::each(ctx, &apps, || AppCommand::Flush).await,
+        Request::Flush { apps } => control::each(ctx, &apps, || Command::Flush).await,
         Request::Scale { app, to } => control::scale(ctx, &app, to).await,
-        Request::Send {
-            app,
-            worker,
-            message,
-        } => {
-            if let Some(refused) = control::check_worker(ctx, &app, worker).await {
-                return refused;
-            }
-            control::each(ctx, &app, || AppCommand::Send {
-                worker,
+        Request::Send { app, slot, message } => {
+            control::each(ctx, &app, || Command::Send {
+                slot,
                 message: message.clone(),
             })
             .await
         }
-        Request::Signal { apps, signal } => control::signal(ctx, &apps, &signal).await,
+        Request::Signal { apps, signal } => {
+            control::each(ctx, &apps, || Command::Signal { signal }).await
+        }
         // Nothing a list answers is secret (see `list::list`).
         Request::List { show_secrets: _ } => list::list(ctx).await,
         Request::ListDetail { show_secrets } => list::detail(ctx, show_secrets).await,
-        Request::Reset { apps } => control::each(ctx, &apps, || AppCommand::Reset).await,
+        Request::Reset { apps } => control::each(ctx, &apps, || Command::Reset).await,
         Request::Show { app, show_secrets } => list::show(ctx, &app, show_secrets).await,
         Request::Save { force } => persist::save(ctx, force).await,
         Request::Resurrect => persist::resurrect(ctx).await,
         Request::Kill => {
-            let stopped = stop_all(ctx).await;
+            let deleted = delete_all(ctx).await;
             ctx.shutdown.notify_one();
             Response::Done {
-                message: format!("stopped {stopped} app(s); the daemon exits"),
+                message: format!("stopped {deleted} app(s); the daemon exits"),
             }
         }
     }
 }
 
-/// Stop every running app gracefully (each by its own kill timeout); returns how many.
-pub async fn stop_all(ctx: &Arc<Ctx>) -> usize {
+/// Every app stopped gracefully (each by its own kill timeout) and its
+/// supervisor ended, its files removed: what `herd kill` and the daemon's
+/// SIGTERM do (the saved list is what `resurrect` brings back). Returns how
+/// many went.
+pub async fn delete_all(ctx: &Arc<Ctx>) -> usize {
     let entries = ctx.registry().all();
-    let results = ask_all(&entries, || AppCommand::Stop).await;
-    results.iter().filter(|r| r.is_ok()).count()
+    let outcomes = control::delete_entries(ctx, &entries).await;
+    outcomes.iter().filter(|o| o.is_done()).count()
 }
 
-/// Ask several apps the same command at once and wait for every answer,
+/// Give several apps the same command at once and wait for every ticket,
 /// in the apps' order.
-async fn ask_all(entries: &[Entry], command: impl Fn() -> AppCommand) -> Vec<Reply> {
+async fn ask_all(entries: &[Entry], command: impl Fn() -> Command) -> Vec<Outcome> {
     let tasks: Vec<_> = entries
         .iter()
         .map(|e| {
-            let app = e.app.clone();
+            let link = e.link.clone();
             let command = command();
-            tokio::spawn(async move { app.ask(command).await })
+            tokio::spawn(async move { Outcome::from(link.command(command).await) })
         })
         .collect();
     let mut out = Vec::with_capacity(tasks.len());
     for t in tasks {
         out.push(
             t.await
-                .unwrap_or_else(|e| Err(format!("the command failed: {e}"))),
+                .unwrap_or_else(|e| Outcome::Failed(format!("the command failed: {e}"))),
         );
     }
     out
 }
 
-/// One response for the replies of several apps.
-fn combine(replies: Vec<Reply>) -> Response {
-    let ok: Vec<String> = replies
-        .iter()
-        .filter_map(|r| r.as_ref().ok())
+/// One response for the outcomes of several apps: done if all are; else an
+/// error that is a failure if any failed, a usage mistake otherwise.
+fn combine(outcomes: Vec<Outcome>) -> Response {
+    let kind = if outcomes.iter().any(|o| matches!(o, Outcome::Failed(_))) {
+        ErrorKind::Failed
+    } else {
+        ErrorKind::Usage
+    };
+    let all_done = outcomes.iter().all(Outcome::is_done);
+    let lines: Vec<String> = outcomes
+        .into_iter()
+        .map(|o| match o {
+            Outcome::Done(m) | Outcome::Usage(m) | Outcome::Failed(m) => m,
+        })
         .filter(|m| !m.is_empty())
-        .cloned()
         .collect();
-    let errors: Vec<String> = replies.into_iter().filter_map(|r| r.err()).collect();
-    if errors.is_empty() {
+    if all_done {
         Response::Done {
-            message: ok.join("\n"),
+            message: lines.join("\n"),
         }
     } else {
-        let mut lines = ok;
-        lines.extend(errors);
-        failed(lines.join("\n"))
+        Response::Error {
+            kind,
+            message: lines.join("\n"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_a_usage_mistake_unless_something_failed() {
+        let done = || Outcome::Done("ok".into());
+        assert!(matches!(
+            combine(vec![done(), done()]),
+            Response::Done { message } if message == "ok\nok"
+        ));
+        assert!(matches!(
+            combine(vec![done(), Outcome::Usage("no worker 9".into())]),
+            Response::Error { kind: ErrorKind::Usage, message } if message == "ok\nno worker 9"
+        ));
+        assert!(matches!(
+            combine(vec![
+                Outcome::Usage("a".into()),
+                Outcome::Failed("b".into())
+            ]),
+            Response::Error {
+                kind: ErrorKind::Failed,
+                ..
+            }
+        ));
+        let refused = Outcome::from(Ok(Ticket::Refused { why: "x".into() }));
+        assert_eq!(refused, Outcome::Usage("x".into()));
+        let aborted = Outcome::from(Ok(Ticket::Aborted { why: "y".into() }));
+        assert_eq!(aborted, Outcome::Failed("y".into()));
     }
 }

@@ -8,14 +8,13 @@ use super::{failed, usage, Ctx};
 use crate::dump;
 
 pub async fn save(ctx: &Arc<Ctx>, force: bool) -> Response {
-    let entries = ctx.registry().all();
-    let mut defs: Vec<AppDef> = Vec::with_capacity(entries.len());
-    for e in entries {
-        // Saved whole: resurrect needs the secrets (the file is owner-only).
-        if let Some(def) = e.app.def_with_secrets().await {
-            defs.push(def);
-        }
-    }
+    // Saved whole: resurrect needs the secrets (the file is owner-only).
+    let defs: Vec<AppDef> = ctx
+        .registry()
+        .all()
+        .into_iter()
+        .map(|e| (*e.def).clone())
+        .collect();
     let path = ctx.home.dump();
     if defs.is_empty() && !force && dump::exists(&ctx.home) {
         return usage(format!(

@@ -4,10 +4,13 @@
 
 use std::sync::Arc;
 
+use herd_protocol::supervisor::{AppFile, Command, Desired};
 use herd_protocol::{AppDef, Response, MAX_DEFINITION};
 
-use super::{failed, usage, Ctx, Entry};
-use crate::app::{self, AppCommand};
+use super::{failed, usage, Ctx, Outcome};
+use crate::link::Link;
+use crate::registry::Entry;
+use crate::views;
 
 /// A name `herd list` can show and a selector can name unambiguously
 /// (pm2's names, spaces included; log files get a safe form of it).
@@ -96,74 +99,141 @@ pub async fn start(
                 existing.push((e.clone(), def.clone()));
             }
         }
-        // Every new app's actor first (it opens the app's log files): if
-        // one cannot be set up, none is registered.
         for def in &defs {
             if registry.by_name(&def.spec.name).is_some() {
                 continue;
             }
-            let id = registry.next_id();
-            match app::spawn(id, def.clone(), &ctx.home, ctx.secrets.clone()) {
-                Ok(actor) => new.push(Entry {
-                    id,
-                    name: def.spec.name.clone(),
-                    namespace: def.namespace.clone(),
-                    app: actor,
-                }),
-                // The actors spawned so far end when `new` is dropped.
-                Err(e) => return failed(format!("{}: {e}; nothing was started", def.spec.name)),
-            }
-        }
-        for entry in &new {
+            // An id whose file is still there (an app being deleted) is skipped.
+            let id = loop {
+                let id = registry.next_id();
+                if !ctx.apps.app(id).exists() {
+                    break id;
+                }
+            };
+            let name = def.spec.name.clone();
+            let entry = Entry {
+                id,
+                name: name.clone(),
+                def: Arc::new(def.clone()),
+                link: Link::new(id, &name, ctx.apps.app(id)),
+            };
             registry.insert(entry.clone());
+            new.push(entry);
         }
+    }
+    // Every new app's file and supervisor first (the supervisor opens the
+    // app's log files): if one cannot be set up, none stays.
+    let set_up = join(new.iter().map(|e| set_up(e.clone()))).await;
+    if let Some(e) = set_up.iter().find_map(|r| r.as_ref().err()) {
+        let e = e.clone();
+        undo(ctx, &new, &set_up).await;
+        return failed(format!("{e}; nothing was started"));
+    }
+    for entry in &new {
+        entry.link.watch();
     }
     let mut errors = Vec::new();
     let mut shown = Vec::new();
-    for entry in new {
-        if stopped.contains(&entry.name) {
+    let starting: Vec<Entry> = new
+        .iter()
+        .filter(|e| !stopped.contains(&e.name))
+        .cloned()
+        .collect();
+    shown.extend(new.iter().filter(|e| stopped.contains(&e.name)).cloned());
+    let started = join(starting.iter().map(|e| {
+        let link = e.link.clone();
+        async move { Outcome::from(link.command(Command::Start).await) }
+    }))
+    .await;
+    for (entry, outcome) in starting.into_iter().zip(started) {
+        if outcome.is_done() {
             shown.push(entry);
-            continue;
-        }
-        match entry.app.ask(AppCommand::Start).await {
-            Ok(_) => shown.push(entry),
-            Err(e) => {
-                // It never ran: forget it, so nothing changed.
-                let _ = entry.app.ask(AppCommand::Delete).await;
-                ctx.registry().remove(entry.id);
-                errors.push(e);
-            }
+        } else {
+            // It never ran: forget it, so nothing changed.
+            let _ = entry.link.delete().await;
+            ctx.registry().remove(entry.id);
+            errors.push(outcome);
         }
     }
     for (entry, def) in existing {
-        let namespace = def.namespace.clone();
         let command = if restart {
-            AppCommand::RestartWith(Box::new(def))
+            Command::RestartWith {
+                definition: Box::new(def.clone()),
+            }
         } else {
-            AppCommand::Reload {
-                def: Some(Box::new(def)),
+            Command::Reload {
+                definition: Some(Box::new(def.clone())),
             }
         };
-        match entry.app.ask(command).await {
-            Ok(_) => {
-                ctx.registry().set_namespace(entry.id, namespace);
-                shown.push(entry)
-            }
-            Err(e) => errors.push(e),
+        let outcome = Outcome::from(entry.link.command(command).await);
+        if outcome.is_done() {
+            ctx.registry().set_def(entry.id, def);
+            shown.push(entry);
+        } else {
+            errors.push(outcome);
         }
     }
     if !errors.is_empty() {
-        return failed(errors.join("\n"));
+        return super::combine(errors);
     }
     // In the order they were given.
     shown.sort_by_key(|e| defs.iter().position(|d| d.spec.name == e.name));
-    let mut apps = Vec::new();
-    for e in shown {
-        if let Some(info) = e.app.info().await {
-            apps.push(info);
-        }
+    let seen = views::gather(shown).await;
+    Response::Apps {
+        apps: seen.iter().map(|s| s.info(&ctx.home)).collect(),
     }
-    Response::Apps { apps }
+}
+
+/// Write the new app's file (wished stopped: it is started by a command,
+/// whose ticket says whether it could be) and start its supervisor.
+async fn set_up(entry: Entry) -> Result<(), String> {
+    let files = entry.link.files().clone();
+    let file = AppFile::new(entry.id, Desired::Stopped, (*entry.def).clone());
+    let written = tokio::task::spawn_blocking(move || files.write_app(&file)).await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(format!(
+                "{}: cannot write {}: {e}",
+                entry.name,
+                entry.link.files().app_file().display()
+            ))
+        }
+        Err(e) => return Err(format!("{}: {e}", entry.name)),
+    }
+    entry
+        .link
+        .start_supervisor()
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{}: {e}", entry.name))
+}
+
+/// Take back the new apps of a start that failed: the supervisors that
+/// started are told to delete their apps; the other files are removed.
+async fn undo(ctx: &Arc<Ctx>, new: &[Entry], set_up: &[Result<(), String>]) {
+    for (entry, result) in new.iter().zip(set_up) {
+        if result.is_ok() {
+            let _ = entry.link.delete().await;
+        } else {
+            entry.link.files().remove_app();
+        }
+        ctx.registry().remove(entry.id);
+    }
+}
+
+/// Run these futures at once (each a task of its own); their results in order.
+async fn join<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let tasks: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.expect("a start task does not panic"));
+    }
+    out
 }
 
 #[cfg(test)]

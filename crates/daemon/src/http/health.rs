@@ -7,11 +7,11 @@
 
 use std::sync::Arc;
 
-use herd_protocol::AppInfo;
 use serde_json::json;
 
 use super::HttpResponse;
 use crate::handlers::Ctx;
+use crate::views;
 
 pub fn healthz(ctx: &Arc<Ctx>) -> HttpResponse {
     HttpResponse::json(
@@ -26,7 +26,7 @@ pub fn healthz(ctx: &Arc<Ctx>) -> HttpResponse {
 
 pub async fn readyz(ctx: &Arc<Ctx>, app: Option<&str>) -> HttpResponse {
     let entries = {
-        let registry = ctx.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let registry = ctx.registry();
         match app {
             Some(name) => match registry.by_name(name) {
                 Some(e) => vec![e.clone()],
@@ -46,16 +46,14 @@ pub async fn readyz(ctx: &Arc<Ctx>, app: Option<&str>) -> HttpResponse {
     };
     let mut apps = Vec::with_capacity(entries.len());
     let mut all_ready = true;
-    for e in entries {
-        let Some(info) = e.app.info().await else {
-            continue; // deleted meanwhile
-        };
-        let (ready, reason) = readiness(&info);
-        all_ready &= ready;
+    for seen in views::gather(entries).await {
+        let info = seen.info(&ctx.home);
+        let reason = info.not_ready();
+        all_ready &= reason.is_none();
         apps.push(json!({
             "app": info.name,
-            "ready": ready,
-            "status": info.status,
+            "ready": reason.is_none(),
+            "status": info.state,
             "ready_workers": info.online,
             "wanted_workers": info.instances,
             "reason": reason,
@@ -66,34 +64,4 @@ pub async fn readyz(ctx: &Arc<Ctx>, app: Option<&str>) -> HttpResponse {
         (Some(_), 1) => HttpResponse::json(status, &apps[0]),
         _ => HttpResponse::json(status, &json!({ "ready": all_ready, "apps": apps })),
     }
-}
-
-/// Whether an app has all the workers it wants ready, and if not, why.
-pub fn readiness(info: &AppInfo) -> (bool, Option<String>) {
-    if matches!(info.status.as_str(), "stopped" | "errored" | "stopping") {
-        return (false, Some(format!("the app is {}", info.status)));
-    }
-    if info.instances > 0 && info.online >= info.instances {
-        return (true, None);
-    }
-    let mut not_ready: Vec<String> = Vec::new();
-    let mut seen = Vec::new();
-    for w in &info.workers {
-        if seen.contains(&w.id) {
-            continue; // a replacement or a draining worker of the same slot
-        }
-        seen.push(w.id);
-        if w.status != "online" {
-            not_ready.push(format!("worker {} is {}", w.id, w.status));
-        }
-    }
-    (
-        false,
-        Some(format!(
-            "{} of {} workers ready; {}",
-            info.online,
-            info.instances,
-            not_ready.join(", ")
-        )),
-    )
 }

@@ -1,6 +1,7 @@
 //! `/metrics`: the apps and their workers in OpenMetrics text, built with
 //! `prometheus-client` from a fresh registry at each scrape (the figures
-//! live in the app actors; nothing is kept here between scrapes).
+//! live in the apps' supervisors, asked at once; nothing is kept here
+//! between scrapes).
 
 use std::sync::Arc;
 
@@ -11,29 +12,24 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+use herd_protocol::supervisor::{App, Counters};
+use herd_protocol::{AppState, WorkerState};
+
 use super::HttpResponse;
-use crate::app::AppMetrics;
 use crate::handlers::Ctx;
+use crate::views;
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The states `herd_app_status` and `herd_worker_status` enumerate.
-const APP_STATES: [&str; 6] = [
-    "online",
-    "launching",
-    "reloading",
-    "stopping",
-    "stopped",
-    "errored",
-];
-const WORKER_STATES: [&str; 6] = [
-    "online",
-    "launching",
-    "waiting",
-    "stopping",
-    "stopped",
-    "errored",
-];
+/// One app's figures at a scrape.
+#[derive(Debug, Clone)]
+pub struct AppFigures {
+    /// As its supervisor answered (or, when it could not, from its
+    /// definition with no counters).
+    pub app: App,
+    /// Its supervisors started again after one died, since this daemon started.
+    pub supervisor_restarts: u64,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AppLabels {
@@ -102,20 +98,30 @@ where
     f
 }
 
-/// Every app's figures, asked of the actors at once.
-pub async fn gather(ctx: &Arc<Ctx>) -> Vec<AppMetrics> {
-    let entries = ctx.registry.lock().unwrap_or_else(|e| e.into_inner()).all();
-    let tasks: Vec<_> = entries
+/// Every app's figures, asked of the supervisors at once.
+pub async fn gather(ctx: &Arc<Ctx>) -> Vec<AppFigures> {
+    let entries = ctx.registry().all();
+    views::gather(entries)
+        .await
         .into_iter()
-        .map(|e| tokio::spawn(async move { e.app.metrics().await }))
-        .collect();
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        if let Ok(Some(m)) = t.await {
-            out.push(m);
-        }
-    }
-    out
+        .map(|seen| {
+            let supervisor_restarts = seen.entry.link.restarts();
+            let app = match seen.status {
+                Ok(status) => status.app,
+                Err(_) => App {
+                    info: views::from_definition(&seen.entry, &ctx.home),
+                    counters: Counters::default(),
+                    created_at_ms: 0,
+                    slots: Vec::new(),
+                    processes: Vec::new(),
+                },
+            };
+            AppFigures {
+                app,
+                supervisor_restarts,
+            }
+        })
+        .collect()
 }
 
 pub async fn render(ctx: &Arc<Ctx>) -> HttpResponse {
@@ -128,7 +134,7 @@ pub async fn render(ctx: &Arc<Ctx>) -> HttpResponse {
 }
 
 /// The OpenMetrics text for these apps.
-pub fn encode(apps: &[AppMetrics], daemon_uptime: f64) -> Result<String, std::fmt::Error> {
+pub fn encode(apps: &[AppFigures], daemon_uptime: f64) -> Result<String, std::fmt::Error> {
     let mut r = Registry::default();
     let r = &mut r;
 
@@ -173,6 +179,11 @@ pub fn encode(apps: &[AppMetrics], daemon_uptime: f64) -> Result<String, std::fm
         r,
         "herd_app_reloads_failed",
         "Rolling reloads and replacements that were aborted",
+    );
+    let supervisor_restarts: Family<AppLabels, Counter> = family(
+        r,
+        "herd_app_supervisor_restarts",
+        "Supervisors of the app started again after one died, since the daemon started",
     );
     let log_bytes: Family<StreamLabels, Counter> = family(
         r,
@@ -236,58 +247,68 @@ pub fn encode(apps: &[AppMetrics], daemon_uptime: f64) -> Result<String, std::fm
         "Connections handed to the worker and not answered yet",
     );
 
-    for m in apps {
+    for figures in apps {
+        let m = &figures.app;
         let info = &m.info;
+        let counters = &m.counters;
         let app = || info.name.clone();
         let a = AppLabels { app: app() };
         app_up
             .get_or_create(&a)
-            .set(i64::from(info.status == "online"));
-        for s in APP_STATES {
+            .set(i64::from(info.state == AppState::Online));
+        for s in AppState::ALL {
             app_status
                 .get_or_create(&AppStateLabels {
                     app: app(),
                     status: s.to_string(),
                 })
-                .set(i64::from(info.status == s));
+                .set(i64::from(info.state == s));
         }
         app_instances.get_or_create(&a).set(info.instances as i64);
         app_online.get_or_create(&a).set(info.online as i64);
-        reloads.get_or_create(&a).inc_by(m.counters.reloads);
+        reloads.get_or_create(&a).inc_by(counters.reloads);
         reloads_failed
             .get_or_create(&a)
-            .inc_by(m.counters.reloads_failed);
-        for (i, stream) in ["stdout", "stderr"].into_iter().enumerate() {
+            .inc_by(counters.reloads_failed);
+        supervisor_restarts
+            .get_or_create(&a)
+            .inc_by(figures.supervisor_restarts);
+        for (stream, bytes, lines) in [
+            (
+                "stdout",
+                counters.log_bytes.stdout,
+                counters.log_lines.stdout,
+            ),
+            (
+                "stderr",
+                counters.log_bytes.stderr,
+                counters.log_lines.stderr,
+            ),
+        ] {
             let l = StreamLabels {
                 app: app(),
                 stream: stream.to_string(),
             };
-            log_bytes.get_or_create(&l).inc_by(m.counters.log_bytes[i]);
-            log_lines.get_or_create(&l).inc_by(m.counters.log_lines[i]);
+            log_bytes.get_or_create(&l).inc_by(bytes);
+            log_lines.get_or_create(&l).inc_by(lines);
         }
-        // One series per slot: its current worker (the first entry listed
-        // for the slot; a reload's replacement and draining workers follow).
-        let mut seen = Vec::new();
-        for w in &info.workers {
-            if seen.contains(&w.id) {
-                continue;
-            }
-            seen.push(w.id);
+        // One series per slot: its current worker.
+        for w in info.current_workers() {
             let l = WorkerLabels {
                 app: app(),
-                worker: w.id.to_string(),
+                worker: w.slot.to_string(),
             };
             worker_up
                 .get_or_create(&l)
-                .set(i64::from(w.status == "online"));
-            for s in WORKER_STATES {
+                .set(i64::from(w.state == WorkerState::Online));
+            for s in WorkerState::ALL {
                 worker_status
                     .get_or_create(&WorkerStateLabels {
                         app: app(),
-                        worker: w.id.to_string(),
+                        worker: w.slot.to_string(),
                         status: s.to_string(),
                     })
-                    .set(i64::from(w.status == s));
+                    .set(i64::from(w.state == s));
             }
             restarts.get_or_create(&l).inc_by(w.restarts);
             uptime.get_or_create(&l).set(w.uptime_ms as f64 / 1000.0);
@@ -298,26 +319,29 @@ pub fn encode(apps: &[AppMetrics], daemon_uptime: f64) -> Result<String, std::fm
             worker_info
                 .get_or_create(&WorkerPidLabels {
                     app: app(),
-                    worker: w.id.to_string(),
+                    worker: w.slot.to_string(),
                     pid: pid.to_string(),
                 })
                 .set(1);
-            cpu.get_or_create(&l)
-                .inc_by(m.cpu_seconds.get(&pid).copied().unwrap_or(0.0));
-            if let Some(rr) = m.round_robin.iter().find(|s| s.pid == pid) {
-                handed.get_or_create(&l).inc_by(rr.handed_over);
-                pending.get_or_create(&l).set(rr.pending as i64);
+            if let Some(p) = m.process(pid) {
+                cpu.get_or_create(&l).inc_by(p.cpu_seconds);
+                if let Some(handed_over) = p.handed_over {
+                    handed.get_or_create(&l).inc_by(handed_over);
+                }
+                if let Some(n) = p.pending_connections {
+                    pending.get_or_create(&l).set(n as i64);
+                }
             }
         }
-        for ((slot, cause, exit), n) in &m.counters.exits {
+        for e in &counters.exits {
             exits
                 .get_or_create(&ExitLabels {
                     app: app(),
-                    worker: slot.to_string(),
-                    cause: cause.to_string(),
-                    exit: exit.clone(),
+                    worker: e.slot.to_string(),
+                    cause: e.cause.as_str().to_string(),
+                    exit: e.what.clone(),
                 })
-                .inc_by(*n);
+                .inc_by(e.count);
         }
     }
 
@@ -377,15 +401,16 @@ fn natural(line: &str) -> Vec<(String, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::Counters;
-    use herd_engine::supervisor::RoundRobinStats;
-    use herd_protocol::{AppInfo, WorkerInfo};
+    use herd_engine::config::ExecMode;
+    use herd_protocol::supervisor::{ExitCause, ExitCount, PerStream, Process};
+    use herd_protocol::{AppInfo, WorkerInfo, WorkerRole};
 
-    fn worker(id: usize, pid: Option<u32>, status: &str) -> WorkerInfo {
+    fn worker(slot: usize, pid: Option<u32>, state: WorkerState, role: WorkerRole) -> WorkerInfo {
         WorkerInfo {
-            id,
+            slot,
             pid,
-            status: status.into(),
+            state,
+            role,
             restarts: 2,
             uptime_ms: 1500,
             cpu_percent: 0.0,
@@ -395,20 +420,30 @@ mod tests {
 
     #[test]
     fn one_series_per_slot_with_counters_and_states() {
-        let mut counters = Counters {
+        let counters = Counters {
+            exits: vec![ExitCount {
+                slot: 1,
+                cause: ExitCause::Signal,
+                what: "SIGKILL".into(),
+                count: 2,
+            }],
             reloads: 3,
             reloads_failed: 1,
-            log_bytes: [100, 7],
-            log_lines: [4, 1],
-            ..Counters::default()
+            log_bytes: PerStream {
+                stdout: 100,
+                stderr: 7,
+            },
+            log_lines: PerStream {
+                stdout: 4,
+                stderr: 1,
+            },
         };
-        counters.exits.insert((1, "signal", "SIGKILL".into()), 2);
-        let app = AppMetrics {
+        let app = App {
             info: AppInfo {
                 name: "api".into(),
                 id: 0,
-                mode: "cluster".into(),
-                status: "reloading".into(),
+                mode: ExecMode::Cluster,
+                state: AppState::Reloading,
                 instances: 2,
                 online: 2,
                 listen: vec![],
@@ -416,27 +451,41 @@ mod tests {
                 err_log: "/e".into(),
                 merge_logs: true,
                 workers: vec![
-                    worker(0, Some(10), "online"),
-                    // Slot 0's replacement during the reload: not a second series.
-                    worker(0, Some(12), "launching"),
-                    worker(1, Some(11), "online"),
+                    worker(0, Some(10), WorkerState::Online, WorkerRole::Current),
+                    // Slot 0's successor during the reload: not a second series.
+                    worker(0, Some(12), WorkerState::Launching, WorkerRole::Successor),
+                    worker(1, Some(11), WorkerState::Online, WorkerRole::Current),
                 ],
             },
             counters,
-            round_robin: vec![RoundRobinStats {
-                slot: 1,
-                pid: 11,
-                handed_over: 5,
-                pending: 1,
-            }],
-            cpu_seconds: [(10, 0.5)].into_iter().collect(),
+            created_at_ms: 0,
+            slots: Vec::new(),
+            processes: vec![
+                Process {
+                    pid: 10,
+                    cpu_seconds: 0.5,
+                    handed_over: None,
+                    pending_connections: None,
+                },
+                Process {
+                    pid: 11,
+                    cpu_seconds: 0.0,
+                    handed_over: Some(5),
+                    pending_connections: Some(1),
+                },
+            ],
         };
-        let text = encode(&[app], 2.0).unwrap();
+        let figures = AppFigures {
+            app,
+            supervisor_restarts: 1,
+        };
+        let text = encode(&[figures], 2.0).unwrap();
         for line in [
             "herd_app_status{app=\"api\",status=\"reloading\"} 1",
             "herd_app_status{app=\"api\",status=\"online\"} 0",
             "herd_app_reloads_total{app=\"api\"} 3",
             "herd_app_reloads_failed_total{app=\"api\"} 1",
+            "herd_app_supervisor_restarts_total{app=\"api\"} 1",
             "herd_app_log_bytes_total{app=\"api\",stream=\"stdout\"} 100",
             "herd_app_log_lines_total{app=\"api\",stream=\"stderr\"} 1",
             "herd_worker_info{app=\"api\",worker=\"0\",pid=\"10\"} 1",

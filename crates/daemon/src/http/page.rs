@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use super::{HttpRequest, HttpResponse, Settings};
-use crate::app::AppCommand;
+use herd_protocol::supervisor::{Command, Ticket};
+
 use crate::handlers::Ctx;
 
 const PAGE: &str = include_str!("status.html");
@@ -44,26 +45,22 @@ pub async fn action(ctx: &Arc<Ctx>, request: &HttpRequest, settings: &Settings) 
         return HttpResponse::error(404, "use POST /api/apps/NAME/{reload,restart,stop}");
     };
     let command = match verb {
-        "reload" => AppCommand::Reload { def: None },
-        "restart" => AppCommand::Restart { worker: None },
-        "stop" => AppCommand::Stop,
+        "reload" => Command::Reload { definition: None },
+        "restart" => Command::Restart { slot: None },
+        "stop" => Command::Stop,
         _ => return HttpResponse::error(404, "the actions are reload, restart and stop"),
     };
-    let entry = ctx
-        .registry
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .by_name(name)
-        .cloned();
+    let entry = ctx.registry().by_name(name).cloned();
     let Some(entry) = entry else {
         return HttpResponse::error(404, &format!("no app named '{name}'"));
     };
-    match entry.app.ask(command).await {
-        Ok(message) => {
-            HttpResponse::json(200, &serde_json::json!({ "ok": true, "message": message }))
+    let (status, error) = match entry.link.command(command).await {
+        Ok(Ticket::Done { message }) => {
+            return HttpResponse::json(200, &serde_json::json!({ "ok": true, "message": message }))
         }
-        Err(message) => {
-            HttpResponse::json(500, &serde_json::json!({ "ok": false, "error": message }))
-        }
-    }
+        Ok(Ticket::Refused { why }) => (409, why),
+        Ok(Ticket::Aborted { why }) => (500, why),
+        Err(e) => (503, e.to_string()),
+    };
+    HttpResponse::json(status, &serde_json::json!({ "ok": false, "error": error }))
 }

@@ -1369,3 +1369,255 @@ proptest! {
         }
     }
 }
+
+// Tickets: each command given with `Input::Ask` is answered once, by its own end.
+
+impl Sim {
+    fn ask(&mut self, command: Command, ticket: u64) {
+        self.input(Input::Ask {
+            command,
+            ticket: Ticket(ticket),
+        });
+    }
+
+    /// The answers given so far, in order.
+    fn answers(&self) -> Vec<(u64, Answer)> {
+        self.reports
+            .iter()
+            .filter_map(|r| match r {
+                Report::Answered { ticket, answer } => Some((ticket.0, answer.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The bug this pins: a reload was answered by whichever reload-type report
+/// came first — here the end of a replacement someone else (the memory
+/// limit) asked for.
+#[test]
+fn a_reload_is_answered_by_its_own_end_not_by_an_earlier_replacement() {
+    let mut sim = Sim::new(policy(), 2);
+    sim.advance(Duration::from_secs(2));
+    sim.input(Input::Command(Command::Replace(1)));
+    sim.ask(Command::Reload, 7);
+    assert_eq!(sim.count(|r| *r == Report::ReloadQueued), 1);
+    sim.advance(Duration::from_secs(1)); // the replacement is done
+    assert_eq!(sim.count(|r| *r == Report::ReloadFinished), 1);
+    assert_eq!(sim.answers(), vec![], "the replacement's end is not ours");
+    sim.advance(Duration::from_secs(1)); // slot 0 of our reload
+    assert_eq!(sim.answers(), vec![]);
+    sim.advance(Duration::from_secs(1)); // slot 1: our reload ends
+    assert_eq!(sim.count(|r| *r == Report::ReloadFinished), 2);
+    assert_eq!(sim.answers(), vec![(7, Answer::Done)]);
+    let at = sim.reports.len() - 1;
+    assert_eq!(
+        sim.reports[at - 1],
+        Report::ReloadFinished,
+        "answered right after its end"
+    );
+}
+
+#[test]
+fn a_replace_and_a_reload_interleaved_each_get_their_own_answer() {
+    let mut sim = Sim::new(policy(), 2);
+    sim.advance(Duration::from_secs(2));
+    sim.ask(Command::Replace(0), 1);
+    sim.ask(Command::Reload, 2);
+    // A replacement asked for while a reload runs is refused, with its reason.
+    sim.ask(Command::Replace(1), 3);
+    assert_eq!(
+        sim.answers(),
+        vec![(
+            3,
+            Answer::Refused("a reload is running; it replaces this worker too".into())
+        )]
+    );
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(sim.answers()[1], (1, Answer::Done));
+    sim.advance(Duration::from_secs(2));
+    assert_eq!(sim.answers()[2], (2, Answer::Done));
+    assert_eq!(sim.answers().len(), 3);
+}
+
+#[test]
+fn queued_reloads_share_one_answer_and_a_stop_aborts_them_then_is_done_at_exit() {
+    let mut sim = Sim::new(policy(), 1);
+    sim.advance(Duration::from_secs(2));
+    sim.ask(Command::Reload, 1);
+    sim.ask(Command::Reload, 2);
+    sim.ask(Command::Reload, 3);
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(sim.answers(), vec![(1, Answer::Done)]);
+    sim.ask(Command::Stop, 4);
+    let aborted = Answer::Aborted(AbortReason::Stopping);
+    assert_eq!(
+        sim.answers(),
+        vec![(1, Answer::Done), (2, aborted.clone()), (3, aborted)]
+    );
+    sim.ask(Command::Stop, 5);
+    sim.finish_stopped();
+    assert_eq!(sim.exit, Some(Outcome::Stopped));
+    let answers = sim.answers();
+    assert_eq!(&answers[3..], &[(4, Answer::Done), (5, Answer::Done)]);
+    assert!(
+        matches!(sim.reports.last(), Some(Report::Answered { .. })),
+        "the stops are answered before the exit"
+    );
+    // After the end, an ask is refused rather than never answered.
+    let late = sim.machine.handle(
+        sim.now,
+        Input::Ask {
+            command: Command::Reload,
+            ticket: Ticket(6),
+        },
+    );
+    assert!(matches!(
+        late.as_slice(),
+        [Action::Report(Report::Answered {
+            ticket: Ticket(6),
+            answer: Answer::Refused(_)
+        })]
+    ));
+}
+
+#[test]
+fn a_failed_replacement_aborts_its_reload_with_the_reason_and_the_queued_one_runs_on() {
+    let mut sim = Sim::new(policy(), 1);
+    sim.advance(Duration::from_secs(2));
+    sim.ask(Command::Reload, 1);
+    sim.ask(Command::Reload, 2);
+    let successor = sim.machine.slots[0].successor.unwrap();
+    sim.exit(successor, ExitStatus::Code(3));
+    assert_eq!(
+        sim.answers(),
+        vec![(1, Answer::Aborted(AbortReason::Exited(ExitStatus::Code(3))))]
+    );
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(sim.answers()[1], (2, Answer::Done));
+}
+
+#[test]
+fn start_and_scale_are_answered_at_once() {
+    let mut m = Machine::new(policy(), 1);
+    let now = MonoTime::now();
+    let ask = |m: &mut Machine, command, t| {
+        m.handle(
+            now,
+            Input::Ask {
+                command,
+                ticket: Ticket(t),
+            },
+        )
+    };
+    let answered = |actions: &[Action], t| {
+        actions.iter().find_map(|a| match a {
+            Action::Report(Report::Answered { ticket, answer }) if *ticket == Ticket(t) => {
+                Some(answer.clone())
+            }
+            _ => None,
+        })
+    };
+    let a = ask(&mut m, Command::Reload, 1);
+    assert_eq!(
+        answered(&a, 1),
+        Some(Answer::Refused("not started yet".into()))
+    );
+    let a = ask(&mut m, Command::Start, 2);
+    assert_eq!(answered(&a, 2), Some(Answer::Done));
+    let a = ask(&mut m, Command::Scale(3), 3);
+    assert_eq!(answered(&a, 3), Some(Answer::Done));
+    let a = ask(&mut m, Command::Scale(0), 4);
+    assert!(matches!(answered(&a, 4), Some(Answer::Refused(_))));
+    let a = m.handle(now, Input::Command(Command::Reload));
+    assert_eq!(
+        a.iter()
+            .filter(|a| matches!(a, Action::Report(Report::Answered { .. })))
+            .count(),
+        0,
+        "a command without a ticket is not answered"
+    );
+}
+
+proptest! {
+    /// Whatever happens, every ticket is answered exactly once — at the
+    /// latest when a stop has ended the machine.
+    #[test]
+    fn every_ticket_is_answered_exactly_once(
+        n in 1..4usize,
+        ops in proptest::collection::vec(op(), 0..60),
+        tracked in proptest::collection::vec(any::<bool>(), 60),
+    ) {
+        let mut p = policy();
+        p.restart.max_restarts = 3;
+        let mut sim = Sim::new(p, n);
+        let mut asked = Vec::new();
+        for (i, op) in ops.into_iter().enumerate() {
+            let command = match op {
+                Op::Reload => Some(Command::Reload),
+                Op::ScaleUp => Some(Command::ScaleUp),
+                Op::ScaleDown => Some(Command::ScaleDown),
+                Op::Replace(slot) => Some(Command::Replace(slot)),
+                Op::ExitWorker(i, code) => {
+                    if let Some(&w) = sim.live.keys().nth(i % sim.live.len().max(1)) {
+                        sim.exit(w, ExitStatus::Code(code));
+                    }
+                    None
+                }
+                Op::Ready(i) => {
+                    if let Some(&w) = sim.live.keys().nth(i % sim.live.len().max(1)) {
+                        sim.input(Input::Ready { worker: w });
+                    }
+                    None
+                }
+                Op::Advance(ms) => {
+                    sim.advance(Duration::from_millis(ms));
+                    None
+                }
+                Op::FailSpawns(f) => {
+                    sim.fail_spawns = f;
+                    None
+                }
+                Op::HoldSignal(h) => {
+                    sim.hold_signal = h;
+                    None
+                }
+                Op::KillWorker(i) => {
+                    if let Some(&w) = sim.live.keys().nth(i % sim.live.len().max(1)) {
+                        sim.exit(w, ExitStatus::Signal(Signal::SIGKILL));
+                    }
+                    None
+                }
+                Op::StopFirst(f) => {
+                    sim.machine.set_reload_order(if f {
+                        ReloadOrder::StopFirst
+                    } else {
+                        ReloadOrder::StartFirst
+                    });
+                    None
+                }
+            };
+            match command {
+                Some(command) if tracked[i] => {
+                    let t = i as u64 + 1;
+                    asked.push(t);
+                    sim.ask(command, t);
+                }
+                Some(command) => sim.input(Input::Command(command)),
+                None => {}
+            }
+        }
+        if sim.exit.is_none() {
+            asked.push(1000);
+            sim.ask(Command::Stop, 1000);
+            sim.finish_stopped();
+            sim.advance(Duration::from_secs(10));
+        }
+        prop_assert!(sim.exit.is_some());
+        // Every ticket is answered once, including those asked after the
+        // machine ended on its own (refused), and no answer is invented.
+        let mut answered: Vec<u64> = sim.answers().iter().map(|(t, _)| *t).collect();
+        answered.sort_unstable();
+        prop_assert_eq!(answered, asked);
+    }
+}

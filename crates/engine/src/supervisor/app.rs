@@ -56,7 +56,8 @@ use crate::clock::MonoTime;
 use crate::config::{AppSpec, Counting, ExecMode, WorkerKind};
 use crate::exit::ExitStatus;
 use crate::machine::{
-    Action, Command, Input, Late, Machine, Next, Policy, Readiness, Report, Slot, Timer, WorkerId,
+    Action, Command, Input, Late, Machine, Next, Policy, Readiness, Report, Slot, Ticket, Timer,
+    WorkerId,
 };
 use crate::os::channel::Channel;
 use crate::os::notify::NotifySocket;
@@ -81,7 +82,8 @@ pub enum Target {
 
 /// What an [`super::AppHandle`] asks of the app task.
 pub(crate) enum Request {
-    Command(Command),
+    /// `Some`: answered with `Report::Answered` (see [`super::AppHandle::ask`]).
+    Command(Command, Option<Ticket>),
     Send {
         to: Target,
         message: serde_json::Value,
@@ -91,7 +93,8 @@ pub(crate) enum Request {
         to: Target,
         signal: Signal,
     },
-    Update(Box<AppSpec>),
+    /// The reload onto it is answered with this ticket.
+    Update(Box<AppSpec>, Ticket),
     /// Pause the app and hand over its whole state (an in-place upgrade).
     Freeze(oneshot::Sender<Result<Frozen, FreezeError>>),
     /// The app's whole state, as JSON (tests: it must stay plain data).
@@ -102,11 +105,11 @@ pub(crate) enum Request {
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Request::Command(c) => write!(f, "Command({c:?})"),
+            Request::Command(c, t) => write!(f, "Command({c:?}, {t:?})"),
             Request::Send { to, .. } => write!(f, "Send({to:?})"),
             Request::Status(_) => f.write_str("Status"),
             Request::Signal { to, signal } => write!(f, "Signal({to:?}, {signal})"),
-            Request::Update(spec) => write!(f, "Update({})", spec.name),
+            Request::Update(spec, t) => write!(f, "Update({}, {t:?})", spec.name),
             Request::Freeze(_) => f.write_str("Freeze"),
             #[cfg(test)]
             Request::State(_) => f.write_str("State"),
@@ -292,7 +295,7 @@ impl App {
             watch: watch_rx,
         };
         tokio::spawn(app.run(inbox, None));
-        let _ = requests.send(Request::Command(Command::Start));
+        let _ = requests.send(Request::Command(Command::Start, None));
         (requests, Events::new(events_rx))
     }
 
@@ -401,7 +404,7 @@ impl App {
 
     fn request(&mut self, request: Request) {
         match request {
-            Request::Command(c) => self.command(c),
+            Request::Command(command, ticket) => self.command(command, ticket),
             Request::Send { to, message } => self.send(to, &message),
             Request::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -423,7 +426,7 @@ impl App {
                 }
             }
             Request::Freeze(reply) => self.begin_freeze(reply),
-            Request::Update(spec) => {
+            Request::Update(spec, ticket) => {
                 let slots = spec.instances;
                 self.state.spec = *spec;
                 self.state.machine.set_policy(policy_for(&self.state.spec));
@@ -434,7 +437,7 @@ impl App {
                     self.input(Input::Command(Command::Scale(slots)));
                 }
                 self.configure_triggers();
-                self.command(Command::Reload);
+                self.command(Command::Reload, Some(ticket));
             }
             #[cfg(test)]
             Request::State(reply) => {
@@ -445,11 +448,17 @@ impl App {
 
     /// A command for the machine; a reload or a replacement first gets its
     /// order, from what the running workers listen on (see `reload`).
-    fn command(&mut self, command: Command) {
+    /// Give the machine `command` (answered with `ticket`, if any); a reload
+    /// or a replacement first gets its order (start-first or stop-first).
+    fn command(&mut self, command: Command, ticket: Option<Ticket>) {
+        let input = |command| match ticket {
+            Some(ticket) => Input::Ask { command, ticket },
+            None => Input::Command(command),
+        };
         let what = match command {
             Command::Reload => "reload".to_string(),
             Command::Replace(slot) => format!("replacing worker {slot}"),
-            _ => return self.input(Input::Command(command)),
+            _ => return self.input(input(command)),
         };
         let mut workers: Vec<(Slot, Pid)> = self
             .state
@@ -463,7 +472,7 @@ impl App {
         for note in choice.notes {
             self.event(Event::Warning(note));
         }
-        self.input(Input::Command(command));
+        self.input(input(command));
     }
 
     fn status(&self) -> AppStatus {
@@ -702,7 +711,7 @@ impl App {
                         continue;
                     }
                     self.event(Event::Lifecycle(Report::Triggered(trigger)));
-                    self.command(Command::Reload);
+                    self.command(Command::Reload, None);
                 }
             }
         }

@@ -26,12 +26,14 @@
 //! - The app task never awaits the consumer (`app`).
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 
 use crate::config::AppSpec;
-use crate::machine::Command;
+use crate::machine::{Command, Ticket};
 use crate::os::notify::NotifySocket;
 
 mod app;
@@ -83,12 +85,41 @@ pub enum UpdateError {
 #[derive(Debug, Clone)]
 pub struct AppHandle {
     tx: mpsc::UnboundedSender<Request>,
+    /// The last ticket handed out (shared by the handle's clones).
+    tickets: Arc<AtomicU64>,
 }
 
 impl AppHandle {
+    /// Tickets start at the wall clock's nanoseconds: an app resumed from a
+    /// previous image of herd may still hold that image's tickets (a reload
+    /// frozen half-way), and a new ticket must never be one of them.
+    fn new(tx: mpsc::UnboundedSender<Request>) -> AppHandle {
+        let first = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        AppHandle {
+            tx,
+            tickets: Arc::new(AtomicU64::new(first)),
+        }
+    }
+
     /// Ask the app to do something; a command after the app finished is ignored.
     pub fn command(&self, command: Command) {
-        let _ = self.tx.send(Request::Command(command));
+        let _ = self.tx.send(Request::Command(command, None));
+    }
+
+    /// Ask the app to do something and get its ticket: the event stream
+    /// carries `Report::Answered` with this ticket exactly once, when this
+    /// command (and no other) is done, aborted or refused — unless the app
+    /// finished first (then `Event::Exit` comes and no answer).
+    pub fn ask(&self, command: Command) -> Ticket {
+        let ticket = self.next_ticket();
+        let _ = self.tx.send(Request::Command(command, Some(ticket)));
+        ticket
+    }
+
+    fn next_ticket(&self) -> Ticket {
+        Ticket(self.tickets.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
     /// Send a JSON message to one worker or all of them (`process.on('message')`).
@@ -111,14 +142,16 @@ impl AppHandle {
     /// Take a new definition (command, arguments, environment, working
     /// directory, policies, instance count) and reload onto it worker by
     /// worker, keeping the listening sockets. The listeners and the balance
-    /// mode cannot change this way.
-    pub fn update(&self, current: &AppSpec, spec: AppSpec) -> Result<(), UpdateError> {
+    /// mode cannot change this way. The ticket is the reload's (see [`ask`](Self::ask)).
+    pub fn update(&self, current: &AppSpec, spec: AppSpec) -> Result<Ticket, UpdateError> {
         if spec.listeners != current.listeners || spec.balance != current.balance {
             return Err(UpdateError::Listeners);
         }
+        let ticket = self.next_ticket();
         self.tx
-            .send(Request::Update(Box::new(spec)))
-            .map_err(|_| UpdateError::Gone)
+            .send(Request::Update(Box::new(spec), ticket))
+            .map_err(|_| UpdateError::Gone)?;
+        Ok(ticket)
     }
 
     /// Pause the app and hand over its whole state, for another image of
@@ -153,7 +186,7 @@ impl AppHandle {
 /// same sockets, same counters. Must be called inside a tokio runtime.
 pub fn resume(frozen: Frozen) -> Result<(AppHandle, Events), ThawError> {
     let (tx, events) = App::resume(frozen)?;
-    Ok((AppHandle { tx }, events))
+    Ok((AppHandle::new(tx), events))
 }
 
 /// Bind the app's listeners, then start its task and its workers. Must be
@@ -163,5 +196,5 @@ pub fn start(spec: AppSpec) -> Result<(AppHandle, Events), StartError> {
     let (listeners, listening) = listeners::Listeners::bind(&spec)?;
     let notify = NotifySocket::bind().map_err(StartError::Notify)?;
     let (tx, events) = App::start(spec, listeners, listening, notify);
-    Ok((AppHandle { tx }, events))
+    Ok((AppHandle::new(tx), events))
 }

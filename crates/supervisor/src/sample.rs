@@ -1,6 +1,7 @@
-//! CPU and memory of worker processes, read from `/proc` by the daemon on
-//! its own clock (about once a second), and once for a worker that a CLI
-//! request finds unsampled (just started), so its memory shows at once.
+//! CPU and memory of worker processes, read from `/proc` by the app's actor
+//! on its own clock (about once a second), never per request — except once
+//! for a worker that a status request finds unsampled (just started), so its
+//! memory shows at once. The memory limit holds whoever asks.
 
 use std::collections::HashMap;
 use std::time::Instant;

@@ -38,7 +38,7 @@ use herd_engine::supervisor::Stream;
 use herd_home::{Access, Dir};
 use herd_protocol::{instance_log_path, AppDef, LogType};
 
-use crate::Home;
+use herd_home::Home;
 
 /// Where a log file lives.
 #[derive(Debug, Clone)]

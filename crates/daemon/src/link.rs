@@ -1,0 +1,506 @@
+//! The daemon's link to one app's supervisor process ([`Link`]): starting
+//! it (`herd supervise`), watching it, asking it.
+//!
+//! Each link has a watcher task that keeps one connection following the
+//! supervisor's events. The end of that stream, for an app not being
+//! deleted, means the supervisor died (its workers died with it: their
+//! `PR_SET_PDEATHSIG`): the watcher starts another after a backoff — 100 ms,
+//! doubling to 5 s, back to 100 ms once one has stayed up 30 s — and the new
+//! supervisor ends whatever the old one's app left, then starts the app if
+//! it was wished running. A supervisor that is running but speaks another
+//! protocol version is left alone and named in every answer about its app.
+//!
+//! Questions and commands go on connections of their own, so a status is
+//! never held up by a reload: a status within [`STATUS_DEADLINE`], a
+//! command for as long as it takes (its ticket is its answer), waiting a
+//! moment first for a supervisor that is being started again.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herd_protocol::supervisor::{AppFile, Command, Event, Status, Ticket};
+use herd_supervisor::client::{Client, ClientError};
+use herd_supervisor::contain::{self, Record};
+use herd_supervisor::files::AppFiles;
+use tokio::sync::watch;
+
+/// How long a status question may take (a supervisor answers it at once,
+/// even during a reload).
+pub const STATUS_DEADLINE: Duration = Duration::from_secs(2);
+/// How long a command waits for a supervisor that is being started again.
+const COMMAND_WAIT: Duration = Duration::from_secs(10);
+/// How long `herd supervise` may take to serve (it first ends what a
+/// previous supervisor of the app left, which may take a few seconds).
+const START_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a deleted app's supervisor may take to exit once it answered.
+const EXIT_DEADLINE: Duration = Duration::from_secs(5);
+/// The restart backoff: first delay, its cap, and how long a supervisor
+/// must stay up for the next restart to start from the first delay again.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_RESET: Duration = Duration::from_secs(30);
+
+/// Where a link's supervisor is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Not known yet (the watcher is connecting, or starting one).
+    Connecting,
+    /// It serves; its pid.
+    Up { pid: u32 },
+    /// It is gone and another is being started (this many times in a row).
+    Restarting { attempt: u32 },
+    /// It runs, but this daemon cannot talk to it: why, for the user.
+    Incompatible { why: String },
+    /// The app was deleted; the link is done.
+    Gone,
+}
+
+/// Why a question or a command did not reach the supervisor.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LinkError {
+    #[error("the supervisor of {name} is not running; herd is starting it again (see herd.log)")]
+    Down { name: String },
+    #[error("{0}")]
+    Incompatible(String),
+    #[error("{name} was deleted meanwhile")]
+    Gone { name: String },
+    #[error("cannot reach the supervisor of {name}: {why}")]
+    Failed { name: String, why: String },
+    #[error("the supervisor of {name} did not answer within {} s", STATUS_DEADLINE.as_secs())]
+    Timeout { name: String },
+}
+
+/// The program a supervisor runs: the daemon's own binary, by its open
+/// inode (the same herd, and the same protocol, even if the file on disk
+/// was replaced since the daemon started).
+fn herd_exe() -> PathBuf {
+    PathBuf::from("/proc/self/exe")
+}
+
+struct Inner {
+    id: u32,
+    name: String,
+    files: AppFiles,
+    state: watch::Sender<State>,
+    /// Set once a delete began: the end of the supervisor is then expected.
+    deleting: std::sync::atomic::AtomicBool,
+    /// Held while a supervisor is being started, or the app's files are
+    /// being removed by the daemon: never both at once.
+    starting: tokio::sync::Mutex<()>,
+    /// Supervisors started again after they died, for metrics.
+    restarts: std::sync::atomic::AtomicU64,
+}
+
+/// One app's supervisor, as the daemon reaches it. Cheap to clone.
+#[derive(Clone)]
+pub struct Link {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Link({} {}: {:?})",
+            self.inner.id,
+            self.inner.name,
+            self.state()
+        )
+    }
+}
+
+impl Link {
+    /// The link of app `id` (its files in `files`); nothing runs until
+    /// [`watch`](Self::watch).
+    pub fn new(id: u32, name: &str, files: AppFiles) -> Link {
+        Link {
+            inner: Arc::new(Inner {
+                id,
+                name: name.to_string(),
+                files,
+                state: watch::Sender::new(State::Connecting),
+                deleting: Default::default(),
+                starting: tokio::sync::Mutex::new(()),
+                restarts: Default::default(),
+            }),
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.inner.id
+    }
+
+    pub fn files(&self) -> &AppFiles {
+        &self.inner.files
+    }
+
+    pub fn state(&self) -> State {
+        self.inner.state.borrow().clone()
+    }
+
+    /// Supervisors of this app started again after one died.
+    pub fn restarts(&self) -> u64 {
+        self.inner
+            .restarts
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set(&self, state: State) {
+        self.inner.state.send_replace(state);
+    }
+
+    fn deleting(&self) -> bool {
+        self.inner
+            .deleting
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Start `herd supervise` for this app and wait until it serves (the
+    /// app's file must be written). Its answer line, or why it failed.
+    pub async fn start_supervisor(&self) -> Result<String, String> {
+        let _starting = self.inner.starting.lock().await;
+        if self.deleting() {
+            return Err(format!("{} is being deleted", self.inner.name));
+        }
+        let home = self.inner.files.home().root().to_path_buf();
+        let mut command = tokio::process::Command::new(herd_exe());
+        command
+            .arg0("herd")
+            .arg("supervise")
+            .arg("--home")
+            .arg(&home)
+            .arg("--id")
+            .arg(self.inner.id.to_string())
+            .env_remove("NOTIFY_SOCKET")
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let out = match tokio::time::timeout(START_DEADLINE, command.output()).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => return Err(format!("cannot run herd supervise: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "its supervisor did not serve within {} s",
+                    START_DEADLINE.as_secs()
+                ))
+            }
+        };
+        let said = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+        if out.status.success() {
+            Ok(said(&out.stdout))
+        } else {
+            let err = said(&out.stderr);
+            let err = err.strip_prefix("herd: ").unwrap_or(&err).to_string();
+            Err(if err.is_empty() {
+                format!("herd supervise failed ({})", out.status)
+            } else {
+                err
+            })
+        }
+    }
+
+    /// Start the watcher task (once): it follows the supervisor, and starts
+    /// one when none runs.
+    pub fn watch(&self) {
+        tokio::spawn(watcher(self.clone()));
+    }
+
+    /// Wait until the watcher knows where the supervisor is (up, or not),
+    /// at most `deadline`.
+    pub async fn settled(&self, deadline: Duration) {
+        let mut rx = self.inner.state.subscribe();
+        let _ =
+            tokio::time::timeout(deadline, rx.wait_for(|s| !matches!(s, State::Connecting))).await;
+    }
+
+    async fn connect(&self) -> Result<Client, ClientError> {
+        Client::connect(&self.inner.files.socket_address()).await
+    }
+
+    fn error(&self, e: ClientError) -> LinkError {
+        let name = self.inner.name.clone();
+        match e {
+            ClientError::Version { .. } | ClientError::NotASupervisor { .. } => {
+                LinkError::Incompatible(incompatible(&name, &e))
+            }
+            e => LinkError::Failed {
+                name,
+                why: e.to_string(),
+            },
+        }
+    }
+
+    /// Where the supervisor is, for a question that must not wait.
+    fn reachable(&self) -> Result<(), LinkError> {
+        let name = self.inner.name.clone();
+        match self.state() {
+            State::Up { .. } | State::Connecting => Ok(()),
+            State::Restarting { .. } => Err(LinkError::Down { name }),
+            State::Incompatible { why } => Err(LinkError::Incompatible(why)),
+            State::Gone => Err(LinkError::Gone { name }),
+        }
+    }
+
+    /// The app and its supervisor, now.
+    pub async fn status(&self) -> Result<Status, LinkError> {
+        self.reachable()?;
+        let ask = async {
+            let mut client = self.connect().await.map_err(|e| self.error(e))?;
+            client.status().await.map_err(|e| self.error(e))
+        };
+        tokio::time::timeout(STATUS_DEADLINE, ask)
+            .await
+            .unwrap_or_else(|_| {
+                Err(LinkError::Timeout {
+                    name: self.inner.name.clone(),
+                })
+            })
+    }
+
+    /// The app's file as its supervisor keeps it.
+    pub async fn definition(&self) -> Result<AppFile, LinkError> {
+        self.reachable()?;
+        let ask = async {
+            let mut client = self.connect().await.map_err(|e| self.error(e))?;
+            client.definition().await.map_err(|e| self.error(e))
+        };
+        tokio::time::timeout(STATUS_DEADLINE, ask)
+            .await
+            .unwrap_or_else(|_| {
+                Err(LinkError::Timeout {
+                    name: self.inner.name.clone(),
+                })
+            })
+    }
+
+    /// Give a command and wait for its ticket; a supervisor being started
+    /// again is waited for a moment first.
+    pub async fn command(&self, command: Command) -> Result<Ticket, LinkError> {
+        let mut rx = self.inner.state.subscribe();
+        let _ = tokio::time::timeout(
+            COMMAND_WAIT,
+            rx.wait_for(|s| !matches!(s, State::Connecting | State::Restarting { .. })),
+        )
+        .await;
+        self.reachable()?;
+        let mut client = self.connect().await.map_err(|e| self.error(e))?;
+        client.command(command).await.map_err(|e| self.error(e))
+    }
+
+    /// Delete the app: its supervisor stops the workers, removes the app's
+    /// files and exits. With no supervisor running, the daemon does that
+    /// itself: it ends whatever the app left and removes its files.
+    pub async fn delete(&self) -> Result<Ticket, LinkError> {
+        self.inner
+            .deleting
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let name = self.inner.name.clone();
+        if let State::Up { .. } = self.state() {
+            match self.connect().await {
+                Ok(mut client) => {
+                    let ticket = client
+                        .command(Command::Delete)
+                        .await
+                        .map_err(|e| self.error(e));
+                    if matches!(ticket, Ok(Ticket::Done { .. })) {
+                        // Its workers are gone; let the supervisor itself
+                        // be gone too before the delete is answered.
+                        let _ = tokio::time::timeout(EXIT_DEADLINE, wait_unlocked(self)).await;
+                        self.set(State::Gone);
+                    }
+                    return ticket;
+                }
+                Err(e @ (ClientError::Version { .. } | ClientError::NotASupervisor { .. })) => {
+                    return Err(self.error(e))
+                }
+                Err(_) => {} // it just died: clean up below
+            }
+        }
+        if let State::Incompatible { why } = self.state() {
+            return Err(LinkError::Incompatible(why));
+        }
+        // No supervisor: none may start while the files go.
+        let _starting = self.inner.starting.lock().await;
+        let files = &self.inner.files;
+        let lock = match files.lock() {
+            Ok(lock) => lock,
+            Err(e) => {
+                return Err(LinkError::Failed {
+                    name,
+                    why: e.to_string(),
+                })
+            }
+        };
+        let record = Record::read(files).unwrap_or_default();
+        let ended = tokio::task::spawn_blocking(move || contain::end_leftovers(&record))
+            .await
+            .unwrap_or_default();
+        files.remove_app();
+        lock.remove();
+        self.set(State::Gone);
+        let also = if ended.processes > 0 {
+            format!(" (and ended {} process(es) it left)", ended.processes)
+        } else {
+            String::new()
+        };
+        Ok(Ticket::Done {
+            message: format!("deleted {name}{also}"),
+        })
+    }
+}
+
+/// What to tell the user about a supervisor this daemon cannot talk to.
+fn incompatible(name: &str, e: &ClientError) -> String {
+    format!(
+        "app {name}: {e}. Its workers keep running; to manage it with this herd, stop that \
+         supervisor (its pid is in apps/<id>.pid) and this daemon starts a new one"
+    )
+}
+
+/// Follow the supervisor; start one when none runs; forever, until the app
+/// is deleted.
+async fn watcher(link: Link) {
+    let name = link.inner.name.clone();
+    let mut backoff = BACKOFF_FIRST;
+    let mut attempt = 0u32;
+    loop {
+        if link.deleting() {
+            return link.set(State::Gone);
+        }
+        match follow(&link).await {
+            Followed::Deleted => return link.set(State::Gone),
+            Followed::Incompatible(why) => {
+                crate::say!("{why}");
+                link.set(State::Incompatible { why });
+                // Wait for it to end (then start a supervisor of ours).
+                while link.inner.files.running_pid().is_some() && !link.deleting() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                continue;
+            }
+            Followed::Ended { pid, up_for } => {
+                if link.deleting() {
+                    return link.set(State::Gone);
+                }
+                if up_for >= BACKOFF_RESET {
+                    backoff = BACKOFF_FIRST;
+                    attempt = 0;
+                }
+                // Let it finish exiting (it may be stopping the app).
+                wait_unlocked(&link).await;
+                if !link.inner.files.exists() {
+                    crate::say!("app {name}: its supervisor (pid {pid}) ended and removed the app's file; the app is gone");
+                    return link.set(State::Gone);
+                }
+                attempt += 1;
+                link.set(State::Restarting { attempt });
+                crate::say!(
+                    "app {name}: its supervisor (pid {pid}) ended; starting another in {}",
+                    herd_engine::describe::duration(backoff)
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                link.inner
+                    .restarts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Followed::NoSupervisor => {}
+        }
+        if link.deleting() {
+            return link.set(State::Gone);
+        }
+        // None runs (or it just ended): start one.
+        match link.start_supervisor().await {
+            Ok(said) => crate::say!("app {name}: {said}"),
+            Err(why) => {
+                crate::say!(
+                    "app {name}: cannot start its supervisor: {why}; trying again in {}",
+                    herd_engine::describe::duration(backoff)
+                );
+                attempt += 1;
+                link.set(State::Restarting { attempt });
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// How following a supervisor ended.
+enum Followed {
+    /// None runs (nothing holds the app's lock, or it ended before we met).
+    NoSupervisor,
+    /// It speaks another version (or is not a supervisor): why.
+    Incompatible(String),
+    /// The app was deleted.
+    Deleted,
+    /// It ended (or closed our stream) after this long up.
+    Ended { pid: u32, up_for: Duration },
+}
+
+/// Connect and follow until the stream ends.
+async fn follow(link: &Link) -> Followed {
+    let name = &link.inner.name;
+    // A supervisor just starting holds its lock before it serves: try a few
+    // times while the lock says one runs.
+    let deadline = Instant::now() + START_DEADLINE;
+    let client = loop {
+        match link.connect().await {
+            Ok(client) => break client,
+            Err(e @ (ClientError::Version { .. } | ClientError::NotASupervisor { .. })) => {
+                return Followed::Incompatible(incompatible(name, &e))
+            }
+            Err(ClientError::Refused(why)) => {
+                return Followed::Incompatible(format!("app {name}: its supervisor refused this daemon: {why}"))
+            }
+            Err(_) if link.inner.files.running_pid().is_none() => return Followed::NoSupervisor,
+            Err(_) if Instant::now() > deadline => {
+                return Followed::Incompatible(format!(
+                    "app {name}: its supervisor (pid {}) holds the app's lock but does not serve its socket",
+                    link.inner.files.running_pid().unwrap_or(0)
+                ))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    let pid = client.pid();
+    let mut follower = match client.follow().await {
+        Ok(f) => f,
+        Err(_) => return Followed::NoSupervisor,
+    };
+    let since = Instant::now();
+    link.set(State::Up { pid });
+    loop {
+        match follower.next().await {
+            Ok(Some(Event::Deleted)) => return Followed::Deleted,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                return Followed::Ended {
+                    pid,
+                    up_for: since.elapsed(),
+                }
+            }
+        }
+    }
+}
+
+/// Wait until no supervisor holds the app's lock (one that closed its
+/// stream may still be stopping the app).
+async fn wait_unlocked(link: &Link) {
+    let started = Instant::now();
+    let mut warned = false;
+    while link.inner.files.running_pid().is_some() {
+        if !warned && started.elapsed() > Duration::from_secs(10) {
+            crate::say!(
+                "app {}: its supervisor closed its stream but has not exited for 10 s",
+                link.inner.name
+            );
+            warned = true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,501 @@
+//! `herd supervise --home DIR --id N`: one app's supervisor process.
+//!
+//! In order, each step's failure reported to whoever started it:
+//! 1. read `apps/<id>.json` and take the lock of `apps/<id>.pid` (a second
+//!    supervisor for the same app refuses, naming the first);
+//! 2. bind `apps/<id>.sock` (0600);
+//! 3. unless `--foreground`: fork, and the child makes a session of its own
+//!    (no terminal, nothing ties its life to the starter), with stdin and
+//!    stdout on /dev/null and stderr appended to `herd.log`; the parent
+//!    waits until the child serves (or failed) and exits with that;
+//! 4. end whatever the app's previous supervisor left ([`crate::contain`]),
+//!    then contain the app afresh: a cgroup where herd may create one, or
+//!    process groups;
+//! 5. start the actor (the app's engine, log files, samples, memory limit)
+//!    and, if the app's desired state is running, the app; serve the socket.
+//!
+//! It ends when the app is deleted (its files are removed), or on SIGTERM
+//! or SIGINT (the app is stopped; its file stays, wishing what it wished,
+//! for the next supervisor). SIGUSR1 reopens the log files; SIGHUP is
+//! ignored. It runs on one thread (plus the engine's spawner thread, which
+//! forks the workers: their `PR_SET_PDEATHSIG` is tied to it, so a
+//! SIGKILLed supervisor takes its workers with it).
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use herd_home::Home;
+use herd_protocol::supervisor::{
+    AppFile, Binary, Containment, Desired, SupervisorInfo, Ticket, VERSION,
+};
+use herd_protocol::AppDef;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::app::{self, AppCommand, Keeper};
+use crate::contain::{self, Cgroup, CgroupError, ContainMode, Record};
+use crate::files::{AppFiles, FilesError};
+use crate::server::{self, Shared};
+
+/// Connections served at once; more wait in the socket's backlog.
+const MAX_CLIENTS: usize = 32;
+/// How long the process waits for a `delete`'s answer to reach its client.
+const ANSWER_GRACE: Duration = Duration::from_secs(2);
+
+/// How `herd supervise` was asked to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `$HERD_HOME`.
+    pub home: PathBuf,
+    pub id: u32,
+    /// Stay attached (its lines on stderr); else detach and return once serving.
+    pub foreground: bool,
+    pub contain: ContainMode,
+}
+
+/// Why the supervisor could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    #[error("cannot contain app {id} in a cgroup: {error}; use --contain auto (process groups where no cgroup can be had)")]
+    Cgroup { id: u32, error: CgroupError },
+    #[error("cannot listen on {path}: {error}")]
+    Listen { path: PathBuf, error: io::Error },
+    #[error("cannot detach the supervisor: {0}")]
+    Detach(io::Error),
+    #[error("cannot write the pid file: {0}")]
+    Pid(io::Error),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(io::Error),
+    #[error("the supervisor of app {id} did not start: {why}")]
+    Start { id: u32, why: String },
+}
+
+/// Run the supervisor; returns the exit code (in the starting process when
+/// detaching: once the supervisor serves).
+pub fn run(options: Options) -> Result<i32, Error> {
+    let home = Home::open(&options.home).map_err(FilesError::from)?;
+    let files = AppFiles::open(&home, options.id)?;
+    let app_file = files.read_app()?;
+    let name = app_file.name.clone();
+    let mut lock = files.lock()?;
+    let listener = bind(&files)?;
+    let ready = if options.foreground {
+        Ready(None)
+    } else {
+        match detach(&files)? {
+            Detached::Parent(code) => {
+                lock.leave_to_child();
+                return Ok(code);
+            }
+            Detached::Child(ready) => ready,
+        }
+    };
+    let result = (|| -> Result<_, Error> {
+        lock.write_pid(std::process::id()).map_err(Error::Pid)?;
+        let contained = contain(&files, &app_file, options.contain)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        Ok((contained, runtime))
+    })();
+    let ((containment, cgroup), runtime) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            ready.failed(&e.to_string());
+            return Err(e);
+        }
+    };
+    let deleted = runtime.block_on(supervise(&files, app_file, listener, containment, ready));
+    drop(runtime);
+    // The app is done: nothing of it may stay behind.
+    if let Some(cgroup) = cgroup {
+        cgroup.close();
+    }
+    if deleted {
+        files.remove_app();
+    } else {
+        files.remove_socket();
+    }
+    crate::say!(
+        "app {name}: supervisor {} exits{}",
+        std::process::id(),
+        if deleted {
+            " (the app was deleted)"
+        } else {
+            ""
+        }
+    );
+    lock.remove();
+    Ok(0)
+}
+
+/// Bind the control socket owner-only, through the checked `apps/` (the
+/// umask covers the moment between bind and chmod; we are single-threaded
+/// here).
+fn bind(files: &AppFiles) -> Result<std::os::unix::net::UnixListener, Error> {
+    let err = |error| Error::Listen {
+        path: files.socket(),
+        error,
+    };
+    // We hold the app's lock: a socket file left here is stale.
+    files.remove_socket();
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let listener = std::os::unix::net::UnixListener::bind(files.socket_address());
+    nix::sys::stat::umask(old);
+    let listener = listener.map_err(err)?;
+    files.protect_socket().map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(listener)
+}
+
+/// Where the child tells its starter that it serves (or failed).
+struct Ready(Option<std::fs::File>);
+
+impl Ready {
+    fn serving(&mut self, message: &str) {
+        if let Some(mut pipe) = self.0.take() {
+            let _ = writeln!(pipe, "ready {message}");
+        }
+    }
+
+    fn failed(mut self, why: &str) {
+        if let Some(mut pipe) = self.0.take() {
+            let _ = writeln!(pipe, "failed {why}");
+        }
+    }
+}
+
+enum Detached {
+    Parent(i32),
+    Child(Ready),
+}
+
+/// Fork; the child detaches, the parent waits for its word and prints it.
+fn detach(files: &AppFiles) -> Result<Detached, Error> {
+    let herd_log = files.home().open_daemon_log().map_err(Error::Detach)?;
+    let devnull = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(Error::Detach)?;
+    let (rx, tx) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Detach(e.into()))?;
+    // SAFETY: no other thread exists yet (nothing has started one), so the
+    // child may run any code.
+    match unsafe { nix::unistd::fork() }.map_err(|e| Error::Detach(e.into()))? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(tx);
+            let mut word = String::new();
+            let _ = std::fs::File::from(rx).read_to_string(&mut word);
+            let word = word.trim_end();
+            match word.split_once(' ') {
+                Some(("ready", message)) => {
+                    println!("{message}");
+                    Ok(Detached::Parent(0))
+                }
+                Some(("failed", why)) => Err(Error::Start {
+                    id: files.id(),
+                    why: why.to_string(),
+                }),
+                _ => Err(Error::Start {
+                    id: files.id(),
+                    why: format!(
+                        "it exited while starting; see {}",
+                        files.home().daemon_log().display()
+                    ),
+                }),
+            }
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(rx);
+            // A session of its own: no terminal, no job control of the
+            // starter's shell, no signal to the starter's group reaches it.
+            let _ = nix::unistd::setsid();
+            redirect(&devnull, 0);
+            redirect(&devnull, 1);
+            redirect(&herd_log, 2);
+            let _ = std::env::set_current_dir("/");
+            Ok(Detached::Child(Ready(Some(std::fs::File::from(tx)))))
+        }
+    }
+}
+
+fn redirect(file: &impl AsRawFd, to: i32) {
+    // SAFETY: dup2 onto a standard fd; both are open.
+    unsafe { libc::dup2(file.as_raw_fd(), to) };
+}
+
+/// End what a previous supervisor of this app left, then contain the app
+/// afresh (before any worker starts) and record how.
+fn contain(
+    files: &AppFiles,
+    app: &AppFile,
+    mode: ContainMode,
+) -> Result<(Containment, Option<Cgroup>), Error> {
+    let name = &app.name;
+    let old = Record::read(files).unwrap_or_else(|e| {
+        crate::say!(
+            "app {name}: cannot read {}: {e}",
+            files.groups_file().display()
+        );
+        Record::default()
+    });
+    let ended = contain::end_leftovers(&old);
+    if ended.processes > 0 {
+        crate::say!(
+            "app {name}: ended {} process(es) its previous supervisor left",
+            ended.processes
+        );
+    }
+    if ended.left > 0 {
+        crate::say!(
+            "app {name}: warning: {} process(es) its previous supervisor left would not end",
+            ended.left
+        );
+    }
+    let cgroup = match mode {
+        ContainMode::ProcessGroups => None,
+        ContainMode::Cgroup => Some(Cgroup::create(files.id()).map_err(|error| Error::Cgroup {
+            id: files.id(),
+            error,
+        })?),
+        ContainMode::Auto => match Cgroup::create(files.id()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                crate::say!("app {name}: no cgroup of its own ({e}); its workers' process groups are recorded instead");
+                None
+            }
+        },
+    };
+    let record = Record {
+        format: Record::FORMAT,
+        cgroup: cgroup.as_ref().map(|c| c.path().to_path_buf()),
+        groups: Vec::new(),
+    };
+    if let Err(e) = record.write(files) {
+        crate::say!(
+            "app {name}: warning: cannot write {}: {e}",
+            files.groups_file().display()
+        );
+    }
+    let containment = match &cgroup {
+        Some(c) => Containment::Cgroup {
+            path: c.path().to_path_buf(),
+        },
+        None => Containment::ProcessGroups,
+    };
+    Ok((containment, cgroup))
+}
+
+/// Run the app and serve its socket until it is deleted (true) or a signal
+/// ends the supervisor (false).
+async fn supervise(
+    files: &AppFiles,
+    app_file: AppFile,
+    listener: std::os::unix::net::UnixListener,
+    containment: Containment,
+    mut ready: Ready,
+) -> bool {
+    let id = files.id();
+    let name = app_file.name.clone();
+    let desired = app_file.desired;
+    let shared_file = Arc::new(Mutex::new(app_file.clone()));
+    let keeper = DiskKeeper {
+        files: files.clone(),
+        record: Record::read(files).unwrap_or_default(),
+        app_file: shared_file.clone(),
+    };
+    let (app, mut actor) = match app::spawn(id, app_file.definition, files.home(), Box::new(keeper))
+    {
+        Ok(a) => a,
+        Err(e) => {
+            crate::say!("app {name}: {e}");
+            ready.failed(&e);
+            return false;
+        }
+    };
+    let listener = match tokio::net::UnixListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            let why = format!("cannot serve {}: {e}", files.socket().display());
+            crate::say!("app {name}: {why}");
+            ready.failed(&why);
+            return false;
+        }
+    };
+    let (mut sigterm, mut sigint, mut sigusr1, mut sighup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+        _ => {
+            ready.failed("cannot watch for signals");
+            return false;
+        }
+    };
+    let pid = std::process::id();
+    let shared = Arc::new(Shared {
+        app: app.clone(),
+        info: SupervisorInfo {
+            pid,
+            started_at_ms: server::unix_ms(SystemTime::now()),
+            uptime_ms: 0,
+            binary: binary(),
+            containment: containment.clone(),
+        },
+        started: Instant::now(),
+        app_file: shared_file,
+        deleting: AtomicBool::new(false),
+        delete_answered: tokio::sync::Notify::new(),
+    });
+    let how = match &containment {
+        Containment::Cgroup { path } => format!("cgroup {}", path.display()),
+        Containment::ProcessGroups => "process groups".to_string(),
+    };
+    crate::say!(
+        "app {name}: supervisor {pid} serves {} (app id {id}; contained by {how})",
+        files.socket().display()
+    );
+    let started = match desired {
+        Desired::Running => app.command(AppCommand::Start).await,
+        Desired::Stopped => Ticket::Done {
+            message: format!("{name} stays stopped"),
+        },
+    };
+    if let Ticket::Aborted { why } | Ticket::Refused { why } = &started {
+        crate::say!("app {name}: {why}");
+    }
+    let message = match &started {
+        Ticket::Done { message } => message.clone(),
+        Ticket::Aborted { why } | Ticket::Refused { why } => why.clone(),
+    };
+    ready.serving(&format!(
+        "supervisor {pid} of app {name} (id {id}): {message}"
+    ));
+
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    let mut quitting = false;
+    loop {
+        tokio::select! {
+            accepted = accept(&listener, &slots) => match accepted {
+                Ok((stream, slot)) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        server::client(shared, stream).await;
+                        drop(slot);
+                    });
+                }
+                Err(e) => {
+                    crate::say!("app {name}: cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = &mut actor => break,
+            _ = sigterm.recv() => quit(&app, &name, "SIGTERM", &mut quitting),
+            _ = sigint.recv() => quit(&app, &name, "SIGINT", &mut quitting),
+            _ = sigusr1.recv() => {
+                let app = app.clone();
+                tokio::spawn(async move { app.command(AppCommand::ReopenLogs).await });
+            }
+            _ = sighup.recv() => {}
+        }
+    }
+    let deleted = shared.deleting.load(Ordering::SeqCst)
+        && tokio::time::timeout(ANSWER_GRACE, shared.delete_answered.notified())
+            .await
+            .is_ok();
+    deleted
+}
+
+/// A signal asks the supervisor to end: stop the app, keeping its wish.
+fn quit(app: &app::AppRef, name: &str, why: &str, quitting: &mut bool) {
+    if std::mem::replace(quitting, true) {
+        return;
+    }
+    crate::say!("app {name}: {why}: stopping the app, then its supervisor");
+    let app = app.clone();
+    tokio::spawn(async move { app.command(AppCommand::Quit).await });
+}
+
+/// The next connection, once fewer than [`MAX_CLIENTS`] are being served.
+async fn accept(
+    listener: &tokio::net::UnixListener,
+    slots: &Arc<tokio::sync::Semaphore>,
+) -> io::Result<(tokio::net::UnixStream, tokio::sync::OwnedSemaphorePermit)> {
+    let slot = slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed");
+    let (stream, _) = listener.accept().await?;
+    Ok((stream, slot))
+}
+
+/// Which program this process runs.
+fn binary() -> Binary {
+    let path = std::fs::read_link("/proc/self/exe").unwrap_or_default();
+    let meta = std::fs::metadata("/proc/self/exe").ok();
+    Binary {
+        path,
+        device: meta.as_ref().map_or(0, |m| m.dev()),
+        inode: meta.as_ref().map_or(0, |m| m.ino()),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol: VERSION,
+    }
+}
+
+/// Keeps the app's file and its group record up to date.
+struct DiskKeeper {
+    files: AppFiles,
+    record: Record,
+    app_file: Arc<Mutex<AppFile>>,
+}
+
+impl DiskKeeper {
+    fn write_record(&self) {
+        if let Err(e) = self.record.write(&self.files) {
+            crate::say!(
+                "warning: cannot write {}: {e}; a later supervisor may not find every process of this app",
+                self.files.groups_file().display()
+            );
+        }
+    }
+}
+
+impl Keeper for DiskKeeper {
+    fn worker_started(&mut self, pid: u32) {
+        self.record.add(pid);
+        self.write_record();
+    }
+
+    fn worker_ended(&mut self, pid: u32) {
+        self.record.remove(pid);
+        self.write_record();
+    }
+
+    fn app_changed(&mut self, def: &AppDef, desired: Desired) {
+        let mut file = self.app_file.lock().unwrap_or_else(|e| e.into_inner());
+        if file.definition == *def && file.desired == desired {
+            return;
+        }
+        file.definition = def.clone();
+        file.name = def.spec.name.clone();
+        file.desired = desired;
+        if let Err(e) = self.files.write_app(&file) {
+            crate::say!(
+                "app {}: warning: cannot write {}: {e}; a later supervisor would run the app as it was",
+                file.name,
+                self.files.app_file().display()
+            );
+        }
+    }
+}

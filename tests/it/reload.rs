@@ -441,7 +441,7 @@ fn a_new_version_that_cannot_start_is_reported_and_the_app_keeps_serving() {
     let err = d.fails(&["reload", &file, "--only", "py"], 1);
     assert!(
         err.contains(
-            "reload aborted at worker 0: its replacement exited with code 1 before it was ready"
+            "py: the reload was aborted at worker 0: its replacement exited with code 1 before it was ready"
         ),
         "{err}"
     );
@@ -450,7 +450,8 @@ fn a_new_version_that_cannot_start_is_reported_and_the_app_keeps_serving() {
     // Start-first: both old workers keep serving the old version.
     let err = d.fails(&["reload", &file, "--only", "bun"], 1);
     assert!(
-        err.contains("reload aborted at worker 0") && err.contains("the old worker keeps serving"),
+        err.contains("the reload was aborted at worker 0")
+            && err.contains("the old worker keeps serving"),
         "{err}"
     );
     let answers: BTreeSet<(i32, String)> = (0..40)

@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::exit::ExitStatus;
-use crate::machine::{AbortReason, Answer, Command, Next, Outcome, Report, Trigger};
+use crate::machine::{AbortReason, Answer, Command, Next, Outcome, Report, Slot, Trigger};
 
 /// `250 ms`, `1.6 s`, `2 min 5 s`.
 pub fn duration(d: Duration) -> String {
@@ -129,15 +129,8 @@ impl fmt::Display for Report {
                 reason,
                 old_serving,
             } => {
-                write!(f, "reload aborted at worker {slot}: {reason}")?;
-                if matches!(reason, AbortReason::Stopping) {
-                    return Ok(());
-                }
-                if *old_serving {
-                    f.write_str("; the old worker keeps serving")
-                } else {
-                    f.write_str("; no old worker serves this slot any more (it had died, or the reload stopped it first), so the slot restarts by its restart policy; the other workers keep serving")
-                }
+                f.write_str("reload ")?;
+                aborted(f, reason, Some(*slot), *old_serving)
             }
             Report::Stopping { workers } => write!(f, "stopping {workers} worker(s)"),
             Report::Scaled { slots } => write!(f, "now running {slots} worker(s)"),
@@ -193,11 +186,37 @@ impl fmt::Display for AbortReason {
     }
 }
 
+/// "aborted at worker N: why; what serves now" (a reload's end, as a report
+/// and as its ticket's answer).
+fn aborted(
+    f: &mut fmt::Formatter<'_>,
+    reason: &AbortReason,
+    slot: Option<Slot>,
+    old_serving: bool,
+) -> fmt::Result {
+    match slot {
+        Some(slot) => write!(f, "aborted at worker {slot}: {reason}")?,
+        None => write!(f, "aborted: {reason}")?,
+    }
+    if matches!(reason, AbortReason::Stopping) || slot.is_none() {
+        return Ok(());
+    }
+    if old_serving {
+        f.write_str("; the old worker keeps serving")
+    } else {
+        f.write_str("; no old worker serves this slot any more (it had died, or the reload stopped it first), so the slot restarts by its restart policy; the other workers keep serving")
+    }
+}
+
 impl fmt::Display for Answer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Answer::Done => f.write_str("done"),
-            Answer::Aborted(reason) => write!(f, "aborted: {reason}"),
+            Answer::Aborted {
+                reason,
+                slot,
+                old_serving,
+            } => aborted(f, reason, *slot, *old_serving),
             Answer::Refused(why) => write!(f, "refused: {why}"),
         }
     }

@@ -57,10 +57,26 @@ pub enum Answer {
     /// stop ended every worker, a start or scale began its workers.
     Done,
     /// It began and was abandoned (a reload whose replacement failed, or a
-    /// stop came first).
-    Aborted(AbortReason),
+    /// stop came first): why, the worker slot it stopped at (none: it had not
+    /// reached one), and whether that slot's old worker still serves.
+    Aborted {
+        reason: AbortReason,
+        slot: Option<Slot>,
+        old_serving: bool,
+    },
     /// It cannot apply now, and why.
     Refused(Cow<'static, str>),
+}
+
+impl Answer {
+    /// Abandoned because the app is stopping.
+    pub(crate) fn stopping() -> Answer {
+        Answer::Aborted {
+            reason: AbortReason::Stopping,
+            slot: None,
+            old_serving: false,
+        }
+    }
 }
 
 /// One worker process the machine asked for; never reused.
@@ -940,18 +956,10 @@ impl Machine {
                 reason: AbortReason::Stopping,
                 old_serving: false,
             }));
-            answer_all(
-                &mut self.reload_tickets,
-                Answer::Aborted(AbortReason::Stopping),
-                out,
-            );
+            answer_all(&mut self.reload_tickets, Answer::stopping(), out);
         }
         self.reload_queued = false;
-        answer_all(
-            &mut self.queued_tickets,
-            Answer::Aborted(AbortReason::Stopping),
-            out,
-        );
+        answer_all(&mut self.queued_tickets, Answer::stopping(), out);
         self.mode = Mode::Stopping;
         out.push(Action::Report(Report::Stopping {
             workers: self.workers.len(),
@@ -1098,7 +1106,15 @@ impl Machine {
                 reason: reason.clone(),
                 old_serving,
             }));
-            answer_all(&mut self.reload_tickets, Answer::Aborted(reason), out);
+            answer_all(
+                &mut self.reload_tickets,
+                Answer::Aborted {
+                    reason,
+                    slot: Some(slot),
+                    old_serving,
+                },
+                out,
+            );
             // A reload asked for meanwhile still runs: it is the user's newer wish.
             if std::mem::take(&mut self.reload_queued) {
                 self.pending_reload_restart = true;
@@ -1316,11 +1332,7 @@ impl Machine {
             self.reload_from(now, 0, out);
         } else {
             // Dropped (the app is stopping): its askers hear why.
-            answer_all(
-                &mut self.queued_tickets,
-                Answer::Aborted(AbortReason::Stopping),
-                out,
-            );
+            answer_all(&mut self.queued_tickets, Answer::stopping(), out);
         }
     }
 
@@ -1460,7 +1472,7 @@ impl Machine {
     fn answer_at_exit(&mut self, out: &mut Vec<Action>) {
         answer_all(&mut self.stop_tickets, Answer::Done, out);
         debug_assert!(self.reload_tickets.is_empty() && self.queued_tickets.is_empty());
-        let aborted = Answer::Aborted(AbortReason::Stopping);
+        let aborted = Answer::stopping();
         answer_all(&mut self.reload_tickets, aborted.clone(), out);
         answer_all(&mut self.queued_tickets, aborted, out);
     }

@@ -515,8 +515,9 @@ impl Actor {
             AppCommand::Scale(to) => {
                 let now = self.def.spec.instances as i64;
                 let n = match to {
-                    ScaleTo::Exactly(n) => n as i64,
-                    ScaleTo::By(d) => now + d,
+                    // Saturating: a count no machine runs is refused below, never wrapped.
+                    ScaleTo::Exactly(n) => i64::try_from(n).unwrap_or(i64::MAX),
+                    ScaleTo::By(d) => now.saturating_add(d),
                 };
                 if !(1..=4096).contains(&n) {
                     let _ = reply.send(refused(format!(
@@ -798,8 +799,9 @@ impl Actor {
             Answer::Done => Ticket::Done {
                 message: said(done),
             },
-            Answer::Aborted(reason) => {
-                aborted(said(format!("{name}: the {what} was aborted: {reason}")))
+            aborted @ Answer::Aborted { .. } => {
+                let text = format!("{name}: the {what} was {aborted}");
+                self::aborted(said(text))
             }
             Answer::Refused(why) => refused(said(format!("{name}: the {what} was refused: {why}"))),
         };

@@ -1450,7 +1450,7 @@ fn queued_reloads_share_one_answer_and_a_stop_aborts_them_then_is_done_at_exit()
     sim.advance(Duration::from_secs(1));
     assert_eq!(sim.answers(), vec![(1, Answer::Done)]);
     sim.ask(Command::Stop, 4);
-    let aborted = Answer::Aborted(AbortReason::Stopping);
+    let aborted = Answer::stopping();
     assert_eq!(
         sim.answers(),
         vec![(1, Answer::Done), (2, aborted.clone()), (3, aborted)]
@@ -1491,7 +1491,14 @@ fn a_failed_replacement_aborts_its_reload_with_the_reason_and_the_queued_one_run
     sim.exit(successor, ExitStatus::Code(3));
     assert_eq!(
         sim.answers(),
-        vec![(1, Answer::Aborted(AbortReason::Exited(ExitStatus::Code(3))))]
+        vec![(
+            1,
+            Answer::Aborted {
+                reason: AbortReason::Exited(ExitStatus::Code(3)),
+                slot: Some(0),
+                old_serving: true,
+            }
+        )]
     );
     sim.advance(Duration::from_secs(1));
     assert_eq!(sim.answers()[1], (2, Answer::Done));

@@ -318,6 +318,10 @@ pub struct DaemonOptions {
     /// pm2 keys from a file that herd carries but does not honour yet.
     #[arg(skip)]
     pub pm2: herd_protocol::Pm2Keys,
+
+    /// pm2's `namespace` from a config file (`--namespace` on the command line).
+    #[arg(skip)]
+    pub namespace: Option<String>,
 }
 
 impl DaemonOptions {
@@ -439,7 +443,7 @@ pub fn app_def_noting(
         instances_max: app.instances == Some(Instances::Max),
         pm2,
         script,
-        namespace: None,
+        namespace: daemon.namespace.clone(),
     };
     for p in [
         def.logs.out_file.clone(),

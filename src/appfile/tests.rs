@@ -1280,7 +1280,7 @@ fn regression_file_namespace_was_ignored() {
             "bad.json",
             &format!(r#"{{"apps": [{{"script": "a.js", "namespace": {bad}}}]}}"#),
         );
-        let err = load(&path, None).err().expect(bad).0;
+        let err = load(&path, None).expect_err(bad).0;
         assert!(
             err.contains("bad.json") && err.contains("namespace"),
             "{bad}: {err}"

@@ -518,11 +518,14 @@ fn echo_python_instances_args_and_no_autorestart() {
     need!(Need::Python);
     need_node!();
     let c = Case::new("echo-python", "p1/ecosystem.config.js", &[]);
-    c.ok(
+    // echo-python-3 (autorestart) says hello, exits, and is restarted until
+    // pm2's counting makes it errored: `start` says 1 when that came first.
+    let out = c.run(
         "p1",
         &["start", "ecosystem.config.js", "--env", "production"],
         &[],
     );
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
     let logs = c.d.path().join("logs");
     let out = wait_log(&logs.join("echo-python-out.log"), "hello arg1 arg2", 4);
     for i in 0..4 {
@@ -726,4 +729,37 @@ fn mapcode_bin_www_env_production() {
         env_of(&ask(port), "NODE_ENV").as_deref(),
         Some("production")
     );
+}
+
+/// Regression: an app that ended errored (or stopped) showed 0 restarts in
+/// `list` and `jlist`'s `restart_time`, as if it had never crash-looped;
+/// pm2 keeps the count. priyanjali-mtalkz/pm2's `echo-python-3` says hello
+/// and exits, and is restarted until it is errored.
+#[test]
+fn regression_errored_app_showed_zero_restarts() {
+    need!(Need::Python);
+    need_node!();
+    let c = Case::new("echo-python", "p1/ecosystem.config.js", &[]);
+    c.run("p1", &["start", "ecosystem.config.js"], &[]);
+    let ok = wait_until(Duration::from_secs(30), || {
+        c.d.app("echo-python-3")["status"] == "errored"
+    });
+    assert!(ok, "{:#}", c.d.app("echo-python-3"));
+    let runs = std::fs::read_to_string(c.d.path().join("logs/echo-python-3-out.log"))
+        .unwrap()
+        .matches("hello")
+        .count() as u64;
+    // pm2's counting: 16 quick exits in a row (one more for a run that a
+    // loaded machine made last past min_uptime).
+    assert!(runs >= 16, "{runs} runs");
+    let jl: Value = serde_json::from_str(&c.d.ok(&["jlist"])).unwrap();
+    let e = jl
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "echo-python-3")
+        .unwrap();
+    assert_eq!(e["pm2_env"]["status"], "errored");
+    assert_eq!(e["pm2_env"]["restart_time"], runs - 1, "{e:#}");
+    assert_eq!(c.d.app("echo-python-3")["workers"][0]["restarts"], runs - 1);
 }

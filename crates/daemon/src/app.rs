@@ -204,6 +204,7 @@ pub fn spawn(id: u32, def: AppDef, home: &Home, secrets: SecretNames) -> Result<
         secrets,
         created_at: SystemTime::now(),
         reset_base: HashMap::new(),
+        spawned: HashMap::new(),
         exit_codes: HashMap::new(),
     };
     tokio::spawn(actor.run(rx, queries_rx));
@@ -271,6 +272,10 @@ struct Actor {
     /// Each slot's (restarts, unstable) at the last `reset`, subtracted from
     /// what the engine counts; cleared when a new engine instance starts.
     reset_base: HashMap<usize, (u64, u32)>,
+    /// Workers started per slot by the current (or last) engine instance: the
+    /// restarts `list` and `jlist` show once it has ended (an app that went
+    /// errored or was stopped keeps its count, as pm2's `restart_time` does).
+    spawned: HashMap<usize, u64>,
     /// Each slot's last worker exit as pm2's `exit_code` counts it (a death
     /// by signal is 0); kept after the app stops.
     exit_codes: HashMap<usize, i32>,
@@ -358,6 +363,7 @@ impl Actor {
                 self.listen.clear();
                 self.over_limit.clear();
                 self.reset_base.clear();
+                self.spawned.clear();
                 Ok(format!("started {}", self.name()))
             }
             Err(e) => Err(format!("cannot start {}: {e}", self.name())),
@@ -397,7 +403,10 @@ impl Actor {
                         .iter()
                         .map(|slot| (slot.slot, (slot.restarts, slot.unstable)))
                         .collect(),
-                    None => HashMap::new(),
+                    None => {
+                        self.spawned.clear();
+                        HashMap::new()
+                    }
                 };
                 answer(
                     reply,
@@ -645,6 +654,7 @@ impl Actor {
                 self.exit_codes.insert(*slot, code);
                 *self.counters.exits.entry(key).or_default() += 1;
             }
+            Report::Online { slot, .. } => *self.spawned.entry(*slot).or_default() += 1,
             Report::ReloadFinished => self.counters.reloads += 1,
             Report::ReloadAborted { .. } => {
                 self.counters.reloads += 1;
@@ -884,11 +894,12 @@ impl Actor {
                     _ => "stopped",
                 };
                 for id in 0..spec.instances {
+                    let started = self.spawned.get(&id).copied().unwrap_or(0);
                     workers.push(WorkerInfo {
                         id,
                         pid: None,
                         status: text.to_string(),
-                        restarts: 0,
+                        restarts: started.saturating_sub(1).saturating_sub(self.base(id).0),
                         uptime_ms: 0,
                         cpu_percent: 0.0,
                         memory_bytes: 0,

@@ -763,3 +763,41 @@ fn regression_errored_app_showed_zero_restarts() {
     assert_eq!(e["pm2_env"]["restart_time"], runs - 1, "{e:#}");
     assert_eq!(c.d.app("echo-python-3")["workers"][0]["restarts"], runs - 1);
 }
+
+/// Regression: two apps of one file that watch the same folder and log into
+/// it (10Kft/node-micro-services-template: `watch: true`, `out_file:
+/// ./logs/…`) reloaded each other on every line they logged, forever: each
+/// app's watcher left out only its own log files.
+#[test]
+fn regression_apps_of_a_file_reloaded_each_other_on_log_lines() {
+    need_node!();
+    let c = Case::new("node-micro-services", "process.yml", &[]);
+    c.ok(".", &["start", "process.yml"], &[]);
+    c.d.wait_online("api", 1);
+    c.d.wait_online("engine", 1);
+    wait_log(&c.file("logs/eample-api.log"), "listening on", 1);
+    wait_log(&c.file("logs/eample-engine.log"), "listening on", 1);
+    // Their first lines are written; a watcher that counted them would have
+    // reloaded the other app within its 100 ms quiet time. Watch 3 s.
+    let restarts = |name: &str| c.d.app(name)["workers"][0]["restarts"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        assert_eq!(
+            (restarts("api"), restarts("engine")),
+            (0, 0),
+            "a log line reloaded an app:\n{}",
+            c.d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A real edit still reloads.
+    let before = c.pids("api");
+    let app = c.file("services/example-api/app.js");
+    let body = std::fs::read_to_string(&app).unwrap();
+    std::fs::write(&app, body + "\n// edited\n").unwrap();
+    let ok = wait_until(Duration::from_secs(15), || {
+        let now = c.pids("api");
+        !now.is_empty() && now.is_disjoint(&before)
+    });
+    assert!(ok, "an edit did not reload api: {:#}", c.d.app("api"));
+}

@@ -6,7 +6,7 @@ ports; then a table of what a user can observe that differs.
 
 For each file: `start FILE [--env X]` as a pm2 user would run it, then
 - jlist: how many elements, and per element (name, pm2_env.status,
-  exec_mode, instances);
+  exec_mode, instances, restart_time);
 - the ports the stand-ins say they listen on (their out logs, as jlist names
   them) and which answer on loopback;
 - env keys of interest, as the stand-ins echo them;
@@ -192,8 +192,9 @@ def observe(mgr, case_dir, cwd, known, n_wait=True):
         time.sleep(0.2)
     obs = {}
     obs["jlist elements"] = str(len(jl))
-    obs["jlist (name, status, exec_mode, instances)"] = "; ".join(sorted(
+    obs["jlist (name, status, exec_mode, instances, restart_time)"] = "; ".join(sorted(
         f"{e['name']} {e['pm2_env'].get('status')} {e['pm2_env'].get('exec_mode')} {e['pm2_env'].get('instances')}"
+        f" {e['pm2_env'].get('restart_time')}"
         for e in jl))
     outs = sorted({e["pm2_env"].get("pm_out_log_path") for e in jl if e["pm2_env"].get("pm_out_log_path")})
     errs = sorted({e["pm2_env"].get("pm_err_log_path") for e in jl if e["pm2_env"].get("pm_err_log_path")})
@@ -265,7 +266,8 @@ def run_case(case, mgr, work, ports):
         obs[f"`{' '.join(verb)}` exit"] = str(code)
         time.sleep(0.5)
         o, _ = observe(mgr, case_dir, cwd, known)
-        for k in ["jlist elements", "jlist (name, status, exec_mode, instances)", "ports answering", "env NODE_ENV"]:
+        for k in ["jlist elements", "jlist (name, status, exec_mode, instances, restart_time)", "ports answering",
+                  "env NODE_ENV"]:
             obs[f"after {verb[0]}: {k}"] = o.get(k, "-")
     finally:
         mgr.kill(cwd)

@@ -801,3 +801,32 @@ fn regression_apps_of_a_file_reloaded_each_other_on_log_lines() {
     });
     assert!(ok, "an edit did not reload api: {:#}", c.d.app("api"));
 }
+
+/// Regression: `restart` (and `restart FILE`) started every worker's
+/// restart count over at 0, and so did `start` after `stop`; pm2's
+/// `restart_time` counts a restart and goes on across a stop and start.
+/// firtree-corp/BackEnd's deploy line restarts it.
+#[test]
+fn regression_restart_set_restart_time_to_zero() {
+    need_node!();
+    let c = Case::new("firtree-backend", "ecosystem.config.js", &[]);
+    let port = free_port().to_string();
+    let vars = [("PORT", port.as_str())];
+    let restart_time = || -> u64 {
+        let jl: Value = serde_json::from_str(&c.d.ok(&["jlist"])).unwrap();
+        jl[0]["pm2_env"]["restart_time"].as_u64().unwrap()
+    };
+    c.ok(".", &["start", "ecosystem.config.js"], &vars);
+    assert_eq!(restart_time(), 0);
+    c.ok(".", &["restart", "ecosystem.config.js"], &vars);
+    assert_eq!(restart_time(), 1);
+    c.d.ok(&["restart", "api-jdr"]);
+    assert_eq!(restart_time(), 2);
+    c.ok(".", &["stop", "ecosystem.config.js"], &vars);
+    assert_eq!(restart_time(), 2);
+    c.ok(".", &["start", "ecosystem.config.js"], &vars);
+    assert_eq!(restart_time(), 2);
+    assert_eq!(c.d.app("api-jdr")["workers"][0]["restarts"], 2);
+    c.d.ok(&["reset", "api-jdr"]);
+    assert_eq!(restart_time(), 0);
+}

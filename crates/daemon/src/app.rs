@@ -205,6 +205,8 @@ pub fn spawn(id: u32, def: AppDef, home: &Home, secrets: SecretNames) -> Result<
         created_at: SystemTime::now(),
         reset_base: HashMap::new(),
         spawned: HashMap::new(),
+        carried: HashMap::new(),
+        restart_bump: false,
         exit_codes: HashMap::new(),
     };
     tokio::spawn(actor.run(rx, queries_rx));
@@ -276,6 +278,13 @@ struct Actor {
     /// restarts `list` and `jlist` show once it has ended (an app that went
     /// errored or was stopped keeps its count, as pm2's `restart_time` does).
     spawned: HashMap<usize, u64>,
+    /// Restarts per slot counted by earlier engine instances of this app
+    /// (pm2's `restart_time` goes on across a `restart` and a stop/start);
+    /// cleared by `reset`.
+    carried: HashMap<usize, u64>,
+    /// The next engine instance replaces a running one (`restart`): each
+    /// slot's count goes up by one, as pm2 counts a restart.
+    restart_bump: bool,
     /// Each slot's last worker exit as pm2's `exit_code` counts it (a death
     /// by signal is 0); kept after the app stops.
     exit_codes: HashMap<usize, i32>,
@@ -362,6 +371,13 @@ impl Actor {
                 self.outcome = None;
                 self.listen.clear();
                 self.over_limit.clear();
+                let bump = u64::from(std::mem::take(&mut self.restart_bump));
+                for slot in 0..self.def.spec.instances.max(self.spawned.len()) {
+                    let before = self.shown_restarts(slot);
+                    if before > 0 || bump > 0 {
+                        self.carried.insert(slot, before + bump);
+                    }
+                }
                 self.reset_base.clear();
                 self.spawned.clear();
                 Ok(format!("started {}", self.name()))
@@ -396,6 +412,7 @@ impl Actor {
             }
             AppCommand::Reset => {
                 self.created_at = SystemTime::now();
+                self.carried.clear();
                 self.reset_base = match self.engine_status().await {
                     Some(s) => s
                         .machine
@@ -515,6 +532,7 @@ impl Actor {
         match &self.engine {
             Some(e) => {
                 e.command(Command::Stop);
+                self.restart_bump = true;
                 self.pending = Some(Pending::Stop {
                     reply,
                     then: AfterStop::Start,
@@ -859,6 +877,14 @@ impl Actor {
         }
     }
 
+    /// A slot's restarts as `list` and `jlist` show them once the engine
+    /// instance has ended: those of earlier instances, and this one's.
+    fn shown_restarts(&self, slot: usize) -> u64 {
+        let started = self.spawned.get(&slot).copied().unwrap_or(0);
+        self.carried.get(&slot).copied().unwrap_or(0)
+            + started.saturating_sub(1).saturating_sub(self.base(slot).0)
+    }
+
     /// A slot's (restarts, unstable) at the last `reset`.
     fn base(&self, slot: usize) -> (u64, u32) {
         self.reset_base.get(&slot).copied().unwrap_or_default()
@@ -894,12 +920,11 @@ impl Actor {
                     _ => "stopped",
                 };
                 for id in 0..spec.instances {
-                    let started = self.spawned.get(&id).copied().unwrap_or(0);
                     workers.push(WorkerInfo {
                         id,
                         pid: None,
                         status: text.to_string(),
-                        restarts: started.saturating_sub(1).saturating_sub(self.base(id).0),
+                        restarts: self.shown_restarts(id),
                         uptime_ms: 0,
                         cpu_percent: 0.0,
                         memory_bytes: 0,
@@ -926,7 +951,8 @@ impl Actor {
                     if status == "online" {
                         online += 1;
                     }
-                    let restarts = slot.restarts.saturating_sub(self.base(slot.slot).0);
+                    let restarts = slot.restarts.saturating_sub(self.base(slot.slot).0)
+                        + self.carried.get(&slot.slot).copied().unwrap_or(0);
                     workers.push(self.worker_info(slot.slot, pid, status, restarts, uptime));
                     if let Some(w) = &slot.successor {
                         workers.push(self.worker_info(

@@ -387,6 +387,7 @@ struct RawApp {
     watch_delay: Option<V<Millis>>,
     #[serde(alias = "cron")]
     cron_restart: Option<V<Cron>>,
+    namespace: Option<V<Namespace>>,
     // Read and kept; honoured by a later release (see options::pending).
     stop_exit_codes: Option<OneOrMany<ExitCode>>,
     filter_env: Option<Switch>,
@@ -1055,6 +1056,7 @@ fn build(
         d.log_keep = v.0;
     }
     d.max_memory_restart = raw.max_memory_restart.map(|v| v.0);
+    d.namespace = raw.namespace.map(|v| v.0);
     d.pm2 = Pm2Keys {
         filter_env: match raw.filter_env {
             None | Some(Switch::On(false)) => None,

@@ -282,12 +282,12 @@ pub struct DaemonOptions {
     #[arg(long, value_name = "FORMAT")]
     pub log_date_format: Option<String>,
 
-    /// The stdout log file (default $HERD_HOME/logs/NAME-out.log).
-    #[arg(short = 'o', long, value_name = "PATH")]
+    /// The stdout log file (default $HERD_HOME/logs/NAME-out.log); pm2's --output.
+    #[arg(short = 'o', long, visible_alias = "output", value_name = "PATH")]
     pub out_file: Option<PathBuf>,
 
-    /// The stderr log file (default $HERD_HOME/logs/NAME-error.log).
-    #[arg(short = 'e', long, value_name = "PATH")]
+    /// The stderr log file (default $HERD_HOME/logs/NAME-error.log); pm2's --error.
+    #[arg(short = 'e', long, visible_alias = "error", value_name = "PATH")]
     pub error_file: Option<PathBuf>,
 
     /// `json`: each log line as one JSON object {"message", "timestamp", "type", "process_id",
@@ -318,6 +318,10 @@ pub struct DaemonOptions {
     /// pm2 keys from a file that herd carries but does not honour yet.
     #[arg(skip)]
     pub pm2: herd_protocol::Pm2Keys,
+
+    /// pm2's `namespace` from a config file (`--namespace` on the command line).
+    #[arg(skip)]
+    pub namespace: Option<String>,
 }
 
 impl DaemonOptions {
@@ -439,7 +443,7 @@ pub fn app_def_noting(
         instances_max: app.instances == Some(Instances::Max),
         pm2,
         script,
-        namespace: None,
+        namespace: daemon.namespace.clone(),
     };
     for p in [
         def.logs.out_file.clone(),
@@ -933,6 +937,23 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         app: AppOptions,
+    }
+
+    /// Regression: pm2's own long names for the log files, `--output` and
+    /// `--error` (`pm2 start app.js --output out.log`), were refused as
+    /// unknown options.
+    #[test]
+    fn regression_pm2_output_and_error_flags_were_refused() {
+        #[derive(clap::Parser)]
+        struct D {
+            #[command(flatten)]
+            daemon: DaemonOptions,
+        }
+        let d = <D as clap::Parser>::try_parse_from(["herd", "--output", "o.log", "--error=e.log"])
+            .unwrap()
+            .daemon;
+        assert_eq!(d.out_file.as_deref(), Some(Path::new("o.log")));
+        assert_eq!(d.error_file.as_deref(), Some(Path::new("e.log")));
     }
 
     fn cli(args: &[&str]) -> AppOptions {

@@ -13,7 +13,7 @@
 //! `min_uptime`, `max_restarts`, `exec_mode`, `execute_command`,
 //! `instance_var`, `append_env_to_name`, `windowsHide` (nothing to do on
 //! Linux, as under pm2), `watch`, `ignore_watch`, `watch_delay`,
-//! `cron_restart` (`cron`); kept: `stop_exit_codes`, `filter_env`, `increment_var`,
+//! `cron_restart` (`cron`), `namespace`; kept: `stop_exit_codes`, `filter_env`, `increment_var`,
 //! `port`.
 
 use std::collections::BTreeMap;
@@ -38,7 +38,6 @@ const fn not_done(key: &'static str, fine_when: Option<bool>, instead: &'static 
 
 /// pm2's app keys herd does not do.
 pub const NOT_DONE: &[NotDone] = &[
-    not_done("namespace", None, "herd has no namespaces: app names are global; select apps by name or `all`"),
     not_done("name_prefix", None, "give the full name in `name`"),
     not_done("install_url", None, "herd installs no pm2 modules"),
     not_done("disable_logs", Some(false), "herd keeps every line; to drop an app's output set out_file and error_file to /dev/null"),

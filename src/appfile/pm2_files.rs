@@ -149,6 +149,9 @@ fn summary(dir: &Path, app: &FileApp, def: &herd_protocol::AppDef) -> String {
     if !def.logs.merge_logs {
         s += " | merge_logs false";
     }
+    if let Some(ns) = &def.namespace {
+        s += &format!(" | namespace {ns}");
+    }
     s
 }
 
@@ -276,11 +279,9 @@ const CASES: &[Case] = &[
         ".",
         None,
         &[
-            "server | node index.js | Node fork x1 | cwd . | out dev/log/child-out.log | err dev/log/child-err.log | time YYYY-MM-DD HH:mm:ss | watch [] | cron 0 0 * * *",
+            "server | node index.js | Node fork x1 | cwd . | out dev/log/child-out.log | err dev/log/child-err.log | time YYYY-MM-DD HH:mm:ss | watch [] | cron 0 0 * * * | namespace Backend",
         ],
-        &[
-            "app 'server': pm2's 'namespace' is not done by herd (ignored): herd has no namespaces: app names are global; select apps by name or `all`",
-        ],
+        &[],
     ),
     (
         "formdee",

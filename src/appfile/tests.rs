@@ -972,7 +972,6 @@ fn pm2_keys_herd_does_not_do_are_named_once_with_what_to_use() {
         assert_eq!(n, 1, "{needle}: {all}");
     };
     one("apps 'a', 'b': pm2's 'vizion' is not done by herd (ignored): herd reads no git metadata");
-    one("app 'a': pm2's 'namespace' is not done by herd");
     one("app 'a': pm2's 'source_map_support' is not done by herd (ignored): herd injects nothing into the app: add node_args: '--enable-source-maps'");
     one("app 'a': pm2's 'pid_file'");
     one("app 'b': pm2's 'treekill' is not done by herd (ignored): herd always stops a worker's whole process group");
@@ -991,7 +990,7 @@ fn pm2_keys_herd_does_not_do_are_named_once_with_what_to_use() {
         !all.contains("app 'a': pm2's 'autostart'") && !all.contains("windowsHide"),
         "{all}"
     );
-    assert_eq!(warnings.len(), 11, "{all}");
+    assert_eq!(warnings.len(), 10, "{all}");
 
     // Running an app as another user is refused, not ignored.
     let path = one_key_json(dir.path(), "uid", "\"www-data\"");
@@ -1248,4 +1247,43 @@ fn a_yaml_error_says_its_path_once() {
     .0;
     assert!(e.contains("[0].script: invalid type: map"), "{e}");
     assert_eq!(e.matches("[0].script").count(), 1, "{e}");
+}
+
+/// Regression: a file's `namespace` was warned about as "not done" and
+/// dropped, while `--namespace` and every verb's namespace selector work.
+#[test]
+fn regression_file_namespace_was_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.js", "");
+    write(dir.path(), "b.js", "");
+    let path = write(
+        dir.path(),
+        "ecosystem.json",
+        r#"{"apps": [{"script": "a.js", "name": "a", "namespace": "Backend"}, {"script": "b.js", "name": "b"}]}"#,
+    );
+    let (apps, warnings) = load_from(&path, None, dir.path()).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let ns: Vec<Option<String>> = apps
+        .iter()
+        .map(|a| {
+            options::app_def_noting(&a.options, &a.daemon, &a.command, &a.base)
+                .unwrap()
+                .0
+                .namespace
+        })
+        .collect();
+    assert_eq!(ns, [Some("Backend".to_string()), None]);
+
+    for bad in [r#""all""#, r#""7""#, r#""""#, "3"] {
+        let path = write(
+            dir.path(),
+            "bad.json",
+            &format!(r#"{{"apps": [{{"script": "a.js", "namespace": {bad}}}]}}"#),
+        );
+        let err = load(&path, None).expect_err(bad).0;
+        assert!(
+            err.contains("bad.json") && err.contains("namespace"),
+            "{bad}: {err}"
+        );
+    }
 }

@@ -152,12 +152,24 @@ ExitCode -> i32, "an exit code (a number)", numbers: true, bools: false, |s: &st
 });
 kind!(/// pm2's `cron_restart`: a 5- or 6-field pattern, checked as pm2 checks it (croner); 0 (or "0") turns it off.
     Cron -> Option<CronSpec>, "a cron pattern (\"0 3 * * *\"), or 0 for none", numbers: true, bools: false, |s: &str| options::cron_arg(s).map(|c| c.0));
+kind!(/// pm2's `namespace`: a group of apps that every verb can name.
+    Namespace -> String, "a namespace (a name, not 'all', not a number)", numbers: false, bools: false, namespace);
 kind!(/// A name of an environment variable.
     VarName -> String, "a variable name", numbers: false, bools: false, env_name);
 kind!(/// One `ignore_watch` entry: a name, glob or path.
 IgnoreGlob -> String, "a name, glob or path (node_modules, *.log, logs/)", numbers: false, bools: false, |s: &str| {
     check_ignore_glob(s).map(|()| s.to_string()).map_err(|e| e.0)
 });
+
+fn namespace(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() || s == "all" || s.parse::<u32>().is_ok() {
+        Err(format!(
+            "invalid namespace '{s}': give a name (not empty, not 'all', not a number)"
+        ))
+    } else {
+        Ok(s.to_string())
+    }
+}
 
 fn env_name(s: &str) -> Result<String, String> {
     if s.is_empty() || s.contains('=') || s.contains('\0') {

@@ -191,7 +191,8 @@ fn pick(apps: Vec<FileApp>, only: Option<&str>, file: &Path) -> Result<Vec<FileA
 /// Every app's definition, or the first app's mistake (naming the app):
 /// nothing is sent before all of them are good.
 fn defs(apps: &[FileApp], file: &Path) -> Result<Vec<AppDef>, UsageError> {
-    apps.iter()
+    let mut defs = apps
+        .iter()
         .map(|a| {
             let def = app_def(&a.options, &a.daemon, &a.command, &a.base).map_err(|e| {
                 UsageError(format!(
@@ -203,7 +204,28 @@ fn defs(apps: &[FileApp], file: &Path) -> Result<Vec<AppDef>, UsageError> {
             })?;
             Ok(def)
         })
-        .collect()
+        .collect::<Result<Vec<AppDef>, UsageError>>()?;
+    unwatch_each_others_logs(&mut defs);
+    Ok(defs)
+}
+
+/// The apps of one file often watch one folder and log into it (`watch:
+/// true` with `out_file: './logs/api.log'`): an app's own log lines never
+/// count as an edit, and neither may its neighbours', or two apps reload each
+/// other on every line they log, forever (as they restart each other under
+/// pm2).
+fn unwatch_each_others_logs(defs: &mut [AppDef]) {
+    let logs: Vec<PathBuf> = defs
+        .iter()
+        .flat_map(|d| [&d.logs.out_file, &d.logs.error_file, &d.logs.log_file])
+        .flatten()
+        .cloned()
+        .collect();
+    for def in defs.iter_mut() {
+        for path in &logs {
+            crate::options::unwatch_log(def, path);
+        }
+    }
 }
 
 /// `stop FILE`, `delete FILE`: each app of the file herd runs, at once; the

@@ -21,6 +21,7 @@ mod metrics;
 mod monit;
 mod node;
 mod pid1;
+mod pm2_files;
 mod pm2_verbs;
 mod reload;
 mod run;

@@ -201,6 +201,9 @@ pub fn spawn(
         counters: Counters::default(),
         created_at: SystemTime::now(),
         reset_base: HashMap::new(),
+        spawned: HashMap::new(),
+        carried: HashMap::new(),
+        restart_bump: false,
         exit_codes: HashMap::new(),
         desired: Desired::Stopped,
         keeper,
@@ -287,6 +290,17 @@ struct Actor {
     /// Each slot's (restarts, unstable) at the last `reset`, subtracted from
     /// what the engine counts; cleared when a new engine instance starts.
     reset_base: HashMap<usize, (u64, u32)>,
+    /// Workers started per slot by the current (or last) engine instance: the
+    /// restarts `list` and `jlist` show once it has ended (an app that went
+    /// errored or was stopped keeps its count, as pm2's `restart_time` does).
+    spawned: HashMap<usize, u64>,
+    /// Restarts per slot counted by earlier engine instances of this app
+    /// (pm2's `restart_time` goes on across a `restart` and a stop/start);
+    /// cleared by `reset`.
+    carried: HashMap<usize, u64>,
+    /// The next engine instance replaces a running one (`restart`): each
+    /// slot's count goes up by one, as pm2 counts a restart.
+    restart_bump: bool,
     /// Each slot's last worker exit as pm2's `exit_code` counts it (a death
     /// by signal is 0); kept after the app stops.
     exit_codes: HashMap<usize, i32>,
@@ -386,7 +400,15 @@ impl Actor {
                 self.outcome = None;
                 self.listen.clear();
                 self.over_limit.clear();
+                let bump = u64::from(std::mem::take(&mut self.restart_bump));
+                for slot in 0..self.def.spec.instances.max(self.spawned.len()) {
+                    let before = self.shown_restarts(slot);
+                    if before > 0 || bump > 0 {
+                        self.carried.insert(slot, before + bump);
+                    }
+                }
                 self.reset_base.clear();
+                self.spawned.clear();
                 self.tell(proto::Event::Started);
                 done(format!("started {}", self.name()))
             }
@@ -431,6 +453,7 @@ impl Actor {
             }
             AppCommand::Reset => {
                 self.created_at = SystemTime::now();
+                self.carried.clear();
                 self.reset_base = match self.engine_status().await {
                     Some(s) => s
                         .machine
@@ -438,7 +461,10 @@ impl Actor {
                         .iter()
                         .map(|slot| (slot.slot, (slot.restarts, slot.unstable)))
                         .collect(),
-                    None => HashMap::new(),
+                    None => {
+                        self.spawned.clear();
+                        HashMap::new()
+                    }
                 };
                 let _ = reply.send(done(format!(
                     "reset the restart counters of {}",
@@ -588,6 +614,7 @@ impl Actor {
         match &self.engine {
             Some(e) => {
                 e.command(Command::Stop);
+                self.restart_bump = true;
                 self.pending = Some(Pending::Stop {
                     reply,
                     then: AfterStop::Start,
@@ -750,7 +777,10 @@ impl Actor {
 
     fn on_report(&mut self, report: &Report) {
         match report {
-            Report::Online { pid, .. } => self.keeper.worker_started(*pid),
+            Report::Online { pid, slot } => {
+                self.keeper.worker_started(*pid);
+                *self.spawned.entry(*slot).or_default() += 1;
+            }
             Report::Exited {
                 slot, status, pid, ..
             } => {
@@ -956,6 +986,14 @@ impl Actor {
         }
     }
 
+    /// A slot's restarts as `list` and `jlist` show them once the engine
+    /// instance has ended: those of earlier instances, and this one's.
+    fn shown_restarts(&self, slot: usize) -> u64 {
+        let started = self.spawned.get(&slot).copied().unwrap_or(0);
+        self.carried.get(&slot).copied().unwrap_or(0)
+            + started.saturating_sub(1).saturating_sub(self.base(slot).0)
+    }
+
     /// A slot's (restarts, unstable) at the last `reset`.
     fn base(&self, slot: usize) -> (u64, u32) {
         self.reset_base.get(&slot).copied().unwrap_or_default()
@@ -977,7 +1015,15 @@ impl Actor {
                     WorkerState::Stopped
                 };
                 for slot in 0..spec.instances {
-                    workers.push(self.worker(slot, None, state, WorkerRole::Current, 0, None));
+                    let restarts = self.shown_restarts(slot);
+                    workers.push(self.worker(
+                        slot,
+                        None,
+                        state,
+                        WorkerRole::Current,
+                        restarts,
+                        None,
+                    ));
                 }
                 let app = if errored {
                     AppState::Errored
@@ -1016,7 +1062,8 @@ impl Actor {
                     info
                 };
                 for slot in &m.slots {
-                    let restarts = slot.restarts.saturating_sub(self.base(slot.slot).0);
+                    let restarts = slot.restarts.saturating_sub(self.base(slot.slot).0)
+                        + self.carried.get(&slot.slot).copied().unwrap_or(0);
                     workers.push(match &slot.current {
                         Some(w) => worker(w, WorkerRole::Current, restarts),
                         None => {

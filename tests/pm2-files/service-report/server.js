@@ -1,0 +1,12 @@
+// A stand-in for the app: serves on PORT, answers every request with its pid,
+// argv and environment as JSON, logs where it listens, and tells pm2 it is
+// ready (the file says wait_ready).
+const http = require('http');
+const server = http.createServer((req, res) => {
+  res.setHeader('content-type', 'application/json');
+  res.end(JSON.stringify({ pid: process.pid, argv: process.argv, env: process.env }));
+});
+server.listen(process.env.PORT || 0, () => {
+  console.log(`listening on ${server.address().port} process ${process.pid}`);
+  if (process.send) process.send('ready');
+});

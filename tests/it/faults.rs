@@ -74,14 +74,16 @@ fn a_crash_between_writing_and_renaming_the_saved_list_leaves_the_previous_one()
     // The list on disk is the previous one, whole.
     assert_eq!(saved_names(d.path()), ["one"]);
 
-    // The next daemon resurrects it, and saves again over the leftover.
+    // The apps ran on under their supervisors: the next daemon adopts both
+    // (resurrect adds none of the saved list's, which run already), and
+    // saves again over the leftover.
     d.ok(&["resurrect"]);
     d.wait_online("one", 1);
-    assert_eq!(names(&d), ["one"]);
+    assert_eq!(names(&d), ["one", "two"]);
     d.start_fixture("three", &["--ready-delay", "100ms"]);
     d.wait_online("three", 1);
-    assert!(d.ok(&["save"]).contains("saved 2 app(s)"));
-    assert_eq!(saved_names(d.path()), ["one", "three"]);
+    assert!(d.ok(&["save"]).contains("saved 3 app(s)"));
+    assert_eq!(saved_names(d.path()), ["one", "three", "two"]);
     assert!(!d.path().join("dump.json.tmp").exists());
 }
 

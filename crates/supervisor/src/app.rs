@@ -231,6 +231,9 @@ enum Pending {
         done: String,
         reply: oneshot::Sender<Ticket>,
         notes: Vec<String>,
+        /// How the engine said a reload of this command was aborted (which
+        /// worker, whether the old one serves on): the answer's words.
+        aborted: Option<String>,
     },
     /// A stop: ends with the app's exit; then what.
     Stop {
@@ -454,6 +457,7 @@ impl Actor {
                         done: format!("replaced worker {slot} of {}", self.name()),
                         reply,
                         notes: Vec::new(),
+                        aborted: None,
                     });
                 }
                 Some(_) => {
@@ -539,6 +543,7 @@ impl Actor {
                             done: message,
                             reply,
                             notes: Vec::new(),
+                            aborted: None,
                         });
                     }
                     None => {
@@ -638,6 +643,7 @@ impl Actor {
                             done: reloaded(self.name()),
                             reply,
                             notes: Vec::new(),
+                            aborted: None,
                         });
                         return;
                     }
@@ -665,6 +671,7 @@ impl Actor {
                     done: reloaded(self.name()),
                     reply,
                     notes: Vec::new(),
+                    aborted: None,
                 });
             }
             None => {
@@ -731,6 +738,11 @@ impl Actor {
             Event::Lifecycle(Report::Answered { ticket, answer }) => self.on_answer(ticket, answer),
             Event::Lifecycle(report) => {
                 self.say(&report);
+                if let (Report::ReloadAborted { .. }, Some(Pending::Engine { aborted, .. })) =
+                    (&report, &mut self.pending)
+                {
+                    *aborted = Some(report.to_string());
+                }
                 self.on_report(&report);
                 self.tell(proto::Event::Lifecycle { report });
             }
@@ -787,6 +799,7 @@ impl Actor {
             done,
             reply,
             notes,
+            aborted: was_aborted,
             ..
         }) = self.pending.take()
         else {
@@ -798,9 +811,10 @@ impl Actor {
             Answer::Done => Ticket::Done {
                 message: said(done),
             },
-            Answer::Aborted(reason) => {
-                aborted(said(format!("{name}: the {what} was aborted: {reason}")))
-            }
+            Answer::Aborted(reason) => aborted(said(match was_aborted {
+                Some(text) => format!("{name}: {text}"),
+                None => format!("{name}: the {what} was aborted: {reason}"),
+            })),
             Answer::Refused(why) => refused(said(format!("{name}: the {what} was refused: {why}"))),
         };
         let _ = reply.send(ticket);

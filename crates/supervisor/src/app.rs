@@ -519,8 +519,8 @@ impl Actor {
             AppCommand::Scale(to) => {
                 let now = self.def.spec.instances as i64;
                 let n = match to {
-                    ScaleTo::Exactly(n) => n as i64,
-                    ScaleTo::By(d) => now + d,
+                    ScaleTo::Exactly(n) => i64::try_from(n).unwrap_or(i64::MAX),
+                    ScaleTo::By(d) => now.saturating_add(d),
                 };
                 if !(1..=4096).contains(&n) {
                     let _ = reply.send(refused(format!(

@@ -92,20 +92,38 @@ impl Door {
 
 /// Serve until `herd kill`, SIGTERM or SIGINT; `started` is when the daemon
 /// process began (adoption is timed from it).
-pub async fn serve(options: Options, started: Instant) -> Result<i32, Error> {
+/// `control_fd`: the control socket kept open by the previous image of this
+/// daemon (`herd update`), else one is bound.
+pub async fn serve(
+    options: Options,
+    started: Instant,
+    control_fd: Option<std::os::fd::OwnedFd>,
+) -> Result<i32, Error> {
     let home = options.home.clone();
     let path = home.socket();
-    // We hold the home's lock: a socket file left here is stale.
-    home.remove_socket();
     let listen_err = |error| Error::Listen {
         path: path.clone(),
         error,
     };
-    // Bound through the checked directory's fd, then made owner-only.
-    let listener = UnixListener::bind(home.socket_address()).map_err(listen_err)?;
-    home.dir()
-        .set_socket_mode(crate::home::SOCKET, 0o600)
-        .map_err(listen_err)?;
+    let listener = match control_fd {
+        // The previous image of this daemon (`herd update`) kept it open:
+        // connections made meanwhile wait in its queue.
+        Some(fd) => {
+            let listener = std::os::unix::net::UnixListener::from(fd);
+            listener.set_nonblocking(true).map_err(listen_err)?;
+            UnixListener::from_std(listener).map_err(listen_err)?
+        }
+        None => {
+            // We hold the home's lock: a socket file left here is stale.
+            home.remove_socket();
+            // Bound through the checked directory's fd, then made owner-only.
+            let listener = UnixListener::bind(home.socket_address()).map_err(listen_err)?;
+            home.dir()
+                .set_socket_mode(crate::home::SOCKET, 0o600)
+                .map_err(listen_err)?;
+            listener
+        }
+    };
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Runtime)?;
     let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(Error::Runtime)?;
@@ -120,6 +138,10 @@ pub async fn serve(options: Options, started: Instant) -> Result<i32, Error> {
     };
     let apps = AppsDir::open(&home).map_err(Error::Apps)?;
     let ctx = Ctx::new(home.clone(), apps, options.secrets.clone());
+    ctx.control_fd.store(
+        std::os::fd::AsRawFd::as_raw_fd(&listener),
+        std::sync::atomic::Ordering::SeqCst,
+    );
     // The CLI may connect already (the socket is bound); it is answered
     // once every app found in the home is taken.
     crate::adopt::adopt(&ctx, started).await;
@@ -230,6 +252,8 @@ async fn client(door: Arc<Door>, stream: UnixStream) {
     };
     let response = handlers::handle(&door.ctx, request).await;
     let _ = tokio::time::timeout(REQUEST_DEADLINE, answer(&mut conn, &response)).await;
+    // `herd update`: the new binary replaces this one now, answer sent.
+    handlers::update::reexec_if_asked(&door.ctx);
 }
 
 /// Check the peer, take the hello and the request within their deadlines,

@@ -484,7 +484,11 @@ impl Actor {
         let frozen = loop {
             tokio::select! {
                 r = &mut freeze => break r,
-                event = next_event(&mut self.events) => self.on_event(event),
+                event = next_event(&mut self.events) => match event {
+                    Some(event) => self.on_event(Some(event)),
+                    // The events end as the freeze completes.
+                    None => self.events = None,
+                },
             }
         };
         let frozen = match frozen {

@@ -35,6 +35,9 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// Requests carried out at once (a reload may take minutes); more wait
 /// their turn, as waiting connections.
 const MAX_ACTIVE: usize = 128;
+/// How long `herd update` waits for the requests under way to end before
+/// the daemon executes its new binary.
+const QUIET_DEADLINE: Duration = Duration::from_secs(60);
 /// Waiting connections kept; a new one beyond this drops the oldest.
 const MAX_WAITING: usize = 32;
 /// The largest hello frame (a hello is a few dozen bytes).
@@ -189,7 +192,9 @@ pub async fn serve(
     });
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            // Paused while `herd update` lets the requests under way end.
+            _ = ctx.updating_changed.notified() => {}
+            accepted = listener.accept(), if !ctx.updating() => match accepted {
                 Ok((stream, _)) => {
                     tokio::spawn(client(door.clone(), stream));
                 }
@@ -247,13 +252,51 @@ async fn client(door: Arc<Door>, stream: UnixStream) {
         r = receive(&door, stream) => r,
     };
     drop(leave);
-    let Some((mut conn, request, _turn)) = received else {
+    let Some((mut conn, request, turn)) = received else {
         return;
     };
     let response = handlers::handle(&door.ctx, request).await;
     let _ = tokio::time::timeout(REQUEST_DEADLINE, answer(&mut conn, &response)).await;
-    // `herd update`: the new binary replaces this one now, answer sent.
-    handlers::update::reexec_if_asked(&door.ctx);
+    drop(conn);
+    drop(turn);
+    if door.ctx.reexec_asked() {
+        reexec_when_quiet(&door).await;
+    }
+}
+
+/// `herd update`: stop accepting (new connections wait in the socket's
+/// queue, which the next image keeps), let every connection already taken
+/// end, then execute the new binary. If that cannot be done, serve on.
+async fn reexec_when_quiet(door: &Door) {
+    let ctx = &door.ctx;
+    ctx.set_updating(true);
+    let deadline = Instant::now() + QUIET_DEADLINE;
+    let all = loop {
+        if door.waiting().queue.is_empty() {
+            if let Ok(all) = door
+                .active
+                .clone()
+                .try_acquire_many_owned(MAX_ACTIVE as u32)
+            {
+                break Some(all);
+            }
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    match all {
+        Some(_all) => handlers::update::reexec_if_asked(ctx),
+        None => {
+            ctx.reexec_cancel();
+            crate::say!(
+                "herd update: requests still ran after {} s; the daemon runs on, not updated",
+                QUIET_DEADLINE.as_secs()
+            );
+        }
+    }
+    ctx.set_updating(false);
 }
 
 /// Check the peer, take the hello and the request within their deadlines,

@@ -42,6 +42,9 @@ pub struct Ctx {
     pub reexec: Mutex<Option<std::path::PathBuf>>,
     /// The control socket's fd (kept open across that exec).
     pub control_fd: std::sync::atomic::AtomicI32,
+    /// Accepting is paused for that exec.
+    updating: std::sync::atomic::AtomicBool,
+    pub updating_changed: tokio::sync::Notify,
 }
 
 impl Ctx {
@@ -55,7 +58,30 @@ impl Ctx {
             shutdown: tokio::sync::Notify::new(),
             reexec: Mutex::new(None),
             control_fd: std::sync::atomic::AtomicI32::new(-1),
+            updating: std::sync::atomic::AtomicBool::new(false),
+            updating_changed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Whether `herd update` asked for an exec of the new binary.
+    pub fn reexec_asked(&self) -> bool {
+        self.reexec
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    pub fn reexec_cancel(&self) {
+        *self.reexec.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    pub fn updating(&self) -> bool {
+        self.updating.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn set_updating(&self, on: bool) {
+        self.updating.store(on, std::sync::atomic::Ordering::SeqCst);
+        self.updating_changed.notify_waiters();
     }
 
     pub fn registry(&self) -> MutexGuard<'_, Registry> {

@@ -224,6 +224,18 @@ fn herd_update_replaces_every_herd_process_in_place_under_load() {
     let report = load.stop();
     assert!(report.ok > 100, "too little load: {report:?}");
     assert_eq!(report.failed(), 0, "{report:?}\n{}", h.log());
+
+    // A stopped app has nothing to hand over: its supervisor is replaced by
+    // one on the new binary, and the app stays stopped.
+    h.ok(&["stop", "api"]);
+    h.replace();
+    let said = h.ok(&["update"]);
+    assert!(said.contains("api (stopped): supervisor"), "{said}");
+    for pid in h.herd_processes() {
+        assert!(h.runs_new_file(pid), "{pid} runs an old file\n{}", h.log());
+    }
+    assert_eq!(h.app("api")["status"], "stopped");
+    assert_eq!(h.workers("web", 2), workers.0);
 }
 
 #[test]

@@ -229,6 +229,12 @@ pub async fn serve(
             _ = sighup.recv() => {}
         }
     }
+    // Let the answers under way (`herd kill`'s own) reach their clients.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        door.active.clone().acquire_many_owned(MAX_ACTIVE as u32),
+    )
+    .await;
     home.remove_socket();
     crate::say!("daemon {} exits", std::process::id());
     Ok(0)

@@ -236,6 +236,40 @@ pub async fn apps(ctx: &Arc<Ctx>) -> Response {
     }
 }
 
+/// A stopped app's supervisor: end it, and see the next one serve on the
+/// new binary.
+async fn replace_stopped(
+    entry: &Entry,
+    pid: u32,
+    runs_target: impl Fn(&herd_protocol::supervisor::Binary) -> bool,
+    started: Instant,
+) -> Result<String, String> {
+    let name = &entry.name;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    loop {
+        if let Ok(status) = entry.link.status().await {
+            let now = &status.supervisor;
+            if now.pid != pid && runs_target(&now.binary) {
+                return Ok(format!(
+                    "{name} (stopped): supervisor {} replaced {pid} in {}",
+                    now.pid,
+                    herd_engine::describe::duration(started.elapsed())
+                ));
+            }
+        }
+        if started.elapsed() > UPGRADE_DEADLINE {
+            return Err(format!(
+                "{name} (stopped): no supervisor served on the new binary within {} s (see herd.log)",
+                UPGRADE_DEADLINE.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// One supervisor: ask it, then see it serve again, same pid, on `target`.
 async fn upgrade_one(entry: &Entry, exe: &Path, target: (u64, u64)) -> Result<String, String> {
     let name = &entry.name;
@@ -257,6 +291,12 @@ async fn upgrade_one(entry: &Entry, exe: &Path, target: (u64, u64)) -> Result<St
         })
         .await;
     match asked {
+        // A stopped app has nothing to hand over: its supervisor ends
+        // (SIGTERM keeps what the app wishes) and the daemon starts another
+        // on the new binary, as after any end of a supervisor.
+        Ok(Ticket::Refused { .. }) if !before.app.info.state.is_up() => {
+            return replace_stopped(entry, pid, runs_target, started).await
+        }
         Ok(Ticket::Refused { why }) | Ok(Ticket::Aborted { why }) => {
             return Err(format!("{name}: not upgraded: {why}"))
         }

@@ -133,7 +133,7 @@ impl Copied {
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            if args.iter().any(|a| a == "supervise") && args.iter().any(|a| *a == home) {
+            if args.iter().any(|a| a == "supervise") && args.contains(&home) {
                 pids.push(pid);
             }
         }

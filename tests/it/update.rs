@@ -160,6 +160,22 @@ impl Drop for Copied {
     }
 }
 
+/// The pid of `app`'s supervisor (its pid file).
+fn supervisor_of(h: &Copied, app: &str) -> i32 {
+    let id = h.app(app)["id"].as_u64().unwrap();
+    let text = std::fs::read_to_string(h.home().join(format!("apps/{id}.pid"))).unwrap();
+    text.trim().parse().unwrap()
+}
+
+/// What process `pid` has open.
+fn open_files(pid: i32) -> Vec<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .collect()
+}
+
 /// Fresh-connection load on `addr`, bounded.
 fn load(addr: &str) -> Load {
     Load::start_bounded(
@@ -224,6 +240,21 @@ fn herd_update_replaces_every_herd_process_in_place_under_load() {
     let report = load.stop();
     assert!(report.ok > 100, "too little load: {report:?}");
     assert_eq!(report.failed(), 0, "{report:?}\n{}", h.log());
+
+    // The log files travel with the app as open files: one moved away
+    // (a logrotate without SIGUSR1) is still the one written.
+    let out_log = PathBuf::from(h.app("web")["out_log"].as_str().unwrap());
+    let moved = out_log.with_extension("log.moved");
+    std::fs::rename(&out_log, &moved).unwrap();
+    h.replace();
+    h.ok(&["update"]);
+    let supervisor = supervisor_of(&h, "web");
+    assert!(
+        open_files(supervisor).contains(&moved),
+        "{:?}",
+        open_files(supervisor)
+    );
+    assert!(!out_log.exists(), "the log was opened again by path");
 
     // A stopped app has nothing to hand over: its supervisor is replaced by
     // one on the new binary, and the app stays stopped.

@@ -89,6 +89,8 @@ pub struct Handover {
     pub frozen: herd_engine::supervisor::Frozen,
     pub probed: herd_engine::upgrade::Probed,
     pub carried: Carried,
+    /// The open log files, in [`Carried`]'s `log_files` order.
+    pub log_fds: Vec<std::os::fd::OwnedFd>,
 }
 
 /// The actor's own state that an in-place upgrade carries over (the app's
@@ -101,6 +103,16 @@ pub struct Carried {
     exit_codes: Vec<(usize, i32)>,
     desired: Desired,
     listen: Vec<String>,
+    /// Which log file each handed-over fd is: (instance, 0 out / 1 err / 2 both).
+    #[serde(default)]
+    log_files: Vec<(usize, u8)>,
+}
+
+impl Carried {
+    /// How many log files' fds travel with it.
+    pub fn log_files(&self) -> usize {
+        self.log_files.len()
+    }
 }
 
 /// What the app counted since its supervisor took it (for metrics; these
@@ -236,6 +248,7 @@ pub fn resume(
     keeper: Box<dyn Keeper>,
     frozen: herd_engine::supervisor::Frozen,
     carried: Carried,
+    log_fds: Vec<std::os::fd::OwnedFd>,
 ) -> Result<(AppRef, tokio::task::JoinHandle<Option<Handover>>), String> {
     let mut actor = Actor::new(id, def, home, keeper)?;
     let (engine, events) = supervisor::resume(frozen)
@@ -249,6 +262,13 @@ pub fn resume(
     actor.exit_codes = carried.exit_codes.into_iter().collect();
     actor.desired = carried.desired;
     actor.listen = carried.listen;
+    let kept = carried
+        .log_files
+        .into_iter()
+        .zip(log_fds)
+        .map(|((slot, which), fd)| (slot, which, fd))
+        .collect();
+    actor.logs.take_over(kept);
     Ok(actor.spawn())
 }
 
@@ -508,10 +528,19 @@ impl Actor {
         }
         self.engine = None;
         self.say(format!("upgrading in place to {}", exe.display()));
+        // The log files go with the app (opened again by path if they cannot).
+        let kept = self.logs.kept_fds().unwrap_or_default();
+        let log_files = kept
+            .iter()
+            .map(|(slot, which, _)| (*slot, *which))
+            .collect();
+        let log_fds = kept.into_iter().map(|(_, _, fd)| fd).collect();
         self.handover = Some(Handover {
             frozen,
             probed,
+            log_fds,
             carried: Carried {
+                log_files,
                 counters: self.counters.to_protocol(),
                 created_at_ms: crate::server::unix_ms(self.created_at),
                 reset_base: self.reset_base.iter().map(|(k, v)| (*k, *v)).collect(),

@@ -23,8 +23,8 @@
 //!
 //! In-place upgrade (`herd update` asks with `Command::Upgrade`): the actor
 //! probes the new binary and freezes the app, then this loop `fexecve`s it
-//! with the app's state, keeping the control socket and the lock open
-//! across the exec (connections queue meanwhile); the new image resumes
+//! with the app's state, keeping the control socket, the lock and the log
+//! files open across the exec (connections queue meanwhile); the new image resumes
 //! the app ([`resume`]): same pid, same workers. A new binary that cannot
 //! take the app over hands it back to the old one, which runs on.
 
@@ -160,6 +160,14 @@ pub fn resume(inherited: Inherited) -> Result<i32, Error> {
             "the control socket and the lock were not handed over".into(),
         ));
     };
+    let log_fds: Vec<_> = fds.collect();
+    if log_fds.len() != state.carried.log_files() {
+        return Err(resume_err(format!(
+            "{} log file fds were handed over for {} files",
+            log_fds.len(),
+            state.carried.log_files()
+        )));
+    }
     let listener = std::os::unix::net::UnixListener::from(listener);
     listener
         .set_nonblocking(true)
@@ -192,7 +200,7 @@ pub fn resume(inherited: Inherited) -> Result<i32, Error> {
         containment: state.containment,
         cgroup,
         ready: Ready(None),
-        resumed: Some((inherited.frozen, state.carried)),
+        resumed: Some((inherited.frozen, state.carried, log_fds)),
     })
 }
 
@@ -206,7 +214,7 @@ struct Hosted {
     cgroup: Option<Cgroup>,
     ready: Ready,
     /// An app handed over by the previous image (an in-place upgrade).
-    resumed: Option<(Frozen, app::Carried)>,
+    resumed: Option<(Frozen, app::Carried, Vec<std::os::fd::OwnedFd>)>,
 }
 
 /// Run the app and serve the socket until the app is deleted or a signal
@@ -272,7 +280,7 @@ fn host(hosted: Hosted) -> ! {
 /// previous image if this is one.
 struct Start {
     app_file: AppFile,
-    resumed: Option<(Frozen, app::Carried)>,
+    resumed: Option<(Frozen, app::Carried, Vec<std::os::fd::OwnedFd>)>,
     /// The fd of the held lock (kept across an upgrade).
     lock_fd: RawFd,
 }
@@ -460,13 +468,14 @@ async fn supervise(
     };
     let was_resumed = resumed.is_some();
     let spawned = match resumed {
-        Some((frozen, carried)) => app::resume(
+        Some((frozen, carried, log_fds)) => app::resume(
             id,
             app_file.definition,
             files.home(),
             Box::new(keeper),
             frozen,
             carried,
+            log_fds,
         ),
         None => app::spawn(id, app_file.definition, files.home(), Box::new(keeper)),
     };
@@ -600,7 +609,16 @@ async fn upgrade(
         frozen,
         probed,
         carried,
+        log_fds,
     } = handover;
+    // The control socket, the lock, then the log files (kept open here
+    // until the exec).
+    let fds: Vec<RawFd> = fds
+        .iter()
+        .copied()
+        .chain(log_fds.iter().map(|f| f.as_raw_fd()))
+        .collect();
+    let fds = &fds[..];
     let state = |carried: app::Carried| {
         serde_json::to_value(HostState {
             home: files.home().root().to_path_buf(),

@@ -53,8 +53,14 @@ fn main() {
     // The image after an in-place upgrade: resume the app it was handed
     // (whatever this version makes of the command line).
     if let Some(inherited) = herd_engine::upgrade::inherited() {
-        std::process::exit(exit_code(run::resume(inherited)));
+        let result = match inherited {
+            Ok(i) if i.kind == herd_supervisor::process::HOST_KIND => supervise::resume(i),
+            other => run::resume(other),
+        };
+        std::process::exit(exit_code(result));
     }
+    // `herd update` asks a new binary which protocols it speaks.
+    answer_versions();
     let cli = Cli::parse();
     // As a container's PID 1, `run` and `daemon` put a tiny init in front of
     // themselves (reaps orphans, forwards signals): see herd_engine::init_if_pid1.
@@ -85,6 +91,23 @@ fn main() {
     };
     std::process::exit(exit_code(result))
 }
+
+/// Answer `herd --herd-versions` (hidden; `herd update` asks a new binary
+/// before executing it) and exit.
+fn answer_versions() {
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(VERSIONS_FLAG)) {
+        println!(
+            "herd versions: control {} supervisor {} state {}",
+            herd_protocol::VERSION,
+            herd_protocol::supervisor::VERSION,
+            herd_engine::upgrade::STATE_VERSION
+        );
+        std::process::exit(0);
+    }
+}
+
+/// The hidden flag of [`answer_versions`].
+pub const VERSIONS_FLAG: &str = "--herd-versions";
 
 /// The exit status for a command's result; an error is printed.
 pub(crate) fn exit_code(result: anyhow::Result<i32>) -> i32 {

@@ -56,3 +56,8 @@ pub fn main(args: SuperviseArgs) -> anyhow::Result<i32> {
         e => anyhow::Error::new(e),
     })
 }
+
+/// The supervisor's next image after an in-place upgrade: take the app over.
+pub fn resume(inherited: herd_engine::upgrade::Inherited) -> anyhow::Result<i32> {
+    Ok(process::resume(inherited)?)
+}

@@ -20,6 +20,7 @@ mod settle;
 mod start;
 mod startup;
 mod tail;
+mod update;
 
 use clap::{Args, Subcommand};
 use herd_protocol::{Request, Response, ScaleTo};
@@ -92,8 +93,9 @@ pub enum Verb {
     Startup(startup::StartupArgs),
     /// Stop every app gracefully, then the daemon.
     Kill,
-    /// Replace herd's running processes by the binary on disk, the apps serving on
-    /// (what `systemctl reload` runs); not available yet.
+    /// Replace herd's running processes (the daemon, then each app's supervisor) by the
+    /// binary now on disk, in place: same pids, same workers, the apps serving on
+    /// (what `systemctl reload` runs).
     Update,
     /// Check that the daemon answers (starting it if needed).
     Ping,
@@ -377,13 +379,7 @@ pub fn main(verb: Verb) -> anyhow::Result<i32> {
         Verb::Import(args) => return import::main(args),
         Verb::Startup(args) => return startup::main(args),
         Verb::Kill => return kill(),
-        Verb::Update => {
-            anyhow::bail!(
-                "herd update (replacing herd's processes by a new binary in place, the apps \
-                 serving on) is not available yet in this herd. To run a new herd binary now: \
-                 `herd save`, `herd kill`, then `herd resurrect` (the apps are restarted)"
-            )
-        }
+        Verb::Update => return update::main(),
         Verb::Ping => {
             if let Response::Pong {
                 pid,

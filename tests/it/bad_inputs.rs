@@ -292,6 +292,11 @@ struct Part {
     start: Option<toml::Table>,
 }
 
+/// `{version}` in a case: the control protocol's version.
+fn with_version(text: &str) -> String {
+    text.replace("{version}", &herd_protocol::VERSION.to_string())
+}
+
 fn frame(json: &[u8]) -> Vec<u8> {
     let mut f = (json.len() as u32).to_be_bytes().to_vec();
     f.extend_from_slice(json);
@@ -313,10 +318,7 @@ fn control(d: &Daemon, hello: bool) -> UnixStream {
     sock.set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
     if hello {
-        let hello = format!(
-            r#"{{"request":"hello","version":{}}}"#,
-            herd_protocol::VERSION
-        );
+        let hello = with_version(r#"{"request":"hello","version":{version}}"#);
         sock.write_all(&frame(hello.as_bytes())).unwrap();
         let answer = read_frame(&mut sock).expect("a hello back");
         assert_eq!(answer["response"], "hello", "{answer}");
@@ -357,8 +359,7 @@ fn bad_control_frames_are_answered_and_change_nothing() {
                 let request = json!({"request": "start", "apps": [def], "update": false});
                 bytes.extend(frame(request.to_string().as_bytes()));
             } else if let Some(json) = &part.json {
-                let json =
-                    expand_sizes(&json.replace("{version}", &herd_protocol::VERSION.to_string()));
+                let json = expand_sizes(&with_version(json));
                 let len = part.length.unwrap_or(json.len() as u32);
                 bytes.extend(len.to_be_bytes());
                 bytes.extend(json.as_bytes());
@@ -395,15 +396,10 @@ fn bad_control_frames_are_answered_and_change_nothing() {
         failures.check(&label, answer["kind"] == case.kind.as_str(), || {
             format!("kind {}, expected {}: {message}", answer["kind"], case.kind)
         });
-        failures.check(
-            &label,
-            message.contains(
-                &case
-                    .says
-                    .replace("{version}", &herd_protocol::VERSION.to_string()),
-            ),
-            || format!("the message does not say {:?}: {message}", case.says),
-        );
+        let says = with_version(&case.says);
+        failures.check(&label, message.contains(&says), || {
+            format!("the message does not say {:?}: {message}", case.says)
+        });
     }
     failures.assert_none("frames.toml");
     let pong = ask(&d, &json!({"request": "ping"}));

@@ -74,9 +74,9 @@ fn a_crash_between_writing_and_renaming_the_saved_list_leaves_the_previous_one()
     // The list on disk is the previous one, whole.
     assert_eq!(saved_names(d.path()), ["one"]);
 
-    // The next daemon adopts both apps (their supervisors outlived the
-    // daemon), resurrects the saved one (already running), and saves again
-    // over the leftover.
+    // The apps ran on under their supervisors: the next daemon adopts both
+    // (resurrect adds none of the saved list's, which run already), and
+    // saves again over the leftover.
     d.ok(&["resurrect"]);
     d.wait_online("one", 1);
     assert_eq!(names(&d), ["one", "two"]);

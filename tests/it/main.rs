@@ -30,6 +30,7 @@ mod supervisor;
 mod supervisors;
 mod systemd;
 mod triggers;
+mod update;
 mod upgrade;
 
 /// What each fuzz target asserts of one input (`fuzz/src/lib.rs`), shared

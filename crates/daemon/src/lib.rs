@@ -98,15 +98,43 @@ pub struct Options {
     pub metrics_hosts: Vec<http::AllowedHost>,
 }
 
+/// The control socket a previous image of this daemon kept open for this
+/// one (`herd update`), if any. Call before any thread exists.
+fn inherited_control_fd() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let var = std::env::var_os(handlers::update::CONTROL_FD_ENV)?;
+    // SAFETY (of the environment): no other thread exists yet.
+    unsafe { std::env::remove_var(handlers::update::CONTROL_FD_ENV) };
+    let fd: i32 = var.to_str()?.parse().ok()?;
+    // SAFETY: F_GETFD only reads the fd's flags.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: open (checked), handed to this image by the previous one,
+    // and owned by nothing else here.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // Close-on-exec again, as any fd of ours.
+    // SAFETY: fcntl on the fd we now own.
+    unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::F_SETFD,
+            libc::FD_CLOEXEC,
+        )
+    };
+    Some(fd)
+}
+
 /// Run the daemon until `herd kill`, SIGTERM or SIGINT; returns the exit code.
 pub fn run(options: Options) -> Result<i32, Error> {
     let started = std::time::Instant::now();
+    let control_fd = inherited_control_fd();
     let lock = options.home.lock()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
-    let code = runtime.block_on(server::serve(options, started))?;
+    let code = runtime.block_on(server::serve(options, started, control_fd))?;
     drop(lock);
     Ok(code)
 }

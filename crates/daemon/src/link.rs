@@ -386,6 +386,15 @@ async fn watcher(link: Link) {
                 if link.deleting() {
                     return link.set(State::Gone);
                 }
+                // Still there, still holding the app's lock: it executed a
+                // new binary in place (`herd update`), or is ending. Follow
+                // it again (its socket stayed open; we are answered once
+                // the new image serves), without counting a restart.
+                if link.inner.files.running_pid() == Some(pid) {
+                    link.set(State::Connecting);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
                 if up_for >= BACKOFF_RESET {
                     backoff = BACKOFF_FIRST;
                     attempt = 0;

@@ -35,6 +35,9 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// Requests carried out at once (a reload may take minutes); more wait
 /// their turn, as waiting connections.
 const MAX_ACTIVE: usize = 128;
+/// How long `herd update` waits for the requests under way to end before
+/// the daemon executes its new binary.
+const QUIET_DEADLINE: Duration = Duration::from_secs(60);
 /// Waiting connections kept; a new one beyond this drops the oldest.
 const MAX_WAITING: usize = 32;
 /// The largest hello frame (a hello is a few dozen bytes).
@@ -92,20 +95,38 @@ impl Door {
 
 /// Serve until `herd kill`, SIGTERM or SIGINT; `started` is when the daemon
 /// process began (adoption is timed from it).
-pub async fn serve(options: Options, started: Instant) -> Result<i32, Error> {
+/// `control_fd`: the control socket kept open by the previous image of this
+/// daemon (`herd update`), else one is bound.
+pub async fn serve(
+    options: Options,
+    started: Instant,
+    control_fd: Option<std::os::fd::OwnedFd>,
+) -> Result<i32, Error> {
     let home = options.home.clone();
     let path = home.socket();
-    // We hold the home's lock: a socket file left here is stale.
-    home.remove_socket();
     let listen_err = |error| Error::Listen {
         path: path.clone(),
         error,
     };
-    // Bound through the checked directory's fd, then made owner-only.
-    let listener = UnixListener::bind(home.socket_address()).map_err(listen_err)?;
-    home.dir()
-        .set_socket_mode(crate::home::SOCKET, 0o600)
-        .map_err(listen_err)?;
+    let listener = match control_fd {
+        // The previous image of this daemon (`herd update`) kept it open:
+        // connections made meanwhile wait in its queue.
+        Some(fd) => {
+            let listener = std::os::unix::net::UnixListener::from(fd);
+            listener.set_nonblocking(true).map_err(listen_err)?;
+            UnixListener::from_std(listener).map_err(listen_err)?
+        }
+        None => {
+            // We hold the home's lock: a socket file left here is stale.
+            home.remove_socket();
+            // Bound through the checked directory's fd, then made owner-only.
+            let listener = UnixListener::bind(home.socket_address()).map_err(listen_err)?;
+            home.dir()
+                .set_socket_mode(crate::home::SOCKET, 0o600)
+                .map_err(listen_err)?;
+            listener
+        }
+    };
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Runtime)?;
     let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(Error::Runtime)?;
@@ -120,6 +141,10 @@ pub async fn serve(options: Options, started: Instant) -> Result<i32, Error> {
     };
     let apps = AppsDir::open(&home).map_err(Error::Apps)?;
     let ctx = Ctx::new(home.clone(), apps, options.secrets.clone());
+    ctx.control_fd.store(
+        std::os::fd::AsRawFd::as_raw_fd(&listener),
+        std::sync::atomic::Ordering::SeqCst,
+    );
     // The CLI may connect already (the socket is bound); it is answered
     // once every app found in the home is taken.
     crate::adopt::adopt(&ctx, started).await;
@@ -167,7 +192,9 @@ pub async fn serve(options: Options, started: Instant) -> Result<i32, Error> {
     });
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            // Paused while `herd update` lets the requests under way end.
+            _ = ctx.updating_changed.notified() => {}
+            accepted = listener.accept(), if !ctx.updating() => match accepted {
                 Ok((stream, _)) => {
                     tokio::spawn(client(door.clone(), stream));
                 }
@@ -202,6 +229,12 @@ pub async fn serve(options: Options, started: Instant) -> Result<i32, Error> {
             _ = sighup.recv() => {}
         }
     }
+    // Let the answers under way (`herd kill`'s own) reach their clients.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        door.active.clone().acquire_many_owned(MAX_ACTIVE as u32),
+    )
+    .await;
     home.remove_socket();
     crate::say!("daemon {} exits", std::process::id());
     Ok(0)
@@ -225,11 +258,51 @@ async fn client(door: Arc<Door>, stream: UnixStream) {
         r = receive(&door, stream) => r,
     };
     drop(leave);
-    let Some((mut conn, request, _turn)) = received else {
+    let Some((mut conn, request, turn)) = received else {
         return;
     };
     let response = handlers::handle(&door.ctx, request).await;
     let _ = tokio::time::timeout(REQUEST_DEADLINE, answer(&mut conn, &response)).await;
+    drop(conn);
+    drop(turn);
+    if door.ctx.reexec_asked() {
+        reexec_when_quiet(&door).await;
+    }
+}
+
+/// `herd update`: stop accepting (new connections wait in the socket's
+/// queue, which the next image keeps), let every connection already taken
+/// end, then execute the new binary. If that cannot be done, serve on.
+async fn reexec_when_quiet(door: &Door) {
+    let ctx = &door.ctx;
+    ctx.set_updating(true);
+    let deadline = Instant::now() + QUIET_DEADLINE;
+    let all = loop {
+        if door.waiting().queue.is_empty() {
+            if let Ok(all) = door
+                .active
+                .clone()
+                .try_acquire_many_owned(MAX_ACTIVE as u32)
+            {
+                break Some(all);
+            }
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    match all {
+        Some(_all) => handlers::update::reexec_if_asked(ctx),
+        None => {
+            ctx.reexec_cancel();
+            crate::say!(
+                "herd update: requests still ran after {} s; the daemon runs on, not updated",
+                QUIET_DEADLINE.as_secs()
+            );
+        }
+    }
+    ctx.set_updating(false);
 }
 
 /// Check the peer, take the hello and the request within their deadlines,

@@ -112,6 +112,13 @@ pub enum Request {
     Resurrect,
     /// Stop every app gracefully, then the daemon.
     Kill,
+    /// `herd update`, first step: the daemon checks the binary at its own
+    /// path and executes it in place (same pid, its control socket kept
+    /// open); answered just before the exec.
+    UpdateDaemon,
+    /// `herd update`, second step: each app's supervisor in turn upgrades
+    /// in place to the daemon's binary.
+    UpdateApps,
 }
 
 /// How `scale` changes the instance count.

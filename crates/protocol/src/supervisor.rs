@@ -124,6 +124,13 @@ pub enum Command {
     },
     /// Open the log files again (after logrotate moved them).
     ReopenLogs,
+    /// Replace the supervisor's binary by the one at `exe`, in place (same
+    /// pid, same workers; `herd update`). `Done` is said just before the
+    /// exec: the caller then sees the same pid serve on the new binary, or,
+    /// if the new binary could not take the app over, the old one again.
+    Upgrade {
+        exe: std::path::PathBuf,
+    },
 }
 
 /// How one command ended: the answer to *that* command, never guessed from

@@ -15,6 +15,7 @@
 //! followers ([`AppRef::follow`]) through a bounded broadcast.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use herd_engine::config::{AppSpec, Instances};
@@ -28,6 +29,7 @@ use herd_protocol::supervisor::{self as proto, Desired, Ticket};
 use herd_protocol::{
     AppDef, AppInfo, AppState, ScaleTo, Signal, SlotDetail, WorkerInfo, WorkerRole, WorkerState,
 };
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::logs::AppLogs;
@@ -72,6 +74,52 @@ pub enum AppCommand {
     },
     Signal(Signal),
     ReopenLogs,
+    /// Replace this process's binary by the one at `exe`, in place: the app
+    /// is frozen and the actor ends with a [`Handover`] for its host to
+    /// execute (see `herd_engine::upgrade`). Answered before the exec.
+    Upgrade {
+        exe: PathBuf,
+    },
+}
+
+/// What the actor hands its host for an in-place upgrade: the frozen app,
+/// the probed new binary, and the actor's own state.
+#[derive(Debug)]
+pub struct Handover {
+    pub frozen: herd_engine::supervisor::Frozen,
+    pub probed: herd_engine::upgrade::Probed,
+    pub carried: Carried,
+    /// The open log files, in [`Carried`]'s `log_files` order.
+    pub log_fds: Vec<std::os::fd::OwnedFd>,
+}
+
+/// The actor's own state that an in-place upgrade carries over (the app's
+/// definition and wish are in its file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Carried {
+    counters: proto::Counters,
+    created_at_ms: u64,
+    reset_base: Vec<(usize, (u64, u32))>,
+    /// The restart counts pm2's `restart_time` carries (see `Actor`).
+    #[serde(default)]
+    spawned: Vec<(usize, u64)>,
+    #[serde(default)]
+    carried: Vec<(usize, u64)>,
+    #[serde(default)]
+    restart_bump: bool,
+    exit_codes: Vec<(usize, i32)>,
+    desired: Desired,
+    listen: Vec<String>,
+    /// Which log file each handed-over fd is: (instance, 0 out / 1 err / 2 both).
+    #[serde(default)]
+    log_files: Vec<(usize, u8)>,
+}
+
+impl Carried {
+    /// How many log files' fds travel with it.
+    pub fn log_files(&self) -> usize {
+        self.log_files.len()
+    }
 }
 
 /// What the app counted since its supervisor took it (for metrics; these
@@ -91,6 +139,20 @@ struct Counters {
 }
 
 impl Counters {
+    fn from_protocol(c: proto::Counters) -> Counters {
+        Counters {
+            exits: c
+                .exits
+                .into_iter()
+                .map(|e| ((e.slot, e.cause, e.what), e.count))
+                .collect(),
+            reloads: c.reloads,
+            reloads_failed: c.reloads_failed,
+            log_bytes: [c.log_bytes.stdout, c.log_bytes.stderr],
+            log_lines: [c.log_lines.stdout, c.log_lines.stderr],
+        }
+    }
+
     fn to_protocol(&self) -> proto::Counters {
         let per_stream = |[stdout, stderr]: [u64; 2]| proto::PerStream { stdout, stderr };
         proto::Counters {
@@ -178,46 +240,95 @@ pub fn spawn(
     def: AppDef,
     home: &Home,
     keeper: Box<dyn Keeper>,
-) -> Result<(AppRef, tokio::task::JoinHandle<()>), String> {
-    let (tx, rx) = mpsc::channel(64);
-    let (queries, queries_rx) = mpsc::channel(64);
-    let (follow, _) = broadcast::channel(FOLLOW_QUEUE);
-    let logs = AppLogs::open(&def, home, id)?;
-    let actor = Actor {
-        id,
-        def,
-        home: home.clone(),
-        engine: None,
-        events: None,
-        logs,
-        sampler: Sampler::new(),
-        over_limit: HashMap::new(),
-        pending: None,
-        listen: Vec::new(),
-        outcome: None,
-        deleted: false,
-        quit: false,
-        ever_started: false,
-        counters: Counters::default(),
-        created_at: SystemTime::now(),
-        reset_base: HashMap::new(),
-        spawned: HashMap::new(),
-        carried: HashMap::new(),
-        restart_bump: false,
-        exit_codes: HashMap::new(),
-        desired: Desired::Stopped,
-        keeper,
-        follow: follow.clone(),
-    };
-    let task = tokio::spawn(actor.run(rx, queries_rx));
-    Ok((
-        AppRef {
-            tx,
-            queries,
+) -> Result<(AppRef, tokio::task::JoinHandle<Option<Handover>>), String> {
+    let actor = Actor::new(id, def, home, keeper)?;
+    Ok(actor.spawn())
+}
+
+/// [`spawn`] for an app handed over by the previous image of this
+/// supervisor (an in-place upgrade): the engine resumes `frozen`, the actor
+/// takes `carried` back.
+pub fn resume(
+    id: u32,
+    def: AppDef,
+    home: &Home,
+    keeper: Box<dyn Keeper>,
+    frozen: herd_engine::supervisor::Frozen,
+    carried: Carried,
+    log_fds: Vec<std::os::fd::OwnedFd>,
+) -> Result<(AppRef, tokio::task::JoinHandle<Option<Handover>>), String> {
+    let mut actor = Actor::new(id, def, home, keeper)?;
+    let (engine, events) = supervisor::resume(frozen)
+        .map_err(|e| format!("cannot resume the app after the upgrade: {e}"))?;
+    actor.engine = Some(engine);
+    actor.events = Some(events);
+    actor.ever_started = true;
+    actor.counters = Counters::from_protocol(carried.counters);
+    actor.created_at = SystemTime::UNIX_EPOCH + Duration::from_millis(carried.created_at_ms);
+    actor.reset_base = carried.reset_base.into_iter().collect();
+    actor.spawned = carried.spawned.into_iter().collect();
+    actor.carried = carried.carried.into_iter().collect();
+    actor.restart_bump = carried.restart_bump;
+    actor.exit_codes = carried.exit_codes.into_iter().collect();
+    actor.desired = carried.desired;
+    actor.listen = carried.listen;
+    let kept = carried
+        .log_files
+        .into_iter()
+        .zip(log_fds)
+        .map(|((slot, which), fd)| (slot, which, fd))
+        .collect();
+    actor.logs.take_over(kept);
+    Ok(actor.spawn())
+}
+
+impl Actor {
+    fn new(id: u32, def: AppDef, home: &Home, keeper: Box<dyn Keeper>) -> Result<Actor, String> {
+        let (follow, _) = broadcast::channel(FOLLOW_QUEUE);
+        let logs = AppLogs::open(&def, home, id)?;
+        Ok(Actor {
+            id,
+            def,
+            home: home.clone(),
+            engine: None,
+            events: None,
+            logs,
+            sampler: Sampler::new(),
+            over_limit: HashMap::new(),
+            pending: None,
+            listen: Vec::new(),
+            outcome: None,
+            deleted: false,
+            quit: false,
+            ever_started: false,
+            counters: Counters::default(),
+            created_at: SystemTime::now(),
+            reset_base: HashMap::new(),
+            spawned: HashMap::new(),
+            carried: HashMap::new(),
+            restart_bump: false,
+            exit_codes: HashMap::new(),
+            desired: Desired::Stopped,
+            keeper,
             follow,
-        },
-        task,
-    ))
+            handover: None,
+        })
+    }
+
+    fn spawn(self) -> (AppRef, tokio::task::JoinHandle<Option<Handover>>) {
+        let (tx, rx) = mpsc::channel(64);
+        let (queries, queries_rx) = mpsc::channel(64);
+        let follow = self.follow.clone();
+        let task = tokio::spawn(self.run(rx, queries_rx));
+        (
+            AppRef {
+                tx,
+                queries,
+                follow,
+            },
+            task,
+        )
+    }
 }
 
 /// A command waiting for its end.
@@ -309,6 +420,8 @@ struct Actor {
     keeper: Box<dyn Keeper>,
     /// Lifecycle events for followers.
     follow: broadcast::Sender<proto::Event>,
+    /// Set once the app is frozen for an in-place upgrade: the actor ends.
+    handover: Option<Handover>,
 }
 
 fn done(message: String) -> Ticket {
@@ -347,11 +460,11 @@ impl Actor {
         mut self,
         mut commands: mpsc::Receiver<Envelope>,
         mut queries: mpsc::Receiver<oneshot::Sender<proto::App>>,
-    ) {
+    ) -> Option<Handover> {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut queries_open = true;
-        while !self.deleted && !self.quit {
+        while !self.deleted && !self.quit && self.handover.is_none() {
             tokio::select! {
                 query = queries.recv(), if queries_open => match query {
                     Some(reply) => {
@@ -378,6 +491,7 @@ impl Actor {
         if self.deleted {
             self.tell(proto::Event::Deleted);
         }
+        self.handover.take()
     }
 
     /// Read events until the engine instance is gone.
@@ -386,6 +500,85 @@ impl Actor {
             let event = next_event(&mut self.events).await;
             self.on_event(event);
         }
+    }
+
+    /// Probe the new binary, freeze the app and keep it for the host (the
+    /// actor then ends); the app runs on as it was if either fails.
+    async fn upgrade(&mut self, exe: PathBuf) -> Ticket {
+        let Some(engine) = self.engine.clone() else {
+            return refused(format!(
+                "{} is stopped: its supervisor upgrades when the app runs",
+                self.name()
+            ));
+        };
+        let path = exe.clone();
+        let probed =
+            match tokio::task::spawn_blocking(move || herd_engine::upgrade::probe(&path)).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => return refused(format!("{}: {e}", self.name())),
+                Err(e) => return aborted(format!("{}: the probe failed: {e}", self.name())),
+            };
+        // The engine settles the app; its events go on meanwhile, and end
+        // once it is frozen.
+        let freeze = engine.freeze();
+        tokio::pin!(freeze);
+        let frozen = loop {
+            tokio::select! {
+                r = &mut freeze => break r,
+                event = next_event(&mut self.events) => match event {
+                    Some(event) => self.on_event(Some(event)),
+                    // The events end as the freeze completes.
+                    None => self.events = None,
+                },
+            }
+        };
+        let frozen = match frozen {
+            Ok(f) => f,
+            Err(e) => {
+                return aborted(format!(
+                    "{}: cannot freeze the app for the upgrade: {e}; it runs on",
+                    self.name()
+                ))
+            }
+        };
+        while let Some(events) = &mut self.events {
+            match events.recv_timed().await {
+                Some(event) => self.on_event(Some(event)),
+                None => self.events = None,
+            }
+        }
+        self.engine = None;
+        self.say(format!("upgrading in place to {}", exe.display()));
+        // The log files go with the app (opened again by path if they cannot).
+        let kept = self.logs.kept_fds().unwrap_or_default();
+        let log_files = kept
+            .iter()
+            .map(|(slot, which, _)| (*slot, *which))
+            .collect();
+        let log_fds = kept.into_iter().map(|(_, _, fd)| fd).collect();
+        self.handover = Some(Handover {
+            frozen,
+            probed,
+            log_fds,
+            carried: Carried {
+                log_files,
+                counters: self.counters.to_protocol(),
+                created_at_ms: crate::server::unix_ms(self.created_at),
+                reset_base: self.reset_base.iter().map(|(k, v)| (*k, *v)).collect(),
+                spawned: self.spawned.iter().map(|(k, v)| (*k, *v)).collect(),
+                carried: self.carried.iter().map(|(k, v)| (*k, *v)).collect(),
+                restart_bump: self.restart_bump,
+                exit_codes: self.exit_codes.iter().map(|(k, v)| (*k, *v)).collect(),
+                desired: self.desired,
+                listen: self.listen.clone(),
+            },
+        });
+        done(format!(
+            "{}: its supervisor (pid {}) executes {}",
+            self.name(),
+            std::process::id(),
+            exe.display()
+        ))
     }
 
     fn start_engine(&mut self) -> Ticket {
@@ -418,6 +611,9 @@ impl Actor {
 
     async fn begin(&mut self, command: AppCommand, reply: oneshot::Sender<Ticket>) {
         match command {
+            AppCommand::Upgrade { exe } => {
+                let _ = reply.send(self.upgrade(exe).await);
+            }
             AppCommand::Start => {
                 self.changed(Desired::Running);
                 let _ = reply.send(self.start_engine());

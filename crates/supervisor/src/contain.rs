@@ -275,6 +275,12 @@ impl Cgroup {
         Ok(cgroup)
     }
 
+    /// The cgroup this process is in already (it created it before an
+    /// in-place upgrade).
+    pub fn entered(dir: PathBuf) -> Cgroup {
+        Cgroup { dir }
+    }
+
     pub fn path(&self) -> &Path {
         &self.dir
     }

@@ -257,6 +257,22 @@ impl AppFiles {
         }
     }
 
+    /// Take back the lock this process held before an in-place upgrade (the
+    /// fd was kept across the exec; the lock belongs to its open file, so
+    /// locking it again succeeds at once).
+    pub fn lock_inherited(&self, fd: std::os::fd::OwnedFd) -> Result<PidLock, FilesError> {
+        let lock_err = |error| FilesError::Lock {
+            path: self.pid_file(),
+            error,
+        };
+        let file = Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| lock_err(e.into()))?;
+        Ok(PidLock {
+            file,
+            files: self.clone(),
+        })
+    }
+
     /// Whether `file` is (still) the entry `apps/<id>.pid`.
     fn is_pid_file(&self, file: &File) -> bool {
         let ours = file.metadata();
@@ -298,6 +314,12 @@ impl PidLock {
         self.file.set_len(0)?;
         self.file.rewind()?;
         writeln!(self.file, "{pid}")
+    }
+
+    /// The fd holding the lock (kept across an in-place upgrade).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.file.as_raw_fd()
     }
 
     /// The parent of a fork that leaves the lock to its child: the lock

@@ -152,6 +152,28 @@ impl LogFile {
         &self.path
     }
 
+    /// The file a previous image of this process had open (an in-place
+    /// upgrade handed its fd over), appended to as before.
+    fn kept(
+        path: PathBuf,
+        home: &Home,
+        fd: std::os::fd::OwnedFd,
+        max_size: u64,
+        keep: u32,
+    ) -> io::Result<LogFile> {
+        let file = File::from(fd);
+        let size = file.metadata()?.len();
+        Ok(LogFile {
+            place: Place::of(&path, home),
+            path,
+            file,
+            size,
+            max_size,
+            keep,
+            created: false,
+        })
+    }
+
     /// Append whole lines, rotating before any line that would take the file
     /// past its size limit (a line is never split over two files; one longer
     /// than the limit gets a file of its own).
@@ -356,6 +378,58 @@ impl AppLogs {
             scratch: Vec::new(),
             lost: None,
         })
+    }
+
+    /// Copies of the open files' fds, for an in-place upgrade: (instance,
+    /// which: 0 out, 1 err, 2 both streams, fd).
+    pub fn kept_fds(&self) -> io::Result<Vec<(Slot, u8, std::os::fd::OwnedFd)>> {
+        let mut out = Vec::new();
+        for (slot, files) in &self.files {
+            let each = [Some(&files.out), Some(&files.err), files.combined.as_ref()];
+            for (which, file) in each.into_iter().enumerate() {
+                if let Some(f) = file {
+                    out.push((*slot, which as u8, f.file.try_clone()?.into()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Write to the files a previous image of this process had open
+    /// ([`AppLogs::kept_fds`] there), instead of those opened by path.
+    pub fn take_over(&mut self, kept: Vec<(Slot, u8, std::os::fd::OwnedFd)>) {
+        for (slot, which, fd) in kept {
+            if !self.files.contains_key(&slot) {
+                let paths = self.paths.of_instance(self.merged, slot);
+                match Files::open(&paths, &self.home, self.max_size, self.keep) {
+                    Ok(f) => {
+                        self.files.insert(slot, f);
+                    }
+                    Err(_) => continue,
+                }
+            }
+            let Some(files) = self.files.get_mut(&slot) else {
+                continue;
+            };
+            let target = match which {
+                0 => Some(&mut files.out),
+                1 => Some(&mut files.err),
+                _ => files.combined.as_mut(),
+            };
+            if let Some(target) = target {
+                if let Ok(f) = LogFile::kept(
+                    target.path.clone(),
+                    &self.home,
+                    fd,
+                    self.max_size,
+                    self.keep,
+                ) {
+                    // The file opening by path created just now is not the log.
+                    target.remove_if_unused();
+                    *target = f;
+                }
+            }
+        }
     }
 
     /// Remove the files that opening created, if still empty (the app

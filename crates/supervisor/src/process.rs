@@ -17,28 +17,38 @@
 //! It ends when the app is deleted (its files are removed), or on SIGTERM
 //! or SIGINT (the app is stopped; its file stays, wishing what it wished,
 //! for the next supervisor). SIGUSR1 reopens the log files; SIGHUP is
-//! ignored. It runs on one thread (plus the engine's spawner thread, which
-//! forks the workers: their `PR_SET_PDEATHSIG` is tied to it, so a
-//! SIGKILLed supervisor takes its workers with it).
+//! ignored. It runs on one thread, and the main thread forks the workers
+//! (their `PR_SET_PDEATHSIG` is tied to it, so a SIGKILLed supervisor takes
+//! its workers with it).
+//!
+//! In-place upgrade (`herd update` asks with `Command::Upgrade`): the actor
+//! probes the new binary and freezes the app, then this loop `fexecve`s it
+//! with the app's state, keeping the control socket, the lock and the log
+//! files open across the exec (connections queue meanwhile); the new image resumes
+//! the app ([`resume`]): same pid, same workers. A new binary that cannot
+//! take the app over hands it back to the old one, which runs on.
 
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use herd_engine::supervisor::Frozen;
+use herd_engine::upgrade::Inherited;
 use herd_home::Home;
 use herd_protocol::supervisor::{
     AppFile, Binary, Containment, Desired, SupervisorInfo, Ticket, VERSION,
 };
 use herd_protocol::AppDef;
+use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::app::{self, AppCommand, Keeper};
 use crate::contain::{self, Cgroup, CgroupError, ContainMode, Record};
-use crate::files::{AppFiles, FilesError};
+use crate::files::{AppFiles, FilesError, PidLock};
 use crate::server::{self, Shared};
 
 /// Connections served at once; more wait in the socket's backlog.
@@ -72,6 +82,8 @@ pub enum Error {
     Pid(io::Error),
     #[error("cannot start the async runtime: {0}")]
     Runtime(io::Error),
+    #[error("cannot resume the app after an in-place upgrade: {0}")]
+    Resume(String),
     #[error("the supervisor of app {id} did not start: {why}")]
     Start { id: u32, why: String },
 }
@@ -82,7 +94,6 @@ pub fn run(options: Options) -> Result<i32, Error> {
     let home = Home::open(&options.home).map_err(FilesError::from)?;
     let files = AppFiles::open(&home, options.id)?;
     let app_file = files.read_app()?;
-    let name = app_file.name.clone();
     let mut lock = files.lock()?;
     let listener = bind(&files)?;
     let ready = if options.foreground {
@@ -96,44 +107,182 @@ pub fn run(options: Options) -> Result<i32, Error> {
             Detached::Child(ready) => ready,
         }
     };
-    let result = (|| -> Result<_, Error> {
-        lock.write_pid(std::process::id()).map_err(Error::Pid)?;
-        let contained = contain(&files, &app_file, options.contain)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(Error::Runtime)?;
-        Ok((contained, runtime))
-    })();
-    let ((containment, cgroup), runtime) = match result {
-        Ok(r) => r,
+    let contained = lock
+        .write_pid(std::process::id())
+        .map_err(Error::Pid)
+        .and_then(|_| contain(&files, &app_file, options.contain));
+    let (containment, cgroup) = match contained {
+        Ok(c) => c,
         Err(e) => {
             ready.failed(&e.to_string());
             return Err(e);
         }
     };
-    let deleted = runtime.block_on(supervise(&files, app_file, listener, containment, ready));
-    drop(runtime);
-    // The app is done: nothing of it may stay behind.
-    if let Some(cgroup) = cgroup {
-        cgroup.close();
+    host(Hosted {
+        files,
+        app_file,
+        listener,
+        lock,
+        containment,
+        cgroup,
+        ready,
+        resumed: None,
+    })
+}
+
+/// The host's name in an in-place upgrade's state
+/// (`herd_engine::upgrade::Inherited::kind`).
+pub const HOST_KIND: &str = "supervise";
+
+/// What the supervisor hands the next image of itself beside the app (its
+/// control socket and its lock travel as fds, in that order).
+#[derive(Serialize, Deserialize)]
+struct HostState {
+    home: PathBuf,
+    id: u32,
+    containment: Containment,
+    carried: app::Carried,
+}
+
+/// Take over the app a previous image of this supervisor handed over (an
+/// in-place upgrade; see `herd_engine::upgrade`). Call it on the main
+/// thread before any other thread exists.
+pub fn resume(inherited: Inherited) -> Result<i32, Error> {
+    let resume_err = |why: String| Error::Resume(why);
+    let state: HostState = serde_json::from_value(inherited.host)
+        .map_err(|e| resume_err(format!("its host state is unreadable: {e}")))?;
+    let home = Home::open(&state.home).map_err(FilesError::from)?;
+    let files = AppFiles::open(&home, state.id)?;
+    let app_file = files.read_app()?;
+    let mut fds = inherited.host_fds.into_iter();
+    let (Some(listener), Some(lock)) = (fds.next(), fds.next()) else {
+        return Err(resume_err(
+            "the control socket and the lock were not handed over".into(),
+        ));
+    };
+    let log_fds: Vec<_> = fds.collect();
+    if log_fds.len() != state.carried.log_files() {
+        return Err(resume_err(format!(
+            "{} log file fds were handed over for {} files",
+            log_fds.len(),
+            state.carried.log_files()
+        )));
     }
-    if deleted {
-        files.remove_app();
-    } else {
-        files.remove_socket();
+    let listener = std::os::unix::net::UnixListener::from(listener);
+    listener
+        .set_nonblocking(true)
+        .map_err(|error| Error::Listen {
+            path: files.socket(),
+            error,
+        })?;
+    let lock = files.lock_inherited(lock)?;
+    let name = &app_file.name;
+    match &inherited.failed {
+        Some(why) => crate::say!(
+            "app {name}: upgrade failed: {why}; supervisor {} runs on its previous binary",
+            std::process::id()
+        ),
+        None => crate::say!(
+            "app {name}: supervisor {} upgraded in place: now running {}",
+            std::process::id(),
+            inherited.exe.display()
+        ),
     }
-    crate::say!(
-        "app {name}: supervisor {} exits{}",
-        std::process::id(),
-        if deleted {
-            " (the app was deleted)"
-        } else {
-            ""
+    let cgroup = match &state.containment {
+        Containment::Cgroup { path } => Some(Cgroup::entered(path.clone())),
+        Containment::ProcessGroups => None,
+    };
+    host(Hosted {
+        files,
+        app_file,
+        listener,
+        lock,
+        containment: state.containment,
+        cgroup,
+        ready: Ready(None),
+        resumed: Some((inherited.frozen, state.carried, log_fds)),
+    })
+}
+
+/// Everything the supervisor's loop runs with.
+struct Hosted {
+    files: AppFiles,
+    app_file: AppFile,
+    listener: std::os::unix::net::UnixListener,
+    lock: PidLock,
+    containment: Containment,
+    cgroup: Option<Cgroup>,
+    ready: Ready,
+    /// An app handed over by the previous image (an in-place upgrade).
+    resumed: Option<(Frozen, app::Carried, Vec<std::os::fd::OwnedFd>)>,
+}
+
+/// Run the app and serve the socket until the app is deleted or a signal
+/// ends the supervisor; then exit. The main thread forks every worker (and
+/// execs a new binary on an upgrade: the workers' `PR_SET_PDEATHSIG` is
+/// tied to it); the supervisor runs on a second thread.
+fn host(hosted: Hosted) -> ! {
+    herd_engine::upgrade::main_thread_spawner(move || {
+        let Hosted {
+            files,
+            app_file,
+            listener,
+            lock,
+            containment,
+            cgroup,
+            ready,
+            resumed,
+        } = hosted;
+        let name = app_file.name.clone();
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let e = Error::Runtime(e);
+                crate::say!("app {name}: {e}");
+                ready.failed(&e.to_string());
+                return 1;
+            }
+        };
+        let start = Start {
+            app_file,
+            resumed,
+            lock_fd: lock.raw_fd(),
+        };
+        let deleted = runtime.block_on(supervise(&files, start, listener, containment, ready));
+        drop(runtime);
+        // The app is done: nothing of it may stay behind.
+        if let Some(cgroup) = cgroup {
+            cgroup.close();
         }
-    );
-    lock.remove();
-    Ok(0)
+        if deleted {
+            files.remove_app();
+        } else {
+            files.remove_socket();
+        }
+        crate::say!(
+            "app {name}: supervisor {} exits{}",
+            std::process::id(),
+            if deleted {
+                " (the app was deleted)"
+            } else {
+                ""
+            }
+        );
+        lock.remove();
+        0
+    })
+}
+
+/// How [`supervise`] begins: the app's file, and the app handed over by a
+/// previous image if this is one.
+struct Start {
+    app_file: AppFile,
+    resumed: Option<(Frozen, app::Carried, Vec<std::os::fd::OwnedFd>)>,
+    /// The fd of the held lock (kept across an upgrade).
+    lock_fd: RawFd,
 }
 
 /// Bind the control socket owner-only, through the checked `apps/` (the
@@ -298,11 +447,16 @@ fn contain(
 /// ends the supervisor (false).
 async fn supervise(
     files: &AppFiles,
-    app_file: AppFile,
+    start: Start,
     listener: std::os::unix::net::UnixListener,
     containment: Containment,
     mut ready: Ready,
 ) -> bool {
+    let Start {
+        app_file,
+        resumed,
+        lock_fd,
+    } = start;
     let id = files.id();
     let name = app_file.name.clone();
     let desired = app_file.desired;
@@ -312,8 +466,20 @@ async fn supervise(
         record: Record::read(files).unwrap_or_default(),
         app_file: shared_file.clone(),
     };
-    let (app, mut actor) = match app::spawn(id, app_file.definition, files.home(), Box::new(keeper))
-    {
+    let was_resumed = resumed.is_some();
+    let spawned = match resumed {
+        Some((frozen, carried, log_fds)) => app::resume(
+            id,
+            app_file.definition,
+            files.home(),
+            Box::new(keeper),
+            frozen,
+            carried,
+            log_fds,
+        ),
+        None => app::spawn(id, app_file.definition, files.home(), Box::new(keeper)),
+    };
+    let (app, mut actor) = match spawned {
         Ok(a) => a,
         Err(e) => {
             crate::say!("app {name}: {e}");
@@ -342,6 +508,8 @@ async fn supervise(
             return false;
         }
     };
+    // Handled from here on (held until now, across an upgrade's exec too).
+    herd_engine::upgrade::signals_ready();
     let pid = std::process::id();
     let shared = Arc::new(Shared {
         app: app.clone(),
@@ -366,6 +534,9 @@ async fn supervise(
         files.socket().display()
     );
     let started = match desired {
+        _ if was_resumed => Ticket::Done {
+            message: format!("{name} runs on"),
+        },
         Desired::Running => app.command(AppCommand::Start).await,
         Desired::Stopped => Ticket::Done {
             message: format!("{name} stays stopped"),
@@ -399,7 +570,15 @@ async fn supervise(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = &mut actor => break,
+            ended = &mut actor => match ended {
+                Ok(Some(handover)) => {
+                    let fds = [listener.as_raw_fd(), lock_fd];
+                    upgrade(files, &name, &containment, handover, &fds).await;
+                    // Only an exec that failed twice gets here: the app is lost.
+                    break;
+                }
+                _ => break,
+            },
             _ = sigterm.recv() => quit(&app, &name, "SIGTERM", &mut quitting),
             _ = sigint.recv() => quit(&app, &name, "SIGINT", &mut quitting),
             _ = sigusr1.recv() => {
@@ -414,6 +593,67 @@ async fn supervise(
             .await
             .is_ok();
     deleted
+}
+
+/// Execute the new binary with the frozen app (this returns only if the
+/// exec failed); if that fails, the current binary again, which resumes
+/// the app as a new image would.
+async fn upgrade(
+    files: &AppFiles,
+    name: &str,
+    containment: &Containment,
+    handover: app::Handover,
+    fds: &[RawFd],
+) {
+    let app::Handover {
+        frozen,
+        probed,
+        carried,
+        log_fds,
+    } = handover;
+    // The control socket, the lock, then the log files (kept open here
+    // until the exec).
+    let fds: Vec<RawFd> = fds
+        .iter()
+        .copied()
+        .chain(log_fds.iter().map(|f| f.as_raw_fd()))
+        .collect();
+    let fds = &fds[..];
+    let state = |carried: app::Carried| {
+        serde_json::to_value(HostState {
+            home: files.home().root().to_path_buf(),
+            id: files.id(),
+            containment: containment.clone(),
+            carried,
+        })
+        .unwrap_or_default()
+    };
+    // Let the upgrade's answer reach the daemon before the exec.
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+    let exe = probed.path().to_path_buf();
+    let (frozen, error) =
+        herd_engine::upgrade::exec(probed, &exe, HOST_KIND, frozen, state(carried.clone()), fds)
+            .await;
+    crate::say!("app {name}: upgrade failed: {error}; executing the current binary again");
+    let current = PathBuf::from("/proc/self/exe");
+    let own = herd_engine::upgrade::own_exe().unwrap_or_else(|_| current.clone());
+    let probed = tokio::task::spawn_blocking(move || herd_engine::upgrade::probe(&current)).await;
+    match probed {
+        Ok(Ok(probed)) => {
+            let (_, error) =
+                herd_engine::upgrade::exec(probed, &own, HOST_KIND, frozen, state(carried), fds)
+                    .await;
+            crate::say!("app {name}: cannot execute the current binary again either: {error}; the app is lost");
+        }
+        Ok(Err(e)) => {
+            crate::say!("app {name}: cannot execute the current binary again: {e}; the app is lost")
+        }
+        Err(e) => {
+            crate::say!("app {name}: cannot execute the current binary again: {e}; the app is lost")
+        }
+    }
 }
 
 /// A signal asks the supervisor to end: stop the app, keeping its wish.

@@ -191,6 +191,7 @@ fn app_command(command: Command) -> AppCommand {
         Command::Send { slot, message } => AppCommand::Send { slot, message },
         Command::Signal { signal } => AppCommand::Signal(signal),
         Command::ReopenLogs => AppCommand::ReopenLogs,
+        Command::Upgrade { exe } => AppCommand::Upgrade { exe },
     }
 }
 

@@ -43,7 +43,7 @@ pub mod pat;
 mod procs;
 
 pub use bins::{cargo_built, example_bin, herd_bin, worker_bin};
-pub use daemon::{worker_pids, Daemon};
+pub use daemon::{end_supervisors, worker_pids, Daemon};
 pub use herd::Herd;
 pub use http::{
     http_get, http_request, pid_in_body, pids_answering, unix_http_get, unix_http_request,

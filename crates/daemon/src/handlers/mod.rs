@@ -10,6 +10,7 @@ mod control;
 mod list;
 mod persist;
 mod start;
+pub mod update;
 
 pub use list::list;
 
@@ -36,6 +37,14 @@ pub struct Ctx {
     pub started: Instant,
     /// Notified when `herd kill` asks the daemon to end.
     pub shutdown: tokio::sync::Notify,
+    /// Set by `herd update`: the binary to execute in place once the answer
+    /// is sent.
+    pub reexec: Mutex<Option<std::path::PathBuf>>,
+    /// The control socket's fd (kept open across that exec).
+    pub control_fd: std::sync::atomic::AtomicI32,
+    /// Accepting is paused for that exec.
+    updating: std::sync::atomic::AtomicBool,
+    pub updating_changed: tokio::sync::Notify,
 }
 
 impl Ctx {
@@ -47,7 +56,32 @@ impl Ctx {
             registry: Mutex::new(Registry::default()),
             started: Instant::now(),
             shutdown: tokio::sync::Notify::new(),
+            reexec: Mutex::new(None),
+            control_fd: std::sync::atomic::AtomicI32::new(-1),
+            updating: std::sync::atomic::AtomicBool::new(false),
+            updating_changed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Whether `herd update` asked for an exec of the new binary.
+    pub fn reexec_asked(&self) -> bool {
+        self.reexec
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    pub fn reexec_cancel(&self) {
+        *self.reexec.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    pub fn updating(&self) -> bool {
+        self.updating.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn set_updating(&self, on: bool) {
+        self.updating.store(on, std::sync::atomic::Ordering::SeqCst);
+        self.updating_changed.notify_waiters();
     }
 
     pub fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -137,6 +171,8 @@ pub async fn handle(ctx: &Arc<Ctx>, request: Request) -> Response {
         Request::Show { app, show_secrets } => list::show(ctx, &app, show_secrets).await,
         Request::Save { force } => persist::save(ctx, force).await,
         Request::Resurrect => persist::resurrect(ctx).await,
+        Request::UpdateDaemon => update::daemon(ctx).await,
+        Request::UpdateApps => update::apps(ctx).await,
         Request::Kill => {
             let deleted = delete_all(ctx).await;
             ctx.shutdown.notify_one();

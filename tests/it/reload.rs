@@ -119,13 +119,9 @@ fn loopback_up() -> io::Result<()> {
 fn in_fresh_netns<R: Send + 'static>(migrate: bool, f: impl FnOnce() -> R + Send + 'static) -> R {
     let host = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap();
     let result = std::thread::spawn(move || {
-        // SAFETY: unshare(2) with one flag: only this thread moves.
-        assert_eq!(
-            unsafe { libc::unshare(libc::CLONE_NEWNET) },
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            io::Error::last_os_error()
-        );
+        // Only this thread moves.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("unshare(CLONE_NEWNET): {e}"));
         loopback_up().expect("bring lo up in the fresh namespace");
         // Per network namespace: this thread's, as it opens the file.
         let path = "/proc/sys/net/ipv4/tcp_migrate_req";

@@ -103,7 +103,7 @@ pub struct Options {
 fn inherited_control_fd() -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     let var = std::env::var_os(handlers::update::CONTROL_FD_ENV)?;
-    // SAFETY (of the environment): no other thread exists yet.
+    // SAFETY: no other thread exists yet, so none reads the environment meanwhile.
     unsafe { std::env::remove_var(handlers::update::CONTROL_FD_ENV) };
     let fd: i32 = var.to_str()?.parse().ok()?;
     // SAFETY: F_GETFD only reads the fd's flags.

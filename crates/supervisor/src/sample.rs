@@ -30,12 +30,11 @@ impl Default for Sampler {
 
 impl Sampler {
     pub fn new() -> Sampler {
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        use nix::unistd::{sysconf, SysconfVar};
+        let value = |var| sysconf(var).ok().flatten().filter(|&v| v > 0);
         Sampler {
-            ticks_per_sec: if ticks > 0 { ticks as f64 } else { 100.0 },
-            page_size: if page > 0 { page as u64 } else { 4096 },
+            ticks_per_sec: value(SysconfVar::CLK_TCK).map_or(100.0, |t| t as f64),
+            page_size: value(SysconfVar::PAGE_SIZE).map_or(4096, |p| p as u64),
             last: HashMap::new(),
         }
     }

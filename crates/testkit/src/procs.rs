@@ -73,8 +73,11 @@ pub fn cpu_time(pid: i32) -> Option<Duration> {
     let mut it = s[s.rfind(')')? + 2..].split_whitespace().skip(11);
     let utime: u64 = it.next()?.parse().ok()?;
     let stime: u64 = it.next()?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100)
+        .max(1) as u64;
     Some(Duration::from_millis((utime + stime) * 1000 / hz))
 }
 

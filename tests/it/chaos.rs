@@ -527,3 +527,59 @@ fn round_robin_connection_handed_to_a_node_worker_that_dies_is_rerouted() {
 fn round_robin_connection_handed_to_a_herd_cluster_worker_that_dies_is_rerouted() {
     round_robin_connection_handed_to_a_worker_that_dies_is_rerouted(App::ListenFds);
 }
+
+/// Found by the chaos run (`bench/chaos.py`, reuseport × the LISTEN_FDS
+/// app: every client hung 3.2 s, then 5 s, at once): a slot whose worker
+/// waited out its backoff kept its reuseport socket open, so the kernel
+/// went on hashing new clients to it and they hung until the slot's next
+/// worker accepted — for as long as the backoff (up to `max_restart_delay`).
+/// Now the slot's socket closes while it is empty, and the other worker
+/// takes every new client.
+#[test]
+fn a_reuseport_slot_waiting_out_its_backoff_strands_no_client() {
+    let _s = serial();
+    let addr = format!("127.0.0.1:{}", free_port());
+    // Every exit is young: the killed slot waits its 30 s restart delay.
+    let args: Vec<String> = [
+        "run",
+        "-i",
+        "2",
+        "--balance",
+        "reuseport",
+        "--listen",
+        &addr,
+        "--min-uptime",
+        "1h",
+        "--restart-delay",
+        "30s",
+        "--max-restart-delay",
+        "30s",
+        "--",
+        worker_bin(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut h = Herd::spawn("herd", herd_bin(), &args, &[]);
+    let online = h.wait_online(0, 2, T);
+    wait_http(&addr, "/", T);
+    let mark = h.mark(Stream::Stderr);
+    kill(Pid::from_raw(online[&0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    h.wait_stderr_after(mark, "worker 0 {*}restarting it in", T);
+    let living = online[&1];
+    let mut stranded = Vec::new();
+    for i in 0..40 {
+        match http_request(&addr, "/", HUNG) {
+            Ok(r) if answered_by(&r) == Some(living) => {}
+            Ok(r) => stranded.push(format!("request {i}: status {}", r.status)),
+            Err(e) => stranded.push(format!("request {i}: {:?}: {e}", e.kind())),
+        }
+    }
+    assert!(
+        stranded.is_empty(),
+        "clients stranded on the empty slot's socket: {stranded:?}\n{}",
+        h.stderr_text()
+    );
+    h.signal(Signal::SIGTERM);
+    h.wait_exit(T);
+}

@@ -254,6 +254,33 @@ impl Listeners {
         }
     }
 
+    /// A slot whose worker is gone for a while (waiting out its backoff,
+    /// or not restarted): close its reuseport socket — the kernel would
+    /// keep hashing new clients to it, and they would hang until a worker
+    /// accepts there (up to `max_restart_delay`) — unless it is the last
+    /// socket of its listener still open, whose queue is better than a
+    /// refused connection. Connections already waiting in its queue are
+    /// reset (or moved to another worker's socket with
+    /// `net.ipv4.tcp_migrate_req=1`).
+    pub(crate) fn close_slot_while_empty(&mut self, slot: Slot) {
+        if !self.reuseport {
+            return;
+        }
+        let ours = ..ListenerId(self.from_definition);
+        for l in self.listeners.range_mut(ours).map(|(_, l)| l) {
+            let others_open = l
+                .fds
+                .iter()
+                .enumerate()
+                .any(|(i, fd)| i != slot && fd.is_some());
+            if others_open {
+                if let Some(fd) = l.fds.get_mut(slot) {
+                    *fd = None;
+                }
+            }
+        }
+    }
+
     /// Close the reuseport sockets of every slot from `slots` on (after
     /// scaling down to that many slots).
     pub(crate) fn close_slots_from(&mut self, slots: usize) {

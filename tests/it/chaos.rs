@@ -31,6 +31,15 @@ const CHAOS: Duration = Duration::from_secs(3);
 const CLIENTS: usize = 4;
 /// A request without its whole answer by then is hung.
 const HUNG: Duration = Duration::from_secs(2);
+/// Reuseport: each worker has its own socket, and the kernel hashes a new
+/// client to one of them without knowing whether a worker is behind it. A
+/// client it queues on a killed worker's socket before herd has seen the
+/// exit and closed that socket (then it is reset, unless
+/// `net.ipv4.tcp_migrate_req=1` moves it) was in flight on the killed worker
+/// too: a reset that began this soon after a kill is counted so. (Before
+/// herd closed an empty slot's socket, such clients hung for the whole
+/// backoff instead.)
+const QUEUED: Duration = Duration::from_millis(250);
 /// The clients' own limit.
 const GIVE_UP: Duration = Duration::from_secs(5);
 const T: Duration = Duration::from_secs(30);
@@ -245,12 +254,16 @@ struct Tally {
     hung: usize,
     /// Reset or failed while a kill landed: in flight on the killed worker.
     in_flight_killed: usize,
+    /// Reuseport only: reset while it began just after a kill — the kernel
+    /// queued it on the killed worker's own socket before herd saw the
+    /// exit and closed that socket (see `QUEUED`).
+    queued_on_killed: usize,
     unexplained: Vec<String>,
     kills: usize,
 }
 
 /// Kill -9 a random live worker every 200–500 ms for `CHAOS` under load.
-fn chaos(under: &Under, addr: &str, seed: u64) -> Tally {
+fn chaos(under: &Under, addr: &str, reuseport: bool, seed: u64) -> Tally {
     let stop = Arc::new(AtomicBool::new(false));
     let records = Arc::new(Mutex::new(Vec::<Record>::new()));
     let clients: Vec<_> = (0..CLIENTS)
@@ -323,6 +336,13 @@ fn chaos(under: &Under, addr: &str, seed: u64) -> Tally {
                 .any(|&(k0, k1)| r.start <= k1 + slack && k0 <= end)
             {
                 t.in_flight_killed += 1;
+            } else if reuseport
+                && r.fate == Fate::Reset
+                && kills
+                    .iter()
+                    .any(|&(k0, _)| k0 <= r.start && r.start <= k0 + QUEUED)
+            {
+                t.queued_on_killed += 1;
             } else {
                 t.unexplained.push(format!(
                     "{:?} with no kill while it was open: {}",
@@ -346,12 +366,20 @@ fn case(daemon: bool, mode: &str, app: App) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    let t = chaos(&under, &addr, seed);
+    let t = chaos(&under, &addr, mode == "reuseport", seed);
     let runner = if daemon { "daemon" } else { "herd run" };
     eprintln!(
         "  MEASURED chaos {runner} {mode} {app:?}: {} requests in {CHAOS:?}, {} kills: {} ok, \
-         {} refused, {} reset, {} failed, {} hung, {} in flight on a killed worker (seed {seed})",
-        t.requests, t.kills, t.ok, t.refused, t.reset, t.failed, t.hung, t.in_flight_killed
+         {} refused, {} reset, {} failed, {} hung, {} in flight on a killed worker, {} queued on its socket (seed {seed})",
+        t.requests,
+        t.kills,
+        t.ok,
+        t.refused,
+        t.reset,
+        t.failed,
+        t.hung,
+        t.in_flight_killed,
+        t.queued_on_killed
     );
     // The app serves on: every slot is refilled.
     let deadline = Instant::now() + T;

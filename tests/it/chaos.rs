@@ -611,3 +611,66 @@ fn a_reuseport_slot_waiting_out_its_backoff_strands_no_client() {
     h.signal(Signal::SIGTERM);
     h.wait_exit(T);
 }
+
+/// The same run's second finding: with both slots of a reuseport app
+/// killed, the last one's socket stays open (a queue beats a refused
+/// connection) — but when the other slot started first (no worker runs, so
+/// a killed slot starts at once), it bound a fresh socket beside it, and the
+/// kept one, with no worker for the whole backoff, stranded its share of
+/// clients again (every client hung 5 s at once, twice in 30 s). Now the
+/// slot that starts takes the kept socket over, with the clients queued on
+/// it.
+#[test]
+fn a_reuseport_socket_kept_open_goes_to_the_slot_that_starts_first() {
+    let _s = serial();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let args: Vec<String> = [
+        "run",
+        "-i",
+        "2",
+        "--balance",
+        "reuseport",
+        "--listen",
+        &addr,
+        "--min-uptime",
+        "1h",
+        "--restart-delay",
+        "30s",
+        "--max-restart-delay",
+        "30s",
+        "--",
+        worker_bin(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut h = Herd::spawn("herd", herd_bin(), &args, &[]);
+    let online = h.wait_online(0, 2, T);
+    wait_http(&addr, "/", T);
+    let sigkill = nix::sys::signal::Signal::SIGKILL;
+    let mark = h.mark(Stream::Stderr);
+    kill(Pid::from_raw(online[&0]), sigkill).unwrap();
+    h.wait_stderr_after(mark, "worker 0 {*}restarting it in", T);
+    let mark = h.mark(Stream::Stderr);
+    kill(Pid::from_raw(online[&1]), sigkill).unwrap();
+    h.wait_stderr_after(mark, "starts now, before its backoff ends", T);
+    let (_, caps) = h
+        .wait_line_after(Stream::Stderr, mark, pat::ONLINE, T)
+        .expect("a worker starts at once");
+    let new: i32 = caps[1].parse().unwrap();
+    let mut stranded = Vec::new();
+    for i in 0..40 {
+        match http_request(&addr, "/", HUNG) {
+            Ok(r) if answered_by(&r) == Some(new) => {}
+            Ok(r) => stranded.push(format!("request {i}: status {}", r.status)),
+            Err(e) => stranded.push(format!("request {i}: {:?}: {e}", e.kind())),
+        }
+    }
+    assert!(
+        stranded.is_empty(),
+        "clients stranded on a socket with no worker: {stranded:?}\n{}",
+        h.stderr_text()
+    );
+    h.signal(Signal::SIGTERM);
+    h.wait_exit(T);
+}

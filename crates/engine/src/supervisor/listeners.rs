@@ -67,6 +67,10 @@ pub(crate) struct Listener {
     /// One socket; with reuseport one per slot (`None`: not bound yet, or
     /// closed with its slot).
     fds: Vec<Option<Fd>>,
+    /// Reuseport: the slot whose socket stays open with no worker, as the
+    /// listener's last open one; the next slot to start takes it over.
+    #[serde(default)]
+    kept: Option<Slot>,
 }
 
 /// Every listener of one app.
@@ -106,6 +110,7 @@ impl Listeners {
                     addr,
                     origin: Origin::Definition,
                     fds: vec![Some(Fd::new(fd))],
+                    kept: None,
                 },
             );
         }
@@ -199,6 +204,7 @@ impl Listeners {
                 addr: addr.clone(),
                 origin: Origin::Requested,
                 fds: vec![Some(Fd::new(fd))],
+                kept: None,
             },
         );
         (id, addr)
@@ -224,6 +230,16 @@ impl Listeners {
         for l in self.listeners.range_mut(ours).map(|(_, l)| l) {
             if l.fds.len() <= index {
                 l.fds.resize_with(index + 1, || None);
+            }
+            if l.kept == Some(index) {
+                l.kept = None;
+            }
+            // The socket an empty slot kept open (with the clients queued
+            // on it) goes to the slot that starts first.
+            if l.fds[index].is_none() {
+                if let Some(kept) = l.kept.take() {
+                    l.fds[index] = l.fds.get_mut(kept).and_then(Option::take);
+                }
             }
             if l.fds[index].is_none() {
                 let fd = socket::bind_listener(&l.addr, true).map_err(|e| {
@@ -251,6 +267,9 @@ impl Listeners {
             if let Some(fd) = l.fds.get_mut(slot) {
                 *fd = None;
             }
+            if l.kept == Some(slot) {
+                l.kept = None;
+            }
         }
     }
 
@@ -259,7 +278,8 @@ impl Listeners {
     /// keep hashing new clients to it, and they would hang until a worker
     /// accepts there (up to `max_restart_delay`) — unless it is the last
     /// socket of its listener still open, whose queue is better than a
-    /// refused connection. Connections already waiting in its queue are
+    /// refused connection: that one the next slot to start takes over, with
+    /// the clients queued on it. Connections waiting in a closed socket's queue are
     /// reset (or moved to another worker's socket with
     /// `net.ipv4.tcp_migrate_req=1`).
     pub(crate) fn close_slot_while_empty(&mut self, slot: Slot) {
@@ -277,6 +297,8 @@ impl Listeners {
                 if let Some(fd) = l.fds.get_mut(slot) {
                     *fd = None;
                 }
+            } else if l.fds.get(slot).is_some_and(Option::is_some) {
+                l.kept = Some(slot);
             }
         }
     }

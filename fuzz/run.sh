@@ -50,6 +50,13 @@ elif unshare -rn true 2>/dev/null; then
   offline=(unshare -rn)
 fi
 
+# Build every target first, with the network (crates may need fetching);
+# the runs below are offline and only find the build done.
+echo "== building ${#targets[@]} targets (sanitizer $sanitizer)" >&2
+for t in "${targets[@]}"; do
+  nice -n 19 cargo +nightly fuzz build --sanitizer "$sanitizer" "$t" >&2
+done
+
 summary=()
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "artifacts/$t"
@@ -58,7 +65,7 @@ for t in "${targets[@]}"; do
   start=$(date +%s)
   log="artifacts/$t/last-run.log"
   set +e
-  nice -n 19 "${offline[@]}" cargo +nightly fuzz run --sanitizer "$sanitizer" "$t" \
+  CARGO_NET_OFFLINE=true nice -n 19 "${offline[@]}" cargo +nightly fuzz run --sanitizer "$sanitizer" "$t" \
     "corpus/$t" "seeds/$t" -- \
     -max_total_time="$seconds" "${parallel[@]}" -print_final_stats=1 \
     -timeout=10 -rss_limit_mb=2048 -max_len=65536 >"$log" 2>&1
@@ -66,8 +73,9 @@ for t in "${targets[@]}"; do
   set -e
   took=$(( $(date +%s) - start ))
   after=$(find "artifacts/$t" -type f ! -name '*.log' | wc -l)
-  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | awk '{s+=$2} END {print s+0}')
-  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n 1 | awk '{print $2}')
+  # (a run that never started has no stats: no match is not an error)
+  execs=$({ grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" || true; } | awk '{s+=$2} END {print s+0}')
+  cov=$({ grep -o 'cov: [0-9]*' "$log" || true; } | tail -n 1 | awk '{print $2}')
   line="$t: ${took}s, ${execs} inputs, coverage ${cov:-?}, exit $rc, new crash files $((after - before))"
   echo "   $line" >&2
   summary+=("$line")

@@ -31,6 +31,15 @@ const CHAOS: Duration = Duration::from_secs(3);
 const CLIENTS: usize = 4;
 /// A request without its whole answer by then is hung.
 const HUNG: Duration = Duration::from_secs(2);
+/// Reuseport: each worker has its own socket, and the kernel hashes a new
+/// client to one of them without knowing whether a worker is behind it. A
+/// client it queues on a killed worker's socket before herd has seen the
+/// exit and closed that socket (then it is reset, unless
+/// `net.ipv4.tcp_migrate_req=1` moves it) was in flight on the killed worker
+/// too: a reset that began this soon after a kill is counted so. (Before
+/// herd closed an empty slot's socket, such clients hung for the whole
+/// backoff instead.)
+const QUEUED: Duration = Duration::from_millis(250);
 /// The clients' own limit.
 const GIVE_UP: Duration = Duration::from_secs(5);
 const T: Duration = Duration::from_secs(30);
@@ -245,12 +254,16 @@ struct Tally {
     hung: usize,
     /// Reset or failed while a kill landed: in flight on the killed worker.
     in_flight_killed: usize,
+    /// Reuseport only: reset while it began just after a kill — the kernel
+    /// queued it on the killed worker's own socket before herd saw the
+    /// exit and closed that socket (see `QUEUED`).
+    queued_on_killed: usize,
     unexplained: Vec<String>,
     kills: usize,
 }
 
 /// Kill -9 a random live worker every 200–500 ms for `CHAOS` under load.
-fn chaos(under: &Under, addr: &str, seed: u64) -> Tally {
+fn chaos(under: &Under, addr: &str, reuseport: bool, seed: u64) -> Tally {
     let stop = Arc::new(AtomicBool::new(false));
     let records = Arc::new(Mutex::new(Vec::<Record>::new()));
     let clients: Vec<_> = (0..CLIENTS)
@@ -323,6 +336,13 @@ fn chaos(under: &Under, addr: &str, seed: u64) -> Tally {
                 .any(|&(k0, k1)| r.start <= k1 + slack && k0 <= end)
             {
                 t.in_flight_killed += 1;
+            } else if reuseport
+                && r.fate == Fate::Reset
+                && kills
+                    .iter()
+                    .any(|&(k0, _)| k0 <= r.start && r.start <= k0 + QUEUED)
+            {
+                t.queued_on_killed += 1;
             } else {
                 t.unexplained.push(format!(
                     "{:?} with no kill while it was open: {}",
@@ -346,12 +366,20 @@ fn case(daemon: bool, mode: &str, app: App) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    let t = chaos(&under, &addr, seed);
+    let t = chaos(&under, &addr, mode == "reuseport", seed);
     let runner = if daemon { "daemon" } else { "herd run" };
     eprintln!(
         "  MEASURED chaos {runner} {mode} {app:?}: {} requests in {CHAOS:?}, {} kills: {} ok, \
-         {} refused, {} reset, {} failed, {} hung, {} in flight on a killed worker (seed {seed})",
-        t.requests, t.kills, t.ok, t.refused, t.reset, t.failed, t.hung, t.in_flight_killed
+         {} refused, {} reset, {} failed, {} hung, {} in flight on a killed worker, {} queued on its socket (seed {seed})",
+        t.requests,
+        t.kills,
+        t.ok,
+        t.refused,
+        t.reset,
+        t.failed,
+        t.hung,
+        t.in_flight_killed,
+        t.queued_on_killed
     );
     // The app serves on: every slot is refilled.
     let deadline = Instant::now() + T;
@@ -526,4 +554,123 @@ fn round_robin_connection_handed_to_a_node_worker_that_dies_is_rerouted() {
 #[test]
 fn round_robin_connection_handed_to_a_herd_cluster_worker_that_dies_is_rerouted() {
     round_robin_connection_handed_to_a_worker_that_dies_is_rerouted(App::ListenFds);
+}
+
+/// Found by the chaos run (`bench/chaos.py`, reuseport × the LISTEN_FDS
+/// app: every client hung 3.2 s, then 5 s, at once): a slot whose worker
+/// waited out its backoff kept its reuseport socket open, so the kernel
+/// went on hashing new clients to it and they hung until the slot's next
+/// worker accepted — for as long as the backoff (up to `max_restart_delay`).
+/// Now the slot's socket closes while it is empty, and the other worker
+/// takes every new client.
+#[test]
+fn a_reuseport_slot_waiting_out_its_backoff_strands_no_client() {
+    let _s = serial();
+    let addr = format!("127.0.0.1:{}", free_port());
+    // Every exit is young: the killed slot waits its 30 s restart delay.
+    let args: Vec<String> = [
+        "run",
+        "-i",
+        "2",
+        "--balance",
+        "reuseport",
+        "--listen",
+        &addr,
+        "--min-uptime",
+        "1h",
+        "--restart-delay",
+        "30s",
+        "--max-restart-delay",
+        "30s",
+        "--",
+        worker_bin(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut h = Herd::spawn("herd", herd_bin(), &args, &[]);
+    let online = h.wait_online(0, 2, T);
+    wait_http(&addr, "/", T);
+    let mark = h.mark(Stream::Stderr);
+    kill(Pid::from_raw(online[&0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    h.wait_stderr_after(mark, "worker 0 {*}restarting it in", T);
+    let living = online[&1];
+    let mut stranded = Vec::new();
+    for i in 0..40 {
+        match http_request(&addr, "/", HUNG) {
+            Ok(r) if answered_by(&r) == Some(living) => {}
+            Ok(r) => stranded.push(format!("request {i}: status {}", r.status)),
+            Err(e) => stranded.push(format!("request {i}: {:?}: {e}", e.kind())),
+        }
+    }
+    assert!(
+        stranded.is_empty(),
+        "clients stranded on the empty slot's socket: {stranded:?}\n{}",
+        h.stderr_text()
+    );
+    h.signal(Signal::SIGTERM);
+    h.wait_exit(T);
+}
+
+/// The same run's second finding: with both slots of a reuseport app
+/// killed, the last one's socket stays open (a queue beats a refused
+/// connection) — but when the other slot started first (no worker runs, so
+/// a killed slot starts at once), it bound a fresh socket beside it, and the
+/// kept one, with no worker for the whole backoff, stranded its share of
+/// clients again (every client hung 5 s at once, twice in 30 s). Now the
+/// slot that starts takes the kept socket over, with the clients queued on
+/// it.
+#[test]
+fn a_reuseport_socket_kept_open_goes_to_the_slot_that_starts_first() {
+    let _s = serial();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let args: Vec<String> = [
+        "run",
+        "-i",
+        "2",
+        "--balance",
+        "reuseport",
+        "--listen",
+        &addr,
+        "--min-uptime",
+        "1h",
+        "--restart-delay",
+        "30s",
+        "--max-restart-delay",
+        "30s",
+        "--",
+        worker_bin(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut h = Herd::spawn("herd", herd_bin(), &args, &[]);
+    let online = h.wait_online(0, 2, T);
+    wait_http(&addr, "/", T);
+    let sigkill = nix::sys::signal::Signal::SIGKILL;
+    let mark = h.mark(Stream::Stderr);
+    kill(Pid::from_raw(online[&0]), sigkill).unwrap();
+    h.wait_stderr_after(mark, "worker 0 {*}restarting it in", T);
+    let mark = h.mark(Stream::Stderr);
+    kill(Pid::from_raw(online[&1]), sigkill).unwrap();
+    h.wait_stderr_after(mark, "starts now, before its backoff ends", T);
+    let (_, caps) = h
+        .wait_line_after(Stream::Stderr, mark, pat::ONLINE, T)
+        .expect("a worker starts at once");
+    let new: i32 = caps[1].parse().unwrap();
+    let mut stranded = Vec::new();
+    for i in 0..40 {
+        match http_request(&addr, "/", HUNG) {
+            Ok(r) if answered_by(&r) == Some(new) => {}
+            Ok(r) => stranded.push(format!("request {i}: status {}", r.status)),
+            Err(e) => stranded.push(format!("request {i}: {:?}: {e}", e.kind())),
+        }
+    }
+    assert!(
+        stranded.is_empty(),
+        "clients stranded on a socket with no worker: {stranded:?}\n{}",
+        h.stderr_text()
+    );
+    h.signal(Signal::SIGTERM);
+    h.wait_exit(T);
 }

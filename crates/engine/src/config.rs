@@ -227,8 +227,16 @@ pub fn check_app_name(name: &str) -> Result<(), ConfigError> {
         )));
     }
     if name.chars().any(char::is_control) {
+        // Escaped, a control character takes up to 10 characters: only the
+        // start of such a name is shown, so the message stays readable.
+        let escaped = format!("{name:?}");
+        let shown = if escaped.chars().count() > 64 {
+            format!("{}…\"", escaped.chars().take(56).collect::<String>())
+        } else {
+            escaped
+        };
         return Err(bad(format!(
-            "invalid app name {name:?}: it holds a control character (a newline, a tab …); use printable characters"
+            "invalid app name {shown}: it holds a control character (a newline, a tab …); use printable characters"
         )));
     }
     if name.contains(':') {
@@ -931,6 +939,18 @@ mod tests {
             let e = check_app_name(bad).unwrap_err().0;
             assert!(e.contains("APP:N"), "{bad}: {e}");
         }
+    }
+
+    /// Found by fuzzing (`config_values`): a name of 200 control characters
+    /// was quoted whole, escaped, in an error 6 times the name's size.
+    #[test]
+    fn an_app_name_of_control_characters_is_not_quoted_whole() {
+        let name = "\u{13}".repeat(MAX_APP_NAME);
+        let e = check_app_name(&name).unwrap_err().0;
+        assert!(e.contains("control character"), "{e}");
+        assert!(e.len() < 200, "{} bytes: {e}", e.len());
+        let e = check_app_name("a\tb").unwrap_err().0;
+        assert!(e.contains(r#""a\tb""#), "{e}");
     }
 
     #[test]

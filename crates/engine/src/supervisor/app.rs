@@ -572,6 +572,18 @@ impl App {
                 next: Next::Errored { .. },
                 ..
             } => self.state.listeners.close_slot(*slot),
+            // A slot that stays empty for a while: its reuseport socket
+            // would strand its share of new clients meanwhile.
+            Report::Exited {
+                slot,
+                next: Next::RestartIn(delay),
+                ..
+            } if !delay.is_zero() => self.state.listeners.close_slot_while_empty(*slot),
+            Report::Exited {
+                slot,
+                next: Next::NoRestart | Next::StopExitCode(_),
+                ..
+            } => self.state.listeners.close_slot_while_empty(*slot),
             Report::Ready { .. } => self.with_cluster(|cluster, cx| cluster.flush_all(cx)),
             Report::Scaled { slots } => self.state.listeners.close_slots_from(*slots),
             _ => {}

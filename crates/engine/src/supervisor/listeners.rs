@@ -67,6 +67,10 @@ pub(crate) struct Listener {
     /// One socket; with reuseport one per slot (`None`: not bound yet, or
     /// closed with its slot).
     fds: Vec<Option<Fd>>,
+    /// Reuseport: the slot whose socket stays open with no worker, as the
+    /// listener's last open one; the next slot to start takes it over.
+    #[serde(default)]
+    kept: Option<Slot>,
 }
 
 /// Every listener of one app.
@@ -106,6 +110,7 @@ impl Listeners {
                     addr,
                     origin: Origin::Definition,
                     fds: vec![Some(Fd::new(fd))],
+                    kept: None,
                 },
             );
         }
@@ -199,6 +204,7 @@ impl Listeners {
                 addr: addr.clone(),
                 origin: Origin::Requested,
                 fds: vec![Some(Fd::new(fd))],
+                kept: None,
             },
         );
         (id, addr)
@@ -225,6 +231,16 @@ impl Listeners {
             if l.fds.len() <= index {
                 l.fds.resize_with(index + 1, || None);
             }
+            if l.kept == Some(index) {
+                l.kept = None;
+            }
+            // The socket an empty slot kept open (with the clients queued
+            // on it) goes to the slot that starts first.
+            if l.fds[index].is_none() {
+                if let Some(kept) = l.kept.take() {
+                    l.fds[index] = l.fds.get_mut(kept).and_then(Option::take);
+                }
+            }
             if l.fds[index].is_none() {
                 let fd = socket::bind_listener(&l.addr, true).map_err(|e| {
                     io::Error::new(
@@ -250,6 +266,39 @@ impl Listeners {
         for l in self.listeners.range_mut(ours).map(|(_, l)| l) {
             if let Some(fd) = l.fds.get_mut(slot) {
                 *fd = None;
+            }
+            if l.kept == Some(slot) {
+                l.kept = None;
+            }
+        }
+    }
+
+    /// A slot whose worker is gone for a while (waiting out its backoff,
+    /// or not restarted): close its reuseport socket — the kernel would
+    /// keep hashing new clients to it, and they would hang until a worker
+    /// accepts there (up to `max_restart_delay`) — unless it is the last
+    /// socket of its listener still open, whose queue is better than a
+    /// refused connection: that one the next slot to start takes over, with
+    /// the clients queued on it. Connections waiting in a closed socket's queue are
+    /// reset (or moved to another worker's socket with
+    /// `net.ipv4.tcp_migrate_req=1`).
+    pub(crate) fn close_slot_while_empty(&mut self, slot: Slot) {
+        if !self.reuseport {
+            return;
+        }
+        let ours = ..ListenerId(self.from_definition);
+        for l in self.listeners.range_mut(ours).map(|(_, l)| l) {
+            let others_open = l
+                .fds
+                .iter()
+                .enumerate()
+                .any(|(i, fd)| i != slot && fd.is_some());
+            if others_open {
+                if let Some(fd) = l.fds.get_mut(slot) {
+                    *fd = None;
+                }
+            } else if l.fds.get(slot).is_some_and(Option::is_some) {
+                l.kept = Some(slot);
             }
         }
     }

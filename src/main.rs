@@ -48,6 +48,9 @@ struct CompletionArgs {
 }
 
 fn main() {
+    // Before any thread: one malloc arena (each app has a supervisor process
+    // of its own, so a second arena would be paid once per app).
+    herd_engine::memory::one_arena();
     // A herd binary being upgraded to answers which state versions it reads.
     herd_engine::upgrade::answer_probe();
     // The image after an in-place upgrade: resume the app it was handed
@@ -61,18 +64,15 @@ fn main() {
     }
     // `herd update` asks a new binary which protocols it speaks.
     answer_versions();
+    long_running_alone();
     let cli = Cli::parse();
     // As a container's PID 1, `run` and `daemon` put a tiny init in front of
     // themselves (reaps orphans, forwards signals): see herd_engine::init_if_pid1.
-    // Here, before any thread exists.
-    // The daemon is started again if it dies on its own (the apps run on
-    // under their supervisors, and the new daemon adopts them).
-    match cli.command {
-        Cmd::Run(_) => herd_engine::init_if_pid1_then(herd_engine::OnHerdDeath::Exit),
-        Cmd::Manage(manage::Verb::Daemon(_)) => {
-            herd_engine::init_if_pid1_then(herd_engine::OnHerdDeath::Restart)
-        }
-        _ => {}
+    // Here, before any thread exists. (The daemon's, in long_running_alone,
+    // starts the daemon again if it dies on its own: the apps run on under
+    // their supervisors, and the new daemon adopts them.)
+    if let Cmd::Run(_) = cli.command {
+        herd_engine::init_if_pid1_then(herd_engine::OnHerdDeath::Exit);
     }
     let result = match cli.command {
         Cmd::Run(args) => run::main(*args),
@@ -90,6 +90,50 @@ fn main() {
         }
     };
     std::process::exit(exit_code(result))
+}
+
+/// `herd supervise` (once per app) and `herd daemon` run for as long as
+/// herd does: parse their own arguments alone. Building the whole command
+/// line would leave its memory (about 150 kB of heap, and its code's pages)
+/// to every one of those processes. Returns for every other command.
+fn long_running_alone() {
+    let args = || std::env::args_os().skip(1);
+    let code = match std::env::args_os()
+        .nth(1)
+        .as_deref()
+        .and_then(|a| a.to_str())
+    {
+        Some("supervise") => exit_code(supervise::main(SuperviseOnly::parse_from(args()).args)),
+        Some("daemon") => {
+            let daemon = DaemonOnly::parse_from(args());
+            // As a container's PID 1 (see main): here, before any thread exists.
+            herd_engine::init_if_pid1_then(herd_engine::OnHerdDeath::Restart);
+            exit_code(manage::main(manage::Verb::Daemon(daemon.args)))
+        }
+        _ => return,
+    };
+    std::process::exit(code)
+}
+
+#[derive(Parser)]
+#[command(
+    name = "herd supervise",
+    bin_name = "herd supervise",
+    version,
+    hide = true
+)]
+struct SuperviseOnly {
+    #[command(flatten)]
+    args: supervise::SuperviseArgs,
+}
+
+/// Run the herd daemon in the foreground (for systemd and containers; the
+/// other verbs start it in the background when it is not running).
+#[derive(Parser)]
+#[command(name = "herd daemon", bin_name = "herd daemon", version)]
+struct DaemonOnly {
+    #[command(flatten)]
+    args: manage::DaemonArgs,
 }
 
 /// Answer `herd --herd-versions` (hidden; `herd update` asks a new binary

@@ -134,7 +134,7 @@ pub fn run(options: Options) -> Result<i32, Error> {
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
-    let code = runtime.block_on(server::serve(options, started, control_fd))?;
+    let code = runtime.block_on(Box::pin(server::serve(options, started, control_fd)))?;
     drop(lock);
     Ok(code)
 }

@@ -251,7 +251,15 @@ fn host(hosted: Hosted) -> ! {
             resumed,
             lock_fd: lock.raw_fd(),
         };
-        let deleted = runtime.block_on(supervise(&files, start, listener, containment, ready));
+        // On the heap: a future this size, on the thread's stack, would keep
+        // that much of the stack in use for the process's life.
+        let deleted = runtime.block_on(Box::pin(supervise(
+            &files,
+            start,
+            listener,
+            containment,
+            ready,
+        )));
         drop(runtime);
         // The app is done: nothing of it may stay behind.
         if let Some(cgroup) = cgroup {
@@ -552,6 +560,9 @@ async fn supervise(
     ready.serving(&format!(
         "supervisor {pid} of app {name} (id {id}): {message}"
     ));
+    // What start-up parsed and built is freed by now: give it back (this
+    // process lives as long as the app, one per app).
+    herd_engine::memory::release_free_memory();
 
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     let mut quitting = false;

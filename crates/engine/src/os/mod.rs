@@ -2,7 +2,8 @@
 //! worker with its fds in place and in its own process group, signalling and
 //! reaping process groups, the sd_notify socket, and fd passing over Unix
 //! sockets; the PID-1 init (`init`); what a process group listens on by
-//! itself (`listening`). Nothing here knows about workers,
+//! itself (`listening`); how a herd process uses the C allocator
+//! (`memory`). Nothing here knows about workers,
 //! slots or policies.
 
 use std::io;
@@ -14,6 +15,7 @@ use tokio::io::Interest;
 pub(crate) mod channel;
 pub(crate) mod init;
 pub(crate) mod listening;
+pub mod memory;
 pub(crate) mod notify;
 pub(crate) mod process;
 pub(crate) mod socket;

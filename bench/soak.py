@@ -160,12 +160,34 @@ class Daemon:
             raise RuntimeError(f"herd {' '.join(args)}: {r.stdout}")
         return r.stdout
 
+    def supervisors(self):
+        """The live app supervisors: their locked pid files in HERD_HOME/apps/
+        (they are detached from the daemon, not its children)."""
+        apps = os.path.join(self.home, "apps")
+        out = []
+        try:
+            names = sorted(os.listdir(apps))
+        except OSError:
+            return out
+        for name in names:
+            if not name.endswith(".pid"):
+                continue
+            try:
+                with open(os.path.join(apps, name)) as f:
+                    pid = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                continue
+            if pid > 0 and os.path.exists(f"/proc/{pid}"):
+                out.append(pid)
+        return out
+
     def processes(self):
-        """(herd processes, workers): the daemon and every herd below it; the rest."""
+        """(herd processes, workers): the daemon, then each app's supervisor
+        and any herd process below them; the workers are the rest below."""
         herd_exe = os.path.realpath(self.herd)
-        root = self.proc.pid
-        below = descendants(root)
-        herds = [root] + [p for p in below if exe_of(p) == herd_exe]
+        roots = [self.proc.pid] + self.supervisors()
+        below = [p for r in roots for p in descendants(r) if p not in roots]
+        herds = roots + [p for p in below if exe_of(p) == herd_exe]
         workers = [p for p in below if exe_of(p) != herd_exe]
         return herds, workers
 
@@ -247,8 +269,11 @@ def main():
                 row = sample(d, minute, counts, dict(events))
                 rows.append(row)
                 h = row["herd"][0]
+                sup = row["herd"][1:]
                 log(f"[{minute:5.1f} min] daemon rss {h['rss_kb']} kB pss {h['pss_kb']} kB fds {h['fds']}"
-                    f" | herd processes {len(row['herd'])} | workers {row['workers']['count']}"
+                    f" | supervisors {len(sup)}: rss {sum(x['rss_kb'] or 0 for x in sup)} kB"
+                    f" pss {sum(x['pss_kb'] or 0 for x in sup)} kB fds {sum(x['fds'] or 0 for x in sup)}"
+                    f" | workers {row['workers']['count']}"
                     f" | requests {counts} | {events}")
                 next_sample += a.sample_every
                 if now >= end:
@@ -283,7 +308,7 @@ def main():
     out = a.out or os.path.join(RESULTS, time.strftime("soak-%Y%m%dT%H%M%SZ.json", time.gmtime()))
     with open(out, "w") as f:
         json.dump({"herd": herd, "args": vars(a), "rows": rows}, f, indent=1)
-    print("| minute | daemon RSS kB | daemon PSS kB | daemon fds | other herd processes (RSS kB, fds) "
+    print("| minute | daemon RSS kB | daemon PSS kB | daemon fds | other herd processes (RSS kB/fds each) "
           "| workers | worker fds | requests (ok / other) | reloads | kills |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

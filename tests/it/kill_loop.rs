@@ -289,6 +289,15 @@ fn saved(home: &Path) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Sets the flag when dropped (the end of the rounds, or a panic in one).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// On a failure, the daemon's log is kept (the home goes with the test).
 struct KeepLog(PathBuf);
 
@@ -369,6 +378,8 @@ fn kill_9_of_the_daemon_and_supervisors_at_random_moments_under_load() {
     let mut outages: Vec<Outage> = Vec::new();
     let mut killed: Vec<(Victim, i32)> = Vec::new();
     thread::scope(|s| {
+        // The helper threads end with the rounds, even when one fails.
+        let _stop = StopOnDrop(&stop);
         // systemd: `Restart=on-failure` with no delay, by the CLI's way of
         // starting a daemon (`herd ping`).
         s.spawn(|| {
@@ -472,7 +483,6 @@ fn kill_9_of_the_daemon_and_supervisors_at_random_moments_under_load() {
                 back.values().max().unwrap()
             );
         }
-        stop.store(true, Ordering::SeqCst);
     });
 
     // The saved list as the loop left it, then saved once more: whole,
@@ -597,4 +607,41 @@ fn kill_9_of_the_daemon_and_supervisors_at_random_moments_under_load() {
         sleepers.len(),
         began.elapsed()
     );
+}
+
+/// Regression, found by the kill loop: a CLI that connected in the moment
+/// its daemon was killed (a killed process's socket takes connections until
+/// its teardown closes it) failed with "the daemon closed the connection …
+/// Connection reset by peer", though it had asked nothing yet, instead of
+/// reaching the daemon started next.
+#[test]
+fn a_cli_whose_daemon_dies_before_answering_its_hello_reaches_the_next_one() {
+    use std::io::Read;
+    let d = Daemon::new();
+    let daemon = d.daemon_pid().expect("a daemon");
+    kill(Pid::from_raw(daemon), Signal::SIGKILL).unwrap();
+    assert!(wait_until(WAIT, || !process_alive(daemon)));
+    // Stand in for the dying daemon: its socket takes the CLI's connection,
+    // then goes away with the hello unread.
+    let sock = d.path().join("herd.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let dying = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut first = [0u8; 1];
+        conn.read_exact(&mut first).unwrap();
+        std::fs::remove_file(&sock).unwrap();
+        drop(listener);
+    });
+    let out = d.herd(&["list", "--json"]);
+    dying.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let next = d.daemon_pid().expect("the next daemon");
+    assert_ne!(next, daemon);
+    assert!(process_alive(next));
 }

@@ -688,3 +688,39 @@ fn a_cli_whose_daemon_dies_before_answering_its_hello_reaches_the_next_one() {
     assert_ne!(next, daemon);
     assert!(process_alive(next));
 }
+
+/// Regression, found by the kill loop: a scale whose supervisor was killed
+/// before it answered (or right after) runs on under the next supervisor,
+/// which reads the app's file, but `herd save` wrote the count from before
+/// (the daemon's copy of the definition, never told of the change).
+#[test]
+fn a_scale_whose_answer_died_with_its_supervisor_is_saved() {
+    let d = Daemon::new();
+    d.start_fixture("web", &["-i", "1", "--ready-delay", "3s"]);
+    d.wait_online("web", 1);
+    let id = d.app("web")["id"].as_u64().unwrap();
+    let app_file = d.path().join(format!("apps/{id}.json"));
+    let instances = || -> Option<u64> {
+        let file: Value = serde_json::from_str(&std::fs::read_to_string(&app_file).ok()?).ok()?;
+        file["definition"]["spec"]["instances"].as_u64()
+    };
+    // The supervisor takes the new count and waits for the new worker to
+    // be ready before it answers: it dies meanwhile.
+    let mut scale = d
+        .command(&["scale", "web", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(WAIT, || instances() == Some(2)));
+    let supervisor: i32 = std::fs::read_to_string(d.path().join(format!("apps/{id}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    kill(Pid::from_raw(supervisor), Signal::SIGKILL).unwrap();
+    let _ = scale.wait();
+    d.wait_online("web", 2);
+    d.ok(&["save"]);
+    assert_eq!(saved(d.path())["web"], 2, "{}", d.log());
+}

@@ -38,8 +38,9 @@ process.on('SIGTERM', stop);
 /// A Python server on the socket herd passes as fd 3 (`LISTEN_FDS=1`):
 /// answers its pid, starts a grandchild (`sleep 777`, as `sleep 777 &`
 /// would) and prints `grandchild PID`, prints `tick PID N` every 10 ms,
-/// and on SIGINT/SIGTERM stops ticking, prints `stopped PID after N` and
-/// finishes the requests in flight.
+/// says `READY=1` on `$NOTIFY_SOCKET` once it serves (it runs with
+/// `--wait-ready`), and on SIGINT/SIGTERM stops ticking, prints `stopped
+/// PID after N` and finishes the requests in flight.
 pub const PYTHON_APP: &str = r#"
 import http.server, os, signal, socket, socketserver, subprocess, sys, threading, time
 assert os.environ.get("LISTEN_FDS") == "1", "no socket from herd"
@@ -81,12 +82,19 @@ def stop(signum, frame):
 signal.signal(signal.SIGINT, stop)
 signal.signal(signal.SIGTERM, stop)
 threading.Thread(target=ticker, daemon=True).start()
+# Ready only now that it serves (a loaded machine may take seconds to get here).
+notify = os.environ.get("NOTIFY_SOCKET", "")
+if notify:
+    ready = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ready.sendto(b"READY=1", "\0" + notify[1:] if notify.startswith("@") else notify)
+    ready.close()
 server.serve_forever()
 server.server_close()
 "#;
 
-/// Both apps under `d`: `rr` (Node, 2 workers, round-robin) and `py`
-/// (Python, 2 workers on one passed socket). Their addresses.
+/// Both apps under `d`: `rr` (Node, 2 workers, round-robin; ready when
+/// they listen) and `py` (Python, 2 workers on one passed socket; ready
+/// when they say so). Their addresses.
 pub fn start_both(d: &Daemon, dir: &Path) -> (String, String) {
     let node = dir.join("ticks.js");
     std::fs::write(&node, NODE_APP).unwrap();
@@ -111,8 +119,11 @@ pub fn start_both(d: &Daemon, dir: &Path) -> (String, String) {
         "py",
         "-i",
         "2",
-        "--ready-delay",
-        "300ms",
+        // Ready when it says so (READY=1), not after a delay: a worker
+        // taken for ready before it serves would leave none serving.
+        "--wait-ready",
+        "--listen-timeout",
+        "20s",
         // A fixed port: a supervisor started again binds it again.
         "--listen",
         &format!("127.0.0.1:{py_port}"),

@@ -4,8 +4,8 @@
 //! systemd's `Restart=on-failure` does (`herd startup`'s unit): the apps
 //! serve throughout, nothing outlives its app, the saved list stays whole.
 //!
-//! One test, bounded (10 rounds, about 30–45 s on a loaded 2-core machine),
-//! with the two apps of `two_apps` under fresh-connection load. Each round
+//! The loop is one test, bounded (10 rounds, 20–50 s on a loaded 2-core
+//! machine), with the two apps of `two_apps` under fresh-connection load. Each round
 //! gives one operation and, at a moment drawn from a seeded generator
 //! (the seed is printed; `HERD_KILL_LOOP_SEED=N` replays a run), SIGKILLs
 //! the daemon or one app's supervisor; then the operation is given again
@@ -13,10 +13,12 @@
 //! should have. What a round may cost:
 //! - a killed daemon: nothing (the apps never notice);
 //! - a killed supervisor: its app's requests from the kill until the app
-//!   answers again (its workers die with it, by design: refused
-//!   connections, and resets of those in flight; the daemon starts another
-//!   supervisor after its backoff); nothing after that, and nothing of the
-//!   other app's.
+//!   answers again, from a worker of the next supervisor (its workers die
+//!   with it, by design: refused connections, and resets of those in
+//!   flight; the daemon starts another supervisor after its backoff);
+//!   nothing after that, and nothing of the other app's.
+//!
+//! Beside it, the regression tests of the faults it found.
 //!
 //! herd runs from copies of the suite's binary, alternated at the path
 //! (a new inode each time) so that every `herd update` really replaces

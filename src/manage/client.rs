@@ -47,10 +47,12 @@ impl Client {
     /// See [`request`].
     pub fn request(&self, request: Request, autostart: bool) -> anyhow::Result<Option<Response>> {
         self.runtime.block_on(async {
-            let Some(mut conn) = connect(&self.home, autostart).await? else {
+            let Some(mut conn) = greeted(&self.home, autostart).await? else {
                 return Ok(None);
             };
-            let response = exchange(&mut conn, &request).await?;
+            let lost = "the daemon closed the connection; see $HERD_HOME/herd.log";
+            conn.send(&request).await.context(lost)?;
+            let response = conn.recv::<Response>().await.context(lost)?;
             match response {
                 Response::Error {
                     kind: ErrorKind::Usage,
@@ -63,23 +65,50 @@ impl Client {
     }
 }
 
+/// A connection to the daemon that has said hello (one is started if
+/// needed, unless `autostart` is false: then `None` when none runs).
+///
+/// A daemon that dies before its hello reached us (killed, or crashed, as
+/// a service manager then starts it again; a killed process's socket takes
+/// connections until its teardown closes it) has not seen our request:
+/// connect again, to the next daemon, for as long as one may take to start.
+async fn greeted(root: &Path, autostart: bool) -> anyhow::Result<Option<Connection>> {
+    let deadline = Instant::now() + DAEMON_START;
+    loop {
+        let Some(mut conn) = connect(root, autostart).await? else {
+            return Ok(None);
+        };
+        match hello(&mut conn).await? {
+            Ok(()) => return Ok(Some(conn)),
+            Err(lost) if Instant::now() > deadline => {
+                return Err(anyhow::Error::new(lost)
+                    .context("the daemon closed the connection; see $HERD_HOME/herd.log"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// Say hello: `Ok(Err(_))` when the connection was lost before the daemon
+/// answered (nothing was asked of it yet), an error when it refused us.
+async fn hello(conn: &mut Connection) -> anyhow::Result<Result<(), herd_protocol::FrameError>> {
+    if let Err(lost) = conn.send(&Request::Hello { version: VERSION }).await {
+        return Ok(Err(lost));
+    }
+    match conn.recv::<Response>().await {
+        Ok(Response::Hello { .. }) => Ok(Ok(())),
+        Ok(Response::Error { message, .. }) => Err(anyhow!(message)),
+        Ok(other) => Err(anyhow!("the daemon answered hello with {other:?}")),
+        Err(e @ herd_protocol::FrameError::Json(_)) => {
+            Err(anyhow::Error::new(e).context("the daemon's hello is unreadable"))
+        }
+        Err(lost) => Ok(Err(lost)),
+    }
+}
+
 /// Send a request and expect an answer (the daemon is started if needed).
 pub fn ask(request: Request) -> anyhow::Result<Response> {
     Ok(self::request(request, true)?.expect("autostart gives a connection"))
-}
-
-async fn exchange(conn: &mut Connection, request: &Request) -> anyhow::Result<Response> {
-    let lost = "the daemon closed the connection; see $HERD_HOME/herd.log";
-    conn.send(&Request::Hello { version: VERSION })
-        .await
-        .context(lost)?;
-    match conn.recv::<Response>().await.context(lost)? {
-        Response::Hello { .. } => {}
-        Response::Error { message, .. } => return Err(anyhow!(message)),
-        other => return Err(anyhow!("the daemon answered hello with {other:?}")),
-    }
-    conn.send(request).await.context(lost)?;
-    conn.recv::<Response>().await.context(lost)
 }
 
 async fn connect(root: &Path, autostart: bool) -> anyhow::Result<Option<Connection>> {

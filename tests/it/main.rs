@@ -16,6 +16,7 @@ mod deploy;
 mod faults;
 mod fixture;
 mod fuzz_regressions;
+mod kill_loop;
 mod logs;
 mod metrics;
 mod monit;
@@ -30,6 +31,7 @@ mod supervisor;
 mod supervisors;
 mod systemd;
 mod triggers;
+mod two_apps;
 mod update;
 mod upgrade;
 

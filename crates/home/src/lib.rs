@@ -29,16 +29,17 @@
 
 mod dir;
 mod fault;
+pub mod pidlock;
 mod walk;
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Seek, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use nix::sys::stat::{fchmod, fstat, FileStat, Mode};
 
 pub use dir::{Access, Dir, Opened};
@@ -272,17 +273,15 @@ impl Home {
             .open(PID_FILE, Access::ReadWrite)
             .map_err(lock_err)?
             .file;
-        let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        let mut file = match pidlock::take(file) {
             Ok(f) => f,
-            Err((mut file, Errno::EWOULDBLOCK)) => {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
+            Err(pidlock::TakeError::Held(pid)) => {
                 return Err(HomeError::Running {
-                    pid: pid.trim().to_string(),
+                    pid,
                     home: self.root().to_path_buf(),
                 });
             }
-            Err((_, e)) => return Err(lock_err(e.into())),
+            Err(pidlock::TakeError::Other(e)) => return Err(lock_err(e.into())),
         };
         file.set_len(0).map_err(lock_err)?;
         file.rewind().map_err(lock_err)?;
@@ -296,16 +295,7 @@ impl Home {
     /// The pid of the daemon holding this home's lock, if one runs.
     pub fn running_pid(&self) -> Option<u32> {
         let file = self.dir.open(PID_FILE, Access::Read).ok()?.file;
-        match Flock::lock(file, FlockArg::LockSharedNonblock) {
-            // Free: no daemon (the probe lock is released as it drops).
-            Ok(_) => None,
-            Err((mut file, Errno::EWOULDBLOCK)) => {
-                let mut pid = String::new();
-                file.read_to_string(&mut pid).ok()?;
-                pid.trim().parse().ok()
-            }
-            Err(_) => None,
-        }
+        pidlock::holder(file)
     }
 
     /// Remove a socket left by a daemon that is gone (we hold the lock).

@@ -20,13 +20,12 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Seek, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use herd_home::{Access, Dir, Home, HomeError};
 use herd_protocol::supervisor::{AppFile, AppFileError};
-use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 /// The directory of the apps' files in the home.
@@ -232,19 +231,17 @@ impl AppFiles {
                 .open(self.name("pid"), Access::ReadWrite)
                 .map_err(lock_err)?
                 .file;
-            let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            let file = match herd_home::pidlock::take(file) {
                 Ok(f) => f,
-                Err((mut file, Errno::EWOULDBLOCK)) => {
-                    let mut pid = String::new();
-                    let _ = file.read_to_string(&mut pid);
+                Err(herd_home::pidlock::TakeError::Held(pid)) => {
                     return Err(FilesError::Running {
-                        pid: pid.trim().to_string(),
+                        pid,
                         id: self.id,
                         home: self.home().root().to_path_buf(),
                         socket: self.socket(),
                     });
                 }
-                Err((_, e)) => return Err(lock_err(e.into())),
+                Err(herd_home::pidlock::TakeError::Other(e)) => return Err(lock_err(e.into())),
             };
             // The holder before us may have removed the file as it exited:
             // then we locked a file nobody else will ever see. Try again.
@@ -288,16 +285,7 @@ impl AppFiles {
             .open(self.name("pid"), Access::Read)
             .ok()?
             .file;
-        match Flock::lock(file, FlockArg::LockSharedNonblock) {
-            // Free: no supervisor (the probe lock is released as it drops).
-            Ok(_) => None,
-            Err((mut file, Errno::EWOULDBLOCK)) => {
-                let mut pid = String::new();
-                file.read_to_string(&mut pid).ok()?;
-                pid.trim().parse().ok()
-            }
-            Err(_) => None,
-        }
+        herd_home::pidlock::holder(file)
     }
 }
 

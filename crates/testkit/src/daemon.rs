@@ -3,7 +3,7 @@
 //! stopped when the value is dropped, pass or fail: `herd kill`, then SIGKILL
 //! (its workers die with it: they have PDEATHSIG).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -21,15 +21,25 @@ pub struct Daemon {
     child: Option<Child>,
     /// Where its HTTP listener is (`with_metrics`).
     pub http: Option<String>,
+    /// The herd binary its CLI runs (and so the auto-started daemon):
+    /// [`herd_bin`], or a copy of it ([`Daemon::with_binary`]).
+    bin: PathBuf,
 }
 
 impl Daemon {
     /// A daemon started by the CLI on its first use (`herd ping`).
     pub fn new() -> Daemon {
+        Daemon::with_binary(herd_bin().into())
+    }
+
+    /// A daemon started by the CLI at `bin` (a copy of herd, which a test
+    /// may replace on disk for `herd update`) on its first use.
+    pub fn with_binary(bin: PathBuf) -> Daemon {
         let d = Daemon {
             home: TempDir::new("daemon"),
             child: None,
             http: None,
+            bin,
         };
         let out = d.herd(&["ping"]);
         assert!(out.status.success(), "ping: {}", text(&out.stderr));
@@ -42,6 +52,7 @@ impl Daemon {
             home: TempDir::new("daemon"),
             child: None,
             http: None,
+            bin: herd_bin().into(),
         }
     }
 
@@ -73,6 +84,7 @@ impl Daemon {
                     home,
                     child: Some(child),
                     http: Some(addr),
+                    bin: herd_bin().into(),
                 };
             }
             let _ = child.kill();
@@ -89,7 +101,7 @@ impl Daemon {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(herd_bin());
+        let mut c = Command::new(&self.bin);
         c.args(args)
             .env("HERD_HOME", self.path())
             .env_remove("NODE_CLUSTER_SCHED_POLICY")

@@ -228,6 +228,20 @@ pub struct LoadReport {
     pub pids: BTreeSet<i32>,
     /// How long each answered request took, connect to last byte.
     pub latencies: Vec<Duration>,
+    /// When each failed request ran, and how it failed: a test that causes
+    /// an outage on purpose tells the failures it explains from the others.
+    pub failed_at: Vec<FailedAt>,
+}
+
+/// One failed request of a [`Load`].
+#[derive(Debug, Clone)]
+pub struct FailedAt {
+    /// When it began to connect.
+    pub started: Instant,
+    /// When it failed.
+    pub ended: Instant,
+    /// Its error kind (or "status N"), as counted in `failures`.
+    pub kind: String,
 }
 
 impl LoadReport {
@@ -287,6 +301,15 @@ impl Load {
                     let mut n = 0;
                     while !stop.load(Ordering::SeqCst) && Instant::now() < end && n < per_thread {
                         n += 1;
+                        let started = Instant::now();
+                        let failed = |rep: &mut LoadReport, kind: String| {
+                            *rep.failures.entry(kind.clone()).or_default() += 1;
+                            rep.failed_at.push(FailedAt {
+                                started,
+                                ended: Instant::now(),
+                                kind,
+                            });
+                        };
                         match http_request(&addr, &path, Duration::from_secs(5)) {
                             Ok(r) if r.status == 200 => {
                                 rep.ok += 1;
@@ -298,13 +321,9 @@ impl Load {
                                     l.1.insert(p);
                                 }
                             }
-                            Ok(r) => {
-                                *rep.failures
-                                    .entry(format!("status {}", r.status))
-                                    .or_default() += 1;
-                            }
+                            Ok(r) => failed(&mut rep, format!("status {}", r.status)),
                             Err(e) => {
-                                *rep.failures.entry(format!("{:?}", e.kind())).or_default() += 1;
+                                failed(&mut rep, format!("{:?}", e.kind()));
                                 if rep.samples.len() < 5 {
                                     rep.samples.push(e.to_string());
                                 }
@@ -373,6 +392,7 @@ impl Load {
             total.samples.extend(r.samples);
             total.pids.extend(r.pids);
             total.latencies.extend(r.latencies);
+            total.failed_at.extend(r.failed_at);
         }
         eprintln!(
             "  load: {} ok, {} failed {:?} {:?}, pids {:?}",

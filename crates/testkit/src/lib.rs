@@ -47,7 +47,7 @@ pub use daemon::{end_supervisors, worker_pids, Daemon};
 pub use herd::Herd;
 pub use http::{
     http_get, http_request, pid_in_body, pids_answering, unix_http_get, unix_http_request,
-    wait_http, wait_http_ok, Load, LoadReport, Response,
+    wait_http, wait_http_ok, FailedAt, Load, LoadReport, Response,
 };
 pub use need::{in_ci, need, runtime_bin, skip_or_fail, Need};
 pub use pat::match_pat;

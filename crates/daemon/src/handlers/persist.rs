@@ -1,4 +1,5 @@
-//! `save` and `resurrect`: the app list on disk.
+//! `save` and `resurrect`: the app list on disk. `save` takes each app's
+//! definition from its file in `apps/` (its supervisor keeps it current).
 
 use std::sync::Arc;
 
@@ -9,11 +10,19 @@ use crate::dump;
 
 pub async fn save(ctx: &Arc<Ctx>, force: bool) -> Response {
     // Saved whole: resurrect needs the secrets (the file is owner-only).
-    let defs: Vec<AppDef> = ctx
-        .registry()
-        .all()
+    // Each app as its file says (what its supervisor runs, and what any
+    // next one will): the registry's copy misses a change whose answer was
+    // lost with a supervisor that died right after (or during) it.
+    let entries = ctx.registry().all();
+    let defs: Vec<AppDef> = entries
         .into_iter()
-        .map(|e| (*e.def).clone())
+        .map(|e| match e.link.files().read_app() {
+            Ok(file) if file.definition != *e.def => {
+                ctx.registry().set_def(e.id, file.definition.clone());
+                file.definition
+            }
+            _ => (*e.def).clone(),
+        })
         .collect();
     let path = ctx.home.dump();
     if defs.is_empty() && !force && dump::exists(&ctx.home) {

@@ -256,13 +256,23 @@ class Case:
             return common.pm2_daemon_pid()
         return self.proc.pid
 
-    def workers(self):
-        """Live workers: descendants of the root that are not herd (nor pm2)."""
+    def roots(self):
+        """The processes whose descendants are the workers: the root, and under
+        the daemon each app's supervisor (detached from the daemon)."""
         root = self.root()
         if root is None:
             return []
+        if self.runner == "daemon":
+            return [root] + common.app_supervisors(self.home)
+        return [root]
+
+    def workers(self):
+        """Live workers: descendants of the roots that are not herd (nor pm2)."""
+        roots = self.roots()
         out = []
-        for p in descendants(root):
+        for p in (d for r in roots for d in descendants(r)):
+            if p in roots:
+                continue
             if state_of(p) in ("Z", "X"):
                 continue
             if exe_of(p) == self.herd_exe:
@@ -273,8 +283,9 @@ class Case:
         return out
 
     def supervisors(self):
-        root = self.root()
-        return [root] + [p for p in descendants(root) if exe_of(p) == self.herd_exe]
+        roots = self.roots()
+        below = [p for r in roots for p in descendants(r) if p not in roots]
+        return roots + [p for p in below if exe_of(p) == self.herd_exe]
 
     def down(self):
         if self.runner == "daemon" and self.home:

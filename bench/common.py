@@ -200,6 +200,29 @@ def children(pid):
     return sorted(set(out))
 
 
+def app_supervisors(home):
+    """The live app supervisors of a herd daemon's HERD_HOME: the pids in their
+    locked pid files, apps/<id>.pid. They are detached from the daemon (not its
+    children): each is its app's workers' parent."""
+    apps = os.path.join(home, "apps")
+    try:
+        names = sorted(os.listdir(apps))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        if not name.endswith(".pid"):
+            continue
+        try:
+            with open(os.path.join(apps, name)) as f:
+                pid = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            continue
+        if pid > 0 and os.path.exists(f"/proc/{pid}"):
+            out.append(pid)
+    return out
+
+
 def cpu_s(pid):
     """utime+stime of a process (all its threads), in seconds."""
     try:

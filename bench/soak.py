@@ -160,32 +160,11 @@ class Daemon:
             raise RuntimeError(f"herd {' '.join(args)}: {r.stdout}")
         return r.stdout
 
-    def supervisors(self):
-        """The live app supervisors: their locked pid files in HERD_HOME/apps/
-        (they are detached from the daemon, not its children)."""
-        apps = os.path.join(self.home, "apps")
-        out = []
-        try:
-            names = sorted(os.listdir(apps))
-        except OSError:
-            return out
-        for name in names:
-            if not name.endswith(".pid"):
-                continue
-            try:
-                with open(os.path.join(apps, name)) as f:
-                    pid = int(f.read().strip() or 0)
-            except (OSError, ValueError):
-                continue
-            if pid > 0 and os.path.exists(f"/proc/{pid}"):
-                out.append(pid)
-        return out
-
     def processes(self):
         """(herd processes, workers): the daemon, then each app's supervisor
         and any herd process below them; the workers are the rest below."""
         herd_exe = os.path.realpath(self.herd)
-        roots = [self.proc.pid] + self.supervisors()
+        roots = [self.proc.pid] + common.app_supervisors(self.home)
         below = [p for r in roots for p in descendants(r) if p not in roots]
         herds = roots + [p for p in below if exe_of(p) == herd_exe]
         workers = [p for p in below if exe_of(p) != herd_exe]

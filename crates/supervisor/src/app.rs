@@ -319,7 +319,9 @@ impl Actor {
         let (tx, rx) = mpsc::channel(64);
         let (queries, queries_rx) = mpsc::channel(64);
         let follow = self.follow.clone();
-        let task = tokio::spawn(self.run(rx, queries_rx));
+        // Boxed: the actor's future holds the whole actor; on the heap, tokio
+        // moves and polls a pointer, not that much stack.
+        let task = tokio::spawn(Box::pin(self.run(rx, queries_rx)));
         (
             AppRef {
                 tx,

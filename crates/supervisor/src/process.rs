@@ -571,10 +571,10 @@ async fn supervise(
             accepted = accept(&listener, &slots) => match accepted {
                 Ok((stream, slot)) => {
                     let shared = shared.clone();
-                    tokio::spawn(async move {
+                    tokio::spawn(Box::pin(async move {
                         server::client(shared, stream).await;
                         drop(slot);
-                    });
+                    }));
                 }
                 Err(e) => {
                     crate::say!("app {name}: cannot accept a connection: {e}");

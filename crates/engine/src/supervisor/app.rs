@@ -294,7 +294,9 @@ impl App {
             messages: messages_rx,
             watch: watch_rx,
         };
-        tokio::spawn(app.run(inbox, None));
+        // Boxed: the run loop's future holds the whole app; on the heap, tokio
+        // moves and polls a pointer, not that much stack, for the app's life.
+        tokio::spawn(Box::pin(app.run(inbox, None)));
         let _ = requests.send(Request::Command(Command::Start, None));
         (requests, Events::new(events_rx))
     }

@@ -373,7 +373,8 @@ impl App {
             messages: messages_rx,
             watch: watch_rx,
         };
-        tokio::spawn(app.run(inbox, Some(leftovers)));
+        // Boxed, as in `App::spawn`.
+        tokio::spawn(Box::pin(app.run(inbox, Some(leftovers))));
         Ok((requests, Events::new(events_rx)))
     }
 

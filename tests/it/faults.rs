@@ -185,10 +185,13 @@ fn a_full_disk_under_the_logs_loses_output_only_with_one_warning_and_no_partial_
     let d = Daemon::unstarted();
     // HERD_HOME on a small tmpfs, and its logs/ on another (so the home's
     // own log still has room for the warning; the home's turn comes below).
+    // logs/ holds more than the supervisor may still have queued when room
+    // returns (64 batches of at most 64 KiB, and the pipe's 64 KiB): that
+    // backlog is written first and must not fill the disk again.
     let Some(home) = Tmpfs::mount(d.path(), "1m") else {
         return;
     };
-    let Some(logs) = Tmpfs::mount(&d.path().join("logs"), "256k") else {
+    let Some(logs) = Tmpfs::mount(&d.path().join("logs"), "8m") else {
         return;
     };
     let setup = FullDiskSetup { d, logs, home };
@@ -233,11 +236,16 @@ fn a_full_disk_under_the_logs_loses_output_only_with_one_warning_and_no_partial_
     std::fs::remove_file(&filler).unwrap();
     // (What the app's supervisor had read but not yet written when the
     // room came back is written first: the newest lines come last.)
+    spam(3);
     let ok = wait_until(T, || {
-        spam(3);
         spam_numbers(&read_log()).is_ok_and(|v| v.ends_with(&[0, 1, 2]))
     });
-    assert!(ok, "logging never resumed:\n{}", d.log());
+    assert!(
+        ok,
+        "logging never resumed (the log ends {:?}):\n{}",
+        spam_numbers(&read_log()).map(|v| v[v.len().saturating_sub(5)..].to_vec()),
+        d.log()
+    );
     assert!(
         wait_until(T, || d.log().contains("again;")),
         "no word that logging resumed:\n{}",

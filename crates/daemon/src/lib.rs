@@ -52,6 +52,7 @@ pub mod http;
 pub mod link;
 pub mod registry;
 pub mod server;
+pub mod sockets;
 pub mod views;
 
 pub use herd_home as home;

@@ -10,21 +10,29 @@
 //! it was wished running. A supervisor that is running but speaks another
 //! protocol version is left alone and named in every answer about its app.
 //!
+//! While a supervisor serves, the link keeps a copy of its app's shared
+//! listening sockets ([`crate::sockets`]), synced whenever the app reports
+//! something; a supervisor started after one died is given them, so the
+//! app's clients queued meanwhile instead of being refused.
+//!
 //! Questions and commands go on connections of their own, so a status is
 //! never held up by a reload: a status within [`STATUS_DEADLINE`], a
 //! command for as long as it takes (its ticket is its answer), waiting a
 //! moment first for a supervisor that is being started again.
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herd_protocol::supervisor::{AppFile, Command, Event, Status, Ticket};
+use herd_protocol::supervisor::{AppFile, Command, Event, Status, Ticket, HELD_SOCKETS_ENV};
 use herd_supervisor::client::{Client, ClientError};
 use herd_supervisor::contain::{self, Record};
 use herd_supervisor::files::AppFiles;
 use tokio::sync::watch;
+
+use crate::sockets::Store;
 
 /// How long a status question may take (a supervisor answers it at once,
 /// even during a reload).
@@ -91,6 +99,8 @@ struct Inner {
     starting: tokio::sync::Mutex<()>,
     /// Supervisors started again after they died, for metrics.
     restarts: std::sync::atomic::AtomicU64,
+    /// Copies of the app's shared listening sockets.
+    sockets: std::sync::Mutex<Store>,
 }
 
 /// One app's supervisor, as the daemon reaches it. Cheap to clone.
@@ -124,6 +134,7 @@ impl Link {
                 deleting: Default::default(),
                 starting: tokio::sync::Mutex::new(()),
                 restarts: Default::default(),
+                sockets: Default::default(),
             }),
         }
     }
@@ -148,7 +159,36 @@ impl Link {
     }
 
     fn set(&self, state: State) {
+        if state == State::Gone {
+            self.store().clear();
+        }
         self.inner.state.send_replace(state);
+    }
+
+    /// The copies of the app's sockets.
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.inner
+            .sockets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How many of the app's sockets the daemon holds a copy of.
+    pub fn held_sockets(&self) -> usize {
+        self.store().len()
+    }
+
+    /// Copy the sockets supervisor `pid` lists now (see [`crate::sockets`]).
+    async fn sync_sockets(&self, pid: u32) {
+        let Ok(status) = self.status().await else {
+            return;
+        };
+        if status.supervisor.pid != pid {
+            return;
+        }
+        if let Some(why) = self.store().sync(pid, &status.app.sockets) {
+            crate::say!("app {}: {why}", self.inner.name);
+        }
     }
 
     fn deleting(&self) -> bool {
@@ -179,7 +219,29 @@ impl Link {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let out = match tokio::time::timeout(START_DEADLINE, command.output()).await {
+        // The sockets a dead supervisor left (clients queued on them):
+        // duplicates, open here until the spawn is done.
+        let held = self.store().to_pass();
+        if let Some((fds, named)) = &held {
+            command.env(HELD_SOCKETS_ENV, named);
+            let fds: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+            // SAFETY: between fork and exec the closure only calls fcntl,
+            // which is async-signal-safe, on fds `held` keeps open until
+            // the command has run.
+            unsafe {
+                command.pre_exec(move || {
+                    for &fd in &fds {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let out = tokio::time::timeout(START_DEADLINE, command.output()).await;
+        drop(held);
+        let out = match out {
             Ok(Ok(out)) => out,
             Ok(Err(e)) => return Err(format!("cannot run herd supervise: {e}")),
             Err(_) => {
@@ -483,10 +545,13 @@ async fn follow(link: &Link) -> Followed {
     };
     let since = Instant::now();
     link.set(State::Up { pid });
+    link.sync_sockets(pid).await;
     loop {
         match follower.next().await {
             Ok(Some(Event::Deleted)) => return Followed::Deleted,
-            Ok(Some(_)) => {}
+            Ok(Some(Event::Warning { .. })) => {}
+            // Its sockets may have changed.
+            Ok(Some(_)) => link.sync_sockets(pid).await,
             Ok(None) | Err(_) => {
                 return Followed::Ended {
                     pid,

@@ -94,6 +94,7 @@ pub use os::channel::Channel;
 pub use os::init::{init_if_pid1, init_if_pid1_then, under_herd_init, OnHerdDeath};
 pub use os::memory;
 pub use os::notify::sd_notify;
+pub use os::socket::{copy_listening, is_listening, local_addr};
 pub use os::spawn::resolve_program;
 /// The parsers of what a worker sends, for the fuzz targets (`fuzz/`) only.
 #[doc(hidden)]

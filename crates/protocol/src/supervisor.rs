@@ -270,6 +270,26 @@ pub struct App {
     pub slots: Vec<SlotDetail>,
     /// What only metrics show, per live worker process.
     pub processes: Vec<Process>,
+    /// The app's shared listening sockets, by their fd in the supervisor:
+    /// the daemon keeps a copy of each (taken with `pidfd_getfd`) and gives
+    /// them to the next supervisor if this one dies, so that clients wait
+    /// in the sockets' queues instead of being refused meanwhile.
+    #[serde(default)]
+    pub sockets: Vec<Socket>,
+}
+
+/// The variable that gives `herd supervise` the sockets the daemon held for
+/// the app while no supervisor ran: a JSON list of [`Socket`]s, each fd
+/// inherited at that number.
+pub const HELD_SOCKETS_ENV: &str = "HERD_HELD_SOCKETS";
+
+/// One listening socket of an app, in its supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Socket {
+    /// Where it is bound (`127.0.0.1:8000`, `[::]:8000`, `unix:/path`).
+    pub addr: herd_engine::config::ListenAddr,
+    /// Its number in the supervisor process.
+    pub fd: i32,
 }
 
 impl App {

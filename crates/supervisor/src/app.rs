@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use herd_engine::config::{AppSpec, Instances};
 use herd_engine::machine::{Answer, Command, Outcome, Report, SlotPhase, WorkerPhase};
 use herd_engine::supervisor::{
-    self, AppHandle, AppStatus, Event, Events, Stream, Target, Timed, UpdateError,
+    self, AppHandle, AppStatus, Event, Events, Held, Stream, Target, Timed, UpdateError,
 };
 use herd_engine::ExitStatus;
 use herd_home::Home;
@@ -240,8 +240,10 @@ pub fn spawn(
     def: AppDef,
     home: &Home,
     keeper: Box<dyn Keeper>,
+    held: Held,
 ) -> Result<(AppRef, tokio::task::JoinHandle<Option<Handover>>), String> {
-    let actor = Actor::new(id, def, home, keeper)?;
+    let mut actor = Actor::new(id, def, home, keeper)?;
+    actor.held = held;
     Ok(actor.spawn())
 }
 
@@ -301,6 +303,7 @@ impl Actor {
             deleted: false,
             quit: false,
             ever_started: false,
+            held: Held::default(),
             counters: Counters::default(),
             created_at: SystemTime::now(),
             reset_base: HashMap::new(),
@@ -397,6 +400,9 @@ struct Actor {
     /// An engine instance was started once (until then, the log files
     /// opened for it are removed again if the app is deleted).
     ever_started: bool,
+    /// The sockets the daemon held for the app while no supervisor ran,
+    /// for the first start (see [`crate::held`]).
+    held: Held,
     counters: Counters,
     /// When the app was taken, or last restarted, reloaded or reset (pm2's `created_at`).
     created_at: SystemTime,
@@ -587,7 +593,8 @@ impl Actor {
         if self.engine.is_some() {
             return done(format!("{} is already running", self.name()));
         }
-        match supervisor::start(self.engine_spec()) {
+        let held = std::mem::take(&mut self.held);
+        match supervisor::start_holding(self.engine_spec(), held) {
             Ok((handle, events)) => {
                 self.engine = Some(handle);
                 self.events = Some(events);
@@ -1332,6 +1339,14 @@ impl Actor {
             created_at_ms: crate::server::unix_ms(self.created_at),
             slots,
             processes,
+            sockets: status
+                .iter()
+                .flat_map(|s| &s.sockets)
+                .map(|(addr, fd)| proto::Socket {
+                    addr: addr.clone(),
+                    fd: *fd,
+                })
+                .collect(),
         }
     }
 

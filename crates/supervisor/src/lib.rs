@@ -36,6 +36,7 @@ pub mod app;
 pub mod client;
 pub mod contain;
 pub mod files;
+pub mod held;
 pub mod logs;
 pub mod process;
 pub mod sample;

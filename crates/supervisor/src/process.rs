@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use herd_engine::supervisor::Frozen;
+use herd_engine::supervisor::{Frozen, Held};
 use herd_engine::upgrade::Inherited;
 use herd_home::Home;
 use herd_protocol::supervisor::{
@@ -91,6 +91,8 @@ pub enum Error {
 /// Run the supervisor; returns the exit code (in the starting process when
 /// detaching: once the supervisor serves).
 pub fn run(options: Options) -> Result<i32, Error> {
+    // First, before this process opens anything of its own.
+    let held = crate::held::take_from_env();
     let home = Home::open(&options.home).map_err(FilesError::from)?;
     let files = AppFiles::open(&home, options.id)?;
     let app_file = files.read_app()?;
@@ -127,6 +129,7 @@ pub fn run(options: Options) -> Result<i32, Error> {
         cgroup,
         ready,
         resumed: None,
+        held,
     })
 }
 
@@ -201,6 +204,7 @@ pub fn resume(inherited: Inherited) -> Result<i32, Error> {
         cgroup,
         ready: Ready(None),
         resumed: Some((inherited.frozen, state.carried, log_fds)),
+        held: Held::default(),
     })
 }
 
@@ -215,6 +219,8 @@ struct Hosted {
     ready: Ready,
     /// An app handed over by the previous image (an in-place upgrade).
     resumed: Option<(Frozen, app::Carried, Vec<std::os::fd::OwnedFd>)>,
+    /// The sockets the daemon held for the app (see [`crate::held`]).
+    held: Held,
 }
 
 /// Run the app and serve the socket until the app is deleted or a signal
@@ -232,6 +238,7 @@ fn host(hosted: Hosted) -> ! {
             cgroup,
             ready,
             resumed,
+            held,
         } = hosted;
         let name = app_file.name.clone();
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -249,6 +256,7 @@ fn host(hosted: Hosted) -> ! {
         let start = Start {
             app_file,
             resumed,
+            held,
             lock_fd: lock.raw_fd(),
         };
         // On the heap: a future this size, on the thread's stack, would keep
@@ -289,6 +297,8 @@ fn host(hosted: Hosted) -> ! {
 struct Start {
     app_file: AppFile,
     resumed: Option<(Frozen, app::Carried, Vec<std::os::fd::OwnedFd>)>,
+    /// The sockets the daemon held for the app, for its first start.
+    held: Held,
     /// The fd of the held lock (kept across an upgrade).
     lock_fd: RawFd,
 }
@@ -463,6 +473,7 @@ async fn supervise(
     let Start {
         app_file,
         resumed,
+        held,
         lock_fd,
     } = start;
     let id = files.id();
@@ -485,7 +496,18 @@ async fn supervise(
             carried,
             log_fds,
         ),
-        None => app::spawn(id, app_file.definition, files.home(), Box::new(keeper)),
+        // Held sockets are for an app to run; a stopped one closes them.
+        None => app::spawn(
+            id,
+            app_file.definition,
+            files.home(),
+            Box::new(keeper),
+            if desired == Desired::Running {
+                held
+            } else {
+                Held::default()
+            },
+        ),
     };
     let (app, mut actor) = match spawned {
         Ok(a) => a,

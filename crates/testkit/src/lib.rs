@@ -52,8 +52,8 @@ pub use http::{
 pub use need::{in_ci, need, runtime_bin, skip_or_fail, Need};
 pub use pat::match_pat;
 pub use procs::{
-    cpu_time, group_empty, group_members, process_alive, start_time, tcp_port_state,
-    zombie_children, CpuWatch, PortState,
+    cpu_time, group_empty, group_members, holders_of_listening_port, process_alive, start_time,
+    tcp_port_state, zombie_children, CpuWatch, PortState,
 };
 
 /// `herd run OPTS -- herd-test-worker WORKER_ARGS`

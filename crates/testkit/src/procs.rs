@@ -168,3 +168,38 @@ pub fn tcp_port_state(port: u16) -> PortState {
     }
     st
 }
+
+/// The processes among `pids` that hold an fd of the socket listening on
+/// TCP port `port` (its inode from /proc/net/tcp{,6}, their fds from
+/// /proc/PID/fd).
+pub fn holders_of_listening_port(port: u16, pids: &[i32]) -> Vec<i32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let listening_here = f.len() > 9
+                && f[3] == "0A"
+                && f[1]
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                    == Some(port);
+            if listening_here {
+                inodes.push(format!("socket:[{}]", f[9]));
+            }
+        }
+    }
+    pids.iter()
+        .copied()
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.flatten().any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+                })
+            })
+        })
+        .collect()
+}

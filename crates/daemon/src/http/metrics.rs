@@ -114,6 +114,7 @@ pub async fn gather(ctx: &Arc<Ctx>) -> Vec<AppFigures> {
                     created_at_ms: 0,
                     slots: Vec::new(),
                     processes: Vec::new(),
+                    sockets: Vec::new(),
                 },
             };
             AppFigures {
@@ -474,6 +475,7 @@ mod tests {
                     pending_connections: Some(1),
                 },
             ],
+            sockets: Vec::new(),
         };
         let figures = AppFigures {
             app,

@@ -148,7 +148,7 @@ pub(crate) fn accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
 }
 
 /// The address a listening socket is bound to (to report port 0 bindings).
-pub(crate) fn local_addr(fd: &OwnedFd) -> io::Result<ListenAddr> {
+pub fn local_addr(fd: &OwnedFd) -> io::Result<ListenAddr> {
     let addr = SockRef::from(fd).local_addr()?;
     if let Some(sa) = addr.as_socket() {
         return Ok(ListenAddr::Tcp(sa));
@@ -163,6 +163,54 @@ pub(crate) fn local_addr(fd: &OwnedFd) -> io::Result<ListenAddr> {
             fd.as_raw_fd()
         ),
     ))
+}
+
+/// Stop a listening socket for good, in every process that holds it (the
+/// daemon keeps a copy of each shared one): clients are refused from now
+/// on, and the address can be bound again. For a socket herd closes on
+/// purpose; one that a dying process leaves stays open in the copies.
+pub(crate) fn shut_down(fd: &OwnedFd) {
+    // A socket that is not connected or listening any more says ENOTCONN:
+    // nothing to stop.
+    let _ = SockRef::from(fd).shutdown(std::net::Shutdown::Both);
+}
+
+/// Is this a stream socket that listens (not one shut down since)?
+pub fn is_listening(fd: &OwnedFd) -> bool {
+    let sock = SockRef::from(fd);
+    sock.r#type().is_ok_and(|t| t == Type::STREAM) && sock.is_listener().unwrap_or(false)
+}
+
+/// A copy of another process's listening socket `fd` (`pidfd_getfd`, Linux
+/// 5.6; the caller must be allowed to ptrace `pid`: the same user without a
+/// Yama restriction, or root), with where it is bound. Refused unless it is
+/// a listening stream socket.
+pub fn copy_listening(pid: u32, fd: i32) -> io::Result<(ListenAddr, OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "no such pid"))?;
+    // SAFETY: pidfd_open takes two integers and returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd; nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    // SAFETY: pidfd_getfd takes three integers and returns a new fd (with
+    // FD_CLOEXEC set) or -1.
+    let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if copy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd; nothing else owns it.
+    let copy = unsafe { OwnedFd::from_raw_fd(copy as i32) };
+    if !is_listening(&copy) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("fd {fd} of process {pid} is not a listening stream socket"),
+        ));
+    }
+    Ok((local_addr(&copy)?, copy))
 }
 
 #[cfg(test)]

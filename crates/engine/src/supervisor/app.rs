@@ -401,7 +401,7 @@ impl App {
             }
         }
         notify_task.abort();
-        self.state.listeners.remove_unix_files();
+        self.state.listeners.close_all();
     }
 
     fn request(&mut self, request: Request) {
@@ -488,7 +488,18 @@ impl App {
                 .collect(),
             machine: s.machine.snapshot(MonoTime::now()),
             round_robin: self.round_robin_stats(),
+            sockets: s.listeners.shared_sockets(),
         }
+    }
+
+    /// Does every slot have a ready worker?
+    fn all_ready(&self) -> bool {
+        let snapshot = self.state.machine.snapshot(MonoTime::now());
+        snapshot.slots.iter().all(|slot| {
+            slot.current
+                .as_ref()
+                .is_some_and(|w| w.phase == crate::machine::WorkerPhase::Ready)
+        })
     }
 
     fn round_robin_stats(&self) -> Vec<RoundRobinStats> {
@@ -573,7 +584,11 @@ impl App {
                 slot,
                 next: Next::Errored { .. },
                 ..
-            } => self.state.listeners.close_slot(*slot),
+            } => {
+                self.state.listeners.close_slot(*slot);
+                // Nobody will serve what waits on a held socket.
+                self.state.listeners.drop_held();
+            }
             // A slot that stays empty for a while: its reuseport socket
             // would strand its share of new clients meanwhile.
             Report::Exited {
@@ -586,7 +601,14 @@ impl App {
                 next: Next::NoRestart | Next::StopExitCode(_),
                 ..
             } => self.state.listeners.close_slot_while_empty(*slot),
-            Report::Ready { .. } => self.with_cluster(|cluster, cx| cluster.flush_all(cx)),
+            Report::Ready { .. } => {
+                // Every worker serves: the sockets held for the app that
+                // none asked for are not its any more.
+                if self.all_ready() {
+                    self.state.listeners.drop_held();
+                }
+                self.with_cluster(|cluster, cx| cluster.flush_all(cx))
+            }
             Report::Scaled { slots } => self.state.listeners.close_slots_from(*slots),
             _ => {}
         }

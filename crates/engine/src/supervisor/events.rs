@@ -109,6 +109,11 @@ pub struct AppStatus {
     /// (empty when the app has no round-robin listener).
     #[serde(default)]
     pub round_robin: Vec<RoundRobinStats>,
+    /// The app's shared listening sockets, each with its fd in this
+    /// process: what the daemon keeps a copy of, so that clients queue
+    /// rather than be refused while a dead supervisor is replaced.
+    #[serde(default)]
+    pub sockets: Vec<(ListenAddr, i32)>,
 }
 
 /// One worker's share of herd's round-robin accepting.

@@ -11,10 +11,17 @@
 //! reuseport socket nobody accepts on would take its share of the clients
 //! and never answer). A listener of the definition is never closed while
 //! the app runs, so no client is ever refused across restarts and reloads.
+//!
+//! Also the sockets *held* for the app while it had no supervisor
+//! ([`Held`]): the daemon keeps a copy of each shared listening socket of a
+//! supervisor (`herd_daemon`'s socket store), and when that supervisor dies
+//! its successor is given them; the app takes each by its address instead
+//! of binding it, so the clients who connected meanwhile waited in its
+//! queue instead of being refused.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
@@ -82,13 +89,62 @@ pub(crate) struct Listeners {
     next_id: u32,
     /// `--balance reuseport`: one socket per slot.
     reuseport: bool,
+    /// Sockets held for the app while no supervisor ran, not taken yet
+    /// (never carried across an upgrade: they are closed once every worker
+    /// is ready, long before one).
+    #[serde(skip)]
+    held: Held,
+}
+
+/// Listening sockets bound by an earlier supervisor of the app, each with
+/// where it is bound, to be taken instead of binding the same address.
+#[derive(Debug, Default)]
+pub struct Held(Vec<(ListenAddr, OwnedFd)>);
+
+impl Held {
+    pub fn new(sockets: Vec<(ListenAddr, OwnedFd)>) -> Held {
+        Held(sockets)
+    }
+
+    /// The held socket bound at `addr`, taken out.
+    fn take(&mut self, addr: &ListenAddr) -> Option<OwnedFd> {
+        let i = self.0.iter().position(|(a, _)| a == addr)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Stop the sockets no one took, for good (the daemon's copies too):
+    /// the app no longer listens there, and clients must not wait on them.
+    fn shut_down(&mut self) {
+        for (_, fd) in self.0.drain(..) {
+            socket::shut_down(&fd);
+        }
+    }
 }
 
 impl Listeners {
     /// Bind the app's own listeners (before any worker starts), with an
     /// event for each.
+    #[cfg(test)]
     pub(crate) fn bind(spec: &AppSpec) -> Result<(Listeners, Vec<Event>), ListenError> {
+        Listeners::bind_or_take(spec, Held::default())
+    }
+
+    /// [`bind`](Self::bind), taking the sockets `held` for the app instead
+    /// of binding their addresses again (not for reuseport: each slot binds
+    /// its own); what is left is kept for the workers' requests until
+    /// [`drop_held`](Self::drop_held).
+    pub(crate) fn bind_or_take(
+        spec: &AppSpec,
+        mut held: Held,
+    ) -> Result<(Listeners, Vec<Event>), ListenError> {
         let reuseport = spec.balance == Balance::ReusePort;
+        if reuseport {
+            held = Held::default();
+        }
         let mut listeners = BTreeMap::new();
         let mut events = Vec::new();
         for (i, l) in spec.listeners.iter().enumerate() {
@@ -96,7 +152,10 @@ impl Listeners {
             if !ephemeral && spec.listeners[..i].iter().any(|other| other.addr == l.addr) {
                 return Err(ListenError::Duplicate(l.addr.clone()));
             }
-            let fd = bind(&l.addr, reuseport)?;
+            let fd = match held.take(&l.addr) {
+                Some(fd) => fd,
+                None => bind(&l.addr, reuseport)?,
+            };
             let addr = socket::local_addr(&fd).unwrap_or_else(|_| l.addr.clone());
             events.push(Event::Listening {
                 name: l.name.clone(),
@@ -121,9 +180,38 @@ impl Listeners {
                 from_definition: n,
                 next_id: n,
                 reuseport,
+                held,
             },
             events,
         ))
+    }
+
+    /// Close the held sockets no worker asked for (the app no longer
+    /// listens there): a socket nobody accepts on must not keep clients
+    /// waiting.
+    pub(crate) fn drop_held(&mut self) {
+        self.held.shut_down();
+    }
+
+    /// The shared listening sockets, each with where it is bound: what the
+    /// daemon holds a copy of while the supervisor runs (none with
+    /// reuseport, whose per-slot sockets must close with their slots). The
+    /// held sockets not taken yet too: should this supervisor die before
+    /// its workers ask for them, they stay open for the next.
+    pub(crate) fn shared_sockets(&self) -> Vec<(ListenAddr, std::os::fd::RawFd)> {
+        if self.reuseport {
+            return Vec::new();
+        }
+        let bound = self
+            .listeners
+            .values()
+            .filter_map(|l| Some((l.addr.clone(), l.fds.first()?.as_ref()?.raw())));
+        let held = self
+            .held
+            .0
+            .iter()
+            .map(|(addr, fd)| (addr.clone(), fd.as_raw_fd()));
+        bound.chain(held).collect()
     }
 
     pub(crate) fn get(&self, id: ListenerId) -> Option<&Listener> {
@@ -171,7 +259,10 @@ impl Listeners {
         name: &str,
         addr: &ListenAddr,
     ) -> io::Result<(ListenerId, ListenAddr)> {
-        let fd = socket::bind_listener(addr, false)?;
+        let fd = match self.held.take(addr) {
+            Some(fd) => fd,
+            None => socket::bind_listener(addr, false)?,
+        };
         Ok(self.add_requested(name, fd, addr.clone()))
     }
 
@@ -215,6 +306,7 @@ impl Listeners {
     pub(crate) fn close_requested(&mut self, id: ListenerId) {
         if self.get(id).is_some_and(|l| l.origin == Origin::Requested) {
             if let Some(l) = self.listeners.remove(&id) {
+                shut_down(&l);
                 remove_file_of(&l);
             }
         }
@@ -328,11 +420,23 @@ impl Listeners {
             .collect()
     }
 
-    /// The app is done: remove the files of its Unix sockets.
-    pub(crate) fn remove_unix_files(&self) {
+    /// The app is done: stop its sockets for good (also the copies the
+    /// daemon holds: the port is free and clients are refused, as with no
+    /// app) and remove the files of its Unix sockets.
+    pub(crate) fn close_all(&mut self) {
         for l in self.listeners.values() {
+            shut_down(l);
             remove_file_of(l);
         }
+        self.held.shut_down();
+    }
+}
+
+/// Stop a listener's sockets for good, in the daemon's copies too (see
+/// [`socket::shut_down`]).
+fn shut_down(l: &Listener) {
+    for fd in l.fds.iter().flatten() {
+        socket::shut_down(fd.owned());
     }
 }
 
@@ -362,4 +466,78 @@ fn bind(addr: &ListenAddr, reuseport: bool) -> Result<OwnedFd, ListenError> {
         };
         ListenError::Bind { addr: addr.clone(), reason, source }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// The socket's inode: the same socket in two fds has one.
+    fn inode(fd: &impl AsRawFd) -> u64 {
+        std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .unwrap()
+            .ino()
+    }
+
+    fn listening(addr: &str) -> (ListenAddr, OwnedFd) {
+        let fd = socket::bind_listener(&addr.parse().unwrap(), false).unwrap();
+        (socket::local_addr(&fd).unwrap(), fd)
+    }
+
+    #[test]
+    fn held_sockets_are_taken_by_address_and_what_is_left_is_shut_down() {
+        let (web, web_fd) = listening("127.0.0.1:0");
+        let (other, other_fd) = listening("127.0.0.1:0");
+        let (asked, asked_fd) = listening("127.0.0.1:0");
+        // The daemon's copies, as it would keep them.
+        let copies = [&web_fd, &other_fd, &asked_fd].map(|fd| fd.try_clone().unwrap());
+        let mut spec = AppSpec::new("held", "/bin/true");
+        spec.listeners.push(format!("web={web}").parse().unwrap());
+        let held = Held::new(vec![
+            (web.clone(), web_fd),
+            (other.clone(), other_fd),
+            (asked.clone(), asked_fd),
+        ]);
+        let (mut listeners, _) = Listeners::bind_or_take(&spec, held).unwrap();
+        // The definition's listener is the held socket, not a new one.
+        let id = listeners.of_definition_for(&web).unwrap();
+        assert_eq!(inode(listeners.fd(id).unwrap()), inode(&copies[0]));
+        // So is one a worker asks for.
+        let (id, addr) = listeners.bind_requested("asked", &asked).unwrap();
+        assert_eq!(addr, asked);
+        assert_eq!(inode(listeners.fd(id).unwrap()), inode(&copies[2]));
+        // Both (and the one not taken yet) are listed for the daemon.
+        let listed: Vec<ListenAddr> = listeners
+            .shared_sockets()
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect();
+        assert_eq!(listed, [web.clone(), asked.clone(), other.clone()]);
+        // Every worker is ready: the one nobody took is stopped, copies too.
+        listeners.drop_held();
+        assert!(!socket::is_listening(&copies[1]), "{other} still listens");
+        assert!(socket::is_listening(&copies[0]) && socket::is_listening(&copies[2]));
+        // A requested listener closed on purpose stops in the copies too.
+        listeners.close_requested(id);
+        assert!(!socket::is_listening(&copies[2]), "{asked} still listens");
+        // And the app's end stops the rest.
+        listeners.close_all();
+        assert!(!socket::is_listening(&copies[0]), "{web} still listens");
+    }
+
+    #[test]
+    fn reuseport_apps_take_no_held_socket_and_list_none() {
+        let (web, web_fd) = listening("127.0.0.1:0");
+        let copy = web_fd.try_clone().unwrap();
+        let mut spec = AppSpec::new("held", "/bin/true");
+        spec.balance = Balance::ReusePort;
+        spec.listeners.push("web=127.0.0.1:0".parse().unwrap());
+        let (listeners, _) =
+            Listeners::bind_or_take(&spec, Held::new(vec![(web, web_fd)])).unwrap();
+        assert!(listeners.shared_sockets().is_empty());
+        assert!(listeners.held.is_empty());
+        // Dropped, not shut down: the daemon's copy is its own to drop.
+        assert!(socket::is_listening(&copy));
+    }
 }

@@ -55,7 +55,7 @@ pub use app::Target;
 use app::{App, Request};
 pub use events::{AppStatus, Event, Events, RoundRobinStats, Stream, Timed, EVENT_QUEUE, MAX_LINE};
 pub use handover::{FreezeError, Frozen, ThawError};
-pub use listeners::ListenError;
+pub use listeners::{Held, ListenError};
 pub use workers::is_worker_variable;
 
 /// The longest a stopping worker's phase before the stop signal lasts (a
@@ -193,7 +193,14 @@ pub fn resume(frozen: Frozen) -> Result<(AppHandle, Events), ThawError> {
 /// called inside a tokio runtime. Fails, with nothing started, if a listener
 /// cannot be bound.
 pub fn start(spec: AppSpec) -> Result<(AppHandle, Events), StartError> {
-    let (listeners, listening) = listeners::Listeners::bind(&spec)?;
+    start_holding(spec, Held::default())
+}
+
+/// [`start`], taking the listening sockets `held` for the app (by an
+/// earlier supervisor's daemon, see [`Held`]) instead of binding their
+/// addresses again.
+pub fn start_holding(spec: AppSpec, held: Held) -> Result<(AppHandle, Events), StartError> {
+    let (listeners, listening) = listeners::Listeners::bind_or_take(&spec, held)?;
     let notify = NotifySocket::bind().map_err(StartError::Notify)?;
     let (tx, events) = App::start(spec, listeners, listening, notify);
     Ok((AppHandle::new(tx), events))

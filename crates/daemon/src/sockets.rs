@@ -1,0 +1,146 @@
+//! The daemon's copies of the apps' shared listening sockets (a socket
+//! store, as systemd's `FDSTORE=1`). Each app supervisor owns its app's
+//! sockets; the daemon keeps a copy of each (`pidfd_getfd`), so that when a
+//! supervisor dies the sockets stay open — clients queue instead of being
+//! refused — and the next supervisor is given them (`HERD_HELD_SOCKETS`)
+//! and takes them instead of binding again. The copies never accept: the
+//! daemon stays out of the data path.
+//!
+//! A socket the app closes on purpose (a stop, a delete, a listener no
+//! worker uses) is shut down by its supervisor, which stops the copy too;
+//! the store drops such dead copies, and those the supervisor no longer
+//! lists, at its next [`Store::sync`].
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use herd_engine::config::ListenAddr;
+use herd_protocol::supervisor::Socket;
+
+/// The copies of one app's sockets.
+#[derive(Debug, Default)]
+pub struct Store {
+    sockets: Vec<(ListenAddr, OwnedFd)>,
+    /// Copying failed once already (said once, not at every sync).
+    failed: bool,
+}
+
+impl Store {
+    /// Bring the copies in line with what supervisor `pid` lists: drop the
+    /// dead ones and those it no longer has, copy those not held yet. What
+    /// to say, the first time a copy cannot be taken.
+    pub fn sync(&mut self, pid: u32, listed: &[Socket]) -> Option<String> {
+        self.sockets.retain(|(addr, fd)| {
+            herd_engine::is_listening(fd) && listed.iter().any(|s| &s.addr == addr)
+        });
+        let mut failure = None;
+        for socket in listed {
+            if self.sockets.iter().any(|(addr, _)| addr == &socket.addr) {
+                continue;
+            }
+            match herd_engine::copy_listening(pid, socket.fd) {
+                Ok((addr, fd)) if addr == socket.addr => self.sockets.push((addr, fd)),
+                // Its listeners changed since it answered: the next sync.
+                Ok(_) => {}
+                Err(e) => failure = Some(format!("{}: {e}", socket.addr)),
+            }
+        }
+        match failure {
+            Some(why) if !self.failed => {
+                self.failed = true;
+                Some(format!(
+                    "cannot keep a copy of its listening socket {why} (herd needs to be root, or \
+                     the same user without a Yama ptrace restriction): if its supervisor dies, \
+                     clients are refused until the next one serves"
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// Close every copy (the app is gone).
+    pub fn clear(&mut self) {
+        self.sockets.clear();
+    }
+
+    /// For a new supervisor: a duplicate of each copy (the caller keeps
+    /// them open until the supervisor has inherited them, whatever the
+    /// store does meanwhile) and the value of `HERD_HELD_SOCKETS` that
+    /// names them (none: nothing held, or no fd to duplicate them into).
+    pub fn to_pass(&self) -> Option<(Vec<OwnedFd>, String)> {
+        let dups: Vec<(ListenAddr, OwnedFd)> = self
+            .sockets
+            .iter()
+            .filter_map(|(addr, fd)| Some((addr.clone(), fd.try_clone().ok()?)))
+            .collect();
+        if dups.is_empty() {
+            return None;
+        }
+        let listed: Vec<Socket> = dups
+            .iter()
+            .map(|(addr, fd)| Socket {
+                addr: addr.clone(),
+                fd: fd.as_raw_fd(),
+            })
+            .collect();
+        let named = serde_json::to_string(&listed).ok()?;
+        Some((dups.into_iter().map(|(_, fd)| fd).collect(), named))
+    }
+
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn socket_of(l: &TcpListener) -> Socket {
+        Socket {
+            addr: ListenAddr::Tcp(l.local_addr().unwrap()),
+            fd: l.as_raw_fd(),
+        }
+    }
+
+    #[test]
+    fn sync_copies_listed_sockets_and_drops_dead_or_unlisted_ones() {
+        // This process stands for the supervisor (pidfd_getfd of oneself).
+        let me = std::process::id();
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut store = Store::default();
+        assert_eq!(store.sync(me, &[socket_of(&a), socket_of(&b)]), None);
+        assert_eq!(store.len(), 2);
+        let (fds, named) = store.to_pass().unwrap();
+        let listed: Vec<Socket> = serde_json::from_str(&named).unwrap();
+        let fds: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        assert_eq!(listed.iter().map(|s| s.fd).collect::<Vec<_>>(), fds);
+        assert!(fds
+            .iter()
+            .all(|fd| *fd != a.as_raw_fd() && *fd != b.as_raw_fd()));
+        // b is no longer listed: its copy goes; a's stays (not copied again).
+        assert_eq!(store.sync(me, &[socket_of(&a)]), None);
+        assert_eq!(store.len(), 1);
+        // a is shut down by the app: the dead copy goes even while listed.
+        nix::sys::socket::shutdown(a.as_raw_fd(), nix::sys::socket::Shutdown::Both).unwrap();
+        store.sync(me, &[]);
+        assert!(store.is_empty() && store.to_pass().is_none());
+    }
+
+    #[test]
+    fn a_socket_that_cannot_be_copied_is_said_once() {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut listed = socket_of(&a);
+        listed.fd = 9999; // not open in the "supervisor"
+        let mut store = Store::default();
+        let said = store.sync(std::process::id(), &[listed.clone()]).unwrap();
+        assert!(said.contains("cannot keep a copy"), "{said}");
+        assert_eq!(store.sync(std::process::id(), &[listed]), None);
+        assert!(store.is_empty());
+    }
+}

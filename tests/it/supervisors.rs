@@ -9,7 +9,9 @@
 //!   and the next CLI command's daemon adopts both apps at once;
 //! - `kill -9` of one app's supervisor costs the other app nothing, leaves
 //!   no process of the killed one's app (a grandchild included), and the
-//!   daemon brings it back within its backoff;
+//!   daemon brings it back within its backoff; its own clients are not
+//!   refused meanwhile (the daemon holds its sockets), and a stop or a
+//!   delete still closes its port at once;
 //! - a supervisor of another protocol version is named, with what to do.
 //!
 //! Every daemon and supervisor a test starts is ended when it ends (the

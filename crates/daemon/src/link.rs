@@ -448,11 +448,11 @@ async fn watcher(link: Link) {
                 if link.deleting() {
                     return link.set(State::Gone);
                 }
-                // Still there, still holding the app's lock: it executed a
-                // new binary in place (`herd update`), or is ending. Follow
-                // it again (its socket stayed open; we are answered once
-                // the new image serves), without counting a restart.
-                if link.inner.files.running_pid() == Some(pid) {
+                // Still there, still holding the app's lock, its socket
+                // open: it executed a new binary in place (`herd update`).
+                // Follow it again (we are answered once the new image
+                // serves), without counting a restart.
+                if executed_in_place(&link, pid).await {
                     link.set(State::Connecting);
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
@@ -560,6 +560,47 @@ async fn follow(link: &Link) -> Followed {
             }
         }
     }
+}
+
+/// After its event stream ended: did supervisor `pid` execute a new binary
+/// in place (it keeps its lock and its listening socket, so a connection is
+/// taken), rather than die? A killed process's streams close while it is
+/// still exiting, before its lock and its socket are released (a
+/// connection may even be taken then): one that is exiting has died.
+async fn executed_in_place(link: &Link, pid: u32) -> bool {
+    let deadline = Instant::now() + EXIT_DEADLINE;
+    loop {
+        if link.inner.files.running_pid() != Some(pid) || exiting(pid) {
+            return false;
+        }
+        if std::os::unix::net::UnixStream::connect(link.inner.files.socket_address()).is_ok() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            // Locked but not serving: it is ending; the caller waits for
+            // its lock, then starts another.
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Is process `pid` exiting, a zombie, or gone (the kernel's `PF_EXITING`
+/// flag in `/proc/PID/stat`, set as soon as it begins to exit)?
+fn exiting(pid: u32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // After the command's ")": state, ppid, pgrp, session, tty, tpgid, flags.
+    let mut fields = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace())
+        .into_iter()
+        .flatten();
+    let state = fields.next().unwrap_or("X");
+    let flags: u64 = fields.nth(5).and_then(|f| f.parse().ok()).unwrap_or(0);
+    matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0
 }
 
 /// Wait until no supervisor holds the app's lock (one that closed its

@@ -14,9 +14,10 @@
 //! - a killed daemon: nothing (the apps never notice);
 //! - a killed supervisor: its app's requests from the kill until the app
 //!   answers again, from a worker of the next supervisor (its workers die
-//!   with it, by design: refused connections, and resets of those in
-//!   flight; the daemon starts another supervisor after its backoff);
-//!   nothing after that, and nothing of the other app's.
+//!   with it, by design: resets of the requests in flight on them; new
+//!   clients wait in the app's socket, which the daemon keeps open, until
+//!   the daemon's next supervisor serves after its backoff); nothing after
+//!   that, and nothing of the other app's.
 //!
 //! Beside it, the regression tests of the faults it found.
 //!

@@ -11,8 +11,8 @@ use herd_protocol::{AppDef, AppDetail, AppInfo, AppState, Request, Response};
 
 use super::{client, list};
 
-/// How often the daemon is asked while waiting.
-const POLL: Duration = Duration::from_millis(50);
+/// How often each app is asked about while waiting.
+const POLL: Duration = Duration::from_millis(10);
 /// Time on top of an app's own deadline: spawning, the first sample.
 const GRACE: Duration = Duration::from_millis(500);
 
@@ -69,39 +69,36 @@ fn settled(info: &AppInfo) -> bool {
 
 /// Wait for the apps named `names`; their final state and how long each
 /// could take, in the daemon's order (an app deleted meanwhile is left out).
+/// Each app is asked alone (`show`: its own supervisor's status, not every
+/// app's), so the wait can look often without loading the daemon.
 pub fn wait(names: &[String]) -> anyhow::Result<Vec<(AppInfo, Duration)>> {
     let started = Instant::now();
-    // Each app's deadline from its definition, asked once; then the light list.
-    let mut deadlines = Vec::new();
-    for name in names {
-        // (An app deleted meanwhile has no deadline, and is not waited for.)
-        if let Ok(Response::App { def, .. }) = client::ask(Request::Show {
-            app: name.clone(),
-            show_secrets: false,
-        }) {
-            deadlines.push((name.clone(), deadline(&def)));
-        }
-    }
+    let mut waiting: Vec<(String, Option<Duration>)> =
+        names.iter().map(|n| (n.clone(), None)).collect();
+    let mut done: Vec<(AppInfo, Duration)> = Vec::new();
     loop {
-        let Response::Apps { apps } = client::ask(Request::List {
-            show_secrets: false,
-        })?
-        else {
-            anyhow::bail!("the daemon answered list with something else");
-        };
-        let apps: Vec<(AppInfo, Duration)> = apps
-            .into_iter()
-            .filter_map(|a| {
-                let (_, d) = deadlines.iter().find(|(n, _)| *n == a.name)?;
-                Some((a, *d))
-            })
-            .collect();
-        let done = apps
-            .iter()
-            .all(|(a, d)| settled(a) || started.elapsed() >= *d);
-        if done {
-            return Ok(apps);
+        let mut still = Vec::new();
+        for (name, deadline) in waiting {
+            // (An app deleted meanwhile is not waited for.)
+            let Ok(Response::App { app, def }) = client::ask(Request::Show {
+                app: name.clone(),
+                show_secrets: false,
+            }) else {
+                continue;
+            };
+            // Its deadline from its definition, as first seen.
+            let deadline = deadline.unwrap_or_else(|| self::deadline(&def));
+            if settled(&app) || started.elapsed() >= deadline {
+                done.push((*app, deadline));
+            } else {
+                still.push((name, Some(deadline)));
+            }
         }
+        if still.is_empty() {
+            done.sort_by_key(|(a, _)| a.id);
+            return Ok(done);
+        }
+        waiting = still;
         std::thread::sleep(POLL);
     }
 }

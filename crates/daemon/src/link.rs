@@ -619,3 +619,31 @@ async fn wait_unlocked(link: &Link) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_running_process_is_not_exiting_a_zombie_or_a_gone_one_is() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(!exiting(pid), "a sleeping process taken for an exiting one");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        // Not reaped yet: a zombie (or still exiting) within moments.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !exiting(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(exiting(pid), "a killed, unreaped process not taken as exiting");
+        child.wait().unwrap();
+        assert!(exiting(pid), "a reaped process not taken as gone");
+    }
+}

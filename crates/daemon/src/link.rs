@@ -642,7 +642,10 @@ mod tests {
         while !exiting(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(exiting(pid), "a killed, unreaped process not taken as exiting");
+        assert!(
+            exiting(pid),
+            "a killed, unreaped process not taken as exiting"
+        );
         child.wait().unwrap();
         assert!(exiting(pid), "a reaped process not taken as gone");
     }

@@ -137,33 +137,12 @@ pub struct PortState {
 
 pub fn tcp_port_state(port: u16) -> PortState {
     let mut st = PortState::default();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 5 {
-                continue;
-            }
-            let local_port = f[1]
-                .rsplit_once(':')
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            if local_port != Some(port) {
-                continue;
-            }
-            match f[3] {
-                // LISTEN: rx_queue is the accept queue's length.
-                "0A" => {
-                    let q = f[4]
-                        .split_once(':')
-                        .and_then(|(_, rx)| usize::from_str_radix(rx, 16).ok())
-                        .unwrap_or(0);
-                    *st.accept_queue.get_or_insert(0) += q;
-                }
-                "01" => st.established += 1,
-                _ => {}
-            }
+    for row in tcp_sockets().filter(|r| r.local_port == port) {
+        match row.state.as_str() {
+            // LISTEN: rx_queue is the accept queue's length.
+            "0A" => *st.accept_queue.get_or_insert(0) += row.rx_queue,
+            "01" => st.established += 1,
+            _ => {}
         }
     }
     st
@@ -173,24 +152,10 @@ pub fn tcp_port_state(port: u16) -> PortState {
 /// TCP port `port` (its inode from /proc/net/tcp{,6}, their fds from
 /// /proc/PID/fd).
 pub fn holders_of_listening_port(port: u16, pids: &[i32]) -> Vec<i32> {
-    let mut inodes = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let listening_here = f.len() > 9
-                && f[3] == "0A"
-                && f[1]
-                    .rsplit_once(':')
-                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
-                    == Some(port);
-            if listening_here {
-                inodes.push(format!("socket:[{}]", f[9]));
-            }
-        }
-    }
+    let inodes: Vec<String> = tcp_sockets()
+        .filter(|r| r.local_port == port && r.state == "0A")
+        .map(|r| format!("socket:[{}]", r.inode))
+        .collect();
     pids.iter()
         .copied()
         .filter(|pid| {
@@ -202,4 +167,40 @@ pub fn holders_of_listening_port(port: u16, pids: &[i32]) -> Vec<i32> {
             })
         })
         .collect()
+}
+
+/// One row of /proc/net/tcp or /proc/net/tcp6.
+struct TcpRow {
+    local_port: u16,
+    /// The kernel's state in hex: `0A` LISTEN, `01` ESTABLISHED, …
+    state: String,
+    rx_queue: usize,
+    inode: String,
+}
+
+/// Every TCP socket of the machine's network namespace, IPv4 and IPv6.
+fn tcp_sockets() -> impl Iterator<Item = TcpRow> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .into_iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    if f.len() < 10 {
+                        return None;
+                    }
+                    Some(TcpRow {
+                        local_port: u16::from_str_radix(f[1].rsplit_once(':')?.1, 16).ok()?,
+                        state: f[3].to_string(),
+                        rx_queue: f[4]
+                            .split_once(':')
+                            .and_then(|(_, rx)| usize::from_str_radix(rx, 16).ok())
+                            .unwrap_or(0),
+                        inode: f[9].to_string(),
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
 }

@@ -266,6 +266,46 @@ fn kill_9_of_a_supervisor_refuses_no_connection_its_sockets_wait_in_the_daemon()
     );
 }
 
+/// `herd restart` (stop, then start) keeps the app's listening sockets
+/// open across it: clients wait in their queues for the new workers, none
+/// is refused (pm2's restart, and herd's before, refused them until the
+/// first new worker listened). A stop then closes the port as always.
+#[test]
+fn a_restart_refuses_no_connection_the_sockets_stay_open_across_it() {
+    need!(Need::Node, Need::Python);
+    let d = Daemon::new();
+    let dir = TempDir::new("restart-sockets");
+    let (rr_addr, py_addr) = start_both(&d, dir.path());
+    d.wait_online("rr", 2);
+    d.wait_online("py", 2);
+    for (app, addr) in [("rr", &rr_addr), ("py", &py_addr)] {
+        let before = worker_pids(&d.app(app));
+        let l = load(addr);
+        l.wait_for(&format!("{app} answers"), WAIT, |n, _| n >= 50);
+        assert!(d.ok(&["restart", app]).contains(app));
+        let after = worker_pids(&d.app(app));
+        assert!(
+            after.iter().all(|p| !before.contains(p)),
+            "{app}: {before:?} -> {after:?}"
+        );
+        let seen = l.ok_so_far();
+        l.wait_for(&format!("{app} answers again"), WAIT, |n, _| {
+            n >= seen + 100
+        });
+        let report = l.stop();
+        eprintln!(
+            "  {app}: {} answered, failures {:?}",
+            report.ok, report.failures
+        );
+        assert_eq!(report.count("ConnectionRefused"), 0, "{app}: {report:?}");
+        assert_eq!(report.count("TimedOut"), 0, "{app}: {report:?}");
+    }
+    d.ok(&["stop", "rr"]);
+    let refused = std::net::TcpStream::connect(&rr_addr)
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+    assert!(refused, "rr's port still takes connections after its stop");
+}
+
 /// A supervisor that speaks another protocol version: the daemon names it
 /// and what to do, and never misreads it.
 #[test]

@@ -304,6 +304,7 @@ impl Actor {
             quit: false,
             ever_started: false,
             held: Held::default(),
+            keeping: None,
             counters: Counters::default(),
             created_at: SystemTime::now(),
             reset_base: HashMap::new(),
@@ -400,9 +401,12 @@ struct Actor {
     /// An engine instance was started once (until then, the log files
     /// opened for it are removed again if the app is deleted).
     ever_started: bool,
-    /// The sockets the daemon held for the app while no supervisor ran,
-    /// for the first start (see [`crate::held`]).
+    /// The sockets for the next start: those the daemon held for the app
+    /// while no supervisor ran (see [`crate::held`]), or those a restart
+    /// kept open.
     held: Held,
+    /// A restart under way: the sockets its stop keeps, once it has ended.
+    keeping: Option<oneshot::Receiver<Held>>,
     counters: Counters,
     /// When the app was taken, or last restarted, reloaded or reset (pm2's `created_at`).
     created_at: SystemTime,
@@ -818,7 +822,8 @@ impl Actor {
     fn restart(&mut self, reply: oneshot::Sender<Ticket>) {
         match &self.engine {
             Some(e) => {
-                e.command(Command::Stop);
+                // The sockets stay open across it: clients wait, none is refused.
+                self.keeping = Some(e.stop_keeping_sockets());
                 self.restart_bump = true;
                 self.pending = Some(Pending::Stop {
                     reply,
@@ -875,8 +880,9 @@ impl Actor {
                         return;
                     }
                     Err(UpdateError::Listeners) => {
-                        // New sockets: only a stop and a start can give them.
-                        engine.command(Command::Stop);
+                        // New sockets: only a stop and a start can give them
+                        // (those at the same addresses are kept open).
+                        self.keeping = Some(engine.stop_keeping_sockets());
                         self.pending = Some(Pending::Stop {
                             reply,
                             then: AfterStop::Start,
@@ -1045,6 +1051,22 @@ impl Actor {
 
     /// The engine instance ended: finish a pending stop.
     fn finish_stop(&mut self) {
+        // What a restart kept open (sent before the engine's end was seen).
+        if let Some(mut keeping) = self.keeping.take() {
+            if let Ok(kept) = keeping.try_recv() {
+                self.held = kept;
+            }
+        }
+        let restarting = matches!(
+            self.pending,
+            Some(Pending::Stop {
+                then: AfterStop::Start,
+                ..
+            })
+        );
+        if !restarting {
+            std::mem::take(&mut self.held).into_shut_down();
+        }
         match self.pending.take() {
             Some(Pending::Stop { reply, then }) => {
                 let ticket = match then {

@@ -505,6 +505,7 @@ async fn supervise(
             if desired == Desired::Running {
                 held
             } else {
+                held.into_shut_down();
                 Held::default()
             },
         ),

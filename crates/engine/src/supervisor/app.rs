@@ -46,7 +46,7 @@ use super::cluster::{Cluster, ClusterConfig, Cx, Effect, Effects, DISCONNECT_GRA
 use super::events::{timed, AppStatus, Event, Events, RoundRobinStats, Stream, Timed, EVENT_QUEUE};
 use super::handover::{FreezeError, Frozen, Leftovers};
 use super::ipc::{self, FromWorker, Outgoing, MESSAGE_QUEUE};
-use super::listeners::Listeners;
+use super::listeners::{Held, Listeners};
 use super::output::{self, start_pump};
 use super::reload::{Check, Reloads, LISTEN_POLL};
 use super::timers::{Timers, Wake};
@@ -97,6 +97,8 @@ pub(crate) enum Request {
     Update(Box<AppSpec>, Ticket),
     /// Pause the app and hand over its whole state (an in-place upgrade).
     Freeze(oneshot::Sender<Result<Frozen, FreezeError>>),
+    /// Stop, keeping the listening sockets open for the app's next start.
+    StopKeepingSockets(oneshot::Sender<Held>),
     /// The app's whole state, as JSON (tests: it must stay plain data).
     #[cfg(test)]
     State(oneshot::Sender<serde_json::Value>),
@@ -111,6 +113,7 @@ impl std::fmt::Debug for Request {
             Request::Signal { to, signal } => write!(f, "Signal({to:?}, {signal})"),
             Request::Update(spec, t) => write!(f, "Update({}, {t:?})", spec.name),
             Request::Freeze(_) => f.write_str("Freeze"),
+            Request::StopKeepingSockets(_) => f.write_str("StopKeepingSockets"),
             #[cfg(test)]
             Request::State(_) => f.write_str("State"),
         }
@@ -195,6 +198,9 @@ pub(super) struct Wiring {
         oneshot::Sender<Result<Frozen, FreezeError>>,
         tokio::time::Instant,
     )>,
+    /// The app is stopping to be started again (a restart): its listening
+    /// sockets go here when it ends, open, instead of being shut down.
+    pub(super) keep_sockets: Option<oneshot::Sender<Held>>,
 }
 
 /// The receiving ends of an app task's queues.
@@ -286,6 +292,7 @@ impl App {
                 watch_wake,
                 draining: 0,
                 freezing: None,
+                keep_sockets: None,
             },
         };
         let inbox = Inbox {
@@ -394,6 +401,13 @@ impl App {
         if self.wire.freezing.is_some() {
             self.freeze_failed(FreezeError::Finished);
         }
+        // A restart's next start takes the sockets (before the consumer
+        // sees the end); otherwise they are stopped for good.
+        if let Some(keep) = self.wire.keep_sockets.take() {
+            if let Err(unwanted) = keep.send(self.state.listeners.keep_for_next_start()) {
+                unwanted.into_shut_down();
+            }
+        }
         // The last events (the exit among them) reach the consumer.
         while let Some(event) = self.wire.pending.pop_front() {
             if events.send(event).await.is_err() {
@@ -428,6 +442,11 @@ impl App {
                 }
             }
             Request::Freeze(reply) => self.begin_freeze(reply),
+            Request::StopKeepingSockets(keep) => {
+                self.wire.keep_sockets = Some(keep);
+                self.state.listeners.keep_all();
+                self.command(Command::Stop, None);
+            }
             Request::Update(spec, ticket) => {
                 let slots = spec.instances;
                 self.state.spec = *spec;

@@ -21,7 +21,6 @@ impl Fd {
         Fd(fd)
     }
 
-    #[cfg(test)]
     pub(crate) fn into_owned(self) -> OwnedFd {
         self.0
     }

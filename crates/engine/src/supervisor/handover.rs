@@ -352,6 +352,7 @@ impl App {
                 watch_wake,
                 draining: 0,
                 freezing: None,
+                keep_sockets: None,
             },
         };
         for (worker, slot, pid, channel, mut pipes) in channels {

@@ -94,6 +94,10 @@ pub(crate) struct Listeners {
     /// is ready, long before one).
     #[serde(skip)]
     held: Held,
+    /// The app stops to start again (a restart): a listener no worker
+    /// uses any more stays open for the next start.
+    #[serde(skip)]
+    keeping: bool,
 }
 
 /// Listening sockets bound by an earlier supervisor of the app, each with
@@ -116,12 +120,21 @@ impl Held {
         self.0.is_empty()
     }
 
-    /// Stop the sockets no one took, for good (the daemon's copies too):
-    /// the app no longer listens there, and clients must not wait on them.
+    /// Stop the sockets no one took, for good (the daemon's copies too),
+    /// and remove the files of Unix ones: the app no longer listens there,
+    /// and clients must not wait on them.
     fn shut_down(&mut self) {
-        for (_, fd) in self.0.drain(..) {
+        for (addr, fd) in self.0.drain(..) {
             socket::shut_down(&fd);
+            if let ListenAddr::Unix(path) = &addr {
+                let _ = std::fs::remove_file(path);
+            }
         }
+    }
+
+    /// [`shut_down`](Self::shut_down), consuming.
+    pub fn into_shut_down(mut self) {
+        self.shut_down();
     }
 }
 
@@ -143,18 +156,33 @@ impl Listeners {
     ) -> Result<(Listeners, Vec<Event>), ListenError> {
         let reuseport = spec.balance == Balance::ReusePort;
         if reuseport {
-            held = Held::default();
+            // Each slot binds its own; a shared socket held at the same
+            // address would keep them from binding.
+            held.shut_down();
         }
         let mut listeners = BTreeMap::new();
         let mut events = Vec::new();
         for (i, l) in spec.listeners.iter().enumerate() {
             let ephemeral = matches!(l.addr, ListenAddr::Tcp(a) if a.port() == 0);
-            if !ephemeral && spec.listeners[..i].iter().any(|other| other.addr == l.addr) {
-                return Err(ListenError::Duplicate(l.addr.clone()));
-            }
-            let fd = match held.take(&l.addr) {
-                Some(fd) => fd,
-                None => bind(&l.addr, reuseport)?,
+            let taken =
+                if !ephemeral && spec.listeners[..i].iter().any(|other| other.addr == l.addr) {
+                    Err(ListenError::Duplicate(l.addr.clone()))
+                } else {
+                    match held.take(&l.addr) {
+                        Some(fd) => Ok(fd),
+                        None => bind(&l.addr, reuseport),
+                    }
+                };
+            let fd = match taken {
+                Ok(fd) => fd,
+                Err(e) => {
+                    // Nothing starts: what was held is not the app's any more.
+                    for l in listeners.values() {
+                        shut_down(l);
+                    }
+                    held.shut_down();
+                    return Err(e);
+                }
             };
             let addr = socket::local_addr(&fd).unwrap_or_else(|_| l.addr.clone());
             events.push(Event::Listening {
@@ -181,6 +209,7 @@ impl Listeners {
                 next_id: n,
                 reuseport,
                 held,
+                keeping: false,
             },
             events,
         ))
@@ -304,6 +333,9 @@ impl Listeners {
     /// Close a listener bound at a worker's request (a Unix socket's file is
     /// removed). The app's own listeners stay open.
     pub(crate) fn close_requested(&mut self, id: ListenerId) {
+        if self.keeping {
+            return;
+        }
         if self.get(id).is_some_and(|l| l.origin == Origin::Requested) {
             if let Some(l) = self.listeners.remove(&id) {
                 shut_down(&l);
@@ -420,6 +452,30 @@ impl Listeners {
             .collect()
     }
 
+    /// The app is stopping to start again: keep every listener open, even
+    /// one its workers stop using, for [`keep_for_next_start`](Self::keep_for_next_start).
+    pub(crate) fn keep_all(&mut self) {
+        self.keeping = true;
+    }
+
+    /// The app is done but starts again (a restart): its listening sockets,
+    /// open, for the next start to take instead of binding (clients wait in
+    /// their queues meanwhile). Reuseport sockets close with their slots,
+    /// as always.
+    pub(crate) fn keep_for_next_start(&mut self) -> Held {
+        let mut held = std::mem::take(&mut self.held);
+        if self.reuseport {
+            self.close_all();
+            return Held::default();
+        }
+        for l in std::mem::take(&mut self.listeners).into_values() {
+            if let Some(fd) = l.fds.into_iter().next().flatten() {
+                held.0.push((l.addr, fd.into_owned()));
+            }
+        }
+        held
+    }
+
     /// The app is done: stop its sockets for good (also the copies the
     /// daemon holds: the port is free and clients are refused, as with no
     /// app) and remove the files of its Unix sockets.
@@ -527,7 +583,31 @@ mod tests {
     }
 
     #[test]
-    fn reuseport_apps_take_no_held_socket_and_list_none() {
+    fn a_restart_keeps_every_listener_open_for_the_next_start() {
+        let mut spec = AppSpec::new("restart", "/bin/true");
+        spec.listeners.push("web=127.0.0.1:0".parse().unwrap());
+        let (mut listeners, _) = Listeners::bind(&spec).unwrap();
+        let web = listeners.fd(ListenerId(0)).unwrap().try_clone().unwrap();
+        // A free port (bound and let go), for a worker to ask for.
+        let (asked, probe) = listening("127.0.0.1:0");
+        drop(probe);
+        let (id, asked) = listeners.bind_requested("asked", &asked).unwrap();
+        let requested = listeners.fd(id).unwrap().try_clone().unwrap();
+        listeners.keep_all();
+        // Its workers stop using it: it stays, open, while the app restarts.
+        listeners.close_requested(id);
+        let held = listeners.keep_for_next_start();
+        assert!(socket::is_listening(&web) && socket::is_listening(&requested));
+        // The next start takes both (the same sockets), binding nothing.
+        spec.listeners[0].addr = socket::local_addr(&web).unwrap();
+        let (mut next, _) = Listeners::bind_or_take(&spec, held).unwrap();
+        assert_eq!(inode(next.fd(ListenerId(0)).unwrap()), inode(&web));
+        let (id, _) = next.bind_requested("asked", &asked).unwrap();
+        assert_eq!(inode(next.fd(id).unwrap()), inode(&requested));
+    }
+
+    #[test]
+    fn reuseport_apps_shut_held_sockets_down_and_list_none() {
         let (web, web_fd) = listening("127.0.0.1:0");
         let copy = web_fd.try_clone().unwrap();
         let mut spec = AppSpec::new("held", "/bin/true");
@@ -537,7 +617,8 @@ mod tests {
             Listeners::bind_or_take(&spec, Held::new(vec![(web, web_fd)])).unwrap();
         assert!(listeners.shared_sockets().is_empty());
         assert!(listeners.held.is_empty());
-        // Dropped, not shut down: the daemon's copy is its own to drop.
-        assert!(socket::is_listening(&copy));
+        // Shut down (the daemon's copy too): a shared socket at the same
+        // address would keep the slots' reuseport sockets from binding.
+        assert!(!socket::is_listening(&copy));
     }
 }

@@ -103,6 +103,15 @@ impl AppHandle {
         }
     }
 
+    /// Stop the app to start it again: its listening sockets stay open
+    /// (clients wait in their queues) and come back here when it has ended,
+    /// for [`start_holding`]. Nothing comes back if the app had finished.
+    pub fn stop_keeping_sockets(&self) -> tokio::sync::oneshot::Receiver<Held> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.tx.send(Request::StopKeepingSockets(tx));
+        rx
+    }
+
     /// Ask the app to do something; a command after the app finished is ignored.
     pub fn command(&self, command: Command) {
         let _ = self.tx.send(Request::Command(command, None));

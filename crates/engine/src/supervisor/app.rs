@@ -445,6 +445,9 @@ impl App {
             Request::StopKeepingSockets(keep) => {
                 self.wire.keep_sockets = Some(keep);
                 self.state.listeners.keep_all();
+                // Round-robin: accept no more; new clients wait in the
+                // sockets' queues for the next start's workers.
+                self.wire.accepting.clear();
                 self.command(Command::Stop, None);
             }
             Request::Update(spec, ticket) => {

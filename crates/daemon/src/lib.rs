@@ -24,6 +24,10 @@
 //!   connection, and starts another (with backoff) when it dies; questions
 //!   and commands go on connections of their own, each command answered by
 //!   its own ticket.
+//! - **The socket store** ([`sockets`]): a copy of each app's shared
+//!   listening sockets, which the link gives to the supervisor it starts
+//!   after one died, so the app's clients wait instead of being refused.
+//!   The copies never accept.
 //! - **Adoption** ([`adopt`]): on start, every app found in `apps/` is
 //!   taken back with its id; live supervisors are followed as they are
 //!   (same workers, counters, uptimes), dead ones started again.

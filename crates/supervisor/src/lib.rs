@@ -21,7 +21,8 @@
 //!   supervisor per app), `.sock` (its control socket), `.groups` (what
 //!   contains the app's processes, [`contain`]: a cgroup of its own, or the
 //!   workers' process groups, so the next supervisor ends whatever this one
-//!   leaves).
+//!   leaves). The listening sockets a dead predecessor left, which the
+//!   daemon kept open, it inherits and takes ([`held`]).
 //! - **Its protocol**: the server side ([`server`]) and the client the
 //!   daemon uses ([`client`]) of `herd_protocol::supervisor`: status,
 //!   definition, commands answered by their own tickets, a followable event

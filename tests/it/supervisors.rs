@@ -189,6 +189,32 @@ fn kill_9_of_one_supervisor_leaves_nothing_of_its_app_and_the_other_app_serves_o
     );
 }
 
+/// Fresh-connection load on `app` while `replace` replaces its workers
+/// (they must all be new afterwards): no client refused or left hanging.
+fn no_client_refused_while(d: &Daemon, app: &str, addr: &str, replace: impl FnOnce()) {
+    let before = worker_pids(&d.app(app));
+    let l = load(addr);
+    l.wait_for(&format!("{app} answers"), WAIT, |n, _| n >= 50);
+    replace();
+    let after = worker_pids(&d.app(app));
+    assert!(
+        after.len() == before.len() && after.iter().all(|p| !before.contains(p)),
+        "{app}: workers {before:?} -> {after:?}"
+    );
+    let seen = l.ok_so_far();
+    l.wait_for(&format!("{app} answers again"), WAIT, |n, _| {
+        n >= seen + 100
+    });
+    let report = l.stop();
+    eprintln!(
+        "  {app}: {} answered, failures {:?}",
+        report.ok, report.failures
+    );
+    for kind in ["ConnectionRefused", "TimedOut", "WouldBlock"] {
+        assert_eq!(report.count(kind), 0, "{app}: {report:?}");
+    }
+}
+
 /// A dead supervisor's sockets stay open in the daemon's copies: clients
 /// who connect while its successor starts wait in the socket's queue and
 /// are served; none is refused (before the copies: 19 refused in the 0.2 s
@@ -212,34 +238,20 @@ fn kill_9_of_a_supervisor_refuses_no_connection_its_sockets_wait_in_the_daemon()
                 == [daemon]),
             "the daemon holds no copy of {app}'s socket on {addr}"
         );
-        let before = worker_pids(&d.app(app));
         let victim = supervisor_pid(&d, app);
-        let l = load(addr);
-        l.wait_for(&format!("{app} answers"), WAIT, |n, _| n >= 50);
-        kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
-        let mut after = Vec::new();
-        assert!(
-            wait_until(WAIT, || {
-                let now = d.app(app);
-                after = worker_pids(&now);
-                now["status"] == "online" && after.len() == 2 && supervisor_pid(&d, app) != victim
-            }),
-            "{app} is not back:\n{}",
-            d.log()
-        );
-        assert!(after.iter().all(|p| !before.contains(p)));
-        let seen = l.ok_so_far();
-        l.wait_for(&format!("{app} answers again"), WAIT, |n, _| {
-            n >= seen + 100
+        no_client_refused_while(&d, app, addr, || {
+            kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+            assert!(
+                wait_until(WAIT, || {
+                    let now = d.app(app);
+                    now["status"] == "online"
+                        && worker_pids(&now).len() == 2
+                        && supervisor_pid(&d, app) != victim
+                }),
+                "{app} is not back:\n{}",
+                d.log()
+            );
         });
-        let report = l.stop();
-        eprintln!(
-            "  {app}: {} answered, failures {:?}",
-            report.ok, report.failures
-        );
-        assert_eq!(report.count("ConnectionRefused"), 0, "{app}: {report:?}");
-        assert_eq!(report.count("TimedOut"), 0, "{app}: {report:?}");
-        assert_eq!(report.count("WouldBlock"), 0, "{app}: {report:?}");
         // The new supervisor took the held socket (it did not bind a new one).
         let sup = supervisor_pid(&d, app);
         assert_eq!(
@@ -279,26 +291,9 @@ fn a_restart_refuses_no_connection_the_sockets_stay_open_across_it() {
     d.wait_online("rr", 2);
     d.wait_online("py", 2);
     for (app, addr) in [("rr", &rr_addr), ("py", &py_addr)] {
-        let before = worker_pids(&d.app(app));
-        let l = load(addr);
-        l.wait_for(&format!("{app} answers"), WAIT, |n, _| n >= 50);
-        assert!(d.ok(&["restart", app]).contains(app));
-        let after = worker_pids(&d.app(app));
-        assert!(
-            after.iter().all(|p| !before.contains(p)),
-            "{app}: {before:?} -> {after:?}"
-        );
-        let seen = l.ok_so_far();
-        l.wait_for(&format!("{app} answers again"), WAIT, |n, _| {
-            n >= seen + 100
+        no_client_refused_while(&d, app, addr, || {
+            assert!(d.ok(&["restart", app]).contains(app));
         });
-        let report = l.stop();
-        eprintln!(
-            "  {app}: {} answered, failures {:?}",
-            report.ok, report.failures
-        );
-        assert_eq!(report.count("ConnectionRefused"), 0, "{app}: {report:?}");
-        assert_eq!(report.count("TimedOut"), 0, "{app}: {report:?}");
     }
     d.ok(&["stop", "rr"]);
     let refused = std::net::TcpStream::connect(&rr_addr)

@@ -243,6 +243,10 @@ fn host(hosted: Hosted) -> ! {
         let name = app_file.name.clone();
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            // One app's handful of descriptors: room for 64 readiness events
+            // a tick (1,024 by default: 12 kB, per supervisor); more wait
+            // for the next tick.
+            .max_io_events_per_tick(64)
             .build()
         {
             Ok(r) => r,

@@ -94,7 +94,14 @@ pub fn output_lines<'a>(
     let mut cutter = LineCutter::new(max_line);
     let mut out = Vec::new();
     for read in reads {
-        out.extend(cutter.push(read));
+        // As the pump reads: the bytes appended to the cutter's own buffer.
+        let (_, lines) = cutter
+            .read_with(read.len(), |buf| {
+                buf.extend_from_slice(read);
+                Ok(read.len())
+            })
+            .expect("appending cannot fail");
+        out.extend(lines);
     }
     out.extend(cutter.finish());
     out

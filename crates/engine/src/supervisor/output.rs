@@ -198,19 +198,14 @@ impl PumpInfo {
     }
 }
 
-thread_local! {
-    /// One pipe read's worth of room, shared by the output pumps that run on
-    /// this thread (a read copies out what it got before the next await).
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 64 * 1024]);
-}
-
 /// Forward a worker's output as whole lines, with backpressure: the next
 /// read waits until the batch before it found room in the event channel, so
 /// a slow consumer leaves the data in the pipe and the worker waits in
 /// `write`. A line is never split, except one longer than [`MAX_LINE`],
 /// which is cut there (the rest follows as the next line). A last line
 /// without a newline gets one. Memory: one unfinished line (at most
-/// [`MAX_LINE`]); reads go through the thread's shared scratch buffer.
+/// [`MAX_LINE`]); a read goes straight into the cutter's buffer, sized to
+/// what the pipe holds, and leaves with the lines it completed.
 ///
 /// `unsent` (what a previous pump held) is delivered before the first read.
 /// `stop` ends the pump between reads or while it waits for room, handing
@@ -252,11 +247,9 @@ async fn pump(
                 break;
             },
         }
-        // Read into the thread's scratch buffer, keep just the bytes read.
-        let read = SCRATCH.with_borrow_mut(|scratch| {
-            let n = pipe.try_read(scratch)?;
-            Ok::<_, io::Error>((n, cutter.push(&scratch[..n])))
-        });
+        // Read what the pipe holds (at most its 64 KiB) straight into the
+        // cutter's buffer: no buffer stays with an idle pump.
+        let read = cutter.read_with(pending_bytes(&pipe), |buf| pipe.try_read_buf(buf));
         lines = match read {
             Ok((0, _)) => break,
             Ok((_, lines)) => lines,
@@ -269,6 +262,19 @@ async fn pump(
         info.deliver(&events, last, &mut stop).await;
     }
     None
+}
+
+/// How many bytes wait in the pipe (`FIONREAD`), at least 1 and at most
+/// a pipe's default capacity; 4 KiB when it cannot say.
+fn pending_bytes(pipe: &tokio::net::unix::pipe::Receiver) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int, into `n`, which lives on.
+    let asked = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if asked < 0 {
+        return 4096;
+    }
+    usize::try_from(n).unwrap_or(0).clamp(1, 64 * 1024)
 }
 
 /// Cuts a pipe's bytes into whole lines, however the reads split them:
@@ -293,9 +299,39 @@ impl LineCutter {
     /// Take the bytes of one read; the whole lines they complete (with the
     /// unfinished one before them), if any.
     pub(crate) fn push(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
-        // The unfinished line held no newline and was within the limit.
-        let mut scan = self.buf.len();
+        let held = self.buf.len();
         self.buf.extend_from_slice(bytes);
+        self.cut(held)
+    }
+
+    /// [`push`](Self::push) without a copy: `read` appends up to `room`
+    /// bytes to the cutter's buffer (a would-block or an error leaves it as
+    /// it was); what it read and the whole lines that completes.
+    pub(crate) fn read_with(
+        &mut self,
+        room: usize,
+        read: impl FnOnce(&mut Vec<u8>) -> io::Result<usize>,
+    ) -> io::Result<(usize, Option<Vec<u8>>)> {
+        let held = self.buf.len();
+        self.buf.reserve(room);
+        let read = read(&mut self.buf);
+        let lines = match read {
+            Ok(n) if n > 0 => self.cut(held),
+            _ => None,
+        };
+        // What stays is at most one unfinished line: not the read's room
+        // with it (a long line still grows by doubling).
+        if self.buf.capacity() > 2 * self.buf.len() + 4096 {
+            self.buf.shrink_to_fit();
+        }
+        read.map(|n| (n, lines))
+    }
+
+    /// Cut the buffer's whole lines off, `held` bytes of it having been
+    /// there (and searched) before.
+    fn cut(&mut self, held: usize) -> Option<Vec<u8>> {
+        // The unfinished line held no newline and was within the limit.
+        let mut scan = held;
         // Where the unfinished line starts.
         let mut line_start = 0;
         loop {
@@ -355,6 +391,37 @@ mod tests {
         )
         .unwrap();
         (r, std::fs::File::from(w))
+    }
+
+    #[test]
+    fn a_cutter_keeps_no_read_room_only_the_unfinished_line() {
+        let mut cutter = LineCutter::new(MAX_LINE);
+        let append = |bytes: &'static [u8]| {
+            move |buf: &mut Vec<u8>| {
+                buf.extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+        };
+        let (n, lines) = cutter.read_with(64 * 1024, append(b"abc")).unwrap();
+        assert_eq!((n, lines), (3, None));
+        assert_eq!(cutter.held(), b"abc");
+        assert!(
+            cutter.buf.capacity() < 8 * 1024,
+            "{}",
+            cutter.buf.capacity()
+        );
+        let (_, lines) = cutter.read_with(64 * 1024, append(b"def\ngh")).unwrap();
+        assert_eq!(lines.as_deref(), Some(&b"abcdef\n"[..]));
+        assert_eq!(cutter.held(), b"gh");
+        assert!(
+            cutter.buf.capacity() < 8 * 1024,
+            "{}",
+            cutter.buf.capacity()
+        );
+        // A would-block reads nothing and keeps what was held.
+        let blocked = cutter.read_with(1, |_| Err(io::ErrorKind::WouldBlock.into()));
+        assert_eq!(blocked.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(cutter.held(), b"gh");
     }
 
     /// Every line the pump delivered, in order.

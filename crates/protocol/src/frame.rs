@@ -16,6 +16,9 @@ pub const MAX_FRAME: usize = 4 << 20;
 /// frame and `show` always fits.
 pub const MAX_DEFINITION: usize = MAX_FRAME / 2;
 
+/// What a connection's read and write buffers start with.
+const FIRST_BUFFER: usize = 1024;
+
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -39,7 +42,11 @@ impl Connection {
             .max_frame_length(MAX_FRAME)
             .new_codec();
         Connection {
-            framed: Framed::new(stream, codec),
+            // A connection's buffers start at 1 KiB (tokio-util's default
+            // is 8 KiB each way): the daemon keeps a few connections per
+            // app, each supervisor a few of its own, and most frames are
+            // small. A larger frame grows the buffer to its size.
+            framed: Framed::with_capacity(stream, codec, FIRST_BUFFER),
         }
     }
 

@@ -48,10 +48,10 @@ fn host(
     inherited: Option<herd_engine::upgrade::Inherited>,
     spec: Option<herd_engine::config::AppSpec>,
 ) -> anyhow::Result<i32> {
-    // The main thread starts every worker and execs a new binary on
-    // SIGUSR2 (so the workers, whose PR_SET_PDEATHSIG is tied to it,
-    // survive both); the app runs on a second thread.
-    herd_engine::upgrade::main_thread_spawner(move || {
+    // The main thread runs the app, starts every worker and execs a new
+    // binary on SIGUSR2 (so the workers, whose PR_SET_PDEATHSIG is tied to
+    // it, survive both).
+    herd_engine::upgrade::main_thread_host(move || {
         // One thread: the supervisor's work is small and sequential, and a
         // single-threaded runtime spares the round-robin path cross-thread
         // wake-ups.

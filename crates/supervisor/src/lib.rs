@@ -28,10 +28,10 @@
 //!   definition, commands answered by their own tickets, a followable event
 //!   stream, a hello that tells versions apart.
 //!
-//! Workers are forked by the engine's spawner thread, which lives as long as
-//! the process: their `PR_SET_PDEATHSIG` ties them to it, so a supervisor
-//! killed with SIGKILL takes its workers with it, and its successor ends
-//! their children.
+//! Workers are forked by the process's main thread, which runs everything
+//! (one thread) and lives as long as the process: their `PR_SET_PDEATHSIG`
+//! ties them to it, so a supervisor killed with SIGKILL takes its workers
+//! with it, and its successor ends their children.
 
 pub mod app;
 pub mod client;

@@ -224,11 +224,11 @@ struct Hosted {
 }
 
 /// Run the app and serve the socket until the app is deleted or a signal
-/// ends the supervisor; then exit. The main thread forks every worker (and
-/// execs a new binary on an upgrade: the workers' `PR_SET_PDEATHSIG` is
-/// tied to it); the supervisor runs on a second thread.
+/// ends the supervisor; then exit. One thread, the main one, runs it all:
+/// it forks every worker (and execs a new binary on an upgrade: the
+/// workers' `PR_SET_PDEATHSIG` is tied to it).
 fn host(hosted: Hosted) -> ! {
-    herd_engine::upgrade::main_thread_spawner(move || {
+    herd_engine::upgrade::main_thread_host(move || {
         let Hosted {
             files,
             app_file,

@@ -1,9 +1,9 @@
 //! How a herd process uses the C allocator. Every app has a supervisor
 //! process of its own, so what one process keeps but does not use is paid
 //! once per app: glibc's malloc gives each thread that allocates an arena
-//! of its own (a supervisor has two threads; the second arena alone held
-//! about 200 kB), and keeps freed pages inside its heap until asked to
-//! return them. Elsewhere (musl, other libcs) both calls do nothing.
+//! of its own (a supervisor had two threads; the second arena alone held
+//! about 200 kB; a helper thread may still start), and keeps freed pages
+//! inside its heap until asked to return them. Elsewhere (musl, other libcs) both calls do nothing.
 
 /// One malloc arena for the whole process. Call first thing in `main`,
 /// before any thread exists. herd's threads allocate little and rarely at

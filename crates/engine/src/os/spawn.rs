@@ -19,6 +19,11 @@
 //! blocking-pool thread may exit while herd lives (`block_in_place`, idle
 //! blocking threads), which would SIGKILL healthy workers; the spawner thread
 //! is started once and never exits, so the signal fires only when herd dies.
+//! A host whose single-threaded runtime runs on the process's main thread
+//! (the supervisor, `herd run`) makes that thread the spawner itself
+//! ([`spawn_on_this_thread`]): it forks in line, between two polls, and no
+//! second thread is kept (its stack and its kernel task cost memory in
+//! every app's supervisor).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -326,10 +331,11 @@ struct ForkJob {
     reply: tokio::sync::oneshot::Sender<io::Result<Forked>>,
 }
 
-/// The spawner's queue; started on first use, or by [`serve_on_this_thread`].
+/// The spawner thread's queue; the thread is started on first use.
 static SPAWNER: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>> =
     std::sync::Mutex::new(None);
-/// True when the spawner is the process's main thread.
+/// True when the process's main thread is the spawner, forking in line
+/// ([`spawn_on_this_thread`]); else the spawner thread does.
 static SPAWNER_IS_MAIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn serve(rx: std::sync::mpsc::Receiver<Job>) {
@@ -353,32 +359,38 @@ fn serve(rx: std::sync::mpsc::Receiver<Job>) {
     }
 }
 
-/// Make the calling thread (the process's main thread, which never exits)
-/// the spawner, before anything was spawned: returns the function that
-/// serves its queue ([`SpawnerQueue::serve`]: run it on this thread).
-pub(crate) fn serve_on_this_thread() -> SpawnerQueue {
-    let (tx, rx) = std::sync::mpsc::channel::<Job>();
-    *SPAWNER.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
-    SPAWNER_IS_MAIN.store(
-        nix::unistd::gettid() == nix::unistd::getpid(),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    SpawnerQueue(rx)
+fn on_main_thread() -> bool {
+    nix::unistd::gettid() == nix::unistd::getpid()
 }
 
-/// The spawner's queue, to be served on the thread that made it.
-pub(crate) struct SpawnerQueue(std::sync::mpsc::Receiver<Job>);
-
-impl SpawnerQueue {
-    /// Serve the queue forever.
-    pub(crate) fn serve(self) -> ! {
-        serve(self.0);
-        // The queue's sender is never dropped.
-        unreachable!("the spawner's queue ended")
+/// Make the calling thread, which must be the process's main thread and
+/// run the host's single-threaded runtime for the process's life, the
+/// spawner itself: [`fork_on_spawner`] and [`exec_on_spawner`] then run in
+/// line on it. False (and nothing changed) on any other thread.
+pub(crate) fn spawn_on_this_thread() -> bool {
+    if !on_main_thread() {
+        return false;
     }
+    SPAWNER_IS_MAIN.store(true, std::sync::atomic::Ordering::Relaxed);
+    true
 }
 
-/// Is the spawner the main thread ([`serve_on_this_thread`])? Only then may
+/// Forks and execs run in line ([`spawn_on_this_thread`]): on the main
+/// thread, or, from any other, an error naming why.
+fn inline() -> Option<io::Result<()>> {
+    if !spawner_is_main_thread() {
+        return None;
+    }
+    Some(if on_main_thread() {
+        Ok(())
+    } else {
+        Err(io::Error::other(
+            "herd starts workers on its main thread only (their PR_SET_PDEATHSIG is tied to it); this task runs on another",
+        ))
+    })
+}
+
+/// Is the spawner the main thread ([`spawn_on_this_thread`])? Only then may
 /// the process exec in place without losing its workers.
 pub(crate) fn spawner_is_main_thread() -> bool {
     SPAWNER_IS_MAIN.load(std::sync::atomic::Ordering::Relaxed)
@@ -408,6 +420,11 @@ pub(crate) async fn exec_on_spawner(
     argv: Vec<CString>,
     envp: Vec<CString>,
 ) -> io::Error {
+    match inline() {
+        Some(Ok(())) => return exec_fd(exe, &argv, &envp),
+        Some(Err(e)) => return e,
+        None => {}
+    }
     let (reply, answer) = tokio::sync::oneshot::channel();
     if let Err(e) = to_spawner(Job::Exec {
         exe,
@@ -436,10 +453,20 @@ pub(crate) fn exec_fd(exe: RawFd, argv: &[CString], envp: &[CString]) -> io::Err
 /// Fork the child on the spawner thread (see the module docs) and return as
 /// soon as it exists; `keep` (the fds in `spec.fds`) is closed after the
 /// fork. Then await [`Forked::wait_exec`]. Nothing here blocks the caller's
-/// thread for longer than a channel send.
+/// thread for longer than a channel send, or, when the caller's thread is
+/// the spawner ([`spawn_on_this_thread`]), than the fork itself.
 pub(crate) async fn fork_on_spawner(spec: SpawnSpec, keep: Vec<OwnedFd>) -> io::Result<Forked> {
-    let (reply, answer) = tokio::sync::oneshot::channel();
     let program = spec.program.display().to_string();
+    match inline() {
+        Some(Ok(())) => {
+            let forked = fork(&spec);
+            drop(keep);
+            return forked;
+        }
+        Some(Err(e)) => return Err(with_context(e, format!("cannot start {program}"))),
+        None => {}
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
     to_spawner(Job::Fork(ForkJob { spec, keep, reply }))
         .map_err(|e| with_context(e, format!("cannot start {program}")))?;
     answer.await.unwrap_or_else(|_| {

@@ -24,7 +24,8 @@
 //! sockets); what remains (lifecycle reports) is bounded by the processes'
 //! own activity, not by what a worker writes.
 //!
-//! Spawning never blocks the loop: the fork happens on the spawner thread
+//! Spawning never blocks the loop for longer than a fork: the fork happens
+//! on the spawner thread, or in line where the loop runs on the main thread
 //! (`os::spawn`), the exec is awaited by a helper task, and the child is
 //! tracked (killable, reaped) from the moment its pid is known.
 
@@ -818,7 +819,7 @@ impl App {
     }
 
     /// Start spawning a worker: everything that can fail without a process
-    /// is done here; the fork runs on the spawner thread and the exec is
+    /// is done here; the fork runs on the spawner (thread) and the exec is
     /// awaited by a helper task, which reports `Forked` and `SpawnDone`.
     fn spawn(&mut self, slot: Slot, worker: WorkerId) -> io::Result<()> {
         let s = &mut self.state;

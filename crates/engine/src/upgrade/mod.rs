@@ -18,12 +18,13 @@
 //!    host's own state — and the app), every fd it names loses
 //!    close-on-exec, `/proc/self/exe` is opened (the *old* binary, kept for
 //!    the fallback), and the new binary is `fexecve`d with
-//!    `HERD_UPGRADE_STATE=<memfd>,<old exe fd>` **on the spawner thread**:
+//!    `HERD_UPGRADE_STATE=<memfd>,<old exe fd>` **on the main thread**:
 //!    `PR_SET_PDEATHSIG` fires when the *thread* that forked a worker ends,
 //!    and execve ends every other thread. That is why a process that
-//!    upgrades runs [`main_thread_spawner`]: the main thread forks every
-//!    worker and is the one that execs; after exec it is the new image's
-//!    main thread, which forks and execs in turn. If the exec itself fails,
+//!    upgrades runs [`main_thread_host`]: its runtime runs on the main
+//!    thread, which forks every worker and is the one that execs; after
+//!    exec it is the new image's main thread, which forks and execs in
+//!    turn. If the exec itself fails,
 //!    the caller gets the frozen app back and resumes it in place.
 //! 4. **Resume** ([`inherited`]): the new image finds the variable, reads
 //!    the state (this version or an older one, [`READABLE_VERSIONS`]),
@@ -43,7 +44,7 @@
 //!    host named by [`Inherited::kind`], with the state it wrote
 //!    ([`Inherited::host`], [`Inherited::host_fds`]), and reports
 //!    [`Inherited::failed`] if set;
-//! 2. runs itself under [`main_thread_spawner`] and calls [`signals_ready`]
+//! 2. runs itself under [`main_thread_host`] and calls [`signals_ready`]
 //!    once its signal handlers are installed;
 //! 3. to upgrade: [`probe`] the binary at its path (blocking: on a helper
 //!    thread), `freeze` the app ([`crate::supervisor::AppHandle::freeze`])
@@ -54,9 +55,10 @@
 //! A host runs one app (the design: one supervisor process per app).
 //!
 //! Signals: the host's signals (INT, TERM, HUP, USR2, TTIN, TTOU) are
-//! blocked on the main thread, and on the host's thread across the exec, so
-//! one that arrives meanwhile stays pending through execve and is handled
-//! by the new image once it is ready ([`signals_ready`]).
+//! blocked from the start until the host handles them, and again across
+//! the exec (on helper threads, always), so one that arrives meanwhile
+//! stays pending through execve and is handled by the new image once it is
+//! ready ([`signals_ready`]).
 
 use std::ffi::{CString, OsString};
 use std::io;
@@ -113,7 +115,7 @@ pub enum UpgradeError {
     Probe { path: PathBuf, why: String },
     #[error("the new binary {path} reads state versions {versions:?}, not version {STATE_VERSION} which this one writes; upgrade in two steps or restart the app")]
     Version { path: PathBuf, versions: Vec<u32> },
-    #[error("in-place upgrade needs the process's main thread to start the workers (upgrade::main_thread_spawner); this process does not")]
+    #[error("in-place upgrade needs the process's main thread to start the workers (upgrade::main_thread_host); this process does not")]
     NotAvailable,
     #[error(transparent)]
     Freeze(#[from] crate::supervisor::FreezeError),
@@ -218,31 +220,28 @@ pub fn own_exe() -> io::Result<PathBuf> {
     })
 }
 
-/// Run `body` (the host: its runtime, the app) on a new thread while this
-/// thread, which must be the main thread, starts every worker and, for an
-/// upgrade, executes the new binary (see the module docs). The process
-/// exits with `body`'s return value. Never returns.
+/// Run `body` (the host: its single-threaded runtime, the app) on this
+/// thread, which must be the main thread, and make it the spawner: it
+/// starts every worker and, for an upgrade, executes the new binary (see
+/// the module docs). The process exits with `body`'s return value. Never
+/// returns.
 ///
-/// The host's signals are blocked on this thread; `body`'s thread starts
-/// with them blocked too and calls [`signals_ready`] once it handles them.
-pub fn main_thread_spawner<F>(body: F) -> !
+/// The host's signals are blocked until `body` calls [`signals_ready`]
+/// once it handles them.
+pub fn main_thread_host<F>(body: F) -> !
 where
-    F: FnOnce() -> i32 + Send + 'static,
+    F: FnOnce() -> i32,
 {
     hold_signals(true);
-    let serve = spawn::serve_on_this_thread();
-    let host = std::thread::Builder::new()
-        .name("herd-host".into())
-        .spawn(move || std::process::exit(body()));
-    if let Err(e) = host {
-        eprintln!("herd: error: cannot start a thread: {e}");
+    if !spawn::spawn_on_this_thread() {
+        eprintln!("herd: error: the host must run on the process's main thread");
         std::process::exit(1);
     }
-    serve.serve()
+    std::process::exit(body())
 }
 
-/// The host's thread handles its signals now: let them in (one that came
-/// while they were held, across an exec too, is delivered now).
+/// The host handles its signals now: let them in on its thread (one that
+/// came while they were held, across an exec too, is delivered now).
 pub fn signals_ready() {
     hold_signals(false);
 }
@@ -371,7 +370,7 @@ pub fn probe(path: &Path) -> Result<Probed, UpgradeError> {
 /// `host_fds` are the host's own fds to keep (a control socket, log
 /// files): [`Inherited::host_fds`] gives them back, in this order.
 ///
-/// Call it on the host's thread once the app's events have all been read
+/// Call it on the host's (main) thread once the app's events have all been read
 /// (its event receiver returned `None` after the freeze) and the host's
 /// own output is written: nothing of this process survives the exec but
 /// the state and the fds it names.
@@ -509,7 +508,7 @@ fn set_cloexec(fd: RawFd, on: bool) {
 /// (after [`answer_probe`], before parsing the command line, which a new
 /// version may read differently), on the main thread, before any other
 /// thread exists; then run the host named by [`Inherited::kind`] with
-/// [`main_thread_spawner`] and resume the app there.
+/// [`main_thread_host`] and resume the app there.
 ///
 /// If the state cannot be taken over, this does not return: the previous
 /// binary is executed again with the same state (and resumes the app,

@@ -412,3 +412,64 @@ fn the_herd_binary_is_linked_position_dependent_so_its_data_is_shared_by_every_s
         herd_bin()
     );
 }
+
+/// A supervisor runs glibc's allocator without per-thread caches (set by the
+/// daemon in its environment: glibc reads it at start only), and its workers
+/// never see that: they get the operator's tunables, as they were.
+#[test]
+fn a_supervisor_runs_without_malloc_caches_and_its_workers_get_the_tunables_as_they_were() {
+    const OPERATORS: &str = "glibc.malloc.arena_max=2";
+    let d = Daemon::unstarted();
+    // The daemon starts with the operator's own tunables…
+    let out = d
+        .command(&["ping"])
+        .env("GLIBC_TUNABLES", OPERATORS)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // …and so does the CLI that starts the app (its environment goes with
+    // the app).
+    let out = d
+        .command(&["start", "--name", "web", "--listen", ANY, worker_bin()])
+        .env("GLIBC_TUNABLES", OPERATORS)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let workers = d.wait_online("web", 1);
+    let environ = |pid: i32| std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    // glibc may cut its copy of a many-item GLIBC_TUNABLES at the colons
+    // (it reads a copy): the supervisor's starts with the operator's items,
+    // then herd's, after a colon or a NUL.
+    let supervisor = environ(supervisor_pid(&d, "web"));
+    let has = |needle: String| {
+        supervisor
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    };
+    assert!(
+        [":", "\0"].iter().any(|sep| has(format!(
+            "GLIBC_TUNABLES={OPERATORS}{sep}glibc.malloc.tcache_count=0\0"
+        ))),
+        "the supervisor's environment: {}",
+        String::from_utf8_lossy(&supervisor)
+    );
+    // A worker gets the operator's, and nothing of herd's.
+    let worker: Vec<String> = environ(workers[0])
+        .split(|&b| b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .filter(|v| v.contains("GLIBC_TUNABLES") || v.contains("tcache"))
+        .collect();
+    assert_eq!(
+        worker,
+        [format!("GLIBC_TUNABLES={OPERATORS}")],
+        "a worker's"
+    );
+}

@@ -214,6 +214,8 @@ impl Link {
             .arg("--id")
             .arg(self.inner.id.to_string())
             .env_remove("NOTIFY_SOCKET")
+            // Its allocator without per-thread caches (read at start only).
+            .envs(herd_engine::memory::lean_start_env())
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -55,10 +55,19 @@ pub fn is_worker_variable(key: &str) -> bool {
     OURS.contains(&key) || key.starts_with("HERD_")
 }
 
-/// herd's own environment minus what it sets for each worker.
+/// herd's own environment minus what it sets for each worker, and minus
+/// the allocator tunables herd added for itself
+/// ([`crate::memory::tunables_for_workers`]).
 pub(crate) fn base_env() -> Vec<(OsString, OsString)> {
     std::env::vars_os()
         .filter(|(k, _)| !is_worker_variable(&k.to_string_lossy()))
+        .filter_map(|(k, v)| {
+            if k == crate::memory::GLIBC_TUNABLES {
+                crate::memory::tunables_for_workers(&v).map(|v| (k, v))
+            } else {
+                Some((k, v))
+            }
+        })
         .collect()
 }
 

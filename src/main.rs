@@ -53,8 +53,18 @@ fn main() {
     herd_engine::memory::one_arena();
     // A herd binary being upgraded to answers which state versions it reads.
     herd_engine::upgrade::answer_probe();
-    // The image after an in-place upgrade: resume the app it was handed
-    // (whatever this version makes of the command line).
+    resume_if_inherited();
+    // `herd update` asks a new binary which protocols it speaks.
+    answer_versions();
+    long_running_alone();
+    cli_main()
+}
+
+/// The image after an in-place upgrade: resume the app it was handed
+/// (whatever this version makes of the command line), and exit. Returns
+/// when this process is not such an image.
+#[inline(never)]
+fn resume_if_inherited() {
     if let Some(inherited) = herd_engine::upgrade::inherited() {
         let result = match inherited {
             Ok(i) if i.kind == herd_supervisor::process::HOST_KIND => supervise::resume(i),
@@ -62,9 +72,14 @@ fn main() {
         };
         std::process::exit(exit_code(result));
     }
-    // `herd update` asks a new binary which protocols it speaks.
-    answer_versions();
-    long_running_alone();
+}
+
+/// Every other command: the whole command line. A function of its own, so
+/// that its stack frame (the parsed command line and every verb's locals,
+/// about 5 kB) is not under the long-running processes' stacks for their
+/// whole life: `main` stays small.
+#[inline(never)]
+fn cli_main() -> ! {
     let cli = Cli::parse();
     // As a container's PID 1, `run` and `daemon` put a tiny init in front of
     // themselves (reaps orphans, forwards signals): see herd_engine::init_if_pid1.

@@ -91,6 +91,24 @@ pub enum Error {
 /// Run the supervisor; returns the exit code (in the starting process when
 /// detaching: once the supervisor serves).
 pub fn run(options: Options) -> Result<i32, Error> {
+    match prepare(options)? {
+        Prepared::Starter(code) => Ok(code),
+        Prepared::Supervisor(hosted) => host(hosted),
+    }
+}
+
+/// What [`prepare`] leaves: the exit code of the process that started the
+/// detached supervisor, or (in the supervisor) what it hosts.
+enum Prepared {
+    Starter(i32),
+    Supervisor(Box<Hosted>),
+}
+
+/// Steps 1–4 of the module docs. A function of its own (and the hosted
+/// parts boxed) so that its stack frame is gone before the app runs: the
+/// supervisor's stack stays that much smaller for its whole life.
+#[inline(never)]
+fn prepare(options: Options) -> Result<Prepared, Error> {
     // First, before this process opens anything of its own.
     let held = crate::held::take_from_env();
     let home = Home::open(&options.home).map_err(FilesError::from)?;
@@ -104,7 +122,7 @@ pub fn run(options: Options) -> Result<i32, Error> {
         match detach(&files)? {
             Detached::Parent(code) => {
                 lock.leave_to_child();
-                return Ok(code);
+                return Ok(Prepared::Starter(code));
             }
             Detached::Child(ready) => ready,
         }
@@ -120,7 +138,7 @@ pub fn run(options: Options) -> Result<i32, Error> {
             return Err(e);
         }
     };
-    host(Hosted {
+    Ok(Prepared::Supervisor(Box::new(Hosted {
         files,
         app_file,
         listener,
@@ -130,7 +148,7 @@ pub fn run(options: Options) -> Result<i32, Error> {
         ready,
         resumed: None,
         held,
-    })
+    })))
 }
 
 /// The host's name in an in-place upgrade's state
@@ -195,7 +213,7 @@ pub fn resume(inherited: Inherited) -> Result<i32, Error> {
         Containment::Cgroup { path } => Some(Cgroup::entered(path.clone())),
         Containment::ProcessGroups => None,
     };
-    host(Hosted {
+    host(Box::new(Hosted {
         files,
         app_file,
         listener,
@@ -205,7 +223,7 @@ pub fn resume(inherited: Inherited) -> Result<i32, Error> {
         ready: Ready(None),
         resumed: Some((inherited.frozen, state.carried, log_fds)),
         held: Held::default(),
-    })
+    }))
 }
 
 /// Everything the supervisor's loop runs with.
@@ -227,7 +245,7 @@ struct Hosted {
 /// ends the supervisor; then exit. One thread, the main one, runs it all:
 /// it forks every worker (and execs a new binary on an upgrade: the
 /// workers' `PR_SET_PDEATHSIG` is tied to it).
-fn host(hosted: Hosted) -> ! {
+fn host(hosted: Box<Hosted>) -> ! {
     herd_engine::upgrade::main_thread_host(move || {
         let Hosted {
             files,
@@ -239,7 +257,7 @@ fn host(hosted: Hosted) -> ! {
             ready,
             resumed,
             held,
-        } = hosted;
+        } = *hosted;
         let name = app_file.name.clone();
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()

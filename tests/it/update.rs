@@ -370,3 +370,51 @@ fn an_update_during_a_reload_waits_for_it() {
     let report = load.stop();
     assert_eq!(report.failed(), 0, "{report:?}");
 }
+
+/// Regression, found by the kill loop: the daemon's lock on `herd.pid` was
+/// closed by its exec (`herd update`) and taken again by the new image, so
+/// for those milliseconds a second daemon could take the home, bind
+/// `herd.sock` over the first one's and leave the CLI a dead socket
+/// ("cannot reach the herd daemon: connection refused"). The lock's fd is
+/// now kept across the exec: a prober trying to take the lock all through
+/// several updates never gets it.
+#[test]
+fn the_daemons_lock_is_never_free_during_an_update() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let h = Copied::new(&[]);
+    let daemon = h.daemon_pid();
+    let pid_file = h.home().join("herd.pid");
+    let done = AtomicBool::new(false);
+    let (tries, taken) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                let file = std::fs::File::open(&pid_file).unwrap();
+                tries.fetch_add(1, Ordering::SeqCst);
+                // Taken (and let go at once): nobody held it at that moment.
+                if nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+                    .is_ok()
+                {
+                    taken.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        for round in 0..5 {
+            h.replace();
+            let said = h.ok(&["update"]);
+            assert!(said.contains("in place"), "round {round}: {said}");
+            assert_eq!(h.daemon_pid(), daemon, "round {round}");
+        }
+        done.store(true, Ordering::SeqCst);
+    });
+    assert!(tries.load(Ordering::SeqCst) > 100, "the prober hardly ran");
+    assert_eq!(
+        taken.load(Ordering::SeqCst),
+        0,
+        "the lock was free {} time(s) during 5 updates\n{}",
+        taken.load(Ordering::SeqCst),
+        h.log()
+    );
+    // And the CLI reaches the daemon, which still holds its home.
+    assert!(h.ok(&["ping"]).contains(&format!("daemon pid {daemon}")));
+}

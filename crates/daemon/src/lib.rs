@@ -103,13 +103,14 @@ pub struct Options {
     pub metrics_hosts: Vec<http::AllowedHost>,
 }
 
-/// The control socket a previous image of this daemon kept open for this
-/// one (`herd update`), if any. Call before any thread exists.
-fn inherited_control_fd() -> Option<std::os::fd::OwnedFd> {
+/// The fd a previous image of this daemon kept open for this one (`herd
+/// update`) under the variable `env`, if any: the control socket, the held
+/// lock. Call before any thread exists.
+fn inherited_fd(env: &str) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
-    let var = std::env::var_os(handlers::update::CONTROL_FD_ENV)?;
+    let var = std::env::var_os(env)?;
     // SAFETY: no other thread exists yet, so none reads the environment meanwhile.
-    unsafe { std::env::remove_var(handlers::update::CONTROL_FD_ENV) };
+    unsafe { std::env::remove_var(env) };
     let fd: i32 = var.to_str()?.parse().ok()?;
     // SAFETY: F_GETFD only reads the fd's flags.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
@@ -133,13 +134,20 @@ fn inherited_control_fd() -> Option<std::os::fd::OwnedFd> {
 /// Run the daemon until `herd kill`, SIGTERM or SIGINT; returns the exit code.
 pub fn run(options: Options) -> Result<i32, Error> {
     let started = std::time::Instant::now();
-    let control_fd = inherited_control_fd();
-    let lock = options.home.lock()?;
+    let control_fd = inherited_fd(handlers::update::CONTROL_FD_ENV);
+    // The previous image's lock, held across its exec; else taken now.
+    let lock = match inherited_fd(handlers::update::LOCK_FD_ENV) {
+        Some(fd) => options.home.lock_inherited(fd)?,
+        None => options.home.lock()?,
+    };
+    let lock_fd = lock.raw_fd();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
-    let code = runtime.block_on(Box::pin(server::serve(options, started, control_fd)))?;
+    let code = runtime.block_on(Box::pin(server::serve(
+        options, started, control_fd, lock_fd,
+    )))?;
     drop(lock);
     Ok(code)
 }

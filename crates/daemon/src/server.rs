@@ -96,11 +96,13 @@ impl Door {
 /// Serve until `herd kill`, SIGTERM or SIGINT; `started` is when the daemon
 /// process began (adoption is timed from it).
 /// `control_fd`: the control socket kept open by the previous image of this
-/// daemon (`herd update`), else one is bound.
+/// daemon (`herd update`), else one is bound. `lock_fd`: the held lock of
+/// `herd.pid`, to keep across such an exec.
 pub async fn serve(
     options: Options,
     started: Instant,
     control_fd: Option<std::os::fd::OwnedFd>,
+    lock_fd: std::os::fd::RawFd,
 ) -> Result<i32, Error> {
     let home = options.home.clone();
     let path = home.socket();
@@ -145,6 +147,8 @@ pub async fn serve(
         std::os::fd::AsRawFd::as_raw_fd(&listener),
         std::sync::atomic::Ordering::SeqCst,
     );
+    ctx.lock_fd
+        .store(lock_fd, std::sync::atomic::Ordering::SeqCst);
     // The CLI may connect already (the socket is bound); it is answered
     // once every app found in the home is taken.
     crate::adopt::adopt(&ctx, started).await;

@@ -39,7 +39,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::Flock;
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::stat::{fchmod, fstat, FileStat, Mode};
 
 pub use dir::{Access, Dir, Opened};
@@ -292,6 +292,40 @@ impl Home {
         })
     }
 
+    /// Take back the lock this daemon held before it executed a new binary
+    /// in place (`herd update`): the fd was kept across the exec, and the
+    /// lock belongs to its open file, so locking it again succeeds at once,
+    /// and no other daemon could take it meanwhile. Refused if the fd is
+    /// not this home's `herd.pid` or its lock is another's.
+    pub fn lock_inherited(&self, fd: std::os::fd::OwnedFd) -> Result<PidLock, HomeError> {
+        let path = self.pid_file();
+        let lock_err = |error| HomeError::Lock {
+            path: path.clone(),
+            error,
+        };
+        let file = File::from(fd);
+        let ours = file.metadata().map_err(lock_err)?;
+        let named = self
+            .dir
+            .open(PID_FILE, Access::Read)
+            .map_err(lock_err)?
+            .file
+            .metadata()
+            .map_err(lock_err)?;
+        use std::os::unix::fs::MetadataExt;
+        if (ours.dev(), ours.ino()) != (named.dev(), named.ino()) {
+            return Err(lock_err(std::io::Error::other(
+                "the lock handed over is not this home's herd.pid",
+            )));
+        }
+        let file = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| lock_err(e.into()))?;
+        Ok(PidLock {
+            _file: file,
+            dir: self.dir.clone(),
+        })
+    }
+
     /// The pid of the daemon holding this home's lock, if one runs.
     pub fn running_pid(&self) -> Option<u32> {
         let file = self.dir.open(PID_FILE, Access::Read).ok()?.file;
@@ -309,6 +343,15 @@ impl Home {
 pub struct PidLock {
     _file: Flock<File>,
     dir: Dir,
+}
+
+impl PidLock {
+    /// The lock's fd, to keep open across an in-place exec
+    /// ([`Home::lock_inherited`] takes it back).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self._file.as_raw_fd()
+    }
 }
 
 impl Drop for PidLock {

@@ -42,6 +42,8 @@ pub struct Ctx {
     pub reexec: Mutex<Option<std::path::PathBuf>>,
     /// The control socket's fd (kept open across that exec).
     pub control_fd: std::sync::atomic::AtomicI32,
+    /// The held `herd.pid` lock's fd (kept open across that exec too).
+    pub lock_fd: std::sync::atomic::AtomicI32,
     /// Accepting is paused for that exec.
     updating: std::sync::atomic::AtomicBool,
     pub updating_changed: tokio::sync::Notify,
@@ -58,6 +60,7 @@ impl Ctx {
             shutdown: tokio::sync::Notify::new(),
             reexec: Mutex::new(None),
             control_fd: std::sync::atomic::AtomicI32::new(-1),
+            lock_fd: std::sync::atomic::AtomicI32::new(-1),
             updating: std::sync::atomic::AtomicBool::new(false),
             updating_changed: tokio::sync::Notify::new(),
         })

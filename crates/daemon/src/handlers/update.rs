@@ -26,6 +26,9 @@ const UPGRADE_DEADLINE: Duration = Duration::from_secs(20);
 const VERSIONS_FLAG: &str = "--herd-versions";
 /// Names the control socket's fd in the daemon's next image.
 pub const CONTROL_FD_ENV: &str = "HERD_DAEMON_CONTROL_FD";
+/// Names the fd of the held `herd.pid` lock in the daemon's next image: kept
+/// across the exec, so no other daemon can take the home meanwhile.
+pub const LOCK_FD_ENV: &str = "HERD_DAEMON_LOCK_FD";
 
 /// The daemon's binary: the file at the path it was started from (the one
 /// `herd update` means once a new herd was put there).
@@ -128,7 +131,8 @@ pub fn reexec_if_asked(ctx: &Ctx) {
         return;
     };
     let fd = ctx.control_fd.load(std::sync::atomic::Ordering::SeqCst);
-    if let Err(e) = reexec(&exe, fd) {
+    let lock_fd = ctx.lock_fd.load(std::sync::atomic::Ordering::SeqCst);
+    if let Err(e) = reexec(&exe, fd, lock_fd) {
         crate::say!(
             "herd update: cannot execute {}: {e}; the daemon runs on",
             exe.display()
@@ -136,7 +140,7 @@ pub fn reexec_if_asked(ctx: &Ctx) {
     }
 }
 
-fn reexec(exe: &Path, control_fd: i32) -> std::io::Result<()> {
+fn reexec(exe: &Path, control_fd: i32, lock_fd: i32) -> std::io::Result<()> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let cstring = |b: &[u8]| CString::new(b).map_err(std::io::Error::other);
@@ -145,7 +149,7 @@ fn reexec(exe: &Path, control_fd: i32) -> std::io::Result<()> {
         .map(|a| cstring(a.as_bytes()))
         .collect::<Result<_, _>>()?;
     let mut envp: Vec<CString> = std::env::vars_os()
-        .filter(|(k, _)| k != CONTROL_FD_ENV)
+        .filter(|(k, _)| k != CONTROL_FD_ENV && k != LOCK_FD_ENV)
         .map(|(k, v)| {
             let mut kv = k.as_bytes().to_vec();
             kv.push(b'=');
@@ -156,7 +160,12 @@ fn reexec(exe: &Path, control_fd: i32) -> std::io::Result<()> {
     envp.push(cstring(
         format!("{CONTROL_FD_ENV}={control_fd}").as_bytes(),
     )?);
+    envp.push(cstring(format!("{LOCK_FD_ENV}={lock_fd}").as_bytes())?);
     set_cloexec(control_fd, false)?;
+    if let Err(e) = set_cloexec(lock_fd, false) {
+        let _ = set_cloexec(control_fd, true);
+        return Err(e);
+    }
     let argv_ptrs: Vec<*const libc::c_char> = argv
         .iter()
         .map(|a| a.as_ptr())
@@ -172,6 +181,7 @@ fn reexec(exe: &Path, control_fd: i32) -> std::io::Result<()> {
     unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
     let error = std::io::Error::last_os_error();
     let _ = set_cloexec(control_fd, true);
+    let _ = set_cloexec(lock_fd, true);
     Err(error)
 }
 

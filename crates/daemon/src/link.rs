@@ -587,30 +587,66 @@ async fn executed_in_place(link: &Link, pid: u32) -> bool {
     }
 }
 
-/// Is process `pid` exiting, a zombie, or gone (the kernel's `PF_EXITING`
-/// flag in `/proc/PID/stat`, set as soon as it begins to exit)?
-fn exiting(pid: u32) -> bool {
-    const PF_EXITING: u64 = 0x4;
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true;
-    };
+/// Process `pid`'s state letter and kernel flags (`/proc/PID/stat`);
+/// `None` when it is gone.
+fn proc_state(pid: u32) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // After the command's ")": state, ppid, pgrp, session, tty, tpgid, flags.
     let mut fields = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace())
         .into_iter()
         .flatten();
-    let state = fields.next().unwrap_or("X");
+    let state = fields.next().unwrap_or("X").to_string();
     let flags: u64 = fields.nth(5).and_then(|f| f.parse().ok()).unwrap_or(0);
-    matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0
+    Some((state, flags))
+}
+
+/// Is process `pid` exiting, a zombie, or gone (the kernel's `PF_EXITING`
+/// flag in `/proc/PID/stat`, set as soon as it begins to exit)?
+fn exiting(pid: u32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    match proc_state(pid) {
+        None => true,
+        Some((state, flags)) => {
+            matches!(state.as_str(), "Z" | "X" | "x") || flags & PF_EXITING != 0
+        }
+    }
+}
+
+/// Has process `pid` ended: gone, or a zombie its parent has not reaped?
+fn ended(pid: u32) -> bool {
+    proc_state(pid).is_none_or(|(state, _)| matches!(state.as_str(), "Z" | "X" | "x"))
 }
 
 /// Wait until no supervisor holds the app's lock (one that closed its
-/// stream may still be stopping the app).
+/// stream may still be stopping the app), and until the one that held it
+/// has ended: it lets go of the lock as its last step, just before it
+/// exits, so "deleted" and "killed" are never answered while it still runs.
 async fn wait_unlocked(link: &Link) {
     let started = Instant::now();
     let mut warned = false;
-    while link.inner.files.running_pid().is_some() {
+    let mut holder = match link.state() {
+        State::Up { pid } => Some(pid),
+        _ => None,
+    };
+    // Once unlocked, its end is waited for a moment only (its pid could be
+    // another's by then).
+    let mut unlocked_at = None;
+    loop {
+        match link.inner.files.running_pid() {
+            Some(pid) => {
+                holder = Some(pid);
+                unlocked_at = None;
+            }
+            None if holder.is_none_or(ended) => return,
+            None => {
+                let since = *unlocked_at.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(1) {
+                    return;
+                }
+            }
+        }
         if !warned && started.elapsed() > Duration::from_secs(10) {
             crate::say!(
                 "app {}: its supervisor closed its stream but has not exited for 10 s",
@@ -627,13 +663,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_running_process_is_not_exiting_a_zombie_or_a_gone_one_is() {
+    fn a_running_process_is_not_exiting_nor_ended_a_zombie_or_a_gone_one_is() {
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
         let pid = child.id();
         assert!(!exiting(pid), "a sleeping process taken for an exiting one");
+        assert!(!ended(pid), "a sleeping process taken for an ended one");
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,
@@ -648,7 +685,14 @@ mod tests {
             exiting(pid),
             "a killed, unreaped process not taken as exiting"
         );
+        // A zombie has ended (its parent has not reaped it yet).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ended(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(ended(pid), "a killed process (a zombie) not taken as ended");
         child.wait().unwrap();
         assert!(exiting(pid), "a reaped process not taken as gone");
+        assert!(ended(pid), "a reaped process not taken as ended");
     }
 }

@@ -155,8 +155,10 @@ struct DaemonOnly {
 /// before executing it) and exit.
 fn answer_versions() {
     if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(VERSIONS_FLAG)) {
+        // `lock-handover 1`: as a daemon's next image, it takes the held
+        // herd.pid lock it is handed (HERD_DAEMON_LOCK_FD).
         println!(
-            "herd versions: control {} supervisor {} state {}",
+            "herd versions: control {} supervisor {} state {} lock-handover 1",
             herd_protocol::VERSION,
             herd_protocol::supervisor::VERSION,
             herd_engine::upgrade::STATE_VERSION

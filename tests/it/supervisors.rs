@@ -420,29 +420,20 @@ fn the_herd_binary_is_linked_position_dependent_so_its_data_is_shared_by_every_s
 fn a_supervisor_runs_without_malloc_caches_and_its_workers_get_the_tunables_as_they_were() {
     const OPERATORS: &str = "glibc.malloc.arena_max=2";
     let d = Daemon::unstarted();
-    // The daemon starts with the operator's own tunables…
-    let out = d
-        .command(&["ping"])
-        .env("GLIBC_TUNABLES", OPERATORS)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // …and so does the CLI that starts the app (its environment goes with
-    // the app).
-    let out = d
-        .command(&["start", "--name", "web", "--listen", ANY, worker_bin()])
-        .env("GLIBC_TUNABLES", OPERATORS)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The daemon starts with the operator's own tunables, and the CLI that
+    // starts the app has them too (its environment goes with the app).
+    for args in [
+        &["ping"][..],
+        &["start", "--name", "web", "--listen", ANY, worker_bin()],
+    ] {
+        let out = d
+            .command(args)
+            .env("GLIBC_TUNABLES", OPERATORS)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "herd {args:?}: {err}");
+    }
     let workers = d.wait_online("web", 1);
     let environ = |pid: i32| std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     // glibc may cut its copy of a many-item GLIBC_TUNABLES at the colons

@@ -418,3 +418,42 @@ fn the_daemons_lock_is_never_free_during_an_update() {
     // And the CLI reaches the daemon, which still holds its home.
     assert!(h.ok(&["ping"]).contains(&format!("daemon pid {daemon}")));
 }
+
+/// Version skew: a herd from before the lock handover (its `--herd-versions`
+/// does not say `lock-handover`) is not handed the lock, which it would
+/// find held and exit; it takes the lock itself after the exec, and the
+/// update still completes with the same daemon.
+#[test]
+fn an_older_herd_that_does_not_take_the_lock_over_still_updates_in_place() {
+    let h = Copied::new(&[]);
+    let daemon = h.daemon_pid();
+    let real = h.dir.join("bin/herd-real");
+    std::fs::copy(herd_bin(), &real).unwrap();
+    let script = format!(
+        "#!/bin/sh\n\
+         if [ \"$1\" = --herd-versions ]; then\n\
+           '{real}' --herd-versions | sed 's/ lock-handover [0-9]*//'\n\
+           exit 0\n\
+         fi\n\
+         exec '{real}' \"$@\"\n",
+        real = real.display()
+    );
+    let new = h.dir.join("bin/herd.new");
+    std::fs::write(&new, script).unwrap();
+    std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&new, h.bin()).unwrap();
+    let said = h.ok(&["update"]);
+    assert!(said.contains("in place"), "{said}\n{}", h.log());
+    assert_eq!(h.daemon_pid(), daemon);
+    assert!(
+        h.ok(&["ping"]).contains(&format!("daemon pid {daemon}")),
+        "{}",
+        h.log()
+    );
+    // It holds its home: the lock cannot be taken.
+    let file = std::fs::File::open(h.home().join("herd.pid")).unwrap();
+    assert!(
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err(),
+        "the updated daemon does not hold herd.pid"
+    );
+}

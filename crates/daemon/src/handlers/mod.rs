@@ -39,7 +39,7 @@ pub struct Ctx {
     pub shutdown: tokio::sync::Notify,
     /// Set by `herd update`: the binary to execute in place once the answer
     /// is sent.
-    pub reexec: Mutex<Option<std::path::PathBuf>>,
+    pub reexec: Mutex<Option<update::NextImage>>,
     /// The control socket's fd (kept open across that exec).
     pub control_fd: std::sync::atomic::AtomicI32,
     /// The held `herd.pid` lock's fd (kept open across that exec too).

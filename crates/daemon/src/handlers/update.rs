@@ -37,9 +37,18 @@ fn own_path() -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot tell where the daemon's binary is: {e}"))
 }
 
+/// The binary `herd update` executes in place, and what it can take over.
+pub struct NextImage {
+    exe: PathBuf,
+    /// It takes the held `herd.pid` lock ([`LOCK_FD_ENV`]); an older herd
+    /// would find its own lock held and exit, so it is not handed one.
+    takes_lock: bool,
+}
+
 /// Ask the binary at `exe` which protocols it speaks; refuse one that does
-/// not answer, or speaks others than this daemon.
-async fn check_versions(exe: &Path) -> Result<(), String> {
+/// not answer, or speaks others than this daemon. Whether it takes the held
+/// lock over.
+async fn check_versions(exe: &Path) -> Result<bool, String> {
     let run = tokio::process::Command::new(exe)
         .arg(VERSIONS_FLAG)
         .stdin(std::process::Stdio::null())
@@ -95,7 +104,7 @@ async fn check_versions(exe: &Path) -> Result<(), String> {
             ours.1
         ));
     }
-    Ok(())
+    Ok(field("lock-handover").is_some_and(|v| v >= 1))
 }
 
 /// Check the new binary; answer; the exec follows the answer
@@ -105,10 +114,14 @@ pub async fn daemon(ctx: &Arc<Ctx>) -> Response {
         Ok(e) => e,
         Err(e) => return failed(e),
     };
-    if let Err(e) = check_versions(&exe).await {
-        return failed(e);
-    }
-    *ctx.reexec.lock().unwrap_or_else(|e| e.into_inner()) = Some(exe.clone());
+    let takes_lock = match check_versions(&exe).await {
+        Ok(takes_lock) => takes_lock,
+        Err(e) => return failed(e),
+    };
+    *ctx.reexec.lock().unwrap_or_else(|e| e.into_inner()) = Some(NextImage {
+        exe: exe.clone(),
+        takes_lock,
+    });
     crate::say!(
         "herd update: daemon {} executes {}",
         std::process::id(),
@@ -127,11 +140,13 @@ pub async fn daemon(ctx: &Arc<Ctx>) -> Response {
 /// new binary now (nothing else runs meanwhile: this is called without an
 /// await between the answer and the exec). Returns only if the exec failed.
 pub fn reexec_if_asked(ctx: &Ctx) {
-    let Some(exe) = ctx.reexec.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+    let Some(NextImage { exe, takes_lock }) =
+        ctx.reexec.lock().unwrap_or_else(|e| e.into_inner()).take()
+    else {
         return;
     };
     let fd = ctx.control_fd.load(std::sync::atomic::Ordering::SeqCst);
-    let lock_fd = ctx.lock_fd.load(std::sync::atomic::Ordering::SeqCst);
+    let lock_fd = takes_lock.then(|| ctx.lock_fd.load(std::sync::atomic::Ordering::SeqCst));
     if let Err(e) = reexec(&exe, fd, lock_fd) {
         crate::say!(
             "herd update: cannot execute {}: {e}; the daemon runs on",
@@ -140,7 +155,9 @@ pub fn reexec_if_asked(ctx: &Ctx) {
     }
 }
 
-fn reexec(exe: &Path, control_fd: i32, lock_fd: i32) -> std::io::Result<()> {
+/// `lock_fd`: the held lock's fd, handed over when the new image takes it
+/// (else it is closed by the exec and the new image locks again).
+fn reexec(exe: &Path, control_fd: i32, lock_fd: Option<i32>) -> std::io::Result<()> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let cstring = |b: &[u8]| CString::new(b).map_err(std::io::Error::other);
@@ -160,11 +177,15 @@ fn reexec(exe: &Path, control_fd: i32, lock_fd: i32) -> std::io::Result<()> {
     envp.push(cstring(
         format!("{CONTROL_FD_ENV}={control_fd}").as_bytes(),
     )?);
-    envp.push(cstring(format!("{LOCK_FD_ENV}={lock_fd}").as_bytes())?);
+    if let Some(lock_fd) = lock_fd {
+        envp.push(cstring(format!("{LOCK_FD_ENV}={lock_fd}").as_bytes())?);
+    }
     set_cloexec(control_fd, false)?;
-    if let Err(e) = set_cloexec(lock_fd, false) {
-        let _ = set_cloexec(control_fd, true);
-        return Err(e);
+    if let Some(lock_fd) = lock_fd {
+        if let Err(e) = set_cloexec(lock_fd, false) {
+            let _ = set_cloexec(control_fd, true);
+            return Err(e);
+        }
     }
     let argv_ptrs: Vec<*const libc::c_char> = argv
         .iter()
@@ -181,7 +202,9 @@ fn reexec(exe: &Path, control_fd: i32, lock_fd: i32) -> std::io::Result<()> {
     unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
     let error = std::io::Error::last_os_error();
     let _ = set_cloexec(control_fd, true);
-    let _ = set_cloexec(lock_fd, true);
+    if let Some(lock_fd) = lock_fd {
+        let _ = set_cloexec(lock_fd, true);
+    }
     Err(error)
 }
 

@@ -159,6 +159,12 @@ echo "herd daemon vs pm2, $STAMP"
 echo "herd: $HERD ($(git rev-parse --short HEAD), $(git status --porcelain -- . ":!bench/results" | wc -l) dirty files outside bench/results)"
 echo "pm2: $(jget "d['version']" <"$PM2_PREFIX/node_modules/pm2/package.json"), node $(node --version), $(nproc) CPUs, $(hyperfine --version 2>/dev/null || echo 'no hyperfine'), $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"
 echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+# build.rs places these functions first; a stale list (another toolchain or
+# Cargo.lock) costs memory: scripts/hot-code/profile.sh makes it again.
+ORDER="$ROOT/scripts/hot-code/hot-code.order"
+if [ -f "$ORDER" ] && command -v nm >/dev/null; then
+  echo "hot code: $(nm "$HERD" | awk 'NR==FNR {if ($0 !~ /^#/) want[$0]=1; next} ($3 in want) {n++; delete want[$3]} END {print n+0}' "$ORDER" -) of $(grep -vc '^#' "$ORDER") functions of scripts/hot-code/hot-code.order are in the binary"
+fi
 } | tee "$OUT" >&2
 
 H1=$BASE_PORT P1=$((BASE_PORT + 1))

@@ -29,6 +29,16 @@ impl Store {
     /// dead ones and those it no longer has, copy those not held yet. What
     /// to say, the first time a copy cannot be taken.
     pub fn sync(&mut self, pid: u32, listed: &[Socket]) -> Option<String> {
+        self.sync_with(pid, listed, herd_engine::copy_listening)
+    }
+
+    /// [`Store::sync`], copying with `copy` (tests stand in for the kernel).
+    fn sync_with(
+        &mut self,
+        pid: u32,
+        listed: &[Socket],
+        copy: impl Fn(u32, i32) -> std::io::Result<(ListenAddr, OwnedFd)>,
+    ) -> Option<String> {
         self.sockets.retain(|(addr, fd)| {
             herd_engine::is_listening(fd) && listed.iter().any(|s| &s.addr == addr)
         });
@@ -37,10 +47,11 @@ impl Store {
             if self.sockets.iter().any(|(addr, _)| addr == &socket.addr) {
                 continue;
             }
-            match herd_engine::copy_listening(pid, socket.fd) {
+            match copy(pid, socket.fd) {
                 Ok((addr, fd)) if addr == socket.addr => self.sockets.push((addr, fd)),
                 // Its listeners changed since it answered: the next sync.
                 Ok(_) => {}
+                Err(e) if changed_since_listed(&e) => {}
                 Err(e) => failure = Some(format!("{}: {e}", socket.addr)),
             }
         }
@@ -95,6 +106,16 @@ impl Store {
     }
 }
 
+/// Whether a copy failed because the supervisor's sockets changed between
+/// its answer and the copy, not because the daemon may not copy them: the fd
+/// is closed (`EBADF`: a stop or a delete shut the socket), the process is
+/// gone (`ESRCH`), or the number now holds something else than a listening
+/// socket. The next sync sees the new list; nothing to warn about.
+fn changed_since_listed(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EBADF | libc::ESRCH))
+        || e.kind() == std::io::ErrorKind::InvalidInput
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,12 +156,32 @@ mod tests {
     #[test]
     fn a_socket_that_cannot_be_copied_is_said_once() {
         let a = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut listed = socket_of(&a);
-        listed.fd = 9999; // not open in the "supervisor"
+        let listed = socket_of(&a);
+        let refused = |_: u32, _: i32| Err(std::io::Error::from_raw_os_error(libc::EPERM));
         let mut store = Store::default();
-        let said = store.sync(std::process::id(), &[listed.clone()]).unwrap();
+        let said = store.sync_with(1, &[listed.clone()], refused).unwrap();
         assert!(said.contains("cannot keep a copy"), "{said}");
+        assert!(said.contains("Operation not permitted"), "{said}");
+        assert_eq!(store.sync_with(1, &[listed], refused), None);
+        assert!(store.is_empty());
+    }
+
+    /// Seen as "cannot keep a copy of its listening socket …: Bad file
+    /// descriptor" in the daemon's log when apps were deleted: the
+    /// supervisor had listed the socket, then closed it before the copy.
+    #[test]
+    fn a_socket_closed_between_the_list_and_the_copy_is_no_warning() {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut listed = socket_of(&a);
+        listed.fd = 9999; // no longer open in the "supervisor"
+        let mut store = Store::default();
         assert_eq!(store.sync(std::process::id(), &[listed]), None);
         assert!(store.is_empty());
+        // Nor one of a supervisor that has ended.
+        let gone = |_: u32, _: i32| Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        assert_eq!(store.sync_with(1, &[socket_of(&a)], gone), None);
+        // A real failure is still said after those.
+        let refused = |_: u32, _: i32| Err(std::io::Error::from_raw_os_error(libc::EPERM));
+        assert!(store.sync_with(1, &[socket_of(&a)], refused).is_some());
     }
 }

@@ -19,10 +19,8 @@ use nix::sys::socket::{
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
-/// Bytes read per `recvmsg`: small for the usual small messages (the room is
-/// zeroed before each read), growing up to the large size while a long
-/// message is being read.
-const RECV_CHUNK_SMALL: usize = 8 * 1024;
+/// The most bytes one `recvmsg` reads; each reads what the socket holds, up
+/// to this (the room is zeroed before each read).
 const RECV_CHUNK: usize = 64 * 1024;
 /// Room for this many fds in one `recvmsg`: the kernel's limit for one
 /// send (`SCM_MAX_FD`), so fds are never cut off (a cut-off control message
@@ -151,14 +149,15 @@ impl Channel {
     }
 }
 
-/// One `recvmsg` into the spare end of `buf`.
+/// One `recvmsg` onto the end of `buf`, of what the socket holds (at most
+/// [`RECV_CHUNK`]): `buf` grows by what comes, never by a fixed reserve.
 fn recv_chunk(
     sock: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
     fds: &mut Vec<OwnedFd>,
 ) -> io::Result<usize> {
     let start = buf.len();
-    buf.resize(start + start.clamp(RECV_CHUNK_SMALL, RECV_CHUNK), 0);
+    buf.resize(start + super::pending_bytes(sock, RECV_CHUNK), 0);
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
     let result = {
         let mut iov = [IoSliceMut::new(&mut buf[start..])];

@@ -341,6 +341,11 @@ impl Lines {
             return Some((piece, carried));
         }
         self.buf.drain(..self.start);
+        if self.buf.is_empty() {
+            // Every message read is handed out: an idle channel holds no
+            // buffer (the next read sizes one by what comes).
+            self.buf = Vec::new();
+        }
         if let Some((at, _)) = &mut self.fds_at {
             *at -= self.start;
         }
@@ -374,6 +379,22 @@ mod tests {
     use super::*;
     use crate::os::channel;
     use std::io::Write;
+
+    /// An idle worker's channel holds no buffer: once every message read is
+    /// handed out, the bytes' room goes (it was 8 KiB a worker for life).
+    #[test]
+    fn lines_keep_no_buffer_once_every_message_is_out() {
+        let mut lines = Lines::new(1024);
+        lines.buffer().extend_from_slice(b"{\"a\":1}\n{\"b\"");
+        assert!(matches!(lines.next_piece(), Some((Piece::Message(_), 0))));
+        assert!(lines.next_piece().is_none());
+        // The unfinished message stays.
+        assert_eq!(lines.leftover().bytes, b"{\"b\"");
+        lines.buffer().extend_from_slice(b":2}\n");
+        assert!(matches!(lines.next_piece(), Some((Piece::Message(_), 0))));
+        assert!(lines.next_piece().is_none());
+        assert_eq!(lines.buffer().capacity(), 0);
+    }
 
     /// Everything the reader hands over, rendered for comparison.
     async fn read_all(

@@ -249,7 +249,10 @@ async fn pump(
         }
         // Read what the pipe holds (at most its 64 KiB) straight into the
         // cutter's buffer: no buffer stays with an idle pump.
-        let read = cutter.read_with(pending_bytes(&pipe), |buf| pipe.try_read_buf(buf));
+        let read = cutter.read_with(
+            crate::os::pending_bytes(std::os::fd::AsFd::as_fd(&pipe), 64 * 1024),
+            |buf| pipe.try_read_buf(buf),
+        );
         lines = match read {
             Ok((0, _)) => break,
             Ok((_, lines)) => lines,
@@ -262,19 +265,6 @@ async fn pump(
         info.deliver(&events, last, &mut stop).await;
     }
     None
-}
-
-/// How many bytes wait in the pipe (`FIONREAD`), at least 1 and at most
-/// a pipe's default capacity; 4 KiB when it cannot say.
-fn pending_bytes(pipe: &tokio::net::unix::pipe::Receiver) -> usize {
-    use std::os::fd::AsRawFd;
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one c_int, into `n`, which lives on.
-    let asked = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut n) };
-    if asked < 0 {
-        return 4096;
-    }
-    usize::try_from(n).unwrap_or(0).clamp(1, 64 * 1024)
 }
 
 /// Cuts a pipe's bytes into whole lines, however the reads split them:

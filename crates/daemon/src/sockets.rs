@@ -159,7 +159,9 @@ mod tests {
         let listed = socket_of(&a);
         let refused = |_: u32, _: i32| Err(std::io::Error::from_raw_os_error(libc::EPERM));
         let mut store = Store::default();
-        let said = store.sync_with(1, &[listed.clone()], refused).unwrap();
+        let said = store
+            .sync_with(1, std::slice::from_ref(&listed), refused)
+            .unwrap();
         assert!(said.contains("cannot keep a copy"), "{said}");
         assert!(said.contains("Operation not permitted"), "{said}");
         assert_eq!(store.sync_with(1, &[listed], refused), None);

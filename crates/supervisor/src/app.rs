@@ -468,42 +468,49 @@ impl Actor {
         self.keeper.app_changed(&self.def, desired);
     }
 
-    async fn run(
+    /// The actor's loop. Not an `async fn`: that would move `self` (3.4 kB)
+    /// from its argument into a local, and the future would keep room for
+    /// both for the app's life; the block uses the captured one in place.
+    fn run(
         mut self,
         mut commands: mpsc::Receiver<Envelope>,
         mut queries: mpsc::Receiver<oneshot::Sender<proto::App>>,
-    ) -> Option<Handover> {
-        let mut tick = tokio::time::interval(SAMPLE_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut queries_open = true;
-        while !self.deleted && !self.quit && self.handover.is_none() {
-            tokio::select! {
-                query = queries.recv(), if queries_open => match query {
-                    Some(reply) => {
-                        let app = self.app().await;
-                        let _ = reply.send(app);
-                    }
-                    None => queries_open = false,
-                },
-                envelope = commands.recv(), if self.pending.is_none() => match envelope {
-                    Some(e) => self.begin(e.command, e.reply).await,
-                    // Every handle let go of the app: its owner is ending.
-                    None => {
-                        if let Some(engine) = &self.engine {
-                            engine.command(Command::Stop);
+    ) -> impl std::future::Future<Output = Option<Handover>> {
+        async move {
+            let mut tick = tokio::time::interval(SAMPLE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut queries_open = true;
+            while !self.deleted && !self.quit && self.handover.is_none() {
+                tokio::select! {
+                    query = queries.recv(), if queries_open => match query {
+                        Some(reply) => {
+                            let app = self.app().await;
+                            let _ = reply.send(app);
                         }
-                        self.drain_until_exit().await;
-                        break;
-                    }
-                },
-                event = next_event(&mut self.events) => self.on_event(event),
-                _ = tick.tick() => self.sample().await,
+                        None => queries_open = false,
+                    },
+                    envelope = commands.recv(), if self.pending.is_none() => match envelope {
+                        // Boxed: a command's future is large (3 kB) and brief;
+                        // inline, the loop's future would keep room for it.
+                        Some(e) => Box::pin(self.begin(e.command, e.reply)).await,
+                        // Every handle let go of the app: its owner is ending.
+                        None => {
+                            if let Some(engine) = &self.engine {
+                                engine.command(Command::Stop);
+                            }
+                            self.drain_until_exit().await;
+                            break;
+                        }
+                    },
+                    event = next_event(&mut self.events) => self.on_event(event),
+                    _ = tick.tick() => self.sample().await,
+                }
             }
+            if self.deleted {
+                self.tell(proto::Event::Deleted);
+            }
+            self.handover.take()
         }
-        if self.deleted {
-            self.tell(proto::Event::Deleted);
-        }
-        self.handover.take()
     }
 
     /// Read events until the engine instance is gone.

@@ -629,7 +629,9 @@ async fn supervise(
             ended = &mut actor => match ended {
                 Ok(Some(handover)) => {
                     let fds = [listener.as_raw_fd(), lock_fd];
-                    upgrade(files, &name, &containment, handover, &fds).await;
+                    // Boxed: the upgrade's future (5.6 kB) would otherwise
+                    // keep its room in this one, which lives as long as the app.
+                    Box::pin(upgrade(files, &name, &containment, handover, &fds)).await;
                     // Only an exec that failed twice gets here: the app is lost.
                     break;
                 }

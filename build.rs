@@ -24,13 +24,15 @@
 //!
 //! A release build also asks the linker to place the functions that herd's
 //! daemon and app supervisors run (`scripts/hot-code/hot-code.order`, about
-//! 2,800 of the binary's 14,500) together at the start of the code. The
+//! 1,800 of the binary's functions) together at the start of the code. The
 //! kernel maps code into a process 64 KiB around each page it runs, so
 //! spread among the CLI's, the TUI's and the config parsers' code, those
 //! functions kept 4–5 MB of the binary mapped (in the daemon alone 4.4 MB
-//! of 8.4); packed, 1.6 MB. The list names symbols, whose hashes change with
-//! the Rust toolchain and Cargo.lock: `scripts/hot-code/profile.sh` makes it
-//! again (`bench/daemon.sh` reports how much of it the binary still has). A
+//! of 8.4); packed, 1.7 MB. The list names symbols, whose hashes change with
+//! the Rust toolchain and Cargo.lock (and a function's name with a change
+//! that makes or unmakes it; fat LTO, Cargo.toml, keeps the others'):
+//! `scripts/hot-code/profile.sh` makes it again (`bench/daemon.sh` reports
+//! how much of it the binary still has). A
 //! stale list costs memory, never correctness: the linker skips names it
 //! does not find. Only rust-lld (rustc's default linker for this target
 //! since 1.90) takes the list, so it is passed only when that is the linker;

@@ -471,6 +471,7 @@ impl Actor {
     /// The actor's loop. Not an `async fn`: that would move `self` (3.4 kB)
     /// from its argument into a local, and the future would keep room for
     /// both for the app's life; the block uses the captured one in place.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
     fn run(
         mut self,
         mut commands: mpsc::Receiver<Envelope>,

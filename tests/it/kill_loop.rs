@@ -139,6 +139,7 @@ impl Bench {
         let bin_dir = TempDir::new("kill-loop-bin");
         for copy in ["herd.0", "herd.1"] {
             std::fs::copy(herd_bin(), bin_dir.join(copy)).unwrap();
+            until_executable(&bin_dir.join(copy));
         }
         std::fs::hard_link(bin_dir.join("herd.0"), bin_dir.join("herd")).unwrap();
         let d = Daemon::with_binary(bin_dir.join("herd"));

@@ -50,6 +50,7 @@ impl Copied {
         let new = self.dir.join("bin/herd.new");
         std::fs::copy(herd_bin(), &new).unwrap();
         std::fs::rename(&new, self.bin()).unwrap();
+        until_executable(&self.bin());
     }
 
     /// Put a program that is no herd at the path.
@@ -58,6 +59,7 @@ impl Copied {
         std::fs::write(&new, "#!/bin/sh\necho broken >&2\nexit 1\n").unwrap();
         std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::rename(&new, self.bin()).unwrap();
+        until_executable(&self.bin());
     }
 
     /// The copy at the path (the test's own binary when it is broken).

@@ -69,6 +69,7 @@ impl Install {
         let tmp = self.dir.join("herd.new");
         std::fs::copy(from, &tmp).unwrap();
         std::fs::rename(&tmp, self.herd()).unwrap();
+        until_executable(&self.herd());
         std::fs::metadata(self.herd()).unwrap().ino()
     }
 
@@ -79,6 +80,7 @@ impl Install {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::rename(&tmp, self.herd()).unwrap();
+        until_executable(&self.herd());
     }
 }
 

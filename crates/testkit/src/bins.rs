@@ -129,3 +129,33 @@ fn cargo_build(build_args: &[&str]) -> Result<PathBuf, String> {
     }
     Ok(profile_dir)
 }
+
+/// Wait until the program just written at `path` can be executed: run it
+/// once (with `--herd-versions`, which a herd answers at once; a script
+/// ignores it), again while the kernel says `ETXTBSY`. A test thread's
+/// `fork` that happened while another thread was writing the copy holds the
+/// copy's write fd until that child's `exec`, and an `exec` of the copy
+/// meanwhile fails with "Text file busy" (seen once in CI on
+/// `update::a_broken_binary_changes_nothing_and_says_what_failed`). Once an
+/// `exec` succeeds no writer is left, so later ones succeed too.
+pub fn until_executable(path: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Command::new(path)
+            .arg("--herd-versions")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+        {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("cannot run {}: {e}", path.display()),
+            Ok(_) => return,
+        }
+    }
+}

@@ -42,7 +42,7 @@ mod need;
 pub mod pat;
 mod procs;
 
-pub use bins::{cargo_built, example_bin, herd_bin, worker_bin};
+pub use bins::{cargo_built, example_bin, herd_bin, until_executable, worker_bin};
 pub use daemon::{end_supervisors, worker_pids, Daemon};
 pub use herd::Herd;
 pub use http::{

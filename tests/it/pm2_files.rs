@@ -146,23 +146,6 @@ fn all_answer(port: u16, want: &BTreeSet<i32>) {
     );
 }
 
-/// `n` consecutive ports free a moment ago.
-fn free_run(n: u16) -> u16 {
-    'next: for _ in 0..50 {
-        let base = free_port();
-        if base > u16::MAX - n {
-            continue;
-        }
-        for p in base..base + n {
-            if std::net::TcpListener::bind(("127.0.0.1", p)).is_err() {
-                continue 'next;
-            }
-        }
-        return base;
-    }
-    panic!("no {n} free ports in a row");
-}
-
 /// The lines of a log file, once it has `n` lines matching `needle`.
 fn wait_log(path: &Path, needle: &str, n: usize) -> String {
     let mut body = String::new();
@@ -295,7 +278,7 @@ fn webrtc_instances_zero_env_production_and_instance_vars() {
 #[test]
 fn docker_node_fork_instances_increment_var() {
     need_node!();
-    let base = free_run(3);
+    let base = free_ports(3);
     let c = Case::new(
         "docker-node",
         "ecosystem.config.js",

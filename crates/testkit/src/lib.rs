@@ -47,7 +47,8 @@ pub use daemon::{end_supervisors, worker_pids, Daemon};
 pub use herd::Herd;
 pub use http::{
     http_get, http_request, pid_in_body, pids_answering, unix_http_get, unix_http_request,
-    wait_http, wait_http_ok, FailedAt, Load, LoadReport, Response,
+    wait_http, wait_http_ok, FailedAt, Load, LoadReport, Response, KERNEL_PICKS,
+    KERNEL_PICKS_PATIENCE,
 };
 pub use need::{in_ci, need, runtime_bin, skip_or_fail, Need};
 pub use pat::match_pat;
@@ -103,13 +104,58 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// Listen on any free port: read the real one with [`Herd::listen_addr`].
 pub const ANY: &str = "127.0.0.1:0";
 
-/// A port that was free a moment ago on 127.0.0.1 (racy: prefer [`ANY`]).
+/// A port free on 127.0.0.1 that nothing else will be handed: prefer
+/// [`ANY`] where the program under test can say which port it bound.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports(1)
+}
+
+/// The first of `n` consecutive ports free on 127.0.0.1 that nothing else
+/// will be handed (an app whose worker `i` listens on `PORT + i`).
+///
+/// A port the kernel picks for `bind(:0)` comes from the ephemeral range,
+/// which is also where every outgoing connection's local port comes from:
+/// between that pick and herd's bind, a parallel test's load generator could
+/// take it ("address already in use", seen in CI). So the picks come from
+/// below that range, where the kernel never hands ports out; each pick of
+/// this process takes ports no other pick of it gets (a counter, from a
+/// start that depends on the pid so that test processes spread out), and
+/// only ports that all bind right now are returned.
+pub fn free_ports(n: u16) -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let (low, high) = unassigned_ports();
+    let span = usize::from(high - low);
+    let n = usize::from(n.max(1));
+    let start = std::process::id() as usize * 7919;
+    for _ in 0..span / n {
+        let first = (start + NEXT.fetch_add(n, Ordering::SeqCst)) % span;
+        if first + n > span {
+            continue;
+        }
+        let base = low + first as u16;
+        if (base..base + n as u16).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!(
+        "no {n} consecutive ports in {low}..{high} bind on 127.0.0.1: is something holding them?"
+    );
+}
+
+/// Ports the kernel does not hand out on its own: from 10000 up to the
+/// ephemeral range (`net.ipv4.ip_local_port_range`), or the ephemeral range
+/// itself on a machine whose range starts too low to leave room below it.
+fn unassigned_ports() -> (u16, u16) {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
+    let mut bounds = range
+        .iter()
+        .flat_map(|r| r.split_whitespace())
+        .filter_map(|p| p.parse::<u16>().ok());
+    match (bounds.next(), bounds.next()) {
+        (Some(eph_low), _) if eph_low >= 12000 => (10000, eph_low),
+        (Some(eph_low), Some(eph_high)) if eph_high > eph_low => (eph_low, eph_high),
+        _ => (32768, 60999),
+    }
 }
 
 pub fn free_addr() -> String {

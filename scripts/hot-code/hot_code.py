@@ -3,6 +3,11 @@
 
   hot_code.py snap BIN OUT PID...    append to OUT the file offsets of BIN's code
                                      pages that these processes have mapped
+  hot_code.py evict-after-trim BIN PID...
+                                     wait until each of these processes has let
+                                     go of its code pages (herd_engine's
+                                     memory::Trim), then evict BIN's pages that
+                                     none maps from the page cache
   hot_code.py order BIN PAGES...     print the functions on those pages, one
                                      symbol a line: the order file for the linker
 
@@ -13,14 +18,14 @@ it, so the pages give exactly the functions that ran.
 """
 import bisect
 import os
-import struct
 import subprocess
 import sys
+import time
 
 PAGE = 4096
 
 
-def snap(binary, out, pids):
+def snap(binary, out, pids, append=True):
     binary = os.path.realpath(binary)
     pages = set()
     for pid in pids:
@@ -35,12 +40,47 @@ def snap(binary, out, pids):
             lo, hi = (int(x, 16) for x in f[0].split("-"))
             offset = int(f[2], 16)
             with open(f"/proc/{pid}/pagemap", "rb") as pagemap:
-                for page in range(lo, hi, PAGE):
-                    pagemap.seek(page // PAGE * 8)
-                    if struct.unpack("Q", pagemap.read(8))[0] >> 63:  # present
-                        pages.add(page - lo + offset)
-    with open(out, "a") as f:
+                pagemap.seek(lo // PAGE * 8)
+                entries = memoryview(pagemap.read((hi - lo) // PAGE * 8)).cast("Q")
+                for i, entry in enumerate(entries):
+                    if entry >> 63:  # present
+                        pages.add(i * PAGE + offset)
+    with open(out, "a" if append else "w") as f:
         f.writelines(f"{p}\n" for p in sorted(pages))
+
+
+def mapped_pages(binary, pid):
+    """How many of BIN's code pages the process has mapped (0 if it is gone)."""
+    before = PAGES_FILE
+    try:
+        snap(binary, before, [pid], append=False)
+        return sum(1 for _ in open(before))
+    finally:
+        if os.path.exists(before):
+            os.remove(before)
+
+
+PAGES_FILE = f"/tmp/hot-code-pages.{os.getpid()}"
+
+
+def evict_after_trim(binary, pids, timeout=10.0):
+    """The idle phase starts from nothing mapped: once every process has
+    trimmed (its mapped code pages fell to under half), drop BIN's pages no
+    process maps from the page cache, so that only what runs from then on
+    is read (readahead is off) and mapped again."""
+    start = {pid: mapped_pages(binary, pid) for pid in pids}
+    waiting = {pid for pid, n in start.items() if n > 0}
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        waiting = {pid for pid in waiting if mapped_pages(binary, pid) * 2 > start[pid]}
+        time.sleep(0.005)
+    if waiting:
+        sys.exit(f"processes {sorted(waiting)} did not trim within {timeout} s")
+    fd = os.open(binary, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def code_segment_delta(binary):
@@ -81,6 +121,8 @@ def order(binary, page_files):
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "snap":
         snap(sys.argv[2], sys.argv[3], sys.argv[4:])
+    elif len(sys.argv) >= 4 and sys.argv[1] == "evict-after-trim":
+        evict_after_trim(sys.argv[2], [int(p) for p in sys.argv[3:]])
     elif len(sys.argv) >= 4 and sys.argv[1] == "order":
         order(sys.argv[2], sys.argv[3:])
     else:

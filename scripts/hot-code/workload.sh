@@ -2,7 +2,8 @@
 # What the hot-code profile runs (scripts/hot-code/profile.sh sources this):
 # herd's daemon and app supervisors through bench/daemon.sh's memory scenario
 # ("steady": start apps, list, idle), then through the rest of the verbs
-# ("verbs"). `snap PHASE` records the text pages the daemon and the
+# ("verbs"); in between, what an idle herd runs once it has let go of its
+# code pages ("idle", first in the order). `snap PHASE` records the text pages the daemon and the
 # supervisors have mapped so far; `cli` runs the CLI from its own copy of the
 # binary, so that its pages are not counted.
 EX="$ROOT/examples/node"
@@ -20,6 +21,11 @@ cli list >/dev/null; cli list --json >/dev/null; cli jlist >/dev/null
 sleep 12 # the samplers and timers of an idle herd
 cli list >/dev/null
 snap steady
+# --- idle: what runs once each process has let go of its code (Trim) ----------
+cli list >/dev/null # each process trims Trim::QUIET after this
+python3 "$HERE/hot_code.py" evict-after-trim "$PROFILED" $(herd_pids)
+sleep 6
+snap idle
 cli delete all >/dev/null
 snap steady
 cli kill >/dev/null

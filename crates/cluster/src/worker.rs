@@ -142,12 +142,11 @@ impl Worker {
     /// polled.
     pub fn shutdown(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         self.signals.get_or_init(|| {
-            use tokio::signal::unix::{signal, SignalKind};
+            use herd_signals::Signal;
             // Registered here, synchronously: a signal from now on is seen.
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
+            let (Ok(mut int), Ok(mut term)) =
+                (Signal::new(libc::SIGINT), Signal::new(libc::SIGTERM))
+            else {
                 return;
             };
             let tx = self.shutdown.clone();

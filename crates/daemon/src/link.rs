@@ -21,6 +21,7 @@
 //! moment first for a supervisor that is being started again.
 
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -205,7 +206,7 @@ impl Link {
             return Err(format!("{} is being deleted", self.inner.name));
         }
         let home = self.inner.files.home().root().to_path_buf();
-        let mut command = tokio::process::Command::new(herd_exe());
+        let mut command = std::process::Command::new(herd_exe());
         command
             .arg0("herd")
             .arg("supervise")
@@ -217,10 +218,7 @@ impl Link {
             // Its allocator without per-thread caches (read at start only).
             .envs(herd_engine::memory::lean_start_env())
             .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stdin(Stdio::null());
         // The sockets a dead supervisor left (clients queued on them):
         // duplicates, open here until the spawn is done.
         let held = self.store().to_pass();
@@ -241,17 +239,19 @@ impl Link {
                 });
             }
         }
-        let out = tokio::time::timeout(START_DEADLINE, command.output()).await;
+        // Killed if it has not answered by the deadline, or if this future
+        // is dropped.
+        let out = herd_engine::child::output(command, START_DEADLINE).await;
         drop(held);
         let out = match out {
-            Ok(Ok(out)) => out,
-            Ok(Err(e)) => return Err(format!("cannot run herd supervise: {e}")),
-            Err(_) => {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 return Err(format!(
                     "its supervisor did not serve within {} s",
                     START_DEADLINE.as_secs()
                 ))
             }
+            Err(e) => return Err(format!("cannot run herd supervise: {e}")),
         };
         let said = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
         if out.status.success() {

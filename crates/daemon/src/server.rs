@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herd_protocol::{Connection, ErrorKind, FrameError, Request, Response, MAX_FRAME, VERSION};
+use herd_signals::Signal;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use herd_protocol::supervisor::Command;
@@ -129,10 +129,10 @@ pub async fn serve(
             listener
         }
     };
-    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Runtime)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Runtime)?;
-    let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(Error::Runtime)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(Error::Runtime)?;
+    let mut sigterm = Signal::new(libc::SIGTERM).map_err(Error::Runtime)?;
+    let mut sigint = Signal::new(libc::SIGINT).map_err(Error::Runtime)?;
+    let mut sigusr1 = Signal::new(libc::SIGUSR1).map_err(Error::Runtime)?;
+    let mut sighup = Signal::new(libc::SIGHUP).map_err(Error::Runtime)?;
     let http = match options.metrics {
         Some(addr) => Some(
             crate::http::bind(addr)
@@ -194,12 +194,17 @@ pub async fn serve(
         waiting: Mutex::new(Waiting::default()),
         active: Arc::new(Semaphore::new(MAX_ACTIVE)),
     });
+    // What start-up and each request ran and left is given back a moment
+    // later, and once a minute (`herd_engine::memory::Trim`).
+    let mut trim = herd_engine::memory::Trim::new();
     loop {
         tokio::select! {
             // Paused while `herd update` lets the requests under way end.
             _ = ctx.updating_changed.notified() => {}
+            _ = tokio::time::sleep_until(trim.due().into()) => trim.run(),
             accepted = listener.accept(), if !ctx.updating() => match accepted {
                 Ok((stream, _)) => {
+                    trim.poke();
                     tokio::spawn(client(door.clone(), stream));
                 }
                 Err(e) => {

@@ -10,8 +10,8 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use herd_signals::Signal;
 use serde::{Deserialize, Serialize};
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::clock::MonoTime;
@@ -233,12 +233,12 @@ struct Signals {
 impl Signals {
     fn new() -> io::Result<Signals> {
         Ok(Signals {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-            hup: signal(SignalKind::hangup())?,
-            ttin: signal(SignalKind::from_raw(libc::SIGTTIN))?,
-            ttou: signal(SignalKind::from_raw(libc::SIGTTOU))?,
-            usr2: signal(SignalKind::user_defined2())?,
+            int: Signal::new(libc::SIGINT)?,
+            term: Signal::new(libc::SIGTERM)?,
+            hup: Signal::new(libc::SIGHUP)?,
+            ttin: Signal::new(libc::SIGTTIN)?,
+            ttou: Signal::new(libc::SIGTTOU)?,
+            usr2: Signal::new(libc::SIGUSR2)?,
         })
     }
 }
@@ -261,8 +261,12 @@ async fn run_loop(
     let mut upgrading: Option<Upgrading> = None;
     // The app is frozen: its last events are read, then the exec.
     let mut frozen: Option<Frozen> = None;
+    // What start-up ran and left is given back in a moment, and again once
+    // a minute (as an app's supervisor does).
+    let mut trim = crate::os::memory::Trim::new();
     loop {
         tokio::select! {
+            _ = tokio::time::sleep_until(trim.due().into()) => trim.run(),
             permit = writer.tx.clone().reserve_owned(), if room.is_none() => match permit {
                 Ok(p) => room = Some(p),
                 Err(_) => return Ended::Exit(1), // the output thread is gone

@@ -91,6 +91,7 @@ pub use cpus::usable_cpus;
 pub use exit::ExitStatus;
 /// A worker's end of its channel, for a worker written in Rust (`herd-cluster`).
 pub use os::channel::Channel;
+pub use os::child;
 pub use os::init::{init_if_pid1, init_if_pid1_then, under_herd_init, OnHerdDeath};
 pub use os::memory;
 pub use os::notify::sd_notify;

@@ -43,8 +43,8 @@ use herd_protocol::supervisor::{
     AppFile, Binary, Containment, Desired, SupervisorInfo, Ticket, VERSION,
 };
 use herd_protocol::AppDef;
+use herd_signals::Signal;
 use serde::{Deserialize, Serialize};
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::app::{self, AppCommand, Keeper};
 use crate::contain::{self, Cgroup, CgroupError, ContainMode, Record};
@@ -550,10 +550,10 @@ async fn supervise(
         }
     };
     let (mut sigterm, mut sigint, mut sigusr1, mut sighup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::user_defined1()),
-        signal(SignalKind::hangup()),
+        Signal::new(libc::SIGTERM),
+        Signal::new(libc::SIGINT),
+        Signal::new(libc::SIGUSR1),
+        Signal::new(libc::SIGHUP),
     ) {
         (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
         _ => {
@@ -605,16 +605,19 @@ async fn supervise(
     ready.serving(&format!(
         "supervisor {pid} of app {name} (id {id}): {message}"
     ));
-    // What start-up parsed and built is freed by now: give it back (this
-    // process lives as long as the app, one per app).
-    herd_engine::memory::release_free_memory();
+    // What start-up parsed, built and ran is given back in a moment (this
+    // process lives as long as the app, one per app), and again after each
+    // command and once a minute.
+    let mut trim = herd_engine::memory::Trim::new();
 
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     let mut quitting = false;
     loop {
         tokio::select! {
+            _ = tokio::time::sleep_until(trim.due().into()) => trim.run(),
             accepted = accept(&listener, &slots) => match accepted {
                 Ok((stream, slot)) => {
+                    trim.poke();
                     let shared = shared.clone();
                     tokio::spawn(Box::pin(async move {
                         server::client(shared, stream).await;

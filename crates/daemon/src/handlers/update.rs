@@ -49,14 +49,11 @@ pub struct NextImage {
 /// not answer, or speaks others than this daemon. Whether it takes the held
 /// lock over.
 async fn check_versions(exe: &Path) -> Result<bool, String> {
-    let run = tokio::process::Command::new(exe)
-        .arg(VERSIONS_FLAG)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = match tokio::time::timeout(VERSIONS_DEADLINE, run).await {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => {
+    let mut run = std::process::Command::new(exe);
+    run.arg(VERSIONS_FLAG).stdin(std::process::Stdio::null());
+    let out = match herd_engine::child::output(run, VERSIONS_DEADLINE).await {
+        Ok(out) => out,
+        Err(e) if e.kind() != std::io::ErrorKind::TimedOut => {
             return Err(format!(
                 "cannot run the new binary {}: {e}; nothing was changed",
                 exe.display()

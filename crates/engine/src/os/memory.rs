@@ -4,9 +4,16 @@
 //! of its own (a supervisor had two threads; the second arena alone held
 //! about 200 kB; a helper thread may still start), and keeps freed pages
 //! inside its heap until asked to return them. Elsewhere (musl, other libcs) both calls do nothing.
+//!
+//! Code is the other cost a process pays alone when the binary is shared
+//! by few: every page of the program a process has touched stays mapped
+//! (with the kernel's fault-around, 64 KiB at a time), start-up's argument
+//! and config parsing included, and counts in its PSS. [`Trim`] gives both
+//! back a moment after each burst of work and once a minute.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::time::{Duration, Instant};
 
 /// One malloc arena for the whole process. Call first thing in `main`,
 /// before any thread exists. herd's threads allocate little and rarely at
@@ -29,6 +36,187 @@ pub fn release_free_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// When a long-lived herd process (the daemon, an app's supervisor) gives
+/// memory back: [`Trim::QUIET`] after start-up or after work came in
+/// ([`Trim::poke`]), and every [`Trim::PERIOD`] for what ran meanwhile
+/// (a restart, a reload by watch or cron). Plain data: the caller's loop
+/// sleeps until [`Trim::due`] and then calls [`Trim::run`].
+#[derive(Debug, Clone, Copy)]
+pub struct Trim {
+    due: Instant,
+}
+
+impl Trim {
+    /// How long after work came in.
+    pub const QUIET: Duration = Duration::from_secs(2);
+    /// How often otherwise.
+    pub const PERIOD: Duration = Duration::from_secs(60);
+
+    /// Due [`Trim::QUIET`] from now (a process that has just started).
+    pub fn new() -> Trim {
+        Trim {
+            due: Instant::now() + Trim::QUIET,
+        }
+    }
+
+    /// When [`Trim::run`] is due.
+    pub fn due(&self) -> Instant {
+        self.due
+    }
+
+    /// Work came in: be due within [`Trim::QUIET`] (never later than
+    /// already due, so that steady work cannot put it off for ever).
+    pub fn poke(&mut self) {
+        self.due = self.due.min(Instant::now() + Trim::QUIET);
+    }
+
+    /// Give back the heap's free pages, the code's mapped pages and the
+    /// main thread's stack pages below the caller's frame; due
+    /// again in [`Trim::PERIOD`]. Costs a system call or two here, and a
+    /// few dozen minor faults as the code that runs next is mapped again.
+    pub fn run(&mut self) {
+        release_free_memory();
+        release_code_pages();
+        release_unused_stack();
+        self.due = Instant::now() + Trim::PERIOD;
+    }
+}
+
+impl Default for Trim {
+    fn default() -> Trim {
+        Trim::new()
+    }
+}
+
+/// Let go of the pages of this program's code and read-only data that
+/// are mapped now (after start-up: argument and config parsing, set-up)
+/// so that only what runs from here on is mapped again, by the next page
+/// fault of each. Those pages are the binary file's, in the page cache,
+/// never written (`MADV_DONTNEED` on them only drops this process's page
+/// table entries: nothing is lost, the next use maps the same page again
+/// from the cache, a minor fault). Writable segments (data, the
+/// relocated read-only-after-relocation part) are left alone.
+pub fn release_code_pages() {
+    #[cfg(target_os = "linux")]
+    for (start, len) in read_only_segments() {
+        // SAFETY: the range is page-aligned and lies inside this program's
+        // own read-only, file-backed mappings, which are never written: the
+        // kernel maps the same file pages again on the next access.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED);
+        }
+    }
+}
+
+/// Let go of the main thread's stack pages well below the caller's frame:
+/// start-up's deep calls (parsing, set-up) touched them once and they stay
+/// resident for the process's life otherwise. Below the stack pointer
+/// nothing is live (the ABI's red zone is 128 bytes; a margin of
+/// [`STACK_MARGIN`] is kept), and a page given back reads as zeros the
+/// next time a call goes that deep, which writes before it reads. Called
+/// on another thread's stack, it does nothing.
+pub fn release_unused_stack() {
+    #[cfg(target_os = "linux")]
+    {
+        let marker = 0u8;
+        let here = std::hint::black_box(&marker) as *const u8 as usize;
+        let Some((low, high)) = main_stack() else {
+            return;
+        };
+        if !(low..high).contains(&here) {
+            return;
+        }
+        let end = here.saturating_sub(STACK_MARGIN) & !(4096 - 1);
+        if end > low {
+            // SAFETY: [low, end) is the main thread's own stack mapping,
+            // more than STACK_MARGIN below the current frame: no live data
+            // is there, and the kernel gives zeroed pages on the next touch.
+            unsafe {
+                libc::madvise(low as *mut libc::c_void, end - low, libc::MADV_DONTNEED);
+            }
+        }
+    }
+}
+
+/// How far below the caller's frame [`release_unused_stack`] leaves the
+/// stack alone.
+pub const STACK_MARGIN: usize = 4 * 1024;
+
+/// The main thread's stack mapping (`[stack]` in `/proc/self/maps`).
+#[cfg(target_os = "linux")]
+fn main_stack() -> Option<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let line = maps.lines().find(|l| l.ends_with("[stack]"))?;
+    let (low, high) = line.split_whitespace().next()?.split_once('-')?;
+    Some((
+        usize::from_str_radix(low, 16).ok()?,
+        usize::from_str_radix(high, 16).ok()?,
+    ))
+}
+
+/// The main program's loaded segments that are not writable, as
+/// page-aligned (start, length), without any page a writable segment
+/// shares.
+#[cfg(target_os = "linux")]
+fn read_only_segments() -> Vec<(usize, usize)> {
+    struct Found {
+        read_only: Vec<(usize, usize)>,
+        writable: Vec<(usize, usize)>,
+    }
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: the loader passes a valid info for the call's duration;
+        // `data` is the `Found` passed below.
+        let (info, found) = unsafe { (&*info, &mut *(data as *mut Found)) };
+        // SAFETY: dlpi_phdr points to dlpi_phnum program headers.
+        let headers =
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+        for h in headers.iter().filter(|h| h.p_type == libc::PT_LOAD) {
+            let start = info.dlpi_addr as usize + h.p_vaddr as usize;
+            let range = (start, start + h.p_memsz as usize);
+            if h.p_flags & libc::PF_W != 0 {
+                found.writable.push(range);
+            } else {
+                found.read_only.push(range);
+            }
+        }
+        1 // the main program comes first: stop after it
+    }
+    let mut found = Found {
+        read_only: Vec::new(),
+        writable: Vec::new(),
+    };
+    // SAFETY: `each` only reads the headers and writes to `found`.
+    unsafe { libc::dl_iterate_phdr(Some(each), &mut found as *mut Found as *mut libc::c_void) };
+    // SAFETY: sysconf only reads a system constant.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => return Vec::new(),
+    };
+    found
+        .read_only
+        .iter()
+        .filter_map(|&(start, end)| {
+            let mut lo = start.div_ceil(page) * page;
+            let mut hi = end / page * page;
+            for &(ws, we) in &found.writable {
+                let (ws, we) = (ws / page * page, we.div_ceil(page) * page);
+                if ws < hi && lo < we {
+                    if ws <= lo {
+                        lo = we
+                    } else {
+                        hi = ws
+                    }
+                }
+            }
+            (lo < hi).then(|| (lo, hi - lo))
+        })
+        .collect()
 }
 
 /// The glibc tunable a supervisor runs with (see the module docs).
@@ -79,6 +267,78 @@ fn without_added(value: &OsStr, added: Option<&OsStr>) -> Option<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// kB of this program's code resident in this process.
+    fn own_code_kb() -> u64 {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut in_code = false;
+        let mut kb = 0;
+        for line in smaps.lines() {
+            if let Some(rss) = line.strip_prefix("Rss:") {
+                if in_code {
+                    kb += rss.trim().trim_end_matches(" kB").parse::<u64>().unwrap();
+                }
+            } else if line.contains('-') && line.split_whitespace().count() >= 5 {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                in_code =
+                    f[1] == "r-xp" && f.get(5).map(std::path::Path::new) == Some(exe.as_path());
+            }
+        }
+        kb
+    }
+
+    #[test]
+    fn code_pages_given_back_are_mapped_again_as_the_code_runs() {
+        let before = own_code_kb();
+        release_code_pages();
+        let after = own_code_kb();
+        assert!(
+            after < before,
+            "{before} kB of code resident before, {after} kB after"
+        );
+        // The process runs on: the same code, mapped again from the file.
+        let words: Vec<String> = (0..2000).rev().map(|i| format!("{i:05}")).collect();
+        let mut sorted = words.clone();
+        sorted.sort();
+        assert_eq!(sorted.first().map(String::as_str), Some("00000"));
+        assert!(own_code_kb() > 0);
+    }
+
+    #[test]
+    fn read_only_segments_leave_every_writable_page_alone() {
+        let segments = read_only_segments();
+        assert!(segments.len() >= 2, "read-only data and code: {segments:?}");
+        // This static is written (its page is in a writable segment): no
+        // segment given back may hold it.
+        static WRITTEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        WRITTEN.store(7, std::sync::atomic::Ordering::SeqCst);
+        let at = &WRITTEN as *const _ as usize;
+        for &(start, len) in &segments {
+            assert!(
+                !(start..start + len).contains(&at),
+                "{segments:?} holds {at:#x}"
+            );
+        }
+        release_code_pages();
+        assert_eq!(WRITTEN.load(std::sync::atomic::Ordering::SeqCst), 7);
+    }
+
+    #[test]
+    fn a_trim_is_due_soon_after_work_and_never_put_off_by_more() {
+        let mut trim = Trim::new();
+        let first = trim.due();
+        assert!(first <= Instant::now() + Trim::QUIET);
+        trim.run();
+        assert!(trim.due() > Instant::now() + Trim::PERIOD - Duration::from_secs(1));
+        trim.poke();
+        let poked = trim.due();
+        assert!(poked <= Instant::now() + Trim::QUIET);
+        // Steady work: each poke keeps the earlier time.
+        std::thread::sleep(Duration::from_millis(20));
+        trim.poke();
+        assert_eq!(trim.due(), poked);
+    }
 
     fn strip(value: &str, added: Option<&str>) -> Option<String> {
         without_added(OsStr::new(value), added.map(OsStr::new)).map(|v| v.into_string().unwrap())

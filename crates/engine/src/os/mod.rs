@@ -3,7 +3,8 @@
 //! reaping process groups, the sd_notify socket, and fd passing over Unix
 //! sockets; the PID-1 init (`init`); what a process group listens on by
 //! itself (`listening`); how a herd process uses the C allocator
-//! (`memory`); how many bytes wait in a pipe or a socket
+//! (`memory`); running a helper program to its end (`child`); how many
+//! bytes wait in a pipe or a socket
 //! ([`pending_bytes`]). Nothing here knows about workers,
 //! slots or policies.
 
@@ -14,6 +15,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 pub(crate) mod channel;
+pub mod child;
 pub(crate) mod init;
 pub(crate) mod listening;
 pub mod memory;

@@ -318,8 +318,7 @@ impl App {
             mut messages,
             mut watch,
         } = inbox;
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut sigchld = match signal(SignalKind::child()) {
+        let mut sigchld = match herd_signals::Signal::new(libc::SIGCHLD) {
             Ok(s) => s,
             Err(e) => {
                 self.event(Event::Warning(format!(

@@ -237,16 +237,12 @@ fn workers_are_cluster_workers_with_distinct_ids() {
     let h = run_node(port, &["-i", "2"], &fixture("worker-info.js"), &[]);
     let ready = wait_ready(&h, 0, 2, START);
     let want = set_of(&ready);
-    let mut info: BTreeMap<i32, serde_json::Value> = BTreeMap::new();
-    for _ in 0..400 {
+    let info: BTreeMap<i32, serde_json::Value> = answers_from(&want, 400, || {
         let r = http_request(&addr, "/", REQ).expect("GET /");
         let v: serde_json::Value = serde_json::from_str(&r.body)
             .unwrap_or_else(|e| panic!("worker-info answers JSON ({e}): {r:?}"));
-        info.insert(v["pid"].as_i64().unwrap() as i32, v);
-        if info.len() == 2 {
-            break;
-        }
-    }
+        Some((v["pid"].as_i64().unwrap() as i32, v))
+    });
     assert_eq!(
         info.keys().copied().collect::<BTreeSet<_>>(),
         want,
@@ -1595,14 +1591,12 @@ fn unix_path(balance: &str) {
     );
     let said = wait_said(&h, "unix listening {*} pid {}", 2, START);
     let pids: BTreeSet<i32> = said.iter().map(|c| c[0].parse().unwrap()).collect();
-    let mut seen = BTreeSet::new();
-    for _ in 0..400 {
+    let seen: BTreeSet<i32> = answers_from(&pids, 400, || {
         let r = unix_http_request(&sock, "/", REQ).expect("the app answers on its socket");
-        seen.extend(r.pid());
-        if seen == pids {
-            break;
-        }
-    }
+        r.pid().map(|p| (p, ()))
+    })
+    .into_keys()
+    .collect();
     assert_eq!(seen, pids, "both workers answer on {}", sock.display());
     no_worker_exited(&h);
     stop_cleanly(&mut h, T);

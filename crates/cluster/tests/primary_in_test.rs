@@ -123,15 +123,11 @@ fn primary_start_inside_a_test_runtime() {
 
         // Both workers answer on the primary's socket.
         let want = ready.clone();
-        let seen = tokio::task::spawn_blocking(move || {
-            let mut seen = BTreeSet::new();
-            for _ in 0..200 {
-                seen.extend(get_pid(addr));
-                if seen == want {
-                    break;
-                }
-            }
-            seen
+        let seen: BTreeSet<u32> = tokio::task::spawn_blocking(move || {
+            // The kernel picks among the workers: patient (see answers_from).
+            herd_testkit::answers_from(&want, 200, || get_pid(addr).map(|p| (p, ())))
+                .into_keys()
+                .collect()
         })
         .await
         .unwrap();

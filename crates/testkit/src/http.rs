@@ -201,21 +201,40 @@ pub fn wait_http_ok(addr: &str, timeout: Duration) -> i32 {
 }
 
 /// Fresh-connection GET / until the set of pids answering 200 covers `want`
-/// (or `attempts` run out); returns every pid seen.
+/// (or `attempts` run out); returns every pid seen. Patient with the
+/// kernel's balancing as [`answers_from`] is.
+pub fn pids_answering(addr: &str, want: &BTreeSet<i32>, attempts: usize) -> BTreeSet<i32> {
+    answers_from(want, attempts, || answering_pid(addr).map(|p| (p, ())))
+        .into_keys()
+        .collect()
+}
+
+/// Ask `ask` (one fresh connection each: who answered, and what) until the
+/// answers cover every key in `want`, or `attempts` run out; every answer
+/// seen, the last of each key.
 ///
 /// With a shared socket the kernel picks the worker, and on a busy machine
 /// one worker can win a long run of sequential accepts (CI saw 200 in a
 /// row). So a large `attempts` (≥ [`KERNEL_PICKS`]) is only the least tried:
-/// if some pid is still missing, requests go on from several threads at once
+/// if a key is still missing, asking goes on from several threads at once
 /// (so one worker is busy while the next connection waits) for up to
 /// [`KERNEL_PICKS_PATIENCE`]. A small `attempts` is exact: a test of strict
 /// turns, or of who must *not* answer, gets just that many.
-pub fn pids_answering(addr: &str, want: &BTreeSet<i32>, attempts: usize) -> BTreeSet<i32> {
+pub fn answers_from<K, V>(
+    want: &BTreeSet<K>,
+    attempts: usize,
+    ask: impl Fn() -> Option<(K, V)> + Sync,
+) -> BTreeMap<K, V>
+where
+    K: Ord + Send + Sync,
+    V: Send,
+{
     let start = Instant::now();
-    let mut seen = BTreeSet::new();
+    let mut seen = BTreeMap::new();
+    let covered = |seen: &BTreeMap<K, V>| want.iter().all(|k| seen.contains_key(k));
     for _ in 0..attempts {
-        seen.extend(answering_pid(addr));
-        if want.is_subset(&seen) {
+        seen.extend(ask());
+        if covered(&seen) {
             return seen;
         }
     }
@@ -224,13 +243,13 @@ pub fn pids_answering(addr: &str, want: &BTreeSet<i32>, attempts: usize) -> BTre
     }
     let seen = Mutex::new(seen);
     let deadline = start + KERNEL_PICKS_PATIENCE;
-    let done = || want.is_subset(&seen.lock().unwrap()) || Instant::now() >= deadline;
+    let done = || covered(&seen.lock().unwrap()) || Instant::now() >= deadline;
     thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| {
                 while !done() {
-                    if let Some(p) = answering_pid(addr) {
-                        seen.lock().unwrap().insert(p);
+                    if let Some((k, v)) = ask() {
+                        seen.lock().unwrap().insert(k, v);
                     }
                 }
             });
@@ -239,11 +258,11 @@ pub fn pids_answering(addr: &str, want: &BTreeSet<i32>, attempts: usize) -> BTre
     seen.into_inner().unwrap()
 }
 
-/// From this many `attempts` on, [`pids_answering`] is asking the kernel's
+/// From this many `attempts` on, [`answers_from`] is asking the kernel's
 /// balancing, and is patient.
 pub const KERNEL_PICKS: usize = 100;
 
-/// How long [`pids_answering`] goes on for a pid the kernel has not picked.
+/// How long [`answers_from`] goes on for a worker the kernel has not picked.
 pub const KERNEL_PICKS_PATIENCE: Duration = Duration::from_secs(15);
 
 /// One fresh-connection GET /: the pid that answered 200, if one did.

@@ -46,8 +46,8 @@ pub use bins::{cargo_built, example_bin, herd_bin, until_executable, worker_bin}
 pub use daemon::{end_supervisors, worker_pids, Daemon};
 pub use herd::Herd;
 pub use http::{
-    http_get, http_request, pid_in_body, pids_answering, unix_http_get, unix_http_request,
-    wait_http, wait_http_ok, FailedAt, Load, LoadReport, Response, KERNEL_PICKS,
+    answers_from, http_get, http_request, pid_in_body, pids_answering, unix_http_get,
+    unix_http_request, wait_http, wait_http_ok, FailedAt, Load, LoadReport, Response, KERNEL_PICKS,
     KERNEL_PICKS_PATIENCE,
 };
 pub use need::{in_ci, need, runtime_bin, skip_or_fail, Need};

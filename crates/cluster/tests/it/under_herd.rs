@@ -462,15 +462,13 @@ fn unix_listener(balance: &str, source: &str) {
         );
     }
     let want: BTreeSet<i32> = online.values().copied().collect();
-    let mut seen = BTreeSet::new();
-    for _ in 0..200 {
+    let seen: BTreeSet<i32> = answers_from(&want, 200, || {
         let body = unix_get(&sock).expect("the worker answers on the Unix socket");
         assert_eq!(body["source"], source);
-        seen.insert(body["pid"].as_i64().unwrap() as i32);
-        if seen == want {
-            break;
-        }
-    }
+        Some((body["pid"].as_i64().unwrap() as i32, ()))
+    })
+    .into_keys()
+    .collect();
     assert_eq!(seen, want, "both workers answer on {}", sock.display());
     herd.assert_running();
     let _ = std::fs::remove_dir_all(&dir);

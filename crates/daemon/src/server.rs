@@ -195,16 +195,15 @@ pub async fn serve(
         active: Arc::new(Semaphore::new(MAX_ACTIVE)),
     });
     // What start-up and each request ran and left is given back a moment
-    // later, and once a minute (`herd_engine::memory::Trim`).
-    let mut trim = herd_engine::memory::Trim::new();
+    // later, and once a minute (`herd_engine::memory::Trimmer`).
+    let trimmer = herd_engine::memory::Trimmer::spawn();
     loop {
         tokio::select! {
             // Paused while `herd update` lets the requests under way end.
             _ = ctx.updating_changed.notified() => {}
-            _ = tokio::time::sleep_until(trim.due().into()) => trim.run(),
             accepted = listener.accept(), if !ctx.updating() => match accepted {
                 Ok((stream, _)) => {
-                    trim.poke();
+                    trimmer.poke();
                     tokio::spawn(client(door.clone(), stream));
                 }
                 Err(e) => {

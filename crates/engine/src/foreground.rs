@@ -263,10 +263,9 @@ async fn run_loop(
     let mut frozen: Option<Frozen> = None;
     // What start-up ran and left is given back in a moment, and again once
     // a minute (as an app's supervisor does).
-    let mut trim = crate::os::memory::Trim::new();
+    let _trimmer = crate::os::memory::Trimmer::spawn();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(trim.due().into()) => trim.run(),
             permit = writer.tx.clone().reserve_owned(), if room.is_none() => match permit {
                 Ok(p) => room = Some(p),
                 Err(_) => return Ended::Exit(1), // the output thread is gone

@@ -97,7 +97,9 @@ extern "C" fn on_signal(signo: libc::c_int) {
 pub struct Signal {
     slot: usize,
     signo: libc::c_int,
-    pipe: AsyncFd<PipeEnd>,
+    /// Always there until the drop, which takes it out of the reactor
+    /// before the slot (and this fd) can go to another listener.
+    pipe: Option<AsyncFd<PipeEnd>>,
 }
 
 /// The read end of a slot's pipe, never closed (see the crate's docs).
@@ -142,7 +144,11 @@ impl Signal {
         // SAFETY: the slot's read end is never closed (see the crate's
         // docs) and PipeEnd always gives that same fd.
         match unsafe { AsyncFd::register_with_interest(PipeEnd(read), Interest::READABLE) } {
-            Ok(pipe) => Ok(Signal { slot, signo, pipe }),
+            Ok(pipe) => Ok(Signal {
+                slot,
+                signo,
+                pipe: Some(pipe),
+            }),
             Err(e) => {
                 release(slot);
                 Err(io::Error::from(e))
@@ -158,9 +164,10 @@ impl Signal {
     /// The next delivery (those since the last call count as one). `None`
     /// only if the reactor is gone (the runtime is shutting down).
     pub async fn recv(&mut self) -> Option<()> {
+        let pipe = self.pipe.as_ref()?;
         loop {
-            let mut ready = self.pipe.readable().await.ok()?;
-            if drain(self.pipe.get_ref().0) > 0 {
+            let mut ready = pipe.readable().await.ok()?;
+            if drain(pipe.get_ref().0) > 0 {
                 return Some(());
             }
             ready.clear_ready();
@@ -170,6 +177,9 @@ impl Signal {
 
 impl Drop for Signal {
     fn drop(&mut self) {
+        // Out of the reactor first: the next listener of this slot
+        // registers the same fd.
+        drop(self.pipe.take());
         let _setup = SETUP.lock().unwrap_or_else(|e| e.into_inner());
         release(self.slot);
     }

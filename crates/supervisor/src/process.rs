@@ -608,16 +608,15 @@ async fn supervise(
     // What start-up parsed, built and ran is given back in a moment (this
     // process lives as long as the app, one per app), and again after each
     // command and once a minute.
-    let mut trim = herd_engine::memory::Trim::new();
+    let trimmer = herd_engine::memory::Trimmer::spawn();
 
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     let mut quitting = false;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(trim.due().into()) => trim.run(),
             accepted = accept(&listener, &slots) => match accepted {
                 Ok((stream, slot)) => {
-                    trim.poke();
+                    trimmer.poke();
                     let shared = shared.clone();
                     tokio::spawn(Box::pin(async move {
                         server::client(shared, stream).await;

@@ -8,8 +8,8 @@
 //! Code is the other cost a process pays alone when the binary is shared
 //! by few: every page of the program a process has touched stays mapped
 //! (with the kernel's fault-around, 64 KiB at a time), start-up's argument
-//! and config parsing included, and counts in its PSS. [`Trim`] gives both
-//! back a moment after each burst of work and once a minute.
+//! and config parsing included, and counts in its PSS. [`Trimmer`] gives
+//! both back a moment after each burst of work and once a minute.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -38,11 +38,50 @@ pub fn release_free_memory() {
     }
 }
 
+/// A task that gives memory back on [`Trim`]'s schedule, beside the
+/// process's own loops (which only [`Trimmer::poke`] it when work comes in:
+/// nothing is added to their iterations). Spawn it on the main thread's
+/// runtime (a `current_thread` one), so that the stack it trims is that
+/// thread's. Ends with the runtime, or when dropped.
+#[derive(Debug)]
+pub struct Trimmer {
+    work: std::sync::Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Trimmer {
+    /// Start it: the first trim comes [`Trim::QUIET`] from now.
+    pub fn spawn() -> Trimmer {
+        let work = std::sync::Arc::new(tokio::sync::Notify::new());
+        let notified = work.clone();
+        let task = tokio::spawn(async move {
+            let mut trim = Trim::new();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(trim.due().into()) => trim.run(),
+                    _ = notified.notified() => trim.poke(),
+                }
+            }
+        });
+        Trimmer { work, task }
+    }
+
+    /// Work came in (a request, a command): trim within [`Trim::QUIET`].
+    pub fn poke(&self) {
+        self.work.notify_one();
+    }
+}
+
+impl Drop for Trimmer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// When a long-lived herd process (the daemon, an app's supervisor) gives
 /// memory back: [`Trim::QUIET`] after start-up or after work came in
 /// ([`Trim::poke`]), and every [`Trim::PERIOD`] for what ran meanwhile
-/// (a restart, a reload by watch or cron). Plain data: the caller's loop
-/// sleeps until [`Trim::due`] and then calls [`Trim::run`].
+/// (a restart, a reload by watch or cron). Plain data, run by [`Trimmer`].
 #[derive(Debug, Clone, Copy)]
 pub struct Trim {
     due: Instant,

@@ -329,12 +329,18 @@ mod tests {
 
     #[test]
     fn code_pages_given_back_are_mapped_again_as_the_code_runs() {
-        let before = own_code_kb();
-        release_code_pages();
-        let after = own_code_kb();
+        // Other tests run code in parallel and map pages again at once: the
+        // drop must show in one of a few tries.
+        let tries: Vec<(u64, u64)> = (0..5)
+            .map(|_| {
+                let before = own_code_kb();
+                release_code_pages();
+                (before, own_code_kb())
+            })
+            .collect();
         assert!(
-            after < before,
-            "{before} kB of code resident before, {after} kB after"
+            tries.iter().any(|(before, after)| after < before),
+            "kB of code resident (before, after): {tries:?}"
         );
         // The process runs on: the same code, mapped again from the file.
         let words: Vec<String> = (0..2000).rev().map(|i| format!("{i:05}")).collect();

@@ -16,10 +16,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use herd_engine::config::{AppSpec, Instances};
 use herd_engine::machine::{Answer, Command, Outcome, Report, SlotPhase, WorkerPhase};
+use herd_engine::memory::on_heap;
 use herd_engine::supervisor::{
     self, AppHandle, AppStatus, Event, Events, Held, Stream, Target, Timed, UpdateError,
 };
@@ -188,7 +190,35 @@ struct Envelope {
 pub struct AppRef {
     tx: mpsc::Sender<Envelope>,
     queries: mpsc::Sender<oneshot::Sender<proto::App>>,
-    follow: broadcast::Sender<proto::Event>,
+    follow: Followers,
+}
+
+/// The channel to the app's followers (the daemon, a `herd logs`), made
+/// when the first one comes and let go when the last has gone. Its ring
+/// holds [`FOLLOW_QUEUE`] events for the app's life (the daemon follows
+/// every app), each behind a pointer: a slot held the 64-byte event itself
+/// before (5.6 kB a supervisor).
+#[derive(Debug, Clone, Default)]
+struct Followers(Arc<Mutex<Option<broadcast::Sender<Arc<proto::Event>>>>>);
+
+impl Followers {
+    fn subscribe(&self) -> broadcast::Receiver<Arc<proto::Event>> {
+        let mut channel = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        channel
+            .get_or_insert_with(|| broadcast::channel(FOLLOW_QUEUE).0)
+            .subscribe()
+    }
+
+    /// Send to whoever follows now (none is fine).
+    fn send(&self, event: proto::Event) {
+        let mut channel = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = channel.as_ref() {
+            if tx.send(Arc::new(event)).is_err() {
+                // Every follower has gone: the ring goes too.
+                *channel = None;
+            }
+        }
+    }
 }
 
 impl AppRef {
@@ -214,7 +244,7 @@ impl AppRef {
     /// The app's lifecycle events and warnings from now on. A follower that
     /// falls [`FOLLOW_QUEUE`] events behind misses the oldest (the receiver
     /// says how many); the actor never waits for it.
-    pub fn follow(&self) -> broadcast::Receiver<proto::Event> {
+    pub fn follow(&self) -> broadcast::Receiver<Arc<proto::Event>> {
         self.follow.subscribe()
     }
 }
@@ -286,7 +316,6 @@ pub fn resume(
 
 impl Actor {
     fn new(id: u32, def: AppDef, home: &Home, keeper: Box<dyn Keeper>) -> Result<Actor, String> {
-        let (follow, _) = broadcast::channel(FOLLOW_QUEUE);
         let logs = AppLogs::open(&def, home, id)?;
         Ok(Actor {
             id,
@@ -314,7 +343,7 @@ impl Actor {
             exit_codes: HashMap::new(),
             desired: Desired::Stopped,
             keeper,
-            follow,
+            follow: Followers::default(),
             handover: None,
         })
     }
@@ -431,7 +460,7 @@ struct Actor {
     desired: Desired,
     keeper: Box<dyn Keeper>,
     /// Lifecycle events for followers.
-    follow: broadcast::Sender<proto::Event>,
+    follow: Followers,
     /// Set once the app is frozen for an in-place upgrade: the actor ends.
     handover: Option<Handover>,
 }
@@ -459,7 +488,7 @@ impl Actor {
 
     /// Tell the followers (none listening is fine).
     fn tell(&self, event: proto::Event) {
-        let _ = self.follow.send(event);
+        self.follow.send(event);
     }
 
     /// The wish of the last command, and the definition, to the keeper.
@@ -485,26 +514,26 @@ impl Actor {
                 tokio::select! {
                     query = queries.recv(), if queries_open => match query {
                         Some(reply) => {
-                            let app = self.app().await;
+                            let app = on_heap(|| self.app()).await;
                             let _ = reply.send(app);
                         }
                         None => queries_open = false,
                     },
                     envelope = commands.recv(), if self.pending.is_none() => match envelope {
-                        // Boxed: a command's future is large (3 kB) and brief;
-                        // inline, the loop's future would keep room for it.
-                        Some(e) => Box::pin(self.begin(e.command, e.reply)).await,
+                        // A command's future is large (3 kB) and brief: inline,
+                        // the loop's future and its poll would keep room for it.
+                        Some(e) => on_heap(|| self.begin(e.command, e.reply)).await,
                         // Every handle let go of the app: its owner is ending.
                         None => {
                             if let Some(engine) = &self.engine {
                                 engine.command(Command::Stop);
                             }
-                            self.drain_until_exit().await;
+                            on_heap(|| self.drain_until_exit()).await;
                             break;
                         }
                     },
                     event = next_event(&mut self.events) => self.on_event(event),
-                    _ = tick.tick() => self.sample().await,
+                    _ = tick.tick() => on_heap(|| self.sample()).await,
                 }
             }
             if self.deleted {
@@ -920,6 +949,7 @@ impl Actor {
         }
     }
 
+    #[inline(never)]
     fn on_event(&mut self, event: Option<Timed>) {
         let Some((at, event)) = event else {
             // The engine's task ended without an exit event (it panicked).
@@ -1425,5 +1455,52 @@ async fn next_event(events: &mut Option<Events>) -> Option<Timed> {
     match events {
         Some(rx) => rx.recv_timed().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring_kept(f: &Followers) -> bool {
+        f.0.lock().unwrap().is_some()
+    }
+
+    #[test]
+    fn the_followers_ring_exists_only_while_someone_follows() {
+        let followers = Followers::default();
+        followers.send(proto::Event::Started);
+        assert!(!ring_kept(&followers), "made with nobody following");
+
+        let mut first = followers.subscribe();
+        let mut second = followers.clone().subscribe();
+        followers.send(proto::Event::Started);
+        assert!(matches!(
+            first.try_recv().as_deref(),
+            Ok(proto::Event::Started)
+        ));
+        assert!(matches!(
+            second.try_recv().as_deref(),
+            Ok(proto::Event::Started)
+        ));
+
+        drop(first);
+        followers.send(proto::Event::Deleted);
+        assert!(matches!(
+            second.try_recv().as_deref(),
+            Ok(proto::Event::Deleted)
+        ));
+        assert!(ring_kept(&followers), "let go while one still follows");
+
+        drop(second);
+        followers.send(proto::Event::Started);
+        assert!(!ring_kept(&followers), "kept after the last follower went");
+
+        let mut again = followers.subscribe();
+        followers.send(proto::Event::Deleted);
+        assert!(matches!(
+            again.try_recv().as_deref(),
+            Ok(proto::Event::Deleted)
+        ));
     }
 }

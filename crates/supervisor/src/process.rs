@@ -247,18 +247,8 @@ struct Hosted {
 /// workers' `PR_SET_PDEATHSIG` is tied to it).
 fn host(hosted: Box<Hosted>) -> ! {
     herd_engine::upgrade::main_thread_host(move || {
-        let Hosted {
-            files,
-            app_file,
-            listener,
-            lock,
-            containment,
-            cgroup,
-            ready,
-            resumed,
-            held,
-        } = *hosted;
-        let name = app_file.name.clone();
+        let files = hosted.files.clone();
+        let name = hosted.app_file.name.clone();
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             // One app's handful of descriptors: room for 64 readiness events
@@ -271,25 +261,15 @@ fn host(hosted: Box<Hosted>) -> ! {
             Err(e) => {
                 let e = Error::Runtime(e);
                 crate::say!("app {name}: {e}");
-                ready.failed(&e.to_string());
+                hosted.ready.failed(&e.to_string());
                 return 1;
             }
         };
-        let start = Start {
-            app_file,
-            resumed,
-            held,
-            lock_fd: lock.raw_fd(),
-        };
-        // On the heap: a future this size, on the thread's stack, would keep
-        // that much of the stack in use for the process's life.
-        let deleted = runtime.block_on(Box::pin(supervise(
-            &files,
-            start,
-            listener,
-            containment,
-            ready,
-        )));
+        // This frame stays under the runtime for the app's life: it holds
+        // the future (on the heap) and what the end needs, not the parts
+        // the start-up takes.
+        let (lock, cgroup, supervised) = take_apart(hosted, &files);
+        let deleted = runtime.block_on(supervised);
         drop(runtime);
         // The app is done: nothing of it may stay behind.
         if let Some(cgroup) = cgroup {
@@ -312,6 +292,39 @@ fn host(hosted: Box<Hosted>) -> ! {
         lock.remove();
         0
     })
+}
+
+/// The app's lock and cgroup, kept for the end, and the future that
+/// supervises the app, built from the rest (see [`herd_engine::memory::on_heap`]).
+#[inline(never)]
+fn take_apart(
+    hosted: Box<Hosted>,
+    files: &AppFiles,
+) -> (
+    PidLock,
+    Option<Cgroup>,
+    std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>,
+) {
+    let Hosted {
+        files: _,
+        app_file,
+        listener,
+        lock,
+        containment,
+        cgroup,
+        ready,
+        resumed,
+        held,
+    } = *hosted;
+    let start = Box::new(Start {
+        app_file,
+        resumed,
+        held,
+        lock_fd: lock.raw_fd(),
+    });
+    let supervised =
+        herd_engine::memory::on_heap(move || supervise(files, start, listener, containment, ready));
+    (lock, cgroup, supervised)
 }
 
 /// How [`supervise`] begins: the app's file, and the app handed over by a
@@ -487,17 +500,54 @@ fn contain(
 /// ends the supervisor (false).
 async fn supervise(
     files: &AppFiles,
-    start: Start,
+    // Boxed: an async fn keeps its arguments for its whole life, and this
+    // one lives as long as the app (an upgrade's frozen app is in here).
+    start: Box<Start>,
     listener: std::os::unix::net::UnixListener,
     containment: Containment,
-    mut ready: Ready,
+    ready: Ready,
 ) -> bool {
+    // The start-up builds and holds much (the app's definition, the actor,
+    // the first start's answer): in a future of its own, so that this one,
+    // polled for the app's life, keeps no stack for it.
+    let opened = herd_engine::memory::on_heap(|| open(files, start, listener, &containment, ready));
+    match opened.await {
+        Some(serving) => serve(files, &containment, Box::new(serving)).await,
+        None => false,
+    }
+}
+
+/// The app as [`open`] left it, running (or stopped, as wished), its
+/// socket about to be served.
+struct Serving {
+    name: String,
+    app: app::AppRef,
+    actor: tokio::task::JoinHandle<Option<app::Handover>>,
+    listener: tokio::net::UnixListener,
+    lock_fd: RawFd,
+    shared: Arc<Shared>,
+    sigterm: Signal,
+    sigint: Signal,
+    sigusr1: Signal,
+    sighup: Signal,
+}
+
+/// Start the actor (and the app, if it is wished running), then tell the
+/// starter that the supervisor serves. `None` if it cannot (the starter
+/// was told why).
+async fn open(
+    files: &AppFiles,
+    start: Box<Start>,
+    listener: std::os::unix::net::UnixListener,
+    containment: &Containment,
+    mut ready: Ready,
+) -> Option<Serving> {
     let Start {
         app_file,
         resumed,
         held,
         lock_fd,
-    } = start;
+    } = *start;
     let id = files.id();
     let name = app_file.name.clone();
     let desired = app_file.desired;
@@ -532,12 +582,12 @@ async fn supervise(
             },
         ),
     };
-    let (app, mut actor) = match spawned {
+    let (app, actor) = match spawned {
         Ok(a) => a,
         Err(e) => {
             crate::say!("app {name}: {e}");
             ready.failed(&e);
-            return false;
+            return None;
         }
     };
     let listener = match tokio::net::UnixListener::from_std(listener) {
@@ -546,10 +596,10 @@ async fn supervise(
             let why = format!("cannot serve {}: {e}", files.socket().display());
             crate::say!("app {name}: {why}");
             ready.failed(&why);
-            return false;
+            return None;
         }
     };
-    let (mut sigterm, mut sigint, mut sigusr1, mut sighup) = match (
+    let (sigterm, sigint, sigusr1, sighup) = match (
         Signal::new(libc::SIGTERM),
         Signal::new(libc::SIGINT),
         Signal::new(libc::SIGUSR1),
@@ -558,7 +608,7 @@ async fn supervise(
         (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
         _ => {
             ready.failed("cannot watch for signals");
-            return false;
+            return None;
         }
     };
     // Handled from here on (held until now, across an upgrade's exec too).
@@ -578,7 +628,7 @@ async fn supervise(
         deleting: AtomicBool::new(false),
         delete_answered: tokio::sync::Notify::new(),
     });
-    let how = match &containment {
+    let how = match containment {
         Containment::Cgroup { path } => format!("cgroup {}", path.display()),
         Containment::ProcessGroups => "process groups".to_string(),
     };
@@ -605,6 +655,38 @@ async fn supervise(
     ready.serving(&format!(
         "supervisor {pid} of app {name} (id {id}): {message}"
     ));
+    Some(Serving {
+        name,
+        app,
+        actor,
+        listener,
+        lock_fd,
+        shared,
+        sigterm,
+        sigint,
+        sigusr1,
+        sighup,
+    })
+}
+
+/// Serve the control socket until the app is deleted (true) or a signal
+/// ends the supervisor (false).
+///
+/// `serving` is boxed for the reason [`supervise`]'s start is: an async fn
+/// keeps its arguments for its whole life.
+async fn serve(files: &AppFiles, containment: &Containment, serving: Box<Serving>) -> bool {
+    let Serving {
+        name,
+        app,
+        mut actor,
+        listener,
+        lock_fd,
+        shared,
+        mut sigterm,
+        mut sigint,
+        mut sigusr1,
+        mut sighup,
+    } = *serving;
     // What start-up parsed, built and ran is given back in a moment (this
     // process lives as long as the app, one per app), and again after each
     // command and once a minute.
@@ -618,7 +700,7 @@ async fn supervise(
                 Ok((stream, slot)) => {
                     trimmer.poke();
                     let shared = shared.clone();
-                    tokio::spawn(Box::pin(async move {
+                    tokio::spawn(herd_engine::memory::on_heap(move || async move {
                         server::client(shared, stream).await;
                         drop(slot);
                     }));
@@ -631,9 +713,12 @@ async fn supervise(
             ended = &mut actor => match ended {
                 Ok(Some(handover)) => {
                     let fds = [listener.as_raw_fd(), lock_fd];
-                    // Boxed: the upgrade's future (5.6 kB) would otherwise
-                    // keep its room in this one, which lives as long as the app.
-                    Box::pin(upgrade(files, &name, &containment, handover, &fds)).await;
+                    // The upgrade's future (5.6 kB) would otherwise keep
+                    // its room in this one, which lives as long as the app.
+                    herd_engine::memory::on_heap(|| {
+                        upgrade(files, &name, containment, handover, &fds)
+                    })
+                    .await;
                     // Only an exec that failed twice gets here: the app is lost.
                     break;
                 }

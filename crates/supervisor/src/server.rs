@@ -165,7 +165,7 @@ async fn follow(shared: &Shared, mut conn: Connection) {
             }
         };
         let event = match event {
-            Ok(event) => event,
+            Ok(event) => std::sync::Arc::unwrap_or_clone(event),
             Err(RecvError::Lagged(missed)) => Event::Lagged { missed },
             Err(RecvError::Closed) => return,
         };

@@ -10,6 +10,10 @@
 //! (with the kernel's fault-around, 64 KiB at a time), start-up's argument
 //! and config parsing included, and counts in its PSS. [`Trimmer`] gives
 //! both back a moment after each burst of work and once a minute.
+//!
+//! The stack is the third: it keeps every page the deepest poll touched.
+//! [`on_heap`] keeps a rare or bulky step's frame out of the long-lived
+//! loops that await it.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -36,6 +40,27 @@ pub fn release_free_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// A future built and kept on the heap, and polled through a pointer.
+///
+/// The poll function of an `async` block reserves its whole stack frame at
+/// every poll, whichever branch runs, with the frames of the callees'
+/// polls that the compiler inlined into it; a process's stack keeps every
+/// page its deepest poll touched, and a supervisor lives as long as its
+/// app. A long-lived loop awaits its rare or bulky steps (a command, a
+/// status, the start-up) through this: the step is built in this
+/// function's frame, gone before the first poll (`Box::pin(step())` in
+/// the loop would build it in the loop's frame first), and its poll is
+/// called through the box's vtable, never inlined into the loop's.
+#[inline(never)]
+pub fn on_heap<'a, F>(
+    make: impl FnOnce() -> F,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = F::Output> + Send + 'a>>
+where
+    F: std::future::Future + Send + 'a,
+{
+    Box::pin(make())
 }
 
 /// A task that gives memory back on [`Trim`]'s schedule, beside the

@@ -310,114 +310,130 @@ impl App {
     }
 
     /// The app's loop, from its start or (`resumed`) from where a previous
-    /// binary froze it.
-    pub(super) async fn run(mut self, inbox: Inbox, resumed: Option<Leftovers>) {
-        let Inbox {
-            mut requests,
-            mut tasks,
-            mut messages,
-            mut watch,
-        } = inbox;
-        let mut sigchld = match herd_signals::Signal::new(libc::SIGCHLD) {
-            Ok(s) => s,
-            Err(e) => {
-                self.event(Event::Warning(format!(
-                    "cannot watch for worker exits: {e}"
-                )));
-                return;
+    /// binary froze it. Not an `async fn`: that would move `self` (the
+    /// whole app) from its argument into a local, and the future would keep
+    /// room for both for the app's life; the block uses the captured one in
+    /// place.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub(super) fn run(
+        mut self,
+        inbox: Inbox,
+        resumed: Option<Leftovers>,
+    ) -> impl std::future::Future<Output = ()> {
+        async move {
+            let Inbox {
+                mut requests,
+                mut tasks,
+                mut messages,
+                mut watch,
+            } = inbox;
+            let mut sigchld = match herd_signals::Signal::new(libc::SIGCHLD) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.event(Event::Warning(format!(
+                        "cannot watch for worker exits: {e}"
+                    )));
+                    return;
+                }
+            };
+            let notify = self.wire.notify.clone();
+            let notify_tx = self.wire.tasks.clone();
+            let notify_task = tokio::spawn(async move {
+                while let Ok((pid, text)) = notify.recv().await {
+                    if notify_tx.send(FromTask::Notify { pid, text }).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut poll = tokio::time::interval(REAP_POLL);
+            // The earliest pending timer; re-armed when that changes.
+            let timer = tokio::time::sleep(Duration::ZERO);
+            tokio::pin!(timer);
+            let mut armed: Option<MonoTime> = None;
+            match resumed {
+                Some(leftovers) => self.resumed(leftovers),
+                None => {
+                    if self.state.cluster.config().listener_round_robin() {
+                        self.with_cluster(|cluster, cx| cluster.open_listener_servers(cx));
+                    }
+                    self.configure_triggers();
+                }
             }
-        };
-        let notify = self.wire.notify.clone();
-        let notify_tx = self.wire.tasks.clone();
-        let notify_task = tokio::spawn(async move {
-            while let Ok((pid, text)) = notify.recv().await {
-                if notify_tx.send(FromTask::Notify { pid, text }).is_err() {
+            let events = self.wire.events.clone();
+            while !self.state.machine.finished() {
+                if self.wire.freezing.is_some() && self.settled() {
+                    let (reply, _) = self.wire.freezing.take().expect("freezing");
+                    let frozen = crate::memory::on_heap(|| {
+                        self.freeze_now(&mut tasks, &mut messages, notify_task)
+                    })
+                    .await;
+                    let _ = reply.send(Ok(frozen));
+                    return;
+                }
+                let freeze_by = self.wire.freezing.as_ref().map(|(_, by)| *by);
+                let next = self.state.timers.next();
+                if next != armed {
+                    if let Some(at) = next {
+                        let wait = at.saturating_duration_since(MonoTime::now());
+                        timer.as_mut().reset(tokio::time::Instant::now() + wait);
+                    }
+                    armed = next;
+                }
+                let backlog = self.wire.pending.len();
+                // The handlers are `#[inline(never)]`: this loop is polled for
+                // the app's life, and the stack keeps the deepest poll's pages
+                // (see `memory::on_heap`); a handler's frame is there only while
+                // it runs.
+                tokio::select! {
+                    Some(request) = requests.recv(), if freeze_by.is_none() => self.request(request),
+                    () = tokio::time::sleep_until(freeze_by.unwrap_or_else(tokio::time::Instant::now)), if freeze_by.is_some() => {
+                        self.freeze_failed(FreezeError::Busy);
+                    }
+                    // Settling: look again soon (the writers do not wake the loop).
+                    () = tokio::time::sleep(FREEZE_POLL), if freeze_by.is_some() => {}
+                    Some(msg) = tasks.recv() => self.task_message(msg),
+                    Some(msg) = messages.recv(), if backlog < PENDING_LIMIT => self.worker_message(msg),
+                    room = events.reserve(), if backlog > 0 => match room {
+                        Ok(permit) => {
+                            if let Some(event) = self.wire.pending.pop_front() {
+                                permit.send(event);
+                            }
+                        }
+                        // Nobody listens any more: drop what waits.
+                        Err(_) => self.wire.pending.clear(),
+                    },
+                    () = &mut timer, if armed.is_some() => {
+                        armed = None;
+                        self.fire_timers();
+                    }
+                    Some(()) = watch.recv() => self.files_changed(),
+                    _ = sigchld.recv() => self.reap(),
+                    _ = poll.tick() => self.reap(),
+                }
+                self.settle_accepting();
+            }
+            if self.wire.freezing.is_some() {
+                self.freeze_failed(FreezeError::Finished);
+            }
+            // A restart's next start takes the sockets (before the consumer
+            // sees the end); otherwise they are stopped for good.
+            if let Some(keep) = self.wire.keep_sockets.take() {
+                if let Err(unwanted) = keep.send(self.state.listeners.keep_for_next_start()) {
+                    unwanted.into_shut_down();
+                }
+            }
+            // The last events (the exit among them) reach the consumer.
+            while let Some(event) = self.wire.pending.pop_front() {
+                if events.send(event).await.is_err() {
                     break;
                 }
             }
-        });
-        let mut poll = tokio::time::interval(REAP_POLL);
-        // The earliest pending timer; re-armed when that changes.
-        let timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(timer);
-        let mut armed: Option<MonoTime> = None;
-        match resumed {
-            Some(leftovers) => self.resumed(leftovers),
-            None => {
-                if self.state.cluster.config().listener_round_robin() {
-                    self.with_cluster(|cluster, cx| cluster.open_listener_servers(cx));
-                }
-                self.configure_triggers();
-            }
+            notify_task.abort();
+            self.state.listeners.close_all();
         }
-        let events = self.wire.events.clone();
-        while !self.state.machine.finished() {
-            if self.wire.freezing.is_some() && self.settled() {
-                let (reply, _) = self.wire.freezing.take().expect("freezing");
-                let frozen = self
-                    .freeze_now(&mut tasks, &mut messages, notify_task)
-                    .await;
-                let _ = reply.send(Ok(frozen));
-                return;
-            }
-            let freeze_by = self.wire.freezing.as_ref().map(|(_, by)| *by);
-            let next = self.state.timers.next();
-            if next != armed {
-                if let Some(at) = next {
-                    let wait = at.saturating_duration_since(MonoTime::now());
-                    timer.as_mut().reset(tokio::time::Instant::now() + wait);
-                }
-                armed = next;
-            }
-            let backlog = self.wire.pending.len();
-            tokio::select! {
-                Some(request) = requests.recv(), if freeze_by.is_none() => self.request(request),
-                () = tokio::time::sleep_until(freeze_by.unwrap_or_else(tokio::time::Instant::now)), if freeze_by.is_some() => {
-                    self.freeze_failed(FreezeError::Busy);
-                }
-                // Settling: look again soon (the writers do not wake the loop).
-                () = tokio::time::sleep(FREEZE_POLL), if freeze_by.is_some() => {}
-                Some(msg) = tasks.recv() => self.task_message(msg),
-                Some(msg) = messages.recv(), if backlog < PENDING_LIMIT => self.worker_message(msg),
-                room = events.reserve(), if backlog > 0 => match room {
-                    Ok(permit) => {
-                        if let Some(event) = self.wire.pending.pop_front() {
-                            permit.send(event);
-                        }
-                    }
-                    // Nobody listens any more: drop what waits.
-                    Err(_) => self.wire.pending.clear(),
-                },
-                () = &mut timer, if armed.is_some() => {
-                    armed = None;
-                    self.fire_timers();
-                }
-                Some(()) = watch.recv() => self.files_changed(),
-                _ = sigchld.recv() => self.reap(),
-                _ = poll.tick() => self.reap(),
-            }
-            self.settle_accepting();
-        }
-        if self.wire.freezing.is_some() {
-            self.freeze_failed(FreezeError::Finished);
-        }
-        // A restart's next start takes the sockets (before the consumer
-        // sees the end); otherwise they are stopped for good.
-        if let Some(keep) = self.wire.keep_sockets.take() {
-            if let Err(unwanted) = keep.send(self.state.listeners.keep_for_next_start()) {
-                unwanted.into_shut_down();
-            }
-        }
-        // The last events (the exit among them) reach the consumer.
-        while let Some(event) = self.wire.pending.pop_front() {
-            if events.send(event).await.is_err() {
-                break;
-            }
-        }
-        notify_task.abort();
-        self.state.listeners.close_all();
     }
 
+    #[inline(never)]
     fn request(&mut self, request: Request) {
         match request {
             Request::Command(command, ticket) => self.command(command, ticket),
@@ -696,6 +712,7 @@ impl App {
         }
     }
 
+    #[inline(never)]
     fn fire_timers(&mut self) {
         while let Some(wake) = self.state.timers.pop_due(MonoTime::now()) {
             match wake {
@@ -728,6 +745,7 @@ impl App {
 
     /// Start (or keep, or stop) the watcher and arm the schedule for the
     /// app's definition.
+    #[inline(never)]
     fn configure_triggers(&mut self) {
         let running = self.wire.watcher.take();
         self.wire.watcher = triggers::rewire(running, &self.state.spec, &self.wire.watch_wake);
@@ -739,6 +757,7 @@ impl App {
     }
 
     /// The watcher has news.
+    #[inline(never)]
     fn files_changed(&mut self) {
         let Some(watcher) = &self.wire.watcher else {
             return;
@@ -963,6 +982,7 @@ impl App {
     }
 
     /// Look for exited workers; each is reported once its output is drained.
+    #[inline(never)]
     pub(super) fn reap(&mut self) {
         for (worker, pid, result) in self.state.workers.reap() {
             let status = result.unwrap_or_else(|e| {
@@ -1027,6 +1047,7 @@ impl App {
         }
     }
 
+    #[inline(never)]
     pub(super) fn task_message(&mut self, msg: FromTask) {
         match msg {
             FromTask::Exited { worker, status } => {
@@ -1061,6 +1082,7 @@ impl App {
     }
 
     /// What a worker's channel reader delivered.
+    #[inline(never)]
     pub(super) fn worker_message(&mut self, msg: FromWorker) {
         match msg {
             FromWorker::Message { worker, value } => self.message(worker, value),

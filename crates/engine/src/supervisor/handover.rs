@@ -211,6 +211,7 @@ impl App {
     }
 
     /// The freeze cannot happen: say why, and go on as before.
+    #[inline(never)]
     pub(super) fn freeze_failed(&mut self, why: FreezeError) {
         if let Some((reply, _)) = self.wire.freezing.take() {
             let _ = reply.send(Err(why));
@@ -381,6 +382,7 @@ impl App {
 
     /// First steps of a resumed app: accept again, take in what the
     /// previous image had in hand, and look for exits missed meanwhile.
+    #[inline(never)]
     pub(super) fn resumed(&mut self, leftovers: Leftovers) {
         self.with_cluster(|cluster, cx| cluster.resume_accepting(cx));
         self.rewire_watcher();

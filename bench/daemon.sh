@@ -15,8 +15,9 @@
 #
 # Needs: node 20, hyperfine (apt-get install -y hyperfine; else a date +%s%N loop), wrk
 # (apt-get install -y wrk), python3. pm2 is installed from npm into $PM2_PREFIX
-# (default /tmp/herd-bench-pm2) when missing. herd is target/release/herd (built with
-# `cargo build --release` unless SKIP_BUILD=1; or HERD=path).
+# (default /tmp/herd-bench-pm2) when missing. herd is target/release/herd, built as
+# herd is meant to run on servers, statically linked (`cargo build-static`; LINK=dynamic:
+# `cargo build --release`), unless SKIP_BUILD=1; or HERD=path. The report says which.
 #
 # Everything runs with a private HERD_HOME and PM2_HOME under a temp dir; on exit (also on
 # failure or Ctrl-C) the script ends what it started: `herd kill`, `pm2 kill`, its own
@@ -150,13 +151,14 @@ if [ ! -x "$PM2" ]; then
   npm install --prefix "$PM2_PREFIX" --no-audit --no-fund pm2@7 >&2
 fi
 if [ "${SKIP_BUILD:-0}" != 1 ] && [ "$HERD" = "$ROOT/target/release/herd" ]; then
-  cargo build --release >&2
+  if [ "${LINK:-static}" = static ]; then cargo build-static >&2; else cargo build --release >&2; fi
 fi
 [ -x "$HERD" ] || { echo "no herd binary at $HERD" >&2; exit 1; }
+LINKED=$(readelf -lW "$HERD" 2>/dev/null | grep -q 'program interpreter' && echo dynamic || echo static)
 
 {
 echo "herd daemon vs pm2, $STAMP"
-echo "herd: $HERD ($(git rev-parse --short HEAD), $(git status --porcelain -- . ":!bench/results" | wc -l) dirty files outside bench/results)"
+echo "herd: $HERD ($LINKED, $(git rev-parse --short HEAD), $(git status --porcelain -- . ":!bench/results" | wc -l) dirty files outside bench/results)"
 echo "pm2: $(jget "d['version']" <"$PM2_PREFIX/node_modules/pm2/package.json"), node $(node --version), $(nproc) CPUs, $(hyperfine --version 2>/dev/null || echo 'no hyperfine'), $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"
 echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 # build.rs places these functions first; a stale list (another toolchain or
@@ -167,6 +169,7 @@ if [ -f "$ORDER" ] && command -v nm >/dev/null; then
 fi
 } | tee "$OUT" >&2
 
+record herd_linked "\"$LINKED\""
 H1=$BASE_PORT P1=$((BASE_PORT + 1))
 
 # --- 1 app: hello.js with 2 workers ------------------------------------------

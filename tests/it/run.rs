@@ -1369,3 +1369,43 @@ fn workers_do_not_outlive_a_sigkilled_herd() {
     });
     assert!(gone, "orphaned workers still running: {pids:?}");
 }
+
+/// Names are looked up through the C library: a host in a listen address
+/// with `getaddrinfo`, a user's home with `getpwnam` (NSS). A statically
+/// linked herd (`cargo build-static`) carries glibc's `files` and `dns`
+/// lookups inside: `localhost` and `~root` work in every build (CI runs this
+/// against the static binary too).
+#[test]
+fn a_listen_host_name_and_a_users_home_are_looked_up_in_every_build() {
+    let _s = serial();
+    let port = free_port();
+    let h = Herd::start(&run_args(
+        &["-i", "1", "--listen", &format!("localhost:{port}")],
+        &[],
+    ));
+    let online = h.wait_online(0, 1, START);
+    let want = set(online.values().copied());
+    let seen = pids_answering(&format!("127.0.0.1:{port}"), &want, 20);
+    assert_eq!(seen, want, "localhost:{port} is 127.0.0.1:{port}");
+
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
+    let root_home = passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&"root")).then(|| f.get(5).copied())?
+        })
+        .expect("root in /etc/passwd");
+    // `start` starts the daemon first: the test's own, ended when it ends.
+    let d = Daemon::unstarted();
+    let out = d
+        .command(&["start", "~root/no-such-dir/app.js"])
+        .output()
+        .expect("run herd start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{root_home}/no-such-dir/app.js")),
+        "~root was not expanded to {root_home}: {err}"
+    );
+}

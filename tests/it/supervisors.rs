@@ -390,6 +390,9 @@ fn kill_after_a_crashed_daemon_stops_the_apps_it_left() {
 /// shared, not copied: herd is linked position-dependent (`build.rs`), whose
 /// data the loader does not rewrite at start. A PIE binary costs about 220 kB
 /// more per app (unless built with `HERD_PIE=1`, which asks for one).
+/// `HERD_STATIC=1` says the binary under test was linked statically (`cargo
+/// build-static`): it must then have no program interpreter either (no
+/// loader, no shared C library whose relocated data each process copies).
 #[test]
 fn the_herd_binary_is_linked_position_dependent_so_its_data_is_shared_by_every_supervisor() {
     let header = std::fs::read(herd_bin()).expect("read the herd binary");
@@ -410,6 +413,28 @@ fn the_herd_binary_is_linked_position_dependent_so_its_data_is_shared_by_every_s
         expected,
         "{}: ELF type {e_type} (2 = position-dependent, 3 = PIE)",
         herd_bin()
+    );
+    // The program headers: e_phoff, e_phentsize, e_phnum (64-bit ELF).
+    let u16_at = |at: usize| u16::from_le_bytes([header[at], header[at + 1]]) as usize;
+    let phoff = u64::from_le_bytes(header[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    const PT_INTERP: u32 = 3;
+    let interpreted = (0..count).any(|i| {
+        let at = phoff + i * size;
+        u32::from_le_bytes(header[at..at + 4].try_into().unwrap()) == PT_INTERP
+    });
+    let static_asked = std::env::var_os("HERD_STATIC").is_some_and(|v| v == "1");
+    assert_eq!(
+        interpreted,
+        !static_asked,
+        "{}: a program interpreter {} (HERD_STATIC={})",
+        herd_bin(),
+        if interpreted {
+            "is named"
+        } else {
+            "is missing"
+        },
+        static_asked as u8
     );
 }
 

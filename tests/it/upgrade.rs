@@ -378,7 +378,11 @@ fn an_upgrade_during_a_rolling_reload_completes_both() {
     need_node!();
     let _s = serial();
     let install = Install::new("upgrade-reload");
-    let (mut h, addr) = start(&install, &AppKind::Node, &[]);
+    let (mut h, addr) = start(
+        &install,
+        &AppKind::Node,
+        &[("UPGRADE_KEEPS", "this variable")],
+    );
     let online = h.wait_online(0, 2, START);
     h.wait_ready(&online, START);
     let herd_pid = h.pid();
@@ -423,6 +427,27 @@ fn an_upgrade_during_a_rolling_reload_completes_both() {
         !h.herd_lines().iter().any(|l| l.contains("SIGKILL")),
         "stderr:\n{}",
         h.stderr_text()
+    );
+    // A worker the new image starts still gets herd's own environment (the
+    // state carries it over).
+    let gone = *after.iter().next().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(gone), Signal::SIGKILL).unwrap();
+    let mut replacement = None;
+    assert!(
+        wait_until(START, || {
+            replacement = h.online_pids().into_values().find(|p| !after.contains(p));
+            replacement.is_some()
+        }),
+        "no replacement for {gone}:\n{}",
+        h.stderr_text()
+    );
+    let environ = std::fs::read(format!("/proc/{}/environ", replacement.unwrap())).unwrap();
+    assert!(
+        environ
+            .split(|&b| b == 0)
+            .any(|v| v == b"UPGRADE_KEEPS=this variable"),
+        "the replacement's environment: {}",
+        String::from_utf8_lossy(&environ)
     );
     h.signal(Signal::SIGTERM);
     assert!(h.wait_exit(T).success(), "stderr:\n{}", h.stderr_text());

@@ -324,7 +324,7 @@ hundred pm2 $((BASE_PORT + 2000))
   python3 "$PROBE" ratios "$RESULTS"
   echo
   echo "raw: $RESULTS; wrk output:"
-  cat "$TMP/wrk.txt" 2>/dev/null
+  cat "$TMP/wrk.txt" 2>/dev/null || true
   echo "crash herd: $(cat "$TMP/crash-herd.json" 2>/dev/null)"
   echo "crash pm2: $(cat "$TMP/crash-pm2.json" 2>/dev/null)"
   echo "node alone, spawn -> serving: $(cat "$TMP/floor.json" 2>/dev/null)"

@@ -57,6 +57,7 @@ fn host(
         // wake-ups.
         let result = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .thread_keep_alive(herd_engine::memory::BLOCKING_KEEP_ALIVE)
             .build()
             .context("cannot start the async runtime")
             .and_then(|runtime| {

@@ -143,6 +143,7 @@ pub fn run(options: Options) -> Result<i32, Error> {
     let lock_fd = lock.raw_fd();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_keep_alive(herd_engine::memory::BLOCKING_KEEP_ALIVE)
         .build()
         .map_err(Error::Runtime)?;
     let code = runtime.block_on(Box::pin(server::serve(

@@ -255,6 +255,7 @@ fn host(hosted: Box<Hosted>) -> ! {
             // a tick (1,024 by default: 12 kB, per supervisor); more wait
             // for the next tick.
             .max_io_events_per_tick(64)
+            .thread_keep_alive(herd_engine::memory::BLOCKING_KEEP_ALIVE)
             .build()
         {
             Ok(r) => r,

@@ -63,6 +63,14 @@ where
     Box::pin(make())
 }
 
+/// How long an idle blocking-pool thread of a long-lived herd process's
+/// runtime waits for more work before it ends (tokio's default: 10 s).
+/// Shorter than [`Trim::QUIET`], so that its end, which runs code of its
+/// own (the thread's destructors, its join), comes before the trim that
+/// follows the work: ending after it, it mapped ~1 MB of the binary's code
+/// into the daemon again, until the next [`Trim::PERIOD`].
+pub const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(1);
+
 /// A task that gives memory back on [`Trim`]'s schedule, beside the
 /// process's own loops (which only [`Trimmer::poke`] it when work comes in:
 /// nothing is added to their iterations). Spawn it on the main thread's
@@ -104,24 +112,33 @@ impl Drop for Trimmer {
 }
 
 /// When a long-lived herd process (the daemon, an app's supervisor) gives
-/// memory back: [`Trim::QUIET`] after start-up or after work came in
-/// ([`Trim::poke`]), and every [`Trim::PERIOD`] for what ran meanwhile
-/// (a restart, a reload by watch or cron). Plain data, run by [`Trimmer`].
+/// memory back: [`Trim::QUIET`] after start-up or after the last of a burst
+/// of work ([`Trim::poke`]), and at least every [`Trim::PERIOD`], for what
+/// ran meanwhile (a restart, a reload by watch or cron) and so that steady
+/// work cannot put it off for ever. Plain data, run by [`Trimmer`].
+///
+/// A trim waits for the *last* poke: one due a moment after the first poke
+/// of a burst (the daemon's `start` ×100, each a request) ran in the middle
+/// of it, and what ran after it stayed mapped until the next period.
 #[derive(Debug, Clone, Copy)]
 pub struct Trim {
     due: Instant,
+    /// The latest a trim may come: a period after the last one.
+    latest: Instant,
 }
 
 impl Trim {
     /// How long after work came in.
     pub const QUIET: Duration = Duration::from_secs(2);
-    /// How often otherwise.
+    /// How often at least.
     pub const PERIOD: Duration = Duration::from_secs(60);
 
     /// Due [`Trim::QUIET`] from now (a process that has just started).
     pub fn new() -> Trim {
+        let now = Instant::now();
         Trim {
-            due: Instant::now() + Trim::QUIET,
+            due: now + Trim::QUIET,
+            latest: now + Trim::PERIOD,
         }
     }
 
@@ -130,10 +147,14 @@ impl Trim {
         self.due
     }
 
-    /// Work came in: be due within [`Trim::QUIET`] (never later than
-    /// already due, so that steady work cannot put it off for ever).
+    /// Work came in: be due [`Trim::QUIET`] after it, unless a period has
+    /// passed by then since the last trim.
     pub fn poke(&mut self) {
-        self.due = self.due.min(Instant::now() + Trim::QUIET);
+        self.poked_at(Instant::now());
+    }
+
+    fn poked_at(&mut self, now: Instant) {
+        self.due = (now + Trim::QUIET).min(self.latest);
     }
 
     /// Give back the heap's free pages, the code's mapped pages and the
@@ -144,7 +165,12 @@ impl Trim {
         release_free_memory();
         release_code_pages();
         release_unused_stack();
-        self.due = Instant::now() + Trim::PERIOD;
+        self.ran_at(Instant::now());
+    }
+
+    fn ran_at(&mut self, now: Instant) {
+        self.latest = now + Trim::PERIOD;
+        self.due = self.latest;
     }
 }
 
@@ -395,19 +421,34 @@ mod tests {
     }
 
     #[test]
-    fn a_trim_is_due_soon_after_work_and_never_put_off_by_more() {
-        let mut trim = Trim::new();
-        let first = trim.due();
-        assert!(first <= Instant::now() + Trim::QUIET);
-        trim.run();
-        assert!(trim.due() > Instant::now() + Trim::PERIOD - Duration::from_secs(1));
-        trim.poke();
-        let poked = trim.due();
-        assert!(poked <= Instant::now() + Trim::QUIET);
-        // Steady work: each poke keeps the earlier time.
-        std::thread::sleep(Duration::from_millis(20));
-        trim.poke();
-        assert_eq!(trim.due(), poked);
+    fn a_trim_comes_a_quiet_moment_after_the_last_work_and_at_least_once_a_period() {
+        let start = Instant::now();
+        let mut trim = Trim {
+            due: start + Trim::QUIET,
+            latest: start + Trim::PERIOD,
+        };
+        let at = |s: u64| start + Duration::from_secs(s);
+        // A burst of work: due a quiet moment after its last request, not
+        // after its first.
+        trim.poked_at(at(1));
+        trim.poked_at(at(2));
+        assert_eq!(trim.due(), at(2) + Trim::QUIET);
+        trim.ran_at(at(4));
+        assert_eq!(trim.due(), at(4) + Trim::PERIOD);
+        // Steady work, a request a second: still at least once a period.
+        for s in 5..200 {
+            trim.poked_at(at(s));
+            assert!(trim.due() <= at(4) + Trim::PERIOD, "put off at {s} s");
+            if trim.due() <= at(s) {
+                trim.ran_at(at(s));
+                assert_eq!(s, 64, "a period after the last trim");
+                break;
+            }
+        }
+        // Quiet again: a period until the next one, unless work comes.
+        assert_eq!(trim.due(), at(64) + Trim::PERIOD);
+        trim.poked_at(at(70));
+        assert_eq!(trim.due(), at(70) + Trim::QUIET);
     }
 
     fn strip(value: &str, added: Option<&str>) -> Option<String> {

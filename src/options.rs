@@ -409,7 +409,7 @@ pub fn app_def_noting(
         .filter(|(k, _)| !spec.env.iter().any(|(ours, _)| ours == k))
         .collect();
     env.append(&mut spec.env);
-    spec.env = env;
+    spec.env = env.into();
     spec.inherit_env = false;
     if spec.cwd.is_none() {
         spec.cwd = Some(base.to_path_buf());
@@ -651,7 +651,7 @@ impl AppOptions {
         spec.args = launch.args.clone();
         spec.kind = launch.kind;
         spec.cwd = cwd;
-        spec.env = Vec::new();
+        spec.env = Default::default();
         for (k, v) in &launch.env {
             spec.env.push((k.clone(), v.clone()));
         }

@@ -54,7 +54,7 @@ pub fn main(args: EnvArgs) -> anyhow::Result<i32> {
                  before herd's per-worker variables",
                 app.info.name
             );
-            app.def.spec.env.clone()
+            app.def.spec.env.to_vec()
         }
     };
     if !args.show_secrets {

@@ -361,7 +361,8 @@ mod tests {
         spec.env = vec![
             ("PORT".into(), "8000".into()),
             ("status".into(), "x".into()),
-        ];
+        ]
+        .into();
         spec.cwd = Some("/srv/app".into());
         spec.instances = 2;
         let worker = |slot, pid: Option<u32>, state, role| WorkerInfo {

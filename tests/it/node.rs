@@ -404,7 +404,7 @@ fn engine_api_messages_both_ways_and_disconnect_event() {
     let port = free_port();
     let mut spec = AppSpec::new("worker-info", node);
     spec.args = vec![fixture("worker-info.js")];
-    spec.env = vec![("PORT".into(), port.to_string())];
+    spec.env = vec![("PORT".into(), port.to_string())].into();
     spec.kind = WorkerKind::Node;
     spec.instances = 2;
 

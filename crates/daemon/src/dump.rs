@@ -85,7 +85,7 @@ mod tests {
         let path = home.dump();
         assert!(matches!(load(&home), Err(DumpError::Missing(_))));
         let mut spec = AppSpec::new("web", "/bin/sleep");
-        spec.env = vec![("PORT".into(), "8000".into())];
+        spec.env = vec![("PORT".into(), "8000".into())].into();
         let def = AppDef {
             spec,
             logs: Default::default(),

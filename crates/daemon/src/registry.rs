@@ -89,9 +89,23 @@ impl Registry {
     }
 
     /// Take an app (a new one, or one found in the home).
-    pub fn insert(&mut self, entry: Entry) {
+    pub fn insert(&mut self, mut entry: Entry) {
         self.next_id = self.next_id.max(entry.id + 1);
+        let mut def = Arc::unwrap_or_clone(entry.def);
+        self.share_env(&mut def);
+        entry.def = Arc::new(def);
         self.apps.insert(entry.id, entry);
+    }
+
+    /// `def` holds the same copy of its environment as an app whose
+    /// environment is the same: the apps started from one shell each carry
+    /// all of its variables (a few kB), as under pm2.
+    fn share_env(&self, def: &mut AppDef) {
+        for other in self.apps.values() {
+            if def.spec.env.share(&other.def.spec.env) {
+                return;
+            }
+        }
     }
 
     /// Keep `id` from being given to a new app (its file is there, unread).
@@ -104,9 +118,64 @@ impl Registry {
     }
 
     /// The app took a new definition (a reload or restart onto one, a scale).
-    pub fn set_def(&mut self, id: u32, def: AppDef) {
+    pub fn set_def(&mut self, id: u32, mut def: AppDef) {
+        self.share_env(&mut def);
         if let Some(e) = self.apps.get_mut(&id) {
             e.def = Arc::new(def);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_engine::config::AppSpec;
+    use herd_supervisor::files::AppFiles;
+
+    fn entry(home: &crate::Home, id: u32, env: &[(&str, &str)]) -> Entry {
+        let mut spec = AppSpec::new(format!("app{id}"), "/bin/true");
+        spec.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let def = AppDef {
+            spec,
+            logs: Default::default(),
+            max_memory_restart: None,
+            instances_max: false,
+            pm2: Default::default(),
+            script: None,
+            namespace: None,
+        };
+        let name = def.spec.name.clone();
+        Entry {
+            id,
+            name: name.clone(),
+            def: Arc::new(def),
+            link: Link::new(id, &name, AppFiles::open(home, id).unwrap()),
+        }
+    }
+
+    #[test]
+    fn apps_started_with_the_same_environment_hold_one_copy_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = crate::Home::open(dir.path().join("h")).unwrap();
+        let shell = [("PATH", "/usr/bin"), ("LANG", "C.UTF-8")];
+        let mut registry = Registry::default();
+        registry.insert(entry(&home, 0, &shell));
+        registry.insert(entry(&home, 1, &shell));
+        registry.insert(entry(&home, 2, &[("PATH", "/usr/bin"), ("PORT", "1")]));
+        let env = |r: &Registry, id: u32| r.apps[&id].def.spec.env.clone();
+        assert!(env(&registry, 1).is_shared_with(&env(&registry, 0)));
+        assert!(!env(&registry, 2).is_shared_with(&env(&registry, 0)));
+        // A new definition with that environment again (a reload onto it).
+        let mut changed = (*registry.apps[&2].def).clone();
+        changed.spec.env = shell
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        registry.set_def(2, changed);
+        assert!(env(&registry, 2).is_shared_with(&env(&registry, 0)));
+        assert_eq!(env(&registry, 2).len(), 2);
     }
 }

@@ -628,6 +628,90 @@ pub enum WorkerKind {
     Node,
 }
 
+/// An app's own environment variables, in order (a later one wins).
+///
+/// Shared, copied on write: a `Vec` to read and to change, which clones
+/// share until one is changed. The apps started from one shell carry the
+/// same few kB of it; the daemon keeps one copy for all of them
+/// ([`Env::share`]), and a supervisor one for its definition and the
+/// engine's. As JSON, a list of `[name, value]` pairs.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Env(std::sync::Arc<Vec<(String, String)>>);
+
+impl Env {
+    /// Hold the same copy as `other` when both say the same; true if so.
+    pub fn share(&mut self, other: &Env) -> bool {
+        let same = std::sync::Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0;
+        if same {
+            self.0 = other.0.clone();
+        }
+        same
+    }
+
+    /// Whether `self` and `other` are one copy.
+    pub fn is_shared_with(&self, other: &Env) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::ops::Deref for Env {
+    type Target = Vec<(String, String)>;
+    fn deref(&self) -> &Vec<(String, String)> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    /// This app's own copy, to change (a shared one is copied first).
+    fn deref_mut(&mut self) -> &mut Vec<(String, String)> {
+        std::sync::Arc::make_mut(&mut self.0)
+    }
+}
+
+impl From<Vec<(String, String)>> for Env {
+    fn from(vars: Vec<(String, String)>) -> Env {
+        Env(std::sync::Arc::new(vars))
+    }
+}
+
+impl FromIterator<(String, String)> for Env {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(vars: I) -> Env {
+        Env::from(vars.into_iter().collect::<Vec<_>>())
+    }
+}
+
+impl<const N: usize> PartialEq<[(String, String); N]> for Env {
+    fn eq(&self, other: &[(String, String); N]) -> bool {
+        self.0.as_slice() == other
+    }
+}
+
+impl<'a> IntoIterator for &'a Env {
+    type Item = &'a (String, String);
+    type IntoIter = std::slice::Iter<'a, (String, String)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl fmt::Debug for Env {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl serde::Serialize for Env {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Env {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Env, D::Error> {
+        Vec::deserialize(d).map(Env::from)
+    }
+}
+
 /// Everything herd needs to run one app. As JSON (the daemon's saved app
 /// list), durations are text (`"1600ms"`) and signals names (`"SIGINT"`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -638,7 +722,7 @@ pub struct AppSpec {
     /// Arguments after the program (not including `argv[0]`).
     pub args: Vec<String>,
     /// Extra environment for every worker, on top of herd's own.
-    pub env: Vec<(String, String)>,
+    pub env: Env,
     /// Start workers with herd's own environment under `env` (false: `env` is
     /// the whole environment, as when the daemon runs an app with the
     /// environment of the CLI that started it).
@@ -757,7 +841,7 @@ impl AppSpec {
             name: name.into(),
             program: program.into(),
             args: Vec::new(),
-            env: Vec::new(),
+            env: Env::default(),
             inherit_env: true,
             cwd: None,
             instances: 1,
@@ -781,6 +865,46 @@ impl AppSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Env {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn an_env_is_one_copy_until_one_holder_changes_it() {
+        let mut spec = AppSpec::new("web", "/bin/true");
+        spec.env = vars(&[("PORT", "8000"), ("LANG", "C")]);
+        let mut engine = spec.clone();
+        assert!(engine.env.is_shared_with(&spec.env), "a clone shares it");
+        engine.env.push(("DEBUG".into(), "1".into()));
+        assert!(!engine.env.is_shared_with(&spec.env));
+        assert_eq!(spec.env.len(), 2, "the other holder's is unchanged");
+        assert_eq!(engine.env.len(), 3);
+        // As JSON it is what it was as a plain list: saved files read as before.
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            json["env"],
+            serde_json::json!([["PORT", "8000"], ["LANG", "C"]])
+        );
+        let back: AppSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn an_env_shares_only_an_equal_one() {
+        let first = vars(&[("PATH", "/usr/bin"), ("LANG", "C")]);
+        let mut same = vars(&[("PATH", "/usr/bin"), ("LANG", "C")]);
+        let mut other = vars(&[("PATH", "/usr/bin"), ("LANG", "C"), ("PORT", "1")]);
+        assert!(!same.is_shared_with(&first));
+        assert!(same.share(&first));
+        assert!(same.is_shared_with(&first));
+        assert!(!other.share(&first));
+        assert!(!other.is_shared_with(&first));
+        assert_eq!(other.len(), 3);
+    }
 
     #[test]
     fn durations() {

@@ -259,7 +259,7 @@ mod tests {
         );
         def.max_memory_restart = Some(200 << 20);
         check_def(&def).unwrap();
-        def.spec.env = vec![("BIG".into(), "x".repeat(MAX_DEFINITION))];
+        def.spec.env = vec![("BIG".into(), "x".repeat(MAX_DEFINITION))].into();
         let err = check_def(&def).unwrap_err();
         assert!(
             err.contains("herd show") && err.contains("environment"),

@@ -16,7 +16,7 @@ pub const MAX_FRAME: usize = 4 << 20;
 /// frame and `show` always fits.
 pub const MAX_DEFINITION: usize = MAX_FRAME / 2;
 
-/// What a connection's read and write buffers start with.
+/// What a connection's read buffer takes when a message comes in.
 const FIRST_BUFFER: usize = 1024;
 
 /// Why a frame could not be read or written.
@@ -30,7 +30,14 @@ pub enum FrameError {
     Closed,
 }
 
-/// One framed connection between the CLI and the daemon.
+/// One framed connection between the CLI and the daemon (or the daemon and
+/// an app's supervisor).
+///
+/// It holds no buffer while it waits: the daemon keeps a connection to
+/// every app's supervisor for its life, and each supervisor one to the
+/// daemon, mostly idle. The read buffer is taken when the socket becomes
+/// readable and given back once every byte read was a whole message; the
+/// write buffer is given back once a message is sent.
 pub struct Connection {
     framed: Framed<UnixStream, LengthDelimitedCodec>,
 }
@@ -42,12 +49,27 @@ impl Connection {
             .max_frame_length(MAX_FRAME)
             .new_codec();
         Connection {
-            // A connection's buffers start at 1 KiB (tokio-util's default
-            // is 8 KiB each way): the daemon keeps a few connections per
-            // app, each supervisor a few of its own, and most frames are
-            // small. A larger frame grows the buffer to its size.
-            framed: Framed::with_capacity(stream, codec, FIRST_BUFFER),
+            // No buffer until a message comes or goes (see above); then
+            // 1 KiB to read (most frames are small: a larger one grows the
+            // buffer to its size), and the message's size to write.
+            framed: Framed::with_capacity(stream, codec, 0),
         }
+    }
+
+    /// Give the buffers back where nothing is left in them.
+    fn release_empty_buffers(&mut self) {
+        if self.framed.read_buffer().is_empty() {
+            *self.framed.read_buffer_mut() = bytes::BytesMut::new();
+        }
+        if self.framed.write_buffer().is_empty() {
+            *self.framed.write_buffer_mut() = bytes::BytesMut::new();
+        }
+    }
+
+    /// How many bytes the buffers hold room for (both empty while idle).
+    #[cfg(test)]
+    fn buffered_capacity(&self) -> usize {
+        self.framed.read_buffer().capacity() + self.framed.write_buffer().capacity()
     }
 
     /// Refuse frames longer than `max` from now on (at most [`MAX_FRAME`]):
@@ -76,13 +98,22 @@ impl Connection {
             )));
         }
         self.framed.send(bytes::Bytes::from(bytes)).await?;
+        self.release_empty_buffers();
         Ok(())
     }
 
     /// The next message; an oversized frame is an I/O error (the codec
     /// refuses it before buffering it).
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<T, FrameError> {
-        match self.framed.next().await {
+        if self.framed.read_buffer().capacity() == 0 {
+            // Wait without a buffer; then room for a small message at once
+            // (the codec would otherwise read a byte at a time).
+            self.framed.get_ref().readable().await?;
+            self.framed.read_buffer_mut().reserve(FIRST_BUFFER);
+        }
+        let frame = self.framed.next().await;
+        self.release_empty_buffers();
+        match frame {
             None => Err(FrameError::Closed),
             Some(Err(e)) => Err(FrameError::Io(e)),
             Some(Ok(bytes)) => Ok(serde_json::from_slice(&bytes)?),
@@ -111,6 +142,44 @@ mod tests {
             .unwrap();
         let err = b.recv::<serde_json::Value>().await.unwrap_err();
         assert!(matches!(err, FrameError::Io(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_buffer() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (mut a, mut b) = (Connection::new(a), Connection::new(b));
+        assert_eq!(a.buffered_capacity() + b.buffered_capacity(), 0);
+        // Two messages in one read, a large one among them: both arrive
+        // whole, and each side gives its buffers back once they are empty.
+        let large = "x".repeat(100_000);
+        a.send(&serde_json::json!({"n": 1})).await.unwrap();
+        a.send(&serde_json::json!({"n": 2, "large": large}))
+            .await
+            .unwrap();
+        assert_eq!(a.buffered_capacity(), 0, "sent: nothing kept");
+        let first: serde_json::Value = b.recv().await.unwrap();
+        assert_eq!(first["n"], 1);
+        let second: serde_json::Value = b.recv().await.unwrap();
+        assert_eq!(second["n"], 2);
+        assert_eq!(second["large"].as_str().unwrap().len(), 100_000);
+        assert_eq!(b.buffered_capacity(), 0, "read to the end: nothing kept");
+        // A message that is still coming keeps its bytes.
+        let (mut raw, c) = UnixStream::pair().unwrap();
+        let mut c = Connection::new(c);
+        let body = br#"{"n":3}"#;
+        raw.write_all(&(body.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        raw.write_all(&body[..3]).await.unwrap();
+        let pending = tokio::spawn(async move {
+            let v: serde_json::Value = c.recv().await.unwrap();
+            (v, c.buffered_capacity())
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        raw.write_all(&body[3..]).await.unwrap();
+        let (v, kept) = pending.await.unwrap();
+        assert_eq!(v["n"], 3);
+        assert_eq!(kept, 0);
     }
 
     #[tokio::test]

@@ -174,15 +174,7 @@ fn fixture(n: usize, args: &[&str]) -> AppDef {
     spec.args = args.iter().map(|a| a.to_string()).collect();
     spec.listeners = vec!["127.0.0.1:0".parse().unwrap()];
     spec.instances = n;
-    AppDef {
-        spec,
-        logs: Default::default(),
-        max_memory_restart: None,
-        instances_max: false,
-        pm2: Default::default(),
-        script: None,
-        namespace: None,
-    }
+    AppDef::from(spec)
 }
 
 /// The pids the fixture's workers printed as `child <pid>` in the log.

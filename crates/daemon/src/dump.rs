@@ -86,15 +86,7 @@ mod tests {
         assert!(matches!(load(&home), Err(DumpError::Missing(_))));
         let mut spec = AppSpec::new("web", "/bin/sleep");
         spec.env = vec![("PORT".into(), "8000".into())].into();
-        let def = AppDef {
-            spec,
-            logs: Default::default(),
-            max_memory_restart: None,
-            instances_max: false,
-            pm2: Default::default(),
-            script: None,
-            namespace: None,
-        };
+        let def = AppDef::from(spec);
         save(&home, std::slice::from_ref(&def)).unwrap();
         assert_eq!(load(&home).unwrap(), vec![def]);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();

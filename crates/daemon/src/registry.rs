@@ -138,15 +138,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let def = AppDef {
-            spec,
-            logs: Default::default(),
-            max_memory_restart: None,
-            instances_max: false,
-            pm2: Default::default(),
-            script: None,
-            namespace: None,
-        };
+        let def = AppDef::from(spec);
         let name = def.spec.name.clone();
         Entry {
             id,

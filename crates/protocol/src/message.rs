@@ -203,6 +203,23 @@ pub struct AppDef {
     pub namespace: Option<String>,
 }
 
+impl From<AppSpec> for AppDef {
+    /// The app `spec` with the daemon's own settings at their defaults: log
+    /// files in `$HERD_HOME/logs`, no memory limit, no pm2 keys, the program
+    /// run as it is, pm2's `default` namespace.
+    fn from(spec: AppSpec) -> AppDef {
+        AppDef {
+            spec,
+            logs: LogSettings::default(),
+            max_memory_restart: None,
+            instances_max: false,
+            pm2: crate::Pm2Keys::default(),
+            script: None,
+            namespace: None,
+        }
+    }
+}
+
 /// Where an app's output goes and how the files are kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -476,15 +476,7 @@ mod tests {
 
     #[test]
     fn the_app_file_round_trips_and_is_checked() {
-        let def = AppDef {
-            spec: AppSpec::new("web", "/usr/bin/node"),
-            logs: Default::default(),
-            max_memory_restart: None,
-            instances_max: false,
-            pm2: Default::default(),
-            script: None,
-            namespace: None,
-        };
+        let def = AppDef::from(AppSpec::new("web", "/usr/bin/node"));
         let file = AppFile::new(3, Desired::Running, def);
         let text = serde_json::to_string(&file).unwrap();
         let back: AppFile = serde_json::from_str(&text).unwrap();

@@ -335,15 +335,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn app(id: u32) -> AppFile {
-        let def = AppDef {
-            spec: AppSpec::new("web", "/bin/true"),
-            logs: Default::default(),
-            max_memory_restart: None,
-            instances_max: false,
-            pm2: Default::default(),
-            script: None,
-            namespace: None,
-        };
+        let def = AppDef::from(AppSpec::new("web", "/bin/true"));
         AppFile::new(id, Desired::Running, def)
     }
 

@@ -987,13 +987,8 @@ mod tests {
 
     fn def(name: &str, logs: herd_protocol::LogSettings) -> AppDef {
         AppDef {
-            spec: herd_engine::config::AppSpec::new(name, "/bin/true"),
             logs,
-            max_memory_restart: None,
-            instances_max: false,
-            pm2: Default::default(),
-            script: None,
-            namespace: None,
+            ..AppDef::from(herd_engine::config::AppSpec::new(name, "/bin/true"))
         }
     }
 

@@ -244,13 +244,8 @@ mod tests {
     fn a_zero_memory_limit_and_a_definition_too_big_to_show_are_refused() {
         use herd_engine::config::AppSpec;
         let mut def = AppDef {
-            spec: AppSpec::new("web", "/bin/sleep"),
-            logs: Default::default(),
             max_memory_restart: Some(0),
-            instances_max: false,
-            pm2: Default::default(),
-            script: None,
-            namespace: None,
+            ..AppDef::from(AppSpec::new("web", "/bin/sleep"))
         };
         let err = check_def(&def).unwrap_err();
         assert!(

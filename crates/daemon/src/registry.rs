@@ -2,7 +2,8 @@
 //! definition as last known (cached here: `save` and `show` read it, and
 //! nothing else holds it while its supervisor is being started again) and
 //! the [`Link`] to its supervisor. Ids come from the apps' files and are
-//! never reused while a file or a supervisor holds one.
+//! never reused while a file or a supervisor holds one. Apps with equal
+//! environments hold one copy of it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

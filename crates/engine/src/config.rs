@@ -3,7 +3,9 @@
 //! policies), plus the small parsers that turn user text into those types.
 //!
 //! Everything here is plain data: parsing never touches the OS, so a bad value
-//! is rejected before any socket is bound or any worker is started.
+//! is rejected before any socket is bound or any worker is started. An app's
+//! environment ([`Env`]) is shared between the clones of its spec until one
+//! of them changes it.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -677,12 +679,6 @@ impl From<Vec<(String, String)>> for Env {
 impl FromIterator<(String, String)> for Env {
     fn from_iter<I: IntoIterator<Item = (String, String)>>(vars: I) -> Env {
         Env::from(vars.into_iter().collect::<Vec<_>>())
-    }
-}
-
-impl<const N: usize> PartialEq<[(String, String); N]> for Env {
-    fn eq(&self, other: &[(String, String); N]) -> bool {
-        self.0.as_slice() == other
     }
 }
 
